@@ -1,0 +1,53 @@
+"""A vLLM engine with in-place weight reload. Plain class; used by generator actors, the
+eval command and the benchmarks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from selfplay.config import GeneratorConfig, ModelConfig
+
+WORKER_EXTENSION = "actors.engine_ext.WeightReceiver"
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the engine's policy
+    text: str
+
+
+class Engine:
+    def __init__(self, model_path: str, model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen_cfg.kv_cache_gib))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", gen_cfg.cpu_bind)
+        from vllm import LLM
+        self.llm = LLM(
+            model=model_path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len,
+            seed=seed, worker_extension_cls=WORKER_EXTENSION,
+            enforce_eager=gen_cfg.enforce_eager,
+            gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def generate(self, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[Completion]:
+        # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
+        # ("CPU Generator does not use offset"); the engine-level seed is set instead.
+        from vllm import SamplingParams
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        done = []
+        for out in outputs:
+            o = out.outputs[0]
+            ids = list(o.token_ids)
+            logps = [o.logprobs[i][t].logprob for i, t in enumerate(ids)]
+            done.append(Completion(ids, logps, o.text))
+        return done
+
+    def load_weights(self, blob: bytes) -> str:
+        """Replace the weights in place from safetensors bytes; returns their checksum."""
+        (checksum,) = set(self.llm.collective_rpc("receive_weights", args=(blob,)))
+        return checksum

@@ -1,0 +1,104 @@
+"""Verifier: replays every trajectory by the game's rules, rejects malformed ones with a
+counted reason, and attaches rewards and returns. Trajectories arrive from generators and
+go on to the buffer; the driver never sees them."""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import ray
+
+from learner.advantages import returns_to_go
+from selfplay import schema
+from selfplay.games import make_game
+
+
+class Verifier:
+    """Rule-based verifier for the built-in games. `decode` turns response ids back into
+    text, so a trajectory whose text does not match its tokens is caught."""
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.rejected: Counter = Counter()
+        self.accepted = 0
+
+    def score(self, table: pa.Table) -> pa.Table:
+        by_traj: dict[str, list[dict]] = defaultdict(list)
+        for row in table.to_pylist():
+            by_traj[row["traj_id"]].append(row)
+        kept = []
+        for rows in by_traj.values():
+            rows.sort(key=lambda r: r["turn"])
+            reason = self._check(rows)
+            if reason:
+                self.rejected[reason] += 1
+                continue
+            kept.extend(rows)
+            self.accepted += 1
+        return schema.from_rows(kept)
+
+    def _check(self, rows: list[dict]) -> str | None:
+        """Replay `rows`; returns a rejection reason, or None after attaching rewards."""
+        try:
+            game = make_game(rows[0]["game"], seed=rows[0]["seed"])
+        except ValueError:
+            return "unknown_game"
+        if [r["turn"] for r in rows] != list(range(len(rows))):
+            return "turns_not_contiguous"
+        for row in rows:
+            if game.is_terminal:
+                return "moves_after_end"
+            if row["role"] != game.current_player:
+                return "wrong_role"
+            if row["trainable"]:
+                if len(row["response_ids"]) != len(row["behaviour_logprobs"]):
+                    return "logprob_length"
+                if not all(math.isfinite(lp) and lp <= 0 for lp in row["behaviour_logprobs"]):
+                    return "bad_logprob"
+                if self.decode(row["response_ids"]) != row["response_text"]:
+                    return "text_mismatch"
+            legal = game.apply_text(row["response_text"])
+            if legal == row["illegal"]:
+                return "illegal_flag_mismatch"
+        if not game.is_terminal:
+            return "incomplete"
+        returns = game.returns()
+        if any(r["outcome"] != returns[r["role"]] for r in rows):
+            return "outcome_mismatch"
+        for role in range(game.num_players):
+            mine = [r for r in rows if r["role"] == role]
+            rewards = [0.0] * len(mine)
+            if mine:
+                rewards[-1] = returns[role]  # zero-sum games pay at the end
+            for r, reward, ret in zip(mine, rewards, returns_to_go(rewards)):
+                r["reward"], r["ret"] = reward, ret
+        return None
+
+    def stats(self) -> dict:
+        return {"accepted": self.accepted, **{f"rejected_{k}": v for k, v in self.rejected.items()}}
+
+
+@ray.remote(num_cpus=0.1)
+class VerifierActor:
+    def __init__(self, model_path: str, buffer, run_id: str):
+        from ray.util import metrics
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.verifier = Verifier(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        self.buffer = buffer
+        self.rejected = metrics.Counter("selfplay_verifier_rejected", tag_keys=("run", "reason"))
+        self.rejected.set_default_tags({"run": run_id})
+
+    def score(self, blob: bytes) -> int:
+        """Verify a batch and forward the accepted turns to the buffer; returns turns kept."""
+        before = Counter(self.verifier.rejected)
+        accepted = self.verifier.score(schema.from_ipc(blob))
+        for reason, n in (self.verifier.rejected - before).items():
+            self.rejected.inc(n, tags={"reason": reason})
+        if accepted.num_rows:
+            return ray.get(self.buffer.add.remote(schema.to_ipc(accepted)))
+        return 0
+
+    def stats(self) -> dict:
+        return self.verifier.stats()

@@ -1,0 +1,106 @@
+"""Ray shell of the learner: pulls batches from the buffer, trains, and every
+`broadcast_every` steps broadcasts weights to generators and opponents."""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from learner.learner import Learner
+from selfplay import schema
+from selfplay.config import LearnerConfig, ModelConfig
+
+
+class BroadcastMismatch(RuntimeError):
+    pass
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int,
+                 buffer, run_id: str, resume_dir: str | None = None):
+        from ray.util import metrics
+        self.learner = Learner(cfg, model_cfg, model_path, seed)
+        if resume_dir:
+            self.learner.load(resume_dir)
+        self.buffer = buffer
+        self.targets: dict[str, object] = {}  # name -> actor with set_weights(blob, version)
+        self.pending: list = []  # (name, ref) of the last broadcast, checked at the next
+        self.checksum: str | None = None
+        self.wait_s = 0.0
+        self.broadcast_s = 0.0
+        tags = {"run": run_id}
+        self.gauges = {n: metrics.Gauge(f"selfplay_learner_{n}", tag_keys=("run",))
+                       for n in ("step", "loss", "entropy", "weight_version", "step_seconds",
+                                 "broadcast_seconds", "staleness_mean")}
+        for g in self.gauges.values():
+            g.set_default_tags(tags)
+
+    def add_target(self, name: str, actor) -> None:
+        """Register a generator or opponent that receives every broadcast."""
+        self.targets[name] = actor
+
+    def remove_target(self, name: str) -> None:
+        self.targets.pop(name, None)
+
+    def _next_batch(self):
+        start = time.perf_counter()
+        delay = 0.01
+        while True:
+            blob = ray.get(self.buffer.sample.remote(self.learner.cfg.batch_size, self.learner.version))
+            if blob is not None:
+                self.wait_s += time.perf_counter() - start
+                return schema.from_ipc(blob)
+            time.sleep(delay)  # the buffer is below min_size or rate-limiting the learner
+            delay = min(delay * 2, 0.2)
+
+    def train(self, n_steps: int) -> list[dict]:
+        out = []
+        for _ in range(n_steps):
+            m = self.learner.train_step(self._next_batch())
+            if self.learner.step % self.learner.cfg.broadcast_every == 0:
+                self.broadcast()
+            m.update(weight_version=self.learner.version, learner_wait_s=self.wait_s,
+                     broadcast_s=self.broadcast_s)
+            for name, key in (("step", "step"), ("loss", "loss"), ("entropy", "entropy"),
+                              ("weight_version", "weight_version"), ("step_seconds", "step_s"),
+                              ("broadcast_seconds", "broadcast_s"), ("staleness_mean", "staleness_mean")):
+                self.gauges[name].set(m[key])
+            out.append(m)
+        return out
+
+    def broadcast(self, wait: bool = False) -> dict:
+        """Send the current weights as a new version to every target. Acknowledgements of
+        the previous broadcast are checked first, so the learner never waits for a
+        generator's engine call to finish unless `wait` is set."""
+        start = time.perf_counter()
+        self.verify_pending()
+        blob, checksum = self.learner.export()
+        self.learner.version += 1
+        self.checksum = checksum
+        ref = ray.put(blob)
+        self.pending = [(name, a.set_weights.remote(ref, self.learner.version), checksum)
+                        for name, a in self.targets.items()]
+        self.broadcast_s += time.perf_counter() - start
+        result = {"version": self.learner.version, "checksum": checksum}
+        if wait:
+            result["acks"] = self.verify_pending()
+        return result
+
+    def verify_pending(self) -> dict[str, str]:
+        acks = {}
+        for name, ref, expected in self.pending:
+            got = ray.get(ref)
+            if got != expected:
+                raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {expected}")
+            acks[name] = got
+        self.pending = []
+        return acks
+
+    def state(self) -> dict:
+        return {"step": self.learner.step, "version": self.learner.version, "checksum": self.checksum,
+                "wait_s": self.wait_s, "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()}}
+
+    def save(self, directory: str) -> None:
+        self.verify_pending()
+        self.learner.save(directory)

@@ -1,0 +1,132 @@
+"""The learner: a torch HF causal LM trained with PPO-clipped policy gradient on SPIRAL's
+role-conditioned advantages, optional KL to a frozen reference, AdamW and gradient
+clipping. Runs without Ray; `learner/actor.py` is its Ray shell."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner import losses
+from learner.advantages import role_conditioned_advantages, update_baselines
+from learner.weights import export_weights
+from selfplay.config import LearnerConfig, ModelConfig
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Turns -> right-padded prompt+response sequences. Position t of the [B, L-1] tensors
+    holds the log-prob of token t+1, so response tokens sit at prompt_len-1 onwards."""
+    seqs = [r["prompt_ids"] + r["response_ids"] for r in rows]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), length), dtype=torch.long)
+    mask = torch.zeros((len(rows), length - 1))
+    behaviour = torch.zeros((len(rows), length - 1))
+    for i, (r, s) in enumerate(zip(rows, seqs)):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        start, n = len(r["prompt_ids"]) - 1, len(r["response_ids"])
+        mask[i, start:start + n] = 1
+        behaviour[i, start:start + n] = torch.tensor(r["behaviour_logprobs"])
+    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "behaviour_logp": behaviour}
+
+
+class Learner:
+    def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int):
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.engine_dtype = DTYPES[model_cfg.dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # saved with every checkpoint
+        self.model.train()
+        self.pad_id = self.model.config.pad_token_id or 0
+        self.ref = None
+        if cfg.kl_coef > 0:
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.version = 0
+        self.baselines: dict[tuple[str, int], float] = {}
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def train_step(self, table: pa.Table) -> dict:
+        start = time.perf_counter()
+        rows = [r for r in table.to_pylist() if r["trainable"] and r["response_ids"]]
+        if not rows:
+            raise ValueError("train_step: batch holds no trainable turns")
+        keys = [(r["game"], r["role"]) for r in rows]
+        returns = [r["ret"] for r in rows]
+        self.baselines = update_baselines(self.baselines, keys, returns, self.cfg.baseline_alpha)
+        adv = torch.tensor(role_conditioned_advantages(keys, returns, self.baselines))
+        batch = collate(rows, self.pad_id)
+        mask = batch["mask"]
+
+        with self._autocast():
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, entropy = losses.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+        pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
+        ent = losses.masked_mean(entropy, mask)
+        loss = pg_loss - self.cfg.entropy_coef * ent
+        kl_ref = torch.tensor(0.0)
+        if self.ref is not None:
+            with torch.no_grad(), self._autocast():
+                ref_logits = self.ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ref_logp, _ = losses.token_logprobs(ref_logits[:, :-1], batch["input_ids"][:, 1:])
+            kl_ref = losses.kl_penalty(logp, ref_logp, mask)
+            loss = loss + self.cfg.kl_coef * kl_ref
+
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+
+        versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)
+        with torch.no_grad():
+            log_ratio = (batch["behaviour_logp"] - logp.detach()) * mask
+        metrics = {
+            "step": self.step, "loss": loss.item(), "pg_loss": pg_loss.item(),
+            "kl_behaviour": (log_ratio.sum() / mask.sum()).item(), "kl_ref": kl_ref.item(),
+            "entropy": ent.item(), "clip_frac": clip_frac.item(), "grad_norm": grad_norm.item(),
+            "adv_mean": adv.mean().item(), "adv_std": adv.std().item() if len(adv) > 1 else 0.0,
+            "staleness_mean": (self.version - versions).mean().item(),
+            "staleness_max": (self.version - versions).max().item(),
+            "batch_illegal": sum(r["illegal"] for r in rows) / len(rows),
+            "batch_turns": len(rows), "step_s": time.perf_counter() - start,
+        }
+        for (game, role), b in self.baselines.items():
+            metrics[f"baseline_{game}_{role}"] = b
+        return metrics
+
+    def export(self) -> tuple[bytes, str]:
+        return export_weights(self.model, self.engine_dtype)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        self.model.save_pretrained(d / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(d / "model")
+        torch.save(self.opt.state_dict(), d / "optimizer.pt")
+        torch.save(torch.get_rng_state(), d / "torch_rng.pt")
+        state = {"step": self.step, "version": self.version,
+                 "baselines": [[g, r, b] for (g, r), b in self.baselines.items()]}
+        (d / "learner_state.json").write_text(json.dumps(state))
+
+    def load(self, directory: str | Path) -> None:
+        """Restore optimiser, RNG and counters; the weights come from `directory`/model,
+        which the learner was constructed from."""
+        d = Path(directory)
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
+        state = json.loads((d / "learner_state.json").read_text())
+        self.step, self.version = state["step"], state["version"]
+        self.baselines = {(g, r): b for g, r, b in state["baselines"]}

@@ -1,0 +1,227 @@
+"""One typed config tree, loaded from YAML, overridden with `--set a.b=c`, validated with
+errors that name the field."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or ill-typed; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # any HF-format directory; None builds the default model
+    preset: str = "3m"  # default-model size when path is None
+    dtype: str = "bfloat16"  # generation and autocast dtype
+    max_model_len: int | None = None  # None: the model's own max_position_embeddings
+
+
+@dataclass
+class GeneratorConfig:
+    num_generators: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    games_per_wave: int = 256  # games played concurrently; every pending turn is one engine call
+    temperature: float = 1.0
+    max_response_tokens: int = 3
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
+    cpu_bind: str = "auto"  # VLLM_CPU_OMP_THREADS_BIND
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = False
+
+
+@dataclass
+class VerifierConfig:
+    num_cpus: float = 0.0  # light; a fraction of a CPU would not fit beside 1+1 on 2 cores
+
+
+@dataclass
+class BufferConfig:
+    capacity: int = 50_000  # turns
+    max_staleness: int = 4  # drop turns generated more than this many versions ago
+    samples_per_insert: float = 2.0
+    spi_tolerance: int = 8192  # turns either side of the target rate before blocking
+    min_size: int = 512
+
+
+@dataclass
+class LearnerConfig:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    threads: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 512  # turns per step
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0  # KL to the frozen initial policy; 0 disables the reference model
+    baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
+    grad_clip: float = 1.0
+    entropy_coef: float = 0.0
+    broadcast_every: int = 1  # steps between weight broadcasts
+    bf16: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 25
+    games: int = 200  # per opponent and seat
+    opponents: list[str] = field(default_factory=lambda: ["random", "minimax"])
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None starts a local Ray
+    dashboard_host: str = "127.0.0.1"
+    num_cpus: int | None = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "tictactoe"
+    out_dir: str = "runs"
+    seed: int = 0
+    game: str = "tictactoe"
+    total_steps: int = 300
+    time_limit_min: float = 0.0  # 0: no limit
+    log_every: int = 5
+    checkpoint_every: int = 50
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+POSITIVE = {
+    "total_steps", "log_every", "checkpoint_every", "generator.num_generators",
+    "generator.games_per_wave", "generator.max_response_tokens", "generator.kv_cache_gib",
+    "buffer.capacity", "buffer.samples_per_insert", "buffer.min_size", "learner.lr",
+    "learner.batch_size", "learner.broadcast_every", "learner.threads",
+    "eval.every_steps", "eval.games",
+}
+NON_NEGATIVE = {
+    "time_limit_min", "generator.temperature", "generator.num_cpus", "generator.num_gpus",
+    "buffer.max_staleness", "buffer.spi_tolerance", "learner.clip_eps", "learner.kl_coef",
+    "learner.grad_clip", "learner.weight_decay", "learner.entropy_coef", "learner.num_cpus",
+    "learner.num_gpus", "verifier.num_cpus",
+}
+CHOICES = {"model.dtype": ("bfloat16", "float32", "float16"), "game": ("tictactoe",)}
+
+
+def _coerce(value, typ, name: str):
+    origin = typing.get_origin(typ)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(typ)
+        if value is None and type(None) in options:
+            return None
+        inner = [t for t in options if t is not type(None)]
+        return _coerce(value, inner[0], name)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
+        return _build(typ, value, name + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(typ)
+        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if typ is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:  # YAML 1.1 reads 1e-4 as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected float, got {value!r}") from None
+    if typ in (int, float, str, bool) and (type(value) is not typ):
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    for name in POSITIVE | NON_NEGATIVE:
+        if not math.isfinite(_get(cfg, name)):
+            raise ConfigError(f"{name}: must be finite, got {_get(cfg, name)!r}")
+    for name in POSITIVE:
+        if not _get(cfg, name) > 0:
+            raise ConfigError(f"{name}: must be > 0, got {_get(cfg, name)!r}")
+    for name in NON_NEGATIVE:
+        if not _get(cfg, name) >= 0:
+            raise ConfigError(f"{name}: must be >= 0, got {_get(cfg, name)!r}")
+    for name, choices in CHOICES.items():
+        if _get(cfg, name) not in choices:
+            raise ConfigError(f"{name}: must be one of {choices}, got {_get(cfg, name)!r}")
+    if cfg.model.max_model_len is not None and cfg.model.max_model_len <= 0:
+        raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
+    if not 0 <= cfg.learner.baseline_alpha < 1:
+        raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
+    if not 0 < cfg.generator.gpu_memory_utilization <= 1:
+        raise ConfigError("generator.gpu_memory_utilization: must be in (0, 1], got "
+                          f"{cfg.generator.gpu_memory_utilization}")
+    if cfg.buffer.min_size > cfg.buffer.capacity:
+        raise ConfigError("buffer.min_size: must not exceed buffer.capacity")
+    if cfg.buffer.min_size < cfg.learner.batch_size:
+        raise ConfigError(f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
+                          f"got {cfg.buffer.min_size}")
+    for i, opp in enumerate(cfg.eval.opponents):
+        if opp not in ("random", "minimax"):
+            raise ConfigError(f"eval.opponents[{i}]: must be 'random' or 'minimax', got {opp!r}")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. learner.lr=1e-4")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
+        node[keys[-1]] = value
+    return validate(_build(RunConfig, data))
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,248 @@
+"""The driver: starts Ray and the actors, then watches. Trajectories flow generator ->
+verifier -> buffer -> learner and never pass through here; the driver only paces the
+learner, logs metrics, runs evaluations and writes checkpoints."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from actors.buffer import BufferActor
+from actors.generator import GeneratorActor
+from actors.verifier import VerifierActor
+from learner.actor import LearnerActor
+from selfplay.config import RunConfig, load_config, save_config
+from selfplay.metrics import MetricsLog, eval_metrics
+from selfplay.model import create_default_model
+
+COMPLETE = "COMPLETE"
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose COMPLETE marker was written (the last file saved)."""
+    done = sorted(p.parent for p in (run_dir / "checkpoints").glob(f"step_*/{COMPLETE}"))
+    return done[-1] if done else None
+
+
+def initial_model(cfg: RunConfig, run_dir: Path) -> str:
+    if cfg.model.path:
+        if not (Path(cfg.model.path) / "config.json").exists():
+            raise FileNotFoundError(f"model.path: {cfg.model.path} is not an HF model directory "
+                                    "(no config.json)")
+        return cfg.model.path
+    return str(create_default_model(run_dir / "initial_model", cfg.model.preset,
+                                    cfg.model.max_model_len or 256, cfg.seed))
+
+
+def init_ray(cfg: RunConfig, namespace: str) -> bool:
+    """Start or join Ray; returns False (and does nothing) if this process is already
+    connected, e.g. inside a Ray job or a test session."""
+    if ray.is_initialized():
+        return False
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, namespace=namespace)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, namespace=namespace, include_dashboard=True,
+                 dashboard_host=cfg.ray.dashboard_host)
+    return True
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume_from: Path | None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.run_id = run_dir.name
+        self.metrics = MetricsLog(run_dir, self.run_id)
+        state = {"step": 0, "version": 0, "wall_s": 0.0}
+        if resume_from:
+            state = json.loads((resume_from / "driver_state.json").read_text())
+            random.setstate(_tuple_state(state["python_rng"]))
+            np.random.set_state(_numpy_state(state["numpy_rng"]))
+        else:
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed)
+        self.step, self.wall_offset = state["step"], state["wall_s"]
+        model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
+        self.start = time.time()
+
+        self.buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, self.run_id)
+        if resume_from:
+            ray.get(self.buffer.load.remote(str(resume_from)))
+        self.verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus).remote(
+            model_path, self.buffer, self.run_id)
+        self.generators = [
+            GeneratorActor.options(name=f"generator-{i}", num_cpus=cfg.generator.num_cpus,
+                                   num_gpus=cfg.generator.num_gpus).remote(
+                f"generator-{i}", self.run_id, cfg.game, model_path, cfg.model, cfg.generator,
+                cfg.seed + 1000 * (i + 1), state["version"])
+            for i in range(cfg.generator.num_generators)]
+        self.learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus,
+                                            num_gpus=cfg.learner.num_gpus).remote(
+            cfg.learner, cfg.model, model_path, cfg.seed, self.buffer, self.run_id,
+            str(resume_from) if resume_from else None)
+        ray.get([self.learner.add_target.remote(f"generator-{i}", g) for i, g in enumerate(self.generators)])
+        self.pending_evals: list = []
+        self.gen_counts_at = (time.time(), {})
+
+    def wall(self) -> float:
+        return self.wall_offset + time.time() - self.start
+
+    def evaluate(self, wait: bool = False) -> dict:
+        """Queue an evaluation on generator-0 (it interleaves with self-play)."""
+        step = self.step
+        for opp in self.cfg.eval.opponents:
+            self.pending_evals.append((step, self.generators[0].evaluate.remote(opp, self.cfg.eval.games)))
+        return self.collect_evals(wait)
+
+    def collect_evals(self, wait: bool = False) -> dict:
+        results = {}
+        still = []
+        for step, ref in self.pending_evals:
+            ready, _ = ray.wait([ref], timeout=None if wait else 0)
+            if not ready:
+                still.append((step, ref))
+                continue
+            result = ray.get(ref)
+            self.metrics.log(step, self.wall(), eval_metrics(result))
+            results[result["opponent"]] = result
+        self.pending_evals = still
+        return results
+
+    def throughput(self) -> dict:
+        now = time.time()
+        stats = ray.get([g.stats.remote() for g in self.generators])
+        totals = {k: sum(s[k] for s in stats) for k in ("games", "turns", "tokens")}
+        then, before = self.gen_counts_at
+        self.gen_counts_at = (now, totals)
+        if not before:
+            return {}
+        dt = max(now - then, 1e-9)
+        return {"tokens_per_s": (totals["tokens"] - before["tokens"]) / dt,
+                "trajectories_per_s": (totals["games"] - before["games"]) / dt,
+                "turns_per_s": (totals["turns"] - before["turns"]) / dt}
+
+    def checkpoint(self) -> Path:
+        d = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        ray.get([self.learner.save.remote(str(d)), self.buffer.save.remote(str(d))])
+        version = ray.get(self.learner.state.remote())["version"]
+        state = {"step": self.step, "version": version, "wall_s": self.wall(),
+                 "python_rng": random.getstate(), "numpy_rng": _jsonable_numpy_state()}
+        (d / "driver_state.json").write_text(json.dumps(state))
+        self.metrics.flush()
+        (d / COMPLETE).write_text(str(self.step))
+        return d
+
+    def train(self) -> None:
+        cfg = self.cfg
+        runs = [g.run.remote(self.verifier, self.buffer) for g in self.generators]
+        bar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", unit="step")
+        deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
+        while self.step < cfg.total_steps and time.time() < deadline:
+            n = min(cfg.log_every, cfg.total_steps - self.step)
+            ref = self.learner.train.remote(n)
+            done, _ = ray.wait([ref] + runs, num_returns=1)
+            if done[0] != ref:  # a generator's loop ended: it can only have failed
+                ray.get(done[0])
+                raise RuntimeError("a generator stopped while training")
+            steps = ray.get(ref)
+            prev, self.step = self.step, steps[-1]["step"]
+            bar.update(self.step - prev)
+            learner_metrics = {k: v for k, v in steps[-1].items() if k != "step"}
+            buffer = ray.get(self.buffer.stats.remote())
+            self.metrics.log(self.step, self.wall(), {
+                **learner_metrics, **self.throughput(), "buffer_size": buffer["size"],
+                "buffer_dropped_stale": buffer["dropped_stale"]})
+            self.collect_evals()
+            if self.step % cfg.eval.every_steps < n:
+                self.evaluate()
+            if self.step % cfg.checkpoint_every < n:
+                self.checkpoint()
+            bar.set_postfix(vs_minimax=self.metrics.last("eval/minimax/non_loss"),
+                            vs_random=self.metrics.last("eval/random/win"),
+                            illegal=round(learner_metrics["batch_illegal"], 3))
+        bar.close()
+        ray.get([g.stop.remote() for g in self.generators])
+        ray.get(runs)
+
+    def close(self) -> None:
+        """Kill the run's actors and wait until their names are free again, so a resumed
+        run in the same Ray session can take them."""
+        self.metrics.close()
+        names = [f"generator-{i}" for i in range(len(self.generators))] + ["learner", "verifier", "buffer"]
+        for actor in [*self.generators, self.learner, self.verifier, self.buffer]:
+            ray.kill(actor)
+        deadline = time.time() + 30
+        while names and time.time() < deadline:
+            try:
+                ray.get_actor(names[0])
+                time.sleep(0.1)
+            except ValueError:
+                names.pop(0)
+
+
+def _jsonable_numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), pos, has_gauss, cached]
+
+
+def _numpy_state(state: list) -> tuple:
+    return (state[0], np.array(state[1], dtype=np.uint32), state[2], state[3], state[4])
+
+
+def _tuple_state(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def summarize_evals(results: dict) -> dict:
+    return {opp: {"win": r["win"], "draw": r["draw"], "loss": r["loss"], "illegal": r["illegal"],
+                  "non_loss": r["win"] + r["draw"], "games": r["games"]} for opp, r in results.items()}
+
+
+def run(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
+    """Train until total_steps (or the time limit); returns the run directory."""
+    if resume_dir:
+        run_dir = resume_dir
+        resume_from = latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise FileNotFoundError(f"{run_dir}: no complete checkpoint to resume from")
+    else:
+        run_dir, resume_from = new_run_dir(cfg), None
+    save_config(cfg, run_dir / "config.yaml")  # on resume: with this invocation's overrides
+    owns_ray = init_ray(cfg, namespace=run_dir.name)
+    r = None
+    try:
+        r = Run(cfg, run_dir, resume_from)
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        if not resume_from:
+            summary["before"] = summarize_evals(r.evaluate(wait=True))
+        r.train()
+        summary["after"] = summarize_evals(r.evaluate(wait=True))
+        summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
+                       last_checkpoint=str(r.checkpoint()))
+        summary_path.write_text(json.dumps(summary, indent=2))
+        return run_dir
+    finally:
+        if r is not None:
+            r.close()
+        if owns_ray:
+            ray.shutdown()
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    return load_config(run_dir / "config.yaml", overrides)

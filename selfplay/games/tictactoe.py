@@ -1,0 +1,119 @@
+"""TicTacToe as a text game. Cells are numbered 1-9, row by row. A move is the first
+non-space character of the model's reply; anything else, or an occupied cell, is an
+illegal move: the mover loses (-1), the opponent wins (+1) and the game ends."""
+from __future__ import annotations
+
+import functools
+import random
+
+LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
+MARKS = "XO"
+
+
+def winner(board: str) -> str | None:
+    for a, b, c in LINES:
+        if board[a] != "." and board[a] == board[b] == board[c]:
+            return board[a]
+    return None
+
+
+class TicTacToe:
+    name = "tictactoe"
+    num_players = 2
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed  # no chance nodes; kept so every game is replayable from (name, seed)
+        self.board = "." * 9
+        self.current_player = 0
+        self.illegal_by: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.illegal_by is not None or winner(self.board) is not None or "." not in self.board
+
+    def returns(self) -> list[float]:
+        if self.illegal_by is not None:
+            return [-1.0, 1.0] if self.illegal_by == 0 else [1.0, -1.0]
+        w = winner(self.board)
+        if w is None:
+            return [0.0, 0.0]
+        return [1.0, -1.0] if w == "X" else [-1.0, 1.0]
+
+    def legal_actions(self) -> list[int]:
+        return [i for i, c in enumerate(self.board) if c == "."]
+
+    def observation(self, player: int) -> str:
+        """One line, cells in move order: 'tictactoe X X.O......:'; the reply is a cell 1-9."""
+        return f"tictactoe {MARKS[player]} {self.board}:"
+
+    @staticmethod
+    def parse_action(text: str) -> int | None:
+        text = text.lstrip()
+        if text and text[0] in "123456789":
+            return int(text[0]) - 1
+        return None
+
+    @staticmethod
+    def action_text(action: int) -> str:
+        return str(action + 1)
+
+    def apply(self, action: int) -> None:
+        if self.is_terminal:
+            raise ValueError("game is over")
+        if action not in self.legal_actions():
+            raise ValueError(f"cell {action + 1} is not free on board {self.board}")
+        self.board = self.board[:action] + MARKS[self.current_player] + self.board[action + 1:]
+        self.current_player = 1 - self.current_player
+
+    def apply_text(self, text: str) -> bool:
+        """Apply a model's reply. Returns False (and ends the game) if it is illegal."""
+        if self.is_terminal:
+            raise ValueError("game is over")
+        action = self.parse_action(text)
+        if action is None or action not in self.legal_actions():
+            self.illegal_by = self.current_player
+            return False
+        self.apply(action)
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def minimax_value(board: str, mark: str) -> int:
+    """Value of `board` for the side to move (`mark`): +1 win, 0 draw, -1 loss."""
+    w = winner(board)
+    if w is not None:
+        return 1 if w == mark else -1
+    if "." not in board:
+        return 0
+    other = "O" if mark == "X" else "X"
+    return max(-minimax_value(board[:i] + mark + board[i + 1:], other)
+               for i, c in enumerate(board) if c == ".")
+
+
+class MinimaxPlayer:
+    """Perfect play; picks uniformly among optimal moves so evaluation covers many lines."""
+    name = "minimax"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, game: TicTacToe) -> int:
+        mark = MARKS[game.current_player]
+        other = MARKS[1 - game.current_player]
+        scored = [(-minimax_value(game.board[:i] + mark + game.board[i + 1:], other), i)
+                  for i in game.legal_actions()]
+        best = max(v for v, _ in scored)
+        return self.rng.choice([i for v, i in scored if v == best])
+
+
+class RandomPlayer:
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, game: TicTacToe) -> int:
+        return self.rng.choice(game.legal_actions())
+
+
+SCRIPTED = {"minimax": MinimaxPlayer, "random": RandomPlayer}

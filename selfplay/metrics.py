@@ -1,0 +1,68 @@
+"""Run metrics: one long-format Parquet file (step, wall_s, name, value), mirrored to
+TensorBoard and to Ray gauges so they show in the Ray dashboard."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("wall_s", pa.float64()),
+                            ("name", pa.string()), ("value", pa.float64())])
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, run_id: str, ray_gauges: bool = True):
+        from torch.utils.tensorboard import SummaryWriter
+        self.path = run_dir / "metrics.parquet"
+        self.rows: list[dict] = pq.read_table(self.path).to_pylist() if self.path.exists() else []
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.run_id = run_id
+        self.ray_gauges = ray_gauges
+        self.gauges: dict = {}
+
+    def log(self, step: int, wall_s: float, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            value = float(value)
+            self.rows.append({"step": step, "wall_s": wall_s, "name": name, "value": value})
+            self.tb.add_scalar(name, value, step)
+            if self.ray_gauges:
+                self._gauge(name).set(value)
+
+    def _gauge(self, name: str):
+        if name not in self.gauges:
+            from ray.util import metrics
+            gauge = metrics.Gauge("selfplay_" + re.sub(r"[^a-zA-Z0-9_]", "_", name), tag_keys=("run",))
+            gauge.set_default_tags({"run": self.run_id})
+            self.gauges[name] = gauge
+        return self.gauges[name]
+
+    def last(self, name: str) -> float | None:
+        for row in reversed(self.rows):
+            if row["name"] == name:
+                return row["value"]
+        return None
+
+    def flush(self) -> None:
+        tmp = self.path.with_suffix(".parquet.tmp")
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), tmp)
+        tmp.replace(self.path)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.tb.close()
+
+
+def eval_metrics(result: dict) -> dict[str, float]:
+    """Flatten a generator `evaluate` result into eval/OPP/... metric names."""
+    opp = result["opponent"]
+    out = {f"eval/{opp}/{k}": result[k] for k in ("win", "draw", "loss", "illegal", "games")}
+    out[f"eval/{opp}/non_loss"] = result["win"] + result["draw"]
+    for seat in ("first", "second"):
+        out[f"eval/{opp}/{seat}_win"] = result[f"{seat}_win"]
+        out[f"eval/{opp}/{seat}_non_loss"] = result[f"{seat}_win"] + result[f"{seat}_draw"]
+    return out

@@ -1,0 +1,47 @@
+"""Session fixtures for integration tests: one local Ray, one tiny model, one generator
+(one vLLM engine) shared by every test that needs them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+    # Logical CPUs: the session generator, learner and a driver run's actors coexist;
+    # only one engine is busy at a time.
+    ray.init(num_cpus=4, include_dashboard=False, namespace="selfplay-tests",
+             logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from selfplay.model import create_default_model
+    return str(create_default_model(tmp_path_factory.mktemp("model"), preset="1m", max_positions=64))
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    from selfplay.config import load_config
+    return load_config(None, [
+        "model.preset=1m", "model.max_model_len=64", "generator.games_per_wave=64",
+        "generator.max_response_tokens=2", "learner.batch_size=64", "learner.lr=1e-3",
+        "buffer.min_size=64", "buffer.max_staleness=1", "buffer.spi_tolerance=512",
+        "eval.games=8", "verifier.num_cpus=0",
+    ])
+
+
+@pytest.fixture(scope="session")
+def generator(ray_session, tiny_model, small_cfg):
+    from actors.generator import GeneratorActor
+    g = GeneratorActor.options(name="test-generator").remote(
+        "generator-0", "test", "tictactoe", tiny_model, small_cfg.model, small_cfg.generator, 1)
+    ray_session.get(g.stats.remote())  # the engine is up
+    return g

@@ -1,0 +1,66 @@
+"""Returns-to-go and SPIRAL's role-conditioned advantages, against hand-worked numbers."""
+from __future__ import annotations
+
+import pytest
+
+from learner.advantages import returns_to_go, role_conditioned_advantages, update_baselines
+
+X, O = ("tictactoe", 0), ("tictactoe", 1)
+
+
+def test_returns_to_go_undiscounted():
+    # G_2 = 1; G_1 = 0 + 1 = 1; G_0 = 0.5 + 1 = 1.5
+    assert returns_to_go([0.5, 0.0, 1.0]) == [1.5, 1.0, 1.0]
+
+
+def test_returns_to_go_half_discount():
+    # G_3 = 4; G_2 = 0 + 0.5*4 = 2; G_1 = 2 + 0.5*2 = 3; G_0 = 1 + 0.5*3 = 2.5
+    assert returns_to_go([1.0, 2.0, 0.0, 4.0], gamma=0.5) == [2.5, 3.0, 2.0, 4.0]
+
+
+def test_returns_to_go_of_terminal_reward_only():
+    assert returns_to_go([0.0, 0.0, -1.0]) == [-1.0, -1.0, -1.0]
+    assert returns_to_go([]) == []
+
+
+def test_first_sighting_of_key_starts_at_batch_mean():
+    # X returns 1, 1, -1 -> mean 1/3; O returns -1, 0 -> mean -0.5
+    new = update_baselines({}, [X, X, X, O, O], [1.0, 1.0, -1.0, -1.0, 0.0], alpha=0.9)
+    assert new == pytest.approx({X: 1 / 3, O: -0.5})
+
+
+def test_second_update_is_ema_towards_batch_mean():
+    # X: 0.9 * 0.2 + 0.1 * mean(1, -1, -1) = 0.18 + 0.1 * (-1/3) = 0.14666...
+    new = update_baselines({X: 0.2}, [X, X, X], [1.0, -1.0, -1.0], alpha=0.9)
+    assert new[X] == pytest.approx(0.18 - 1 / 30)
+    # alpha 0.5: 0.5 * 0.2 + 0.5 * 1.0 = 0.6
+    assert update_baselines({X: 0.2}, [X], [1.0], alpha=0.5)[X] == pytest.approx(0.6)
+
+
+def test_keys_absent_from_batch_keep_their_baseline_and_input_is_not_mutated():
+    old = {X: 0.2, O: -0.4, ("other", 0): 0.7}
+    snapshot = dict(old)
+    new = update_baselines(old, [X, X], [1.0, 0.0], alpha=0.75)
+    # X: 0.75 * 0.2 + 0.25 * 0.5 = 0.15 + 0.125 = 0.275
+    assert new[X] == pytest.approx(0.275)
+    assert new[O] == -0.4
+    assert new[("other", 0)] == 0.7
+    assert old == snapshot
+
+
+def test_alpha_zero_jumps_to_batch_mean():
+    assert update_baselines({O: 0.9}, [O, O], [1.0, -1.0], alpha=0.0)[O] == 0.0
+
+
+def test_role_conditioned_advantages_use_each_roles_baseline():
+    keys = [X, X, X, O, O]
+    returns = [1.0, 1.0, -1.0, -1.0, 1.0]
+    baselines = {X: 0.2, O: -0.5}
+    # X: 1 - 0.2, 1 - 0.2, -1 - 0.2; O: -1 + 0.5, 1 + 0.5
+    assert role_conditioned_advantages(keys, returns, baselines) == pytest.approx(
+        [0.8, 0.8, -1.2, -0.5, 1.5])
+
+
+def test_role_conditioned_advantages_need_a_baseline_for_each_key():
+    with pytest.raises(KeyError):
+        role_conditioned_advantages([O], [1.0], {X: 0.0})

@@ -1,0 +1,189 @@
+"""Replay buffer: staleness, FIFO capacity, the sample/insert rate limit, save/load.
+Exercises the plain ReplayBuffer; no Ray is started."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from actors.buffer import ReplayBuffer, insert_allowed, sample_allowed, staleness_floor
+from selfplay import schema
+from selfplay.config import BufferConfig
+from tests.rows import make_row
+
+
+def turns(versions: list[int], prefix: str = "t") -> pa.Table:
+    """One row per version, traj_id '<prefix><index>' so rows can be told apart."""
+    return schema.from_rows([make_row(traj_id=f"{prefix}{i}", policy_version=v)
+                             for i, v in enumerate(versions)])
+
+
+def buffer(**cfg) -> ReplayBuffer:
+    """Generous defaults so each test only sets the limit it is about."""
+    base = dict(capacity=1000, max_staleness=100, samples_per_insert=1.0, spi_tolerance=10_000,
+                min_size=1)
+    return ReplayBuffer(BufferConfig(**{**base, **cfg}), seed=0)
+
+
+def ids(table) -> list[str]:
+    return table["traj_id"].to_pylist()
+
+
+# ---- pure rules -----------------------------------------------------------------------
+
+def test_staleness_floor():
+    assert staleness_floor(5, 2) == 3
+    assert staleness_floor(5, 0) == 5
+    assert staleness_floor(1, 4) == -3
+
+
+def test_insert_allowed_up_to_and_including_tolerance():
+    # inserted * spi - sampled: 10 * 2 - 12 = 8 <= 8; 10 * 2 - 11 = 9 > 8 (buffer at min_size)
+    assert insert_allowed(10, 12, 2.0, 8, size=5, min_size=5)
+    assert not insert_allowed(10, 11, 2.0, 8, size=5, min_size=5)
+    assert insert_allowed(0, 0, 2.0, 0, size=0, min_size=0)
+
+
+def test_insert_always_allowed_below_min_size():
+    # 10 * 2 - 0 = 20 > 8, but with 4 < 5 rows the learner cannot sample: refusing would deadlock
+    assert insert_allowed(10, 0, 2.0, 8, size=4, min_size=5)
+    assert not insert_allowed(10, 0, 2.0, 8, size=5, min_size=5)
+
+
+def test_stale_drops_below_min_size_do_not_deadlock():
+    buf = buffer(samples_per_insert=2.0, spi_tolerance=0, min_size=4, max_staleness=0)
+    buf.add(turns([0, 0, 0, 0]))
+    assert not buf.can_insert()  # 4 * 2 - 0 = 8 > 0 with 4 rows held
+    assert buf.sample(4, learner_version=1) is None  # all four are stale now and dropped
+    assert buf.can_insert()  # 0 rows < min_size 4: generators must be let in
+
+
+def test_sample_allowed_rate_boundary():
+    # sampled + n - inserted * spi: 20 + 8 - 10 * 2 = 8 <= 8; with n = 9 it is 9 > 8
+    assert sample_allowed(10, 20, 8, 2.0, 8, size=100, min_size=1)
+    assert not sample_allowed(10, 20, 9, 2.0, 8, size=100, min_size=1)
+
+
+def test_sample_allowed_size_boundary():
+    assert sample_allowed(10, 0, 4, 1.0, 0, size=8, min_size=8)
+    assert not sample_allowed(10, 0, 4, 1.0, 0, size=7, min_size=8)
+    # more than the buffer holds is never allowed, whatever min_size says
+    assert not sample_allowed(100, 0, 12, 1.0, 0, size=10, min_size=4)
+    assert sample_allowed(100, 0, 10, 1.0, 0, size=10, min_size=4)
+
+
+# ---- ReplayBuffer ---------------------------------------------------------------------
+
+def test_stale_samples_are_dropped():
+    buf = buffer(max_staleness=2)
+    assert buf.add(turns([0, 1, 2, 3, 4, 5])) == 6
+    out = buf.sample(3, learner_version=5)  # floor 5 - 2 = 3: versions 0, 1, 2 go
+    assert out["policy_version"].to_pylist() == [3, 4, 5]
+    assert buf.table["policy_version"].to_pylist() == [3, 4, 5]
+    assert buf.counts == {"inserted": 6, "sampled": 3, "dropped_stale": 3, "evicted": 0}
+    assert buf.learner_version == 5
+
+
+def test_learner_version_never_goes_back():
+    buf = buffer(max_staleness=2)
+    buf.add(turns([3, 4, 5]))
+    buf.sample(1, learner_version=5)
+    buf.sample(1, learner_version=1)
+    assert buf.learner_version == 5
+
+
+def test_stale_rows_are_dropped_at_insert_after_learner_advanced():
+    buf = buffer(max_staleness=2, min_size=10)
+    assert buf.sample(1, learner_version=5) is None  # empty, but the learner is now at 5
+    assert buf.add(turns([1, 2, 3, 4])) == 2
+    assert buf.table["policy_version"].to_pylist() == [3, 4]
+    assert buf.counts["dropped_stale"] == 2
+    assert buf.counts["inserted"] == 4  # the rate limit counts what generators produced
+
+
+def test_capacity_evicts_oldest_rows_first():
+    buf = buffer(capacity=4)
+    buf.add(turns([0, 0, 0], prefix="a"))
+    buf.add(turns([0, 0, 0], prefix="b"))
+    assert ids(buf.table) == ["a2", "b0", "b1", "b2"]
+    assert buf.counts["evicted"] == 2
+    assert len(buf) == 4
+
+
+def test_one_insert_larger_than_capacity_keeps_its_newest_rows():
+    buf = buffer(capacity=4)
+    assert buf.add(turns([0] * 6)) == 6  # kept = not stale; eviction is counted apart
+    assert ids(buf.table) == ["t2", "t3", "t4", "t5"]
+    assert buf.counts["evicted"] == 2
+
+
+def test_sample_waits_below_min_size():
+    buf = buffer(min_size=5)
+    buf.add(turns([0, 0, 0, 0]))
+    assert buf.sample(1, learner_version=0) is None
+    assert buf.counts["sampled"] == 0
+    buf.add(turns([0], prefix="late"))
+    assert buf.sample(1, learner_version=0).num_rows == 1
+
+
+def test_sample_waits_when_rate_limit_says_so():
+    buf = buffer(samples_per_insert=1.0, spi_tolerance=0)
+    buf.add(turns([0, 0, 0, 0]))
+    assert buf.sample(4, learner_version=0).num_rows == 4  # 0 + 4 - 4 * 1 = 0 <= 0
+    assert buf.sample(1, learner_version=0) is None  # 4 + 1 - 4 = 1 > 0
+    assert buf.counts["sampled"] == 4
+    buf.add(turns([0], prefix="n"))
+    assert buf.sample(1, learner_version=0).num_rows == 1  # 4 + 1 - 5 = 0
+
+
+def test_sample_returns_n_distinct_rows():
+    buf = buffer()
+    buf.add(turns([0] * 20))
+    out = buf.sample(10, learner_version=0)
+    assert out.num_rows == 10
+    assert len(set(ids(out))) == 10
+    assert set(ids(out)) <= {f"t{i}" for i in range(20)}
+    assert out.schema.equals(schema.SCHEMA)
+    assert buf.counts["sampled"] == 10
+    assert len(buf) == 20  # sampling does not remove
+
+
+def test_can_insert_flips_at_tolerance():
+    buf = buffer(samples_per_insert=2.0, spi_tolerance=8)
+    buf.add(turns([0, 0, 0, 0]))
+    assert buf.can_insert()  # 4 * 2 - 0 = 8 <= 8
+    buf.add(turns([0], prefix="x"))
+    assert not buf.can_insert()  # 5 * 2 - 0 = 10 > 8
+    buf.sample(2, learner_version=0)
+    assert buf.can_insert()  # 10 - 2 = 8 <= 8
+
+
+def test_add_refuses_a_table_without_the_schema():
+    buf = buffer()
+    with pytest.raises(schema.SchemaError):
+        buf.add(pa.table({"policy_version": [0]}))
+    assert len(buf) == 0
+
+
+def test_stats_report_size_and_oldest_version():
+    buf = buffer()
+    assert buf.stats()["oldest_version"] is None
+    buf.add(turns([4, 2, 7]))
+    stats = buf.stats()
+    assert stats["size"] == 3
+    assert stats["oldest_version"] == 2
+    assert stats["inserted"] == 3
+
+
+def test_save_then_load_restores_table_counts_and_rng(tmp_path):
+    a = buffer(max_staleness=3)
+    a.add(turns(list(range(20))))
+    a.sample(4, learner_version=18)  # drops versions < 15 and advances the rng
+    a.save(tmp_path)
+
+    b = ReplayBuffer(a.cfg, seed=12345)
+    b.load(tmp_path)
+    assert b.table.equals(a.table)
+    assert b.counts == a.counts
+    assert b.learner_version == 18
+    for _ in range(3):
+        assert ids(b.sample(2, learner_version=18)) == ids(a.sample(2, learner_version=18))

@@ -1,0 +1,142 @@
+"""Config tree: YAML + --set overrides, and errors that name the bad field."""
+from __future__ import annotations
+
+import pytest
+
+from selfplay.config import ConfigError, RunConfig, load_config, save_config, validate
+
+
+def test_defaults_load_and_validate():
+    cfg = load_config()
+    assert cfg == RunConfig()
+    assert validate(RunConfig()) == cfg
+    assert cfg.learner.lr == 3e-4
+    assert cfg.eval.opponents == ["random", "minimax"]
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: small\nlearner:\n  batch_size: 64\n  lr: 0.001\nbuffer:\n  min_size: 96\n")
+    cfg = load_config(path, ["learner.lr=1e-4", "eval.opponents=[random]", "model.path=/m"])
+    assert cfg.name == "small"
+    assert cfg.learner.batch_size == 64
+    assert cfg.buffer.min_size == 96
+    assert type(cfg.learner.lr) is float and cfg.learner.lr == 0.0001  # YAML 1.1 reads 1e-4 as str
+    assert cfg.eval.opponents == ["random"]
+    assert cfg.model.path == "/m"
+    assert cfg.learner.clip_eps == 0.2  # untouched fields keep defaults
+
+
+def test_override_int_into_float_field_becomes_float():
+    cfg = load_config(overrides=["learner.grad_clip=2"])
+    assert type(cfg.learner.grad_clip) is float and cfg.learner.grad_clip == 2.0
+
+
+def test_override_null_into_optional_field():
+    assert load_config(overrides=["ray.address=null"]).ray.address is None
+
+
+def test_empty_yaml_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == RunConfig()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("lrr=1", "lrr"),
+    ("learner.lrr=1e-4", "learner.lrr"),
+    ("eval.oponents=[random]", "eval.oponents"),
+])
+def test_unknown_field_is_named_first(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(f"{field}: unknown field")
+
+
+def test_unknown_field_in_yaml_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learner:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith("learner.lrr:")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("learner.batch_size=abc", "learner.batch_size"),
+    ("learner.batch_size=1.5", "learner.batch_size"),
+    ("learner.bf16=1", "learner.bf16"),
+    ("learner.lr=fast", "learner.lr"),
+    ("learner.lr=true", "learner.lr"),
+    ("model.path=3", "model.path"),
+    ("eval.opponents=random", "eval.opponents"),
+    ("eval.opponents=[1]", "eval.opponents[0]"),
+    ("learner=3", "learner"),
+])
+def test_ill_typed_value_is_named(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("learner.batch_size=0", "learner.batch_size"),
+    ("learner.lr=-1e-4", "learner.lr"),
+    ("buffer.max_staleness=-1", "buffer.max_staleness"),
+    ("learner.baseline_alpha=1.0", "learner.baseline_alpha"),
+    ("model.dtype=int8", "model.dtype"),
+    ("eval.opponents=[random,alphazero]", "eval.opponents[1]"),
+])
+def test_out_of_range_value_is_named(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(f"{field}:")
+
+
+def test_min_size_above_capacity_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["buffer.capacity=100", "buffer.min_size=101"])
+    assert str(err.value).startswith("buffer.min_size:")
+    ok = load_config(overrides=["buffer.capacity=100", "buffer.min_size=100", "learner.batch_size=100"])
+    assert ok.buffer.min_size == 100
+
+
+def test_min_size_below_batch_size_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["learner.batch_size=64", "buffer.min_size=63"])
+    assert str(err.value).startswith("buffer.min_size:")
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("learner: [lr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: not valid YAML")
+
+
+def test_yaml_top_level_list_names_the_file(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_override_without_equals_sign_is_refused():
+    with pytest.raises(ConfigError, match="expected key=value") as err:
+        load_config(overrides=["learner.lr"])
+    assert "'learner.lr'" in str(err.value)
+
+
+def test_save_then_load_round_trips(tmp_path):
+    cfg = load_config(overrides=["learner.lr=1e-4", "eval.opponents=[minimax]", "model.path=/m",
+                                 "ray.num_cpus=4", "time_limit_min=2.5", "learner.bf16=false"])
+    path = tmp_path / "saved.yaml"
+    save_config(cfg, path)
+    assert load_config(path) == cfg
+
+
+def test_save_then_load_round_trips_defaults(tmp_path):
+    path = tmp_path / "defaults.yaml"
+    save_config(RunConfig(), path)
+    assert load_config(path) == RunConfig()

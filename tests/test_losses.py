@@ -1,0 +1,128 @@
+"""PPO clip loss, k3 KL and token log-probs on tiny tensors, against hand-worked numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from learner.losses import kl_penalty, masked_mean, ppo_clip_loss, token_logprobs
+
+
+def logps_with_ratios(ratios: list[list[float]], behaviour: float = -1.0):
+    """(logp, behaviour_logp) such that exp(logp - behaviour_logp) == ratios."""
+    r = torch.tensor(ratios, dtype=torch.float64)
+    beh = torch.full_like(r, behaviour)
+    return beh + r.log(), beh
+
+
+def test_ppo_clip_loss_hand_computed():
+    # eps = 0.2, so ratios are clipped to [0.8, 1.2].
+    # row 0, A = +2:  rho 1.0 -> min(2.0, 2.0) = 2.0
+    #                 rho 1.5 -> min(3.0, 1.2*2 = 2.4) = 2.4   clipped
+    #                 rho 0.5 -> min(1.0, 0.8*2 = 1.6) = 1.0
+    # row 1, A = -1:  rho 1.1 -> min(-1.1, -1.1) = -1.1
+    #                 rho 0.7 -> min(-0.7, 0.8*-1 = -0.8) = -0.8   clipped
+    #                 rho 2.0 -> padding (mask 0)
+    # masked mean = (2.0 + 2.4 + 1.0 - 1.1 - 0.8) / 5 = 3.5 / 5 = 0.7 -> loss -0.7
+    # clip fraction = 2 clipped of 5 real tokens = 0.4
+    logp, beh = logps_with_ratios([[1.0, 1.5, 0.5], [1.1, 0.7, 2.0]])
+    adv = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss, clip_frac = ppo_clip_loss(logp, beh, adv, mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx(-0.7)
+    assert clip_frac.item() == pytest.approx(0.4)
+
+
+def test_on_policy_loss_is_minus_mean_advantage_and_nothing_is_clipped():
+    logp = torch.tensor([[-0.3, -1.2, -2.0], [-0.7, -0.1, -5.0]])
+    adv = torch.tensor([0.5, -1.5])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    loss, clip_frac = ppo_clip_loss(logp, logp.clone(), adv, mask, clip_eps=0.2)
+    # rho = 1 everywhere; masked mean of A per token: (0.5 * 2 - 1.5 * 3) / 5 = -0.7 -> loss +0.7
+    assert loss.item() == pytest.approx(0.7)
+    assert clip_frac.item() == 0.0
+
+
+def grad_of_loss(ratio: float, advantage: float, clip_eps: float = 0.2) -> float:
+    logp, beh = logps_with_ratios([[ratio]])
+    logp.requires_grad_(True)
+    loss, _ = ppo_clip_loss(logp, beh, torch.tensor([advantage], dtype=torch.float64),
+                            torch.ones(1, 1, dtype=torch.float64), clip_eps)
+    loss.backward()
+    return logp.grad.item()
+
+
+def test_positive_advantage_above_clip_range_has_no_gradient():
+    assert grad_of_loss(ratio=1.5, advantage=2.0) == 0.0
+
+
+def test_positive_advantage_inside_clip_range_has_gradient():
+    # d/dlogp of -(rho * A) = -rho * A = -1.1 * 2 = -2.2
+    assert grad_of_loss(ratio=1.1, advantage=2.0) == pytest.approx(-2.2)
+
+
+def test_negative_advantage_below_clip_range_has_no_gradient():
+    assert grad_of_loss(ratio=0.5, advantage=-1.0) == 0.0
+    # above the range a negative advantage still pushes down: -rho * A = -1.5 * -1 = 1.5
+    assert grad_of_loss(ratio=1.5, advantage=-1.0) == pytest.approx(1.5)
+
+
+def test_kl_penalty_is_zero_for_equal_policies():
+    logp = torch.tensor([[-0.5, -2.0], [-1.0, -0.1]])
+    assert kl_penalty(logp, logp.clone(), torch.ones(2, 2)).item() == 0.0
+
+
+def test_kl_penalty_hand_computed():
+    # d = ref - logp = [ln 2, -1, 0 (padding)]
+    # exp(d) - d - 1: ln 2 -> 2 - ln 2 - 1 = 0.306853; -1 -> e^-1 + 1 - 1 = 0.367879
+    # masked mean over 2 tokens = (0.306853 + 0.367879) / 2 = 0.337366
+    logp = torch.tensor([[0.0, 1.0, 0.5]], dtype=torch.float64)
+    ref = torch.tensor([[math.log(2), 0.0, 3.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    expected = ((1 - math.log(2)) + math.exp(-1)) / 2
+    assert kl_penalty(logp, ref, mask).item() == pytest.approx(expected)
+    assert expected == pytest.approx(0.337366, abs=1e-6)
+
+
+def test_kl_penalty_is_non_negative():
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(8, 16, generator=g) * 5
+    ref = -torch.rand(8, 16, generator=g) * 5
+    mask = (torch.rand(8, 16, generator=g) > 0.3).float()
+    per_token = torch.exp(ref - logp) - (ref - logp) - 1
+    assert (per_token >= 0).all()
+    assert kl_penalty(logp, ref, mask).item() > 0
+
+
+def test_masked_mean_of_fully_masked_tensor_is_zero():
+    assert masked_mean(torch.ones(2, 3), torch.zeros(2, 3)).item() == 0.0
+
+
+def test_token_logprobs_hand_computed():
+    # logits [0, ln 2, ln 5]: exp sums to 1 + 2 + 5 = 8, so probs are 1/8, 2/8, 5/8.
+    row = [0.0, math.log(2), math.log(5)]
+    logits = torch.tensor([[row, row]])  # [B=1, T=2, V=3]
+    targets = torch.tensor([[1, 2]])
+    logp, entropy = token_logprobs(logits, targets)
+    assert logp.shape == entropy.shape == (1, 2)
+    assert logp[0].tolist() == pytest.approx([math.log(2 / 8), math.log(5 / 8)])
+    assert torch.allclose(logp, torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0])
+    # H = -(1/8 ln 1/8 + 2/8 ln 2/8 + 5/8 ln 5/8) = 0.259930 + 0.346574 + 0.293752 = 0.900256
+    h = -sum(p * math.log(p) for p in (1 / 8, 2 / 8, 5 / 8))
+    assert entropy[0].tolist() == pytest.approx([h, h])
+    assert h == pytest.approx(0.900256, abs=1e-6)
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    logits = torch.full((2, 3, 7), 0.25)
+    logp, entropy = token_logprobs(logits, torch.zeros(2, 3, dtype=torch.long))
+    assert torch.allclose(entropy, torch.full((2, 3), math.log(7)))
+    assert torch.allclose(logp, torch.full((2, 3), -math.log(7)))
+
+
+def test_token_logprobs_compute_in_float32_for_bf16_logits():
+    logits = torch.zeros(1, 1, 4, dtype=torch.bfloat16)
+    logp, entropy = token_logprobs(logits, torch.tensor([[3]]))
+    assert logp.dtype == entropy.dtype == torch.float32
+    assert entropy.item() == pytest.approx(math.log(4), rel=1e-6)

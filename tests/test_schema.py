@@ -1,0 +1,91 @@
+"""The trajectory table: round trips through Parquet and Arrow IPC, and the version guard."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from selfplay import schema
+from selfplay.schema import SchemaError
+from tests.rows import make_row
+
+
+def two_rows() -> list[dict]:
+    return [
+        make_row(traj_id="a", turn=0, role=0, policy_version=3, ret=1.0),
+        make_row(traj_id="a", turn=1, role=1, policy_version=3, ret=-1.0, outcome=-1.0,
+                 prompt_ids=[7, 8], response_ids=[9, 10], behaviour_logprobs=[-0.25, -2.0],
+                 illegal=True, trainable=False, response_text="x"),
+    ]
+
+
+def test_from_rows_has_the_schema_and_its_version():
+    table = schema.from_rows(two_rows())
+    assert table.schema.equals(schema.SCHEMA, check_metadata=True)
+    assert table.schema.metadata[schema.VERSION_KEY] == b"1"
+    assert table.column_names == schema.COLUMNS
+
+
+def test_parquet_round_trip_keeps_rows(tmp_path):
+    rows = two_rows()
+    path = tmp_path / "t.parquet"
+    schema.write_parquet(schema.from_rows(rows), path)
+    back = schema.read_parquet(path)
+    assert back.equals(schema.from_rows(rows))
+    assert back.to_pylist() == rows
+    assert not (tmp_path / "t.parquet.tmp").exists()
+
+
+def test_ipc_round_trip_keeps_rows():
+    rows = two_rows()
+    back = schema.from_ipc(schema.to_ipc(schema.from_rows(rows)))
+    assert back.to_pylist() == rows
+    assert back.schema.metadata[schema.VERSION_KEY] == b"1"
+
+
+def test_empty_table_round_trips_through_ipc():
+    back = schema.from_ipc(schema.to_ipc(schema.empty()))
+    assert back.num_rows == 0
+    assert back.column_names == schema.COLUMNS
+
+
+def test_other_schema_version_in_parquet_is_refused(tmp_path):
+    table = schema.from_rows(two_rows())
+    meta = dict(table.schema.metadata)
+    meta[schema.VERSION_KEY] = b"99"
+    path = tmp_path / "future.parquet"
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(SchemaError, match="version 99") as err:
+        schema.read_parquet(path)
+    assert str(path) in str(err.value)
+
+
+def test_table_without_metadata_is_refused():
+    table = schema.from_rows(two_rows()).replace_schema_metadata(None)
+    with pytest.raises(SchemaError, match="selfplay.schema_version"):
+        schema.check(table)
+
+
+def test_ipc_message_without_metadata_is_refused():
+    table = schema.from_rows(two_rows()).replace_schema_metadata(None)
+    with pytest.raises(SchemaError, match="ipc message"):
+        schema.from_ipc(schema.to_ipc(table))
+
+
+def test_missing_column_is_refused_and_named():
+    table = schema.from_rows(two_rows())
+    table = table.drop_columns(["reward"]).replace_schema_metadata(table.schema.metadata)
+    with pytest.raises(SchemaError, match="reward"):
+        schema.check(table)
+
+
+def test_check_reorders_columns_to_the_schema():
+    table = schema.from_rows(two_rows())
+    shuffled = table.select(list(reversed(schema.COLUMNS))).replace_schema_metadata(table.schema.metadata)
+    assert schema.check(shuffled).column_names == schema.COLUMNS
+
+
+def test_write_parquet_refuses_a_table_that_is_not_a_trajectory_table(tmp_path):
+    with pytest.raises(SchemaError):
+        schema.write_parquet(pa.table({"x": [1]}), tmp_path / "bad.parquet")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,244 @@
+"""TicTacToe rules, text interface and the minimax opponent."""
+from __future__ import annotations
+
+import pytest
+
+from selfplay.games import make_game
+from selfplay.games.tictactoe import (LINES, MARKS, MinimaxPlayer, RandomPlayer, TicTacToe,
+                                      minimax_value, winner)
+
+
+def play(moves: list[int]) -> TicTacToe:
+    """A game after `moves` (0-based cells), alternating X, O, X, ..."""
+    game = TicTacToe()
+    for m in moves:
+        game.apply(m)
+    return game
+
+
+def board_of(cells: dict[int, str]) -> str:
+    return "".join(cells.get(i, ".") for i in range(9))
+
+
+# ---- rules -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", LINES)
+@pytest.mark.parametrize("mark", MARKS)
+def test_winner_is_found_on_every_row_column_and_diagonal(line, mark):
+    assert winner(board_of({i: mark for i in line})) == mark
+
+
+def test_no_winner_on_empty_or_mixed_line():
+    assert winner("." * 9) is None
+    assert winner("XXO......") is None
+    assert winner("XOXXOOOXX") is None  # full board, no line
+
+
+def test_x_row_win_ends_game_with_x_plus_one():
+    # X: 0,1,2 (top row); O: 3,4
+    game = play([0, 3, 1, 4, 2])
+    assert game.board == "XXXOO...."
+    assert game.is_terminal
+    assert game.returns() == [1.0, -1.0]
+    assert game.illegal_by is None
+
+
+def test_o_column_win_gives_o_plus_one():
+    # X: 1,2,4; O: 0,3,6 (left column)
+    game = play([1, 0, 2, 3, 4, 6])
+    assert game.board == "OXXOX.O.."
+    assert winner(game.board) == "O"
+    assert game.is_terminal
+    assert game.returns() == [-1.0, 1.0]
+
+
+def test_x_diagonal_win():
+    # X: 2,4,6 (anti-diagonal); O: 0,1
+    game = play([2, 0, 4, 1, 6])
+    assert game.board == "OOX.X.X.."
+    assert game.returns() == [1.0, -1.0]
+
+
+def test_full_board_without_line_is_draw():
+    # X O X
+    # X O O
+    # O X X
+    game = play([0, 1, 2, 4, 3, 5, 7, 6, 8])
+    assert game.board == "XOXXOOOXX"
+    assert winner(game.board) is None
+    assert game.is_terminal
+    assert game.returns() == [0.0, 0.0]
+
+
+def test_game_in_progress_is_not_terminal_and_alternates_players():
+    game = TicTacToe()
+    assert not game.is_terminal
+    assert game.current_player == 0
+    game.apply(4)
+    assert game.current_player == 1
+    assert game.legal_actions() == [0, 1, 2, 3, 5, 6, 7, 8]
+
+
+def test_apply_on_finished_game_raises():
+    game = play([0, 3, 1, 4, 2])  # X has won
+    with pytest.raises(ValueError, match="over"):
+        game.apply(8)
+
+
+def test_apply_on_occupied_cell_raises():
+    game = play([4])
+    with pytest.raises(ValueError, match="cell 5"):
+        game.apply(4)
+
+
+# ---- text interface ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, action", [
+    ("5", 4), (" 5", 4), ("\n 9", 8), ("1", 0), ("5abc", 4), ("12", 0),
+    ("0", None), ("x", None), ("", None), ("   ", None), ("a5", None), ("-1", None),
+])
+def test_parse_action_reads_first_non_space_character(text, action):
+    assert TicTacToe.parse_action(text) == action
+
+
+def test_action_text_is_one_based_cell_number():
+    assert [TicTacToe.action_text(a) for a in (0, 4, 8)] == ["1", "5", "9"]
+
+
+def test_legal_text_move_is_applied():
+    game = TicTacToe()
+    assert game.apply_text(" 5 because centre")
+    assert game.board == "....X...."
+    assert game.current_player == 1
+
+
+@pytest.mark.parametrize("reply", ["5", "x", "", "0"])
+def test_illegal_or_unparsable_reply_ends_game_and_mover_loses(reply):
+    game = play([4])  # X took cell 5; O to move
+    assert not game.apply_text(reply)
+    assert game.illegal_by == 1
+    assert game.is_terminal
+    assert game.returns() == [1.0, -1.0]  # O (the mover) -1, X +1
+    assert game.board == "....X...."  # the illegal move is not written
+
+
+def test_illegal_reply_by_x_gives_x_minus_one():
+    game = TicTacToe()
+    assert not game.apply_text("no idea")
+    assert game.illegal_by == 0
+    assert game.returns() == [-1.0, 1.0]
+
+
+def test_apply_text_on_finished_game_raises():
+    # Like apply(): a reply after the game ended must not rewrite its result. Here a
+    # drawn game would otherwise become an O-illegal-move loss, [1.0, -1.0].
+    game = play([0, 1, 2, 4, 3, 5, 7, 6, 8])
+    assert game.returns() == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        game.apply_text("x")
+    assert game.illegal_by is None
+    assert game.returns() == [0.0, 0.0]
+
+
+def test_observation_text_format():
+    game = play([0, 4])  # X in cell 1, O in cell 5; X to move
+    assert game.observation(0) == "tictactoe X X...O....:"
+    assert game.observation(1) == "tictactoe O X...O....:"
+
+
+# ---- make_game -----------------------------------------------------------------------
+
+def test_make_game_builds_fresh_tictactoe():
+    game = make_game("tictactoe", seed=7)
+    assert isinstance(game, TicTacToe)
+    assert game.seed == 7
+    assert game.board == "." * 9
+
+
+def test_make_game_unknown_name_raises_naming_it():
+    with pytest.raises(ValueError, match="'chess'"):
+        make_game("chess")
+
+
+# ---- minimax ---------------------------------------------------------------------------
+
+def test_empty_board_is_a_draw():
+    assert minimax_value("." * 9, "X") == 0
+
+
+def test_corner_then_adjacent_edge_is_forced_win_for_x():
+    # X in 0, O in 1 (the edge beside X's corner), X to move.
+    # X 4 threatens 0-4-8, O must take 8; X 6 then forks 0-3-6 and 2-4-6.
+    board = "XO......."
+    assert all(winner(board[:i] + "X" + board[i + 1:]) is None for i in range(2, 9))  # no mate in 1
+    assert minimax_value(board, "X") == 1
+
+
+def test_immediate_win_is_plus_one_and_finished_position_is_scored():
+    assert minimax_value("XX.OO....", "X") == 1
+    assert minimax_value("XXXOO....", "O") == -1  # O to move after X already won
+
+
+def test_minimax_blocks_the_only_threat():
+    # X X . / . O . / . . .  -- O to move must take cell 3 (index 2); blocking draws.
+    board = "XX..O...."
+    assert minimax_value(board, "O") == 0
+    game = TicTacToe()
+    game.board, game.current_player = board, 1
+    assert {MinimaxPlayer(seed=s).act(game) for s in range(20)} == {2}
+
+
+def test_minimax_takes_a_win_over_a_block():
+    # X X . / O O . / . . .  -- X to move wins at index 2 instead of blocking at 5.
+    game = TicTacToe()
+    game.board = "XX.OO...."
+    assert {MinimaxPlayer(seed=s).act(game) for s in range(20)} == {2}
+
+
+def run_game(x, o) -> list[float]:
+    game = TicTacToe()
+    players = (x, o)
+    while not game.is_terminal:
+        game.apply(players[game.current_player].act(game))
+    return game.returns()
+
+
+def test_minimax_never_loses_to_random_in_either_seat():
+    for i in range(200):
+        assert run_game(MinimaxPlayer(seed=i), RandomPlayer(seed=1000 + i))[0] >= 0
+        assert run_game(RandomPlayer(seed=2000 + i), MinimaxPlayer(seed=i))[1] >= 0
+
+
+def test_minimax_against_itself_always_draws():
+    for i in range(50):
+        assert run_game(MinimaxPlayer(seed=i), MinimaxPlayer(seed=100 + i)) == [0.0, 0.0]
+
+
+def reachable_positions() -> dict[str, int]:
+    """Every non-terminal position reachable from the empty board -> player to move."""
+    seen: dict[str, int] = {}
+    stack = [TicTacToe()]
+    while stack:
+        game = stack.pop()
+        if game.is_terminal or game.board in seen:
+            continue
+        seen[game.board] = game.current_player
+        for a in game.legal_actions():
+            child = TicTacToe()
+            child.board, child.current_player = game.board, game.current_player
+            child.apply(a)
+            stack.append(child)
+    return seen
+
+
+def test_minimax_move_keeps_the_value_of_every_reachable_position():
+    positions = reachable_positions()
+    assert len(positions) == 4520  # 5478 legal positions minus 958 terminal ones
+    player = MinimaxPlayer(seed=0)
+    for board, to_move in positions.items():
+        game = TicTacToe()
+        game.board, game.current_player = board, to_move
+        mark, other = MARKS[to_move], MARKS[1 - to_move]
+        a = player.act(game)
+        child = board[:a] + mark + board[a + 1:]
+        assert -minimax_value(child, other) == minimax_value(board, mark), board
