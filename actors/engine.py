@@ -19,8 +19,9 @@ class Completion:
 
 class Engine:
     def __init__(self, model_path: str, model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen_cfg.kv_cache_gib))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", gen_cfg.cpu_bind)
+        # Read by the CPU backend only; the engine process inherits them.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen_cfg.kv_cache_gib)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = gen_cfg.cpu_bind
         from vllm import LLM
         self.llm = LLM(
             model=model_path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len,

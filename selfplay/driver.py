@@ -86,7 +86,7 @@ class Run:
             GeneratorActor.options(name=f"generator-{i}", num_cpus=cfg.generator.num_cpus,
                                    num_gpus=cfg.generator.num_gpus).remote(
                 f"generator-{i}", self.run_id, cfg.game, model_path, cfg.model, cfg.generator,
-                cfg.seed + 1000 * (i + 1), state["version"])
+                cfg.seed + 1000 * (i + 1) + self.step, state["version"])  # resumed runs draw new games
             for i in range(cfg.generator.num_generators)]
         self.learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus,
                                             num_gpus=cfg.learner.num_gpus).remote(

@@ -142,8 +142,8 @@ def test_apply_text_on_finished_game_raises():
 
 def test_observation_text_format():
     game = play([0, 4])  # X in cell 1, O in cell 5; X to move
-    assert game.observation(0) == "tictactoe X X...O....:"
-    assert game.observation(1) == "tictactoe O X...O....:"
+    assert game.observation(0) == "tictactoe X X234O6789:"
+    assert game.observation(1) == "tictactoe O X234O6789:"
 
 
 # ---- make_game -----------------------------------------------------------------------

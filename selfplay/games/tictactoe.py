@@ -43,8 +43,10 @@ class TicTacToe:
         return [i for i, c in enumerate(self.board) if c == "."]
 
     def observation(self, player: int) -> str:
-        """One line, cells in move order: 'tictactoe X X.O......:'; the reply is a cell 1-9."""
-        return f"tictactoe {MARKS[player]} {self.board}:"
+        """One line, cells in move order, free cells shown by their number (as SPIRAL's
+        TextArena observations list the valid moves): 'tictactoe O X2O456789:' -> reply '5'."""
+        cells = "".join(c if c != "." else str(i + 1) for i, c in enumerate(self.board))
+        return f"tictactoe {MARKS[player]} {cells}:"
 
     @staticmethod
     def parse_action(text: str) -> int | None:
