@@ -48,6 +48,10 @@ class Engine:
             done.append(Completion(ids, logps, o.text))
         return done
 
+    def close(self) -> None:
+        """Stop the engine process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def load_weights(self, blob: bytes) -> str:
         """Replace the weights in place from safetensors bytes; returns their checksum."""
         (checksum,) = set(self.llm.collective_rpc("receive_weights", args=(blob,)))

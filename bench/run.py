@@ -51,17 +51,16 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
     result = {"pipeline_tokens_per_s": pipe_tokens / pipe_s, "raw_tokens_per_s": raw_tokens / raw_s,
               "engine_calls": len(calls)}
     result["ratio"] = result["pipeline_tokens_per_s"] / result["raw_tokens_per_s"]
-    del gen, engine
+    engine.close()  # left to interpreter exit, the engine's shutdown hangs for minutes
     return result
 
 
 def sync_loop(cfg, model_path: str, steps: int) -> float:
     """Generate a wave, verify, train on a batch from it, broadcast; repeat. Turns/s trained."""
-    import pyarrow as pa
     from transformers import AutoTokenizer
 
     from actors.buffer import ReplayBuffer
-    from actors.generator import Generator
+    from actors.generator import LEARNER, Generator
     from actors.verifier import Verifier
     from learner.learner import Learner
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -84,7 +83,9 @@ def sync_loop(cfg, model_path: str, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * cfg.learner.batch_size / (time.perf_counter() - start)
+    rate = steps * cfg.learner.batch_size / (time.perf_counter() - start)
+    gen.engines[LEARNER].close()
+    return rate
 
 
 def async_loop(cfg, run_dir: Path, steps: int) -> float:

@@ -47,4 +47,5 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
         logits = learner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp, _ = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
     diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
+    gen.engines["learner"].close()
     assert diff < 0.05
