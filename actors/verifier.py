@@ -23,6 +23,13 @@ class Verifier:
         self.rejected: Counter = Counter()
         self.accepted = 0
 
+    @classmethod
+    def for_model(cls, model_path: str) -> "Verifier":
+        """Decode as vLLM renders output text: special tokens (eos) dropped."""
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
     def score(self, table: pa.Table) -> pa.Table:
         by_traj: dict[str, list[dict]] = defaultdict(list)
         for row in table.to_pylist():
@@ -83,9 +90,7 @@ class Verifier:
 class VerifierActor:
     def __init__(self, model_path: str, buffer, run_id: str):
         from ray.util import metrics
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.verifier = Verifier(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        self.verifier = Verifier.for_model(model_path)
         self.buffer = buffer
         self.rejected = metrics.Counter("selfplay_verifier_rejected", tag_keys=("run", "reason"))
         self.rejected.set_default_tags({"run": run_id})

@@ -57,15 +57,13 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
 
 def sync_loop(cfg, model_path: str, steps: int) -> float:
     """Generate a wave, verify, train on a batch from it, broadcast; repeat. Turns/s trained."""
-    from transformers import AutoTokenizer
 
     from actors.buffer import ReplayBuffer
     from actors.generator import LEARNER, Generator
     from actors.verifier import Verifier
     from learner.learner import Learner
-    tok = AutoTokenizer.from_pretrained(model_path)
     gen = Generator("sync", "bench", cfg.game, model_path, cfg.model, cfg.generator, cfg.seed)
-    verifier = Verifier(lambda ids: tok.decode(ids, skip_special_tokens=True))
+    verifier = Verifier.for_model(model_path)
     learner = Learner(cfg.learner, cfg.model, model_path, cfg.seed)
     buffer = ReplayBuffer(cfg.buffer, cfg.seed)
 

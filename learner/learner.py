@@ -38,6 +38,12 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "mask": mask, "behaviour_logp": behaviour}
 
 
+def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob and entropy [B, L-1] of each next token of `batch` (from `collate`) under `model`."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return losses.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+
+
 class Learner:
     def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int):
         torch.set_num_threads(cfg.threads)
@@ -72,16 +78,14 @@ class Learner:
         mask = batch["mask"]
 
         with self._autocast():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, entropy = losses.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+            logp, entropy = sequence_logprobs(self.model, batch)
         pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
         ent = losses.masked_mean(entropy, mask)
         loss = pg_loss - self.cfg.entropy_coef * ent
         kl_ref = torch.tensor(0.0)
         if self.ref is not None:
             with torch.no_grad(), self._autocast():
-                ref_logits = self.ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ref_logp, _ = losses.token_logprobs(ref_logits[:, :-1], batch["input_ids"][:, 1:])
+                ref_logp, _ = sequence_logprobs(self.ref, batch)
             kl_ref = losses.kl_penalty(logp, ref_logp, mask)
             loss = loss + self.cfg.kl_coef * kl_ref
 

@@ -4,12 +4,10 @@ learner, logs metrics, runs evaluations and writes checkpoints."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import ray
 from tqdm import tqdm
 
@@ -68,11 +66,6 @@ class Run:
         state = {"step": 0, "version": 0, "wall_s": 0.0}
         if resume_from:
             state = json.loads((resume_from / "driver_state.json").read_text())
-            random.setstate(_tuple_state(state["python_rng"]))
-            np.random.set_state(_numpy_state(state["numpy_rng"]))
-        else:
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
         self.step, self.wall_offset = state["step"], state["wall_s"]
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
         self.start = time.time()
@@ -140,8 +133,7 @@ class Run:
         d.mkdir(parents=True)
         ray.get([self.learner.save.remote(str(d)), self.buffer.save.remote(str(d))])
         version = ray.get(self.learner.state.remote())["version"]
-        state = {"step": self.step, "version": version, "wall_s": self.wall(),
-                 "python_rng": random.getstate(), "numpy_rng": _jsonable_numpy_state()}
+        state = {"step": self.step, "version": version, "wall_s": self.wall()}
         (d / "driver_state.json").write_text(json.dumps(state))
         self.metrics.flush()
         (d / COMPLETE).write_text(str(self.step))
@@ -193,19 +185,6 @@ class Run:
                 time.sleep(0.1)
             except ValueError:
                 names.pop(0)
-
-
-def _jsonable_numpy_state() -> list:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), pos, has_gauss, cached]
-
-
-def _numpy_state(state: list) -> tuple:
-    return (state[0], np.array(state[1], dtype=np.uint32), state[2], state[3], state[4])
-
-
-def _tuple_state(state: list) -> tuple:
-    return (state[0], tuple(state[1]), state[2])
 
 
 def summarize_evals(results: dict) -> dict:

@@ -9,8 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from actors.generator import Generator
-from learner.learner import Learner, collate
-from learner.losses import token_logprobs
+from learner.learner import Learner, collate, sequence_logprobs
 from selfplay.config import load_config
 from selfplay.model import build_tokenizer
 
@@ -44,8 +43,7 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
     rows = [r for r in gen.self_play(16).to_pylist() if r["response_ids"]]
     batch = collate(rows, pad_id=0)
     with torch.no_grad():
-        logits = learner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp, _ = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+        logp, _ = sequence_logprobs(learner.model, batch)
     diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
     gen.engines["learner"].close()
     assert diff < 0.05

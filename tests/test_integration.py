@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from learner.learner import collate
-from learner.losses import token_logprobs
+from learner.learner import collate, sequence_logprobs
 from learner.weights import export_weights
 from selfplay import schema
 
@@ -62,8 +61,7 @@ def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generato
     assert all(r["policy_version"] == sent["version"] for r in rows)
     batch = collate(rows, pad_id=0)
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp, _ = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+        logp, _ = sequence_logprobs(model, batch)
     diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
     assert diff < 0.05
 
