@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import random
 
+from selfplay.games.players import RandomPlayer
+
 LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
 MARKS = "XO"
 
@@ -108,14 +110,5 @@ class MinimaxPlayer:
         return self.rng.choice([i for v, i in scored if v == best])
 
 
-class RandomPlayer:
-    name = "random"
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def act(self, game: TicTacToe) -> int:
-        return self.rng.choice(game.legal_actions())
-
-
 SCRIPTED = {"minimax": MinimaxPlayer, "random": RandomPlayer}
+GAME = TicTacToe
