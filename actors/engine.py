@@ -34,11 +34,15 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids
 
-    def generate(self, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int],
+                 temperature: float) -> list[Completion]:
+        """Sample one completion per prompt; `max_tokens` may differ per prompt."""
         # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
         # ("CPU Generator does not use offset"); the engine-level seed is set instead.
         from vllm import SamplingParams
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, logprobs=0)
+        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+        by_limit = {n: SamplingParams(max_tokens=n, temperature=temperature, logprobs=0) for n in set(limits)}
+        params = [by_limit[n] for n in limits]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         done = []
         for out in outputs:
@@ -47,6 +51,16 @@ class Engine:
             logps = [o.logprobs[i][t].logprob for i, t in enumerate(ids)]
             done.append(Completion(ids, logps, o.text))
         return done
+
+    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+        """Log-likelihood of each continuation after its prompt under the engine's weights
+        (sum over the continuation's tokens), from vLLM's prompt log-probs."""
+        from vllm import SamplingParams
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        seqs = [p + c for p, c in zip(prompts, continuations)]
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        return [sum(out.prompt_logprobs[i][seq[i]].logprob for i in range(len(p), len(seq)))
+                for out, seq, p in zip(outputs, seqs, prompts)]
 
     def close(self) -> None:
         """Stop the engine process now rather than at interpreter exit."""

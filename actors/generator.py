@@ -1,6 +1,8 @@
-"""Generator: plays many games at once on one vLLM engine. Every pending model turn of
-every game goes into one engine call; scripted opponents move between calls. Finished
-trajectories go to the verifier (and on to the buffer) without touching the driver."""
+"""Generator: plays many games at once on vLLM engines. Every pending model turn of every
+game for the same policy goes into one engine call; scripted opponents move between calls.
+League opponents sit in a bounded number of opponent engines (slots) whose weights are
+swapped in place through the same path as the learner's broadcast. Finished trajectories
+go to the verifier (and on to the buffer) without touching the driver."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +10,8 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import pyarrow as pa
 import ray
@@ -15,17 +19,31 @@ import ray
 from actors.engine import Engine
 from selfplay import schema
 from selfplay.config import GeneratorConfig, ModelConfig
-from selfplay.games import make_game
-from selfplay.games.tictactoe import SCRIPTED
+from selfplay.games import make_game, scripted_players
+from selfplay.evals import kuhn_policy_table
+from selfplay.league import SELF, SKILL_TOKENS, scripted_tier
 
 LEARNER = "learner"
 
 
+class WeightMismatch(RuntimeError):
+    """An engine reports loading weights other than the ones sent."""
+
+
+@dataclass(frozen=True)
+class Match:
+    game: str
+    seats: tuple[str, str]  # who plays as player 0 and 1: LEARNER, a scripted player or an opponent
+    tiers: tuple[str | None, str | None] = (None, None)  # skill prefix each seat's prompts get
+
+
 class Generator:
-    def __init__(self, generator_id: str, run_id: str, game: str, model_path: str,
-                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0):
-        self.id, self.run_id, self.game, self.cfg = generator_id, run_id, game, gen_cfg
-        self.model_cfg, self.seed = model_cfg, seed
+    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
+                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
+                 max_live_opponents: int = 2):
+        self.id, self.run_id, self.cfg = generator_id, run_id, gen_cfg
+        self.games, self.mix = list(games), list(games.values())
+        self.model_path, self.model_cfg, self.seed = model_path, model_cfg, seed
         self.engines = {LEARNER: Engine(model_path, model_cfg, gen_cfg, seed)}
         self.versions = {LEARNER: version}
         self.encode = functools.lru_cache(maxsize=1 << 16)(
@@ -33,37 +51,72 @@ class Generator:
         self.rng = random.Random(seed)
         self.checksum: str | None = None
         self.lock = threading.Lock()  # weights change only between engine calls
-        self.counts = {"games": 0, "turns": 0, "tokens": 0, "engine_s": 0.0, "illegal": 0}
+        self.max_live = max_live_opponents
+        self.slots: OrderedDict[str, Engine] = OrderedDict()  # league member -> engine, LRU first
+        self.counts = {"games": 0, "turns": 0, "tokens": 0, "engine_s": 0.0, "illegal": 0,
+                       "opponent_loads": 0}
 
     @property
     def version(self) -> int:
         return self.versions[LEARNER]
 
-    def add_opponent(self, name: str, model_path: str, version: int = 0) -> None:
-        """Load another policy on its own engine; it can then sit at a seat by `name`.
-        It must share the learner's tokenizer (prompts are encoded once)."""
-        if name == LEARNER or name in SCRIPTED:
+    def _check_name(self, name: str) -> None:
+        if name in (LEARNER, SELF) or any(name in scripted_players(g) for g in self.games):
             raise ValueError(f"opponent name {name!r} is reserved")
+
+    def add_opponent(self, name: str, model_path: str, version: int = 0) -> None:
+        """Load a fixed policy from a directory on its own engine; it can then sit at a seat
+        by `name`. It must share the learner's tokenizer (prompts are encoded once)."""
+        self._check_name(name)
         self.engines[name] = Engine(model_path, self.model_cfg, self.cfg, self.seed)
         self.versions[name] = version
 
-    def set_weights(self, blob: bytes, version: int, policy: str = LEARNER) -> str:
+    def has_member(self, member_id: str) -> bool:
+        return member_id in self.slots
+
+    def load_member(self, member_id: str, blob: bytes, version: int, checksum: str) -> None:
+        """Put a league member's weights into an opponent engine: a free one while fewer than
+        `max_live` exist, else the least recently used one. Weights load in place (no engine
+        restart) and must echo `checksum`."""
+        self._check_name(member_id)
         with self.lock:
-            checksum = self.engines[policy].load_weights(blob)
-            self.versions[policy] = version
-        if policy == LEARNER:
+            if member_id in self.slots:
+                engine = self.slots.pop(member_id)
+            elif len(self.slots) < self.max_live:
+                engine = Engine(self.model_path, self.model_cfg, self.cfg, self.seed)
+            else:
+                evicted, engine = self.slots.popitem(last=False)
+                self.versions.pop(evicted, None)
+            got = engine.load_weights(blob)
+            self.slots[member_id] = engine
+            self.versions[member_id] = version
+            self.counts["opponent_loads"] += 1
+        if got != checksum:
+            raise WeightMismatch(f"{self.id}: opponent {member_id} loaded weights {got}, league sent {checksum}")
+
+    def _engine(self, policy: str) -> Engine:
+        if policy in self.slots:
+            self.slots.move_to_end(policy)
+            return self.slots[policy]
+        if policy not in self.engines:
+            raise KeyError(f"{self.id}: no engine for policy {policy!r}; load it first")
+        return self.engines[policy]
+
+    def set_weights(self, blob: bytes, version: int) -> str:
+        with self.lock:
+            checksum = self.engines[LEARNER].load_weights(blob)
+            self.versions[LEARNER] = version
             self.checksum = checksum
         return checksum
 
-    def play(self, seats: list[tuple[str, str]], temperature: float) -> pa.Table:
-        """Play one game per entry of `seats` (who sits as player 0 and 1: LEARNER, a
-        scripted player's name or an added opponent's name) to the end; returns all turns.
-        Pending turns of all games for the same policy go into one engine call."""
-        games = [make_game(self.game, seed=self.rng.getrandbits(31)) for _ in seats]
-        players = [[SCRIPTED[s](self.rng.getrandbits(31)) if s in SCRIPTED else None for s in pair]
-                   for pair in seats]
-        traj_ids = [uuid.uuid4().hex for _ in seats]
-        turns: list[list[dict]] = [[] for _ in seats]
+    def play(self, matches: list[Match], temperature: float) -> pa.Table:
+        """Play every match to the end; returns all turns. Pending turns of all games for the
+        same policy go into one engine call."""
+        games = [make_game(m.game, seed=self.rng.getrandbits(31)) for m in matches]
+        players = [[scripted_players(m.game)[s](self.rng.getrandbits(31))
+                    if s in scripted_players(m.game) else None for s in m.seats] for m in matches]
+        traj_ids = [uuid.uuid4().hex for _ in matches]
+        turns: list[list[dict]] = [[] for _ in matches]
         while True:
             live = [i for i, g in enumerate(games) if not g.is_terminal]
             if not live:
@@ -72,14 +125,14 @@ class Generator:
             for i in live:
                 scripted = players[i][games[i].current_player]
                 if scripted is None:
-                    model_turns.setdefault(seats[i][games[i].current_player], []).append(i)
+                    model_turns.setdefault(matches[i].seats[games[i].current_player], []).append(i)
                     continue
                 role, action = games[i].current_player, scripted.act(games[i])
                 games[i].apply(action)
-                turns[i].append(self._row(seats[i], role, (), (), [], games[i].action_text(action),
+                turns[i].append(self._row(matches[i], role, (), (), [], games[i].action_text(action),
                                           False, self.versions, 0.0))
             for policy, idx in model_turns.items():
-                self._model_moves(policy, games, seats, turns, idx, temperature)
+                self._model_moves(policy, games, matches, turns, idx, temperature)
         rows = []
         for i, g in enumerate(games):
             returns = g.returns()
@@ -89,30 +142,37 @@ class Generator:
         self.counts["games"] += len(games)
         return schema.from_rows(rows)
 
-    def _model_moves(self, policy, games, seats, turns, idx: list[int], temperature: float) -> None:
-        prompts = [list(self.encode(games[i].observation(games[i].current_player))) for i in idx]
+    def prompt(self, observation: str, tier: str | None) -> list[int]:
+        prefix = SKILL_TOKENS[tier] if tier and self.cfg.skill_prompts else ""
+        return list(self.encode(prefix + observation))
+
+    def _model_moves(self, policy, games, matches, turns, idx: list[int], temperature: float) -> None:
+        prompts = [self.prompt(games[i].observation(games[i].current_player),
+                               matches[i].tiers[games[i].current_player]) for i in idx]
+        limits = [min(self.cfg.max_response_tokens, getattr(games[i], "max_reply_chars", None)
+                      or self.cfg.max_response_tokens) for i in idx]  # a token is at least one char
         with self.lock:
             start = time.perf_counter()
-            outs = self.engines[policy].generate(prompts, self.cfg.max_response_tokens, temperature)
+            outs = self._engine(policy).generate(prompts, limits, temperature)
             elapsed = time.perf_counter() - start
             versions = dict(self.versions)
         for i, prompt, out in zip(idx, prompts, outs):
             role = games[i].current_player
             legal = games[i].apply_text(out.text)
-            turns[i].append(self._row(seats[i], role, prompt, out.token_ids, out.logprobs, out.text,
+            turns[i].append(self._row(matches[i], role, prompt, out.token_ids, out.logprobs, out.text,
                                       not legal, versions, elapsed))
             self.counts["illegal"] += not legal
         self.counts["turns"] += len(idx)
         self.counts["tokens"] += sum(len(o.token_ids) for o in outs)
         self.counts["engine_s"] += elapsed
 
-    def _row(self, seat_pair, role, prompt, response, logprobs, text, illegal, versions, elapsed) -> dict:
-        mover, other = seat_pair[role], seat_pair[1 - role]
+    def _row(self, match, role, prompt, response, logprobs, text, illegal, versions, elapsed) -> dict:
+        mover, other = match.seats[role], match.seats[1 - role]
         is_learner = mover == LEARNER
         return {
-            "run_id": self.run_id, "game": self.game, "role": role,
+            "run_id": self.run_id, "game": match.game, "role": role,
             "policy_id": mover, "policy_version": versions.get(mover, 0),
-            "opponent_id": "self" if is_learner and other == LEARNER else other,
+            "opponent_id": SELF if is_learner and other == LEARNER else other,
             "opponent_version": versions.get(other, 0),
             "prompt_ids": list(prompt), "response_ids": list(response),
             "behaviour_logprobs": list(logprobs), "response_text": text,
@@ -120,52 +180,103 @@ class Generator:
             "generator_id": self.id, "gen_time_s": elapsed, "created_at": time.time(),
         }
 
+    def pick_game(self) -> str:
+        return self.rng.choices(self.games, weights=self.mix)[0]
+
     def self_play(self, n_games: int) -> pa.Table:
-        return self.play([(LEARNER, LEARNER)] * n_games, self.cfg.temperature)
+        return self.league_play([(SELF, "intermediate", "intermediate")] * n_games)
 
-    def evaluate(self, opponent: str, n_games: int) -> dict:
-        """Greedy policy vs a scripted or added opponent, n_games in each seat."""
-        seats = [(LEARNER, opponent)] * n_games + [(opponent, LEARNER)] * n_games
-        table = self.play(seats, temperature=0.0)
-        return {"opponent": opponent, "version": self.version, **summarize(table)}
+    def league_play(self, assignments: list[tuple[str, str, str]]) -> pa.Table:
+        """One game per (opponent, learner's tier, opponent's tier): SELF or a loaded league
+        member, each game drawn from the mix, the learner's seat drawn at random."""
+        matches = []
+        for opponent, learner_tier, opponent_tier in assignments:
+            if opponent == SELF:
+                matches.append(Match(self.pick_game(), (LEARNER, LEARNER), (learner_tier, learner_tier)))
+            elif self.rng.random() < 0.5:
+                matches.append(Match(self.pick_game(), (LEARNER, opponent), (learner_tier, opponent_tier)))
+            else:
+                matches.append(Match(self.pick_game(), (opponent, LEARNER), (opponent_tier, learner_tier)))
+        return self.play(matches, self.cfg.temperature)
+
+    def evaluate(self, game: str, opponent: str, n_games: int, temperature: float = 0.0) -> dict:
+        """The learner's policy (greedy by default) vs a scripted or loaded opponent,
+        n_games in each seat."""
+        tier = scripted_tier(opponent)
+        matches = ([Match(game, (LEARNER, opponent), (tier, None))] * n_games
+                   + [Match(game, (opponent, LEARNER), (None, tier))] * n_games)
+        table = self.play(matches, temperature)
+        return {"game": game, "opponent": opponent, "version": self.version, **summarize(table)}
+
+    def kuhn_policy(self) -> dict[str, list[float]]:
+        """The learner's Kuhn poker policy at all 12 information states: its probability of
+        each reply, renormalised over the legal ones (see kuhn_policy_table)."""
+        def score(observations: list[str], replies: list[str]) -> list[float]:
+            prompts = [self.prompt(o, scripted_tier("best_response")) for o in observations]
+            conts = [list(self.encode(r))[len(self.encode("")):] for r in replies]
+            with self.lock:
+                return self.engines[LEARNER].score(prompts, conts)
+        return kuhn_policy_table(score)
+
+    def close(self) -> None:
+        for engine in [*self.engines.values(), *self.slots.values()]:
+            engine.close()
 
 
-def summarize(table: pa.Table) -> dict:
-    """Win/draw/loss/illegal rates of the learner's policy against a non-learner opponent,
-    overall and per seat. A game counts even if the learner never moved (the opponent
-    opened with an illegal move): its seat is read from the opponent's rows."""
+def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
+    """One entry per game `policy` took part in, from its side: game, opponent, role,
+    outcome, illegal. A game counts even if `policy` never moved (the opponent opened with
+    an illegal move): its seat is read from the opponent's rows."""
     games: dict[str, dict] = {}
-    for row in table.select(["traj_id", "role", "policy_id", "opponent_id", "outcome", "illegal"]).to_pylist():
-        if row["policy_id"] == LEARNER:
-            role, outcome, illegal = row["role"], row["outcome"], row["illegal"]
-        elif row["opponent_id"] == LEARNER:  # two-player zero-sum: the learner got -outcome
-            role, outcome, illegal = 1 - row["role"], -row["outcome"], False
+    cols = ["traj_id", "game", "role", "policy_id", "opponent_id", "outcome", "illegal"]
+    for row in table.select(cols).to_pylist():
+        if row["policy_id"] == policy:
+            role, outcome, illegal, other = row["role"], row["outcome"], row["illegal"], row["opponent_id"]
+        elif row["opponent_id"] == policy:  # two-player zero-sum: `policy` got -outcome
+            role, outcome, illegal, other = 1 - row["role"], -row["outcome"], False, row["policy_id"]
         else:
             continue
-        g = games.setdefault(row["traj_id"], {"role": role, "outcome": outcome, "illegal": False})
+        g = games.setdefault(row["traj_id"], {"game": row["game"], "opponent": other, "role": role,
+                                              "outcome": outcome, "illegal": False})
         g["illegal"] |= illegal
+    return list(games.values())
+
+
+def score(outcome: float) -> float:
+    """Win 1, draw 0.5, loss 0: what Elo and promotion count."""
+    return 1.0 if outcome > 0 else 0.5 if outcome == 0 else 0.0
+
+
+def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
+    """Win/draw/loss/illegal rates and mean return of `policy` against a different
+    opponent, overall and per seat."""
+    games = outcomes(table, policy)
     stats: dict = {}
-    for label, subset in (("", list(games.values())),
-                          ("first_", [g for g in games.values() if g["role"] == 0]),
-                          ("second_", [g for g in games.values() if g["role"] == 1])):
+    for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
+                          ("second_", [g for g in games if g["role"] == 1])):
         n = max(len(subset), 1)
         stats[f"{label}games"] = len(subset)
         stats[f"{label}win"] = sum(g["outcome"] > 0 for g in subset) / n
         stats[f"{label}draw"] = sum(g["outcome"] == 0 for g in subset) / n
         stats[f"{label}loss"] = sum(g["outcome"] < 0 for g in subset) / n
         stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
+        stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
     return stats
 
 
 @ray.remote(max_concurrency=4)
 class GeneratorActor:
     """Ray shell. `run` loops in one thread; `set_weights`, `evaluate` and `stats` are
-    served from others and take the engine lock only between engine calls."""
+    served from others and take the engine lock only between engine calls. With a league
+    actor, each wave's opponents come from its matchmaking and every finished league game
+    goes back to it for Elo."""
 
-    def __init__(self, generator_id: str, run_id: str, game: str, model_path: str,
-                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0):
+    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
+                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
+                 max_live_opponents: int = 2):
         from ray.util import metrics
-        self.gen = Generator(generator_id, run_id, game, model_path, model_cfg, gen_cfg, seed, version)
+        self.gen = Generator(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version,
+                             max_live_opponents)
         self.running = False
         self.wait_s = 0.0
         tags = {"run": run_id, "generator": generator_id}
@@ -175,9 +286,10 @@ class GeneratorActor:
         for m in (self.tokens, self.trajs, self.version_gauge):
             m.set_default_tags(tags)
 
-    def run(self, verifier, buffer, max_in_flight: int = 2) -> dict:
+    def run(self, verifier, buffer, league=None, max_in_flight: int = 2) -> dict:
         self.running = True
         in_flight = []
+        n = self.gen.cfg.games_per_wave
         while self.running:
             if not ray.get(buffer.can_insert.remote()):
                 start = time.perf_counter()
@@ -185,14 +297,33 @@ class GeneratorActor:
                 self.wait_s += time.perf_counter() - start
                 continue
             tokens_before = self.gen.counts["tokens"]
-            table = self.gen.self_play(self.gen.cfg.games_per_wave)
+            if league is None:
+                table = self.gen.self_play(n)
+            else:
+                assignments = ray.get(league.matchmake.remote(n))
+                self._load_members(league, {a[0] for a in assignments} - {SELF})
+                table = self.gen.league_play([tuple(a) for a in assignments])
+                self._report(league, table)
             self.tokens.inc(self.gen.counts["tokens"] - tokens_before)
-            self.trajs.inc(self.gen.cfg.games_per_wave)
+            self.trajs.inc(n)
             in_flight.append(verifier.score.remote(schema.to_ipc(table)))
             if len(in_flight) >= max_in_flight:
                 _, in_flight = ray.wait(in_flight, num_returns=1)
         ray.get(in_flight)
         return self.stats()
+
+    def _load_members(self, league, members: set[str]) -> None:
+        """Fetch missing members' weights from the league's object-store copy (the
+        broadcast path) into opponent engines; each load's checksum is verified."""
+        for member in sorted(m for m in members if not self.gen.has_member(m)):
+            info = ray.get(league.weights.remote(member))
+            self.gen.load_member(member, ray.get(info["ref"][0]), info["version"], info["checksum"])
+
+    def _report(self, league, table: pa.Table) -> None:
+        results = [(g["game"], g["opponent"], score(g["outcome"])) for g in outcomes(table)
+                   if g["opponent"] != SELF]
+        if results:
+            league.record.remote(results)
 
     def stop(self) -> None:
         self.running = False
@@ -202,12 +333,27 @@ class GeneratorActor:
         self.version_gauge.set(version)
         return checksum
 
-    def evaluate(self, opponent: str, n_games: int) -> dict:
-        return self.gen.evaluate(opponent, n_games)
+    def evaluate(self, game: str, opponent: str, n_games: int) -> dict:
+        return self.gen.evaluate(game, opponent, n_games)
+
+    def kuhn_policy(self) -> dict:
+        return self.gen.kuhn_policy()
+
+    def head_to_head(self, league, member: str, n_games: int) -> dict:
+        """The current policy (sampling at the training temperature) against league
+        `member`, n_games per game of the mix and seat; results also go to the league."""
+        self._load_members(league, {member})
+        per_game = {}
+        for game in self.gen.games:
+            table = self.gen.play([Match(game, (LEARNER, member))] * n_games
+                                  + [Match(game, (member, LEARNER))] * n_games, self.gen.cfg.temperature)
+            self._report(league, table)
+            per_game[game] = summarize(table)
+        return per_game
 
     def self_play(self, n_games: int) -> bytes:
         return schema.to_ipc(self.gen.self_play(n_games))
 
     def stats(self) -> dict:
         return {"id": self.gen.id, "version": self.gen.version, "checksum": self.gen.checksum,
-                "wait_s": self.wait_s, **self.gen.counts}
+                "wait_s": self.wait_s, "members": list(self.gen.slots), **self.gen.counts}

@@ -22,7 +22,7 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
     from vllm import SamplingParams
 
     from actors.generator import LEARNER, Generator
-    gen = Generator("bench", "bench", cfg.game, model_path, cfg.model, cfg.generator, cfg.seed)
+    gen = Generator("bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
     engine = gen.engines[LEARNER]
     calls: list[list[list[int]]] = []
     generate = engine.generate
@@ -62,7 +62,7 @@ def sync_loop(cfg, model_path: str, steps: int) -> float:
     from actors.generator import LEARNER, Generator
     from actors.verifier import Verifier
     from learner.learner import Learner
-    gen = Generator("sync", "bench", cfg.game, model_path, cfg.model, cfg.generator, cfg.seed)
+    gen = Generator("sync", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
     verifier = Verifier.for_model(model_path)
     learner = Learner(cfg.learner, cfg.model, model_path, cfg.seed)
     buffer = ReplayBuffer(cfg.buffer, cfg.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import ray
 
@@ -104,3 +105,14 @@ class LearnerActor:
     def save(self, directory: str) -> None:
         self.verify_pending()
         self.learner.save(directory)
+
+    def promote(self, league, member_id: str, directory: str) -> dict:
+        """Snapshot the current policy into the league: an HF checkpoint in `directory`
+        (model + tokenizer) and its weights, sent to the league actor as the broadcast blob."""
+        path = Path(directory)
+        self.learner.model.save_pretrained(path, safe_serialization=True)
+        self.learner.tokenizer.save_pretrained(path)
+        blob, checksum = self.learner.export()
+        member = {"id": member_id, "version": self.learner.version, "step": self.learner.step,
+                  "path": str(path), "checksum": checksum}
+        return ray.get(league.add_member.remote(member, blob))

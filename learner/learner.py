@@ -16,6 +16,7 @@ from learner import losses
 from learner.advantages import role_conditioned_advantages, update_baselines
 from learner.weights import export_weights
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.metrics import action_entropy, distinct_n
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -94,6 +95,8 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
+        if self.ref is not None and self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
+            self.ref.load_state_dict(self.model.state_dict())  # the KL anchor follows the policy
 
         versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)
         with torch.no_grad():
@@ -110,6 +113,10 @@ class Learner:
         }
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
+        texts = [r["response_text"] for r in rows]
+        metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
+        for game in sorted({r["game"] for r in rows}):
+            metrics[f"action_entropy/{game}"] = action_entropy([r["response_text"] for r in rows if r["game"] == game])
         return metrics
 
     def export(self) -> tuple[bytes, str]:

@@ -12,3 +12,12 @@ def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, s
     # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage.
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(tensors), state_checksum(tensors)
+
+
+def export_checkpoint(model_dir: str, dtype: str | torch.dtype) -> tuple[bytes, str]:
+    """Export an HF checkpoint exactly as the learner exported it when it was live (tied
+    weights included), e.g. to bring league members back after a resume."""
+    from transformers import AutoModelForCausalLM
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return export_weights(model, dtype)

@@ -1,4 +1,4 @@
-"""`selfplay` console script: run, eval, report."""
+"""`selfplay` console script: run, eval, league, report."""
 from __future__ import annotations
 
 import argparse
@@ -39,21 +39,32 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from actors.generator import Generator
     from selfplay.config import GeneratorConfig, ModelConfig
-    from selfplay.games.tictactoe import SCRIPTED
-    gen = Generator("eval", "eval", args.game, model_dir(args.checkpoint), ModelConfig(),
-                    GeneratorConfig(), args.seed)
-    opponent = args.opponent
-    if opponent not in SCRIPTED:
-        gen.add_opponent("opponent", model_dir(opponent))
-        opponent = "opponent"
-    result = gen.evaluate(opponent, args.games)
-    result["opponent"] = args.opponent
-    result["non_loss"] = result["win"] + result["draw"]
+    from selfplay.games import kuhn, scripted_players
+    gen = Generator("eval", "eval", {args.game: 1.0}, model_dir(args.checkpoint), ModelConfig(),
+                    GeneratorConfig(max_response_tokens=args.max_tokens), args.seed)
+    try:
+        opponent = args.opponent
+        if opponent not in scripted_players(args.game):
+            gen.add_opponent("opponent", model_dir(opponent))
+            opponent = "opponent"
+        result = gen.evaluate(args.game, opponent, args.games)
+        result["opponent"] = args.opponent
+        result["non_loss"] = result["win"] + result["draw"]
+        if args.game == "kuhn":
+            result["exploitability"] = kuhn.exploitability(gen.kuhn_policy()["policy"])
+    finally:
+        gen.close()
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
             print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_league(args) -> int:
+    from selfplay.league_table import league_table
+    print(league_table(Path(args.run_dir), as_json=args.json))
     return 0
 
 
@@ -76,12 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(fn=cmd_run)
     e = sub.add_parser("eval", help="play a checkpoint against an opponent")
     e.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")
-    e.add_argument("--game", default="tictactoe")
-    e.add_argument("--opponent", default="minimax", help="random, minimax, or a model/checkpoint dir")
+    e.add_argument("--game", default="tictactoe", help="tictactoe, kuhn, negotiation or textarena:ENV_ID")
+    e.add_argument("--opponent", default="random",
+                   help="a scripted player of the game (e.g. random, minimax, nash, greedy, fair) "
+                        "or a model/checkpoint dir")
+    e.add_argument("--max-tokens", type=int, default=3, help="reply length limit in tokens")
     e.add_argument("--games", type=int, default=100, help="games in each seat")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    lg = sub.add_parser("league", help="print a run's league: members, Elo, games, head-to-head")
+    lg.add_argument("run_dir")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(fn=cmd_league)
     rep = sub.add_parser("report", help="write report/ (Markdown, HTML, PNG plots) for a run")
     rep.add_argument("run_dir")
     rep.set_defaults(fn=cmd_report)

@@ -36,6 +36,7 @@ class GeneratorConfig:
     cpu_bind: str = "auto"  # VLLM_CPU_OMP_THREADS_BIND
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
+    skill_prompts: bool = False  # prefix <novice>/<intermediate>/<expert> by opponent strength
 
 
 @dataclass
@@ -66,14 +67,30 @@ class LearnerConfig:
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
+    ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
     bf16: bool = True
 
 
 @dataclass
 class EvalConfig:
     every_steps: int = 25
-    games: int = 200  # per opponent and seat
-    opponents: list[str] = field(default_factory=lambda: ["random", "minimax"])
+    games: int = 200  # per game, opponent and seat
+    # Scripted opponents; each game is evaluated against those it has (see games/*.SCRIPTED).
+    opponents: list[str] = field(default_factory=lambda: ["random", "minimax", "nash", "greedy", "fair"])
+
+
+@dataclass
+class LeagueConfig:
+    enabled: bool = False
+    mode: str = "pfsp"  # pfsp | near | latest: how league opponents are drawn
+    self_play_fraction: float = 0.5  # share of training games against the current policy itself
+    max_live_opponents: int = 2  # opponent engines per generator; least recently used is swapped
+    promote_every: int = 50  # steps between promotion matches against the newest snapshot
+    promote_games: int = 64  # per game and seat
+    promote_threshold: float = 0.6  # score (wins + draws/2) above which the policy is snapshotted
+    elo_k: float = 16.0
+    pfsp_power: float = 2.0
+    near_scale: float = 200.0  # Elo width of "near" mode's Gaussian weighting
 
 
 @dataclass
@@ -88,7 +105,7 @@ class RunConfig:
     name: str = "tictactoe"
     out_dir: str = "runs"
     seed: int = 0
-    game: str = "tictactoe"
+    games: dict[str, float] = field(default_factory=lambda: {"tictactoe": 1.0})  # name -> mix weight
     total_steps: int = 300
     time_limit_min: float = 0.0  # 0: no limit
     log_every: int = 5
@@ -99,6 +116,7 @@ class RunConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    league: LeagueConfig = field(default_factory=LeagueConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -107,15 +125,16 @@ POSITIVE = {
     "generator.games_per_wave", "generator.max_response_tokens", "generator.kv_cache_gib",
     "buffer.capacity", "buffer.samples_per_insert", "buffer.min_size", "learner.lr",
     "learner.batch_size", "learner.broadcast_every", "learner.threads",
-    "eval.every_steps", "eval.games",
+    "eval.every_steps", "eval.games", "league.max_live_opponents", "league.promote_every",
+    "league.promote_games", "league.elo_k", "league.near_scale",
 }
 NON_NEGATIVE = {
     "time_limit_min", "generator.temperature", "generator.num_cpus", "generator.num_gpus",
     "buffer.max_staleness", "buffer.spi_tolerance", "learner.clip_eps", "learner.kl_coef",
     "learner.grad_clip", "learner.weight_decay", "learner.entropy_coef", "learner.num_cpus",
-    "learner.num_gpus", "verifier.num_cpus",
+    "learner.num_gpus", "verifier.num_cpus", "learner.ref_refresh_every", "league.pfsp_power",
 }
-CHOICES = {"model.dtype": ("bfloat16", "float32", "float16"), "game": ("tictactoe",)}
+CHOICES = {"model.dtype": ("bfloat16", "float32", "float16"), "league.mode": ("pfsp", "near", "latest")}
 
 
 def _coerce(value, typ, name: str):
@@ -130,6 +149,12 @@ def _coerce(value, typ, name: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
         return _build(typ, value, name + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(typ)
+        return {_coerce(k, key_type, f"{name}.{k}"): _coerce(v, value_type, f"{name}.{k}")
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
@@ -186,10 +211,29 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.buffer.min_size < cfg.learner.batch_size:
         raise ConfigError(f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
                           f"got {cfg.buffer.min_size}")
-    for i, opp in enumerate(cfg.eval.opponents):
-        if opp not in ("random", "minimax"):
-            raise ConfigError(f"eval.opponents[{i}]: must be 'random' or 'minimax', got {opp!r}")
+    validate_games(cfg)
+    for name in ("league.self_play_fraction", "league.promote_threshold"):
+        if not 0 <= _get(cfg, name) <= 1:
+            raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     return cfg
+
+
+def validate_games(cfg: RunConfig) -> None:
+    from selfplay.games import GAMES, TEXTARENA, make_game, scripted_players
+    if not cfg.games:
+        raise ConfigError("games: give at least one game, e.g. {tictactoe: 1.0}")
+    for name, weight in cfg.games.items():
+        if not name.startswith(TEXTARENA):
+            try:
+                make_game(name)
+            except ValueError as err:
+                raise ConfigError(f"games.{name}: {err}") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"games.{name}: mix weight must be > 0, got {weight!r}")
+    known = {p for g in GAMES for p in scripted_players(g)}
+    for i, opp in enumerate(cfg.eval.opponents):
+        if opp not in known:
+            raise ConfigError(f"eval.opponents[{i}]: unknown scripted player {opp!r} (known: {sorted(known)})")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -216,6 +260,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
         node[keys[-1]] = value
+    if "game" in data:  # configs written before multi-game training
+        raise ConfigError(f"game: replaced by games, a mix of name -> weight; write games: {{{data['game']}: 1.0}}")
     return validate(_build(RunConfig, data))
 
 

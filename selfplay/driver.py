@@ -13,9 +13,12 @@ from tqdm import tqdm
 
 from actors.buffer import BufferActor
 from actors.generator import GeneratorActor
+from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
 from selfplay.config import RunConfig, load_config, save_config
+from selfplay.games import kuhn, scripted_players
+from selfplay.league import promotion
 from selfplay.metrics import MetricsLog, eval_metrics
 from selfplay.model import create_default_model
 
@@ -78,8 +81,9 @@ class Run:
         self.generators = [
             GeneratorActor.options(name=f"generator-{i}", num_cpus=cfg.generator.num_cpus,
                                    num_gpus=cfg.generator.num_gpus).remote(
-                f"generator-{i}", self.run_id, cfg.game, model_path, cfg.model, cfg.generator,
-                cfg.seed + 1000 * (i + 1) + self.step, state["version"])  # resumed runs draw new games
+                f"generator-{i}", self.run_id, cfg.games, model_path, cfg.model, cfg.generator,
+                cfg.seed + 1000 * (i + 1) + self.step, state["version"],  # resumed runs draw new games
+                cfg.league.max_live_opponents)
             for i in range(cfg.generator.num_generators)]
         self.learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus,
                                             num_gpus=cfg.learner.num_gpus).remote(
@@ -87,29 +91,49 @@ class Run:
             str(resume_from) if resume_from else None)
         ray.get([self.learner.add_target.remote(f"generator-{i}", g) for i, g in enumerate(self.generators)])
         self.pending_evals: list = []
+        self.league = None
+        if cfg.league.enabled:
+            self.league = LeagueActor.options(name="league").remote(
+                cfg.league, cfg.seed, self.run_id, cfg.model.dtype,
+                str(resume_from) if resume_from and (resume_from / "league.json").exists() else None)
+            if ray.get(self.league.latest.remote()) is None:  # the initial policy is the first member
+                self.promote()
         self.gen_counts_at = (time.time(), {})
 
     def wall(self) -> float:
         return self.wall_offset + time.time() - self.start
 
-    def evaluate(self, wait: bool = False) -> dict:
-        """Queue an evaluation on generator-0 (it interleaves with self-play)."""
-        step = self.step
-        for opp in self.cfg.eval.opponents:
-            self.pending_evals.append((step, self.generators[0].evaluate.remote(opp, self.cfg.eval.games)))
+    def evaluate(self, wait: bool = False, prefix: str = "eval") -> dict:
+        """Queue evaluations on generator-0 (they interleave with self-play): every game of
+        the mix against each of its scripted opponents named in eval.opponents, and Kuhn
+        poker's exploitability. `prefix` names the metrics (a snapshot's id for retention)."""
+        step, g = self.step, self.generators[0]
+        for game in self.cfg.games:
+            for opp in self.cfg.eval.opponents:
+                if opp in scripted_players(game):
+                    self.pending_evals.append((step, prefix, g.evaluate.remote(game, opp, self.cfg.eval.games)))
+            if game == "kuhn":
+                self.pending_evals.append((step, prefix, g.kuhn_policy.remote()))
         return self.collect_evals(wait)
 
     def collect_evals(self, wait: bool = False) -> dict:
+        """Log the finished evaluations; returns them keyed 'GAME/OPPONENT'."""
         results = {}
         still = []
-        for step, ref in self.pending_evals:
+        for step, prefix, ref in self.pending_evals:
             ready, _ = ray.wait([ref], timeout=None if wait else 0)
             if not ready:
-                still.append((step, ref))
+                still.append((step, prefix, ref))
                 continue
             result = ray.get(ref)
-            self.metrics.log(step, self.wall(), eval_metrics(result))
-            results[result["opponent"]] = result
+            if "policy" in result:  # Kuhn poker policy table
+                values = {"exploitability": kuhn.exploitability(result["policy"]),
+                          "illegal_mass": result["illegal_mass"]}
+                self.metrics.log(step, self.wall(), {f"{prefix}/kuhn/{k}": v for k, v in values.items()})
+                results["kuhn/exploitability"] = values
+            else:
+                self.metrics.log(step, self.wall(), eval_metrics(result, prefix))
+                results[f"{result['game']}/{result['opponent']}"] = result
         self.pending_evals = still
         return results
 
@@ -131,7 +155,10 @@ class Run:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
-        ray.get([self.learner.save.remote(str(d)), self.buffer.save.remote(str(d))])
+        saves = [self.learner.save.remote(str(d)), self.buffer.save.remote(str(d))]
+        if self.league is not None:
+            saves.append(self.league.save.remote(str(d)))
+        ray.get(saves)
         version = ray.get(self.learner.state.remote())["version"]
         state = {"step": self.step, "version": version, "wall_s": self.wall()}
         (d / "driver_state.json").write_text(json.dumps(state))
@@ -139,9 +166,41 @@ class Run:
         (d / COMPLETE).write_text(str(self.step))
         return d
 
+    def promote(self) -> str:
+        """Snapshot the current policy into the league as the next member; its evaluations
+        are re-run under the member's id, so regressions between snapshots show."""
+        member_id = f"snap-{len(ray.get(self.league.ratings.remote())['members'])}"
+        path = self.run_dir / "league" / member_id
+        ray.get(self.learner.promote.remote(self.league, member_id, str(path)))
+        self.evaluate(prefix=f"snapshot/{member_id}")
+        return member_id
+
+    def promotion_match(self) -> None:
+        """The current policy against the newest snapshot; promote above the threshold."""
+        cfg = self.cfg.league
+        latest = ray.get(self.league.latest.remote())
+        per_game = ray.get(self.generators[0].head_to_head.remote(self.league, latest, cfg.promote_games))
+        totals = [sum(round(s[k] * s["games"]) for s in per_game.values()) for k in ("win", "draw", "loss")]
+        result = promotion(*totals, threshold=cfg.promote_threshold)
+        values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
+                  "league/vs_previous_hi": result.hi, "league/vs_previous_games": result.games}
+        values.update({f"league/vs_previous/{game}/score": s["win"] + s["draw"] / 2 for game, s in per_game.items()})
+        self.metrics.log(self.step, self.wall(), values)
+        if result.promote:
+            new = self.promote()
+            for game, s in per_game.items():  # the new snapshot is the policy that played these
+                counts = [round(s[k] * s["games"]) for k in ("win", "draw", "loss")]
+                ray.get(self.league.record_pair.remote(new, latest, *counts, game))
+
+    def league_metrics(self) -> dict:
+        ratings = ray.get(self.league.ratings.remote())
+        values = {"league/learner_elo": ratings["learner"], "league/members": len(ratings["members"])}
+        values.update({f"league/elo/{m}": r for m, r in ratings["members"].items()})
+        return values
+
     def train(self) -> None:
         cfg = self.cfg
-        runs = [g.run.remote(self.verifier, self.buffer) for g in self.generators]
+        runs = [g.run.remote(self.verifier, self.buffer, self.league) for g in self.generators]
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", unit="step")
         deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
         while self.step < cfg.total_steps and time.time() < deadline:
@@ -160,12 +219,18 @@ class Run:
                 **learner_metrics, **self.throughput(), "buffer_size": buffer["size"],
                 "buffer_dropped_stale": buffer["dropped_stale"]})
             self.collect_evals()
+            if self.league is not None:
+                ray.get(self.league.set_step.remote(self.step))
+                self.metrics.log(self.step, self.wall(), self.league_metrics())
+                if self.step % cfg.league.promote_every < n:
+                    self.promotion_match()
             if self.step % cfg.eval.every_steps < n:
                 self.evaluate()
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
-            bar.set_postfix(vs_minimax=self.metrics.last("eval/minimax/non_loss"),
-                            vs_random=self.metrics.last("eval/random/win"),
+            bar.set_postfix(ttt_vs_minimax=self.metrics.last("eval/tictactoe/minimax/non_loss"),
+                            kuhn_expl=self.metrics.last("eval/kuhn/exploitability"),
+                            elo=self.metrics.last("league/learner_elo"),
                             illegal=round(learner_metrics["batch_illegal"], 3))
         bar.close()
         ray.get([g.stop.remote() for g in self.generators])
@@ -176,7 +241,11 @@ class Run:
         run in the same Ray session can take them."""
         self.metrics.close()
         names = [f"generator-{i}" for i in range(len(self.generators))] + ["learner", "verifier", "buffer"]
-        for actor in [*self.generators, self.learner, self.verifier, self.buffer]:
+        actors = [*self.generators, self.learner, self.verifier, self.buffer]
+        if self.league is not None:
+            names.append("league")
+            actors.append(self.league)
+        for actor in actors:
             ray.kill(actor)
         deadline = time.time() + 30
         while names and time.time() < deadline:
@@ -188,8 +257,14 @@ class Run:
 
 
 def summarize_evals(results: dict) -> dict:
-    return {opp: {"win": r["win"], "draw": r["draw"], "loss": r["loss"], "illegal": r["illegal"],
-                  "non_loss": r["win"] + r["draw"], "games": r["games"]} for opp, r in results.items()}
+    out = {}
+    for key, r in results.items():
+        if "exploitability" in r:
+            out[key] = r
+        else:
+            out[key] = {"win": r["win"], "draw": r["draw"], "loss": r["loss"], "illegal": r["illegal"],
+                        "non_loss": r["win"] + r["draw"], "return": r["return"], "games": r["games"]}
+    return out
 
 
 def run(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
@@ -214,6 +289,8 @@ def run(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
         summary["after"] = summarize_evals(r.evaluate(wait=True))
         summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
                        last_checkpoint=str(r.checkpoint()))
+        if r.league is not None:
+            summary["league"] = r.league_metrics()
         summary_path.write_text(json.dumps(summary, indent=2))
         return run_dir
     finally:

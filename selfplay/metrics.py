@@ -2,7 +2,9 @@
 TensorBoard and to Ray gauges so they show in the Ray dashboard."""
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -57,12 +59,26 @@ class MetricsLog:
         self.tb.close()
 
 
-def eval_metrics(result: dict) -> dict[str, float]:
-    """Flatten a generator `evaluate` result into eval/OPP/... metric names."""
-    opp = result["opponent"]
-    out = {f"eval/{opp}/{k}": result[k] for k in ("win", "draw", "loss", "illegal", "games")}
-    out[f"eval/{opp}/non_loss"] = result["win"] + result["draw"]
+def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
+    """Flatten a generator `evaluate` result into PREFIX/GAME/OPP/... metric names."""
+    key = f"{prefix}/{result['game']}/{result['opponent']}"
+    out = {f"{key}/{k}": result[k] for k in ("win", "draw", "loss", "illegal", "games", "return")}
+    out[f"{key}/non_loss"] = result["win"] + result["draw"]
     for seat in ("first", "second"):
-        out[f"eval/{opp}/{seat}_win"] = result[f"{seat}_win"]
-        out[f"eval/{opp}/{seat}_non_loss"] = result[f"{seat}_win"] + result[f"{seat}_draw"]
+        out[f"{key}/{seat}_win"] = result[f"{seat}_win"]
+        out[f"{key}/{seat}_non_loss"] = result[f"{seat}_win"] + result[f"{seat}_draw"]
     return out
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique character n-grams / all n-grams over `texts`;
+    falls towards 0 as responses collapse onto a few strings. 0 when there are none."""
+    grams = [t[i:i + n] for t in texts for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def action_entropy(texts: list[str]) -> float:
+    """Entropy (nats) of the empirical distribution of replies: 0 when one reply is all."""
+    counts = Counter(texts)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0

@@ -1,52 +1,51 @@
 """`selfplay report RUN_DIR`: PNG plots plus report.md / report.html in RUN_DIR/report/,
-built from metrics.parquet (long format: step, wall_s, name, value), summary.json and
-config.yaml."""
+built from metrics.parquet (long format: step, wall_s, name, value), summary.json,
+config.yaml and the newest complete checkpoint's league.json.
+
+Metric names: eval/GAME/OPP/FIELD, eval/kuhn/{exploitability,illegal_mass},
+snapshot/MEMBER/... (the same evals when league member MEMBER was created), league/...,
+and the learner's and generators' scalars."""
 from __future__ import annotations
 
 import html
 import json
 import math
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-OPPONENTS = ("random", "minimax")
+from selfplay.league import LEARNER, LeagueState  # noqa: E402
+from selfplay.league_table import load_league, score_matrix  # noqa: E402
+from selfplay.stats import wilson_interval  # noqa: E402
+
 RATES = ("win", "draw", "loss", "illegal", "non_loss")
-CURVES = [f"eval/{opp}/{m}" for opp in OPPONENTS
-          for m in ("win", "non_loss", "first_non_loss", "second_non_loss")]
-ILLEGAL = ["batch_illegal"] + [f"eval/{opp}/illegal" for opp in OPPONENTS]
-# (file, title, x axis, [(panel title, metric names)]); panels and figures with no
-# logged metric are left out.
-FIGURES = [
-    ("curves_steps.png", "Win and non-loss rate vs step", "step",
-     [("rate", CURVES)]),
-    ("curves_wall.png", "Win and non-loss rate vs wall time", "minutes",
-     [("rate", CURVES)]),
-    ("illegal.png", "Illegal-move rate (training batch and eval)", "step",
-     [("illegal-move rate", ILLEGAL)]),
-    ("throughput.png", "Throughput vs wall time", "minutes",
-     [("tokens/s", ["tokens_per_s"]), ("trajectories/s", ["trajectories_per_s"])]),
-    ("learner.png", "Learner diagnostics", "step",
-     [(name, [name]) for name in ("loss", "entropy", "kl_behaviour", "clip_frac")]),
-]
+OUTCOME = (*RATES, "return")
+CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
+# OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.
+KUHN_REFERENCE = [(0.458, "uniform random (0.458)"), (0.0, "Nash (0)")]
+KUHN_KEY = "kuhn/exploitability"  # its summary.json key and metric name (under eval/)
 Series = dict[str, dict[str, list[float]]]  # name -> {"step", "minutes", "value"}
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927):
-    (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+@dataclass
+class Panel:
+    title: str
+    names: list[str]
+    hlines: list[tuple[float, str]] = field(default_factory=list)  # (y, label) reference lines
+    band: tuple[str, str] | None = None  # (lower, upper) series drawn as a shaded interval
+
+
+Figure = tuple[str, str, str, list[Panel]]  # (file, title, x axis, panels)
 
 
 def load_series(path: Path) -> Series:
@@ -66,29 +65,108 @@ def load_series(path: Path) -> Series:
     return series
 
 
-def plot(series: Series, out_dir: Path) -> list[tuple[str, str]]:
-    """Write the FIGURES that have data; returns [(file, title)]."""
+def _natural(text: str) -> list:
+    """Sort key that puts snap-2 before snap-10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def eval_results(series: Series, prefix: str = "eval") -> dict[tuple[str, str], dict]:
+    """{(GAME, OPP): {FIELD: series}} for the names PREFIX/GAME/OPP/FIELD, sorted."""
+    depth = prefix.count("/") + 4
+    out: dict[tuple[str, str], dict] = {}
+    for name, s in series.items():
+        parts = name.split("/")
+        if name.startswith(prefix + "/") and len(parts) == depth:
+            out.setdefault((parts[-3], parts[-2]), {})[parts[-1]] = s
+    return dict(sorted(out.items()))
+
+
+def snapshot_members(series: Series) -> list[str]:
+    return sorted({n.split("/")[1] for n in series if n.startswith("snapshot/")}, key=_natural)
+
+
+def _starting(series: Series, prefix: str) -> list[str]:
+    return sorted((n for n in series if n.startswith(prefix)), key=_natural)
+
+
+def figures(series: Series, threshold: float | None) -> list[Figure]:
+    """The figures, built from the metric names present; plot() drops what has no data."""
+    keys = list(eval_results(series))
+    games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
+    curves = [Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS])
+              for g, opps in games.items()]
+    illegal = ["batch_illegal", *(f"eval/{g}/{o}/illegal" for g, o in keys), "eval/kuhn/illegal_mass"]
+    promotion = Panel("learner's score (wins + draws/2)",
+                      ["league/vs_previous_score", *_starting(series, "league/vs_previous/")],
+                      [(threshold, f"promote threshold ({threshold})")] if threshold is not None else [],
+                      band=("league/vs_previous_lo", "league/vs_previous_hi"))
+    return [
+        ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
+        ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),
+        ("exploitability.png", "Kuhn poker exploitability (chips; lower is better)", "step",
+         [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)]),
+        ("illegal.png", "Illegal-move rate (training batch and eval)", "step",
+         [Panel("illegal-move rate", illegal)]),
+        ("elo.png", "Elo ratings of the learner and the league members", "step",
+         [Panel("Elo", ["league/learner_elo", *_starting(series, "league/elo/")])]),
+        ("promotion.png", "Promotion match vs the previous snapshot (95% Wilson CI)", "step", [promotion]),
+        ("diversity.png", "Diversity of the policy's replies", "step",
+         [Panel("distinct-n", ["distinct_1", "distinct_2"]),
+          Panel("action entropy (nats)", _starting(series, "action_entropy/"))]),
+        ("throughput.png", "Throughput vs wall time", "minutes",
+         [Panel("tokens/s", ["tokens_per_s"]), Panel("trajectories/s", ["trajectories_per_s"])]),
+        ("learner.png", "Learner diagnostics", "step",
+         [Panel(name, [name]) for name in ("loss", "entropy", "kl_behaviour", "clip_frac")]),
+    ]
+
+
+def _labels(names: list[str]) -> list[str]:
+    """Legend labels: the names less the path prefix they all share."""
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    prefix = prefix[:prefix.rfind("/") + 1]
+    return [n[len(prefix):] for n in names]
+
+
+def _colour_group(name: str) -> str:
+    """An opponent's win and non-loss curves share a colour."""
+    prefix, last = name.rsplit("/", 1) if "/" in name else ("", name)
+    return prefix if last in CURVE_FIELDS else name
+
+
+def _draw(ax, series: Series, panel: Panel, x: str) -> None:
+    groups = list(dict.fromkeys(map(_colour_group, panel.names)))
+    for name, label in zip(panel.names, _labels(panel.names)):
+        style = "--" if name.endswith("/non_loss") else "-"
+        colour = f"C{groups.index(_colour_group(name)) % 10}"
+        ax.plot(series[name][x], series[name]["value"], style, marker=".", color=colour, label=label)
+    if panel.band and all(n in series for n in panel.band):
+        lo, hi = (series[n] for n in panel.band)
+        ax.fill_between(lo[x], lo["value"], hi["value"], color="C0", alpha=0.2, label="95% CI")
+    for (y, label), style in zip(panel.hlines, (":", "-.", "--")):  # at most three
+        ax.axhline(y, color="black", linestyle=style, linewidth=1, label=label)
+    ax.set_title(panel.title)
+    ax.set_xlabel("wall time (min)" if x == "minutes" else "step")
+    if x == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if len(panel.names) > 1 or panel.hlines or panel.band:
+        ax.legend(fontsize="small")
+
+
+def plot(series: Series, out_dir: Path, threshold: float | None = None) -> list[tuple[str, str]]:
+    """Write the figures that have data; returns [(file, title)]."""
     written = []
-    for file, title, x, panels in FIGURES:
-        panels = [(t, [n for n in names if n in series]) for t, names in panels]
-        panels = [(t, names) for t, names in panels if names]
+    for file, title, x, panels in figures(series, threshold):
+        panels = [replace(p, names=[n for n in p.names if n in series]) for p in panels]
+        panels = [p for p in panels if p.names]
         if not panels:
             continue
         ncols = min(2, len(panels))
         nrows = math.ceil(len(panels) / ncols)
         size = (6 * ncols, 3.6 * nrows) if ncols > 1 else (9, 4.5)
         fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
-        for ax, (panel_title, names) in zip(axes.flat, panels):
-            for name in names:
-                style = "--" if "/first_" in name or "/second_" in name else "-"
-                ax.plot(series[name][x], series[name]["value"], style, marker=".", label=name)
-            ax.set_title(panel_title)
-            ax.set_xlabel("wall time (min)" if x == "minutes" else "step")
-            if x == "step":
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if len(names) > 1:
-                ax.legend(fontsize="small")
+        for ax, panel in zip(axes.flat, panels):
+            _draw(ax, series, panel, x)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         fig.suptitle(title)
@@ -97,6 +175,30 @@ def plot(series: Series, out_dir: Path) -> list[tuple[str, str]]:
         plt.close(fig)
         written.append((file, title))
     return written
+
+
+def plot_head_to_head(state: LeagueState, path: Path) -> None:
+    """The score matrix as a heatmap: row's score against column; grey where never played."""
+    ids, matrix = score_matrix(state)
+    values = np.ma.masked_invalid([[np.nan if v is None else v for v in row] for row in matrix])
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("lightgrey")
+    n = len(ids)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * n, 1.5 + 0.8 * n))
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if v is not None:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center")
+    ax.set_xticks(range(n), ids, rotation=45, ha="right")
+    ax.set_yticks(range(n), ids)
+    ax.set_xlabel("opponent")
+    ax.set_ylabel("player")
+    ax.set_title("Head-to-head score (wins + draws/2) / games")
+    fig.colorbar(image, ax=ax, label="row player's score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _fmt(field: str, value: float | None, signed: bool = False) -> str:
@@ -115,32 +217,90 @@ def _ci(rates: dict) -> str:
 
 
 def last_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
-    """One row per opponent, at the last step where any eval/OPP/* metric was logged."""
-    header = ["opponent", "step", "games", *(f.replace("_", "-") for f in RATES), "non-loss 95% CI"]
+    """One row per GAME/OPP, at the last step where any of its eval metrics was logged."""
+    header = ["game", "opponent", "step", "games", *(f.replace("_", "-") for f in OUTCOME),
+              "non-loss 95% CI"]
     rows = []
-    for opp in OPPONENTS:
-        names = {n.rsplit("/", 1)[1]: s for n, s in series.items() if n.startswith(f"eval/{opp}/")}
-        if not names:
-            continue
-        step = max(s["step"][-1] for s in names.values())
-        at = {f: dict(zip(s["step"], s["value"])).get(step) for f, s in names.items()}
-        rows.append([opp, str(step), _fmt("games", at.get("games")),
-                     *(_fmt(f, at.get(f)) for f in RATES), _ci(at)])
+    for (game, opp), fields in eval_results(series).items():
+        step = max(s["step"][-1] for s in fields.values())
+        at = {f: dict(zip(s["step"], s["value"])).get(step) for f, s in fields.items()}
+        rows.append([game, opp, str(step), _fmt("games", at.get("games")),
+                     *(_fmt(f, at.get(f)) for f in OUTCOME), _ci(at)])
     return header, rows
 
 
+def _change_row(label: list[str], field: str, before: dict, after: dict) -> list[str]:
+    vb, va = before.get(field), after.get(field)
+    change = va - vb if vb is not None and va is not None else None
+    return [*label, field.replace("_", "-"), _fmt(field, vb), _fmt(field, va),
+            _fmt(field, change, signed=True)]
+
+
 def before_after_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Every GAME/OPP key of summary.json's before and after (Kuhn's exploitability apart)."""
     before, after = summary.get("before", {}), summary.get("after", {})
     rows = []
-    for opp in dict.fromkeys([*before, *after]):
-        b, a = before.get(opp, {}), after.get(opp, {})
-        for field in (*RATES, "games"):
-            vb, va = b.get(field), a.get(field)
-            change = va - vb if vb is not None and va is not None else None
-            rows.append([opp, field.replace("_", "-"), _fmt(field, vb), _fmt(field, va),
-                         _fmt(field, change, signed=True)])
-        rows.append([opp, "non-loss 95% CI", _ci(b), _ci(a), ""])
-    return ["opponent", "measure", "before", "after", "change"], rows
+    for key in dict.fromkeys([*before, *after]):
+        if key == KUHN_KEY:
+            continue
+        b, a = before.get(key, {}), after.get(key, {})
+        label = key.rsplit("/", 1)
+        rows += [_change_row(label, f, b, a) for f in (*OUTCOME, "games")]
+        rows.append([*label, "non-loss 95% CI", _ci(b), _ci(a), ""])
+    return ["game", "opponent", "measure", "before", "after", "change"], rows
+
+
+def kuhn_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    b, a = (summary.get(when, {}).get(KUHN_KEY) for when in ("before", "after"))
+    if b is None and a is None:
+        return [], []
+    rows = [_change_row([], f, b or {}, a or {}) for f in ("exploitability", "illegal_mass")]
+    return ["measure", "before", "after", "change"], rows
+
+
+def retention_table(series: Series) -> tuple[list[str], list[list[str]]]:
+    """One row per league member: the evals re-run when it was created (its last value)."""
+    members = snapshot_members(series)
+    keys = sorted({k for m in members for k in eval_results(series, f"snapshot/{m}")})
+    header = ["member", "step", *(f"{g}/{o} non-loss" for g, o in keys)]
+    kuhn = any(f"snapshot/{m}/{KUHN_KEY}" in series for m in members)
+    header += ["kuhn exploitability"] if kuhn else []
+    rows = []
+    for m in members:
+        names = [f"snapshot/{m}/{g}/{o}/non_loss" for g, o in keys]
+        names += [f"snapshot/{m}/{KUHN_KEY}"] if kuhn else []
+        step = max(s["step"][-1] for n, s in series.items() if n.startswith(f"snapshot/{m}/"))
+        rows.append([m, str(step), *(_fmt("value", series[n]["value"][-1] if n in series else None)
+                                     for n in names)])
+    return header, rows
+
+
+def league_blocks(run_dir: Path, out_dir: Path) -> list[tuple]:
+    """The league table and head-to-head heatmap; none when no checkpoint holds a league."""
+    try:
+        state = load_league(run_dir)
+    except FileNotFoundError:
+        return []
+    rows = [[m.id, str(m.step), f"{m.rating:.1f}", "/".join(map(str, state.head_to_head(LEARNER, m.id)))]
+            for m in state.members]
+    plot_head_to_head(state, out_dir / "head_to_head.png")
+    return [("h2", "League"),
+            ("p", f"Learner Elo {state.learner_rating:.1f}; {len(rows)} members; "
+                  f"{state.games_played} games recorded (newest complete checkpoint)."),
+            ("table", ["member", "step", "Elo", "learner W/D/L vs it"], rows),
+            ("img", "head_to_head.png", "Head-to-head score matrix")]
+
+
+def promote_threshold(config_text: str) -> float | None:
+    league = (yaml.safe_load(config_text) or {}).get("league") or {}
+    return league.get("promote_threshold")
+
+
+def _table_section(title: str, table: tuple[list[str], list[list[str]]], note: str = "") -> list[tuple]:
+    header, rows = table
+    if not rows:
+        return []
+    return [("h2", title), *([("p", note)] if note else []), ("table", header, rows)]
 
 
 def to_markdown(blocks: list[tuple]) -> str:
@@ -191,23 +351,26 @@ def write_report(run_dir: Path) -> Path:
     series = load_series(run_dir / "metrics.parquet")
     out_dir = run_dir / "report"
     out_dir.mkdir(exist_ok=True)
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    config = config_path.read_text() if config_path.exists() else None
     title = f"Run report: {run_dir.name}"
     last_step = max(s["step"][-1] for s in series.values())
     minutes = max(s["minutes"][-1] for s in series.values())
     blocks: list[tuple] = [("h1", title),
                            ("p", f"Last logged step {last_step}, {minutes:.1f} min wall time.")]
-    header, rows = last_eval_table(series)
-    if rows:
-        blocks += [("h2", "Last evaluation"), ("table", header, rows)]
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if "before" in summary or "after" in summary:
-        blocks += [("h2", "Before and after training"), ("table", *before_after_table(summary))]
-    blocks.append(("h2", "Plots"))
-    blocks += [("img", file, alt) for file, alt in plot(series, out_dir)]
-    config_path = run_dir / "config.yaml"
-    if config_path.exists():
-        blocks += [("h2", "Config"), ("pre", config_path.read_text())]
+    blocks += _table_section("Last evaluation", last_eval_table(series))
+    blocks += _table_section("Kuhn poker exploitability", kuhn_table(summary),
+                             "OpenSpiel exploitability in chips: uniform random play 0.458, Nash 0.")
+    blocks += _table_section("Before and after training", before_after_table(summary))
+    blocks += _table_section("Capability retention", retention_table(series),
+                             "Each league member's evaluations, run when it was snapshotted.")
+    blocks += league_blocks(run_dir, out_dir)
+    threshold = promote_threshold(config) if config is not None else None
+    images = [("img", file, alt) for file, alt in plot(series, out_dir, threshold)]
+    blocks += [("h2", "Plots"), *images] if images else []
+    if config is not None:
+        blocks += [("h2", "Config"), ("pre", config)]
     md_path = out_dir / "report.md"
     md_path.write_text(to_markdown(blocks))
     (out_dir / "report.html").write_text(to_html(title, blocks))

@@ -42,6 +42,6 @@ def small_cfg():
 def generator(ray_session, tiny_model, small_cfg):
     from actors.generator import GeneratorActor
     g = GeneratorActor.options(name="test-generator").remote(
-        "generator-0", "test", "tictactoe", tiny_model, small_cfg.model, small_cfg.generator, 1)
+        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, small_cfg.generator, 1)
     ray_session.get(g.stats.remote())  # the engine is up
     return g

@@ -11,7 +11,8 @@ def test_defaults_load_and_validate():
     assert cfg == RunConfig()
     assert validate(RunConfig()) == cfg
     assert cfg.learner.lr == 3e-4
-    assert cfg.eval.opponents == ["random", "minimax"]
+    assert cfg.eval.opponents == ["random", "minimax", "nash", "greedy", "fair"]
+    assert cfg.games == {"tictactoe": 1.0} and not cfg.league.enabled
 
 
 def test_yaml_file_then_overrides(tmp_path):
@@ -71,6 +72,8 @@ def test_unknown_field_in_yaml_is_named(tmp_path):
     ("eval.opponents=random", "eval.opponents"),
     ("eval.opponents=[1]", "eval.opponents[0]"),
     ("learner=3", "learner"),
+    ("games=[tictactoe]", "games"),
+    ("games={tictactoe: fast}", "games.tictactoe"),
 ])
 def test_ill_typed_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
@@ -85,6 +88,12 @@ def test_ill_typed_value_is_named(override, field):
     ("learner.baseline_alpha=1.0", "learner.baseline_alpha"),
     ("model.dtype=int8", "model.dtype"),
     ("eval.opponents=[random,alphazero]", "eval.opponents[1]"),
+    ("games={chess: 1.0}", "games.chess"),
+    ("games={tictactoe: 0}", "games.tictactoe"),
+    ("games={}", "games"),
+    ("league.mode=elo", "league.mode"),
+    ("league.self_play_fraction=1.5", "league.self_play_fraction"),
+    ("league.max_live_opponents=0", "league.max_live_opponents"),
 ])
 def test_out_of_range_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
@@ -140,3 +149,16 @@ def test_save_then_load_round_trips_defaults(tmp_path):
     path = tmp_path / "defaults.yaml"
     save_config(RunConfig(), path)
     assert load_config(path) == RunConfig()
+
+
+def test_a_game_mix_loads_from_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("games: {tictactoe: 2, kuhn: 1.0, 'textarena:TicTacToe-v0': 0.5}\n")
+    assert load_config(path).games == {"tictactoe": 2.0, "kuhn": 1.0, "textarena:TicTacToe-v0": 0.5}
+
+
+def test_the_old_single_game_field_says_what_replaced_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("game: tictactoe\n")
+    with pytest.raises(ConfigError, match=r"^game: replaced by games.*games: \{tictactoe: 1.0\}"):
+        load_config(path)

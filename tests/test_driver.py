@@ -33,7 +33,7 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     assert (learner_state["step"], learner_state["version"]) == (6, 6)
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     assert [m["step"] for m in metrics if m["name"] == "loss"] == [2, 4, 6]  # no step trained twice
-    assert {m["name"] for m in metrics} >= {"eval/random/win", "eval/minimax/non_loss", "tokens_per_s"}
+    assert {m["name"] for m in metrics} >= {"eval/tictactoe/random/win", "eval/tictactoe/minimax/non_loss", "tokens_per_s"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary) >= {"before", "after"} and summary["steps"] == 6
 

@@ -1,5 +1,6 @@
-"""The run report: Wilson intervals on hand-worked numbers, and plots + Markdown + HTML
-written from a small metrics.parquet."""
+"""The run report: Wilson intervals on hand-worked numbers, the figure list built from the
+logged names, and plots + Markdown + HTML written from a small run directory (two games,
+Kuhn exploitability, a league with snapshots)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from selfplay.league import LEARNER, LeagueState, Member
 from selfplay.metrics import METRICS_SCHEMA
-from selfplay.report import wilson_interval, write_report
+from selfplay.report import figures, promote_threshold, wilson_interval, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -36,59 +38,149 @@ def write_metrics(run_dir, rows):
         schema=METRICS_SCHEMA), run_dir / "metrics.parquet")
 
 
-def small_run(run_dir):
+def eval_rows(step, prefix, values):
+    return [(step, 30.0 * step + 5, f"{prefix}/{k}", v) for k, v in values.items()]
+
+
+def tictactoe_rows():
+    """tictactoe vs random with every eval name; vs minimax without illegal or seat names."""
+    rows = []
+    for step, win, draw in ((0, 0.3, 0.1), (3, 0.8, 0.1)):
+        full = {"win": win, "draw": draw, "loss": 1 - win - draw, "illegal": 0.0,
+                "non_loss": win + draw, "games": 20, "return": 2 * win - 1, "first_win": win,
+                "first_non_loss": win + draw, "second_win": win, "second_non_loss": win + draw}
+        rows += eval_rows(step, "eval/tictactoe/random", full)
+        rows += eval_rows(step, "eval/tictactoe/minimax",
+                          {"win": 0.0, "draw": 0.5, "loss": 0.5, "non_loss": 0.5, "games": 10})
+    return rows
+
+
+def league_rows():
+    rows = []
+    for step in range(4):
+        rows += [(step, 30.0 * step, "league/learner_elo", 1000.0 + 5 * step),
+                 (step, 30.0 * step, "league/elo/snap-0", 1000.0 - 5 * step),
+                 (step, 30.0 * step, "league/members", 1 + (step >= 2))]
+        if step >= 2:
+            rows.append((step, 30.0 * step, "league/elo/snap-1", 1000.0))
+        rows += [(step, 30.0 * step, f"league/vs_previous{k}", v) for k, v in
+                 {"_score": 0.55, "_lo": 0.45, "_hi": 0.65, "_games": 64, "/tictactoe/score": 0.6}.items()]
+    # Snapshots: snap-0 re-ran every eval at step 0; snap-1 (step 2) has no minimax result.
+    rows += eval_rows(0, "snapshot/snap-0/tictactoe/random", {"win": 0.25, "non_loss": 0.5})
+    rows += eval_rows(0, "snapshot/snap-0/tictactoe/minimax", {"non_loss": 0.2})
+    rows += eval_rows(0, "snapshot/snap-0/kuhn", {"exploitability": 0.458})
+    rows += eval_rows(2, "snapshot/snap-1/tictactoe/random", {"non_loss": 0.875})
+    rows += eval_rows(2, "snapshot/snap-1/kuhn", {"exploitability": 0.3})
+    return rows
+
+
+def save_league(run_dir, complete=True):
+    """Learner beats snap-0 once, rated (k=32 from 1000 each: +-16); then unrated games:
+    learner draws and loses against snap-1, snap-1 beats snap-0."""
+    state = LeagueState()
+    state.add_member(Member("snap-0", 0, 0, "league/snap-0", "c0"), step=0)
+    state.record(LEARNER, "snap-0", 1.0, "tictactoe", step=5)
+    state.add_member(Member("snap-1", 1, 10, "league/snap-1", "c1"), step=10)
+    state.record(LEARNER, "snap-1", 0.5, "tictactoe", step=10, rate=False)
+    state.record("snap-1", LEARNER, 1.0, "kuhn", step=10, rate=False)
+    state.record("snap-1", "snap-0", 1.0, "tictactoe", step=10, rate=False)
+    ckpt = run_dir / "checkpoints" / "step_0000010"
+    ckpt.mkdir(parents=True)
+    state.save(ckpt / "league.json")
+    if complete:
+        (ckpt / "COMPLETE").write_text("10")
+
+
+def mixed_run(run_dir):
     rows = []
     for step in range(4):
         wall = 30.0 * step
         for name in ("loss", "pg_loss", "entropy", "kl_behaviour", "clip_frac", "batch_illegal",
-                     "tokens_per_s", "trajectories_per_s"):
+                     "tokens_per_s", "trajectories_per_s", "distinct_1", "distinct_2",
+                     "action_entropy/tictactoe", "action_entropy/kuhn"):
             rows.append((step, wall, name, 0.1 * step + 1.0))
-    # random: every eval name; minimax: no illegal and no per-seat names.
-    for step, win, draw in ((0, 0.3, 0.1), (3, 0.8, 0.1)):
-        full = {"win": win, "draw": draw, "loss": 1 - win - draw, "illegal": 0.0,
-                "non_loss": win + draw, "games": 20, "first_win": win, "first_non_loss": win + draw,
-                "second_win": win, "second_non_loss": win + draw}
-        rows += [(step, 30.0 * step + 5, f"eval/random/{k}", v) for k, v in full.items()]
-        rows += [(step, 30.0 * step + 5, f"eval/minimax/{k}", v)
-                 for k, v in {"win": 0.0, "draw": 0.5, "loss": 0.5, "non_loss": 0.5, "games": 10}.items()]
-    write_metrics(run_dir, rows)
-    outcome = {"win": 0.3, "draw": 0.1, "loss": 0.6, "illegal": 0.05, "non_loss": 0.4, "games": 20}
+    rows += tictactoe_rows()
+    for step, expl in ((0, 0.458), (3, 0.2)):
+        rows += eval_rows(step, "eval/kuhn", {"exploitability": expl, "illegal_mass": 0.1 / (step + 1)})
+        rows += eval_rows(step, "eval/kuhn/nash", {"win": 0.4, "draw": 0.0, "loss": 0.6, "illegal": 0.0,
+                                                   "non_loss": 0.4, "games": 10, "return": -0.1})
+    write_metrics(run_dir, rows + league_rows())
+    outcome = {"win": 0.3, "draw": 0.1, "loss": 0.6, "illegal": 0.05, "non_loss": 0.4,
+               "return": -0.3, "games": 20}
     (run_dir / "summary.json").write_text(json.dumps({
-        "before": {"random": outcome},
-        "after": {"random": {**outcome, "win": 0.8, "loss": 0.1, "illegal": 0.0, "non_loss": 0.9}},
-        "steps": 3}))
-    (run_dir / "config.yaml").write_text("seed: 1\nlearner:\n  lr: 1.0e-6  # <tuned>\n")
+        "before": {"tictactoe/random": outcome,
+                   "kuhn/exploitability": {"exploitability": 0.458, "illegal_mass": 0.1}},
+        "after": {"tictactoe/random": {**outcome, "win": 0.8, "loss": 0.1, "illegal": 0.0,
+                                       "non_loss": 0.9, "return": 0.6},
+                  "kuhn/exploitability": {"exploitability": 0.2, "illegal_mass": 0.025}},
+        "steps": 3, "wall_s": 95.0, "games_per_eval": 40, "league": {"league/learner_elo": 1015.0}}))
+    (run_dir / "config.yaml").write_text(
+        "seed: 1\nlearner:\n  lr: 1.0e-6  # <tuned>\nleague:\n  promote_threshold: 0.6\n")
+    save_league(run_dir)
+
+
+PLOTS = ["curves_steps.png", "curves_wall.png", "exploitability.png", "illegal.png", "elo.png",
+         "promotion.png", "diversity.png", "throughput.png", "learner.png"]
 
 
 def test_write_report_writes_plots_tables_and_html(tmp_path):
     run_dir = tmp_path / "run-7"
     run_dir.mkdir()
-    small_run(run_dir)
+    mixed_run(run_dir)
 
     md_path = write_report(run_dir)
 
     assert md_path == run_dir / "report" / "report.md"
-    pngs = ["curves_steps.png", "curves_wall.png", "illegal.png", "throughput.png", "learner.png"]
+    pngs = PLOTS + ["head_to_head.png"]
+    assert sorted(p.name for p in (run_dir / "report").glob("*.png")) == sorted(pngs)
     for png in pngs:
         data = (run_dir / "report" / png).read_bytes()
         assert len(data) > 1000 and data[:8] == PNG_SIGNATURE, png
     md = md_path.read_text()
     assert md.startswith("# Run report: run-7\n")
-    # 18 of 20: centre 0.99604 / 1.19208 = 0.83555, half 1.96 * sqrt(0.0045 + 0.002401) / 1.19208
-    # = 0.13659 -> (0.699, 0.972); 5 of 10: 0.5 +- 0.26341 -> (0.237, 0.763)
-    assert "| random | 3 | 20 | 0.800 | 0.100 | 0.100 | 0.000 | 0.900 | [0.699, 0.972] |" in md
-    assert "| minimax | 3 | 10 | 0.000 | 0.500 | 0.500 | n/a | 0.500 | [0.237, 0.763] |" in md
-    assert "| random | win | 0.300 | 0.800 | +0.500 |" in md
-    assert "| random | illegal | 0.050 | 0.000 | -0.050 |" in md
-    assert "| random | games | 20 | 20 | +0 |" in md
-    assert "| opponent | step | games | win | draw | loss | illegal | non-loss | non-loss 95% CI |" in md
-    # 8 of 20: 0.41611 +- 0.19731 -> (0.219, 0.613)
-    assert "| random | non-loss | 0.400 | 0.900 | +0.500 |" in md
-    assert "| random | non-loss 95% CI | [0.219, 0.613] | [0.699, 0.972] |  |" in md
+
+    # Last evaluation. 18 of 20: centre 0.99604 / 1.19208 = 0.83555, half 1.96 * sqrt(0.0045
+    # + 0.002401) / 1.19208 = 0.13659 -> (0.699, 0.972); 5 of 10: 0.5 +- 0.26341 -> (0.237, 0.763);
+    # 4 of 10: centre 0.59208 / 1.38416 = 0.42775, half 1.96 * sqrt(0.024 + 0.009604) / 1.38416
+    # = 0.25958 -> (0.168, 0.687)
+    assert ("| game | opponent | step | games | win | draw | loss | illegal | non-loss | return"
+            " | non-loss 95% CI |") in md
+    assert "| kuhn | nash | 3 | 10 | 0.400 | 0.000 | 0.600 | 0.000 | 0.400 | -0.100 | [0.168, 0.687] |" in md
+    assert "| tictactoe | minimax | 3 | 10 | 0.000 | 0.500 | 0.500 | n/a | 0.500 | n/a | [0.237, 0.763] |" in md
+    assert "| tictactoe | random | 3 | 20 | 0.800 | 0.100 | 0.100 | 0.000 | 0.900 | 0.600 | [0.699, 0.972] |" in md
+
+    # Kuhn exploitability before and after, apart from the GAME/OPP rows.
+    assert "| exploitability | 0.458 | 0.200 | -0.258 |" in md
+    assert "| illegal-mass | 0.100 | 0.025 | -0.075 |" in md
+    assert "| kuhn | exploitability |" not in md
+
+    # Before and after per GAME/OPP. 8 of 20: 0.41611 +- 0.19731 -> (0.219, 0.613)
+    assert "| tictactoe | random | win | 0.300 | 0.800 | +0.500 |" in md
+    assert "| tictactoe | random | illegal | 0.050 | 0.000 | -0.050 |" in md
+    assert "| tictactoe | random | return | -0.300 | 0.600 | +0.900 |" in md
+    assert "| tictactoe | random | games | 20 | 20 | +0 |" in md
+    assert "| tictactoe | random | non-loss 95% CI | [0.219, 0.613] | [0.699, 0.972] |  |" in md
+
+    # Capability retention: one row per snapshot; snap-1 never played minimax.
+    retention = md.split("## Capability retention\n")[1].split("\n\n## ")[0]
+    assert retention.splitlines()[2:] == [
+        "| member | step | tictactoe/minimax non-loss | tictactoe/random non-loss | kuhn exploitability |",
+        "| --- | --- | --- | --- | --- |",
+        "| snap-0 | 0 | 0.200 | 0.500 | 0.458 |",
+        "| snap-1 | 2 | n/a | 0.875 | 0.300 |"]
+
+    # League: from checkpoints/step_0000010/league.json.
+    assert "Learner Elo 1016.0; 2 members; 4 games recorded" in md
+    league = md.split("## League\n")[1].split("\n\n## ")[0]
+    assert [line for line in league.splitlines() if line.startswith("|")] == [
+        "| member | step | Elo | learner W/D/L vs it |",
+        "| --- | --- | --- | --- |",
+        "| snap-0 | 0 | 984.0 | 1/0/0 |",
+        "| snap-1 | 10 | 1000.0 | 0/1/1 |"]
+
     for png in pngs:
         assert f"]({png})" in md
     assert "```yaml\nseed: 1\n" in md
-
     page = (run_dir / "report" / "report.html").read_text()
     for png in pngs:
         assert f'<img src="{png}"' in page
@@ -96,13 +188,55 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
     assert "# &lt;tuned&gt;" in page and "<tuned>" not in page
 
 
+def test_figures_follow_the_logged_names():
+    names = ["eval/tictactoe/random/win", "eval/tictactoe/random/non_loss",
+             "eval/tictactoe/minimax/win", "eval/textarena:Nim-v0/random/illegal",
+             "league/vs_previous_score", "league/elo/snap-10", "league/elo/snap-2"]
+    series = {n: {} for n in names}
+
+    by_file = {file: panels for file, _, _, panels in figures(series, threshold=0.6)}
+
+    curves = by_file["curves_steps.png"]
+    assert [p.title for p in curves] == ["textarena:Nim-v0", "tictactoe"]
+    assert curves[1].names == ["eval/tictactoe/minimax/win", "eval/tictactoe/minimax/non_loss",
+                               "eval/tictactoe/random/win", "eval/tictactoe/random/non_loss"]
+    assert "eval/textarena:Nim-v0/random/illegal" in by_file["illegal.png"][0].names
+    assert by_file["elo.png"][0].names == ["league/learner_elo", "league/elo/snap-2", "league/elo/snap-10"]
+    assert by_file["promotion.png"][0].hlines == [(0.6, "promote threshold (0.6)")]
+    no_threshold = {file: panels for file, _, _, panels in figures(series, threshold=None)}
+    assert no_threshold["promotion.png"][0].hlines == []
+
+
+def test_promote_threshold_is_read_from_the_league_config():
+    assert promote_threshold("seed: 1\nleague:\n  enabled: true\n  promote_threshold: 0.7\n") == 0.7
+    assert promote_threshold("seed: 1\nleague:\n  enabled: false\n") is None
+    assert promote_threshold("seed: 1\n") is None
+
+
+def test_report_without_kuhn_or_league_leaves_their_sections_out(tmp_path):
+    write_metrics(tmp_path, tictactoe_rows())
+    outcome = {"win": 0.3, "draw": 0.1, "loss": 0.6, "illegal": 0.05, "non_loss": 0.4, "games": 20}
+    (tmp_path / "summary.json").write_text(json.dumps({"before": {"tictactoe/random": outcome},
+                                                       "after": {"tictactoe/random": outcome}}))
+
+    md = write_report(tmp_path).read_text()
+
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
+        "curves_steps.png", "curves_wall.png", "illegal.png"]
+    assert "## Last evaluation" in md and "## Before and after training" in md
+    for absent in ("Kuhn", "Capability retention", "## League", "exploitability", "Elo"):
+        assert absent not in md, absent
+
+
 def test_report_without_eval_or_summary_skips_what_is_absent(tmp_path):
     write_metrics(tmp_path, [(s, 10.0 * s, "loss", 1.0 / (s + 1)) for s in range(3)])
+    save_league(tmp_path, complete=False)  # a checkpoint still being written is not read
 
     md = write_report(tmp_path).read_text()
 
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == ["learner.png"]
-    assert "Last evaluation" not in md and "Before and after" not in md
+    for absent in ("Last evaluation", "Before and after", "Kuhn", "Capability retention", "League"):
+        assert absent not in md, absent
     assert "](learner.png)" in md
 
 

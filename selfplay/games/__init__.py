@@ -12,9 +12,9 @@ Each game module's SCRIPTED maps a scripted player's name to its class
 (`cls(seed).act(game) -> action`)."""
 from __future__ import annotations
 
-from selfplay.games import tictactoe
+from selfplay.games import kuhn, negotiation, tictactoe
 
-MODULES = {"tictactoe": tictactoe}
+MODULES = {"tictactoe": tictactoe, "kuhn": kuhn, "negotiation": negotiation}
 GAMES = {name: module.GAME for name, module in MODULES.items()}
 
 

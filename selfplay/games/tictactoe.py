@@ -22,6 +22,7 @@ def winner(board: str) -> str | None:
 class TicTacToe:
     name = "tictactoe"
     num_players = 2
+    max_reply_chars = 1  # a longer reply is never needed: generation stops there
 
     def __init__(self, seed: int = 0):
         self.seed = seed  # no chance nodes; kept so every game is replayable from (name, seed)

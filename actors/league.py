@@ -1,0 +1,115 @@
+"""League: the snapshot population the learner trains against. Owns members, Elo ratings
+and head-to-head results; answers each generator wave's matchmaking; keeps every member's
+weights in the object store so generators load them through the broadcast path.
+`League` is the plain class; `LeagueActor` its Ray shell."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+
+from selfplay.config import LeagueConfig
+from selfplay.league import (LEARNER, SELF, LeagueState, Member, assign_opponents, matchmaking_probs,
+                             skill_tier)
+
+STATE_FILE = "league.json"
+
+
+class League:
+    def __init__(self, cfg: LeagueConfig, seed: int, state: LeagueState | None = None):
+        self.cfg = cfg
+        self.state = state or LeagueState()
+        self.rng = random.Random(seed)
+        self.step = 0
+
+    def matchmake(self, n_games: int) -> list[tuple[str, str, str]]:
+        """(opponent, learner's skill tier, opponent's skill tier) for each game of a wave."""
+        members = self.state.members
+        ratings = [m.rating for m in members]
+        probs = matchmaking_probs(self.cfg.mode, self.state.learner_rating, ratings,
+                                  self.state.learner_scores(), self.cfg.pfsp_power, self.cfg.near_scale)
+        ids = assign_opponents([m.id for m in members], probs, n_games, self.cfg.self_play_fraction,
+                               self.cfg.max_live_opponents, self.rng)
+        rating = {m.id: m.rating for m in members}
+        out = []
+        for opp in ids:
+            diff = 0.0 if opp == SELF else rating[opp] - self.state.learner_rating
+            out.append((opp, skill_tier(diff), skill_tier(-diff)))
+        return out
+
+    def record(self, results: list[tuple[str, str, float]]) -> None:
+        """(game, member, learner's score) of finished learner-vs-member games: Elo of both."""
+        for game, member, learner_score in results:
+            self.state.record(LEARNER, member, learner_score, game, self.step, k=self.cfg.elo_k)
+
+    def latest(self) -> str | None:
+        return self.state.members[-1].id if self.state.members else None
+
+
+@ray.remote(num_cpus=0)
+class LeagueActor:
+    def __init__(self, cfg: LeagueConfig, seed: int, run_id: str, engine_dtype: str,
+                 resume_dir: str | None = None):
+        from ray.util import metrics
+        state = LeagueState.load(Path(resume_dir) / STATE_FILE) if resume_dir else None
+        self.league = League(cfg, seed, state)
+        self.engine_dtype = engine_dtype
+        self.blobs: dict[str, ray.ObjectRef] = {}
+        for m in self.league.state.members:  # resumed: weights again from each member's checkpoint
+            self._restore_weights(m)
+        self.elo = metrics.Gauge("selfplay_league_elo", tag_keys=("run", "player"))
+        self.elo.set_default_tags({"run": run_id})
+
+    def _restore_weights(self, member: Member) -> None:
+        from learner.weights import export_checkpoint
+        blob, checksum = export_checkpoint(member.path, self.engine_dtype)
+        if checksum != member.checksum:
+            raise RuntimeError(f"league member {member.id}: weights at {member.path} have checksum "
+                               f"{checksum}, the league recorded {member.checksum}; the snapshot changed")
+        self.blobs[member.id] = ray.put(blob)
+
+    def add_member(self, member: dict, blob: bytes) -> dict:
+        m = Member(**{**member, "rating": self.league.state.learner_rating, "created_at": time.time()})
+        self.league.state.add_member(m, self.league.step)
+        self.blobs[m.id] = ray.put(blob)
+        return asdict(m)
+
+    def weights(self, member_id: str) -> dict:
+        """The member's weights as an object-store reference (wrapped in a list so Ray does
+        not resolve it here), with the version and checksum the loader must echo."""
+        m = self.league.state.member(member_id)
+        return {"ref": [self.blobs[member_id]], "version": m.version, "checksum": m.checksum}
+
+    def matchmake(self, n_games: int) -> list[tuple[str, str, str]]:
+        return self.league.matchmake(n_games)
+
+    def record(self, results: list[tuple[str, str, float]]) -> None:
+        self.league.record(results)
+        self.elo.set(self.league.state.learner_rating, tags={"player": LEARNER})
+
+    def record_pair(self, a: str, b: str, wins: int, draws: int, losses: int, game: str) -> None:
+        """Head-to-head between two members (e.g. a new snapshot vs the one before), unrated:
+        the same games were already rated as the learner's."""
+        for score, n in ((1.0, wins), (0.5, draws), (0.0, losses)):
+            for _ in range(n):
+                self.league.state.record(a, b, score, game, self.league.step, rate=False)
+
+    def set_step(self, step: int) -> None:
+        self.league.step = step
+
+    def latest(self) -> str | None:
+        return self.league.latest()
+
+    def ratings(self) -> dict:
+        """Learner and member Elo ratings (cheap: the full state carries every result)."""
+        state = self.league.state
+        return {"learner": state.learner_rating, "members": {m.id: m.rating for m in state.members}}
+
+    def state(self) -> dict:
+        return self.league.state.to_dict()
+
+    def save(self, directory: str) -> None:
+        self.league.state.save(Path(directory) / STATE_FILE)
