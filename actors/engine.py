@@ -30,6 +30,7 @@ class Engine:
             gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids

@@ -151,6 +151,11 @@ class Generator:
                                matches[i].tiers[games[i].current_player]) for i in idx]
         limits = [min(self.cfg.max_response_tokens, getattr(games[i], "max_reply_chars", None)
                       or self.cfg.max_response_tokens) for i in idx]  # a token is at least one char
+        context = self._engine(policy).max_model_len
+        for i, prompt, limit in zip(idx, prompts, limits):
+            if len(prompt) + limit > context:
+                raise ValueError(f"{matches[i].game}: a prompt of {len(prompt)} tokens plus a {limit}-token "
+                                 f"reply does not fit the model's context of {context} (model.max_model_len)")
         with self.lock:
             start = time.perf_counter()
             outs = self._engine(policy).generate(prompts, limits, temperature)

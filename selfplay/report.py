@@ -43,6 +43,7 @@ class Panel:
     names: list[str]
     hlines: list[tuple[float, str]] = field(default_factory=list)  # (y, label) reference lines
     band: tuple[str, str] | None = None  # (lower, upper) series drawn as a shaded interval
+    strip: str | None = None  # cut from the names for legend labels; None: their shared prefix
 
 
 Figure = tuple[str, str, str, list[Panel]]  # (file, title, x axis, panels)
@@ -93,7 +94,7 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     """The figures, built from the metric names present; plot() drops what has no data."""
     keys = list(eval_results(series))
     games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
-    curves = [Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS])
+    curves = [Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS], strip=f"eval/{g}/")
               for g, opps in games.items()]
     illegal = ["batch_illegal", *(f"eval/{g}/{o}/illegal" for g, o in keys), "eval/kuhn/illegal_mass"]
     promotion = Panel("learner's score (wins + draws/2)",
@@ -120,11 +121,12 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     ]
 
 
-def _labels(names: list[str]) -> list[str]:
-    """Legend labels: the names less the path prefix they all share."""
-    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
-    prefix = prefix[:prefix.rfind("/") + 1]
-    return [n[len(prefix):] for n in names]
+def _labels(panel: Panel) -> list[str]:
+    prefix = panel.strip
+    if prefix is None:
+        prefix = os.path.commonprefix(panel.names) if len(panel.names) > 1 else ""
+        prefix = prefix[:prefix.rfind("/") + 1]
+    return [n.removeprefix(prefix) for n in panel.names]
 
 
 def _colour_group(name: str) -> str:
@@ -135,7 +137,7 @@ def _colour_group(name: str) -> str:
 
 def _draw(ax, series: Series, panel: Panel, x: str) -> None:
     groups = list(dict.fromkeys(map(_colour_group, panel.names)))
-    for name, label in zip(panel.names, _labels(panel.names)):
+    for name, label in zip(panel.names, _labels(panel)):
         style = "--" if name.endswith("/non_loss") else "-"
         colour = f"C{groups.index(_colour_group(name)) % 10}"
         ax.plot(series[name][x], series[name]["value"], style, marker=".", color=colour, label=label)
@@ -181,8 +183,7 @@ def plot_head_to_head(state: LeagueState, path: Path) -> None:
     """The score matrix as a heatmap: row's score against column; grey where never played."""
     ids, matrix = score_matrix(state)
     values = np.ma.masked_invalid([[np.nan if v is None else v for v in row] for row in matrix])
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     n = len(ids)
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * n, 1.5 + 0.8 * n))
     image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1)

@@ -1,3 +1,7 @@
+import math
+
+import pytest
+
 from actors.generator import LEARNER, summarize
 from selfplay import schema
 from tests.rows import make_row
@@ -21,3 +25,27 @@ def test_a_game_the_learner_never_moved_in_still_counts():
     assert s["games"] == 3 and s["first_games"] == 1 and s["second_games"] == 2
     assert s["win"] == 2 / 3 and s["loss"] == 1 / 3 and s["illegal"] == 1 / 3
     assert s["second_win"] == 0.5 and s["second_illegal"] == 0.5 and s["first_win"] == 1.0
+
+
+def test_diversity_metrics_on_hand_counted_replies():
+    from selfplay.metrics import action_entropy, distinct_n
+    assert distinct_n(["ab", "ab", "c"], 1) == 3 / 5  # a, b, c of a b a b c
+    assert distinct_n(["ab", "ab", "c"], 2) == 1 / 2  # ab of ab ab
+    assert distinct_n(["a"], 2) == 0.0
+    assert action_entropy(["5", "5", "5"]) == 0.0
+    assert action_entropy(["1", "2", "1", "2"]) == pytest.approx(math.log(2))
+
+
+def test_scores_for_elo():
+    from actors.generator import score
+    assert (score(2.0), score(0.0), score(-1.0)) == (1.0, 0.5, 0.0)
+
+
+def test_summarize_from_either_policys_side():
+    table = schema.from_rows([
+        turn("g1", 0, 0, "snap-1", "snap-0", 2.0), turn("g1", 1, 1, "snap-0", "snap-1", -2.0),
+        turn("g2", 0, 0, "snap-0", "snap-1", 0.0), turn("g2", 1, 1, "snap-1", "snap-0", 0.0),
+    ])
+    s = summarize(table, policy="snap-1")
+    assert (s["games"], s["win"], s["draw"], s["return"]) == (2, 0.5, 0.5, 1.0)
+    assert summarize(table, policy="snap-0")["return"] == -1.0

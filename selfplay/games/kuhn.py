@@ -11,6 +11,7 @@ import random
 from typing import NamedTuple
 
 from selfplay.games.players import RandomPlayer
+from selfplay.games.rules import IllegalReplyLoses
 
 CARDS = "JQK"  # index 0, 1, 2 as in OpenSpiel
 MOVES = "pb"  # action 0 = pass, 1 = bet
@@ -18,7 +19,7 @@ TERMINAL = ("pp", "bp", "bb", "pbp", "pbb")
 ILLEGAL_PENALTY = 2.0
 
 
-class Kuhn:
+class Kuhn(IllegalReplyLoses):
     name = "kuhn"
     num_players = 2
     max_reply_chars = 1  # a longer reply is never needed: generation stops there
@@ -79,16 +80,6 @@ class Kuhn:
             raise ValueError(f"kuhn action must be 0 (pass) or 1 (bet), got {action!r}")
         self.history += MOVES[action]
 
-    def apply_text(self, text: str) -> bool:
-        """Apply a model's reply. Returns False (and ends the game) if it is illegal."""
-        if self.is_terminal:
-            raise ValueError("game is over")
-        action = self.parse_action(text)
-        if action is None:
-            self.illegal_by = self.current_player
-            return False
-        self.apply(action)
-        return True
 
 
 def observation_text(card: int, history: str) -> str:

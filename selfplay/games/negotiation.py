@@ -16,6 +16,7 @@ import itertools
 import random
 
 from selfplay.games.players import RandomPlayer
+from selfplay.games.rules import IllegalReplyLoses
 
 NUM_TYPES = 3
 MAX_COUNT = 3
@@ -45,7 +46,7 @@ def digits(items: tuple[int, ...]) -> str:
     return "".join(map(str, items))
 
 
-class Negotiation:
+class Negotiation(IllegalReplyLoses):
     name = "negotiation"
     num_players = 2
     max_reply_chars = 3  # a longer reply is never needed: generation stops there
@@ -135,16 +136,6 @@ class Negotiation:
                              f"for counts {digits(self.counts)}")
         self.moves.append(action)
 
-    def apply_text(self, text: str) -> bool:
-        """Apply a model's reply. Returns False (and ends the game) if it is illegal."""
-        if self.is_terminal:
-            raise ValueError("game is over")
-        action = self.parse_action(text)
-        if action is None or action not in self.legal_actions():
-            self.illegal_by = self.current_player
-            return False
-        self.apply(action)
-        return True
 
 
 GREEDY_ACCEPT = 7

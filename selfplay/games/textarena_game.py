@@ -24,9 +24,8 @@
   interleaved in one process do not disturb each other and the caller's RNG state is
   left as it was. (Not thread-safe: another thread drawing from `random` while a game
   steps would share the swapped-in state.)
-Envs that fetch data at import or reset (nltk corpora: Wordle, Hangman, Codenames,
-DontSayIt, SpellingBee, WordLadder, ...) or call a hosted LLM (Debate, TwentyQuestions,
-GuessWho, ScenarioPlanning) cannot run offline."""
+Two-player envs that cannot run offline: DontSayIt, LetterAuction, WordChains and
+SpellingBee fetch nltk corpora; Debate and ScenarioPlanning ask a hosted LLM judge."""
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ import functools
 import random
 
 from selfplay.games.players import RandomPlayer
+from selfplay.games.rules import IllegalReplyLoses
 
 LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
 MARKS = "XO"
@@ -19,7 +20,7 @@ def winner(board: str) -> str | None:
     return None
 
 
-class TicTacToe:
+class TicTacToe(IllegalReplyLoses):
     name = "tictactoe"
     num_players = 2
     max_reply_chars = 1  # a longer reply is never needed: generation stops there
@@ -70,16 +71,6 @@ class TicTacToe:
         self.board = self.board[:action] + MARKS[self.current_player] + self.board[action + 1:]
         self.current_player = 1 - self.current_player
 
-    def apply_text(self, text: str) -> bool:
-        """Apply a model's reply. Returns False (and ends the game) if it is illegal."""
-        if self.is_terminal:
-            raise ValueError("game is over")
-        action = self.parse_action(text)
-        if action is None or action not in self.legal_actions():
-            self.illegal_by = self.current_player
-            return False
-        self.apply(action)
-        return True
 
 
 @functools.lru_cache(maxsize=None)
