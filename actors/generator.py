@@ -77,7 +77,8 @@ class Generator:
     def load_member(self, member_id: str, blob: bytes, version: int, checksum: str) -> None:
         """Put a league member's weights into an opponent engine: a free one while fewer than
         `max_live` exist, else the least recently used one. Weights load in place (no engine
-        restart) and must echo `checksum`."""
+        restart) and must echo `checksum`. A member that a game in progress still needs must
+        not be evicted: GeneratorActor lets one member-using play run at a time."""
         self._check_name(member_id)
         with self.lock:
             if member_id in self.slots:
@@ -151,14 +152,14 @@ class Generator:
                                matches[i].tiers[games[i].current_player]) for i in idx]
         limits = [min(self.cfg.max_response_tokens, getattr(games[i], "max_reply_chars", None)
                       or self.cfg.max_response_tokens) for i in idx]  # a token is at least one char
-        context = self._engine(policy).max_model_len
-        for i, prompt, limit in zip(idx, prompts, limits):
-            if len(prompt) + limit > context:
-                raise ValueError(f"{matches[i].game}: a prompt of {len(prompt)} tokens plus a {limit}-token "
-                                 f"reply does not fit the model's context of {context} (model.max_model_len)")
         with self.lock:
+            engine = self._engine(policy)
+            for i, prompt, limit in zip(idx, prompts, limits):
+                if len(prompt) + limit > engine.max_model_len:
+                    raise ValueError(f"{matches[i].game}: a prompt of {len(prompt)} tokens plus a {limit}-token reply "
+                                     f"does not fit the model's context of {engine.max_model_len} (model.max_model_len)")
             start = time.perf_counter()
-            outs = self._engine(policy).generate(prompts, limits, temperature)
+            outs = engine.generate(prompts, limits, temperature)
             elapsed = time.perf_counter() - start
             versions = dict(self.versions)
         for i, prompt, out in zip(idx, prompts, outs):
@@ -217,7 +218,7 @@ class Generator:
         """The learner's Kuhn poker policy at all 12 information states: its probability of
         each reply, renormalised over the legal ones (see kuhn_policy_table)."""
         def score(observations: list[str], replies: list[str]) -> list[float]:
-            prompts = [self.prompt(o, scripted_tier("best_response")) for o in observations]
+            prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
             conts = [list(self.encode(r))[len(self.encode("")):] for r in replies]
             with self.lock:
                 return self.engines[LEARNER].score(prompts, conts)
@@ -284,6 +285,7 @@ class GeneratorActor:
                              max_live_opponents)
         self.running = False
         self.wait_s = 0.0
+        self.member_lock = threading.Lock()  # held while loading members and playing them
         tags = {"run": run_id, "generator": generator_id}
         self.tokens = metrics.Counter("selfplay_generator_tokens", tag_keys=tuple(tags))
         self.trajs = metrics.Counter("selfplay_generator_trajectories", tag_keys=tuple(tags))
@@ -306,8 +308,9 @@ class GeneratorActor:
                 table = self.gen.self_play(n)
             else:
                 assignments = ray.get(league.matchmake.remote(n))
-                self._load_members(league, {a[0] for a in assignments} - {SELF})
-                table = self.gen.league_play([tuple(a) for a in assignments])
+                with self.member_lock:
+                    self._load_members(league, {a[0] for a in assignments} - {SELF})
+                    table = self.gen.league_play([tuple(a) for a in assignments])
                 self._report(league, table)
             self.tokens.inc(self.gen.counts["tokens"] - tokens_before)
             self.trajs.inc(n)
@@ -347,13 +350,14 @@ class GeneratorActor:
     def head_to_head(self, league, member: str, n_games: int) -> dict:
         """The current policy (sampling at the training temperature) against league
         `member`, n_games per game of the mix and seat; results also go to the league."""
-        self._load_members(league, {member})
         per_game = {}
-        for game in self.gen.games:
-            table = self.gen.play([Match(game, (LEARNER, member))] * n_games
-                                  + [Match(game, (member, LEARNER))] * n_games, self.gen.cfg.temperature)
-            self._report(league, table)
-            per_game[game] = summarize(table)
+        with self.member_lock:
+            self._load_members(league, {member})
+            for game in self.gen.games:
+                table = self.gen.play([Match(game, (LEARNER, member))] * n_games
+                                      + [Match(game, (member, LEARNER))] * n_games, self.gen.cfg.temperature)
+                self._report(league, table)
+                per_game[game] = summarize(table)
         return per_game
 
     def self_play(self, n_games: int) -> bytes:

@@ -170,7 +170,7 @@ class Run:
         """Snapshot the current policy into the league as the next member; its evaluations
         are re-run under the member's id, so regressions between snapshots show."""
         member_id = f"snap-{len(ray.get(self.league.ratings.remote())['members'])}"
-        path = self.run_dir / "league" / member_id
+        path = (self.run_dir / "league" / member_id).resolve()
         ray.get(self.learner.promote.remote(self.league, member_id, str(path)))
         self.evaluate(prefix=f"snapshot/{member_id}")
         return member_id

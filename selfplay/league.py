@@ -23,7 +23,7 @@ MODES = ("pfsp", "near", "latest")
 LEAGUE_VERSION = 1
 # Skill-conditioned prompts: the seed model's tokens, prefixed by how strong the opponent is.
 SKILL_TOKENS = {"novice": "<novice>", "intermediate": "<intermediate>", "expert": "<expert>"}
-SCRIPTED_TIERS = {"random": "novice", "minimax": "expert", "nash": "expert", "best_response": "expert"}
+SCRIPTED_TIERS = {"random": "novice", "minimax": "expert", "nash": "expert"}
 
 
 def skill_tier(opponent_minus_learner: float, band: float = 100.0) -> str:

@@ -1,0 +1,57 @@
+"""The learner's reference policy and batch diagnostics, on a tiny model (no Ray, no vLLM)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learner.learner import Learner
+from selfplay import schema
+from selfplay.config import load_config
+from selfplay.model import create_default_model
+from tests.rows import make_row
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
+
+
+def batch():
+    """Two kuhn turns of one role with opposite returns: advantages +-1 from the first step."""
+    rows = [make_row(game="kuhn", response_text="b", ret=1.0),
+            make_row(game="kuhn", response_text="p", ret=-1.0),
+            make_row(game="tictactoe", response_text="5", ret=0.0)]
+    return schema.from_rows(rows)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_the_kl_reference_follows_the_policy_every_k_steps(model_dir):
+    cfg = load_config(None, ["learner.kl_coef=0.1", "learner.ref_refresh_every=2", "learner.lr=1e-2"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    learner.train_step(batch())
+    assert not same_weights(learner.model, learner.ref)  # step 1: still the initial policy
+    learner.train_step(batch())
+    assert same_weights(learner.model, learner.ref)  # step 2: refreshed
+    m = learner.train_step(batch())
+    assert not same_weights(learner.model, learner.ref) and m["kl_ref"] >= 0
+
+
+def test_a_reference_that_is_never_refreshed_stays_the_initial_policy(model_dir):
+    cfg = load_config(None, ["learner.kl_coef=0.1", "learner.lr=1e-2"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    initial = {k: v.clone() for k, v in learner.ref.state_dict().items()}
+    for _ in range(3):
+        learner.train_step(batch())
+    assert all(torch.equal(initial[k], v) for k, v in learner.ref.state_dict().items())
+
+
+def test_batch_diagnostics_include_diversity_per_game(model_dir):
+    cfg = load_config(None, [])
+    m = Learner(cfg.learner, cfg.model, model_dir, seed=0).train_step(batch())
+    assert m["distinct_1"] == 1.0  # b, p, 5: three distinct one-character replies
+    assert m["action_entropy/kuhn"] == pytest.approx(0.6931, abs=1e-4)  # b and p, once each
+    assert m["action_entropy/tictactoe"] == 0.0
+    assert m["baseline_kuhn_0"] == 0.0 and m["baseline_tictactoe_0"] == 0.0
