@@ -30,6 +30,25 @@ class WeightMismatch(RuntimeError):
     """An engine reports loading weights other than the ones sent."""
 
 
+def slot_plan(loaded: list[str], needed: set[str], capacity: int) -> list[tuple[str, str | None]]:
+    """Which members of `needed` to load, each with the loaded member whose engine it takes
+    (None: a new engine). `loaded` is least recently used first; members in `needed` keep
+    their engines."""
+    if len(needed) > capacity:
+        raise ValueError(f"a play needs {len(needed)} league opponents but a generator holds "
+                         f"{capacity} (league.max_live_opponents)")
+    spare = [m for m in loaded if m not in needed]
+    free = capacity - len(loaded)
+    plan = []
+    for member in sorted(needed - set(loaded)):
+        if free > 0:
+            plan.append((member, None))
+            free -= 1
+        else:
+            plan.append((member, spare.pop(0)))
+    return plan
+
+
 @dataclass(frozen=True)
 class Match:
     game: str
@@ -71,29 +90,42 @@ class Generator:
         self.engines[name] = Engine(model_path, self.model_cfg, self.cfg, self.seed)
         self.versions[name] = version
 
-    def has_member(self, member_id: str) -> bool:
-        return member_id in self.slots
+    def load_members(self, needed: set[str], fetch) -> None:
+        """Make every member in `needed` sit in an opponent engine, fetching weights only for
+        those not loaded: `fetch(member) -> (blob, version, checksum)`. Engines of members
+        this play does not need are reused least recently used first; `needed` itself is
+        never evicted. One member-using play at a time (GeneratorActor's member lock)."""
+        with self.lock:
+            for member in needed & set(self.slots):
+                self.slots.move_to_end(member)
+        for member, replaced in slot_plan(list(self.slots), needed, self.max_live):
+            self.load_member(member, *fetch(member), replace=replaced)
 
-    def load_member(self, member_id: str, blob: bytes, version: int, checksum: str) -> None:
-        """Put a league member's weights into an opponent engine: a free one while fewer than
-        `max_live` exist, else the least recently used one. Weights load in place (no engine
-        restart) and must echo `checksum`. A member that a game in progress still needs must
-        not be evicted: GeneratorActor lets one member-using play run at a time."""
+    def load_member(self, member_id: str, blob: bytes, version: int, checksum: str,
+                    replace: str | None = None) -> None:
+        """Load a league member's weights in place into an opponent engine: its own if it has
+        one, else the engine of `replace`, else a new one (fewer than `max_live` exist), else
+        the least recently used one. The engine must echo `checksum`."""
         self._check_name(member_id)
         with self.lock:
             if member_id in self.slots:
                 engine = self.slots.pop(member_id)
+            elif replace is not None:
+                engine = self.slots.pop(replace)
+                self.versions.pop(replace, None)
             elif len(self.slots) < self.max_live:
                 engine = Engine(self.model_path, self.model_cfg, self.cfg, self.seed)
             else:
                 evicted, engine = self.slots.popitem(last=False)
                 self.versions.pop(evicted, None)
             got = engine.load_weights(blob)
+            if got != checksum:  # never seat a policy whose weights are not the member's
+                engine.close()
+                raise WeightMismatch(f"{self.id}: opponent {member_id} loaded weights {got}, "
+                                     f"league recorded {checksum}")
             self.slots[member_id] = engine
             self.versions[member_id] = version
             self.counts["opponent_loads"] += 1
-        if got != checksum:
-            raise WeightMismatch(f"{self.id}: opponent {member_id} loaded weights {got}, league sent {checksum}")
 
     def _engine(self, policy: str) -> Engine:
         if policy in self.slots:
@@ -323,9 +355,10 @@ class GeneratorActor:
     def _load_members(self, league, members: set[str]) -> None:
         """Fetch missing members' weights from the league's object-store copy (the
         broadcast path) into opponent engines; each load's checksum is verified."""
-        for member in sorted(m for m in members if not self.gen.has_member(m)):
+        def fetch(member: str) -> tuple[bytes, int, str]:
             info = ray.get(league.weights.remote(member))
-            self.gen.load_member(member, ray.get(info["ref"][0]), info["version"], info["checksum"])
+            return ray.get(info["ref"][0]), info["version"], info["checksum"]
+        self.gen.load_members(members, fetch)
 
     def _report(self, league, table: pa.Table) -> None:
         results = [(g["game"], g["opponent"], score(g["outcome"])) for g in outcomes(table)

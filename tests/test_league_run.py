@@ -26,7 +26,7 @@ def league_run(ray_session, small_cfg, tmp_path_factory):
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=3, skill_prompts=True),
         eval=dataclasses.replace(small_cfg.eval, every_steps=4, games=2),
         league=LeagueConfig(enabled=True, promote_every=2, promote_games=2, promote_threshold=0.0,
-                            self_play_fraction=0.25, max_live_opponents=2))
+                            self_play_fraction=0.25, max_live_opponents=1))  # one engine: members swap in
     return driver.run(cfg)
 
 
@@ -77,3 +77,28 @@ def test_resume_restores_the_league(league_run):
     assert after.members[3].id == "snap-3" and after.members[3].step == 6
     assert after.games_played > before.games_played
     assert after.rating_history[:len(before.rating_history)] == before.rating_history
+
+
+def test_skill_tokens_prefix_the_prompts(league_run):
+    turns = pq.read_table(driver.latest_checkpoint(league_run) / "buffer.parquet").to_pylist()
+    skill_ids = {3, 4, 5}  # <novice>, <intermediate>, <expert> in the default tokenizer
+    assert all(t["prompt_ids"][1] in skill_ids for t in turns if t["prompt_ids"])
+
+
+def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(ray_session, generator, tiny_model):
+    import torch
+
+    from actors.generator import WeightMismatch
+    from actors.league import LeagueActor
+    ray = ray_session
+    league = LeagueActor.remote(LeagueConfig(enabled=True), 0, "test", "bfloat16")
+    blob, checksum = export_checkpoint(tiny_model, torch.bfloat16)
+    member = {"version": 3, "step": 0, "path": tiny_model}
+    ray.get(league.add_member.remote({"id": "forged", "checksum": "0" * 64, **member}, blob))
+    ray.get(league.add_member.remote({"id": "honest", "checksum": checksum, **member}, blob))
+    with pytest.raises(WeightMismatch, match="forged"):
+        ray.get(generator.head_to_head.remote(league, "forged", 1))
+    per_game = ray.get(generator.head_to_head.remote(league, "honest", 1))
+    assert per_game["tictactoe"]["games"] == 2
+    assert "honest" in ray.get(generator.stats.remote())["members"]
+    ray.kill(league)

@@ -49,3 +49,15 @@ def test_summarize_from_either_policys_side():
     s = summarize(table, policy="snap-1")
     assert (s["games"], s["win"], s["draw"], s["return"]) == (2, 0.5, 0.5, 1.0)
     assert summarize(table, policy="snap-0")["return"] == -1.0
+
+
+def test_slot_plan_never_evicts_what_the_play_needs():
+    from actors.generator import slot_plan
+    # loaded LRU-first [a, b]; needed {b, c}: c takes a's engine, not b's (b is needed)
+    assert slot_plan(["a", "b"], {"b", "c"}, 2) == [("c", "a")]
+    assert slot_plan(["b", "a"], {"b", "c"}, 2) == [("c", "a")]
+    assert slot_plan(["a"], {"b", "c"}, 3) == [("b", None), ("c", None)]
+    assert slot_plan(["a"], {"b", "c"}, 2) == [("b", None), ("c", "a")]
+    assert slot_plan(["a", "b"], {"a"}, 2) == []
+    with pytest.raises(ValueError, match="league.max_live_opponents"):
+        slot_plan([], {"a", "b", "c"}, 2)
