@@ -117,7 +117,8 @@ class Run:
         return self.collect_evals(wait)
 
     def collect_evals(self, wait: bool = False) -> dict:
-        """Log the finished evaluations; returns them keyed 'GAME/OPPONENT'."""
+        """Log the finished evaluations; returns the current policy's (prefix 'eval') keyed
+        'GAME/OPPONENT' or 'kuhn/exploitability'."""
         results = {}
         still = []
         for step, prefix, ref in self.pending_evals:
@@ -127,13 +128,14 @@ class Run:
                 continue
             result = ray.get(ref)
             if "policy" in result:  # Kuhn poker policy table
-                values = {"exploitability": kuhn.exploitability(result["policy"]),
-                          "illegal_mass": result["illegal_mass"]}
-                self.metrics.log(step, self.wall(), {f"{prefix}/kuhn/{k}": v for k, v in values.items()})
-                results["kuhn/exploitability"] = values
+                key, result = "kuhn/exploitability", {"exploitability": kuhn.exploitability(result["policy"]),
+                                                      "illegal_mass": result["illegal_mass"]}
+                self.metrics.log(step, self.wall(), {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
             else:
+                key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, self.wall(), eval_metrics(result, prefix))
-                results[f"{result['game']}/{result['opponent']}"] = result
+            if prefix == "eval":  # snapshot evaluations are only logged
+                results[key] = result
         self.pending_evals = still
         return results
 

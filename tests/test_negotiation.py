@@ -121,7 +121,7 @@ def test_apply_out_of_range_proposal_raises():
     ([], 0, "a"),  # nothing to accept yet
     ([], 0, "203"),  # only 1 item of type 1
     (["123"], 1, "124"),  # only 3 items of type 3
-    (["123"], 1, "12"),  # too short
+    (["123"], 1, "4"),  # only 1 item of type 1
     (["123"], 1, "deal"),
     (["123", "000"], 0, ""),
 ])
@@ -164,9 +164,10 @@ def test_parse_action_inverts_action_text_for_every_action(counts):
 @pytest.mark.parametrize("text, action", [
     ("a", ACCEPT), (" A", ACCEPT), ("accept", ACCEPT), ("103", 16), ("\n103", 16),
     ("1034", 16), ("103 please", 16), ("000", 1),
-    ("10", None), ("1x3", None), ("203", None), ("104", None), ("", None), ("-", None), ("b", None),
+    ("10", 13), ("1x3", 13), ("1", 13), ("12", 21), ("0-", 1),  # types left out take 0: 100, 100, 100, 120, 000
+    ("203", None), ("104", None), ("2", None), ("", None), ("-", None), ("b", None), ("x12", None),
 ])
-def test_parse_action_reads_accept_or_three_digits_within_counts(text, action):
+def test_parse_action_reads_accept_or_leading_digits_within_counts(text, action):
     assert game_with().parse_action(text) == action
 
 

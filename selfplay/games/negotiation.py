@@ -3,8 +3,10 @@ the player whose share is worth more to itself wins.
 
 A pool holds 1-3 items of each of 3 types. Each player values the items privately (0-9 per
 item, so a valuation is one digit; the whole pool is worth exactly 10 to each player).
-Players alternate, player 0 first. A move is a proposal, three digits saying how many of
-each type the mover takes ('201'), or 'a', accepting the opponent's standing proposal. On
+Players alternate, player 0 first. A move is a proposal, digits saying how many of each
+type the mover takes ('201'; types left out take 0, so '2' is '200'), or 'a', accepting
+the opponent's standing proposal. (Short proposals are legal so that a randomly initialised
+policy finds legal moves often enough to learn from: three exact digits by chance is ~1e-4.) On
 accept the proposer gets what it asked for and the acceptor the rest: the higher value wins
 (+1/-1), equal values draw. No deal after MAX_TURNS moves is a draw. An unparsable or
 illegal reply (a digit above the count, 'a' with nothing to accept) loses (-1/+1).
@@ -110,14 +112,20 @@ class Negotiation(IllegalReplyLoses):
         return 1 + proposals(self.counts).index(tuple(take))
 
     def parse_action(self, text: str) -> int | None:
-        """'a' (any case) or the first three characters as digits, each within its count."""
+        """'a' (any case) accepts; otherwise the leading digits (up to three) are what the
+        mover takes of each type in order, types left out taking 0 ('2' = '200'); the rest
+        of the reply is ignored. Each digit must be within its type's count."""
         text = text.lstrip().lower()
         if text[:1] == "a":
             return ACCEPT
-        take = text[:3]
-        if len(take) < 3 or any(d not in "0123456789" for d in take):
+        lead = ""
+        for ch in text[:NUM_TYPES]:
+            if ch not in "0123456789":
+                break
+            lead += ch
+        if not lead:
             return None
-        take = tuple(int(d) for d in take)
+        take = tuple(int(d) for d in lead) + (0,) * (NUM_TYPES - len(lead))
         if any(t > c for t, c in zip(take, self.counts)):
             return None
         return self.proposal_action(take)
