@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from actors.engine import Engine
@@ -54,6 +55,13 @@ class Match:
     game: str
     seats: tuple[str, str]  # who plays as player 0 and 1: LEARNER, a scripted player or an opponent
     tiers: tuple[str | None, str | None] = (None, None)  # skill prefix each seat's prompts get
+
+
+def both_seats(game: str, opponent: str, n_games: int, tier: str | None = None) -> list[Match]:
+    """n_games with the learner first and n_games with it second; `tier` prefixes the
+    learner's prompts."""
+    return ([Match(game, (LEARNER, opponent), (tier, None))] * n_games
+            + [Match(game, (opponent, LEARNER), (None, tier))] * n_games)
 
 
 class Generator:
@@ -99,25 +107,20 @@ class Generator:
             for member in needed & set(self.slots):
                 self.slots.move_to_end(member)
         for member, replaced in slot_plan(list(self.slots), needed, self.max_live):
-            self.load_member(member, *fetch(member), replace=replaced)
+            self._load_member(member, *fetch(member), replace=replaced)
 
-    def load_member(self, member_id: str, blob: bytes, version: int, checksum: str,
-                    replace: str | None = None) -> None:
-        """Load a league member's weights in place into an opponent engine: its own if it has
-        one, else the engine of `replace`, else a new one (fewer than `max_live` exist), else
-        the least recently used one. The engine must echo `checksum`."""
+    def _load_member(self, member_id: str, blob: bytes, version: int, checksum: str,
+                     replace: str | None) -> None:
+        """Load a member's weights in place into the engine of `replace` (a loaded member
+        this play does not need), or into a new engine (None). The engine must echo
+        `checksum`; `slot_plan` decides which."""
         self._check_name(member_id)
         with self.lock:
-            if member_id in self.slots:
-                engine = self.slots.pop(member_id)
-            elif replace is not None:
-                engine = self.slots.pop(replace)
-                self.versions.pop(replace, None)
-            elif len(self.slots) < self.max_live:
+            if replace is None:
                 engine = Engine(self.model_path, self.model_cfg, self.cfg, self.seed)
             else:
-                evicted, engine = self.slots.popitem(last=False)
-                self.versions.pop(evicted, None)
+                engine = self.slots.pop(replace)
+                self.versions.pop(replace, None)
             got = engine.load_weights(blob)
             if got != checksum:  # never seat a policy whose weights are not the member's
                 engine.close()
@@ -240,10 +243,7 @@ class Generator:
     def evaluate(self, game: str, opponent: str, n_games: int, temperature: float = 0.0) -> dict:
         """The learner's policy (greedy by default) vs a scripted or loaded opponent,
         n_games in each seat."""
-        tier = scripted_tier(opponent)
-        matches = ([Match(game, (LEARNER, opponent), (tier, None))] * n_games
-                   + [Match(game, (opponent, LEARNER), (None, tier))] * n_games)
-        table = self.play(matches, temperature)
+        table = self.play(both_seats(game, opponent, n_games, scripted_tier(opponent)), temperature)
         return {"game": game, "opponent": opponent, "version": self.version, **summarize(table)}
 
     def kuhn_policy(self) -> dict[str, list[float]]:
@@ -286,8 +286,8 @@ def score(outcome: float) -> float:
 
 
 def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
-    """Win/draw/loss/illegal rates and mean return of `policy` against a different
-    opponent, overall and per seat."""
+    """Win/draw/loss/non-loss/illegal rates and mean return of `policy` against a
+    different opponent, overall and per seat."""
     games = outcomes(table, policy)
     stats: dict = {}
     for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
@@ -297,6 +297,7 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
         stats[f"{label}win"] = sum(g["outcome"] > 0 for g in subset) / n
         stats[f"{label}draw"] = sum(g["outcome"] == 0 for g in subset) / n
         stats[f"{label}loss"] = sum(g["outcome"] < 0 for g in subset) / n
+        stats[f"{label}non_loss"] = sum(g["outcome"] >= 0 for g in subset) / n
         stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
         stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
     return stats
@@ -383,15 +384,12 @@ class GeneratorActor:
     def head_to_head(self, league, member: str, n_games: int) -> dict:
         """The current policy (sampling at the training temperature) against league
         `member`, n_games per game of the mix and seat; results also go to the league."""
-        per_game = {}
+        matches = [m for game in self.gen.games for m in both_seats(game, member, n_games)]
         with self.member_lock:
             self._load_members(league, {member})
-            for game in self.gen.games:
-                table = self.gen.play([Match(game, (LEARNER, member))] * n_games
-                                      + [Match(game, (member, LEARNER))] * n_games, self.gen.cfg.temperature)
-                self._report(league, table)
-                per_game[game] = summarize(table)
-        return per_game
+            table = self.gen.play(matches, self.gen.cfg.temperature)  # all games in one batch
+        self._report(league, table)
+        return {game: summarize(table.filter(pc.equal(table["game"], game))) for game in self.gen.games}
 
     def self_play(self, n_games: int) -> bytes:
         return schema.to_ipc(self.gen.self_play(n_games))

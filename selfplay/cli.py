@@ -49,7 +49,6 @@ def cmd_eval(args) -> int:
             opponent = "opponent"
         result = gen.evaluate(args.game, opponent, args.games)
         result["opponent"] = args.opponent
-        result["non_loss"] = result["win"] + result["draw"]
         if args.game == "kuhn":
             result["exploitability"] = kuhn.exploitability(gen.kuhn_policy()["policy"])
     finally:

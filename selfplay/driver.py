@@ -182,17 +182,16 @@ class Run:
         cfg = self.cfg.league
         latest = ray.get(self.league.latest.remote())
         per_game = ray.get(self.generators[0].head_to_head.remote(self.league, latest, cfg.promote_games))
-        totals = [sum(round(s[k] * s["games"]) for s in per_game.values()) for k in ("win", "draw", "loss")]
-        result = promotion(*totals, threshold=cfg.promote_threshold)
+        counts = {game: [round(s[k] * s["games"]) for k in ("win", "draw", "loss")] for game, s in per_game.items()}
+        result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
                   "league/vs_previous_hi": result.hi, "league/vs_previous_games": result.games}
         values.update({f"league/vs_previous/{game}/score": s["win"] + s["draw"] / 2 for game, s in per_game.items()})
         self.metrics.log(self.step, self.wall(), values)
         if result.promote:
             new = self.promote()
-            for game, s in per_game.items():  # the new snapshot is the policy that played these
-                counts = [round(s[k] * s["games"]) for k in ("win", "draw", "loss")]
-                ray.get(self.league.record_pair.remote(new, latest, *counts, game))
+            for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
+                ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
 
     def league_metrics(self) -> dict:
         ratings = ray.get(self.league.ratings.remote())
@@ -264,8 +263,7 @@ def summarize_evals(results: dict) -> dict:
         if "exploitability" in r:
             out[key] = r
         else:
-            out[key] = {"win": r["win"], "draw": r["draw"], "loss": r["loss"], "illegal": r["illegal"],
-                        "non_loss": r["win"] + r["draw"], "return": r["return"], "games": r["games"]}
+            out[key] = {k: r[k] for k in ("win", "draw", "loss", "illegal", "non_loss", "return", "games")}
     return out
 
 

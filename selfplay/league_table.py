@@ -32,13 +32,20 @@ def score_matrix(state: LeagueState) -> tuple[list[str], list[list[float | None]
     return ids, matrix
 
 
-def league_table(run_dir: Path, as_json: bool = False) -> str:
-    state = load_league(run_dir)
+def member_rows(state: LeagueState) -> list[dict]:
+    """One row per member: id, step, version, Elo, games against the learner and the
+    learner's W/D/L against it."""
     rows = []
     for m in state.members:
         w, d, l = state.head_to_head(LEARNER, m.id)
         rows.append({"id": m.id, "step": m.step, "version": m.version, "elo": round(m.rating, 1),
                      "games_vs_learner": w + d + l, "learner_w_d_l": [w, d, l]})
+    return rows
+
+
+def league_table(run_dir: Path, as_json: bool = False) -> str:
+    state = load_league(run_dir)
+    rows = member_rows(state)
     ids, matrix = score_matrix(state)
     if as_json:
         return json.dumps({"learner_elo": state.learner_rating, "games": state.games_played,

@@ -59,15 +59,14 @@ class MetricsLog:
         self.tb.close()
 
 
+EVAL_FIELDS = ("win", "draw", "loss", "illegal", "games", "return", "non_loss",
+               "first_win", "first_non_loss", "second_win", "second_non_loss")
+
+
 def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
     """Flatten a generator `evaluate` result into PREFIX/GAME/OPP/... metric names."""
     key = f"{prefix}/{result['game']}/{result['opponent']}"
-    out = {f"{key}/{k}": result[k] for k in ("win", "draw", "loss", "illegal", "games", "return")}
-    out[f"{key}/non_loss"] = result["win"] + result["draw"]
-    for seat in ("first", "second"):
-        out[f"{key}/{seat}_win"] = result[f"{seat}_win"]
-        out[f"{key}/{seat}_non_loss"] = result[f"{seat}_win"] + result[f"{seat}_draw"]
-    return out
+    return {f"{key}/{k}": result[k] for k in EVAL_FIELDS}
 
 
 def distinct_n(texts: list[str], n: int) -> float:

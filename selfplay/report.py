@@ -24,8 +24,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from selfplay.league import LEARNER, LeagueState  # noqa: E402
-from selfplay.league_table import load_league, score_matrix  # noqa: E402
+from selfplay.league import LeagueState  # noqa: E402
+from selfplay.league_table import load_league, member_rows, score_matrix  # noqa: E402
 from selfplay.stats import wilson_interval  # noqa: E402
 
 RATES = ("win", "draw", "loss", "illegal", "non_loss")
@@ -282,8 +282,8 @@ def league_blocks(run_dir: Path, out_dir: Path) -> list[tuple]:
         state = load_league(run_dir)
     except FileNotFoundError:
         return []
-    rows = [[m.id, str(m.step), f"{m.rating:.1f}", "/".join(map(str, state.head_to_head(LEARNER, m.id)))]
-            for m in state.members]
+    rows = [[r["id"], str(r["step"]), f"{r['elo']:.1f}", "/".join(map(str, r["learner_w_d_l"]))]
+            for r in member_rows(state)]
     plot_head_to_head(state, out_dir / "head_to_head.png")
     return [("h2", "League"),
             ("p", f"Learner Elo {state.learner_rating:.1f}; {len(rows)} members; "

@@ -81,7 +81,6 @@ class Kuhn(IllegalReplyLoses):
         self.history += MOVES[action]
 
 
-
 def observation_text(card: int, history: str) -> str:
     return f"kuhn {CARDS[card]} {history or '-'}:"
 

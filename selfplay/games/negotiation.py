@@ -145,7 +145,6 @@ class Negotiation(IllegalReplyLoses):
         self.moves.append(action)
 
 
-
 GREEDY_ACCEPT = 7
 FAIR_SHARE = TOTAL_VALUE // 2
 

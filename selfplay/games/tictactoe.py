@@ -72,7 +72,6 @@ class TicTacToe(IllegalReplyLoses):
         self.current_player = 1 - self.current_player
 
 
-
 @functools.lru_cache(maxsize=None)
 def minimax_value(board: str, mark: str) -> int:
     """Value of `board` for the side to move (`mark`): +1 win, 0 draw, -1 loss."""
