@@ -86,7 +86,7 @@ class ReplayBuffer:
 
     def stats(self) -> dict:
         versions = self.table["policy_version"]
-        return {"size": len(self), "learner_version": self.learner_version,
+        return {"size": len(self), "fill": len(self) / self.cfg.capacity, "learner_version": self.learner_version,
                 "oldest_version": pc.min(versions).as_py() if len(self) else None, **self.counts}
 
     def save(self, directory: str | Path) -> None:
@@ -114,7 +114,7 @@ class BufferActor:
         self.buffer = ReplayBuffer(cfg, seed)
         tags = {"run": run_id}
         self.gauges = {name: metrics.Gauge(f"selfplay_buffer_{name}", tag_keys=("run",))
-                       for name in ("size", "inserted", "sampled", "dropped_stale", "evicted")}
+                       for name in ("size", "fill", "inserted", "sampled", "dropped_stale", "evicted")}
         for g in self.gauges.values():
             g.set_default_tags(tags)
 

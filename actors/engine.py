@@ -15,6 +15,7 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each sampled token under the engine's policy
     text: str
+    finish_reason: str = "length"  # vLLM's: "stop" (EOS or a stop string) or "length"
 
 
 class Engine:
@@ -23,11 +24,15 @@ class Engine:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen_cfg.kv_cache_gib)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = gen_cfg.cpu_bind
         from vllm import LLM
+        parallel = {}
+        if gen_cfg.tensor_parallel_size > 1:  # workers go into the caller's placement group
+            parallel = {"tensor_parallel_size": gen_cfg.tensor_parallel_size,
+                        "distributed_executor_backend": "ray"}
         self.llm = LLM(
             model=model_path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len,
             seed=seed, worker_extension_cls=WORKER_EXTENSION,
             enforce_eager=gen_cfg.enforce_eager,
-            gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+            gpu_memory_utilization=gen_cfg.gpu_memory_utilization, **parallel,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -36,21 +41,29 @@ class Engine:
         return self.tokenizer(text).input_ids
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int],
-                 temperature: float) -> list[Completion]:
-        """Sample one completion per prompt; `max_tokens` may differ per prompt."""
+                 temperature: float | list[float],
+                 stop: list[list[str]] | None = None) -> list[Completion]:
+        """Sample one completion per prompt; `max_tokens`, `temperature` and `stop` (strings
+        that end a completion; vLLM leaves them out of `text`, not of `token_ids`) may differ
+        per prompt."""
         # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
         # ("CPU Generator does not use offset"); the engine-level seed is set instead.
         from vllm import SamplingParams
-        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-        by_limit = {n: SamplingParams(max_tokens=n, temperature=temperature, logprobs=0) for n in set(limits)}
-        params = [by_limit[n] for n in limits]
+        n = len(prompts)
+        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * n
+        temps = temperature if isinstance(temperature, list) else [temperature] * n
+        stops = [tuple(s) for s in stop] if stop is not None else [()] * n
+        keys = list(zip(limits, temps, stops))
+        by_key = {k: SamplingParams(max_tokens=k[0], temperature=k[1], stop=list(k[2]) or None, logprobs=0)
+                  for k in set(keys)}
+        params = [by_key[k] for k in keys]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         done = []
         for out in outputs:
             o = out.outputs[0]
             ids = list(o.token_ids)
             logps = [o.logprobs[i][t].logprob for i, t in enumerate(ids)]
-            done.append(Completion(ids, logps, o.text))
+            done.append(Completion(ids, logps, o.text, o.finish_reason))
         return done
 
     def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:

@@ -23,6 +23,7 @@ from selfplay.config import GeneratorConfig, ModelConfig
 from selfplay.games import make_game, scripted_players
 from selfplay.evals import kuhn_policy_table
 from selfplay.league import SELF, SKILL_TOKENS, scripted_tier
+from selfplay.metrics import SECONDS
 
 LEARNER = "learner"
 
@@ -316,21 +317,26 @@ class GeneratorActor:
         from ray.util import metrics
         self.gen = Generator(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version,
                              max_live_opponents)
-        self.running = False
+        self.stopped = threading.Event()  # set once by `stop`, even if it comes before `run` starts
         self.wait_s = 0.0
+        self.sent = 0  # trajectories handed to the verifier
         self.member_lock = threading.Lock()  # held while loading members and playing them
         tags = {"run": run_id, "generator": generator_id}
         self.tokens = metrics.Counter("selfplay_generator_tokens", tag_keys=tuple(tags))
         self.trajs = metrics.Counter("selfplay_generator_trajectories", tag_keys=tuple(tags))
         self.version_gauge = metrics.Gauge("selfplay_generator_weight_version", tag_keys=tuple(tags))
-        for m in (self.tokens, self.trajs, self.version_gauge):
+        self.load_seconds = metrics.Histogram("selfplay_generator_weight_load_seconds", boundaries=SECONDS,
+                                              tag_keys=tuple(tags))
+        for m in (self.tokens, self.trajs, self.version_gauge, self.load_seconds):
             m.set_default_tags(tags)
 
     def run(self, verifier, buffer, league=None, max_in_flight: int = 2) -> dict:
-        self.running = True
+        """Play waves until `stop`: the wave under way is finished and handed on, and every
+        verifier call has returned before this does, so a stopped generator loses no game.
+        A generator plays one run in its life; after `stop`, this returns at once."""
         in_flight = []
         n = self.gen.cfg.games_per_wave
-        while self.running:
+        while not self.stopped.is_set():
             if not ray.get(buffer.can_insert.remote()):
                 start = time.perf_counter()
                 time.sleep(0.05)  # the buffer is rate-limiting inserts: the learner is behind
@@ -346,8 +352,10 @@ class GeneratorActor:
                     table = self.gen.league_play([tuple(a) for a in assignments])
                 self._report(league, table)
             self.tokens.inc(self.gen.counts["tokens"] - tokens_before)
-            self.trajs.inc(n)
+            games = len(pc.unique(table["traj_id"]))
+            self.trajs.inc(games)
             in_flight.append(verifier.score.remote(schema.to_ipc(table)))
+            self.sent += games
             if len(in_flight) >= max_in_flight:
                 _, in_flight = ray.wait(in_flight, num_returns=1)
         ray.get(in_flight)
@@ -368,10 +376,12 @@ class GeneratorActor:
             league.record.remote(results)
 
     def stop(self) -> None:
-        self.running = False
+        self.stopped.set()
 
     def set_weights(self, blob: bytes, version: int) -> str:
+        start = time.perf_counter()
         checksum = self.gen.set_weights(blob, version)
+        self.load_seconds.observe(time.perf_counter() - start)
         self.version_gauge.set(version)
         return checksum
 
@@ -396,4 +406,5 @@ class GeneratorActor:
 
     def stats(self) -> dict:
         return {"id": self.gen.id, "version": self.gen.version, "checksum": self.gen.checksum,
-                "wait_s": self.wait_s, "members": list(self.gen.slots), **self.gen.counts}
+                "wait_s": self.wait_s, "sent": self.sent, "members": list(self.gen.slots),
+                "node_id": ray.get_runtime_context().get_node_id(), **self.gen.counts}

@@ -4,7 +4,7 @@ go on to the buffer; the driver never sees them."""
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 
 import pyarrow as pa
 import ray
@@ -16,12 +16,18 @@ from selfplay.games import make_game
 
 class Verifier:
     """Rule-based verifier for the built-in games. `decode` turns response ids back into
-    text, so a trajectory whose text does not match its tokens is caught."""
+    text, so a trajectory whose text does not match its tokens is caught. A trajectory id
+    seen among the last `remember` is rejected as a duplicate (a retried generator call
+    must not count a game twice)."""
 
-    def __init__(self, decode):
+    def __init__(self, decode, remember: int = 1_000_000):
         self.decode = decode
         self.rejected: Counter = Counter()
         self.accepted = 0
+        self.accepted_turns = 0
+        self.seen: set[str] = set()
+        self.recent: deque[str] = deque()
+        self.remember = remember
 
     @classmethod
     def for_model(cls, model_path: str) -> "Verifier":
@@ -35,15 +41,25 @@ class Verifier:
         for row in table.to_pylist():
             by_traj[row["traj_id"]].append(row)
         kept = []
-        for rows in by_traj.values():
+        for traj_id, rows in by_traj.items():
             rows.sort(key=lambda r: r["turn"])
-            reason = self._check(rows)
+            reason = "duplicate" if traj_id in self.seen else self._check(rows)
+            self._remember(traj_id)
             if reason:
                 self.rejected[reason] += 1
                 continue
             kept.extend(rows)
             self.accepted += 1
+        self.accepted_turns += len(kept)
         return schema.from_rows(kept)
+
+    def _remember(self, traj_id: str) -> None:
+        if traj_id in self.seen:
+            return
+        self.seen.add(traj_id)
+        self.recent.append(traj_id)
+        if len(self.recent) > self.remember:
+            self.seen.discard(self.recent.popleft())
 
     def _check(self, rows: list[dict]) -> str | None:
         """Replay `rows`; returns a rejection reason, or None after attaching rewards."""
@@ -83,7 +99,10 @@ class Verifier:
         return None
 
     def stats(self) -> dict:
-        return {"accepted": self.accepted, **{f"rejected_{k}": v for k, v in self.rejected.items()}}
+        """Trajectories accepted and rejected (by reason), and turns accepted."""
+        return {"accepted": self.accepted, "accepted_turns": self.accepted_turns,
+                "received": self.accepted + sum(self.rejected.values()),
+                **{f"rejected_{k}": v for k, v in self.rejected.items()}}
 
 
 @ray.remote(num_cpus=0.1)
@@ -94,13 +113,17 @@ class VerifierActor:
         self.buffer = buffer
         self.rejected = metrics.Counter("selfplay_verifier_rejected", tag_keys=("run", "reason"))
         self.rejected.set_default_tags({"run": run_id})
+        self.accepted = metrics.Counter("selfplay_verifier_accepted", tag_keys=("run",))
+        self.accepted.set_default_tags({"run": run_id})
 
     def score(self, blob: bytes) -> int:
         """Verify a batch and forward the accepted turns to the buffer; returns turns kept."""
-        before = Counter(self.verifier.rejected)
+        before, accepted_before = Counter(self.verifier.rejected), self.verifier.accepted
         accepted = self.verifier.score(schema.from_ipc(blob))
         for reason, n in (self.verifier.rejected - before).items():
             self.rejected.inc(n, tags={"reason": reason})
+        if self.verifier.accepted > accepted_before:
+            self.accepted.inc(self.verifier.accepted - accepted_before)
         if accepted.num_rows:
             return ray.get(self.buffer.add.remote(schema.to_ipc(accepted)))
         return 0

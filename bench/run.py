@@ -91,14 +91,12 @@ def async_loop(cfg, run_dir: Path, steps: int) -> float:
 
     from selfplay.driver import Run, init_ray
     init_ray(cfg, namespace="bench")
-    run = Run(cfg, run_dir, None)
-    loops = [g.run.remote(run.verifier, run.buffer) for g in run.generators]
+    run = Run(cfg, run_dir, None)  # its controller has the generators playing
     ray.get(run.learner.train.remote(1))  # warm-up
     start = time.perf_counter()
     ray.get(run.learner.train.remote(steps))
     rate = steps * cfg.learner.batch_size / (time.perf_counter() - start)
-    ray.get([g.stop.remote() for g in run.generators])
-    ray.get(loops)
+    ray.get(run.controller.stop_all.remote())
     run.close()
     ray.shutdown()
     return rate

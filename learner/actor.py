@@ -10,6 +10,7 @@ import ray
 from learner.learner import Learner
 from selfplay import schema
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.metrics import SECONDS
 
 
 class BroadcastMismatch(RuntimeError):
@@ -26,23 +27,47 @@ class LearnerActor:
             self.learner.load(resume_dir)
         self.buffer = buffer
         self.targets: dict[str, object] = {}  # name -> actor with set_weights(blob, version)
-        self.pending: list = []  # (name, ref) of the last broadcast, checked at the next
+        self.pending: list = []  # (name, ref, checksum) of the last broadcast, checked at the next
         self.checksum: str | None = None
+        self.last_blob = None  # object ref of the last broadcast's weights, for generators that join later
         self.wait_s = 0.0
         self.broadcast_s = 0.0
         tags = {"run": run_id}
         self.gauges = {n: metrics.Gauge(f"selfplay_learner_{n}", tag_keys=("run",))
-                       for n in ("step", "loss", "entropy", "weight_version", "step_seconds",
-                                 "broadcast_seconds", "staleness_mean")}
+                       for n in ("step", "loss", "entropy", "weight_version", "staleness_mean")}
         for g in self.gauges.values():
             g.set_default_tags(tags)
+        self.histograms = {n: metrics.Histogram(f"selfplay_learner_{n}", boundaries=SECONDS, tag_keys=("run",))
+                           for n in ("step_seconds", "broadcast_seconds")}
+        for h in self.histograms.values():
+            h.set_default_tags(tags)
 
     def add_target(self, name: str, actor) -> None:
         """Register a generator or opponent that receives every broadcast."""
         self.targets[name] = actor
 
-    def remove_target(self, name: str) -> None:
+    def attach(self, name: str, actor) -> dict:
+        """Register a generator joining the pool: it first loads the current version's
+        weights (those of the last broadcast; before any, the learner's own, which a fresh
+        or resumed run's version stands for), then receives every broadcast. Returns once
+        its engine echoed the learner's checksum."""
+        if self.last_blob is None:
+            blob, self.checksum = self.learner.export()
+            self.last_blob = ray.put(blob)
+        self.add_target(name, actor)
+        got = ray.get(actor.set_weights.remote(self.last_blob, self.learner.version))
+        if got != self.checksum:
+            self.targets.pop(name)
+            raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {self.checksum}")
+        return {"version": self.learner.version, "checksum": got}
+
+    def detach(self, name: str) -> None:
+        """Stop broadcasting to `name`; its acknowledgement of the last broadcast is still
+        checked, so a generator leaving the pool cannot hide a bad load."""
         self.targets.pop(name, None)
+        mine = [p for p in self.pending if p[0] == name]
+        self.pending = [p for p in self.pending if p[0] != name]
+        self._verify(mine)
 
     def _next_batch(self):
         start = time.perf_counter()
@@ -63,10 +88,9 @@ class LearnerActor:
                 self.broadcast()
             m.update(weight_version=self.learner.version, learner_wait_s=self.wait_s,
                      broadcast_s=self.broadcast_s)
-            for name, key in (("step", "step"), ("loss", "loss"), ("entropy", "entropy"),
-                              ("weight_version", "weight_version"), ("step_seconds", "step_s"),
-                              ("broadcast_seconds", "broadcast_s"), ("staleness_mean", "staleness_mean")):
-                self.gauges[name].set(m[key])
+            for name, gauge in self.gauges.items():
+                gauge.set(m[name])
+            self.histograms["step_seconds"].observe(m["step_s"])
             out.append(m)
         return out
 
@@ -79,27 +103,34 @@ class LearnerActor:
         blob, checksum = self.learner.export()
         self.learner.version += 1
         self.checksum = checksum
-        ref = ray.put(blob)
-        self.pending = [(name, a.set_weights.remote(ref, self.learner.version), checksum)
+        self.last_blob = ray.put(blob)
+        self.pending = [(name, a.set_weights.remote(self.last_blob, self.learner.version), checksum)
                         for name, a in self.targets.items()]
-        self.broadcast_s += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.broadcast_s += elapsed
+        self.histograms["broadcast_seconds"].observe(elapsed)
         result = {"version": self.learner.version, "checksum": checksum}
         if wait:
             result["acks"] = self.verify_pending()
         return result
 
     def verify_pending(self) -> dict[str, str]:
+        pending, self.pending = self.pending, []
+        return self._verify(pending)
+
+    @staticmethod
+    def _verify(pending: list) -> dict[str, str]:
         acks = {}
-        for name, ref, expected in self.pending:
+        for name, ref, expected in pending:
             got = ray.get(ref)
             if got != expected:
                 raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {expected}")
             acks[name] = got
-        self.pending = []
         return acks
 
     def state(self) -> dict:
         return {"step": self.learner.step, "version": self.learner.version, "checksum": self.checksum,
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "wait_s": self.wait_s, "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()}}
 
     def save(self, directory: str) -> None:

@@ -7,16 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from selfplay import jobs
 from selfplay.config import ConfigError, load_config
-
-
-def model_dir(path: str) -> str:
-    """Accept an HF model directory or a checkpoint directory holding one in model/."""
-    p = Path(path)
-    for candidate in (p, p / "model"):
-        if (candidate / "config.json").exists():
-            return str(candidate)
-    raise FileNotFoundError(f"{path}: neither an HF model directory nor a checkpoint with model/")
 
 
 def cmd_run(args) -> int:
@@ -28,7 +20,8 @@ def cmd_run(args) -> int:
         if not args.config:
             raise ConfigError("run: give a CONFIG file or --resume RUN_DIR")
         overrides = list(args.set) + ([f"ray.address={args.address}"] if args.address else [])
-        run_dir = driver.run(load_config(args.config, overrides))
+        name = jobs.check_name(args.name) if args.name else None
+        run_dir = driver.run(load_config(args.config, overrides), name=name)
     from selfplay.report import write_report
     print(f"run finished: {run_dir}")
     print((run_dir / "summary.json").read_text())
@@ -36,12 +29,66 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    env_vars = dict(parse_pair(p, "--env") for p in args.env)
+    name = jobs.submit(args.config, args.name, args.set, args.address, args.storage, env_vars, args.pip, args.image)
+    address = jobs.job_address(args.address)
+    print(f"submitted run {name} to {address}\n"
+          f"  dashboard: {address}/#/jobs/{name}\n"
+          f"  follow:    selfplay logs {name} --follow\n"
+          f"  scale:     selfplay scale {name} --generators N\n"
+          f"  stop:      selfplay stop {name}", flush=True)
+    if args.follow:
+        state = jobs.follow(name, args.address)
+        print(f"run {name}: {state}")
+        return 0 if state == "SUCCEEDED" else 1
+    return 0
+
+
+def parse_pair(text: str, flag: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def cmd_status(args) -> int:
+    print(json.dumps(jobs.status(args.run, args.address), indent=2))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    if args.follow:
+        state = jobs.follow(args.run, args.address)
+        print(f"run {args.run}: {state}")
+    else:
+        print(jobs.logs(args.run, args.address), end="")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    print(f"run {args.run}: {jobs.stop(args.run, args.address)}")
+    return 0
+
+
+def cmd_scale(args) -> int:
+    if args.in_cluster:  # inside the scale job that jobs.scale submits
+        import ray
+        ray.init(namespace=args.run, logging_level="ERROR")
+        print(jobs.RESULT + json.dumps(jobs.scale_connected(args.run, args.generators, args.timeout)), flush=True)
+        return 0
+    print(json.dumps(jobs.scale(args.run, args.generators, args.address, args.timeout), indent=2))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from actors.generator import Generator
     from selfplay.config import GeneratorConfig, ModelConfig
     from selfplay.games import kuhn, scripted_players
+    from selfplay.model import model_dir
     gen = Generator("eval", "eval", {args.game: 1.0}, model_dir(args.checkpoint), ModelConfig(),
-                    GeneratorConfig(max_response_tokens=args.max_tokens), args.seed)
+                    GeneratorConfig(max_response_tokens=args.max_tokens, enforce_eager=args.enforce_eager),
+                    args.seed)
     try:
         opponent = args.opponent
         if opponent not in scripted_players(args.game):
@@ -58,6 +105,25 @@ def cmd_eval(args) -> int:
     else:
         for k, v in result.items():
             print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import ray
+    from ray import serve
+
+    from actors.serve import build_app
+    app = build_app({k: v for k, v in {"checkpoint": args.checkpoint, "model_name": args.model_name,
+                                       "max_model_len": args.max_model_len, "dtype": args.dtype,
+                                       "num_gpus": args.num_gpus, "num_replicas": args.replicas}.items()
+                     if v is not None})
+    ray.init(address=args.address)  # a local Ray's dashboard binds 127.0.0.1
+    serve.start(http_options={"host": args.host, "port": args.port})
+    print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    try:
+        serve.run(app, name="selfplay-model", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        serve.delete("selfplay-model")  # on a cluster the app would outlive this command
     return 0
 
 
@@ -83,7 +149,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. --set learner.lr=1e-4")
     r.add_argument("--address", help="Ray address of an existing cluster")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
+    r.add_argument("--name", metavar="RUN", help="run directory OUT_DIR/RUN, resumed if it has a checkpoint")
     r.set_defaults(fn=cmd_run)
+    address_help = f"Ray dashboard / job server URL (default: $RAY_API_SERVER_ADDRESS or {jobs.DEFAULT_ADDRESS})"
+    sb = sub.add_parser("submit", help="run CONFIG as a Ray job on a cluster (same name again: resume)")
+    sb.add_argument("config")
+    sb.add_argument("--name", required=True, metavar="RUN", help="run name: job id, namespace and directory")
+    sb.add_argument("--address", help=address_help)
+    sb.add_argument("--storage", metavar="DIR", help="absolute out_dir on storage every node mounts")
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    sb.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job")
+    sb.add_argument("--pip", action="append", default=[], metavar="REQ", help="pip requirement installed for the job")
+    sb.add_argument("--image", help="container image for the job (runtime_env image_uri)")
+    sb.add_argument("--follow", action="store_true", help="stream the logs until the run ends")
+    sb.set_defaults(fn=cmd_submit)
+    for verb, fn, text in (("status", cmd_status, "a run's job status"), ("logs", cmd_logs, "a run's logs"),
+                           ("stop", cmd_stop, "stop a run's job (checkpoints stay; resubmit resumes)")):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("run")
+        v.add_argument("--address", help=address_help)
+        if verb == "logs":
+            v.add_argument("--follow", action="store_true")
+        v.set_defaults(fn=fn)
+    sc = sub.add_parser("scale", help="grow or shrink a running run's generator pool")
+    sc.add_argument("run")
+    sc.add_argument("--generators", type=int, required=True, metavar="N")
+    sc.add_argument("--address", help=address_help)
+    sc.add_argument("--timeout", type=float, default=600, help="seconds new generators may take to start")
+    sc.add_argument("--in-cluster", action="store_true", help=argparse.SUPPRESS)
+    sc.set_defaults(fn=cmd_scale)
     e = sub.add_parser("eval", help="play a checkpoint against an opponent")
     e.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")
     e.add_argument("--game", default="tictactoe", help="tictactoe, kuhn, negotiation or textarena:ENV_ID")
@@ -94,7 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--games", type=int, default=100, help="games in each seat")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
+    e.add_argument("--enforce-eager", action="store_true",
+                   help="skip vLLM's graph compilation: faster start, slower generation")
     e.set_defaults(fn=cmd_eval)
+    sv = sub.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible API (Ray Serve + vLLM)")
+    sv.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")
+    sv.add_argument("--model-name", help="the `model` clients send (default: the checkpoint dir's name)")
+    sv.add_argument("--max-model-len", type=int)
+    sv.add_argument("--dtype", default="bfloat16")
+    sv.add_argument("--num-gpus", type=float, default=0.0, help="per replica")
+    sv.add_argument("--replicas", type=int, default=1)
+    sv.add_argument("--host", default="127.0.0.1", help="where the HTTP proxy listens")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--address", help="Ray cluster to deploy on (default: a local Ray)")
+    sv.set_defaults(fn=cmd_serve)
     lg = sub.add_parser("league", help="print a run's league: members, Elo, games, head-to-head")
     lg.add_argument("run_dir")
     lg.add_argument("--json", action="store_true")
@@ -105,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, jobs.JobError) as err:
         print(f"selfplay: error: {err}", file=sys.stderr)
         return 2
 

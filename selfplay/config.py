@@ -26,9 +26,11 @@ class ModelConfig:
 
 @dataclass
 class GeneratorConfig:
-    num_generators: int = 1
+    num_generators: int = 1  # at start; `selfplay scale` or autoscale changes it while training runs
     num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_gpus: float = 0.0  # per generator; with tensor_parallel_size > 1, per tensor-parallel worker
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {generator: 1}
+    tensor_parallel_size: int = 1  # > 1: the engine's workers get a STRICT_PACK placement group
     games_per_wave: int = 256  # games played concurrently; every pending turn is one engine call
     temperature: float = 1.0
     max_response_tokens: int = 3
@@ -42,6 +44,7 @@ class GeneratorConfig:
 @dataclass
 class VerifierConfig:
     num_cpus: float = 0.0  # light; a fraction of a CPU would not fit beside 1+1 on 2 cores
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class BufferConfig:
 class LearnerConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # pin to a node type, e.g. {learner: 1}
     threads: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -94,6 +98,18 @@ class LeagueConfig:
 
 
 @dataclass
+class AutoscaleConfig:
+    """Grow the generator pool while the learner waits for data, shrink it while the
+    buffer's rate limit holds generators back (see selfplay.scaling.autoscale_target)."""
+    enabled: bool = False
+    min_generators: int = 1
+    max_generators: int = 4
+    learner_idle_high: float = 0.2  # grow when the learner waited more than this share of the interval
+    generator_idle_high: float = 0.5  # shrink when generators were rate-limited more than this share
+    cooldown_s: float = 60.0  # at least this long between two changes
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None starts a local Ray
     dashboard_host: str = "127.0.0.1"
@@ -117,6 +133,7 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     league: LeagueConfig = field(default_factory=LeagueConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -126,13 +143,15 @@ POSITIVE = {
     "buffer.capacity", "buffer.samples_per_insert", "buffer.min_size", "learner.lr",
     "learner.batch_size", "learner.broadcast_every", "learner.threads",
     "eval.every_steps", "eval.games", "league.max_live_opponents", "league.promote_every",
-    "league.promote_games", "league.elo_k", "league.near_scale",
+    "league.promote_games", "league.elo_k", "league.near_scale", "generator.tensor_parallel_size",
+    "autoscale.min_generators", "autoscale.max_generators",
 }
 NON_NEGATIVE = {
     "time_limit_min", "generator.temperature", "generator.num_cpus", "generator.num_gpus",
     "buffer.max_staleness", "buffer.spi_tolerance", "learner.clip_eps", "learner.kl_coef",
     "learner.grad_clip", "learner.weight_decay", "learner.entropy_coef", "learner.num_cpus",
     "learner.num_gpus", "verifier.num_cpus", "learner.ref_refresh_every", "league.pfsp_power",
+    "autoscale.learner_idle_high", "autoscale.generator_idle_high", "autoscale.cooldown_s",
 }
 CHOICES = {"model.dtype": ("bfloat16", "float32", "float16"), "league.mode": ("pfsp", "near", "latest")}
 
@@ -148,7 +167,7 @@ def _coerce(value, typ, name: str):
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
-        return _build(typ, value, name + ".")
+        return build(typ, value, name + ".")
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
@@ -170,7 +189,8 @@ def _coerce(value, typ, name: str):
     return value
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def build(cls, data: dict, prefix: str = ""):
+    """A dataclass from a mapping; unknown or ill-typed fields raise ConfigError naming them."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -212,6 +232,20 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
                           f"got {cfg.buffer.min_size}")
     validate_games(cfg)
+    for section in ("generator", "learner", "verifier"):
+        for name, amount in _get(cfg, f"{section}.resources").items():
+            if not (math.isfinite(amount) and amount > 0):
+                raise ConfigError(f"{section}.resources.{name}: must be > 0, got {amount!r}")
+            if name in ("CPU", "GPU", "memory"):
+                raise ConfigError(f"{section}.resources.{name}: use {section}.num_cpus / num_gpus instead")
+    if cfg.generator.tensor_parallel_size > 1 and cfg.generator.num_gpus <= 0:
+        raise ConfigError("generator.tensor_parallel_size: > 1 needs generator.num_gpus > 0 (one GPU per worker)")
+    a = cfg.autoscale
+    if a.min_generators > a.max_generators:
+        raise ConfigError(f"autoscale.min_generators: must not exceed autoscale.max_generators ({a.max_generators})")
+    if a.enabled and not a.min_generators <= cfg.generator.num_generators <= a.max_generators:
+        raise ConfigError(f"generator.num_generators: must be within autoscale bounds "
+                          f"[{a.min_generators}, {a.max_generators}], got {cfg.generator.num_generators}")
     for name in ("league.self_play_fraction", "league.promote_threshold"):
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
@@ -262,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         node[keys[-1]] = value
     if "game" in data:  # configs written before multi-game training
         raise ConfigError(f"game: replaced by games, a mix of name -> weight; write games: {{{data['game']}: 1.0}}")
-    return validate(_build(RunConfig, data))
+    return validate(build(RunConfig, data))
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -4,7 +4,10 @@ learner, logs metrics, runs evaluations and writes checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import ray
 from tqdm import tqdm
 
 from actors.buffer import BufferActor
-from actors.generator import GeneratorActor
+from actors.controller import ControllerActor
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
@@ -21,8 +24,15 @@ from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog, eval_metrics
 from selfplay.model import create_default_model
+from selfplay.scaling import EVAL_GENERATOR
 
 COMPLETE = "COMPLETE"
+STOP = threading.Event()  # set by SIGTERM (`selfplay stop`): end at the next step, checkpoint, exit
+
+
+def stop_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -30,6 +40,17 @@ def new_run_dir(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
+
+
+def named_run_dir(cfg: RunConfig, name: str) -> tuple[Path, Path | None]:
+    """OUT_DIR/NAME, and its newest complete checkpoint to resume from (None: start fresh).
+    Files of an earlier attempt that never checkpointed are moved aside, not mixed in."""
+    run_dir = Path(cfg.out_dir) / name
+    resume_from = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if run_dir.exists() and resume_from is None:
+        run_dir.rename(run_dir.with_name(f"{name}.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -53,8 +74,9 @@ def init_ray(cfg: RunConfig, namespace: str) -> bool:
     connected, e.g. inside a Ray job or a test session."""
     if ray.is_initialized():
         return False
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, namespace=namespace)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
+    if address:
+        ray.init(address=address, namespace=namespace)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, namespace=namespace, include_dashboard=True,
                  dashboard_host=cfg.ray.dashboard_host)
@@ -76,28 +98,27 @@ class Run:
         self.buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, self.run_id)
         if resume_from:
             ray.get(self.buffer.load.remote(str(resume_from)))
-        self.verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus).remote(
+        self.verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus,
+                                              resources=cfg.verifier.resources).remote(
             model_path, self.buffer, self.run_id)
-        self.generators = [
-            GeneratorActor.options(name=f"generator-{i}", num_cpus=cfg.generator.num_cpus,
-                                   num_gpus=cfg.generator.num_gpus).remote(
-                f"generator-{i}", self.run_id, cfg.games, model_path, cfg.model, cfg.generator,
-                cfg.seed + 1000 * (i + 1) + self.step, state["version"],  # resumed runs draw new games
-                cfg.league.max_live_opponents)
-            for i in range(cfg.generator.num_generators)]
         self.learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus,
-                                            num_gpus=cfg.learner.num_gpus).remote(
+                                            num_gpus=cfg.learner.num_gpus, resources=cfg.learner.resources).remote(
             cfg.learner, cfg.model, model_path, cfg.seed, self.buffer, self.run_id,
             str(resume_from) if resume_from else None)
-        ray.get([self.learner.add_target.remote(f"generator-{i}", g) for i, g in enumerate(self.generators)])
-        self.pending_evals: list = []
         self.league = None
         if cfg.league.enabled:
             self.league = LeagueActor.options(name="league").remote(
                 cfg.league, cfg.seed, self.run_id, cfg.model.dtype,
                 str(resume_from) if resume_from and (resume_from / "league.json").exists() else None)
-            if ray.get(self.league.latest.remote()) is None:  # the initial policy is the first member
-                self.promote()
+        self.controller = ControllerActor.options(name="controller").remote(
+            cfg, self.run_id, model_path, self.learner, self.verifier, self.buffer, self.league,
+            seed_offset=self.step)  # resumed runs draw new games
+        self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
+        self.events_logged = 0
+        self.eval_generator = ray.get(self.controller.generator.remote(EVAL_GENERATOR))
+        self.pending_evals: list = []
+        if self.league is not None and ray.get(self.league.latest.remote()) is None:
+            self.promote()  # the initial policy is the first member
         self.gen_counts_at = (time.time(), {})
 
     def wall(self) -> float:
@@ -107,7 +128,7 @@ class Run:
         """Queue evaluations on generator-0 (they interleave with self-play): every game of
         the mix against each of its scripted opponents named in eval.opponents, and Kuhn
         poker's exploitability. `prefix` names the metrics (a snapshot's id for retention)."""
-        step, g = self.step, self.generators[0]
+        step, g = self.step, self.eval_generator
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
@@ -139,10 +160,21 @@ class Run:
         self.pending_evals = still
         return results
 
-    def throughput(self) -> dict:
+    def watch_pool(self) -> dict:
+        """The pool's status; new scaling events go to scaling.jsonl and the log."""
+        self.pool = ray.get(self.controller.status.remote())
+        new = self.pool["events"][self.events_logged:]
+        if new:
+            with open(self.run_dir / "scaling.jsonl", "a") as f:
+                f.writelines(json.dumps({"step": self.step, **e}) + "\n" for e in new)
+            for e in new:
+                tqdm.write(f"step {self.step}: {e['event']} {e.get('generator', '')} "
+                           f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')}".rstrip())
+            self.events_logged += len(new)
+        return {"generators": len(self.pool["generators"]), **self.throughput(self.pool["totals"])}
+
+    def throughput(self, totals: dict) -> dict:
         now = time.time()
-        stats = ray.get([g.stats.remote() for g in self.generators])
-        totals = {k: sum(s[k] for s in stats) for k in ("games", "turns", "tokens")}
         then, before = self.gen_counts_at
         self.gen_counts_at = (now, totals)
         if not before:
@@ -181,7 +213,7 @@ class Run:
         """The current policy against the newest snapshot; promote above the threshold."""
         cfg = self.cfg.league
         latest = ray.get(self.league.latest.remote())
-        per_game = ray.get(self.generators[0].head_to_head.remote(self.league, latest, cfg.promote_games))
+        per_game = ray.get(self.eval_generator.head_to_head.remote(self.league, latest, cfg.promote_games))
         counts = {game: [round(s[k] * s["games"]) for k in ("win", "draw", "loss")] for game, s in per_game.items()}
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
@@ -193,6 +225,20 @@ class Run:
             for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
                 ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
 
+    def pool_summary(self) -> dict:
+        """What every generator of this session handed on, against what the verifier got
+        and the buffer took: the books a scaled pool must balance."""
+        gens = [*self.pool["generators"].values(), *self.pool["retired"]]
+        return {"sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
+                "verifier": ray.get(self.verifier.stats.remote()),
+                "buffer_inserted": ray.get(self.buffer.stats.remote())["inserted"],
+                "events": self.pool["events"]}
+
+    def placement(self) -> dict:
+        """Node ids the learner and generators run on."""
+        return {"learner": ray.get(self.learner.state.remote())["node_id"],
+                **{name: g["node_id"] for name, g in self.pool["generators"].items()}}
+
     def league_metrics(self) -> dict:
         ratings = ray.get(self.league.ratings.remote())
         values = {"league/learner_elo": ratings["learner"], "league/members": len(ratings["members"])}
@@ -201,24 +247,23 @@ class Run:
 
     def train(self) -> None:
         cfg = self.cfg
-        runs = [g.run.remote(self.verifier, self.buffer, self.league) for g in self.generators]
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", unit="step")
         deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
-        while self.step < cfg.total_steps and time.time() < deadline:
+        while self.step < cfg.total_steps and time.time() < deadline and not STOP.is_set():
             n = min(cfg.log_every, cfg.total_steps - self.step)
             ref = self.learner.train.remote(n)
-            done, _ = ray.wait([ref] + runs, num_returns=1)
-            if done[0] != ref:  # a generator's loop ended: it can only have failed
-                ray.get(done[0])
-                raise RuntimeError("a generator stopped while training")
+            while not ray.wait([ref], timeout=2.0)[0]:
+                ray.get(self.controller.check.remote())  # a failed generator stops the run
             steps = ray.get(ref)
             prev, self.step = self.step, steps[-1]["step"]
             bar.update(self.step - prev)
             learner_metrics = {k: v for k, v in steps[-1].items() if k != "step"}
             buffer = ray.get(self.buffer.stats.remote())
             self.metrics.log(self.step, self.wall(), {
-                **learner_metrics, **self.throughput(), "buffer_size": buffer["size"],
+                **learner_metrics, **self.watch_pool(), "buffer_size": buffer["size"],
                 "buffer_dropped_stale": buffer["dropped_stale"]})
+            if cfg.autoscale.enabled:
+                self.controller.autoscale.remote(learner_metrics["learner_wait_s"])
             self.collect_evals()
             if self.league is not None:
                 ray.get(self.league.set_step.remote(self.step))
@@ -234,15 +279,15 @@ class Run:
                             elo=self.metrics.last("league/learner_elo"),
                             illegal=round(learner_metrics["batch_illegal"], 3))
         bar.close()
-        ray.get([g.stop.remote() for g in self.generators])
-        ray.get(runs)
+        self.pool = ray.get(self.controller.stop_all.remote())
+        self.watch_pool()
 
     def close(self) -> None:
         """Kill the run's actors and wait until their names are free again, so a resumed
         run in the same Ray session can take them."""
         self.metrics.close()
-        names = [f"generator-{i}" for i in range(len(self.generators))] + ["learner", "verifier", "buffer"]
-        actors = [*self.generators, self.learner, self.verifier, self.buffer]
+        names = [*self.pool["generators"], "controller", "learner", "verifier", "buffer"]
+        actors = [self.controller, self.learner, self.verifier, self.buffer]  # generators go with the controller
         if self.league is not None:
             names.append("league")
             actors.append(self.league)
@@ -267,17 +312,21 @@ def summarize_evals(results: dict) -> dict:
     return out
 
 
-def run(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
-    """Train until total_steps (or the time limit); returns the run directory."""
+def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None) -> Path:
+    """Train until total_steps (or the time limit); returns the run directory. `name`
+    fixes the directory (OUT_DIR/NAME): the run resumes there if it has a checkpoint."""
     if resume_dir:
         run_dir = resume_dir
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             raise FileNotFoundError(f"{run_dir}: no complete checkpoint to resume from")
+    elif name:
+        run_dir, resume_from = named_run_dir(cfg, name)
     else:
         run_dir, resume_from = new_run_dir(cfg), None
     save_config(cfg, run_dir / "config.yaml")  # on resume: with this invocation's overrides
     owns_ray = init_ray(cfg, namespace=run_dir.name)
+    stop_on_sigterm()  # after ray.init, which installs its own handler
     r = None
     try:
         r = Run(cfg, run_dir, resume_from)
@@ -286,9 +335,12 @@ def run(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
         if not resume_from:
             summary["before"] = summarize_evals(r.evaluate(wait=True))
         r.train()
-        summary["after"] = summarize_evals(r.evaluate(wait=True))
+        if STOP.is_set():  # stopped from outside: keep what was learned, skip the long final evaluation
+            summary["stopped_at_step"] = r.step
+        else:
+            summary["after"] = summarize_evals(r.evaluate(wait=True))
         summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
-                       last_checkpoint=str(r.checkpoint()))
+                       last_checkpoint=str(r.checkpoint()), pool=r.pool_summary(), placement=r.placement())
         if r.league is not None:
             summary["league"] = r.league_metrics()
         summary_path.write_text(json.dumps(summary, indent=2))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]  # latency histogram bounds (Ray metrics)
+
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("wall_s", pa.float64()),
                             ("name", pa.string()), ("value", pa.float64())])
 
@@ -23,6 +25,7 @@ class MetricsLog:
         self.run_id = run_id
         self.ray_gauges = ray_gauges
         self.gauges: dict = {}
+        self.latest: dict[str, float] = {}  # name -> last value, what the Ray gauges show
 
     def log(self, step: int, wall_s: float, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -31,7 +34,9 @@ class MetricsLog:
             value = float(value)
             self.rows.append({"step": step, "wall_s": wall_s, "name": name, "value": value})
             self.tb.add_scalar(name, value, step)
-            if self.ray_gauges:
+            self.latest[name] = value
+        if self.ray_gauges:  # Ray stops exporting a gauge soon after its last set: set them all again
+            for name, value in self.latest.items():
                 self._gauge(name).set(value)
 
     def _gauge(self, name: str):

@@ -63,3 +63,12 @@ def create_default_model(out_dir: str | Path, preset: str = "3m", max_positions:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_dir(path: str) -> str:
+    """Accept an HF model directory or a checkpoint directory holding one in model/."""
+    p = Path(path)
+    for candidate in (p, p / "model"):
+        if (candidate / "config.json").exists():
+            return str(candidate)
+    raise FileNotFoundError(f"{path}: neither an HF model directory nor a checkpoint with model/")

@@ -2,6 +2,7 @@
 (one vLLM engine) shared by every test that needs them."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -35,13 +36,17 @@ def small_cfg():
         "generator.max_response_tokens=2", "learner.batch_size=64", "learner.lr=1e-3",
         "buffer.min_size=64", "buffer.max_staleness=1", "buffer.spi_tolerance=512",
         "eval.games=8", "verifier.num_cpus=0",
+        "generator.enforce_eager=true",  # engine starts dominate the suite; the session generator compiles
     ])
 
 
 @pytest.fixture(scope="session")
 def generator(ray_session, tiny_model, small_cfg):
+    """Compiled (not eager), as runs use it: weight reloads and log-prob checks go through
+    the same graph the demo runs."""
     from actors.generator import GeneratorActor
+    compiled = dataclasses.replace(small_cfg.generator, enforce_eager=False)
     g = GeneratorActor.options(name="test-generator").remote(
-        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, small_cfg.generator, 1)
+        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, compiled, 1)
     ray_session.get(g.stats.remote())  # the engine is up
     return g

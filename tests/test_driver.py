@@ -41,7 +41,7 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
 def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "selfplay.cli", "eval", "--checkpoint", tiny_model,
-         "--opponent", tiny_model, "--games", "3", "--json"],
+         "--opponent", tiny_model, "--games", "3", "--json", "--enforce-eager"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)  # nothing but the JSON on stdout

@@ -256,7 +256,8 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
     assert verifier.score(schema.from_rows(rows)).num_rows == len(rows)
     forged = [dict(row, traj_id="forged", outcome=-row["outcome"]) for row in rows]
     assert verifier.score(schema.from_rows(forged)).num_rows == 0
-    assert verifier.stats() == {"accepted": 1, "rejected_outcome_mismatch": 1}
+    assert verifier.stats() == {"accepted": 1, "accepted_turns": len(rows), "received": 2,
+                                "rejected_outcome_mismatch": 1}
 
 
 # ---- construction ------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Runs on a Ray cluster through Ray's Job Submission API: submit, status, logs, stop and
+scale. A run's job has the run's name as submission id, its Ray namespace and its
+directory (OUT_DIR/NAME), so a resubmit under the same name resumes the run. Like the
+driver, this is the client side of Ray; nothing here runs inside an actor."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from selfplay.config import ConfigError, load_config, save_config
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+PACKAGES = ("selfplay", "actors", "learner")  # shipped with every job, so the cluster runs this code
+RESULT = "selfplay-scale-result: "  # marks the scale job's answer in its log
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class JobError(RuntimeError):
+    """A job could not be submitted, found or stopped; the message says what to do."""
+
+
+def job_address(address: str | None) -> str:
+    """--address, else RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS, else the local dashboard."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or (env if env.startswith("http") else DEFAULT_ADDRESS)
+
+
+def client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+    url = job_address(address)
+    try:
+        return JobSubmissionClient(url)
+    except ConnectionError as err:
+        raise JobError(f"no Ray job server at {url}: {err}") from None
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise ConfigError(f"--name: {name!r} must be letters, digits, '_', '.' or '-' (a run directory, "
+                          "Ray namespace and job id)")
+    return name
+
+
+def runtime_env(working_dir: str, env_vars: dict[str, str], pip: list[str], image: str | None) -> dict:
+    """The job's runtime env: this checkout's packages (py_modules), the run's resolved
+    config (working_dir), env vars, and either pip requirements or a container image."""
+    import importlib
+    env: dict = {"working_dir": working_dir,
+                 "py_modules": [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES],
+                 "excludes": ["__pycache__", "*.pyc"],
+                 # `selfplay stop` sends SIGTERM; the driver checkpoints before it exits
+                 "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "120", **env_vars}}
+    if pip:
+        env["pip"] = pip
+    if image:
+        env["image_uri"] = image
+    return env
+
+
+def job_info(c, name: str):
+    try:
+        return c.get_job_info(name)
+    except RuntimeError as err:
+        if "does not exist" in str(err) or "404" in str(err):
+            return None
+        raise
+
+
+def submit(config: str, name: str, overrides: list[str] = (), address: str | None = None,
+           storage: str | None = None, env_vars: dict[str, str] | None = None, pip: list[str] = (),
+           image: str | None = None) -> str:
+    """Submit `config` as run `name`; returns the submission id (= name). The config is
+    resolved and validated here, so a bad field fails before anything reaches the cluster."""
+    check_name(name)
+    cfg = load_config(config, [*overrides, *([f"out_dir={storage}"] if storage else [])])
+    if not Path(cfg.out_dir).is_absolute():
+        raise ConfigError(f"out_dir: {cfg.out_dir!r} is relative; a cluster run writes to storage every node "
+                          "mounts: pass --storage /ABSOLUTE/PATH")
+    c = client(address)
+    info = job_info(c, name)
+    if info is not None:
+        if str(info.status) not in TERMINAL:
+            raise JobError(f"run {name} is {info.status}; stop it first (selfplay stop {name})")
+        c.delete_job(name)  # a finished job's id is taken until deleted; the run itself stays on storage
+    staging = Path(tempfile.mkdtemp(prefix=f"selfplay-{name}-"))
+    save_config(cfg, staging / "run.yaml")
+    return c.submit_job(entrypoint=f"python -m selfplay.cli run run.yaml --name {name}", submission_id=name,
+                        runtime_env=runtime_env(str(staging), env_vars or {}, list(pip), image),
+                        metadata={"selfplay_run": name, "config": str(config), "out_dir": cfg.out_dir})
+
+
+def status(name: str, address: str | None = None) -> dict:
+    info = job_info(client(address), name)
+    if info is None:
+        raise JobError(f"no job for run {name} at {job_address(address)}")
+    return {"run": name, "status": str(info.status), "message": info.message,
+            "start_time": info.start_time, "end_time": info.end_time, "entrypoint": info.entrypoint,
+            "out_dir": (info.metadata or {}).get("out_dir")}
+
+
+def logs(name: str, address: str | None = None) -> str:
+    return client(address).get_job_logs(name)
+
+
+def follow(name: str, address: str | None = None, out=None) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    import sys
+    out = out or sys.stdout
+    c = client(address)
+
+    async def tail():
+        async for lines in c.tail_job_logs(name):
+            out.write(lines)
+            out.flush()
+    asyncio.run(tail())
+    return wait(c, name, timeout_s=60)
+
+
+def wait(c, name: str, timeout_s: float) -> str:
+    deadline = time.time() + timeout_s
+    while True:
+        state = str(c.get_job_status(name))
+        if state in TERMINAL or time.time() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+def stop(name: str, address: str | None = None, timeout_s: float = 60) -> str:
+    """Stop the run's job; its actors go with the driver. Checkpoints already written stay,
+    and a resubmit under the same name resumes from the newest."""
+    c = client(address)
+    if job_info(c, name) is None:
+        raise JobError(f"no job for run {name} at {job_address(address)}")
+    c.stop_job(name)
+    return wait(c, name, timeout_s)
+
+
+def scale(name: str, generators: int, address: str | None = None, timeout_s: float = 600) -> dict:
+    """Resize run `name`'s generator pool while it trains, from outside the cluster: a
+    short job on the cluster asks the run's controller (scale_connected) and prints the
+    pool's state as JSON, which is returned."""
+    c = client(address)
+    info = job_info(c, name)
+    if info is None or str(info.status) != "RUNNING":
+        raise JobError(f"run {name} is not running at {job_address(address)} "
+                       f"({'no job' if info is None else info.status})")
+    job = c.submit_job(
+        entrypoint=f"python -m selfplay.cli scale {name} --generators {generators} --in-cluster "
+                   f"--timeout {timeout_s}",
+        submission_id=f"{name}-scale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        runtime_env=runtime_env(tempfile.mkdtemp(prefix="selfplay-scale-"), {}, [], None))
+    state = wait(c, job, timeout_s + 120)
+    output = c.get_job_logs(job)
+    results = [line[len(RESULT):] for line in output.splitlines() if line.startswith(RESULT)]
+    if state != "SUCCEEDED" or not results:
+        raise JobError(f"scaling {name} to {generators} {state.lower()}:\n{output[-3000:]}")
+    return json.loads(results[-1])
+
+
+def scale_connected(name: str, generators: int, timeout_s: float = 600) -> dict:
+    """The same from a process already connected to the run's Ray cluster (ray.init)."""
+    import ray
+    try:
+        controller = ray.get_actor("controller", namespace=name)
+    except ValueError:
+        raise JobError(f"run {name} has no controller in this Ray cluster (is it running?)") from None
+    pool = ray.get(controller.scale.remote(generators, timeout_s))
+    return {"run": name, "generators": {n: {k: s[k] for k in ("version", "checksum", "node_id", "sent")}
+                                        for n, s in pool["generators"].items()},
+            "retired": [{k: s[k] for k in ("id", "sent")} for s in pool["retired"]]}

@@ -1,0 +1,54 @@
+"""Generator pool math: which generators to add or remove, the autoscale rule, and the
+placement of a tensor-parallel generator. Pure functions; actors/controller.py acts on them."""
+from __future__ import annotations
+
+from selfplay.config import AutoscaleConfig, GeneratorConfig
+
+EVAL_GENERATOR = "generator-0"  # evaluations run here, so the pool never removes it
+
+
+def generator_name(index: int) -> str:
+    return f"generator-{index}"
+
+
+def pool_plan(live: list[str], target: int) -> tuple[list[str], list[str]]:
+    """(names to start, names to stop) to bring `live` to `target` generators. New ones take
+    the lowest free indices; the highest indices stop first; generator-0 never stops."""
+    if target < 1:
+        raise ValueError(f"a run needs at least one generator, asked for {target}")
+    if target >= len(live):
+        taken = set(live)
+        new, i = [], 0
+        while len(new) < target - len(live):
+            if generator_name(i) not in taken:
+                new.append(generator_name(i))
+            i += 1
+        return new, []
+    by_index = sorted(live, key=lambda name: int(name.rsplit("-", 1)[1]))
+    removable = [n for n in by_index if n != EVAL_GENERATOR]
+    return [], removable[len(removable) - (len(live) - target):]
+
+
+def autoscale_target(current: int, learner_idle: float, generator_idle: float,
+                     cfg: AutoscaleConfig) -> int:
+    """One step of the autoscale rule. `learner_idle`: share of the last interval the learner
+    waited for data (too few generators); `generator_idle`: mean share the generators were
+    held back by the buffer's rate limit (too many). Grow first: a starved learner is the
+    costlier waste. The result stays within [min_generators, max_generators]."""
+    if learner_idle > cfg.learner_idle_high:
+        target = current + 1
+    elif generator_idle > cfg.generator_idle_high:
+        target = current - 1
+    else:
+        target = current
+    return max(cfg.min_generators, min(cfg.max_generators, target))
+
+
+def generator_bundles(cfg: GeneratorConfig) -> list[dict[str, float]]:
+    """Placement-group bundles of one tensor-parallel generator: one per engine worker,
+    each with its GPU and share of the CPUs; the custom resources (what a cluster
+    autoscaler acts on) go in the first bundle, where the generator actor itself sits."""
+    tp = cfg.tensor_parallel_size
+    bundles = [{"CPU": cfg.num_cpus / tp, "GPU": cfg.num_gpus} for _ in range(tp)]
+    bundles[0].update(cfg.resources)
+    return [{k: v for k, v in b.items() if v > 0} for b in bundles]

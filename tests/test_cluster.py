@@ -1,0 +1,174 @@
+"""On a real multi-node Ray cluster (cluster/local_cluster.py: a head node offering
+`learner` and two worker nodes offering `generator`, all on 127.0.0.1, token auth on),
+driven only through the `selfplay` CLI and Ray's HTTP endpoints, as a user would: submit a
+run through the Jobs API, scale its generators 1 -> 3 -> 1 while it trains, read its
+metrics from Ray's Prometheus endpoints, stop it, and resubmit it under the same name,
+which resumes it, following the logs to completion."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster import local_cluster
+
+pytestmark = pytest.mark.integration
+
+RUN = "scaled"
+CONFIG = """\
+name: cluster-test
+games: {tictactoe: 1.0}
+total_steps: 100000
+log_every: 2
+checkpoint_every: 10
+model: {preset: 1m, max_model_len: 64}
+generator: {games_per_wave: 64, max_response_tokens: 1, resources: {generator: 1}, enforce_eager: true,
+            cpu_bind: nobind}  # three engines share two cores: let the OS place their threads
+learner: {batch_size: 64, lr: 1.0e-3, resources: {learner: 1}, broadcast_every: 2}
+buffer: {min_size: 64, max_staleness: 2, spi_tolerance: 512}
+eval: {games: 2, every_steps: 1000, opponents: [random, minimax]}
+verifier: {num_cpus: 0}
+"""
+GRAFANA = Path(__file__).parent.parent / "deploy" / "grafana" / "selfplay.json"
+
+
+def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "selfplay.cli", *args], env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, f"selfplay {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"{what} not seen within {timeout:.0f} s")
+
+
+def scaling_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "scaling.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def scrape(state: dict) -> str:
+    """Every node's Prometheus metrics endpoint, concatenated."""
+    texts = []
+    for node in state["nodes"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node['metrics_port']}/metrics", timeout=10) as r:
+            texts.append(r.read().decode())
+    return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("cluster")
+    state = local_cluster.up(state_dir, workers=2, cpus_per_node=2)
+    env = {**os.environ, **local_cluster.auth_env(state), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        yield state, env, {n["node_id"]: n for n in local_cluster.alive_nodes(state)}
+    finally:
+        local_cluster.down(state_dir)
+
+
+@pytest.fixture(scope="module")
+def scaled_run(cluster, tmp_path_factory):
+    """Submit, scale 1 -> 3 -> 1 while training, scrape metrics, stop; what each step said."""
+    state, env, nodes = cluster
+    work = tmp_path_factory.mktemp("run")
+    (work / "run.yaml").write_text(CONFIG)
+    storage = work / "runs"
+    cli(env, "submit", str(work / "run.yaml"), "--name", RUN, "--storage", str(storage))
+    run_dir = storage / RUN
+    wait_for(lambda: any(e["event"] == "start" for e in scaling_events(run_dir)), 240, "generator-0 playing")
+    up = json.loads(cli(env, "scale", RUN, "--generators", "3").stdout)
+    down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
+    metrics = wait_for(lambda: (text := scrape(state)) and "ray_selfplay_controller_generators" in text
+                       and "ray_selfplay_learner_step_seconds_bucket" in text and text, 60, "selfplay metrics")
+    status_running = json.loads(cli(env, "status", RUN).stdout)["status"]
+    stopped = cli(env, "stop", RUN, timeout=200).stdout
+    return {"run_dir": run_dir, "up": up, "down": down, "metrics": metrics, "status": status_running,
+            "stopped": stopped, "storage": storage, "work": work, "nodes": nodes}
+
+
+def test_generators_scale_up_on_generator_nodes_with_the_learners_weights(scaled_run):
+    up, nodes = scaled_run["up"], scaled_run["nodes"]
+    assert sorted(up["generators"]) == ["generator-0", "generator-1", "generator-2"]
+    worker_nodes = {i for i, n in nodes.items() if "generator" in n["resources_total"]}
+    assert {g["node_id"] for g in up["generators"].values()} <= worker_nodes
+    starts = {e["generator"]: e for e in scaling_events(scaled_run["run_dir"]) if e["event"] == "start"}
+    for name in ("generator-1", "generator-2"):
+        joined = starts[name]
+        assert joined["version"] > 0  # joined a run already under way...
+        assert joined["generator_checksum"] == joined["checksum"]  # ...with the learner's weights at that version
+
+
+def test_scaling_down_keeps_generator_0_and_retires_the_others(scaled_run):
+    down = scaled_run["down"]
+    assert list(down["generators"]) == ["generator-0"]
+    assert sorted(r["id"] for r in down["retired"]) == ["generator-1", "generator-2"]
+    assert all(r["sent"] > 0 for r in down["retired"])  # they played before they left
+
+
+def test_the_learner_runs_on_the_node_type_it_is_pinned_to(scaled_run):
+    summary = json.loads((scaled_run["run_dir"] / "summary.json").read_text())
+    learner_node = scaled_run["nodes"][summary["placement"]["learner"]]
+    assert "learner" in learner_node["resources_total"]
+
+
+def test_stop_checkpoints_and_no_trajectory_is_lost_or_duplicated(scaled_run):
+    assert scaled_run["status"] == "RUNNING"
+    assert "STOPPED" in scaled_run["stopped"]
+    summary = json.loads((scaled_run["run_dir"] / "summary.json").read_text())
+    step = summary["stopped_at_step"]
+    assert Path(summary["last_checkpoint"]).name == f"step_{step:07d}"
+    books = summary["pool"]
+    sent = {}
+    for g in books["sent"]:
+        sent[g["generator"]] = sent.get(g["generator"], 0) + g["sent"]
+    assert set(sent) == {"generator-0", "generator-1", "generator-2"}
+    verifier = books["verifier"]
+    assert sum(sent.values()) == verifier["received"]  # every game handed on arrived...
+    assert "rejected_duplicate" not in verifier  # ...once
+    assert verifier["accepted"] == verifier["received"]  # and all were valid games
+    assert books["buffer_inserted"] == verifier["accepted_turns"]
+
+
+def test_metrics_reach_rays_prometheus_endpoints(scaled_run):
+    text = scaled_run["metrics"]
+    exported = set(re.findall(r"^(ray_selfplay_\w+?)(?:\{| )", text, re.M))
+    assert f'run="{RUN}"' in text
+    used = set(re.findall(r"ray_selfplay_\w+", GRAFANA.read_text()))
+    # The dashboard's league and rejection panels need a league run and a rejected game.
+    expected = {m for m in used if not m.startswith(("ray_selfplay_league_", "ray_selfplay_verifier_rejected"))}
+    assert expected - exported == set()
+    pool = re.findall(r'^ray_selfplay_controller_generators\{[^}]*run="scaled"[^}]*\} (\S+)', text, re.M)
+    assert pool and float(pool[-1]) == 1.0
+
+
+def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, scaled_run):
+    state, env, _ = cluster
+    stopped_at = json.loads((scaled_run["run_dir"] / "summary.json").read_text())["stopped_at_step"]
+    target = stopped_at + 4
+    out = cli(env, "submit", str(scaled_run["work"] / "run.yaml"), "--name", RUN, "--storage",
+              str(scaled_run["storage"]), "--set", f"total_steps={target}", "--follow", timeout=400)
+    assert f"run {RUN}: SUCCEEDED" in out.stdout
+    assert "run finished" in out.stdout  # the job's own output came through the log stream
+    summary = json.loads((scaled_run["run_dir"] / "summary.json").read_text())
+    assert summary["steps"] == target and "after" in summary
+    assert Path(summary["last_checkpoint"]).name == f"step_{target:07d}"
+    starts = [e for e in scaling_events(scaled_run["run_dir"]) if e["event"] == "start"]
+    assert starts[-1]["generator"] == "generator-0" and starts[-1]["version"] >= stopped_at
+    logs = cli(env, "logs", RUN).stdout
+    assert "run finished" in logs
