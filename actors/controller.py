@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generator import GeneratorActor
 from selfplay.config import RunConfig
-from selfplay.scaling import autoscale_target, generator_bundles, pool_plan
+from selfplay.scaling import autoscale_target, generator_bundles, idle_shares, pool_plan
 
 COUNTS = ("games", "turns", "tokens", "sent", "wait_s")
 
@@ -143,21 +143,17 @@ class ControllerActor:
     def autoscale(self, learner_wait_s: float) -> int | None:
         """One tick of the autoscale rule, given the learner's cumulative wait for data.
         Starts a pool change in the background and returns its target, or None."""
-        now = time.time()
-        stats = self._live_stats()
-        gen_wait = sum(s["wait_s"] for s in stats.values())
-        last, self.last_tick = self.last_tick, (now, learner_wait_s, gen_wait)
-        a = self.cfg.autoscale
+        now, status = time.time(), self.status()
+        last, self.last_tick = self.last_tick, (now, learner_wait_s, status["totals"]["wait_s"])
+        a, size = self.cfg.autoscale, len(status["generators"])
         if last is None or self.scale_lock.locked() or now - self.last_change < a.cooldown_s:
             return None
-        dt = max(now - last[0], 1e-9)
-        learner_idle = (learner_wait_s - last[1]) / dt
-        generator_idle = (gen_wait - last[2]) / dt / max(len(stats), 1)
-        target = autoscale_target(len(stats), learner_idle, generator_idle, a)
-        if target == len(stats):
+        learner_idle, generator_idle = idle_shares(last, self.last_tick, size)
+        target = autoscale_target(size, learner_idle, generator_idle, a)
+        if target == size:
             return None
         with self.lock:
-            self.events.append({"event": "autoscale", "time": now, "from": len(stats), "to": target,
+            self.events.append({"event": "autoscale", "time": now, "from": size, "to": target,
                                 "learner_idle": learner_idle, "generator_idle": generator_idle})
         threading.Thread(target=self.scale, args=(target,), daemon=True).start()
         return target
@@ -187,6 +183,7 @@ class ControllerActor:
         """Live generators' stats, retired generators' final stats, totals over both
         (COUNTS), and the pool's events (start, stop, autoscale)."""
         live = self._live_stats()
+        self.size.set(len(live))  # set again: Ray stops exporting a gauge soon after its last set
         with self.lock:
             retired, events = list(self.retired), list(self.events)
         totals = {k: sum(s[k] for s in [*live.values(), *retired]) for k in COUNTS}

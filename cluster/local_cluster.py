@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -79,7 +80,8 @@ def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) 
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     state = {"gcs_address": f"{HOST}:{gcs_port}", "dashboard_url": f"http://{HOST}:{dashboard_port}",
              "client_address": f"ray://{HOST}:{client_port}", "token_path": str(token_path),
-             "temp_dir": str(state_dir / "ray"), "nodes": []}
+             # Ray's sockets live under its temp dir, and a unix socket path has at most 107 bytes
+             "temp_dir": tempfile.mkdtemp(prefix="selfplay-ray-", dir="/tmp"), "nodes": []}
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
@@ -119,7 +121,7 @@ def _wait(state: dict, n_nodes: int, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         for node in state["nodes"]:
-            if not _running(node["pid"]):
+            if not _send(node["pid"], 0, group=False):
                 raise RuntimeError(f"ray node {node['role']} exited; see its log beside cluster.json")
         try:
             if len(alive_nodes(state)) >= n_nodes:
@@ -130,9 +132,10 @@ def _wait(state: dict, n_nodes: int, timeout: float) -> None:
     raise TimeoutError(f"{n_nodes} ray nodes not alive after {timeout:.0f} s")
 
 
-def _running(pid: int) -> bool:
+def _send(pid: int, sig: int, group: bool = True) -> bool:
+    """Deliver `sig` (0: only look) to a process group, or to one process; False if gone."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, sig)
     except ProcessLookupError:
         return False
     return True
@@ -147,22 +150,13 @@ def down(state_dir: Path, timeout: float = 5) -> None:
     state = json.loads(path.read_text())
     nodes = state["nodes"]
     for node in reversed(nodes):
-        _signal_group(node["pid"], signal.SIGTERM)
+        _send(node["pid"], signal.SIGTERM)
     deadline = time.time() + timeout
-    while time.time() < deadline and any(_group_alive(n["pid"]) for n in nodes):
+    while time.time() < deadline and any(_send(n["pid"], 0) for n in nodes):
         time.sleep(0.2)
-    for node in nodes:
-        _signal_group(node["pid"], signal.SIGKILL)
-    for pid in _drivers(state["gcs_address"].rsplit(":", 1)[1]):
-        _signal_group(pid, signal.SIGKILL)
+    for pid in [n["pid"] for n in nodes] + _drivers(state["gcs_address"].rsplit(":", 1)[1]):
+        _send(pid, signal.SIGKILL)
     path.unlink()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _drivers(gcs_port: str) -> list[int]:
@@ -178,14 +172,6 @@ def _drivers(gcs_port: str) -> list[int]:
         if any(v.startswith(b"RAY_ADDRESS=") and v.endswith(f":{gcs_port}".encode()) for v in env):
             found.append(int(proc.name))
     return found
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ STOP = threading.Event()  # set by SIGTERM (`selfplay stop`): end at the next st
 
 
 def stop_on_sigterm() -> None:
+    STOP.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
@@ -94,7 +95,7 @@ class Run:
         self.step, self.wall_offset = state["step"], state["wall_s"]
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
         self.start = time.time()
-
+        wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
         self.buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, self.run_id)
         if resume_from:
             ray.get(self.buffer.load.remote(str(resume_from)))
@@ -279,7 +280,7 @@ class Run:
                             elo=self.metrics.last("league/learner_elo"),
                             illegal=round(learner_metrics["batch_illegal"], 3))
         bar.close()
-        self.pool = ray.get(self.controller.stop_all.remote())
+        ray.get(self.controller.stop_all.remote())
         self.watch_pool()
 
     def close(self) -> None:
@@ -293,13 +294,27 @@ class Run:
             actors.append(self.league)
         for actor in actors:
             ray.kill(actor)
-        deadline = time.time() + 30
-        while names and time.time() < deadline:
-            try:
-                ray.get_actor(names[0])
-                time.sleep(0.1)
-            except ValueError:
-                names.pop(0)
+        wait_until_free(names)
+
+
+RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")
+
+
+def run_actor_names() -> list[str]:
+    """Live actors of a run in this namespace, e.g. those of a job that was just stopped
+    (Ray removes them asynchronously once its driver has gone)."""
+    return [n for n in ray.util.list_named_actors() if n in RUN_ACTORS or n.startswith("generator-")]
+
+
+def wait_until_free(names: list[str], timeout_s: float = 60) -> None:
+    """Until no live actor holds any of `names` in this namespace."""
+    deadline = time.time() + timeout_s
+    while names and time.time() < deadline:
+        try:
+            ray.get_actor(names[0])
+            time.sleep(0.1)
+        except ValueError:
+            names.pop(0)
 
 
 def summarize_evals(results: dict) -> dict:

@@ -16,6 +16,7 @@ from selfplay.config import ConfigError, load_config, save_config
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+REUSE_AFTER_S = 5.0  # a finished job's id is safe to submit again this long after it ended
 PACKAGES = ("selfplay", "actors", "learner")  # shipped with every job, so the cluster runs this code
 RESULT = "selfplay-scale-result: "  # marks the scale job's answer in its log
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -84,15 +85,34 @@ def submit(config: str, name: str, overrides: list[str] = (), address: str | Non
                           "mounts: pass --storage /ABSOLUTE/PATH")
     c = client(address)
     info = job_info(c, name)
-    if info is not None:
-        if str(info.status) not in TERMINAL:
-            raise JobError(f"run {name} is {info.status}; stop it first (selfplay stop {name})")
-        c.delete_job(name)  # a finished job's id is taken until deleted; the run itself stays on storage
+    if info is not None and str(info.status) not in TERMINAL:
+        raise JobError(f"run {name} is {info.status}; stop it first (selfplay stop {name})")
     staging = Path(tempfile.mkdtemp(prefix=f"selfplay-{name}-"))
     save_config(cfg, staging / "run.yaml")
-    return c.submit_job(entrypoint=f"python -m selfplay.cli run run.yaml --name {name}", submission_id=name,
-                        runtime_env=runtime_env(str(staging), env_vars or {}, list(pip), image),
-                        metadata={"selfplay_run": name, "config": str(config), "out_dir": cfg.out_dir})
+    job = {"entrypoint": f"python -m selfplay.cli run run.yaml --name {name}", "submission_id": name,
+           "runtime_env": runtime_env(str(staging), env_vars or {}, list(pip), image),
+           "metadata": {"selfplay_run": name, "config": str(config), "out_dir": cfg.out_dir}}
+    if info is None:
+        return c.submit_job(**job)
+    return submit_reusing_id(c, job, ended_at=(info.end_time or 0) / 1000)
+
+
+def submit_reusing_id(c, job: dict, ended_at: float, timeout_s: float = 60) -> str:
+    """Submit under the id of a job that ended at `ended_at` (epoch s): delete that job
+    (its run stays on storage), then submit. Ray (2.60) watches a job until its supervisor
+    actor has gone, polling every second, and a new job under the same id before then is
+    marked failed by the old job's watcher; so the old job must have been over for a few
+    seconds first. An id still taken right after the delete is retried."""
+    time.sleep(max(0.0, ended_at + REUSE_AFTER_S - time.time()))
+    c.delete_job(job["submission_id"])
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return c.submit_job(**job)
+        except RuntimeError as err:
+            if "already exists" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(1)
 
 
 def status(name: str, address: str | None = None) -> dict:
@@ -122,11 +142,12 @@ def follow(name: str, address: str | None = None, out=None) -> str:
     return wait(c, name, timeout_s=60)
 
 
-def wait(c, name: str, timeout_s: float) -> str:
+def wait(c, name: str, timeout_s: float, until: set[str] = TERMINAL) -> str:
+    """Poll the job's status until it is one of `until` or timeout_s passed; returns it."""
     deadline = time.time() + timeout_s
     while True:
         state = str(c.get_job_status(name))
-        if state in TERMINAL or time.time() > deadline:
+        if state in until or time.time() > deadline:
             return state
         time.sleep(0.5)
 

@@ -44,6 +44,19 @@ def autoscale_target(current: int, learner_idle: float, generator_idle: float,
     return max(cfg.min_generators, min(cfg.max_generators, target))
 
 
+def idle_shares(before: tuple[float, float, float], after: tuple[float, float, float],
+                generators: int) -> tuple[float, float]:
+    """(learner idle share, mean generator idle share) over the interval between two
+    samples of (time, learner's cumulative wait for data, generators' cumulative wait on
+    the rate limit, retired generators included), each clamped to [0, 1]."""
+    dt = after[0] - before[0]
+    if dt <= 0:
+        return 0.0, 0.0
+    learner = (after[1] - before[1]) / dt
+    generator = (after[2] - before[2]) / dt / max(generators, 1)
+    return min(max(learner, 0.0), 1.0), min(max(generator, 0.0), 1.0)
+
+
 def generator_bundles(cfg: GeneratorConfig) -> list[dict[str, float]]:
     """Placement-group bundles of one tensor-parallel generator: one per engine worker,
     each with its GPU and share of the CPUs; the custom resources (what a cluster

@@ -61,6 +61,11 @@ def scaling_events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def pool_gauge(text: str) -> list[float]:
+    return [float(v) for v in re.findall(
+        rf'^ray_selfplay_controller_generators\{{[^}}]*run="{RUN}"[^}}]*\}} (\S+)', text, re.M)]
+
+
 def scrape(state: dict) -> str:
     """Every node's Prometheus metrics endpoint, concatenated."""
     texts = []
@@ -94,8 +99,8 @@ def scaled_run(cluster, tmp_path_factory):
     wait_for(lambda: any(e["event"] == "start" for e in scaling_events(run_dir)), 240, "generator-0 playing")
     up = json.loads(cli(env, "scale", RUN, "--generators", "3").stdout)
     down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
-    metrics = wait_for(lambda: (text := scrape(state)) and "ray_selfplay_controller_generators" in text
-                       and "ray_selfplay_learner_step_seconds_bucket" in text and text, 60, "selfplay metrics")
+    metrics = wait_for(lambda: (text := scrape(state)) and pool_gauge(text) == [1.0]
+                       and "ray_selfplay_learner_step_seconds_bucket" in text and text, 90, "selfplay metrics")
     status_running = json.loads(cli(env, "status", RUN).stdout)["status"]
     stopped = cli(env, "stop", RUN, timeout=200).stdout
     return {"run_dir": run_dir, "up": up, "down": down, "metrics": metrics, "status": status_running,
@@ -153,13 +158,14 @@ def test_metrics_reach_rays_prometheus_endpoints(scaled_run):
     # The dashboard's league and rejection panels need a league run and a rejected game.
     expected = {m for m in used if not m.startswith(("ray_selfplay_league_", "ray_selfplay_verifier_rejected"))}
     assert expected - exported == set()
-    pool = re.findall(r'^ray_selfplay_controller_generators\{[^}]*run="scaled"[^}]*\} (\S+)', text, re.M)
-    assert pool and float(pool[-1]) == 1.0
+    assert pool_gauge(text) == [1.0]  # the pool size after scaling back down
 
 
 def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, scaled_run):
     state, env, _ = cluster
     stopped_at = json.loads((scaled_run["run_dir"] / "summary.json").read_text())["stopped_at_step"]
+    checkpoint = scaled_run["run_dir"] / "checkpoints" / f"step_{stopped_at:07d}"
+    version = json.loads((checkpoint / "learner_state.json").read_text())["version"]
     target = stopped_at + 4
     out = cli(env, "submit", str(scaled_run["work"] / "run.yaml"), "--name", RUN, "--storage",
               str(scaled_run["storage"]), "--set", f"total_steps={target}", "--follow", timeout=400)
@@ -169,6 +175,6 @@ def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, s
     assert summary["steps"] == target and "after" in summary
     assert Path(summary["last_checkpoint"]).name == f"step_{target:07d}"
     starts = [e for e in scaling_events(scaled_run["run_dir"]) if e["event"] == "start"]
-    assert starts[-1]["generator"] == "generator-0" and starts[-1]["version"] >= stopped_at
+    assert (starts[-1]["generator"], starts[-1]["version"]) == ("generator-0", version)  # resumed weights
     logs = cli(env, "logs", RUN).stdout
     assert "run finished" in logs

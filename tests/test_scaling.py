@@ -10,7 +10,7 @@ import pytest
 from actors.verifier import Verifier
 from selfplay import jobs, schema
 from selfplay.config import AutoscaleConfig, ConfigError, GeneratorConfig, load_config
-from selfplay.scaling import autoscale_target, generator_bundles, pool_plan
+from selfplay.scaling import autoscale_target, generator_bundles, idle_shares, pool_plan
 from tests.rows import make_row
 
 def tictactoe_game(traj_id: str) -> pa.Table:
@@ -59,6 +59,13 @@ def test_a_pool_cannot_be_emptied():
 ])
 def test_autoscale_rule(current, learner_idle, generator_idle, target):
     assert autoscale_target(current, learner_idle, generator_idle, BOUNDS) == target
+
+
+def test_idle_shares_over_an_interval():
+    # 10 s: the learner waited 4 s; two generators were held back 6 s between them
+    assert idle_shares((100.0, 1.0, 2.0), (110.0, 5.0, 8.0), 2) == pytest.approx((0.4, 0.3))
+    assert idle_shares((100.0, 0.0, 0.0), (100.0, 5.0, 5.0), 2) == (0.0, 0.0)  # no time passed
+    assert idle_shares((0.0, 0.0, 0.0), (1.0, 3.0, -1.0), 1) == (1.0, 0.0)  # clamped
 
 
 def test_a_tensor_parallel_generator_gets_one_gpu_bundle_per_worker():
