@@ -35,6 +35,7 @@ class ControllerActor:
         self.events: list[dict] = []
         self.created = 0
         self.scale_lock = threading.Lock()  # one pool change at a time
+        self.closing = threading.Event()  # set by stop_all: training is over
         self.lock = threading.Lock()  # guards live/runs/stopping/retired/events
         self.last_tick: tuple[float, float, float] | None = None  # time, learner wait, generator wait
         self.last_change = 0.0
@@ -44,13 +45,21 @@ class ControllerActor:
     # -- pool changes -------------------------------------------------------------------
     def scale(self, n: int, timeout_s: float = 600.0) -> dict:
         """Grow or shrink the pool to n generators; returns the pool's status."""
+        a = self.cfg.autoscale
+        if a.enabled and not a.min_generators <= n <= a.max_generators:
+            raise ValueError(f"{n} generators is outside the autoscale bounds [{a.min_generators}, "
+                             f"{a.max_generators}] (autoscale.min_generators / max_generators)")
         with self.scale_lock:
-            start, stop = pool_plan(list(self.live), n)
-            if start:
-                self._start(start, timeout_s)
-            for name in stop:
-                self._stop(name)
-            self.last_change = time.time()
+            if self.closing.is_set():
+                raise RuntimeError("training has ended: the generator pool no longer changes")
+            try:
+                start, stop = pool_plan(list(self.live), n)
+                if start:
+                    self._start(start, timeout_s)
+                for name in stop:
+                    self._stop(name)
+            finally:
+                self.last_change = time.time()
         return self.status()
 
     def _create(self, name: str):
@@ -71,31 +80,38 @@ class ControllerActor:
             self.cfg.league.max_live_opponents)
 
     def _start(self, names: list[str], timeout_s: float) -> None:
+        """Start generators, wait until their engines are up (or training ends), give each
+        the learner's weights, then set it playing. On any failure the ones not yet
+        playing are discarded, so their names and resources are free again."""
         handles = {name: self._create(name) for name in names}
-        ready = {handles[name].stats.remote(): name for name in names}
-        done, pending = ray.wait(list(ready), num_returns=len(ready), timeout=timeout_s)
         try:
+            ready = {handles[name].stats.remote(): name for name in names}
+            pending, deadline = list(ready), time.time() + timeout_s
+            while pending and time.time() < deadline and not self.closing.is_set():
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if self.closing.is_set():
+                raise RuntimeError("training ended while generators were starting")
             if pending:
                 late = sorted(ready[r] for r in pending)
                 raise TimeoutError(
                     f"{', '.join(late)} not running after {timeout_s:.0f} s: each needs "
                     f"{self._needs()}; the cluster has {ray.available_resources()} free")
-            for ref in done:
-                ray.get(ref)  # an engine that failed to start raises here
+            stats = dict(zip(ready.values(), ray.get(list(ready))))  # an engine that failed to start raises
+            for name, handle in handles.items():
+                joined = ray.get(self.learner.attach.remote(name, handle))
+                run = handle.run.remote(self.verifier, self.buffer, self.league)
+                with self.lock:
+                    self.live[name], self.runs[name] = handle, run
+                    self.events.append({"event": "start", "generator": name, "time": time.time(),
+                                        "version": joined["version"], "checksum": joined["checksum"],
+                                        "generator_checksum": joined["loaded"],
+                                        "node_id": stats[name]["node_id"]})
+                self.size.set(len(self.live))
         except BaseException:
             for name, handle in handles.items():
-                self._discard(name, handle)
+                if name not in self.live:
+                    self._discard(name, handle)
             raise
-        for name, handle in handles.items():
-            joined = ray.get(self.learner.attach.remote(name, handle))
-            stats = ray.get(handle.stats.remote())
-            run = handle.run.remote(self.verifier, self.buffer, self.league)
-            with self.lock:
-                self.live[name], self.runs[name] = handle, run
-                self.events.append({"event": "start", "generator": name, "time": time.time(),
-                                    "version": joined["version"], "checksum": joined["checksum"],
-                                    "generator_checksum": stats["checksum"], "node_id": stats["node_id"]})
-            self.size.set(len(self.live))
 
     def _needs(self) -> dict:
         g = self.cfg.generator
@@ -108,17 +124,21 @@ class ControllerActor:
         with self.lock:
             self.stopping.add(name)
             handle, run = self.live[name], self.runs[name]
-        ray.get(handle.stop.remote())
-        final = ray.get(run)
-        ray.get(self.learner.detach.remote(name))
-        with self.lock:
-            del self.live[name], self.runs[name]
-            self.stopping.discard(name)
-            self.retired.append(final)
-            self.events.append({"event": "stop", "generator": name, "time": time.time(), "sent": final["sent"],
-                                "version": final["version"], "checksum": final["checksum"]})
-        self._discard(name, handle)
-        self.size.set(len(self.live))
+        try:
+            ray.get(handle.stop.remote())
+            final = ray.get(run)
+            ray.get(self.learner.detach.remote(name))
+            with self.lock:
+                self.retired.append(final)
+                self.events.append({"event": "stop", "generator": name, "time": time.time(),
+                                    "sent": final["sent"], "version": final["version"],
+                                    "checksum": final["checksum"]})
+        finally:  # a generator that failed while stopping goes too; its error propagates
+            with self.lock:
+                del self.live[name], self.runs[name]
+                self.stopping.discard(name)
+            self._discard(name, handle)
+            self.size.set(len(self.live))
 
     def _discard(self, name: str, handle) -> None:
         ray.kill(handle)
@@ -129,6 +149,7 @@ class ControllerActor:
     def stop_all(self) -> dict:
         """End of training: every generator finishes its wave and stops playing; the actors
         stay for the final evaluations and go with this controller. Returns the status."""
+        self.closing.set()  # a pool change under way gives up; none starts after this
         with self.scale_lock:
             with self.lock:
                 self.stopping |= set(self.live)
@@ -155,8 +176,16 @@ class ControllerActor:
         with self.lock:
             self.events.append({"event": "autoscale", "time": now, "from": size, "to": target,
                                 "learner_idle": learner_idle, "generator_idle": generator_idle})
-        threading.Thread(target=self.scale, args=(target,), daemon=True).start()
+        threading.Thread(target=self._autoscale_to, args=(target,), daemon=True).start()
         return target
+
+    def _autoscale_to(self, target: int) -> None:
+        try:
+            self.scale(target)
+        except Exception as err:  # recorded where the driver logs pool events; the next tick may retry
+            with self.lock:
+                self.events.append({"event": "autoscale_failed", "time": time.time(), "to": target,
+                                    "error": f"{type(err).__name__}: {err}"[:2000]})
 
     # -- watching -----------------------------------------------------------------------
     def check(self) -> int:
@@ -174,17 +203,18 @@ class ControllerActor:
     def generator(self, name: str):
         return self.live[name]
 
-    def _live_stats(self) -> dict[str, dict]:
-        with self.lock:
-            live = dict(self.live)
-        return dict(zip(live, ray.get([h.stats.remote() for h in live.values()])))
-
     def status(self) -> dict:
         """Live generators' stats, retired generators' final stats, totals over both
         (COUNTS), and the pool's events (start, stop, autoscale)."""
-        live = self._live_stats()
+        for attempt in range(3):
+            with self.lock:  # one snapshot: a generator is either live or retired in it
+                handles, retired, events = dict(self.live), list(self.retired), list(self.events)
+            try:
+                live = dict(zip(handles, ray.get([h.stats.remote() for h in handles.values()])))
+                break
+            except ray.exceptions.RayActorError:
+                if attempt == 2 or set(handles) <= set(self.live):
+                    raise  # a live generator died: that is a failure, not a pool change
         self.size.set(len(live))  # set again: Ray stops exporting a gauge soon after its last set
-        with self.lock:
-            retired, events = list(self.retired), list(self.events)
         totals = {k: sum(s[k] for s in [*live.values(), *retired]) for k in COUNTS}
         return {"generators": live, "retired": retired, "totals": totals, "events": events}

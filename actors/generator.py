@@ -357,7 +357,8 @@ class GeneratorActor:
             in_flight.append(verifier.score.remote(schema.to_ipc(table)))
             self.sent += games
             if len(in_flight) >= max_in_flight:
-                _, in_flight = ray.wait(in_flight, num_returns=1)
+                done, in_flight = ray.wait(in_flight, num_returns=1)
+                ray.get(done)  # a failed verifier call stops this generator rather than losing games
         ray.get(in_flight)
         return self.stats()
 

@@ -20,7 +20,7 @@ class Verifier:
     seen among the last `remember` is rejected as a duplicate (a retried generator call
     must not count a game twice)."""
 
-    def __init__(self, decode, remember: int = 1_000_000):
+    def __init__(self, decode, remember: int = 200_000):
         self.decode = decode
         self.rejected: Counter = Counter()
         self.accepted = 0

@@ -71,12 +71,16 @@ def alive_nodes(state: dict) -> list[dict]:
 
 
 def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) -> dict:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if state_dir.stat().st_uid != os.getuid():
+        raise SystemExit(f"{state_dir}: not yours; the cluster's token would be readable by its owner")
+    state_dir.chmod(0o700)
     if (state_dir / "cluster.json").exists():
         raise SystemExit(f"{state_dir}: a cluster is already recorded there; run `down` first")
     token_path = state_dir / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    token_path.chmod(0o600)
+    token_path.unlink(missing_ok=True)
+    with os.fdopen(os.open(token_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as f:
+        f.write(secrets.token_hex(32))
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     state = {"gcs_address": f"{HOST}:{gcs_port}", "dashboard_url": f"http://{HOST}:{dashboard_port}",
              "client_address": f"ray://{HOST}:{client_port}", "token_path": str(token_path),

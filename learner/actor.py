@@ -54,12 +54,11 @@ class LearnerActor:
         if self.last_blob is None:
             blob, self.checksum = self.learner.export()
             self.last_blob = ray.put(blob)
-        self.add_target(name, actor)
         got = ray.get(actor.set_weights.remote(self.last_blob, self.learner.version))
         if got != self.checksum:
-            self.targets.pop(name)
             raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {self.checksum}")
-        return {"version": self.learner.version, "checksum": got}
+        self.add_target(name, actor)  # no broadcast can come between: this actor runs one call at a time
+        return {"version": self.learner.version, "checksum": self.checksum, "loaded": got}
 
     def detach(self, name: str) -> None:
         """Stop broadcasting to `name`; its acknowledgement of the last broadcast is still

@@ -67,8 +67,9 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    print(f"run {args.run}: {jobs.stop(args.run, args.address)}")
-    return 0
+    state = jobs.stop(args.run, args.address)
+    print(f"run {args.run}: {state}")
+    return 0 if state in jobs.TERMINAL else 1
 
 
 def cmd_scale(args) -> int:

@@ -187,6 +187,8 @@ class Run:
 
     def checkpoint(self) -> Path:
         d = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        if (d / COMPLETE).exists():  # this step is saved (e.g. stopped right after a resume): keep it
+            return d
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
@@ -287,14 +289,12 @@ class Run:
         """Kill the run's actors and wait until their names are free again, so a resumed
         run in the same Ray session can take them."""
         self.metrics.close()
-        names = [*self.pool["generators"], "controller", "learner", "verifier", "buffer"]
         actors = [self.controller, self.learner, self.verifier, self.buffer]  # generators go with the controller
         if self.league is not None:
-            names.append("league")
             actors.append(self.league)
         for actor in actors:
             ray.kill(actor)
-        wait_until_free(names)
+        wait_until_free([*self.pool["generators"], *RUN_ACTORS])
 
 
 RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")

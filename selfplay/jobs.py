@@ -152,9 +152,11 @@ def wait(c, name: str, timeout_s: float, until: set[str] = TERMINAL) -> str:
         time.sleep(0.5)
 
 
-def stop(name: str, address: str | None = None, timeout_s: float = 60) -> str:
-    """Stop the run's job; its actors go with the driver. Checkpoints already written stay,
-    and a resubmit under the same name resumes from the newest."""
+def stop(name: str, address: str | None = None, timeout_s: float = 180) -> str:
+    """Stop the run's job: the driver ends at its next step, checkpoints and exits (Ray
+    kills it after RAY_JOB_STOP_WAIT_TIME_S, 120 s); its actors go with it. Returns the
+    job's status, which is not terminal if it did not end within timeout_s. A resubmit
+    under the same name resumes from the newest checkpoint."""
     c = client(address)
     if job_info(c, name) is None:
         raise JobError(f"no job for run {name} at {job_address(address)}")
