@@ -167,7 +167,8 @@ class ControllerActor:
         now, status = time.time(), self.status()
         last, self.last_tick = self.last_tick, (now, learner_wait_s, status["totals"]["wait_s"])
         a, size = self.cfg.autoscale, len(status["generators"])
-        if last is None or self.scale_lock.locked() or now - self.last_change < a.cooldown_s:
+        if (last is None or self.closing.is_set() or self.scale_lock.locked()
+                or now - self.last_change < a.cooldown_s):
             return None
         learner_idle, generator_idle = idle_shares(last, self.last_tick, size)
         target = autoscale_target(size, learner_idle, generator_idle, a)
