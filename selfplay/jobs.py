@@ -115,10 +115,16 @@ def submit_reusing_id(c, job: dict, ended_at: float, timeout_s: float = 60) -> s
             time.sleep(1)
 
 
-def status(name: str, address: str | None = None) -> dict:
-    info = job_info(client(address), name)
+def existing_job(c, name: str, address: str | None):
+    """The run's job info; a run with no job is an error naming the job server."""
+    info = job_info(c, name)
     if info is None:
         raise JobError(f"no job for run {name} at {job_address(address)}")
+    return info
+
+
+def status(name: str, address: str | None = None) -> dict:
+    info = existing_job(client(address), name, address)
     return {"run": name, "status": str(info.status), "message": info.message,
             "start_time": info.start_time, "end_time": info.end_time, "entrypoint": info.entrypoint,
             "out_dir": (info.metadata or {}).get("out_dir")}
@@ -158,8 +164,7 @@ def stop(name: str, address: str | None = None, timeout_s: float = 180) -> str:
     job's status, which is not terminal if it did not end within timeout_s. A resubmit
     under the same name resumes from the newest checkpoint."""
     c = client(address)
-    if job_info(c, name) is None:
-        raise JobError(f"no job for run {name} at {job_address(address)}")
+    existing_job(c, name, address)
     c.stop_job(name)
     return wait(c, name, timeout_s)
 
