@@ -14,6 +14,7 @@ import ray
 
 from selfplay import schema
 from selfplay.config import BufferConfig
+from selfplay.metrics import ray_metric
 
 
 def staleness_floor(learner_version: int, max_staleness: int) -> int:
@@ -110,13 +111,9 @@ class BufferActor:
     """Ray shell: trajectories travel as Arrow IPC bytes."""
 
     def __init__(self, cfg: BufferConfig, seed: int, run_id: str):
-        from ray.util import metrics
         self.buffer = ReplayBuffer(cfg, seed)
-        tags = {"run": run_id}
-        self.gauges = {name: metrics.Gauge(f"selfplay_buffer_{name}", tag_keys=("run",))
+        self.gauges = {name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})
                        for name in ("size", "fill", "inserted", "sampled", "dropped_stale", "evicted")}
-        for g in self.gauges.values():
-            g.set_default_tags(tags)
 
     def _publish(self) -> None:
         stats = self.buffer.stats()

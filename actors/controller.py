@@ -14,6 +14,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generator import GeneratorActor
 from selfplay.config import RunConfig
+from selfplay.metrics import ray_metric
 from selfplay.scaling import autoscale_target, generator_bundles, idle_shares, pool_plan
 
 COUNTS = ("games", "turns", "tokens", "sent", "wait_s")
@@ -23,7 +24,6 @@ COUNTS = ("games", "turns", "tokens", "sent", "wait_s")
 class ControllerActor:
     def __init__(self, cfg: RunConfig, run_id: str, model_path: str, learner, verifier, buffer,
                  league=None, seed_offset: int = 0):
-        from ray.util import metrics
         self.cfg, self.run_id, self.model_path = cfg, run_id, model_path
         self.learner, self.verifier, self.buffer, self.league = learner, verifier, buffer, league
         self.seed_offset = seed_offset
@@ -39,8 +39,7 @@ class ControllerActor:
         self.lock = threading.Lock()  # guards live/runs/stopping/retired/events
         self.last_tick: tuple[float, float, float] | None = None  # time, learner wait, generator wait
         self.last_change = 0.0
-        self.size = metrics.Gauge("selfplay_controller_generators", tag_keys=("run",))
-        self.size.set_default_tags({"run": run_id})
+        self.size = ray_metric("gauge", "controller_generators", {"run": run_id})
 
     # -- pool changes -------------------------------------------------------------------
     def scale(self, n: int, timeout_s: float = 600.0) -> dict:

@@ -66,7 +66,7 @@ class Engine:
             done.append(Completion(ids, logps, o.text, o.finish_reason))
         return done
 
-    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+    def loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
         """Log-likelihood of each continuation after its prompt under the engine's weights
         (sum over the continuation's tokens), from vLLM's prompt log-probs."""
         from vllm import SamplingParams

@@ -3,19 +3,9 @@ safetensors bytes, never pickles: collective_rpc serialises args with msgpack, w
 tensors do not survive but bytes do."""
 from __future__ import annotations
 
-import hashlib
-
-import torch
 from safetensors.torch import load as load_safetensors
 
-
-def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """Order-independent digest of named tensors, computed on fp32 values."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
+from selfplay.weights import state_checksum
 
 
 class WeightReceiver:

@@ -21,11 +21,9 @@ from actors.engine import Engine
 from selfplay import schema
 from selfplay.config import GeneratorConfig, ModelConfig
 from selfplay.games import make_game, scripted_players
-from selfplay.evals import kuhn_policy_table
-from selfplay.league import SELF, SKILL_TOKENS, scripted_tier
-from selfplay.metrics import SECONDS
-
-LEARNER = "learner"
+from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize
+from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
+from selfplay.metrics import SECONDS, ray_metric
 
 
 class WeightMismatch(RuntimeError):
@@ -250,58 +248,16 @@ class Generator:
     def kuhn_policy(self) -> dict[str, list[float]]:
         """The learner's Kuhn poker policy at all 12 information states: its probability of
         each reply, renormalised over the legal ones (see kuhn_policy_table)."""
-        def score(observations: list[str], replies: list[str]) -> list[float]:
+        def loglikelihood(observations: list[str], replies: list[str]) -> list[float]:
             prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
             conts = [list(self.encode(r))[len(self.encode("")):] for r in replies]
             with self.lock:
-                return self.engines[LEARNER].score(prompts, conts)
-        return kuhn_policy_table(score)
+                return self.engines[LEARNER].loglikelihood(prompts, conts)
+        return kuhn_policy_table(loglikelihood)
 
     def close(self) -> None:
         for engine in [*self.engines.values(), *self.slots.values()]:
             engine.close()
-
-
-def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
-    """One entry per game `policy` took part in, from its side: game, opponent, role,
-    outcome, illegal. A game counts even if `policy` never moved (the opponent opened with
-    an illegal move): its seat is read from the opponent's rows."""
-    games: dict[str, dict] = {}
-    cols = ["traj_id", "game", "role", "policy_id", "opponent_id", "outcome", "illegal"]
-    for row in table.select(cols).to_pylist():
-        if row["policy_id"] == policy:
-            role, outcome, illegal, other = row["role"], row["outcome"], row["illegal"], row["opponent_id"]
-        elif row["opponent_id"] == policy:  # two-player zero-sum: `policy` got -outcome
-            role, outcome, illegal, other = 1 - row["role"], -row["outcome"], False, row["policy_id"]
-        else:
-            continue
-        g = games.setdefault(row["traj_id"], {"game": row["game"], "opponent": other, "role": role,
-                                              "outcome": outcome, "illegal": False})
-        g["illegal"] |= illegal
-    return list(games.values())
-
-
-def score(outcome: float) -> float:
-    """Win 1, draw 0.5, loss 0: what Elo and promotion count."""
-    return 1.0 if outcome > 0 else 0.5 if outcome == 0 else 0.0
-
-
-def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
-    """Win/draw/loss/non-loss/illegal rates and mean return of `policy` against a
-    different opponent, overall and per seat."""
-    games = outcomes(table, policy)
-    stats: dict = {}
-    for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
-                          ("second_", [g for g in games if g["role"] == 1])):
-        n = max(len(subset), 1)
-        stats[f"{label}games"] = len(subset)
-        stats[f"{label}win"] = sum(g["outcome"] > 0 for g in subset) / n
-        stats[f"{label}draw"] = sum(g["outcome"] == 0 for g in subset) / n
-        stats[f"{label}loss"] = sum(g["outcome"] < 0 for g in subset) / n
-        stats[f"{label}non_loss"] = sum(g["outcome"] >= 0 for g in subset) / n
-        stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
-        stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
-    return stats
 
 
 @ray.remote(max_concurrency=4)
@@ -314,7 +270,6 @@ class GeneratorActor:
     def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
                  model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
                  max_live_opponents: int = 2):
-        from ray.util import metrics
         self.gen = Generator(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version,
                              max_live_opponents)
         self.stopped = threading.Event()  # set once by `stop`, even if it comes before `run` starts
@@ -322,13 +277,10 @@ class GeneratorActor:
         self.sent = 0  # trajectories handed to the verifier
         self.member_lock = threading.Lock()  # held while loading members and playing them
         tags = {"run": run_id, "generator": generator_id}
-        self.tokens = metrics.Counter("selfplay_generator_tokens", tag_keys=tuple(tags))
-        self.trajs = metrics.Counter("selfplay_generator_trajectories", tag_keys=tuple(tags))
-        self.version_gauge = metrics.Gauge("selfplay_generator_weight_version", tag_keys=tuple(tags))
-        self.load_seconds = metrics.Histogram("selfplay_generator_weight_load_seconds", boundaries=SECONDS,
-                                              tag_keys=tuple(tags))
-        for m in (self.tokens, self.trajs, self.version_gauge, self.load_seconds):
-            m.set_default_tags(tags)
+        self.tokens = ray_metric("counter", "generator_tokens", tags)
+        self.trajs = ray_metric("counter", "generator_trajectories", tags)
+        self.version_gauge = ray_metric("gauge", "generator_weight_version", tags)
+        self.load_seconds = ray_metric("histogram", "generator_weight_load_seconds", tags, boundaries=SECONDS)
 
     def run(self, verifier, buffer, league=None, max_in_flight: int = 2) -> dict:
         """Play waves until `stop`: the wave under way is finished and handed on, and every
@@ -354,7 +306,7 @@ class GeneratorActor:
             self.tokens.inc(self.gen.counts["tokens"] - tokens_before)
             games = len(pc.unique(table["traj_id"]))
             self.trajs.inc(games)
-            in_flight.append(verifier.score.remote(schema.to_ipc(table)))
+            in_flight.append(verifier.verify.remote(schema.to_ipc(table)))
             self.sent += games
             if len(in_flight) >= max_in_flight:
                 done, in_flight = ray.wait(in_flight, num_returns=1)
@@ -371,7 +323,7 @@ class GeneratorActor:
         self.gen.load_members(members, fetch)
 
     def _report(self, league, table: pa.Table) -> None:
-        results = [(g["game"], g["opponent"], score(g["outcome"])) for g in outcomes(table)
+        results = [(g["game"], g["opponent"], game_points(g["outcome"])) for g in outcomes(table)
                    if g["opponent"] != SELF]
         if results:
             league.record.remote(results)

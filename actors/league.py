@@ -14,6 +14,7 @@ import ray
 from selfplay.config import LeagueConfig
 from selfplay.league import (LEARNER, SELF, LeagueState, Member, assign_opponents, matchmaking_probs,
                              skill_tier)
+from selfplay.metrics import ray_metric
 
 STATE_FILE = "league.json"
 
@@ -53,18 +54,16 @@ class League:
 class LeagueActor:
     def __init__(self, cfg: LeagueConfig, seed: int, run_id: str, engine_dtype: str,
                  resume_dir: str | None = None):
-        from ray.util import metrics
         state = LeagueState.load(Path(resume_dir) / STATE_FILE) if resume_dir else None
         self.league = League(cfg, seed, state)
         self.engine_dtype = engine_dtype
         self.blobs: dict[str, ray.ObjectRef] = {}
         for m in self.league.state.members:  # resumed: weights again from each member's checkpoint
             self._restore_weights(m)
-        self.elo = metrics.Gauge("selfplay_league_elo", tag_keys=("run", "player"))
-        self.elo.set_default_tags({"run": run_id})
+        self.elo = ray_metric("gauge", "league_elo", {"run": run_id}, ("player",))
 
     def _restore_weights(self, member: Member) -> None:
-        from learner.weights import export_checkpoint
+        from selfplay.weights import export_checkpoint
         blob, checksum = export_checkpoint(member.path, self.engine_dtype)
         if checksum != member.checksum:
             raise RuntimeError(f"league member {member.id}: weights at {member.path} have checksum "

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from actors.engine import Completion, Engine
-from selfplay.config import CHOICES, ConfigError, GeneratorConfig, ModelConfig, build
+from selfplay.config import ConfigError, Dtype, GeneratorConfig, ModelConfig, build
 from selfplay.model import model_dir
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
@@ -313,7 +313,7 @@ class ServeConfig:
     checkpoint: str = ""  # an HF model directory or a checkpoint directory holding one in model/
     model_name: str | None = None  # the `model` clients send; None: the checkpoint directory's name
     max_model_len: int | None = None  # None: the model's own max_position_embeddings
-    dtype: str = "bfloat16"
+    dtype: Dtype = "bfloat16"
     num_replicas: int = 1
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica; one engine per replica, no tensor parallelism
@@ -338,8 +338,6 @@ def serve_config(args: dict) -> ServeConfig:
     cfg = build(ServeConfig, {k: read(k, v) for k, v in args.items()})
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: required (an HF model directory or a checkpoint directory)")
-    if cfg.dtype not in CHOICES["model.dtype"]:
-        raise ConfigError(f"dtype: must be one of {CHOICES['model.dtype']}, got {cfg.dtype!r}")
     for name in ("num_replicas", "max_batch_size", "kv_cache_gib", "max_model_len"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be > 0, got {getattr(cfg, name)!r}")

@@ -9,9 +9,10 @@ from collections import Counter, defaultdict, deque
 import pyarrow as pa
 import ray
 
-from learner.advantages import returns_to_go
 from selfplay import schema
 from selfplay.games import make_game
+from selfplay.metrics import ray_metric
+from selfplay.rewards import returns_to_go
 
 
 class Verifier:
@@ -36,7 +37,8 @@ class Verifier:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
-    def score(self, table: pa.Table) -> pa.Table:
+    def verify(self, table: pa.Table) -> pa.Table:
+        """The accepted turns of `table`, with rewards and returns attached."""
         by_traj: dict[str, list[dict]] = defaultdict(list)
         for row in table.to_pylist():
             by_traj[row["traj_id"]].append(row)
@@ -108,18 +110,15 @@ class Verifier:
 @ray.remote(num_cpus=0.1)
 class VerifierActor:
     def __init__(self, model_path: str, buffer, run_id: str):
-        from ray.util import metrics
         self.verifier = Verifier.for_model(model_path)
         self.buffer = buffer
-        self.rejected = metrics.Counter("selfplay_verifier_rejected", tag_keys=("run", "reason"))
-        self.rejected.set_default_tags({"run": run_id})
-        self.accepted = metrics.Counter("selfplay_verifier_accepted", tag_keys=("run",))
-        self.accepted.set_default_tags({"run": run_id})
+        self.rejected = ray_metric("counter", "verifier_rejected", {"run": run_id}, ("reason",))
+        self.accepted = ray_metric("counter", "verifier_accepted", {"run": run_id})
 
-    def score(self, blob: bytes) -> int:
+    def verify(self, blob: bytes) -> int:
         """Verify a batch and forward the accepted turns to the buffer; returns turns kept."""
         before, accepted_before = Counter(self.verifier.rejected), self.verifier.accepted
-        accepted = self.verifier.score(schema.from_ipc(blob))
+        accepted = self.verifier.verify(schema.from_ipc(blob))
         for reason, n in (self.verifier.rejected - before).items():
             self.rejected.inc(n, tags={"reason": reason})
         if self.verifier.accepted > accepted_before:

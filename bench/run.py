@@ -21,7 +21,8 @@ ROUNDS = 5
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
     from vllm import SamplingParams
 
-    from actors.generator import LEARNER, Generator
+    from actors.generator import Generator
+    from selfplay.league import LEARNER
     gen = Generator("bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
     engine = gen.engines[LEARNER]
     calls: list[list[list[int]]] = []
@@ -59,9 +60,10 @@ def sync_loop(cfg, model_path: str, steps: int) -> float:
     """Generate a wave, verify, train on a batch from it, broadcast; repeat. Turns/s trained."""
 
     from actors.buffer import ReplayBuffer
-    from actors.generator import LEARNER, Generator
+    from actors.generator import Generator
     from actors.verifier import Verifier
     from learner.learner import Learner
+    from selfplay.league import LEARNER
     gen = Generator("sync", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
     verifier = Verifier.for_model(model_path)
     learner = Learner(cfg.learner, cfg.model, model_path, cfg.seed)
@@ -70,7 +72,7 @@ def sync_loop(cfg, model_path: str, steps: int) -> float:
     def step():
         batch = buffer.sample(cfg.learner.batch_size, learner.version)
         while batch is None:
-            buffer.add(verifier.score(gen.self_play(cfg.generator.games_per_wave)))
+            buffer.add(verifier.verify(gen.self_play(cfg.generator.games_per_wave)))
             batch = buffer.sample(cfg.learner.batch_size, learner.version)
         learner.train_step(batch)
         blob, _ = learner.export()

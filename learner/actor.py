@@ -10,7 +10,7 @@ import ray
 from learner.learner import Learner
 from selfplay import schema
 from selfplay.config import LearnerConfig, ModelConfig
-from selfplay.metrics import SECONDS
+from selfplay.metrics import SECONDS, ray_metric
 
 
 class BroadcastMismatch(RuntimeError):
@@ -21,7 +21,6 @@ class BroadcastMismatch(RuntimeError):
 class LearnerActor:
     def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int,
                  buffer, run_id: str, resume_dir: str | None = None):
-        from ray.util import metrics
         self.learner = Learner(cfg, model_cfg, model_path, seed)
         if resume_dir:
             self.learner.load(resume_dir)
@@ -33,14 +32,10 @@ class LearnerActor:
         self.wait_s = 0.0
         self.broadcast_s = 0.0
         tags = {"run": run_id}
-        self.gauges = {n: metrics.Gauge(f"selfplay_learner_{n}", tag_keys=("run",))
+        self.gauges = {n: ray_metric("gauge", f"learner_{n}", tags)
                        for n in ("step", "loss", "entropy", "weight_version", "staleness_mean")}
-        for g in self.gauges.values():
-            g.set_default_tags(tags)
-        self.histograms = {n: metrics.Histogram(f"selfplay_learner_{n}", boundaries=SECONDS, tag_keys=("run",))
+        self.histograms = {n: ray_metric("histogram", f"learner_{n}", tags, boundaries=SECONDS)
                            for n in ("step_seconds", "broadcast_seconds")}
-        for h in self.histograms.values():
-            h.set_default_tags(tags)
 
     def add_target(self, name: str, actor) -> None:
         """Register a generator or opponent that receives every broadcast."""

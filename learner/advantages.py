@@ -1,4 +1,5 @@
-"""Returns and SPIRAL's role-conditioned advantage estimation (RAE).
+"""SPIRAL's role-conditioned advantage estimation (RAE), on the returns the verifier
+attaches (`selfplay/rewards.py`).
 
 SPIRAL (Liu et al., 2025, "SPIRAL: Self-Play on Zero-Sum Games Incentivizes Reasoning"):
     b_{G,p} <- alpha * b_{G,p} + (1 - alpha) * R_p        (one EMA per game G and role p)
@@ -10,15 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 Key = tuple[str, int]  # (game, role)
-
-
-def returns_to_go(rewards: list[float], gamma: float = 1.0) -> list[float]:
-    """G_t = r_t + gamma * G_{t+1}, for one role's turns in order."""
-    out, acc = [0.0] * len(rewards), 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        acc = rewards[t] + gamma * acc
-        out[t] = acc
-    return out
 
 
 def update_baselines(baselines: dict[Key, float], keys: list[Key], returns: list[float],

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
 from learner.advantages import role_conditioned_advantages, update_baselines
-from learner.weights import export_weights
+from selfplay.weights import export_weights
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.metrics import action_entropy, distinct_n
 

@@ -8,6 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -16,11 +17,17 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or ill-typed; the message names the field."""
 
 
+# Closed sets are types: the loader checks a value against them, and code that needs the
+# list reads it with typing.get_args (one definition each).
+Dtype = Literal["bfloat16", "float32", "float16"]
+MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:matchmaking_probs
+
+
 @dataclass
 class ModelConfig:
     path: str | None = None  # any HF-format directory; None builds the default model
     preset: str = "3m"  # default-model size when path is None
-    dtype: str = "bfloat16"  # generation and autocast dtype
+    dtype: Dtype = "bfloat16"  # generation and autocast dtype
     max_model_len: int | None = None  # None: the model's own max_position_embeddings
 
 
@@ -86,7 +93,7 @@ class EvalConfig:
 @dataclass
 class LeagueConfig:
     enabled: bool = False
-    mode: str = "pfsp"  # pfsp | near | latest: how league opponents are drawn
+    mode: MatchmakingMode = "pfsp"  # how league opponents are drawn
     self_play_fraction: float = 0.5  # share of training games against the current policy itself
     max_live_opponents: int = 2  # opponent engines per generator; least recently used is swapped
     promote_every: int = 50  # steps between promotion matches against the newest snapshot
@@ -153,11 +160,15 @@ NON_NEGATIVE = {
     "learner.num_gpus", "verifier.num_cpus", "learner.ref_refresh_every", "league.pfsp_power",
     "autoscale.learner_idle_high", "autoscale.generator_idle_high", "autoscale.cooldown_s",
 }
-CHOICES = {"model.dtype": ("bfloat16", "float32", "float16"), "league.mode": ("pfsp", "near", "latest")}
 
 
 def _coerce(value, typ, name: str):
     origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(f"{name}: must be one of {choices}, got {value!r}")
+        return value
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(typ)
         if value is None and type(None) in options:
@@ -216,9 +227,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in NON_NEGATIVE:
         if not _get(cfg, name) >= 0:
             raise ConfigError(f"{name}: must be >= 0, got {_get(cfg, name)!r}")
-    for name, choices in CHOICES.items():
-        if _get(cfg, name) not in choices:
-            raise ConfigError(f"{name}: must be one of {choices}, got {_get(cfg, name)!r}")
     if cfg.model.max_model_len is not None and cfg.model.max_model_len <= 0:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not 0 <= cfg.learner.baseline_alpha < 1:

@@ -22,8 +22,10 @@ from learner.actor import LearnerActor
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
-from selfplay.metrics import MetricsLog, eval_metrics
+from selfplay.evals import eval_metrics, eval_summary
+from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
+from selfplay.stats import points
 from selfplay.scaling import EVAL_GENERATOR
 
 COMPLETE = "COMPLETE"
@@ -221,7 +223,7 @@ class Run:
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
                   "league/vs_previous_hi": result.hi, "league/vs_previous_games": result.games}
-        values.update({f"league/vs_previous/{game}/score": s["win"] + s["draw"] / 2 for game, s in per_game.items()})
+        values.update({f"league/vs_previous/{game}/score": points(s["win"], s["draw"]) for game, s in per_game.items()})
         self.metrics.log(self.step, self.wall(), values)
         if result.promote:
             new = self.promote()
@@ -317,16 +319,6 @@ def wait_until_free(names: list[str], timeout_s: float = 60) -> None:
             names.pop(0)
 
 
-def summarize_evals(results: dict) -> dict:
-    out = {}
-    for key, r in results.items():
-        if "exploitability" in r:
-            out[key] = r
-        else:
-            out[key] = {k: r[k] for k in ("win", "draw", "loss", "illegal", "non_loss", "return", "games")}
-    return out
-
-
 def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None) -> Path:
     """Train until total_steps (or the time limit); returns the run directory. `name`
     fixes the directory (OUT_DIR/NAME): the run resumes there if it has a checkpoint."""
@@ -348,12 +340,12 @@ def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         if not resume_from:
-            summary["before"] = summarize_evals(r.evaluate(wait=True))
+            summary["before"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
         r.train()
         if STOP.is_set():  # stopped from outside: keep what was learned, skip the long final evaluation
             summary["stopped_at_step"] = r.step
         else:
-            summary["after"] = summarize_evals(r.evaluate(wait=True))
+            summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
         summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
                        last_checkpoint=str(r.checkpoint()), pool=r.pool_summary(), placement=r.placement())
         if r.league is not None:

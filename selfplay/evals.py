@@ -1,24 +1,93 @@
-"""Evaluations read from a policy's probabilities rather than from played games."""
+"""Evaluations: a policy's results read from played games (outcomes, summarize, the
+fields every evaluation reports) and from its probabilities (Kuhn poker's policy table).
+Pure: tables and callables in, numbers out."""
 from __future__ import annotations
 
 import math
 import string
 from collections.abc import Callable
 
+import pyarrow as pa
+
 from selfplay.games import kuhn
+from selfplay.league import LEARNER
+from selfplay.stats import points
+
+# What an evaluation reports, defined once: the rates (report tables), the summary's
+# fields (summary.json "before"/"after") and the metrics logged per eval (per seat too).
+RATES = ("win", "draw", "loss", "illegal", "non_loss")
+SUMMARY_FIELDS = (*RATES, "return", "games")
+EVAL_FIELDS = (*SUMMARY_FIELDS, "first_win", "first_non_loss", "second_win", "second_non_loss")
+
+
+def game_points(outcome: float) -> float:
+    """One game's points from its outcome for one side: win 1, draw 1/2, loss 0."""
+    return points(outcome > 0, outcome == 0)
+
+
+def eval_summary(result: dict) -> dict:
+    """The summary.json view of one evaluation: SUMMARY_FIELDS of a played evaluation, or
+    the whole result of a probability-based one (Kuhn exploitability)."""
+    if "exploitability" in result:
+        return result
+    return {k: result[k] for k in SUMMARY_FIELDS}
+
+
+def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
+    """Flatten a played evaluation into PREFIX/GAME/OPP/FIELD metric names."""
+    key = f"{prefix}/{result['game']}/{result['opponent']}"
+    return {f"{key}/{k}": result[k] for k in EVAL_FIELDS}
+
+
+def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
+    """One entry per game `policy` took part in, from its side: game, opponent, role,
+    outcome, illegal. A game counts even if `policy` never moved (the opponent opened with
+    an illegal move): its seat is read from the opponent's rows."""
+    games: dict[str, dict] = {}
+    cols = ["traj_id", "game", "role", "policy_id", "opponent_id", "outcome", "illegal"]
+    for row in table.select(cols).to_pylist():
+        if row["policy_id"] == policy:
+            role, outcome, illegal, other = row["role"], row["outcome"], row["illegal"], row["opponent_id"]
+        elif row["opponent_id"] == policy:  # two-player zero-sum: `policy` got -outcome
+            role, outcome, illegal, other = 1 - row["role"], -row["outcome"], False, row["policy_id"]
+        else:
+            continue
+        g = games.setdefault(row["traj_id"], {"game": row["game"], "opponent": other, "role": role,
+                                              "outcome": outcome, "illegal": False})
+        g["illegal"] |= illegal
+    return list(games.values())
+
+
+def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
+    """Win/draw/loss/non-loss/illegal rates and mean return of `policy` against a
+    different opponent, overall and per seat."""
+    games = outcomes(table, policy)
+    stats: dict = {}
+    for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
+                          ("second_", [g for g in games if g["role"] == 1])):
+        n = max(len(subset), 1)
+        stats[f"{label}games"] = len(subset)
+        stats[f"{label}win"] = sum(g["outcome"] > 0 for g in subset) / n
+        stats[f"{label}draw"] = sum(g["outcome"] == 0 for g in subset) / n
+        stats[f"{label}loss"] = sum(g["outcome"] < 0 for g in subset) / n
+        stats[f"{label}non_loss"] = sum(g["outcome"] >= 0 for g in subset) / n
+        stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
+        stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
+    return stats
+
 
 # Every one-character reply that Kuhn poker accepts, grouped by the action it means.
 KUHN_REPLIES = {a: [c for c in string.printable if kuhn.Kuhn.parse_action(c) == a] for a in (0, 1)}
 
 
-def kuhn_policy_table(score: Callable[[list[str], list[str]], list[float]]) -> dict:
+def kuhn_policy_table(loglikelihood: Callable[[list[str], list[str]], list[float]]) -> dict:
     """The policy at Kuhn poker's 12 information states, for OpenSpiel's exploitability.
-    `score(observations, replies)` gives each reply's log-likelihood after its observation.
+    `loglikelihood(observations, replies)` gives each reply's log-likelihood after its observation.
     P(action) sums the one-character replies that parse to it ('p'/'P', 'b'/'B'); the mass
     on anything else (an illegal reply) is reported as illegal_mass and renormalised away,
     which is exact for one-token replies (the demo's setting)."""
     pairs = [(s, a, c) for s in kuhn.INFO_STATES for a, chars in KUHN_REPLIES.items() for c in chars]
-    logps = score([s.observation for s, _, _ in pairs], [c for _, _, c in pairs])
+    logps = loglikelihood([s.observation for s, _, _ in pairs], [c for _, _, c in pairs])
     mass = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}
     for (s, a, _), lp in zip(pairs, logps):
         mass[s.key][a] += math.exp(lp)

@@ -11,15 +11,17 @@ import json
 import math
 import os
 import random
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from selfplay.stats import wilson_interval
+from selfplay.config import MatchmakingMode
+from selfplay.stats import points, wilson_interval
 
 DEFAULT_RATING = 1000.0
 SELF = "self"  # the learner playing itself
 LEARNER = "learner"  # the learner's id in results and rating_history
-MODES = ("pfsp", "near", "latest")
+MODES = typing.get_args(MatchmakingMode)
 LEAGUE_VERSION = 1
 # Skill-conditioned prompts: the seed model's tokens, prefixed by how strong the opponent is.
 SKILL_TOKENS = {"novice": "<novice>", "intermediate": "<intermediate>", "expert": "<expert>"}
@@ -136,9 +138,9 @@ def promotion(wins: int, draws: int, losses: int, threshold: float = 0.6,
     """Score counts draws half: in TicTacToe between decent players draws dominate, so a pure
     win rate would never pass. The 95% Wilson interval treats the score as a proportion."""
     games = wins + draws + losses
-    points = wins + draws / 2
-    score = points / games if games else 0.0
-    lo, hi = wilson_interval(points, games)
+    won = points(wins, draws)
+    score = won / games if games else 0.0
+    lo, hi = wilson_interval(won, games)
     return PromotionResult(games >= min_games and score > threshold, score, lo, hi, games)
 
 
@@ -222,7 +224,7 @@ class LeagueState:
         out = []
         for m in self.members:
             w, d, l = self.head_to_head(LEARNER, m.id)
-            out.append((w + d / 2 + 1) / (w + d + l + 2))
+            out.append((points(w, d) + 1) / (w + d + l + 2))
         return out
 
     def to_dict(self) -> dict:

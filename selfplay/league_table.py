@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from selfplay.league import LEARNER, LeagueState
+from selfplay.stats import points
 
 
 def load_league(run_dir: Path) -> LeagueState:
@@ -27,7 +28,7 @@ def score_matrix(state: LeagueState) -> tuple[list[str], list[list[float | None]
         row = []
         for b in ids:
             w, d, l = state.head_to_head(a, b) if a != b else (0, 0, 0)
-            row.append((w + d / 2) / (w + d + l) if w + d + l else None)
+            row.append(points(w, d) / (w + d + l) if w + d + l else None)
         matrix.append(row)
     return ids, matrix
 

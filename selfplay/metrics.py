@@ -12,6 +12,18 @@ import pyarrow.parquet as pq
 
 SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]  # latency histogram bounds (Ray metrics)
 
+
+def ray_metric(kind: str, name: str, tags: dict[str, str], extra_keys: tuple[str, ...] = (), **kwargs):
+    """A Ray metric `selfplay_NAME` ("counter", "gauge" or "histogram"; histograms take
+    `boundaries`) carrying `tags` as its default tags; `extra_keys` are tags given per
+    call (e.g. a rejection reason). Every actor makes its metrics here, so the naming and
+    the run tag are one rule."""
+    from ray.util import metrics
+    cls = {"counter": metrics.Counter, "gauge": metrics.Gauge, "histogram": metrics.Histogram}[kind]
+    metric = cls(f"selfplay_{name}", tag_keys=(*tags, *extra_keys), **kwargs)
+    metric.set_default_tags(tags)
+    return metric
+
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("wall_s", pa.float64()),
                             ("name", pa.string()), ("value", pa.float64())])
 
@@ -41,10 +53,7 @@ class MetricsLog:
 
     def _gauge(self, name: str):
         if name not in self.gauges:
-            from ray.util import metrics
-            gauge = metrics.Gauge("selfplay_" + re.sub(r"[^a-zA-Z0-9_]", "_", name), tag_keys=("run",))
-            gauge.set_default_tags({"run": self.run_id})
-            self.gauges[name] = gauge
+            self.gauges[name] = ray_metric("gauge", re.sub(r"[^a-zA-Z0-9_]", "_", name), {"run": self.run_id})
         return self.gauges[name]
 
     def last(self, name: str) -> float | None:
@@ -62,16 +71,6 @@ class MetricsLog:
     def close(self) -> None:
         self.flush()
         self.tb.close()
-
-
-EVAL_FIELDS = ("win", "draw", "loss", "illegal", "games", "return", "non_loss",
-               "first_win", "first_non_loss", "second_win", "second_non_loss")
-
-
-def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
-    """Flatten a generator `evaluate` result into PREFIX/GAME/OPP/... metric names."""
-    key = f"{prefix}/{result['game']}/{result['opponent']}"
-    return {f"{key}/{k}": result[k] for k in EVAL_FIELDS}
 
 
 def distinct_n(texts: list[str], n: int) -> float:

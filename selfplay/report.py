@@ -24,11 +24,11 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from selfplay.evals import RATES  # noqa: E402
 from selfplay.league import LeagueState  # noqa: E402
 from selfplay.league_table import load_league, member_rows, score_matrix  # noqa: E402
 from selfplay.stats import wilson_interval  # noqa: E402
 
-RATES = ("win", "draw", "loss", "illegal", "non_loss")
 OUTCOME = (*RATES, "return")
 CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
 # OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.

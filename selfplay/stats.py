@@ -1,4 +1,4 @@
-"""Small statistics shared by the report, the league and the driver."""
+"""Small statistics shared by the report, the league, the evaluations and the driver."""
 from __future__ import annotations
 
 import math
@@ -14,3 +14,9 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def points(wins: float, draws: float) -> float:
+    """A game's points: a win 1, a draw 1/2, a loss 0. What Elo, promotion and every
+    head-to-head score count; over n games, points / n is the score."""
+    return wins + draws / 2

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from learner.advantages import returns_to_go, role_conditioned_advantages, update_baselines
+from learner.advantages import role_conditioned_advantages, update_baselines
+from selfplay.rewards import returns_to_go
 
 X, O = ("tictactoe", 0), ("tictactoe", 1)
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.learner import collate, sequence_logprobs
-from learner.weights import export_weights
+from selfplay.weights import export_weights
 from selfplay import schema
 
 pytestmark = pytest.mark.integration

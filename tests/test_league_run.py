@@ -10,7 +10,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from learner.weights import export_checkpoint
+from selfplay.weights import export_checkpoint
 from selfplay import driver
 from selfplay.config import LeagueConfig
 from selfplay.league import DEFAULT_RATING, LeagueState

@@ -76,8 +76,8 @@ def test_a_tensor_parallel_generator_gets_one_gpu_bundle_per_worker():
 def test_the_verifier_rejects_a_trajectory_it_has_seen():
     verifier = Verifier(decode=digits)
     table = tictactoe_game("a")
-    assert verifier.score(table).num_rows == table.num_rows
-    assert verifier.score(table).num_rows == 0  # the same game again, e.g. from a retried call
+    assert verifier.verify(table).num_rows == table.num_rows
+    assert verifier.verify(table).num_rows == 0  # the same game again, e.g. from a retried call
     stats = verifier.stats()
     assert (stats["accepted"], stats["rejected_duplicate"], stats["received"]) == (1, 1, 2)
     assert stats["accepted_turns"] == table.num_rows
@@ -87,10 +87,10 @@ def test_the_duplicate_window_is_bounded():
     verifier = Verifier(decode=digits, remember=2)
     games = [tictactoe_game(traj_id) for traj_id in "abc"]
     for game in games:
-        verifier.score(game)
+        verifier.verify(game)
     assert len(verifier.seen) == 2
-    assert verifier.score(games[0]).num_rows == games[0].num_rows  # forgotten: accepted again
-    assert verifier.score(games[2]).num_rows == 0
+    assert verifier.verify(games[0]).num_rows == games[0].num_rows  # forgotten: accepted again
+    assert verifier.verify(games[2]).num_rows == 0
 
 
 @pytest.mark.parametrize("override, message", [

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from actors.generator import LEARNER, summarize
+from selfplay.evals import summarize
+from selfplay.league import LEARNER
 from selfplay import schema
 from tests.rows import make_row
 
@@ -36,9 +37,9 @@ def test_diversity_metrics_on_hand_counted_replies():
     assert action_entropy(["1", "2", "1", "2"]) == pytest.approx(math.log(2))
 
 
-def test_scores_for_elo():
-    from actors.generator import score
-    assert (score(2.0), score(0.0), score(-1.0)) == (1.0, 0.5, 0.0)
+def test_game_points_for_elo():
+    from selfplay.evals import game_points
+    assert (game_points(2.0), game_points(0.0), game_points(-1.0)) == (1.0, 0.5, 0.0)
 
 
 def test_summarize_from_either_policys_side():

@@ -253,9 +253,9 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
     for row in rows:
         row["outcome"] = returns[row["role"]]
     verifier = Verifier(decode=lambda ids: "")
-    assert verifier.score(schema.from_rows(rows)).num_rows == len(rows)
+    assert verifier.verify(schema.from_rows(rows)).num_rows == len(rows)
     forged = [dict(row, traj_id="forged", outcome=-row["outcome"]) for row in rows]
-    assert verifier.score(schema.from_rows(forged)).num_rows == 0
+    assert verifier.verify(schema.from_rows(forged)).num_rows == 0
     assert verifier.stats() == {"accepted": 1, "accepted_turns": len(rows), "received": 2,
                                 "rejected_outcome_mismatch": 1}
 

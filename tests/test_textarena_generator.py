@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.generator import LEARNER, Generator, Match
+from actors.generator import Generator, Match
+from selfplay.league import LEARNER
 from actors.verifier import Verifier
 from selfplay.config import load_config
 from selfplay.model import create_default_model
@@ -32,7 +33,7 @@ def test_textarena_games_are_played_and_verified(long_context_generator):
     assert {r["game"] for r in rows} == set(GAMES)
     assert all(len(r["prompt_ids"]) > 400 and 0 < len(r["response_ids"]) <= 8 for r in rows)
     verifier = Verifier.for_model(model)
-    assert verifier.score(table).num_rows == len(rows)  # every game replays to the same outcome
+    assert verifier.verify(table).num_rows == len(rows)  # every game replays to the same outcome
     assert verifier.rejected == {}
 
 

@@ -1,11 +1,22 @@
-"""Weight export for broadcast: safetensors bytes (no pickles) in the engine's dtype, with
-the checksum generators must echo back after loading them."""
+"""Weights on the wire: safetensors bytes (no pickles) in the engine's dtype, and the
+checksum an engine must echo back after loading them. Shared by the learner (export), the
+engine's worker extension (checksum of what arrived) and the league (members restored
+from checkpoints), so neither `actors/` nor `learner/` imports the other."""
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from safetensors.torch import save as save_safetensors
 
-from actors.engine_ext import state_checksum
+
+def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """Order-independent digest of named tensors, computed on fp32 values."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, str]:
