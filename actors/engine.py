@@ -1,9 +1,12 @@
 """A vLLM engine with in-place weight reload. Plain class; used by generator actors, the
-eval command and the benchmarks."""
+eval command and the benchmarks. `PolicyEngine` says what the generator needs of an engine,
+so its game loop can also run on a small scripted one (tests/engines.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from selfplay.config import GeneratorConfig, ModelConfig
 
@@ -18,7 +21,37 @@ class Completion:
     finish_reason: str = "length"  # vLLM's: "stop" (EOS or a stop string) or "length"
 
 
+class PolicyEngine(Protocol):
+    """One policy served for generation: vLLM's `Engine` in runs, a scripted one in tests."""
+
+    max_model_len: int  # prompt plus reply, in tokens
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, as prompts are fed to `generate`."""
+
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int],
+                 temperature: float | list[float],
+                 stop: list[list[str]] | None = None) -> list[Completion]:
+        """One sampled completion per prompt, in order, with the log-prob of each token."""
+
+    def loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+        """Log-likelihood of each continuation after its prompt."""
+
+    def load_weights(self, blob: bytes) -> str:
+        """Replace the weights in place (safetensors bytes); returns the checksum loaded."""
+
+    def close(self) -> None:
+        """Release the engine's resources."""
+
+
+# A new engine on a model directory (None: the learner's model, for a league slot whose
+# weights are then loaded in place).
+EngineFactory = Callable[[str | None], PolicyEngine]
+
+
 class Engine:
+    """PolicyEngine on vLLM."""
+
     def __init__(self, model_path: str, model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int):
         # Read by the CPU backend only; the engine process inherits them.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen_cfg.kv_cache_gib)

@@ -1,8 +1,12 @@
-"""Generator: plays many games at once on vLLM engines. Every pending model turn of every
+"""Generator: plays many games at once on policy engines. Every pending model turn of every
 game for the same policy goes into one engine call; scripted opponents move between calls.
 League opponents sit in a bounded number of opponent engines (slots) whose weights are
 swapped in place through the same path as the learner's broadcast. Finished trajectories
-go to the verifier (and on to the buffer) without touching the driver."""
+go to the verifier (and on to the buffer) without touching the driver.
+
+The plain `Generator` is handed its engines (the learner's, and a factory for opponents'),
+as `load_members` is handed `fetch`: runs give it vLLM engines (`Generator.from_model`),
+tests a scripted one (tests/engines.py). `GeneratorActor` is the Ray shell."""
 from __future__ import annotations
 
 import functools
@@ -11,13 +15,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from actors.engine import Engine
+from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import schema
 from selfplay.config import GeneratorConfig, ModelConfig
 from selfplay.games import make_game, scripted_players
@@ -49,6 +54,13 @@ def slot_plan(loaded: list[str], needed: set[str], capacity: int) -> list[tuple[
     return plan
 
 
+def check_fits(game: str, prompt_tokens: int, reply_tokens: int, max_model_len: int) -> None:
+    """Refuse a turn before the engine call rather than let vLLM reject it mid-wave."""
+    if prompt_tokens + reply_tokens > max_model_len:
+        raise ValueError(f"{game}: a prompt of {prompt_tokens} tokens plus a {reply_tokens}-token reply "
+                         f"does not fit the model's context of {max_model_len} (model.max_model_len)")
+
+
 @dataclass(frozen=True)
 class Match:
     game: str
@@ -63,24 +75,64 @@ def both_seats(game: str, opponent: str, n_games: int, tier: str | None = None) 
             + [Match(game, (opponent, LEARNER), (None, tier))] * n_games)
 
 
+@dataclass
+class GameInPlay:
+    """One game of a `play` call: its match, its state, the scripted player at each seat
+    (None where a policy engine moves), its trajectory id and its turns so far."""
+    match: Match
+    state: Any  # a game from make_game
+    scripted: list  # per seat
+    traj_id: str
+    turns: list[dict] = field(default_factory=list)
+
+    @property
+    def role(self) -> int:
+        return self.state.current_player
+
+    @property
+    def mover(self) -> str:
+        return self.match.seats[self.role]
+
+    def rows(self) -> list[dict]:
+        """The finished game's turns, each with its trajectory, order and final outcome."""
+        returns = self.state.returns()
+        return [{**row, "traj_id": self.traj_id, "seed": self.state.seed, "turn": t,
+                 "outcome": returns[row["role"]]} for t, row in enumerate(self.turns)]
+
+
 class Generator:
-    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
-                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
+    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], engine: PolicyEngine,
+                 new_engine: EngineFactory, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
                  max_live_opponents: int = 2):
-        self.id, self.run_id, self.cfg = generator_id, run_id, gen_cfg
-        self.games, self.mix = list(games), list(games.values())
-        self.model_path, self.model_cfg, self.seed = model_path, model_cfg, seed
-        self.engines = {LEARNER: Engine(model_path, model_cfg, gen_cfg, seed)}
+        """`engine` serves the learner's policy; `new_engine(model_path)` makes opponents'
+        engines (`add_opponent`, and league slots with None). All share `engine`'s tokenizer."""
+        self.id = generator_id
+        self.run_id = run_id
+        self.cfg = gen_cfg
+        self.games = list(games)
+        self.mix = list(games.values())
+        self.new_engine = new_engine
+        self.engines = {LEARNER: engine}
         self.versions = {LEARNER: version}
-        self.encode = functools.lru_cache(maxsize=1 << 16)(
-            lambda text: tuple(self.engines[LEARNER].encode(text)))
+        self.encode = functools.lru_cache(maxsize=1 << 16)(lambda text: tuple(engine.encode(text)))
         self.rng = random.Random(seed)
         self.checksum: str | None = None
         self.lock = threading.Lock()  # weights change only between engine calls
         self.max_live = max_live_opponents
-        self.slots: OrderedDict[str, Engine] = OrderedDict()  # league member -> engine, LRU first
+        self.slots: OrderedDict[str, PolicyEngine] = OrderedDict()  # league member -> engine, LRU first
         self.counts = {"games": 0, "turns": 0, "tokens": 0, "engine_s": 0.0, "illegal": 0,
                        "opponent_loads": 0}
+
+    @classmethod
+    def from_model(cls, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
+                   model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
+                   max_live_opponents: int = 2) -> "Generator":
+        """A generator on vLLM engines: the learner's and league slots' on `model_path`,
+        `add_opponent`'s on the opponent's directory."""
+        def new_engine(path: str | None) -> Engine:
+            return Engine(path or model_path, model_cfg, gen_cfg, seed)
+        return cls(generator_id, run_id, games, new_engine(None), new_engine, gen_cfg, seed, version,
+                   max_live_opponents)
 
     @property
     def version(self) -> int:
@@ -94,7 +146,7 @@ class Generator:
         """Load a fixed policy from a directory on its own engine; it can then sit at a seat
         by `name`. It must share the learner's tokenizer (prompts are encoded once)."""
         self._check_name(name)
-        self.engines[name] = Engine(model_path, self.model_cfg, self.cfg, self.seed)
+        self.engines[name] = self.new_engine(model_path)
         self.versions[name] = version
 
     def load_members(self, needed: set[str], fetch) -> None:
@@ -116,7 +168,7 @@ class Generator:
         self._check_name(member_id)
         with self.lock:
             if replace is None:
-                engine = Engine(self.model_path, self.model_cfg, self.cfg, self.seed)
+                engine = self.new_engine(None)
             else:
                 engine = self.slots.pop(replace)
                 self.versions.pop(replace, None)
@@ -129,7 +181,7 @@ class Generator:
             self.versions[member_id] = version
             self.counts["opponent_loads"] += 1
 
-    def _engine(self, policy: str) -> Engine:
+    def _engine(self, policy: str) -> PolicyEngine:
         if policy in self.slots:
             self.slots.move_to_end(policy)
             return self.slots[policy]
@@ -146,67 +198,74 @@ class Generator:
 
     def play(self, matches: list[Match], temperature: float) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
-        same policy go into one engine call."""
-        games = [make_game(m.game, seed=self.rng.getrandbits(31)) for m in matches]
-        players = [[scripted_players(m.game)[s](self.rng.getrandbits(31))
-                    if s in scripted_players(m.game) else None for s in m.seats] for m in matches]
-        traj_ids = [uuid.uuid4().hex for _ in matches]
-        turns: list[list[dict]] = [[] for _ in matches]
-        while True:
-            live = [i for i, g in enumerate(games) if not g.is_terminal]
-            if not live:
-                break
-            model_turns: dict[str, list[int]] = {}
-            for i in live:
-                scripted = players[i][games[i].current_player]
-                if scripted is None:
-                    model_turns.setdefault(matches[i].seats[games[i].current_player], []).append(i)
-                    continue
-                role, action = games[i].current_player, scripted.act(games[i])
-                games[i].apply(action)
-                turns[i].append(self._row(matches[i], role, (), (), [], games[i].action_text(action),
-                                          False, self.versions, 0.0))
-            for policy, idx in model_turns.items():
-                self._model_moves(policy, games, matches, turns, idx, temperature)
-        rows = []
-        for i, g in enumerate(games):
-            returns = g.returns()
-            for t, row in enumerate(turns[i]):
-                row.update(traj_id=traj_ids[i], seed=g.seed, turn=t, outcome=returns[row["role"]])
-                rows.append(row)
+        same policy go into one engine call; scripted players move between calls."""
+        games = self._deal(matches)
+        while live := [g for g in games if not g.state.is_terminal]:
+            waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
+            for g in live:
+                player = g.scripted[g.role]
+                if player is None:
+                    waiting.setdefault(g.mover, []).append(g)
+                else:
+                    self._scripted_move(g, player)
+            for policy, batch in waiting.items():
+                self._model_moves(policy, batch, temperature)
         self.counts["games"] += len(games)
-        return schema.from_rows(rows)
+        return schema.from_rows([row for g in games for row in g.rows()])
+
+    def _deal(self, matches: list[Match]) -> list[GameInPlay]:
+        """A new game per match. Draw order (kept so a seed gives the same games): every
+        game's seed, then each match's scripted players seat by seat."""
+        seeds = [self.rng.getrandbits(31) for _ in matches]
+        return [GameInPlay(m, make_game(m.game, seed=s), self._scripted_players(m), uuid.uuid4().hex)
+                for m, s in zip(matches, seeds)]
+
+    def _scripted_players(self, match: Match) -> list:
+        scripted = scripted_players(match.game)
+        return [scripted[s](self.rng.getrandbits(31)) if s in scripted else None for s in match.seats]
+
+    def _scripted_move(self, g: GameInPlay, player) -> None:
+        role = g.role
+        action = player.act(g.state)
+        g.state.apply(action)
+        g.turns.append(self._row(g.match, role, text=g.state.action_text(action), versions=self.versions))
 
     def prompt(self, observation: str, tier: str | None) -> list[int]:
         prefix = SKILL_TOKENS[tier] if tier and self.cfg.skill_prompts else ""
         return list(self.encode(prefix + observation))
 
-    def _model_moves(self, policy, games, matches, turns, idx: list[int], temperature: float) -> None:
-        prompts = [self.prompt(games[i].observation(games[i].current_player),
-                               matches[i].tiers[games[i].current_player]) for i in idx]
-        limits = [min(self.cfg.max_response_tokens, getattr(games[i], "max_reply_chars", None)
-                      or self.cfg.max_response_tokens) for i in idx]  # a token is at least one char
+    def _reply_limit(self, game) -> int:
+        # a token is at least one character, so a game's longest reply bounds its tokens
+        return min(self.cfg.max_response_tokens, getattr(game, "max_reply_chars", None)
+                   or self.cfg.max_response_tokens)
+
+    def _model_moves(self, policy: str, batch: list[GameInPlay], temperature: float) -> None:
+        """One engine call for every game in `batch`, all awaiting `policy`'s reply."""
+        prompts = [self.prompt(g.state.observation(g.role), g.match.tiers[g.role]) for g in batch]
+        limits = [self._reply_limit(g.state) for g in batch]
         with self.lock:
             engine = self._engine(policy)
-            for i, prompt, limit in zip(idx, prompts, limits):
-                if len(prompt) + limit > engine.max_model_len:
-                    raise ValueError(f"{matches[i].game}: a prompt of {len(prompt)} tokens plus a {limit}-token reply "
-                                     f"does not fit the model's context of {engine.max_model_len} (model.max_model_len)")
+            for g, prompt, limit in zip(batch, prompts, limits):
+                check_fits(g.match.game, len(prompt), limit, engine.max_model_len)
             start = time.perf_counter()
             outs = engine.generate(prompts, limits, temperature)
             elapsed = time.perf_counter() - start
-            versions = dict(self.versions)
-        for i, prompt, out in zip(idx, prompts, outs):
-            role = games[i].current_player
-            legal = games[i].apply_text(out.text)
-            turns[i].append(self._row(matches[i], role, prompt, out.token_ids, out.logprobs, out.text,
-                                      not legal, versions, elapsed))
+            versions = dict(self.versions)  # the weights that made `outs`
+        for g, prompt, out in zip(batch, prompts, outs):
+            role = g.role
+            legal = g.state.apply_text(out.text)
+            g.turns.append(self._row(g.match, role, prompt=prompt, response=out.token_ids,
+                                     logprobs=out.logprobs, text=out.text, illegal=not legal,
+                                     versions=versions, elapsed=elapsed))
             self.counts["illegal"] += not legal
-        self.counts["turns"] += len(idx)
+        self.counts["turns"] += len(batch)
         self.counts["tokens"] += sum(len(o.token_ids) for o in outs)
         self.counts["engine_s"] += elapsed
 
-    def _row(self, match, role, prompt, response, logprobs, text, illegal, versions, elapsed) -> dict:
+    def _row(self, match: Match, role: int, *, text: str, versions: dict[str, int], prompt=(),
+             response=(), logprobs=(), illegal: bool = False, elapsed: float = 0.0) -> dict:
+        """One turn by seat `role` of `match`; a scripted move has no tokens and no engine
+        time. traj_id, seed, turn and outcome are added when the game ends (GameInPlay.rows)."""
         mover, other = match.seats[role], match.seats[1 - role]
         is_learner = mover == LEARNER
         return {
@@ -262,7 +321,7 @@ class Generator:
 
 @ray.remote(max_concurrency=4)
 class GeneratorActor:
-    """Ray shell. `run` loops in one thread; `set_weights`, `evaluate` and `stats` are
+    """Ray shell. `play_loop` loops in one thread; `set_weights`, `evaluate` and `stats` are
     served from others and take the engine lock only between engine calls. With a league
     actor, each wave's opponents come from its matchmaking and every finished league game
     goes back to it for Elo."""
@@ -270,9 +329,9 @@ class GeneratorActor:
     def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
                  model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
                  max_live_opponents: int = 2):
-        self.gen = Generator(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version,
-                             max_live_opponents)
-        self.stopped = threading.Event()  # set once by `stop`, even if it comes before `run` starts
+        self.gen = Generator.from_model(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed,
+                                        version, max_live_opponents)
+        self.stopped = threading.Event()  # set once by `stop`, even if it comes before `play_loop` starts
         self.wait_s = 0.0
         self.sent = 0  # trajectories handed to the verifier
         self.member_lock = threading.Lock()  # held while loading members and playing them
@@ -282,7 +341,7 @@ class GeneratorActor:
         self.version_gauge = ray_metric("gauge", "generator_weight_version", tags)
         self.load_seconds = ray_metric("histogram", "generator_weight_load_seconds", tags, boundaries=SECONDS)
 
-    def run(self, verifier, buffer, league=None, max_in_flight: int = 2) -> dict:
+    def play_loop(self, verifier, buffer, league=None, max_in_flight: int = 2) -> dict:
         """Play waves until `stop`: the wave under way is finished and handed on, and every
         verifier call has returned before this does, so a stopped generator loses no game.
         A generator plays one run in its life; after `stop`, this returns at once."""

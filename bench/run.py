@@ -2,8 +2,8 @@
 
 1. Generator pipeline tokens/s vs raw vllm.LLM.generate on the same model and the same
    prompt batches (the pipeline's own engine calls, replayed). Goal >= 0.8x.
-2. Async actor-learner (Ray: generator, verifier, buffer, learner) samples/s vs a
-   synchronous generate-then-train loop with the same classes. Goal >= 1.5x.
+2. Async actor-learner (Ray: generator, verifier, buffer, learner) samples/s vs the
+   synchronous loop of selfplay/loop.py with the same classes. Goal >= 1.5x.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
 
     from actors.generator import Generator
     from selfplay.league import LEARNER
-    gen = Generator("bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
+    gen = Generator.from_model("bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
     engine = gen.engines[LEARNER]
     calls: list[list[list[int]]] = []
     generate = engine.generate
@@ -57,34 +57,15 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
 
 
 def sync_loop(cfg, model_path: str, steps: int) -> float:
-    """Generate a wave, verify, train on a batch from it, broadcast; repeat. Turns/s trained."""
-
-    from actors.buffer import ReplayBuffer
-    from actors.generator import Generator
-    from actors.verifier import Verifier
-    from learner.learner import Learner
-    from selfplay.league import LEARNER
-    gen = Generator("sync", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
-    verifier = Verifier.for_model(model_path)
-    learner = Learner(cfg.learner, cfg.model, model_path, cfg.seed)
-    buffer = ReplayBuffer(cfg.buffer, cfg.seed)
-
-    def step():
-        batch = buffer.sample(cfg.learner.batch_size, learner.version)
-        while batch is None:
-            buffer.add(verifier.verify(gen.self_play(cfg.generator.games_per_wave)))
-            batch = buffer.sample(cfg.learner.batch_size, learner.version)
-        learner.train_step(batch)
-        blob, _ = learner.export()
-        learner.version += 1
-        gen.set_weights(blob, learner.version)
-
-    step()  # warm-up
+    """selfplay/loop.py's iteration, repeated: generate a wave, verify, train on a batch
+    from it, broadcast. Turns/s trained."""
+    from selfplay import loop
+    parts = loop.build_parts(cfg, model_path)
+    loop.iteration(parts, cfg)  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    loop.train(parts, cfg, steps)
     rate = steps * cfg.learner.batch_size / (time.perf_counter() - start)
-    gen.engines[LEARNER].close()
+    parts.generator.close()  # left to interpreter exit, the engine's shutdown hangs for minutes
     return rate
 
 

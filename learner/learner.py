@@ -21,6 +21,17 @@ from selfplay.metrics import action_entropy, distinct_n
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def pick_device(requested: str) -> torch.device:
+    """The learner's device, decided once (config `learner.device`): `auto` takes the GPU
+    when torch sees one, else the CPU. Model, reference, batches and autocast follow it."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"learner.device: {requested!r} asked for, but torch sees no GPU")
+    return device
+
+
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Turns -> right-padded prompt+response sequences. Position t of the [B, L-1] tensors
     holds the log-prob of token t+1, so response tokens sit at prompt_len-1 onwards."""
@@ -50,8 +61,9 @@ class Learner:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(seed)
         self.cfg = cfg
+        self.device = pick_device(cfg.device)
         self.engine_dtype = DTYPES[model_cfg.dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # saved with every checkpoint
         self.model.train()
         self.pad_id = self.model.config.pad_token_id or 0
@@ -64,7 +76,7 @@ class Learner:
         self.baselines: dict[tuple[str, int], float] = {}
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def train_step(self, table: pa.Table) -> dict:
         start = time.perf_counter()
@@ -74,8 +86,8 @@ class Learner:
         keys = [(r["game"], r["role"]) for r in rows]
         returns = [r["ret"] for r in rows]
         self.baselines = update_baselines(self.baselines, keys, returns, self.cfg.baseline_alpha)
-        adv = torch.tensor(role_conditioned_advantages(keys, returns, self.baselines))
-        batch = collate(rows, self.pad_id)
+        adv = torch.tensor(role_conditioned_advantages(keys, returns, self.baselines), device=self.device)
+        batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         mask = batch["mask"]
 
         with self._autocast():
@@ -83,7 +95,7 @@ class Learner:
         pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
         ent = losses.masked_mean(entropy, mask)
         loss = pg_loss - self.cfg.entropy_coef * ent
-        kl_ref = torch.tensor(0.0)
+        kl_ref = torch.tensor(0.0, device=self.device)
         if self.ref is not None:
             with torch.no_grad(), self._autocast():
                 ref_logp, _ = sequence_logprobs(self.ref, batch)
@@ -98,7 +110,7 @@ class Learner:
         if self.ref is not None and self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
             self.ref.load_state_dict(self.model.state_dict())  # the KL anchor follows the policy
 
-        versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)
+        versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)  # on the host
         with torch.no_grad():
             log_ratio = (batch["behaviour_logp"] - logp.detach()) * mask
         metrics = {
@@ -122,10 +134,14 @@ class Learner:
     def export(self) -> tuple[bytes, str]:
         return export_weights(self.model, self.engine_dtype)
 
+    def save_model(self, directory: str | Path) -> None:
+        """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers load."""
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
-        self.model.save_pretrained(d / "model", safe_serialization=True)
-        self.tokenizer.save_pretrained(d / "model")
+        self.save_model(d / "model")
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
         state = {"step": self.step, "version": self.version,
@@ -136,7 +152,7 @@ class Learner:
         """Restore optimiser, RNG and counters; the weights come from `directory`/model,
         which the learner was constructed from."""
         d = Path(directory)
-        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         state = json.loads((d / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]

@@ -15,17 +15,19 @@ def cmd_run(args) -> int:
     from selfplay import driver
     if args.resume:
         cfg = driver.resume_config(Path(args.resume), args.set)
-        run_dir = driver.run(cfg, resume_dir=Path(args.resume))
+        run_dir = driver.train(cfg, resume_dir=Path(args.resume), console=True)
     else:
         if not args.config:
             raise ConfigError("run: give a CONFIG file or --resume RUN_DIR")
         overrides = list(args.set) + ([f"ray.address={args.address}"] if args.address else [])
         name = jobs.check_name(args.name) if args.name else None
-        run_dir = driver.run(load_config(args.config, overrides), name=name)
+        run_dir = driver.train(load_config(args.config, overrides), name=name, console=True)
+    from selfplay.console import result_lines
     from selfplay.report import write_report
+    summary = json.loads((run_dir / "summary.json").read_text())
     print(f"run finished: {run_dir}")
-    print((run_dir / "summary.json").read_text())
-    print(f"report: {write_report(run_dir)}")
+    print("\n".join(["evaluation (before -> after):", *result_lines(summary)]))
+    print(f"summary: {run_dir / 'summary.json'}\nreport:  {write_report(run_dir)}")
     return 0
 
 
@@ -87,9 +89,10 @@ def cmd_eval(args) -> int:
     from selfplay.config import GeneratorConfig, ModelConfig
     from selfplay.games import kuhn, scripted_players
     from selfplay.model import model_dir
-    gen = Generator("eval", "eval", {args.game: 1.0}, model_dir(args.checkpoint), ModelConfig(),
-                    GeneratorConfig(max_response_tokens=args.max_tokens, enforce_eager=args.enforce_eager),
-                    args.seed)
+    gen = Generator.from_model("eval", "eval", {args.game: 1.0}, model_dir(args.checkpoint), ModelConfig(),
+                               GeneratorConfig(max_response_tokens=args.max_tokens,
+                                               enforce_eager=args.enforce_eager),
+                               args.seed)
     try:
         opponent = args.opponent
         if opponent not in scripted_players(args.game):

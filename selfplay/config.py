@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class LearnerConfig:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # pin to a node type, e.g. {learner: 1}
     threads: int = 1
+    device: str = "auto"  # auto (a GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     lr: float = 3e-4
     weight_decay: float = 0.0
     batch_size: int = 512  # turns per step
@@ -229,6 +231,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{name}: must be >= 0, got {_get(cfg, name)!r}")
     if cfg.model.max_model_len is not None and cfg.model.max_model_len <= 0:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
+        raise ConfigError(f"learner.device: must be auto, cpu, cuda or cuda:N, got {cfg.learner.device!r}")
     if not 0 <= cfg.learner.baseline_alpha < 1:
         raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
     if not 0 < cfg.generator.gpu_memory_utilization <= 1:

@@ -1,6 +1,8 @@
-"""The driver: starts Ray and the actors, then watches. Trajectories flow generator ->
-verifier -> buffer -> learner and never pass through here; the driver only paces the
-learner, logs metrics, runs evaluations and writes checkpoints."""
+"""The driver: builds the run's program (selfplay/program.py), then paces and watches it.
+Trajectories flow generator -> verifier -> buffer -> learner and never pass through
+here; the driver only asks the learner for the next steps, logs metrics, queues
+evaluations, promotes league snapshots and writes checkpoints. `selfplay/loop.py`
+shows the same algorithm as one synchronous loop."""
 from __future__ import annotations
 
 import json
@@ -14,19 +16,16 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from actors.buffer import BufferActor
-from actors.controller import ControllerActor
-from actors.league import LeagueActor
-from actors.verifier import VerifierActor
-from learner.actor import LearnerActor
 from selfplay.config import RunConfig, load_config, save_config
+from selfplay.console import Console, bar_total
+from selfplay.evals import eval_metrics, eval_summary
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
-from selfplay.evals import eval_metrics, eval_summary
 from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
-from selfplay.stats import points
+from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
 from selfplay.scaling import EVAL_GENERATOR
+from selfplay.stats import points
 
 COMPLETE = "COMPLETE"
 STOP = threading.Event()  # set by SIGTERM (`selfplay stop`): end at the next step, checkpoint, exit
@@ -38,6 +37,7 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 
+# -- run directories ------------------------------------------------------------------------
 def new_run_dir(cfg: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
@@ -86,40 +86,81 @@ def init_ray(cfg: RunConfig, namespace: str) -> bool:
     return True
 
 
+# -- evaluations ----------------------------------------------------------------------------
+class EvalQueue:
+    """Evaluations queued on generator-0, where they interleave with self-play, and logged
+    when they finish: every game of the mix against each of its scripted opponents named
+    in eval.opponents, and Kuhn poker's exploitability."""
+
+    def __init__(self, cfg: RunConfig, generator, metrics: MetricsLog, console: Console):
+        self.cfg = cfg
+        self.generator = generator
+        self.metrics = metrics
+        self.console = console
+        self.pending: list = []  # (step, prefix, ref)
+
+    def queue(self, step: int, prefix: str = "eval") -> None:
+        """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
+        capability retention."""
+        for game in self.cfg.games:
+            for opp in self.cfg.eval.opponents:
+                if opp in scripted_players(game):
+                    self.pending.append((step, prefix, self.generator.evaluate.remote(game, opp, self.cfg.eval.games)))
+            if game == "kuhn":
+                self.pending.append((step, prefix, self.generator.kuhn_policy.remote()))
+
+    def collect(self, wall_s: float, wait: bool = False) -> dict:
+        """Log the finished evaluations; returns the current policy's (prefix 'eval') keyed
+        'GAME/OPPONENT' or 'kuhn/exploitability'."""
+        results = {}
+        still = []
+        for step, prefix, ref in self.pending:
+            if not ray.wait([ref], timeout=None if wait else 0)[0]:
+                still.append((step, prefix, ref))
+                continue
+            result = ray.get(ref)
+            if "policy" in result:  # Kuhn poker policy table
+                key, result = "kuhn/exploitability", {"exploitability": kuhn.exploitability(result["policy"]),
+                                                      "illegal_mass": result["illegal_mass"]}
+                self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
+                line = f"exploitability {result['exploitability']:.3f}"
+            else:
+                key = f"{result['game']}/{result['opponent']}"
+                self.metrics.log(step, wall_s, eval_metrics(result, prefix))
+                line = f"non-loss {result['non_loss']:.3f}  win {result['win']:.3f}  illegal {result['illegal']:.3f}"
+            self.console.print(f"step {step:>5} {prefix}/{key}: {line}")
+            if prefix == "eval":  # snapshot evaluations are only logged
+                results[key] = result
+        self.pending = still
+        return results
+
+
+# -- the run --------------------------------------------------------------------------------
 class Run:
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume_from: Path | None):
-        self.cfg, self.run_dir = cfg, run_dir
+    """Paces the learner in chunks of `log_every` steps and watches everything else."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume_from: Path | None, console: Console | None = None):
+        self.cfg = cfg
+        self.run_dir = run_dir
         self.run_id = run_dir.name
+        self.console = console or Console(None)
         self.metrics = MetricsLog(run_dir, self.run_id)
         state = {"step": 0, "version": 0, "wall_s": 0.0}
         if resume_from:
             state = json.loads((resume_from / "driver_state.json").read_text())
-        self.step, self.wall_offset = state["step"], state["wall_s"]
+        self.step = state["step"]
+        self.wall_offset = state["wall_s"]
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
         self.start = time.time()
         wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
-        self.buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, self.run_id)
-        if resume_from:
-            ray.get(self.buffer.load.remote(str(resume_from)))
-        self.verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus,
-                                              resources=cfg.verifier.resources).remote(
-            model_path, self.buffer, self.run_id)
-        self.learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus,
-                                            num_gpus=cfg.learner.num_gpus, resources=cfg.learner.resources).remote(
-            cfg.learner, cfg.model, model_path, cfg.seed, self.buffer, self.run_id,
-            str(resume_from) if resume_from else None)
-        self.league = None
-        if cfg.league.enabled:
-            self.league = LeagueActor.options(name="league").remote(
-                cfg.league, cfg.seed, self.run_id, cfg.model.dtype,
-                str(resume_from) if resume_from and (resume_from / "league.json").exists() else None)
-        self.controller = ControllerActor.options(name="controller").remote(
-            cfg, self.run_id, model_path, self.learner, self.verifier, self.buffer, self.league,
-            seed_offset=self.step)  # resumed runs draw new games
+        self.program = build_program(cfg, self.run_id, model_path, resume_from, seed_offset=self.step)
+        self.learner = self.program.learner
+        self.controller = self.program.controller
+        self.league = self.program.league
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         self.events_logged = 0
-        self.eval_generator = ray.get(self.controller.generator.remote(EVAL_GENERATOR))
-        self.pending_evals: list = []
+        self.evals = EvalQueue(cfg, ray.get(self.controller.generator.remote(EVAL_GENERATOR)), self.metrics,
+                               self.console)
         if self.league is not None and ray.get(self.league.latest.remote()) is None:
             self.promote()  # the initial policy is the first member
         self.gen_counts_at = (time.time(), {})
@@ -128,51 +169,20 @@ class Run:
         return self.wall_offset + time.time() - self.start
 
     def evaluate(self, wait: bool = False, prefix: str = "eval") -> dict:
-        """Queue evaluations on generator-0 (they interleave with self-play): every game of
-        the mix against each of its scripted opponents named in eval.opponents, and Kuhn
-        poker's exploitability. `prefix` names the metrics (a snapshot's id for retention)."""
-        step, g = self.step, self.eval_generator
-        for game in self.cfg.games:
-            for opp in self.cfg.eval.opponents:
-                if opp in scripted_players(game):
-                    self.pending_evals.append((step, prefix, g.evaluate.remote(game, opp, self.cfg.eval.games)))
-            if game == "kuhn":
-                self.pending_evals.append((step, prefix, g.kuhn_policy.remote()))
-        return self.collect_evals(wait)
+        self.evals.queue(self.step, prefix)
+        return self.evals.collect(self.wall(), wait)
 
-    def collect_evals(self, wait: bool = False) -> dict:
-        """Log the finished evaluations; returns the current policy's (prefix 'eval') keyed
-        'GAME/OPPONENT' or 'kuhn/exploitability'."""
-        results = {}
-        still = []
-        for step, prefix, ref in self.pending_evals:
-            ready, _ = ray.wait([ref], timeout=None if wait else 0)
-            if not ready:
-                still.append((step, prefix, ref))
-                continue
-            result = ray.get(ref)
-            if "policy" in result:  # Kuhn poker policy table
-                key, result = "kuhn/exploitability", {"exploitability": kuhn.exploitability(result["policy"]),
-                                                      "illegal_mass": result["illegal_mass"]}
-                self.metrics.log(step, self.wall(), {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
-            else:
-                key = f"{result['game']}/{result['opponent']}"
-                self.metrics.log(step, self.wall(), eval_metrics(result, prefix))
-            if prefix == "eval":  # snapshot evaluations are only logged
-                results[key] = result
-        self.pending_evals = still
-        return results
-
+    # -- watching the pool ---------------------------------------------------------------
     def watch_pool(self) -> dict:
-        """The pool's status; new scaling events go to scaling.jsonl and the log."""
+        """The pool's status; new scaling events go to scaling.jsonl and the console."""
         self.pool = ray.get(self.controller.status.remote())
         new = self.pool["events"][self.events_logged:]
         if new:
             with open(self.run_dir / "scaling.jsonl", "a") as f:
                 f.writelines(json.dumps({"step": self.step, **e}) + "\n" for e in new)
             for e in new:
-                tqdm.write(f"step {self.step}: {e['event']} {e.get('generator', '')} "
-                           f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')}".rstrip())
+                self.console.print(f"step {self.step}: {e['event']} {e.get('generator', '')} "
+                                   f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')}".rstrip())
             self.events_logged += len(new)
         return {"generators": len(self.pool["generators"]), **self.throughput(self.pool["totals"])}
 
@@ -187,6 +197,7 @@ class Run:
                 "trajectories_per_s": (totals["games"] - before["games"]) / dt,
                 "turns_per_s": (totals["turns"] - before["turns"]) / dt}
 
+    # -- checkpoints and snapshots -------------------------------------------------------
     def checkpoint(self) -> Path:
         d = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
         if (d / COMPLETE).exists():  # this step is saved (e.g. stopped right after a resume): keep it
@@ -194,7 +205,7 @@ class Run:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
-        saves = [self.learner.save.remote(str(d)), self.buffer.save.remote(str(d))]
+        saves = [self.learner.save.remote(str(d)), self.program.buffer.save.remote(str(d))]
         if self.league is not None:
             saves.append(self.league.save.remote(str(d)))
         ray.get(saves)
@@ -218,31 +229,18 @@ class Run:
         """The current policy against the newest snapshot; promote above the threshold."""
         cfg = self.cfg.league
         latest = ray.get(self.league.latest.remote())
-        per_game = ray.get(self.eval_generator.head_to_head.remote(self.league, latest, cfg.promote_games))
-        counts = {game: [round(s[k] * s["games"]) for k in ("win", "draw", "loss")] for game, s in per_game.items()}
+        per_game = ray.get(self.evals.generator.head_to_head.remote(self.league, latest, cfg.promote_games))
+        counts = {game: s["wdl"] for game, s in per_game.items()}
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
                   "league/vs_previous_hi": result.hi, "league/vs_previous_games": result.games}
-        values.update({f"league/vs_previous/{game}/score": points(s["win"], s["draw"]) for game, s in per_game.items()})
+        values.update({f"league/vs_previous/{game}/score": points(w, d) / max(w + d + l, 1)
+                       for game, (w, d, l) in counts.items()})
         self.metrics.log(self.step, self.wall(), values)
         if result.promote:
             new = self.promote()
             for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
                 ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
-
-    def pool_summary(self) -> dict:
-        """What every generator of this session handed on, against what the verifier got
-        and the buffer took: the books a scaled pool must balance."""
-        gens = [*self.pool["generators"].values(), *self.pool["retired"]]
-        return {"sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
-                "verifier": ray.get(self.verifier.stats.remote()),
-                "buffer_inserted": ray.get(self.buffer.stats.remote())["inserted"],
-                "events": self.pool["events"]}
-
-    def placement(self) -> dict:
-        """Node ids the learner and generators run on."""
-        return {"learner": ray.get(self.learner.state.remote())["node_id"],
-                **{name: g["node_id"] for name, g in self.pool["generators"].items()}}
 
     def league_metrics(self) -> dict:
         ratings = ray.get(self.league.ratings.remote())
@@ -250,10 +248,15 @@ class Run:
         values.update({f"league/elo/{m}": r for m, r in ratings["members"].items()})
         return values
 
-    def train(self) -> None:
+    # -- pacing --------------------------------------------------------------------------
+    def watch(self) -> None:
+        """Train until total_steps, the time limit or a stop, `log_every` steps at a time;
+        between chunks: metrics, autoscale, evaluations, promotions, checkpoints."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", unit="step")
         deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
+        bar = tqdm(total=bar_total(self.step, cfg.total_steps, None, deadline - time.time()), initial=self.step,
+                   desc="train", unit="step", file=self.console.term, dynamic_ncols=True)
+        first_step, started = self.step, time.time()
         while self.step < cfg.total_steps and time.time() < deadline and not STOP.is_set():
             n = min(cfg.log_every, cfg.total_steps - self.step)
             ref = self.learner.train.remote(n)
@@ -261,15 +264,17 @@ class Run:
                 ray.get(self.controller.check.remote())  # a failed generator stops the run
             steps = ray.get(ref)
             prev, self.step = self.step, steps[-1]["step"]
+            pace = (self.step - first_step) / max(time.time() - started, 1e-9)
+            bar.total = bar_total(self.step, cfg.total_steps, pace, deadline - time.time())
             bar.update(self.step - prev)
             learner_metrics = {k: v for k, v in steps[-1].items() if k != "step"}
-            buffer = ray.get(self.buffer.stats.remote())
+            buffer = ray.get(self.program.buffer.stats.remote())
             self.metrics.log(self.step, self.wall(), {
                 **learner_metrics, **self.watch_pool(), "buffer_size": buffer["size"],
                 "buffer_dropped_stale": buffer["dropped_stale"]})
             if cfg.autoscale.enabled:
                 self.controller.autoscale.remote(learner_metrics["learner_wait_s"])
-            self.collect_evals()
+            self.evals.collect(self.wall())
             if self.league is not None:
                 ray.get(self.league.set_step.remote(self.step))
                 self.metrics.log(self.step, self.wall(), self.league_metrics())
@@ -287,41 +292,32 @@ class Run:
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
 
+    # -- the end -------------------------------------------------------------------------
+    def books(self) -> dict:
+        """What every generator of this session handed on, against what the verifier got
+        and the buffer took (the books a scaled pool must balance), and where each part ran."""
+        gens = [*self.pool["generators"].values(), *self.pool["retired"]]
+        return {"pool": {"sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
+                         "verifier": ray.get(self.program.verifier.stats.remote()),
+                         "buffer_inserted": ray.get(self.program.buffer.stats.remote())["inserted"],
+                         "events": self.pool["events"]},
+                "placement": {"learner": ray.get(self.learner.state.remote())["node_id"],
+                              **{name: g["node_id"] for name, g in self.pool["generators"].items()}}}
+
     def close(self) -> None:
         """Kill the run's actors and wait until their names are free again, so a resumed
-        run in the same Ray session can take them."""
+        run in the same Ray session can take them (generators go with the controller)."""
         self.metrics.close()
-        actors = [self.controller, self.learner, self.verifier, self.buffer]  # generators go with the controller
-        if self.league is not None:
-            actors.append(self.league)
-        for actor in actors:
+        for actor in self.program.actors():
             ray.kill(actor)
         wait_until_free([*self.pool["generators"], *RUN_ACTORS])
 
 
-RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")
-
-
-def run_actor_names() -> list[str]:
-    """Live actors of a run in this namespace, e.g. those of a job that was just stopped
-    (Ray removes them asynchronously once its driver has gone)."""
-    return [n for n in ray.util.list_named_actors() if n in RUN_ACTORS or n.startswith("generator-")]
-
-
-def wait_until_free(names: list[str], timeout_s: float = 60) -> None:
-    """Until no live actor holds any of `names` in this namespace."""
-    deadline = time.time() + timeout_s
-    while names and time.time() < deadline:
-        try:
-            ray.get_actor(names[0])
-            time.sleep(0.1)
-        except ValueError:
-            names.pop(0)
-
-
-def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None) -> Path:
+def train(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None,
+          console: bool = False) -> Path:
     """Train until total_steps (or the time limit); returns the run directory. `name`
-    fixes the directory (OUT_DIR/NAME): the run resumes there if it has a checkpoint."""
+    fixes the directory (OUT_DIR/NAME): the run resumes there if it has a checkpoint.
+    `console`: library output goes to RUN_DIR/run.log, the terminal shows the progress."""
     if resume_dir:
         run_dir = resume_dir
         resume_from = latest_checkpoint(run_dir)
@@ -332,22 +328,24 @@ def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None)
     else:
         run_dir, resume_from = new_run_dir(cfg), None
     save_config(cfg, run_dir / "config.yaml")  # on resume: with this invocation's overrides
+    out = Console(run_dir / "run.log" if console else None)
+    out.print(f"run {run_dir} (library logs: {run_dir / 'run.log'})" if console else f"run {run_dir}")
     owns_ray = init_ray(cfg, namespace=run_dir.name)
     stop_on_sigterm()  # after ray.init, which installs its own handler
     r = None
     try:
-        r = Run(cfg, run_dir, resume_from)
+        r = Run(cfg, run_dir, resume_from, out)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         if not resume_from:
             summary["before"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
-        r.train()
+        r.watch()
         if STOP.is_set():  # stopped from outside: keep what was learned, skip the long final evaluation
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
         summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
-                       last_checkpoint=str(r.checkpoint()), pool=r.pool_summary(), placement=r.placement())
+                       last_checkpoint=str(r.checkpoint()), **r.books())
         if r.league is not None:
             summary["league"] = r.league_metrics()
         summary_path.write_text(json.dumps(summary, indent=2))
@@ -357,6 +355,7 @@ def run(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None)
             r.close()
         if owns_ray:
             ray.shutdown()
+        out.close()
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

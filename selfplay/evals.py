@@ -60,7 +60,8 @@ def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
 
 def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
     """Win/draw/loss/non-loss/illegal rates and mean return of `policy` against a
-    different opponent, overall and per seat."""
+    different opponent, overall and per seat, and the counts `wdl` = [wins, draws, losses]
+    (what Elo and promotion count)."""
     games = outcomes(table, policy)
     stats: dict = {}
     for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
@@ -73,6 +74,8 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
         stats[f"{label}non_loss"] = sum(g["outcome"] >= 0 for g in subset) / n
         stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
         stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
+    stats["wdl"] = [sum(g["outcome"] > 0 for g in games), sum(g["outcome"] == 0 for g in games),
+                    sum(g["outcome"] < 0 for g in games)]
     return stats
 
 

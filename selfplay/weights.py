@@ -20,8 +20,9 @@ def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, str]:
-    # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage.
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage;
+    # the bytes on the wire are host memory whatever device the model trains on.
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(tensors), state_checksum(tensors)
 
 

@@ -3,9 +3,14 @@
 driven only through the `selfplay` CLI and Ray's HTTP endpoints, as a user would: submit a
 run through the Jobs API, scale its generators 1 -> 3 -> 1 while it trains, read its
 metrics from Ray's Prometheus endpoints, stop it, and resubmit it under the same name,
-which resumes it, following the logs to completion."""
+which resumes it, following the logs to completion.
+
+What a person sees is checked in a real headless browser (Debian's chromium and
+chromium-driver, which `make test` installs): while the run trains, the Ray dashboard lists
+its job and the job's named actors; after it, every plot of its report/report.html loads."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,6 +80,108 @@ def scrape(state: dict) -> str:
     return "\n".join(texts)
 
 
+# ----------------------------------------------------------------------------------------
+# What a person sees, in a real headless Chromium. Selenium (PyPI) is given Debian's
+# chromium and chromedriver by path, so Selenium Manager never downloads a browser.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"  # `make test` installs both (apt) when this is absent
+NAMED_ACTORS = ("learner", "generator-0", "buffer", "verifier", "controller")
+PAGE_WAIT_S = 60  # pages render while the run's engines keep both cores busy
+ACTOR_WAIT_S = 20  # the Name filter works on loaded rows; the table itself refreshes every few s
+TABLES_JS = """return [...document.querySelectorAll('table')].map(
+    t => [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim())))"""
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox",  # no sandbox: CI runs the suite as root
+                "--disable-dev-shm-usage", "--window-size=1600,1200"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def rendered_rows(browser) -> list[dict[str, str]]:
+    """Every row of every table on the page as {column header: the cell's rendered text}."""
+    rows = []
+    for table in browser.execute_script(TABLES_JS):
+        if table:
+            header, *body = table
+            rows += [dict(zip(header, cells)) for cells in body if len(cells) == len(header)]
+    return rows
+
+
+def what_the_dashboard_shows(dashboard_url: str, token: str, run: str) -> dict:
+    """Open the Ray dashboard in headless Chromium as a person would, and write down what it
+    shows: the Jobs page's row for `run`, then, on that job's Actors page, the row of each
+    named actor (found by typing its name in the table's Name filter).
+
+    Login (Ray 2.60 token authentication; dashboard/http_server_head.py and the web UI's
+    App.tsx and authentication/): the page itself is public, its API calls answer 401, on
+    which the UI opens its "Authentication Token Required" dialog. The token typed there is
+    POSTed to /api/authenticate as `Authorization: Bearer TOKEN`, and the server answers with
+    an HttpOnly cookie (`ray-authentication-token`) that the browser sends from then on. So
+    the token is typed into that dialog, as the dialog tells a user to.
+
+    A browser failure does not raise here: what could not be seen stays None and the error
+    is kept, so the browser tests report it without taking the cluster tests down with them."""
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+    seen = {"logged_in": False, "jobs": [], "job": None, "actor_rows": [], "actors": {}, "error": None}
+    stage = "starting headless Chromium"
+    try:
+        with headless_chromium() as browser:
+            wait = WebDriverWait(browser, PAGE_WAIT_S)
+            stage = "logging in through the token dialog"
+            browser.get(f"{dashboard_url}/#/jobs")
+            token_field = wait.until(shown.visibility_of_element_located(
+                (By.XPATH, "//label[text()='Authentication Token']/following::input[1]")))
+            token_field.send_keys(token, Keys.ENTER)
+            wait.until(shown.invisibility_of_element_located((By.ID, "token-auth-dialog-title")))
+            seen["logged_in"] = True
+            stage = f"looking for Submission ID {run!r} on the Jobs page"
+
+            def job_row(page):
+                rows = [r for r in rendered_rows(page) if "Submission ID" in r]
+                seen["jobs"] = [(r["Submission ID"], r["Status"]) for r in rows]
+                return next((r for r in rows if r["Submission ID"] == run), None)
+            job = seen["job"] = wait.until(job_row)
+            stage = "opening the job's Actors page"
+            browser.find_element(By.LINK_TEXT, job["Job ID"]).click()  # the job's own page...
+            wait.until(shown.element_to_be_clickable(  # ...and its Actors tab
+                (By.CSS_SELECTOR, f"a[href$='/jobs/{job['Job ID']}/actors']"))).click()
+            wait.until(lambda b: [r for r in rendered_rows(b) if "Name" in r])
+            name_filter = browser.find_element(By.XPATH, "//label[text()='Name']/following::input[1]")
+            stage = "filtering the job's actors by name"
+            for name in NAMED_ACTORS:
+                name_filter.send_keys(Keys.CONTROL, "a")
+                name_filter.send_keys(Keys.BACKSPACE, name)
+                seen["actors"][name] = None
+
+                def alive_row(page, name=name):  # the table refreshes itself; the last row seen is kept
+                    row = seen["actors"][name] = next((r for r in rendered_rows(page) if r.get("Name") == name),
+                                                      seen["actors"][name])
+                    return row is not None and row["State"] == "ALIVE"
+                with contextlib.suppress(TimeoutException):
+                    WebDriverWait(browser, ACTOR_WAIT_S).until(alive_row)
+            name_filter.send_keys(Keys.CONTROL, "a")
+            name_filter.send_keys(Keys.BACKSPACE)
+            seen["actor_rows"] = [(r["Name"], r["State"]) for r in rendered_rows(browser) if "Name" in r]
+    except (OSError, WebDriverException) as err:  # timeouts included; reported by the browser tests
+        seen["error"] = f"while {stage}: {type(err).__name__} {str(err).strip()[:500]}"
+    return seen
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("cluster")
@@ -101,10 +208,11 @@ def scaled_run(cluster, tmp_path_factory):
     down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
     metrics = wait_for(lambda: (text := scrape(state)) and pool_gauge(text) == [1.0]
                        and "ray_selfplay_learner_step_seconds_bucket" in text and text, 90, "selfplay metrics")
+    dashboard = what_the_dashboard_shows(state["dashboard_url"], Path(state["token_path"]).read_text().strip(), RUN)
     status_running = json.loads(cli(env, "status", RUN).stdout)["status"]
     stopped = cli(env, "stop", RUN, timeout=200).stdout
     return {"run_dir": run_dir, "up": up, "down": down, "metrics": metrics, "status": status_running,
-            "stopped": stopped, "storage": storage, "work": work, "nodes": nodes}
+            "stopped": stopped, "storage": storage, "work": work, "nodes": nodes, "dashboard": dashboard}
 
 
 def test_generators_scale_up_on_generator_nodes_with_the_learners_weights(scaled_run):
@@ -178,3 +286,40 @@ def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, s
     assert (starts[-1]["generator"], starts[-1]["version"]) == ("generator-0", version)  # resumed weights
     logs = cli(env, "logs", RUN).stdout
     assert "run finished" in logs
+
+
+# ----------------------------------------------------------------------------------------
+# What a person sees (the helpers are above the fixtures); failures start with what failed.
+
+def test_the_dashboard_lists_the_run_as_a_running_job(scaled_run):
+    seen = scaled_run["dashboard"]
+    assert seen["logged_in"], f"DASHBOARD NOT OPENED: {seen['error']} (`make browser` installs Chromium)"
+    assert seen["job"] is not None, (f"JOB NOT LISTED: no row with Submission ID {RUN!r} on the dashboard's "
+                                     f"Jobs page; rows: {seen['jobs']}; {seen['error']}")
+    assert seen["job"]["Status"] == "RUNNING", f"JOB NOT RUNNING on the Jobs page: {seen['job']}"
+
+
+def test_the_dashboard_shows_the_runs_named_actors_alive(scaled_run):
+    seen = scaled_run["dashboard"]
+    assert seen["job"] is not None, f"JOB NOT LISTED, so its actors could not be looked up: {seen['error']}"
+    missing = [name for name in NAMED_ACTORS if seen["actors"].get(name) is None]
+    assert not missing, (f"ACTOR MISSING on job {seen['job']['Job ID']}'s Actors page: {missing}; "
+                         f"rows: {seen['actor_rows']}; {seen['error']}")
+    for name, row in seen["actors"].items():
+        assert row["State"] == "ALIVE", f"ACTOR NOT ALIVE: {name} is {row['State']}"
+        assert row["Job ID"] == seen["job"]["Job ID"], f"ACTOR OF ANOTHER JOB: {name} in job {row['Job ID']}"
+
+
+def test_every_plot_in_the_runs_report_html_loads_in_a_browser(scaled_run):
+    from selenium.webdriver.support.ui import WebDriverWait
+    report = scaled_run["run_dir"] / "report" / "report.html"  # written by the job as it ends
+    assert report.exists(), f"REPORT MISSING: {report}"
+    with headless_chromium() as browser:
+        browser.get(report.as_uri())
+        WebDriverWait(browser, PAGE_WAIT_S).until(  # "complete": every image has loaded or failed
+            lambda b: b.execute_script("return document.readyState") == "complete")
+        images = browser.execute_script(
+            "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])")
+    assert images, f"REPORT HAS NO IMAGES: {report}"
+    broken = [src for src, width in images if not width]
+    assert not broken, f"REPORT IMAGE BROKEN (did not load): {broken} of {[src for src, _ in images]}"

@@ -94,6 +94,7 @@ def test_ill_typed_value_is_named(override, field):
     ("league.mode=elo", "league.mode"),
     ("league.self_play_fraction=1.5", "league.self_play_fraction"),
     ("league.max_live_opponents=0", "league.max_live_opponents"),
+    ("learner.device=tpu", "learner.device"),
 ])
 def test_out_of_range_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
@@ -162,3 +163,13 @@ def test_the_old_single_game_field_says_what_replaced_it(tmp_path):
     path.write_text("game: tictactoe\n")
     with pytest.raises(ConfigError, match=r"^game: replaced by games.*games: \{tictactoe: 1.0\}"):
         load_config(path)
+
+
+def test_closed_sets_are_read_from_their_types():
+    import typing
+
+    from selfplay.config import MatchmakingMode
+    from selfplay.league import MODES
+    assert MODES == typing.get_args(MatchmakingMode) == ("pfsp", "near", "latest")
+    with pytest.raises(ConfigError, match=r"league.mode: must be one of \('pfsp', 'near', 'latest'\), got 'elo'"):
+        load_config(overrides=["league.mode=elo"])

@@ -19,14 +19,14 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     cfg = dataclasses.replace(
         small_cfg, total_steps=4, log_every=2, checkpoint_every=2, out_dir=str(tmp_path),
         eval=dataclasses.replace(small_cfg.eval, every_steps=2, games=4))
-    run_dir = driver.run(cfg)
+    run_dir = driver.train(cfg)
     first = driver.latest_checkpoint(run_dir)
     assert first.name == "step_0000004"
     state = json.loads((first / "driver_state.json").read_text())
     assert (state["step"], state["version"]) == (4, 4)
 
     resumed = driver.resume_config(run_dir, ["total_steps=6"])
-    assert driver.run(resumed, resume_dir=run_dir) == run_dir
+    assert driver.train(resumed, resume_dir=run_dir) == run_dir
     last = driver.latest_checkpoint(run_dir)
     assert last.name == "step_0000006"
     learner_state = json.loads((last / "learner_state.json").read_text())

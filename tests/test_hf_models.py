@@ -33,7 +33,7 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
     cfg = load_config(None, ["generator.games_per_wave=32", "generator.max_response_tokens=1",
                              "learner.batch_size=16", "buffer.min_size=16", "learner.lr=1e-2",
                              "generator.enforce_eager=true"])
-    gen = Generator("g", "t", {"tictactoe": 1.0}, qwen_dir, cfg.model, cfg.generator, 0)
+    gen = Generator.from_model("g", "t", {"tictactoe": 1.0}, qwen_dir, cfg.model, cfg.generator, 0)
     learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
     table = gen.self_play(32)
     # rewards as the verifier would attach them: every turn's return is its outcome here

@@ -32,7 +32,7 @@ def pipeline(ray_session, generator, tiny_model, small_cfg):
 
 def test_trajectories_flow_to_the_learner_and_stale_turns_are_dropped(pipeline, generator):
     ray, buffer, verifier, learner = pipeline
-    run = generator.run.remote(verifier, buffer)
+    run = generator.play_loop.remote(verifier, buffer)
     steps = ray.get(learner.train.remote(4))
     ray.get(generator.stop.remote())
     ray.get(run)

@@ -27,7 +27,7 @@ def league_run(ray_session, small_cfg, tmp_path_factory):
         eval=dataclasses.replace(small_cfg.eval, every_steps=4, games=2),
         league=LeagueConfig(enabled=True, promote_every=2, promote_games=2, promote_threshold=0.0,
                             self_play_fraction=0.25, max_live_opponents=1))  # one engine: members swap in
-    return driver.run(cfg)
+    return driver.train(cfg)
 
 
 def league_at(checkpoint) -> LeagueState:
@@ -71,7 +71,7 @@ def test_league_command_prints_members_and_head_to_head(league_run):
 def test_resume_restores_the_league(league_run):
     before = league_at(driver.latest_checkpoint(league_run))
     resumed = driver.resume_config(league_run, ["total_steps=6"])
-    driver.run(resumed, resume_dir=league_run)
+    driver.train(resumed, resume_dir=league_run)
     after = league_at(driver.latest_checkpoint(league_run))
     assert [m.id for m in after.members][:3] == [m.id for m in before.members]
     assert after.members[3].id == "snap-3" and after.members[3].step == 6

@@ -55,3 +55,21 @@ def test_batch_diagnostics_include_diversity_per_game(model_dir):
     assert m["action_entropy/kuhn"] == pytest.approx(0.6931, abs=1e-4)  # b and p, once each
     assert m["action_entropy/tictactoe"] == 0.0
     assert m["baseline_kuhn_0"] == 0.0 and m["baseline_tictactoe_0"] == 0.0
+
+
+def test_the_device_is_one_decision_auto_takes_the_cpu_without_a_gpu(monkeypatch):
+    from learner.learner import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="learner.device: 'cuda' asked for, but torch sees no GPU"):
+        pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+
+
+def test_the_learner_trains_on_the_device_it_picked(model_dir):
+    cfg = load_config(None, ["learner.device=cpu"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    learner.train_step(batch())
+    assert learner.device == torch.device("cpu")
+    assert {p.device for p in learner.model.parameters()} == {learner.device}

@@ -21,7 +21,7 @@ def long_context_generator(tmp_path_factory):
     model = str(create_default_model(tmp_path_factory.mktemp("long"), preset="1m", max_positions=4096))
     cfg = load_config(None, ["generator.max_response_tokens=8", "model.max_model_len=4096",
                              "generator.enforce_eager=true"])
-    gen = Generator("g", "t", {g: 1.0 for g in GAMES}, model, cfg.model, cfg.generator, 0)
+    gen = Generator.from_model("g", "t", {g: 1.0 for g in GAMES}, model, cfg.model, cfg.generator, 0)
     yield gen, model
     gen.close()
 

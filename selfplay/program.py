@@ -1,0 +1,107 @@
+"""The distributed program of one run, built in one place (as oat's `get_program`): which
+actors exist, under which names, with which resources, and which handles each is given.
+The classes themselves carry no placement; `selfplay/loop.py` shows the algorithm they
+split between them.
+
+    buffer      <- verifier (accepted turns)      <- generators (finished games)
+    learner     <- buffer (batches); -> generators (weights), -> league (snapshots)
+    league      -> generators (opponents, matchmaking)
+    controller  owns the generator pool: starts generators with `spawn_generator`"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.buffer import BufferActor
+from actors.controller import ControllerActor
+from actors.generator import GeneratorActor
+from actors.league import STATE_FILE as LEAGUE_STATE, LeagueActor
+from actors.verifier import VerifierActor
+from learner.actor import LearnerActor
+from selfplay.config import RunConfig
+from selfplay.scaling import generator_bundles
+
+RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")  # plus generator-N
+
+
+@dataclass
+class Program:
+    buffer: object
+    verifier: object
+    learner: object
+    controller: object
+    league: object | None = None
+
+    def actors(self) -> list:
+        return [a for a in (self.controller, self.learner, self.verifier, self.buffer, self.league) if a is not None]
+
+
+def build_program(cfg: RunConfig, run_id: str, model_path: str, resume_from: Path | None,
+                  seed_offset: int = 0) -> Program:
+    """Create the run's actors (generators come from the controller's `scale`). A resumed
+    run's buffer, learner and league load their state from `resume_from`; `seed_offset`
+    makes a resumed run's generators draw new games."""
+    resume = str(resume_from) if resume_from else None
+    buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id)
+    if resume:
+        ray.get(buffer.load.remote(resume))
+    verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus,
+                                     resources=cfg.verifier.resources).remote(model_path, buffer, run_id)
+    learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus,
+                                   resources=cfg.learner.resources).remote(
+        cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume)
+    league = None
+    if cfg.league.enabled:
+        league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None
+        league = LeagueActor.options(name="league").remote(cfg.league, cfg.seed, run_id, cfg.model.dtype,
+                                                           league_state)
+    controller = ControllerActor.options(name="controller").remote(
+        cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset)
+    return Program(buffer, verifier, learner, controller, league)
+
+
+def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, seed_extra: int):
+    """Start generator `name` (generator-N); returns (handle, placement group or None).
+    With tensor_parallel_size > 1 its engine's workers take the GPUs of a STRICT_PACK
+    placement group, one bundle per worker."""
+    g = cfg.generator
+    index = int(name.rsplit("-", 1)[1])
+    options = {"name": name, "num_cpus": g.num_cpus, "num_gpus": g.num_gpus, "resources": g.resources}
+    group = None
+    if g.tensor_parallel_size > 1:
+        group = placement_group(generator_bundles(g), strategy="STRICT_PACK")
+        options.update(num_cpus=g.num_cpus / g.tensor_parallel_size, num_gpus=0,
+                       scheduling_strategy=PlacementGroupSchedulingStrategy(
+                           group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+    seed = cfg.seed + 1000 * (index + 1) + seed_extra
+    handle = GeneratorActor.options(**options).remote(
+        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents)
+    return handle, group
+
+
+def discard_generator(handle, group) -> None:
+    ray.kill(handle)
+    if group is not None:
+        remove_placement_group(group)
+
+
+def run_actor_names() -> list[str]:
+    """Live actors of a run in this namespace, e.g. those of a job that was just stopped
+    (Ray removes them asynchronously once its driver has gone)."""
+    return [n for n in ray.util.list_named_actors() if n in RUN_ACTORS or n.startswith("generator-")]
+
+
+def wait_until_free(names: list[str], timeout_s: float = 60) -> None:
+    """Until no live actor holds any of `names` in this namespace."""
+    deadline = time.time() + timeout_s
+    while names and time.time() < deadline:
+        try:
+            ray.get_actor(names[0])
+            time.sleep(0.1)
+        except ValueError:
+            names.pop(0)

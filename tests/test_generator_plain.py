@@ -1,0 +1,263 @@
+"""The generator's game loop on a scripted engine (tests/engines.py), no vLLM and no Ray:
+batching, scripted opponents, weight versions, illegal replies, context limits, evaluation
+and league slots. The same loop on real engines: test_integration.py, test_league_run.py."""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import pytest
+
+from actors.generator import Generator, Match, WeightMismatch, both_seats
+from actors.verifier import Verifier
+from selfplay.config import GeneratorConfig
+from selfplay.games.tictactoe import TicTacToe
+from selfplay.league import LEARNER, SELF
+from tests.engines import EngineMaker, RuleEngine, checksum, decode, legal_reply, weights
+
+
+def make_generator(games=("tictactoe",), engine=None, maker=None, seed=0, max_live=2,
+                   **cfg) -> Generator:
+    return Generator("gen-0", "run-0", {g: 1.0 for g in games}, engine or RuleEngine(),
+                     maker or EngineMaker(), GeneratorConfig(**cfg), seed, max_live_opponents=max_live)
+
+
+def by_traj(table) -> dict[str, list[dict]]:
+    games = defaultdict(list)
+    for row in table.to_pylist():
+        games[row["traj_id"]].append(row)
+    return games
+
+
+def replays(table) -> bool:
+    """Every trajectory of `table` replays by the game's rules to the outcomes it records."""
+    verifier = Verifier(decode)
+    return verifier.verify(table).num_rows == table.num_rows and not verifier.rejected
+
+
+def fetcher(members: dict[str, tuple[float, int]], calls: list[str] | None = None):
+    """`fetch` for load_members: member -> (its weights, version, the weights' checksum)."""
+    def fetch(member: str):
+        if calls is not None:
+            calls.append(member)
+        logprob, version = members[member]
+        return weights(logprob), version, checksum(weights(logprob))
+    return fetch
+
+
+# ---- the game loop
+
+def test_every_game_of_a_wave_finishes_and_its_rows_replay_by_the_rules():
+    gen = make_generator(games=("tictactoe", "kuhn", "negotiation"))
+    table = gen.self_play(24)
+    games = by_traj(table)
+    assert len(games) == 24 and gen.counts["games"] == 24
+    assert {rows[0]["game"] for rows in games.values()} == {"tictactoe", "kuhn", "negotiation"}
+    assert all([r["turn"] for r in rows] == list(range(len(rows))) for rows in games.values())
+    assert replays(table)
+
+
+def test_all_pending_turns_of_one_policy_go_into_one_engine_call_per_round():
+    maker = EngineMaker()
+    learner = RuleEngine()
+    gen = make_generator(engine=learner, maker=maker)
+    gen.add_opponent("rival", "/models/rival")
+    n = 5
+    gen.play([Match("tictactoe", (LEARNER, LEARNER))] * n + [Match("tictactoe", (LEARNER, "rival"))] * n, 1.0)
+    # One game by the same rule, move by move: every game of this wave is that game.
+    game, moves = TicTacToe(), 0
+    while not game.is_terminal:
+        game.apply_text(legal_reply(game.observation(game.current_player)))
+        moves += 1
+    # Round r: every self-play game awaits the learner; a game against the rival awaits
+    # the learner on even rounds and the rival on odd ones.
+    assert [len(c["prompts"]) for c in learner.calls] == [n + (n if r % 2 == 0 else 0) for r in range(moves)]
+    [(path, rival)] = maker.made
+    assert path == "/models/rival"
+    assert [len(c["prompts"]) for c in rival.calls] == [n] * (moves // 2)
+
+
+def test_scripted_opponents_move_between_engine_calls_and_their_turns_are_not_trainable():
+    engine = RuleEngine()
+    gen = make_generator(engine=engine)
+    table = gen.play(both_seats("tictactoe", "random", 6), 1.0)
+    # Each round the scripted players move, then the engine call; a game moves once a
+    # round. So the k-th call shows every board after k moves: the scripted reply to the
+    # learner's last move is on it (learner-first games in even calls, the others in odd).
+    for k, call in enumerate(engine.calls):
+        for prompt in call["prompts"]:
+            _, mark, cells = prompt.rstrip(":").split()
+            assert (sum(c in "XO" for c in cells), mark) == (k, "XO"[k % 2]), (k, prompt)
+    rows = table.to_pylist()
+    scripted = [r for r in rows if r["policy_id"] == "random"]
+    assert scripted and all(not r["trainable"] and r["prompt_ids"] == [] and r["response_ids"] == []
+                            and r["behaviour_logprobs"] == [] for r in scripted)
+    assert all(r["trainable"] for r in rows if r["policy_id"] == LEARNER)
+    assert replays(table)
+
+
+def test_an_illegal_reply_is_flagged_and_ends_the_game_with_the_mover_losing():
+    gen = make_generator(engine=RuleEngine(rule=lambda observation: "5"))
+    table = gen.self_play(4)
+    # X takes cell 5; O asks for cell 5 again, which is taken.
+    for rows in by_traj(table).values():
+        assert [(r["role"], r["response_text"], r["illegal"], r["outcome"]) for r in rows] == \
+            [(0, "5", False, 1.0), (1, "5", True, -1.0)]
+    assert gen.counts["illegal"] == 4
+    assert replays(table)
+
+
+def test_a_prompt_that_does_not_fit_the_context_raises_a_clear_error_before_any_engine_call():
+    prompt_tokens = 1 + len("tictactoe X 123456789:")  # BOS and one per character
+    engine = RuleEngine(max_model_len=prompt_tokens)  # no room for the 1-token reply
+    gen = make_generator(engine=engine)
+    with pytest.raises(ValueError, match=f"tictactoe: a prompt of {prompt_tokens} tokens plus a 1-token "
+                                         f"reply does not fit the model's context of {prompt_tokens}"):
+        gen.self_play(1)
+    assert engine.calls == []
+
+
+def test_a_prompt_and_reply_that_exactly_fill_the_context_are_played():
+    engine = RuleEngine(max_model_len=1 + len("tictactoe X 123456789:") + 1)
+    assert make_generator(engine=engine).self_play(1).num_rows > 0
+
+
+def test_a_seed_gives_the_same_games_and_scripted_moves():
+    def played(seed: int) -> list[tuple]:
+        gen = make_generator(games=("tictactoe", "kuhn", "negotiation"), seed=seed)
+        table = gen.play([Match(g, seats) for g in ("tictactoe", "kuhn", "negotiation")
+                          for seats in ((LEARNER, "random"), ("random", LEARNER))] * 3, 1.0)
+        return [(r["game"], r["seed"], r["turn"], r["response_text"]) for r in table.to_pylist()]
+    assert played(3) == played(3)
+    assert played(3) != played(4)
+
+
+# ---- weights
+
+def test_each_model_turn_is_tagged_with_the_weight_version_that_generated_it():
+    gen = make_generator()
+    gen.set_weights(weights(-1.0), 1)
+    first = gen.self_play(3).to_pylist()
+    gen.set_weights(weights(-2.0), 2)
+    second = gen.self_play(3).to_pylist()
+    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in first} == {(1, 1, -1.0)}
+    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in second} == {(2, 2, -2.0)}
+
+
+def test_a_weight_change_requested_during_an_engine_call_lands_only_after_it_returns():
+    engine = RuleEngine()
+    gen = make_generator(engine=engine)
+    gen.set_weights(weights(-1.0), 1)
+    setter = threading.Thread(target=gen.set_weights, args=(weights(-2.0), 2))
+    waited = []
+
+    def race(call: int) -> None:
+        if call == 0:
+            setter.start()
+            setter.join(timeout=0.2)
+            waited.append(setter.is_alive())
+    engine.on_generate = race
+    rows = gen.self_play(4).to_pylist()
+    setter.join()
+    assert waited == [True]  # set_weights waited for the engine call
+    assert engine.loads_during_generate == 0
+    assert {(r["policy_version"], *r["behaviour_logprobs"]) for r in rows if r["turn"] == 0} == {(1, -1.0)}
+    # every turn carries the version of the weights its log-probs came from: weights(-v)
+    assert all(r["behaviour_logprobs"] == [-float(r["policy_version"])] for r in rows)
+    assert gen.version == 2
+
+
+# ---- evaluation
+
+def test_evaluate_plays_n_games_in_each_seat_greedily():
+    engine = RuleEngine()
+    gen = make_generator(games=("kuhn",), engine=engine)
+    result = gen.evaluate("kuhn", "nash", 5)
+    assert (result["games"], result["first_games"], result["second_games"]) == (10, 5, 5)
+    assert (result["opponent"], result["version"]) == ("nash", 0)
+    assert {c["temperature"] for c in engine.calls} == {0.0}
+
+
+def test_evaluation_prompts_the_learner_at_the_scripted_opponents_tier():
+    engine = RuleEngine()
+    gen = make_generator(engine=engine, skill_prompts=True)
+    gen.evaluate("tictactoe", "minimax", 2)
+    assert all(p.startswith("<expert>tictactoe ") for c in engine.calls for p in c["prompts"])
+
+
+# ---- league members in opponent slots
+
+def test_load_members_refuses_a_member_whose_engine_echoes_other_weights():
+    maker = EngineMaker()
+    gen = make_generator(maker=maker)
+
+    def forged(member):
+        return weights(-1.0), 3, checksum(weights(-9.0))  # the league recorded other weights
+    with pytest.raises(WeightMismatch, match="opponent forged loaded weights"):
+        gen.load_members({"forged"}, forged)
+    [(_, refused)] = maker.made
+    assert refused.closed and "forged" not in gen.slots and "forged" not in gen.versions
+    gen.load_members({"honest"}, fetcher({"honest": (-1.0, 3)}))
+    assert list(gen.slots) == ["honest"] and gen.versions["honest"] == 3
+
+
+def test_a_new_member_takes_the_engine_of_the_least_recently_played_member():
+    maker = EngineMaker()
+    gen = make_generator(maker=maker, max_live=2)
+    members = {"a": (-1.0, 1), "b": (-2.0, 2), "c": (-3.0, 3)}
+    gen.load_members({"a", "b"}, fetcher(members))
+    engines = {m: gen.slots[m] for m in ("a", "b")}
+    gen.play([Match("tictactoe", (LEARNER, "a"))], 1.0)  # b is now the least recently used
+    fetched = []
+    gen.load_members({"c"}, fetcher(members, fetched))
+    assert fetched == ["c"] and len(maker.made) == 2  # weights swapped in place, no new engine
+    assert gen.slots["c"] is engines["b"] and gen.slots["a"] is engines["a"]
+    assert engines["b"].logprob == -3.0 and "b" not in gen.versions
+
+
+def test_a_member_the_play_needs_is_never_evicted_even_when_least_recently_used():
+    gen = make_generator(max_live=2)
+    members = {"a": (-1.0, 1), "b": (-2.0, 2), "c": (-3.0, 3)}
+    gen.load_members({"a", "b"}, fetcher(members))
+    engine_b = gen.slots["b"]
+    gen.play([Match("tictactoe", (LEARNER, "a"))], 1.0)  # b is now the least recently used
+    fetched = []
+    gen.load_members({"b", "c"}, fetcher(members, fetched))
+    assert fetched == ["c"] and set(gen.slots) == {"b", "c"} and gen.slots["b"] is engine_b
+    with pytest.raises(ValueError, match="needs 3 league opponents but a generator holds 2"):
+        gen.load_members({"a", "b", "c"}, fetcher(members))
+
+
+def test_league_play_seats_the_learner_at_random_and_tags_opponent_ids_and_versions():
+    gen = make_generator(games=("tictactoe", "kuhn"), skill_prompts=True)
+    gen.set_weights(weights(-2.0), 2)
+    gen.load_members({"snap-0"}, fetcher({"snap-0": (-3.0, 7)}))
+    member = gen.slots["snap-0"]
+    table = gen.league_play([("snap-0", "expert", "novice")] * 40 + [(SELF, "intermediate", "intermediate")] * 8)
+    seats, self_play = [], 0
+    for rows in by_traj(table).values():
+        learner_rows = [r for r in rows if r["policy_id"] == LEARNER]
+        member_rows = [r for r in rows if r["policy_id"] == "snap-0"]
+        if not member_rows and all(r["opponent_id"] == SELF for r in rows):
+            self_play += 1
+            assert all(r["opponent_version"] == 2 for r in rows)
+            continue
+        seats.append(learner_rows[0]["role"] if learner_rows else 1 - member_rows[0]["role"])
+        assert all((r["opponent_id"], r["opponent_version"], r["policy_version"], r["trainable"],
+                    *r["behaviour_logprobs"]) == ("snap-0", 7, 2, True, -2.0) for r in learner_rows)
+        assert all((r["opponent_id"], r["opponent_version"], r["policy_version"], r["trainable"],
+                    *r["behaviour_logprobs"]) == (LEARNER, 2, 7, False, -3.0) for r in member_rows)
+    assert self_play == 8 and len(seats) == 40
+    assert 10 <= seats.count(0) <= 30  # each seat about half the time
+    assert all(p.startswith("<novice>") for c in member.calls for p in c["prompts"])
+    assert replays(table)
+
+
+def test_close_releases_the_learners_opponents_and_slots_engines():
+    maker = EngineMaker()
+    learner = RuleEngine()
+    gen = make_generator(engine=learner, maker=maker)
+    gen.add_opponent("rival", "/models/rival")
+    gen.load_members({"snap-0"}, fetcher({"snap-0": (-1.0, 1)}))
+    gen.close()
+    assert learner.closed and len(maker.made) == 2 and all(e.closed for _, e in maker.made)

@@ -1,0 +1,141 @@
+"""The learner's broadcast and snapshot protocols (learner/service.py), without Ray: a real
+learner on a tiny model, receivers that checksum what they load as the engine's worker
+extension does, calls carried by LocalTransport's threads."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from safetensors.torch import load as load_safetensors
+
+from learner.learner import Learner
+from learner.service import BroadcastMismatch, LearnerService
+from selfplay import schema
+from selfplay.config import load_config
+from selfplay.model import create_default_model
+from selfplay.transport import LocalTransport
+from selfplay.weights import state_checksum
+from tests.rows import make_row
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
+
+
+class Receiver:
+    """Loads weights the way actors/engine_ext.py does: parse the safetensors bytes and
+    answer with the checksum of the tensors that arrived."""
+
+    def __init__(self, corrupt: bool = False):
+        self.corrupt = corrupt
+        self.loads: list[tuple[int, str]] = []  # (version, checksum) of every load
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def set_weights(self, blob: bytes, version: int) -> str:
+        self.gate.wait()
+        tensors = load_safetensors(blob)
+        if self.corrupt:  # one parameter arrives changed
+            name = sorted(tensors)[0]
+            tensors[name] = tensors[name] + 1
+        checksum = state_checksum(tensors)
+        self.loads.append((version, checksum))
+        return checksum
+
+
+class League:
+    def __init__(self):
+        self.members: list[tuple[dict, bytes]] = []
+
+    def add_member(self, member: dict, blob: bytes) -> dict:
+        self.members.append((member, blob))
+        return member
+
+
+def batch(n: int = 4):
+    return schema.from_rows([make_row(traj_id=f"t{i}", ret=1.0 if i % 2 else -1.0) for i in range(n)])
+
+
+def make_service(model_dir, overrides=(), sample=None):
+    cfg = load_config(None, ["learner.batch_size=4", "learner.lr=1e-2", *overrides])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    return LearnerService(learner, sample or (lambda n, version: batch(n)), LocalTransport())
+
+
+def test_attach_loads_the_current_weights_before_any_broadcast(model_dir):
+    service = make_service(model_dir)
+    r = Receiver()
+    joined = service.attach("generator-1", r)
+    _, checksum = service.learner.export()
+    assert joined == {"version": 0, "checksum": checksum, "loaded": checksum}
+    assert r.loads == [(0, checksum)] and "generator-1" in service.targets
+
+
+def test_a_generator_that_loads_other_weights_is_refused_at_attach(model_dir):
+    service = make_service(model_dir)
+    with pytest.raises(BroadcastMismatch, match="generator-1 loaded weights"):
+        service.attach("generator-1", Receiver(corrupt=True))
+    assert "generator-1" not in service.targets
+
+
+def test_every_target_loads_each_new_version_after_training(model_dir):
+    service = make_service(model_dir)
+    a, b = Receiver(), Receiver()
+    service.attach("generator-0", a)
+    service.add_target("opponent", b)
+    before = service.checksum
+    steps = service.train(2)  # broadcast_every=1: two broadcasts
+    service.verify_pending()
+    assert [m["weight_version"] for m in steps] == [1, 2]
+    assert all("broadcast_seconds" in m for m in steps)
+    assert [v for v, _ in a.loads] == [0, 1, 2] and [v for v, _ in b.loads] == [1, 2]
+    assert a.loads[-1][1] == b.loads[-1][1] == service.checksum != before  # training moved the weights
+
+
+def test_a_bad_load_is_caught_at_the_next_broadcast_not_before(model_dir):
+    service = make_service(model_dir)
+    service.add_target("generator-1", Receiver(corrupt=True))
+    service.broadcast()  # sent; the learner does not wait for the answer
+    with pytest.raises(BroadcastMismatch, match="generator-1"):
+        service.broadcast()
+
+
+def test_broadcast_does_not_wait_for_a_busy_engine_unless_asked(model_dir):
+    service = make_service(model_dir)
+    slow = Receiver()
+    slow.gate.clear()  # the engine is mid-call: the load cannot land yet
+    service.add_target("generator-0", slow)
+    sent = service.broadcast()
+    assert "acks" not in sent and slow.loads == []
+    slow.gate.set()
+    assert service.verify_pending() == {"generator-0": sent["checksum"]}
+
+
+def test_detach_still_checks_the_leaving_generators_last_load(model_dir):
+    service = make_service(model_dir)
+    service.add_target("generator-2", Receiver(corrupt=True))
+    service.add_target("generator-0", Receiver())
+    service.broadcast()
+    with pytest.raises(BroadcastMismatch, match="generator-2"):
+        service.detach("generator-2")
+    assert list(service.targets) == ["generator-0"]
+    assert [name for name, _, _ in service.pending] == ["generator-0"]
+
+
+def test_the_learner_waits_while_the_buffer_says_wait(model_dir):
+    answers = [None, None, batch(4)]
+    service = make_service(model_dir, sample=lambda n, version: answers.pop(0))
+    (m,) = service.train(1)
+    assert answers == [] and m["step"] == 1 and m["learner_wait_s"] > 0
+
+
+def test_promote_hands_the_league_a_checkpoint_and_the_broadcast_weights(model_dir, tmp_path):
+    service = make_service(model_dir)
+    service.train(1)
+    league = League()
+    service.promote(league, "snap-0", str(tmp_path / "snap-0"))
+    (member, blob), = league.members
+    assert member["id"] == "snap-0" and member["version"] == 1 and member["step"] == 1
+    assert member["checksum"] == state_checksum(load_safetensors(blob)) == service.learner.export()[1]
+    assert (tmp_path / "snap-0" / "config.json").exists() and (tmp_path / "snap-0" / "tokenizer_config.json").exists()
