@@ -11,7 +11,7 @@ CONFIG ?= configs/tictactoe.yaml
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo test lint format bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: $(STAMP)
 
 test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -2,6 +2,7 @@
 `max_staleness` versions old, and rate-limits inserts against samples (the rule of
 DeepMind's Reverb SampleToInsertRatio limiter) so fast generators cannot flood a slow
 learner. Saved and restored as Parquet with the checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,18 @@ def staleness_floor(learner_version: int, max_staleness: int) -> int:
     return learner_version - max_staleness
 
 
-def insert_allowed(inserted: int, sampled: int, samples_per_insert: float, tolerance: int,
-                   size: int, min_size: int) -> bool:
+def insert_allowed(
+    inserted: int, sampled: int, samples_per_insert: float, tolerance: int, size: int, min_size: int
+) -> bool:
     """Generators may insert while sampling keeps up, inserted * spi - sampled <= tolerance,
     and always while the buffer is below min_size (as Reverb's limiter does): otherwise
     stale drops could leave both sides waiting on each other."""
     return size < min_size or inserted * samples_per_insert - sampled <= tolerance
 
 
-def sample_allowed(inserted: int, sampled: int, n: int, samples_per_insert: float,
-                   tolerance: int, size: int, min_size: int) -> bool:
+def sample_allowed(
+    inserted: int, sampled: int, n: int, samples_per_insert: float, tolerance: int, size: int, min_size: int
+) -> bool:
     """The learner may take n more once the buffer holds min_size and n fit in the rate:
     sampled + n - inserted * spi <= tolerance."""
     return size >= max(min_size, n) and sampled + n - inserted * samples_per_insert <= tolerance
@@ -69,17 +72,28 @@ class ReplayBuffer:
         return fresh.num_rows
 
     def can_insert(self) -> bool:
-        return insert_allowed(self.counts["inserted"], self.counts["sampled"],
-                              self.cfg.samples_per_insert, self.cfg.spi_tolerance,
-                              len(self), self.cfg.min_size)
+        return insert_allowed(
+            self.counts["inserted"],
+            self.counts["sampled"],
+            self.cfg.samples_per_insert,
+            self.cfg.spi_tolerance,
+            len(self),
+            self.cfg.min_size,
+        )
 
     def sample(self, n: int, learner_version: int) -> pa.Table | None:
         """n distinct turns, uniformly, or None while the rate limit or min_size says wait."""
         self.learner_version = max(self.learner_version, learner_version)
         self.table = self._fresh(self.table)
-        if not sample_allowed(self.counts["inserted"], self.counts["sampled"], n,
-                              self.cfg.samples_per_insert, self.cfg.spi_tolerance,
-                              len(self), self.cfg.min_size):
+        if not sample_allowed(
+            self.counts["inserted"],
+            self.counts["sampled"],
+            n,
+            self.cfg.samples_per_insert,
+            self.cfg.spi_tolerance,
+            len(self),
+            self.cfg.min_size,
+        ):
             return None
         idx = self.rng.choice(len(self), size=n, replace=False)
         self.counts["sampled"] += n
@@ -87,14 +101,22 @@ class ReplayBuffer:
 
     def stats(self) -> dict:
         versions = self.table["policy_version"]
-        return {"size": len(self), "fill": len(self) / self.cfg.capacity, "learner_version": self.learner_version,
-                "oldest_version": pc.min(versions).as_py() if len(self) else None, **self.counts}
+        return {
+            "size": len(self),
+            "fill": len(self) / self.cfg.capacity,
+            "learner_version": self.learner_version,
+            "oldest_version": pc.min(versions).as_py() if len(self) else None,
+            **self.counts,
+        }
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         schema.write_parquet(self.table, d / "buffer.parquet")
-        state = {"learner_version": self.learner_version, "counts": self.counts,
-                 "rng": self.rng.bit_generator.state}
+        state = {
+            "learner_version": self.learner_version,
+            "counts": self.counts,
+            "rng": self.rng.bit_generator.state,
+        }
         (d / "buffer_state.json").write_text(json.dumps(state))
 
     def load(self, directory: str | Path) -> None:
@@ -112,8 +134,10 @@ class BufferActor:
 
     def __init__(self, cfg: BufferConfig, seed: int, run_id: str):
         self.buffer = ReplayBuffer(cfg, seed)
-        self.gauges = {name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})
-                       for name in ("size", "fill", "inserted", "sampled", "dropped_stale", "evicted")}
+        self.gauges = {
+            name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})
+            for name in ("size", "fill", "inserted", "sampled", "dropped_stale", "evicted")
+        }
 
     def _publish(self) -> None:
         stats = self.buffer.stats()

@@ -2,6 +2,7 @@
 shrink while the learner trains (`selfplay scale RUN --generators N`, or the autoscale
 rule). `GeneratorPool` (actors/pool.py) holds the protocols; this class only carries
 them over Ray and publishes the pool's size."""
+
 from __future__ import annotations
 
 import ray
@@ -14,9 +15,19 @@ from selfplay.transport import RayTransport
 
 @ray.remote(num_cpus=0, max_concurrency=8)
 class ControllerActor:
-    def __init__(self, cfg: RunConfig, run_id: str, model_path: str, learner, verifier, buffer,
-                 league=None, seed_offset: int = 0):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_id: str,
+        model_path: str,
+        learner,
+        verifier,
+        buffer,
+        league=None,
+        seed_offset: int = 0,
+    ):
         from selfplay.program import discard_generator, spawn_generator  # the program builds this actor
+
         size = ray_metric("gauge", "controller_generators", {"run": run_id})
         groups: dict[str, object] = {}  # name -> placement group of a tensor-parallel generator
 
@@ -24,8 +35,17 @@ class ControllerActor:
             handle, groups[name] = spawn_generator(cfg, run_id, model_path, name, seed_offset + serial)
             return handle
 
-        self.pool = GeneratorPool(cfg, RayTransport(), spawn, lambda name, handle: discard_generator(
-            handle, groups.pop(name, None)), learner, verifier, buffer, league, on_size=size.set)
+        self.pool = GeneratorPool(
+            cfg,
+            RayTransport(),
+            spawn,
+            lambda name, handle: discard_generator(handle, groups.pop(name, None)),
+            learner,
+            verifier,
+            buffer,
+            league,
+            on_size=size.set,
+        )
 
     def scale(self, n: int, timeout_s: float = 600.0) -> dict:
         return self.pool.scale(n, timeout_s)

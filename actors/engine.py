@@ -1,6 +1,7 @@
 """A vLLM engine with in-place weight reload. Plain class; used by generator actors, the
 eval command and the benchmarks. `PolicyEngine` says what the generator needs of an engine,
 so its game loop can also run on a small scripted one (tests/engines.py)."""
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,13 @@ class PolicyEngine(Protocol):
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, as prompts are fed to `generate`."""
 
-    def generate(self, prompts: list[list[int]], max_tokens: int | list[int],
-                 temperature: float | list[float],
-                 stop: list[list[str]] | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_tokens: int | list[int],
+        temperature: float | list[float],
+        stop: list[list[str]] | None = None,
+    ) -> list[Completion]:
         """One sampled completion per prompt, in order, with the log-prob of each token."""
 
     def loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
@@ -57,15 +62,22 @@ class Engine:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen_cfg.kv_cache_gib)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = gen_cfg.cpu_bind
         from vllm import LLM
+
         parallel = {}
         if gen_cfg.tensor_parallel_size > 1:  # workers go into the caller's placement group
-            parallel = {"tensor_parallel_size": gen_cfg.tensor_parallel_size,
-                        "distributed_executor_backend": "ray"}
+            parallel = {
+                "tensor_parallel_size": gen_cfg.tensor_parallel_size,
+                "distributed_executor_backend": "ray",
+            }
         self.llm = LLM(
-            model=model_path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len,
-            seed=seed, worker_extension_cls=WORKER_EXTENSION,
+            model=model_path,
+            dtype=model_cfg.dtype,
+            max_model_len=model_cfg.max_model_len,
+            seed=seed,
+            worker_extension_cls=WORKER_EXTENSION,
             enforce_eager=gen_cfg.enforce_eager,
-            gpu_memory_utilization=gen_cfg.gpu_memory_utilization, **parallel,
+            gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+            **parallel,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -73,22 +85,29 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids
 
-    def generate(self, prompts: list[list[int]], max_tokens: int | list[int],
-                 temperature: float | list[float],
-                 stop: list[list[str]] | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_tokens: int | list[int],
+        temperature: float | list[float],
+        stop: list[list[str]] | None = None,
+    ) -> list[Completion]:
         """Sample one completion per prompt; `max_tokens`, `temperature` and `stop` (strings
         that end a completion; vLLM leaves them out of `text`, not of `token_ids`) may differ
         per prompt."""
         # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
         # ("CPU Generator does not use offset"); the engine-level seed is set instead.
         from vllm import SamplingParams
+
         n = len(prompts)
         limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * n
         temps = temperature if isinstance(temperature, list) else [temperature] * n
         stops = [tuple(s) for s in stop] if stop is not None else [()] * n
         keys = list(zip(limits, temps, stops))
-        by_key = {k: SamplingParams(max_tokens=k[0], temperature=k[1], stop=list(k[2]) or None, logprobs=0)
-                  for k in set(keys)}
+        by_key = {
+            k: SamplingParams(max_tokens=k[0], temperature=k[1], stop=list(k[2]) or None, logprobs=0)
+            for k in set(keys)
+        }
         params = [by_key[k] for k in keys]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         done = []
@@ -103,11 +122,14 @@ class Engine:
         """Log-likelihood of each continuation after its prompt under the engine's weights
         (sum over the continuation's tokens), from vLLM's prompt log-probs."""
         from vllm import SamplingParams
+
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         seqs = [p + c for p, c in zip(prompts, continuations)]
         outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
-        return [sum(out.prompt_logprobs[i][seq[i]].logprob for i in range(len(p), len(seq)))
-                for out, seq, p in zip(outputs, seqs, prompts)]
+        return [
+            sum(out.prompt_logprobs[i][seq[i]].logprob for i in range(len(p), len(seq)))
+            for out, seq, p in zip(outputs, seqs, prompts)
+        ]
 
     def close(self) -> None:
         """Stop the engine process now rather than at interpreter exit."""

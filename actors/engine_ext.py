@@ -1,6 +1,7 @@
 """Runs inside vLLM's worker process (named by `worker_extension_cls`). Weights arrive as
 safetensors bytes, never pickles: collective_rpc serialises args with msgpack, where raw
 tensors do not survive but bytes do."""
+
 from __future__ import annotations
 
 from safetensors.torch import load as load_safetensors

@@ -7,6 +7,7 @@ go to the verifier (and on to the buffer) without touching the driver.
 The plain `Generator` is handed its engines (the learner's, and a factory for opponents'),
 as `load_members` is handed `fetch`: runs give it vLLM engines (`Generator.from_model`),
 tests a scripted one (tests/engines.py). `GeneratorActor` is the Ray shell."""
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,8 @@ import ray
 from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import schema
 from selfplay.config import GeneratorConfig, ModelConfig
-from selfplay.games import make_game, scripted_players
 from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize
+from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 
@@ -40,8 +41,10 @@ def slot_plan(loaded: list[str], needed: set[str], capacity: int) -> list[tuple[
     (None: a new engine). `loaded` is least recently used first; members in `needed` keep
     their engines."""
     if len(needed) > capacity:
-        raise ValueError(f"a play needs {len(needed)} league opponents but a generator holds "
-                         f"{capacity} (league.max_live_opponents)")
+        raise ValueError(
+            f"a play needs {len(needed)} league opponents but a generator holds "
+            f"{capacity} (league.max_live_opponents)"
+        )
     spare = [m for m in loaded if m not in needed]
     free = capacity - len(loaded)
     plan = []
@@ -57,8 +60,10 @@ def slot_plan(loaded: list[str], needed: set[str], capacity: int) -> list[tuple[
 def check_fits(game: str, prompt_tokens: int, reply_tokens: int, max_model_len: int) -> None:
     """Refuse a turn before the engine call rather than let vLLM reject it mid-wave."""
     if prompt_tokens + reply_tokens > max_model_len:
-        raise ValueError(f"{game}: a prompt of {prompt_tokens} tokens plus a {reply_tokens}-token reply "
-                         f"does not fit the model's context of {max_model_len} (model.max_model_len)")
+        raise ValueError(
+            f"{game}: a prompt of {prompt_tokens} tokens plus a {reply_tokens}-token reply "
+            f"does not fit the model's context of {max_model_len} (model.max_model_len)"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,16 @@ class Match:
 def both_seats(game: str, opponent: str, n_games: int, tier: str | None = None) -> list[Match]:
     """n_games with the learner first and n_games with it second; `tier` prefixes the
     learner's prompts."""
-    return ([Match(game, (LEARNER, opponent), (tier, None))] * n_games
-            + [Match(game, (opponent, LEARNER), (None, tier))] * n_games)
+    return [Match(game, (LEARNER, opponent), (tier, None))] * n_games + [
+        Match(game, (opponent, LEARNER), (None, tier))
+    ] * n_games
 
 
 @dataclass
 class GameInPlay:
     """One game of a `play` call: its match, its state, the scripted player at each seat
     (None where a policy engine moves), its trajectory id and its turns so far."""
+
     match: Match
     state: Any  # a game from make_game
     scripted: list  # per seat
@@ -96,14 +103,31 @@ class GameInPlay:
     def rows(self) -> list[dict]:
         """The finished game's turns, each with its trajectory, order and final outcome."""
         returns = self.state.returns()
-        return [{**row, "traj_id": self.traj_id, "seed": self.state.seed, "turn": t,
-                 "outcome": returns[row["role"]]} for t, row in enumerate(self.turns)]
+        return [
+            {
+                **row,
+                "traj_id": self.traj_id,
+                "seed": self.state.seed,
+                "turn": t,
+                "outcome": returns[row["role"]],
+            }
+            for t, row in enumerate(self.turns)
+        ]
 
 
 class Generator:
-    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], engine: PolicyEngine,
-                 new_engine: EngineFactory, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
-                 max_live_opponents: int = 2):
+    def __init__(
+        self,
+        generator_id: str,
+        run_id: str,
+        games: dict[str, float],
+        engine: PolicyEngine,
+        new_engine: EngineFactory,
+        gen_cfg: GeneratorConfig,
+        seed: int,
+        version: int = 0,
+        max_live_opponents: int = 2,
+    ):
         """`engine` serves the learner's policy; `new_engine(model_path)` makes opponents'
         engines (`add_opponent`, and league slots with None). All share `engine`'s tokenizer."""
         self.id = generator_id
@@ -120,19 +144,45 @@ class Generator:
         self.lock = threading.Lock()  # weights change only between engine calls
         self.max_live = max_live_opponents
         self.slots: OrderedDict[str, PolicyEngine] = OrderedDict()  # league member -> engine, LRU first
-        self.counts = {"games": 0, "turns": 0, "tokens": 0, "engine_s": 0.0, "illegal": 0,
-                       "opponent_loads": 0}
+        self.counts = {
+            "games": 0,
+            "turns": 0,
+            "tokens": 0,
+            "engine_s": 0.0,
+            "illegal": 0,
+            "opponent_loads": 0,
+        }
 
     @classmethod
-    def from_model(cls, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
-                   model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
-                   max_live_opponents: int = 2) -> "Generator":
+    def from_model(
+        cls,
+        generator_id: str,
+        run_id: str,
+        games: dict[str, float],
+        model_path: str,
+        model_cfg: ModelConfig,
+        gen_cfg: GeneratorConfig,
+        seed: int,
+        version: int = 0,
+        max_live_opponents: int = 2,
+    ) -> Generator:
         """A generator on vLLM engines: the learner's and league slots' on `model_path`,
         `add_opponent`'s on the opponent's directory."""
+
         def new_engine(path: str | None) -> Engine:
             return Engine(path or model_path, model_cfg, gen_cfg, seed)
-        return cls(generator_id, run_id, games, new_engine(None), new_engine, gen_cfg, seed, version,
-                   max_live_opponents)
+
+        return cls(
+            generator_id,
+            run_id,
+            games,
+            new_engine(None),
+            new_engine,
+            gen_cfg,
+            seed,
+            version,
+            max_live_opponents,
+        )
 
     @property
     def version(self) -> int:
@@ -160,8 +210,9 @@ class Generator:
         for member, replaced in slot_plan(list(self.slots), needed, self.max_live):
             self._load_member(member, *fetch(member), replace=replaced)
 
-    def _load_member(self, member_id: str, blob: bytes, version: int, checksum: str,
-                     replace: str | None) -> None:
+    def _load_member(
+        self, member_id: str, blob: bytes, version: int, checksum: str, replace: str | None
+    ) -> None:
         """Load a member's weights in place into the engine of `replace` (a loaded member
         this play does not need), or into a new engine (None). The engine must echo
         `checksum`; `slot_plan` decides which."""
@@ -175,8 +226,9 @@ class Generator:
             got = engine.load_weights(blob)
             if got != checksum:  # never seat a policy whose weights are not the member's
                 engine.close()
-                raise WeightMismatch(f"{self.id}: opponent {member_id} loaded weights {got}, "
-                                     f"league recorded {checksum}")
+                raise WeightMismatch(
+                    f"{self.id}: opponent {member_id} loaded weights {got}, league recorded {checksum}"
+                )
             self.slots[member_id] = engine
             self.versions[member_id] = version
             self.counts["opponent_loads"] += 1
@@ -217,8 +269,10 @@ class Generator:
         """A new game per match. Draw order (kept so a seed gives the same games): every
         game's seed, then each match's scripted players seat by seat."""
         seeds = [self.rng.getrandbits(31) for _ in matches]
-        return [GameInPlay(m, make_game(m.game, seed=s), self._scripted_players(m), uuid.uuid4().hex)
-                for m, s in zip(matches, seeds)]
+        return [
+            GameInPlay(m, make_game(m.game, seed=s), self._scripted_players(m), uuid.uuid4().hex)
+            for m, s in zip(matches, seeds)
+        ]
 
     def _scripted_players(self, match: Match) -> list:
         scripted = scripted_players(match.game)
@@ -236,8 +290,10 @@ class Generator:
 
     def _reply_limit(self, game) -> int:
         # a token is at least one character, so a game's longest reply bounds its tokens
-        return min(self.cfg.max_response_tokens, getattr(game, "max_reply_chars", None)
-                   or self.cfg.max_response_tokens)
+        return min(
+            self.cfg.max_response_tokens,
+            getattr(game, "max_reply_chars", None) or self.cfg.max_response_tokens,
+        )
 
     def _model_moves(self, policy: str, batch: list[GameInPlay], temperature: float) -> None:
         """One engine call for every game in `batch`, all awaiting `policy`'s reply."""
@@ -254,29 +310,60 @@ class Generator:
         for g, prompt, out in zip(batch, prompts, outs):
             role = g.role
             legal = g.state.apply_text(out.text)
-            g.turns.append(self._row(g.match, role, prompt=prompt, response=out.token_ids,
-                                     logprobs=out.logprobs, text=out.text, illegal=not legal,
-                                     versions=versions, elapsed=elapsed))
+            g.turns.append(
+                self._row(
+                    g.match,
+                    role,
+                    prompt=prompt,
+                    response=out.token_ids,
+                    logprobs=out.logprobs,
+                    text=out.text,
+                    illegal=not legal,
+                    versions=versions,
+                    elapsed=elapsed,
+                )
+            )
             self.counts["illegal"] += not legal
         self.counts["turns"] += len(batch)
         self.counts["tokens"] += sum(len(o.token_ids) for o in outs)
         self.counts["engine_s"] += elapsed
 
-    def _row(self, match: Match, role: int, *, text: str, versions: dict[str, int], prompt=(),
-             response=(), logprobs=(), illegal: bool = False, elapsed: float = 0.0) -> dict:
+    def _row(
+        self,
+        match: Match,
+        role: int,
+        *,
+        text: str,
+        versions: dict[str, int],
+        prompt=(),
+        response=(),
+        logprobs=(),
+        illegal: bool = False,
+        elapsed: float = 0.0,
+    ) -> dict:
         """One turn by seat `role` of `match`; a scripted move has no tokens and no engine
         time. traj_id, seed, turn and outcome are added when the game ends (GameInPlay.rows)."""
         mover, other = match.seats[role], match.seats[1 - role]
         is_learner = mover == LEARNER
         return {
-            "run_id": self.run_id, "game": match.game, "role": role,
-            "policy_id": mover, "policy_version": versions.get(mover, 0),
+            "run_id": self.run_id,
+            "game": match.game,
+            "role": role,
+            "policy_id": mover,
+            "policy_version": versions.get(mover, 0),
             "opponent_id": SELF if is_learner and other == LEARNER else other,
             "opponent_version": versions.get(other, 0),
-            "prompt_ids": list(prompt), "response_ids": list(response),
-            "behaviour_logprobs": list(logprobs), "response_text": text,
-            "reward": None, "ret": None, "illegal": illegal, "trainable": is_learner,
-            "generator_id": self.id, "gen_time_s": elapsed, "created_at": time.time(),
+            "prompt_ids": list(prompt),
+            "response_ids": list(response),
+            "behaviour_logprobs": list(logprobs),
+            "response_text": text,
+            "reward": None,
+            "ret": None,
+            "illegal": illegal,
+            "trainable": is_learner,
+            "generator_id": self.id,
+            "gen_time_s": elapsed,
+            "created_at": time.time(),
         }
 
     def pick_game(self) -> str:
@@ -307,11 +394,13 @@ class Generator:
     def kuhn_policy(self) -> dict[str, list[float]]:
         """The learner's Kuhn poker policy at all 12 information states: its probability of
         each reply, renormalised over the legal ones (see kuhn_policy_table)."""
+
         def loglikelihood(observations: list[str], replies: list[str]) -> list[float]:
             prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
-            conts = [list(self.encode(r))[len(self.encode("")):] for r in replies]
+            conts = [list(self.encode(r))[len(self.encode("")) :] for r in replies]
             with self.lock:
                 return self.engines[LEARNER].loglikelihood(prompts, conts)
+
         return kuhn_policy_table(loglikelihood)
 
     def close(self) -> None:
@@ -326,11 +415,21 @@ class GeneratorActor:
     actor, each wave's opponents come from its matchmaking and every finished league game
     goes back to it for Elo."""
 
-    def __init__(self, generator_id: str, run_id: str, games: dict[str, float], model_path: str,
-                 model_cfg: ModelConfig, gen_cfg: GeneratorConfig, seed: int, version: int = 0,
-                 max_live_opponents: int = 2):
-        self.gen = Generator.from_model(generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed,
-                                        version, max_live_opponents)
+    def __init__(
+        self,
+        generator_id: str,
+        run_id: str,
+        games: dict[str, float],
+        model_path: str,
+        model_cfg: ModelConfig,
+        gen_cfg: GeneratorConfig,
+        seed: int,
+        version: int = 0,
+        max_live_opponents: int = 2,
+    ):
+        self.gen = Generator.from_model(
+            generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version, max_live_opponents
+        )
         self.stopped = threading.Event()  # set once by `stop`, even if it comes before `play_loop` starts
         self.wait_s = 0.0
         self.sent = 0  # trajectories handed to the verifier
@@ -376,14 +475,19 @@ class GeneratorActor:
     def _load_members(self, league, members: set[str]) -> None:
         """Fetch missing members' weights from the league's object-store copy (the
         broadcast path) into opponent engines; each load's checksum is verified."""
+
         def fetch(member: str) -> tuple[bytes, int, str]:
             info = ray.get(league.weights.remote(member))
             return ray.get(info["ref"][0]), info["version"], info["checksum"]
+
         self.gen.load_members(members, fetch)
 
     def _report(self, league, table: pa.Table) -> None:
-        results = [(g["game"], g["opponent"], game_points(g["outcome"])) for g in outcomes(table)
-                   if g["opponent"] != SELF]
+        results = [
+            (g["game"], g["opponent"], game_points(g["outcome"]))
+            for g in outcomes(table)
+            if g["opponent"] != SELF
+        ]
         if results:
             league.record.remote(results)
 
@@ -417,6 +521,13 @@ class GeneratorActor:
         return schema.to_ipc(self.gen.self_play(n_games))
 
     def stats(self) -> dict:
-        return {"id": self.gen.id, "version": self.gen.version, "checksum": self.gen.checksum,
-                "wait_s": self.wait_s, "sent": self.sent, "members": list(self.gen.slots),
-                "node_id": ray.get_runtime_context().get_node_id(), **self.gen.counts}
+        return {
+            "id": self.gen.id,
+            "version": self.gen.version,
+            "checksum": self.gen.checksum,
+            "wait_s": self.wait_s,
+            "sent": self.sent,
+            "members": list(self.gen.slots),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            **self.gen.counts,
+        }

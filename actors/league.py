@@ -2,6 +2,7 @@
 and head-to-head results; answers each generator wave's matchmaking; keeps every member's
 weights in the object store so generators load them through the broadcast path.
 `League` is the plain class; `LeagueActor` its Ray shell."""
+
 from __future__ import annotations
 
 import random
@@ -12,8 +13,15 @@ from pathlib import Path
 import ray
 
 from selfplay.config import LeagueConfig
-from selfplay.league import (LEARNER, SELF, LeagueState, Member, assign_opponents, matchmaking_probs,
-                             skill_tier)
+from selfplay.league import (
+    LEARNER,
+    SELF,
+    LeagueState,
+    Member,
+    assign_opponents,
+    matchmaking_probs,
+    skill_tier,
+)
 from selfplay.metrics import ray_metric
 
 STATE_FILE = "league.json"
@@ -30,10 +38,22 @@ class League:
         """(opponent, learner's skill tier, opponent's skill tier) for each game of a wave."""
         members = self.state.members
         ratings = [m.rating for m in members]
-        probs = matchmaking_probs(self.cfg.mode, self.state.learner_rating, ratings,
-                                  self.state.learner_scores(), self.cfg.pfsp_power, self.cfg.near_scale)
-        ids = assign_opponents([m.id for m in members], probs, n_games, self.cfg.self_play_fraction,
-                               self.cfg.max_live_opponents, self.rng)
+        probs = matchmaking_probs(
+            self.cfg.mode,
+            self.state.learner_rating,
+            ratings,
+            self.state.learner_scores(),
+            self.cfg.pfsp_power,
+            self.cfg.near_scale,
+        )
+        ids = assign_opponents(
+            [m.id for m in members],
+            probs,
+            n_games,
+            self.cfg.self_play_fraction,
+            self.cfg.max_live_opponents,
+            self.rng,
+        )
         rating = {m.id: m.rating for m in members}
         out = []
         for opp in ids:
@@ -52,8 +72,9 @@ class League:
 
 @ray.remote(num_cpus=0)
 class LeagueActor:
-    def __init__(self, cfg: LeagueConfig, seed: int, run_id: str, engine_dtype: str,
-                 resume_dir: str | None = None):
+    def __init__(
+        self, cfg: LeagueConfig, seed: int, run_id: str, engine_dtype: str, resume_dir: str | None = None
+    ):
         state = LeagueState.load(Path(resume_dir) / STATE_FILE) if resume_dir else None
         self.league = League(cfg, seed, state)
         self.engine_dtype = engine_dtype
@@ -64,10 +85,13 @@ class LeagueActor:
 
     def _restore_weights(self, member: Member) -> None:
         from selfplay.weights import export_checkpoint
+
         blob, checksum = export_checkpoint(member.path, self.engine_dtype)
         if checksum != member.checksum:
-            raise RuntimeError(f"league member {member.id}: weights at {member.path} have checksum "
-                               f"{checksum}, the league recorded {member.checksum}; the snapshot changed")
+            raise RuntimeError(
+                f"league member {member.id}: weights at {member.path} have checksum "
+                f"{checksum}, the league recorded {member.checksum}; the snapshot changed"
+            )
         self.blobs[member.id] = ray.put(blob)
 
     def add_member(self, member: dict, blob: bytes) -> dict:

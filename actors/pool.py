@@ -6,6 +6,7 @@ echoes their checksum (`learner.attach`), and only then plays. Leaving: its wave
 finishes the wave under way and returns once the verifier has every game it played; the
 learner checks its last acknowledgement; then it goes. So no game is lost or counted
 twice. `generator-0` (evaluations) never leaves."""
+
 from __future__ import annotations
 
 import threading
@@ -24,9 +25,18 @@ class GeneratorPool:
     see selfplay/program.py); `discard(name, peer)` ends one and frees what it held.
     Generators, learner, verifier, buffer and league are peers of `transport`."""
 
-    def __init__(self, cfg: RunConfig, transport, spawn: Callable[[str, int], object],
-                 discard: Callable[[str, object], None], learner, verifier, buffer, league=None,
-                 on_size: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        transport,
+        spawn: Callable[[str, int], object],
+        discard: Callable[[str, object], None],
+        learner,
+        verifier,
+        buffer,
+        league=None,
+        on_size: Callable[[int], None] = lambda n: None,
+    ):
         self.cfg = cfg
         self.transport = transport
         self.spawn = spawn
@@ -53,8 +63,10 @@ class GeneratorPool:
         """Grow or shrink the pool to n generators; returns the pool's status."""
         a = self.cfg.autoscale
         if a.enabled and not a.min_generators <= n <= a.max_generators:
-            raise ValueError(f"{n} generators is outside the autoscale bounds [{a.min_generators}, "
-                             f"{a.max_generators}] (autoscale.min_generators / max_generators)")
+            raise ValueError(
+                f"{n} generators is outside the autoscale bounds [{a.min_generators}, "
+                f"{a.max_generators}] (autoscale.min_generators / max_generators)"
+            )
         with self.scale_lock:
             if self.closing.is_set():
                 raise RuntimeError("training has ended: the generator pool no longer changes")
@@ -88,17 +100,25 @@ class GeneratorPool:
                 late = sorted(name for name, f in ready.items() if any(f is p for p in pending))
                 raise TimeoutError(
                     f"{', '.join(late)} not running after {timeout_s:.0f} s: each needs "
-                    f"{self._needs()}; the cluster has {t.available()} free")
+                    f"{self._needs()}; the cluster has {t.available()} free"
+                )
             stats = {name: t.get(f) for name, f in ready.items()}  # an engine that failed to start raises
             for name, peer in peers.items():
                 joined = t.get(t.call(self.learner, "attach", name, peer))
                 loop = t.call(peer, "play_loop", self.verifier, self.buffer, self.league)
                 with self.lock:
                     self.live[name], self.loops[name] = peer, loop
-                    self.events.append({"event": "start", "generator": name, "time": time.time(),
-                                        "version": joined["version"], "checksum": joined["checksum"],
-                                        "generator_checksum": joined["loaded"],
-                                        "node_id": stats[name].get("node_id")})
+                    self.events.append(
+                        {
+                            "event": "start",
+                            "generator": name,
+                            "time": time.time(),
+                            "version": joined["version"],
+                            "checksum": joined["checksum"],
+                            "generator_checksum": joined["loaded"],
+                            "node_id": stats[name].get("node_id"),
+                        }
+                    )
                 self.on_size(len(self.live))
         except BaseException:
             for name, peer in peers.items():
@@ -124,9 +144,16 @@ class GeneratorPool:
             t.get(t.call(self.learner, "detach", name))
             with self.lock:
                 self.retired.append(final)
-                self.events.append({"event": "stop", "generator": name, "time": time.time(),
-                                    "sent": final["sent"], "version": final["version"],
-                                    "checksum": final["checksum"]})
+                self.events.append(
+                    {
+                        "event": "stop",
+                        "generator": name,
+                        "time": time.time(),
+                        "sent": final["sent"],
+                        "version": final["version"],
+                        "checksum": final["checksum"],
+                    }
+                )
         finally:  # a generator that failed while stopping goes too; its error propagates
             with self.lock:
                 del self.live[name], self.loops[name]
@@ -156,16 +183,28 @@ class GeneratorPool:
         now, status = time.time(), self.status()
         last, self.last_tick = self.last_tick, (now, learner_wait_s, status["totals"]["wait_s"])
         a, size = self.cfg.autoscale, len(status["generators"])
-        if (last is None or self.closing.is_set() or self.scale_lock.locked()
-                or now - self.last_change < a.cooldown_s):
+        if (
+            last is None
+            or self.closing.is_set()
+            or self.scale_lock.locked()
+            or now - self.last_change < a.cooldown_s
+        ):
             return None
         learner_idle, generator_idle = idle_shares(last, self.last_tick, size)
         target = autoscale_target(size, learner_idle, generator_idle, a)
         if target == size:
             return None
         with self.lock:
-            self.events.append({"event": "autoscale", "time": now, "from": size, "to": target,
-                                "learner_idle": learner_idle, "generator_idle": generator_idle})
+            self.events.append(
+                {
+                    "event": "autoscale",
+                    "time": now,
+                    "from": size,
+                    "to": target,
+                    "learner_idle": learner_idle,
+                    "generator_idle": generator_idle,
+                }
+            )
         threading.Thread(target=self._autoscale_to, args=(target,), daemon=True).start()
         return target
 
@@ -174,8 +213,14 @@ class GeneratorPool:
             self.scale(target)
         except Exception as err:  # recorded where the driver logs pool events; the next tick may retry
             with self.lock:
-                self.events.append({"event": "autoscale_failed", "time": time.time(), "to": target,
-                                    "error": f"{type(err).__name__}: {err}"[:2000]})
+                self.events.append(
+                    {
+                        "event": "autoscale_failed",
+                        "time": time.time(),
+                        "to": target,
+                        "error": f"{type(err).__name__}: {err}"[:2000],
+                    }
+                )
 
     # -- watching -----------------------------------------------------------------------
     def check(self) -> int:

@@ -5,6 +5,7 @@ against it or to use it as an LLM judge.
 call for a whole batch of requests. `ModelServer` is the Ray Serve shell: FastAPI routes,
 `@serve.batch` to gather concurrent requests, resources. `build_app` is what Serve config
 files name (`import_path: actors.serve:build_app`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,14 @@ COMMON_FIELDS = {"model", "max_tokens", "temperature", "n", "stop", "logprobs", 
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"}
 # Accepted only at the value that changes nothing; any other value would be silently ignored.
-NEUTRAL = {"stream": False, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0, "best_of": 1,
-           "echo": False}
+NEUTRAL = {
+    "stream": False,
+    "top_p": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "best_of": 1,
+    "echo": False,
+}
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -44,14 +51,21 @@ class BadRequest(ValueError):
         self.param = param
 
     def body(self) -> dict:
-        return {"error": {"message": str(self), "type": "invalid_request_error", "param": self.param,
-                          "code": None}}
+        return {
+            "error": {
+                "message": str(self),
+                "type": "invalid_request_error",
+                "param": self.param,
+                "code": None,
+            }
+        }
 
 
 @dataclass
 class Parsed:
     """One validated request: one or more prompts (a completion's prompt list), one engine
     sample each."""
+
     chat: bool
     prompts: list[list[int]]
     max_tokens: list[int]  # per prompt, within the context window
@@ -102,8 +116,15 @@ class ChatModel:
     `/v1/chat/completions` bodies. `parse_*` validate a body (raising `BadRequest`, never
     touching the engine); `run` answers a batch of parsed requests with one engine call."""
 
-    def __init__(self, model_path: str, model_name: str, model_cfg: ModelConfig, gen_cfg: GeneratorConfig,
-                 seed: int = 0, max_prompts: int = 64):
+    def __init__(
+        self,
+        model_path: str,
+        model_name: str,
+        model_cfg: ModelConfig,
+        gen_cfg: GeneratorConfig,
+        seed: int = 0,
+        max_prompts: int = 64,
+    ):
         self.engine = Engine(model_dir(model_path), model_cfg, gen_cfg, seed)
         self.name = model_name
         self.max_prompts = max_prompts
@@ -114,24 +135,40 @@ class ChatModel:
         self.counts = {"engine_calls": 0, "requests": 0, "prompts": 0, "completion_tokens": 0}
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
-                                            "owned_by": "selfplay", "max_model_len": self.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "selfplay",
+                    "max_model_len": self.max_model_len,
+                }
+            ],
+        }
 
     def parse_completion(self, body) -> Parsed:
         self._check_fields(body, COMPLETION_FIELDS)
         prompt = body.get("prompt")
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
-            raise BadRequest("prompt", f"expected a string or a non-empty list of strings, got {_show(prompt)}")
+            raise BadRequest(
+                "prompt", f"expected a string or a non-empty list of strings, got {_show(prompt)}"
+            )
         if len(texts) > self.max_prompts:
             raise BadRequest("prompt", f"at most {self.max_prompts} prompts per request, got {len(texts)}")
         if not all(texts):
             raise BadRequest("prompt", "empty prompt")
         logprobs = body.get("logprobs")
         if logprobs is not None and (isinstance(logprobs, bool) or logprobs != 0):
-            raise BadRequest("logprobs", f"only 0 is supported (the sampled token's log-prob), got {_show(logprobs)}")
+            raise BadRequest(
+                "logprobs", f"only 0 is supported (the sampled token's log-prob), got {_show(logprobs)}"
+            )
         prompts = [self._fit("prompt", self.engine.encode(t)) for t in texts]
-        return self._parsed(body, False, prompts, "max_tokens", DEFAULT_COMPLETION_TOKENS, logprobs is not None)
+        return self._parsed(
+            body, False, prompts, "max_tokens", DEFAULT_COMPLETION_TOKENS, logprobs is not None
+        )
 
     def parse_chat(self, body) -> Parsed:
         self._check_fields(body, CHAT_FIELDS)
@@ -140,10 +177,15 @@ class ChatModel:
             raise BadRequest("messages", f"expected a non-empty list of messages, got {_show(messages)}")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise BadRequest(f"messages[{i}].role", f"expected one of {ROLES} in a message object, "
-                                                        f"got {_show(m.get('role') if isinstance(m, dict) else m)}")
+                raise BadRequest(
+                    f"messages[{i}].role",
+                    f"expected one of {ROLES} in a message object, "
+                    f"got {_show(m.get('role') if isinstance(m, dict) else m)}",
+                )
             if not isinstance(m.get("content"), str):
-                raise BadRequest(f"messages[{i}].content", f"expected a string, got {_show(m.get('content'))}")
+                raise BadRequest(
+                    f"messages[{i}].content", f"expected a string, got {_show(m.get('content'))}"
+                )
         if body.get("top_logprobs") not in (None, 0):
             raise BadRequest("top_logprobs", f"only 0 is supported, got {_show(body['top_logprobs'])}")
         turns = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -155,8 +197,12 @@ class ChatModel:
             if not text:
                 raise BadRequest("messages", "empty prompt: every message's content is empty")
             ids = self.engine.encode(text)
-        limit_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        return self._parsed(body, True, [self._fit("messages", ids)], limit_field, None, _flag(body, "logprobs"))
+        limit_field = (
+            "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        )
+        return self._parsed(
+            body, True, [self._fit("messages", ids)], limit_field, None, _flag(body, "logprobs")
+        )
 
     def run(self, requests: list[Parsed]) -> list[dict]:
         """Answer parsed requests with one engine call; one response body per request."""
@@ -172,7 +218,7 @@ class ChatModel:
             self.counts["completion_tokens"] += sum(len(o.token_ids) for o in outs)
         responses, start = [], 0
         for r in requests:
-            done = outs[start:start + len(r.prompts)]
+            done = outs[start : start + len(r.prompts)]
             responses.append(self._response(r, done))
             start += len(r.prompts)
         return responses
@@ -192,7 +238,9 @@ class ChatModel:
             if name in NEUTRAL:
                 raise BadRequest(name, f"only {NEUTRAL[name]!r} is supported, got {_show(value)}")
             if name not in known:
-                raise BadRequest(name, f"unknown or unsupported field (supported: {', '.join(sorted(known))})")
+                raise BadRequest(
+                    name, f"unknown or unsupported field (supported: {', '.join(sorted(known))})"
+                )
         model = body.get("model")
         if model is not None and model != self.name:
             raise BadRequest("model", f"unknown model {_show(model)}; this server has {self.name!r}")
@@ -201,12 +249,22 @@ class ChatModel:
 
     def _fit(self, param: str, ids: list[int]) -> list[int]:
         if len(ids) >= self.max_model_len:
-            raise BadRequest(param, f"prompt is {len(ids)} tokens; the context window is {self.max_model_len} "
-                                    "(max_model_len), which leaves no room for a reply")
+            raise BadRequest(
+                param,
+                f"prompt is {len(ids)} tokens; the context window is {self.max_model_len} "
+                "(max_model_len), which leaves no room for a reply",
+            )
         return ids
 
-    def _parsed(self, body: dict, chat: bool, prompts: list[list[int]], limit_field: str,
-                default_limit: int | None, logprobs: bool) -> Parsed:
+    def _parsed(
+        self,
+        body: dict,
+        chat: bool,
+        prompts: list[list[int]],
+        limit_field: str,
+        default_limit: int | None,
+        logprobs: bool,
+    ) -> Parsed:
         requested = _number(body, limit_field, None, 1, integer=True)
         limits = []
         for ids in prompts:
@@ -214,13 +272,22 @@ class ChatModel:
             if requested is None:  # chat (no default): up to the context window, as OpenAI's
                 limits.append(min(default_limit or room, room))
             elif requested > room:
-                raise BadRequest(limit_field, f"prompt ({len(ids)} tokens) + {limit_field} ({requested}) exceeds "
-                                              f"the context window ({self.max_model_len}, max_model_len)")
+                raise BadRequest(
+                    limit_field,
+                    f"prompt ({len(ids)} tokens) + {limit_field} ({requested}) exceeds "
+                    f"the context window ({self.max_model_len}, max_model_len)",
+                )
             else:
                 limits.append(requested)
-        return Parsed(chat=chat, prompts=prompts, max_tokens=limits,
-                      temperature=float(_number(body, "temperature", 1.0, 0, 2)), stop=_stop(body),
-                      logprobs=logprobs, token_ids=_flag(body, "return_token_ids"))
+        return Parsed(
+            chat=chat,
+            prompts=prompts,
+            max_tokens=limits,
+            temperature=float(_number(body, "temperature", 1.0, 0, 2)),
+            stop=_stop(body),
+            logprobs=logprobs,
+            token_ids=_flag(body, "return_token_ids"),
+        )
 
     def _response(self, r: Parsed, outs: list[Completion]) -> dict:
         choices = []
@@ -228,13 +295,21 @@ class ChatModel:
             tokens = [self.tokenizer.decode([t]) for t in out.token_ids] if r.logprobs else []
             if r.chat:
                 choice = {"index": i, "message": {"role": "assistant", "content": out.text}}
-                logprobs = {"content": [{"token": tok, "logprob": lp, "bytes": list(tok.encode()),
-                                         "top_logprobs": []} for tok, lp in zip(tokens, out.logprobs)]}
+                logprobs = {
+                    "content": [
+                        {"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
+                        for tok, lp in zip(tokens, out.logprobs)
+                    ]
+                }
             else:
                 choice = {"index": i, "text": out.text}
                 offsets = [sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]
-                logprobs = {"tokens": tokens, "token_logprobs": out.logprobs, "top_logprobs": None,
-                            "text_offset": offsets}
+                logprobs = {
+                    "tokens": tokens,
+                    "token_logprobs": out.logprobs,
+                    "top_logprobs": None,
+                    "text_offset": offsets,
+                }
             choice["finish_reason"] = out.finish_reason
             choice["logprobs"] = logprobs if r.logprobs else None
             if r.token_ids:
@@ -243,11 +318,18 @@ class ChatModel:
             choices.append(choice)
         n_prompt = sum(len(p) for p in r.prompts)
         n_done = sum(len(o.token_ids) for o in outs)
-        return {"id": f"{'chatcmpl' if r.chat else 'cmpl'}-{uuid.uuid4().hex}",
-                "object": "chat.completion" if r.chat else "text_completion", "created": int(time.time()),
-                "model": self.name, "choices": choices,
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done,
-                          "total_tokens": n_prompt + n_done}}
+        return {
+            "id": f"{'chatcmpl' if r.chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if r.chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_done,
+                "total_tokens": n_prompt + n_done,
+            },
+        }
 
 
 # --- Ray Serve shell ---------------------------------------------------------------------
@@ -277,8 +359,15 @@ class ModelServer:
     """Thin shell: routes, batching, resources. Concurrent requests are gathered by
     `@serve.batch` into one engine call, run off the event loop; batches run one at a time."""
 
-    def __init__(self, model_path: str, model_name: str, model_cfg: ModelConfig, gen_cfg: GeneratorConfig,
-                 seed: int = 0, max_batch_size: int = 64):
+    def __init__(
+        self,
+        model_path: str,
+        model_name: str,
+        model_cfg: ModelConfig,
+        gen_cfg: GeneratorConfig,
+        seed: int = 0,
+        max_batch_size: int = 64,
+    ):
         self.model = ChatModel(model_path, model_name, model_cfg, gen_cfg, seed, max_prompts=max_batch_size)
         self._generate.set_max_batch_size(max_batch_size)
 
@@ -310,6 +399,7 @@ class ModelServer:
 @dataclass
 class ServeConfig:
     """`args` of `build_app`, i.e. of a Serve config file's application."""
+
     checkpoint: str = ""  # an HF model directory or a checkpoint directory holding one in model/
     model_name: str | None = None  # the `model` clients send; None: the checkpoint directory's name
     max_model_len: int | None = None  # None: the model's own max_position_embeddings
@@ -332,7 +422,9 @@ def serve_config(args: dict) -> ServeConfig:
 
     def read(name: str, value):
         typ = hints.get(name)
-        options = typing.get_args(typ) if typing.get_origin(typ) in (types.UnionType, typing.Union) else (typ,)
+        options = (
+            typing.get_args(typ) if typing.get_origin(typ) in (types.UnionType, typing.Union) else (typ,)
+        )
         return yaml.safe_load(value) if isinstance(value, str) and typ and str not in options else value
 
     cfg = build(ServeConfig, {k: read(k, v) for k, v in args.items()})
@@ -354,11 +446,15 @@ def build_app(args: dict) -> serve.Application:
     or a config file with `import_path: actors.serve:build_app` and `args`."""
     cfg = serve_config(args)
     model_cfg = ModelConfig(path=cfg.checkpoint, dtype=cfg.dtype, max_model_len=cfg.max_model_len)
-    gen_cfg = GeneratorConfig(kv_cache_gib=cfg.kv_cache_gib, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                              enforce_eager=cfg.enforce_eager)
+    gen_cfg = GeneratorConfig(
+        kv_cache_gib=cfg.kv_cache_gib,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        enforce_eager=cfg.enforce_eager,
+    )
     path = Path(cfg.checkpoint).resolve()
     name = cfg.model_name or (path.parent.name if path.name == "model" else path.name)  # step_NNNNNNN
     return ModelServer.options(
-        num_replicas=cfg.num_replicas, max_ongoing_requests=2 * cfg.max_batch_size,
+        num_replicas=cfg.num_replicas,
+        max_ongoing_requests=2 * cfg.max_batch_size,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": cfg.resources},
     ).bind(cfg.checkpoint, name, model_cfg, gen_cfg, cfg.seed, cfg.max_batch_size)

@@ -1,6 +1,7 @@
 """Verifier: replays every trajectory by the game's rules, rejects malformed ones with a
 counted reason, and attaches rewards and returns. Trajectories arrive from generators and
 go on to the buffer; the driver never sees them."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,10 @@ class Verifier:
         self.remember = remember
 
     @classmethod
-    def for_model(cls, model_path: str) -> "Verifier":
+    def for_model(cls, model_path: str) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
@@ -102,9 +104,12 @@ class Verifier:
 
     def stats(self) -> dict:
         """Trajectories accepted and rejected (by reason), and turns accepted."""
-        return {"accepted": self.accepted, "accepted_turns": self.accepted_turns,
-                "received": self.accepted + sum(self.rejected.values()),
-                **{f"rejected_{k}": v for k, v in self.rejected.items()}}
+        return {
+            "accepted": self.accepted,
+            "accepted_turns": self.accepted_turns,
+            "received": self.accepted + sum(self.rejected.values()),
+            **{f"rejected_{k}": v for k, v in self.rejected.items()},
+        }
 
 
 @ray.remote(num_cpus=0.1)

@@ -12,6 +12,7 @@ bound to 127.0.0.1.
 `down` stops only this cluster's processes (unlike `ray stop`, which kills every Ray
 process of the user, a test session's own local Ray included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,30 +42,54 @@ def free_port() -> int:
 
 def node_ports() -> dict[str, int]:
     """Ports that must differ between raylets sharing one host."""
-    return {name: free_port() for name in ("object-manager-port", "dashboard-agent-listen-port",
-                                           "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                           "metrics-export-port")}
+    return {
+        name: free_port()
+        for name in (
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
 
 
 def auth_env(state: dict) -> dict[str, str]:
     """What a client (CLI, JobSubmissionClient, ray.init) needs to talk to this cluster."""
-    return {"RAY_API_SERVER_ADDRESS": state["dashboard_url"], "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": state["token_path"]}
+    return {
+        "RAY_API_SERVER_ADDRESS": state["dashboard_url"],
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": state["token_path"],
+    }
 
 
 def start_node(args: list[str], env: dict, log: Path) -> int:
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
-                                 f"--node-ip-address={HOST}", "--min-worker-port=0", "--max-worker-port=0",
-                                 "--node-manager-port=0", *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                f"--node-ip-address={HOST}",
+                "--min-worker-port=0",
+                "--max-worker-port=0",
+                "--node-manager-port=0",
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     return proc.pid
 
 
 def alive_nodes(state: dict) -> list[dict]:
     token = Path(state["token_path"]).read_text().strip()
-    request = urllib.request.Request(f"{state['dashboard_url']}/api/v0/nodes?limit=100",
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{state['dashboard_url']}/api/v0/nodes?limit=100", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(request, timeout=5) as r:
         nodes = json.load(r)["data"]["result"]["result"]
     return [n for n in nodes if n["state"] == "ALIVE"]
@@ -82,32 +107,72 @@ def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) 
     with os.fdopen(os.open(token_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as f:
         f.write(secrets.token_hex(32))
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
-    state = {"gcs_address": f"{HOST}:{gcs_port}", "dashboard_url": f"http://{HOST}:{dashboard_port}",
-             "client_address": f"ray://{HOST}:{client_port}", "token_path": str(token_path),
-             # Ray's sockets live under its temp dir, and a unix socket path has at most 107 bytes
-             "temp_dir": tempfile.mkdtemp(prefix="selfplay-ray-", dir="/tmp"), "nodes": []}
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    state = {
+        "gcs_address": f"{HOST}:{gcs_port}",
+        "dashboard_url": f"http://{HOST}:{dashboard_port}",
+        "client_address": f"ray://{HOST}:{client_port}",
+        "token_path": str(token_path),
+        # Ray's sockets live under its temp dir, and a unix socket path has at most 107 bytes
+        "temp_dir": tempfile.mkdtemp(prefix="selfplay-ray-", dir="/tmp"),
+        "nodes": [],
+    }
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(var, None)
     try:
         ports = node_ports()
-        pid = start_node(["--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
-                          f"--dashboard-host={HOST}", "--include-dashboard=true",
-                          f"--ray-client-server-port={client_port}", f"--temp-dir={state['temp_dir']}",
-                          f"--num-cpus={cpus_per_node}", f"--resources={json.dumps(HEAD_RESOURCES)}",
-                          *(f"--{k}={v}" for k, v in ports.items())], env, state_dir / "head.log")
-        state["nodes"].append({"pid": pid, "role": "head", "resources": HEAD_RESOURCES,
-                               "metrics_port": ports["metrics-export-port"]})
+        pid = start_node(
+            [
+                "--head",
+                f"--port={gcs_port}",
+                f"--dashboard-port={dashboard_port}",
+                f"--dashboard-host={HOST}",
+                "--include-dashboard=true",
+                f"--ray-client-server-port={client_port}",
+                f"--temp-dir={state['temp_dir']}",
+                f"--num-cpus={cpus_per_node}",
+                f"--resources={json.dumps(HEAD_RESOURCES)}",
+                *(f"--{k}={v}" for k, v in ports.items()),
+            ],
+            env,
+            state_dir / "head.log",
+        )
+        state["nodes"].append(
+            {
+                "pid": pid,
+                "role": "head",
+                "resources": HEAD_RESOURCES,
+                "metrics_port": ports["metrics-export-port"],
+            }
+        )
         _save(state_dir, state)
         _wait(state, 1, timeout)
         for i in range(workers):
             ports = node_ports()
-            pid = start_node([f"--address={state['gcs_address']}", f"--num-cpus={cpus_per_node}",
-                              f"--resources={json.dumps(WORKER_RESOURCES)}", "--include-log-monitor=false",
-                              *(f"--{k}={v}" for k, v in ports.items())], env, state_dir / f"worker-{i}.log")
-            state["nodes"].append({"pid": pid, "role": f"worker-{i}", "resources": WORKER_RESOURCES,
-                                   "metrics_port": ports["metrics-export-port"]})
+            pid = start_node(
+                [
+                    f"--address={state['gcs_address']}",
+                    f"--num-cpus={cpus_per_node}",
+                    f"--resources={json.dumps(WORKER_RESOURCES)}",
+                    "--include-log-monitor=false",
+                    *(f"--{k}={v}" for k, v in ports.items()),
+                ],
+                env,
+                state_dir / f"worker-{i}.log",
+            )
+            state["nodes"].append(
+                {
+                    "pid": pid,
+                    "role": f"worker-{i}",
+                    "resources": WORKER_RESOURCES,
+                    "metrics_port": ports["metrics-export-port"],
+                }
+            )
             _save(state_dir, state)
             _wait(state, 2 + i, timeout)
     except BaseException:
@@ -181,7 +246,9 @@ def _drivers(gcs_port: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["up", "down", "env"])
-    p.add_argument("--state", default="/tmp/selfplay-cluster", help="folder for the cluster's state, token and logs")
+    p.add_argument(
+        "--state", default="/tmp/selfplay-cluster", help="folder for the cluster's state, token and logs"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs each node offers")
     args = p.parse_args(argv)

@@ -1,6 +1,7 @@
 """Ray shell of the learner: `LearnerService` (learner/service.py) does the work; this
 class carries its calls over Ray (batches from the buffer actor as Arrow IPC, weights to
 generator actors through the object store) and publishes its metrics."""
+
 from __future__ import annotations
 
 import ray
@@ -15,8 +16,16 @@ from selfplay.transport import RayTransport
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int,
-                 buffer, run_id: str, resume_dir: str | None = None):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        model_cfg: ModelConfig,
+        model_path: str,
+        seed: int,
+        buffer,
+        run_id: str,
+        resume_dir: str | None = None,
+    ):
         learner = Learner(cfg, model_cfg, model_path, seed)
         if resume_dir:
             learner.load(resume_dir)
@@ -27,10 +36,14 @@ class LearnerActor:
 
         self.service = LearnerService(learner, sample, RayTransport())
         tags = {"run": run_id}
-        self.gauges = {n: ray_metric("gauge", f"learner_{n}", tags)
-                       for n in ("step", "loss", "entropy", "weight_version", "staleness_mean")}
-        self.histograms = {n: ray_metric("histogram", f"learner_{n}", tags, boundaries=SECONDS)
-                           for n in ("step_seconds", "broadcast_seconds")}
+        self.gauges = {
+            n: ray_metric("gauge", f"learner_{n}", tags)
+            for n in ("step", "loss", "entropy", "weight_version", "staleness_mean")
+        }
+        self.histograms = {
+            n: ray_metric("histogram", f"learner_{n}", tags, boundaries=SECONDS)
+            for n in ("step_seconds", "broadcast_seconds")
+        }
 
     def train(self, n_steps: int) -> list[dict]:
         steps = self.service.train(n_steps)

@@ -6,6 +6,7 @@ SPIRAL (Liu et al., 2025, "SPIRAL: Self-Play on Zero-Sum Games Incentivizes Reas
     A_{G,p}(tau) = R_p(tau) - b_{G,p}
 Separate baselines matter because zero-sum games are not symmetric (X wins more often
 than O in TicTacToe), and one shared baseline would bias both roles' gradients."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,8 +14,9 @@ from collections import defaultdict
 Key = tuple[str, int]  # (game, role)
 
 
-def update_baselines(baselines: dict[Key, float], keys: list[Key], returns: list[float],
-                     alpha: float) -> dict[Key, float]:
+def update_baselines(
+    baselines: dict[Key, float], keys: list[Key], returns: list[float], alpha: float
+) -> dict[Key, float]:
     """One EMA step per (game, role) present in the batch, towards that key's mean return.
     A key seen for the first time starts at its batch mean."""
     groups: dict[Key, list[float]] = defaultdict(list)
@@ -27,6 +29,7 @@ def update_baselines(baselines: dict[Key, float], keys: list[Key], returns: list
     return new
 
 
-def role_conditioned_advantages(keys: list[Key], returns: list[float],
-                                baselines: dict[Key, float]) -> list[float]:
+def role_conditioned_advantages(
+    keys: list[Key], returns: list[float], baselines: dict[Key, float]
+) -> list[float]:
     return [r - baselines[k] for k, r in zip(keys, returns)]

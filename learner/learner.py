@@ -1,6 +1,7 @@
 """The learner: a torch HF causal LM trained with PPO-clipped policy gradient on SPIRAL's
 role-conditioned advantages, optional KL to a frozen reference, AdamW and gradient
 clipping. Runs without Ray; `learner/actor.py` is its Ray shell."""
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
 from learner.advantages import role_conditioned_advantages, update_baselines
-from selfplay.weights import export_weights
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.metrics import action_entropy, distinct_n
+from selfplay.weights import export_weights
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -42,11 +43,11 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     mask = torch.zeros((len(rows), length - 1))
     behaviour = torch.zeros((len(rows), length - 1))
     for i, (r, s) in enumerate(zip(rows, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
         start, n = len(r["prompt_ids"]) - 1, len(r["response_ids"])
-        mask[i, start:start + n] = 1
-        behaviour[i, start:start + n] = torch.tensor(r["behaviour_logprobs"])
+        mask[i, start : start + n] = 1
+        behaviour[i, start : start + n] = torch.tensor(r["behaviour_logprobs"])
     return {"input_ids": ids, "attention_mask": attn, "mask": mask, "behaviour_logp": behaviour}
 
 
@@ -107,28 +108,41 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        if self.ref is not None and self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
+        if (
+            self.ref is not None
+            and self.cfg.ref_refresh_every
+            and self.step % self.cfg.ref_refresh_every == 0
+        ):
             self.ref.load_state_dict(self.model.state_dict())  # the KL anchor follows the policy
 
         versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)  # on the host
         with torch.no_grad():
             log_ratio = (batch["behaviour_logp"] - logp.detach()) * mask
         metrics = {
-            "step": self.step, "loss": loss.item(), "pg_loss": pg_loss.item(),
-            "kl_behaviour": (log_ratio.sum() / mask.sum()).item(), "kl_ref": kl_ref.item(),
-            "entropy": ent.item(), "clip_frac": clip_frac.item(), "grad_norm": grad_norm.item(),
-            "adv_mean": adv.mean().item(), "adv_std": adv.std().item() if len(adv) > 1 else 0.0,
+            "step": self.step,
+            "loss": loss.item(),
+            "pg_loss": pg_loss.item(),
+            "kl_behaviour": (log_ratio.sum() / mask.sum()).item(),
+            "kl_ref": kl_ref.item(),
+            "entropy": ent.item(),
+            "clip_frac": clip_frac.item(),
+            "grad_norm": grad_norm.item(),
+            "adv_mean": adv.mean().item(),
+            "adv_std": adv.std().item() if len(adv) > 1 else 0.0,
             "staleness_mean": (self.version - versions).mean().item(),
             "staleness_max": (self.version - versions).max().item(),
             "batch_illegal": sum(r["illegal"] for r in rows) / len(rows),
-            "batch_turns": len(rows), "step_s": time.perf_counter() - start,
+            "batch_turns": len(rows),
+            "step_s": time.perf_counter() - start,
         }
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         for game in sorted({r["game"] for r in rows}):
-            metrics[f"action_entropy/{game}"] = action_entropy([r["response_text"] for r in rows if r["game"] == game])
+            metrics[f"action_entropy/{game}"] = action_entropy(
+                [r["response_text"] for r in rows if r["game"] == game]
+            )
         return metrics
 
     def export(self) -> tuple[bytes, str]:
@@ -144,8 +158,11 @@ class Learner:
         self.save_model(d / "model")
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
-        state = {"step": self.step, "version": self.version,
-                 "baselines": [[g, r, b] for (g, r), b in self.baselines.items()]}
+        state = {
+            "step": self.step,
+            "version": self.version,
+            "baselines": [[g, r, b] for (g, r), b in self.baselines.items()],
+        }
         (d / "learner_state.json").write_text(json.dumps(state))
 
     def load(self, directory: str | Path) -> None:

@@ -1,5 +1,6 @@
 """Policy losses: pure functions, tensors in, tensors out. Shapes: B turns, T response
 tokens (padded); `mask` is 1 on real response tokens."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def ppo_clip_loss(logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor, clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ppo_clip_loss(
+    logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al., 2017), per token, with the behaviour policy
     that generated the data as the old policy:
         L = -E[min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)],  rho = pi/mu

@@ -7,6 +7,7 @@ target answers with the checksum of what its engine loaded, and those answers ar
 checked at the next broadcast (or at once with `wait`), so the learner never waits on a
 generator's engine call. A generator joining the pool (`attach`) first loads the weights
 of the current version and must echo their checksum before it receives broadcasts."""
+
 from __future__ import annotations
 
 import time
@@ -59,8 +60,9 @@ class LearnerService:
             m = self.learner.train_step(self.next_batch())
             if self.learner.step % self.learner.cfg.broadcast_every == 0:
                 m["broadcast_seconds"] = self.broadcast()["seconds"]
-            m.update(weight_version=self.learner.version, learner_wait_s=self.wait_s,
-                     broadcast_s=self.broadcast_s)
+            m.update(
+                weight_version=self.learner.version, learner_wait_s=self.wait_s, broadcast_s=self.broadcast_s
+            )
             out.append(m)
         return out
 
@@ -77,9 +79,13 @@ class LearnerService:
         if self.last_blob is None:
             blob, self.checksum = self.learner.export()
             self.last_blob = self.transport.put(blob)
-        got = self.transport.get(self.transport.call(peer, "set_weights", self.last_blob, self.learner.version))
+        got = self.transport.get(
+            self.transport.call(peer, "set_weights", self.last_blob, self.learner.version)
+        )
         if got != self.checksum:
-            raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {self.checksum}")
+            raise BroadcastMismatch(
+                f"{name} loaded weights with checksum {got}, learner sent {self.checksum}"
+            )
         self.add_target(name, peer)  # no broadcast comes between: the service handles one call at a time
         return {"version": self.learner.version, "checksum": self.checksum, "loaded": got}
 
@@ -101,8 +107,10 @@ class LearnerService:
         self.learner.version += 1
         self.checksum = checksum
         self.last_blob = self.transport.put(blob)
-        self.pending = [(name, self.transport.call(peer, "set_weights", self.last_blob, self.learner.version),
-                         checksum) for name, peer in self.targets.items()]
+        self.pending = [
+            (name, self.transport.call(peer, "set_weights", self.last_blob, self.learner.version), checksum)
+            for name, peer in self.targets.items()
+        ]
         elapsed = time.perf_counter() - start
         self.broadcast_s += elapsed
         result = {"version": self.learner.version, "checksum": checksum, "seconds": elapsed}
@@ -135,11 +143,20 @@ class LearnerService:
         broadcast would send them."""
         self.learner.save_model(Path(directory))
         blob, checksum = self.learner.export()
-        member = {"id": member_id, "version": self.learner.version, "step": self.learner.step,
-                  "path": str(directory), "checksum": checksum}
+        member = {
+            "id": member_id,
+            "version": self.learner.version,
+            "step": self.learner.step,
+            "path": str(directory),
+            "checksum": checksum,
+        }
         return self.transport.get(self.transport.call(league, "add_member", member, blob))
 
     def state(self) -> dict:
-        return {"step": self.learner.step, "version": self.learner.version, "checksum": self.checksum,
-                "wait_s": self.wait_s,
-                "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()}}
+        return {
+            "step": self.learner.step,
+            "version": self.learner.version,
+            "checksum": self.checksum,
+            "wait_s": self.wait_s,
+            "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()},
+        }

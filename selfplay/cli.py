@@ -1,4 +1,5 @@
 """`selfplay` console script: run, eval, league, report."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from selfplay.config import ConfigError, load_config
 
 def cmd_run(args) -> int:
     from selfplay import driver
+
     if args.resume:
         cfg = driver.resume_config(Path(args.resume), args.set)
         run_dir = driver.train(cfg, resume_dir=Path(args.resume), console=True)
@@ -24,6 +26,7 @@ def cmd_run(args) -> int:
         run_dir = driver.train(load_config(args.config, overrides), name=name, console=True)
     from selfplay.console import result_lines
     from selfplay.report import write_report
+
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"run finished: {run_dir}")
     print("\n".join(["evaluation (before -> after):", *result_lines(summary)]))
@@ -33,13 +36,18 @@ def cmd_run(args) -> int:
 
 def cmd_submit(args) -> int:
     env_vars = dict(parse_pair(p, "--env") for p in args.env)
-    name = jobs.submit(args.config, args.name, args.set, args.address, args.storage, env_vars, args.pip, args.image)
+    name = jobs.submit(
+        args.config, args.name, args.set, args.address, args.storage, env_vars, args.pip, args.image
+    )
     address = jobs.job_address(args.address)
-    print(f"submitted run {name} to {address}\n"
-          f"  dashboard: {address}/#/jobs/{name}\n"
-          f"  follow:    selfplay logs {name} --follow\n"
-          f"  scale:     selfplay scale {name} --generators N\n"
-          f"  stop:      selfplay stop {name}", flush=True)
+    print(
+        f"submitted run {name} to {address}\n"
+        f"  dashboard: {address}/#/jobs/{name}\n"
+        f"  follow:    selfplay logs {name} --follow\n"
+        f"  scale:     selfplay scale {name} --generators N\n"
+        f"  stop:      selfplay stop {name}",
+        flush=True,
+    )
     if args.follow:
         state = jobs.follow(name, args.address)
         print(f"run {name}: {state}")
@@ -77,8 +85,12 @@ def cmd_stop(args) -> int:
 def cmd_scale(args) -> int:
     if args.in_cluster:  # inside the scale job that jobs.scale submits
         import ray
+
         ray.init(namespace=args.run, logging_level="ERROR")
-        print(jobs.RESULT + json.dumps(jobs.scale_connected(args.run, args.generators, args.timeout)), flush=True)
+        print(
+            jobs.RESULT + json.dumps(jobs.scale_connected(args.run, args.generators, args.timeout)),
+            flush=True,
+        )
         return 0
     print(json.dumps(jobs.scale(args.run, args.generators, args.address, args.timeout), indent=2))
     return 0
@@ -89,10 +101,16 @@ def cmd_eval(args) -> int:
     from selfplay.config import GeneratorConfig, ModelConfig
     from selfplay.games import kuhn, scripted_players
     from selfplay.model import model_dir
-    gen = Generator.from_model("eval", "eval", {args.game: 1.0}, model_dir(args.checkpoint), ModelConfig(),
-                               GeneratorConfig(max_response_tokens=args.max_tokens,
-                                               enforce_eager=args.enforce_eager),
-                               args.seed)
+
+    gen = Generator.from_model(
+        "eval",
+        "eval",
+        {args.game: 1.0},
+        model_dir(args.checkpoint),
+        ModelConfig(),
+        GeneratorConfig(max_response_tokens=args.max_tokens, enforce_eager=args.enforce_eager),
+        args.seed,
+    )
     try:
         opponent = args.opponent
         if opponent not in scripted_players(args.game):
@@ -117,10 +135,21 @@ def cmd_serve(args) -> int:
     from ray import serve
 
     from actors.serve import build_app
-    app = build_app({k: v for k, v in {"checkpoint": args.checkpoint, "model_name": args.model_name,
-                                       "max_model_len": args.max_model_len, "dtype": args.dtype,
-                                       "num_gpus": args.num_gpus, "num_replicas": args.replicas}.items()
-                     if v is not None})
+
+    app = build_app(
+        {
+            k: v
+            for k, v in {
+                "checkpoint": args.checkpoint,
+                "model_name": args.model_name,
+                "max_model_len": args.max_model_len,
+                "dtype": args.dtype,
+                "num_gpus": args.num_gpus,
+                "num_replicas": args.replicas,
+            }.items()
+            if v is not None
+        }
+    )
     ray.init(address=args.address)  # a local Ray's dashboard binds 127.0.0.1
     serve.start(http_options={"host": args.host, "port": args.port})
     print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
@@ -133,12 +162,14 @@ def cmd_serve(args) -> int:
 
 def cmd_league(args) -> int:
     from selfplay.league_table import league_table
+
     print(league_table(Path(args.run_dir), as_json=args.json))
     return 0
 
 
 def cmd_report(args) -> int:
     from selfplay.report import write_report
+
     print(write_report(Path(args.run_dir)))
     return 0
 
@@ -149,13 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train (local Ray, or --address to join a cluster)")
     r.add_argument("config", nargs="?")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set learner.lr=1e-4")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set learner.lr=1e-4",
+    )
     r.add_argument("--address", help="Ray address of an existing cluster")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
     r.add_argument("--name", metavar="RUN", help="run directory OUT_DIR/RUN, resumed if it has a checkpoint")
     r.set_defaults(fn=cmd_run)
-    address_help = f"Ray dashboard / job server URL (default: $RAY_API_SERVER_ADDRESS or {jobs.DEFAULT_ADDRESS})"
+    address_help = (
+        f"Ray dashboard / job server URL (default: $RAY_API_SERVER_ADDRESS or {jobs.DEFAULT_ADDRESS})"
+    )
     sb = sub.add_parser("submit", help="run CONFIG as a Ray job on a cluster (same name again: resume)")
     sb.add_argument("config")
     sb.add_argument("--name", required=True, metavar="RUN", help="run name: job id, namespace and directory")
@@ -163,12 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--storage", metavar="DIR", help="absolute out_dir on storage every node mounts")
     sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     sb.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job")
-    sb.add_argument("--pip", action="append", default=[], metavar="REQ", help="pip requirement installed for the job")
+    sb.add_argument(
+        "--pip", action="append", default=[], metavar="REQ", help="pip requirement installed for the job"
+    )
     sb.add_argument("--image", help="container image for the job (runtime_env image_uri)")
     sb.add_argument("--follow", action="store_true", help="stream the logs until the run ends")
     sb.set_defaults(fn=cmd_submit)
-    for verb, fn, text in (("status", cmd_status, "a run's job status"), ("logs", cmd_logs, "a run's logs"),
-                           ("stop", cmd_stop, "stop a run's job (checkpoints stay; resubmit resumes)")):
+    for verb, fn, text in (
+        ("status", cmd_status, "a run's job status"),
+        ("logs", cmd_logs, "a run's logs"),
+        ("stop", cmd_stop, "stop a run's job (checkpoints stay; resubmit resumes)"),
+    ):
         v = sub.add_parser(verb, help=text)
         v.add_argument("run")
         v.add_argument("--address", help=address_help)
@@ -185,15 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="play a checkpoint against an opponent")
     e.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")
     e.add_argument("--game", default="tictactoe", help="tictactoe, kuhn, negotiation or textarena:ENV_ID")
-    e.add_argument("--opponent", default="random",
-                   help="a scripted player of the game (e.g. random, minimax, nash, greedy, fair) "
-                        "or a model/checkpoint dir")
+    e.add_argument(
+        "--opponent",
+        default="random",
+        help="a scripted player of the game (e.g. random, minimax, nash, greedy, fair) "
+        "or a model/checkpoint dir",
+    )
     e.add_argument("--max-tokens", type=int, default=3, help="reply length limit in tokens")
     e.add_argument("--games", type=int, default=100, help="games in each seat")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
-    e.add_argument("--enforce-eager", action="store_true",
-                   help="skip vLLM's graph compilation: faster start, slower generation")
+    e.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="skip vLLM's graph compilation: faster start, slower generation",
+    )
     e.set_defaults(fn=cmd_eval)
     sv = sub.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible API (Ray Serve + vLLM)")
     sv.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")

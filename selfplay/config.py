@@ -1,5 +1,6 @@
 """One typed config tree, loaded from YAML, overridden with `--set a.b=c`, validated with
 errors that name the field."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,6 +111,7 @@ class LeagueConfig:
 class AutoscaleConfig:
     """Grow the generator pool while the learner waits for data, shrink it while the
     buffer's rate limit holds generators back (see selfplay.scaling.autoscale_target)."""
+
     enabled: bool = False
     min_generators: int = 1
     max_generators: int = 4
@@ -147,20 +149,51 @@ class RunConfig:
 
 
 POSITIVE = {
-    "total_steps", "log_every", "checkpoint_every", "generator.num_generators",
-    "generator.games_per_wave", "generator.max_response_tokens", "generator.kv_cache_gib",
-    "buffer.capacity", "buffer.samples_per_insert", "buffer.min_size", "learner.lr",
-    "learner.batch_size", "learner.broadcast_every", "learner.threads",
-    "eval.every_steps", "eval.games", "league.max_live_opponents", "league.promote_every",
-    "league.promote_games", "league.elo_k", "league.near_scale", "generator.tensor_parallel_size",
-    "autoscale.min_generators", "autoscale.max_generators",
+    "total_steps",
+    "log_every",
+    "checkpoint_every",
+    "generator.num_generators",
+    "generator.games_per_wave",
+    "generator.max_response_tokens",
+    "generator.kv_cache_gib",
+    "buffer.capacity",
+    "buffer.samples_per_insert",
+    "buffer.min_size",
+    "learner.lr",
+    "learner.batch_size",
+    "learner.broadcast_every",
+    "learner.threads",
+    "eval.every_steps",
+    "eval.games",
+    "league.max_live_opponents",
+    "league.promote_every",
+    "league.promote_games",
+    "league.elo_k",
+    "league.near_scale",
+    "generator.tensor_parallel_size",
+    "autoscale.min_generators",
+    "autoscale.max_generators",
 }
 NON_NEGATIVE = {
-    "time_limit_min", "generator.temperature", "generator.num_cpus", "generator.num_gpus",
-    "buffer.max_staleness", "buffer.spi_tolerance", "learner.clip_eps", "learner.kl_coef",
-    "learner.grad_clip", "learner.weight_decay", "learner.entropy_coef", "learner.num_cpus",
-    "learner.num_gpus", "verifier.num_cpus", "learner.ref_refresh_every", "league.pfsp_power",
-    "autoscale.learner_idle_high", "autoscale.generator_idle_high", "autoscale.cooldown_s",
+    "time_limit_min",
+    "generator.temperature",
+    "generator.num_cpus",
+    "generator.num_gpus",
+    "buffer.max_staleness",
+    "buffer.spi_tolerance",
+    "learner.clip_eps",
+    "learner.kl_coef",
+    "learner.grad_clip",
+    "learner.weight_decay",
+    "learner.entropy_coef",
+    "learner.num_cpus",
+    "learner.num_gpus",
+    "verifier.num_cpus",
+    "learner.ref_refresh_every",
+    "league.pfsp_power",
+    "autoscale.learner_idle_high",
+    "autoscale.generator_idle_high",
+    "autoscale.cooldown_s",
 }
 
 
@@ -185,8 +218,10 @@ def _coerce(value, typ, name: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(typ)
-        return {_coerce(k, key_type, f"{name}.{k}"): _coerce(v, value_type, f"{name}.{k}")
-                for k, v in value.items()}
+        return {
+            _coerce(k, key_type, f"{name}.{k}"): _coerce(v, value_type, f"{name}.{k}")
+            for k, v in value.items()
+        }
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
@@ -236,13 +271,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 <= cfg.learner.baseline_alpha < 1:
         raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
     if not 0 < cfg.generator.gpu_memory_utilization <= 1:
-        raise ConfigError("generator.gpu_memory_utilization: must be in (0, 1], got "
-                          f"{cfg.generator.gpu_memory_utilization}")
+        raise ConfigError(
+            f"generator.gpu_memory_utilization: must be in (0, 1], got {cfg.generator.gpu_memory_utilization}"
+        )
     if cfg.buffer.min_size > cfg.buffer.capacity:
         raise ConfigError("buffer.min_size: must not exceed buffer.capacity")
     if cfg.buffer.min_size < cfg.learner.batch_size:
-        raise ConfigError(f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
-                          f"got {cfg.buffer.min_size}")
+        raise ConfigError(
+            f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
+            f"got {cfg.buffer.min_size}"
+        )
     validate_games(cfg)
     for section in ("generator", "learner", "verifier"):
         for name, amount in _get(cfg, f"{section}.resources").items():
@@ -251,13 +289,19 @@ def validate(cfg: RunConfig) -> RunConfig:
             if name in ("CPU", "GPU", "memory"):
                 raise ConfigError(f"{section}.resources.{name}: use {section}.num_cpus / num_gpus instead")
     if cfg.generator.tensor_parallel_size > 1 and cfg.generator.num_gpus <= 0:
-        raise ConfigError("generator.tensor_parallel_size: > 1 needs generator.num_gpus > 0 (one GPU per worker)")
+        raise ConfigError(
+            "generator.tensor_parallel_size: > 1 needs generator.num_gpus > 0 (one GPU per worker)"
+        )
     a = cfg.autoscale
     if a.min_generators > a.max_generators:
-        raise ConfigError(f"autoscale.min_generators: must not exceed autoscale.max_generators ({a.max_generators})")
+        raise ConfigError(
+            f"autoscale.min_generators: must not exceed autoscale.max_generators ({a.max_generators})"
+        )
     if a.enabled and not a.min_generators <= cfg.generator.num_generators <= a.max_generators:
-        raise ConfigError(f"generator.num_generators: must be within autoscale bounds "
-                          f"[{a.min_generators}, {a.max_generators}], got {cfg.generator.num_generators}")
+        raise ConfigError(
+            f"generator.num_generators: must be within autoscale bounds "
+            f"[{a.min_generators}, {a.max_generators}], got {cfg.generator.num_generators}"
+        )
     for name in ("league.self_play_fraction", "league.promote_threshold"):
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
@@ -266,6 +310,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def validate_games(cfg: RunConfig) -> None:
     from selfplay.games import GAMES, TEXTARENA, make_game, scripted_players
+
     if not cfg.games:
         raise ConfigError("games: give at least one game, e.g. {tictactoe: 1.0}")
     for name, weight in cfg.games.items():
@@ -279,7 +324,9 @@ def validate_games(cfg: RunConfig) -> None:
     known = {p for g in GAMES for p in scripted_players(g)}
     for i, opp in enumerate(cfg.eval.opponents):
         if opp not in known:
-            raise ConfigError(f"eval.opponents[{i}]: unknown scripted player {opp!r} (known: {sorted(known)})")
+            raise ConfigError(
+                f"eval.opponents[{i}]: unknown scripted player {opp!r} (known: {sorted(known)})"
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -307,7 +354,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
                 raise ConfigError(f"{'.'.join(keys)}: {k} is not a section")
         node[keys[-1]] = value
     if "game" in data:  # configs written before multi-game training
-        raise ConfigError(f"game: replaced by games, a mix of name -> weight; write games: {{{data['game']}: 1.0}}")
+        raise ConfigError(
+            f"game: replaced by games, a mix of name -> weight; write games: {{{data['game']}: 1.0}}"
+        )
     return validate(build(RunConfig, data))
 
 

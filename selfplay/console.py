@@ -6,6 +6,7 @@ results are. Everything else this process prints, and what Ray forwards from the
 The redirect works on file descriptors 1 and 2, so it catches output from C extensions
 and Ray's log threads as well as Python's; the terminal is a duplicate of the original
 stdout kept aside. `Console(None)` leaves the process's output alone (tests, the bench)."""
+
 from __future__ import annotations
 
 import os
@@ -52,6 +53,7 @@ class Console:
     def print(self, text: str) -> None:
         """A line for the person watching (and the log)."""
         from tqdm import tqdm
+
         tqdm.write(text, file=self.term)
         if self.log is not None:
             self.log.write(text + "\n")

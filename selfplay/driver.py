@@ -3,6 +3,7 @@ Trajectories flow generator -> verifier -> buffer -> learner and never pass thro
 here; the driver only asks the learner for the next steps, logs metrics, queues
 evaluations, promotes league snapshots and writes checkpoints. `selfplay/loop.py`
 shows the same algorithm as one synchronous loop."""
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def initial_model(cfg: RunConfig, run_dir: Path) -> str:
     if cfg.model.path:
         if not (Path(cfg.model.path) / "config.json").exists():
-            raise FileNotFoundError(f"model.path: {cfg.model.path} is not an HF model directory "
-                                    "(no config.json)")
+            raise FileNotFoundError(
+                f"model.path: {cfg.model.path} is not an HF model directory (no config.json)"
+            )
         return cfg.model.path
-    return str(create_default_model(run_dir / "initial_model", cfg.model.preset,
-                                    cfg.model.max_model_len or 256, cfg.seed))
+    return str(
+        create_default_model(
+            run_dir / "initial_model", cfg.model.preset, cfg.model.max_model_len or 256, cfg.seed
+        )
+    )
 
 
 def init_ray(cfg: RunConfig, namespace: str) -> bool:
@@ -81,8 +86,12 @@ def init_ray(cfg: RunConfig, namespace: str) -> bool:
     if address:
         ray.init(address=address, namespace=namespace)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, namespace=namespace, include_dashboard=True,
-                 dashboard_host=cfg.ray.dashboard_host)
+        ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            namespace=namespace,
+            include_dashboard=True,
+            dashboard_host=cfg.ray.dashboard_host,
+        )
     return True
 
 
@@ -105,7 +114,9 @@ class EvalQueue:
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
-                    self.pending.append((step, prefix, self.generator.evaluate.remote(game, opp, self.cfg.eval.games)))
+                    self.pending.append(
+                        (step, prefix, self.generator.evaluate.remote(game, opp, self.cfg.eval.games))
+                    )
             if game == "kuhn":
                 self.pending.append((step, prefix, self.generator.kuhn_policy.remote()))
 
@@ -120,8 +131,13 @@ class EvalQueue:
                 continue
             result = ray.get(ref)
             if "policy" in result:  # Kuhn poker policy table
-                key, result = "kuhn/exploitability", {"exploitability": kuhn.exploitability(result["policy"]),
-                                                      "illegal_mass": result["illegal_mass"]}
+                key, result = (
+                    "kuhn/exploitability",
+                    {
+                        "exploitability": kuhn.exploitability(result["policy"]),
+                        "illegal_mass": result["illegal_mass"],
+                    },
+                )
                 self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
                 line = f"exploitability {result['exploitability']:.3f}"
             else:
@@ -139,7 +155,9 @@ class EvalQueue:
 class Run:
     """Paces the learner in chunks of `log_every` steps and watches everything else."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume_from: Path | None, console: Console | None = None):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, resume_from: Path | None, console: Console | None = None
+    ):
         self.cfg = cfg
         self.run_dir = run_dir
         self.run_id = run_dir.name
@@ -159,8 +177,9 @@ class Run:
         self.league = self.program.league
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         self.events_logged = 0
-        self.evals = EvalQueue(cfg, ray.get(self.controller.generator.remote(EVAL_GENERATOR)), self.metrics,
-                               self.console)
+        self.evals = EvalQueue(
+            cfg, ray.get(self.controller.generator.remote(EVAL_GENERATOR)), self.metrics, self.console
+        )
         if self.league is not None and ray.get(self.league.latest.remote()) is None:
             self.promote()  # the initial policy is the first member
         self.gen_counts_at = (time.time(), {})
@@ -176,13 +195,15 @@ class Run:
     def watch_pool(self) -> dict:
         """The pool's status; new scaling events go to scaling.jsonl and the console."""
         self.pool = ray.get(self.controller.status.remote())
-        new = self.pool["events"][self.events_logged:]
+        new = self.pool["events"][self.events_logged :]
         if new:
             with open(self.run_dir / "scaling.jsonl", "a") as f:
                 f.writelines(json.dumps({"step": self.step, **e}) + "\n" for e in new)
             for e in new:
-                self.console.print(f"step {self.step}: {e['event']} {e.get('generator', '')} "
-                                   f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')}".rstrip())
+                self.console.print(
+                    f"step {self.step}: {e['event']} {e.get('generator', '')} "
+                    f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')}".rstrip()
+                )
             self.events_logged += len(new)
         return {"generators": len(self.pool["generators"]), **self.throughput(self.pool["totals"])}
 
@@ -193,9 +214,11 @@ class Run:
         if not before:
             return {}
         dt = max(now - then, 1e-9)
-        return {"tokens_per_s": (totals["tokens"] - before["tokens"]) / dt,
-                "trajectories_per_s": (totals["games"] - before["games"]) / dt,
-                "turns_per_s": (totals["turns"] - before["turns"]) / dt}
+        return {
+            "tokens_per_s": (totals["tokens"] - before["tokens"]) / dt,
+            "trajectories_per_s": (totals["games"] - before["games"]) / dt,
+            "turns_per_s": (totals["turns"] - before["turns"]) / dt,
+        }
 
     # -- checkpoints and snapshots -------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -232,10 +255,18 @@ class Run:
         per_game = ray.get(self.evals.generator.head_to_head.remote(self.league, latest, cfg.promote_games))
         counts = {game: s["wdl"] for game, s in per_game.items()}
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
-        values = {"league/vs_previous_score": result.score, "league/vs_previous_lo": result.lo,
-                  "league/vs_previous_hi": result.hi, "league/vs_previous_games": result.games}
-        values.update({f"league/vs_previous/{game}/score": points(w, d) / max(w + d + l, 1)
-                       for game, (w, d, l) in counts.items()})
+        values = {
+            "league/vs_previous_score": result.score,
+            "league/vs_previous_lo": result.lo,
+            "league/vs_previous_hi": result.hi,
+            "league/vs_previous_games": result.games,
+        }
+        values.update(
+            {
+                f"league/vs_previous/{game}/score": points(w, d) / max(w + d + l, 1)
+                for game, (w, d, l) in counts.items()
+            }
+        )
         self.metrics.log(self.step, self.wall(), values)
         if result.promote:
             new = self.promote()
@@ -254,8 +285,14 @@ class Run:
         between chunks: metrics, autoscale, evaluations, promotions, checkpoints."""
         cfg = self.cfg
         deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
-        bar = tqdm(total=bar_total(self.step, cfg.total_steps, None, deadline - time.time()), initial=self.step,
-                   desc="train", unit="step", file=self.console.term, dynamic_ncols=True)
+        bar = tqdm(
+            total=bar_total(self.step, cfg.total_steps, None, deadline - time.time()),
+            initial=self.step,
+            desc="train",
+            unit="step",
+            file=self.console.term,
+            dynamic_ncols=True,
+        )
         first_step, started = self.step, time.time()
         while self.step < cfg.total_steps and time.time() < deadline and not STOP.is_set():
             n = min(cfg.log_every, cfg.total_steps - self.step)
@@ -269,9 +306,16 @@ class Run:
             bar.update(self.step - prev)
             learner_metrics = {k: v for k, v in steps[-1].items() if k != "step"}
             buffer = ray.get(self.program.buffer.stats.remote())
-            self.metrics.log(self.step, self.wall(), {
-                **learner_metrics, **self.watch_pool(), "buffer_size": buffer["size"],
-                "buffer_dropped_stale": buffer["dropped_stale"]})
+            self.metrics.log(
+                self.step,
+                self.wall(),
+                {
+                    **learner_metrics,
+                    **self.watch_pool(),
+                    "buffer_size": buffer["size"],
+                    "buffer_dropped_stale": buffer["dropped_stale"],
+                },
+            )
             if cfg.autoscale.enabled:
                 self.controller.autoscale.remote(learner_metrics["learner_wait_s"])
             self.evals.collect(self.wall())
@@ -284,10 +328,12 @@ class Run:
                 self.evaluate()
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
-            bar.set_postfix(ttt_vs_minimax=self.metrics.last("eval/tictactoe/minimax/non_loss"),
-                            kuhn_expl=self.metrics.last("eval/kuhn/exploitability"),
-                            elo=self.metrics.last("league/learner_elo"),
-                            illegal=round(learner_metrics["batch_illegal"], 3))
+            bar.set_postfix(
+                ttt_vs_minimax=self.metrics.last("eval/tictactoe/minimax/non_loss"),
+                kuhn_expl=self.metrics.last("eval/kuhn/exploitability"),
+                elo=self.metrics.last("league/learner_elo"),
+                illegal=round(learner_metrics["batch_illegal"], 3),
+            )
         bar.close()
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
@@ -297,12 +343,18 @@ class Run:
         """What every generator of this session handed on, against what the verifier got
         and the buffer took (the books a scaled pool must balance), and where each part ran."""
         gens = [*self.pool["generators"].values(), *self.pool["retired"]]
-        return {"pool": {"sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
-                         "verifier": ray.get(self.program.verifier.stats.remote()),
-                         "buffer_inserted": ray.get(self.program.buffer.stats.remote())["inserted"],
-                         "events": self.pool["events"]},
-                "placement": {"learner": ray.get(self.learner.state.remote())["node_id"],
-                              **{name: g["node_id"] for name, g in self.pool["generators"].items()}}}
+        return {
+            "pool": {
+                "sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
+                "verifier": ray.get(self.program.verifier.stats.remote()),
+                "buffer_inserted": ray.get(self.program.buffer.stats.remote())["inserted"],
+                "events": self.pool["events"],
+            },
+            "placement": {
+                "learner": ray.get(self.learner.state.remote())["node_id"],
+                **{name: g["node_id"] for name, g in self.pool["generators"].items()},
+            },
+        }
 
     def close(self) -> None:
         """Kill the run's actors and wait until their names are free again, so a resumed
@@ -313,8 +365,9 @@ class Run:
         wait_until_free([*self.pool["generators"], *RUN_ACTORS])
 
 
-def train(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None,
-          console: bool = False) -> Path:
+def train(
+    cfg: RunConfig, resume_dir: Path | None = None, name: str | None = None, console: bool = False
+) -> Path:
     """Train until total_steps (or the time limit); returns the run directory. `name`
     fixes the directory (OUT_DIR/NAME): the run resumes there if it has a checkpoint.
     `console`: library output goes to RUN_DIR/run.log, the terminal shows the progress."""
@@ -344,8 +397,13 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, name: str | None = Non
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
-        summary.update(steps=r.step, wall_s=r.wall(), games_per_eval=2 * cfg.eval.games,
-                       last_checkpoint=str(r.checkpoint()), **r.books())
+        summary.update(
+            steps=r.step,
+            wall_s=r.wall(),
+            games_per_eval=2 * cfg.eval.games,
+            last_checkpoint=str(r.checkpoint()),
+            **r.books(),
+        )
         if r.league is not None:
             summary["league"] = r.league_metrics()
         summary_path.write_text(json.dumps(summary, indent=2))

@@ -1,6 +1,7 @@
 """Evaluations: a policy's results read from played games (outcomes, summarize, the
 fields every evaluation reports) and from its probabilities (Kuhn poker's policy table).
 Pure: tables and callables in, numbers out."""
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
             role, outcome, illegal, other = 1 - row["role"], -row["outcome"], False, row["policy_id"]
         else:
             continue
-        g = games.setdefault(row["traj_id"], {"game": row["game"], "opponent": other, "role": role,
-                                              "outcome": outcome, "illegal": False})
+        g = games.setdefault(
+            row["traj_id"],
+            {"game": row["game"], "opponent": other, "role": role, "outcome": outcome, "illegal": False},
+        )
         g["illegal"] |= illegal
     return list(games.values())
 
@@ -64,8 +67,11 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
     (what Elo and promotion count)."""
     games = outcomes(table, policy)
     stats: dict = {}
-    for label, subset in (("", games), ("first_", [g for g in games if g["role"] == 0]),
-                          ("second_", [g for g in games if g["role"] == 1])):
+    for label, subset in (
+        ("", games),
+        ("first_", [g for g in games if g["role"] == 0]),
+        ("second_", [g for g in games if g["role"] == 1]),
+    ):
         n = max(len(subset), 1)
         stats[f"{label}games"] = len(subset)
         stats[f"{label}win"] = sum(g["outcome"] > 0 for g in subset) / n
@@ -74,8 +80,11 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
         stats[f"{label}non_loss"] = sum(g["outcome"] >= 0 for g in subset) / n
         stats[f"{label}illegal"] = sum(g["illegal"] for g in subset) / n
         stats[f"{label}return"] = sum(g["outcome"] for g in subset) / n
-    stats["wdl"] = [sum(g["outcome"] > 0 for g in games), sum(g["outcome"] == 0 for g in games),
-                    sum(g["outcome"] < 0 for g in games)]
+    stats["wdl"] = [
+        sum(g["outcome"] > 0 for g in games),
+        sum(g["outcome"] == 0 for g in games),
+        sum(g["outcome"] < 0 for g in games),
+    ]
     return stats
 
 

@@ -2,6 +2,7 @@
 scale. A run's job has the run's name as submission id, its Ray namespace and its
 directory (OUT_DIR/NAME), so a resubmit under the same name resumes the run. Like the
 driver, this is the client side of Ray; nothing here runs inside an actor."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,11 +30,16 @@ class JobError(RuntimeError):
 def job_address(address: str | None) -> str:
     """--address, else RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS, else the local dashboard."""
     env = os.environ.get("RAY_ADDRESS", "")
-    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or (env if env.startswith("http") else DEFAULT_ADDRESS)
+    return (
+        address
+        or os.environ.get("RAY_API_SERVER_ADDRESS")
+        or (env if env.startswith("http") else DEFAULT_ADDRESS)
+    )
 
 
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
+
     url = job_address(address)
     try:
         return JobSubmissionClient(url)
@@ -43,8 +49,10 @@ def client(address: str | None):
 
 def check_name(name: str) -> str:
     if not NAME.match(name):
-        raise ConfigError(f"--name: {name!r} must be letters, digits, '_', '.' or '-' (a run directory, "
-                          "Ray namespace and job id)")
+        raise ConfigError(
+            f"--name: {name!r} must be letters, digits, '_', '.' or '-' (a run directory, "
+            "Ray namespace and job id)"
+        )
     return name
 
 
@@ -52,11 +60,14 @@ def runtime_env(working_dir: str, env_vars: dict[str, str], pip: list[str], imag
     """The job's runtime env: this checkout's packages (py_modules), the run's resolved
     config (working_dir), env vars, and either pip requirements or a container image."""
     import importlib
-    env: dict = {"working_dir": working_dir,
-                 "py_modules": [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES],
-                 "excludes": ["__pycache__", "*.pyc"],
-                 # `selfplay stop` sends SIGTERM; the driver checkpoints before it exits
-                 "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "120", **env_vars}}
+
+    env: dict = {
+        "working_dir": working_dir,
+        "py_modules": [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES],
+        "excludes": ["__pycache__", "*.pyc"],
+        # `selfplay stop` sends SIGTERM; the driver checkpoints before it exits
+        "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "120", **env_vars},
+    }
     if pip:
         env["pip"] = pip
     if image:
@@ -73,25 +84,37 @@ def job_info(c, name: str):
         raise
 
 
-def submit(config: str, name: str, overrides: list[str] = (), address: str | None = None,
-           storage: str | None = None, env_vars: dict[str, str] | None = None, pip: list[str] = (),
-           image: str | None = None) -> str:
+def submit(
+    config: str,
+    name: str,
+    overrides: list[str] = (),
+    address: str | None = None,
+    storage: str | None = None,
+    env_vars: dict[str, str] | None = None,
+    pip: list[str] = (),
+    image: str | None = None,
+) -> str:
     """Submit `config` as run `name`; returns the submission id (= name). The config is
     resolved and validated here, so a bad field fails before anything reaches the cluster."""
     check_name(name)
     cfg = load_config(config, [*overrides, *([f"out_dir={storage}"] if storage else [])])
     if not Path(cfg.out_dir).is_absolute():
-        raise ConfigError(f"out_dir: {cfg.out_dir!r} is relative; a cluster run writes to storage every node "
-                          "mounts: pass --storage /ABSOLUTE/PATH")
+        raise ConfigError(
+            f"out_dir: {cfg.out_dir!r} is relative; a cluster run writes to storage every node "
+            "mounts: pass --storage /ABSOLUTE/PATH"
+        )
     c = client(address)
     info = job_info(c, name)
     if info is not None and str(info.status) not in TERMINAL:
         raise JobError(f"run {name} is {info.status}; stop it first (selfplay stop {name})")
     staging = Path(tempfile.mkdtemp(prefix=f"selfplay-{name}-"))
     save_config(cfg, staging / "run.yaml")
-    job = {"entrypoint": f"python -m selfplay.cli run run.yaml --name {name}", "submission_id": name,
-           "runtime_env": runtime_env(str(staging), env_vars or {}, list(pip), image),
-           "metadata": {"selfplay_run": name, "config": str(config), "out_dir": cfg.out_dir}}
+    job = {
+        "entrypoint": f"python -m selfplay.cli run run.yaml --name {name}",
+        "submission_id": name,
+        "runtime_env": runtime_env(str(staging), env_vars or {}, list(pip), image),
+        "metadata": {"selfplay_run": name, "config": str(config), "out_dir": cfg.out_dir},
+    }
     if info is None:
         return c.submit_job(**job)
     return submit_reusing_id(c, job, ended_at=(info.end_time or 0) / 1000)
@@ -125,9 +148,15 @@ def existing_job(c, name: str, address: str | None):
 
 def status(name: str, address: str | None = None) -> dict:
     info = existing_job(client(address), name, address)
-    return {"run": name, "status": str(info.status), "message": info.message,
-            "start_time": info.start_time, "end_time": info.end_time, "entrypoint": info.entrypoint,
-            "out_dir": (info.metadata or {}).get("out_dir")}
+    return {
+        "run": name,
+        "status": str(info.status),
+        "message": info.message,
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "entrypoint": info.entrypoint,
+        "out_dir": (info.metadata or {}).get("out_dir"),
+    }
 
 
 def logs(name: str, address: str | None = None) -> str:
@@ -137,6 +166,7 @@ def logs(name: str, address: str | None = None) -> str:
 def follow(name: str, address: str | None = None, out=None) -> str:
     """Stream the job's logs until it ends; returns its final status."""
     import sys
+
     out = out or sys.stdout
     c = client(address)
 
@@ -144,6 +174,7 @@ def follow(name: str, address: str | None = None, out=None) -> str:
         async for lines in c.tail_job_logs(name):
             out.write(lines)
             out.flush()
+
     asyncio.run(tail())
     return wait(c, name, timeout_s=60)
 
@@ -176,16 +207,19 @@ def scale(name: str, generators: int, address: str | None = None, timeout_s: flo
     c = client(address)
     info = job_info(c, name)
     if info is None or str(info.status) != "RUNNING":
-        raise JobError(f"run {name} is not running at {job_address(address)} "
-                       f"({'no job' if info is None else info.status})")
+        raise JobError(
+            f"run {name} is not running at {job_address(address)} "
+            f"({'no job' if info is None else info.status})"
+        )
     job = c.submit_job(
         entrypoint=f"python -m selfplay.cli scale {name} --generators {generators} --in-cluster "
-                   f"--timeout {timeout_s}",
+        f"--timeout {timeout_s}",
         submission_id=f"{name}-scale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-        runtime_env=runtime_env(tempfile.mkdtemp(prefix="selfplay-scale-"), {}, [], None))
+        runtime_env=runtime_env(tempfile.mkdtemp(prefix="selfplay-scale-"), {}, [], None),
+    )
     state = wait(c, job, timeout_s + 120)
     output = c.get_job_logs(job)
-    results = [line[len(RESULT):] for line in output.splitlines() if line.startswith(RESULT)]
+    results = [line[len(RESULT) :] for line in output.splitlines() if line.startswith(RESULT)]
     if state != "SUCCEEDED" or not results:
         raise JobError(f"scaling {name} to {generators} {state.lower()}:\n{output[-3000:]}")
     return json.loads(results[-1])
@@ -194,11 +228,17 @@ def scale(name: str, generators: int, address: str | None = None, timeout_s: flo
 def scale_connected(name: str, generators: int, timeout_s: float = 600) -> dict:
     """The same from a process already connected to the run's Ray cluster (ray.init)."""
     import ray
+
     try:
         controller = ray.get_actor("controller", namespace=name)
     except ValueError:
         raise JobError(f"run {name} has no controller in this Ray cluster (is it running?)") from None
     pool = ray.get(controller.scale.remote(generators, timeout_s))
-    return {"run": name, "generators": {n: {k: s[k] for k in ("version", "checksum", "node_id", "sent")}
-                                        for n, s in pool["generators"].items()},
-            "retired": [{k: s[k] for k in ("id", "sent")} for s in pool["retired"]]}
+    return {
+        "run": name,
+        "generators": {
+            n: {k: s[k] for k in ("version", "checksum", "node_id", "sent")}
+            for n, s in pool["generators"].items()
+        },
+        "retired": [{k: s[k] for k in ("id", "sent")} for s in pool["retired"]],
+    }

@@ -5,6 +5,7 @@ Elo (Elo 1978, "The Rating of Chessplayers"): E_a = 1 / (1 + 10^((r_b - r_a) / 4
     r_a' = r_a + k (S_a - E_a), r_b' = r_b - k (S_a - E_a).
 PFSP (Vinyals et al. 2019, "Grandmaster level in StarCraft II", AlphaStar): opponents are
 drawn with weight f_hard(x) = (1 - x)^p, x = the learner's expected score against them."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,7 @@ def pfsp_weights(scores: list[float], power: float = 2.0) -> list[float]:
     return _normalise([(1.0 - x) ** power for x in scores])
 
 
-def near_skill_weights(learner_rating: float, ratings: list[float],
-                       scale: float = 200.0) -> list[float]:
+def near_skill_weights(learner_rating: float, ratings: list[float], scale: float = 200.0) -> list[float]:
     # w_i = exp(-0.5 ((r_i - r_learner) / scale)^2): a Gaussian around the learner's rating
     if not ratings:
         return []
@@ -79,12 +79,19 @@ def latest_weights(n: int) -> list[float]:
     return [0.0] * (n - 1) + [1.0] if n > 0 else []
 
 
-def matchmaking_probs(mode: str, learner_rating: float, ratings: list[float],
-                      scores: list[float], power: float = 2.0,
-                      scale: float = 200.0) -> list[float]:
+def matchmaking_probs(
+    mode: str,
+    learner_rating: float,
+    ratings: list[float],
+    scores: list[float],
+    power: float = 2.0,
+    scale: float = 200.0,
+) -> list[float]:
     if len(ratings) != len(scores):
-        raise ValueError(f"matchmaking_probs: {len(ratings)} ratings but {len(scores)} scores; "
-                         "pass one of each per league member")
+        raise ValueError(
+            f"matchmaking_probs: {len(ratings)} ratings but {len(scores)} scores; "
+            "pass one of each per league member"
+        )
     if mode == "pfsp":
         return pfsp_weights(scores, power)
     if mode == "near":
@@ -94,9 +101,14 @@ def matchmaking_probs(mode: str, learner_rating: float, ratings: list[float],
     raise ValueError(f"unknown matchmaking mode {mode!r}; expected one of {MODES}")
 
 
-def assign_opponents(member_ids: list[str], probs: list[float], n_games: int,
-                     self_fraction: float, max_distinct: int,
-                     rng: random.Random) -> list[str]:
+def assign_opponents(
+    member_ids: list[str],
+    probs: list[float],
+    n_games: int,
+    self_fraction: float,
+    max_distinct: int,
+    rng: random.Random,
+) -> list[str]:
     """One opponent per game of a wave: SELF or a member id, in shuffled order. A generator
     holds at most max_distinct opponent engines, so the wave first picks that many distinct
     members (weighted, without replacement), then draws each game's opponent from them."""
@@ -118,8 +130,7 @@ def assign_opponents(member_ids: list[str], probs: list[float], n_games: int,
         while remaining and len(pool) < max_distinct:
             i = rng.choices(range(len(remaining)), weights=[p for _, p in remaining])[0]
             pool.append(remaining.pop(i))
-        out += rng.choices([m for m, _ in pool], weights=[p for _, p in pool],
-                           k=n_games - n_self)
+        out += rng.choices([m for m, _ in pool], weights=[p for _, p in pool], k=n_games - n_self)
     rng.shuffle(out)
     return out
 
@@ -133,8 +144,9 @@ class PromotionResult:
     games: int
 
 
-def promotion(wins: int, draws: int, losses: int, threshold: float = 0.6,
-              min_games: int = 1) -> PromotionResult:
+def promotion(
+    wins: int, draws: int, losses: int, threshold: float = 0.6, min_games: int = 1
+) -> PromotionResult:
     """Score counts draws half: in TicTacToe between decent players draws dominate, so a pure
     win rate would never pass. The 95% Wilson interval treats the score as a proportion."""
     games = wins + draws + losses
@@ -189,11 +201,11 @@ class LeagueState:
             self.member(pid).rating = rating
         self.rating_history.append((step, pid, rating))
 
-    def record(self, a: str, b: str, score_a: float, game: str, step: int,
-               k: float = 32.0, rate: bool = True) -> None:
+    def record(
+        self, a: str, b: str, score_a: float, game: str, step: int, k: float = 32.0, rate: bool = True
+    ) -> None:
         if a == b or SELF in (a, b):
-            raise ValueError(f"cannot record {a!r} vs {b!r}: "
-                             "games against oneself are not recorded")
+            raise ValueError(f"cannot record {a!r} vs {b!r}: games against oneself are not recorded")
         if score_a not in (0.0, 0.5, 1.0):
             raise ValueError(f"score_a must be 0, 0.5 or 1, got {score_a}")
         ra, rb = self._rating(a), self._rating(b)  # KeyError for an unknown id
@@ -228,23 +240,30 @@ class LeagueState:
         return out
 
     def to_dict(self) -> dict:
-        return {"league_version": LEAGUE_VERSION, "learner_rating": self.learner_rating,
-                "members": [asdict(m) for m in self.members],
-                "results": [[a, b, g, list(v)] for (a, b, g), v in self.results.items()],
-                "rating_history": [list(h) for h in self.rating_history],
-                "games_played": self.games_played}
+        return {
+            "league_version": LEAGUE_VERSION,
+            "learner_rating": self.learner_rating,
+            "members": [asdict(m) for m in self.members],
+            "results": [[a, b, g, list(v)] for (a, b, g), v in self.results.items()],
+            "rating_history": [list(h) for h in self.rating_history],
+            "games_played": self.games_played,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LeagueState:
         version = d.get("league_version")
         if version != LEAGUE_VERSION:
-            raise ValueError(f"league state has league_version {version!r}; this code reads "
-                             f"{LEAGUE_VERSION}. Start a fresh league or convert the file.")
-        return cls(learner_rating=d["learner_rating"],
-                   members=[Member(**m) for m in d["members"]],
-                   results={(a, b, g): list(v) for a, b, g, v in d["results"]},
-                   rating_history=[(s, i, r) for s, i, r in d["rating_history"]],
-                   games_played=d["games_played"])
+            raise ValueError(
+                f"league state has league_version {version!r}; this code reads "
+                f"{LEAGUE_VERSION}. Start a fresh league or convert the file."
+            )
+        return cls(
+            learner_rating=d["learner_rating"],
+            members=[Member(**m) for m in d["members"]],
+            results={(a, b, g): list(v) for a, b, g, v in d["results"]},
+            rating_history=[(s, i, r) for s, i, r in d["rating_history"]],
+            games_played=d["games_played"],
+        )
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

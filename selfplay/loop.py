@@ -26,6 +26,7 @@ holds and broadcasts 6 to every generator every `learner.broadcast_every` steps,
 the echoed checksums at the next broadcast (learner/service.py). Because generation runs
 ahead of training, turns are up to `buffer.max_staleness` versions old; PPO's ratio is
 taken against the behaviour log-probs that generated them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,11 +52,14 @@ class Parts:
 
 def build_parts(cfg: RunConfig, model_path: str) -> Parts:
     """One of each part, in this process, on the model at `model_path`."""
-    return Parts(generator=Generator.from_model("generator-0", cfg.name, cfg.games, model_path, cfg.model,
-                                                cfg.generator, cfg.seed),
-                 verifier=Verifier.for_model(model_path),
-                 buffer=ReplayBuffer(cfg.buffer, cfg.seed),
-                 learner=Learner(cfg.learner, cfg.model, model_path, cfg.seed))
+    return Parts(
+        generator=Generator.from_model(
+            "generator-0", cfg.name, cfg.games, model_path, cfg.model, cfg.generator, cfg.seed
+        ),
+        verifier=Verifier.for_model(model_path),
+        buffer=ReplayBuffer(cfg.buffer, cfg.seed),
+        learner=Learner(cfg.learner, cfg.model, model_path, cfg.seed),
+    )
 
 
 def iteration(parts: Parts, cfg: RunConfig) -> dict:

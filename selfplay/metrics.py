@@ -1,5 +1,6 @@
 """Run metrics: one long-format Parquet file (step, wall_s, name, value), mirrored to
 TensorBoard and to Ray gauges so they show in the Ray dashboard."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]  # latency histogram bounds (Ray metrics)
+SECONDS = [
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    30,
+]  # latency histogram bounds (Ray metrics)
 
 
 def ray_metric(kind: str, name: str, tags: dict[str, str], extra_keys: tuple[str, ...] = (), **kwargs):
@@ -19,18 +33,22 @@ def ray_metric(kind: str, name: str, tags: dict[str, str], extra_keys: tuple[str
     call (e.g. a rejection reason). Every actor makes its metrics here, so the naming and
     the run tag are one rule."""
     from ray.util import metrics
+
     cls = {"counter": metrics.Counter, "gauge": metrics.Gauge, "histogram": metrics.Histogram}[kind]
     metric = cls(f"selfplay_{name}", tag_keys=(*tags, *extra_keys), **kwargs)
     metric.set_default_tags(tags)
     return metric
 
-METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("wall_s", pa.float64()),
-                            ("name", pa.string()), ("value", pa.float64())])
+
+METRICS_SCHEMA = pa.schema(
+    [("step", pa.int64()), ("wall_s", pa.float64()), ("name", pa.string()), ("value", pa.float64())]
+)
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, run_id: str, ray_gauges: bool = True):
         from torch.utils.tensorboard import SummaryWriter
+
         self.path = run_dir / "metrics.parquet"
         self.rows: list[dict] = pq.read_table(self.path).to_pylist() if self.path.exists() else []
         self.tb = SummaryWriter(str(run_dir / "tb"))
@@ -76,7 +94,7 @@ class MetricsLog:
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): unique character n-grams / all n-grams over `texts`;
     falls towards 0 as responses collapse onto a few strings. 0 when there are none."""
-    grams = [t[i:i + n] for t in texts for i in range(len(t) - n + 1)]
+    grams = [t[i : i + n] for t in texts for i in range(len(t) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 

@@ -1,6 +1,7 @@
 """The default policy: a small Llama built locally from a preset, with a character-level
 tokenizer this project defines. Saved in HF format so vLLM and transformers load it through
 the same path as any other HF checkpoint (e.g. a Qwen directory on a cluster)."""
+
 from __future__ import annotations
 
 import string
@@ -29,8 +30,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.add_special_tokens(SPECIAL_TOKENS)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        unk_token="?", model_max_length=512,
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="?",
+        model_max_length=512,
     )
 
 
@@ -39,17 +44,26 @@ def build_model(preset: str, vocab_size: int, max_positions: int, seed: int) -> 
         raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     hidden, inter, layers, heads = PRESETS[preset]
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, torch_dtype="float32",
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        torch_dtype="float32",
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
-def create_default_model(out_dir: str | Path, preset: str = "3m", max_positions: int = 256,
-                         seed: int = 0) -> Path:
+def create_default_model(
+    out_dir: str | Path, preset: str = "3m", max_positions: int = 256, seed: int = 0
+) -> Path:
     """Write a fresh randomly initialised model and its tokenizer as an HF directory."""
     out = Path(out_dir)
     tokenizer = build_tokenizer()

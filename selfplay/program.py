@@ -7,6 +7,7 @@ split between them.
     learner     <- buffer (batches); -> generators (weights), -> league (snapshots)
     league      -> generators (opponents, matchmaking)
     controller  owns the generator pool: starts generators with `spawn_generator`"""
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.buffer import BufferActor
 from actors.controller import ControllerActor
 from actors.generator import GeneratorActor
-from actors.league import STATE_FILE as LEAGUE_STATE, LeagueActor
+from actors.league import STATE_FILE as LEAGUE_STATE
+from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
 from selfplay.config import RunConfig
@@ -38,11 +40,16 @@ class Program:
     league: object | None = None
 
     def actors(self) -> list:
-        return [a for a in (self.controller, self.learner, self.verifier, self.buffer, self.league) if a is not None]
+        return [
+            a
+            for a in (self.controller, self.learner, self.verifier, self.buffer, self.league)
+            if a is not None
+        ]
 
 
-def build_program(cfg: RunConfig, run_id: str, model_path: str, resume_from: Path | None,
-                  seed_offset: int = 0) -> Program:
+def build_program(
+    cfg: RunConfig, run_id: str, model_path: str, resume_from: Path | None, seed_offset: int = 0
+) -> Program:
     """Create the run's actors (generators come from the controller's `scale`). A resumed
     run's buffer, learner and league load their state from `resume_from`; `seed_offset`
     makes a resumed run's generators draw new games."""
@@ -50,18 +57,24 @@ def build_program(cfg: RunConfig, run_id: str, model_path: str, resume_from: Pat
     buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id)
     if resume:
         ray.get(buffer.load.remote(resume))
-    verifier = VerifierActor.options(name="verifier", num_cpus=cfg.verifier.num_cpus,
-                                     resources=cfg.verifier.resources).remote(model_path, buffer, run_id)
-    learner = LearnerActor.options(name="learner", num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus,
-                                   resources=cfg.learner.resources).remote(
-        cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume)
+    verifier = VerifierActor.options(
+        name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
+    ).remote(model_path, buffer, run_id)
+    learner = LearnerActor.options(
+        name="learner",
+        num_cpus=cfg.learner.num_cpus,
+        num_gpus=cfg.learner.num_gpus,
+        resources=cfg.learner.resources,
+    ).remote(cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume)
     league = None
     if cfg.league.enabled:
         league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None
-        league = LeagueActor.options(name="league").remote(cfg.league, cfg.seed, run_id, cfg.model.dtype,
-                                                           league_state)
+        league = LeagueActor.options(name="league").remote(
+            cfg.league, cfg.seed, run_id, cfg.model.dtype, league_state
+        )
     controller = ControllerActor.options(name="controller").remote(
-        cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset)
+        cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset
+    )
     return Program(buffer, verifier, learner, controller, league)
 
 
@@ -75,12 +88,17 @@ def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, see
     group = None
     if g.tensor_parallel_size > 1:
         group = placement_group(generator_bundles(g), strategy="STRICT_PACK")
-        options.update(num_cpus=g.num_cpus / g.tensor_parallel_size, num_gpus=0,
-                       scheduling_strategy=PlacementGroupSchedulingStrategy(
-                           group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+        options.update(
+            num_cpus=g.num_cpus / g.tensor_parallel_size,
+            num_gpus=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            ),
+        )
     seed = cfg.seed + 1000 * (index + 1) + seed_extra
     handle = GeneratorActor.options(**options).remote(
-        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents)
+        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents
+    )
     return handle, group
 
 

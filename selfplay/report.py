@@ -5,6 +5,7 @@ config.yaml and the newest complete checkpoint's league.json.
 Metric names: eval/GAME/OPP/FIELD, eval/kuhn/{exploitability,illegal_mass},
 snapshot/MEMBER/... (the same evals when league member MEMBER was created), league/...,
 and the learner's and generators' scalars."""
+
 from __future__ import annotations
 
 import html
@@ -51,8 +52,9 @@ Figure = tuple[str, str, str, list[Panel]]  # (file, title, x axis, panels)
 
 def load_series(path: Path) -> Series:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no metrics were logged yet (file missing); "
-                                "train for at least one step first")
+        raise FileNotFoundError(
+            f"{path}: no metrics were logged yet (file missing); train for at least one step first"
+        )
     cols = pq.read_table(path).to_pydict()
     if not cols.get("name"):
         raise ValueError(f"{path}: no metrics were logged yet (table is empty)")
@@ -94,30 +96,60 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     """The figures, built from the metric names present; plot() drops what has no data."""
     keys = list(eval_results(series))
     games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
-    curves = [Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS], strip=f"eval/{g}/")
-              for g, opps in games.items()]
+    curves = [
+        Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS], strip=f"eval/{g}/")
+        for g, opps in games.items()
+    ]
     illegal = ["batch_illegal", *(f"eval/{g}/{o}/illegal" for g, o in keys), "eval/kuhn/illegal_mass"]
-    promotion = Panel("learner's score (wins + draws/2)",
-                      ["league/vs_previous_score", *_starting(series, "league/vs_previous/")],
-                      [(threshold, f"promote threshold ({threshold})")] if threshold is not None else [],
-                      band=("league/vs_previous_lo", "league/vs_previous_hi"))
+    promotion = Panel(
+        "learner's score (wins + draws/2)",
+        ["league/vs_previous_score", *_starting(series, "league/vs_previous/")],
+        [(threshold, f"promote threshold ({threshold})")] if threshold is not None else [],
+        band=("league/vs_previous_lo", "league/vs_previous_hi"),
+    )
     return [
         ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
         ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),
-        ("exploitability.png", "Kuhn poker exploitability (chips; lower is better)", "step",
-         [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)]),
-        ("illegal.png", "Illegal-move rate (training batch and eval)", "step",
-         [Panel("illegal-move rate", illegal)]),
-        ("elo.png", "Elo ratings of the learner and the league members", "step",
-         [Panel("Elo", ["league/learner_elo", *_starting(series, "league/elo/")])]),
+        (
+            "exploitability.png",
+            "Kuhn poker exploitability (chips; lower is better)",
+            "step",
+            [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)],
+        ),
+        (
+            "illegal.png",
+            "Illegal-move rate (training batch and eval)",
+            "step",
+            [Panel("illegal-move rate", illegal)],
+        ),
+        (
+            "elo.png",
+            "Elo ratings of the learner and the league members",
+            "step",
+            [Panel("Elo", ["league/learner_elo", *_starting(series, "league/elo/")])],
+        ),
         ("promotion.png", "Promotion match vs the previous snapshot (95% Wilson CI)", "step", [promotion]),
-        ("diversity.png", "Diversity of the policy's replies", "step",
-         [Panel("distinct-n", ["distinct_1", "distinct_2"]),
-          Panel("action entropy (nats)", _starting(series, "action_entropy/"))]),
-        ("throughput.png", "Throughput vs wall time", "minutes",
-         [Panel("tokens/s", ["tokens_per_s"]), Panel("trajectories/s", ["trajectories_per_s"])]),
-        ("learner.png", "Learner diagnostics", "step",
-         [Panel(name, [name]) for name in ("loss", "entropy", "kl_behaviour", "clip_frac")]),
+        (
+            "diversity.png",
+            "Diversity of the policy's replies",
+            "step",
+            [
+                Panel("distinct-n", ["distinct_1", "distinct_2"]),
+                Panel("action entropy (nats)", _starting(series, "action_entropy/")),
+            ],
+        ),
+        (
+            "throughput.png",
+            "Throughput vs wall time",
+            "minutes",
+            [Panel("tokens/s", ["tokens_per_s"]), Panel("trajectories/s", ["trajectories_per_s"])],
+        ),
+        (
+            "learner.png",
+            "Learner diagnostics",
+            "step",
+            [Panel(name, [name]) for name in ("loss", "entropy", "kl_behaviour", "clip_frac")],
+        ),
     ]
 
 
@@ -125,7 +157,7 @@ def _labels(panel: Panel) -> list[str]:
     prefix = panel.strip
     if prefix is None:
         prefix = os.path.commonprefix(panel.names) if len(panel.names) > 1 else ""
-        prefix = prefix[:prefix.rfind("/") + 1]
+        prefix = prefix[: prefix.rfind("/") + 1]
     return [n.removeprefix(prefix) for n in panel.names]
 
 
@@ -169,7 +201,7 @@ def plot(series: Series, out_dir: Path, threshold: float | None = None) -> list[
         fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
         for ax, panel in zip(axes.flat, panels):
             _draw(ax, series, panel, x)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(title)
         fig.tight_layout()
@@ -219,22 +251,34 @@ def _ci(rates: dict) -> str:
 
 def last_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
     """One row per GAME/OPP, at the last step where any of its eval metrics was logged."""
-    header = ["game", "opponent", "step", "games", *(f.replace("_", "-") for f in OUTCOME),
-              "non-loss 95% CI"]
+    header = ["game", "opponent", "step", "games", *(f.replace("_", "-") for f in OUTCOME), "non-loss 95% CI"]
     rows = []
     for (game, opp), fields in eval_results(series).items():
         step = max(s["step"][-1] for s in fields.values())
         at = {f: dict(zip(s["step"], s["value"])).get(step) for f, s in fields.items()}
-        rows.append([game, opp, str(step), _fmt("games", at.get("games")),
-                     *(_fmt(f, at.get(f)) for f in OUTCOME), _ci(at)])
+        rows.append(
+            [
+                game,
+                opp,
+                str(step),
+                _fmt("games", at.get("games")),
+                *(_fmt(f, at.get(f)) for f in OUTCOME),
+                _ci(at),
+            ]
+        )
     return header, rows
 
 
 def _change_row(label: list[str], field: str, before: dict, after: dict) -> list[str]:
     vb, va = before.get(field), after.get(field)
     change = va - vb if vb is not None and va is not None else None
-    return [*label, field.replace("_", "-"), _fmt(field, vb), _fmt(field, va),
-            _fmt(field, change, signed=True)]
+    return [
+        *label,
+        field.replace("_", "-"),
+        _fmt(field, vb),
+        _fmt(field, va),
+        _fmt(field, change, signed=True),
+    ]
 
 
 def before_after_table(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -271,8 +315,9 @@ def retention_table(series: Series) -> tuple[list[str], list[list[str]]]:
         names = [f"snapshot/{m}/{g}/{o}/non_loss" for g, o in keys]
         names += [f"snapshot/{m}/{KUHN_KEY}"] if kuhn else []
         step = max(s["step"][-1] for n, s in series.items() if n.startswith(f"snapshot/{m}/"))
-        rows.append([m, str(step), *(_fmt("value", series[n]["value"][-1] if n in series else None)
-                                     for n in names)])
+        rows.append(
+            [m, str(step), *(_fmt("value", series[n]["value"][-1] if n in series else None) for n in names)]
+        )
     return header, rows
 
 
@@ -282,14 +327,21 @@ def league_blocks(run_dir: Path, out_dir: Path) -> list[tuple]:
         state = load_league(run_dir)
     except FileNotFoundError:
         return []
-    rows = [[r["id"], str(r["step"]), f"{r['elo']:.1f}", "/".join(map(str, r["learner_w_d_l"]))]
-            for r in member_rows(state)]
+    rows = [
+        [r["id"], str(r["step"]), f"{r['elo']:.1f}", "/".join(map(str, r["learner_w_d_l"]))]
+        for r in member_rows(state)
+    ]
     plot_head_to_head(state, out_dir / "head_to_head.png")
-    return [("h2", "League"),
-            ("p", f"Learner Elo {state.learner_rating:.1f}; {len(rows)} members; "
-                  f"{state.games_played} games recorded (newest complete checkpoint)."),
-            ("table", ["member", "step", "Elo", "learner W/D/L vs it"], rows),
-            ("img", "head_to_head.png", "Head-to-head score matrix")]
+    return [
+        ("h2", "League"),
+        (
+            "p",
+            f"Learner Elo {state.learner_rating:.1f}; {len(rows)} members; "
+            f"{state.games_played} games recorded (newest complete checkpoint).",
+        ),
+        ("table", ["member", "step", "Elo", "learner W/D/L vs it"], rows),
+        ("img", "head_to_head.png", "Head-to-head score matrix"),
+    ]
 
 
 def promote_threshold(config_text: str) -> float | None:
@@ -332,18 +384,26 @@ def to_html(title: str, blocks: list[tuple]) -> str:
             body.append(f"<{kind}>{e(args[0])}</{kind}>")
         elif kind == "table":
             header, rows = args
-            body.append("<table>\n<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>\n"
-                        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
-                        + "</table>")
+            body.append(
+                "<table>\n<tr>"
+                + "".join(f"<th>{e(h)}</th>" for h in header)
+                + "</tr>\n"
+                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
+                + "</table>"
+            )
         elif kind == "img":
             body.append(f'<p><img src="{e(args[0])}" alt="{e(args[1])}"></p>')
         elif kind == "pre":
             body.append(f"<pre>{e(args[0])}</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"
-             "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow-x:auto}")
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{e(title)}</title>'
-            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"
+        "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow-x:auto}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{e(title)}</title>'
+        f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: Path) -> Path:
@@ -358,14 +418,22 @@ def write_report(run_dir: Path) -> Path:
     title = f"Run report: {run_dir.name}"
     last_step = max(s["step"][-1] for s in series.values())
     minutes = max(s["minutes"][-1] for s in series.values())
-    blocks: list[tuple] = [("h1", title),
-                           ("p", f"Last logged step {last_step}, {minutes:.1f} min wall time.")]
+    blocks: list[tuple] = [
+        ("h1", title),
+        ("p", f"Last logged step {last_step}, {minutes:.1f} min wall time."),
+    ]
     blocks += _table_section("Last evaluation", last_eval_table(series))
-    blocks += _table_section("Kuhn poker exploitability", kuhn_table(summary),
-                             "OpenSpiel exploitability in chips: uniform random play 0.458, Nash 0.")
+    blocks += _table_section(
+        "Kuhn poker exploitability",
+        kuhn_table(summary),
+        "OpenSpiel exploitability in chips: uniform random play 0.458, Nash 0.",
+    )
     blocks += _table_section("Before and after training", before_after_table(summary))
-    blocks += _table_section("Capability retention", retention_table(series),
-                             "Each league member's evaluations, run when it was snapshotted.")
+    blocks += _table_section(
+        "Capability retention",
+        retention_table(series),
+        "Each league member's evaluations, run when it was snapshotted.",
+    )
     blocks += league_blocks(run_dir, out_dir)
     threshold = promote_threshold(config) if config is not None else None
     images = [("img", file, alt) for file, alt in plot(series, out_dir, threshold)]

@@ -1,5 +1,6 @@
 """Rewards and returns: what a verifier attaches to the turns it accepts and the learner
 turns into advantages. Pure; shared by `actors/` (verifiers) and `learner/`."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Generator pool math: which generators to add or remove, the autoscale rule, and the
 placement of a tensor-parallel generator. Pure functions; actors/controller.py acts on them."""
+
 from __future__ import annotations
 
 from selfplay.config import AutoscaleConfig, GeneratorConfig
@@ -26,11 +27,10 @@ def pool_plan(live: list[str], target: int) -> tuple[list[str], list[str]]:
         return new, []
     by_index = sorted(live, key=lambda name: int(name.rsplit("-", 1)[1]))
     removable = [n for n in by_index if n != EVAL_GENERATOR]
-    return [], removable[len(removable) - (len(live) - target):]
+    return [], removable[len(removable) - (len(live) - target) :]
 
 
-def autoscale_target(current: int, learner_idle: float, generator_idle: float,
-                     cfg: AutoscaleConfig) -> int:
+def autoscale_target(current: int, learner_idle: float, generator_idle: float, cfg: AutoscaleConfig) -> int:
     """One step of the autoscale rule. `learner_idle`: share of the last interval the learner
     waited for data (too few generators); `generator_idle`: mean share the generators were
     held back by the buffer's rate limit (too many). Grow first: a starved learner is the
@@ -44,8 +44,9 @@ def autoscale_target(current: int, learner_idle: float, generator_idle: float,
     return max(cfg.min_generators, min(cfg.max_generators, target))
 
 
-def idle_shares(before: tuple[float, float, float], after: tuple[float, float, float],
-                generators: int) -> tuple[float, float]:
+def idle_shares(
+    before: tuple[float, float, float], after: tuple[float, float, float], generators: int
+) -> tuple[float, float]:
     """(learner idle share, mean generator idle share) over the interval between two
     samples of (time, learner's cumulative wait for data, generators' cumulative wait on
     the rate limit, retired generators included), each clamped to [0, 1]."""

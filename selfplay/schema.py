@@ -1,5 +1,6 @@
 """The trajectory table: one row per turn. Declared once; every producer and consumer
 imports it. Arrow IPC between actors (never pickles), Parquet on disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,8 +57,10 @@ def check(table: pa.Table, source: str = "table") -> pa.Table:
     if version is None:
         raise SchemaError(f"{source}: no {VERSION_KEY.decode()} in metadata; not a selfplay trajectory table")
     if version != str(SCHEMA_VERSION).encode():
-        raise SchemaError(f"{source}: trajectory schema version {version.decode(errors='replace')}, "
-                          f"this selfplay reads version {SCHEMA_VERSION}")
+        raise SchemaError(
+            f"{source}: trajectory schema version {version.decode(errors='replace')}, "
+            f"this selfplay reads version {SCHEMA_VERSION}"
+        )
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise SchemaError(f"{source}: missing columns {missing}")

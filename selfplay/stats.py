@@ -1,4 +1,5 @@
 """Small statistics shared by the report, the league, the evaluations and the driver."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ threads, which is how their tests run without Ray.
 
 A peer is whatever the transport can call: a Ray actor handle, or a plain object. A call
 returns a future; `get` reads one (or a list) and raises what the call raised."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -56,6 +57,7 @@ class RayTransport:
 
     def __init__(self):
         import ray
+
         self.ray = ray
         self.dead = (ray.exceptions.RayActorError,)
 

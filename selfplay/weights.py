@@ -2,6 +2,7 @@
 checksum an engine must echo back after loading them. Shared by the learner (export), the
 engine's worker extension (checksum of what arrived) and the league (members restored
 from checkpoints), so neither `actors/` nor `learner/` imports the other."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,9 @@ def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
 def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, str]:
     # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage;
     # the bytes on the wire are host memory whatever device the model trains on.
-    tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()
+    }
     return save_safetensors(tensors), state_checksum(tensors)
 
 
@@ -30,6 +33,7 @@ def export_checkpoint(model_dir: str, dtype: str | torch.dtype) -> tuple[bytes, 
     """Export an HF checkpoint exactly as the learner exported it when it was live (tied
     weights included), e.g. to bring league members back after a resume."""
     from transformers import AutoModelForCausalLM
+
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return export_weights(model, dtype)

@@ -1,5 +1,6 @@
 """Session fixtures for integration tests: one local Ray, one tiny model, one generator
 (one vLLM engine) shared by every test that needs them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
+
     # Logical CPUs: the session generator, learner and a driver run's actors coexist;
     # only one engine is busy at a time.
-    ray.init(num_cpus=4, include_dashboard=False, namespace="selfplay-tests",
-             logging_level="ERROR", log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="selfplay-tests",
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -25,19 +32,31 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     from selfplay.model import create_default_model
+
     return str(create_default_model(tmp_path_factory.mktemp("model"), preset="1m", max_positions=64))
 
 
 @pytest.fixture(scope="session")
 def small_cfg():
     from selfplay.config import load_config
-    return load_config(None, [
-        "model.preset=1m", "model.max_model_len=64", "generator.games_per_wave=64",
-        "generator.max_response_tokens=2", "learner.batch_size=64", "learner.lr=1e-3",
-        "buffer.min_size=64", "buffer.max_staleness=1", "buffer.spi_tolerance=512",
-        "eval.games=8", "verifier.num_cpus=0",
-        "generator.enforce_eager=true",  # engine starts dominate the suite; the session generator compiles
-    ])
+
+    return load_config(
+        None,
+        [
+            "model.preset=1m",
+            "model.max_model_len=64",
+            "generator.games_per_wave=64",
+            "generator.max_response_tokens=2",
+            "learner.batch_size=64",
+            "learner.lr=1e-3",
+            "buffer.min_size=64",
+            "buffer.max_staleness=1",
+            "buffer.spi_tolerance=512",
+            "eval.games=8",
+            "verifier.num_cpus=0",
+            "generator.enforce_eager=true",  # engine starts dominate the suite; the session generator compiles
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +64,10 @@ def generator(ray_session, tiny_model, small_cfg):
     """Compiled (not eager), as runs use it: weight reloads and log-prob checks go through
     the same graph the demo runs."""
     from actors.generator import GeneratorActor
+
     compiled = dataclasses.replace(small_cfg.generator, enforce_eager=False)
     g = GeneratorActor.options(name="test-generator").remote(
-        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, compiled, 1)
+        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, compiled, 1
+    )
     ray_session.get(g.stats.remote())  # the engine is up
     return g

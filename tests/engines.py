@@ -2,6 +2,7 @@
 tests drive its Engine with a MockModel: one token per character after a BOS, replies
 from a rule (observation text -> reply text), and "weights" that are one number, the
 log-prob of every token it generates. It records every call, so tests can count them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,13 @@ class RuleEngine:
         try:
             if self.on_generate is not None:
                 self.on_generate(len(self.calls))
-            self.calls.append({"prompts": [decode(p) for p in prompts], "max_tokens": max_tokens,
-                               "temperature": temperature})
+            self.calls.append(
+                {
+                    "prompts": [decode(p) for p in prompts],
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                }
+            )
             limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
             return [self._complete(decode(p), limit) for p, limit in zip(prompts, limits)]
         finally:

@@ -1,4 +1,5 @@
 """Trajectory rows for tests: every schema column filled, any of them overridable."""
+
 from __future__ import annotations
 
 from selfplay import schema

@@ -1,4 +1,5 @@
 """Returns-to-go and SPIRAL's role-conditioned advantages, against hand-worked numbers."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,8 +59,7 @@ def test_role_conditioned_advantages_use_each_roles_baseline():
     returns = [1.0, 1.0, -1.0, -1.0, 1.0]
     baselines = {X: 0.2, O: -0.5}
     # X: 1 - 0.2, 1 - 0.2, -1 - 0.2; O: -1 + 0.5, 1 + 0.5
-    assert role_conditioned_advantages(keys, returns, baselines) == pytest.approx(
-        [0.8, 0.8, -1.2, -0.5, 1.5])
+    assert role_conditioned_advantages(keys, returns, baselines) == pytest.approx([0.8, 0.8, -1.2, -0.5, 1.5])
 
 
 def test_role_conditioned_advantages_need_a_baseline_for_each_key():

@@ -1,5 +1,6 @@
 """Replay buffer: staleness, FIFO capacity, the sample/insert rate limit, save/load.
 Exercises the plain ReplayBuffer; no Ray is started."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -13,14 +14,14 @@ from tests.rows import make_row
 
 def turns(versions: list[int], prefix: str = "t") -> pa.Table:
     """One row per version, traj_id '<prefix><index>' so rows can be told apart."""
-    return schema.from_rows([make_row(traj_id=f"{prefix}{i}", policy_version=v)
-                             for i, v in enumerate(versions)])
+    return schema.from_rows(
+        [make_row(traj_id=f"{prefix}{i}", policy_version=v) for i, v in enumerate(versions)]
+    )
 
 
 def buffer(**cfg) -> ReplayBuffer:
     """Generous defaults so each test only sets the limit it is about."""
-    base = dict(capacity=1000, max_staleness=100, samples_per_insert=1.0, spi_tolerance=10_000,
-                min_size=1)
+    base = dict(capacity=1000, max_staleness=100, samples_per_insert=1.0, spi_tolerance=10_000, min_size=1)
     return ReplayBuffer(BufferConfig(**{**base, **cfg}), seed=0)
 
 
@@ -29,6 +30,7 @@ def ids(table) -> list[str]:
 
 
 # ---- pure rules -----------------------------------------------------------------------
+
 
 def test_staleness_floor():
     assert staleness_floor(5, 2) == 3
@@ -72,6 +74,7 @@ def test_sample_allowed_size_boundary():
 
 
 # ---- ReplayBuffer ---------------------------------------------------------------------
+
 
 def test_stale_samples_are_dropped():
     buf = buffer(max_staleness=2)

@@ -8,6 +8,7 @@ which resumes it, following the logs to completion.
 What a person sees is checked in a real headless browser (Debian's chromium and
 chromium-driver, which `make test` installs): while the run trains, the Ray dashboard lists
 its job and the job's named actors; after it, every plot of its report/report.html loads."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,13 @@ GRAFANA = Path(__file__).parent.parent / "deploy" / "grafana" / "selfplay.json"
 
 
 def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "selfplay.cli", *args], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "selfplay.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, f"selfplay {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
@@ -67,8 +73,12 @@ def scaling_events(run_dir: Path) -> list[dict]:
 
 
 def pool_gauge(text: str) -> list[float]:
-    return [float(v) for v in re.findall(
-        rf'^ray_selfplay_controller_generators\{{[^}}]*run="{RUN}"[^}}]*\}} (\S+)', text, re.M)]
+    return [
+        float(v)
+        for v in re.findall(
+            rf'^ray_selfplay_controller_generators\{{[^}}]*run="{RUN}"[^}}]*\}} (\S+)', text, re.M
+        )
+    ]
 
 
 def scrape(state: dict) -> str:
@@ -96,10 +106,15 @@ TABLES_JS = """return [...document.querySelectorAll('table')].map(
 def headless_chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox",  # no sandbox: CI runs the suite as root
-                "--disable-dev-shm-usage", "--window-size=1600,1200"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # no sandbox: CI runs the suite as root
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1200",
+    ):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
@@ -137,6 +152,7 @@ def what_the_dashboard_shows(dashboard_url: str, token: str, run: str) -> dict:
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as shown
     from selenium.webdriver.support.ui import WebDriverWait
+
     seen = {"logged_in": False, "jobs": [], "job": None, "actor_rows": [], "actors": {}, "error": None}
     stage = "starting headless Chromium"
     try:
@@ -144,8 +160,11 @@ def what_the_dashboard_shows(dashboard_url: str, token: str, run: str) -> dict:
             wait = WebDriverWait(browser, PAGE_WAIT_S)
             stage = "logging in through the token dialog"
             browser.get(f"{dashboard_url}/#/jobs")
-            token_field = wait.until(shown.visibility_of_element_located(
-                (By.XPATH, "//label[text()='Authentication Token']/following::input[1]")))
+            token_field = wait.until(
+                shown.visibility_of_element_located(
+                    (By.XPATH, "//label[text()='Authentication Token']/following::input[1]")
+                )
+            )
             token_field.send_keys(token, Keys.ENTER)
             wait.until(shown.invisibility_of_element_located((By.ID, "token-auth-dialog-title")))
             seen["logged_in"] = True
@@ -155,11 +174,15 @@ def what_the_dashboard_shows(dashboard_url: str, token: str, run: str) -> dict:
                 rows = [r for r in rendered_rows(page) if "Submission ID" in r]
                 seen["jobs"] = [(r["Submission ID"], r["Status"]) for r in rows]
                 return next((r for r in rows if r["Submission ID"] == run), None)
+
             job = seen["job"] = wait.until(job_row)
             stage = "opening the job's Actors page"
             browser.find_element(By.LINK_TEXT, job["Job ID"]).click()  # the job's own page...
-            wait.until(shown.element_to_be_clickable(  # ...and its Actors tab
-                (By.CSS_SELECTOR, f"a[href$='/jobs/{job['Job ID']}/actors']"))).click()
+            wait.until(
+                shown.element_to_be_clickable(  # ...and its Actors tab
+                    (By.CSS_SELECTOR, f"a[href$='/jobs/{job['Job ID']}/actors']")
+                )
+            ).click()
             wait.until(lambda b: [r for r in rendered_rows(b) if "Name" in r])
             name_filter = browser.find_element(By.XPATH, "//label[text()='Name']/following::input[1]")
             stage = "filtering the job's actors by name"
@@ -169,9 +192,11 @@ def what_the_dashboard_shows(dashboard_url: str, token: str, run: str) -> dict:
                 seen["actors"][name] = None
 
                 def alive_row(page, name=name):  # the table refreshes itself; the last row seen is kept
-                    row = seen["actors"][name] = next((r for r in rendered_rows(page) if r.get("Name") == name),
-                                                      seen["actors"][name])
+                    row = seen["actors"][name] = next(
+                        (r for r in rendered_rows(page) if r.get("Name") == name), seen["actors"][name]
+                    )
                     return row is not None and row["State"] == "ALIVE"
+
                 with contextlib.suppress(TimeoutException):
                     WebDriverWait(browser, ACTOR_WAIT_S).until(alive_row)
             name_filter.send_keys(Keys.CONTROL, "a")
@@ -206,13 +231,33 @@ def scaled_run(cluster, tmp_path_factory):
     wait_for(lambda: any(e["event"] == "start" for e in scaling_events(run_dir)), 240, "generator-0 playing")
     up = json.loads(cli(env, "scale", RUN, "--generators", "3").stdout)
     down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
-    metrics = wait_for(lambda: (text := scrape(state)) and pool_gauge(text) == [1.0]
-                       and "ray_selfplay_learner_step_seconds_bucket" in text and text, 90, "selfplay metrics")
-    dashboard = what_the_dashboard_shows(state["dashboard_url"], Path(state["token_path"]).read_text().strip(), RUN)
+    metrics = wait_for(
+        lambda: (
+            (text := scrape(state))
+            and pool_gauge(text) == [1.0]
+            and "ray_selfplay_learner_step_seconds_bucket" in text
+            and text
+        ),
+        90,
+        "selfplay metrics",
+    )
+    dashboard = what_the_dashboard_shows(
+        state["dashboard_url"], Path(state["token_path"]).read_text().strip(), RUN
+    )
     status_running = json.loads(cli(env, "status", RUN).stdout)["status"]
     stopped = cli(env, "stop", RUN, timeout=200).stdout
-    return {"run_dir": run_dir, "up": up, "down": down, "metrics": metrics, "status": status_running,
-            "stopped": stopped, "storage": storage, "work": work, "nodes": nodes, "dashboard": dashboard}
+    return {
+        "run_dir": run_dir,
+        "up": up,
+        "down": down,
+        "metrics": metrics,
+        "status": status_running,
+        "stopped": stopped,
+        "storage": storage,
+        "work": work,
+        "nodes": nodes,
+        "dashboard": dashboard,
+    }
 
 
 def test_generators_scale_up_on_generator_nodes_with_the_learners_weights(scaled_run):
@@ -224,7 +269,9 @@ def test_generators_scale_up_on_generator_nodes_with_the_learners_weights(scaled
     for name in ("generator-1", "generator-2"):
         joined = starts[name]
         assert joined["version"] > 0  # joined a run already under way...
-        assert joined["generator_checksum"] == joined["checksum"]  # ...with the learner's weights at that version
+        assert (
+            joined["generator_checksum"] == joined["checksum"]
+        )  # ...with the learner's weights at that version
 
 
 def test_scaling_down_keeps_generator_0_and_retires_the_others(scaled_run):
@@ -264,7 +311,9 @@ def test_metrics_reach_rays_prometheus_endpoints(scaled_run):
     assert f'run="{RUN}"' in text
     used = set(re.findall(r"ray_selfplay_\w+", GRAFANA.read_text()))
     # The dashboard's league and rejection panels need a league run and a rejected game.
-    expected = {m for m in used if not m.startswith(("ray_selfplay_league_", "ray_selfplay_verifier_rejected"))}
+    expected = {
+        m for m in used if not m.startswith(("ray_selfplay_league_", "ray_selfplay_verifier_rejected"))
+    }
     assert expected - exported == set()
     assert pool_gauge(text) == [1.0]  # the pool size after scaling back down
 
@@ -275,8 +324,19 @@ def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, s
     checkpoint = scaled_run["run_dir"] / "checkpoints" / f"step_{stopped_at:07d}"
     version = json.loads((checkpoint / "learner_state.json").read_text())["version"]
     target = stopped_at + 4
-    out = cli(env, "submit", str(scaled_run["work"] / "run.yaml"), "--name", RUN, "--storage",
-              str(scaled_run["storage"]), "--set", f"total_steps={target}", "--follow", timeout=400)
+    out = cli(
+        env,
+        "submit",
+        str(scaled_run["work"] / "run.yaml"),
+        "--name",
+        RUN,
+        "--storage",
+        str(scaled_run["storage"]),
+        "--set",
+        f"total_steps={target}",
+        "--follow",
+        timeout=400,
+    )
     assert f"run {RUN}: SUCCEEDED" in out.stdout
     assert "run finished" in out.stdout  # the job's own output came through the log stream
     summary = json.loads((scaled_run["run_dir"] / "summary.json").read_text())
@@ -291,11 +351,14 @@ def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, s
 # ----------------------------------------------------------------------------------------
 # What a person sees (the helpers are above the fixtures); failures start with what failed.
 
+
 def test_the_dashboard_lists_the_run_as_a_running_job(scaled_run):
     seen = scaled_run["dashboard"]
     assert seen["logged_in"], f"DASHBOARD NOT OPENED: {seen['error']} (`make browser` installs Chromium)"
-    assert seen["job"] is not None, (f"JOB NOT LISTED: no row with Submission ID {RUN!r} on the dashboard's "
-                                     f"Jobs page; rows: {seen['jobs']}; {seen['error']}")
+    assert seen["job"] is not None, (
+        f"JOB NOT LISTED: no row with Submission ID {RUN!r} on the dashboard's "
+        f"Jobs page; rows: {seen['jobs']}; {seen['error']}"
+    )
     assert seen["job"]["Status"] == "RUNNING", f"JOB NOT RUNNING on the Jobs page: {seen['job']}"
 
 
@@ -303,8 +366,10 @@ def test_the_dashboard_shows_the_runs_named_actors_alive(scaled_run):
     seen = scaled_run["dashboard"]
     assert seen["job"] is not None, f"JOB NOT LISTED, so its actors could not be looked up: {seen['error']}"
     missing = [name for name in NAMED_ACTORS if seen["actors"].get(name) is None]
-    assert not missing, (f"ACTOR MISSING on job {seen['job']['Job ID']}'s Actors page: {missing}; "
-                         f"rows: {seen['actor_rows']}; {seen['error']}")
+    assert not missing, (
+        f"ACTOR MISSING on job {seen['job']['Job ID']}'s Actors page: {missing}; "
+        f"rows: {seen['actor_rows']}; {seen['error']}"
+    )
     for name, row in seen["actors"].items():
         assert row["State"] == "ALIVE", f"ACTOR NOT ALIVE: {name} is {row['State']}"
         assert row["Job ID"] == seen["job"]["Job ID"], f"ACTOR OF ANOTHER JOB: {name} in job {row['Job ID']}"
@@ -312,14 +377,17 @@ def test_the_dashboard_shows_the_runs_named_actors_alive(scaled_run):
 
 def test_every_plot_in_the_runs_report_html_loads_in_a_browser(scaled_run):
     from selenium.webdriver.support.ui import WebDriverWait
+
     report = scaled_run["run_dir"] / "report" / "report.html"  # written by the job as it ends
     assert report.exists(), f"REPORT MISSING: {report}"
     with headless_chromium() as browser:
         browser.get(report.as_uri())
         WebDriverWait(browser, PAGE_WAIT_S).until(  # "complete": every image has loaded or failed
-            lambda b: b.execute_script("return document.readyState") == "complete")
+            lambda b: b.execute_script("return document.readyState") == "complete"
+        )
         images = browser.execute_script(
-            "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])")
+            "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])"
+        )
     assert images, f"REPORT HAS NO IMAGES: {report}"
     broken = [src for src, width in images if not width]
     assert not broken, f"REPORT IMAGE BROKEN (did not load): {broken} of {[src for src, _ in images]}"

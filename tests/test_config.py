@@ -1,4 +1,5 @@
 """Config tree: YAML + --set overrides, and errors that name the bad field."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,11 +44,14 @@ def test_empty_yaml_file_gives_defaults(tmp_path):
     assert load_config(path) == RunConfig()
 
 
-@pytest.mark.parametrize("override, field", [
-    ("lrr=1", "lrr"),
-    ("learner.lrr=1e-4", "learner.lrr"),
-    ("eval.oponents=[random]", "eval.oponents"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("lrr=1", "lrr"),
+        ("learner.lrr=1e-4", "learner.lrr"),
+        ("eval.oponents=[random]", "eval.oponents"),
+    ],
+)
 def test_unknown_field_is_named_first(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
@@ -62,40 +66,46 @@ def test_unknown_field_in_yaml_is_named(tmp_path):
     assert str(err.value).startswith("learner.lrr:")
 
 
-@pytest.mark.parametrize("override, field", [
-    ("learner.batch_size=abc", "learner.batch_size"),
-    ("learner.batch_size=1.5", "learner.batch_size"),
-    ("learner.bf16=1", "learner.bf16"),
-    ("learner.lr=fast", "learner.lr"),
-    ("learner.lr=true", "learner.lr"),
-    ("model.path=3", "model.path"),
-    ("eval.opponents=random", "eval.opponents"),
-    ("eval.opponents=[1]", "eval.opponents[0]"),
-    ("learner=3", "learner"),
-    ("games=[tictactoe]", "games"),
-    ("games={tictactoe: fast}", "games.tictactoe"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("learner.batch_size=abc", "learner.batch_size"),
+        ("learner.batch_size=1.5", "learner.batch_size"),
+        ("learner.bf16=1", "learner.bf16"),
+        ("learner.lr=fast", "learner.lr"),
+        ("learner.lr=true", "learner.lr"),
+        ("model.path=3", "model.path"),
+        ("eval.opponents=random", "eval.opponents"),
+        ("eval.opponents=[1]", "eval.opponents[0]"),
+        ("learner=3", "learner"),
+        ("games=[tictactoe]", "games"),
+        ("games={tictactoe: fast}", "games.tictactoe"),
+    ],
+)
 def test_ill_typed_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
     assert str(err.value).startswith(f"{field}:")
 
 
-@pytest.mark.parametrize("override, field", [
-    ("learner.batch_size=0", "learner.batch_size"),
-    ("learner.lr=-1e-4", "learner.lr"),
-    ("buffer.max_staleness=-1", "buffer.max_staleness"),
-    ("learner.baseline_alpha=1.0", "learner.baseline_alpha"),
-    ("model.dtype=int8", "model.dtype"),
-    ("eval.opponents=[random,alphazero]", "eval.opponents[1]"),
-    ("games={chess: 1.0}", "games.chess"),
-    ("games={tictactoe: 0}", "games.tictactoe"),
-    ("games={}", "games"),
-    ("league.mode=elo", "league.mode"),
-    ("league.self_play_fraction=1.5", "league.self_play_fraction"),
-    ("league.max_live_opponents=0", "league.max_live_opponents"),
-    ("learner.device=tpu", "learner.device"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("learner.batch_size=0", "learner.batch_size"),
+        ("learner.lr=-1e-4", "learner.lr"),
+        ("buffer.max_staleness=-1", "buffer.max_staleness"),
+        ("learner.baseline_alpha=1.0", "learner.baseline_alpha"),
+        ("model.dtype=int8", "model.dtype"),
+        ("eval.opponents=[random,alphazero]", "eval.opponents[1]"),
+        ("games={chess: 1.0}", "games.chess"),
+        ("games={tictactoe: 0}", "games.tictactoe"),
+        ("games={}", "games"),
+        ("league.mode=elo", "league.mode"),
+        ("league.self_play_fraction=1.5", "league.self_play_fraction"),
+        ("league.max_live_opponents=0", "league.max_live_opponents"),
+        ("learner.device=tpu", "learner.device"),
+    ],
+)
 def test_out_of_range_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
@@ -139,8 +149,16 @@ def test_override_without_equals_sign_is_refused():
 
 
 def test_save_then_load_round_trips(tmp_path):
-    cfg = load_config(overrides=["learner.lr=1e-4", "eval.opponents=[minimax]", "model.path=/m",
-                                 "ray.num_cpus=4", "time_limit_min=2.5", "learner.bf16=false"])
+    cfg = load_config(
+        overrides=[
+            "learner.lr=1e-4",
+            "eval.opponents=[minimax]",
+            "model.path=/m",
+            "ray.num_cpus=4",
+            "time_limit_min=2.5",
+            "learner.bf16=false",
+        ]
+    )
     path = tmp_path / "saved.yaml"
     save_config(cfg, path)
     assert load_config(path) == cfg
@@ -170,6 +188,9 @@ def test_closed_sets_are_read_from_their_types():
 
     from selfplay.config import MatchmakingMode
     from selfplay.league import MODES
+
     assert MODES == typing.get_args(MatchmakingMode) == ("pfsp", "near", "latest")
-    with pytest.raises(ConfigError, match=r"league.mode: must be one of \('pfsp', 'near', 'latest'\), got 'elo'"):
+    with pytest.raises(
+        ConfigError, match=r"league.mode: must be one of \('pfsp', 'near', 'latest'\), got 'elo'"
+    ):
         load_config(overrides=["league.mode=elo"])

@@ -1,5 +1,6 @@
 """What a person sees of a run (selfplay/console.py): the bar's total follows the limit
 that ends the run, results in a few lines, library output in the run's log file."""
+
 from __future__ import annotations
 
 import os
@@ -22,11 +23,15 @@ def test_the_bar_ends_where_the_time_limit_will_stop_the_run():
 
 
 def test_results_show_each_evaluation_before_and_after():
-    summary = {"before": {"tictactoe/minimax": {"non_loss": 0.0}, "kuhn/exploitability": {"exploitability": 0.49}},
-               "after": {"tictactoe/minimax": {"non_loss": 0.915}, "kuhn/exploitability": {"exploitability": 0.04}}}
+    summary = {
+        "before": {"tictactoe/minimax": {"non_loss": 0.0}, "kuhn/exploitability": {"exploitability": 0.49}},
+        "after": {"tictactoe/minimax": {"non_loss": 0.915}, "kuhn/exploitability": {"exploitability": 0.04}},
+    }
     lines = result_lines(summary)
-    assert lines == ["  kuhn/exploitability          exploitability   0.490 -> 0.040",
-                     "  tictactoe/minimax            non_loss         0.000 -> 0.915"]
+    assert lines == [
+        "  kuhn/exploitability          exploitability   0.490 -> 0.040",
+        "  tictactoe/minimax            non_loss         0.000 -> 0.915",
+    ]
     assert result_lines({"after": {"tictactoe/random": {"non_loss": 0.5}}})[0].endswith("- -> 0.500")
 
 
@@ -36,7 +41,7 @@ def test_library_output_goes_to_the_log_and_key_lines_to_the_terminal(tmp_path):
     script = f"""
 import os, sys, warnings
 from selfplay.console import Console
-c = Console({str(tmp_path / 'run.log')!r})
+c = Console({str(tmp_path / "run.log")!r})
 print("library chatter")
 warnings.warn("a deprecation")
 os.write(2, b"native stderr\\n")
@@ -44,11 +49,16 @@ c.print("step 5 eval/tictactoe/random: non-loss 0.500")
 c.close()
 print("after close")
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                         cwd=os.getcwd())
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd()
+    )
     assert out.returncode == 0, out.stderr
     log = (tmp_path / "run.log").read_text()
     assert "library chatter" in log and "a deprecation" in log and "native stderr" in log
     terminal = out.stdout + out.stderr
     assert "step 5 eval/tictactoe/random: non-loss 0.500" in terminal and "after close" in terminal
-    assert "library chatter" not in terminal and "a deprecation" not in terminal and "native stderr" not in terminal
+    assert (
+        "library chatter" not in terminal
+        and "a deprecation" not in terminal
+        and "native stderr" not in terminal
+    )

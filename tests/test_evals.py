@@ -1,4 +1,5 @@
 """Kuhn poker's policy table read from reply log-likelihoods, scored by OpenSpiel."""
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ def scorer(policy: dict[str, list[float]], legal_mass: float):
             p = legal_mass * policy[by_obs[obs]][action] / len(KUHN_REPLIES[action])
             out.append(math.log(p) if p > 0 else -math.inf)
         return out
+
     return score
 
 

@@ -1,6 +1,7 @@
 """The generator's game loop on a scripted engine (tests/engines.py), no vLLM and no Ray:
 batching, scripted opponents, weight versions, illegal replies, context limits, evaluation
 and league slots. The same loop on real engines: test_integration.py, test_league_run.py."""
+
 from __future__ import annotations
 
 import threading
@@ -16,10 +17,17 @@ from selfplay.league import LEARNER, SELF
 from tests.engines import EngineMaker, RuleEngine, checksum, decode, legal_reply, weights
 
 
-def make_generator(games=("tictactoe",), engine=None, maker=None, seed=0, max_live=2,
-                   **cfg) -> Generator:
-    return Generator("gen-0", "run-0", {g: 1.0 for g in games}, engine or RuleEngine(),
-                     maker or EngineMaker(), GeneratorConfig(**cfg), seed, max_live_opponents=max_live)
+def make_generator(games=("tictactoe",), engine=None, maker=None, seed=0, max_live=2, **cfg) -> Generator:
+    return Generator(
+        "gen-0",
+        "run-0",
+        {g: 1.0 for g in games},
+        engine or RuleEngine(),
+        maker or EngineMaker(),
+        GeneratorConfig(**cfg),
+        seed,
+        max_live_opponents=max_live,
+    )
 
 
 def by_traj(table) -> dict[str, list[dict]]:
@@ -37,15 +45,18 @@ def replays(table) -> bool:
 
 def fetcher(members: dict[str, tuple[float, int]], calls: list[str] | None = None):
     """`fetch` for load_members: member -> (its weights, version, the weights' checksum)."""
+
     def fetch(member: str):
         if calls is not None:
             calls.append(member)
         logprob, version = members[member]
         return weights(logprob), version, checksum(weights(logprob))
+
     return fetch
 
 
 # ---- the game loop
+
 
 def test_every_game_of_a_wave_finishes_and_its_rows_replay_by_the_rules():
     gen = make_generator(games=("tictactoe", "kuhn", "negotiation"))
@@ -90,8 +101,13 @@ def test_scripted_opponents_move_between_engine_calls_and_their_turns_are_not_tr
             assert (sum(c in "XO" for c in cells), mark) == (k, "XO"[k % 2]), (k, prompt)
     rows = table.to_pylist()
     scripted = [r for r in rows if r["policy_id"] == "random"]
-    assert scripted and all(not r["trainable"] and r["prompt_ids"] == [] and r["response_ids"] == []
-                            and r["behaviour_logprobs"] == [] for r in scripted)
+    assert scripted and all(
+        not r["trainable"]
+        and r["prompt_ids"] == []
+        and r["response_ids"] == []
+        and r["behaviour_logprobs"] == []
+        for r in scripted
+    )
     assert all(r["trainable"] for r in rows if r["policy_id"] == LEARNER)
     assert replays(table)
 
@@ -101,8 +117,10 @@ def test_an_illegal_reply_is_flagged_and_ends_the_game_with_the_mover_losing():
     table = gen.self_play(4)
     # X takes cell 5; O asks for cell 5 again, which is taken.
     for rows in by_traj(table).values():
-        assert [(r["role"], r["response_text"], r["illegal"], r["outcome"]) for r in rows] == \
-            [(0, "5", False, 1.0), (1, "5", True, -1.0)]
+        assert [(r["role"], r["response_text"], r["illegal"], r["outcome"]) for r in rows] == [
+            (0, "5", False, 1.0),
+            (1, "5", True, -1.0),
+        ]
     assert gen.counts["illegal"] == 4
     assert replays(table)
 
@@ -111,8 +129,11 @@ def test_a_prompt_that_does_not_fit_the_context_raises_a_clear_error_before_any_
     prompt_tokens = 1 + len("tictactoe X 123456789:")  # BOS and one per character
     engine = RuleEngine(max_model_len=prompt_tokens)  # no room for the 1-token reply
     gen = make_generator(engine=engine)
-    with pytest.raises(ValueError, match=f"tictactoe: a prompt of {prompt_tokens} tokens plus a 1-token "
-                                         f"reply does not fit the model's context of {prompt_tokens}"):
+    with pytest.raises(
+        ValueError,
+        match=f"tictactoe: a prompt of {prompt_tokens} tokens plus a 1-token "
+        f"reply does not fit the model's context of {prompt_tokens}",
+    ):
         gen.self_play(1)
     assert engine.calls == []
 
@@ -125,14 +146,23 @@ def test_a_prompt_and_reply_that_exactly_fill_the_context_are_played():
 def test_a_seed_gives_the_same_games_and_scripted_moves():
     def played(seed: int) -> list[tuple]:
         gen = make_generator(games=("tictactoe", "kuhn", "negotiation"), seed=seed)
-        table = gen.play([Match(g, seats) for g in ("tictactoe", "kuhn", "negotiation")
-                          for seats in ((LEARNER, "random"), ("random", LEARNER))] * 3, 1.0)
+        table = gen.play(
+            [
+                Match(g, seats)
+                for g in ("tictactoe", "kuhn", "negotiation")
+                for seats in ((LEARNER, "random"), ("random", LEARNER))
+            ]
+            * 3,
+            1.0,
+        )
         return [(r["game"], r["seed"], r["turn"], r["response_text"]) for r in table.to_pylist()]
+
     assert played(3) == played(3)
     assert played(3) != played(4)
 
 
 # ---- weights
+
 
 def test_each_model_turn_is_tagged_with_the_weight_version_that_generated_it():
     gen = make_generator()
@@ -140,8 +170,12 @@ def test_each_model_turn_is_tagged_with_the_weight_version_that_generated_it():
     first = gen.self_play(3).to_pylist()
     gen.set_weights(weights(-2.0), 2)
     second = gen.self_play(3).to_pylist()
-    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in first} == {(1, 1, -1.0)}
-    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in second} == {(2, 2, -2.0)}
+    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in first} == {
+        (1, 1, -1.0)
+    }
+    assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in second} == {
+        (2, 2, -2.0)
+    }
 
 
 def test_a_weight_change_requested_during_an_engine_call_lands_only_after_it_returns():
@@ -156,6 +190,7 @@ def test_a_weight_change_requested_during_an_engine_call_lands_only_after_it_ret
             setter.start()
             setter.join(timeout=0.2)
             waited.append(setter.is_alive())
+
     engine.on_generate = race
     rows = gen.self_play(4).to_pylist()
     setter.join()
@@ -168,6 +203,7 @@ def test_a_weight_change_requested_during_an_engine_call_lands_only_after_it_ret
 
 
 # ---- evaluation
+
 
 def test_evaluate_plays_n_games_in_each_seat_greedily():
     engine = RuleEngine()
@@ -187,12 +223,14 @@ def test_evaluation_prompts_the_learner_at_the_scripted_opponents_tier():
 
 # ---- league members in opponent slots
 
+
 def test_load_members_refuses_a_member_whose_engine_echoes_other_weights():
     maker = EngineMaker()
     gen = make_generator(maker=maker)
 
     def forged(member):
         return weights(-1.0), 3, checksum(weights(-9.0))  # the league recorded other weights
+
     with pytest.raises(WeightMismatch, match="opponent forged loaded weights"):
         gen.load_members({"forged"}, forged)
     [(_, refused)] = maker.made
@@ -233,7 +271,9 @@ def test_league_play_seats_the_learner_at_random_and_tags_opponent_ids_and_versi
     gen.set_weights(weights(-2.0), 2)
     gen.load_members({"snap-0"}, fetcher({"snap-0": (-3.0, 7)}))
     member = gen.slots["snap-0"]
-    table = gen.league_play([("snap-0", "expert", "novice")] * 40 + [(SELF, "intermediate", "intermediate")] * 8)
+    table = gen.league_play(
+        [("snap-0", "expert", "novice")] * 40 + [(SELF, "intermediate", "intermediate")] * 8
+    )
     seats, self_play = [], 0
     for rows in by_traj(table).values():
         learner_rows = [r for r in rows if r["policy_id"] == LEARNER]
@@ -243,10 +283,28 @@ def test_league_play_seats_the_learner_at_random_and_tags_opponent_ids_and_versi
             assert all(r["opponent_version"] == 2 for r in rows)
             continue
         seats.append(learner_rows[0]["role"] if learner_rows else 1 - member_rows[0]["role"])
-        assert all((r["opponent_id"], r["opponent_version"], r["policy_version"], r["trainable"],
-                    *r["behaviour_logprobs"]) == ("snap-0", 7, 2, True, -2.0) for r in learner_rows)
-        assert all((r["opponent_id"], r["opponent_version"], r["policy_version"], r["trainable"],
-                    *r["behaviour_logprobs"]) == (LEARNER, 2, 7, False, -3.0) for r in member_rows)
+        assert all(
+            (
+                r["opponent_id"],
+                r["opponent_version"],
+                r["policy_version"],
+                r["trainable"],
+                *r["behaviour_logprobs"],
+            )
+            == ("snap-0", 7, 2, True, -2.0)
+            for r in learner_rows
+        )
+        assert all(
+            (
+                r["opponent_id"],
+                r["opponent_version"],
+                r["policy_version"],
+                r["trainable"],
+                *r["behaviour_logprobs"],
+            )
+            == (LEARNER, 2, 7, False, -3.0)
+            for r in member_rows
+        )
     assert self_play == 8 and len(seats) == 40
     assert 10 <= seats.count(0) <= 30  # each seat about half the time
     assert all(p.startswith("<novice>") for c in member.calls for p in c["prompts"])

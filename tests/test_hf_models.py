@@ -2,6 +2,7 @@
 Qwen2-architecture model (tied embeddings, grouped-query attention, as small Qwen
 checkpoints have) is built locally: the learner trains it, exports it, and a vLLM engine
 reloads it in place with log-probs matching the learner's."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,19 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory):
     tok = build_tokenizer()
-    config = Qwen2Config(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("qwen")
     Qwen2ForCausalLM(config).save_pretrained(out)
@@ -30,9 +41,17 @@ def qwen_dir(tmp_path_factory):
 
 
 def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
-    cfg = load_config(None, ["generator.games_per_wave=32", "generator.max_response_tokens=1",
-                             "learner.batch_size=16", "buffer.min_size=16", "learner.lr=1e-2",
-                             "generator.enforce_eager=true"])
+    cfg = load_config(
+        None,
+        [
+            "generator.games_per_wave=32",
+            "generator.max_response_tokens=1",
+            "learner.batch_size=16",
+            "buffer.min_size=16",
+            "learner.lr=1e-2",
+            "generator.enforce_eager=true",
+        ],
+    )
     gen = Generator.from_model("g", "t", {"tictactoe": 1.0}, qwen_dir, cfg.model, cfg.generator, 0)
     learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
     table = gen.self_play(32)

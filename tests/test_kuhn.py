@@ -1,12 +1,20 @@
 """Kuhn poker rules, text interface, OpenSpiel info states and exploitability, the Nash player."""
+
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from selfplay.games.kuhn import (INFO_STATES, NASH_ALPHA, Kuhn, NashPlayer, RandomPlayer,
-                                 exploitability, nash_policy)
+from selfplay.games.kuhn import (
+    INFO_STATES,
+    NASH_ALPHA,
+    Kuhn,
+    NashPlayer,
+    RandomPlayer,
+    exploitability,
+    nash_policy,
+)
 
 J, Q, K = 0, 1, 2
 DEALS = [(J, Q), (J, K), (Q, J), (Q, K), (K, J), (K, Q)]  # (player 0's card, player 1's)
@@ -24,10 +32,10 @@ def play(cards: tuple[int, int], history: str) -> Kuhn:
 
 # Player 0's chips for each deal in DEALS order (JQ, JK, QJ, QK, KJ, KQ).
 PAYOFFS = {
-    "pp": [-1, -1, 1, -1, 1, 1],    # check-check: showdown for the antes
-    "bb": [-2, -2, 2, -2, 2, 2],    # bet-call: showdown for ante + bet
-    "pbb": [-2, -2, 2, -2, 2, 2],   # check-bet-call: the same showdown
-    "bp": [1, 1, 1, 1, 1, 1],       # player 1 folds: player 0 takes its ante
+    "pp": [-1, -1, 1, -1, 1, 1],  # check-check: showdown for the antes
+    "bb": [-2, -2, 2, -2, 2, 2],  # bet-call: showdown for ante + bet
+    "pbb": [-2, -2, 2, -2, 2, 2],  # check-bet-call: the same showdown
+    "bp": [1, 1, 1, 1, 1, 1],  # player 1 folds: player 0 takes its ante
     "pbp": [-1, -1, -1, -1, -1, -1],  # player 0 folds: player 1 takes its ante
 }
 
@@ -83,10 +91,24 @@ def test_game_replays_exactly_from_seed_and_reply_texts():
 
 # ---- text interface ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, action", [
-    ("p", 0), ("b", 1), ("P", 0), ("B", 1), (" \nb", 1), ("bet", 1), ("pass", 0),
-    ("c", None), ("", None), ("  ", None), ("1", None), ("xb", None),
-])
+
+@pytest.mark.parametrize(
+    "text, action",
+    [
+        ("p", 0),
+        ("b", 1),
+        ("P", 0),
+        ("B", 1),
+        (" \nb", 1),
+        ("bet", 1),
+        ("pass", 0),
+        ("c", None),
+        ("", None),
+        ("  ", None),
+        ("1", None),
+        ("xb", None),
+    ],
+)
 def test_parse_action_reads_first_non_space_character_any_case(text, action):
     assert Kuhn.parse_action(text) == action
 
@@ -148,6 +170,7 @@ def test_info_state_and_observation_match_the_game_at_each_decision_point():
 
 def test_info_state_equals_openspiel_information_state_string():
     import pyspiel
+
     spiel_game = pyspiel.load_game("kuhn_poker")
     for cards in DEALS:
         for history in ("", "p", "b", "pb", "pp", "bb", "pbb"):
@@ -162,6 +185,7 @@ def test_info_state_equals_openspiel_information_state_string():
 
 
 # ---- exploitability --------------------------------------------------------------------
+
 
 def test_uniform_random_exploitability_is_11_over_24():
     assert exploitability({s.key: [0.5, 0.5] for s in INFO_STATES}) == pytest.approx(11 / 24)
@@ -200,6 +224,7 @@ def test_nash_policy_rejects_alpha_outside_the_family():
 
 
 # ---- Nash player -----------------------------------------------------------------------
+
 
 def bet_frequency(cards: tuple[int, int], history: str, n: int = 6000) -> float:
     player, game = NashPlayer(seed=0), play(cards, history)

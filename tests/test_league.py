@@ -1,5 +1,6 @@
 """League math (Elo, PFSP, matchmaking, opponent assignment, promotion) and the league's
 saved state, against hand-worked numbers."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,41 @@ from collections import Counter
 
 import pytest
 
-from selfplay.league import (DEFAULT_RATING, LEARNER, MODES, SELF, LeagueState, Member,
-                             PromotionResult, assign_opponents, elo_expected, elo_update,
-                             latest_weights, matchmaking_probs, near_skill_weights,
-                             pfsp_weights, promotion)
+from selfplay.league import (
+    DEFAULT_RATING,
+    LEARNER,
+    MODES,
+    SELF,
+    LeagueState,
+    Member,
+    PromotionResult,
+    assign_opponents,
+    elo_expected,
+    elo_update,
+    latest_weights,
+    matchmaking_probs,
+    near_skill_weights,
+    pfsp_weights,
+    promotion,
+)
 
 TTT = "tictactoe"
 
 
 def member(mid: str, rating: float = DEFAULT_RATING, step: int = 0) -> Member:
-    return Member(id=mid, version=step, step=step, path=f"/ckpt/{mid}", checksum=f"sha-{mid}",
-                  rating=rating, created_at=1.5)
+    return Member(
+        id=mid,
+        version=step,
+        step=step,
+        path=f"/ckpt/{mid}",
+        checksum=f"sha-{mid}",
+        rating=rating,
+        created_at=1.5,
+    )
 
 
 # --- Elo -----------------------------------------------------------------------------
+
 
 def test_elo_expected_equal_ratings_is_half():
     assert elo_expected(1000.0, 1000.0) == 0.5
@@ -48,8 +70,7 @@ def test_elo_update_400_point_gap_k32():
     assert elo_update(1400.0, 1000.0, 0.0) == pytest.approx((1400 - 320 / 11, 1000 + 320 / 11))
     assert elo_update(1400.0, 1000.0, 0.5) == pytest.approx((1400 - 144 / 11, 1000 + 144 / 11))
     # k scales the step: k = 16 halves the upset's 320/11
-    assert elo_update(1400.0, 1000.0, 0.0, k=16) == pytest.approx(
-        (1400 - 160 / 11, 1000 + 160 / 11))
+    assert elo_update(1400.0, 1000.0, 0.0, k=16) == pytest.approx((1400 - 160 / 11, 1000 + 160 / 11))
 
 
 @pytest.mark.parametrize("ra, rb", [(1000.0, 1000.0), (1400.0, 1000.0), (873.5, 1291.25)])
@@ -60,6 +81,7 @@ def test_elo_update_is_zero_sum(ra, rb, score_a):
 
 
 # --- matchmaking weights -------------------------------------------------------------
+
 
 def test_pfsp_weights_power_two():
     # (1 - x)^2: 0.5625, 0.25, 0; sum 0.8125
@@ -100,9 +122,11 @@ def test_matchmaking_probs_dispatches_on_mode():
     assert MODES == ("pfsp", "near", "latest")
     assert matchmaking_probs("pfsp", 1000.0, ratings, scores) == pfsp_weights(scores)
     assert matchmaking_probs("pfsp", 1000.0, ratings, scores, power=1.0) == pytest.approx(
-        [0.75 / 1.25, 0.5 / 1.25])
-    assert matchmaking_probs("near", 1000.0, ratings, scores, scale=100.0) == \
-        near_skill_weights(1000.0, ratings, scale=100.0)
+        [0.75 / 1.25, 0.5 / 1.25]
+    )
+    assert matchmaking_probs("near", 1000.0, ratings, scores, scale=100.0) == near_skill_weights(
+        1000.0, ratings, scale=100.0
+    )
     assert matchmaking_probs("latest", 1000.0, ratings, scores) == [0.0, 1.0]
 
 
@@ -115,38 +139,40 @@ def test_matchmaking_probs_unknown_mode_is_named():
 
 # --- assign_opponents ----------------------------------------------------------------
 
+
 def test_self_count_is_exact_and_length_is_n_games():
-    out = assign_opponents(["a", "b"], [0.5, 0.5], n_games=10, self_fraction=0.3,
-                           max_distinct=2, rng=random.Random(0))
+    out = assign_opponents(
+        ["a", "b"], [0.5, 0.5], n_games=10, self_fraction=0.3, max_distinct=2, rng=random.Random(0)
+    )
     assert len(out) == 10
     assert out.count(SELF) == 3  # round(10 * 0.3)
     assert set(out) - {SELF} <= {"a", "b"}
 
 
 def test_no_members_means_every_game_is_self():
-    out = assign_opponents([], [], n_games=7, self_fraction=0.0, max_distinct=4,
-                           rng=random.Random(0))
+    out = assign_opponents([], [], n_games=7, self_fraction=0.0, max_distinct=4, rng=random.Random(0))
     assert out == [SELF] * 7
 
 
 def test_at_most_max_distinct_members_per_wave():
     ids = [f"m{i}" for i in range(10)]
     for seed in range(50):
-        out = assign_opponents(ids, [0.1] * 10, n_games=200, self_fraction=0.25,
-                               max_distinct=2, rng=random.Random(seed))
+        out = assign_opponents(
+            ids, [0.1] * 10, n_games=200, self_fraction=0.25, max_distinct=2, rng=random.Random(seed)
+        )
         assert out.count(SELF) == 50
         assert len(set(out) - {SELF}) == 2  # 150 draws from 2 members: both show up
 
 
 def test_zero_probability_members_are_never_drawn():
-    out = assign_opponents(["a", "b", "c"], [0.0, 1.0, 0.0], n_games=100, self_fraction=0.0,
-                           max_distinct=3, rng=random.Random(1))
+    out = assign_opponents(
+        ["a", "b", "c"], [0.0, 1.0, 0.0], n_games=100, self_fraction=0.0, max_distinct=3, rng=random.Random(1)
+    )
     assert out == ["b"] * 100
 
 
 def test_order_is_shuffled():
-    out = assign_opponents(["a"], [1.0], n_games=100, self_fraction=0.5, max_distinct=1,
-                           rng=random.Random(0))
+    out = assign_opponents(["a"], [1.0], n_games=100, self_fraction=0.5, max_distinct=1, rng=random.Random(0))
     assert out.count(SELF) == 50
     assert out[:50] != [SELF] * 50
 
@@ -155,8 +181,9 @@ def test_empirical_frequencies_match_probs_when_all_members_fit():
     # With max_distinct >= len every member is in the pool, so each game is an i.i.d. draw
     # from probs; a count's std is sqrt(n p (1 - p)): allow 4 standard deviations.
     probs, n = [0.5, 0.3, 0.2], 20000
-    out = assign_opponents(["a", "b", "c"], probs, n_games=n, self_fraction=0.0,
-                           max_distinct=5, rng=random.Random(2))
+    out = assign_opponents(
+        ["a", "b", "c"], probs, n_games=n, self_fraction=0.0, max_distinct=5, rng=random.Random(2)
+    )
     counts = Counter(out)
     for mid, p in zip("abc", probs):
         assert abs(counts[mid] / n - p) <= 4 * math.sqrt(p * (1 - p) / n)
@@ -168,9 +195,13 @@ def test_pool_is_drawn_without_replacement_by_weight():
     # in the 50 games but with probability (1/3)^50).
     waves = 4000
     rng = random.Random(3)
-    with_a = sum("a" in assign_opponents(["a", "b", "c"], [0.5, 0.25, 0.25], n_games=50,
-                                         self_fraction=0.0, max_distinct=2, rng=rng)
-                 for _ in range(waves))
+    with_a = sum(
+        "a"
+        in assign_opponents(
+            ["a", "b", "c"], [0.5, 0.25, 0.25], n_games=50, self_fraction=0.0, max_distinct=2, rng=rng
+        )
+        for _ in range(waves)
+    )
     assert abs(with_a / waves - 5 / 6) <= 4 * math.sqrt(5 / 36 / waves)
 
 
@@ -192,6 +223,7 @@ def test_assign_opponents_rejects_bad_inputs():
 
 
 # --- promotion -----------------------------------------------------------------------
+
 
 def test_promotion_score_and_wilson_bounds_by_hand():
     # 6 wins, 3 draws, 1 loss: score = (6 + 1.5) / 10 = 0.75. Wilson, z = 1.96, n = 10:
@@ -227,6 +259,7 @@ def test_promotion_with_no_games():
 
 # --- LeagueState ---------------------------------------------------------------------
 
+
 def test_member_lookup_and_duplicates():
     s = LeagueState()
     s.add_member(member("m1"), step=3)
@@ -251,8 +284,12 @@ def test_record_updates_both_ratings_by_the_elo_amount():
     e = 1 / (1 + 10 ** (-416 / 400))
     assert s.member("m2").rating == pytest.approx(1400 - 32 * e)
     assert s.member("m1").rating == pytest.approx(984 + 32 * e)
-    assert s.rating_history[:4] == [(0, "m1", 1000.0), (0, "m2", 1400.0),
-                                    (5, LEARNER, 1016.0), (5, "m1", 984.0)]
+    assert s.rating_history[:4] == [
+        (0, "m1", 1000.0),
+        (0, "m2", 1400.0),
+        (5, LEARNER, 1016.0),
+        (5, "m1", 984.0),
+    ]
     assert [h[:2] for h in s.rating_history[4:]] == [(6, "m2"), (6, "m1")]
     assert s.games_played == 2
 

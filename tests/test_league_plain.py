@@ -1,4 +1,5 @@
 """The league's plain class (no Ray): matchmaking with skill tiers, Elo from results."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,15 +16,20 @@ def league(ratings: list[float], learner: float = 1000.0, **cfg) -> League:
     return League(LeagueConfig(enabled=True, **cfg), seed=0, state=state)
 
 
-@pytest.mark.parametrize("diff, tier", [(0, "intermediate"), (100, "intermediate"), (100.5, "expert"),
-                                        (-100, "intermediate"), (-101, "novice")])
+@pytest.mark.parametrize(
+    "diff, tier",
+    [(0, "intermediate"), (100, "intermediate"), (100.5, "expert"), (-100, "intermediate"), (-101, "novice")],
+)
 def test_skill_tier_bands(diff, tier):
     assert skill_tier(diff) == tier
 
 
 def test_scripted_tiers():
-    assert (scripted_tier("random"), scripted_tier("minimax"), scripted_tier("greedy")) == \
-        ("novice", "expert", "intermediate")
+    assert (scripted_tier("random"), scripted_tier("minimax"), scripted_tier("greedy")) == (
+        "novice",
+        "expert",
+        "intermediate",
+    )
 
 
 def test_without_members_every_game_is_self_play_at_equal_skill():

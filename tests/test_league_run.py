@@ -1,6 +1,7 @@
 """The league end to end on a real local Ray with real vLLM engines: snapshots are
 promoted, opponent engines receive them through the broadcast path with checksums, Elo
 moves, and the league survives a resume."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +11,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from selfplay.weights import export_checkpoint
 from selfplay import driver
 from selfplay.config import LeagueConfig
 from selfplay.league import DEFAULT_RATING, LeagueState
+from selfplay.weights import export_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +22,23 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def league_run(ray_session, small_cfg, tmp_path_factory):
     cfg = dataclasses.replace(
-        small_cfg, games={"tictactoe": 1.0, "kuhn": 1.0, "negotiation": 1.0}, total_steps=4,
-        log_every=2, checkpoint_every=2, out_dir=str(tmp_path_factory.mktemp("runs")),
+        small_cfg,
+        games={"tictactoe": 1.0, "kuhn": 1.0, "negotiation": 1.0},
+        total_steps=4,
+        log_every=2,
+        checkpoint_every=2,
+        out_dir=str(tmp_path_factory.mktemp("runs")),
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=3, skill_prompts=True),
         eval=dataclasses.replace(small_cfg.eval, every_steps=4, games=2),
-        league=LeagueConfig(enabled=True, promote_every=2, promote_games=2, promote_threshold=0.0,
-                            self_play_fraction=0.25, max_live_opponents=1))  # one engine: members swap in
+        league=LeagueConfig(
+            enabled=True,
+            promote_every=2,
+            promote_games=2,
+            promote_threshold=0.0,
+            self_play_fraction=0.25,
+            max_live_opponents=1,
+        ),
+    )  # one engine: members swap in
     return driver.train(cfg)
 
 
@@ -56,14 +68,24 @@ def test_elo_moves_with_every_league_game(league_run):
     assert state.member("snap-0").rating != DEFAULT_RATING
     assert sum(1 for _, pid, _ in state.rating_history if pid == "learner") > 1
     metrics = {m["name"] for m in pq.read_table(league_run / "metrics.parquet").to_pylist()}
-    assert {"league/learner_elo", "league/elo/snap-0", "league/vs_previous_score",
-            "eval/kuhn/exploitability", "eval/negotiation/greedy/return",
-            "snapshot/snap-1/tictactoe/minimax/non_loss", "distinct_1"} <= metrics
+    assert {
+        "league/learner_elo",
+        "league/elo/snap-0",
+        "league/vs_previous_score",
+        "eval/kuhn/exploitability",
+        "eval/negotiation/greedy/return",
+        "snapshot/snap-1/tictactoe/minimax/non_loss",
+        "distinct_1",
+    } <= metrics
 
 
 def test_league_command_prints_members_and_head_to_head(league_run):
-    out = subprocess.run([sys.executable, "-m", "selfplay.cli", "league", str(league_run)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "selfplay.cli", "league", str(league_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "snap-2" in out.stdout and "head-to-head" in out.stdout
 
@@ -76,7 +98,7 @@ def test_resume_restores_the_league(league_run):
     assert [m.id for m in after.members][:3] == [m.id for m in before.members]
     assert after.members[3].id == "snap-3" and after.members[3].step == 6
     assert after.games_played > before.games_played
-    assert after.rating_history[:len(before.rating_history)] == before.rating_history
+    assert after.rating_history[: len(before.rating_history)] == before.rating_history
 
 
 def test_skill_tokens_prefix_the_prompts(league_run):
@@ -90,6 +112,7 @@ def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(ray_se
 
     from actors.generator import WeightMismatch
     from actors.league import LeagueActor
+
     ray = ray_session
     league = LeagueActor.remote(LeagueConfig(enabled=True), 0, "test", "bfloat16")
     blob, checksum = export_checkpoint(tiny_model, torch.bfloat16)

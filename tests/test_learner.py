@@ -1,4 +1,5 @@
 """The learner's reference policy and batch diagnostics, on a tiny model (no Ray, no vLLM)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,9 +19,11 @@ def model_dir(tmp_path_factory) -> str:
 
 def batch():
     """Two kuhn turns of one role with opposite returns: advantages +-1 from the first step."""
-    rows = [make_row(game="kuhn", response_text="b", ret=1.0),
-            make_row(game="kuhn", response_text="p", ret=-1.0),
-            make_row(game="tictactoe", response_text="5", ret=0.0)]
+    rows = [
+        make_row(game="kuhn", response_text="b", ret=1.0),
+        make_row(game="kuhn", response_text="p", ret=-1.0),
+        make_row(game="tictactoe", response_text="5", ret=0.0),
+    ]
     return schema.from_rows(rows)
 
 
@@ -59,6 +62,7 @@ def test_batch_diagnostics_include_diversity_per_game(model_dir):
 
 def test_the_device_is_one_decision_auto_takes_the_cpu_without_a_gpu(monkeypatch):
     from learner.learner import pick_device
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="learner.device: 'cuda' asked for, but torch sees no GPU"):

@@ -1,6 +1,7 @@
 """The learner's broadcast and snapshot protocols (learner/service.py), without Ray: a real
 learner on a tiny model, receivers that checksum what they load as the engine's worker
 extension does, calls carried by LocalTransport's threads."""
+
 from __future__ import annotations
 
 import threading
@@ -135,7 +136,9 @@ def test_promote_hands_the_league_a_checkpoint_and_the_broadcast_weights(model_d
     service.train(1)
     league = League()
     service.promote(league, "snap-0", str(tmp_path / "snap-0"))
-    (member, blob), = league.members
+    ((member, blob),) = league.members
     assert member["id"] == "snap-0" and member["version"] == 1 and member["step"] == 1
     assert member["checksum"] == state_checksum(load_safetensors(blob)) == service.learner.export()[1]
-    assert (tmp_path / "snap-0" / "config.json").exists() and (tmp_path / "snap-0" / "tokenizer_config.json").exists()
+    assert (tmp_path / "snap-0" / "config.json").exists() and (
+        tmp_path / "snap-0" / "tokenizer_config.json"
+    ).exists()

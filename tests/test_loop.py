@@ -1,6 +1,7 @@
 """The algorithm in one place (selfplay/loop.py), run for real in one process: the plain
 generator on a rule-following engine that loads the learner's exported weights, the
 rule verifier, the replay buffer and the learner on a tiny model."""
+
 from __future__ import annotations
 
 import random
@@ -31,7 +32,9 @@ class LearnerWeightsEngine(RuleEngine):
 
     def __init__(self, corrupt: bool = False):
         rng = random.Random(0)
-        super().__init__(rule=lambda observation: rng.choice([c for c in observation.split()[-1] if c.isdigit()]))
+        super().__init__(
+            rule=lambda observation: rng.choice([c for c in observation.split()[-1] if c.isdigit()])
+        )
         self.corrupt = corrupt
         self.versions_loaded = 0
 
@@ -45,13 +48,22 @@ class LearnerWeightsEngine(RuleEngine):
 
 
 def make_parts(model_dir, engine) -> tuple[loop.Parts, object]:
-    cfg = load_config(None, ["learner.batch_size=16", "buffer.min_size=16", "generator.games_per_wave=8",
-                             "buffer.max_staleness=1", "learner.lr=1e-2"])
-    parts = loop.Parts(generator=Generator("generator-0", "test", cfg.games, engine, EngineMaker(),
-                                           cfg.generator, cfg.seed),
-                       verifier=Verifier(decode),
-                       buffer=ReplayBuffer(cfg.buffer, cfg.seed),
-                       learner=Learner(cfg.learner, cfg.model, model_dir, cfg.seed))
+    cfg = load_config(
+        None,
+        [
+            "learner.batch_size=16",
+            "buffer.min_size=16",
+            "generator.games_per_wave=8",
+            "buffer.max_staleness=1",
+            "learner.lr=1e-2",
+        ],
+    )
+    parts = loop.Parts(
+        generator=Generator("generator-0", "test", cfg.games, engine, EngineMaker(), cfg.generator, cfg.seed),
+        verifier=Verifier(decode),
+        buffer=ReplayBuffer(cfg.buffer, cfg.seed),
+        learner=Learner(cfg.learner, cfg.model, model_dir, cfg.seed),
+    )
     return parts, cfg
 
 

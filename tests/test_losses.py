@@ -1,4 +1,5 @@
 """PPO clip loss, k3 KL and token log-probs on tiny tensors, against hand-worked numbers."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,13 @@ def test_on_policy_loss_is_minus_mean_advantage_and_nothing_is_clipped():
 def grad_of_loss(ratio: float, advantage: float, clip_eps: float = 0.2) -> float:
     logp, beh = logps_with_ratios([[ratio]])
     logp.requires_grad_(True)
-    loss, _ = ppo_clip_loss(logp, beh, torch.tensor([advantage], dtype=torch.float64),
-                            torch.ones(1, 1, dtype=torch.float64), clip_eps)
+    loss, _ = ppo_clip_loss(
+        logp,
+        beh,
+        torch.tensor([advantage], dtype=torch.float64),
+        torch.ones(1, 1, dtype=torch.float64),
+        clip_eps,
+    )
     loss.backward()
     return logp.grad.item()
 

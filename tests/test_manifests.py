@@ -2,6 +2,7 @@
 and what they declare agrees with configs/cluster.yaml, pyproject.toml and the installed
 Ray. No cluster, no network: a wrong resource name, GPU count, image tag, open dashboard
 or missing token shows up here instead of as a pending pod."""
+
 from __future__ import annotations
 
 import copy
@@ -108,15 +109,19 @@ def per_pod(group: dict, needed: dict[str, float]) -> int:
 
 # --- every file parses --------------------------------------------------------------------
 
+
 def test_every_deployment_yaml_parses():
     paths = sorted((ROOT / "deploy").rglob("*.yaml")) + sorted((ROOT / "cluster").rglob("*.yaml"))
-    assert {KUBERAY / n for n in ("raycluster.yaml", "rayjob.yaml", "pvc.yaml", "secret.example.yaml")} <= set(paths)
+    assert {
+        KUBERAY / n for n in ("raycluster.yaml", "rayjob.yaml", "pvc.yaml", "secret.example.yaml")
+    } <= set(paths)
     assert ROOT / "cluster" / "launcher.yaml" in paths
     for path in paths:
         assert load_docs(path), f"{path}: no YAML document"
 
 
 # --- KubeRay ------------------------------------------------------------------------------
+
 
 def test_kuberay_kinds_and_worker_groups(raycluster, rayjob):
     assert (raycluster["apiVersion"], raycluster["kind"]) == ("ray.io/v1", "RayCluster")
@@ -128,6 +133,7 @@ def test_kuberay_kinds_and_worker_groups(raycluster, rayjob):
 
 def test_worker_groups_offer_the_configs_custom_resources(raycluster, rayjob, cfg):
     from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
+
     assert cfg.learner.resources and cfg.generator.resources, f"{CLUSTER_CONFIG} pins no node types"
     for kind, spec in cluster_specs(raycluster, rayjob).items():
         groups = worker_groups(spec)
@@ -139,7 +145,9 @@ def test_worker_groups_offer_the_configs_custom_resources(raycluster, rayjob, cf
             assert _get_custom_resources({}, params, name) == ray_resources(groups[name]), f"{kind} {name}"
         assert per_pod(groups["learner"], cfg.learner.resources) >= 1, kind
         assert per_pod(groups["generator"], cfg.generator.resources) >= 1, kind
-        assert ray_resources(spec["headGroupSpec"]) == {}, f"{kind}: the head must not attract learner or generators"
+        assert ray_resources(spec["headGroupSpec"]) == {}, (
+            f"{kind}: the head must not attract learner or generators"
+        )
 
 
 def test_gpu_limits_match_the_config(raycluster, rayjob, cfg):
@@ -147,11 +155,15 @@ def test_gpu_limits_match_the_config(raycluster, rayjob, cfg):
     generator_gpus = cfg.generator.num_gpus * cfg.generator.tensor_parallel_size
     for kind, spec in cluster_specs(raycluster, rayjob).items():
         groups = worker_groups(spec)
-        for name, gpus_per_actor, resources in (("learner", learner_gpus, cfg.learner.resources),
-                                                ("generator", generator_gpus, cfg.generator.resources)):
+        for name, gpus_per_actor, resources in (
+            ("learner", learner_gpus, cfg.learner.resources),
+            ("generator", generator_gpus, cfg.generator.resources),
+        ):
             limits = ray_container(groups[name])["resources"]["limits"]
             expected = gpus_per_actor * per_pod(groups[name], resources)
-            assert float(limits[GPU]) == expected, f"{kind} {name}: {limits[GPU]} GPUs, config needs {expected}"
+            assert float(limits[GPU]) == expected, (
+                f"{kind} {name}: {limits[GPU]} GPUs, config needs {expected}"
+            )
             assert limits == ray_container(groups[name])["resources"]["requests"], f"{kind} {name}"
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
         assert GPU not in head.get("limits", {}) and GPU not in head.get("requests", {}), kind
@@ -165,8 +177,12 @@ def test_group_sizes_follow_the_autoscale_bounds(raycluster, rayjob, cfg):
         n = per_pod(generator, cfg.generator.resources)
         assert generator["minReplicas"] <= generator["replicas"] <= generator["maxReplicas"], kind
         assert generator["replicas"] * n >= cfg.generator.num_generators, kind
-        assert generator["maxReplicas"] * n >= a.max_generators, f"{kind}: room for fewer than {a.max_generators} generators"
-        assert generator["minReplicas"] * n <= a.min_generators, f"{kind}: idle pods the autoscaler may never remove"
+        assert generator["maxReplicas"] * n >= a.max_generators, (
+            f"{kind}: room for fewer than {a.max_generators} generators"
+        )
+        assert generator["minReplicas"] * n <= a.min_generators, (
+            f"{kind}: idle pods the autoscaler may never remove"
+        )
         assert spec["enableInTreeAutoscaling"] is True, kind
 
 
@@ -247,7 +263,9 @@ def without_dashboard_host(spec: dict) -> dict:
 
 
 def test_rayjob_embeds_the_rayclusters_spec(raycluster, rayjob):
-    assert without_dashboard_host(rayjob["spec"]["rayClusterSpec"]) == without_dashboard_host(raycluster["spec"])
+    assert without_dashboard_host(rayjob["spec"]["rayClusterSpec"]) == without_dashboard_host(
+        raycluster["spec"]
+    )
 
 
 def test_rayjob_runs_a_named_run_on_shared_storage(rayjob):
@@ -263,6 +281,7 @@ def test_rayjob_runs_a_named_run_on_shared_storage(rayjob):
 
 
 # --- cluster launcher ---------------------------------------------------------------------
+
 
 def test_launcher_matches_rays_schema(launcher):
     schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
@@ -301,7 +320,9 @@ def test_launcher_keeps_the_dashboard_local_and_auth_on(launcher):
     assert all("--dashboard-host=127.0.0.1" in c for c in head_starts)
     for command in head_starts + worker_starts:
         assert re.search(r"(^|[;&\s])RAY_AUTH_MODE=token ray start", command), command
-    assert any(remote.endswith("/.ray/auth_token") for remote in launcher["file_mounts"]), "the token reaches no node"
+    assert any(remote.endswith("/.ray/auth_token") for remote in launcher["file_mounts"]), (
+        "the token reaches no node"
+    )
 
 
 def test_launcher_installs_the_project_with_the_clients_ray(launcher):
@@ -312,13 +333,16 @@ def test_launcher_installs_the_project_with_the_clients_ray(launcher):
 
 # --- image --------------------------------------------------------------------------------
 
+
 def test_dockerfile_pins_the_installed_ray_and_installs_the_gpu_extra():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     pins = re.findall(r"^ARG RAY_VERSION=(\S+)$", text, re.M)
     assert pins == [importlib.metadata.version("ray")]
-    assert re.search(r"^FROM \S+:\$\{RAY_VERSION\}-py311-\S+$", text, re.M), "base image not on the pinned Ray"
+    assert re.search(r"^FROM \S+:\$\{RAY_VERSION\}-py311-\S+$", text, re.M), (
+        "base image not on the pinned Ray"
+    )
     installs = [line for line in text.splitlines() if "pip install" in line]
-    assert any('".[gpu]"' in line and 'ray[default,serve]==${RAY_VERSION}' in line for line in installs)
+    assert any('".[gpu]"' in line and "ray[default,serve]==${RAY_VERSION}" in line for line in installs)
 
 
 def test_dockerfile_is_tagged_by_project_version_and_runs_as_non_root(version):
@@ -334,8 +358,21 @@ def test_dockerfile_is_tagged_by_project_version_and_runs_as_non_root(version):
 
 # --- Grafana ------------------------------------------------------------------------------
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                   "unless", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_selectors(expr: str) -> list[tuple[str, str]]:
@@ -344,7 +381,7 @@ def metric_selectors(expr: str) -> list[tuple[str, str]]:
 
     def keep(m: re.Match) -> str:
         blocks.append(m.group(1))
-        return "{%d}" % (len(blocks) - 1)
+        return f"{{{len(blocks) - 1}}}"
 
     text = re.sub(r"\{([^}]*)\}", keep, expr)
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
@@ -360,8 +397,10 @@ def metric_selectors(expr: str) -> list[tuple[str, str]]:
 
 
 def test_metric_selectors_sees_every_metric_name():
-    expr = ('sum by (le) (rate(up{job="a", run="$run"}[5m])) / on (run) node_load1 '
-            '+ histogram_quantile(0.95, rate(x_bucket[$__rate_interval] offset 1h)) * 1e3')
+    expr = (
+        'sum by (le) (rate(up{job="a", run="$run"}[5m])) / on (run) node_load1 '
+        "+ histogram_quantile(0.95, rate(x_bucket[$__rate_interval] offset 1h)) * 1e3"
+    )
     assert metric_selectors(expr) == [("up", 'job="a", run="$run"'), ("node_load1", ""), ("x_bucket", "")]
 
 
@@ -388,6 +427,8 @@ def test_dashboard_uses_only_selfplay_metrics_of_the_chosen_run(dashboard):
             assert selectors, f"{p['title']!r}: no metric in {t['expr']!r}"
             for name, matchers in selectors:
                 assert name.startswith("ray_selfplay_"), f"{p['title']!r}: {name} is not a selfplay metric"
-                assert re.search(r'\brun\s*=~?\s*"\$run"', matchers), f"{p['title']!r}: {name} not filtered by run"
+                assert re.search(r'\brun\s*=~?\s*"\$run"', matchers), (
+                    f"{p['title']!r}: {name} not filtered by run"
+                )
                 names.add(name)
     assert len(names) >= 10

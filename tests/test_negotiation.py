@@ -1,12 +1,22 @@
 """Negotiation rules, seeded deals, text interface, and the greedy and fair players."""
+
 from __future__ import annotations
 
 import itertools
 
 import pytest
 
-from selfplay.games.negotiation import (ACCEPT, MAX_TURNS, FairPlayer, GreedyPlayer, Negotiation,
-                                        RandomPlayer, proposals, valuations, value)
+from selfplay.games.negotiation import (
+    ACCEPT,
+    MAX_TURNS,
+    FairPlayer,
+    GreedyPlayer,
+    Negotiation,
+    RandomPlayer,
+    proposals,
+    valuations,
+    value,
+)
 
 ALL_COUNTS = list(itertools.product((1, 2, 3), repeat=3))
 
@@ -21,6 +31,7 @@ def game_with(counts=(1, 2, 3), v0=(4, 0, 2), v1=(2, 1, 2), replies=()) -> Negot
 
 
 # ---- seeded deals ----------------------------------------------------------------------
+
 
 def test_every_seed_draws_counts_1_to_3_and_valuations_worth_10():
     for seed in range(2000):
@@ -39,13 +50,15 @@ def test_only_the_all_threes_pool_has_no_valuation_worth_10():
 
 
 def test_deal_is_fixed_by_seed_and_varies_across_seeds():
-    assert [(Negotiation(s).counts, Negotiation(s).values) for s in range(20)] == \
-        [(Negotiation(s).counts, Negotiation(s).values) for s in range(20)]
+    assert [(Negotiation(s).counts, Negotiation(s).values) for s in range(20)] == [
+        (Negotiation(s).counts, Negotiation(s).values) for s in range(20)
+    ]
     assert len({Negotiation(s).counts for s in range(200)}) == 26
     assert len({Negotiation(s).values for s in range(200)}) > 150
 
 
 # ---- rules -------------------------------------------------------------------------
+
 
 def test_accepted_proposal_gives_proposer_its_take_and_higher_value_wins():
     game = game_with(replies=["103", "a"])
@@ -117,14 +130,17 @@ def test_apply_out_of_range_proposal_raises():
         game_with().apply(25)
 
 
-@pytest.mark.parametrize("prefix, mover, reply", [
-    ([], 0, "a"),  # nothing to accept yet
-    ([], 0, "203"),  # only 1 item of type 1
-    (["123"], 1, "124"),  # only 3 items of type 3
-    (["123"], 1, "4"),  # only 1 item of type 1
-    (["123"], 1, "deal"),
-    (["123", "000"], 0, ""),
-])
+@pytest.mark.parametrize(
+    "prefix, mover, reply",
+    [
+        ([], 0, "a"),  # nothing to accept yet
+        ([], 0, "203"),  # only 1 item of type 1
+        (["123"], 1, "124"),  # only 3 items of type 3
+        (["123"], 1, "4"),  # only 1 item of type 1
+        (["123"], 1, "deal"),
+        (["123", "000"], 0, ""),
+    ],
+)
 def test_illegal_reply_ends_game_and_mover_loses(prefix, mover, reply):
     game = game_with(replies=prefix)
     assert not game.apply_text(reply)
@@ -144,6 +160,7 @@ def test_apply_text_on_finished_game_raises_and_keeps_result():
 
 # ---- text interface ------------------------------------------------------------------
 
+
 def test_actions_follow_itertools_product_order():
     game = game_with()
     assert game.action_text(1) == "000"
@@ -161,12 +178,31 @@ def test_parse_action_inverts_action_text_for_every_action(counts):
     assert [game.parse_action(game.action_text(a)) for a in actions] == actions
 
 
-@pytest.mark.parametrize("text, action", [
-    ("a", ACCEPT), (" A", ACCEPT), ("accept", ACCEPT), ("103", 16), ("\n103", 16),
-    ("1034", 16), ("103 please", 16), ("000", 1),
-    ("10", 13), ("1x3", 13), ("1", 13), ("12", 21), ("0-", 1),  # types left out take 0: 100, 100, 100, 120, 000
-    ("203", None), ("104", None), ("2", None), ("", None), ("-", None), ("b", None), ("x12", None),
-])
+@pytest.mark.parametrize(
+    "text, action",
+    [
+        ("a", ACCEPT),
+        (" A", ACCEPT),
+        ("accept", ACCEPT),
+        ("103", 16),
+        ("\n103", 16),
+        ("1034", 16),
+        ("103 please", 16),
+        ("000", 1),
+        ("10", 13),
+        ("1x3", 13),
+        ("1", 13),
+        ("12", 21),
+        ("0-", 1),  # types left out take 0: 100, 100, 100, 120, 000
+        ("203", None),
+        ("104", None),
+        ("2", None),
+        ("", None),
+        ("-", None),
+        ("b", None),
+        ("x12", None),
+    ],
+)
 def test_parse_action_reads_accept_or_leading_digits_within_counts(text, action):
     assert game_with().parse_action(text) == action
 
@@ -182,6 +218,7 @@ def test_observation_shows_counts_own_values_own_share_and_moves_left():
 
 
 # ---- scripted players ------------------------------------------------------------------
+
 
 def test_greedy_leaves_one_item_of_its_least_valued_type():
     game = game_with()  # player 0 values 4/0/2: gives up one type-2 item (value 0)

@@ -1,6 +1,7 @@
 """The generator pool's protocols (actors/pool.py), without Ray: the real learner service
 on a tiny model, generators that play counted waves until stopped, calls carried by
 LocalTransport's threads. The same protocols run on a real cluster in test_cluster.py."""
+
 from __future__ import annotations
 
 import threading
@@ -26,8 +27,14 @@ class WaveGenerator(Receiver):
     """Loads weights as an engine does (checksum of what arrived) and plays waves of
     `wave` games until stopped; records the order of what happened to it."""
 
-    def __init__(self, name: str, wave: int = 4, fail_start: bool = False, hang_start: bool = False,
-                 crash_after: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        wave: int = 4,
+        fail_start: bool = False,
+        hang_start: bool = False,
+        crash_after: int | None = None,
+    ):
         super().__init__()
         self.name = name
         self.wave = wave
@@ -44,8 +51,17 @@ class WaveGenerator(Receiver):
         if self.hang_start:
             self.stopped.wait()
         version, checksum = self.loads[-1] if self.loads else (0, None)
-        return {"id": self.name, "version": version, "checksum": checksum, "sent": self.sent, "games": self.sent,
-                "turns": 5 * self.sent, "tokens": 5 * self.sent, "wait_s": 0.0, "node_id": "local"}
+        return {
+            "id": self.name,
+            "version": version,
+            "checksum": checksum,
+            "sent": self.sent,
+            "games": self.sent,
+            "turns": 5 * self.sent,
+            "tokens": 5 * self.sent,
+            "wait_s": 0.0,
+            "node_id": "local",
+        }
 
     def set_weights(self, blob: bytes, version: int) -> str:
         self.history.append(f"weights v{version}")
@@ -86,7 +102,9 @@ class Cluster:
 def make_pool(model_dir, cluster: Cluster, overrides=()) -> GeneratorPool:
     cfg = load_config(None, ["learner.batch_size=4", *overrides])
     transport = LocalTransport()
-    learner = LearnerService(Learner(cfg.learner, cfg.model, model_dir, seed=0), lambda n, v: batch(n), transport)
+    learner = LearnerService(
+        Learner(cfg.learner, cfg.model, model_dir, seed=0), lambda n, v: batch(n), transport
+    )
     return GeneratorPool(cfg, transport, cluster.spawn, cluster.discard, learner, verifier=None, buffer=None)
 
 
@@ -96,7 +114,7 @@ def test_a_new_generator_loads_the_learners_weights_before_it_plays(model_dir):
     status = pool.scale(2)
     assert sorted(status["generators"]) == ["generator-0", "generator-1"]
     checksum = pool.learner.checksum
-    for name, g in cluster.spawned.items():
+    for g in cluster.spawned.values():
         assert g.history[:2] == ["weights v0", "play"]
         assert g.loads[0] == (0, checksum)
     starts = [e for e in status["events"] if e["event"] == "start"]
@@ -162,8 +180,9 @@ def test_after_stop_all_the_pool_no_longer_changes(model_dir):
 
 def test_autoscale_grows_the_pool_while_the_learner_waits(model_dir):
     cluster = Cluster()
-    pool = make_pool(model_dir, cluster, ["autoscale.enabled=true", "autoscale.cooldown_s=0",
-                                          "autoscale.max_generators=2"])
+    pool = make_pool(
+        model_dir, cluster, ["autoscale.enabled=true", "autoscale.cooldown_s=0", "autoscale.max_generators=2"]
+    )
     pool.scale(1)
     assert pool.autoscale(learner_wait_s=0.0) is None  # the first tick only takes a reading
     time.sleep(0.2)

@@ -1,6 +1,7 @@
 """The run report: Wilson intervals on hand-worked numbers, the figure list built from the
 logged names, and plots + Markdown + HTML written from a small run directory (two games,
 Kuhn exploitability, a league with snapshots)."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,12 @@ def test_wilson_interval_with_no_games_is_uninformative():
 
 
 def write_metrics(run_dir, rows):
-    pq.write_table(pa.Table.from_pylist(
-        [{"step": s, "wall_s": w, "name": n, "value": v} for s, w, n, v in rows],
-        schema=METRICS_SCHEMA), run_dir / "metrics.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"step": s, "wall_s": w, "name": n, "value": v} for s, w, n, v in rows], schema=METRICS_SCHEMA
+        ),
+        run_dir / "metrics.parquet",
+    )
 
 
 def eval_rows(step, prefix, values):
@@ -46,25 +50,48 @@ def tictactoe_rows():
     """tictactoe vs random with every eval name; vs minimax without illegal or seat names."""
     rows = []
     for step, win, draw in ((0, 0.3, 0.1), (3, 0.8, 0.1)):
-        full = {"win": win, "draw": draw, "loss": 1 - win - draw, "illegal": 0.0,
-                "non_loss": win + draw, "games": 20, "return": 2 * win - 1, "first_win": win,
-                "first_non_loss": win + draw, "second_win": win, "second_non_loss": win + draw}
+        full = {
+            "win": win,
+            "draw": draw,
+            "loss": 1 - win - draw,
+            "illegal": 0.0,
+            "non_loss": win + draw,
+            "games": 20,
+            "return": 2 * win - 1,
+            "first_win": win,
+            "first_non_loss": win + draw,
+            "second_win": win,
+            "second_non_loss": win + draw,
+        }
         rows += eval_rows(step, "eval/tictactoe/random", full)
-        rows += eval_rows(step, "eval/tictactoe/minimax",
-                          {"win": 0.0, "draw": 0.5, "loss": 0.5, "non_loss": 0.5, "games": 10})
+        rows += eval_rows(
+            step,
+            "eval/tictactoe/minimax",
+            {"win": 0.0, "draw": 0.5, "loss": 0.5, "non_loss": 0.5, "games": 10},
+        )
     return rows
 
 
 def league_rows():
     rows = []
     for step in range(4):
-        rows += [(step, 30.0 * step, "league/learner_elo", 1000.0 + 5 * step),
-                 (step, 30.0 * step, "league/elo/snap-0", 1000.0 - 5 * step),
-                 (step, 30.0 * step, "league/members", 1 + (step >= 2))]
+        rows += [
+            (step, 30.0 * step, "league/learner_elo", 1000.0 + 5 * step),
+            (step, 30.0 * step, "league/elo/snap-0", 1000.0 - 5 * step),
+            (step, 30.0 * step, "league/members", 1 + (step >= 2)),
+        ]
         if step >= 2:
             rows.append((step, 30.0 * step, "league/elo/snap-1", 1000.0))
-        rows += [(step, 30.0 * step, f"league/vs_previous{k}", v) for k, v in
-                 {"_score": 0.55, "_lo": 0.45, "_hi": 0.65, "_games": 64, "/tictactoe/score": 0.6}.items()]
+        rows += [
+            (step, 30.0 * step, f"league/vs_previous{k}", v)
+            for k, v in {
+                "_score": 0.55,
+                "_lo": 0.45,
+                "_hi": 0.65,
+                "_games": 64,
+                "/tictactoe/score": 0.6,
+            }.items()
+        ]
     # Snapshots: snap-0 re-ran every eval at step 0; snap-1 (step 2) has no minimax result.
     rows += eval_rows(0, "snapshot/snap-0/tictactoe/random", {"win": 0.25, "non_loss": 0.5})
     rows += eval_rows(0, "snapshot/snap-0/tictactoe/minimax", {"non_loss": 0.2})
@@ -95,32 +122,89 @@ def mixed_run(run_dir):
     rows = []
     for step in range(4):
         wall = 30.0 * step
-        for name in ("loss", "pg_loss", "entropy", "kl_behaviour", "clip_frac", "batch_illegal",
-                     "tokens_per_s", "trajectories_per_s", "distinct_1", "distinct_2",
-                     "action_entropy/tictactoe", "action_entropy/kuhn"):
+        for name in (
+            "loss",
+            "pg_loss",
+            "entropy",
+            "kl_behaviour",
+            "clip_frac",
+            "batch_illegal",
+            "tokens_per_s",
+            "trajectories_per_s",
+            "distinct_1",
+            "distinct_2",
+            "action_entropy/tictactoe",
+            "action_entropy/kuhn",
+        ):
             rows.append((step, wall, name, 0.1 * step + 1.0))
     rows += tictactoe_rows()
     for step, expl in ((0, 0.458), (3, 0.2)):
         rows += eval_rows(step, "eval/kuhn", {"exploitability": expl, "illegal_mass": 0.1 / (step + 1)})
-        rows += eval_rows(step, "eval/kuhn/nash", {"win": 0.4, "draw": 0.0, "loss": 0.6, "illegal": 0.0,
-                                                   "non_loss": 0.4, "games": 10, "return": -0.1})
+        rows += eval_rows(
+            step,
+            "eval/kuhn/nash",
+            {
+                "win": 0.4,
+                "draw": 0.0,
+                "loss": 0.6,
+                "illegal": 0.0,
+                "non_loss": 0.4,
+                "games": 10,
+                "return": -0.1,
+            },
+        )
     write_metrics(run_dir, rows + league_rows())
-    outcome = {"win": 0.3, "draw": 0.1, "loss": 0.6, "illegal": 0.05, "non_loss": 0.4,
-               "return": -0.3, "games": 20}
-    (run_dir / "summary.json").write_text(json.dumps({
-        "before": {"tictactoe/random": outcome,
-                   "kuhn/exploitability": {"exploitability": 0.458, "illegal_mass": 0.1}},
-        "after": {"tictactoe/random": {**outcome, "win": 0.8, "loss": 0.1, "illegal": 0.0,
-                                       "non_loss": 0.9, "return": 0.6},
-                  "kuhn/exploitability": {"exploitability": 0.2, "illegal_mass": 0.025}},
-        "steps": 3, "wall_s": 95.0, "games_per_eval": 40, "league": {"league/learner_elo": 1015.0}}))
+    outcome = {
+        "win": 0.3,
+        "draw": 0.1,
+        "loss": 0.6,
+        "illegal": 0.05,
+        "non_loss": 0.4,
+        "return": -0.3,
+        "games": 20,
+    }
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "before": {
+                    "tictactoe/random": outcome,
+                    "kuhn/exploitability": {"exploitability": 0.458, "illegal_mass": 0.1},
+                },
+                "after": {
+                    "tictactoe/random": {
+                        **outcome,
+                        "win": 0.8,
+                        "loss": 0.1,
+                        "illegal": 0.0,
+                        "non_loss": 0.9,
+                        "return": 0.6,
+                    },
+                    "kuhn/exploitability": {"exploitability": 0.2, "illegal_mass": 0.025},
+                },
+                "steps": 3,
+                "wall_s": 95.0,
+                "games_per_eval": 40,
+                "league": {"league/learner_elo": 1015.0},
+            }
+        )
+    )
     (run_dir / "config.yaml").write_text(
-        "seed: 1\nlearner:\n  lr: 1.0e-6  # <tuned>\nleague:\n  promote_threshold: 0.6\n")
+        "seed: 1\nlearner:\n  lr: 1.0e-6  # <tuned>\nleague:\n  promote_threshold: 0.6\n"
+    )
     save_league(run_dir)
 
 
-PLOTS = ["curves_steps.png", "curves_wall.png", "exploitability.png", "illegal.png", "elo.png",
-         "promotion.png", "diversity.png", "throughput.png", "learner.png"]
+PLOTS = [
+    "curves_steps.png",
+    "curves_wall.png",
+    "exploitability.png",
+    "illegal.png",
+    "elo.png",
+    "promotion.png",
+    "diversity.png",
+    "throughput.png",
+    "learner.png",
+]
 
 
 def test_write_report_writes_plots_tables_and_html(tmp_path):
@@ -143,11 +227,18 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
     # + 0.002401) / 1.19208 = 0.13659 -> (0.699, 0.972); 5 of 10: 0.5 +- 0.26341 -> (0.237, 0.763);
     # 4 of 10: centre 0.59208 / 1.38416 = 0.42775, half 1.96 * sqrt(0.024 + 0.009604) / 1.38416
     # = 0.25958 -> (0.168, 0.687)
-    assert ("| game | opponent | step | games | win | draw | loss | illegal | non-loss | return"
-            " | non-loss 95% CI |") in md
+    assert (
+        "| game | opponent | step | games | win | draw | loss | illegal | non-loss | return"
+        " | non-loss 95% CI |"
+    ) in md
     assert "| kuhn | nash | 3 | 10 | 0.400 | 0.000 | 0.600 | 0.000 | 0.400 | -0.100 | [0.168, 0.687] |" in md
-    assert "| tictactoe | minimax | 3 | 10 | 0.000 | 0.500 | 0.500 | n/a | 0.500 | n/a | [0.237, 0.763] |" in md
-    assert "| tictactoe | random | 3 | 20 | 0.800 | 0.100 | 0.100 | 0.000 | 0.900 | 0.600 | [0.699, 0.972] |" in md
+    assert (
+        "| tictactoe | minimax | 3 | 10 | 0.000 | 0.500 | 0.500 | n/a | 0.500 | n/a | [0.237, 0.763] |" in md
+    )
+    assert (
+        "| tictactoe | random | 3 | 20 | 0.800 | 0.100 | 0.100 | 0.000 | 0.900 | 0.600 | [0.699, 0.972] |"
+        in md
+    )
 
     # Kuhn exploitability before and after, apart from the GAME/OPP rows.
     assert "| exploitability | 0.458 | 0.200 | -0.258 |" in md
@@ -167,7 +258,8 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
         "| member | step | tictactoe/minimax non-loss | tictactoe/random non-loss | kuhn exploitability |",
         "| --- | --- | --- | --- | --- |",
         "| snap-0 | 0 | 0.200 | 0.500 | 0.458 |",
-        "| snap-1 | 2 | n/a | 0.875 | 0.300 |"]
+        "| snap-1 | 2 | n/a | 0.875 | 0.300 |",
+    ]
 
     # League: from checkpoints/step_0000010/league.json.
     assert "Learner Elo 1016.0; 2 members; 4 games recorded" in md
@@ -176,7 +268,8 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
         "| member | step | Elo | learner W/D/L vs it |",
         "| --- | --- | --- | --- |",
         "| snap-0 | 0 | 984.0 | 1/0/0 |",
-        "| snap-1 | 10 | 1000.0 | 0/1/1 |"]
+        "| snap-1 | 10 | 1000.0 | 0/1/1 |",
+    ]
 
     for png in pngs:
         assert f"]({png})" in md
@@ -189,17 +282,27 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
 
 
 def test_figures_follow_the_logged_names():
-    names = ["eval/tictactoe/random/win", "eval/tictactoe/random/non_loss",
-             "eval/tictactoe/minimax/win", "eval/textarena:Nim-v0/random/illegal",
-             "league/vs_previous_score", "league/elo/snap-10", "league/elo/snap-2"]
+    names = [
+        "eval/tictactoe/random/win",
+        "eval/tictactoe/random/non_loss",
+        "eval/tictactoe/minimax/win",
+        "eval/textarena:Nim-v0/random/illegal",
+        "league/vs_previous_score",
+        "league/elo/snap-10",
+        "league/elo/snap-2",
+    ]
     series = {n: {} for n in names}
 
     by_file = {file: panels for file, _, _, panels in figures(series, threshold=0.6)}
 
     curves = by_file["curves_steps.png"]
     assert [p.title for p in curves] == ["textarena:Nim-v0", "tictactoe"]
-    assert curves[1].names == ["eval/tictactoe/minimax/win", "eval/tictactoe/minimax/non_loss",
-                               "eval/tictactoe/random/win", "eval/tictactoe/random/non_loss"]
+    assert curves[1].names == [
+        "eval/tictactoe/minimax/win",
+        "eval/tictactoe/minimax/non_loss",
+        "eval/tictactoe/random/win",
+        "eval/tictactoe/random/non_loss",
+    ]
     assert "eval/textarena:Nim-v0/random/illegal" in by_file["illegal.png"][0].names
     assert by_file["elo.png"][0].names == ["league/learner_elo", "league/elo/snap-2", "league/elo/snap-10"]
     assert by_file["promotion.png"][0].hlines == [(0.6, "promote threshold (0.6)")]
@@ -216,13 +319,17 @@ def test_promote_threshold_is_read_from_the_league_config():
 def test_report_without_kuhn_or_league_leaves_their_sections_out(tmp_path):
     write_metrics(tmp_path, tictactoe_rows())
     outcome = {"win": 0.3, "draw": 0.1, "loss": 0.6, "illegal": 0.05, "non_loss": 0.4, "games": 20}
-    (tmp_path / "summary.json").write_text(json.dumps({"before": {"tictactoe/random": outcome},
-                                                       "after": {"tictactoe/random": outcome}}))
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"before": {"tictactoe/random": outcome}, "after": {"tictactoe/random": outcome}})
+    )
 
     md = write_report(tmp_path).read_text()
 
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
-        "curves_steps.png", "curves_wall.png", "illegal.png"]
+        "curves_steps.png",
+        "curves_wall.png",
+        "illegal.png",
+    ]
     assert "## Last evaluation" in md and "## Before and after training" in md
     for absent in ("Kuhn", "Capability retention", "## League", "exploitability", "Elo"):
         assert absent not in md, absent

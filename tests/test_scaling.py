@@ -1,5 +1,6 @@
 """Generator pool math, the verifier's duplicate guard, and the cluster-facing config and
 job checks that run before anything reaches a cluster."""
+
 from __future__ import annotations
 
 import re
@@ -13,21 +14,33 @@ from selfplay.config import AutoscaleConfig, ConfigError, GeneratorConfig, load_
 from selfplay.scaling import autoscale_target, generator_bundles, idle_shares, pool_plan
 from tests.rows import make_row
 
+
 def tictactoe_game(traj_id: str) -> pa.Table:
     """A legal TicTacToe game the first player wins (cells 1, 2, 3); a response's token ids
     are its digits, as the verifier's decode below reads them."""
     moves = [1, 4, 2, 5, 3]
-    return schema.from_rows([make_row(traj_id=traj_id, turn=t, role=t % 2, response_ids=[m],
-                                      response_text=str(m), outcome=1.0 if t % 2 == 0 else -1.0)
-                             for t, m in enumerate(moves)])
+    return schema.from_rows(
+        [
+            make_row(
+                traj_id=traj_id,
+                turn=t,
+                role=t % 2,
+                response_ids=[m],
+                response_text=str(m),
+                outcome=1.0 if t % 2 == 0 else -1.0,
+            )
+            for t, m in enumerate(moves)
+        ]
+    )
 
 
 def digits(ids: list[int]) -> str:
     return "".join(map(str, ids))
 
 
-BOUNDS = AutoscaleConfig(enabled=True, min_generators=1, max_generators=3, learner_idle_high=0.2,
-                         generator_idle_high=0.5)
+BOUNDS = AutoscaleConfig(
+    enabled=True, min_generators=1, max_generators=3, learner_idle_high=0.2, generator_idle_high=0.5
+)
 
 
 def test_growing_takes_the_lowest_free_names():
@@ -48,15 +61,18 @@ def test_a_pool_cannot_be_emptied():
         pool_plan(["generator-0"], 0)
 
 
-@pytest.mark.parametrize("current, learner_idle, generator_idle, target", [
-    (1, 0.5, 0.0, 2),  # the learner starves: grow
-    (2, 0.1, 0.9, 1),  # generators are held back by the rate limit: shrink
-    (2, 0.5, 0.9, 3),  # both: a starved learner wins
-    (2, 0.2, 0.5, 2),  # at the thresholds: stay
-    (3, 0.9, 0.0, 3),  # at max_generators
-    (1, 0.0, 0.9, 1),  # at min_generators
-    (5, 0.0, 0.0, 3),  # out of bounds (config changed on resume): clamped
-])
+@pytest.mark.parametrize(
+    "current, learner_idle, generator_idle, target",
+    [
+        (1, 0.5, 0.0, 2),  # the learner starves: grow
+        (2, 0.1, 0.9, 1),  # generators are held back by the rate limit: shrink
+        (2, 0.5, 0.9, 3),  # both: a starved learner wins
+        (2, 0.2, 0.5, 2),  # at the thresholds: stay
+        (3, 0.9, 0.0, 3),  # at max_generators
+        (1, 0.0, 0.9, 1),  # at min_generators
+        (5, 0.0, 0.0, 3),  # out of bounds (config changed on resume): clamped
+    ],
+)
 def test_autoscale_rule(current, learner_idle, generator_idle, target):
     assert autoscale_target(current, learner_idle, generator_idle, BOUNDS) == target
 
@@ -93,12 +109,15 @@ def test_the_duplicate_window_is_bounded():
     assert verifier.verify(games[2]).num_rows == 0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("generator.resources={generator: 0}", "generator.resources.generator: must be > 0"),
-    ("learner.resources={GPU: 1}", "learner.resources.GPU: use learner.num_cpus / num_gpus"),
-    ("generator.tensor_parallel_size=2", "generator.tensor_parallel_size: > 1 needs generator.num_gpus"),
-    ("autoscale.min_generators=5", "autoscale.min_generators: must not exceed"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generator.resources={generator: 0}", "generator.resources.generator: must be > 0"),
+        ("learner.resources={GPU: 1}", "learner.resources.GPU: use learner.num_cpus / num_gpus"),
+        ("generator.tensor_parallel_size=2", "generator.tensor_parallel_size: > 1 needs generator.num_gpus"),
+        ("autoscale.min_generators=5", "autoscale.min_generators: must not exceed"),
+    ],
+)
 def test_cluster_config_errors_name_the_field(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(overrides=[override])

@@ -1,4 +1,5 @@
 """The trajectory table: round trips through Parquet and Arrow IPC, and the version guard."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -13,9 +14,20 @@ from tests.rows import make_row
 def two_rows() -> list[dict]:
     return [
         make_row(traj_id="a", turn=0, role=0, policy_version=3, ret=1.0),
-        make_row(traj_id="a", turn=1, role=1, policy_version=3, ret=-1.0, outcome=-1.0,
-                 prompt_ids=[7, 8], response_ids=[9, 10], behaviour_logprobs=[-0.25, -2.0],
-                 illegal=True, trainable=False, response_text="x"),
+        make_row(
+            traj_id="a",
+            turn=1,
+            role=1,
+            policy_version=3,
+            ret=-1.0,
+            outcome=-1.0,
+            prompt_ids=[7, 8],
+            response_ids=[9, 10],
+            behaviour_logprobs=[-0.25, -2.0],
+            illegal=True,
+            trainable=False,
+            response_text="x",
+        ),
     ]
 
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible Serve app: one deployment (one vLLM engine) on the session's local
 Ray, answered over real HTTP on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,16 @@ def server(ray_session, tiny_model, tmp_path_factory):
     driver writes it (`step_N/model/`)."""
     from ray import serve
     from transformers import AutoTokenizer
+
     checkpoint = tmp_path_factory.mktemp("run") / "step_0000007"
     shutil.copytree(tiny_model, checkpoint / "model")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    handle = serve.run(build_app({"checkpoint": str(checkpoint), "max_batch_size": 16, "enforce_eager": True}),
-                       name="selfplay-model", route_prefix="/")
+    handle = serve.run(
+        build_app({"checkpoint": str(checkpoint), "max_batch_size": 16, "enforce_eager": True}),
+        name="selfplay-model",
+        route_prefix="/",
+    )
     yield f"http://127.0.0.1:{port}", handle, AutoTokenizer.from_pretrained(tiny_model)
     serve.shutdown()
 
@@ -56,15 +61,25 @@ def test_models_names_the_checkpoint(server):
     url, _, _ = server
     status, body = call(f"{url}/v1/models")
     assert status == 200
-    assert [(m["id"], m["object"], m["max_model_len"]) for m in body["data"]] == [("step_0000007", "model", 64)]
+    assert [(m["id"], m["object"], m["max_model_len"]) for m in body["data"]] == [
+        ("step_0000007", "model", 64)
+    ]
 
 
 @pytest.mark.integration
 def test_completion_of_a_game_observation(server):
     url, _, tok = server
-    status, body = call(f"{url}/v1/completions", {
-        "model": "step_0000007", "prompt": OBS, "max_tokens": 3, "temperature": 0.0, "logprobs": 0,
-        "return_token_ids": True})
+    status, body = call(
+        f"{url}/v1/completions",
+        {
+            "model": "step_0000007",
+            "prompt": OBS,
+            "max_tokens": 3,
+            "temperature": 0.0,
+            "logprobs": 0,
+            "return_token_ids": True,
+        },
+    )
     assert status == 200, body
     assert body["object"] == "text_completion" and body["model"] == "step_0000007"
     (choice,) = body["choices"]
@@ -76,8 +91,11 @@ def test_completion_of_a_game_observation(server):
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(ids)
     assert all(x <= 0 for x in lp["token_logprobs"])
     assert choice["prompt_token_ids"] == tok(OBS).input_ids
-    assert body["usage"] == {"prompt_tokens": len(tok(OBS).input_ids), "completion_tokens": len(ids),
-                             "total_tokens": len(tok(OBS).input_ids) + len(ids)}
+    assert body["usage"] == {
+        "prompt_tokens": len(tok(OBS).input_ids),
+        "completion_tokens": len(ids),
+        "total_tokens": len(tok(OBS).input_ids) + len(ids),
+    }
 
 
 @pytest.mark.integration
@@ -99,9 +117,17 @@ def test_chat_without_template_prompts_the_concatenated_contents(server):
     url, _, tok = server
     assert tok.chat_template is None
     greedy = {"max_tokens": 3, "temperature": 0.0, "return_token_ids": True}
-    status, chat = call(f"{url}/v1/chat/completions", {
-        "messages": [{"role": "system", "content": "tictactoe X "}, {"role": "user", "content": "123456789:"}],
-        "logprobs": True, **greedy})
+    status, chat = call(
+        f"{url}/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "system", "content": "tictactoe X "},
+                {"role": "user", "content": "123456789:"},
+            ],
+            "logprobs": True,
+            **greedy,
+        },
+    )
     assert status == 200, chat
     assert chat["object"] == "chat.completion"
     (choice,) = chat["choices"]
@@ -122,7 +148,7 @@ def test_stop_string_ends_the_completion(server):
     assert len(text) >= 2, free  # the tiny model's greedy reply (seeded weights) is long enough
     status, stopped = call(f"{url}/v1/completions", {**greedy, "stop": [text[1]]})
     assert status == 200, stopped
-    assert stopped["choices"][0]["text"] == text[:text.index(text[1])]
+    assert stopped["choices"][0]["text"] == text[: text.index(text[1])]
     assert stopped["choices"][0]["finish_reason"] == "stop"
 
 
@@ -196,14 +222,28 @@ def test_serve_args_name_a_bad_field():
 
 def test_serve_run_string_args_are_typed():
     """`serve run actors.serve:build_app key=value` passes strings."""
-    cfg = serve_config({"checkpoint": "runs/x", "model_name": "007", "max_model_len": "1024", "num_gpus": "1",
-                        "enforce_eager": "true", "resources": "{generator: 1}"})
+    cfg = serve_config(
+        {
+            "checkpoint": "runs/x",
+            "model_name": "007",
+            "max_model_len": "1024",
+            "num_gpus": "1",
+            "enforce_eager": "true",
+            "resources": "{generator: 1}",
+        }
+    )
     assert (cfg.model_name, cfg.max_model_len, cfg.num_gpus, cfg.enforce_eager, cfg.resources) == (
-        "007", 1024, 1.0, True, {"generator": 1.0})
+        "007",
+        1024,
+        1.0,
+        True,
+        {"generator": 1.0},
+    )
 
 
 def test_serve_yaml_is_a_valid_local_only_serve_config():
     from ray.serve.schema import ServeDeploySchema
+
     text = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text())
     config = ServeDeploySchema.model_validate(text)
     assert config.http_options.host == "127.0.0.1"

@@ -1,5 +1,6 @@
 """TextArena games behind the game surface: outcomes, invalid moves, observations that
 match TextArena's own, and replay from (name, seed) plus the reply texts."""
+
 from __future__ import annotations
 
 import json
@@ -47,6 +48,7 @@ def transcript(env_id: str, seed: int, moves: list[str]) -> dict:
 
 # ---- outcomes ----------------------------------------------------------------------
 
+
 def test_tictactoe_row_wins_for_player_0():
     game = play("TicTacToe-v0", ["[0]", "[3]", "[1]", "[4]", "[2]"])
     assert game.is_terminal and game.illegal_by is None
@@ -70,8 +72,10 @@ def test_connect_four_vertical_win_for_player_0():
 
 def test_connect_four_win_for_player_1():
     # player 0 builds 4-5-6 on the bottom row (three, not four) while player 1 stacks column 0
-    game = play("ConnectFour-v0", ["[col 6]", "[col 0]", "[col 6]", "[col 0]",
-                                   "[col 5]", "[col 0]", "[col 4]", "[col 0]"])
+    game = play(
+        "ConnectFour-v0",
+        ["[col 6]", "[col 0]", "[col 6]", "[col 0]", "[col 5]", "[col 0]", "[col 4]", "[col 0]"],
+    )
     assert game.is_terminal
     assert game.returns() == [-1.0, 1.0]
     assert game.reason == "Player 1 wins by connecting four!"
@@ -89,8 +93,12 @@ def test_kuhn_poker_showdowns_follow_the_private_cards(seed):
     game = play("KuhnPoker-v0", ["[check]", "[check]"] * 3, seed)
     assert game.is_terminal
     rank = {"J": 0, "Q": 1, "K": 2}
-    cards = [dict(re.findall(r"Starting round (\d) out of 3 rounds\. Your card is: '([JQK])'",
-                             game.observation(p))) for p in (0, 1)]
+    cards = [
+        dict(
+            re.findall(r"Starting round (\d) out of 3 rounds\. Your card is: '([JQK])'", game.observation(p))
+        )
+        for p in (0, 1)
+    ]
     rounds_won_by_0 = sum(rank[cards[0][r]] > rank[cards[1][r]] for r in "123")
     assert game.returns() == ([1.0, -1.0] if rounds_won_by_0 >= 2 else [-1.0, 1.0])
 
@@ -118,13 +126,17 @@ def test_negotiation_without_trades_is_a_draw():
 
 # ---- invalid moves -----------------------------------------------------------------
 
-@pytest.mark.parametrize("env_id, before, bad, mover", [
-    ("TicTacToe-v0", [], "hello", 0),                              # no cell in the reply
-    ("TicTacToe-v0", ["[4]"], "[4]", 1),                           # occupied cell
-    ("ConnectFour-v0", ["[col 3]"], "[col 9]", 1),                 # no such column
-    ("KuhnPoker-v0", [], "[call]", 1),                             # nothing to call yet
-    ("SimpleNegotiation-v0", [], "[Offer: 100 Ore -> 1 Wheat]", 0),  # more Ore than owned
-])
+
+@pytest.mark.parametrize(
+    "env_id, before, bad, mover",
+    [
+        ("TicTacToe-v0", [], "hello", 0),  # no cell in the reply
+        ("TicTacToe-v0", ["[4]"], "[4]", 1),  # occupied cell
+        ("ConnectFour-v0", ["[col 3]"], "[col 9]", 1),  # no such column
+        ("KuhnPoker-v0", [], "[call]", 1),  # nothing to call yet
+        ("SimpleNegotiation-v0", [], "[Offer: 100 Ore -> 1 Wheat]", 0),  # more Ore than owned
+    ],
+)
 def test_first_invalid_move_ends_the_game_and_the_mover_loses(env_id, before, bad, mover):
     game = play(env_id, before)
     assert game.current_player == mover
@@ -155,11 +167,15 @@ def test_moves_are_free_text_without_a_legal_action_list():
 
 # ---- observations ------------------------------------------------------------------
 
-@pytest.mark.parametrize("env_id, seed, moves", [
-    ("TicTacToe-v0", 0, ["[0]", "[1]", "[2]", "[4]", "[7]", "[5]", "[3]", "[6]", "[8]"]),
-    ("KuhnPoker-v0", 3, ["[check]", "[bet]", "[call]", "[bet]", "[fold]", "[check]", "[check]"]),
-    ("TicTacToe-v0-train", 0, ["[0]", "[3]", "[1]", "[4]", "[2]"]),
-])
+
+@pytest.mark.parametrize(
+    "env_id, seed, moves",
+    [
+        ("TicTacToe-v0", 0, ["[0]", "[1]", "[2]", "[4]", "[7]", "[5]", "[3]", "[6]", "[8]"]),
+        ("KuhnPoker-v0", 3, ["[check]", "[bet]", "[call]", "[bet]", "[fold]", "[check]", "[check]"]),
+        ("TicTacToe-v0-train", 0, ["[0]", "[3]", "[1]", "[4]", "[2]"]),
+    ],
+)
 def test_observation_is_what_textarena_shows_the_player_to_move(env_id, seed, moves):
     env = ta.make(env_id)
     env.reset(num_players=2, seed=seed)
@@ -228,13 +244,21 @@ print(json.dumps([transcript(*case) for case in json.loads(sys.argv[1])]))
 
 
 def test_replay_in_a_fresh_process_gives_the_same_game():
-    cases = [["KuhnPoker-v0", 7, KUHN_MIXED],
-             ["SimpleNegotiation-v0", 3, ["[Offer: 2 Wheat -> 1 Brick]", "[Accept]"] + ["[Deny]"] * 9],
-             ["TicTacToe-v0", 0, ["[4]", "[0]", "[8]", "[4]"]]]
+    cases = [
+        ["KuhnPoker-v0", 7, KUHN_MIXED],
+        ["SimpleNegotiation-v0", 3, ["[Offer: 2 Wheat -> 1 Brick]", "[Accept]"] + ["[Deny]"] * 9],
+        ["TicTacToe-v0", 0, ["[4]", "[0]", "[8]", "[4]"]],
+    ]
     here = [transcript(*case) for case in cases]
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    out = subprocess.run([sys.executable, "-c", REPLAY.format(repo=str(REPO)), json.dumps(cases)],
-                         cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", REPLAY.format(repo=str(REPO)), json.dumps(cases)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout) == json.loads(json.dumps(here))
 
 
@@ -247,8 +271,18 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
             break
         role = game.current_player
         legal = game.apply_text(text)
-        rows.append(make_row(traj_id="kuhn", game=game.name, seed=seed, turn=turn, role=role,
-                             response_text=text, illegal=not legal, trainable=False))
+        rows.append(
+            make_row(
+                traj_id="kuhn",
+                game=game.name,
+                seed=seed,
+                turn=turn,
+                role=role,
+                response_text=text,
+                illegal=not legal,
+                trainable=False,
+            )
+        )
     returns = game.returns()
     for row in rows:
         row["outcome"] = returns[row["role"]]
@@ -256,17 +290,26 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
     assert verifier.verify(schema.from_rows(rows)).num_rows == len(rows)
     forged = [dict(row, traj_id="forged", outcome=-row["outcome"]) for row in rows]
     assert verifier.verify(schema.from_rows(forged)).num_rows == 0
-    assert verifier.stats() == {"accepted": 1, "accepted_turns": len(rows), "received": 2,
-                                "rejected_outcome_mismatch": 1}
+    assert verifier.stats() == {
+        "accepted": 1,
+        "accepted_turns": len(rows),
+        "received": 2,
+        "rejected_outcome_mismatch": 1,
+    }
 
 
 # ---- construction ------------------------------------------------------------------
 
+
 def test_make_game_reaches_textarena():
     game = make_game("textarena:TicTacToe-v0", seed=3)
     assert isinstance(game, TextArenaGame)
-    assert (game.name, game.seed, game.num_players, game.current_player) == \
-        ("textarena:TicTacToe-v0", 3, 2, 0)
+    assert (game.name, game.seed, game.num_players, game.current_player) == (
+        "textarena:TicTacToe-v0",
+        3,
+        2,
+        0,
+    )
     assert not game.is_terminal and game.illegal_by is None
 
 

@@ -1,14 +1,15 @@
 """TextArena games run through the same generator loop and verifier as the built-in ones,
 on a real vLLM engine. TextArena prompts are hundreds of characters, so the model here has
 a long context."""
+
 from __future__ import annotations
 
 import pytest
 
 from actors.generator import Generator, Match
-from selfplay.league import LEARNER
 from actors.verifier import Verifier
 from selfplay.config import load_config
+from selfplay.league import LEARNER
 from selfplay.model import create_default_model
 
 pytestmark = pytest.mark.integration
@@ -19,8 +20,9 @@ GAMES = ["textarena:TicTacToe-v0", "textarena:KuhnPoker-v0"]
 @pytest.fixture(scope="module")
 def long_context_generator(tmp_path_factory):
     model = str(create_default_model(tmp_path_factory.mktemp("long"), preset="1m", max_positions=4096))
-    cfg = load_config(None, ["generator.max_response_tokens=8", "model.max_model_len=4096",
-                             "generator.enforce_eager=true"])
+    cfg = load_config(
+        None, ["generator.max_response_tokens=8", "model.max_model_len=4096", "generator.enforce_eager=true"]
+    )
     gen = Generator.from_model("g", "t", {g: 1.0 for g in GAMES}, model, cfg.model, cfg.generator, 0)
     yield gen, model
     gen.close()

@@ -1,11 +1,19 @@
 """TicTacToe rules, text interface and the minimax opponent."""
+
 from __future__ import annotations
 
 import pytest
 
 from selfplay.games import make_game
-from selfplay.games.tictactoe import (LINES, MARKS, MinimaxPlayer, RandomPlayer, TicTacToe,
-                                      minimax_value, winner)
+from selfplay.games.tictactoe import (
+    LINES,
+    MARKS,
+    MinimaxPlayer,
+    RandomPlayer,
+    TicTacToe,
+    minimax_value,
+    winner,
+)
 
 
 def play(moves: list[int]) -> TicTacToe:
@@ -21,6 +29,7 @@ def board_of(cells: dict[int, str]) -> str:
 
 
 # ---- rules -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("line", LINES)
 @pytest.mark.parametrize("mark", MARKS)
@@ -93,10 +102,24 @@ def test_apply_on_occupied_cell_raises():
 
 # ---- text interface ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, action", [
-    ("5", 4), (" 5", 4), ("\n 9", 8), ("1", 0), ("5abc", 4), ("12", 0),
-    ("0", None), ("x", None), ("", None), ("   ", None), ("a5", None), ("-1", None),
-])
+
+@pytest.mark.parametrize(
+    "text, action",
+    [
+        ("5", 4),
+        (" 5", 4),
+        ("\n 9", 8),
+        ("1", 0),
+        ("5abc", 4),
+        ("12", 0),
+        ("0", None),
+        ("x", None),
+        ("", None),
+        ("   ", None),
+        ("a5", None),
+        ("-1", None),
+    ],
+)
 def test_parse_action_reads_first_non_space_character(text, action):
     assert TicTacToe.parse_action(text) == action
 
@@ -148,6 +171,7 @@ def test_observation_text_format():
 
 # ---- make_game -----------------------------------------------------------------------
 
+
 def test_make_game_builds_fresh_tictactoe():
     game = make_game("tictactoe", seed=7)
     assert isinstance(game, TicTacToe)
@@ -162,6 +186,7 @@ def test_make_game_unknown_name_raises_naming_it():
 
 # ---- minimax ---------------------------------------------------------------------------
 
+
 def test_empty_board_is_a_draw():
     assert minimax_value("." * 9, "X") == 0
 
@@ -170,7 +195,7 @@ def test_corner_then_adjacent_edge_is_forced_win_for_x():
     # X in 0, O in 1 (the edge beside X's corner), X to move.
     # X 4 threatens 0-4-8, O must take 8; X 6 then forks 0-3-6 and 2-4-6.
     board = "XO......."
-    assert all(winner(board[:i] + "X" + board[i + 1:]) is None for i in range(2, 9))  # no mate in 1
+    assert all(winner(board[:i] + "X" + board[i + 1 :]) is None for i in range(2, 9))  # no mate in 1
     assert minimax_value(board, "X") == 1
 
 
@@ -240,5 +265,5 @@ def test_minimax_move_keeps_the_value_of_every_reachable_position():
         game.board, game.current_player = board, to_move
         mark, other = MARKS[to_move], MARKS[1 - to_move]
         a = player.act(game)
-        child = board[:a] + mark + board[a + 1:]
+        child = board[:a] + mark + board[a + 1 :]
         assert -minimax_value(child, other) == minimax_value(board, mark), board

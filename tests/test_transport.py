@@ -1,4 +1,5 @@
 """LocalTransport keeps ray.wait's contract, so protocols behave the same under both."""
+
 from __future__ import annotations
 
 import threading

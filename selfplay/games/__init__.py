@@ -10,6 +10,7 @@ A game is replayable from (name, seed) plus the reply texts: chance (a card deal
 valuations) is drawn from the seed at construction.
 Each game module's SCRIPTED maps a scripted player's name to its class
 (`cls(seed).act(game) -> action`)."""
+
 from __future__ import annotations
 
 from selfplay.games import kuhn, negotiation, tictactoe
@@ -24,7 +25,8 @@ TEXTARENA = "textarena:"  # prefix: "textarena:TicTacToe-v0" runs that TextArena
 def make_game(name: str, seed: int = 0):
     if name.startswith(TEXTARENA):
         from selfplay.games.textarena_game import TextArenaGame
-        return TextArenaGame(name[len(TEXTARENA):], seed=seed)
+
+        return TextArenaGame(name[len(TEXTARENA) :], seed=seed)
     if name not in GAMES:
         raise ValueError(f"game: unknown game {name!r}; known: {sorted(GAMES)}")
     return GAMES[name](seed=seed)

@@ -5,6 +5,7 @@ Anything else is an illegal move: the mover gets -2, the opponent +2 (worse than
 legal outcome) and the game ends. Cards are dealt from the seed, so (seed, replies)
 replays a game exactly. Card indices and info-state strings match OpenSpiel's
 kuhn_poker, so a policy can be scored with OpenSpiel's exploitability."""
+
 from __future__ import annotations
 
 import random
@@ -93,8 +94,11 @@ class InfoState(NamedTuple):
     observation: str
 
 
-INFO_STATES = tuple(InfoState(len(h) % 2, c, h, f"{c}{h}", observation_text(c, h))
-                    for h in ("", "p", "b", "pb") for c in range(3))
+INFO_STATES = tuple(
+    InfoState(len(h) % 2, c, h, f"{c}{h}", observation_text(c, h))
+    for h in ("", "p", "b", "pb")
+    for c in range(3)
+)
 
 
 def nash_policy(alpha: float) -> dict[str, list[float]]:
@@ -105,10 +109,18 @@ def nash_policy(alpha: float) -> dict[str, list[float]]:
     if not 0.0 <= alpha <= 1 / 3:
         raise ValueError(f"nash_policy: alpha must be in [0, 1/3], got {alpha}")
     return {
-        "0": [1 - alpha, alpha], "1": [1.0, 0.0], "2": [1 - 3 * alpha, 3 * alpha],
-        "0pb": [1.0, 0.0], "1pb": [2 / 3 - alpha, alpha + 1 / 3], "2pb": [0.0, 1.0],
-        "0p": [2 / 3, 1 / 3], "1p": [1.0, 0.0], "2p": [0.0, 1.0],
-        "0b": [1.0, 0.0], "1b": [2 / 3, 1 / 3], "2b": [0.0, 1.0],
+        "0": [1 - alpha, alpha],
+        "1": [1.0, 0.0],
+        "2": [1 - 3 * alpha, 3 * alpha],
+        "0pb": [1.0, 0.0],
+        "1pb": [2 / 3 - alpha, alpha + 1 / 3],
+        "2pb": [0.0, 1.0],
+        "0p": [2 / 3, 1 / 3],
+        "1p": [1.0, 0.0],
+        "2p": [0.0, 1.0],
+        "0b": [1.0, 0.0],
+        "1b": [2 / 3, 1 / 3],
+        "2b": [0.0, 1.0],
     }
 
 
@@ -118,6 +130,7 @@ def exploitability(policy: dict[str, list[float]]) -> float:
     import pyspiel
     from open_spiel.python import policy as os_policy
     from open_spiel.python.algorithms import exploitability as os_exploitability
+
     game = pyspiel.load_game("kuhn_poker")
     tabular = os_policy.TabularPolicy(game)
     for key, row in tabular.state_lookup.items():
@@ -136,6 +149,7 @@ NASH_ALPHA = 1 / 6  # mid-family: player 0 mixes at J, K and Q-facing-a-bet (1/6
 class NashPlayer:
     """Samples from nash_policy(NASH_ALPHA): unexploitable, and it mixes at every info
     state where the equilibrium family allows it."""
+
     name = "nash"
 
     def __init__(self, seed: int = 0):

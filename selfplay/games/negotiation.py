@@ -11,6 +11,7 @@ accept the proposer gets what it asked for and the acceptor the rest: the higher
 (+1/-1), equal values draw. No deal after MAX_TURNS moves is a draw. An unparsable or
 illegal reply (a digit above the count, 'a' with nothing to accept) loses (-1/+1).
 Counts and valuations are drawn from the seed at construction."""
+
 from __future__ import annotations
 
 import functools
@@ -31,17 +32,16 @@ def value(values: tuple[int, ...], items: tuple[int, ...]) -> int:
     return sum(v * n for v, n in zip(values, items))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def proposals(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Every split, as what the proposer takes, in itertools.product order."""
     return tuple(itertools.product(*(range(c + 1) for c in counts)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def valuations(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Every per-item valuation (0-9 each) worth exactly TOTAL_VALUE for the pool `counts`."""
-    return tuple(v for v in itertools.product(range(10), repeat=NUM_TYPES)
-                 if value(v, counts) == TOTAL_VALUE)
+    return tuple(v for v in itertools.product(range(10), repeat=NUM_TYPES) if value(v, counts) == TOTAL_VALUE)
 
 
 def digits(items: tuple[int, ...]) -> str:
@@ -105,8 +105,10 @@ class Negotiation(IllegalReplyLoses):
         """Counts, own valuations, own share under the standing proposal ('-': none), moves
         left: 'nego n123 v402 get020 left5:' -> reply 'a' or e.g. '103'."""
         get = self.deal(player)
-        return (f"nego n{digits(self.counts)} v{digits(self.values[player])} "
-                f"get{'-' if get is None else digits(get)} left{MAX_TURNS - len(self.moves)}:")
+        return (
+            f"nego n{digits(self.counts)} v{digits(self.values[player])} "
+            f"get{'-' if get is None else digits(get)} left{MAX_TURNS - len(self.moves)}:"
+        )
 
     def proposal_action(self, take: tuple[int, ...]) -> int:
         return 1 + proposals(self.counts).index(tuple(take))
@@ -140,8 +142,9 @@ class Negotiation(IllegalReplyLoses):
             if action == ACCEPT:
                 raise ValueError("nothing to accept: no proposal stands")
             n = len(proposals(self.counts))
-            raise ValueError(f"proposal action {action} is out of range 1..{n} "
-                             f"for counts {digits(self.counts)}")
+            raise ValueError(
+                f"proposal action {action} is out of range 1..{n} for counts {digits(self.counts)}"
+            )
         self.moves.append(action)
 
 
@@ -153,6 +156,7 @@ class GreedyPlayer:
     """Accepts a standing proposal worth >= GREEDY_ACCEPT (7) to it; otherwise proposes to
     take everything but one item of the type it values least (the first such type on a
     tie). Deterministic; the seed is unused."""
+
     name = "greedy"
 
     def __init__(self, seed: int = 0):
@@ -172,6 +176,7 @@ class FairPlayer:
     """Accepts a standing proposal worth >= FAIR_SHARE (5) to it; otherwise proposes the
     split whose value to it is closest to 5, preferring above 5 to below, then the fewest
     items taken, then a seeded random choice among what is still tied."""
+
     name = "fair"
 
     def __init__(self, seed: int = 0):

@@ -1,4 +1,5 @@
 """Scripted players that work for any game: they read only `legal_actions()`."""
+
 from __future__ import annotations
 
 import random

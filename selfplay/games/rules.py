@@ -1,4 +1,5 @@
 """The rule every built-in game shares for model replies."""
+
 from __future__ import annotations
 
 

@@ -26,6 +26,7 @@
   steps would share the swapped-in state.)
 Two-player envs that cannot run offline: DontSayIt, LetterAuction, WordChains and
 SpellingBee fetch nltk corpora; Debate and ScenarioPlanning ask a hosted LLM judge."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,10 @@ class TextArenaGame:
 
     def __init__(self, env_id: str, seed: int = 0):
         if env_id not in ENV_REGISTRY:
-            raise ValueError(f"textarena: unknown env id {env_id!r}; ids look like 'TicTacToe-v0', "
-                             f"see textarena.envs.registration.ENV_REGISTRY")
+            raise ValueError(
+                f"textarena: unknown env id {env_id!r}; ids look like 'TicTacToe-v0', "
+                f"see textarena.envs.registration.ENV_REGISTRY"
+            )
         self.name = TEXTARENA + env_id
         self.seed = seed
         self.illegal_by: int | None = None
@@ -57,8 +60,10 @@ class TextArenaGame:
                     views.append(self._base)
                 self._base = self._base.env
             if len(views) > 1:
-                raise ValueError(f"textarena: {env_id} registers {len(views)} observation wrappers; "
-                                 f"one prompt per player needs at most one")
+                raise ValueError(
+                    f"textarena: {env_id} registers {len(views)} observation wrappers; "
+                    f"one prompt per player needs at most one"
+                )
             self._view = views[0] if views else ta.wrappers.LLMObservationWrapper(self._base)
             try:
                 self._env.reset(num_players=2, seed=seed)
@@ -104,7 +109,8 @@ class TextArenaGame:
     def legal_actions(self) -> list[int]:
         raise NotImplementedError(
             f"{self.name}: TextArena moves are free text that the env judges only when played; "
-            f"there is no list of legal actions, so scripted players cannot sit at this game")
+            f"there is no list of legal actions, so scripted players cannot sit at this game"
+        )
 
     def observation(self, player: int) -> str:
         """The prompt `player` would be shown now (see the module docstring)."""
@@ -125,8 +131,10 @@ class TextArenaGame:
         """Play `action` (text). TextArena can only judge a move by playing it, so an invalid
         one raises ValueError after ending the game (the mover has lost)."""
         if not self.apply_text(action):
-            raise ValueError(f"{self.name}: invalid move {action!r} by player {self.illegal_by} "
-                             f"({self.reason}); the game is over")
+            raise ValueError(
+                f"{self.name}: invalid move {action!r} by player {self.illegal_by} "
+                f"({self.reason}); the game is over"
+            )
 
     def apply_text(self, text: str) -> bool:
         """Apply a model's reply. Returns False (and ends the game) if it is invalid."""

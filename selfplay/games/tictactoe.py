@@ -1,6 +1,7 @@
 """TicTacToe as a text game. Cells are numbered 1-9, row by row. A move is the first
 non-space character of the model's reply; anything else, or an occupied cell, is an
 illegal move: the mover loses (-1), the opponent wins (+1) and the game ends."""
+
 from __future__ import annotations
 
 import functools
@@ -68,11 +69,11 @@ class TicTacToe(IllegalReplyLoses):
             raise ValueError("game is over")
         if action not in self.legal_actions():
             raise ValueError(f"cell {action + 1} is not free on board {self.board}")
-        self.board = self.board[:action] + MARKS[self.current_player] + self.board[action + 1:]
+        self.board = self.board[:action] + MARKS[self.current_player] + self.board[action + 1 :]
         self.current_player = 1 - self.current_player
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def minimax_value(board: str, mark: str) -> int:
     """Value of `board` for the side to move (`mark`): +1 win, 0 draw, -1 loss."""
     w = winner(board)
@@ -81,12 +82,14 @@ def minimax_value(board: str, mark: str) -> int:
     if "." not in board:
         return 0
     other = "O" if mark == "X" else "X"
-    return max(-minimax_value(board[:i] + mark + board[i + 1:], other)
-               for i, c in enumerate(board) if c == ".")
+    return max(
+        -minimax_value(board[:i] + mark + board[i + 1 :], other) for i, c in enumerate(board) if c == "."
+    )
 
 
 class MinimaxPlayer:
     """Perfect play; picks uniformly among optimal moves so evaluation covers many lines."""
+
     name = "minimax"
 
     def __init__(self, seed: int = 0):
@@ -95,8 +98,10 @@ class MinimaxPlayer:
     def act(self, game: TicTacToe) -> int:
         mark = MARKS[game.current_player]
         other = MARKS[1 - game.current_player]
-        scored = [(-minimax_value(game.board[:i] + mark + game.board[i + 1:], other), i)
-                  for i in game.legal_actions()]
+        scored = [
+            (-minimax_value(game.board[:i] + mark + game.board[i + 1 :], other), i)
+            for i in game.legal_actions()
+        ]
         best = max(v for v, _ in scored)
         return self.rng.choice([i for v, i in scored if v == best])
 
