@@ -29,6 +29,12 @@ from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
 
 COMPLETE = "COMPLETE"
+HEADLINE = {  # progress-bar label -> metric, shown once the run has logged it
+    "vs_minimax": "eval/tictactoe/minimax/non_loss",
+    "vs_random": "eval/tictactoe/random/non_loss",
+    "kuhn_expl": "eval/kuhn/exploitability",
+    "elo": "league/learner_elo",
+}
 STOP = threading.Event()  # set by SIGTERM (`selfplay stop`): end at the next step, checkpoint, exit
 
 
@@ -328,15 +334,19 @@ class Run:
                 self.evaluate()
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
-            bar.set_postfix(
-                ttt_vs_minimax=self.metrics.last("eval/tictactoe/minimax/non_loss"),
-                kuhn_expl=self.metrics.last("eval/kuhn/exploitability"),
-                elo=self.metrics.last("league/learner_elo"),
-                illegal=round(learner_metrics["batch_illegal"], 3),
-            )
+            bar.set_postfix(self.headline(learner_metrics))
         bar.close()
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
+
+    def headline(self, learner_metrics: dict) -> dict:
+        """The few figures the progress bar shows: those this run has."""
+        shown = {"illegal": round(learner_metrics["batch_illegal"], 3)}
+        for label, name in HEADLINE.items():
+            value = self.metrics.last(name)
+            if value is not None:
+                shown[label] = round(value, 3)
+        return shown
 
     # -- the end -------------------------------------------------------------------------
     def books(self) -> dict:
