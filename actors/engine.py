@@ -75,6 +75,9 @@ class Engine:
             max_model_len=model_cfg.max_model_len,
             seed=seed,
             worker_extension_cls=WORKER_EXTENSION,
+            # log-probs of the policy sampled (after temperature), which the learner's PPO
+            # ratio divides by; vLLM's default, raw_logprobs, is the T = 1 policy.
+            logprobs_mode="processed_logprobs",
             enforce_eager=gen_cfg.enforce_eager,
             gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
             **parallel,

@@ -73,11 +73,16 @@ class Match:
     tiers: tuple[str | None, str | None] = (None, None)  # skill prefix each seat's prompts get
 
 
-def both_seats(game: str, opponent: str, n_games: int, tier: str | None = None) -> list[Match]:
-    """n_games with the learner first and n_games with it second; `tier` prefixes the
-    learner's prompts."""
-    return [Match(game, (LEARNER, opponent), (tier, None))] * n_games + [
-        Match(game, (opponent, LEARNER), (None, tier))
+FIXED = "fixed"  # the engine holding weights frozen for an evaluation (see Generator.load_fixed)
+COUNTED = ("games", "turns", "tokens", "engine_s", "illegal")  # per play, for training or evaluation
+
+
+def both_seats(
+    game: str, opponent: str, n_games: int, tier: str | None = None, policy: str = LEARNER
+) -> list[Match]:
+    """n_games with `policy` first and n_games with it second; `tier` prefixes its prompts."""
+    return [Match(game, (policy, opponent), (tier, None))] * n_games + [
+        Match(game, (opponent, policy), (None, tier))
     ] * n_games
 
 
@@ -144,14 +149,9 @@ class Generator:
         self.lock = threading.Lock()  # weights change only between engine calls
         self.max_live = max_live_opponents
         self.slots: OrderedDict[str, PolicyEngine] = OrderedDict()  # league member -> engine, LRU first
-        self.counts = {
-            "games": 0,
-            "turns": 0,
-            "tokens": 0,
-            "engine_s": 0.0,
-            "illegal": 0,
-            "opponent_loads": 0,
-        }
+        self.counts = {**dict.fromkeys(COUNTED, 0), "opponent_loads": 0}  # training play
+        self.eval_counts = dict.fromkeys(COUNTED, 0)  # evaluations and promotion matches
+        self.fixed_checksum: str | None = None
 
     @classmethod
     def from_model(
@@ -189,7 +189,7 @@ class Generator:
         return self.versions[LEARNER]
 
     def _check_name(self, name: str) -> None:
-        if name in (LEARNER, SELF) or any(name in scripted_players(g) for g in self.games):
+        if name in (LEARNER, SELF, FIXED) or any(name in scripted_players(g) for g in self.games):
             raise ValueError(f"opponent name {name!r} is reserved")
 
     def add_opponent(self, name: str, model_path: str, version: int = 0) -> None:
@@ -248,9 +248,27 @@ class Generator:
             self.checksum = checksum
         return checksum
 
-    def play(self, matches: list[Match], temperature: float) -> pa.Table:
+    def load_fixed(self, blob: bytes, version: int, checksum: str) -> None:
+        """Hold these weights, unchanged by broadcasts, in the FIXED engine (made on first
+        use), so an evaluation measures one policy even while training goes on. The engine
+        must echo `checksum`."""
+        with self.lock:
+            if FIXED not in self.engines:
+                self.engines[FIXED] = self.new_engine(None)
+            got = self.engines[FIXED].load_weights(blob)
+            if got != checksum:
+                self.fixed_checksum = None
+                raise WeightMismatch(
+                    f"{self.id}: the evaluation engine loaded weights {got}, sent {checksum}"
+                )
+            self.versions[FIXED] = version
+            self.fixed_checksum = checksum
+
+    def play(self, matches: list[Match], temperature: float, counts: dict | None = None) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
-        same policy go into one engine call; scripted players move between calls."""
+        same policy go into one engine call; scripted players move between calls. What it
+        cost goes to `counts` (default: the training counts)."""
+        counts = self.counts if counts is None else counts
         games = self._deal(matches)
         while live := [g for g in games if not g.state.is_terminal]:
             waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
@@ -261,8 +279,8 @@ class Generator:
                 else:
                     self._scripted_move(g, player)
             for policy, batch in waiting.items():
-                self._model_moves(policy, batch, temperature)
-        self.counts["games"] += len(games)
+                self._model_moves(policy, batch, temperature, counts)
+        counts["games"] += len(games)
         return schema.from_rows([row for g in games for row in g.rows()])
 
     def _deal(self, matches: list[Match]) -> list[GameInPlay]:
@@ -295,7 +313,7 @@ class Generator:
             getattr(game, "max_reply_chars", None) or self.cfg.max_response_tokens,
         )
 
-    def _model_moves(self, policy: str, batch: list[GameInPlay], temperature: float) -> None:
+    def _model_moves(self, policy: str, batch: list[GameInPlay], temperature: float, counts: dict) -> None:
         """One engine call for every game in `batch`, all awaiting `policy`'s reply."""
         prompts = [self.prompt(g.state.observation(g.role), g.match.tiers[g.role]) for g in batch]
         limits = [self._reply_limit(g.state) for g in batch]
@@ -323,10 +341,10 @@ class Generator:
                     elapsed=elapsed,
                 )
             )
-            self.counts["illegal"] += not legal
-        self.counts["turns"] += len(batch)
-        self.counts["tokens"] += sum(len(o.token_ids) for o in outs)
-        self.counts["engine_s"] += elapsed
+            counts["illegal"] += not legal
+        counts["turns"] += len(batch)
+        counts["tokens"] += sum(len(o.token_ids) for o in outs)
+        counts["engine_s"] += elapsed
 
     def _row(
         self,
@@ -385,23 +403,41 @@ class Generator:
                 matches.append(Match(self.pick_game(), (opponent, LEARNER), (opponent_tier, learner_tier)))
         return self.play(matches, self.cfg.temperature)
 
-    def evaluate(self, game: str, opponent: str, n_games: int, temperature: float = 0.0) -> dict:
-        """The learner's policy (greedy by default) vs a scripted or loaded opponent,
-        n_games in each seat."""
-        table = self.play(both_seats(game, opponent, n_games, scripted_tier(opponent)), temperature)
-        return {"game": game, "opponent": opponent, "version": self.version, **summarize(table)}
+    def evaluate(
+        self, game: str, opponent: str, n_games: int, temperature: float = 0.0, policy: str = LEARNER
+    ) -> dict:
+        """`policy` (the learner's engine, or FIXED) greedy by default vs a scripted or
+        loaded opponent, n_games in each seat; `version` is the weights measured."""
+        matches = both_seats(game, opponent, n_games, scripted_tier(opponent), policy)
+        table = self.play(matches, temperature, self.eval_counts)
+        return {
+            "game": game,
+            "opponent": opponent,
+            "version": self.versions[policy],
+            **summarize(table, policy),
+        }
 
-    def kuhn_policy(self) -> dict[str, list[float]]:
-        """The learner's Kuhn poker policy at all 12 information states: its probability of
-        each reply, renormalised over the legal ones (see kuhn_policy_table)."""
+    def head_to_head(self, member: str, n_games: int, policy: str = LEARNER) -> tuple[pa.Table, dict]:
+        """`policy` sampling at the training temperature against a loaded league `member`,
+        n_games per game of the mix and seat, all in one batch: the table and a summary
+        per game."""
+        matches = [m for game in self.games for m in both_seats(game, member, n_games, policy=policy)]
+        table = self.play(matches, self.cfg.temperature, self.eval_counts)
+        per_game = {g: summarize(table.filter(pc.equal(table["game"], g)), policy) for g in self.games}
+        return table, per_game
+
+    def kuhn_policy(self, policy: str = LEARNER) -> dict[str, list[float]]:
+        """`policy`'s Kuhn poker policy at all 12 information states, as it samples them (at
+        the training temperature): its probability of each reply, renormalised over the
+        legal ones (see kuhn_policy_table); `version` is the weights measured."""
 
         def loglikelihood(observations: list[str], replies: list[str]) -> list[float]:
             prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
             conts = [list(self.encode(r))[len(self.encode("")) :] for r in replies]
             with self.lock:
-                return self.engines[LEARNER].loglikelihood(prompts, conts)
+                return self.engines[policy].loglikelihood(prompts, conts)
 
-        return kuhn_policy_table(loglikelihood)
+        return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
 
     def close(self) -> None:
         for engine in [*self.engines.values(), *self.slots.values()]:
@@ -434,6 +470,7 @@ class GeneratorActor:
         self.wait_s = 0.0
         self.sent = 0  # trajectories handed to the verifier
         self.member_lock = threading.Lock()  # held while loading members and playing them
+        self.eval_lock = threading.Lock()  # one evaluation at a time on the FIXED engine
         tags = {"run": run_id, "generator": generator_id}
         self.tokens = ray_metric("counter", "generator_tokens", tags)
         self.trajs = ray_metric("counter", "generator_trajectories", tags)
@@ -482,10 +519,12 @@ class GeneratorActor:
 
         self.gen.load_members(members, fetch)
 
-    def _report(self, league, table: pa.Table) -> None:
+    def _report(self, league, table: pa.Table, policy: str = LEARNER) -> None:
+        """The learner's finished games against members, for Elo (`policy`: the engine
+        that played the learner's side)."""
         results = [
             (g["game"], g["opponent"], game_points(g["outcome"]))
-            for g in outcomes(table)
+            for g in outcomes(table, policy)
             if g["opponent"] != SELF
         ]
         if results:
@@ -501,21 +540,36 @@ class GeneratorActor:
         self.version_gauge.set(version)
         return checksum
 
-    def evaluate(self, game: str, opponent: str, n_games: int) -> dict:
-        return self.gen.evaluate(game, opponent, n_games)
+    def _fixed(self, weights: dict | None) -> str:
+        """The policy to measure: the learner's engine (None), or `weights` ({ref: [object
+        ref], version, checksum}, the learner's `current_weights`) held fixed in the FIXED
+        engine, loaded only if it holds other weights. Call under the eval lock."""
+        if weights is None:
+            return LEARNER
+        if self.gen.fixed_checksum != weights["checksum"]:
+            self.gen.load_fixed(ray.get(weights["ref"][0]), weights["version"], weights["checksum"])
+        return FIXED
 
-    def kuhn_policy(self) -> dict:
-        return self.gen.kuhn_policy()
+    def evaluate(self, game: str, opponent: str, n_games: int, weights: dict | None = None) -> dict:
+        """Greedy play against a scripted opponent; with `weights`, of those weights, fixed
+        while broadcasts keep landing on the learner's engine."""
+        with self.eval_lock:
+            return self.gen.evaluate(game, opponent, n_games, policy=self._fixed(weights))
 
-    def head_to_head(self, league, member: str, n_games: int) -> dict:
-        """The current policy (sampling at the training temperature) against league
-        `member`, n_games per game of the mix and seat; results also go to the league."""
-        matches = [m for game in self.gen.games for m in both_seats(game, member, n_games)]
-        with self.member_lock:
+    def kuhn_policy(self, weights: dict | None = None) -> dict:
+        with self.eval_lock:
+            return self.gen.kuhn_policy(self._fixed(weights))
+
+    def head_to_head(self, league, member: str, n_games: int, weights: dict | None = None) -> dict:
+        """The policy (sampling at the training temperature; with `weights`, those weights
+        held fixed) against league `member`, n_games per game of the mix and seat; results
+        also go to the league as the learner's."""
+        with self.eval_lock, self.member_lock:
+            policy = self._fixed(weights)
             self._load_members(league, {member})
-            table = self.gen.play(matches, self.gen.cfg.temperature)  # all games in one batch
-        self._report(league, table)
-        return {game: summarize(table.filter(pc.equal(table["game"], game))) for game in self.gen.games}
+            table, per_game = self.gen.head_to_head(member, n_games, policy)
+        self._report(league, table, policy)
+        return per_game
 
     def self_play(self, n_games: int) -> bytes:
         return schema.to_ipc(self.gen.self_play(n_games))
@@ -530,4 +584,5 @@ class GeneratorActor:
             "members": list(self.gen.slots),
             "node_id": ray.get_runtime_context().get_node_id(),
             **self.gen.counts,
+            **{f"eval_{k}": v for k, v in self.gen.eval_counts.items()},
         }

@@ -42,7 +42,7 @@ class League:
             self.cfg.mode,
             self.state.learner_rating,
             ratings,
-            self.state.learner_scores(),
+            self.state.learner_scores(recent=self.cfg.pfsp_window > 0),
             self.cfg.pfsp_power,
             self.cfg.near_scale,
         )
@@ -64,7 +64,9 @@ class League:
     def record(self, results: list[tuple[str, str, float]]) -> None:
         """(game, member, learner's score) of finished learner-vs-member games: Elo of both."""
         for game, member, learner_score in results:
-            self.state.record(LEARNER, member, learner_score, game, self.step, k=self.cfg.elo_k)
+            self.state.record(
+                LEARNER, member, learner_score, game, self.step, k=self.cfg.elo_k, window=self.cfg.pfsp_window
+            )
 
     def latest(self) -> str | None:
         return self.state.members[-1].id if self.state.members else None

@@ -8,6 +8,7 @@ import math
 from collections import Counter, defaultdict, deque
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from selfplay import schema
@@ -27,6 +28,7 @@ class Verifier:
         self.rejected: Counter = Counter()
         self.accepted = 0
         self.accepted_turns = 0
+        self.forwarded_turns = 0  # trainable turns handed on to the buffer
         self.seen: set[str] = set()
         self.recent: deque[str] = deque()
         self.remember = remember
@@ -56,6 +58,16 @@ class Verifier:
             self.accepted += 1
         self.accepted_turns += len(kept)
         return schema.from_rows(kept)
+
+    def training_turns(self, table: pa.Table) -> pa.Table:
+        """What goes on to the buffer: the trainable turns (the learner's own) of the
+        accepted trajectories. A league opponent's or scripted player's turns are verified
+        with their game but never trained on, so they take no room, rate or staleness in
+        the buffer."""
+        accepted = self.verify(table)
+        trainable = accepted.filter(pc.field("trainable"))
+        self.forwarded_turns += trainable.num_rows
+        return trainable
 
     def _remember(self, traj_id: str) -> None:
         if traj_id in self.seen:
@@ -103,10 +115,12 @@ class Verifier:
         return None
 
     def stats(self) -> dict:
-        """Trajectories accepted and rejected (by reason), and turns accepted."""
+        """Trajectories accepted and rejected (by reason), turns accepted and turns
+        forwarded for training."""
         return {
             "accepted": self.accepted,
             "accepted_turns": self.accepted_turns,
+            "forwarded_turns": self.forwarded_turns,
             "received": self.accepted + sum(self.rejected.values()),
             **{f"rejected_{k}": v for k, v in self.rejected.items()},
         }
@@ -121,9 +135,9 @@ class VerifierActor:
         self.accepted = ray_metric("counter", "verifier_accepted", {"run": run_id})
 
     def verify(self, blob: bytes) -> int:
-        """Verify a batch and forward the accepted turns to the buffer; returns turns kept."""
+        """Verify a batch and forward its training turns to the buffer; returns turns kept."""
         before, accepted_before = Counter(self.verifier.rejected), self.verifier.accepted
-        accepted = self.verifier.verify(schema.from_ipc(blob))
+        accepted = self.verifier.training_turns(schema.from_ipc(blob))
         for reason, n in (self.verifier.rejected - before).items():
             self.rejected.inc(n, tags={"reason": reason})
         if self.verifier.accepted > accepted_before:

@@ -25,8 +25,9 @@ class LearnerActor:
         buffer,
         run_id: str,
         resume_dir: str | None = None,
+        temperature: float = 1.0,
     ):
-        learner = Learner(cfg, model_cfg, model_path, seed)
+        learner = Learner(cfg, model_cfg, model_path, seed, temperature)
         if resume_dir:
             learner.load(resume_dir)
 
@@ -68,6 +69,9 @@ class LearnerActor:
 
     def detach(self, name: str) -> None:
         self.service.detach(name)
+
+    def current_weights(self) -> dict:
+        return self.service.current_weights()
 
     def verify_pending(self) -> dict[str, str]:
         return self.service.verify_pending()

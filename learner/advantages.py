@@ -2,10 +2,15 @@
 attaches (`selfplay/rewards.py`).
 
 SPIRAL (Liu et al., 2025, "SPIRAL: Self-Play on Zero-Sum Games Incentivizes Reasoning"):
+    A_{G,p}(tau) = R_p(tau) - b_{G,p}                      (b read first: "to be unbiased")
     b_{G,p} <- alpha * b_{G,p} + (1 - alpha) * R_p        (one EMA per game G and role p)
-    A_{G,p}(tau) = R_p(tau) - b_{G,p}
 Separate baselines matter because zero-sum games are not symmetric (X wins more often
-than O in TicTacToe), and one shared baseline would bias both roles' gradients."""
+than O in TicTacToe), and one shared baseline would bias both roles' gradients.
+
+In a batch the order is the same: advantages use the baselines as they stood before the
+batch (so a baseline never depends on the actions it scores), then each baseline takes
+one EMA step towards the batch's mean return over *games*: every game counts once per
+role, however many of its turns were sampled, so long games do not weigh more."""
 
 from __future__ import annotations
 
@@ -15,16 +20,23 @@ Key = tuple[str, int]  # (game, role)
 
 
 def update_baselines(
-    baselines: dict[Key, float], keys: list[Key], returns: list[float], alpha: float
+    baselines: dict[Key, float],
+    keys: list[Key],
+    returns: list[float],
+    alpha: float,
+    games: list[str] | None = None,
 ) -> dict[Key, float]:
-    """One EMA step per (game, role) present in the batch, towards that key's mean return.
-    A key seen for the first time starts at its batch mean."""
-    groups: dict[Key, list[float]] = defaultdict(list)
-    for k, r in zip(keys, returns):
-        groups[k].append(r)
+    """One EMA step per (game, role) present in the batch, towards the mean return of its
+    games; `games[i]` names the game (trajectory) row i belongs to (None: every row is its
+    own game). A game's rows count once, at their mean return. A key seen for the first
+    time starts at that mean."""
+    per_game: dict[Key, dict[object, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for i, (k, r) in enumerate(zip(keys, returns)):
+        per_game[k][games[i] if games is not None else i].append(r)
     new = dict(baselines)
-    for k, rs in groups.items():
-        mean = sum(rs) / len(rs)
+    for k, by_game in per_game.items():
+        means = [sum(rs) / len(rs) for rs in by_game.values()]
+        mean = sum(means) / len(means)
         new[k] = alpha * baselines[k] + (1 - alpha) * mean if k in baselines else mean
     return new
 
@@ -32,4 +44,6 @@ def update_baselines(
 def role_conditioned_advantages(
     keys: list[Key], returns: list[float], baselines: dict[Key, float]
 ) -> list[float]:
-    return [r - baselines[k] for k, r in zip(keys, returns)]
+    """R - b for each row, with b the baseline of its (game, role) before this batch; a
+    key never seen has baseline 0 (SPIRAL's EMA starts at 0)."""
+    return [r - baselines.get(k, 0.0) for k, r in zip(keys, returns)]

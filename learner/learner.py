@@ -51,17 +51,30 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "mask": mask, "behaviour_logp": behaviour}
 
 
-def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob and entropy [B, L-1] of each next token of `batch` (from `collate`) under `model`."""
+def sequence_logprobs(
+    model, batch: dict[str, torch.Tensor], temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob and entropy [B, L-1] of each next token of `batch` (from `collate`) under
+    `model` sampled at `temperature`, i.e. softmax(logits / T): the policy the generators
+    sample from, whose log-probs vLLM reports in `processed_logprobs` mode."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return losses.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+    return losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
 
 
 class Learner:
-    def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int):
+    def __init__(
+        self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int, temperature: float = 1.0
+    ):
+        """`temperature`: the generators' sampling temperature; the policy trained is the
+        one sampled, softmax(logits / T), so PPO's ratio compares like with like."""
+        if not temperature > 0:
+            raise ValueError(
+                f"generator.temperature: training samples need a temperature > 0, got {temperature}"
+            )
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(seed)
         self.cfg = cfg
+        self.temperature = temperature
         self.device = pick_device(cfg.device)
         self.engine_dtype = DTYPES[model_cfg.dtype]
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
@@ -86,22 +99,31 @@ class Learner:
             raise ValueError("train_step: batch holds no trainable turns")
         keys = [(r["game"], r["role"]) for r in rows]
         returns = [r["ret"] for r in rows]
-        self.baselines = update_baselines(self.baselines, keys, returns, self.cfg.baseline_alpha)
-        adv = torch.tensor(role_conditioned_advantages(keys, returns, self.baselines), device=self.device)
+        # SPIRAL's order: the advantage reads the baseline before this batch updates it.
+        advantages = role_conditioned_advantages(keys, returns, self.baselines)
+        adv = torch.tensor(advantages, device=self.device)
+        self.baselines = update_baselines(
+            self.baselines, keys, returns, self.cfg.baseline_alpha, games=[r["traj_id"] for r in rows]
+        )
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         mask = batch["mask"]
 
         with self._autocast():
-            logp, entropy = sequence_logprobs(self.model, batch)
-        pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
-        ent = losses.masked_mean(entropy, mask)
-        loss = pg_loss - self.cfg.entropy_coef * ent
+            logp, entropy = sequence_logprobs(self.model, batch, self.temperature)
         kl_ref = torch.tensor(0.0, device=self.device)
+        kl_term = torch.tensor(0.0, device=self.device)
         if self.ref is not None:
             with torch.no_grad(), self._autocast():
-                ref_logp, _ = sequence_logprobs(self.ref, batch)
-            kl_ref = losses.kl_penalty(logp, ref_logp, mask)
-            loss = loss + self.cfg.kl_coef * kl_ref
+                ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
+            kl_ref = losses.kl_penalty(logp.detach(), ref_logp, mask)  # the logged value
+            if self.cfg.kl_placement == "reward":  # each turn's penalty, summed over its tokens
+                penalty = (losses.kl_estimate(logp.detach(), ref_logp, self.cfg.kl_estimator) * mask).sum(1)
+                adv = adv - self.cfg.kl_coef * penalty
+            else:
+                kl_term = losses.kl_loss(logp, ref_logp, batch["behaviour_logp"], mask, self.cfg.kl_estimator)
+        pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
+        ent = losses.masked_mean(entropy, mask)
+        loss = pg_loss - self.cfg.entropy_coef * ent + self.cfg.kl_coef * kl_term
 
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

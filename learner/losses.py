@@ -30,11 +30,48 @@ def ppo_clip_loss(
     return loss, clip_frac
 
 
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from a token x sampled from pi (Schulman,
+    2020, "Approximating KL divergence"), with r = pi_ref(x) / pi(x):
+        k1 = -log r               unbiased, can be negative, high variance
+        k2 = (log r)^2 / 2        biased, low variance, >= 0
+        k3 = (r - 1) - log r      unbiased, low variance, >= 0
+    As values (a reward penalty, a metric) all three estimate KL(pi || ref). As losses
+    they differ in what their gradient descends, on tokens from pi:
+        k1: E[grad log pi] = 0        no KL gradient at all (so k1 belongs in the reward)
+        k2: grad KL(pi || ref)        the KL the penalty means (the loss placement's choice)
+        k3: grad KL(ref || pi)        the reverse KL: mass-covering, not the penalty's KL
+    (`tests/test_losses.py` checks each gradient against the exact KL of a small softmax.)"""
+    log_r = ref_logp - logp
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    if estimator == "k3":
+        return torch.exp(log_r) - 1 - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
+
+
+def kl_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str = "k2",
+) -> torch.Tensor:
+    """The KL penalty placed in the loss, on tokens the behaviour policy mu sampled: each
+    token's estimate is weighted by the importance ratio pi/mu (no gradient through the
+    weight), so the expectation, and with k2 the gradient, is that of KL(pi || ref) under
+    pi even when the data is a few versions old. logp, ref_logp, behaviour_logp, mask:
+    [B, T]; returns a scalar."""
+    weight = torch.exp(logp.detach() - behaviour_logp)
+    return masked_mean(weight * kl_estimate(logp, ref_logp, estimator), mask)
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || pi_ref) on tokens sampled from pi (Schulman, 2020,
-    "Approximating KL divergence"): E[exp(d) - d - 1], d = log pi_ref - log pi. Non-negative."""
-    d = ref_logp - logp
-    return masked_mean(torch.exp(d) - d - 1, mask)
+    """k3 estimate of KL(pi || pi_ref), averaged over the real tokens (a value, e.g. the
+    logged KL; see kl_estimate for what each estimator's gradient does). Non-negative."""
+    return masked_mean(kl_estimate(logp, ref_logp, "k3"), mask)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

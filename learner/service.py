@@ -36,6 +36,8 @@ class LearnerService:
         self.pending: list = []  # (name, future, checksum) of the last broadcast, checked at the next
         self.checksum: str | None = None
         self.last_blob = None  # the last broadcast's weights (shared once), for generators that join later
+        self.blob_step = -1  # the learner step whose weights last_blob holds
+        self.frozen: dict | None = None  # current_weights' last answer
         self.wait_s = 0.0
         self.broadcast_s = 0.0
 
@@ -79,6 +81,7 @@ class LearnerService:
         if self.last_blob is None:
             blob, self.checksum = self.learner.export()
             self.last_blob = self.transport.put(blob)
+            self.blob_step = self.learner.step
         got = self.transport.get(
             self.transport.call(peer, "set_weights", self.last_blob, self.learner.version)
         )
@@ -107,6 +110,7 @@ class LearnerService:
         self.learner.version += 1
         self.checksum = checksum
         self.last_blob = self.transport.put(blob)
+        self.blob_step = self.learner.step
         self.pending = [
             (name, self.transport.call(peer, "set_weights", self.last_blob, self.learner.version), checksum)
             for name, peer in self.targets.items()
@@ -130,6 +134,20 @@ class LearnerService:
                 raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {expected}")
             acks[name] = got
         return acks
+
+    def current_weights(self) -> dict:
+        """The weights as they are now, shared once, for evaluations that must measure one
+        fixed policy while training goes on: {ref: [shared weights], version, step,
+        checksum}. The last broadcast's when nothing trained since (no second export)."""
+        step = self.learner.step
+        if self.frozen is None or self.frozen["step"] != step:
+            if self.last_blob is not None and self.blob_step == step:
+                ref, checksum = self.last_blob, self.checksum
+            else:
+                blob, checksum = self.learner.export()
+                ref = self.transport.put(blob)
+            self.frozen = {"ref": [ref], "version": self.learner.version, "step": step, "checksum": checksum}
+        return self.frozen
 
     # -- snapshots ------------------------------------------------------------------------
     def save(self, directory: str) -> None:

@@ -23,6 +23,8 @@ class ConfigError(ValueError):
 # list reads it with typing.get_args (one definition each).
 Dtype = Literal["bfloat16", "float32", "float16"]
 MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:matchmaking_probs
+KlPlacement = Literal["reward", "loss"]
+KlEstimator = Literal["k1", "k2", "k3"]
 
 
 @dataclass
@@ -41,7 +43,9 @@ class GeneratorConfig:
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {generator: 1}
     tensor_parallel_size: int = 1  # > 1: the engine's workers get a STRICT_PACK placement group
     games_per_wave: int = 256  # games played concurrently; every pending turn is one engine call
-    temperature: float = 1.0
+    temperature: float = (
+        1.0  # sampling temperature; the learner trains softmax(logits / T), the policy sampled
+    )
     max_response_tokens: int = 3
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
     cpu_bind: str = "auto"  # VLLM_CPU_OMP_THREADS_BIND
@@ -77,6 +81,13 @@ class LearnerConfig:
     batch_size: int = 512  # turns per step
     clip_eps: float = 0.2
     kl_coef: float = 0.0  # KL to the frozen initial policy; 0 disables the reference model
+    # Where the KL penalty goes and how it is estimated (learner/losses.py:kl_estimate):
+    # reward: beta * (estimate summed over a turn's tokens) comes off that turn's advantage,
+    #   no gradient through it (k1 unbiased; the turn's own tokens, not the role's later turns);
+    # loss: beta * estimate, importance-weighted to the current policy, joins the loss (k2:
+    #   the gradient of KL(pi || ref); k3: of the reverse KL(ref || pi); k1: none, refused).
+    kl_placement: KlPlacement = "reward"
+    kl_estimator: KlEstimator = "k1"
     baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
@@ -104,6 +115,7 @@ class LeagueConfig:
     promote_threshold: float = 0.6  # score (wins + draws/2) above which the policy is snapshotted
     elo_k: float = 16.0
     pfsp_power: float = 2.0
+    pfsp_window: int = 200  # PFSP weighs the learner's last N games per member and game; 0: all time
     near_scale: float = 200.0  # Elo width of "near" mode's Gaussian weighting
 
 
@@ -146,6 +158,9 @@ class RunConfig:
     league: LeagueConfig = field(default_factory=LeagueConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # The demo's acceptance figures, read from the final evaluation into summary.json:
+    # 'GAME/OPPONENT/FIELD' (or 'kuhn/exploitability/exploitability') -> '>= 0.9', '<= 0.05', ...
+    acceptance: dict[str, str] = field(default_factory=dict)
 
 
 POSITIVE = {
@@ -154,6 +169,7 @@ POSITIVE = {
     "checkpoint_every",
     "generator.num_generators",
     "generator.games_per_wave",
+    "generator.temperature",  # training samples; evaluations play greedily on their own
     "generator.max_response_tokens",
     "generator.kv_cache_gib",
     "buffer.capacity",
@@ -176,7 +192,6 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "time_limit_min",
-    "generator.temperature",
     "generator.num_cpus",
     "generator.num_gpus",
     "buffer.max_staleness",
@@ -191,6 +206,7 @@ NON_NEGATIVE = {
     "verifier.num_cpus",
     "learner.ref_refresh_every",
     "league.pfsp_power",
+    "league.pfsp_window",
     "autoscale.learner_idle_high",
     "autoscale.generator_idle_high",
     "autoscale.cooldown_s",
@@ -268,6 +284,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
         raise ConfigError(f"learner.device: must be auto, cpu, cuda or cuda:N, got {cfg.learner.device!r}")
+    if cfg.learner.kl_placement == "loss" and cfg.learner.kl_estimator == "k1":
+        raise ConfigError(
+            "learner.kl_estimator: k1 as a loss has no KL gradient (its expectation's gradient is 0); "
+            "use k2 with kl_placement loss, or kl_placement reward"
+        )
     if not 0 <= cfg.learner.baseline_alpha < 1:
         raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
     if not 0 < cfg.generator.gpu_memory_utilization <= 1:
@@ -282,6 +303,11 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"got {cfg.buffer.min_size}"
         )
     validate_games(cfg)
+    for name, target in cfg.acceptance.items():
+        if name.count("/") < 2:
+            raise ConfigError(f"acceptance.{name}: name an evaluation field, e.g. tictactoe/minimax/non_loss")
+        if not re.fullmatch(r"(>=|<=|>|<) -?\d+(\.\d+)?", target):
+            raise ConfigError(f"acceptance.{name}: expected a comparison such as '>= 0.9', got {target!r}")
     for section in ("generator", "learner", "verifier"):
         for name, amount in _get(cfg, f"{section}.resources").items():
             if not (math.isfinite(amount) and amount > 0):

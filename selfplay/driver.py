@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import eval_metrics, eval_summary
+from selfplay.evals import acceptance, eval_metrics, eval_summary
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog
@@ -105,10 +105,14 @@ def init_ray(cfg: RunConfig, namespace: str) -> bool:
 class EvalQueue:
     """Evaluations queued on generator-0, where they interleave with self-play, and logged
     when they finish: every game of the mix against each of its scripted opponents named
-    in eval.opponents, and Kuhn poker's exploitability."""
+    in eval.opponents, and Kuhn poker's exploitability. Each measures the learner's
+    weights as they were when it was queued, held fixed in generator-0's evaluation
+    engine while broadcasts keep landing; it is logged at that learner step, with the
+    weight version it measured."""
 
-    def __init__(self, cfg: RunConfig, generator, metrics: MetricsLog, console: Console):
+    def __init__(self, cfg: RunConfig, learner, generator, metrics: MetricsLog, console: Console):
         self.cfg = cfg
+        self.learner = learner
         self.generator = generator
         self.metrics = metrics
         self.console = console
@@ -117,14 +121,15 @@ class EvalQueue:
     def queue(self, step: int, prefix: str = "eval") -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
         capability retention."""
+        weights = ray.get(self.learner.current_weights.remote())
+        step = weights["step"]
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
-                    self.pending.append(
-                        (step, prefix, self.generator.evaluate.remote(game, opp, self.cfg.eval.games))
-                    )
+                    ref = self.generator.evaluate.remote(game, opp, self.cfg.eval.games, weights)
+                    self.pending.append((step, prefix, ref))
             if game == "kuhn":
-                self.pending.append((step, prefix, self.generator.kuhn_policy.remote()))
+                self.pending.append((step, prefix, self.generator.kuhn_policy.remote(weights)))
 
     def collect(self, wall_s: float, wait: bool = False) -> dict:
         """Log the finished evaluations; returns the current policy's (prefix 'eval') keyed
@@ -142,6 +147,7 @@ class EvalQueue:
                     {
                         "exploitability": kuhn.exploitability(result["policy"]),
                         "illegal_mass": result["illegal_mass"],
+                        "version": result["version"],
                     },
                 )
                 self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
@@ -184,7 +190,11 @@ class Run:
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         self.events_logged = 0
         self.evals = EvalQueue(
-            cfg, ray.get(self.controller.generator.remote(EVAL_GENERATOR)), self.metrics, self.console
+            cfg,
+            self.learner,
+            ray.get(self.controller.generator.remote(EVAL_GENERATOR)),
+            self.metrics,
+            self.console,
         )
         if self.league is not None and ray.get(self.league.latest.remote()) is None:
             self.promote()  # the initial policy is the first member
@@ -220,11 +230,12 @@ class Run:
         if not before:
             return {}
         dt = max(now - then, 1e-9)
-        return {
-            "tokens_per_s": (totals["tokens"] - before["tokens"]) / dt,
-            "trajectories_per_s": (totals["games"] - before["games"]) / dt,
-            "turns_per_s": (totals["turns"] - before["turns"]) / dt,
-        }
+        rates = {}
+        for kind in ("", "eval_"):  # training play, and evaluations and promotion matches
+            rates[f"{kind}tokens_per_s"] = (totals[f"{kind}tokens"] - before[f"{kind}tokens"]) / dt
+            rates[f"{kind}trajectories_per_s"] = (totals[f"{kind}games"] - before[f"{kind}games"]) / dt
+            rates[f"{kind}turns_per_s"] = (totals[f"{kind}turns"] - before[f"{kind}turns"]) / dt
+        return rates
 
     # -- checkpoints and snapshots -------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -258,7 +269,10 @@ class Run:
         """The current policy against the newest snapshot; promote above the threshold."""
         cfg = self.cfg.league
         latest = ray.get(self.league.latest.remote())
-        per_game = ray.get(self.evals.generator.head_to_head.remote(self.league, latest, cfg.promote_games))
+        weights = ray.get(self.learner.current_weights.remote())  # the policy a promotion would snapshot
+        per_game = ray.get(
+            self.evals.generator.head_to_head.remote(self.league, latest, cfg.promote_games, weights)
+        )
         counts = {game: s["wdl"] for game, s in per_game.items()}
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {
@@ -310,13 +324,15 @@ class Run:
             pace = (self.step - first_step) / max(time.time() - started, 1e-9)
             bar.total = bar_total(self.step, cfg.total_steps, pace, deadline - time.time())
             bar.update(self.step - prev)
-            learner_metrics = {k: v for k, v in steps[-1].items() if k != "step"}
+            wall = self.wall()
+            for m in steps:  # every learner step at its own step
+                self.metrics.log(m["step"], wall, {k: v for k, v in m.items() if k != "step"})
+            learner_metrics = steps[-1]
             buffer = ray.get(self.program.buffer.stats.remote())
             self.metrics.log(
                 self.step,
-                self.wall(),
+                wall,
                 {
-                    **learner_metrics,
                     **self.watch_pool(),
                     "buffer_size": buffer["size"],
                     "buffer_dropped_stale": buffer["dropped_stale"],
@@ -353,12 +369,25 @@ class Run:
         """What every generator of this session handed on, against what the verifier got
         and the buffer took (the books a scaled pool must balance), and where each part ran."""
         gens = [*self.pool["generators"].values(), *self.pool["retired"]]
+        verifier = ray.get(self.program.verifier.stats.remote())
+        buffer = ray.get(self.program.buffer.stats.remote())
+        generated = self.pool["totals"]["turns"]
         return {
             "pool": {
                 "sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
-                "verifier": ray.get(self.program.verifier.stats.remote()),
-                "buffer_inserted": ray.get(self.program.buffer.stats.remote())["inserted"],
+                "verifier": verifier,
+                "buffer_inserted": buffer["inserted"],
                 "events": self.pool["events"],
+            },
+            # where the turns of this session's training play went (the buffer's counts run
+            # on across a resume; the generators' restart with it)
+            "turns": {
+                "generated": generated,
+                "forwarded": verifier["forwarded_turns"],
+                "trained": buffer["sampled"],
+                "dropped_stale": buffer["dropped_stale"],
+                "evicted": buffer["evicted"],
+                "dropped_share": buffer["dropped_stale"] / generated if generated else None,
             },
             "placement": {
                 "learner": ray.get(self.learner.state.remote())["node_id"],
@@ -407,6 +436,7 @@ def train(
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
+            summary["acceptance"] = acceptance(summary["after"], cfg.acceptance)
         summary.update(
             steps=r.step,
             wall_s=r.wall(),

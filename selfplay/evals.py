@@ -35,9 +35,10 @@ def eval_summary(result: dict) -> dict:
 
 
 def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
-    """Flatten a played evaluation into PREFIX/GAME/OPP/FIELD metric names."""
+    """Flatten a played evaluation into PREFIX/GAME/OPP/FIELD metric names, with the weight
+    version it measured."""
     key = f"{prefix}/{result['game']}/{result['opponent']}"
-    return {f"{key}/{k}": result[k] for k in EVAL_FIELDS}
+    return {f"{key}/{k}": result[k] for k in (*EVAL_FIELDS, "version")}
 
 
 def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
@@ -92,20 +93,51 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
 KUHN_REPLIES = {a: [c for c in string.printable if kuhn.Kuhn.parse_action(c) == a] for a in (0, 1)}
 
 
-def kuhn_policy_table(loglikelihood: Callable[[list[str], list[str]], list[float]]) -> dict:
+def kuhn_policy_table(
+    loglikelihood: Callable[[list[str], list[str]], list[float]], temperature: float = 1.0
+) -> dict:
     """The policy at Kuhn poker's 12 information states, for OpenSpiel's exploitability.
-    `loglikelihood(observations, replies)` gives each reply's log-likelihood after its observation.
-    P(action) sums the one-character replies that parse to it ('p'/'P', 'b'/'B'); the mass
-    on anything else (an illegal reply) is reported as illegal_mass and renormalised away,
-    which is exact for one-token replies (the demo's setting)."""
+    `loglikelihood(observations, replies)` gives each reply's log-likelihood after its
+    observation at temperature 1 (vLLM's prompt log-probs). P(action) sums the
+    one-character replies that parse to it ('p'/'P', 'b'/'B'), each weighted
+    exp(log p / T): sampling at `temperature` gives reply c probability proportional to
+    exp(logit_c / T) = exp(log p_c / T) times a factor shared by every reply of the state,
+    so after renormalising over the legal replies this is the sampled policy, exactly, for
+    one-token replies (the demo's setting). The mass on anything else (an illegal reply) is
+    reported as illegal_mass at temperature 1 (its value at T needs the whole vocabulary)."""
     pairs = [(s, a, c) for s in kuhn.INFO_STATES for a, chars in KUHN_REPLIES.items() for c in chars]
     logps = loglikelihood([s.observation for s, _, _ in pairs], [c for _, _, c in pairs])
-    mass = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}
+    mass = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}  # at T = 1
+    tempered = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}  # proportional, at T
     for (s, a, _), lp in zip(pairs, logps):
         mass[s.key][a] += math.exp(lp)
+        tempered[s.key][a] += math.exp(lp / temperature)
     policy = {}
-    for key, (p_pass, p_bet) in mass.items():
+    for key, (p_pass, p_bet) in tempered.items():
         total = p_pass + p_bet
         policy[key] = [p_pass / total, p_bet / total] if total > 0 else [0.5, 0.5]
     illegal = sum(1 - sum(m) for m in mass.values()) / len(mass)
     return {"policy": policy, "illegal_mass": illegal}
+
+
+def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
+    """A demo's acceptance figures, as summary.json carries them: for each target
+    'GAME/OPPONENT/FIELD' -> '>= 0.9' (or '<=', '>', '<'), {value, target, met} read from
+    the final evaluation (`after`, keyed 'GAME/OPPONENT' or 'kuhn/exploitability').
+    A figure the run did not measure has value None and is not met."""
+    out = {}
+    for name, target in targets.items():
+        key, field = name.rsplit("/", 1)
+        op, bound = target.split()
+        value = after.get(key, {}).get(field)
+        met = value is not None and COMPARE[op](value, float(bound))
+        out[name] = {"value": value, "target": target, "met": met}
+    return out
+
+
+COMPARE = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}

@@ -175,6 +175,9 @@ class LeagueState:
     results: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
     rating_history: list[tuple[int, str, float]] = field(default_factory=list)  # (step, id, rating)
     games_played: int = 0
+    # (member, game) -> the learner's points in its most recent games against the member,
+    # oldest first (at most the `window` given to `record`): what PFSP weighs members by
+    recent: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def member(self, member_id: str) -> Member:
         for m in self.members:
@@ -202,8 +205,19 @@ class LeagueState:
         self.rating_history.append((step, pid, rating))
 
     def record(
-        self, a: str, b: str, score_a: float, game: str, step: int, k: float = 32.0, rate: bool = True
+        self,
+        a: str,
+        b: str,
+        score_a: float,
+        game: str,
+        step: int,
+        k: float = 32.0,
+        rate: bool = True,
+        window: int = 0,
     ) -> None:
+        """One finished game: a scored `score_a` against b. Rated games move both Elo
+        ratings; a learner-vs-member game also joins the member's recent results (the last
+        `window` per game; 0 keeps them all)."""
         if a == b or SELF in (a, b):
             raise ValueError(f"cannot record {a!r} vs {b!r}: games against oneself are not recorded")
         if score_a not in (0.0, 0.5, 1.0):
@@ -219,6 +233,12 @@ class LeagueState:
             ra, rb = elo_update(ra, rb, score_a, k)
             self._set_rating(a, ra, step)
             self._set_rating(b, rb, step)
+        if LEARNER in (a, b):
+            member, learner_points = (b, score_a) if a == LEARNER else (a, 1.0 - score_a)
+            history = self.recent.setdefault((member, game), [])
+            history.append(learner_points)
+            if window and len(history) > window:
+                del history[: len(history) - window]
 
     def head_to_head(self, a: str, b: str, game: str | None = None) -> tuple[int, int, int]:
         w = d = l = 0
@@ -231,12 +251,22 @@ class LeagueState:
                 w, d, l = w + xl, d + xd, l + xw
         return w, d, l
 
-    def learner_scores(self) -> list[float]:
-        # Laplace prior: (w + d/2 + 1) / (n + 2), so an unplayed member scores 0.5
+    def learner_scores(self, recent: bool = False) -> list[float]:
+        """The learner's expected score against each member, with a Laplace prior
+        ((points + 1) / (n + 2), so an unplayed member scores 0.5): over all games
+        (recent=False), or over the recent results `record` kept, per game, then averaged
+        over the games played, so the mix's proportions do not tilt it and a member the
+        learner has since learned to beat stops counting as hard (PFSP's intent)."""
         out = []
         for m in self.members:
-            w, d, l = self.head_to_head(LEARNER, m.id)
-            out.append((points(w, d) + 1) / (w + d + l + 2))
+            if not recent:
+                w, d, l = self.head_to_head(LEARNER, m.id)
+                out.append((points(w, d) + 1) / (w + d + l + 2))
+                continue
+            per_game = [
+                (sum(h) + 1) / (len(h) + 2) for (mid, _), h in self.recent.items() if mid == m.id and h
+            ]
+            out.append(sum(per_game) / len(per_game) if per_game else 0.5)
         return out
 
     def to_dict(self) -> dict:
@@ -247,6 +277,7 @@ class LeagueState:
             "results": [[a, b, g, list(v)] for (a, b, g), v in self.results.items()],
             "rating_history": [list(h) for h in self.rating_history],
             "games_played": self.games_played,
+            "recent": [[m, g, list(h)] for (m, g), h in self.recent.items()],
         }
 
     @classmethod
@@ -263,6 +294,7 @@ class LeagueState:
             results={(a, b, g): list(v) for a, b, g, v in d["results"]},
             rating_history=[(s, i, r) for s, i, r in d["rating_history"]],
             games_played=d["games_played"],
+            recent={(m, g): list(h) for m, g, h in d.get("recent", [])},  # absent in files before it
         )
 
     def save(self, path: str | Path) -> None:

@@ -58,7 +58,7 @@ def build_parts(cfg: RunConfig, model_path: str) -> Parts:
         ),
         verifier=Verifier.for_model(model_path),
         buffer=ReplayBuffer(cfg.buffer, cfg.seed),
-        learner=Learner(cfg.learner, cfg.model, model_path, cfg.seed),
+        learner=Learner(cfg.learner, cfg.model, model_path, cfg.seed, cfg.generator.temperature),
     )
 
 
@@ -68,7 +68,7 @@ def iteration(parts: Parts, cfg: RunConfig) -> dict:
     batch = buffer.sample(cfg.learner.batch_size, learner.version)
     while batch is None:  # the buffer hands out a batch once it holds min_size fresh turns
         games = g.self_play(cfg.generator.games_per_wave)  # 1. self-play
-        buffer.add(v.verify(games))  # 2. verify, 3. buffer
+        buffer.add(v.training_turns(games))  # 2. verify, 3. buffer
         batch = buffer.sample(cfg.learner.batch_size, learner.version)
     metrics = learner.train_step(batch)  # 4. train step
     blob, checksum = learner.export()  # 5. export

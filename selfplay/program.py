@@ -65,7 +65,7 @@ def build_program(
         num_cpus=cfg.learner.num_cpus,
         num_gpus=cfg.learner.num_gpus,
         resources=cfg.learner.resources,
-    ).remote(cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume)
+    ).remote(cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume, cfg.generator.temperature)
     league = None
     if cfg.league.enabled:
         league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None

@@ -142,7 +142,10 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
             "throughput.png",
             "Throughput vs wall time",
             "minutes",
-            [Panel("tokens/s", ["tokens_per_s"]), Panel("trajectories/s", ["trajectories_per_s"])],
+            [
+                Panel("tokens/s (training play; eval_: evaluations)", ["tokens_per_s", "eval_tokens_per_s"]),
+                Panel("trajectories/s", ["trajectories_per_s", "eval_trajectories_per_s"]),
+            ],
         ),
         (
             "learner.png",

@@ -62,6 +62,17 @@ def test_role_conditioned_advantages_use_each_roles_baseline():
     assert role_conditioned_advantages(keys, returns, baselines) == pytest.approx([0.8, 0.8, -1.2, -0.5, 1.5])
 
 
-def test_role_conditioned_advantages_need_a_baseline_for_each_key():
-    with pytest.raises(KeyError):
-        role_conditioned_advantages([O], [1.0], {X: 0.0})
+def test_a_role_never_seen_has_baseline_zero():
+    assert role_conditioned_advantages([O, X], [1.0, -1.0], {X: 0.5}) == pytest.approx([1.0, -1.5])
+
+
+def test_each_game_counts_once_however_many_of_its_turns_were_sampled():
+    # Game g1 (X won, +1) has three sampled X turns, g2 (X lost, -1) one: per turn the
+    # mean would be (3 - 1) / 4 = 0.5; per game it is (1 - 1) / 2 = 0.
+    keys, returns = [X, X, X, X], [1.0, 1.0, 1.0, -1.0]
+    assert update_baselines({}, keys, returns, 0.9, games=["g1", "g1", "g1", "g2"])[X] == 0.0
+    assert update_baselines({}, keys, returns, 0.9)[X] == 0.5  # rows as games
+    # EMA step: 0.9 * 0.4 + 0.1 * 0 = 0.36
+    assert update_baselines({X: 0.4}, keys, returns, 0.9, games=["g1", "g1", "g1", "g2"])[X] == pytest.approx(
+        0.36
+    )

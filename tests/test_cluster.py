@@ -302,7 +302,7 @@ def test_stop_checkpoints_and_no_trajectory_is_lost_or_duplicated(scaled_run):
     assert sum(sent.values()) == verifier["received"]  # every game handed on arrived...
     assert "rejected_duplicate" not in verifier  # ...once
     assert verifier["accepted"] == verifier["received"]  # and all were valid games
-    assert books["buffer_inserted"] == verifier["accepted_turns"]
+    assert books["buffer_inserted"] == verifier["forwarded_turns"]
 
 
 def test_metrics_reach_rays_prometheus_endpoints(scaled_run):

@@ -194,3 +194,30 @@ def test_closed_sets_are_read_from_their_types():
         ConfigError, match=r"league.mode: must be one of \('pfsp', 'near', 'latest'\), got 'elo'"
     ):
         load_config(overrides=["league.mode=elo"])
+
+
+def test_k1_in_the_loss_is_refused_naming_why():
+    with pytest.raises(ConfigError, match="learner.kl_estimator: k1 as a loss has no KL gradient"):
+        load_config(overrides=["learner.kl_placement=loss", "learner.kl_estimator=k1"])
+    assert (
+        load_config(overrides=["learner.kl_placement=loss", "learner.kl_estimator=k2"]).learner.kl_estimator
+        == "k2"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("acceptance={tictactoe: '>= 0.9'}", "acceptance.tictactoe: name an evaluation field"),
+        ("acceptance={tictactoe/minimax/non_loss: 'at least 0.9'}", "expected a comparison such as"),
+    ],
+)
+def test_an_acceptance_target_that_cannot_be_read_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_the_demo_configs_carry_their_acceptance_targets():
+    ttt = load_config("configs/tictactoe.yaml").acceptance
+    assert ttt["tictactoe/minimax/non_loss"] == ">= 0.90" and ttt["tictactoe/random/illegal"] == "<= 0.01"
+    assert load_config("configs/league.yaml").acceptance["kuhn/exploitability/exploitability"] == "<= 0.05"

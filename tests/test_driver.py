@@ -38,14 +38,19 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     learner_state = json.loads((last / "learner_state.json").read_text())
     assert (learner_state["step"], learner_state["version"]) == (6, 6)
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
-    assert [m["step"] for m in metrics if m["name"] == "loss"] == [2, 4, 6]  # no step trained twice
+    assert [m["step"] for m in metrics if m["name"] == "loss"] == [1, 2, 3, 4, 5, 6]  # each step once
     assert {m["name"] for m in metrics} >= {
         "eval/tictactoe/random/win",
         "eval/tictactoe/minimax/non_loss",
         "tokens_per_s",
     }
+    # every evaluation measured the weights of the step it is logged at (broadcast every step)
+    versions = [(m["step"], m["value"]) for m in metrics if m["name"] == "eval/tictactoe/random/version"]
+    assert versions and all(step == version for step, version in versions)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary) >= {"before", "after"} and summary["steps"] == 6
+    assert set(summary) >= {"before", "after", "turns", "acceptance"} and summary["steps"] == 6
+    assert summary["turns"]["trained"] == 6 * cfg.learner.batch_size  # the buffer's counts span the resume
+    assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
 
 
 def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path):

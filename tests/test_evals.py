@@ -44,3 +44,37 @@ def test_a_uniform_model_is_as_exploitable_as_uniform_random():
     table = kuhn_policy_table(scorer(uniform, legal_mass=1.0))
     assert table["illegal_mass"] == pytest.approx(0.0, abs=1e-12)
     assert kuhn.exploitability(table["policy"]) == pytest.approx(11 / 24)
+
+
+def test_the_table_is_the_policy_sampled_at_the_training_temperature():
+    # One state's legal replies at T = 1: pass 0.6 (p 0.3, P 0.3), bet 0.2 (b 0.1, B 0.1),
+    # illegal 0.2. At T = 0.5 each reply weighs p^2: pass 0.09 + 0.09 = 0.18, bet 0.01 + 0.01
+    # = 0.02, so P(pass) = 0.18 / 0.20 = 0.9.
+    skewed = {s.key: [0.75, 0.25] for s in kuhn.INFO_STATES}
+    table = kuhn_policy_table(scorer(skewed, legal_mass=0.8), temperature=0.5)
+    for probs in table["policy"].values():
+        assert probs == pytest.approx([0.9, 0.1])
+    assert table["illegal_mass"] == pytest.approx(0.2)  # reported at T = 1
+    assert kuhn_policy_table(scorer(skewed, legal_mass=0.8))["policy"]["0"] == pytest.approx([0.75, 0.25])
+
+
+def test_acceptance_figures_read_the_final_evaluation():
+    from selfplay.evals import acceptance
+
+    after = {
+        "tictactoe/minimax": {"non_loss": 0.915, "illegal": 0.0},
+        "kuhn/exploitability": {"exploitability": 0.07},
+    }
+    figures = acceptance(
+        after,
+        {
+            "tictactoe/minimax/non_loss": ">= 0.90",
+            "kuhn/exploitability/exploitability": "<= 0.05",
+            "tictactoe/random/non_loss": ">= 0.98",
+        },
+    )
+    assert figures == {
+        "tictactoe/minimax/non_loss": {"value": 0.915, "target": ">= 0.90", "met": True},
+        "kuhn/exploitability/exploitability": {"value": 0.07, "target": "<= 0.05", "met": False},
+        "tictactoe/random/non_loss": {"value": None, "target": ">= 0.98", "met": False},
+    }

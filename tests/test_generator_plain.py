@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from actors.generator import Generator, Match, WeightMismatch, both_seats
+from actors.generator import FIXED, Generator, Match, WeightMismatch, both_seats
 from actors.verifier import Verifier
 from selfplay.config import GeneratorConfig
 from selfplay.games.tictactoe import TicTacToe
@@ -221,6 +221,49 @@ def test_evaluation_prompts_the_learner_at_the_scripted_opponents_tier():
     assert all(p.startswith("<expert>tictactoe ") for c in engine.calls for p in c["prompts"])
 
 
+def test_an_evaluation_of_fixed_weights_is_not_moved_by_broadcasts():
+    """The FIXED engine holds the weights it was given: a broadcast to the learner's engine
+    mid-evaluation changes the learner's replies, not the evaluated policy's."""
+    maker = EngineMaker()
+    gen = make_generator(maker=maker)
+    gen.load_fixed(weights(-0.25), version=7, checksum=checksum(weights(-0.25)))
+    ((path, fixed),) = maker.made
+    assert path is None and fixed.logprob == -0.25
+
+    landing: list[threading.Thread] = []
+
+    def broadcast(call_index):  # a new version is sent to the learner's engine mid-evaluation
+        if call_index == 0:
+            landing.append(threading.Thread(target=gen.set_weights, args=(weights(-3.0), 8)))
+            landing[0].start()
+
+    fixed.on_generate = broadcast
+    table = gen.play(both_seats("tictactoe", "random", 3, policy=FIXED), 0.0, gen.eval_counts)
+    landing[0].join(timeout=10)
+    result = gen.evaluate("tictactoe", "random", 3, policy=FIXED)
+    fixed_rows = [r for r in table.to_pylist() if r["policy_id"] == FIXED]
+    assert {r["policy_version"] for r in fixed_rows} == {7}
+    assert {lp for r in fixed_rows for lp in r["behaviour_logprobs"]} == {-0.25}
+    assert result["version"] == 7 and result["games"] == 6 and gen.version == 8
+
+
+def test_fixed_weights_that_do_not_load_as_sent_are_refused():
+    gen = make_generator()
+    with pytest.raises(WeightMismatch, match="evaluation engine loaded weights"):
+        gen.load_fixed(weights(-0.25), version=1, checksum=checksum(weights(-0.5)))
+    assert gen.fixed_checksum is None
+
+
+def test_evaluations_are_counted_apart_from_training_play():
+    gen = make_generator()
+    gen.self_play(4)
+    trained = dict(gen.counts)
+    gen.evaluate("tictactoe", "random", 3)
+    assert gen.counts == trained  # training throughput is not inflated by evaluations
+    assert gen.eval_counts["games"] == 6 and gen.eval_counts["turns"] > 0
+    assert trained["games"] == 4
+
+
 # ---- league members in opponent slots
 
 
@@ -319,3 +362,23 @@ def test_close_releases_the_learners_opponents_and_slots_engines():
     gen.load_members({"snap-0"}, fetcher({"snap-0": (-1.0, 1)}))
     gen.close()
     assert learner.closed and len(maker.made) == 2 and all(e.closed for _, e in maker.made)
+
+
+# ---- what the verifier hands on for training
+
+
+def test_only_the_learners_turns_of_a_league_game_go_on_for_training():
+    gen = make_generator()
+    gen.add_opponent("snap-0", "snapshot-dir")
+    table = gen.play(
+        [Match("tictactoe", (LEARNER, "snap-0"))] * 3 + [Match("tictactoe", ("snap-0", LEARNER))] * 3,
+        temperature=1.0,
+    )
+    verifier = Verifier(decode)
+    training = verifier.training_turns(table)
+    learner_turns = [r for r in table.to_pylist() if r["policy_id"] == LEARNER]
+    assert set(training["policy_id"].to_pylist()) == {LEARNER}
+    assert training.num_rows == len(learner_turns) < table.num_rows
+    stats = verifier.stats()
+    assert stats["accepted"] == 6 and stats["accepted_turns"] == table.num_rows
+    assert stats["forwarded_turns"] == len(learner_turns)

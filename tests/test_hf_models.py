@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from actors.generator import Generator
+from actors.generator import Generator, Match
 from learner.learner import Learner, collate, sequence_logprobs
 from selfplay.config import load_config
+from selfplay.league import LEARNER
 from selfplay.model import build_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -40,8 +41,9 @@ def qwen_dir(tmp_path_factory):
     return str(out)
 
 
-def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
-    cfg = load_config(
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(
         None,
         [
             "generator.games_per_wave=32",
@@ -52,7 +54,21 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
             "generator.enforce_eager=true",
         ],
     )
-    gen = Generator.from_model("g", "t", {"tictactoe": 1.0}, qwen_dir, cfg.model, cfg.generator, 0)
+
+
+@pytest.fixture(scope="module")
+def gen(qwen_dir, cfg):
+    """One vLLM engine on the Qwen directory for this module's tests."""
+    g = Generator.from_model("g", "t", {"tictactoe": 1.0}, qwen_dir, cfg.model, cfg.generator, 0)
+    yield g
+    g.close()
+
+
+def mean_abs_diff(logp, batch) -> float:
+    return (((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()).item()
+
+
+def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir, cfg, gen):
     learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
     table = gen.self_play(32)
     # rewards as the verifier would attach them: every turn's return is its outcome here
@@ -64,6 +80,23 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir):
     batch = collate(rows, pad_id=0)
     with torch.no_grad():
         logp, _ = sequence_logprobs(learner.model, batch)
-    diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
-    gen.engines["learner"].close()
-    assert diff < 0.05
+    assert mean_abs_diff(logp, batch) < 0.05
+
+
+def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir, cfg, gen):
+    """vLLM reports processed log-probs (after temperature) and the learner divides its
+    logits by the same temperature, so the PPO ratio starts at 1 whatever T is; the T = 1
+    log-probs of the same tokens differ, so the check can tell the two apart."""
+    learner = Learner(cfg.learner, cfg.model, qwen_dir, 0, temperature=0.5)
+    blob, checksum = learner.export()
+    assert gen.set_weights(blob, 2) == checksum  # the engine holds the learner's weights
+    rows = [
+        r
+        for r in gen.play([Match("tictactoe", (LEARNER, LEARNER))] * 32, 0.5).to_pylist()
+        if r["response_ids"]
+    ]
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        at_t, _ = sequence_logprobs(learner.model, batch, learner.temperature)
+        at_one, _ = sequence_logprobs(learner.model, batch)
+    assert mean_abs_diff(at_t, batch) < 0.05 < mean_abs_diff(at_one, batch)

@@ -385,3 +385,29 @@ def test_wrong_league_version_errors():
     del d["league_version"]
     with pytest.raises(ValueError, match="league_version None"):
         LeagueState.from_dict(d)
+
+
+def test_pfsp_reads_the_recent_window_per_game_not_all_time():
+    s = LeagueState()
+    s.add_member(member("m1"), step=0)
+    for _ in range(6):  # long ago the learner lost every TicTacToe game to m1...
+        s.record(LEARNER, "m1", 0.0, TTT, step=1, window=4)
+    for _ in range(4):  # ...now it wins them all: only these four are in the window
+        s.record(LEARNER, "m1", 1.0, TTT, step=2, window=4)
+    s.record("m1", LEARNER, 1.0, "kuhn", step=3, window=4)  # m1 won a Kuhn game: learner 0
+    assert s.recent[("m1", TTT)] == [1.0, 1.0, 1.0, 1.0]
+    # per game: TicTacToe (4 + 1) / (4 + 2) = 5/6, Kuhn (0 + 1) / (1 + 2) = 1/3; mean 7/12
+    assert s.learner_scores(recent=True) == [pytest.approx(7 / 12)]
+    # all time: w=4, d=0, n=11 -> (4 + 1) / 13
+    assert s.learner_scores() == [pytest.approx(5 / 13)]
+
+
+def test_recent_results_survive_a_save_and_old_files_still_load(tmp_path):
+    s = LeagueState()
+    s.add_member(member("m1"), step=0)
+    s.record(LEARNER, "m1", 0.5, TTT, step=1, window=10)
+    s.save(tmp_path / "league.json")
+    assert LeagueState.load(tmp_path / "league.json").recent == {("m1", TTT): [0.5]}
+    old = s.to_dict()
+    del old["recent"]  # written before the window existed
+    assert LeagueState.from_dict(old).recent == {}

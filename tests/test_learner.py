@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -77,3 +79,41 @@ def test_the_learner_trains_on_the_device_it_picked(model_dir):
     learner.train_step(batch())
     assert learner.device == torch.device("cpu")
     assert {p.device for p in learner.model.parameters()} == {learner.device}
+
+
+def test_advantages_read_the_baseline_before_the_batch_updates_it(model_dir):
+    wins = schema.from_rows(
+        [make_row(traj_id=f"g{i}", game="kuhn", response_text="b", ret=1.0) for i in range(2)]
+    )
+    learner = Learner(load_config(None, []).learner, load_config(None, []).model, model_dir, seed=0)
+    first = learner.train_step(wins)
+    assert first["adv_mean"] == 1.0  # baseline 0 before any kuhn game: A = R
+    assert learner.baselines[("kuhn", 0)] == 1.0  # then it starts at the batch's mean
+    assert learner.train_step(wins)["adv_mean"] == 0.0
+
+
+@pytest.mark.parametrize("placement, estimator", [("reward", "k1"), ("loss", "k2"), ("loss", "k3")])
+def test_every_kl_placement_pulls_the_policy_back_towards_the_reference(model_dir, placement, estimator):
+    """Train away from the reference with no KL, then with a strong KL only: the KL to the
+    reference falls (in the reward as in the loss)."""
+    away = load_config(None, ["learner.lr=5e-3", "learner.kl_coef=0.0"])
+    learner = Learner(away.learner, away.model, model_dir, seed=0)
+    learner.ref = copy.deepcopy(learner.model).eval().requires_grad_(False)
+    for _ in range(5):
+        learner.train_step(batch())
+    pull = load_config(
+        None,
+        [
+            "learner.lr=5e-3",
+            "learner.kl_coef=5.0",
+            "learner.entropy_coef=0.0",
+            f"learner.kl_placement={placement}",
+            f"learner.kl_estimator={estimator}",
+        ],
+    )
+    learner.cfg = pull.learner
+    neutral = schema.from_rows([make_row(traj_id=f"n{i}", ret=0.0) for i in range(4)])
+    first = learner.train_step(neutral)["kl_ref"]
+    for _ in range(6):
+        last = learner.train_step(neutral)["kl_ref"]
+    assert first > 0 and last < first

@@ -142,3 +142,18 @@ def test_promote_hands_the_league_a_checkpoint_and_the_broadcast_weights(model_d
     assert (tmp_path / "snap-0" / "config.json").exists() and (
         tmp_path / "snap-0" / "tokenizer_config.json"
     ).exists()
+
+
+def test_current_weights_are_the_weights_of_this_step_shared_once(model_dir):
+    service = make_service(model_dir)
+    before = service.current_weights()
+    assert before["step"] == 0 and before["checksum"] == service.learner.export()[1]
+    assert service.current_weights() is before  # nothing trained: the same shared copy
+    service.train(1)  # broadcast_every=1: the broadcast exported this step's weights
+    now = service.current_weights()
+    assert (now["step"], now["version"]) == (1, 1) and now["checksum"] == service.checksum != before[
+        "checksum"
+    ]
+    assert now["ref"] == [service.last_blob]  # reused, not exported again
+    blob = service.transport.get(service.transport.call(Receiver(), "set_weights", now["ref"][0], 1))
+    assert blob == now["checksum"]

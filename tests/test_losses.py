@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.losses import kl_penalty, masked_mean, ppo_clip_loss, token_logprobs
+from learner.losses import kl_estimate, kl_loss, kl_penalty, masked_mean, ppo_clip_loss, token_logprobs
 
 
 def logps_with_ratios(ratios: list[list[float]], behaviour: float = -1.0):
@@ -132,3 +132,73 @@ def test_token_logprobs_compute_in_float32_for_bf16_logits():
     logp, entropy = token_logprobs(logits, torch.tensor([[3]]))
     assert logp.dtype == entropy.dtype == torch.float32
     assert entropy.item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+# ---- KL estimators against the exact KL of a small softmax. Over a 5-token vocabulary the
+# expectation over x ~ pi is a weighted sum, so "what the estimator's gradient descends" is
+# computed exactly, with pi's weights held fixed as sampling holds them.
+
+PI_LOGITS = [0.3, -1.2, 2.0, 0.0, -0.4]
+REF_LOGITS = [1.0, 0.5, -0.3, 0.2, -2.0]
+
+
+def exact_kl_and_grads():
+    logits = torch.tensor(PI_LOGITS, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)
+    ref = torch.log_softmax(torch.tensor(REF_LOGITS, dtype=torch.float64), -1)
+    forward = (logp.exp() * (logp - ref)).sum()  # KL(pi || ref)
+    reverse = (ref.exp() * (ref - logp)).sum()  # KL(ref || pi)
+    (g_forward,) = torch.autograd.grad(forward, logits, retain_graph=True)
+    (g_reverse,) = torch.autograd.grad(reverse, logits)
+    return forward.item(), g_forward, g_reverse
+
+
+def expected_estimate(estimator: str):
+    """E_{x~pi}[k(x)] and its gradient with respect to pi's logits."""
+    logits = torch.tensor(PI_LOGITS, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)
+    ref = torch.log_softmax(torch.tensor(REF_LOGITS, dtype=torch.float64), -1)
+    value = (logp.exp().detach() * kl_estimate(logp, ref, estimator)).sum()
+    (grad,) = torch.autograd.grad(value, logits)
+    return value.item(), grad
+
+
+def test_k1_and_k3_are_unbiased_estimates_of_kl_pi_ref_and_k2_is_not():
+    kl, _, _ = exact_kl_and_grads()
+    assert expected_estimate("k1")[0] == pytest.approx(kl, rel=1e-12)
+    assert expected_estimate("k3")[0] == pytest.approx(kl, rel=1e-12)
+    assert expected_estimate("k2")[0] != pytest.approx(kl, rel=1e-3)
+
+
+def test_k2_as_a_loss_descends_kl_pi_ref():
+    _, g_forward, _ = exact_kl_and_grads()
+    assert torch.allclose(expected_estimate("k2")[1], g_forward, atol=1e-12)
+
+
+def test_k3_as_a_loss_descends_the_reverse_kl_ref_pi():
+    _, g_forward, g_reverse = exact_kl_and_grads()
+    _, grad = expected_estimate("k3")
+    assert torch.allclose(grad, g_reverse, atol=1e-12)
+    assert not torch.allclose(grad, g_forward, atol=1e-3)
+
+
+def test_k1_as_a_loss_has_no_kl_gradient():
+    assert torch.allclose(expected_estimate("k1")[1], torch.zeros(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_the_kl_loss_on_stale_tokens_is_importance_weighted_to_pi():
+    """Tokens from an older policy mu: each weighted pi/mu, the loss's expectation and
+    gradient are those of KL(pi || ref) under pi (mu's probabilities enter as the mask, so
+    masked_mean is the expectation over x ~ mu)."""
+    kl, g_forward, _ = exact_kl_and_grads()
+    logits = torch.tensor(PI_LOGITS, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)[None]
+    ref = torch.log_softmax(torch.tensor(REF_LOGITS, dtype=torch.float64), -1)[None]
+    mu = torch.log_softmax(torch.tensor([0.0, 0.0, 1.0, -1.0, 0.5], dtype=torch.float64), -1)[None]
+    value = kl_loss(logp, ref, mu, mask=mu.exp(), estimator="k3")
+    assert value.item() == pytest.approx(kl, rel=1e-12)
+    logp2 = torch.log_softmax(logits, -1)[None]
+    (grad,) = torch.autograd.grad(kl_loss(logp2, ref, mu, mask=mu.exp(), estimator="k2"), logits)
+    assert torch.allclose(grad, g_forward, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        kl_estimate(logp, ref, "k4")

@@ -293,6 +293,7 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
     assert verifier.stats() == {
         "accepted": 1,
         "accepted_turns": len(rows),
+        "forwarded_turns": 0,
         "received": 2,
         "rejected_outcome_mismatch": 1,
     }
