@@ -546,7 +546,8 @@ class GeneratorActor:
         engine, loaded only if it holds other weights. Call under the eval lock."""
         if weights is None:
             return LEARNER
-        if self.gen.fixed_checksum != weights["checksum"]:
+        held = (self.gen.fixed_checksum, self.gen.versions.get(FIXED))
+        if held != (weights["checksum"], weights["version"]):
             self.gen.load_fixed(ray.get(weights["ref"][0]), weights["version"], weights["checksum"])
         return FIXED
 

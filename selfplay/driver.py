@@ -371,7 +371,6 @@ class Run:
         gens = [*self.pool["generators"].values(), *self.pool["retired"]]
         verifier = ray.get(self.program.verifier.stats.remote())
         buffer = ray.get(self.program.buffer.stats.remote())
-        generated = self.pool["totals"]["turns"]
         return {
             "pool": {
                 "sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
@@ -382,12 +381,13 @@ class Run:
             # where the turns of this session's training play went (the buffer's counts run
             # on across a resume; the generators' restart with it)
             "turns": {
-                "generated": generated,
+                "generated": self.pool["totals"]["turns"],
                 "forwarded": verifier["forwarded_turns"],
                 "trained": buffer["sampled"],
+                # left the buffer as stale, at insert or later, sampled before or not: which of
+                # them were never trained on is not counted apart yet
                 "dropped_stale": buffer["dropped_stale"],
                 "evicted": buffer["evicted"],
-                "dropped_share": buffer["dropped_stale"] / generated if generated else None,
             },
             "placement": {
                 "learner": ray.get(self.learner.state.remote())["node_id"],
