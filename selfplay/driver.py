@@ -118,9 +118,9 @@ class EvalQueue:
         self.console = console
         self.pending: list = []  # (step, prefix, ref)
 
-    def queue(self, step: int, prefix: str = "eval") -> None:
+    def queue(self, prefix: str = "eval") -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
-        capability retention."""
+        capability retention. Logged at the step of the weights measured."""
         weights = ray.get(self.learner.current_weights.remote())
         step = weights["step"]
         for game in self.cfg.games:
@@ -204,7 +204,7 @@ class Run:
         return self.wall_offset + time.time() - self.start
 
     def evaluate(self, wait: bool = False, prefix: str = "eval") -> dict:
-        self.evals.queue(self.step, prefix)
+        self.evals.queue(prefix)
         return self.evals.collect(self.wall(), wait)
 
     # -- watching the pool ---------------------------------------------------------------

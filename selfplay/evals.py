@@ -5,6 +5,7 @@ Pure: tables and callables in, numbers out."""
 from __future__ import annotations
 
 import math
+import operator
 import string
 from collections.abc import Callable
 
@@ -135,9 +136,4 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
     return out
 
 
-COMPARE = {
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-}
+COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
