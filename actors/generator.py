@@ -394,7 +394,7 @@ class Generator:
         """One game per (opponent, learner's tier, opponent's tier): SELF or a loaded league
         member, each game drawn from the mix, the learner's seat drawn at random."""
         matches = []
-        for opponent, learner_tier, opponent_tier in assignments:
+        for opponent, learner_tier, opponent_tier in self._with_scripted(assignments):
             if opponent == SELF:
                 matches.append(Match(self.pick_game(), (LEARNER, LEARNER), (learner_tier, learner_tier)))
             elif self.rng.random() < 0.5:
@@ -402,6 +402,24 @@ class Generator:
             else:
                 matches.append(Match(self.pick_game(), (opponent, LEARNER), (opponent_tier, learner_tier)))
         return self.play(matches, self.cfg.temperature)
+
+    def _with_scripted(self, assignments: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """`generator.opponents`: each game goes to a scripted player with its share of
+        probability (one draw per game, and none when no opponents are configured, so the
+        seeds of a self-play run stay as they were), else keeps its assignment."""
+        shares = self.cfg.opponents
+        if not shares:
+            return assignments
+        out = []
+        for a in assignments:
+            u, name = self.rng.random(), None
+            for candidate, share in shares.items():
+                if u < share:
+                    name = candidate
+                    break
+                u -= share
+            out.append(a if name is None else (name, scripted_tier(name), None))
+        return out
 
     def evaluate(
         self, game: str, opponent: str, n_games: int, temperature: float = 0.0, policy: str = LEARNER
@@ -467,7 +485,8 @@ class GeneratorActor:
             generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version, max_live_opponents
         )
         self.stopped = threading.Event()  # set once by `stop`, even if it comes before `play_loop` starts
-        self.wait_s = 0.0
+        self.wait_s = 0.0  # of play_s: held back by the buffer's rate limit
+        self.play_started: float | None = None
         self.sent = 0  # trajectories handed to the verifier
         self.member_lock = threading.Lock()  # held while loading members and playing them
         self.eval_lock = threading.Lock()  # one evaluation at a time on the FIXED engine
@@ -483,6 +502,7 @@ class GeneratorActor:
         A generator plays one run in its life; after `stop`, this returns at once."""
         in_flight = []
         n = self.gen.cfg.games_per_wave
+        self.play_started = time.perf_counter()
         while not self.stopped.is_set():
             if not ray.get(buffer.can_insert.remote()):
                 start = time.perf_counter()
@@ -525,7 +545,7 @@ class GeneratorActor:
         results = [
             (g["game"], g["opponent"], game_points(g["outcome"]))
             for g in outcomes(table, policy)
-            if g["opponent"] != SELF
+            if g["opponent"] != SELF and g["opponent"] not in self.gen.cfg.opponents  # members only
         ]
         if results:
             league.record.remote(results)
@@ -581,6 +601,7 @@ class GeneratorActor:
             "version": self.gen.version,
             "checksum": self.gen.checksum,
             "wait_s": self.wait_s,
+            "play_s": 0.0 if self.play_started is None else time.perf_counter() - self.play_started,
             "sent": self.sent,
             "members": list(self.gen.slots),
             "node_id": ray.get_runtime_context().get_node_id(),

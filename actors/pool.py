@@ -16,7 +16,7 @@ from collections.abc import Callable
 from selfplay.config import RunConfig
 from selfplay.scaling import autoscale_target, idle_shares, pool_plan
 
-COUNTS = ("games", "turns", "tokens", "sent", "wait_s", "eval_games", "eval_turns", "eval_tokens")
+COUNTS = ("games", "turns", "tokens", "sent", "wait_s", "play_s", "eval_games", "eval_turns", "eval_tokens")
 
 
 class GeneratorPool:

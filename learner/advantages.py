@@ -1,5 +1,6 @@
-"""SPIRAL's role-conditioned advantage estimation (RAE), on the returns the verifier
-attaches (`selfplay/rewards.py`).
+"""Advantage estimators, on the returns the verifier attaches (`selfplay/rewards.py`),
+chosen by `learner.advantage`: SPIRAL's role-conditioned baselines (`rae`, below), or a
+learned value of each state with GAE (`gae`, at the end of this module).
 
 SPIRAL (Liu et al., 2025, "SPIRAL: Self-Play on Zero-Sum Games Incentivizes Reasoning"):
     A_{G,p}(tau) = R_p(tau) - b_{G,p}                      (b read first: "to be unbiased")
@@ -47,3 +48,34 @@ def role_conditioned_advantages(
     """R - b for each row, with b the baseline of its (game, role) before this batch; a
     key never seen has baseline 0 (SPIRAL's EMA starts at 0)."""
     return [r - baselines.get(k, 0.0) for k, r in zip(keys, returns)]
+
+
+def gae_advantages(
+    groups: list[object], turns: list[int], returns: list[float], values: list[float], lam: float
+) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimation (Schulman et al., 2016) over each player's own turns
+    in a game, gamma 1, with a learned value V(s) of the state a turn moved from.
+
+    `groups[i]` names row i's (game, role) trajectory, `turns[i]` orders it, `returns[i]` is
+    its return-to-go. In the lambda-return form, for a player's consecutive turns k, k+1:
+        G_k = r_k + (1 - lam) * V_{k+1} + lam * G_{k+1},   r_k = ret_k - ret_{k+1}
+        A_k = G_k - V_k                   (G_k is also the value target)
+    which equals sum_j lam^(j-k) delta_j with delta_k = r_k + V_{k+1} - V_k. A player's last
+    turn in the batch has G = its return-to-go: the game's end, or (when later turns of the
+    game are not in the batch) the Monte-Carlo return from there. lam 1 gives A = ret - V
+    (a per-state baseline); lam 0 gives one-step TD. Returns (advantages, targets)."""
+    by_group: dict[object, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        by_group[g].append(i)
+    adv, target = [0.0] * len(groups), [0.0] * len(groups)
+    for rows in by_group.values():
+        rows.sort(key=lambda i: turns[i])
+        nxt = None
+        for i in reversed(rows):
+            if nxt is None:
+                g = returns[i]
+            else:
+                g = returns[i] - returns[nxt] + (1 - lam) * values[nxt] + lam * target[nxt]
+            target[i], adv[i] = g, g - values[i]
+            nxt = i
+    return adv, target

@@ -1,21 +1,25 @@
 """The learner: a torch HF causal LM trained with PPO-clipped policy gradient on SPIRAL's
-role-conditioned advantages, optional KL to a frozen reference, AdamW and gradient
-clipping. Runs without Ray; `learner/actor.py` is its Ray shell."""
+role-conditioned advantages or on GAE with a value head, optional KL to a frozen
+reference, AdamW and gradient clipping. Runs without Ray; `learner/actor.py` is its Ray
+shell."""
 
 from __future__ import annotations
 
 import copy
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
-from learner.advantages import role_conditioned_advantages, update_baselines
+from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
 from selfplay.weights import export_weights
 
@@ -42,13 +46,22 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     attn = torch.zeros((len(rows), length), dtype=torch.long)
     mask = torch.zeros((len(rows), length - 1))
     behaviour = torch.zeros((len(rows), length - 1))
+    state = torch.zeros(len(rows), dtype=torch.long)
     for i, (r, s) in enumerate(zip(rows, seqs)):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         start, n = len(r["prompt_ids"]) - 1, len(r["response_ids"])
         mask[i, start : start + n] = 1
         behaviour[i, start : start + n] = torch.tensor(r["behaviour_logprobs"])
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "behaviour_logp": behaviour}
+        state[i] = start
+    # `state`: the last prompt token's position, whose hidden state the value head reads
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "mask": mask,
+        "behaviour_logp": behaviour,
+        "state": state,
+    }
 
 
 def sequence_logprobs(
@@ -59,6 +72,37 @@ def sequence_logprobs(
     sample from, whose log-probs vLLM reports in `processed_logprobs` mode."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
+
+
+def logprobs_and_values(
+    model, value_head: torch.nn.Linear, batch: dict[str, torch.Tensor], temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sequence_logprobs` plus V(s) [B] of each turn's state: `value_head` on the final
+    (normed) hidden state of the last prompt token, from the same forward pass."""
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    logits = model.get_output_embeddings()(hidden)
+    logp, entropy = losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
+    state = hidden[torch.arange(len(hidden), device=hidden.device), batch["state"]]
+    return logp, entropy, value_head(state.float()).squeeze(-1)
+
+
+def opponent_results(rows: list[dict]) -> dict[str, float]:
+    """The batch's games against each opponent other than itself (scripted training
+    opponents, league members), per game: `train/GAME/OPPONENT/{win,non_loss,games}`, each
+    game counted once (its outcome for the learner's seat). Evaluations stay apart (eval/)."""
+    final: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["opponent_id"] != SELF:
+            final[(r["game"], r["opponent_id"])][r["traj_id"]] = r["outcome"]
+    out = {}
+    for (game, opponent), by_game in sorted(final.items()):
+        o = list(by_game.values())
+        out[f"train/{game}/{opponent}/win"] = sum(x > 0 for x in o) / len(o)
+        out[f"train/{game}/{opponent}/non_loss"] = sum(x >= 0 for x in o) / len(o)
+        out[f"train/{game}/{opponent}/games"] = len(o)
+    return out
 
 
 class Learner:
@@ -84,7 +128,18 @@ class Learner:
         self.ref = None
         if cfg.kl_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(self.model.parameters())
+        self.value_head = None
+        if cfg.advantage == "gae":  # a zero-initialised linear value head on the shared trunk
+            self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            params += list(self.value_head.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # model FLOPs per token, forward and backward: 6 per non-embedding parameter (as
+        # nanochat and PaLM count MFU; attention's share is small at these lengths)
+        embed = self.model.get_input_embeddings().weight.numel()
+        self.flops_per_token = 6 * (sum(p.numel() for p in self.model.parameters()) - embed)
         self.step = 0
         self.version = 0
         self.baselines: dict[tuple[str, int], float] = {}
@@ -99,17 +154,31 @@ class Learner:
             raise ValueError("train_step: batch holds no trainable turns")
         keys = [(r["game"], r["role"]) for r in rows]
         returns = [r["ret"] for r in rows]
-        # SPIRAL's order: the advantage reads the baseline before this batch updates it.
-        advantages = role_conditioned_advantages(keys, returns, self.baselines)
-        adv = torch.tensor(advantages, device=self.device)
-        self.baselines = update_baselines(
-            self.baselines, keys, returns, self.cfg.baseline_alpha, games=[r["traj_id"] for r in rows]
-        )
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         mask = batch["mask"]
 
+        values = value_loss = None
         with self._autocast():
-            logp, entropy = sequence_logprobs(self.model, batch, self.temperature)
+            if self.value_head is None:
+                logp, entropy = sequence_logprobs(self.model, batch, self.temperature)
+            else:
+                logp, entropy, values = logprobs_and_values(
+                    self.model, self.value_head, batch, self.temperature
+                )
+        if values is None:
+            # SPIRAL's order: the advantage reads the baseline before this batch updates it.
+            advantages = role_conditioned_advantages(keys, returns, self.baselines)
+            self.baselines = update_baselines(
+                self.baselines, keys, returns, self.cfg.baseline_alpha, games=[r["traj_id"] for r in rows]
+            )
+        else:
+            groups = [(r["traj_id"], r["role"]) for r in rows]
+            turns = [r["turn"] for r in rows]
+            advantages, targets = gae_advantages(
+                groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda
+            )
+            value_loss = 0.5 * ((values - torch.tensor(targets, device=self.device)) ** 2).mean()
+        adv = torch.tensor(advantages, device=self.device)
         kl_ref = torch.tensor(0.0, device=self.device)
         kl_term = torch.tensor(0.0, device=self.device)
         if self.ref is not None:
@@ -121,13 +190,19 @@ class Learner:
                 adv = adv - self.cfg.kl_coef * penalty
             else:
                 kl_term = losses.kl_loss(logp, ref_logp, batch["behaviour_logp"], mask, self.cfg.kl_estimator)
+        if self.cfg.normalize_advantages and len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
         ent = losses.masked_mean(entropy, mask)
         loss = pg_loss - self.cfg.entropy_coef * ent + self.cfg.kl_coef * kl_term
+        if value_loss is not None:
+            loss = loss + self.cfg.value_coef * value_loss
 
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for group in self.opt.param_groups for p in group["params"]], self.cfg.grad_clip
+        )
         self.opt.step()
         self.step += 1
         if (
@@ -140,6 +215,8 @@ class Learner:
         versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)  # on the host
         with torch.no_grad():
             log_ratio = (batch["behaviour_logp"] - logp.detach()) * mask
+        step_s = time.perf_counter() - start
+        tokens = int(batch["attention_mask"].sum())
         metrics = {
             "step": self.step,
             "loss": loss.item(),
@@ -155,12 +232,24 @@ class Learner:
             "staleness_max": (self.version - versions).max().item(),
             "batch_illegal": sum(r["illegal"] for r in rows) / len(rows),
             "batch_turns": len(rows),
-            "step_s": time.perf_counter() - start,
+            "step_s": step_s,
+            "tokens": tokens,
+            # model FLOPs utilisation: useful FLOPs per second against learner.peak_tflops
+            "mfu": self.flops_per_token * tokens / step_s / (self.cfg.peak_tflops * 1e12),
         }
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
+        if values is not None:
+            v, g = values.detach(), torch.tensor(targets)
+            metrics.update(
+                value_loss=value_loss.item(),
+                value_mean=v.mean().item(),
+                # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
+                explained_variance=(1 - (g - v.cpu()).var() / g.var().clamp(min=1e-8)).item(),
+            )
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
+        metrics.update(opponent_results(rows))
         for game in sorted({r["game"] for r in rows}):
             metrics[f"action_entropy/{game}"] = action_entropy(
                 [r["response_text"] for r in rows if r["game"] == game]
@@ -180,6 +269,8 @@ class Learner:
         self.save_model(d / "model")
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
+        if self.value_head is not None:
+            save_file(self.value_head.state_dict(), d / "value_head.safetensors")
         state = {
             "step": self.step,
             "version": self.version,
@@ -193,6 +284,8 @@ class Learner:
         d = Path(directory)
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
+        if self.value_head is not None:
+            self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))
         state = json.loads((d / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]
         self.baselines = {(g, r): b for g, r, b in state["baselines"]}

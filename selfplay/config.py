@@ -25,6 +25,8 @@ Dtype = Literal["bfloat16", "float32", "float16"]
 MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:matchmaking_probs
 KlPlacement = Literal["reward", "loss"]
 KlEstimator = Literal["k1", "k2", "k3"]
+BufferSampling = Literal["least_sampled", "uniform"]
+Advantage = Literal["rae", "gae"]  # see learner/advantages.py
 
 
 @dataclass
@@ -52,6 +54,10 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
     skill_prompts: bool = False  # prefix <novice>/<intermediate>/<expert> by opponent strength
+    # Scripted training opponents: name -> share of each wave's games played against it (the
+    # learner's seat at random), e.g. {heuristic: 0.25}; every game of the mix must have the
+    # player (selfplay/games/*.SCRIPTED). An opponent left out stays a held-out evaluation.
+    opponents: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +73,8 @@ class BufferConfig:
     samples_per_insert: float = 2.0
     spi_tolerance: int = 8192  # turns either side of the target rate before blocking
     min_size: int = 512
+    sampling: BufferSampling = "least_sampled"  # least_sampled | uniform (actors/buffer.py)
+    whole_games: bool = False  # a game's turns are sampled together (learner.advantage gae wants it)
 
 
 @dataclass
@@ -88,12 +96,21 @@ class LearnerConfig:
     #   the gradient of KL(pi || ref); k3: of the reverse KL(ref || pi); k1: none, refused).
     kl_placement: KlPlacement = "reward"
     kl_estimator: KlEstimator = "k1"
+    # rae: SPIRAL's EMA baseline per (game, role); gae: a value head on the policy's last
+    # hidden state (shared trunk) and GAE over each player's turns (needs buffer.whole_games)
+    advantage: Advantage = "rae"
     baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5  # weight of the value loss 0.5 * (V - G)^2 (gae)
+    normalize_advantages: bool = False  # per batch, to mean 0 and std 1 (as PPO implementations do)
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
     ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
     bf16: bool = True
+    # the learner device's dense bf16 peak, for MFU: ~0.9 on this repo's 2-core AMX CPU
+    # (measured), 989 on an H100/H200
+    peak_tflops: float = 0.9
 
 
 @dataclass
@@ -179,6 +196,7 @@ POSITIVE = {
     "learner.batch_size",
     "learner.broadcast_every",
     "learner.threads",
+    "learner.peak_tflops",
     "eval.every_steps",
     "eval.games",
     "league.max_live_opponents",
@@ -201,6 +219,7 @@ NON_NEGATIVE = {
     "learner.grad_clip",
     "learner.weight_decay",
     "learner.entropy_coef",
+    "learner.value_coef",
     "learner.num_cpus",
     "learner.num_gpus",
     "verifier.num_cpus",
@@ -291,6 +310,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if not 0 <= cfg.learner.baseline_alpha < 1:
         raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
+    if not 0 <= cfg.learner.gae_lambda <= 1:
+        raise ConfigError(f"learner.gae_lambda: must be in [0, 1], got {cfg.learner.gae_lambda}")
+    if cfg.learner.advantage == "gae" and not cfg.buffer.whole_games:
+        raise ConfigError(
+            "learner.advantage: gae runs over each game's turns; set buffer.whole_games true with it"
+        )
     if not 0 < cfg.generator.gpu_memory_utilization <= 1:
         raise ConfigError(
             f"generator.gpu_memory_utilization: must be in (0, 1], got {cfg.generator.gpu_memory_utilization}"
@@ -303,6 +328,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"got {cfg.buffer.min_size}"
         )
     validate_games(cfg)
+    validate_opponents(cfg)
     for name, target in cfg.acceptance.items():
         if name.count("/") < 2:
             raise ConfigError(f"acceptance.{name}: name an evaluation field, e.g. tictactoe/minimax/non_loss")
@@ -332,6 +358,20 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     return cfg
+
+
+def validate_opponents(cfg: RunConfig) -> None:
+    from selfplay.games import scripted_players
+
+    shares = cfg.generator.opponents
+    for name, share in shares.items():
+        if not (math.isfinite(share) and share > 0):
+            raise ConfigError(f"generator.opponents.{name}: share must be > 0, got {share!r}")
+        lacking = [g for g in cfg.games if name not in scripted_players(g)]
+        if lacking:
+            raise ConfigError(f"generator.opponents.{name}: no scripted player {name!r} in game {lacking[0]}")
+    if sum(shares.values()) > 1:
+        raise ConfigError(f"generator.opponents: shares add up to {sum(shares.values()):g}, more than 1")
 
 
 def validate_games(cfg: RunConfig) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from selfplay.best import BestCheckpoint, best_acceptance
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
 from selfplay.evals import acceptance, eval_metrics, eval_summary
@@ -110,35 +111,40 @@ class EvalQueue:
     engine while broadcasts keep landing; it is logged at that learner step, with the
     weight version it measured."""
 
-    def __init__(self, cfg: RunConfig, learner, generator, metrics: MetricsLog, console: Console):
+    def __init__(
+        self, cfg: RunConfig, learner, generator, metrics: MetricsLog, console: Console, best: BestCheckpoint
+    ):
         self.cfg = cfg
         self.learner = learner
         self.generator = generator
         self.metrics = metrics
         self.console = console
-        self.pending: list = []  # (step, prefix, ref)
+        self.best = best  # offered every evaluation of the current policy
+        self.pending: list = []  # (step, prefix, ref, weights)
 
-    def queue(self, prefix: str = "eval") -> None:
+    def queue(self, prefix: str = "eval", weights: dict | None = None) -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
-        capability retention. Logged at the step of the weights measured."""
-        weights = ray.get(self.learner.current_weights.remote())
+        capability retention, 'best' for the best checkpoint. `weights`: those measured
+        (default: the learner's now). Logged at the step of the weights measured."""
+        weights = weights or ray.get(self.learner.current_weights.remote())
         step = weights["step"]
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
                     ref = self.generator.evaluate.remote(game, opp, self.cfg.eval.games, weights)
-                    self.pending.append((step, prefix, ref))
+                    self.pending.append((step, prefix, ref, weights))
             if game == "kuhn":
-                self.pending.append((step, prefix, self.generator.kuhn_policy.remote(weights)))
+                self.pending.append((step, prefix, self.generator.kuhn_policy.remote(weights), weights))
 
-    def collect(self, wall_s: float, wait: bool = False) -> dict:
-        """Log the finished evaluations; returns the current policy's (prefix 'eval') keyed
-        'GAME/OPPONENT' or 'kuhn/exploitability'."""
-        results = {}
+    def collect(self, wall_s: float, wait: bool = False) -> dict[str, dict]:
+        """Log the finished evaluations; returns them by prefix, each keyed 'GAME/OPPONENT'
+        or 'kuhn/exploitability'. The current policy's (prefix 'eval') go to the best
+        checkpoint's keeper."""
+        results: dict[str, dict] = {}
         still = []
-        for step, prefix, ref in self.pending:
+        for step, prefix, ref, weights in self.pending:
             if not ray.wait([ref], timeout=None if wait else 0)[0]:
-                still.append((step, prefix, ref))
+                still.append((step, prefix, ref, weights))
                 continue
             result = ray.get(ref)
             if "policy" in result:  # Kuhn poker policy table
@@ -157,8 +163,10 @@ class EvalQueue:
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
                 line = f"non-loss {result['non_loss']:.3f}  win {result['win']:.3f}  illegal {result['illegal']:.3f}"
             self.console.print(f"step {step:>5} {prefix}/{key}: {line}")
-            if prefix == "eval":  # snapshot evaluations are only logged
-                results[key] = result
+            results.setdefault(prefix, {})[key] = result
+            if prefix == "eval" and self.best.offer(key, result, weights, lambda w: ray.get(w["ref"][0])):
+                self.metrics.log(step, wall_s, {"best/step": step, "best/value": self.best.value})
+                self.console.print(f"step {step:>5} best so far by {self.best.metric}: {self.best.value:.3f}")
         self.pending = still
         return results
 
@@ -189,23 +197,26 @@ class Run:
         self.league = self.program.league
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         self.events_logged = 0
+        self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put)
         self.evals = EvalQueue(
             cfg,
             self.learner,
             ray.get(self.controller.generator.remote(EVAL_GENERATOR)),
             self.metrics,
             self.console,
+            self.best,
         )
         if self.league is not None and ray.get(self.league.latest.remote()) is None:
             self.promote()  # the initial policy is the first member
         self.gen_counts_at = (time.time(), {})
+        self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
 
     def wall(self) -> float:
         return self.wall_offset + time.time() - self.start
 
-    def evaluate(self, wait: bool = False, prefix: str = "eval") -> dict:
-        self.evals.queue(prefix)
-        return self.evals.collect(self.wall(), wait)
+    def evaluate(self, wait: bool = False, prefix: str = "eval", weights: dict | None = None) -> dict:
+        self.evals.queue(prefix, weights)
+        return self.evals.collect(self.wall(), wait).get(prefix, {})
 
     # -- watching the pool ---------------------------------------------------------------
     def watch_pool(self) -> dict:
@@ -327,6 +338,9 @@ class Run:
             wall = self.wall()
             for m in steps:  # every learner step at its own step
                 self.metrics.log(m["step"], wall, {k: v for k, v in m.items() if k != "step"})
+                self.learner_time["step_s"] += m["step_s"]
+                self.learner_time["flops_s"] += m["mfu"] * m["step_s"]  # MFU-weighted seconds
+            self.learner_time["watched_s"] = time.time() - started
             learner_metrics = steps[-1]
             buffer = ray.get(self.program.buffer.stats.remote())
             self.metrics.log(
@@ -371,6 +385,8 @@ class Run:
         gens = [*self.pool["generators"].values(), *self.pool["retired"]]
         verifier = ray.get(self.program.verifier.stats.remote())
         buffer = ray.get(self.program.buffer.stats.remote())
+        never = buffer["dropped_unsampled"] + buffer["evicted_unsampled"]
+        totals, t = self.pool["totals"], self.learner_time
         return {
             "pool": {
                 "sent": [{"generator": g["id"], "sent": g["sent"]} for g in gens],
@@ -384,11 +400,21 @@ class Run:
                 "generated": self.pool["totals"]["turns"],
                 "forwarded": verifier["forwarded_turns"],
                 "trained": buffer["sampled"],
-                # left the buffer as stale, at insert or later, sampled before or not: which of
-                # them were never trained on is not counted apart yet
+                # left the buffer as stale, at insert or later, sampled before or not
                 "dropped_stale": buffer["dropped_stale"],
                 "evicted": buffer["evicted"],
+                # the generation wasted: turns that left the buffer without being trained on once
+                "never_trained": never,
+                "never_trained_share": never / max(verifier["forwarded_turns"], 1),
             },
+            # busy: the learner in its steps over the training wall time (the rest it waits
+            # for a batch, broadcasts, or the driver evaluates); generators not held back by
+            # the buffer's rate limit; MFU over the steps (learner.peak_tflops)
+            "busy": {
+                "learner": t["step_s"] / max(t["watched_s"], 1e-9),
+                "generators": 1 - totals["wait_s"] / max(totals["play_s"], 1e-9),
+            },
+            "learner_mfu": t["flops_s"] / max(t["step_s"], 1e-9),
             "placement": {
                 "learner": ray.get(self.learner.state.remote())["node_id"],
                 **{name: g["node_id"] for name, g in self.pool["generators"].items()},
@@ -437,6 +463,12 @@ def train(
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
             summary["acceptance"] = acceptance(summary["after"], cfg.acceptance)
+            if r.best.weights is not None:  # the best checkpoint, evaluated afresh beside the last
+                best = r.evaluate(wait=True, prefix="best", weights=r.best.weights)
+                summary["best"] = {**r.best.info, "after": {k: eval_summary(v) for k, v in best.items()}}
+                summary["acceptance"].update(
+                    best_acceptance(cfg.acceptance, summary["after"], summary["best"]["after"])
+                )
         summary.update(
             steps=r.step,
             wall_s=r.wall(),

@@ -131,7 +131,7 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
         key, field = name.rsplit("/", 1)
         op, bound = target.split()
         value = after.get(key, {}).get(field)
-        met = value is not None and COMPARE[op](value, float(bound))
+        met = value is not None and bool(COMPARE[op](value, float(bound)))
         out[name] = {"value": value, "target": target, "met": met}
     return out
 

@@ -117,6 +117,12 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
             [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)],
         ),
         (
+            "exploitability_wall.png",
+            "Kuhn poker exploitability vs wall time",
+            "minutes",
+            [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)],
+        ),
+        (
             "illegal.png",
             "Illegal-move rate (training batch and eval)",
             "step",
@@ -151,7 +157,18 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
             "learner.png",
             "Learner diagnostics",
             "step",
-            [Panel(name, [name]) for name in ("loss", "entropy", "kl_behaviour", "clip_frac")],
+            [
+                Panel(name, [name])
+                for name in (
+                    "loss",
+                    "entropy",
+                    "kl_behaviour",
+                    "clip_frac",
+                    "mfu",
+                    "value_loss",
+                    "explained_variance",
+                )
+            ],
         ),
     ]
 
@@ -306,6 +323,27 @@ def kuhn_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     return ["measure", "before", "after", "change"], rows
 
 
+def acceptance_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """summary.json's acceptance figures: the final policy's, and the best checkpoint's."""
+    rows = [
+        [name, "n/a" if a["value"] is None else f"{a['value']:.3f}", a["target"], "yes" if a["met"] else "no"]
+        for name, a in summary.get("acceptance", {}).items()
+    ]
+    return ["figure", "value", "target", "met"], rows
+
+
+def work_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Where the generated turns went, and how busy learner and generators were."""
+    turns, busy = summary.get("turns", {}), summary.get("busy", {})
+    rows = [[name.replace("_", " "), f"{value:,}"] for name, value in turns.items() if isinstance(value, int)]
+    if "never_trained_share" in turns:
+        rows.append(["never trained / forwarded", f"{turns['never_trained_share']:.1%}"])
+    rows += [[f"{part} busy", f"{value:.0%}"] for part, value in busy.items()]
+    if "learner_mfu" in summary:
+        rows.append(["learner MFU", f"{summary['learner_mfu']:.2%}"])
+    return ["turns and time", "value"], rows
+
+
 def retention_table(series: Series) -> tuple[list[str], list[list[str]]]:
     """One row per league member: the evals re-run when it was created (its last value)."""
     members = snapshot_members(series)
@@ -432,6 +470,20 @@ def write_report(run_dir: Path) -> Path:
         "OpenSpiel exploitability in chips: uniform random play 0.458, Nash 0.",
     )
     blocks += _table_section("Before and after training", before_after_table(summary))
+    best = summary.get("best")
+    blocks += _table_section(
+        "Acceptance",
+        acceptance_table(summary),
+        f"best/: the best checkpoint (step {best['step']}, by {best['metric']}), evaluated afresh at the end."
+        if best
+        else "",
+    )
+    blocks += _table_section(
+        "Work",
+        work_table(summary),
+        "Turns generated, forwarded to the buffer (the learner's), trained on (samples), dropped; "
+        "busy fractions of this session; MFU against learner.peak_tflops.",
+    )
     blocks += _table_section(
         "Capability retention",
         retention_table(series),

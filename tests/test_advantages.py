@@ -1,10 +1,10 @@
-"""Returns-to-go and SPIRAL's role-conditioned advantages, against hand-worked numbers."""
+"""Returns-to-go, SPIRAL's role-conditioned advantages and GAE, against hand-worked numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from learner.advantages import role_conditioned_advantages, update_baselines
+from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from selfplay.rewards import returns_to_go
 
 X, O = ("tictactoe", 0), ("tictactoe", 1)
@@ -76,3 +76,41 @@ def test_each_game_counts_once_however_many_of_its_turns_were_sampled():
     assert update_baselines({X: 0.4}, keys, returns, 0.9, games=["g1", "g1", "g1", "g2"])[X] == pytest.approx(
         0.36
     )
+
+
+# ---- GAE over a player's turns --------------------------------------------------------
+
+
+def test_gae_on_a_won_game_by_hand():
+    # One player's three turns, reward 1 at the end (return-to-go 1 throughout), V = .2 .5 .8,
+    # lam .5. delta_2 = 1 - .8 = .2; delta_1 = .8 - .5 = .3; delta_0 = .5 - .2 = .3
+    # A_2 = .2; A_1 = .3 + .5 * .2 = .4; A_0 = .3 + .5 * .4 = .5; targets G = A + V
+    adv, target = gae_advantages(["g"] * 3, [0, 2, 4], [1.0, 1.0, 1.0], [0.2, 0.5, 0.8], lam=0.5)
+    assert adv == pytest.approx([0.5, 0.4, 0.2])
+    assert target == pytest.approx([0.7, 0.9, 1.0])
+
+
+def test_gae_sorts_each_players_turns_and_keeps_players_apart():
+    # rows out of order, two players of one game: X (turns 0, 2) won, O (turns 1, 3) lost
+    groups = [("t", 1), ("t", 0), ("t", 1), ("t", 0)]
+    turns = [3, 2, 1, 0]
+    adv, _ = gae_advantages(groups, turns, [-1.0, 1.0, -1.0, 1.0], [0.0, 0.5, -0.5, 0.25], lam=0.0)
+    # lam 0: A_k = r_k + V_{k+1} - V_k, r_k = 0 between turns; a player's last turn: ret - V
+    # O: turn 3: -1 - 0 = -1; turn 1: 0 + 0 - (-.5) = .5.  X: turn 2: 1 - .5 = .5; turn 0: .5 - .25
+    assert adv == pytest.approx([-1.0, 0.5, 0.5, 0.25])
+
+
+def test_gae_lambda_one_is_return_minus_value_and_zero_is_one_step_td():
+    returns, values = [0.5, 0.5, 0.0], [0.1, 0.2, 0.3]  # reward .5 at turn 1, none at 0 and 2
+    mc, _ = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=1.0)
+    assert mc == pytest.approx([0.4, 0.3, -0.3])
+    td, _ = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=0.0)
+    # r_0 = 0, r_1 = .5 - 0 = .5: A_0 = 0 + .2 - .1; A_1 = .5 + .3 - .2; A_2 = 0 - .3
+    assert td == pytest.approx([0.1, 0.6, -0.3])
+
+
+def test_gae_with_a_missing_later_turn_bootstraps_from_the_next_one_present():
+    # turns 0 and 4 of a player present, turn 2 missing: turn 4 is turn 0's successor
+    adv, target = gae_advantages(["g", "g"], [4, 0], [1.0, 1.0], [0.6, 0.2], lam=0.5)
+    assert target == pytest.approx([1.0, 0.5 * 0.6 + 0.5 * 1.0])
+    assert adv == pytest.approx([0.4, 0.8 - 0.2])

@@ -3,10 +3,11 @@ Exercises the plain ReplayBuffer; no Ray is started."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.buffer import ReplayBuffer, insert_allowed, sample_allowed, staleness_floor
+from actors.buffer import ReplayBuffer, insert_allowed, pick_rows, sample_allowed, staleness_floor
 from selfplay import schema
 from selfplay.config import BufferConfig
 from tests.rows import make_row
@@ -30,6 +31,36 @@ def ids(table) -> list[str]:
 
 
 # ---- pure rules -----------------------------------------------------------------------
+
+
+def test_pick_rows_takes_the_least_sampled_first():
+    times = np.array([2, 0, 1, 0, 3, 0])
+    rng = np.random.default_rng(0)
+    assert pick_rows(times, None, 3, rng, least_sampled=True).tolist() == [1, 3, 5]  # the three 0s
+    assert pick_rows(times, None, 4, rng, least_sampled=True).tolist() == [1, 2, 3, 5]  # then the 1
+
+
+def test_pick_rows_breaks_ties_at_random():
+    times = np.zeros(10, dtype=np.int64)
+    picks = {tuple(pick_rows(times, None, 3, np.random.default_rng(s), True)) for s in range(20)}
+    assert len(picks) > 10
+
+
+def test_pick_rows_takes_whole_games_until_they_hold_n_rows():
+    # games 0 (3 rows), 1 (2 rows), 2 (1 row); game 1 sampled once already (its max)
+    groups = np.array([0, 1, 0, 2, 1, 0])
+    times = np.array([0, 1, 0, 0, 0, 0])
+    rng = np.random.default_rng(0)
+    rows = pick_rows(times, groups, 4, rng, least_sampled=True)
+    assert rows.tolist() == [0, 2, 3, 5]  # games 0 and 2 (never sampled): 4 rows
+    rows = pick_rows(times, groups, 5, rng, least_sampled=True)
+    assert rows.tolist() == [0, 1, 2, 3, 4, 5]  # 4 rows are not enough: game 1 too
+
+
+def test_uniform_pick_rows_ignores_times():
+    times = np.array([5, 0, 5, 0])
+    picks = {tuple(pick_rows(times, None, 2, np.random.default_rng(s), False)) for s in range(20)}
+    assert any(0 in p for p in picks)
 
 
 def test_staleness_floor():
@@ -82,7 +113,14 @@ def test_stale_samples_are_dropped():
     out = buf.sample(3, learner_version=5)  # floor 5 - 2 = 3: versions 0, 1, 2 go
     assert out["policy_version"].to_pylist() == [3, 4, 5]
     assert buf.table["policy_version"].to_pylist() == [3, 4, 5]
-    assert buf.counts == {"inserted": 6, "sampled": 3, "dropped_stale": 3, "evicted": 0}
+    assert buf.counts == {
+        "inserted": 6,
+        "sampled": 3,
+        "dropped_stale": 3,
+        "evicted": 0,
+        "dropped_unsampled": 3,
+        "evicted_unsampled": 0,
+    }
     assert buf.learner_version == 5
 
 
@@ -190,3 +228,36 @@ def test_save_then_load_restores_table_counts_and_rng(tmp_path):
     assert b.learner_version == 18
     for _ in range(3):
         assert ids(b.sample(2, learner_version=18)) == ids(a.sample(2, learner_version=18))
+
+
+def test_least_sampled_trains_on_every_turn_once_before_any_twice():
+    buf = buffer()
+    buf.add(turns([0] * 12))
+    seen = [t for _ in range(3) for t in ids(buf.sample(4, learner_version=0))]
+    assert sorted(seen) == sorted(f"t{i}" for i in range(12))
+    assert buf.times.tolist() == [1] * 12
+
+
+def test_turns_that_leave_never_sampled_are_counted_apart():
+    buf = buffer(capacity=4, max_staleness=1)
+    buf.add(turns([0, 0, 0]))
+    buf.sample(3, learner_version=0)  # t0 t1 t2 each sampled once
+    buf.add(turns([1, 1, 1], prefix="x"))  # over capacity: t0 and t1 go, both sampled
+    assert (buf.counts["evicted"], buf.counts["evicted_unsampled"]) == (2, 0)
+    buf.sample(1, learner_version=2)  # t2 (version 0) is stale now, but was sampled; one x is
+    assert (buf.counts["dropped_stale"], buf.counts["dropped_unsampled"]) == (1, 0)
+    buf.add(turns([0], prefix="late"))  # stale at insert: never sampled
+    assert (buf.counts["dropped_stale"], buf.counts["dropped_unsampled"]) == (2, 1)
+    buf.add(turns([2, 2, 2, 2], prefix="y"))  # x0 x1 x2 go: one of them was sampled
+    assert (buf.counts["evicted"], buf.counts["evicted_unsampled"]) == (5, 2)
+    assert buf.stats()["evicted_unsampled"] == 2
+
+
+def test_whole_games_are_sampled_together():
+    rows = [make_row(traj_id=f"g{g}", turn=t) for g in range(5) for t in range(3)]
+    buf = buffer(whole_games=True)
+    buf.add(schema.from_rows(rows))
+    out = buf.sample(4, learner_version=0)
+    games = ids(out)
+    assert out.num_rows == 6 and all(games.count(g) == 3 for g in set(games))
+    assert buf.counts["sampled"] == 6

@@ -196,6 +196,32 @@ def test_closed_sets_are_read_from_their_types():
         load_config(overrides=["league.mode=elo"])
 
 
+def test_gae_asks_for_whole_games_and_a_lambda_in_range():
+    with pytest.raises(ConfigError, match="learner.advantage: gae runs over each game's turns"):
+        load_config(overrides=["learner.advantage=gae"])
+    with pytest.raises(ConfigError, match=r"learner.gae_lambda: must be in \[0, 1\], got 1.5"):
+        load_config(overrides=["learner.advantage=gae", "buffer.whole_games=true", "learner.gae_lambda=1.5"])
+    with pytest.raises(ConfigError, match="learner.advantage: must be one of"):
+        load_config(overrides=["learner.advantage=vtrace"])
+    with pytest.raises(ConfigError, match="buffer.sampling: must be one of"):
+        load_config(overrides=["buffer.sampling=prioritized"])
+    cfg = load_config(overrides=["learner.advantage=gae", "buffer.whole_games=true"])
+    assert (cfg.learner.advantage, cfg.buffer.sampling) == ("gae", "least_sampled")
+
+
+def test_scripted_training_opponents_are_checked_against_the_games():
+    cfg = load_config(overrides=["generator.opponents={heuristic: 0.25}"])
+    assert cfg.generator.opponents == {"heuristic": 0.25}
+    with pytest.raises(
+        ConfigError, match="generator.opponents.heuristic: no scripted player 'heuristic' in game kuhn"
+    ):
+        load_config(overrides=["games={tictactoe: 1.0, kuhn: 1.0}", "generator.opponents={heuristic: 0.25}"])
+    with pytest.raises(ConfigError, match="generator.opponents.random: share must be > 0, got -0.1"):
+        load_config(overrides=["generator.opponents={random: -0.1}"])
+    with pytest.raises(ConfigError, match="generator.opponents: shares add up to 1.2, more than 1"):
+        load_config(overrides=["generator.opponents={random: 0.6, heuristic: 0.6}"])
+
+
 def test_k1_in_the_loss_is_refused_naming_why():
     with pytest.raises(ConfigError, match="learner.kl_estimator: k1 as a loss has no KL gradient"):
         load_config(overrides=["learner.kl_placement=loss", "learner.kl_estimator=k1"])

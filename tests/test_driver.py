@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
+    """With the value head (GAE on whole games): it trains, broadcasts, checkpoints and resumes."""
     cfg = dataclasses.replace(
         small_cfg,
         total_steps=4,
@@ -24,6 +25,9 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
         checkpoint_every=2,
         out_dir=str(tmp_path),
         eval=dataclasses.replace(small_cfg.eval, every_steps=2, games=4),
+        learner=dataclasses.replace(small_cfg.learner, advantage="gae"),
+        buffer=dataclasses.replace(small_cfg.buffer, whole_games=True),
+        acceptance={"tictactoe/random/non_loss": ">= 0.0"},  # ranks the best checkpoint
     )
     run_dir = driver.train(cfg)
     first = driver.latest_checkpoint(run_dir)
@@ -37,8 +41,10 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     assert last.name == "step_0000006"
     learner_state = json.loads((last / "learner_state.json").read_text())
     assert (learner_state["step"], learner_state["version"]) == (6, 6)
+    assert (last / "value_head.safetensors").exists()
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     assert [m["step"] for m in metrics if m["name"] == "loss"] == [1, 2, 3, 4, 5, 6]  # each step once
+    assert [m["step"] for m in metrics if m["name"] == "value_loss"] == [1, 2, 3, 4, 5, 6]
     assert {m["name"] for m in metrics} >= {
         "eval/tictactoe/random/win",
         "eval/tictactoe/minimax/non_loss",
@@ -49,7 +55,19 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     assert versions and all(step == version for step, version in versions)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary) >= {"before", "after", "turns", "acceptance"} and summary["steps"] == 6
-    assert summary["turns"]["trained"] == 6 * cfg.learner.batch_size  # the buffer's counts span the resume
+    # the buffer's counts span the resume; whole games of up to 9 turns fill each batch
+    assert 6 * cfg.learner.batch_size <= summary["turns"]["trained"] < 6 * (cfg.learner.batch_size + 9)
+    assert 0 < summary["busy"]["learner"] <= 1 and 0 <= summary["busy"]["generators"] <= 1
+    assert summary["learner_mfu"] > 0
+    # the best checkpoint (the first evaluation at least): a model directory, evaluated afresh
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert summary["best"]["step"] == best["step"] and "tictactoe/random" in summary["best"]["after"]
+    assert set(summary["acceptance"]) == {
+        "tictactoe/random/non_loss",
+        "best/tictactoe/random/non_loss",
+        "final_minus_best/tictactoe/random/non_loss",
+    }
+    assert (run_dir / "best" / "model.safetensors").exists() and (run_dir / "best" / "config.json").exists()
     assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
 
 

@@ -78,3 +78,18 @@ def test_acceptance_figures_read_the_final_evaluation():
         "kuhn/exploitability/exploitability": {"value": 0.07, "target": "<= 0.05", "met": False},
         "tictactoe/random/non_loss": {"value": None, "target": ">= 0.98", "met": False},
     }
+
+
+def test_acceptance_figures_go_to_json_from_the_real_exploitability():
+    """summary.json is written with json: a numpy bool or float would lose the run's summary
+    at its very end (it did: a Kuhn run, 2026-11-30)."""
+    import json
+
+    from selfplay.evals import acceptance
+
+    value = kuhn.exploitability(kuhn.nash_policy(1 / 6))
+    assert type(value) is float
+    figures = acceptance(
+        {"kuhn/exploitability": {"exploitability": value}}, {"kuhn/exploitability/exploitability": "<= 0.05"}
+    )
+    assert json.loads(json.dumps(figures))["kuhn/exploitability/exploitability"]["met"] is True

@@ -382,3 +382,21 @@ def test_only_the_learners_turns_of_a_league_game_go_on_for_training():
     stats = verifier.stats()
     assert stats["accepted"] == 6 and stats["accepted_turns"] == table.num_rows
     assert stats["forwarded_turns"] == len(learner_turns)
+
+
+def test_scripted_training_opponents_take_their_share_of_a_wave_in_both_seats():
+    gen = make_generator(opponents={"heuristic": 0.25, "random": 0.25})
+    table = gen.self_play(400)
+    per_opponent, seats = defaultdict(int), defaultdict(set)
+    for rows in by_traj(table).values():
+        learner_rows = [r for r in rows if r["policy_id"] == LEARNER]
+        opponent = learner_rows[0]["opponent_id"]
+        per_opponent[opponent] += 1
+        seats[opponent] |= {r["role"] for r in learner_rows}
+        assert all(r["trainable"] for r in learner_rows)
+        assert all(not r["trainable"] and r["policy_id"] == opponent for r in rows if r not in learner_rows)
+    assert sum(per_opponent.values()) == 400
+    assert 60 <= per_opponent["heuristic"] <= 140 and 60 <= per_opponent["random"] <= 140
+    assert 140 <= per_opponent[SELF] <= 260
+    assert seats["heuristic"] == seats["random"] == {0, 1}
+    assert replays(table)

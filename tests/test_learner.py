@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from learner.learner import Learner
+from learner.learner import Learner, opponent_results
 from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
@@ -117,3 +117,69 @@ def test_every_kl_placement_pulls_the_policy_back_towards_the_reference(model_di
     for _ in range(6):
         last = learner.train_step(neutral)["kl_ref"]
     assert first > 0 and last < first
+
+
+def won_and_lost_games():
+    """Two TicTacToe games of two X turns each: one won (+1), one lost (-1), told apart by
+    their first prompt token, so a value of the state can learn each game's return."""
+    rows = [
+        make_row(traj_id=f"g{g}", turn=2 * t, prompt_ids=[1, 10 + g, 3 + t], ret=ret, outcome=ret)
+        for g, ret in enumerate([1.0, -1.0])
+        for t in range(2)
+    ]
+    return schema.from_rows(rows)
+
+
+GAE = ["learner.advantage=gae", "buffer.whole_games=true", "learner.lr=3e-3"]
+
+
+def test_the_value_head_learns_the_return_of_each_state(model_dir):
+    cfg = load_config(None, GAE)
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    first = learner.train_step(won_and_lost_games())
+    assert first["value_mean"] == 0.0  # zero-initialised head: A = G = the return at first
+    assert first["adv_mean"] == 0.0 and first["adv_std"] > 0.9
+    for _ in range(60):
+        last = learner.train_step(won_and_lost_games())
+    assert last["value_loss"] < 0.1 * first["value_loss"]
+    assert last["explained_variance"] > 0.8
+
+
+def test_gae_learner_saves_and_restores_its_value_head(model_dir, tmp_path):
+    cfg = load_config(None, GAE)
+    a = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    for _ in range(3):
+        a.train_step(won_and_lost_games())
+    a.save(tmp_path)
+    b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
+    b.load(tmp_path)
+    assert same_weights(a.value_head, b.value_head) and b.value_head.weight.abs().sum() > 0  # trained
+    assert a.train_step(won_and_lost_games())["value_mean"] == pytest.approx(
+        b.train_step(won_and_lost_games())["value_mean"], abs=1e-5
+    )
+
+
+def test_every_step_reports_its_tokens_and_mfu(model_dir):
+    cfg = load_config(None, ["learner.peak_tflops=1e-6"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    # 1m preset, hidden 128, MLP 352, 4 layers, vocab 128 (102 tokens, padded): per layer
+    # attention 4 * 128^2 + MLP 3 * 128 * 352 + 2 norms * 128 = 200,960; x4 + final norm 128
+    # + head 128 * 128 = 820,352 parameters besides the embedding; 6 FLOPs each per token
+    assert learner.flops_per_token == 6 * 820_352
+    m = learner.train_step(batch())
+    assert m["tokens"] == 3 * 4  # three rows of 3 prompt + 1 response tokens
+    assert m["mfu"] == pytest.approx(6 * 820_352 * 12 / m["step_s"] / 1e6)
+
+
+def test_results_against_training_opponents_count_each_game_once():
+    rows = [
+        *[make_row(traj_id="a", opponent_id="heuristic", outcome=1.0, turn=t) for t in (0, 2, 4)],
+        make_row(traj_id="b", opponent_id="heuristic", outcome=0.0),
+        make_row(traj_id="c", opponent_id="heuristic", outcome=-1.0),
+        make_row(traj_id="d", opponent_id="self", outcome=-1.0),
+    ]
+    assert opponent_results(rows) == {
+        "train/tictactoe/heuristic/win": 1 / 3,
+        "train/tictactoe/heuristic/non_loss": 2 / 3,
+        "train/tictactoe/heuristic/games": 3,
+    }

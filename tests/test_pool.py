@@ -60,6 +60,7 @@ class WaveGenerator(Receiver):
             "turns": 5 * self.sent,
             "tokens": 5 * self.sent,
             "wait_s": 0.0,
+            "play_s": 0.0,
             "eval_games": 0,
             "eval_turns": 0,
             "eval_tokens": 0,

@@ -185,6 +185,22 @@ def mixed_run(run_dir):
                 "wall_s": 95.0,
                 "games_per_eval": 40,
                 "league": {"league/learner_elo": 1015.0},
+                "turns": {
+                    "generated": 12000,
+                    "forwarded": 10000,
+                    "trained": 9000,
+                    "dropped_stale": 900,
+                    "evicted": 0,
+                    "never_trained": 500,
+                    "never_trained_share": 0.05,
+                },
+                "busy": {"learner": 0.8, "generators": 0.25},
+                "learner_mfu": 0.0123,
+                "best": {"metric": "tictactoe/random/non_loss", "value": 0.95, "step": 2, "version": 2},
+                "acceptance": {
+                    "tictactoe/random/non_loss": {"value": 0.9, "target": ">= 0.98", "met": False},
+                    "best/tictactoe/random/non_loss": {"value": None, "target": ">= 0.98", "met": False},
+                },
             }
         )
     )
@@ -198,6 +214,7 @@ PLOTS = [
     "curves_steps.png",
     "curves_wall.png",
     "exploitability.png",
+    "exploitability_wall.png",
     "illegal.png",
     "elo.png",
     "promotion.png",
@@ -251,6 +268,28 @@ def test_write_report_writes_plots_tables_and_html(tmp_path):
     assert "| tictactoe | random | return | -0.300 | 0.600 | +0.900 |" in md
     assert "| tictactoe | random | games | 20 | 20 | +0 |" in md
     assert "| tictactoe | random | non-loss 95% CI | [0.219, 0.613] | [0.699, 0.972] |  |" in md
+
+    # Acceptance, the best checkpoint's beside the final policy's.
+    assert "best/: the best checkpoint (step 2, by tictactoe/random/non_loss)" in md
+    assert "| tictactoe/random/non_loss | 0.900 | >= 0.98 | no |" in md
+    assert "| best/tictactoe/random/non_loss | n/a | >= 0.98 | no |" in md
+
+    # Work: where the turns went, busy fractions, MFU.
+    work = md.split("## Work\n")[1].split("\n\n## ")[0]
+    assert [line for line in work.splitlines() if line.startswith("|")] == [
+        "| turns and time | value |",
+        "| --- | --- |",
+        "| generated | 12,000 |",
+        "| forwarded | 10,000 |",
+        "| trained | 9,000 |",
+        "| dropped stale | 900 |",
+        "| evicted | 0 |",
+        "| never trained | 500 |",
+        "| never trained / forwarded | 5.0% |",
+        "| learner busy | 80% |",
+        "| generators busy | 25% |",
+        "| learner MFU | 1.23% |",
+    ]
 
     # Capability retention: one row per snapshot; snap-1 never played minimax.
     retention = md.split("## Capability retention\n")[1].split("\n\n## ")[0]

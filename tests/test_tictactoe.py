@@ -1,4 +1,4 @@
-"""TicTacToe rules, text interface and the minimax opponent."""
+"""TicTacToe rules, text interface and the scripted opponents (minimax, heuristic)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from selfplay.games import make_game
 from selfplay.games.tictactoe import (
     LINES,
     MARKS,
+    HeuristicPlayer,
     MinimaxPlayer,
     RandomPlayer,
     TicTacToe,
+    completing,
     minimax_value,
     winner,
 )
@@ -267,3 +269,34 @@ def test_minimax_move_keeps_the_value_of_every_reachable_position():
         a = player.act(game)
         child = board[:a] + mark + board[a + 1 :]
         assert -minimax_value(child, other) == minimax_value(board, mark), board
+
+
+# ---- the heuristic opponent -----------------------------------------------------------
+
+
+def at(board: str, player: int) -> TicTacToe:
+    game = TicTacToe()
+    game.board, game.current_player = board, player
+    return game
+
+
+def test_heuristic_takes_a_win_over_a_block():
+    # X X . / O O . / . . .  X to move: wins at index 2 (a block would be 5)
+    assert {HeuristicPlayer(seed=s).act(at("XX.OO....", 0)) for s in range(20)} == {2}
+
+
+def test_heuristic_blocks_when_it_cannot_win():
+    # X X . / . O . / . . .  O to move, no win of its own: blocks at index 2
+    assert {HeuristicPlayer(seed=s).act(at("XX..O....", 1)) for s in range(20)} == {2}
+
+
+def test_heuristic_plays_any_free_cell_otherwise():
+    assert {HeuristicPlayer(seed=s).act(at("X........", 1)) for s in range(200)} == set(range(1, 9))
+
+
+def test_heuristic_falls_to_forks_that_minimax_sets_up():
+    # X 1, O 5 (centre), X 9, O 3 (a corner), X 7 (forced block): X threatens 4 and 8 at once
+    game = play([0, 4, 8, 2, 6])
+    assert len(completing(game.board, "X")) == 2 and not completing(game.board, "O")
+    lost = sum(run_game(MinimaxPlayer(seed=i), HeuristicPlayer(seed=100 + i))[1] == -1 for i in range(100))
+    assert lost > 0  # and minimax never loses (above): a teacher, not the examiner

@@ -140,7 +140,7 @@ def exploitability(policy: dict[str, list[float]]) -> float:
         if len(probs) != 2 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-9:
             raise ValueError(f"kuhn policy at {key!r}: want [p_pass, p_bet] summing to 1, got {probs}")
         tabular.action_probability_array[row] = probs
-    return os_exploitability.exploitability(game, tabular)
+    return float(os_exploitability.exploitability(game, tabular))  # a float, not numpy's: JSON takes it
 
 
 NASH_ALPHA = 1 / 6  # mid-family: player 0 mixes at J, K and Q-facing-a-bet (1/6, 1/2, 1/2)

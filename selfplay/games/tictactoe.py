@@ -106,5 +106,28 @@ class MinimaxPlayer:
         return self.rng.choice([i for v, i in scored if v == best])
 
 
-SCRIPTED = {"minimax": MinimaxPlayer, "random": RandomPlayer}
+def completing(board: str, mark: str) -> list[int]:
+    """Free cells where `mark` would complete a line."""
+    return [i for i, c in enumerate(board) if c == "." and winner(board[:i] + mark + board[i + 1 :]) == mark]
+
+
+class HeuristicPlayer:
+    """The one-move rule a beginner learns: win if you can, else block the opponent's
+    win, else a random free cell. It punishes a missed block but never sets up a fork, so
+    unlike minimax it can be beaten; a training opponent that teaches defence without
+    being the held-out evaluation's perfect player."""
+
+    name = "heuristic"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, game: TicTacToe) -> int:
+        mark = MARKS[game.current_player]
+        other = MARKS[1 - game.current_player]
+        choices = completing(game.board, mark) or completing(game.board, other) or game.legal_actions()
+        return self.rng.choice(choices)
+
+
+SCRIPTED = {"minimax": MinimaxPlayer, "random": RandomPlayer, "heuristic": HeuristicPlayer}
 GAME = TicTacToe

@@ -1,0 +1,122 @@
+"""The best checkpoint by a held-out evaluation, kept beside the last one.
+
+The rule is the run's first acceptance target (config `acceptance`): its evaluation field
+ranks the periodic evaluations of fixed weights (higher is better for '>=' and '>', lower
+for '<=' and '<'). Each time an evaluation beats the best so far, the weights it measured
+are written to RUN_DIR/best/ as an HF model directory (vLLM and transformers load it, and
+`selfplay eval` plays it), with best.json saying which step, version and value. At the end
+of the run the best weights are evaluated afresh beside the final policy: a new set of
+games, so the figure reported for them is not the maximum of noisy evaluations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load as load_safetensors
+
+from selfplay.evals import acceptance
+from selfplay.weights import state_checksum
+
+HIGHER = {">=": True, ">": True, "<=": False, "<": False}
+
+
+def best_rule(targets: dict[str, str]) -> tuple[str, str, bool] | None:
+    """(evaluation key 'GAME/OPPONENT', field, higher is better) of the first acceptance
+    target, or None when the run has none."""
+    if not targets:
+        return None
+    name, target = next(iter(targets.items()))
+    key, field = name.rsplit("/", 1)
+    return key, field, HIGHER[target.split()[0]]
+
+
+def improves(value: float, best: float | None, higher: bool) -> bool:
+    """Strictly better than the best so far (the first value always is): ties keep the
+    earlier weights."""
+    return best is None or (value > best if higher else value < best)
+
+
+class BestCheckpoint:
+    """`offer` each finished evaluation of the current policy; `weights` ({ref: [object
+    ref], version, step, checksum}, as the learner's current_weights) are the weights the
+    best evaluation measured, for evaluating them again at the end."""
+
+    def __init__(self, targets: dict[str, str], run_dir: Path, model_dir: str, put=None):
+        self.rule = best_rule(targets)
+        self.dir = run_dir / "best"
+        self.model_dir = Path(model_dir)  # config and tokenizer files to copy beside the weights
+        self.value: float | None = None
+        self.weights: dict | None = None
+        self.info: dict = {}
+        if put is not None and (self.dir / "best.json").exists():  # a resumed run keeps its best
+            self.info = json.loads((self.dir / "best.json").read_text())
+            self.value = self.info["value"]
+            blob = (self.dir / "model.safetensors").read_bytes()
+            checksum = state_checksum(load_safetensors(blob))
+            self.weights = {
+                "ref": [put(blob)],
+                "version": self.info["version"],
+                "step": self.info["step"],
+                "checksum": checksum,
+            }
+
+    @property
+    def metric(self) -> str | None:
+        return None if self.rule is None else "/".join(self.rule[:2])
+
+    def offer(self, key: str, result: dict, weights: dict, fetch) -> bool:
+        """Keep `weights` if `result` (evaluation `key`, measured on them) is the best so
+        far by the rule; returns whether it was. `fetch(weights) -> bytes` gets the bytes."""
+        if self.rule is None or key != self.rule[0] or self.rule[1] not in result:
+            return False
+        value = result[self.rule[1]]
+        if not improves(value, self.value, self.rule[2]):
+            return False
+        self.value, self.weights = value, weights
+        self.info = {
+            "metric": self.metric,
+            "value": value,
+            "step": weights["step"],
+            "version": weights["version"],
+        }
+        self.write(fetch(weights))
+        return True
+
+    def write(self, blob: bytes) -> None:
+        """RUN_DIR/best/: the model directory's config and tokenizer files, these weights as
+        model.safetensors (in the engine's dtype), and best.json. Written beside, then
+        swapped in, so a crash mid-write leaves the previous best whole."""
+        tmp = self.dir.with_name("best.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in self.model_dir.iterdir():
+            if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
+                shutil.copy(f, tmp / f.name)
+        (tmp / "model.safetensors").write_bytes(blob)
+        (tmp / "best.json").write_text(json.dumps(self.info))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tmp.rename(self.dir)
+
+
+def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tolerance: float = 0.05) -> dict:
+    """Acceptance figures of the best checkpoint, beside the final policy's: the ranking
+    target met by the best weights (evaluated afresh, `best_after`), and the final policy
+    within `tolerance` of them (final - best >= -tolerance where higher is better)."""
+    rule = best_rule(targets)
+    if rule is None:
+        return {}
+    name = next(iter(targets))
+    key, field, higher = rule
+    final, best = after.get(key, {}).get(field), best_after.get(key, {}).get(field)
+    gap = None if final is None or best is None else final - best
+    target = f">= -{tolerance}" if higher else f"<= {tolerance}"
+    return {
+        f"best/{name}": acceptance(best_after, {name: targets[name]})[name],
+        f"final_minus_best/{name}": {
+            "value": gap,
+            "target": target,
+            "met": gap is not None and bool(gap >= -tolerance if higher else gap <= tolerance),
+        },
+    }

@@ -1,0 +1,79 @@
+"""The best checkpoint by a held-out evaluation: the rule, the keeper's files (an HF model
+directory that transformers loads), its restore on resume, and the acceptance figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from selfplay.best import BestCheckpoint, best_acceptance, best_rule, improves
+from selfplay.model import create_default_model
+from selfplay.weights import export_weights
+
+TARGETS = {"tictactoe/minimax/non_loss": ">= 0.90", "tictactoe/random/illegal": "<= 0.01"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64)
+
+
+def test_the_rule_is_the_first_acceptance_target_and_its_direction():
+    assert best_rule(TARGETS) == ("tictactoe/minimax", "non_loss", True)
+    assert best_rule({"kuhn/exploitability/exploitability": "<= 0.05"}) == (
+        "kuhn/exploitability",
+        "exploitability",
+        False,
+    )
+    assert best_rule({}) is None
+
+
+def test_improves_is_strict_so_ties_keep_the_earlier_weights():
+    assert improves(0.5, None, True) and improves(0.6, 0.5, True) and not improves(0.5, 0.5, True)
+    assert improves(0.04, 0.05, False) and not improves(0.06, 0.05, False)
+
+
+def shared(model, step):
+    blob, checksum = export_weights(model, torch.bfloat16)
+    return {"ref": [blob], "version": step, "step": step, "checksum": checksum}
+
+
+def test_the_keeper_writes_the_best_weights_as_a_model_directory_and_restores_them(model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    keeper = BestCheckpoint(TARGETS, tmp_path, str(model_dir))
+    fetch = lambda w: w["ref"][0]  # noqa: E731  (the driver's is ray.get)
+    assert keeper.offer("tictactoe/minimax", {"non_loss": 0.4}, shared(model, 10), fetch)
+    assert not keeper.offer("tictactoe/random", {"non_loss": 0.9}, shared(model, 20), fetch)  # not the rule's
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # other weights, better evaluated
+    assert keeper.offer("tictactoe/minimax", {"non_loss": 0.7}, shared(model, 30), fetch)
+    assert not keeper.offer("tictactoe/minimax", {"non_loss": 0.7}, shared(model, 40), fetch)
+    info = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert info == {"metric": "tictactoe/minimax/non_loss", "value": 0.7, "step": 30, "version": 30}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.to(torch.bfloat16).float())
+    assert not (tmp_path / "best.tmp").exists()
+
+    resumed = BestCheckpoint(TARGETS, tmp_path, str(model_dir), put=lambda blob: blob)
+    assert (resumed.value, resumed.weights["step"]) == (0.7, 30)
+    assert resumed.weights["checksum"] == keeper.weights["checksum"]  # what an engine must echo
+    assert not resumed.offer("tictactoe/minimax", {"non_loss": 0.6}, shared(model, 50), fetch)
+
+
+def test_best_acceptance_reports_the_best_weights_and_the_final_gap():
+    after = {"tictactoe/minimax": {"non_loss": 0.88}}
+    best_after = {"tictactoe/minimax": {"non_loss": 0.92}}
+    figures = best_acceptance(TARGETS, after, best_after)
+    assert figures["best/tictactoe/minimax/non_loss"] == {"value": 0.92, "target": ">= 0.90", "met": True}
+    gap = figures["final_minus_best/tictactoe/minimax/non_loss"]
+    assert gap["value"] == pytest.approx(-0.04) and gap["target"] == ">= -0.05" and gap["met"]
+    lower = best_acceptance({"kuhn/exploitability/exploitability": "<= 0.05"}, {}, {})
+    assert lower["final_minus_best/kuhn/exploitability/exploitability"] == {
+        "value": None,
+        "target": "<= 0.05",
+        "met": False,
+    }
+    assert best_acceptance({}, after, best_after) == {}
