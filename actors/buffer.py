@@ -90,11 +90,12 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.table.num_rows
 
-    def _keep(self, keep: np.ndarray, reason: str) -> None:
-        """Keep the rows where `keep` is true; count the others under `reason`."""
+    def _keep(self, keep: np.ndarray, gone_count: str, unsampled_count: str) -> None:
+        """Keep the rows where `keep` is true; the others count under `gone_count`, and
+        those of them never sampled under `unsampled_count` too."""
         gone = ~keep
-        self.counts[reason] += int(gone.sum())
-        self.counts[f"{reason.split('_')[0]}_unsampled"] += int((self.times[gone] == 0).sum())
+        self.counts[gone_count] += int(gone.sum())
+        self.counts[unsampled_count] += int((self.times[gone] == 0).sum())
         self.table = self.table.filter(pa.array(keep))
         self.times = self.times[keep]
 
@@ -102,7 +103,7 @@ class ReplayBuffer:
         floor = staleness_floor(self.learner_version, self.cfg.max_staleness)
         keep = self.table["policy_version"].to_numpy() >= floor
         if not keep.all():
-            self._keep(keep, "dropped_stale")
+            self._keep(keep, "dropped_stale", "dropped_unsampled")
 
     def add(self, table: pa.Table) -> int:
         """Insert turns; returns how many were kept (stale ones are dropped and counted).
@@ -110,16 +111,15 @@ class ReplayBuffer:
         generators as much, and counting them keeps the learner from waiting on them."""
         table = schema.check(table)
         self.counts["inserted"] += table.num_rows
-        floor = staleness_floor(self.learner_version, self.cfg.max_staleness)
-        fresh = table.filter(pc.greater_equal(table["policy_version"], floor))
-        self.counts["dropped_stale"] += table.num_rows - fresh.num_rows
-        self.counts["dropped_unsampled"] += table.num_rows - fresh.num_rows
-        self.table = pa.concat_tables([self.table, fresh]).combine_chunks()
-        self.times = np.concatenate([self.times, np.zeros(fresh.num_rows, dtype=np.int64)])
+        dropped_before = self.counts["dropped_stale"]
+        self.table = pa.concat_tables([self.table, table]).combine_chunks()
+        self.times = np.concatenate([self.times, np.zeros(table.num_rows, dtype=np.int64)])
+        self._drop_stale()  # the rows already held were fresh at this learner version
+        kept = table.num_rows - (self.counts["dropped_stale"] - dropped_before)
         overflow = self.table.num_rows - self.cfg.capacity
         if overflow > 0:  # FIFO: the oldest rows go
-            self._keep(np.arange(self.table.num_rows) >= overflow, "evicted")
-        return fresh.num_rows
+            self._keep(np.arange(self.table.num_rows) >= overflow, "evicted", "evicted_unsampled")
+        return kept
 
     def can_insert(self) -> bool:
         return insert_allowed(

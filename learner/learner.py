@@ -177,7 +177,8 @@ class Learner:
             advantages, targets = gae_advantages(
                 groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda
             )
-            value_loss = 0.5 * ((values - torch.tensor(targets, device=self.device)) ** 2).mean()
+            targets = torch.tensor(targets, device=self.device)
+            value_loss = 0.5 * ((values - targets) ** 2).mean()
         adv = torch.tensor(advantages, device=self.device)
         kl_ref = torch.tensor(0.0, device=self.device)
         kl_term = torch.tensor(0.0, device=self.device)
@@ -240,12 +241,12 @@ class Learner:
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
         if values is not None:
-            v, g = values.detach(), torch.tensor(targets)
+            v, g = values.detach(), targets
             metrics.update(
                 value_loss=value_loss.item(),
                 value_mean=v.mean().item(),
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
-                explained_variance=(1 - (g - v.cpu()).var() / g.var().clamp(min=1e-8)).item(),
+                explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),
             )
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))

@@ -110,13 +110,10 @@ def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tole
     name = next(iter(targets))
     key, field, higher = rule
     final, best = after.get(key, {}).get(field), best_after.get(key, {}).get(field)
-    gap = None if final is None or best is None else final - best
-    target = f">= -{tolerance}" if higher else f"<= {tolerance}"
+    gap = {key: {field: final - best}} if final is not None and best is not None else {}
     return {
         f"best/{name}": acceptance(best_after, {name: targets[name]})[name],
-        f"final_minus_best/{name}": {
-            "value": gap,
-            "target": target,
-            "met": gap is not None and bool(gap >= -tolerance if higher else gap <= tolerance),
-        },
+        f"final_minus_best/{name}": acceptance(
+            gap, {name: f">= -{tolerance}" if higher else f"<= {tolerance}"}
+        )[name],
     }

@@ -45,9 +45,8 @@ class GeneratorConfig:
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {generator: 1}
     tensor_parallel_size: int = 1  # > 1: the engine's workers get a STRICT_PACK placement group
     games_per_wave: int = 256  # games played concurrently; every pending turn is one engine call
-    temperature: float = (
-        1.0  # sampling temperature; the learner trains softmax(logits / T), the policy sampled
-    )
+    # sampling temperature; the learner trains softmax(logits / T), the policy sampled
+    temperature: float = 1.0
     max_response_tokens: int = 3
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
     cpu_bind: str = "auto"  # VLLM_CPU_OMP_THREADS_BIND

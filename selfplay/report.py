@@ -107,6 +107,7 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
         [(threshold, f"promote threshold ({threshold})")] if threshold is not None else [],
         band=("league/vs_previous_lo", "league/vs_previous_hi"),
     )
+    exploitability = Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)
     return [
         ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
         ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),
@@ -114,14 +115,9 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
             "exploitability.png",
             "Kuhn poker exploitability (chips; lower is better)",
             "step",
-            [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)],
+            [exploitability],
         ),
-        (
-            "exploitability_wall.png",
-            "Kuhn poker exploitability vs wall time",
-            "minutes",
-            [Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)],
-        ),
+        ("exploitability_wall.png", "Kuhn poker exploitability vs wall time", "minutes", [exploitability]),
         (
             "illegal.png",
             "Illegal-move rate (training batch and eval)",
