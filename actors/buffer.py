@@ -9,7 +9,15 @@ twice and a turn leaves unseen only if the learner falls behind (uniform draws l
 e^-spi of them unseen: 13.5% at spi 2); `uniform` draws at random, as Reverb's Uniform
 selector does. With `whole_games`, a game's turns are taken together (what a GAE
 advantage over a game's turns needs). Turns that leave the buffer never sampled are
-counted apart (`dropped_unsampled`, `evicted_unsampled`): that is the generation wasted."""
+counted apart (`dropped_unsampled`, `evicted_unsampled`): that is the generation wasted.
+
+Task runs insert through the builder (selfplay/builder.py): scored groups become training
+rows, and groups the variance filter holds back wait in a reserve instead (they count
+neither as inserted nor against the rate). When the learner cannot fill a batch although
+`fill_after` rows were held back since its last one, the newest held-back rows fill it
+(`filled_from_reserve`): a batch that cannot fill is topped up and logged, never a stall.
+The supervised stage (`start_sft`) hands out a fixed labelled set instead, in shuffled
+epochs, while generators wait (`can_insert` is False until `end_sft`)."""
 
 from __future__ import annotations
 
@@ -22,7 +30,9 @@ import pyarrow.compute as pc
 import ray
 
 from selfplay import schema
-from selfplay.config import BufferConfig
+from selfplay.builder import COUNTS as BUILDER_COUNTS
+from selfplay.builder import build
+from selfplay.config import BufferConfig, BuilderConfig
 from selfplay.metrics import ray_metric
 
 
@@ -72,11 +82,16 @@ def pick_rows(
 
 
 class ReplayBuffer:
-    def __init__(self, cfg: BufferConfig, seed: int = 0):
+    def __init__(self, cfg: BufferConfig, seed: int = 0, builder: BuilderConfig | None = None):
+        """`builder`: how task rows are built (None: a game run's turns go in as they come)."""
         self.cfg = cfg
+        self.builder = builder
         self.rng = np.random.default_rng(seed)
         self.table = schema.empty()
         self.times = np.zeros(0, dtype=np.int64)  # times each row of `table` was sampled
+        self.reserve = schema.empty()  # held back by the variance filter, newest last
+        self.sft: pa.Table | None = None  # the supervised stage's labelled set, while it runs
+        self.sft_order = np.zeros(0, dtype=np.int64)  # rows of `sft` still to hand out this epoch
         self.learner_version = 0
         self.counts = {
             "inserted": 0,
@@ -86,6 +101,13 @@ class ReplayBuffer:
             "dropped_unsampled": 0,  # of dropped_stale: never sampled (generation wasted)
             "evicted_unsampled": 0,  # of evicted: never sampled
         }
+        if builder is not None:  # a task run's
+            self.counts.update(
+                held_since_sample=0,  # rows held back since the learner's last batch
+                filled_from_reserve=0,  # held-back rows admitted to fill a batch
+                sft_sampled=0,  # rows of the supervised stage handed out
+                **dict.fromkeys(BUILDER_COUNTS, 0),
+            )
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -110,6 +132,16 @@ class ReplayBuffer:
         Dropped turns still count as inserted for the rate limit: generating them cost the
         generators as much, and counting them keeps the learner from waiting on them."""
         table = schema.check(table)
+        if self.builder is not None:
+            table, held, built = build(table, self.builder)
+            for k, v in built.items():
+                self.counts[k] += v
+            self.counts["held_since_sample"] += held.num_rows
+            self.reserve = pa.concat_tables([self.reserve, held]).combine_chunks()
+            self.reserve = self.reserve.slice(max(self.reserve.num_rows - self.cfg.capacity, 0))
+        return self._insert(table)
+
+    def _insert(self, table: pa.Table) -> int:
         self.counts["inserted"] += table.num_rows
         dropped_before = self.counts["dropped_stale"]
         self.table = pa.concat_tables([self.table, table]).combine_chunks()
@@ -121,7 +153,46 @@ class ReplayBuffer:
             self._keep(np.arange(self.table.num_rows) >= overflow, "evicted", "evicted_unsampled")
         return kept
 
+    def _fill_from_reserve(self, n: int) -> None:
+        """Top the buffer up to a batch with the newest fresh held-back rows, whole groups
+        (see the module); only once `fill_after` rows were held back since the last batch."""
+        if self.builder is None or self.counts["held_since_sample"] < self.builder.fill_after:
+            return
+        floor = staleness_floor(self.learner_version, self.cfg.max_staleness)
+        self.reserve = self.reserve.filter(pc.greater_equal(self.reserve["policy_version"], floor))
+        missing = max(self.cfg.min_size, n) - len(self)
+        if missing <= 0 or not self.reserve.num_rows:
+            return
+        groups = self.reserve["group_id"].to_pylist()
+        start = self.reserve.num_rows - min(missing, self.reserve.num_rows)
+        while start > 0 and groups[start - 1] == groups[start]:  # whole groups
+            start -= 1
+        self.counts["filled_from_reserve"] += self.reserve.num_rows - start
+        self._insert(self.reserve.slice(start))
+        self.reserve = self.reserve.slice(0, start)
+
+    # -- the supervised stage ------------------------------------------------------------
+    def start_sft(self, table: pa.Table) -> None:
+        """Hand out `table` (labelled sft rows) in shuffled epochs until `end_sft`."""
+        if self.builder is None:
+            raise ValueError("the supervised stage is a task run's (task.name)")
+        self.sft = schema.check(table)
+        self.sft_order = np.zeros(0, dtype=np.int64)
+
+    def end_sft(self) -> None:
+        self.sft = None
+
+    def _sample_sft(self, n: int) -> pa.Table:
+        """The next n rows of the labelled set: every row once per epoch, in a fresh order."""
+        while len(self.sft_order) < n:
+            self.sft_order = np.concatenate([self.sft_order, self.rng.permutation(self.sft.num_rows)])
+        idx, self.sft_order = self.sft_order[:n], self.sft_order[n:]
+        self.counts["sft_sampled"] += n
+        return self.sft.take(pa.array(idx))
+
     def can_insert(self) -> bool:
+        if self.sft is not None:  # the supervised stage: no generation yet
+            return False
         return insert_allowed(
             self.counts["inserted"],
             self.counts["sampled"],
@@ -135,7 +206,10 @@ class ReplayBuffer:
         """n distinct turns (with `whole_games`, whole games holding at least n turns), or
         None while the rate limit or min_size says wait. See the module for the order."""
         self.learner_version = max(self.learner_version, learner_version)
+        if self.sft is not None:
+            return self._sample_sft(n)
         self._drop_stale()
+        self._fill_from_reserve(n)
         if not sample_allowed(
             self.counts["inserted"],
             self.counts["sampled"],
@@ -152,6 +226,8 @@ class ReplayBuffer:
         idx = pick_rows(self.times, groups, n, self.rng, self.cfg.sampling == "least_sampled")
         self.times[idx] += 1
         self.counts["sampled"] += len(idx)
+        if self.builder is not None:
+            self.counts["held_since_sample"] = 0
         return self.table.take(pa.array(idx))
 
     def stats(self) -> dict:
@@ -167,6 +243,7 @@ class ReplayBuffer:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         schema.write_parquet(self.table, d / "buffer.parquet")
+        schema.write_parquet(self.reserve, d / "reserve.parquet")
         state = {
             "learner_version": self.learner_version,
             "counts": self.counts,
@@ -178,6 +255,8 @@ class ReplayBuffer:
     def load(self, directory: str | Path) -> None:
         d = Path(directory)
         self.table = schema.read_parquet(d / "buffer.parquet")
+        if (d / "reserve.parquet").exists():
+            self.reserve = schema.read_parquet(d / "reserve.parquet")
         state = json.loads((d / "buffer_state.json").read_text())
         self.learner_version = state["learner_version"]
         self.counts = {**self.counts, **state["counts"]}
@@ -189,8 +268,8 @@ class ReplayBuffer:
 class BufferActor:
     """Ray shell: trajectories travel as Arrow IPC bytes."""
 
-    def __init__(self, cfg: BufferConfig, seed: int, run_id: str):
-        self.buffer = ReplayBuffer(cfg, seed)
+    def __init__(self, cfg: BufferConfig, seed: int, run_id: str, builder: BuilderConfig | None = None):
+        self.buffer = ReplayBuffer(cfg, seed, builder)
         self.gauges = {
             name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})
             for name in (
@@ -225,6 +304,12 @@ class BufferActor:
 
     def stats(self) -> dict:
         return self.buffer.stats()
+
+    def start_sft(self, blob: bytes) -> None:
+        self.buffer.start_sft(schema.from_ipc(blob))
+
+    def end_sft(self) -> None:
+        self.buffer.end_sft()
 
     def save(self, directory: str) -> None:
         self.buffer.save(directory)

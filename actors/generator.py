@@ -25,11 +25,12 @@ import ray
 
 from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import schema
-from selfplay.config import GeneratorConfig, ModelConfig
-from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize
+from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
+from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize, task_summary
 from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
+from selfplay.tasks import make_task
 
 
 class WeightMismatch(RuntimeError):
@@ -132,9 +133,11 @@ class Generator:
         seed: int,
         version: int = 0,
         max_live_opponents: int = 2,
+        task_cfg: TaskConfig | None = None,
     ):
         """`engine` serves the learner's policy; `new_engine(model_path)` makes opponents'
-        engines (`add_opponent`, and league slots with None). All share `engine`'s tokenizer."""
+        engines (`add_opponent`, and league slots with None). All share `engine`'s tokenizer.
+        With a `task_cfg` naming a task, waves sample the task's prompts (`task_play`)."""
         self.id = generator_id
         self.run_id = run_id
         self.cfg = gen_cfg
@@ -152,6 +155,8 @@ class Generator:
         self.counts = {**dict.fromkeys(COUNTED, 0), "opponent_loads": 0}  # training play
         self.eval_counts = dict.fromkeys(COUNTED, 0)  # evaluations and promotion matches
         self.fixed_checksum: str | None = None
+        self.task_cfg = task_cfg
+        self.task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
 
     @classmethod
     def from_model(
@@ -165,6 +170,7 @@ class Generator:
         seed: int,
         version: int = 0,
         max_live_opponents: int = 2,
+        task_cfg: TaskConfig | None = None,
     ) -> Generator:
         """A generator on vLLM engines: the learner's and league slots' on `model_path`,
         `add_opponent`'s on the opponent's directory."""
@@ -182,6 +188,7 @@ class Generator:
             seed,
             version,
             max_live_opponents,
+            task_cfg,
         )
 
     @property
@@ -457,6 +464,86 @@ class Generator:
 
         return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
 
+    # -- tasks -------------------------------------------------------------------------------
+    def task_play(self, n_prompts: int) -> pa.Table:
+        """n_prompts train problems, each sampled task.samples_per_prompt times (one group,
+        one engine call for all): one row per sample, unscored (the verifier scores)."""
+        k = self.task_cfg.samples_per_prompt
+        seeds = [self.rng.getrandbits(31) for _ in range(n_prompts)]
+        problems = [self.task.problem(s) for s in seeds]
+        groups = [uuid.uuid4().hex for _ in problems]
+        outs, elapsed, versions = self._sample(
+            [p.prompt for p in problems for _ in range(k)], self.cfg.temperature
+        )
+        rows = []
+        for i, out in enumerate(outs):
+            problem, match = problems[i // k], Match(self.task.name, (LEARNER, LEARNER))
+            row = self._row(
+                match,
+                0,
+                prompt=self.prompt(problem.prompt, None),
+                response=out.token_ids,
+                logprobs=out.logprobs,
+                text=out.text,
+                versions=versions,
+                elapsed=elapsed,
+            )
+            row.update(
+                traj_id=uuid.uuid4().hex,
+                seed=seeds[i // k],
+                turn=0,
+                outcome=None,
+                opponent_id=SELF,
+                task=self.task.name,
+                group_id=groups[i // k],
+                reference_id=problem.id,
+            )
+            rows.append(row)
+        self.counts["games"] += len(rows)
+        return schema.from_rows(rows)
+
+    def _sample(
+        self, prompts: list[str], temperature: float, policy: str = LEARNER, counts: dict | None = None
+    ):
+        """One engine call for task prompts: (completions, engine seconds, versions)."""
+        counts = self.counts if counts is None else counts
+        ids = [self.prompt(p, None) for p in prompts]
+        limit = min(self.cfg.max_response_tokens, self.task.max_reply_chars + 1)  # + end of sequence
+        with self.lock:
+            engine = self._engine(policy)
+            for p in ids:
+                check_fits(self.task.name, len(p), limit, engine.max_model_len)
+            start = time.perf_counter()
+            outs = engine.generate(ids, limit, temperature)
+            elapsed = time.perf_counter() - start
+            versions = dict(self.versions)
+        counts["turns"] += len(outs)
+        counts["tokens"] += sum(len(o.token_ids) for o in outs)
+        counts["engine_s"] += elapsed
+        return outs, elapsed, versions
+
+    def evaluate_task(self, policy: str = LEARNER) -> dict:
+        """`policy` on the task's held-out problems: greedy (pass@1 accuracy) and
+        task.eval_samples samples each at the training temperature (pass@k)."""
+        problems = self.task.held_out(self.task_cfg.held_out)
+        k = self.task_cfg.eval_samples
+        greedy, _, versions = self._sample([p.prompt for p in problems], 0.0, policy, self.eval_counts)
+        sampled, _, _ = self._sample(
+            [p.prompt for p in problems for _ in range(k)], self.cfg.temperature, policy, self.eval_counts
+        )
+        self.eval_counts["games"] += len(greedy) + len(sampled)
+        score = self.task.score
+        greedy_scores = [score(p.prompt, o.text, p.reference) for p, o in zip(problems, greedy)]
+        sample_scores = [
+            score(problems[i // k].prompt, o.text, problems[i // k].reference) for i, o in enumerate(sampled)
+        ]
+        return {
+            "game": self.task.name,
+            "opponent": "held_out",
+            "version": versions[policy],
+            **task_summary(greedy_scores, sample_scores, k),
+        }
+
     def close(self) -> None:
         for engine in [*self.engines.values(), *self.slots.values()]:
             engine.close()
@@ -480,9 +567,19 @@ class GeneratorActor:
         seed: int,
         version: int = 0,
         max_live_opponents: int = 2,
+        task_cfg: TaskConfig | None = None,
     ):
         self.gen = Generator.from_model(
-            generator_id, run_id, games, model_path, model_cfg, gen_cfg, seed, version, max_live_opponents
+            generator_id,
+            run_id,
+            games,
+            model_path,
+            model_cfg,
+            gen_cfg,
+            seed,
+            version,
+            max_live_opponents,
+            task_cfg,
         )
         self.stopped = threading.Event()  # set once by `stop`, even if it comes before `play_loop` starts
         self.wait_s = 0.0  # of play_s: held back by the buffer's rate limit
@@ -510,7 +607,9 @@ class GeneratorActor:
                 self.wait_s += time.perf_counter() - start
                 continue
             tokens_before = self.gen.counts["tokens"]
-            if league is None:
+            if self.gen.task is not None:
+                table = self.gen.task_play(self.gen.task_cfg.prompts_per_wave)
+            elif league is None:
                 table = self.gen.self_play(n)
             else:
                 assignments = ray.get(league.matchmake.remote(n))
@@ -576,6 +675,11 @@ class GeneratorActor:
         while broadcasts keep landing on the learner's engine."""
         with self.eval_lock:
             return self.gen.evaluate(game, opponent, n_games, policy=self._fixed(weights))
+
+    def evaluate_task(self, weights: dict | None = None) -> dict:
+        """The task's held-out evaluation; with `weights`, of those weights held fixed."""
+        with self.eval_lock:
+            return self.gen.evaluate_task(self._fixed(weights))
 
     def kuhn_policy(self, weights: dict | None = None) -> dict:
         with self.eval_lock:

@@ -1,6 +1,10 @@
 """Verifier: replays every trajectory by the game's rules, rejects malformed ones with a
-counted reason, and attaches rewards and returns. Trajectories arrive from generators and
-go on to the buffer; the driver never sees them."""
+counted reason, and attaches rewards and returns. A task's reply is scored instead: the
+problem is drawn again from its seed (its id and prompt must match what was played),
+and the task's scorer attaches its parts (`scores`), the total as the reward, and the
+validity flag (`illegal` when the reply was malformed); scorer failures (a sandbox
+timeout, say) count by reason. Trajectories arrive from generators and go on to the
+buffer; the driver never sees them."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from selfplay import schema
 from selfplay.games import make_game
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
+from selfplay.tasks import make_task
 
 
 class Verifier:
@@ -23,8 +28,11 @@ class Verifier:
     seen among the last `remember` is rejected as a duplicate (a retried generator call
     must not count a game twice)."""
 
-    def __init__(self, decode, remember: int = 200_000):
+    def __init__(self, decode, remember: int = 200_000, task=None):
+        """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only."""
         self.decode = decode
+        self.task = task
+        self.score_reasons: Counter = Counter()  # why replies scored 0 without running (timeout, ...)
         self.rejected: Counter = Counter()
         self.accepted = 0
         self.accepted_turns = 0
@@ -34,12 +42,12 @@ class Verifier:
         self.remember = remember
 
     @classmethod
-    def for_model(cls, model_path: str) -> Verifier:
+    def for_model(cls, model_path: str, task=None) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), task=task)
 
     def verify(self, table: pa.Table) -> pa.Table:
         """The accepted turns of `table`, with rewards and returns attached."""
@@ -49,7 +57,8 @@ class Verifier:
         kept = []
         for traj_id, rows in by_traj.items():
             rows.sort(key=lambda r: r["turn"])
-            reason = "duplicate" if traj_id in self.seen else self._check(rows)
+            check = self._check if rows[0]["task"] is None else self._check_task
+            reason = "duplicate" if traj_id in self.seen else check(rows)
             self._remember(traj_id)
             if reason:
                 self.rejected[reason] += 1
@@ -90,13 +99,8 @@ class Verifier:
                 return "moves_after_end"
             if row["role"] != game.current_player:
                 return "wrong_role"
-            if row["trainable"]:
-                if len(row["response_ids"]) != len(row["behaviour_logprobs"]):
-                    return "logprob_length"
-                if not all(math.isfinite(lp) and lp <= 0 for lp in row["behaviour_logprobs"]):
-                    return "bad_logprob"
-                if self.decode(row["response_ids"]) != row["response_text"]:
-                    return "text_mismatch"
+            if row["trainable"] and (reason := self._check_tokens(row)):
+                return reason
             legal = game.apply_text(row["response_text"])
             if legal == row["illegal"]:
                 return "illegal_flag_mismatch"
@@ -114,6 +118,43 @@ class Verifier:
                 r["reward"], r["ret"] = reward, ret
         return None
 
+    def _check_tokens(self, row: dict) -> str | None:
+        """A sampled reply's tokens, log-probs and text agree."""
+        if len(row["response_ids"]) != len(row["behaviour_logprobs"]):
+            return "logprob_length"
+        if not all(math.isfinite(lp) and lp <= 0 for lp in row["behaviour_logprobs"]):
+            return "bad_logprob"
+        if self.decode(row["response_ids"]) != row["response_text"]:
+            return "text_mismatch"
+        return None
+
+    def _check_task(self, rows: list[dict]) -> str | None:
+        """Score one task reply (a one-row trajectory); returns a rejection reason, or None
+        after attaching the scorer's parts, reward and validity."""
+        (row, *more) = rows
+        if more or row["turn"] != 0:
+            return "task_turns"
+        if self.task is None or row["task"] != self.task.name:
+            return "unknown_task"
+        problem = self.task.problem(row["seed"])
+        if problem.id != row["reference_id"]:
+            return "reference_mismatch"
+        if self.decode(row["prompt_ids"]) != problem.prompt:
+            return "prompt_mismatch"
+        if reason := self._check_tokens(row):
+            return reason
+        score = self.task.score(problem.prompt, row["response_text"], problem.reference)
+        if score.reason:
+            self.score_reasons[score.reason] += 1
+        row.update(
+            scores=score.parts,
+            reward=score.total,
+            ret=score.total,
+            outcome=score.total,
+            illegal=not score.valid,
+        )
+        return None
+
     def stats(self) -> dict:
         """Trajectories accepted and rejected (by reason), turns accepted and turns
         forwarded for training."""
@@ -123,13 +164,15 @@ class Verifier:
             "forwarded_turns": self.forwarded_turns,
             "received": self.accepted + sum(self.rejected.values()),
             **{f"rejected_{k}": v for k, v in self.rejected.items()},
+            **{f"scored_zero_{k}": v for k, v in self.score_reasons.items()},
         }
 
 
 @ray.remote(num_cpus=0.1)
 class VerifierActor:
-    def __init__(self, model_path: str, buffer, run_id: str):
-        self.verifier = Verifier.for_model(model_path)
+    def __init__(self, model_path: str, buffer, run_id: str, task_cfg=None):
+        task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
+        self.verifier = Verifier.for_model(model_path, task)
         self.buffer = buffer
         self.rejected = ray_metric("counter", "verifier_rejected", {"run": run_id}, ("reason",))
         self.accepted = ray_metric("counter", "verifier_accepted", {"run": run_id})

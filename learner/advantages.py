@@ -1,6 +1,8 @@
 """Advantage estimators, on the returns the verifier attaches (`selfplay/rewards.py`),
-chosen by `learner.advantage`: SPIRAL's role-conditioned baselines (`rae`, below), or a
-learned value of each state with GAE (`gae`, at the end of this module).
+chosen by `learner.advantage`: SPIRAL's role-conditioned baselines (`rae`, below), a
+learned value of each state with GAE (`gae`), or the k samples of one prompt as each
+other's baseline (`group`, computed by the buffer's builder: `group_advantages`, at the
+end of this module).
 
 SPIRAL (Liu et al., 2025, "SPIRAL: Self-Play on Zero-Sum Games Incentivizes Reasoning"):
     A_{G,p}(tau) = R_p(tau) - b_{G,p}                      (b read first: "to be unbiased")
@@ -79,3 +81,30 @@ def gae_advantages(
             target[i], adv[i] = g, g - values[i]
             nxt = i
     return adv, target
+
+
+def group_advantages(rewards: list[float], method: str, eps: float = 1e-6) -> list[float]:
+    """Advantages of the k samples of one prompt, each judged against the others:
+        grpo  (r_i - mean(r)) / (std(r) + eps)     GRPO (Shao et al., 2024), std over the group
+        drgrpo r_i - mean(r)                        Dr. GRPO (Liu et al., 2025): no std division,
+                                                    which favours prompts of middling difficulty
+        rloo  r_i - mean(r_j, j != i)               RLOO (Ahmadian et al., 2024): leave-one-out,
+                                                    = k/(k-1) (r_i - mean(r)), an unbiased baseline
+    std is the population standard deviation, as GRPO implementations compute it over the
+    group (TRL uses the sample std; with k >= 8 the two differ by under 7%). A group whose
+    rewards all agree gets zeros under every method: it teaches nothing (see the builder's
+    variance filter)."""
+    k = len(rewards)
+    if k == 0:
+        return []
+    mean = sum(rewards) / k
+    if method == "drgrpo":
+        return [r - mean for r in rewards]
+    if method == "grpo":
+        std = (sum((r - mean) ** 2 for r in rewards) / k) ** 0.5
+        return [(r - mean) / (std + eps) for r in rewards]
+    if method == "rloo":
+        if k == 1:
+            return [0.0]
+        return [r - (mean * k - r) / (k - 1) for r in rewards]
+    raise ValueError(f"unknown group advantage {method!r}; expected grpo, drgrpo or rloo")

@@ -1,7 +1,8 @@
 """The learner: a torch HF causal LM trained with PPO-clipped policy gradient on SPIRAL's
-role-conditioned advantages or on GAE with a value head, optional KL to a frozen
-reference, AdamW and gradient clipping. Runs without Ray; `learner/actor.py` is its Ray
-shell."""
+role-conditioned advantages, on GAE with a value head, or on the group-relative
+advantages the buffer's builder wrote (task runs), and with NLL on rows labelled sft (the
+supervised stage, rejection sampling); optional KL to a frozen reference, AdamW and
+gradient clipping. Runs without Ray; `learner/actor.py` is its Ray shell."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def opponent_results(rows: list[dict]) -> dict[str, float]:
     game counted once (its outcome for the learner's seat). Evaluations stay apart (eval/)."""
     final: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in rows:
-        if r["opponent_id"] != SELF:
+        if r["opponent_id"] != SELF and r["task"] is None:
             final[(r["game"], r["opponent_id"])][r["traj_id"]] = r["outcome"]
     out = {}
     for (game, opponent), by_game in sorted(final.items()):
@@ -152,10 +153,11 @@ class Learner:
         rows = [r for r in table.to_pylist() if r["trainable"] and r["response_ids"]]
         if not rows:
             raise ValueError("train_step: batch holds no trainable turns")
-        keys = [(r["game"], r["role"]) for r in rows]
-        returns = [r["ret"] for r in rows]
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         mask = batch["mask"]
+        is_sft = torch.tensor([r["label"] == "sft" for r in rows], device=self.device)
+        rl_mask = mask * (~is_sft)[:, None]  # policy gradient and KL: every row not labelled sft
+        sft_mask = mask * is_sft[:, None]
 
         values = value_loss = None
         with self._autocast():
@@ -165,18 +167,8 @@ class Learner:
                 logp, entropy, values = logprobs_and_values(
                     self.model, self.value_head, batch, self.temperature
                 )
-        if values is None:
-            # SPIRAL's order: the advantage reads the baseline before this batch updates it.
-            advantages = role_conditioned_advantages(keys, returns, self.baselines)
-            self.baselines = update_baselines(
-                self.baselines, keys, returns, self.cfg.baseline_alpha, games=[r["traj_id"] for r in rows]
-            )
-        else:
-            groups = [(r["traj_id"], r["role"]) for r in rows]
-            turns = [r["turn"] for r in rows]
-            advantages, targets = gae_advantages(
-                groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda
-            )
+        advantages, targets = self._advantages(rows, values)
+        if values is not None:
             targets = torch.tensor(targets, device=self.device)
             value_loss = 0.5 * ((values - targets) ** 2).mean()
         adv = torch.tensor(advantages, device=self.device)
@@ -185,17 +177,22 @@ class Learner:
         if self.ref is not None:
             with torch.no_grad(), self._autocast():
                 ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
-            kl_ref = losses.kl_penalty(logp.detach(), ref_logp, mask)  # the logged value
+            kl_ref = losses.kl_penalty(logp.detach(), ref_logp, rl_mask)  # the logged value
             if self.cfg.kl_placement == "reward":  # each turn's penalty, summed over its tokens
                 penalty = (losses.kl_estimate(logp.detach(), ref_logp, self.cfg.kl_estimator) * mask).sum(1)
                 adv = adv - self.cfg.kl_coef * penalty
             else:
-                kl_term = losses.kl_loss(logp, ref_logp, batch["behaviour_logp"], mask, self.cfg.kl_estimator)
+                kl_term = losses.kl_loss(
+                    logp, ref_logp, batch["behaviour_logp"], rl_mask, self.cfg.kl_estimator
+                )
         if self.cfg.normalize_advantages and len(adv) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss, clip_frac = losses.ppo_clip_loss(logp, batch["behaviour_logp"], adv, mask, self.cfg.clip_eps)
+        pg_loss, clip_frac = losses.ppo_clip_loss(
+            logp, batch["behaviour_logp"], adv, rl_mask, self.cfg.clip_eps
+        )
+        nll = losses.nll_loss(logp, sft_mask)
         ent = losses.masked_mean(entropy, mask)
-        loss = pg_loss - self.cfg.entropy_coef * ent + self.cfg.kl_coef * kl_term
+        loss = pg_loss + nll - self.cfg.entropy_coef * ent + self.cfg.kl_coef * kl_term
         if value_loss is not None:
             loss = loss + self.cfg.value_coef * value_loss
 
@@ -215,14 +212,16 @@ class Learner:
 
         versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)  # on the host
         with torch.no_grad():
-            log_ratio = (batch["behaviour_logp"] - logp.detach()) * mask
+            log_ratio = (batch["behaviour_logp"] - logp.detach()) * rl_mask
         step_s = time.perf_counter() - start
         tokens = int(batch["attention_mask"].sum())
         metrics = {
             "step": self.step,
             "loss": loss.item(),
             "pg_loss": pg_loss.item(),
-            "kl_behaviour": (log_ratio.sum() / mask.sum()).item(),
+            "kl_behaviour": (log_ratio.sum() / rl_mask.sum().clamp(min=1)).item(),
+            "nll": nll.item(),
+            "sft_rows": int(is_sft.sum()),
             "kl_ref": kl_ref.item(),
             "entropy": ent.item(),
             "clip_frac": clip_frac.item(),
@@ -248,6 +247,9 @@ class Learner:
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
                 explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),
             )
+        scored = [r["reward"] for r in rows if r["task"] is not None and r["label"] != "sft"]
+        if scored:  # a task's sampled replies: their mean reward (before any filter: the buffer's)
+            metrics["batch_reward"] = sum(scored) / len(scored)
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         metrics.update(opponent_results(rows))
@@ -256,6 +258,30 @@ class Learner:
                 [r["response_text"] for r in rows if r["game"] == game]
             )
         return metrics
+
+    def _advantages(self, rows: list[dict], values: torch.Tensor | None) -> tuple[list[float], list | None]:
+        """Each row's advantage by `learner.advantage` (0 on sft rows, which train NLL), and
+        the value targets (gae only)."""
+        if self.cfg.advantage == "group":  # the builder's, on the buffer's side
+            missing = [r["traj_id"] for r in rows if r["label"] != "sft" and r["advantage"] is None]
+            if missing:
+                raise ValueError(
+                    f"learner.advantage group: {len(missing)} rows have no builder advantage "
+                    f"(e.g. {missing[0]}); task runs build them in the buffer"
+                )
+            return [0.0 if r["label"] == "sft" else r["advantage"] for r in rows], None
+        keys = [(r["game"], r["role"]) for r in rows]
+        returns = [r["ret"] for r in rows]
+        if values is None:
+            # SPIRAL's order: the advantage reads the baseline before this batch updates it.
+            advantages = role_conditioned_advantages(keys, returns, self.baselines)
+            self.baselines = update_baselines(
+                self.baselines, keys, returns, self.cfg.baseline_alpha, games=[r["traj_id"] for r in rows]
+            )
+            return advantages, None
+        groups = [(r["traj_id"], r["role"]) for r in rows]
+        turns = [r["turn"] for r in rows]
+        return gae_advantages(groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda)
 
     def export(self) -> tuple[bytes, str]:
         return export_weights(self.model, self.engine_dtype)

@@ -30,6 +30,14 @@ def ppo_clip_loss(
     return loss, clip_frac
 
 
+def nll_loss(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning: the mean negative log-likelihood of the target tokens,
+        L = -sum_t mask_t log pi(y_t | x, y_<t) / sum_t mask_t
+    over every real token of the batch (long targets weigh by their length, as SFT
+    trainers that average per token do). logp, mask: [B, T]."""
+    return -masked_mean(logp, mask)
+
+
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimators of KL(pi || pi_ref) from a token x sampled from pi (Schulman,
     2020, "Approximating KL divergence"), with r = pi_ref(x) / pi(x):

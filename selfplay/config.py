@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -26,7 +26,9 @@ MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:ma
 KlPlacement = Literal["reward", "loss"]
 KlEstimator = Literal["k1", "k2", "k3"]
 BufferSampling = Literal["least_sampled", "uniform"]
-Advantage = Literal["rae", "gae"]  # see learner/advantages.py
+Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
+GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
+BuilderRows = Literal["rl", "sft"]  # selfplay/builder.py
 
 
 @dataclass
@@ -96,7 +98,8 @@ class LearnerConfig:
     kl_placement: KlPlacement = "reward"
     kl_estimator: KlEstimator = "k1"
     # rae: SPIRAL's EMA baseline per (game, role); gae: a value head on the policy's last
-    # hidden state (shared trunk) and GAE over each player's turns (needs buffer.whole_games)
+    # hidden state (shared trunk) and GAE over each player's turns (needs buffer.whole_games);
+    # group: the buffer's builder's, over the k samples of a task prompt (task runs)
     advantage: Advantage = "rae"
     baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
     gae_lambda: float = 0.95
@@ -118,6 +121,45 @@ class EvalConfig:
     games: int = 200  # per game, opponent and seat
     # Scripted opponents; each game is evaluated against those it has (see games/*.SCRIPTED).
     opponents: list[str] = field(default_factory=lambda: ["random", "minimax", "nash", "greedy", "fair"])
+
+
+@dataclass
+class TaskConfig:
+    """A task with a checker (selfplay/tasks) in place of games: each wave draws
+    prompts_per_wave train problems, samples each samples_per_prompt times (a group), and
+    the verifier scores every reply."""
+
+    name: str | None = None  # arithmetic | codegen; None: the run plays `games`
+    params: dict[str, Any] = field(default_factory=dict)  # the task's own, e.g. {digits: 3, terms: 3}
+    samples_per_prompt: int = 8  # k: a prompt's samples are each other's baseline
+    prompts_per_wave: int = 32
+    held_out: int = 400  # held-out problems per evaluation (greedy accuracy: pass@1)
+    eval_samples: int = 8  # and that many samples each at the training temperature: pass@k
+
+
+@dataclass
+class BuilderConfig:
+    """How the buffer turns scored groups into training rows (selfplay/builder.py)."""
+
+    rows: BuilderRows = "rl"  # rl: group-relative advantages; sft: verified samples (rejection sampling)
+    group_advantage: GroupAdvantage = "grpo"
+    # admit a group only if its rewards differ (std > min_reward_std): a group that agrees teaches
+    # nothing. Held-back groups wait in a reserve; once fill_after rows were held back since the
+    # last batch and the batch still cannot fill, the best of them fill it (counted, never a stall)
+    variance_filter: bool = False
+    min_reward_std: float = 0.0
+    fill_after: int = 4096
+    accept_reward: float = 1.0  # sft rows: a sample is kept when its reward reaches this
+    dedupe: bool = True  # sft rows: one row per distinct reply of a group
+
+
+@dataclass
+class SftConfig:
+    """A supervised stage: the run's first `steps` learner steps train (NLL) on the task's
+    labelled targets of `examples` fixed train problems, before any generation."""
+
+    steps: int = 0
+    examples: int = 500
 
 
 @dataclass
@@ -173,6 +215,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     league: LeagueConfig = field(default_factory=LeagueConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    builder: BuilderConfig = field(default_factory=BuilderConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     # The demo's acceptance figures, read from the final evaluation into summary.json:
     # 'GAME/OPPONENT/FIELD' (or 'kuhn/exploitability/exploitability') -> '>= 0.9', '<= 0.05', ...
@@ -206,6 +251,11 @@ POSITIVE = {
     "generator.tensor_parallel_size",
     "autoscale.min_generators",
     "autoscale.max_generators",
+    "task.samples_per_prompt",
+    "task.prompts_per_wave",
+    "task.held_out",
+    "task.eval_samples",
+    "sft.examples",
 }
 NON_NEGATIVE = {
     "time_limit_min",
@@ -228,6 +278,9 @@ NON_NEGATIVE = {
     "autoscale.learner_idle_high",
     "autoscale.generator_idle_high",
     "autoscale.cooldown_s",
+    "builder.min_reward_std",
+    "builder.fill_after",
+    "sft.steps",
 }
 
 
@@ -326,8 +379,15 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"buffer.min_size: must be >= learner.batch_size ({cfg.learner.batch_size}), "
             f"got {cfg.buffer.min_size}"
         )
-    validate_games(cfg)
-    validate_opponents(cfg)
+    if cfg.task.name is None:
+        if cfg.learner.advantage == "group":
+            raise ConfigError(
+                "learner.advantage: group needs a task (task.name), whose samples form the groups"
+            )
+        validate_games(cfg)
+        validate_opponents(cfg)
+    else:
+        validate_task(cfg)
     for name, target in cfg.acceptance.items():
         if name.count("/") < 2:
             raise ConfigError(f"acceptance.{name}: name an evaluation field, e.g. tictactoe/minimax/non_loss")
@@ -357,6 +417,32 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     return cfg
+
+
+def validate_task(cfg: RunConfig) -> None:
+    """A task run: the task and its parameters exist, and nothing of the game path is asked for."""
+    from selfplay.tasks import make_task
+
+    try:
+        make_task(cfg.task.name, **cfg.task.params)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"task: {err}") from None
+    if cfg.league.enabled or cfg.generator.opponents:
+        raise ConfigError(
+            "task: a task run has no league or scripted opponents (league.enabled, generator.opponents)"
+        )
+    if cfg.learner.advantage != "group":
+        raise ConfigError(
+            f"learner.advantage: a task run trains on the builder's group advantages; set group, "
+            f"got {cfg.learner.advantage}"
+        )
+    if cfg.sft.steps and cfg.sft.examples < cfg.learner.batch_size:
+        raise ConfigError(
+            f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
+        )
+    for name in cfg.acceptance:
+        if not name.startswith(f"{cfg.task.name}/held_out/"):
+            raise ConfigError(f"acceptance.{name}: a task run reports {cfg.task.name}/held_out/FIELD")
 
 
 def validate_opponents(cfg: RunConfig) -> None:

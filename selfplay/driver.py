@@ -17,7 +17,9 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from selfplay import schema
 from selfplay.best import BestCheckpoint, best_acceptance
+from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
 from selfplay.evals import acceptance, eval_metrics, eval_summary
@@ -28,8 +30,10 @@ from selfplay.model import create_default_model
 from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
 from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
+from selfplay.tasks import make_task
 
 COMPLETE = "COMPLETE"
+AFTER_SFT = "after_sft.json"  # the supervised stage's final evaluation, in the run directory
 HEADLINE = {  # progress-bar label -> metric, shown once the run has logged it
     "vs_minimax": "eval/tictactoe/minimax/non_loss",
     "vs_random": "eval/tictactoe/random/non_loss",
@@ -128,6 +132,9 @@ class EvalQueue:
         (default: the learner's now). Logged at the step of the weights measured."""
         weights = weights or ray.get(self.learner.current_weights.remote())
         step = weights["step"]
+        if self.cfg.task.name:  # a task: its held-out problems
+            self.pending.append((step, prefix, self.generator.evaluate_task.remote(weights), weights))
+            return
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
@@ -158,6 +165,13 @@ class EvalQueue:
                 )
                 self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
                 line = f"exploitability {result['exploitability']:.3f}"
+            elif "accuracy" in result:  # a task
+                key = f"{result['game']}/{result['opponent']}"
+                self.metrics.log(step, wall_s, eval_metrics(result, prefix))
+                line = (
+                    f"accuracy {result['accuracy']:.3f}  pass@{result['k']} {result['pass_at_k']:.3f}  "
+                    f"valid {result['valid']:.3f}"
+                )
             else:
                 key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
@@ -195,6 +209,13 @@ class Run:
         self.learner = self.program.learner
         self.controller = self.program.controller
         self.league = self.program.league
+        self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
+        if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
+            ray.get(
+                self.program.buffer.start_sft.remote(
+                    schema.to_ipc(labelled_set(cfg, model_path, self.run_id))
+                )
+            )
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         self.events_logged = 0
         self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put)
@@ -327,6 +348,8 @@ class Run:
         first_step, started = self.step, time.time()
         while self.step < cfg.total_steps and time.time() < deadline and not STOP.is_set():
             n = min(cfg.log_every, cfg.total_steps - self.step)
+            if self.in_sft:
+                n = min(n, cfg.sft.steps - self.step)
             ref = self.learner.train.remote(n)
             while not ray.wait([ref], timeout=2.0)[0]:
                 ray.get(self.controller.check.remote())  # a failed generator stops the run
@@ -350,17 +373,21 @@ class Run:
                     **self.watch_pool(),
                     "buffer_size": buffer["size"],
                     "buffer_dropped_stale": buffer["dropped_stale"],
+                    **builder_metrics(buffer),
                 },
             )
             if cfg.autoscale.enabled:
                 self.controller.autoscale.remote(learner_metrics["learner_wait_s"])
+            evaluated = self.in_sft and self.step >= cfg.sft.steps
+            if evaluated:
+                self.end_sft()
             self.evals.collect(self.wall())
             if self.league is not None:
                 ray.get(self.league.set_step.remote(self.step))
                 self.metrics.log(self.step, self.wall(), self.league_metrics())
                 if self.step % cfg.league.promote_every < n:
                     self.promotion_match()
-            if self.step % cfg.eval.every_steps < n:
+            if self.step % cfg.eval.every_steps < n and not evaluated:
                 self.evaluate()
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
@@ -369,9 +396,24 @@ class Run:
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
 
+    def end_sft(self) -> None:
+        """The supervised stage is over: its policy is evaluated (the figure the later
+        stages are measured against, summary `after_sft`) and the generators start."""
+        self.in_sft = False
+        after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
+        (self.run_dir / AFTER_SFT).write_text(json.dumps(after, indent=2))
+        ray.get(self.program.buffer.end_sft.remote())
+        self.console.print(f"step {self.step}: supervised stage done; generation starts")
+
     def headline(self, learner_metrics: dict) -> dict:
         """The few figures the progress bar shows: those this run has."""
         shown = {"illegal": round(learner_metrics["batch_illegal"], 3)}
+        if self.cfg.task.name:
+            shown = {"nll": round(learner_metrics["nll"], 3)} if self.in_sft else {}
+            value = self.metrics.last(f"eval/{self.cfg.task.name}/held_out/accuracy")
+            if value is not None:
+                shown["accuracy"] = round(value, 3)
+            return shown
         for label, name in HEADLINE.items():
             value = self.metrics.last(name)
             if value is not None:
@@ -462,6 +504,9 @@ def train(
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
+            if (run_dir / AFTER_SFT).exists():  # the supervised stage's figure, kept across a resume
+                summary["after_sft"] = json.loads((run_dir / AFTER_SFT).read_text())
+                gain_over(summary["after"], summary["after_sft"], "accuracy", "sft")
             summary["acceptance"] = acceptance(summary["after"], cfg.acceptance)
             if r.best.weights is not None:  # the best checkpoint, evaluated afresh beside the last
                 best = r.evaluate(wait=True, prefix="best", weights=r.best.weights)
@@ -486,6 +531,42 @@ def train(
         if owns_ray:
             ray.shutdown()
         out.close()
+
+
+def builder_metrics(buffer: dict) -> dict:
+    """A task run's groups so far (the buffer's builder counts; selfplay/builder.py)."""
+    if not buffer.get("groups"):
+        return {}
+    return {
+        "task/groups": buffer["groups"],
+        "task/accepted_share": buffer["accepted"] / buffer["samples"],  # of the samples generated
+        "task/groups_all_accepted": buffer["groups_all_accepted"],
+        "task/groups_none_accepted": buffer["groups_none_accepted"],
+        "task/groups_held_back": buffer["groups_held_back"],
+        "task/filled_from_reserve": buffer["filled_from_reserve"],
+    }
+
+
+def gain_over(after: dict, before: dict, field: str, name: str) -> None:
+    """Add FIELD_gain_over_NAME to each evaluation of `after`: its `field` minus `before`'s
+    (e.g. held-out accuracy after rejection sampling minus after the supervised stage),
+    an acceptance figure like any other."""
+    for key, result in after.items():
+        if field in result and field in before.get(key, {}):
+            result[f"{field}_gain_over_{name}"] = result[field] - before[key][field]
+
+
+def labelled_set(cfg: RunConfig, model_path: str, run_id: str):
+    """The supervised stage's rows: sft.examples problems of the task with their targets."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def encode(text: str, special: bool) -> list[int]:
+        return tokenizer(text, add_special_tokens=special).input_ids
+
+    task = make_task(cfg.task.name, **cfg.task.params)
+    return sft_examples(task, encode, tokenizer.eos_token_id, cfg.sft.examples, cfg.seed, run_id)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

@@ -20,6 +20,9 @@ from selfplay.stats import points
 RATES = ("win", "draw", "loss", "illegal", "non_loss")
 SUMMARY_FIELDS = (*RATES, "return", "games")
 EVAL_FIELDS = (*SUMMARY_FIELDS, "first_win", "first_non_loss", "second_win", "second_non_loss")
+# A task's held-out evaluation (task_summary): greedy accuracy (pass@1), pass@k and the mean
+# accuracy of the k samples at the training temperature, well-formed replies, problems
+TASK_FIELDS = ("accuracy", "pass_at_k", "sample_accuracy", "valid", "problems")
 
 
 def game_points(outcome: float) -> float:
@@ -32,14 +35,33 @@ def eval_summary(result: dict) -> dict:
     the whole result of a probability-based one (Kuhn exploitability)."""
     if "exploitability" in result:
         return result
-    return {k: result[k] for k in SUMMARY_FIELDS}
+    return {k: result[k] for k in (TASK_FIELDS if "accuracy" in result else SUMMARY_FIELDS)}
 
 
 def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
     """Flatten a played evaluation into PREFIX/GAME/OPP/FIELD metric names, with the weight
     version it measured."""
     key = f"{prefix}/{result['game']}/{result['opponent']}"
-    return {f"{key}/{k}": result[k] for k in (*EVAL_FIELDS, "version")}
+    fields = TASK_FIELDS if "accuracy" in result else EVAL_FIELDS
+    return {f"{key}/{k}": result[k] for k in (*fields, "version")}
+
+
+def task_summary(greedy: list, sampled: list, k: int) -> dict:
+    """A task evaluation from its scores (selfplay.tasks.Score): `greedy` one per problem,
+    `sampled` k per problem in problem order. A reply is correct when its total is 1;
+    pass@k: a problem has a correct one among its k samples (with n = k samples, the
+    unbiased estimator of Chen et al. 2021 is exactly this)."""
+    n = len(greedy)
+    correct = [s.total >= 1 for s in sampled]
+    per_problem = [any(correct[i * k : (i + 1) * k]) for i in range(n)]
+    return {
+        "accuracy": sum(s.total >= 1 for s in greedy) / max(n, 1),
+        "pass_at_k": sum(per_problem) / max(n, 1),
+        "sample_accuracy": sum(correct) / max(len(correct), 1),
+        "valid": sum(s.valid for s in greedy) / max(n, 1),
+        "problems": n,
+        "k": k,
+    }
 
 
 def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:

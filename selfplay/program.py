@@ -54,12 +54,13 @@ def build_program(
     run's buffer, learner and league load their state from `resume_from`; `seed_offset`
     makes a resumed run's generators draw new games."""
     resume = str(resume_from) if resume_from else None
-    buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id)
+    builder = cfg.builder if cfg.task.name else None
+    buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id, builder)
     if resume:
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
-    ).remote(model_path, buffer, run_id)
+    ).remote(model_path, buffer, run_id, cfg.task)
     learner = LearnerActor.options(
         name="learner",
         num_cpus=cfg.learner.num_cpus,
@@ -97,7 +98,7 @@ def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, see
         )
     seed = cfg.seed + 1000 * (index + 1) + seed_extra
     handle = GeneratorActor.options(**options).remote(
-        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents
+        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents, cfg.task
     )
     return handle, group
 

@@ -1,5 +1,11 @@
-"""The trajectory table: one row per turn. Declared once; every producer and consumer
-imports it. Arrow IPC between actors (never pickles), Parquet on disk."""
+"""The trajectory table: one row per turn (a game's move, or a task's reply). Declared
+once; every producer and consumer imports it. Arrow IPC between actors (never pickles),
+Parquet on disk.
+
+Version 2 added the task columns: `task`, `group_id` (the k samples of one prompt),
+`reference_id` (the problem), `scores` (the scorer's parts, kept apart), `label` (what a
+row trains: rl or sft) and `advantage` (set by the buffer's builder where the group
+decides it). A version-1 file is refused with its version named."""
 
 from __future__ import annotations
 
@@ -8,13 +14,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LABELS = ("rl", "sft")  # rl: policy gradient on `advantage` (or the learner's own); sft: NLL
 VERSION_KEY = b"selfplay.schema_version"
 
 FIELDS = [
     pa.field("run_id", pa.string()),
     pa.field("traj_id", pa.string()),  # unique per game played
-    pa.field("game", pa.string()),
+    pa.field("game", pa.string()),  # the game, or the task, played
     pa.field("seed", pa.int64()),  # replays the game's chance events
     pa.field("turn", pa.int32()),  # index within the trajectory
     pa.field("role", pa.int8()),  # seat of the player who moved
@@ -34,6 +41,13 @@ FIELDS = [
     pa.field("generator_id", pa.string()),
     pa.field("gen_time_s", pa.float32()),  # engine time of the batch this turn was in
     pa.field("created_at", pa.float64()),  # unix seconds
+    # tasks (null on game turns): see selfplay/tasks and actors/builder.py
+    pa.field("task", pa.string()),
+    pa.field("group_id", pa.string()),  # the samples of one prompt share it
+    pa.field("reference_id", pa.string()),  # the problem's id, stable across runs
+    pa.field("scores", pa.map_(pa.string(), pa.float32())),  # the scorer's parts; `reward` is the total
+    pa.field("label", pa.string()),  # one of LABELS; null: rl
+    pa.field("advantage", pa.float32()),  # the builder's; null: the learner computes one
 ]
 SCHEMA = pa.schema(FIELDS, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()})
 COLUMNS = [f.name for f in FIELDS]

@@ -34,7 +34,32 @@ def make_row(**fields) -> dict:
         "generator_id": "gen-0",
         "gen_time_s": 0.25,
         "created_at": 1700000000.5,
+        "task": None,
+        "group_id": None,
+        "reference_id": None,
+        "scores": None,
+        "label": None,
+        "advantage": None,
     }
     assert list(row) == schema.COLUMNS, "make_row is out of date with schema.FIELDS"
     row.update(fields)
     return row
+
+
+def make_task_row(group: str, reward: float, text: str = "x", **fields) -> dict:
+    """One scored arithmetic reply of prompt group `group` (unique per group, text, reward
+    and turn); keyword arguments replace columns by name."""
+    return make_row(
+        **{
+            "traj_id": f"{group}-{text}-{reward}-{fields.get('turn', 0)}",
+            "game": "arithmetic",
+            "task": "arithmetic",
+            "group_id": group,
+            "reference_id": f"arithmetic:{group}",
+            "reward": reward,
+            "ret": reward,
+            "outcome": reward,
+            "response_text": text,
+            **fields,
+        }
+    )

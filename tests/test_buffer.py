@@ -9,8 +9,8 @@ import pytest
 
 from actors.buffer import ReplayBuffer, insert_allowed, pick_rows, sample_allowed, staleness_floor
 from selfplay import schema
-from selfplay.config import BufferConfig
-from tests.rows import make_row
+from selfplay.config import BufferConfig, BuilderConfig
+from tests.rows import make_row, make_task_row
 
 
 def turns(versions: list[int], prefix: str = "t") -> pa.Table:
@@ -261,3 +261,76 @@ def test_whole_games_are_sampled_together():
     games = ids(out)
     assert out.num_rows == 6 and all(games.count(g) == 3 for g in set(games))
     assert buf.counts["sampled"] == 6
+
+
+# ---- task runs: the builder, the reserve, the supervised stage ---------------------------
+
+
+def task_buffer(builder: BuilderConfig, **cfg) -> ReplayBuffer:
+    base = dict(capacity=1000, max_staleness=100, samples_per_insert=1.0, spi_tolerance=10_000, min_size=1)
+    return ReplayBuffer(BufferConfig(**{**base, **cfg}), seed=0, builder=builder)
+
+
+def groups(*rewards_per_group: list[float], version: int = 0) -> pa.Table:
+    """One group per list of rewards, g0, g1, ...; each sample's reply is its index."""
+    return schema.from_rows(
+        [
+            make_task_row(f"g{g}-v{version}", r, str(i), policy_version=version)
+            for g, rewards in enumerate(rewards_per_group)
+            for i, r in enumerate(rewards)
+        ]
+    )
+
+
+def test_held_back_groups_count_neither_as_inserted_nor_against_the_rate():
+    buf = task_buffer(BuilderConfig(variance_filter=True), spi_tolerance=0)
+    kept = buf.add(groups([1, 0], [1, 1], [0, 0]))
+    assert kept == 2 and len(buf) == 2 and buf.reserve.num_rows == 4
+    assert buf.counts["inserted"] == 2 and buf.counts["held_since_sample"] == 4
+    assert buf.counts["groups_held_back"] == 2 and buf.counts["groups"] == 3
+
+
+def test_a_batch_that_cannot_fill_is_topped_up_from_the_newest_held_back_groups():
+    buf = task_buffer(BuilderConfig(variance_filter=True, fill_after=6), min_size=4)
+    buf.add(groups([1, 0], [1, 1], version=0))  # 2 admitted, 2 held back
+    assert buf.sample(4, learner_version=0) is None  # 2 rows < 4; only 2 held back so far: wait
+    buf.add(groups([0, 0], version=1))  # 4 held back in all: still under fill_after
+    assert buf.sample(4, learner_version=1) is None
+    buf.add(groups([0, 0], version=2))  # 6 held back: the newest fill the batch, whole groups
+    out = buf.sample(4, learner_version=2)
+    assert out.num_rows == 4 and buf.counts["filled_from_reserve"] == 2
+    assert set(ids(out)) >= {r["traj_id"] for r in groups([0, 0], version=2).to_pylist()}
+    assert buf.counts["held_since_sample"] == 0 and buf.reserve.num_rows == 4
+
+
+def test_stale_held_back_rows_never_fill_a_batch():
+    buf = task_buffer(BuilderConfig(variance_filter=True, fill_after=1), max_staleness=1, min_size=2)
+    buf.add(groups([1, 1], version=0))
+    assert buf.sample(2, learner_version=5) is None and buf.reserve.num_rows == 0
+
+
+def test_the_supervised_stage_hands_out_every_labelled_row_once_per_epoch_and_holds_generators():
+    buf = task_buffer(BuilderConfig(), min_size=1000)
+    labelled = schema.from_rows([make_task_row(f"s{i}", 1.0, label="sft") for i in range(6)])
+    buf.start_sft(labelled)
+    assert not buf.can_insert()
+    first = [t for _ in range(3) for t in ids(buf.sample(2, learner_version=0))]
+    assert sorted(first) == sorted(ids(labelled))  # one epoch: every row once
+    assert buf.sample(4, learner_version=0).num_rows == 4  # epochs run on
+    assert buf.counts["sft_sampled"] == 10 and buf.counts["sampled"] == 0
+    buf.end_sft()
+    assert buf.can_insert() and buf.sample(2, learner_version=0) is None  # back to generated rows
+
+
+def test_a_game_buffer_has_no_supervised_stage():
+    with pytest.raises(ValueError, match="supervised stage is a task run's"):
+        buffer().start_sft(schema.from_rows([make_row()]))
+
+
+def test_the_reserve_survives_save_and_load(tmp_path):
+    a = task_buffer(BuilderConfig(variance_filter=True))
+    a.add(groups([1, 0], [1, 1]))
+    a.save(tmp_path)
+    b = task_buffer(BuilderConfig(variance_filter=True))
+    b.load(tmp_path)
+    assert b.reserve.equals(a.reserve) and b.counts == a.counts

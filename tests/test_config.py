@@ -247,3 +247,33 @@ def test_the_demo_configs_carry_their_acceptance_targets():
     ttt = load_config("configs/tictactoe.yaml").acceptance
     assert ttt["tictactoe/minimax/non_loss"] == ">= 0.90" and ttt["tictactoe/random/illegal"] == "<= 0.01"
     assert load_config("configs/league.yaml").acceptance["kuhn/exploitability/exploitability"] == "<= 0.05"
+
+
+TASK = ["task.name=arithmetic", "learner.advantage=group"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["task.name=chess", "learner.advantage=group"], "task: task: unknown task 'chess'"),
+        ([*TASK, "task.params={digitz: 3}"], "task.params.digitz: unknown parameter of arithmetic"),
+        (["task.name=arithmetic"], "learner.advantage: a task run trains on the builder's group advantages"),
+        ([*TASK, "league.enabled=true"], "task: a task run has no league or scripted opponents"),
+        ([*TASK, "sft.steps=10", "sft.examples=100"], r"sft.examples: must be >= learner.batch_size \(512\)"),
+        (
+            [*TASK, "acceptance={tictactoe/minimax/non_loss: '>= 0.9'}"],
+            "a task run reports arithmetic/held_out/FIELD",
+        ),
+        ([*TASK, "task.samples_per_prompt=0"], "task.samples_per_prompt: must be > 0"),
+        ([*TASK, "builder.rows=pairs"], "builder.rows: must be one of"),
+        (["learner.advantage=group"], "learner.advantage: group needs a task"),
+    ],
+)
+def test_a_task_run_is_checked_field_by_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_task_run_skips_the_game_checks():
+    cfg = load_config(None, [*TASK, "eval.opponents=[nobody]", "task.params={digits: 3, terms: 3}"])
+    assert cfg.task.params == {"digits": 3, "terms": 3}

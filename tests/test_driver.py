@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from selfplay import driver
+from selfplay.config import BuilderConfig, SftConfig, TaskConfig
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,62 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     }
     assert (run_dir / "best" / "model.safetensors").exists() and (run_dir / "best" / "config.json").exists()
     assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [
+        # rejection sampling: every reply is accepted (an untrained model is never right)
+        {"rows": "sft", "accept_reward": 0.0},
+        # group advantages behind the variance filter: every group of an untrained model
+        # agrees (all wrong), so batches fill from the reserve instead of stalling
+        {"rows": "rl", "variance_filter": True, "fill_after": 32},
+    ],
+    ids=["rft", "grpo-filtered"],
+)
+def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, builder):
+    """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
+    cfg = dataclasses.replace(
+        small_cfg,
+        total_steps=6,
+        log_every=2,
+        checkpoint_every=6,
+        out_dir=str(tmp_path),
+        generator=dataclasses.replace(small_cfg.generator, max_response_tokens=4),
+        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group"),
+        buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
+        eval=dataclasses.replace(small_cfg.eval, every_steps=4),
+        task=TaskConfig(
+            name="arithmetic",
+            params={"digits": 1, "terms": 2},
+            samples_per_prompt=4,
+            prompts_per_wave=8,
+            held_out=8,
+            eval_samples=2,
+        ),
+        builder=BuilderConfig(**builder),
+        sft=SftConfig(steps=2, examples=40),
+        acceptance={"arithmetic/held_out/accuracy_gain_over_sft": ">= -1"},
+    )
+    run_dir = driver.train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 6
+    assert set(summary["after_sft"]) == {"arithmetic/held_out"}
+    assert summary["acceptance"]["arithmetic/held_out/accuracy_gain_over_sft"]["met"]
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    sft_rows = {m["step"]: m["value"] for m in metrics if m["name"] == "sft_rows"}
+    assert sft_rows[1] == sft_rows[2] == 32  # the supervised stage: labelled rows only
+    versions = {m["step"]: m["value"] for m in metrics if m["name"] == "weight_version"}
+    assert versions[6] == 6  # every step broadcast
+    # steps 3-6 trained on generated replies, scored by the verifier and built by the builder
+    assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
+    verifier = summary["pool"]["verifier"]
+    assert verifier["accepted"] == summary["turns"]["forwarded"] > 0
+    if builder["rows"] == "sft":
+        assert all(sft_rows[s] > 0 for s in (3, 4, 5, 6))
+    else:
+        assert all(sft_rows[s] == 0 for s in (3, 4, 5, 6))
+        assert any(m["name"] == "task/filled_from_reserve" and m["value"] > 0 for m in metrics)
 
 
 def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path):

@@ -11,7 +11,7 @@ from learner.learner import Learner, opponent_results
 from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
-from tests.rows import make_row
+from tests.rows import make_row, make_task_row
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,51 @@ def test_results_against_training_opponents_count_each_game_once():
         "train/tictactoe/heuristic/non_loss": 2 / 3,
         "train/tictactoe/heuristic/games": 3,
     }
+
+
+# ---- task rows: NLL on sft rows, the builder's advantages on rl rows
+
+
+def task_batch(label: str, advantage: float | None = None, n: int = 4):
+    return schema.from_rows(
+        [
+            make_task_row(
+                f"g{i}",
+                1.0,
+                "57",
+                prompt_ids=[1, 20, 21, 22],
+                response_ids=[40, 46, 2],
+                behaviour_logprobs=[-1.0, -1.0, -1.0],
+                label=label,
+                advantage=advantage,
+            )
+            for i in range(n)
+        ]
+    )
+
+
+def test_sft_rows_train_the_negative_log_likelihood_of_their_reply(model_dir):
+    cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group", "learner.lr=1e-2"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    first = learner.train_step(task_batch("sft"))
+    assert first["pg_loss"] == 0.0 and first["sft_rows"] == 4 and first["kl_behaviour"] == 0.0
+    assert first["loss"] == pytest.approx(first["nll"])  # no policy gradient, KL or entropy term
+    for _ in range(10):
+        last = learner.train_step(task_batch("sft"))
+    assert last["nll"] < first["nll"] / 2  # it learns the reply
+
+
+def test_rl_rows_train_on_the_builders_advantage_and_no_nll(model_dir):
+    cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    m = learner.train_step(task_batch("rl", advantage=1.0))
+    assert m["nll"] == 0.0 and m["sft_rows"] == 0 and m["adv_mean"] == 1.0 and m["batch_reward"] == 1.0
+    zero = Learner(cfg.learner, cfg.model, model_dir, seed=0).train_step(task_batch("rl", advantage=0.0))
+    assert zero["pg_loss"] == 0.0 and zero["grad_norm"] == 0.0  # a group that agreed teaches nothing
+
+
+def test_rl_rows_without_a_builder_advantage_are_refused(model_dir):
+    cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    with pytest.raises(ValueError, match="4 rows have no builder advantage"):
+        learner.train_step(task_batch("rl", advantage=None))

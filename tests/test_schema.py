@@ -34,7 +34,7 @@ def two_rows() -> list[dict]:
 def test_from_rows_has_the_schema_and_its_version():
     table = schema.from_rows(two_rows())
     assert table.schema.equals(schema.SCHEMA, check_metadata=True)
-    assert table.schema.metadata[schema.VERSION_KEY] == b"1"
+    assert table.schema.metadata[schema.VERSION_KEY] == b"2"
     assert table.column_names == schema.COLUMNS
 
 
@@ -52,7 +52,7 @@ def test_ipc_round_trip_keeps_rows():
     rows = two_rows()
     back = schema.from_ipc(schema.to_ipc(schema.from_rows(rows)))
     assert back.to_pylist() == rows
-    assert back.schema.metadata[schema.VERSION_KEY] == b"1"
+    assert back.schema.metadata[schema.VERSION_KEY] == b"2"
 
 
 def test_empty_table_round_trips_through_ipc():
@@ -101,3 +101,29 @@ def test_write_parquet_refuses_a_table_that_is_not_a_trajectory_table(tmp_path):
     with pytest.raises(SchemaError):
         schema.write_parquet(pa.table({"x": [1]}), tmp_path / "bad.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_version_1_file_written_before_the_task_columns_is_refused_by_name(tmp_path):
+    v1 = [
+        f
+        for f in schema.FIELDS
+        if f.name not in ("task", "group_id", "reference_id", "scores", "label", "advantage")
+    ]
+    table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v1, metadata={schema.VERSION_KEY: b"1"}))
+    path = tmp_path / "old.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(SchemaError, match="trajectory schema version 1, this selfplay reads version 2"):
+        schema.read_parquet(path)
+
+
+def test_a_task_rows_score_parts_round_trip_as_a_map(tmp_path):
+    row = make_row(
+        task="arithmetic",
+        group_id="g",
+        reference_id="arithmetic:1+2",
+        scores={"correct": 1.0, "format": 1.0},
+        label="sft",
+    )
+    schema.write_parquet(schema.from_rows([row]), tmp_path / "t.parquet")
+    (back,) = schema.read_parquet(tmp_path / "t.parquet").to_pylist()
+    assert dict(back["scores"]) == {"correct": 1.0, "format": 1.0} and back["label"] == "sft"

@@ -1,0 +1,146 @@
+"""The builder: on the buffer's side, turns scored groups (the k samples of one prompt,
+sharing a `group_id`) into training rows, and holds the admission rule. Pure: tables in,
+tables and counts out; `actors/buffer.py` calls it on every insert.
+
+Rows (`builder.rows`):
+  rl   every sample, with its group-relative advantage (GRPO, Dr. GRPO or RLOO:
+       learner/advantages.py:group_advantages); the learner trains PPO-clipped policy
+       gradient on it against the behaviour log-probs.
+  sft  rejection sampling (RFT, Yuan et al. 2023): the samples whose reward reaches
+       `accept_reward`, one per distinct reply of a group (`dedupe`), labelled sft; the
+       learner trains NLL on them.
+Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
+group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
+baseline, so it is held back rather than admitted. Held-back groups are returned apart
+(the buffer keeps them as a reserve to fill a batch that cannot fill: never a stall).
+Game turns (no task) pass through untouched."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from learner.advantages import group_advantages
+from selfplay import schema
+from selfplay.config import BuilderConfig
+
+COUNTS = (
+    "groups",  # task groups built
+    "samples",  # their samples
+    "accepted",  # samples whose reward reached accept_reward (correct)
+    "groups_all_accepted",  # every sample accepted: too easy to teach
+    "groups_none_accepted",  # none accepted: too hard for now
+    "groups_held_back",  # the variance filter held back
+    "rows_held_back",
+    "rows_admitted",  # training rows built from admitted groups
+)
+
+
+def population_std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """(admitted rows, held-back rows, counts) of a table of scored turns. Task rows are
+    grouped by `group_id`; a group must arrive whole (a generator's wave holds every
+    sample of its prompts). Held-back rows are built as admitted ones would be (label,
+    advantage), so a reserve can admit them as they are."""
+    counts = dict.fromkeys(COUNTS, 0)
+    is_task = pc.is_valid(table["task"])
+    games = table.filter(pc.invert(is_task))
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in table.filter(is_task).to_pylist():
+        groups[row["group_id"]].append(row)
+    admitted, held = [], []
+    for rows in groups.values():
+        rewards = [r["reward"] for r in rows]
+        accepted = [r["reward"] >= cfg.accept_reward for r in rows]
+        counts["groups"] += 1
+        counts["samples"] += len(rows)
+        counts["accepted"] += sum(accepted)
+        counts["groups_all_accepted"] += all(accepted)
+        counts["groups_none_accepted"] += not any(accepted)
+        built = group_rows(rows, rewards, accepted, cfg)
+        if cfg.variance_filter and population_std(rewards) <= cfg.min_reward_std:
+            counts["groups_held_back"] += 1
+            counts["rows_held_back"] += len(built)
+            held.extend(built)
+        else:
+            counts["rows_admitted"] += len(built)
+            admitted.extend(built)
+    admitted_table = pa.concat_tables([games, schema.from_rows(admitted)]) if admitted else games
+    return admitted_table, schema.from_rows(held), counts
+
+
+def group_rows(
+    rows: list[dict], rewards: list[float], accepted: list[bool], cfg: BuilderConfig
+) -> list[dict]:
+    """The training rows of one group (see the module)."""
+    if cfg.rows == "rl":
+        advantages = group_advantages(rewards, cfg.group_advantage)
+        return [{**r, "label": "rl", "advantage": a} for r, a in zip(rows, advantages)]
+    out, seen = [], set()
+    for r, ok in zip(rows, accepted):
+        if not ok or (cfg.dedupe and r["response_text"] in seen):
+            continue
+        seen.add(r["response_text"])
+        out.append({**r, "label": "sft", "advantage": None})
+    return out
+
+
+def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> pa.Table:
+    """The supervised stage's labelled set: n distinct train problems of `task` drawn from
+    `seed`, each with its SFT target as the reply (`encode(text, special)`: token ids,
+    with the tokenizer's special tokens (bos) or without; the reply ends with eos), labelled
+    sft. Behaviour log-probs are zeros: no policy sampled them, and NLL does not read them."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    for _ in range(50 * n):  # a small problem space runs out: say so rather than loop
+        if len(rows) == n:
+            break
+        problem_seed = rng.getrandbits(31)
+        problem = task.problem(problem_seed)
+        if problem.id in seen:
+            continue
+        seen.add(problem.id)
+        reply = encode(problem.target, False) + [eos_id]
+        rows.append(
+            {
+                "run_id": run_id,
+                "traj_id": f"sft-{len(rows)}",
+                "game": task.name,
+                "seed": problem_seed,
+                "turn": 0,
+                "role": 0,
+                "policy_id": "sft",
+                "policy_version": 0,
+                "opponent_id": "self",
+                "opponent_version": 0,
+                "prompt_ids": encode(problem.prompt, True),
+                "response_ids": reply,
+                "behaviour_logprobs": [0.0] * len(reply),
+                "response_text": problem.target,
+                "reward": 1.0,
+                "ret": 1.0,
+                "outcome": 1.0,
+                "illegal": False,
+                "trainable": True,
+                "generator_id": "sft",
+                "gen_time_s": 0.0,
+                "created_at": time.time(),
+                "task": task.name,
+                "group_id": f"sft-{len(rows)}",
+                "reference_id": problem.id,
+                "label": "sft",
+            }
+        )
+    if len(rows) < n:
+        raise ValueError(
+            f"sft.examples: {task.name} gave only {len(rows)} distinct train problems, asked {n}"
+        )
+    return schema.from_rows(rows)

@@ -1,0 +1,48 @@
+"""Tasks with a checker: the generate -> verify -> filter -> train family beyond games.
+`make_task(name, **params)` is the one way in (as `make_game` is for games).
+
+A task is a problem source and its scorer:
+  name, max_reply_chars (the longest reply the scorer needs; generation stops there),
+  problem(seed) -> Problem         the train split: a problem drawn from `seed`, never a
+                                   held-out one (a problem's split is a pure function of its
+                                   id, so train and held-out never overlap, whatever the seeds)
+  held_out(n) -> [Problem]         the first n problems of the fixed held-out set
+  score(prompt, response, reference) -> Score
+A Problem carries its prompt, the reference the scorer checks against (a gold answer,
+hidden unit tests as JSON) and an SFT target (a correct response, as the model should
+write it). Scores keep their parts apart (`Score.parts`, columns of the trajectory
+table), with the total the learner uses and a validity flag (the reply was well formed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from selfplay.tasks.arithmetic import Arithmetic
+from selfplay.tasks.base import Problem, Score, held_out_id  # the interface, re-exported
+from selfplay.tasks.codegen import CodeGen
+
+__all__ = ["TASKS", "Problem", "Score", "held_out_id", "make_task"]
+
+TASKS = {"arithmetic": Arithmetic, "codegen": CodeGen}
+
+
+def make_task(name: str, **params):
+    """The task `name` built from config params; an unknown name, an unknown parameter or an
+    ill-typed value raises ValueError naming it (ints are accepted where a float is declared)."""
+    if name not in TASKS:
+        raise ValueError(f"task: unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
+    cls = TASKS[name]
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in params.items():
+        if key not in known:
+            raise ValueError(f"task.params.{key}: unknown parameter of {name} (known: {', '.join(known)})")
+        typ = hints[key]
+        if typ is float and type(value) is int:
+            value = float(value)
+        if type(value) is not typ:
+            raise ValueError(f"task.params.{key}: expected {typ.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,132 @@
+"""The builder (scored groups -> training rows, the variance filter), group-relative
+advantages and the supervised stage's labelled set, on hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from learner.advantages import group_advantages
+from selfplay import schema
+from selfplay.builder import build, sft_examples
+from selfplay.config import BuilderConfig
+from selfplay.tasks import make_task
+from tests.rows import make_row
+from tests.rows import make_task_row as sample
+
+# ---- group-relative advantages
+
+
+def test_grpo_divides_by_the_group_std():
+    # rewards 1, 0, 0, 1: mean 0.5, population std 0.5 -> +-1
+    assert group_advantages([1, 0, 0, 1], "grpo", eps=0) == [1.0, -1.0, -1.0, 1.0]
+
+
+def test_drgrpo_only_centres():
+    assert group_advantages([1, 0, 0, 0], "drgrpo") == [0.75, -0.25, -0.25, -0.25]
+
+
+def test_rloo_leaves_each_sample_out_of_its_own_baseline():
+    # sample 0: 1 - mean(0, 0, 0) = 1; the others: 0 - mean(1, 0, 0) = -1/3
+    assert group_advantages([1, 0, 0, 0], "rloo") == pytest.approx([1.0, -1 / 3, -1 / 3, -1 / 3])
+    assert group_advantages([1, 0, 0, 0], "rloo") == pytest.approx(
+        [4 / 3 * a for a in group_advantages([1, 0, 0, 0], "drgrpo")]
+    )
+
+
+@pytest.mark.parametrize("method", ["grpo", "drgrpo", "rloo"])
+def test_a_group_that_agrees_gets_zero_advantages(method):
+    assert group_advantages([1, 1, 1], method) == [0.0, 0.0, 0.0]
+    assert group_advantages([0.5], method) == [0.0]
+
+
+def test_an_unknown_group_advantage_is_refused():
+    with pytest.raises(ValueError, match="unknown group advantage 'ppo'"):
+        group_advantages([1, 0], "ppo")
+
+
+# ---- rows
+
+
+def test_rl_rows_carry_each_samples_group_advantage():
+    table = schema.from_rows([sample("a", 1.0, "3"), sample("a", 0.0, "4"), sample("b", 1.0, "7")])
+    admitted, held, counts = build(table, BuilderConfig(rows="rl", group_advantage="drgrpo"))
+    rows = {r["traj_id"]: r for r in admitted.to_pylist()}
+    assert [rows[k]["advantage"] for k in ("a-3-1.0-0", "a-4-0.0-0", "b-7-1.0-0")] == [0.5, -0.5, 0.0]
+    assert {r["label"] for r in rows.values()} == {"rl"}
+    assert held.num_rows == 0
+    assert counts["groups"] == 2 and counts["samples"] == 3 and counts["accepted"] == 2
+    assert counts["groups_all_accepted"] == 1 and counts["groups_none_accepted"] == 0
+
+
+def test_sft_rows_keep_accepted_samples_once_per_distinct_reply():
+    table = schema.from_rows(
+        [
+            sample("a", 1.0, "42", turn=0),
+            sample("a", 1.0, "42", turn=1),
+            sample("a", 1.0, "042"),
+            sample("a", 0.0, "41"),
+        ]
+    )
+    admitted, _, counts = build(table, BuilderConfig(rows="sft"))
+    assert sorted(r["response_text"] for r in admitted.to_pylist()) == ["042", "42"]
+    assert {r["label"] for r in admitted.to_pylist()} == {"sft"}
+    assert all(r["advantage"] is None for r in admitted.to_pylist())
+    assert counts["accepted"] == 3 and counts["rows_admitted"] == 2
+    no_dedupe, _, _ = build(table, BuilderConfig(rows="sft", dedupe=False))
+    assert no_dedupe.num_rows == 3
+
+
+def test_the_variance_filter_holds_back_groups_that_agree():
+    table = schema.from_rows(
+        [
+            sample("easy", 1.0, "1"),
+            sample("easy", 1.0, "2"),
+            sample("mixed", 1.0, "3"),
+            sample("mixed", 0.0, "4"),
+        ]
+        + [sample("hard", 0.0, "5"), sample("hard", 0.0, "6")]
+    )
+    admitted, held, counts = build(table, BuilderConfig(rows="rl", variance_filter=True))
+    assert {r["group_id"] for r in admitted.to_pylist()} == {"mixed"}
+    assert {r["group_id"] for r in held.to_pylist()} == {"easy", "hard"}
+    assert all(r["label"] == "rl" and r["advantage"] == 0.0 for r in held.to_pylist())  # built as admitted
+    assert counts["groups_held_back"] == 2 and counts["rows_held_back"] == 4 and counts["rows_admitted"] == 2
+    # a threshold above the mixed group's std (0.5) holds it back too
+    _, held, _ = build(table, BuilderConfig(rows="rl", variance_filter=True, min_reward_std=0.5))
+    assert held.num_rows == 6
+
+
+def test_game_turns_pass_through_the_builder_untouched():
+    game = make_row(traj_id="g", ret=1.0)
+    admitted, held, counts = build(schema.from_rows([game]), BuilderConfig(variance_filter=True))
+    assert admitted.to_pylist() == [game] and held.num_rows == 0 and counts["groups"] == 0
+
+
+# ---- the supervised stage's labelled set
+
+
+def test_the_labelled_set_holds_distinct_train_problems_with_their_targets():
+    task = make_task("arithmetic", digits=2, terms=2)
+
+    def encode(text, special):
+        return ([1] if special else []) + [ord(c) for c in text]
+
+    table = sft_examples(task, encode, eos_id=2, n=50, seed=3, run_id="r")
+    rows = table.to_pylist()
+    assert len({r["reference_id"] for r in rows}) == 50
+    for r in rows[:5]:
+        problem = task.problem(r["seed"])
+        assert r["reference_id"] == problem.id and r["response_text"] == problem.target
+        assert r["prompt_ids"] == encode(problem.prompt, True)
+        assert r["response_ids"] == encode(problem.target, False) + [2]  # the reply ends
+        assert r["label"] == "sft" and r["trainable"]
+        assert task.score(problem.prompt, r["response_text"], problem.reference).total == 1.0
+    held = {p.id for p in task.held_out(200)}
+    assert not held & {r["reference_id"] for r in rows}
+    assert sft_examples(task, encode, 2, 50, 3, "r").to_pylist()[0]["seed"] == rows[0]["seed"]
+
+
+def test_a_labelled_set_larger_than_the_problem_space_is_refused():
+    task = make_task("arithmetic", digits=1, terms=2)  # 100 problems, ~90 of them train
+    with pytest.raises(ValueError, match="sft.examples: arithmetic gave only"):
+        sft_examples(task, lambda text, special: [ord(c) for c in text], 2, 500, 0, "r")

@@ -1,0 +1,122 @@
+"""A task's rows from generator to learner batch on a scripted engine (tests/engines.py), no
+vLLM and no Ray: groups of k samples per prompt, the verifier's scoring and its
+rejections, the builder in the buffer, and the held-out evaluation. The same path on real
+engines: test_driver.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from actors.buffer import ReplayBuffer
+from actors.generator import Generator
+from actors.verifier import Verifier
+from selfplay import schema
+from selfplay.config import BufferConfig, BuilderConfig, GeneratorConfig, TaskConfig
+from selfplay.tasks import make_task
+from tests.engines import EngineMaker, RuleEngine, decode
+
+TASK = make_task("arithmetic", digits=2, terms=2)
+
+
+def answer(prompt: str) -> str:
+    """The right answer to an arithmetic prompt such as '12+45='."""
+    return str(sum(int(t) for t in prompt.rstrip("=").replace("-", "+-").split("+") if t))
+
+
+def alternating():
+    """Right on every other reply, so each group of an even k holds both."""
+    calls = itertools.count()
+    return lambda prompt: answer(prompt) if next(calls) % 2 == 0 else answer(prompt) + "1"
+
+
+def task_generator(rule, k: int = 4, prompts: int = 3, held_out: int = 10) -> Generator:
+    cfg = TaskConfig(
+        name="arithmetic", samples_per_prompt=k, prompts_per_wave=prompts, held_out=held_out, eval_samples=k
+    )
+    return Generator(
+        "gen-0",
+        "run-0",
+        {"tictactoe": 1.0},
+        RuleEngine(rule=rule),
+        EngineMaker(),
+        GeneratorConfig(max_response_tokens=8),
+        seed=0,
+        task_cfg=cfg,
+    )
+
+
+def test_a_wave_samples_each_prompt_k_times_in_one_engine_call():
+    gen = task_generator(alternating(), k=4, prompts=3)
+    table = gen.task_play(3)
+    rows = table.to_pylist()
+    assert len(rows) == 12 and len(gen.engines["learner"].calls) == 1
+    by_group = {}
+    for r in rows:
+        by_group.setdefault(r["group_id"], []).append(r)
+    assert len(by_group) == 3 and all(len(g) == 4 for g in by_group.values())
+    for group in by_group.values():
+        assert len({(r["seed"], r["reference_id"], tuple(r["prompt_ids"])) for r in group}) == 1
+        assert len({r["traj_id"] for r in group}) == 4
+    problem = TASK.problem(rows[0]["seed"])
+    assert rows[0]["reference_id"] == problem.id and decode(rows[0]["prompt_ids"]) == problem.prompt
+    assert all(r["task"] == "arithmetic" and r["reward"] is None and r["trainable"] for r in rows)
+    assert gen.counts["games"] == 12 and gen.counts["turns"] == 12
+
+
+def test_the_verifier_scores_replies_and_the_builder_turns_groups_into_rows():
+    table = task_generator(alternating(), k=4, prompts=3).task_play(3)
+    verifier = Verifier(decode, task=TASK)
+    scored = verifier.training_turns(table).to_pylist()
+    assert len(scored) == 12 and not verifier.rejected
+    for r in scored:
+        right = r["response_text"] == answer(TASK.problem(r["seed"]).prompt)
+        assert r["reward"] == float(right) and dict(r["scores"])["correct"] == float(right)
+        assert not r["illegal"]
+    buf = ReplayBuffer(BufferConfig(min_size=1), builder=BuilderConfig(rows="rl", group_advantage="drgrpo"))
+    assert buf.add(schema.from_rows(scored)) == 12
+    batch = buf.sample(12, learner_version=0).to_pylist()
+    assert sorted(r["advantage"] for r in batch) == [-0.5] * 6 + [0.5] * 6  # 2 of 4 right in each group
+
+
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda r: r.update(reference_id="arithmetic:1+1"), "reference_mismatch"),
+        (lambda r: r.update(prompt_ids=r["prompt_ids"][:-1]), "prompt_mismatch"),
+        (lambda r: r.update(task="codegen"), "unknown_task"),
+        (lambda r: r.update(response_text="0"), "text_mismatch"),
+        (lambda r: r.update(behaviour_logprobs=[0.5] * len(r["response_ids"])), "bad_logprob"),
+        (lambda r: r.update(turn=1), "task_turns"),
+    ],
+)
+def test_the_verifier_rejects_a_reply_that_does_not_match_its_problem(tamper, reason):
+    rows = task_generator(lambda p: answer(p) + "7", k=1, prompts=1).task_play(1).to_pylist()
+    tamper(rows[0])
+    verifier = Verifier(decode, task=TASK)
+    assert verifier.verify(schema.from_rows(rows)).num_rows == 0
+    assert verifier.rejected == {reason: 1}
+
+
+def test_a_malformed_reply_is_scored_zero_and_marked_illegal():
+    rows = task_generator(lambda p: "twelve", k=1, prompts=1).task_play(1)
+    (row,) = Verifier(decode, task=TASK).verify(rows).to_pylist()
+    assert row["reward"] == 0.0 and row["illegal"] and dict(row["scores"])["format"] == 0.0
+
+
+def test_the_held_out_evaluation_reads_greedy_accuracy_and_pass_at_k():
+    right = task_generator(answer, k=4, held_out=10).evaluate_task()
+    assert (right["accuracy"], right["pass_at_k"], right["sample_accuracy"], right["problems"]) == (
+        1.0,
+        1.0,
+        1.0,
+        10,
+    )
+    gen = task_generator(alternating(), k=4, held_out=10)
+    half = gen.evaluate_task()  # the greedy call takes 10 replies (even count), then 4 per problem
+    assert half["pass_at_k"] == 1.0 and half["sample_accuracy"] == 0.5 and half["accuracy"] == 0.5
+    assert gen.eval_counts["games"] == 50 and gen.counts["games"] == 0  # evaluations count apart
+    calls = gen.engines["learner"].calls
+    assert calls[0]["temperature"] == 0.0 and calls[1]["temperature"] == gen.cfg.temperature
+    assert {p for p in calls[0]["prompts"]} == {p.prompt for p in TASK.held_out(10)}
