@@ -25,12 +25,14 @@ import ray
 
 from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import schema
+from selfplay.builder import update_hard_pool
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize, task_summary
 from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import make_task
+from selfplay.tasks.base import ScoreCache
 
 
 class WeightMismatch(RuntimeError):
@@ -157,6 +159,10 @@ class Generator:
         self.fixed_checksum: str | None = None
         self.task_cfg = task_cfg
         self.task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
+        self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
+        self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
+        if self.task is not None:
+            self.counts["hard_prompts"] = 0  # prompts drawn again from it
 
     @classmethod
     def from_model(
@@ -469,15 +475,15 @@ class Generator:
         """n_prompts train problems, each sampled task.samples_per_prompt times (one group,
         one engine call for all): one row per sample, unscored (the verifier scores)."""
         k = self.task_cfg.samples_per_prompt
-        seeds = [self.rng.getrandbits(31) for _ in range(n_prompts)]
+        seeds = [self._task_seed() for _ in range(n_prompts)]
         problems = [self.task.problem(s) for s in seeds]
         groups = [uuid.uuid4().hex for _ in problems]
         outs, elapsed, versions = self._sample(
             [p.prompt for p in problems for _ in range(k)], self.cfg.temperature
         )
-        rows = []
+        rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # one seat, the learner's
         for i, out in enumerate(outs):
-            problem, match = problems[i // k], Match(self.task.name, (LEARNER, LEARNER))
+            problem = problems[i // k]
             row = self._row(
                 match,
                 0,
@@ -501,6 +507,20 @@ class Generator:
             rows.append(row)
         self.counts["games"] += len(rows)
         return schema.from_rows(rows)
+
+    def _task_seed(self) -> int:
+        """A new train problem's seed, or with task.hard_fraction's probability one from the
+        hard-prompt pool (while it holds any)."""
+        if self.hard and self.rng.random() < self.task_cfg.hard_fraction:
+            self.counts["hard_prompts"] += 1
+            return self.rng.choice(self.hard)
+        return self.rng.getrandbits(31)
+
+    def note_groups(self, groups: list) -> None:
+        """The verifier's (problem seed, mean reward) of scored groups: the hard pool's input."""
+        if self.task is not None and self.task_cfg.hard_fraction > 0:
+            c = self.task_cfg
+            self.hard = update_hard_pool(self.hard, [tuple(g) for g in groups], c.hard_below, c.hard_pool)
 
     def _sample(
         self, prompts: list[str], temperature: float, policy: str = LEARNER, counts: dict | None = None
@@ -532,7 +552,7 @@ class Generator:
             [p.prompt for p in problems for _ in range(k)], self.cfg.temperature, policy, self.eval_counts
         )
         self.eval_counts["games"] += len(greedy) + len(sampled)
-        score = self.task.score
+        score = self.score
         greedy_scores = [score(p.prompt, o.text, p.reference) for p, o in zip(problems, greedy)]
         sample_scores = [
             score(problems[i // k].prompt, o.text, problems[i // k].reference) for i, o in enumerate(sampled)
@@ -624,8 +644,10 @@ class GeneratorActor:
             self.sent += games
             if len(in_flight) >= max_in_flight:
                 done, in_flight = ray.wait(in_flight, num_returns=1)
-                ray.get(done)  # a failed verifier call stops this generator rather than losing games
-        ray.get(in_flight)
+                # a failed verifier call stops this generator rather than losing games
+                self.gen.note_groups(ray.get(done[0])["groups"])
+        for verified in ray.get(in_flight):
+            self.gen.note_groups(verified["groups"])
         return self.stats()
 
     def _load_members(self, league, members: set[str]) -> None:

@@ -16,10 +16,12 @@ import pyarrow.compute as pc
 import ray
 
 from selfplay import schema
+from selfplay.builder import group_means
 from selfplay.games import make_game
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
 from selfplay.tasks import make_task
+from selfplay.tasks.base import ScoreCache
 
 
 class Verifier:
@@ -32,6 +34,7 @@ class Verifier:
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only."""
         self.decode = decode
         self.task = task
+        self.score = ScoreCache(task.score) if task is not None else None
         self.score_reasons: Counter = Counter()  # why replies scored 0 without running (timeout, ...)
         self.rejected: Counter = Counter()
         self.accepted = 0
@@ -143,7 +146,7 @@ class Verifier:
             return "prompt_mismatch"
         if reason := self._check_tokens(row):
             return reason
-        score = self.task.score(problem.prompt, row["response_text"], problem.reference)
+        score = self.score(problem.prompt, row["response_text"], problem.reference)
         if score.reason:
             self.score_reasons[score.reason] += 1
         row.update(
@@ -177,17 +180,18 @@ class VerifierActor:
         self.rejected = ray_metric("counter", "verifier_rejected", {"run": run_id}, ("reason",))
         self.accepted = ray_metric("counter", "verifier_accepted", {"run": run_id})
 
-    def verify(self, blob: bytes) -> int:
-        """Verify a batch and forward its training turns to the buffer; returns turns kept."""
+    def verify(self, blob: bytes) -> dict:
+        """Verify a batch and forward its training turns to the buffer; returns the turns
+        the buffer kept and, for a task, each group's (problem seed, mean reward), which
+        the generator's hard-prompt pool reads."""
         before, accepted_before = Counter(self.verifier.rejected), self.verifier.accepted
         accepted = self.verifier.training_turns(schema.from_ipc(blob))
         for reason, n in (self.verifier.rejected - before).items():
             self.rejected.inc(n, tags={"reason": reason})
         if self.verifier.accepted > accepted_before:
             self.accepted.inc(self.verifier.accepted - accepted_before)
-        if accepted.num_rows:
-            return ray.get(self.buffer.add.remote(schema.to_ipc(accepted)))
-        return 0
+        kept = ray.get(self.buffer.add.remote(schema.to_ipc(accepted))) if accepted.num_rows else 0
+        return {"kept": kept, "groups": group_means(accepted)}
 
     def stats(self) -> dict:
         return self.verifier.stats()

@@ -13,7 +13,11 @@ Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic samplin
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
 (the buffer keeps them as a reserve to fill a batch that cannot fill: never a stall).
-Game turns (no task) pass through untouched."""
+Game turns (no task) pass through untouched.
+
+The hard-prompt pool (`update_hard_pool`, prime-rl's and DAPO's curriculum idea): the
+generator draws `task.hard_fraction` of its prompts again from the problems its policy
+solved sometimes but rarely, so groups that teach come back while they still teach."""
 
 from __future__ import annotations
 
@@ -144,3 +148,27 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
             f"sft.examples: {task.name} gave only {len(rows)} distinct train problems, asked {n}"
         )
     return schema.from_rows(rows)
+
+
+def group_means(table: pa.Table) -> list[tuple[int, float]]:
+    """(problem seed, mean reward) of each task group of a scored table, in order seen."""
+    rewards: dict[str, list[float]] = defaultdict(list)
+    seeds: dict[str, int] = {}
+    for g, seed, r in zip(
+        table["group_id"].to_pylist(), table["seed"].to_pylist(), table["reward"].to_pylist()
+    ):
+        if g is not None:
+            rewards[g].append(r)
+            seeds[g] = seed
+    return [(seeds[g], sum(rs) / len(rs)) for g, rs in rewards.items()]
+
+
+def update_hard_pool(pool: list[int], groups: list[tuple[int, float]], below: float, size: int) -> list[int]:
+    """The pool of hard problem seeds, oldest first, after these groups' results: a
+    problem whose group was right sometimes but at most `below` of the time (0 < mean <=
+    below) joins it (or moves to its end); one solved more often (mean > below), or never
+    (mean 0: out of reach for now), leaves it. At most `size` seeds, the oldest go first."""
+    result = {seed: mean for seed, mean in groups}
+    kept = [s for s in pool if s not in result]
+    kept += [s for s, mean in result.items() if 0 < mean <= below]
+    return kept[max(len(kept) - size, 0) :]

@@ -135,6 +135,12 @@ class TaskConfig:
     prompts_per_wave: int = 32
     held_out: int = 400  # held-out problems per evaluation (greedy accuracy: pass@1)
     eval_samples: int = 8  # and that many samples each at the training temperature: pass@k
+    # The hard-prompt pool (adversarial curriculum): train problems whose group was right
+    # sometimes but at most hard_below of the time; that share of each wave's prompts is
+    # drawn again from it (selfplay/builder.py:update_hard_pool). 0: every prompt is new.
+    hard_fraction: float = 0.0
+    hard_below: float = 0.5
+    hard_pool: int = 1024
 
 
 @dataclass
@@ -255,6 +261,7 @@ POSITIVE = {
     "task.prompts_per_wave",
     "task.held_out",
     "task.eval_samples",
+    "task.hard_pool",
     "sft.examples",
 }
 NON_NEGATIVE = {
@@ -279,6 +286,8 @@ NON_NEGATIVE = {
     "autoscale.generator_idle_high",
     "autoscale.cooldown_s",
     "builder.min_reward_std",
+    "task.hard_fraction",
+    "task.hard_below",
     "builder.fill_after",
     "sft.steps",
 }
@@ -436,6 +445,9 @@ def validate_task(cfg: RunConfig) -> None:
             f"learner.advantage: a task run trains on the builder's group advantages; set group, "
             f"got {cfg.learner.advantage}"
         )
+    for name in ("task.hard_fraction", "task.hard_below"):
+        if not _get(cfg, name) <= 1:
+            raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     if cfg.sft.steps and cfg.sft.examples < cfg.learner.batch_size:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"

@@ -457,6 +457,17 @@ class Run:
                 "generators": 1 - totals["wait_s"] / max(totals["play_s"], 1e-9),
             },
             "learner_mfu": t["flops_s"] / max(t["step_s"], 1e-9),
+            # a task run's groups (the builder's counts) and prompts drawn again from the hard pool
+            **(
+                {
+                    "task": {
+                        **builder_metrics(buffer),
+                        "hard_prompts": sum(g.get("hard_prompts", 0) for g in gens),
+                    }
+                }
+                if self.cfg.task.name
+                else {}
+            ),
             "placement": {
                 "learner": ray.get(self.learner.state.remote())["node_id"],
                 **{name: g["node_id"] for name, g in self.pool["generators"].items()},
@@ -539,6 +550,7 @@ def builder_metrics(buffer: dict) -> dict:
         return {}
     return {
         "task/groups": buffer["groups"],
+        "task/samples": buffer["samples"],  # generated and scored so far
         "task/accepted_share": buffer["accepted"] / buffer["samples"],  # of the samples generated
         "task/groups_all_accepted": buffer["groups_all_accepted"],
         "task/groups_none_accepted": buffer["groups_none_accepted"],

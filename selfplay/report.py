@@ -3,6 +3,7 @@ built from metrics.parquet (long format: step, wall_s, name, value), summary.jso
 config.yaml and the newest complete checkpoint's league.json.
 
 Metric names: eval/GAME/OPP/FIELD, eval/kuhn/{exploitability,illegal_mass},
+eval/TASK/held_out/FIELD (a task's held-out evaluation: accuracy, pass_at_k, ...),
 snapshot/MEMBER/... (the same evals when league member MEMBER was created), league/...,
 and the learner's and generators' scalars."""
 
@@ -25,13 +26,14 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from selfplay.evals import RATES  # noqa: E402
+from selfplay.evals import RATES, TASK_FIELDS  # noqa: E402
 from selfplay.league import LeagueState  # noqa: E402
 from selfplay.league_table import load_league, member_rows, score_matrix  # noqa: E402
 from selfplay.stats import wilson_interval  # noqa: E402
 
 OUTCOME = (*RATES, "return")
 CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
+TASK_CURVES = ("accuracy", "pass_at_k", "sample_accuracy")  # a task's held-out curves
 # OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.
 KUHN_REFERENCE = [(0.458, "uniform random (0.458)"), (0.0, "Nash (0)")]
 KUHN_KEY = "kuhn/exploitability"  # its summary.json key and metric name (under eval/)
@@ -94,8 +96,13 @@ def _starting(series: Series, prefix: str) -> list[str]:
 
 def figures(series: Series, threshold: float | None) -> list[Figure]:
     """The figures, built from the metric names present; plot() drops what has no data."""
-    keys = list(eval_results(series))
+    results = eval_results(series)
+    tasks = [g for (g, o), fields in results.items() if "accuracy" in fields]
+    keys = [k for k in results if k[0] not in tasks]
     games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
+    task_panels = [
+        Panel(t, [f"eval/{t}/held_out/{f}" for f in TASK_CURVES], strip=f"eval/{t}/held_out/") for t in tasks
+    ]
     curves = [
         Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS], strip=f"eval/{g}/")
         for g, opps in games.items()
@@ -111,6 +118,21 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     return [
         ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
         ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),
+        ("task_steps.png", "Held-out accuracy: greedy (pass@1), pass@k, sampled", "step", task_panels),
+        ("task_wall.png", "Held-out accuracy vs wall time", "minutes", task_panels),
+        (
+            "task_groups.png",
+            "The builder's groups: share of samples accepted, groups held back, reserve fills",
+            "step",
+            [
+                Panel("accepted share of samples", ["task/accepted_share", "batch_reward"]),
+                Panel(
+                    "groups",
+                    ["task/groups_all_accepted", "task/groups_none_accepted", "task/groups_held_back"],
+                ),
+                Panel("rows filled from the reserve", ["task/filled_from_reserve"]),
+            ],
+        ),
         (
             "exploitability.png",
             "Kuhn poker exploitability (chips; lower is better)",
@@ -157,6 +179,7 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
                 Panel(name, [name])
                 for name in (
                     "loss",
+                    "nll",
                     "entropy",
                     "kl_behaviour",
                     "clip_frac",
@@ -253,7 +276,7 @@ def plot_head_to_head(state: LeagueState, path: Path) -> None:
 def _fmt(field: str, value: float | None, signed: bool = False) -> str:
     if value is None:
         return "n/a"
-    digits = 0 if field == "games" else 3
+    digits = 0 if field in ("games", "problems") else 3
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
@@ -270,6 +293,8 @@ def last_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
     header = ["game", "opponent", "step", "games", *(f.replace("_", "-") for f in OUTCOME), "non-loss 95% CI"]
     rows = []
     for (game, opp), fields in eval_results(series).items():
+        if "accuracy" in fields:  # a task: task_eval_table
+            continue
         step = max(s["step"][-1] for s in fields.values())
         at = {f: dict(zip(s["step"], s["value"])).get(step) for f, s in fields.items()}
         rows.append(
@@ -283,6 +308,18 @@ def last_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, rows
+
+
+def task_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
+    """A task's held-out evaluations, one row per step evaluated."""
+    rows = []
+    for (task, _), fields in eval_results(series).items():
+        if "accuracy" not in fields:
+            continue
+        at = {f: dict(zip(s["step"], s["value"])) for f, s in fields.items()}
+        for step in sorted(at["accuracy"]):
+            rows.append([task, str(step), *(_fmt(f, at.get(f, {}).get(step)) for f in TASK_FIELDS)])
+    return (["task", "step", *(f.replace("_", "-") for f in TASK_FIELDS)], rows) if rows else ([], [])
 
 
 def _change_row(label: list[str], field: str, before: dict, after: dict) -> list[str]:
@@ -306,6 +343,9 @@ def before_after_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             continue
         b, a = before.get(key, {}), after.get(key, {})
         label = key.rsplit("/", 1)
+        if "accuracy" in a or "accuracy" in b:  # a task
+            rows += [_change_row(label, f, b, a) for f in TASK_FIELDS]
+            continue
         rows += [_change_row(label, f, b, a) for f in (*OUTCOME, "games")]
         rows.append([*label, "non-loss 95% CI", _ci(b), _ci(a), ""])
     return ["game", "opponent", "measure", "before", "after", "change"], rows
@@ -465,7 +505,16 @@ def write_report(run_dir: Path) -> Path:
         kuhn_table(summary),
         "OpenSpiel exploitability in chips: uniform random play 0.458, Nash 0.",
     )
+    blocks += _table_section(
+        "Held-out evaluations of the task", task_eval_table(series), "pass-at-k: one of k samples right."
+    )
     blocks += _table_section("Before and after training", before_after_table(summary))
+    if "after_sft" in summary:
+        blocks += _table_section(
+            "After the supervised stage",
+            before_after_table({"before": summary["after_sft"], "after": summary.get("after", {})}),
+            "before: the supervised stage's final evaluation; after: the run's.",
+        )
     best = summary.get("best")
     blocks += _table_section(
         "Acceptance",

@@ -7,7 +7,7 @@ import pytest
 
 from learner.advantages import group_advantages
 from selfplay import schema
-from selfplay.builder import build, sft_examples
+from selfplay.builder import build, group_means, sft_examples, update_hard_pool
 from selfplay.config import BuilderConfig
 from selfplay.tasks import make_task
 from tests.rows import make_row
@@ -130,3 +130,29 @@ def test_a_labelled_set_larger_than_the_problem_space_is_refused():
     task = make_task("arithmetic", digits=1, terms=2)  # 100 problems, ~90 of them train
     with pytest.raises(ValueError, match="sft.examples: arithmetic gave only"):
         sft_examples(task, lambda text, special: [ord(c) for c in text], 2, 500, 0, "r")
+
+
+# ---- the hard-prompt pool
+
+
+def test_a_problem_solved_sometimes_but_rarely_joins_the_hard_pool():
+    groups = [(1, 0.25), (2, 0.0), (3, 0.75), (4, 0.5)]
+    assert update_hard_pool([], groups, below=0.5, size=10) == [1, 4]  # 0 and 0.75 stay out
+
+
+def test_a_hard_problem_leaves_once_solved_or_out_of_reach_and_moves_up_when_seen_again():
+    pool = [1, 2, 3]
+    assert update_hard_pool(pool, [(1, 0.9), (2, 0.0), (3, 0.125)], below=0.5, size=10) == [3]
+    assert update_hard_pool(pool, [(1, 0.25)], below=0.5, size=10) == [2, 3, 1]
+
+
+def test_the_hard_pool_keeps_its_newest_seeds():
+    assert update_hard_pool([1, 2, 3], [(4, 0.25), (5, 0.25)], below=0.5, size=3) == [3, 4, 5]
+
+
+def test_group_means_reads_each_groups_problem_and_mean_reward():
+    table = schema.from_rows(
+        [sample("a", 1.0, "1", seed=7), sample("a", 0.0, "2", seed=7), sample("b", 1.0, "3", seed=9)]
+        + [make_row(traj_id="game")]
+    )
+    assert group_means(table) == [(7, 0.5), (9, 1.0)]

@@ -247,6 +247,8 @@ def test_the_demo_configs_carry_their_acceptance_targets():
     ttt = load_config("configs/tictactoe.yaml").acceptance
     assert ttt["tictactoe/minimax/non_loss"] == ">= 0.90" and ttt["tictactoe/random/illegal"] == "<= 0.01"
     assert load_config("configs/league.yaml").acceptance["kuhn/exploitability/exploitability"] == "<= 0.05"
+    for task_demo in ("configs/rft.yaml", "configs/grpo.yaml"):
+        assert load_config(task_demo).acceptance == {"arithmetic/held_out/accuracy_gain_over_sft": ">= 0.10"}
 
 
 TASK = ["task.name=arithmetic", "learner.advantage=group"]
@@ -267,6 +269,7 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         ([*TASK, "task.samples_per_prompt=0"], "task.samples_per_prompt: must be > 0"),
         ([*TASK, "builder.rows=pairs"], "builder.rows: must be one of"),
         (["learner.advantage=group"], "learner.advantage: group needs a task"),
+        ([*TASK, "task.hard_fraction=1.5"], r"task.hard_fraction: must be in \[0, 1\]"),
     ],
 )
 def test_a_task_run_is_checked_field_by_field(overrides, message):

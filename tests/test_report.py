@@ -396,3 +396,35 @@ def test_empty_metrics_file_is_an_error(tmp_path):
     write_metrics(tmp_path, [])
     with pytest.raises(ValueError, match="no metrics were logged yet"):
         write_report(tmp_path)
+
+
+def test_a_task_runs_report_shows_its_held_out_curves_and_the_gain_over_the_supervised_stage(tmp_path):
+    rows = []
+    for step, acc in ((0, 0.0), (50, 0.2), (100, 0.35)):
+        fields = {
+            "accuracy": acc,
+            "pass_at_k": acc + 0.1,
+            "sample_accuracy": acc - 0.05,
+            "valid": 1.0,
+            "problems": 400,
+        }
+        rows += eval_rows(step, "eval/arithmetic/held_out", fields)
+    rows += [(s, 30.0 * s, n, 0.3) for s in (10, 60) for n in ("task/accepted_share", "nll", "loss")]
+    write_metrics(tmp_path, rows)
+    result = {"accuracy": 0.35, "pass_at_k": 0.45, "sample_accuracy": 0.3, "valid": 1.0, "problems": 400}
+    summary = {
+        "before": {"arithmetic/held_out": {**result, "accuracy": 0.0}},
+        "after_sft": {"arithmetic/held_out": {**result, "accuracy": 0.2}},
+        "after": {"arithmetic/held_out": {**result, "accuracy_gain_over_sft": 0.15}},
+        "acceptance": {
+            "arithmetic/held_out/accuracy_gain_over_sft": {"value": 0.15, "target": ">= 0.10", "met": True}
+        },
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path).read_text()
+    assert "| arithmetic | 100 | 0.350 | 0.450 | 0.300 | 1.000 | 400 |" in md
+    assert "| arithmetic | held_out | accuracy | 0.200 | 0.350 | +0.150 |" in md  # after the supervised stage
+    assert "| arithmetic/held_out/accuracy_gain_over_sft | 0.150 | >= 0.10 | yes |" in md
+    assert "win (solid)" not in md.lower()  # no game curves for a task
+    for png in ("task_steps.png", "task_wall.png", "task_groups.png"):
+        assert (tmp_path / "report" / png).read_bytes().startswith(PNG_SIGNATURE)

@@ -13,8 +13,11 @@ from actors.buffer import ReplayBuffer
 from actors.generator import Generator
 from actors.verifier import Verifier
 from selfplay import schema
+from selfplay.builder import group_means
 from selfplay.config import BufferConfig, BuilderConfig, GeneratorConfig, TaskConfig
-from selfplay.tasks import make_task
+from selfplay.tasks import Score, make_task
+from selfplay.tasks.base import ScoreCache
+from selfplay.tasks.codegen import canonical
 from tests.engines import EngineMaker, RuleEngine, decode
 
 TASK = make_task("arithmetic", digits=2, terms=2)
@@ -120,3 +123,58 @@ def test_the_held_out_evaluation_reads_greedy_accuracy_and_pass_at_k():
     calls = gen.engines["learner"].calls
     assert calls[0]["temperature"] == 0.0 and calls[1]["temperature"] == gen.cfg.temperature
     assert {p for p in calls[0]["prompts"]} == {p.prompt for p in TASK.held_out(10)}
+
+
+def test_code_replies_are_scored_by_running_hidden_tests_in_the_sandbox():
+    def right(prompt: str) -> str:  # 'f: add 3 then double\n' -> '(x+3)*2'
+        return canonical(prompt.removeprefix("f: ").strip().split(" then "))
+
+    replies = itertools.cycle([right, lambda p: "x+", lambda p: "open('/etc')"])
+    gen = Generator(
+        "gen-0",
+        "run-0",
+        {"tictactoe": 1.0},
+        RuleEngine(rule=lambda p: next(replies)(p)),
+        EngineMaker(),
+        GeneratorConfig(max_response_tokens=40),
+        seed=0,
+        task_cfg=TaskConfig(name="codegen", params={"steps": 2}, samples_per_prompt=3),
+    )
+    verifier = Verifier(decode, task=make_task("codegen", steps=2))
+    good, malformed, escape = verifier.verify(gen.task_play(1)).to_pylist()
+    assert not verifier.rejected
+    assert good["reward"] == 1.0 and dict(good["scores"])["pass_rate"] == 1.0 and not good["illegal"]
+    assert malformed["reward"] == 0.0 and malformed["illegal"]  # not an expression: never run
+    assert escape["reward"] == 0.0 and verifier.score_reasons == {"format": 1, "forbidden": 1}
+
+
+def test_the_hard_pool_sends_prompts_back_while_they_still_teach():
+    gen = task_generator(alternating(), k=4, prompts=4)
+    gen.task_cfg = TaskConfig(name="arithmetic", samples_per_prompt=4, hard_fraction=1.0, hard_below=0.5)
+    first = Verifier(decode, task=TASK).verify(gen.task_play(4))
+    gen.note_groups(group_means(first))  # every group right half the time: all hard
+    assert sorted(gen.hard) == sorted(set(first["seed"].to_pylist()))
+    again = gen.task_play(4)
+    assert set(again["seed"].to_pylist()) <= set(gen.hard) and gen.counts["hard_prompts"] == 4
+    gen.note_groups([(seed, 1.0) for seed in gen.hard])  # solved: they leave
+    assert (
+        gen.hard == []
+        and len(set(gen.task_play(2)["seed"].to_pylist()) & set(first["seed"].to_pylist())) == 0
+    )
+
+
+def test_each_distinct_reply_is_scored_once_and_a_timeout_is_scored_again():
+    calls = []
+
+    def score(prompt, response, reference):
+        calls.append(response)
+        return Score(0.0, reason="timeout") if response == "slow" else Score(float(response == reference))
+
+    cached = ScoreCache(score, size=2)
+    assert [cached("p", r, "1").total for r in ("1", "1", "2", "1")] == [1.0, 1.0, 0.0, 1.0]
+    assert calls == ["1", "2"]
+    cached("p", "slow", "1"), cached("p", "slow", "1")
+    assert calls.count("slow") == 2  # a timeout may not repeat: never remembered
+    cached("p", "3", "1")  # a third distinct reply: the oldest ("1") is forgotten
+    cached("p", "1", "1")
+    assert calls.count("1") == 2 and cached.calls == len(calls)

@@ -86,3 +86,32 @@ def draw_held_out(
             if len(problems) == n:
                 return problems
     raise ValueError(f"{task}: held_out({n}) found only {len(problems)} distinct problems in {budget} draws")
+
+
+# ---- Scoring many replies ----------------------------------------------------------------
+TRANSIENT = frozenset({"timeout", "sandbox_error"})  # may not repeat (a loaded machine): never cached
+
+
+class ScoreCache:
+    """`score` with memory: a small policy repeats itself (the k samples of a prompt are
+    often one reply), and a code reply costs a sandbox run to score, so each distinct
+    (prompt, reply, reference) is scored once. A score whose reason may not repeat
+    (TRANSIENT) is not kept. At most `size` entries, the oldest dropped first."""
+
+    def __init__(self, score: Callable[[str, str, str], Score], size: int = 1 << 16):
+        self.score = score
+        self.size = size
+        self.memory: dict[tuple[str, str, str], Score] = {}
+        self.calls = 0  # of `score` itself
+
+    def __call__(self, prompt: str, response: str, reference: str) -> Score:
+        key = (prompt, response, reference)
+        if key in self.memory:
+            return self.memory[key]
+        self.calls += 1
+        result = self.score(prompt, response, reference)
+        if result.reason not in TRANSIENT:
+            if len(self.memory) >= self.size:
+                del self.memory[next(iter(self.memory))]
+            self.memory[key] = result
+        return result
