@@ -13,15 +13,17 @@ counted apart (`dropped_unsampled`, `evicted_unsampled`): that is the generation
 
 Task runs insert through the builder (selfplay/builder.py): scored groups become training
 rows, and groups the variance filter holds back wait in a reserve instead (they count
-neither as inserted nor against the rate). When the learner cannot fill a batch although
-`fill_after` rows were held back since its last one, the newest held-back rows fill it
-(`filled_from_reserve`): a batch that cannot fill is topped up and logged, never a stall.
+neither as inserted nor against the rate). When the learner cannot take a batch (too few
+rows, or the rate) although `fill_after` rows were held back since its last one, the
+best held-back groups fill it (`filled_from_reserve`; those whose rewards differ most,
+newest first): a batch that cannot fill is topped up and logged, never a stall.
 The supervised stage (`start_sft`) hands out a fixed labelled set instead, in shuffled
 epochs, while generators wait (`can_insert` is False until `end_sft`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,21 @@ def sample_allowed(
     """The learner may take n more once the buffer holds min_size and n fit in the rate:
     sampled + n - inserted * spi <= tolerance."""
     return size >= max(min_size, n) and sampled + n - inserted * samples_per_insert <= tolerance
+
+
+def reserve_order(reserve: pa.Table, n: int) -> np.ndarray:
+    """Indices of the held-back rows to admit, whole groups until they hold at least n
+    rows: the groups whose rewards differ most first, the newest first among equals
+    (rows of a group are contiguous, groups in the order they arrived)."""
+    groups = pc.dictionary_encode(reserve["group_id"]).combine_chunks().indices.to_numpy()
+    rewards = reserve["reward"].to_numpy(zero_copy_only=False).astype(np.float64)
+    n_groups = int(groups.max()) + 1
+    sizes = np.bincount(groups, minlength=n_groups)
+    mean = np.bincount(groups, rewards, n_groups) / sizes
+    std = np.sqrt(np.bincount(groups, (rewards - mean[groups]) ** 2, n_groups) / sizes)
+    order = np.lexsort((-np.arange(n_groups), -std))  # std descending, then newest (last seen) first
+    k = int(np.searchsorted(np.cumsum(sizes[order]), n)) + 1
+    return np.flatnonzero(np.isin(groups, order[:k]))
 
 
 def pick_rows(
@@ -105,6 +122,7 @@ class ReplayBuffer:
             self.counts.update(
                 held_since_sample=0,  # rows held back since the learner's last batch
                 filled_from_reserve=0,  # held-back rows admitted to fill a batch
+                reserve_dropped=0,  # held-back rows that left the reserve stale or over capacity
                 sft_sampled=0,  # rows of the supervised stage handed out
                 **dict.fromkeys(BUILDER_COUNTS, 0),
             )
@@ -138,7 +156,9 @@ class ReplayBuffer:
                 self.counts[k] += v
             self.counts["held_since_sample"] += held.num_rows
             self.reserve = pa.concat_tables([self.reserve, held]).combine_chunks()
-            self.reserve = self.reserve.slice(max(self.reserve.num_rows - self.cfg.capacity, 0))
+            over = max(self.reserve.num_rows - self.cfg.capacity, 0)  # the oldest go
+            self.counts["reserve_dropped"] += over
+            self.reserve = self.reserve.slice(over)
         return self._insert(table)
 
     def _insert(self, table: pa.Table) -> int:
@@ -154,22 +174,33 @@ class ReplayBuffer:
         return kept
 
     def _fill_from_reserve(self, n: int) -> None:
-        """Top the buffer up to a batch with the newest fresh held-back rows, whole groups
-        (see the module); only once `fill_after` rows were held back since the last batch."""
+        """Top the buffer up with held-back rows until a batch of n can be sampled, by size
+        (min_size) and by rate (held-back rows never counted as inserted, so a run of
+        groups that all agree would otherwise leave the learner waiting on the rate for
+        ever); only once `fill_after` rows were held back since the last batch. Whole
+        groups, those whose rewards differ most first (with min_reward_std 0 every
+        held-back group agrees, and its zero advantages teach nothing: the fill then only
+        keeps the run going), newest first among equals."""
         if self.builder is None or self.counts["held_since_sample"] < self.builder.fill_after:
             return
         floor = staleness_floor(self.learner_version, self.cfg.max_staleness)
-        self.reserve = self.reserve.filter(pc.greater_equal(self.reserve["policy_version"], floor))
-        missing = max(self.cfg.min_size, n) - len(self)
+        fresh = pc.greater_equal(self.reserve["policy_version"], floor)
+        self.counts["reserve_dropped"] += self.reserve.num_rows - pc.sum(fresh).as_py()
+        self.reserve = self.reserve.filter(fresh)
+        by_size = max(self.cfg.min_size, n) - len(self)
+        spi = self.cfg.samples_per_insert
+        by_rate = (
+            math.ceil((self.counts["sampled"] + n - self.cfg.spi_tolerance) / spi) - self.counts["inserted"]
+        )
+        missing = max(by_size, by_rate)
         if missing <= 0 or not self.reserve.num_rows:
             return
-        groups = self.reserve["group_id"].to_pylist()
-        start = self.reserve.num_rows - min(missing, self.reserve.num_rows)
-        while start > 0 and groups[start - 1] == groups[start]:  # whole groups
-            start -= 1
-        self.counts["filled_from_reserve"] += self.reserve.num_rows - start
-        self._insert(self.reserve.slice(start))
-        self.reserve = self.reserve.slice(0, start)
+        take = reserve_order(self.reserve, missing)
+        self.counts["filled_from_reserve"] += len(take)
+        chosen = np.zeros(self.reserve.num_rows, dtype=bool)
+        chosen[take] = True
+        self._insert(self.reserve.filter(pa.array(chosen)))
+        self.reserve = self.reserve.filter(pa.array(~chosen))
 
     # -- the supervised stage ------------------------------------------------------------
     def start_sft(self, table: pa.Table) -> None:

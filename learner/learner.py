@@ -185,14 +185,16 @@ class Learner:
                 kl_term = losses.kl_loss(
                     logp, ref_logp, batch["behaviour_logp"], rl_mask, self.cfg.kl_estimator
                 )
-        if self.cfg.normalize_advantages and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        if self.cfg.normalize_advantages and int((~is_sft).sum()) > 1:  # over the sampled replies
+            rl = adv[~is_sft]
+            adv = torch.where(is_sft, 0.0, (adv - rl.mean()) / (rl.std() + 1e-8))
         pg_loss, clip_frac = losses.ppo_clip_loss(
-            logp, batch["behaviour_logp"], adv, rl_mask, self.cfg.clip_eps
+            logp, batch["behaviour_logp"], adv, rl_mask, self.cfg.clip_eps, self.cfg.loss_aggregation
         )
         nll = losses.nll_loss(logp, sft_mask)
-        ent = losses.masked_mean(entropy, mask)
-        loss = pg_loss + nll - self.cfg.entropy_coef * ent + self.cfg.kl_coef * kl_term
+        ent = losses.masked_mean(entropy, mask)  # logged over every token
+        bonus = losses.masked_mean(entropy, rl_mask)  # the entropy bonus: sampled replies only
+        loss = pg_loss + nll - self.cfg.entropy_coef * bonus + self.cfg.kl_coef * kl_term
         if value_loss is not None:
             loss = loss + self.cfg.value_coef * value_loss
 
@@ -210,7 +212,12 @@ class Learner:
         ):
             self.ref.load_state_dict(self.model.state_dict())  # the KL anchor follows the policy
 
-        versions = torch.tensor([r["policy_version"] for r in rows], dtype=torch.float32)  # on the host
+        # staleness and advantages of the sampled replies (a labelled sft row has neither)
+        sampled = [i for i, r in enumerate(rows) if r["label"] != "sft"] or list(range(len(rows)))
+        versions = torch.tensor(
+            [rows[i]["policy_version"] for i in sampled], dtype=torch.float32
+        )  # on the host
+        adv = adv[sampled]
         with torch.no_grad():
             log_ratio = (batch["behaviour_logp"] - logp.detach()) * rl_mask
         step_s = time.perf_counter() - start
@@ -248,7 +255,7 @@ class Learner:
                 explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),
             )
         scored = [r["reward"] for r in rows if r["task"] is not None and r["label"] != "sft"]
-        if scored:  # a task's sampled replies: their mean reward (before any filter: the buffer's)
+        if scored:  # a task's sampled replies in the batch: their mean reward (after the builder's filter)
             metrics["batch_reward"] = sum(scored) / len(scored)
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))

@@ -10,22 +10,41 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's mean over its real tokens, then the mean over the rows that have any: the
+    original GRPO aggregation (Shao et al., 2024), where every reply weighs the same
+    whatever its length (Dr. GRPO, Liu et al. 2025, shows it favours long wrong replies;
+    DAPO's token mean, `masked_mean`, weighs every token the same instead)."""
+    lengths = mask.sum(1)
+    rows = lengths > 0
+    per_row = (x * mask).sum(1)[rows] / lengths[rows]
+    return per_row.mean() if rows.any() else (x * mask).sum()
+
+
+AGGREGATIONS = {"token_mean": masked_mean, "sequence_mean": sequence_mean}
+
+
 def ppo_clip_loss(
     logp: torch.Tensor,
     behaviour_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    aggregation: str = "token_mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al., 2017), per token, with the behaviour policy
     that generated the data as the old policy:
         L = -E[min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)],  rho = pi/mu
+    With group-relative advantages this is GRPO's loss (without its KL term, which is
+    `kl_loss`); `aggregation` averages over tokens: `token_mean` (DAPO, Dr. GRPO) or
+    `sequence_mean` (GRPO as published, see `sequence_mean`).
     logp, behaviour_logp, mask: [B, T]; advantages: [B]. Returns (loss, clipped fraction)."""
+    mean = AGGREGATIONS[aggregation]
     ratio = torch.exp(logp - behaviour_logp)
     adv = advantages[:, None]
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    loss = -mean(torch.minimum(unclipped, clipped), mask)
     clip_frac = masked_mean((clipped < unclipped).float(), mask)
     return loss, clip_frac
 

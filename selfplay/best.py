@@ -6,7 +6,9 @@ for '<=' and '<'). Each time an evaluation beats the best so far, the weights it
 are written to RUN_DIR/best/ as an HF model directory (vLLM and transformers load it, and
 `selfplay eval` plays it), with best.json saying which step, version and value. At the end
 of the run the best weights are evaluated afresh beside the final policy: a new set of
-games, so the figure reported for them is not the maximum of noisy evaluations."""
+games (for a task, held-out problems the periodic evaluations never asked, whose greedy
+answers would otherwise repeat the figure they were selected on), so the figure reported
+for them is not the maximum of noisy evaluations."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from selfplay.evals import acceptance
 from selfplay.weights import state_checksum
 
 HIGHER = {">=": True, ">": True, "<=": False, "<": False}
+GAIN = "_gain_over_"  # FIELD_gain_over_STAGE: see selfplay/driver.py:gain_over
 
 
 def best_rule(targets: dict[str, str]) -> tuple[str, str, bool] | None:
@@ -29,7 +32,8 @@ def best_rule(targets: dict[str, str]) -> tuple[str, str, bool] | None:
         return None
     name, target = next(iter(targets.items()))
     key, field = name.rsplit("/", 1)
-    return key, field, HIGHER[target.split()[0]]
+    # a gain over an earlier stage (accuracy_gain_over_sft) ranks by the field it is a gain of
+    return key, field.split(GAIN)[0], HIGHER[target.split()[0]]
 
 
 def improves(value: float, best: float | None, higher: bool) -> bool:
@@ -110,7 +114,8 @@ def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tole
     name = next(iter(targets))
     key, field, higher = rule
     final, best = after.get(key, {}).get(field), best_after.get(key, {}).get(field)
-    gap = {key: {field: final - best}} if final is not None and best is not None else {}
+    named = name.rsplit("/", 1)[1]  # the target's own field (a gain: the same difference)
+    gap = {key: {named: final - best}} if final is not None and best is not None else {}
     return {
         f"best/{name}": acceptance(best_after, {name: targets[name]})[name],
         f"final_minus_best/{name}": acceptance(

@@ -29,6 +29,7 @@ BufferSampling = Literal["least_sampled", "uniform"]
 Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
 GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
 BuilderRows = Literal["rl", "sft"]  # selfplay/builder.py
+LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
 @dataclass
@@ -89,6 +90,7 @@ class LearnerConfig:
     weight_decay: float = 0.0
     batch_size: int = 512  # turns per step
     clip_eps: float = 0.2
+    loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
     kl_coef: float = 0.0  # KL to the frozen initial policy; 0 disables the reference model
     # Where the KL penalty goes and how it is estimated (learner/losses.py:kl_estimate):
     # reward: beta * (estimate summed over a turn's tokens) comes off that turn's advantage,
@@ -433,9 +435,15 @@ def validate_task(cfg: RunConfig) -> None:
     from selfplay.tasks import make_task
 
     try:
-        make_task(cfg.task.name, **cfg.task.params)
+        task = make_task(cfg.task.name, **cfg.task.params)
+        task.held_out(2 * cfg.task.held_out)  # the evaluations' problems and the best checkpoint's
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"task: {err}") from None
+        raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
+    if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
+        raise ConfigError(
+            "task.samples_per_prompt: group advantages need at least 2 samples per prompt "
+            f"(builder.rows rl), got {cfg.task.samples_per_prompt}"
+        )
     if cfg.league.enabled or cfg.generator.opponents:
         raise ConfigError(
             "task: a task run has no league or scripted opponents (league.enabled, generator.opponents)"
@@ -452,9 +460,16 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
+    from selfplay.evals import TASK_FIELDS
+
+    fields = [*TASK_FIELDS, "accuracy_gain_over_sft"]
     for name in cfg.acceptance:
-        if not name.startswith(f"{cfg.task.name}/held_out/"):
-            raise ConfigError(f"acceptance.{name}: a task run reports {cfg.task.name}/held_out/FIELD")
+        key, _, field = name.rpartition("/")
+        if key != f"{cfg.task.name}/held_out" or field not in fields:
+            raise ConfigError(
+                f"acceptance.{name}: a task run reports {cfg.task.name}/held_out/FIELD, "
+                f"FIELD one of {', '.join(fields)}"
+            )
 
 
 def validate_opponents(cfg: RunConfig) -> None:

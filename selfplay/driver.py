@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from selfplay import schema
 from selfplay.best import BestCheckpoint, best_acceptance
+from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
@@ -132,8 +133,9 @@ class EvalQueue:
         (default: the learner's now). Logged at the step of the weights measured."""
         weights = weights or ray.get(self.learner.current_weights.remote())
         step = weights["step"]
-        if self.cfg.task.name:  # a task: its held-out problems
-            self.pending.append((step, prefix, self.generator.evaluate_task.remote(weights), weights))
+        if self.cfg.task.name:  # a task: its held-out problems (the best checkpoint: others, unseen)
+            ref = self.generator.evaluate_task.remote(weights, fresh=prefix == "best")
+            self.pending.append((step, prefix, ref, weights))
             return
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
@@ -230,6 +232,7 @@ class Run:
         if self.league is not None and ray.get(self.league.latest.remote()) is None:
             self.promote()  # the initial policy is the first member
         self.gen_counts_at = (time.time(), {})
+        self.buffer_at: dict | None = None  # the buffer's counts at the last log
         self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
 
     def wall(self) -> float:
@@ -373,7 +376,7 @@ class Run:
                     **self.watch_pool(),
                     "buffer_size": buffer["size"],
                     "buffer_dropped_stale": buffer["dropped_stale"],
-                    **builder_metrics(buffer),
+                    **builder_metrics(buffer, self.buffer_at),
                 },
             )
             if cfg.autoscale.enabled:
@@ -391,6 +394,7 @@ class Run:
                 self.evaluate()
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
+            self.buffer_at = buffer
             bar.set_postfix(self.headline(learner_metrics))
         bar.close()
         ray.get(self.controller.stop_all.remote())
@@ -461,7 +465,7 @@ class Run:
             **(
                 {
                     "task": {
-                        **builder_metrics(buffer),
+                        **{k.removeprefix("task/"): v for k, v in builder_metrics(buffer).items()},
                         "hard_prompts": sum(g.get("hard_prompts", 0) for g in gens),
                     }
                 }
@@ -522,6 +526,8 @@ def train(
             if r.best.weights is not None:  # the best checkpoint, evaluated afresh beside the last
                 best = r.evaluate(wait=True, prefix="best", weights=r.best.weights)
                 summary["best"] = {**r.best.info, "after": {k: eval_summary(v) for k, v in best.items()}}
+                if "after_sft" in summary:
+                    gain_over(summary["best"]["after"], summary["after_sft"], "accuracy", "sft")
                 summary["acceptance"].update(
                     best_acceptance(cfg.acceptance, summary["after"], summary["best"]["after"])
                 )
@@ -544,19 +550,18 @@ def train(
         out.close()
 
 
-def builder_metrics(buffer: dict) -> dict:
-    """A task run's groups so far (the buffer's builder counts; selfplay/builder.py)."""
+def builder_metrics(buffer: dict, before: dict | None = None) -> dict:
+    """A task run's groups (the buffer's builder counts; selfplay/builder.py): totals so
+    far, and the share of samples accepted since `before` (the counts at the last log;
+    None: since the start)."""
     if not buffer.get("groups"):
         return {}
-    return {
-        "task/groups": buffer["groups"],
-        "task/samples": buffer["samples"],  # generated and scored so far
-        "task/accepted_share": buffer["accepted"] / buffer["samples"],  # of the samples generated
-        "task/groups_all_accepted": buffer["groups_all_accepted"],
-        "task/groups_none_accepted": buffer["groups_none_accepted"],
-        "task/groups_held_back": buffer["groups_held_back"],
-        "task/filled_from_reserve": buffer["filled_from_reserve"],
-    }
+    before = before or {}
+    samples = buffer["samples"] - before.get("samples", 0)
+    out = {f"task/{k}": buffer[k] for k in (*BUILDER_COUNTS, "filled_from_reserve", "reserve_dropped")}
+    if samples:
+        out["task/accepted_share"] = (buffer["accepted"] - before.get("accepted", 0)) / samples
+    return out
 
 
 def gain_over(after: dict, before: dict, field: str, name: str) -> None:

@@ -41,7 +41,7 @@ FIELDS = [
     pa.field("generator_id", pa.string()),
     pa.field("gen_time_s", pa.float32()),  # engine time of the batch this turn was in
     pa.field("created_at", pa.float64()),  # unix seconds
-    # tasks (null on game turns): see selfplay/tasks and actors/builder.py
+    # tasks (null on game turns): see selfplay/tasks and selfplay/builder.py
     pa.field("task", pa.string()),
     pa.field("group_id", pa.string()),  # the samples of one prompt share it
     pa.field("reference_id", pa.string()),  # the problem's id, stable across runs

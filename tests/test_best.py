@@ -77,3 +77,14 @@ def test_best_acceptance_reports_the_best_weights_and_the_final_gap():
         "met": False,
     }
     assert best_acceptance({}, after, best_after) == {}
+
+
+def test_a_gain_over_an_earlier_stage_ranks_by_the_field_it_is_a_gain_of():
+    targets = {"arithmetic/held_out/accuracy_gain_over_sft": ">= 0.10"}
+    assert best_rule(targets) == ("arithmetic/held_out", "accuracy", True)
+    after = {"arithmetic/held_out": {"accuracy": 0.35, "accuracy_gain_over_sft": 0.15}}
+    best_after = {"arithmetic/held_out": {"accuracy": 0.38, "accuracy_gain_over_sft": 0.18}}
+    figures = best_acceptance(targets, after, best_after)
+    assert figures["best/arithmetic/held_out/accuracy_gain_over_sft"]["value"] == 0.18
+    gap = figures["final_minus_best/arithmetic/held_out/accuracy_gain_over_sft"]
+    assert gap["value"] == pytest.approx(-0.03) and gap["met"]  # the accuracies' difference

@@ -334,3 +334,34 @@ def test_the_reserve_survives_save_and_load(tmp_path):
     b = task_buffer(BuilderConfig(variance_filter=True))
     b.load(tmp_path)
     assert b.reserve.equals(a.reserve) and b.counts == a.counts
+
+
+def test_a_learner_held_by_the_rate_is_filled_from_the_reserve_too():
+    """Rows enough for a batch, but the rate says wait (spi 1, tolerance 0: 4 inserted, 4
+    sampled); then only agreeing groups arrive, which never count as inserted."""
+    buf = task_buffer(BuilderConfig(variance_filter=True, fill_after=4), spi_tolerance=0, min_size=2)
+    buf.add(groups([1, 0], [0, 1], version=0))
+    assert buf.sample(4, learner_version=0).num_rows == 4  # every row sampled once
+    buf.add(groups([1, 0], version=1))  # 2 fresh rows: the rate allows 2 more samples, not 4
+    assert buf.sample(4, learner_version=1) is None
+    buf.add(groups([1, 1], [0, 0], version=2))  # 4 held back: the rate shortfall (2) is filled
+    out = buf.sample(4, learner_version=2)
+    assert out is not None and buf.counts["filled_from_reserve"] == 2
+    assert buf.counts["inserted"] == 8 and buf.counts["sampled"] == 8
+
+
+def test_the_reserve_admits_the_groups_whose_rewards_differ_most_first():
+    cfg = BuilderConfig(variance_filter=True, min_reward_std=0.45, fill_after=1)
+    buf = task_buffer(cfg, min_size=2)
+    buf.add(groups([1, 1], [0.2, 0.8], [1, 0.2], [0, 0]))  # stds 0, 0.3, 0.4, 0: all held back
+    out = buf.sample(2, learner_version=0)
+    assert {r["group_id"] for r in out.to_pylist()} == {"g2-v0"} and buf.reserve.num_rows == 6
+
+
+def test_held_back_rows_that_go_stale_or_overflow_the_reserve_are_counted():
+    buf = task_buffer(
+        BuilderConfig(variance_filter=True, fill_after=1), capacity=4, max_staleness=1, min_size=8
+    )
+    buf.add(groups([1, 1], [0, 0], [1, 1], version=0))  # 6 held back, the reserve keeps 4
+    assert buf.counts["reserve_dropped"] == 2 and buf.reserve.num_rows == 4
+    assert buf.sample(8, learner_version=5) is None and buf.counts["reserve_dropped"] == 6

