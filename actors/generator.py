@@ -542,12 +542,10 @@ class Generator:
         counts["engine_s"] += elapsed
         return outs, elapsed, versions
 
-    def evaluate_task(self, policy: str = LEARNER, fresh: bool = False) -> dict:
-        """`policy` on the task's first task.held_out held-out problems (`fresh`: the next
-        as many, which no other evaluation asks): greedy (pass@1 accuracy) and
-        task.eval_samples samples each at the training temperature (pass@k)."""
-        n = self.task_cfg.held_out
-        problems = self.task.held_out(2 * n)[n:] if fresh else self.task.held_out(n)
+    def evaluate_task(self, policy: str = LEARNER) -> dict:
+        """`policy` on the task's first task.held_out held-out problems: greedy (pass@1
+        accuracy) and task.eval_samples samples each at the training temperature (pass@k)."""
+        problems = self.task.held_out(self.task_cfg.held_out)
         k = self.task_cfg.eval_samples
         greedy, _, versions = self._sample([p.prompt for p in problems], 0.0, policy, self.eval_counts)
         sampled, _, _ = self._sample(
@@ -700,10 +698,10 @@ class GeneratorActor:
         with self.eval_lock:
             return self.gen.evaluate(game, opponent, n_games, policy=self._fixed(weights))
 
-    def evaluate_task(self, weights: dict | None = None, fresh: bool = False) -> dict:
+    def evaluate_task(self, weights: dict | None = None) -> dict:
         """The task's held-out evaluation; with `weights`, of those weights held fixed."""
         with self.eval_lock:
-            return self.gen.evaluate_task(self._fixed(weights), fresh)
+            return self.gen.evaluate_task(self._fixed(weights))
 
     def kuhn_policy(self, weights: dict | None = None) -> dict:
         with self.eval_lock:

@@ -6,9 +6,10 @@ for '<=' and '<'). Each time an evaluation beats the best so far, the weights it
 are written to RUN_DIR/best/ as an HF model directory (vLLM and transformers load it, and
 `selfplay eval` plays it), with best.json saying which step, version and value. At the end
 of the run the best weights are evaluated afresh beside the final policy: a new set of
-games (for a task, held-out problems the periodic evaluations never asked, whose greedy
-answers would otherwise repeat the figure they were selected on), so the figure reported
-for them is not the maximum of noisy evaluations."""
+games, so the figure reported for them is not the maximum of noisy evaluations. A task's
+evaluation asks the same held-out problems greedily, so there it would be: a task run
+keeps the best checkpoint and its figure in summary.json's `best`, marked as selected on
+the held-out evaluations, and reports only the final policy's gap to it as acceptance."""
 
 from __future__ import annotations
 

@@ -436,7 +436,7 @@ def validate_task(cfg: RunConfig) -> None:
 
     try:
         task = make_task(cfg.task.name, **cfg.task.params)
-        task.held_out(2 * cfg.task.held_out)  # the evaluations' problems and the best checkpoint's
+        task.held_out(cfg.task.held_out)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:

@@ -258,7 +258,7 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
     "overrides, message",
     [
         (["task.name=chess", "learner.advantage=group"], "^task: unknown task 'chess'"),
-        ([*TASK, "task.held_out=1000"], r"arithmetic: held_out\(2000\) asks for more than"),
+        ([*TASK, "task.held_out=1000"], r"arithmetic: held_out\(1000\) asks for more than"),
         ([*TASK, "task.samples_per_prompt=1"], "task.samples_per_prompt: group advantages need at least 2"),
         ([*TASK, "acceptance={arithmetic/held_out/acuracy: '>= 0.5'}"], "FIELD one of accuracy, pass_at_k"),
         ([*TASK, "task.params={digitz: 3}"], "task.params.digitz: unknown parameter of arithmetic"),

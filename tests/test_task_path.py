@@ -178,11 +178,3 @@ def test_each_distinct_reply_is_scored_once_and_a_timeout_is_scored_again():
     cached("p", "3", "1")  # a third distinct reply: the oldest ("1") is forgotten
     cached("p", "1", "1")
     assert calls.count("1") == 2 and cached.calls == len(calls)
-
-
-def test_a_fresh_evaluation_asks_held_out_problems_no_other_evaluation_asks():
-    gen = task_generator(answer, k=2, held_out=10)
-    gen.evaluate_task(fresh=True)
-    asked = set(gen.engines["learner"].calls[0]["prompts"])
-    assert asked == {p.prompt for p in TASK.held_out(20)[10:]}
-    assert not asked & {p.prompt for p in TASK.held_out(10)}
