@@ -56,6 +56,9 @@ class LearnerActor:
                 self.histograms["broadcast_seconds"].observe(m["broadcast_seconds"])
         return steps
 
+    def set_lr(self, lr: float) -> None:
+        self.service.learner.set_lr(lr)
+
     def broadcast(self, wait: bool = False) -> dict:
         result = self.service.broadcast(wait)
         self.histograms["broadcast_seconds"].observe(result["seconds"])

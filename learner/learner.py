@@ -290,6 +290,12 @@ class Learner:
         turns = [r["turn"] for r in rows]
         return gae_advantages(groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda)
 
+    def set_lr(self, lr: float) -> None:
+        """Every parameter group's learning rate from now on (a stage of the run changes it:
+        the supervised stage's `sft.lr`, then `learner.lr`); the optimiser's moments stay."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
     def export(self) -> tuple[bytes, str]:
         return export_weights(self.model, self.engine_dtype)
 

@@ -168,6 +168,7 @@ class SftConfig:
 
     steps: int = 0
     examples: int = 500
+    lr: float | None = None  # the stage's learning rate; None: learner.lr (the later stages' always)
 
 
 @dataclass
@@ -456,6 +457,8 @@ def validate_task(cfg: RunConfig) -> None:
     for name in ("task.hard_fraction", "task.hard_below"):
         if not _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
+    if cfg.sft.lr is not None and not (math.isfinite(cfg.sft.lr) and cfg.sft.lr > 0):
+        raise ConfigError(f"sft.lr: must be > 0, got {cfg.sft.lr!r}")
     if cfg.sft.steps and cfg.sft.examples < cfg.learner.batch_size:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"

@@ -211,6 +211,8 @@ class Run:
         self.controller = self.program.controller
         self.league = self.program.league
         self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
+        # the stage's learning rate (the config's, also over a resumed optimiser's)
+        ray.get(self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr))
         if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
             ray.get(
                 self.program.buffer.start_sft.remote(
@@ -403,6 +405,7 @@ class Run:
         """The supervised stage is over: its policy is evaluated (the figure the later
         stages are measured against, summary `after_sft`) and the generators start."""
         self.in_sft = False
+        ray.get(self.learner.set_lr.remote(self.cfg.learner.lr))
         after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
         (self.run_dir / AFTER_SFT).write_text(json.dumps(after, indent=2))
         ray.get(self.program.buffer.end_sft.remote())

@@ -226,6 +226,17 @@ def test_rl_rows_train_on_the_builders_advantage_and_no_nll(model_dir):
     assert zero["pg_loss"] == 0.0 and zero["grad_norm"] == 0.0  # a group that agreed teaches nothing
 
 
+def test_a_stage_sets_the_learning_rate_of_every_group_and_keeps_the_moments(model_dir):
+    cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group", "learner.lr=1e-2"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    learner.train_step(task_batch("sft"))
+    moments = {k: v["exp_avg"].clone() for k, v in learner.opt.state_dict()["state"].items()}
+    learner.set_lr(1e-4)
+    assert {g["lr"] for g in learner.opt.param_groups} == {1e-4}
+    after = learner.opt.state_dict()["state"]
+    assert all(torch.equal(after[k]["exp_avg"], m) for k, m in moments.items())
+
+
 def test_rl_rows_without_a_builder_advantage_are_refused(model_dir):
     cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
