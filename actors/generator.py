@@ -161,6 +161,7 @@ class Generator:
         self.task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
         self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
         self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
+        self.held_out: list | None = None  # the task's held-out problems, once an evaluation drew them
         if self.task is not None:
             self.counts["hard_prompts"] = 0  # prompts drawn again from it
 
@@ -330,14 +331,8 @@ class Generator:
         """One engine call for every game in `batch`, all awaiting `policy`'s reply."""
         prompts = [self.prompt(g.state.observation(g.role), g.match.tiers[g.role]) for g in batch]
         limits = [self._reply_limit(g.state) for g in batch]
-        with self.lock:
-            engine = self._engine(policy)
-            for g, prompt, limit in zip(batch, prompts, limits):
-                check_fits(g.match.game, len(prompt), limit, engine.max_model_len)
-            start = time.perf_counter()
-            outs = engine.generate(prompts, limits, temperature)
-            elapsed = time.perf_counter() - start
-            versions = dict(self.versions)  # the weights that made `outs`
+        names = [g.match.game for g in batch]
+        outs, elapsed, versions = self._generate(policy, names, prompts, limits, temperature, counts)
         for g, prompt, out in zip(batch, prompts, outs):
             role = g.role
             legal = g.state.apply_text(out.text)
@@ -355,9 +350,31 @@ class Generator:
                 )
             )
             counts["illegal"] += not legal
-        counts["turns"] += len(batch)
+
+    def _generate(
+        self,
+        policy: str,
+        names: list[str],
+        prompts: list[list[int]],
+        limits: list[int],
+        temperature: float,
+        counts: dict,
+    ) -> tuple[list, float, dict[str, int]]:
+        """One engine call of `policy` under the engine lock, each prompt first checked
+        against the context (`names`: its game or task, for the error); what it cost goes
+        to `counts`. Returns (completions, engine seconds, the weight versions that made them)."""
+        with self.lock:
+            engine = self._engine(policy)
+            for name, prompt, limit in zip(names, prompts, limits):
+                check_fits(name, len(prompt), limit, engine.max_model_len)
+            start = time.perf_counter()
+            outs = engine.generate(prompts, limits, temperature)
+            elapsed = time.perf_counter() - start
+            versions = dict(self.versions)  # the weights that made `outs`
+        counts["turns"] += len(outs)
         counts["tokens"] += sum(len(o.token_ids) for o in outs)
         counts["engine_s"] += elapsed
+        return outs, elapsed, versions
 
     def _row(
         self,
@@ -525,27 +542,20 @@ class Generator:
     def _sample(
         self, prompts: list[str], temperature: float, policy: str = LEARNER, counts: dict | None = None
     ):
-        """One engine call for task prompts: (completions, engine seconds, versions)."""
-        counts = self.counts if counts is None else counts
+        """`_generate` for task prompts (text): (completions, engine seconds, versions)."""
         ids = [self.prompt(p, None) for p in prompts]
         limit = min(self.cfg.max_response_tokens, self.task.max_reply_chars + 1)  # + end of sequence
-        with self.lock:
-            engine = self._engine(policy)
-            for p in ids:
-                check_fits(self.task.name, len(p), limit, engine.max_model_len)
-            start = time.perf_counter()
-            outs = engine.generate(ids, limit, temperature)
-            elapsed = time.perf_counter() - start
-            versions = dict(self.versions)
-        counts["turns"] += len(outs)
-        counts["tokens"] += sum(len(o.token_ids) for o in outs)
-        counts["engine_s"] += elapsed
-        return outs, elapsed, versions
+        counts = self.counts if counts is None else counts
+        return self._generate(
+            policy, [self.task.name] * len(ids), ids, [limit] * len(ids), temperature, counts
+        )
 
     def evaluate_task(self, policy: str = LEARNER) -> dict:
         """`policy` on the task's first task.held_out held-out problems: greedy (pass@1
         accuracy) and task.eval_samples samples each at the training temperature (pass@k)."""
-        problems = self.task.held_out(self.task_cfg.held_out)
+        if self.held_out is None:  # the same problems every evaluation: drawn once
+            self.held_out = self.task.held_out(self.task_cfg.held_out)
+        problems = self.held_out
         k = self.task_cfg.eval_samples
         greedy, _, versions = self._sample([p.prompt for p in problems], 0.0, policy, self.eval_counts)
         sampled, _, _ = self._sample(

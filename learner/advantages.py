@@ -83,6 +83,12 @@ def gae_advantages(
     return adv, target
 
 
+def population_std(values: list[float]) -> float:
+    """sqrt(mean((v - mean(v))^2)): the spread of a group's rewards, as GRPO divides by."""
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
 def group_advantages(rewards: list[float], method: str, eps: float = 1e-6) -> list[float]:
     """Advantages of the k samples of one prompt, each judged against the others:
         grpo  (r_i - mean(r)) / (std(r) + eps)     GRPO (Shao et al., 2024), std over the group
@@ -101,7 +107,7 @@ def group_advantages(rewards: list[float], method: str, eps: float = 1e-6) -> li
     if method == "drgrpo":
         return [r - mean for r in rewards]
     if method == "grpo":
-        std = (sum((r - mean) ** 2 for r in rewards) / k) ** 0.5
+        std = population_std(rewards)
         return [(r - mean) / (std + eps) for r in rewards]
     if method == "rloo":
         if k == 1:

@@ -28,7 +28,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from learner.advantages import group_advantages
+from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
 
@@ -42,11 +42,6 @@ COUNTS = (
     "rows_held_back",
     "rows_admitted",  # training rows built from admitted groups
 )
-
-
-def population_std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
 def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
