@@ -27,12 +27,19 @@ from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import schema
 from selfplay.builder import update_hard_pool
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
-from selfplay.evals import game_points, kuhn_policy_table, outcomes, summarize, task_summary
+from selfplay.evals import (
+    game_points,
+    kuhn_policy_table,
+    outcomes,
+    selection_summary,
+    summarize,
+    task_summary,
+)
 from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import make_task
-from selfplay.tasks.base import ScoreCache
+from selfplay.tasks.base import Score, ScoreCache, role_prompts
 
 
 class WeightMismatch(RuntimeError):
@@ -489,22 +496,26 @@ class Generator:
 
     # -- tasks -------------------------------------------------------------------------------
     def task_play(self, n_prompts: int) -> pa.Table:
-        """n_prompts train problems, each sampled task.samples_per_prompt times (one group,
-        one engine call for all): one row per sample, unscored (the verifier scores)."""
+        """n_prompts train problems, each sampled task.samples_per_prompt times in each of the
+        task's roles (one group per problem, one engine call for all): one row per sample,
+        unscored (the verifier scores)."""
         k = self.task_cfg.samples_per_prompt
         seeds = [self._task_seed() for _ in range(n_prompts)]
         problems = [self.task.problem(s) for s in seeds]
         groups = [uuid.uuid4().hex for _ in problems]
-        outs, elapsed, versions = self._sample(
-            [p.prompt for p in problems for _ in range(k)], self.cfg.temperature
-        )
-        rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # one seat, the learner's
-        for i, out in enumerate(outs):
-            problem = problems[i // k]
+        asked = [
+            (i, role, text)
+            for i, p in enumerate(problems)
+            for role, text in enumerate(role_prompts(self.task, p))
+            for _ in range(k)
+        ]
+        outs, elapsed, versions = self._sample([text for _, _, text in asked], self.cfg.temperature)
+        rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # every seat the learner's
+        for (i, role, text), out in zip(asked, outs):
             row = self._row(
                 match,
-                0,
-                prompt=self.prompt(problem.prompt, None),
+                role,
+                prompt=self.prompt(text, None),
                 response=out.token_ids,
                 logprobs=out.logprobs,
                 text=out.text,
@@ -513,13 +524,13 @@ class Generator:
             )
             row.update(
                 traj_id=uuid.uuid4().hex,
-                seed=seeds[i // k],
+                seed=seeds[i],
                 turn=0,
                 outcome=None,
                 opponent_id=SELF,
                 task=self.task.name,
-                group_id=groups[i // k],
-                reference_id=problem.id,
+                group_id=groups[i],
+                reference_id=problems[i].id,
             )
             rows.append(row)
         self.counts["games"] += len(rows)
@@ -552,26 +563,41 @@ class Generator:
 
     def evaluate_task(self, policy: str = LEARNER) -> dict:
         """`policy` on the task's first task.held_out held-out problems: greedy (pass@1
-        accuracy) and task.eval_samples samples each at the training temperature (pass@k)."""
+        accuracy) and task.eval_samples samples each at the training temperature (pass@k).
+        A task with a checker role (solver_checker) samples as many tests too, and adds how
+        well the policy's own tests pick among its solutions (SolverChecker.select)."""
         if self.held_out is None:  # the same problems every evaluation: drawn once
             self.held_out = self.task.held_out(self.task_cfg.held_out)
         problems = self.held_out
         k = self.task_cfg.eval_samples
         greedy, _, versions = self._sample([p.prompt for p in problems], 0.0, policy, self.eval_counts)
-        sampled, _, _ = self._sample(
-            [p.prompt for p in problems for _ in range(k)], self.cfg.temperature, policy, self.eval_counts
-        )
+        prompts = [text for p in problems for text in role_prompts(self.task, p) for _ in range(k)]
+        sampled, _, _ = self._sample(prompts, self.cfg.temperature, policy, self.eval_counts)
         self.eval_counts["games"] += len(greedy) + len(sampled)
+        texts = [o.text for o in sampled]
+        per = len(prompts) // max(len(problems), 1)  # replies per problem: k per role
         score = self.score
         greedy_scores = [score(p.prompt, o.text, p.reference) for p, o in zip(problems, greedy)]
-        sample_scores = [
-            score(problems[i // k].prompt, o.text, problems[i // k].reference) for i, o in enumerate(sampled)
-        ]
+        picks = []
+        if per > k:  # a checker role: its k tests follow the k solutions of each problem
+            replies = [
+                (p, texts[i * per : i * per + k], texts[i * per + k : (i + 1) * per])
+                for i, p in enumerate(problems)
+            ]
+            picks = [self.task.select(*args) for args in replies]  # (problem, solutions, tests)
+            sample_scores = [Score(h) for pick in picks for h in pick.pop("hidden")]
+        else:
+            sample_scores = [
+                score(p.prompt, text, p.reference)
+                for i, p in enumerate(problems)
+                for text in texts[i * per : (i + 1) * per]
+            ]
         return {
             "game": self.task.name,
             "opponent": "held_out",
             "version": versions[policy],
             **task_summary(greedy_scores, sample_scores, k),
+            **(selection_summary(picks) if picks else {}),
         }
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """Verifier: replays every trajectory by the game's rules, rejects malformed ones with a
 counted reason, and attaches rewards and returns. A task's reply is scored instead: the
-problem is drawn again from its seed (its id and prompt must match what was played),
-and the task's scorer attaches its parts (`scores`), the total as the reward, and the
-validity flag (`illegal` when the reply was malformed); scorer failures (a sandbox
-timeout, say) count by reason. Trajectories arrive from generators and go on to the
+problem is drawn again from its seed (its id and the prompt of the row's role must match
+what was played), and the task's scorer attaches its parts (`scores`), the total as the
+reward, and the validity flag (`illegal` when the reply was malformed); scorer failures (a
+sandbox timeout, say) count by reason. A task that judges replies by each other
+(solver_checker's `score_group`) is scored one group at a time, once its rows passed. Trajectories arrive from generators and go on to the
 buffer; the driver never sees them."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from selfplay.games import make_game
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
 from selfplay.tasks import make_task
-from selfplay.tasks.base import ScoreCache
+from selfplay.tasks.base import ScoreCache, role_prompts
 
 
 class Verifier:
@@ -34,7 +35,7 @@ class Verifier:
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only."""
         self.decode = decode
         self.task = task
-        self.score = ScoreCache(task.score) if task is not None else None
+        self.score = ScoreCache(task.score) if task is not None else None  # one reply at a time
         self.score_reasons: Counter = Counter()  # why replies scored 0 without running (timeout, ...)
         self.rejected: Counter = Counter()
         self.accepted = 0
@@ -68,6 +69,8 @@ class Verifier:
                 continue
             kept.extend(rows)
             self.accepted += 1
+        if self.task is not None and hasattr(self.task, "score_group"):
+            self._score_groups([r for r in kept if r["task"] is not None])
         self.accepted_turns += len(kept)
         return schema.from_rows(kept)
 
@@ -142,11 +145,32 @@ class Verifier:
         problem = self.task.problem(row["seed"])
         if problem.id != row["reference_id"]:
             return "reference_mismatch"
-        if self.decode(row["prompt_ids"]) != problem.prompt:
+        prompts = role_prompts(self.task, problem)
+        if not 0 <= row["role"] < len(prompts):
+            return "unknown_role"
+        if self.decode(row["prompt_ids"]) != prompts[row["role"]]:
             return "prompt_mismatch"
         if reason := self._check_tokens(row):
             return reason
-        score = self.score(problem.prompt, row["response_text"], problem.reference)
+        if not hasattr(self.task, "score_group"):  # else scored with its group (verify)
+            self._attach(row, self.score(problem.prompt, row["response_text"], problem.reference))
+        return None
+
+    def _score_groups(self, rows: list[dict]) -> None:
+        """Score a group-scored task's accepted rows (solver_checker: each reply is judged by
+        the others of its problem) one group at a time. Rows already passed _check_task, so
+        each group's rows name one problem (group ids are per problem; a group whose rows
+        disagree is split by problem)."""
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for row in rows:
+            groups[(row["group_id"], row["reference_id"])].append(row)
+        for members in groups.values():
+            problem = self.task.problem(members[0]["seed"])
+            scores = self.task.score_group(problem, [(r["role"], r["response_text"]) for r in members])
+            for row, score in zip(members, scores):
+                self._attach(row, score)
+
+    def _attach(self, row: dict, score) -> None:
         if score.reason:
             self.score_reasons[score.reason] += 1
         row.update(
@@ -156,7 +180,6 @@ class Verifier:
             outcome=score.total,
             illegal=not score.valid,
         )
-        return None
 
     def stats(self) -> dict:
         """Trajectories accepted and rejected (by reason), turns accepted and turns

@@ -59,6 +59,9 @@ class LearnerActor:
     def set_lr(self, lr: float) -> None:
         self.service.learner.set_lr(lr)
 
+    def reset_reference(self) -> bool:
+        return self.service.learner.reset_reference()
+
     def broadcast(self, wait: bool = False) -> dict:
         result = self.service.broadcast(wait)
         self.histograms["broadcast_seconds"].observe(result["seconds"])

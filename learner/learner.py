@@ -254,9 +254,13 @@ class Learner:
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
                 explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),
             )
-        scored = [r["reward"] for r in rows if r["task"] is not None and r["label"] != "sft"]
+        scored = [r for r in rows if r["task"] is not None and r["label"] != "sft"]
         if scored:  # a task's sampled replies in the batch: their mean reward (after the builder's filter)
-            metrics["batch_reward"] = sum(scored) / len(scored)
+            metrics["batch_reward"] = sum(r["reward"] for r in scored) / len(scored)
+            roles = sorted({r["role"] for r in scored})
+            for role in roles if len(roles) > 1 else ():  # a task with roles (solver_checker): each's
+                mine = [r["reward"] for r in scored if r["role"] == role]
+                metrics[f"batch_reward/role_{role}"] = sum(mine) / len(mine)
         texts = [r["response_text"] for r in rows]
         metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         metrics.update(opponent_results(rows))
@@ -289,6 +293,15 @@ class Learner:
         groups = [(r["traj_id"], r["role"]) for r in rows]
         turns = [r["turn"] for r in rows]
         return gae_advantages(groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda)
+
+    def reset_reference(self) -> bool:
+        """Make the current policy the KL reference (a task run's supervised stage ends: the
+        policy it produced is the anchor, as SFT -> RL pipelines use the SFT model). Whether
+        there is a reference (kl_coef > 0)."""
+        if self.ref is None:
+            return False
+        self.ref.load_state_dict(self.model.state_dict())
+        return True
 
     def set_lr(self, lr: float) -> None:
         """Every parameter group's learning rate from now on (a stage of the run changes it:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
+from selfplay.tasks.base import role_prompts, role_targets
 
 COUNTS = (
     "groups",  # task groups built
@@ -46,15 +47,17 @@ COUNTS = (
 
 def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     """(admitted rows, held-back rows, counts) of a table of scored turns. Task rows are
-    grouped by `group_id`; a group must arrive whole (a generator's wave holds every
-    sample of its prompts). Held-back rows are built as admitted ones would be (label,
-    advantage), so a reserve can admit them as they are."""
+    grouped by `group_id` and role; a group must arrive whole (a generator's wave holds every
+    sample of its prompts). A task with several roles (solver_checker) has a group per
+    role of each problem: each role is judged against its own samples. Held-back rows are
+    built as admitted ones would be (label, advantage), so a reserve can admit them as they
+    are."""
     counts = dict.fromkeys(COUNTS, 0)
     is_task = pc.is_valid(table["task"])
     games = table.filter(pc.invert(is_task))
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in table.filter(is_task).to_pylist():
-        groups[row["group_id"]].append(row)
+        groups[(row["group_id"], row["role"])].append(row)
     admitted, held = [], []
     for rows in groups.values():
         rewards = [r["reward"] for r in rows]
@@ -96,51 +99,54 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
     """The supervised stage's labelled set: n distinct train problems of `task` drawn from
     `seed`, each with its SFT target as the reply (`encode(text, special)`: token ids,
     with the tokenizer's special tokens (bos) or without; the reply ends with eos), labelled
-    sft. Behaviour log-probs are zeros: no policy sampled them, and NLL does not read them."""
+    sft; a task with several roles gives each problem a row per role. Behaviour log-probs
+    are zeros: no policy sampled them, and NLL does not read them."""
     rng = random.Random(seed)
     rows, seen = [], set()
     for _ in range(50 * n):  # a small problem space runs out: say so rather than loop
-        if len(rows) == n:
+        if len(seen) == n:
             break
         problem_seed = rng.getrandbits(31)
         problem = task.problem(problem_seed)
         if problem.id in seen:
             continue
         seen.add(problem.id)
-        reply = encode(problem.target, False) + [eos_id]
-        rows.append(
-            {
-                "run_id": run_id,
-                "traj_id": f"sft-{len(rows)}",
-                "game": task.name,
-                "seed": problem_seed,
-                "turn": 0,
-                "role": 0,
-                "policy_id": "sft",
-                "policy_version": 0,
-                "opponent_id": "self",
-                "opponent_version": 0,
-                "prompt_ids": encode(problem.prompt, True),
-                "response_ids": reply,
-                "behaviour_logprobs": [0.0] * len(reply),
-                "response_text": problem.target,
-                "reward": 1.0,
-                "ret": 1.0,
-                "outcome": 1.0,
-                "illegal": False,
-                "trainable": True,
-                "generator_id": "sft",
-                "gen_time_s": 0.0,
-                "created_at": time.time(),
-                "task": task.name,
-                "group_id": f"sft-{len(rows)}",
-                "reference_id": problem.id,
-                "label": "sft",
-            }
-        )
-    if len(rows) < n:
+        targets = role_targets(task, problem, rng)
+        for role, (prompt, target) in enumerate(zip(role_prompts(task, problem), targets)):
+            reply = encode(target, False) + [eos_id]
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "traj_id": f"sft-{len(rows)}",
+                    "game": task.name,
+                    "seed": problem_seed,
+                    "turn": 0,
+                    "role": role,
+                    "policy_id": "sft",
+                    "policy_version": 0,
+                    "opponent_id": "self",
+                    "opponent_version": 0,
+                    "prompt_ids": encode(prompt, True),
+                    "response_ids": reply,
+                    "behaviour_logprobs": [0.0] * len(reply),
+                    "response_text": target,
+                    "reward": 1.0,
+                    "ret": 1.0,
+                    "outcome": 1.0,
+                    "illegal": False,
+                    "trainable": True,
+                    "generator_id": "sft",
+                    "gen_time_s": 0.0,
+                    "created_at": time.time(),
+                    "task": task.name,
+                    "group_id": f"sft-{len(rows)}",
+                    "reference_id": problem.id,
+                    "label": "sft",
+                }
+            )
+    if len(seen) < n:
         raise ValueError(
-            f"sft.examples: {task.name} gave only {len(rows)} distinct train problems, asked {n}"
+            f"sft.examples: {task.name} gave only {len(seen)} distinct train problems, asked {n}"
         )
     return schema.from_rows(rows)
 

@@ -91,7 +91,9 @@ class LearnerConfig:
     batch_size: int = 512  # turns per step
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
-    kl_coef: float = 0.0  # KL to the frozen initial policy; 0 disables the reference model
+    kl_coef: float = (
+        0.0  # KL to the frozen initial policy (a task run's: after its supervised stage); 0: none
+    )
     # Where the KL penalty goes and how it is estimated (learner/losses.py:kl_estimate):
     # reward: beta * (estimate summed over a turn's tokens) comes off that turn's advantage,
     #   no gradient through it (k1 unbiased; the turn's own tokens, not the role's later turns);
@@ -131,7 +133,7 @@ class TaskConfig:
     prompts_per_wave train problems, samples each samples_per_prompt times (a group), and
     the verifier scores every reply."""
 
-    name: str | None = None  # arithmetic | codegen; None: the run plays `games`
+    name: str | None = None  # arithmetic | codegen | solver_checker; None: the run plays `games`
     params: dict[str, Any] = field(default_factory=dict)  # the task's own, e.g. {digits: 3, terms: 3}
     samples_per_prompt: int = 8  # k: a prompt's samples are each other's baseline
     prompts_per_wave: int = 32
@@ -463,9 +465,11 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
-    from selfplay.evals import TASK_FIELDS
+    from selfplay.evals import SELECTION_FIELDS, TASK_FIELDS
 
     fields = [*TASK_FIELDS, "accuracy_gain_over_sft"]
+    if cfg.task.name == "solver_checker":
+        fields += SELECTION_FIELDS
     for name in cfg.acceptance:
         key, _, field = name.rpartition("/")
         if key != f"{cfg.task.name}/held_out" or field not in fields:

@@ -406,6 +406,7 @@ class Run:
         stages are measured against, summary `after_sft`) and the generators start."""
         self.in_sft = False
         ray.get(self.learner.set_lr.remote(self.cfg.learner.lr))
+        ray.get(self.learner.reset_reference.remote())  # the KL anchor (kl_coef > 0): this policy
         after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
         (self.run_dir / AFTER_SFT).write_text(json.dumps(after, indent=2))
         ray.get(self.program.buffer.end_sft.remote())

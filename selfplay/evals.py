@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from selfplay.games import kuhn
 from selfplay.league import LEARNER
-from selfplay.stats import points
+from selfplay.stats import mean_interval, points
 
 # What an evaluation reports, defined once: the rates (report tables), the summary's
 # fields (summary.json "before"/"after") and the metrics logged per eval (per seat too).
@@ -23,6 +23,17 @@ EVAL_FIELDS = (*SUMMARY_FIELDS, "first_win", "first_non_loss", "second_win", "se
 # A task's held-out evaluation (task_summary): greedy accuracy (pass@1), pass@k and the mean
 # accuracy of the k samples at the training temperature, well-formed replies, problems
 TASK_FIELDS = ("accuracy", "pass_at_k", "sample_accuracy", "valid", "problems")
+# A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
+# its own tests pick and of a uniform pick, its tests' accuracy and validity, and the gain
+SELECTION_FIELDS = (
+    "selected_pass",
+    "random_pass",
+    "test_accuracy",
+    "test_valid",
+    "selection_gain",
+    "selection_gain_lo",
+    "selection_gain_hi",
+)
 
 
 def game_points(outcome: float) -> float:
@@ -35,15 +46,20 @@ def eval_summary(result: dict) -> dict:
     the whole result of a probability-based one (Kuhn exploitability)."""
     if "exploitability" in result:
         return result
-    return {k: result[k] for k in (TASK_FIELDS if "accuracy" in result else SUMMARY_FIELDS)}
+    return {k: result[k] for k in (task_fields(result) if "accuracy" in result else SUMMARY_FIELDS)}
 
 
 def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
     """Flatten a played evaluation into PREFIX/GAME/OPP/FIELD metric names, with the weight
     version it measured."""
     key = f"{prefix}/{result['game']}/{result['opponent']}"
-    fields = TASK_FIELDS if "accuracy" in result else EVAL_FIELDS
+    fields = task_fields(result) if "accuracy" in result else EVAL_FIELDS
     return {f"{key}/{k}": result[k] for k in (*fields, "version")}
+
+
+def task_fields(result: dict) -> tuple[str, ...]:
+    """The fields of a task evaluation: TASK_FIELDS, and SELECTION_FIELDS where measured."""
+    return TASK_FIELDS + tuple(f for f in SELECTION_FIELDS if f in result)
 
 
 def task_summary(greedy: list, sampled: list, k: int) -> dict:
@@ -62,6 +78,19 @@ def task_summary(greedy: list, sampled: list, k: int) -> dict:
         "problems": n,
         "k": k,
     }
+
+
+def selection_summary(picks: list[dict[str, float]]) -> dict:
+    """Means over problems of SolverChecker.select's figures (SELECTION_FIELDS), and the gain
+    of picking by the policy's own tests over a uniform pick, with a 95% interval over
+    problems (the per-problem differences are paired: same solutions, same hidden tests)."""
+    n = max(len(picks), 1)
+    result = {key: sum(p[key] for p in picks) / n for key in SELECTION_FIELDS[:4]}
+    gains = [p["selected_pass"] - p["random_pass"] for p in picks]
+    result["selection_gain"] = sum(gains) / n
+    if len(gains) >= 2:
+        result["selection_gain_lo"], result["selection_gain_hi"] = mean_interval(gains)
+    return result
 
 
 def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from selfplay.evals import RATES, TASK_FIELDS  # noqa: E402
+from selfplay.evals import RATES, TASK_FIELDS, task_fields  # noqa: E402
 from selfplay.league import LeagueState  # noqa: E402
 from selfplay.league_table import load_league, member_rows, score_matrix  # noqa: E402
 from selfplay.stats import wilson_interval  # noqa: E402
@@ -34,6 +34,7 @@ from selfplay.stats import wilson_interval  # noqa: E402
 OUTCOME = (*RATES, "return")
 CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
 TASK_CURVES = ("accuracy", "pass_at_k", "sample_accuracy")  # a task's held-out curves
+SELECTION_CURVES = ("selected_pass", "random_pass", "test_accuracy")  # solver + checker's
 # OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.
 KUHN_REFERENCE = [(0.458, "uniform random (0.458)"), (0.0, "Nash (0)")]
 KUHN_KEY = "kuhn/exploitability"  # its summary.json key and metric name (under eval/)
@@ -102,6 +103,13 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
     task_panels = [
         Panel(t, [f"eval/{t}/held_out/{f}" for f in TASK_CURVES], strip=f"eval/{t}/held_out/") for t in tasks
+    ] + [
+        Panel(
+            f"{t}: a solution picked by its own tests vs a uniform pick",
+            [f"eval/{t}/held_out/{f}" for f in SELECTION_CURVES],
+            strip=f"eval/{t}/held_out/",
+        )
+        for t in tasks
     ]
     curves = [
         Panel(g, [f"eval/{g}/{o}/{f}" for o in opps for f in CURVE_FIELDS], strip=f"eval/{g}/")
@@ -131,6 +139,10 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
                     ["task/groups_all_accepted", "task/groups_none_accepted", "task/groups_held_back"],
                 ),
                 Panel("rows filled from the reserve", ["task/filled_from_reserve"]),
+                Panel(
+                    "batch reward by role (0 solver, 1 checker)",
+                    ["batch_reward/role_0", "batch_reward/role_1"],
+                ),
             ],
         ),
         (
@@ -312,14 +324,15 @@ def last_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
 
 def task_eval_table(series: Series) -> tuple[list[str], list[list[str]]]:
     """A task's held-out evaluations, one row per step evaluated."""
-    rows = []
+    rows, columns = [], TASK_FIELDS
     for (task, _), fields in eval_results(series).items():
         if "accuracy" not in fields:
             continue
         at = {f: dict(zip(s["step"], s["value"])) for f, s in fields.items()}
+        columns = task_fields(at)
         for step in sorted(at["accuracy"]):
-            rows.append([task, str(step), *(_fmt(f, at.get(f, {}).get(step)) for f in TASK_FIELDS)])
-    return (["task", "step", *(f.replace("_", "-") for f in TASK_FIELDS)], rows) if rows else ([], [])
+            rows.append([task, str(step), *(_fmt(f, at.get(f, {}).get(step)) for f in columns)])
+    return (["task", "step", *(f.replace("_", "-") for f in columns)], rows) if rows else ([], [])
 
 
 def _change_row(label: list[str], field: str, before: dict, after: dict) -> list[str]:
@@ -344,7 +357,7 @@ def before_after_table(summary: dict) -> tuple[list[str], list[list[str]]]:
         b, a = before.get(key, {}), after.get(key, {})
         label = key.rsplit("/", 1)
         if "accuracy" in a or "accuracy" in b:  # a task
-            rows += [_change_row(label, f, b, a) for f in TASK_FIELDS]
+            rows += [_change_row(label, f, b, a) for f in task_fields({**b, **a})]
             continue
         rows += [_change_row(label, f, b, a) for f in (*OUTCOME, "games")]
         rows.append([*label, "non-loss 95% CI", _ci(b), _ci(a), ""])

@@ -21,3 +21,14 @@ def points(wins: float, draws: float) -> float:
     """A game's points: a win 1, a draw 1/2, a loss 0. What Elo, promotion and every
     head-to-head score count; over n games, points / n is the score."""
     return wins + draws / 2
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval of a mean: mean ± z·s/sqrt(n), s the sample standard
+    deviation (n - 1); at least two values."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"mean_interval: needs at least two values, got {n}")
+    mean = sum(values) / n
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return (mean - z * s / math.sqrt(n), mean + z * s / math.sqrt(n))

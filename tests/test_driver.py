@@ -72,19 +72,26 @@ def test_resume_continues_at_the_same_step(ray_session, small_cfg, tmp_path):
     assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
 
 
+ARITHMETIC = {"name": "arithmetic", "params": {"digits": 1, "terms": 2}}
+SOLVER_CHECKER = {"name": "solver_checker", "params": {"steps": 2}}
+
+
 @pytest.mark.parametrize(
-    "builder",
+    "task, builder",
     [
         # rejection sampling: every reply is accepted (an untrained model is never right)
-        {"rows": "sft", "accept_reward": 0.0},
+        (ARITHMETIC, {"rows": "sft", "accept_reward": 0.0}),
         # group advantages behind the variance filter: every group of an untrained model
         # agrees (all wrong), so batches fill from the reserve instead of stalling
-        {"rows": "rl", "variance_filter": True, "fill_after": 32},
+        (ARITHMETIC, {"rows": "rl", "variance_filter": True, "fill_after": 32}),
+        # solver + checker: both roles sampled, judged by each other in the sandbox
+        (SOLVER_CHECKER, {"rows": "rl"}),
     ],
-    ids=["rft", "grpo-filtered"],
+    ids=["rft", "grpo-filtered", "solver-checker"],
 )
-def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, builder):
+def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, task, builder):
     """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
+    name = task["name"]
     cfg = dataclasses.replace(
         small_cfg,
         total_steps=6,
@@ -96,8 +103,7 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
         eval=dataclasses.replace(small_cfg.eval, every_steps=4),
         task=TaskConfig(
-            name="arithmetic",
-            params={"digits": 1, "terms": 2},
+            **task,
             samples_per_prompt=4,
             prompts_per_wave=8,
             held_out=4,
@@ -105,14 +111,14 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         ),
         builder=BuilderConfig(**builder),
         sft=SftConfig(steps=2, examples=40),
-        acceptance={"arithmetic/held_out/accuracy_gain_over_sft": ">= -1"},
+        acceptance={f"{name}/held_out/accuracy_gain_over_sft": ">= -1"},
     )
     run_dir = driver.train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 6
-    assert set(summary["after_sft"]) == {"arithmetic/held_out"}
-    gain = summary["acceptance"]["arithmetic/held_out/accuracy_gain_over_sft"]["value"]
-    after, after_sft = summary["after"]["arithmetic/held_out"], summary["after_sft"]["arithmetic/held_out"]
+    assert set(summary["after_sft"]) == {f"{name}/held_out"}
+    gain = summary["acceptance"][f"{name}/held_out/accuracy_gain_over_sft"]["value"]
+    after, after_sft = summary["after"][f"{name}/held_out"], summary["after_sft"][f"{name}/held_out"]
     assert gain == pytest.approx(after["accuracy"] - after_sft["accuracy"])
     assert summary["best"]["selected_on"] == "the held-out evaluations (optimistic)"
     assert not any(name.startswith("best/") for name in summary["acceptance"])
@@ -125,7 +131,11 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
     verifier = summary["pool"]["verifier"]
     assert verifier["accepted"] == summary["turns"]["forwarded"] > 0
-    if builder["rows"] == "sft":
+    if name == "solver_checker":  # both roles trained; the held-out figures of its own tests' pick
+        assert {"batch_reward/role_0", "batch_reward/role_1"} <= {m["name"] for m in metrics}
+        assert after["selection_gain"] == pytest.approx(after["selected_pass"] - after["random_pass"])
+        assert after["sample_accuracy"] == pytest.approx(after["random_pass"])
+    elif builder["rows"] == "sft":
         assert all(sft_rows[s] > 0 for s in (3, 4, 5, 6))
     else:
         assert all(sft_rows[s] == 0 for s in (3, 4, 5, 6))

@@ -119,6 +119,21 @@ def test_every_kl_placement_pulls_the_policy_back_towards_the_reference(model_di
     assert first > 0 and last < first
 
 
+def test_reset_reference_anchors_the_kl_at_the_current_policy(model_dir):
+    cfg = load_config(None, ["learner.lr=5e-3", "learner.kl_coef=0.1"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    for _ in range(3):
+        moved = learner.train_step(batch())
+    assert moved["kl_ref"] != 0.0  # the policy left its initial weights
+    assert learner.reset_reference()
+    for p, q in zip(learner.model.parameters(), learner.ref.parameters()):
+        assert torch.equal(p, q)
+    after = learner.train_step(batch())  # measured before this step's update: the policy is the anchor
+    assert after["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+    plain = Learner(load_config(None, []).learner, cfg.model, model_dir, seed=0)
+    assert not plain.reset_reference() and plain.ref is None  # kl_coef 0: no reference to move
+
+
 def won_and_lost_games():
     """Two TicTacToe games of two X turns each: one won (+1), one lost (-1), told apart by
     their first prompt token, so a value of the state can learn each game's return."""

@@ -13,6 +13,7 @@ import pytest
 from selfplay.league import LEARNER, LeagueState, Member
 from selfplay.metrics import METRICS_SCHEMA
 from selfplay.report import figures, promote_threshold, wilson_interval, write_report
+from selfplay.stats import mean_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,6 +32,15 @@ def test_wilson_interval_matches_hand_computed_values():
 
 def test_wilson_interval_with_no_games_is_uninformative():
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mean_interval_matches_hand_computed_values():
+    # 1, 2, 3, 6: mean 3, s = sqrt((4 + 1 + 0 + 9) / 3) = 2.16025, half 1.96 * s / 2 = 2.11704
+    lo, hi = mean_interval([1, 2, 3, 6])
+    assert (lo, hi) == (pytest.approx(0.88296, abs=1e-5), pytest.approx(5.11704, abs=1e-5))
+    assert mean_interval([0.5, 0.5]) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="at least two values"):
+        mean_interval([1.0])
 
 
 def write_metrics(run_dir, rows):
@@ -428,3 +438,22 @@ def test_a_task_runs_report_shows_its_held_out_curves_and_the_gain_over_the_supe
     assert "win (solid)" not in md.lower()  # no game curves for a task
     for png in ("task_steps.png", "task_wall.png", "task_groups.png"):
         assert (tmp_path / "report" / png).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_solver_checker_report_adds_the_selection_figures(tmp_path):
+    fields = {"accuracy": 0.9, "pass_at_k": 0.95, "sample_accuracy": 0.8, "valid": 1.0, "problems": 200}
+    selection = {"selected_pass": 0.9, "random_pass": 0.8, "test_accuracy": 0.7, "test_valid": 0.9}
+    selection.update(selection_gain=0.1, selection_gain_lo=0.07, selection_gain_hi=0.13)
+    write_metrics(
+        tmp_path,
+        eval_rows(100, "eval/solver_checker/held_out", {**fields, **selection})
+        + [(s, 30.0 * s, f"batch_reward/role_{r}", 0.5) for s in (10, 60) for r in (0, 1)],
+    )
+    summary = {"after": {"solver_checker/held_out": {**fields, **selection}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path).read_text()
+    header = "| problems | selected-pass | random-pass | test-accuracy | test-valid | selection-gain | selection-gain-lo |"
+    assert header in md
+    assert "| 200 | 0.900 | 0.800 | 0.700 | 0.900 | 0.100 | 0.070 | 0.130 |" in md
+    assert "| solver_checker | held_out | selection-gain | n/a | 0.100 | n/a |" in md  # the final evaluation
+    assert (tmp_path / "report" / "task_groups.png").exists()  # with the batch reward by role

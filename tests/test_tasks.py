@@ -357,14 +357,16 @@ def test_a_wrong_expression_scores_zero_in_the_real_sandbox():
 
 # ---- Registry --------------------------------------------------------------------------
 def test_make_task_builds_each_task_with_config_params():
-    assert set(TASKS) == {"arithmetic", "codegen"}
+    assert set(TASKS) == {"arithmetic", "codegen", "solver_checker"}
     task = make_task("arithmetic", digits=3, subtract=1, scratchpad=True)  # an int where a float is declared
     assert task == Arithmetic(digits=3, subtract=1.0, scratchpad=True)
     assert make_task("codegen", steps=1) == CodeGen(steps=1)
 
 
 def test_make_task_errors_name_the_task_or_the_parameter():
-    with pytest.raises(ValueError, match=r"^task: unknown task 'chess' \(known: arithmetic, codegen\)$"):
+    with pytest.raises(
+        ValueError, match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, solver_checker\)$"
+    ):
         make_task("chess")
     with pytest.raises(
         ValueError,

@@ -33,6 +33,20 @@ def held_out_id(problem_id: str, percent: int) -> bool:
     return int.from_bytes(digest[:4], "big") % 100 < percent
 
 
+def role_prompts(task, problem: Problem) -> list[str]:
+    """The prompt of each of the task's roles for `problem`: its own prompt, unless the task
+    names several roles (`roles` and `role_prompt(problem, role)`, as solver_checker does)."""
+    roles = getattr(task, "roles", None)
+    return [task.role_prompt(problem, r) for r in range(len(roles))] if roles else [problem.prompt]
+
+
+def role_targets(task, problem: Problem, rng: random.Random) -> list[str]:
+    """A correct reply in each of the task's roles (SFT targets), in role_prompts' order;
+    `rng` draws where a role has many (a checker's test input)."""
+    roles = getattr(task, "roles", None)
+    return [task.role_target(problem, r, rng) for r in range(len(roles))] if roles else [problem.target]
+
+
 # ---- Splits: shared by every task -------------------------------------------------------
 
 MAX_TRAIN_DRAWS = 10_000  # redraws for one train problem; only a space with no train id runs out

@@ -135,9 +135,13 @@ class CodeGen:
 
     def _space(self):
         """Every id a draw can produce."""
+        return (f"{self.name}:{THEN.join(spec)}" for spec in self.specs())
+
+    def specs(self):
+        """Every spec a draw can produce, as its list of operations."""
         specs = [[op] for op in OPS]
         for length in range(1, self.steps + 1):
-            yield from (f"{self.name}:{THEN.join(spec)}" for spec in specs)
+            yield from specs
             if length < self.steps:
                 specs = [[*spec, op] for spec in specs for op in OPS]
 
