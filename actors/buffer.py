@@ -63,8 +63,10 @@ def sample_allowed(
 def reserve_order(reserve: pa.Table, n: int) -> np.ndarray:
     """Indices of the held-back rows to admit, whole groups until they hold at least n
     rows: the groups whose rewards differ most first, the newest first among equals
-    (rows of a group are contiguous, groups in the order they arrived)."""
-    groups = pc.dictionary_encode(reserve["group_id"]).combine_chunks().indices.to_numpy()
+    (rows of a group are contiguous, groups in the order they arrived). A group is the
+    builder's: a group id and a role (a task with several roles has one per role)."""
+    key = pc.binary_join_element_wise(reserve["group_id"], pc.cast(reserve["role"], pa.string()), ":")
+    groups = pc.dictionary_encode(key).combine_chunks().indices.to_numpy()
     rewards = reserve["reward"].to_numpy(zero_copy_only=False).astype(np.float64)
     n_groups = int(groups.max()) + 1
     sizes = np.bincount(groups, minlength=n_groups)

@@ -152,13 +152,18 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
 
 
 def group_means(table: pa.Table) -> list[tuple[int, float]]:
-    """(problem seed, mean reward) of each task group of a scored table, in order seen."""
+    """(problem seed, mean reward) of each task group of a scored table, in order seen: the
+    first role's rows (a solver's, where a task has a checker too: the pool is of problems
+    the solver finds hard)."""
     rewards: dict[str, list[float]] = defaultdict(list)
     seeds: dict[str, int] = {}
-    for g, seed, r in zip(
-        table["group_id"].to_pylist(), table["seed"].to_pylist(), table["reward"].to_pylist()
+    for g, seed, r, role in zip(
+        table["group_id"].to_pylist(),
+        table["seed"].to_pylist(),
+        table["reward"].to_pylist(),
+        table["role"].to_pylist(),
     ):
-        if g is not None:
+        if g is not None and role == 0:
             rewards[g].append(r)
             seeds[g] = seed
     return [(seeds[g], sum(rs) / len(rs)) for g, rs in rewards.items()]

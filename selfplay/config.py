@@ -91,9 +91,9 @@ class LearnerConfig:
     batch_size: int = 512  # turns per step
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
-    kl_coef: float = (
-        0.0  # KL to the frozen initial policy (a task run's: after its supervised stage); 0: none
-    )
+    # KL to the frozen initial policy (a task run's: the policy after its supervised stage); 0: none.
+    # The reference is not checkpointed: after a resume it is the resumed policy (issue 13)
+    kl_coef: float = 0.0
     # Where the KL penalty goes and how it is estimated (learner/losses.py:kl_estimate):
     # reward: beta * (estimate summed over a turn's tokens) comes off that turn's advantage,
     #   no gradient through it (k1 unbiased; the turn's own tokens, not the role's later turns);

@@ -7,7 +7,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.buffer import ReplayBuffer, insert_allowed, pick_rows, sample_allowed, staleness_floor
+from actors.buffer import (
+    ReplayBuffer,
+    insert_allowed,
+    pick_rows,
+    reserve_order,
+    sample_allowed,
+    staleness_floor,
+)
 from selfplay import schema
 from selfplay.config import BufferConfig, BuilderConfig
 from tests.rows import make_row, make_task_row
@@ -365,3 +372,13 @@ def test_held_back_rows_that_go_stale_or_overflow_the_reserve_are_counted():
     buf.add(groups([1, 1], [0, 0], [1, 1], version=0))  # 6 held back, the reserve keeps 4
     assert buf.counts["reserve_dropped"] == 2 and buf.reserve.num_rows == 4
     assert buf.sample(8, learner_version=5) is None and buf.counts["reserve_dropped"] == 6
+
+
+def test_the_reserve_ranks_each_roles_group_apart():
+    """A solver + checker problem: solvers all right, checkers all wrong. Each role's group
+    agrees (std 0, held back); together they would look like the most informative group."""
+    rows = [make_task_row("p", 1.0, f"s{i}", role=0) for i in range(2)]
+    rows += [make_task_row("p", 0.0, f"c{i}", role=1) for i in range(2)]
+    rows += [make_task_row("q", r, f"q{i}", role=0) for i, r in enumerate([0.2, 0.6])]  # std 0.2
+    reserve = schema.from_rows(rows)
+    assert list(reserve_order(reserve, 2)) == [4, 5]

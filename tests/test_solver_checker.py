@@ -39,7 +39,16 @@ DOUBLE = TASK._make(["double"])  # f(x) = 2x
         ("f(3)==f(3)", None),  # no calls: a test must state a value
         ("f(3)==x*2", None),  # no names
         ("f(3)==__import__('os')", None),
-        ("f(3)==9**9**9", None),  # exponents up to 4
+        ("f(3)==9**9**9", None),  # a literal exponent only
+        ("f(3)==((9**4)**4)**4", None),  # 9**64 has 62 digits: over MAX_DIGITS
+        ("f(3)==(9**4)**4", (3, "(9 ** 4) ** 4")),  # 16 digits
+        ("f(3)==" + "*".join(["99999"] * 9), None),  # 45 digits
+        ("f(3)==2**5", None),  # exponents up to 4
+        ("f(3)==2**4", (3, "2 ** 4")),
+        ("f(3)==2**'a'", None),  # a literal of another type is refused, never compared
+        ("f(3)==2**None", None),
+        ("f(3)==2**1j", None),
+        ("f(3)==2**...", None),
         ("f(3)==2**x", None),
         ("f(3)==6.0", None),  # integers only
         ("f(3)==True", None),
@@ -86,7 +95,8 @@ def test_every_correct_reply_of_either_role_fits_the_reply_limit():
     [
         ([(True, True, False), (True, False, True)], [3, 1], (True, True, False)),  # 3x2 beats 1x2
         ([(True, False, False), (True, True, True)], [2, 1], (True, True, True)),  # 2x1 < 1x3
-        ([(True, False), (False, True)], [1, 2], (False, True)),  # equal tests passed: more samples
+        ([(True, False), (False, True)], [1, 2], (False, True)),  # 1x1 < 2x1
+        ([(True, True), (True, False)], [1, 2], (True, False)),  # 1x2 = 2x1: more samples win the tie
         ([(True, True), (True, True)], [1, 1], (True, True)),  # one vector, its samples summed
         ([(False, False)], [5], None),  # passes nothing: no consensus
         ([], [], None),
@@ -267,7 +277,14 @@ def test_a_solver_checker_run_accepts_only_its_figures():
 
 
 def test_a_solution_that_could_not_run_says_nothing_about_the_tests():
-    hog = "len([0]*10**10)"  # well formed; exhausts the sandbox's memory: it passes nothing
+    hog = "[0]*10**10"  # well formed; exhausts the sandbox's memory: it passes nothing
     scores = TASK.score_group(DOUBLE, [(SOLVER, "x*2"), (SOLVER, "x*2"), (SOLVER, hog), (CHECKER, "f(3)==6")])
     assert scores[2].total == 0.0 and scores[2].reason == "memory" and scores[2].valid
     assert scores[3].total == 0.0  # the only solutions that ran all pass it: it tells none apart
+
+
+def test_a_solution_is_held_to_codegens_reply_limit_not_the_checkers():
+    limit = make_task("codegen", steps=2).max_reply_chars
+    assert TASK.max_reply_chars > limit
+    assert TASK.solution("x" + "+0" * ((limit - 1) // 2)) is not None
+    assert TASK.solution("x" + "+0" * ((limit + 1) // 2)) is None  # one character over

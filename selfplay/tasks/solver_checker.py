@@ -12,11 +12,12 @@ games).
 
 Training signal, from the group alone (the hidden tests never reach a reward):
   The consensus is CodeT's dual agreement (Chen et al. 2022): the group's well-formed
-  solutions are clustered by the set of its distinct well-formed tests they pass, a cluster
+  solutions that ran to the end (a timeout, a memory hog or a forbidden call says nothing
+  about the tests) are clustered by the set of its distinct well-formed tests they pass, a cluster
   scores (samples in it) x (tests it passes), and the best cluster's tests are the agreed
   ones (none when no solution passes any test).
   solver   the share of the agreed tests it passes (0 when none are agreed).
-  checker  1 when its test is agreed and some well-formed solution fails it, else 0: a
+  checker  1 when its test is agreed and one of those solutions fails it, else 0: a
            test every solution passes (wrong ones included) cannot tell them apart and
            earns nothing, and one the consensus fails is taken to be wrong.
 Parts kept beside the reward (never part of it): `all_pass` (the solution passes the hidden
@@ -27,8 +28,9 @@ most of the model's own tests is picked (a tie: the expected value of a uniform 
 the tied) and compared with a uniform pick among all k, both by the hidden tests.
 
 A test is `f(X)==EXPECTED`: X one digit, optionally negative, and EXPECTED the value the test
-expects, written as integer arithmetic on literals (+ - * %, ** up to MAX_POWER, parentheses;
-no names, no calls), which the sandbox works out as a calculator would: a 1M-parameter model
+expects, written as integer arithmetic on literals (+ - * %, ** to a literal exponent up to
+MAX_POWER, parentheses; no names, no calls; at most MAX_DIGITS digits, bounded from the
+literals before anything runs), which the sandbox works out as a calculator would: a 1M-parameter model
 cannot multiply in its head, but it can state what to compute, as a person writes
 `assert f(4) == (4 + 3) * 2`. A test is parsed (never evaluated here), and the sandbox runs
 `assert f(X) == (EXPECTED)` rebuilt from the parse. Whether a test holds for the spec (the
@@ -37,6 +39,7 @@ cannot multiply in its head, but it can state what to compute, as a person write
 from __future__ import annotations
 
 import ast
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ SOLVER, CHECKER = range(len(ROLES))
 CHECKER_PREFIX = "t: "  # the solver's prompt starts "f: " (CodeGen's)
 MAX_INPUT = 9  # a test's x is one digit, optionally negative
 MAX_POWER = 4  # the largest exponent a test's expected value may use
+MAX_DIGITS = 40  # and at most this many digits it may reach (bounded before anything runs)
 TEST = re.compile(r"f\((-?[0-9])\)==(.+)")
 # the nodes an expected value may use: integer literals, + - * % **, unary minus and plus
 ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant)
@@ -75,9 +79,30 @@ def parse_test(reply: str, limit: int = 64) -> tuple[int, str] | None:
             return None
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             exponent = node.right
-            if not (isinstance(exponent, ast.Constant) and 0 <= exponent.value <= MAX_POWER):
+            if not (isinstance(exponent, ast.Constant) and type(exponent.value) is int):
                 return None
+            if not 0 <= exponent.value <= MAX_POWER:
+                return None
+    if digits(tree.body) > MAX_DIGITS:  # (9**4)**4**...: a value too large to be a test's
+        return None
     return int(m[1]), ast.unparse(tree)
+
+
+def digits(node: ast.AST) -> float:
+    """An upper bound on log10(|value| + 1) of a parsed ARITHMETIC expression, worked out from
+    its literals' sizes alone (nothing is evaluated)."""
+    if isinstance(node, ast.Constant):
+        return math.log10(abs(node.value) + 1)
+    if isinstance(node, ast.UnaryOp):
+        return digits(node.operand)
+    left, right = digits(node.left), digits(node.right)
+    if isinstance(node.op, ast.Mult):
+        return left + right
+    if isinstance(node.op, ast.Mod):  # |a % b| < |b|
+        return right
+    if isinstance(node.op, ast.Pow):
+        return left * node.right.value
+    return max(left, right) + math.log10(2)  # + and -
 
 
 def test_line(test: tuple[int, str]) -> str:
@@ -110,6 +135,12 @@ def consensus(passes: list[tuple[bool, ...]], counts: list[int]) -> tuple[bool, 
 class SolverChecker(CodeGen):
     name: ClassVar[str] = "solver_checker"
     roles: ClassVar[tuple[str, ...]] = ROLES
+
+    def solution(self, reply: str) -> str | None:
+        """CodeGen's, with CodeGen's reply limit: a solution is no longer for the checker's."""
+        if isinstance(reply, str) and len(reply) > CodeGen.max_reply_chars.fget(self):
+            return None
+        return super().solution(reply)
 
     @property
     def max_reply_chars(self) -> int:
