@@ -4,8 +4,8 @@ problem is drawn again from its seed (its id and the prompt of the row's role mu
 what was played), and the task's scorer attaches its parts (`scores`), the total as the
 reward, and the validity flag (`illegal` when the reply was malformed); scorer failures (a
 sandbox timeout, say) count by reason. A task that judges replies by each other
-(solver_checker's `score_group`) is scored one group at a time, once its rows passed. Trajectories arrive from generators and go on to the
-buffer; the driver never sees them."""
+(solver_checker's `score_group`) is scored one group at a time, once its rows passed.
+Trajectories arrive from generators and go on to the buffer; the driver never sees them."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Verifier:
         self.decode = decode
         self.task = task
         self.score = ScoreCache(task.score) if task is not None else None  # one reply at a time
+        self.grouped = hasattr(task, "score_group")  # or a group at a time (solver_checker)
         self.score_reasons: Counter = Counter()  # why replies scored 0 without running (timeout, ...)
         self.rejected: Counter = Counter()
         self.accepted = 0
@@ -69,7 +70,7 @@ class Verifier:
                 continue
             kept.extend(rows)
             self.accepted += 1
-        if self.task is not None and hasattr(self.task, "score_group"):
+        if self.grouped:
             self._score_groups([r for r in kept if r["task"] is not None])
         self.accepted_turns += len(kept)
         return schema.from_rows(kept)
@@ -152,7 +153,7 @@ class Verifier:
             return "prompt_mismatch"
         if reason := self._check_tokens(row):
             return reason
-        if not hasattr(self.task, "score_group"):  # else scored with its group (verify)
+        if not self.grouped:  # else scored with its group (verify)
             self._attach(row, self.score(problem.prompt, row["response_text"], problem.reference))
         return None
 

@@ -205,12 +205,8 @@ class Learner:
         )
         self.opt.step()
         self.step += 1
-        if (
-            self.ref is not None
-            and self.cfg.ref_refresh_every
-            and self.step % self.cfg.ref_refresh_every == 0
-        ):
-            self.ref.load_state_dict(self.model.state_dict())  # the KL anchor follows the policy
+        if self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
+            self.reset_reference()  # the KL anchor follows the policy
 
         # staleness and advantages of the sampled replies (a labelled sft row has neither)
         sampled = [i for i, r in enumerate(rows) if r["label"] != "sft"] or list(range(len(rows)))

@@ -183,13 +183,20 @@ class SolverChecker(CodeGen):
             del out[problem.target]
         return out, truth
 
+    def _trial(self, problem: Problem, solutions: list[str], tests: list[str | None]):
+        """Parse `tests` (None: not a test) and run the solutions against the distinct
+        well-formed ones: (each test parsed or None, the distinct tests, `_run`'s runs, and
+        whether each distinct test holds)."""
+        parsed = [None if t is None else parse_test(t, self.max_reply_chars) for t in tests]
+        distinct = list(dict.fromkeys(t for t in parsed if t is not None))
+        runs, truth = self._run(problem, solutions, distinct)
+        return parsed, distinct, runs, truth
+
     def score_group(self, problem: Problem, replies: list[tuple[int, str]]) -> list[Score]:
         """The Score of each (role, reply) of one problem's group (see the module)."""
-        limit = self.max_reply_chars
-        parsed = [parse_test(text, limit) if role == CHECKER else None for role, text in replies]
-        tests = list(dict.fromkeys(t for t in parsed if t is not None))
         solutions = [text for role, text in replies if role == SOLVER]
-        runs, truth = self._run(problem, solutions, tests)
+        checks = [text if role == CHECKER else None for role, text in replies]
+        parsed, tests, runs, truth = self._trial(problem, solutions, checks)
         counts: dict[str, int] = {}  # samples of each solution that ran to the end (a timeout
         for text in solutions:  # or a forbidden call passes nothing and says nothing of the tests)
             if text in runs and runs[text][2] is None:
@@ -228,9 +235,7 @@ class SolverChecker(CodeGen):
         hidden pass rate (all hidden tests pass) of each solution, of the solution picked by
         the tests (most passed; a tie: the mean over the tied) and of a uniform pick, and the
         share of tests that are well formed and that hold."""
-        parsed = [parse_test(t, self.max_reply_chars) for t in tests]
-        distinct = list(dict.fromkeys(t for t in parsed if t is not None))
-        runs, truth = self._run(problem, solutions, distinct)
+        parsed, distinct, runs, truth = self._trial(problem, solutions, tests)
         holds = dict(zip(distinct, truth))
         hidden = [runs[s][0] if s in runs else 0.0 for s in solutions]
         passed = [sum(runs[s][1]) if s in runs else 0 for s in solutions]  # malformed: passes none
