@@ -11,7 +11,7 @@ CONFIG ?= configs/tictactoe.yaml
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser demo test lint format bench clean
+.PHONY: install browser demo test lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+chaos: $(STAMP)  # a 10-minute run under generator, learner and driver faults beside an undisturbed one
+	$(PY) -m bench.chaos --minutes 10 --out runs/chaos
 
 clean:
 	rm -rf $(VENV) runs

@@ -35,6 +35,7 @@ from selfplay import schema
 from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import build
 from selfplay.config import BufferConfig, BuilderConfig
+from selfplay.files import write_atomic
 from selfplay.metrics import ray_metric
 
 
@@ -283,7 +284,7 @@ class ReplayBuffer:
             "rng": self.rng.bit_generator.state,
             "times": self.times.tolist(),
         }
-        (d / "buffer_state.json").write_text(json.dumps(state))
+        write_atomic(d / "buffer_state.json", json.dumps(state))
 
     def load(self, directory: str | Path) -> None:
         d = Path(directory)

@@ -39,7 +39,7 @@ class ControllerActor:
             cfg,
             RayTransport(),
             spawn,
-            lambda name, handle: discard_generator(handle, groups.pop(name, None)),
+            lambda name, handle: discard_generator(name, handle, groups.pop(name, None)),
             learner,
             verifier,
             buffer,

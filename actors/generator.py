@@ -84,7 +84,9 @@ class Match:
 
 
 FIXED = "fixed"  # the engine holding weights frozen for an evaluation (see Generator.load_fixed)
-COUNTED = ("games", "turns", "tokens", "engine_s", "illegal")  # per play, for training or evaluation
+# per play, for training or evaluation; too_long: games ended unplayed because a prompt outgrew
+# the context (SPIRAL ends them as draws; here they are dropped, never handed on, and counted)
+COUNTED = ("games", "turns", "tokens", "engine_s", "illegal", "too_long")
 
 
 def both_seats(
@@ -106,6 +108,11 @@ class GameInPlay:
     scripted: list  # per seat
     traj_id: str
     turns: list[dict] = field(default_factory=list)
+    too_long: bool = False  # a prompt outgrew the context: ended, dropped
+
+    @property
+    def over(self) -> bool:
+        return self.too_long or self.state.is_terminal
 
     @property
     def role(self) -> int:
@@ -285,13 +292,37 @@ class Generator:
             self.versions[FIXED] = version
             self.fixed_checksum = checksum
 
+    def policy_for(self, weights: dict | None, fetch) -> str:
+        """The engine to measure `weights` on ({version, checksum, settled?}, the learner's
+        `current_weights` or `settle`; `fetch()` returns their bytes): None, the learner's
+        engine as it is; settled weights the learner's engine holds, that engine (nothing
+        trains while a settled evaluation runs, so no broadcast lands: `check_settled`
+        proves it after); any others, the FIXED engine, loaded only if it holds others."""
+        if weights is None:
+            return LEARNER
+        wanted = (weights["checksum"], weights["version"])
+        if weights.get("settled") and (self.checksum, self.versions[LEARNER]) == wanted:
+            return LEARNER
+        if (self.fixed_checksum, self.versions.get(FIXED)) != wanted:
+            self.load_fixed(fetch(), weights["version"], weights["checksum"])
+        return FIXED
+
+    def check_settled(self, weights: dict | None, policy: str) -> None:
+        """After measuring settled `weights` on the learner's engine: it still holds them."""
+        if weights is not None and policy == LEARNER:
+            if (self.checksum, self.versions[LEARNER]) != (weights["checksum"], weights["version"]):
+                raise WeightMismatch(
+                    f"{self.id}: weights of version {self.versions[LEARNER]} landed while version "
+                    f"{weights['version']}, said to be settled, was measured"
+                )
+
     def play(self, matches: list[Match], temperature: float, counts: dict | None = None) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
         same policy go into one engine call; scripted players move between calls. What it
         cost goes to `counts` (default: the training counts)."""
         counts = self.counts if counts is None else counts
         games = self._deal(matches)
-        while live := [g for g in games if not g.state.is_terminal]:
+        while live := [g for g in games if not g.over]:
             waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
             for g in live:
                 player = g.scripted[g.role]
@@ -301,8 +332,10 @@ class Generator:
                     self._scripted_move(g, player)
             for policy, batch in waiting.items():
                 self._model_moves(policy, batch, temperature, counts)
-        counts["games"] += len(games)
-        return schema.from_rows([row for g in games for row in g.rows()])
+        played = [g for g in games if not g.too_long]
+        counts["games"] += len(played)
+        counts["too_long"] += len(games) - len(played)
+        return schema.from_rows([row for g in played for row in g.rows()])
 
     def _deal(self, matches: list[Match]) -> list[GameInPlay]:
         """A new game per match. Draw order (kept so a seed gives the same games): every
@@ -335,9 +368,23 @@ class Generator:
         )
 
     def _model_moves(self, policy: str, batch: list[GameInPlay], temperature: float, counts: dict) -> None:
-        """One engine call for every game in `batch`, all awaiting `policy`'s reply."""
-        prompts = [self.prompt(g.state.observation(g.role), g.match.tiers[g.role]) for g in batch]
-        limits = [self._reply_limit(g.state) for g in batch]
+        """One engine call for every game in `batch`, all awaiting `policy`'s reply. A game
+        whose prompt and reply would not fit the context ends here (`too_long`)."""
+        with self.lock:
+            context = self._engine(policy).max_model_len
+        prompts, limits, fits = [], [], []
+        for g in batch:
+            prompt = self.prompt(g.state.observation(g.role), g.match.tiers[g.role])
+            limit = self._reply_limit(g.state)
+            if len(prompt) + limit > context:
+                g.too_long = True
+                continue
+            prompts.append(prompt)
+            limits.append(limit)
+            fits.append(g)
+        if not fits:
+            return
+        batch = fits
         names = [g.match.game for g in batch]
         outs, elapsed, versions = self._generate(policy, names, prompts, limits, temperature, counts)
         for g, prompt, out in zip(batch, prompts, outs):
@@ -464,11 +511,13 @@ class Generator:
         """`policy` (the learner's engine, or FIXED) greedy by default vs a scripted or
         loaded opponent, n_games in each seat; `version` is the weights measured."""
         matches = both_seats(game, opponent, n_games, scripted_tier(opponent), policy)
+        too_long = self.eval_counts["too_long"]
         table = self.play(matches, temperature, self.eval_counts)
         return {
             "game": game,
             "opponent": opponent,
             "version": self.versions[policy],
+            "too_long": self.eval_counts["too_long"] - too_long,  # left out of the rates
             **summarize(table, policy),
         }
 
@@ -641,6 +690,9 @@ class GeneratorActor:
         self.wait_s = 0.0  # of play_s: held back by the buffer's rate limit
         self.play_started: float | None = None
         self.sent = 0  # trajectories handed to the verifier
+        self.beats = 0  # passes of the wave loop: the pool's health probe watches it advance
+        self.reports: list = []  # league.record calls not yet known to have landed
+        self.report_lock = threading.Lock()  # reports come from the wave loop and from matches
         self.member_lock = threading.Lock()  # held while loading members and playing them
         self.eval_lock = threading.Lock()  # one evaluation at a time on the FIXED engine
         tags = {"run": run_id, "generator": generator_id}
@@ -657,6 +709,7 @@ class GeneratorActor:
         n = self.gen.cfg.games_per_wave
         self.play_started = time.perf_counter()
         while not self.stopped.is_set():
+            self.beats += 1
             if not ray.get(buffer.can_insert.remote()):
                 start = time.perf_counter()
                 time.sleep(0.05)  # the buffer is rate-limiting inserts: the learner is behind
@@ -684,6 +737,7 @@ class GeneratorActor:
                 self.gen.note_groups(ray.get(done[0])["groups"])
         for verified in ray.get(in_flight):
             self.gen.note_groups(verified["groups"])
+        self._check_reports(wait=True)
         return self.stats()
 
     def _load_members(self, league, members: set[str]) -> None:
@@ -705,7 +759,20 @@ class GeneratorActor:
             if g["opponent"] != SELF and g["opponent"] not in self.gen.cfg.opponents  # members only
         ]
         if results:
-            league.record.remote(results)
+            with self.report_lock:
+                self.reports.append(league.record.remote(results))
+        self._check_reports()
+
+    def _check_reports(self, wait: bool = False) -> None:
+        """Raise what a landed league report raised (a rating update is never lost
+        silently); `wait`: for every report sent."""
+        with self.report_lock:
+            sent, self.reports = self.reports, []
+        if sent:
+            done, pending = ray.wait(sent, num_returns=len(sent), timeout=None if wait else 0)
+            with self.report_lock:
+                self.reports.extend(pending)
+            ray.get(done)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -717,38 +784,35 @@ class GeneratorActor:
         self.version_gauge.set(version)
         return checksum
 
-    def _fixed(self, weights: dict | None) -> str:
-        """The policy to measure: the learner's engine (None), or `weights` ({ref: [object
-        ref], version, checksum}, the learner's `current_weights`) held fixed in the FIXED
-        engine, loaded only if it holds other weights. Call under the eval lock."""
-        if weights is None:
-            return LEARNER
-        held = (self.gen.fixed_checksum, self.gen.versions.get(FIXED))
-        if held != (weights["checksum"], weights["version"]):
-            self.gen.load_fixed(ray.get(weights["ref"][0]), weights["version"], weights["checksum"])
-        return FIXED
+    def _measure(self, weights: dict | None, run):
+        """`run(policy)` under the eval lock, `policy` being the engine that holds `weights`
+        (Generator.policy_for)."""
+        with self.eval_lock:
+            policy = self.gen.policy_for(weights, lambda: ray.get(weights["ref"][0]))
+            result = run(policy)
+            self.gen.check_settled(weights, policy)
+            return result
 
     def evaluate(self, game: str, opponent: str, n_games: int, weights: dict | None = None) -> dict:
         """Greedy play against a scripted opponent; with `weights`, of those weights, fixed
         while broadcasts keep landing on the learner's engine."""
-        with self.eval_lock:
-            return self.gen.evaluate(game, opponent, n_games, policy=self._fixed(weights))
+        return self._measure(
+            weights, lambda policy: self.gen.evaluate(game, opponent, n_games, policy=policy)
+        )
 
     def evaluate_task(self, weights: dict | None = None) -> dict:
         """The task's held-out evaluation; with `weights`, of those weights held fixed."""
-        with self.eval_lock:
-            return self.gen.evaluate_task(self._fixed(weights))
+        return self._measure(weights, self.gen.evaluate_task)
 
     def kuhn_policy(self, weights: dict | None = None) -> dict:
-        with self.eval_lock:
-            return self.gen.kuhn_policy(self._fixed(weights))
+        return self._measure(weights, self.gen.kuhn_policy)
 
     def head_to_head(self, league, member: str, n_games: int, weights: dict | None = None) -> dict:
         """The policy (sampling at the training temperature; with `weights`, those weights
         held fixed) against league `member`, n_games per game of the mix and seat; results
         also go to the league as the learner's."""
         with self.eval_lock, self.member_lock:
-            policy = self._fixed(weights)
+            policy = self.gen.policy_for(weights, lambda: ray.get(weights["ref"][0]))
             self._load_members(league, {member})
             table, per_game = self.gen.head_to_head(member, n_games, policy)
         self._report(league, table, policy)
@@ -765,6 +829,7 @@ class GeneratorActor:
             "wait_s": self.wait_s,
             "play_s": 0.0 if self.play_started is None else time.perf_counter() - self.play_started,
             "sent": self.sent,
+            "beats": self.beats,
             "members": list(self.gen.slots),
             "node_id": ray.get_runtime_context().get_node_id(),
             **self.gen.counts,

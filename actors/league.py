@@ -5,6 +5,7 @@ weights in the object store so generators load them through the broadcast path.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import asdict
@@ -13,6 +14,7 @@ from pathlib import Path
 import ray
 
 from selfplay.config import LeagueConfig
+from selfplay.files import write_atomic
 from selfplay.league import (
     LEARNER,
     SELF,
@@ -25,6 +27,13 @@ from selfplay.league import (
 from selfplay.metrics import ray_metric
 
 STATE_FILE = "league.json"
+RNG_FILE = "league_rng.json"  # matchmaking's random state
+
+
+def rng_state(saved: list):
+    """random.Random's state from its JSON form (lists back to the tuples it wants)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
 
 
 class League:
@@ -75,10 +84,21 @@ class League:
 @ray.remote(num_cpus=0)
 class LeagueActor:
     def __init__(
-        self, cfg: LeagueConfig, seed: int, run_id: str, engine_dtype: str, resume_dir: str | None = None
+        self,
+        cfg: LeagueConfig,
+        seed: int,
+        run_id: str,
+        engine_dtype: str,
+        resume_dir: str | None = None,
+        run_dir: str | None = None,
     ):
+        """`run_dir`: members' checkpoints under it are recorded relative to it, so a run
+        directory that moved still resumes."""
+        self.run_dir = Path(run_dir) if run_dir else None
         state = LeagueState.load(Path(resume_dir) / STATE_FILE) if resume_dir else None
         self.league = League(cfg, seed, state)
+        if resume_dir and (Path(resume_dir) / RNG_FILE).exists():  # matchmaking goes on, not over
+            self.league.rng.setstate(rng_state(json.loads((Path(resume_dir) / RNG_FILE).read_text())))
         self.engine_dtype = engine_dtype
         self.blobs: dict[str, ray.ObjectRef] = {}
         for m in self.league.state.members:  # resumed: weights again from each member's checkpoint
@@ -88,15 +108,21 @@ class LeagueActor:
     def _restore_weights(self, member: Member) -> None:
         from selfplay.weights import export_checkpoint
 
-        blob, checksum = export_checkpoint(member.path, self.engine_dtype)
+        path = Path(member.path)
+        if not path.is_absolute() and self.run_dir is not None:
+            path = self.run_dir / path
+        blob, checksum = export_checkpoint(str(path), self.engine_dtype)
         if checksum != member.checksum:
             raise RuntimeError(
-                f"league member {member.id}: weights at {member.path} have checksum "
+                f"league member {member.id}: weights at {path} have checksum "
                 f"{checksum}, the league recorded {member.checksum}; the snapshot changed"
             )
         self.blobs[member.id] = ray.put(blob)
 
     def add_member(self, member: dict, blob: bytes) -> dict:
+        path = Path(member["path"])
+        if self.run_dir is not None and path.is_relative_to(self.run_dir.resolve()):
+            member = {**member, "path": str(path.relative_to(self.run_dir.resolve()))}
         m = Member(**{**member, "rating": self.league.state.learner_rating, "created_at": time.time()})
         self.league.state.add_member(m, self.league.step)
         self.blobs[m.id] = ray.put(blob)
@@ -138,3 +164,4 @@ class LeagueActor:
 
     def save(self, directory: str) -> None:
         self.league.state.save(Path(directory) / STATE_FILE)
+        write_atomic(Path(directory) / RNG_FILE, json.dumps(self.league.rng.getstate()))

@@ -5,7 +5,16 @@ Joining: a new generator's engine starts, it loads the learner's current weights
 echoes their checksum (`learner.attach`), and only then plays. Leaving: its wave loop
 finishes the wave under way and returns once the verifier has every game it played; the
 learner checks its last acknowledgement; then it goes. So no game is lost or counted
-twice. `generator-0` (evaluations) never leaves."""
+twice. `generator-0` (evaluations) never leaves.
+
+Healing (`check`, every few seconds): a generator whose wave loop ended without a stop
+(it raised, its actor died, or the learner stopped it for not acknowledging a load) or
+whose loop made no progress for `generator.hang_timeout_s` (its `beats` stand still, or
+it does not answer the probe) is failed: the learner drops it from the broadcast, it is
+killed, and the pool grows back to its target under the freed name, the newcomer loading
+the current weights before it plays (as any joining generator). The games it was playing
+are lost in flight, never half-handed on: a wave reaches the verifier whole or not at
+all. A name that fails more than `generator.max_restarts` times ends the run."""
 
 from __future__ import annotations
 
@@ -57,10 +66,21 @@ class GeneratorPool:
         self.last_tick: tuple[float, float, float] | None = None  # time, learner wait, generator wait
         self.last_change = 0.0
         self.created = 0
+        self.target = 0  # the size asked for last; a failed generator's place is refilled
+        self.failures: dict[str, int] = {}  # name -> times it failed
+        self.probes: dict[str, tuple] = {}  # name -> (stats call, time sent): the health probe
+        self.progress: dict[str, tuple[int, float]] = {}  # name -> (beats, when first read)
+        self.last_stats: dict[str, dict] = {}  # name -> its last probe's answer
+        self.healing = threading.Lock()  # one repair at a time
+        self.repairs_failed = 0  # replacements that did not start, in a row
+        self.repair_after = 0.0  # monotonic time before which no repair is tried (backoff)
+        self.checking = threading.Lock()  # one check at a time
 
     # -- pool changes -------------------------------------------------------------------
-    def scale(self, n: int, timeout_s: float = 600.0) -> dict:
-        """Grow or shrink the pool to n generators; returns the pool's status."""
+    def scale(self, n: int, timeout_s: float = 600.0, repair: bool = False) -> dict:
+        """Grow or shrink the pool to n generators; returns the pool's status. A change
+        asked for that fails leaves the target at the size the pool has (`repair`: a
+        replacement, whose failure leaves it for the next try)."""
         a = self.cfg.autoscale
         if a.enabled and not a.min_generators <= n <= a.max_generators:
             raise ValueError(
@@ -70,12 +90,17 @@ class GeneratorPool:
         with self.scale_lock:
             if self.closing.is_set():
                 raise RuntimeError("training has ended: the generator pool no longer changes")
+            self.target = n
             try:
                 start, stop = pool_plan(list(self.live), n)
                 if start:
                     self._start(start, timeout_s)
                 for name in stop:
                     self._stop(name)
+            except BaseException:
+                if not repair:
+                    self.target = len(self.live)
+                raise
             finally:
                 self.last_change = time.time()
         return self.status()
@@ -108,6 +133,7 @@ class GeneratorPool:
                 loop = t.call(peer, "play_loop", self.verifier, self.buffer, self.league)
                 with self.lock:
                     self.live[name], self.loops[name] = peer, loop
+                    self.progress[name] = (-1, time.monotonic())
                     self.events.append(
                         {
                             "event": "start",
@@ -163,15 +189,30 @@ class GeneratorPool:
 
     def stop_all(self) -> dict:
         """End of training: every generator finishes its wave and stops playing; the
-        generators stay for the final evaluations. Returns the status."""
+        generators stay for the final evaluations. One that died, failed or does not
+        finish within `generator.hang_timeout_s` is failed (not replaced). Returns the
+        status."""
         t = self.transport
         self.closing.set()  # a pool change under way gives up; none starts after this
         with self.scale_lock:
             with self.lock:
                 self.stopping |= set(self.live)
                 live, loops = dict(self.live), dict(self.loops)
-            t.get([t.call(peer, "stop") for peer in live.values()])
-            t.get(list(loops.values()))
+            for peer in live.values():
+                t.call(peer, "stop")
+            deadline = time.monotonic() + self.cfg.generator.hang_timeout_s
+            for name, loop in loops.items():
+                if not t.wait([loop], timeout=max(deadline - time.monotonic(), 0))[0]:
+                    self._fail(
+                        name,
+                        f"hung: still playing {self.cfg.generator.hang_timeout_s:g} s after stop",
+                        limit=False,
+                    )
+                    continue
+                try:
+                    t.get(loop)
+                except Exception:
+                    self._fail(name, self._ended(loop), limit=False)
             with self.lock:
                 self.loops.clear()
         return self.status()
@@ -222,37 +263,176 @@ class GeneratorPool:
                     }
                 )
 
-    # -- watching -----------------------------------------------------------------------
+    # -- watching and healing -----------------------------------------------------------
     def check(self) -> int:
-        """Raise if a generator's wave loop ended without being stopped (it can only have
-        failed); returns the pool size."""
-        t = self.transport
-        with self.lock:
-            loops = [(name, f) for name, f in self.loops.items() if name not in self.stopping]
-        if loops:
-            done, _ = t.wait([f for _, f in loops], num_returns=len(loops), timeout=0)
-            for name, f in loops:
-                if any(f is d for d in done):
-                    t.get(f)
-                    raise RuntimeError(f"{name} stopped playing while training")
-        return len(loops)
+        """Find failed generators (loop ended unasked, dead, or hung) and replace them in
+        the background; returns the number playing. Raises only when a name has failed
+        more than `generator.max_restarts` times."""
+        with self.checking:
+            return self._check()
 
-    def generator(self, name: str):
+    def _check(self) -> int:
+        t, g = self.transport, self.cfg.generator
+        with self.lock:
+            watched = {n: (self.live[n], f) for n, f in self.loops.items() if n not in self.stopping}
+        failed: dict[str, str] = {}
+        if watched:
+            futures = [f for _, f in watched.values()]
+            done, _ = t.wait(futures, num_returns=len(futures), timeout=0)
+            for name, (_, f) in watched.items():
+                if any(f is d for d in done):
+                    failed[name] = self._ended(f)
+        for name, (peer, _) in watched.items():
+            if name not in failed:
+                reason = self._probe(name, peer)
+                if reason:
+                    failed[name] = reason
+        for name, reason in failed.items():
+            self._fail(name, reason)
+        if self.repairs_failed > g.max_restarts:
+            raise RuntimeError(
+                f"the pool could not replace its failed generators {self.repairs_failed} times in a row "
+                f"(generator.max_restarts {g.max_restarts}); see the events"
+            )
+        if (
+            len(self.live) < self.target
+            and not self.closing.is_set()
+            and time.monotonic() >= self.repair_after
+        ):
+            self._repair()
+        return len(watched) - len(failed)
+
+    def _probe(self, name: str, peer) -> str | None:
+        """The health probe: read the answer to the last stats call, send the next. A reason
+        when `name` is hung: its loop's `beats` stood still between two answers further
+        apart than hang_timeout_s (measured from reading the first to sending the second,
+        which the loop stood still through, however seldom `check` runs), or a call went
+        unanswered that long."""
+        t, hang_s = self.transport, self.cfg.generator.hang_timeout_s
+        now = time.monotonic()
+        probe, sent = self.probes.get(name, (None, now))
+        if probe is not None:
+            if not t.wait([probe], timeout=0)[0]:
+                return f"hung: the probe unanswered for {now - sent:.0f} s" if now - sent > hang_s else None
+            try:
+                stats = t.get(probe)
+            except t.dead as err:
+                return f"died: {type(err).__name__}"
+            self.last_stats[name] = stats
+            beats, since = self.progress[name]
+            if stats["beats"] != beats:
+                self.progress[name] = (stats["beats"], now)
+            elif sent - since > hang_s:
+                return f"hung: its loop stood still for {sent - since:.0f} s"
+        self.probes[name] = (t.call(peer, "stats"), time.monotonic())
+        return None
+
+    def _ended(self, loop) -> str:
+        """Why a wave loop that nobody stopped ended."""
+        try:
+            self.transport.get(loop)
+        except self.transport.dead as err:
+            return f"died: {type(err).__name__}"
+        except Exception as err:
+            return f"failed: {type(err).__name__}: {err}"[:2000]
+        return "stopped playing (the learner dropped it, or its loop returned)"
+
+    def _fail(self, name: str, reason: str, limit: bool = True) -> None:
+        """Take a failed generator out: the learner stops broadcasting to it (a call that
+        does not wait: the learner may be waiting for data), it is killed, its last probed
+        stats are retired with the reason. `limit`: raise past max_restarts."""
+        with self.lock:
+            peer = self.live.pop(name)
+            self.loops.pop(name, None)
+            self.stopping.discard(name)
+            self.probes.pop(name, None)
+            self.progress.pop(name, None)
+            last = self.last_stats.pop(name, None)
+            self.failures[name] = self.failures.get(name, 0) + 1
+            # its stats as last probed (never probed: zeros), so the books count it
+            seen = last if last is not None else {"id": name, "sent": 0, **dict.fromkeys(COUNTS, 0)}
+            self.retired.append({**seen, "failed": reason, "probed": last is not None})
+            self.events.append(
+                {
+                    "event": "failed",
+                    "generator": name,
+                    "time": time.time(),
+                    "reason": reason,
+                    "failures": self.failures[name],
+                    "sent_before": None if last is None else last["sent"],
+                }
+            )
+        self.transport.call(self.learner, "drop", name, reason)
+        self.discard(name, peer)
+        self.on_size(len(self.live))
+        if limit and self.failures[name] > self.cfg.generator.max_restarts:
+            raise RuntimeError(
+                f"{name} failed {self.failures[name]} times (generator.max_restarts "
+                f"{self.cfg.generator.max_restarts}); last: {reason}"
+            )
+
+    def _repair(self) -> None:
+        """Grow the pool back to its target in the background (one repair at a time; a
+        failed start is recorded, and a check tries again after a backoff of 10 s, 20 s,
+        ... up to 5 min)."""
+        if not self.healing.acquire(blocking=False):
+            return
+
+        def run():
+            try:
+                if not self.closing.is_set():
+                    self.scale(self.target, repair=True)
+                self.repairs_failed = 0
+            except Exception as err:
+                self.repairs_failed += 1
+                self.repair_after = time.monotonic() + min(10.0 * self.repairs_failed, 300.0)
+                with self.lock:
+                    self.events.append(
+                        {
+                            "event": "repair_failed",
+                            "time": time.time(),
+                            "error": f"{type(err).__name__}: {err}"[:2000],
+                        }
+                    )
+            finally:
+                self.healing.release()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def generator(self, name: str, timeout_s: float = 600.0):
+        """The live generator `name`, waiting up to timeout_s while a failed one is
+        replaced (checking the pool meanwhile: nobody else may be)."""
+        deadline, t = time.time() + timeout_s, self.transport
+        with self.checking:  # a caller asking again may have seen it die: make sure
+            peer = self.live.get(name)
+            if peer is not None:
+                try:
+                    t.get(t.call(peer, "stats"), timeout=30.0)
+                except t.dead as err:
+                    self._fail(name, f"died: {type(err).__name__}")
+                    self._repair()
+        while name not in self.live and time.time() < deadline and not self.closing.is_set():
+            time.sleep(0.5)
+            self.check()
+        if name not in self.live:
+            raise RuntimeError(
+                f"{name} is not running (training has ended, or it failed and was not replaced)"
+            )
         return self.live[name]
 
     def status(self) -> dict:
         """Live generators' stats, retired generators' final stats, totals over both
         (COUNTS), and the pool's events (start, stop, autoscale)."""
         t = self.transport
-        for attempt in range(3):
-            with self.lock:  # one snapshot: a generator is either live or retired in it
-                peers, retired, events = dict(self.live), list(self.retired), list(self.events)
+        with self.lock:  # one snapshot: a generator is either live or retired in it
+            peers, retired, events = dict(self.live), list(self.retired), list(self.events)
+        live, deadline = {}, time.monotonic() + 5.0
+        for name, future in [(name, t.call(p, "stats")) for name, p in peers.items()]:
             try:
-                live = dict(zip(peers, t.get([t.call(p, "stats") for p in peers.values()])))
-                break
-            except t.dead:
-                if attempt == 2 or set(peers) <= set(self.live):
-                    raise  # a live generator died: that is a failure, not a pool change
+                live[name] = t.get(future, timeout=max(deadline - time.monotonic(), 0))
+            except (*t.dead, TimeoutError):  # dead or hung: `check` replaces it; its last answer
+                if name in self.last_stats:
+                    live[name] = self.last_stats[name]
         self.on_size(len(live))  # set again: Ray stops exporting a gauge soon after its last set
         totals = {k: sum(s[k] for s in [*live.values(), *retired]) for k in COUNTS}
         return {"generators": live, "retired": retired, "totals": totals, "events": events}

@@ -9,8 +9,10 @@ Trajectories arrive from generators and go on to the buffer; the driver never se
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict, deque
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +20,7 @@ import ray
 
 from selfplay import schema
 from selfplay.builder import group_means
+from selfplay.files import write_atomic
 from selfplay.games import make_game
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
@@ -42,6 +45,7 @@ class Verifier:
         self.accepted = 0
         self.accepted_turns = 0
         self.forwarded_turns = 0  # trainable turns handed on to the buffer
+        self.received_by: Counter = Counter()  # trajectories received, by generator name
         self.seen: set[str] = set()
         self.recent: deque[str] = deque()
         self.remember = remember
@@ -62,6 +66,7 @@ class Verifier:
         kept = []
         for traj_id, rows in by_traj.items():
             rows.sort(key=lambda r: r["turn"])
+            self.received_by[rows[0]["generator_id"]] += 1
             check = self._check if rows[0]["task"] is None else self._check_task
             reason = "duplicate" if traj_id in self.seen else check(rows)
             self._remember(traj_id)
@@ -190,16 +195,40 @@ class Verifier:
             "accepted_turns": self.accepted_turns,
             "forwarded_turns": self.forwarded_turns,
             "received": self.accepted + sum(self.rejected.values()),
+            "received_by": dict(self.received_by),
             **{f"rejected_{k}": v for k, v in self.rejected.items()},
             **{f"scored_zero_{k}": v for k, v in self.score_reasons.items()},
         }
 
+    def counters(self) -> dict:
+        """What `load_counters` restores: the counts, so a resumed run's books go on."""
+        return {
+            "accepted": self.accepted,
+            "accepted_turns": self.accepted_turns,
+            "forwarded_turns": self.forwarded_turns,
+            "rejected": dict(self.rejected),
+            "score_reasons": dict(self.score_reasons),
+            "received_by": dict(self.received_by),
+        }
+
+    def load_counters(self, saved: dict) -> None:
+        self.accepted, self.accepted_turns = saved["accepted"], saved["accepted_turns"]
+        self.forwarded_turns = saved["forwarded_turns"]
+        self.rejected = Counter(saved["rejected"])
+        self.score_reasons = Counter(saved["score_reasons"])
+        self.received_by = Counter(saved["received_by"])
+
+
+STATE_FILE = "verifier_state.json"
+
 
 @ray.remote(num_cpus=0.1)
 class VerifierActor:
-    def __init__(self, model_path: str, buffer, run_id: str, task_cfg=None):
+    def __init__(self, model_path: str, buffer, run_id: str, task_cfg=None, resume_dir: str | None = None):
         task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
         self.verifier = Verifier.for_model(model_path, task)
+        if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
+            self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))
         self.buffer = buffer
         self.rejected = ray_metric("counter", "verifier_rejected", {"run": run_id}, ("reason",))
         self.accepted = ray_metric("counter", "verifier_accepted", {"run": run_id})
@@ -219,3 +248,10 @@ class VerifierActor:
 
     def stats(self) -> dict:
         return self.verifier.stats()
+
+    def save(self, directory: str) -> None:
+        """The verifier's counters and the buffer, saved together: no verification runs
+        between the two (this actor takes one call at a time and every insert comes
+        through it), so the checkpoint's books balance."""
+        write_atomic(Path(directory) / STATE_FILE, json.dumps(self.verifier.counters()))
+        ray.get(self.buffer.save.remote(directory))

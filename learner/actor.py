@@ -1,6 +1,8 @@
 """Ray shell of the learner: `LearnerService` (learner/service.py) does the work; this
 class carries its calls over Ray (batches from the buffer actor as Arrow IPC, weights to
-generator actors through the object store) and publishes its metrics."""
+generator actors through the object store) and publishes its metrics. Two calls run at
+once, so the pool can attach or drop a generator while training waits for data;
+LearnerService's lock keeps them out of a step and its broadcast."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from selfplay.metrics import SECONDS, ray_metric
 from selfplay.transport import RayTransport
 
 
-@ray.remote
+@ray.remote(
+    max_concurrency=2
+)  # train, and one other call (the pool's attach or drop) while it waits for data
 class LearnerActor:
     def __init__(
         self,
@@ -57,10 +61,15 @@ class LearnerActor:
         return steps
 
     def set_lr(self, lr: float) -> None:
-        self.service.learner.set_lr(lr)
+        with self.service.lock:
+            self.service.learner.set_lr(lr)
 
     def reset_reference(self) -> bool:
-        return self.service.learner.reset_reference()
+        with self.service.lock:
+            return self.service.learner.reset_reference()
+
+    def drop(self, name: str, reason: str) -> None:
+        self.service.drop(name, reason)
 
     def broadcast(self, wait: bool = False) -> dict:
         result = self.service.broadcast(wait)
@@ -79,6 +88,9 @@ class LearnerActor:
     def current_weights(self) -> dict:
         return self.service.current_weights()
 
+    def settle(self) -> dict:
+        return self.service.settle()
+
     def verify_pending(self) -> dict[str, str]:
         return self.service.verify_pending()
 
@@ -87,6 +99,10 @@ class LearnerActor:
 
     def promote(self, league, member_id: str, directory: str) -> dict:
         return self.service.promote(league, member_id, directory)
+
+    def progress(self) -> int:
+        """The learner's step, read without the lock (the driver's watchdog)."""
+        return self.service.learner.step
 
     def state(self) -> dict:
         return {**self.service.state(), "node_id": ray.get_runtime_context().get_node_id()}

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
 from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.files import write_atomic
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
 from selfplay.weights import export_weights
 
+REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -320,21 +322,30 @@ class Learner:
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
         if self.value_head is not None:
             save_file(self.value_head.state_dict(), d / "value_head.safetensors")
+        if self.ref is not None:  # the KL anchor: the initial or supervised policy, not this one
+            save_model(self.ref, str(d / REFERENCE))
         state = {
             "step": self.step,
             "version": self.version,
             "baselines": [[g, r, b] for (g, r), b in self.baselines.items()],
         }
-        (d / "learner_state.json").write_text(json.dumps(state))
+        write_atomic(d / "learner_state.json", json.dumps(state))
 
     def load(self, directory: str | Path) -> None:
-        """Restore optimiser, RNG and counters; the weights come from `directory`/model,
-        which the learner was constructed from."""
+        """Restore optimiser, RNG, counters, value head and KL reference; the weights come
+        from `directory`/model, which the learner was constructed from."""
         d = Path(directory)
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))
+        if self.ref is not None:
+            if not (d / REFERENCE).exists():
+                raise FileNotFoundError(
+                    f"{d}: no {REFERENCE}, the KL reference (learner.kl_coef > 0): a checkpoint saved "
+                    "before references were kept, or without KL; resume it with learner.kl_coef=0"
+                )
+            load_model(self.ref, str(d / REFERENCE), device=str(self.device))
         state = json.loads((d / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]
         self.baselines = {(g, r): b for g, r, b in state["baselines"]}

@@ -6,10 +6,16 @@ exports the current weights, bumps the version and sends both to every target; e
 target answers with the checksum of what its engine loaded, and those answers are
 checked at the next broadcast (or at once with `wait`), so the learner never waits on a
 generator's engine call. A generator joining the pool (`attach`) first loads the weights
-of the current version and must echo their checksum before it receives broadcasts."""
+of the current version and must echo their checksum before it receives broadcasts.
+
+A target that dies is dropped from the broadcast; one that has not answered within
+`ack_timeout_s` of the send is dropped and told to stop, so its pool replaces it (a
+hung engine never stalls training). A wrong checksum from a live target still raises."""
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +23,18 @@ from pathlib import Path
 import pyarrow as pa
 
 from learner.learner import Learner
+
+
+def locked(method):
+    """Run under the service's lock: the pool attaches and drops generators while the
+    learner waits for data, never in the middle of a step or a broadcast."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class BroadcastMismatch(RuntimeError):
@@ -33,13 +51,16 @@ class LearnerService:
         self.sample = sample
         self.transport = transport
         self.targets: dict[str, object] = {}  # name -> peer that receives every broadcast
-        self.pending: list = []  # (name, future, checksum) of the last broadcast, checked at the next
+        self.pending: list = []  # (name, peer, future, checksum, sent at) of the last broadcast
+        # targets dropped as dead or unresponsive: {name, reason, version (the last sent)}
+        self.dropped: list[dict] = []
         self.checksum: str | None = None
         self.last_blob = None  # the last broadcast's weights (shared once), for generators that join later
         self.blob_step = -1  # the learner step whose weights last_blob holds
         self.frozen: dict | None = None  # current_weights' last answer
         self.wait_s = 0.0
         self.broadcast_s = 0.0
+        self.lock = threading.RLock()  # held by a step and its broadcast, and by every other call
 
     # -- training -------------------------------------------------------------------------
     def next_batch(self) -> pa.Table:
@@ -59,9 +80,11 @@ class LearnerService:
         (with `broadcast_seconds` on the steps that broadcast)."""
         out = []
         for _ in range(n_steps):
-            m = self.learner.train_step(self.next_batch())
-            if self.learner.step % self.learner.cfg.broadcast_every == 0:
-                m["broadcast_seconds"] = self.broadcast()["seconds"]
+            batch = self.next_batch()  # unlocked: generators join and leave while it waits
+            with self.lock:
+                m = self.learner.train_step(batch)
+                if self.learner.step % self.learner.cfg.broadcast_every == 0:
+                    m["broadcast_seconds"] = self.broadcast()["seconds"]
             m.update(
                 weight_version=self.learner.version, learner_wait_s=self.wait_s, broadcast_s=self.broadcast_s
             )
@@ -69,10 +92,12 @@ class LearnerService:
         return out
 
     # -- weights --------------------------------------------------------------------------
+    @locked
     def add_target(self, name: str, peer) -> None:
         """Register a generator or opponent that receives every broadcast."""
         self.targets[name] = peer
 
+    @locked
     def attach(self, name: str, peer) -> dict:
         """Register a generator joining the pool: it first loads the current version's
         weights (those of the last broadcast; before any, the learner's own, which a fresh
@@ -83,15 +108,17 @@ class LearnerService:
             self.last_blob = self.transport.put(blob)
             self.blob_step = self.learner.step
         got = self.transport.get(
-            self.transport.call(peer, "set_weights", self.last_blob, self.learner.version)
+            self.transport.call(peer, "set_weights", self.last_blob, self.learner.version),
+            timeout=self.learner.cfg.ack_timeout_s,
         )
         if got != self.checksum:
             raise BroadcastMismatch(
                 f"{name} loaded weights with checksum {got}, learner sent {self.checksum}"
             )
-        self.add_target(name, peer)  # no broadcast comes between: the service handles one call at a time
+        self.add_target(name, peer)  # no broadcast comes between: it holds the lock
         return {"version": self.learner.version, "checksum": self.checksum, "loaded": got}
 
+    @locked
     def detach(self, name: str) -> None:
         """Stop broadcasting to `name`; its acknowledgement of the last broadcast is still
         checked, so a generator leaving the pool cannot hide a bad load."""
@@ -100,6 +127,15 @@ class LearnerService:
         self.pending = [p for p in self.pending if p[0] != name]
         self._verify(mine)
 
+    @locked
+    def drop(self, name: str, reason: str) -> None:
+        """Stop broadcasting to `name`, which failed (its pool replaces it): its pending
+        acknowledgement is not waited for."""
+        if self.targets.pop(name, None) is not None:
+            self.dropped.append({"name": name, "reason": reason, "version": self.learner.version})
+        self.pending = [p for p in self.pending if p[0] != name]
+
+    @locked
     def broadcast(self, wait: bool = False) -> dict:
         """Send the current weights as a new version to every target. Acknowledgements of
         the previous broadcast are checked first, so the learner never waits for a
@@ -111,8 +147,15 @@ class LearnerService:
         self.checksum = checksum
         self.last_blob = self.transport.put(blob)
         self.blob_step = self.learner.step
+        sent = time.monotonic()
         self.pending = [
-            (name, self.transport.call(peer, "set_weights", self.last_blob, self.learner.version), checksum)
+            (
+                name,
+                peer,
+                self.transport.call(peer, "set_weights", self.last_blob, self.learner.version),
+                checksum,
+                sent,
+            )
             for name, peer in self.targets.items()
         ]
         elapsed = time.perf_counter() - start
@@ -122,19 +165,34 @@ class LearnerService:
             result["acks"] = self.verify_pending()
         return result
 
+    @locked
     def verify_pending(self) -> dict[str, str]:
         pending, self.pending = self.pending, []
         return self._verify(pending)
 
     def _verify(self, pending: list) -> dict[str, str]:
         acks = {}
-        for name, future, expected in pending:
-            got = self.transport.get(future)
+        for name, peer, future, expected, sent in pending:
+            left = max(sent + self.learner.cfg.ack_timeout_s - time.monotonic(), 0.0)
+            try:
+                got = self.transport.get(future, timeout=left)
+            except self.transport.dead as err:
+                self._lost(name, peer, f"died: {type(err).__name__}")
+                continue
+            except TimeoutError:
+                self._lost(name, peer, f"no acknowledgement in {self.learner.cfg.ack_timeout_s:g} s")
+                self.transport.call(peer, "stop")  # if it still plays, its loop ends and the pool replaces it
+                continue
             if got != expected:
                 raise BroadcastMismatch(f"{name} loaded weights with checksum {got}, learner sent {expected}")
             acks[name] = got
         return acks
 
+    def _lost(self, name: str, peer, reason: str) -> None:
+        if self.targets.get(name) is peer:  # not a replacement that joined under the same name
+            self.drop(name, reason)
+
+    @locked
     def current_weights(self) -> dict:
         """The weights as they are now, shared once, for evaluations that must measure one
         fixed policy while training goes on: {ref: [shared weights], version, step,
@@ -149,12 +207,26 @@ class LearnerService:
             self.frozen = {"ref": [ref], "version": self.learner.version, "step": step, "checksum": checksum}
         return self.frozen
 
+    @locked
+    def settle(self) -> dict:
+        """`current_weights`, marked settled: broadcast first (and acknowledged) if training
+        moved them since the last broadcast, so every generator's own engine holds them.
+        For an evaluation while nothing trains (the driver waits on it between learner
+        calls): it may run on generator-0's own engine, no second engine needed."""
+        if self.last_blob is None or self.blob_step != self.learner.step:
+            self.broadcast(wait=True)
+        else:
+            self.verify_pending()  # the last broadcast has landed everywhere
+        return {**self.current_weights(), "settled": True}
+
     # -- snapshots ------------------------------------------------------------------------
+    @locked
     def save(self, directory: str) -> None:
         """A checkpoint of the learner; every broadcast so far is acknowledged first."""
         self.verify_pending()
         self.learner.save(directory)
 
+    @locked
     def promote(self, league, member_id: str, directory: str) -> dict:
         """Snapshot the current policy into the league: an HF checkpoint in `directory` and
         its weights, handed to the league (a peer with `add_member(member, blob)`) as a
@@ -170,11 +242,13 @@ class LearnerService:
         }
         return self.transport.get(self.transport.call(league, "add_member", member, blob))
 
+    @locked
     def state(self) -> dict:
         return {
             "step": self.learner.step,
             "version": self.learner.version,
             "checksum": self.checksum,
             "wait_s": self.wait_s,
+            "dropped_targets": list(self.dropped),
             "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()},
         }

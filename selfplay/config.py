@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from selfplay.files import write_atomic
+
 
 class ConfigError(ValueError):
     """A config value is missing, unknown or ill-typed; the message names the field."""
@@ -60,6 +62,11 @@ class GeneratorConfig:
     # learner's seat at random), e.g. {heuristic: 0.25}; every game of the mix must have the
     # player (selfplay/games/*.SCRIPTED). An opponent left out stays a held-out evaluation.
     opponents: dict[str, float] = field(default_factory=dict)
+    # The pool heals: a generator whose wave loop ended, whose actor died, or whose loop made
+    # no progress (health probe) for hang_timeout_s is replaced under its name; a name that
+    # fails more than max_restarts times in a run ends it (a crash loop is a bug, not a fault).
+    hang_timeout_s: float = 300.0
+    max_restarts: int = 10
 
 
 @dataclass
@@ -87,12 +94,16 @@ class LearnerConfig:
     threads: int = 1
     device: str = "auto"  # auto (a GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     lr: float = 3e-4
+    # a generator that has not acknowledged a weight load this long after it was sent is
+    # dropped from the broadcast and told to stop (the pool replaces it): one hung engine
+    # never stalls training
+    ack_timeout_s: float = 120.0
     weight_decay: float = 0.0
     batch_size: int = 512  # turns per step
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
     # KL to the frozen initial policy (a task run's: the policy after its supervised stage); 0: none.
-    # The reference is not checkpointed: after a resume it is the resumed policy (issue 13)
+    # The reference is saved with every checkpoint (reference.safetensors) and restored on resume
     kl_coef: float = 0.0
     # Where the KL penalty goes and how it is estimated (learner/losses.py:kl_estimate):
     # reward: beta * (estimate summed over a turn's tokens) comes off that turn's advantage,
@@ -218,6 +229,9 @@ class RunConfig:
     time_limit_min: float = 0.0  # 0: no limit
     log_every: int = 5
     checkpoint_every: int = 50
+    # no learner step in this long: the run fails, saying what the buffer, verifier and
+    # generators were doing, instead of hanging (a healing pool restarts engines in about a minute)
+    watchdog_min: float = 10.0
     model: ModelConfig = field(default_factory=ModelConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
@@ -237,6 +251,7 @@ class RunConfig:
 
 POSITIVE = {
     "total_steps",
+    "watchdog_min",
     "log_every",
     "checkpoint_every",
     "generator.num_generators",
@@ -244,6 +259,7 @@ POSITIVE = {
     "generator.temperature",  # training samples; evaluations play greedily on their own
     "generator.max_response_tokens",
     "generator.kv_cache_gib",
+    "generator.hang_timeout_s",
     "buffer.capacity",
     "buffer.samples_per_insert",
     "buffer.min_size",
@@ -275,6 +291,8 @@ NON_NEGATIVE = {
     "generator.num_gpus",
     "buffer.max_staleness",
     "buffer.spi_tolerance",
+    "generator.max_restarts",
+    "learner.ack_timeout_s",
     "learner.clip_eps",
     "learner.kl_coef",
     "learner.grad_clip",
@@ -385,6 +403,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 < cfg.generator.gpu_memory_utilization <= 1:
         raise ConfigError(
             f"generator.gpu_memory_utilization: must be in (0, 1], got {cfg.generator.gpu_memory_utilization}"
+        )
+    if 2 * cfg.buffer.spi_tolerance < cfg.learner.batch_size:
+        raise ConfigError(
+            f"buffer.spi_tolerance: must be >= learner.batch_size / 2 ({cfg.learner.batch_size / 2:g}), "
+            f"got {cfg.buffer.spi_tolerance}: below it the rate limiter can hold back generators "
+            "and learner at once (a deadlock)"
         )
     if cfg.buffer.min_size > cfg.buffer.capacity:
         raise ConfigError("buffer.min_size: must not exceed buffer.capacity")
@@ -518,7 +542,11 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. learner.lr=1e-4")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{key.strip()}: cannot read {raw!r} as a YAML value ({problem})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -550,4 +578,4 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

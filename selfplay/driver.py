@@ -24,6 +24,7 @@ from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
 from selfplay.evals import acceptance, eval_metrics, eval_summary
+from selfplay.files import fsync_tree, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog
@@ -114,18 +115,39 @@ class EvalQueue:
     in eval.opponents, and Kuhn poker's exploitability. Each measures the learner's
     weights as they were when it was queued, held fixed in generator-0's evaluation
     engine while broadcasts keep landing; it is logged at that learner step, with the
-    weight version it measured."""
+    weight version it measured. If generator-0 dies, its pool replaces it and the
+    evaluations it had under way run again on the replacement (the same weights)."""
 
     def __init__(
-        self, cfg: RunConfig, learner, generator, metrics: MetricsLog, console: Console, best: BestCheckpoint
+        self, cfg: RunConfig, learner, controller, metrics: MetricsLog, console: Console, best: BestCheckpoint
     ):
         self.cfg = cfg
         self.learner = learner
-        self.generator = generator
+        self.controller = controller
+        self.generator = None  # generator-0's handle; fetched again once it was replaced
         self.metrics = metrics
         self.console = console
         self.best = best  # offered every evaluation of the current policy
-        self.pending: list = []  # (step, prefix, ref, weights)
+        self.pending: list = []  # (step, prefix, weights, (method, args), ref)
+
+    def call(self, method: str, *args):
+        """generator-0's `method`, as a pending reference."""
+        if self.generator is None:
+            self.generator = ray.get(self.controller.generator.remote(EVAL_GENERATOR))
+        return getattr(self.generator, method).remote(*args)
+
+    def run(self, method: str, *args):
+        """generator-0's `method`, waited for; run again if generator-0 dies under it."""
+        for attempt in range(3):
+            try:
+                return ray.get(self.call(method, *args))
+            except ray.exceptions.RayActorError:
+                if attempt == 2:
+                    raise
+                self.generator = None
+
+    def _add(self, step: int, prefix: str, weights: dict, method: str, *args) -> None:
+        self.pending.append((step, prefix, weights, (method, args), self.call(method, *args)))
 
     def queue(self, prefix: str = "eval", weights: dict | None = None) -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
@@ -134,27 +156,33 @@ class EvalQueue:
         weights = weights or ray.get(self.learner.current_weights.remote())
         step = weights["step"]
         if self.cfg.task.name:  # a task: its held-out problems
-            self.pending.append((step, prefix, self.generator.evaluate_task.remote(weights), weights))
+            self._add(step, prefix, weights, "evaluate_task", weights)
             return
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
-                    ref = self.generator.evaluate.remote(game, opp, self.cfg.eval.games, weights)
-                    self.pending.append((step, prefix, ref, weights))
+                    self._add(step, prefix, weights, "evaluate", game, opp, self.cfg.eval.games, weights)
             if game == "kuhn":
-                self.pending.append((step, prefix, self.generator.kuhn_policy.remote(weights), weights))
+                self._add(step, prefix, weights, "kuhn_policy", weights)
 
     def collect(self, wall_s: float, wait: bool = False) -> dict[str, dict]:
         """Log the finished evaluations; returns them by prefix, each keyed 'GAME/OPPONENT'
         or 'kuhn/exploitability'. The current policy's (prefix 'eval') go to the best
         checkpoint's keeper."""
         results: dict[str, dict] = {}
-        still = []
-        for step, prefix, ref, weights in self.pending:
+        still, todo = [], list(self.pending)
+        while todo:
+            step, prefix, weights, (method, args), ref = todo.pop(0)
             if not ray.wait([ref], timeout=None if wait else 0)[0]:
-                still.append((step, prefix, ref, weights))
+                still.append((step, prefix, weights, (method, args), ref))
                 continue
-            result = ray.get(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.generator = None  # generator-0 died under it: again, on its replacement
+                self.console.print(f"step {step:>5} {prefix}: generator-0 was lost; evaluating again")
+                todo.append((step, prefix, weights, (method, args), self.call(method, *args)))
+                continue
             if "policy" in result:  # Kuhn poker policy table
                 key, result = (
                     "kuhn/exploitability",
@@ -187,6 +215,19 @@ class EvalQueue:
 
 
 # -- the run --------------------------------------------------------------------------------
+class Watchdog:
+    """Says when the learner's step has not moved for limit_s (a reading of None: no answer)."""
+
+    def __init__(self, step: int, limit_s: float, clock=time.monotonic):
+        self.step, self.limit_s, self.clock = step, limit_s, clock
+        self.since = clock()
+
+    def stalled(self, step: int | None) -> bool:
+        if step is not None and step != self.step:
+            self.step, self.since = step, self.clock()
+        return self.clock() - self.since > self.limit_s
+
+
 class Run:
     """Paces the learner in chunks of `log_every` steps and watches everything else."""
 
@@ -203,10 +244,15 @@ class Run:
             state = json.loads((resume_from / "driver_state.json").read_text())
         self.step = state["step"]
         self.wall_offset = state["wall_s"]
+        # turns generated by the sessions before this one, up to the checkpoint resumed (the
+        # verifier's and buffer's counts resume from the same moment)
+        self.generated_before = state.get("generated_turns", 0)
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
         self.start = time.time()
         wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
-        self.program = build_program(cfg, self.run_id, model_path, resume_from, seed_offset=self.step)
+        self.program = build_program(
+            cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
+        )
         self.learner = self.program.learner
         self.controller = self.program.controller
         self.league = self.program.league
@@ -225,7 +271,7 @@ class Run:
         self.evals = EvalQueue(
             cfg,
             self.learner,
-            ray.get(self.controller.generator.remote(EVAL_GENERATOR)),
+            self.controller,
             self.metrics,
             self.console,
             self.best,
@@ -240,6 +286,10 @@ class Run:
         return self.wall_offset + time.time() - self.start
 
     def evaluate(self, wait: bool = False, prefix: str = "eval", weights: dict | None = None) -> dict:
+        """Evaluate `weights` (default: the learner's now). Waited for, nothing trains
+        meanwhile: the learner's weights are settled on generator-0's own engine."""
+        if wait and weights is None:
+            weights = ray.get(self.learner.settle.remote())
         self.evals.queue(prefix, weights)
         return self.evals.collect(self.wall(), wait).get(prefix, {})
 
@@ -281,15 +331,18 @@ class Run:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
-        saves = [self.learner.save.remote(str(d)), self.program.buffer.save.remote(str(d))]
+        # the verifier saves the buffer with its own counters, at one moment, so the books balance
+        saves = [self.learner.save.remote(str(d)), self.program.verifier.save.remote(str(d))]
         if self.league is not None:
             saves.append(self.league.save.remote(str(d)))
         ray.get(saves)
         version = ray.get(self.learner.state.remote())["version"]
-        state = {"step": self.step, "version": version, "wall_s": self.wall()}
-        (d / "driver_state.json").write_text(json.dumps(state))
+        generated = self.generated_before + ray.get(self.controller.status.remote())["totals"]["turns"]
+        state = {"step": self.step, "version": version, "wall_s": self.wall(), "generated_turns": generated}
+        write_atomic(d / "driver_state.json", json.dumps(state))
         self.metrics.flush()
-        (d / COMPLETE).write_text(str(self.step))
+        fsync_tree(d)
+        write_atomic(d / COMPLETE, str(self.step))
         return d
 
     def promote(self) -> str:
@@ -306,9 +359,7 @@ class Run:
         cfg = self.cfg.league
         latest = ray.get(self.league.latest.remote())
         weights = ray.get(self.learner.current_weights.remote())  # the policy a promotion would snapshot
-        per_game = ray.get(
-            self.evals.generator.head_to_head.remote(self.league, latest, cfg.promote_games, weights)
-        )
+        per_game = self.evals.run("head_to_head", self.league, latest, cfg.promote_games, weights)
         counts = {game: s["wdl"] for game, s in per_game.items()}
         result = promotion(*map(sum, zip(*counts.values())), threshold=cfg.promote_threshold)
         values = {
@@ -355,8 +406,16 @@ class Run:
             if self.in_sft:
                 n = min(n, cfg.sft.steps - self.step)
             ref = self.learner.train.remote(n)
+            watchdog = Watchdog(self.step, cfg.watchdog_min * 60)
             while not ray.wait([ref], timeout=2.0)[0]:
-                ray.get(self.controller.check.remote())  # a failed generator stops the run
+                ray.get(self.controller.check.remote())  # failed generators are replaced
+                try:
+                    stalled = watchdog.stalled(ray.get(self.learner.progress.remote(), timeout=30))
+                except ray.exceptions.GetTimeoutError:  # both learner threads busy: no reading
+                    stalled = watchdog.stalled(None)
+                if stalled:
+                    raise RuntimeError(self.stall_report(watchdog))
+            ray.get(self.controller.check.remote())  # at least once a chunk, however fast the learner
             steps = ray.get(ref)
             prev, self.step = self.step, steps[-1]["step"]
             pace = (self.step - first_step) / max(time.time() - started, 1e-9)
@@ -401,6 +460,33 @@ class Run:
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
 
+    def stall_report(self, watchdog: Watchdog) -> str:
+        """Why training stands still, in one message: what each part says now."""
+
+        def ask(ref):
+            try:
+                return ray.get(ref, timeout=30)
+            except Exception as err:  # a part that does not answer is itself the finding
+                return f"no answer ({type(err).__name__})"
+
+        buffer = ask(self.program.buffer.stats.remote())
+        verifier = ask(self.program.verifier.stats.remote())
+        pool = ask(self.controller.status.remote())
+        if isinstance(buffer, dict):
+            buffer = {k: buffer[k] for k in ("size", "inserted", "sampled", "dropped_stale") if k in buffer}
+        if isinstance(pool, dict):
+            pool = {
+                "generators": {
+                    n: {k: g.get(k) for k in ("sent", "beats", "wait_s", "version")}
+                    for n, g in pool["generators"].items()
+                },
+                "last_events": pool["events"][-3:],
+            }
+        return (
+            f"no learner step for {watchdog.limit_s / 60:g} min (watchdog_min) at step {watchdog.step}; "
+            f"buffer {buffer}; verifier {verifier}; generators {pool}"
+        )
+
     def end_sft(self) -> None:
         """The supervised stage is over: its policy is evaluated (the figure the later
         stages are measured against, summary `after_sft`) and the generators start."""
@@ -408,7 +494,7 @@ class Run:
         ray.get(self.learner.set_lr.remote(self.cfg.learner.lr))
         ray.get(self.learner.reset_reference.remote())  # the KL anchor (kl_coef > 0): this policy
         after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
-        (self.run_dir / AFTER_SFT).write_text(json.dumps(after, indent=2))
+        write_atomic(self.run_dir / AFTER_SFT, json.dumps(after, indent=2))
         ray.get(self.program.buffer.end_sft.remote())
         self.console.print(f"step {self.step}: supervised stage done; generation starts")
 
@@ -434,6 +520,7 @@ class Run:
         gens = [*self.pool["generators"].values(), *self.pool["retired"]]
         verifier = ray.get(self.program.verifier.stats.remote())
         buffer = ray.get(self.program.buffer.stats.remote())
+        learner = ray.get(self.learner.state.remote())
         never = buffer["dropped_unsampled"] + buffer["evicted_unsampled"]
         totals, t = self.pool["totals"], self.learner_time
         return {
@@ -443,10 +530,10 @@ class Run:
                 "buffer_inserted": buffer["inserted"],
                 "events": self.pool["events"],
             },
-            # where the turns of this session's training play went (the buffer's counts run
-            # on across a resume; the generators' restart with it)
+            # where the turns of training play went, over every session (counted from the
+            # checkpoint each resumed: what a dead driver's session made after it is lost)
             "turns": {
-                "generated": self.pool["totals"]["turns"],
+                "generated": self.generated_before + self.pool["totals"]["turns"],
                 "forwarded": verifier["forwarded_turns"],
                 "trained": buffer["sampled"],
                 # left the buffer as stale, at insert or later, sampled before or not
@@ -475,8 +562,18 @@ class Run:
                 if self.cfg.task.name
                 else {}
             ),
+            # generators that failed (died, hung, stopped playing) and were replaced; targets
+            # the learner dropped from its broadcast (dead, or no acknowledgement in time)
+            "faults": {
+                "generators_failed": [
+                    {k: e[k] for k in ("generator", "reason", "time")}
+                    for e in self.pool["events"]
+                    if e["event"] == "failed"
+                ],
+                "learner_dropped": learner["dropped_targets"],
+            },
             "placement": {
-                "learner": ray.get(self.learner.state.remote())["node_id"],
+                "learner": learner["node_id"],
                 **{name: g["node_id"] for name, g in self.pool["generators"].items()},
             },
         }
@@ -545,7 +642,7 @@ def train(
         )
         if r.league is not None:
             summary["league"] = r.league_metrics()
-        summary_path.write_text(json.dumps(summary, indent=2))
+        write_atomic(summary_path, json.dumps(summary, indent=2))
         return run_dir
     finally:
         if r is not None:

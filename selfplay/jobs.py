@@ -240,5 +240,5 @@ def scale_connected(name: str, generators: int, timeout_s: float = 600) -> dict:
             n: {k: s[k] for k in ("version", "checksum", "node_id", "sent")}
             for n, s in pool["generators"].items()
         },
-        "retired": [{k: s[k] for k in ("id", "sent")} for s in pool["retired"]],
+        "retired": [{k: s[k] for k in ("id", "sent", "failed") if k in s} for s in pool["retired"]],
     }

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from selfplay.config import MatchmakingMode
+from selfplay.files import write_atomic
 from selfplay.stats import points, wilson_interval
 
 DEFAULT_RATING = 1000.0
@@ -298,10 +298,7 @@ class LeagueState:
         )
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> LeagueState:

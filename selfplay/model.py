@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<novice>", "<intermediate>", "<expert>"]
 CHARACTERS = list(string.printable[:95]) + ["\n"]  # digits, letters, punctuation, space, newline
+UNKNOWN = "<unk>"  # any other character; last, so the ids above are those of earlier models
 
 # name -> (hidden, intermediate, layers, heads); head dim 64 everywhere (vLLM CPU kernels).
 PRESETS = {
@@ -23,18 +24,18 @@ PRESETS = {
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS + [UNKNOWN])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNKNOWN))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens([*SPECIAL_TOKENS, UNKNOWN])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
-        unk_token="?",
+        unk_token=UNKNOWN,
         model_max_length=512,
     )
 

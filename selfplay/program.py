@@ -48,11 +48,17 @@ class Program:
 
 
 def build_program(
-    cfg: RunConfig, run_id: str, model_path: str, resume_from: Path | None, seed_offset: int = 0
+    cfg: RunConfig,
+    run_id: str,
+    model_path: str,
+    resume_from: Path | None,
+    seed_offset: int = 0,
+    run_dir: Path | None = None,
 ) -> Program:
     """Create the run's actors (generators come from the controller's `scale`). A resumed
     run's buffer, learner and league load their state from `resume_from`; `seed_offset`
-    makes a resumed run's generators draw new games."""
+    makes a resumed run's generators draw new games; the league records its members'
+    checkpoints relative to `run_dir`."""
     resume = str(resume_from) if resume_from else None
     builder = cfg.builder if cfg.task.name else None
     buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id, builder)
@@ -60,7 +66,7 @@ def build_program(
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
-    ).remote(model_path, buffer, run_id, cfg.task)
+    ).remote(model_path, buffer, run_id, cfg.task, resume)
     learner = LearnerActor.options(
         name="learner",
         num_cpus=cfg.learner.num_cpus,
@@ -71,7 +77,7 @@ def build_program(
     if cfg.league.enabled:
         league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None
         league = LeagueActor.options(name="league").remote(
-            cfg.league, cfg.seed, run_id, cfg.model.dtype, league_state
+            cfg.league, cfg.seed, run_id, cfg.model.dtype, league_state, str(run_dir) if run_dir else None
         )
     controller = ControllerActor.options(name="controller").remote(
         cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset
@@ -103,10 +109,13 @@ def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, see
     return handle, group
 
 
-def discard_generator(handle, group) -> None:
+def discard_generator(name: str, handle, group) -> None:
+    """Kill generator `name` and free its placement group; returns once the name is free
+    (a replacement may take it)."""
     ray.kill(handle)
     if group is not None:
         remove_placement_group(group)
+    wait_until_free([name])
 
 
 def run_actor_names() -> list[str]:

@@ -13,10 +13,15 @@ import time
 from typing import Any
 
 
+class PeerDied(RuntimeError):
+    """Raised by a plain peer that is gone: over LocalTransport, what a killed actor's calls
+    raise over Ray (RayActorError)."""
+
+
 class LocalTransport:
     """Calls run on a thread pool; `put` shares by reference (one process, no copy)."""
 
-    dead: tuple[type[BaseException], ...] = ()  # a plain object cannot die apart from its caller
+    dead: tuple[type[BaseException], ...] = (PeerDied,)
 
     def __init__(self, workers: int = 16):
         self.pool = cf.ThreadPoolExecutor(max_workers=workers)

@@ -67,7 +67,14 @@ def generator(ray_session, tiny_model, small_cfg):
 
     compiled = dataclasses.replace(small_cfg.generator, enforce_eager=False)
     g = GeneratorActor.options(name="test-generator").remote(
-        "generator-0", "test", {"tictactoe": 1.0}, tiny_model, small_cfg.model, compiled, 1
+        "generator-0",
+        "test",
+        {"tictactoe": 1.0},
+        tiny_model,
+        small_cfg.model,
+        compiled,
+        1,
+        max_live_opponents=1,
     )
     ray_session.get(g.stats.remote())  # the engine is up
     return g

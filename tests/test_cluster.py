@@ -1,9 +1,11 @@
 """On a real multi-node Ray cluster (cluster/local_cluster.py: a head node offering
 `learner` and two worker nodes offering `generator`, all on 127.0.0.1, token auth on),
 driven only through the `selfplay` CLI and Ray's HTTP endpoints, as a user would: submit a
-run through the Jobs API, scale its generators 1 -> 2 -> 1 while it trains, read its
-metrics from Ray's Prometheus endpoints, stop it, and resubmit it under the same name,
-which resumes it, following the logs to completion.
+run through the Jobs API, scale its generators 1 -> 2 -> 1 while it trains (killing
+generator-1's process in between: the pool replaces it), read its metrics from Ray's
+Prometheus endpoints, stop it, and resubmit it under the same name, which resumes it,
+following the logs to completion. (A frozen generator, SIGSTOP, is healed the same way:
+tests/test_pool.py on the protocol, `make chaos` on real processes.)
 
 What a person sees is checked in a real headless browser (Debian's chromium and
 chromium-driver, which `make test` installs): while the run trains, the Ray dashboard lists
@@ -15,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +73,24 @@ def wait_for(predicate, timeout: float, what: str):
 def scaling_events(run_dir: Path) -> list[dict]:
     path = run_dir / "scaling.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def generator_events(run_dir: Path, name: str) -> list[tuple[str, str | None]]:
+    return [(e["event"], e.get("reason")) for e in scaling_events(run_dir) if e.get("generator") == name]
+
+
+def actor_pid(state: dict, name: str) -> int:
+    """The process of the live actor `name`, from Ray's state API (a fault injector's view,
+    not a user's)."""
+    token = Path(state["token_path"]).read_text().strip()
+    query = f"filter_keys=name&filter_predicates=%3D&filter_values={name}&detail=true&limit=100"
+    request = urllib.request.Request(
+        f"{state['dashboard_url']}/api/v0/actors?{query}", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        actors = json.load(r)["data"]["result"]["result"]
+    (alive,) = [a for a in actors if a["state"] == "ALIVE"]
+    return alive["pid"]
 
 
 def pool_gauge(text: str) -> list[float]:
@@ -230,6 +251,9 @@ def scaled_run(cluster, tmp_path_factory):
     run_dir = storage / RUN
     wait_for(lambda: any(e["event"] == "start" for e in scaling_events(run_dir)), 240, "generator-0 playing")
     up = json.loads(cli(env, "scale", RUN, "--generators", "2").stdout)
+    # a fault: generator-1's process is killed; the pool replaces it
+    os.kill(actor_pid(state, "generator-1"), signal.SIGKILL)
+    wait_for(lambda: len(generator_events(run_dir, "generator-1")) == 3, 240, "generator-1 replaced")
     down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
     metrics = wait_for(
         lambda: (
@@ -271,11 +295,23 @@ def test_generators_scale_up_on_generator_nodes_with_the_learners_weights(scaled
     assert joined["generator_checksum"] == joined["checksum"]  # ...with the learner's weights then
 
 
+def test_a_killed_generator_is_replaced_under_its_name_with_the_learners_weights(scaled_run):
+    events = [e for e in scaling_events(scaled_run["run_dir"]) if e.get("generator") == "generator-1"]
+    assert [e["event"] for e in events] == ["start", "failed", "start", "stop"]
+    assert events[1]["reason"].startswith("died")
+    assert events[2]["generator_checksum"] == events[2]["checksum"]  # the learner's weights then
+    assert events[0]["version"] < events[2]["version"]  # ...which had moved on
+
+
 def test_scaling_down_keeps_generator_0_and_retires_the_others(scaled_run):
     down = scaled_run["down"]
     assert list(down["generators"]) == ["generator-0"]
-    assert [r["id"] for r in down["retired"]] == ["generator-1"]
-    assert all(r["sent"] > 0 for r in down["retired"])  # they played before they left
+    # the killed generator-1 (its stats as last probed), then its replacement, scaled down
+    assert [(r["id"], "failed" in r) for r in down["retired"]] == [
+        ("generator-1", True),
+        ("generator-1", False),
+    ]
+    assert down["retired"][-1]["sent"] > 0  # it played before it left
 
 
 def test_the_learner_runs_on_the_node_type_it_is_pinned_to(scaled_run):
@@ -296,7 +332,11 @@ def test_stop_checkpoints_and_no_trajectory_is_lost_or_duplicated(scaled_run):
         sent[g["generator"]] = sent.get(g["generator"], 0) + g["sent"]
     assert set(sent) == {"generator-0", "generator-1"}
     verifier = books["verifier"]
-    assert sum(sent.values()) == verifier["received"]  # every game handed on arrived...
+    received = verifier["received_by"]
+    assert sent["generator-0"] == received["generator-0"]  # every game handed on arrived...
+    # generator-1's failed instance is counted as last probed: at most what it handed on
+    assert sent["generator-1"] <= received["generator-1"]
+    assert sum(received.values()) == verifier["received"]
     assert "rejected_duplicate" not in verifier  # ...once
     assert verifier["accepted"] == verifier["received"]  # and all were valid games
     assert books["buffer_inserted"] == verifier["forwarded_turns"]

@@ -284,3 +284,17 @@ def test_a_task_run_is_checked_field_by_field(overrides, message):
 def test_a_task_run_skips_the_game_checks():
     cfg = load_config(None, [*TASK, "eval.opponents=[nobody]", "task.params={digits: 3, terms: 3}"])
     assert cfg.task.params == {"digits": 3, "terms": 3}
+
+
+def test_a_rate_limit_tolerance_that_could_deadlock_is_refused():
+    # below half a batch, inserts and samples can both be held back (actors/buffer.py)
+    with pytest.raises(ConfigError, match=r"buffer.spi_tolerance: must be >= learner.batch_size / 2 \(32\)"):
+        load_config(None, ["learner.batch_size=64", "buffer.min_size=64", "buffer.spi_tolerance=31"])
+    assert load_config(None, ["learner.batch_size=64", "buffer.min_size=64", "buffer.spi_tolerance=32"])
+
+
+@pytest.mark.parametrize("override", ["learner.lr=[", "learner.lr={a", "learner.lr='x"])
+def test_an_override_that_is_not_yaml_is_a_one_line_error_naming_the_field(override):
+    with pytest.raises(ConfigError, match=r"^learner.lr: cannot read .* as a YAML value") as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)

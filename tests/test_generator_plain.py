@@ -125,17 +125,15 @@ def test_an_illegal_reply_is_flagged_and_ends_the_game_with_the_mover_losing():
     assert replays(table)
 
 
-def test_a_prompt_that_does_not_fit_the_context_raises_a_clear_error_before_any_engine_call():
-    prompt_tokens = 1 + len("tictactoe X 123456789:")  # BOS and one per character
-    engine = RuleEngine(max_model_len=prompt_tokens)  # no room for the 1-token reply
-    gen = make_generator(engine=engine)
-    with pytest.raises(
-        ValueError,
-        match=f"tictactoe: a prompt of {prompt_tokens} tokens plus a 1-token "
-        f"reply does not fit the model's context of {prompt_tokens}",
-    ):
-        gen.self_play(1)
-    assert engine.calls == []
+def test_a_game_whose_prompt_outgrows_the_context_is_dropped_and_counted_and_the_rest_play_on():
+    tictactoe_tokens = 1 + len("tictactoe X 123456789:")  # BOS and one per character
+    engine = RuleEngine(max_model_len=tictactoe_tokens)  # no room for its 1-token reply; Kuhn fits
+    gen = make_generator(games=("tictactoe", "kuhn"), engine=engine)
+    matches = [Match(g, (LEARNER, LEARNER)) for g in ("tictactoe", "kuhn", "tictactoe")]
+    table = gen.play(matches, 1.0)
+    assert set(table.column("game").to_pylist()) == {"kuhn"} and replays(table)
+    assert (gen.counts["games"], gen.counts["too_long"]) == (1, 2)
+    assert all(p.startswith("kuhn") for call in engine.calls for p in call["prompts"])
 
 
 def test_a_prompt_and_reply_that_exactly_fill_the_context_are_played():
@@ -252,6 +250,30 @@ def test_fixed_weights_that_do_not_load_as_sent_are_refused():
     with pytest.raises(WeightMismatch, match="evaluation engine loaded weights"):
         gen.load_fixed(weights(-0.25), version=1, checksum=checksum(weights(-0.5)))
     assert gen.fixed_checksum is None
+
+
+def test_settled_weights_the_learners_engine_holds_are_measured_there_and_others_fixed():
+    maker = EngineMaker()
+    gen = make_generator(maker=maker)
+    gen.set_weights(weights(-0.5), 3)
+    held = {"version": 3, "checksum": checksum(weights(-0.5)), "settled": True}
+    assert gen.policy_for(held, fetch=lambda: pytest.fail("nothing to fetch")) == LEARNER
+    assert maker.made == []  # no second engine
+    assert gen.policy_for({**held, "settled": False}, fetch=lambda: weights(-0.5)) == FIXED
+    other = {"version": 2, "checksum": checksum(weights(-0.25)), "settled": True}
+    assert gen.policy_for(other, fetch=lambda: weights(-0.25)) == FIXED and gen.versions[FIXED] == 2
+
+
+def test_weights_landing_during_a_settled_measurement_are_caught():
+    gen = make_generator()
+    gen.set_weights(weights(-0.5), 3)
+    settled = {"version": 3, "checksum": checksum(weights(-0.5)), "settled": True}
+    policy = gen.policy_for(settled, fetch=lambda: pytest.fail("nothing to fetch"))
+    gen.evaluate("tictactoe", "random", 2, policy=policy)
+    gen.check_settled(settled, policy)  # nothing landed
+    gen.set_weights(weights(-3.0), 4)
+    with pytest.raises(WeightMismatch, match="weights of version 4 landed while version 3"):
+        gen.check_settled(settled, policy)
 
 
 def test_evaluations_are_counted_apart_from_training_play():

@@ -61,3 +61,17 @@ def test_results_move_learner_and_member_elo_by_the_elo_rule():
     assert lg.state.head_to_head("learner", "snap-1", "kuhn") == (1, 0, 0)
     assert lg.state.rating_history[-1][0] == 7
     assert lg.latest() == "snap-1"
+
+
+def test_matchmakings_random_state_round_trips_through_json():
+    import json
+    import random
+
+    from actors.league import rng_state
+
+    rng = random.Random(7)
+    rng.random()
+    saved = json.loads(json.dumps(rng.getstate()))  # as LeagueActor.save writes it
+    again = random.Random(0)
+    again.setstate(rng_state(saved))
+    assert [again.random() for _ in range(5)] == [rng.random() for _ in range(5)]

@@ -1,10 +1,12 @@
 """The league end to end on a real local Ray with real vLLM engines: snapshots are
 promoted, opponent engines receive them through the broadcast path with checksums, Elo
-moves, and the league survives a resume."""
+moves, and the run (league, learner with its value head, metrics, best checkpoint)
+survives a resume: 4 steps, then resumed to 6."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -19,8 +21,13 @@ from selfplay.weights import export_checkpoint
 pytestmark = pytest.mark.integration
 
 
+FIRST, LAST = "step_0000004", "step_0000006"
+
+
 @pytest.fixture(scope="module")
 def league_run(ray_session, small_cfg, tmp_path_factory):
+    """With the value head (GAE on whole games); evaluated every 2 steps; 4 steps, then
+    its directory moves and it resumes there to 6."""
     cfg = dataclasses.replace(
         small_cfg,
         games={"tictactoe": 1.0, "kuhn": 1.0, "negotiation": 1.0},
@@ -29,7 +36,9 @@ def league_run(ray_session, small_cfg, tmp_path_factory):
         checkpoint_every=2,
         out_dir=str(tmp_path_factory.mktemp("runs")),
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=3, skill_prompts=True),
-        eval=dataclasses.replace(small_cfg.eval, every_steps=4, games=2),
+        eval=dataclasses.replace(small_cfg.eval, every_steps=2, games=2),
+        learner=dataclasses.replace(small_cfg.learner, advantage="gae"),
+        buffer=dataclasses.replace(small_cfg.buffer, whole_games=True),
         league=LeagueConfig(
             enabled=True,
             promote_every=2,
@@ -37,22 +46,74 @@ def league_run(ray_session, small_cfg, tmp_path_factory):
             promote_threshold=0.0,
             self_play_fraction=0.25,
             max_live_opponents=1,
-        ),
-    )  # one engine: members swap in
-    return driver.train(cfg)
+        ),  # one engine: members swap in
+        acceptance={"tictactoe/random/non_loss": ">= 0.0"},  # ranks the best checkpoint
+    )
+    first = driver.train(cfg)
+    assert driver.latest_checkpoint(first).name == FIRST
+    run_dir = first.parent / "moved" / first.name  # resumed from elsewhere: nothing points back
+    run_dir.parent.mkdir()
+    first.rename(run_dir)
+    resumed = driver.resume_config(run_dir, ["total_steps=6"])
+    assert driver.train(resumed, resume_dir=run_dir) == run_dir
+    return run_dir
 
 
 def league_at(checkpoint) -> LeagueState:
     return LeagueState.load(checkpoint / "league.json")
 
 
-def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with(league_run):
+def test_resume_continues_at_the_same_step(league_run):
+    state = json.loads((league_run / "checkpoints" / FIRST / "driver_state.json").read_text())
+    assert (state["step"], state["version"]) == (4, 4)
     last = driver.latest_checkpoint(league_run)
+    assert last.name == LAST
+    learner_state = json.loads((last / "learner_state.json").read_text())
+    assert (learner_state["step"], learner_state["version"]) == (6, 6)
+    assert (last / "value_head.safetensors").exists()
+    metrics = pq.read_table(league_run / "metrics.parquet").to_pylist()
+    assert [m["step"] for m in metrics if m["name"] == "loss"] == [1, 2, 3, 4, 5, 6]  # each step once
+    assert [m["step"] for m in metrics if m["name"] == "value_loss"] == [1, 2, 3, 4, 5, 6]
+    assert {m["name"] for m in metrics} >= {
+        "eval/tictactoe/random/win",
+        "eval/tictactoe/minimax/non_loss",
+        "tokens_per_s",
+    }
+    # every evaluation measured the weights of the step it is logged at (broadcast every step)
+    versions = [(m["step"], m["value"]) for m in metrics if m["name"] == "eval/tictactoe/random/version"]
+    assert {step for step, _ in versions} >= {0, 2, 4, 6} and all(
+        step == version for step, version in versions
+    )
+
+
+def test_the_summary_balances_across_the_resume_and_keeps_the_best_checkpoint(league_run):
+    summary = json.loads((league_run / "summary.json").read_text())
+    assert set(summary) >= {"before", "after", "turns", "acceptance", "league"} and summary["steps"] == 6
+    # the buffer's counts span the resume; whole games fill each batch
+    assert summary["turns"]["trained"] >= 6 * 64
+    assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
+    assert 0 < summary["busy"]["learner"] <= 1 and 0 <= summary["busy"]["generators"] <= 1
+    assert summary["learner_mfu"] > 0
+    assert summary["faults"] == {"generators_failed": [], "learner_dropped": []}
+    # the best checkpoint (the first evaluation at least): a model directory, evaluated afresh
+    best = json.loads((league_run / "best" / "best.json").read_text())
+    assert summary["best"]["step"] == best["step"] and "tictactoe/random" in summary["best"]["after"]
+    assert set(summary["acceptance"]) == {
+        "tictactoe/random/non_loss",
+        "best/tictactoe/random/non_loss",
+        "final_minus_best/tictactoe/random/non_loss",
+    }
+    assert (league_run / "best" / "model.safetensors").exists()
+    assert (league_run / "best" / "config.json").exists()
+
+
+def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with(league_run):
+    last = league_run / "checkpoints" / FIRST
     state = league_at(last)
     # snap-0 is the initial policy; threshold 0 promotes at every check (steps 2 and 4).
     assert [(m.id, m.step) for m in state.members] == [("snap-0", 0), ("snap-1", 2), ("snap-2", 4)]
-    for m in state.members:  # the checkpoint on disk is what the league broadcast
-        assert export_checkpoint(m.path, "bfloat16")[1] == m.checksum
+    for m in state.members:  # the checkpoint on disk (relative to the run) is what the league broadcast
+        assert export_checkpoint(str(league_run / m.path), "bfloat16")[1] == m.checksum
     turns = pq.read_table(last / "buffer.parquet").to_pylist()
     versions = {m.id: m.version for m in state.members}
     played = {(t["opponent_id"], t["opponent_version"]) for t in turns if t["opponent_id"] in versions}
@@ -61,7 +122,7 @@ def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with
 
 
 def test_elo_moves_with_every_league_game(league_run):
-    state = league_at(driver.latest_checkpoint(league_run))
+    state = league_at(league_run / "checkpoints" / FIRST)
     w, d, l = state.head_to_head("learner", "snap-0")
     assert w + d + l > 0 and state.games_played >= w + d + l
     assert state.learner_rating != DEFAULT_RATING
@@ -91,14 +152,15 @@ def test_league_command_prints_members_and_head_to_head(league_run):
 
 
 def test_resume_restores_the_league(league_run):
-    before = league_at(driver.latest_checkpoint(league_run))
-    resumed = driver.resume_config(league_run, ["total_steps=6"])
-    driver.train(resumed, resume_dir=league_run)
-    after = league_at(driver.latest_checkpoint(league_run))
+    before = league_at(league_run / "checkpoints" / FIRST)
+    after = league_at(league_run / "checkpoints" / LAST)
     assert [m.id for m in after.members][:3] == [m.id for m in before.members]
     assert after.members[3].id == "snap-3" and after.members[3].step == 6
     assert after.games_played > before.games_played
     assert after.rating_history[: len(before.rating_history)] == before.rating_history
+    # matchmaking's random state went on from where it was, not from the seed again
+    saved = json.loads((league_run / "checkpoints" / FIRST / "league_rng.json").read_text())
+    assert saved != json.loads((league_run / "checkpoints" / LAST / "league_rng.json").read_text())
 
 
 def test_skill_tokens_prefix_the_prompts(league_run):
@@ -119,9 +181,11 @@ def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(ray_se
     member = {"version": 3, "step": 0, "path": tiny_model}
     ray.get(league.add_member.remote({"id": "forged", "checksum": "0" * 64, **member}, blob))
     ray.get(league.add_member.remote({"id": "honest", "checksum": checksum, **member}, blob))
-    with pytest.raises(WeightMismatch, match="forged"):
-        ray.get(generator.head_to_head.remote(league, "forged", 1))
     per_game = ray.get(generator.head_to_head.remote(league, "honest", 1))
     assert per_game["tictactoe"]["games"] == 2
     assert "honest" in ray.get(generator.stats.remote())["members"]
+    # the session generator holds one opponent: the forged weights go into honest's engine
+    with pytest.raises(WeightMismatch, match="forged"):
+        ray.get(generator.head_to_head.remote(league, "forged", 1))
+    assert ray.get(generator.stats.remote())["members"] == []  # never seated; the engine was closed
     ray.kill(league)

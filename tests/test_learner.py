@@ -174,6 +174,29 @@ def test_gae_learner_saves_and_restores_its_value_head(model_dir, tmp_path):
     )
 
 
+def test_the_kl_reference_survives_a_save_and_load(model_dir, tmp_path):
+    cfg = load_config(None, ["learner.kl_coef=0.1", "learner.lr=1e-2"])
+    a = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    for _ in range(3):
+        a.train_step(batch())
+    assert not same_weights(a.model, a.ref)  # the reference is the initial policy, not this one
+    a.save(tmp_path)
+    b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
+    assert same_weights(b.ref, a.model)  # built from the checkpoint: the saved policy...
+    b.load(tmp_path)
+    assert same_weights(b.ref, a.ref) and same_weights(b.model, a.model)  # ...until the reference loads
+    assert a.train_step(batch())["kl_ref"] == pytest.approx(b.train_step(batch())["kl_ref"], rel=1e-4)
+
+
+def test_a_checkpoint_without_its_kl_reference_is_refused_not_silently_reanchored(model_dir, tmp_path):
+    plain = Learner(load_config(None, []).learner, load_config(None, []).model, model_dir, seed=0)
+    plain.save(tmp_path)  # kl_coef 0: no reference saved
+    cfg = load_config(None, ["learner.kl_coef=0.1"])
+    b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
+    with pytest.raises(FileNotFoundError, match="no reference.safetensors, the KL reference"):
+        b.load(tmp_path)
+
+
 def test_every_step_reports_its_tokens_and_mfu(model_dir):
     cfg = load_config(None, ["learner.peak_tflops=1e-6"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)

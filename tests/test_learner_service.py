@@ -14,7 +14,7 @@ from learner.service import BroadcastMismatch, LearnerService
 from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
-from selfplay.transport import LocalTransport
+from selfplay.transport import LocalTransport, PeerDied
 from selfplay.weights import state_checksum
 from tests.rows import make_row
 
@@ -30,11 +30,15 @@ class Receiver:
 
     def __init__(self, corrupt: bool = False):
         self.corrupt = corrupt
+        self.dead = False  # killed: every call raises PeerDied, as a dead actor's do
+        self.stopped = threading.Event()
         self.loads: list[tuple[int, str]] = []  # (version, checksum) of every load
         self.gate = threading.Event()
         self.gate.set()
 
     def set_weights(self, blob: bytes, version: int) -> str:
+        if self.dead:
+            raise PeerDied("the actor died")
         self.gate.wait()
         tensors = load_safetensors(blob)
         if self.corrupt:  # one parameter arrives changed
@@ -43,6 +47,9 @@ class Receiver:
         checksum = state_checksum(tensors)
         self.loads.append((version, checksum))
         return checksum
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 class League:
@@ -121,7 +128,58 @@ def test_detach_still_checks_the_leaving_generators_last_load(model_dir):
     with pytest.raises(BroadcastMismatch, match="generator-2"):
         service.detach("generator-2")
     assert list(service.targets) == ["generator-0"]
-    assert [name for name, _, _ in service.pending] == ["generator-0"]
+    assert [p[0] for p in service.pending] == ["generator-0"]
+
+
+def test_a_dead_target_is_dropped_and_training_goes_on(model_dir):
+    service = make_service(model_dir)
+    dead, alive = Receiver(), Receiver()
+    service.attach("generator-1", dead)
+    service.attach("generator-0", alive)
+    dead.dead = True
+    steps = service.train(3)  # each broadcast checks the previous one's acknowledgements
+    service.verify_pending()
+    assert [m["weight_version"] for m in steps] == [1, 2, 3]
+    assert list(service.targets) == ["generator-0"] and [v for v, _ in alive.loads] == [0, 1, 2, 3]
+    assert service.state()["dropped_targets"] == [
+        {"name": "generator-1", "reason": "died: PeerDied", "version": 1}  # the last version sent to it
+    ]
+
+
+def test_a_target_that_never_acknowledges_is_dropped_and_told_to_stop(model_dir):
+    service = make_service(model_dir, ["learner.ack_timeout_s=0.2"])
+    hung = Receiver()
+    service.attach("generator-1", hung)
+    hung.gate.clear()  # its engine hangs in the load
+    service.broadcast()
+    service.broadcast()  # waits at most ack_timeout_s for the first one's answer
+    assert "generator-1" not in service.targets and hung.stopped.wait(5)
+    assert service.dropped[0]["reason"] == "no acknowledgement in 0.2 s"
+    hung.gate.set()
+
+
+def test_a_replacement_under_the_same_name_is_not_dropped_for_its_predecessor(model_dir):
+    service = make_service(model_dir)
+    old, new = Receiver(), Receiver()
+    service.attach("generator-1", old)
+    service.broadcast(wait=True)
+    old.dead = True
+    service.broadcast()  # sent to the dead one; the pool replaces it before the answer is read
+    service.attach("generator-1", new)
+    service.broadcast()
+    assert service.targets["generator-1"] is new and service.dropped == []
+    service.verify_pending()
+    assert new.loads[-1] == (3, service.checksum)
+
+
+def test_a_generator_that_hangs_while_joining_is_refused(model_dir):
+    service = make_service(model_dir, ["learner.ack_timeout_s=0.2"])
+    hung = Receiver()
+    hung.gate.clear()
+    with pytest.raises(TimeoutError):
+        service.attach("generator-1", hung)
+    assert "generator-1" not in service.targets
+    hung.gate.set()
 
 
 def test_the_learner_waits_while_the_buffer_says_wait(model_dir):

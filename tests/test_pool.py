@@ -14,7 +14,7 @@ from learner.learner import Learner
 from learner.service import LearnerService
 from selfplay.config import load_config
 from selfplay.model import create_default_model
-from selfplay.transport import LocalTransport
+from selfplay.transport import LocalTransport, PeerDied
 from tests.test_learner_service import Receiver, batch
 
 
@@ -34,6 +34,9 @@ class WaveGenerator(Receiver):
         fail_start: bool = False,
         hang_start: bool = False,
         crash_after: int | None = None,
+        die_after: int | None = None,
+        hang_after: int | None = None,
+        freeze_after: int | None = None,
     ):
         super().__init__()
         self.name = name
@@ -41,11 +44,23 @@ class WaveGenerator(Receiver):
         self.fail_start = fail_start
         self.hang_start = hang_start
         self.crash_after = crash_after
+        self.die_after = die_after  # then every call raises PeerDied, as a killed actor's do
+        self.hang_after = hang_after  # then its loop blocks, beats standing still, until killed
+        self.freeze_after = freeze_after  # as hang_after, and calls go unanswered too (SIGSTOP)
+        self.dead = False
         self.stopped = threading.Event()
+        self.killed = threading.Event()
+        self.hanging = threading.Event()
+        self.beats = 0
         self.sent = 0
         self.history: list[str] = []
 
     def stats(self) -> dict:
+        if self.dead:
+            raise PeerDied(self.name)
+        if self.freeze_after is not None and self.hanging.is_set():
+            self.killed.wait()
+            raise PeerDied(self.name)
         if self.fail_start:
             raise RuntimeError(f"{self.name}: engine failed to start")
         if self.hang_start:
@@ -56,6 +71,7 @@ class WaveGenerator(Receiver):
             "version": version,
             "checksum": checksum,
             "sent": self.sent,
+            "beats": self.beats,
             "games": self.sent,
             "turns": 5 * self.sent,
             "tokens": 5 * self.sent,
@@ -68,6 +84,8 @@ class WaveGenerator(Receiver):
         }
 
     def set_weights(self, blob: bytes, version: int) -> str:
+        if self.dead:
+            raise PeerDied(self.name)
         self.history.append(f"weights v{version}")
         return super().set_weights(blob, version)
 
@@ -75,8 +93,16 @@ class WaveGenerator(Receiver):
         self.history.append("play")
         waves = 0
         while not self.stopped.is_set():
+            self.beats += 1
             if self.crash_after is not None and waves == self.crash_after:
                 raise RuntimeError(f"{self.name}: engine died")
+            if self.die_after is not None and waves == self.die_after:
+                self.dead = True
+                raise PeerDied(self.name)
+            if waves in (self.hang_after, self.freeze_after):
+                self.hanging.set()
+                self.killed.wait()
+                raise PeerDied(self.name)
             self.sent += self.wave
             waves += 1
             time.sleep(0.01)
@@ -90,16 +116,20 @@ class Cluster:
     """Spawns and discards WaveGenerators, as selfplay/program.py does actors."""
 
     def __init__(self, **special):
-        self.special = special  # name -> WaveGenerator keyword arguments
+        self.special = special  # name -> WaveGenerator keyword arguments (its first start only)
         self.spawned: dict[str, WaveGenerator] = {}
+        self.all: list[WaveGenerator] = []  # every generator started, replacements included
         self.discarded: list[str] = []
 
     def spawn(self, name: str, serial: int) -> WaveGenerator:
-        self.spawned[name] = WaveGenerator(name, **self.special.get(name, {}))
+        first = all(g.name != name for g in self.all)
+        self.spawned[name] = WaveGenerator(name, **(self.special.get(name, {}) if first else {}))
+        self.all.append(self.spawned[name])
         return self.spawned[name]
 
     def discard(self, name: str, generator: WaveGenerator) -> None:
         generator.stop()
+        generator.killed.set()
         self.discarded.append(name)
 
 
@@ -159,17 +189,106 @@ def test_a_generator_that_does_not_start_in_time_is_named_and_discarded(model_di
     assert pool.live == {} and cluster.discarded == ["generator-0"]
 
 
-def test_a_generator_that_stops_playing_on_its_own_is_reported(model_dir):
-    cluster = Cluster(**{"generator-1": {"crash_after": 2}})
+def heal(pool: GeneratorPool, until, timeout_s: float = 10.0) -> None:
+    """Check the pool (as the driver does every few seconds) until `until()` holds."""
+    deadline = time.time() + timeout_s
+    while not until():
+        assert time.time() < deadline, pool.status()["events"]
+        pool.check()
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        ({"crash_after": 2}, "failed: RuntimeError: generator-1: engine died"),
+        ({"die_after": 2}, "died: PeerDied"),
+    ],
+)
+def test_a_failed_generator_is_replaced_under_its_name_with_the_current_weights(model_dir, fault, reason):
+    cluster = Cluster(**{"generator-1": fault})
     pool = make_pool(model_dir, cluster)
     pool.scale(2)
-    deadline = time.time() + 10
-    with pytest.raises(RuntimeError, match="engine died"):
-        while time.time() < deadline:
-            pool.check()
-            time.sleep(0.01)
-    assert cluster.spawned["generator-0"].stopped.is_set() is False
-    cluster.spawned["generator-0"].stop()
+    first = cluster.spawned["generator-1"]
+    pool.learner.train(2)  # the replacement must get these weights, not the initial ones
+    heal(pool, lambda: cluster.spawned["generator-1"] is not first and "generator-1" in pool.live)
+    new = cluster.spawned["generator-1"]
+    assert new.history[:2] == ["weights v2", "play"] and new.loads[0] == (2, pool.learner.checksum)
+    events = [(e["event"], e.get("generator"), e.get("reason")) for e in pool.status()["events"]]
+    assert events[2:] == [("failed", "generator-1", reason), ("start", "generator-1", None)]
+    assert cluster.discarded == ["generator-1"] and pool.learner.targets["generator-1"] is new
+    assert not cluster.spawned["generator-0"].stopped.is_set()  # the others played on
+    final = pool.stop_all()
+    assert sorted(final["generators"]) == ["generator-0", "generator-1"]
+
+
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        ({"hang_after": 1}, "hung: its loop stood still for"),  # answers, but plays no more
+        ({"freeze_after": 1}, "hung: the probe unanswered for"),  # nothing answers (SIGSTOP)
+    ],
+)
+def test_a_hung_generator_is_replaced_and_the_learner_stops_waiting_for_it(model_dir, fault, reason):
+    cluster = Cluster(**{"generator-1": fault})
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.5", "learner.ack_timeout_s=0.5"])
+    pool.scale(2)
+    hung = cluster.spawned["generator-1"]
+    heal(pool, lambda: hung.killed.is_set() and "generator-1" in pool.live)
+    assert hung.hanging.is_set()
+    (failed,) = [e for e in pool.status()["events"] if e["event"] == "failed"]
+    assert failed["reason"].startswith(reason) and failed["generator"] == "generator-1"
+    pool.learner.train(2)
+    pool.learner.verify_pending()  # nothing waits on the hung one: it left the broadcast
+    assert cluster.spawned["generator-1"].loads[-1] == (2, pool.learner.checksum)
+    pool.stop_all()
+
+
+def test_a_healthy_generator_is_not_called_hung_however_seldom_the_pool_is_checked(model_dir):
+    cluster = Cluster()
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.2"])
+    pool.scale(1)
+    for _ in range(4):
+        time.sleep(0.5)  # longer than the hang timeout between checks: the probes say it played
+        pool.check()
+    assert [e["event"] for e in pool.status()["events"]] == ["start"]
+    pool.stop_all()
+
+
+def test_a_generator_failing_again_and_again_ends_the_run(model_dir):
+    cluster = Cluster()
+    pool = make_pool(model_dir, cluster, ["generator.max_restarts=1"])
+    pool.scale(1)
+    for expect in (None, "generator-0 failed 2 times"):
+        cluster.spawned["generator-0"].crash_after = cluster.spawned["generator-0"].beats + 1
+        if expect is None:
+            heal(pool, lambda: len(cluster.all) == 2 and "generator-0" in pool.live)
+        else:
+            with pytest.raises(RuntimeError, match=expect):
+                heal(pool, lambda: False)
+
+
+def test_an_evaluation_waits_for_generator_0_to_be_replaced(model_dir):
+    cluster = Cluster(**{"generator-0": {"die_after": 1}})
+    pool = make_pool(model_dir, cluster)
+    pool.scale(1)
+    first = cluster.spawned["generator-0"]
+    while not first.dead:
+        time.sleep(0.01)
+    assert pool.generator("generator-0", timeout_s=10) is cluster.spawned["generator-0"] is not first
+    pool.stop_all()
+
+
+def test_a_generator_that_dies_at_the_end_of_training_is_failed_not_awaited(model_dir):
+    cluster = Cluster(**{"generator-1": {"hang_after": 1}})
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.5"])
+    pool.scale(2)
+    assert cluster.spawned["generator-1"].hanging.wait(5)
+    final = pool.stop_all()
+    assert list(final["generators"]) == ["generator-0"]
+    assert [e["reason"] for e in final["events"] if e["event"] == "failed"] == [
+        "hung: still playing 0.5 s after stop"
+    ]
 
 
 def test_after_stop_all_the_pool_no_longer_changes(model_dir):
@@ -196,4 +315,27 @@ def test_autoscale_grows_the_pool_while_the_learner_waits(model_dir):
         time.sleep(0.01)
     assert sorted(pool.live) == ["generator-0", "generator-1"]
     assert [e["event"] for e in pool.status()["events"]] == ["start", "autoscale", "start"]
+    pool.stop_all()
+
+
+def test_a_replacement_that_fails_to_start_is_tried_again_and_a_refused_scale_is_not(model_dir):
+    cluster = Cluster(**{"generator-1": {"fail_start": True}})
+    pool = make_pool(model_dir, cluster)
+    pool.scale(1)
+    with pytest.raises(RuntimeError, match="engine failed to start"):
+        pool.scale(2)  # asked for, refused: the pool stays at 1 and does not retry on its own
+    assert pool.target == 1
+    for _ in range(20):
+        pool.check()
+        time.sleep(0.01)
+    assert [g.name for g in cluster.all] == ["generator-0", "generator-1"]
+    # a failed generator whose replacement cannot start at first: tried again after a backoff
+    cluster.special = {"generator-0": {"fail_start": True}}
+    cluster.all = []  # so the next generator-0 is a "first start", with fail_start
+    cluster.spawned["generator-0"].crash_after = cluster.spawned["generator-0"].beats + 1
+    heal(pool, lambda: pool.repairs_failed == 1)
+    assert pool.live == {} and pool.repair_after > time.monotonic()
+    pool.repair_after = 0.0  # the backoff has passed
+    heal(pool, lambda: "generator-0" in pool.live)
+    assert pool.repairs_failed == 0
     pool.stop_all()

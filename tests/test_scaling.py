@@ -99,6 +99,19 @@ def test_the_verifier_rejects_a_trajectory_it_has_seen():
     assert stats["accepted_turns"] == table.num_rows
 
 
+def test_the_verifiers_counters_survive_a_checkpoint(tmp_path):
+    import json
+
+    verifier = Verifier(decode=digits)
+    table = tictactoe_game("a")
+    verifier.training_turns(table)
+    verifier.verify(table)  # rejected as a duplicate
+    saved = json.loads(json.dumps(verifier.counters()))  # as VerifierActor.save writes it
+    resumed = Verifier(decode=digits)
+    resumed.load_counters(saved)
+    assert resumed.stats() == verifier.stats() and resumed.stats()["received_by"] == {"gen-0": 2}
+
+
 def test_the_duplicate_window_is_bounded():
     verifier = Verifier(decode=digits, remember=2)
     games = [tictactoe_game(traj_id) for traj_id in "abc"]

@@ -295,6 +295,7 @@ def test_verifier_replays_a_textarena_game_and_catches_a_forged_outcome():
         "accepted_turns": len(rows),
         "forwarded_turns": 0,
         "received": 2,
+        "received_by": {rows[0]["generator_id"]: 2},
         "rejected_outcome_mismatch": 1,
     }
 

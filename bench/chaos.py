@@ -1,0 +1,250 @@
+"""`make chaos`: a training run under faults, next to an undisturbed run of the same length
+(a benchmark, not a test; about 2 x MINUTES plus engine starts).
+
+Faults, on a schedule measured from when the run first trains:
+- a generator's process killed (SIGKILL) every `--kill-every` seconds (60), the
+  generators in turn;
+- a generator's process frozen (SIGSTOP) once, at 150 s: a hang, not a death;
+- the learner's process killed once, at 300 s: the driver fails and is started again
+  with the same --name, which resumes from the last checkpoint;
+- the driver killed (SIGKILL, its whole local cluster with it) once, at 420 s, and
+  resumed the same way.
+
+Generator faults must be healed inside the run (a `failed` then a `start` event for that
+generator in scaling.jsonl); learner and driver faults by the resume. Printed and written
+to OUT/chaos.json: faults injected and survived; turns generated, trained, lost (games a
+failed generator was playing; everything since the last checkpoint when the driver
+died), duplicated (a trajectory id the verifier saw twice, or a turn twice in the
+buffer); the final evaluations of both runs with their 95% intervals.
+
+    .venv/bin/python -m bench.chaos --minutes 10 --out /tmp/chaos
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+from selfplay.stats import wilson_interval
+
+SETTINGS = [  # two generators (a kill leaves one playing), sharing the two cores
+    "generator.num_generators=2",
+    "generator.cpu_bind=nobind",
+    "generator.hang_timeout_s=60",
+    "learner.ack_timeout_s=30",
+    "checkpoint_every=50",
+]
+
+
+def start(config: str, name: str, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:
+    """`selfplay run` in its own session, so it and every process of its local cluster can
+    be killed together."""
+    sets = [f"out_dir={out}", f"time_limit_min={minutes}", *SETTINGS, *extra]
+    cmd = [sys.executable, "-m", "selfplay.cli", "run", config, "--name", name]
+    for s in sets:
+        cmd += ["--set", s]
+    log = open(out / f"{name}.log", "a")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def actor_processes(driver: subprocess.Popen, title: str) -> list[psutil.Process]:
+    """Live processes of the run whose title starts with ray::TITLE (e.g. GeneratorActor)."""
+    try:
+        family = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in family:
+        try:
+            if " ".join(p.cmdline()).startswith(f"ray::{title}") and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return sorted(found, key=lambda p: p.create_time())
+
+
+def kill_session(driver: subprocess.Popen) -> None:
+    """The driver and everything it started: its session, and any descendant that left it."""
+    try:
+        family = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in family:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    driver.wait()
+
+
+def trained(run_dir: Path) -> bool:
+    """Whether the run has trained its first steps (the schedule starts then): the driver
+    logs the pool at the end of each chunk of steps."""
+    return bool(events(run_dir))
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "scaling.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list[str]) -> dict:
+    name, run_dir = "storm", out / "storm"
+    driver = start(config, name, out, minutes, extra)
+    while not trained(run_dir):
+        if driver.poll() is not None:
+            raise SystemExit(f"the run ended before it trained; see {out / 'storm.log'}")
+        time.sleep(1)
+    t0, faults, sessions = time.time(), [], 1
+    schedule = [(t, "kill_generator") for t in range(int(kill_every), int(minutes * 60), int(kill_every))]
+    schedule += [(150, "hang_generator"), (300, "kill_learner"), (420, "kill_driver")]
+    schedule = sorted(f for f in schedule if f[0] < minutes * 60 - 30)
+    turn = 0
+    for at, kind in schedule:
+        while time.time() - t0 < at and driver.poll() is None:
+            time.sleep(0.5)
+        if driver.poll() == 0:  # the run finished (its time limit): no more faults
+            break
+        if driver.poll() is not None:  # a fault before ended the session: resume first
+            driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+            while time.time() - t0 < at:
+                time.sleep(0.5)
+        fault = {"at_s": round(time.time() - t0, 1), "kind": kind, "time": time.time()}
+        if kind in ("kill_generator", "hang_generator"):
+            gens = actor_processes(driver, "GeneratorActor")
+            if not gens:
+                fault["skipped"] = "no generator process"
+                faults.append(fault)
+                continue
+            victim = gens[turn % len(gens)]
+            turn += 1
+            os.kill(victim.pid, signal.SIGKILL if kind == "kill_generator" else signal.SIGSTOP)
+            fault["pid"] = victim.pid
+        elif kind == "kill_learner":
+            (learner,) = actor_processes(driver, "LearnerActor")[:1] or [None]
+            if learner is None:
+                fault["skipped"] = "no learner process"
+            else:
+                os.kill(learner.pid, signal.SIGKILL)
+                driver.wait(timeout=300)  # the driver fails on its learner's death
+                kill_session(driver)
+                fault["driver_exit"] = driver.returncode
+                driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+        else:  # kill_driver
+            kill_session(driver)
+            driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+        faults.append(fault)
+    if driver.wait() != 0:
+        kill_session(driver)
+        driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+        driver.wait()
+    return {"run_dir": run_dir, "faults": faults, "sessions": sessions, "exit": driver.returncode}
+
+
+def resume(
+    config: str, name: str, out: Path, minutes: float, t0: float, extra: list[str]
+) -> subprocess.Popen:
+    """The same run again: it resumes from its last checkpoint with the time left."""
+    left = max(minutes - (time.time() - t0) / 60, 1.0)
+    return start(config, name, out, round(left, 2), extra)
+
+
+def survived(fault: dict, run_dir: Path) -> bool:
+    """A generator fault: a `failed` event after it, then a `start` (its replacement); a
+    learner or driver fault: a generator `start` after it (the resumed session playing)."""
+    if "skipped" in fault:
+        return False
+    later = [e for e in events(run_dir) if e["time"] >= fault["time"] - 5]
+    if fault["kind"] in ("kill_generator", "hang_generator"):
+        failed = [e for e in later if e["event"] == "failed"]
+        return bool(failed) and any(e["event"] == "start" and e["time"] > failed[0]["time"] for e in later)
+    return any(e["event"] == "start" for e in later)
+
+
+def books(run_dir: Path, faults: list[dict], games_per_wave: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    verifier = summary["pool"]["verifier"]
+    last = Path(summary["last_checkpoint"])
+    if not last.is_absolute() and not last.exists():
+        last = run_dir / "checkpoints" / last.name
+    buffer = pq.read_table(last / "buffer.parquet", columns=["traj_id", "turn"]).to_pylist()
+    keys = [(r["traj_id"], r["turn"]) for r in buffer]
+    generator_failures = [e for e in events(run_dir) if e["event"] == "failed"]
+    return {
+        "steps": summary["steps"],
+        "turns_generated_last_session": summary["turns"]["generated"],
+        "turns_trained": summary["turns"]["trained"],
+        "duplicated_trajectories": verifier.get("rejected_duplicate", 0),
+        "duplicated_turns_in_buffer": len(keys) - len(set(keys)),
+        "generator_failures": len(generator_failures),
+        # the games a failed generator was playing: at most the wave under way
+        "lost_in_flight_games_at_most": len(generator_failures) * games_per_wave,
+        "driver_sessions": 1 + sum(f["kind"] in ("kill_learner", "kill_driver") for f in faults),
+        "faults_events": [{k: e[k] for k in ("generator", "reason")} for e in generator_failures],
+    }
+
+
+def final_eval(run_dir: Path) -> dict:
+    """Each final evaluation's non-loss rate with its 95% Wilson interval, and illegal share."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {"steps": summary["steps"]}
+    for key, res in summary.get("after", {}).items():
+        if "non_loss" in res:
+            lo, hi = wilson_interval(res["non_loss"] * res["games"], res["games"])
+            out[key] = {"non_loss": res["non_loss"], "interval": [lo, hi], "illegal": res["illegal"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/tictactoe.yaml")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--kill-every", type=float, default=60.0)
+    p.add_argument("--out", default="/tmp/selfplay-chaos")
+    p.add_argument("--set", action="append", default=[], help="config override for both runs")
+    p.add_argument("--skip-calm", action="store_true", help="only the run under faults")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    calm_dir = out / "calm"
+    if not args.skip_calm:
+        calm = start(args.config, "calm", out, args.minutes, args.set)
+        if calm.wait() != 0:
+            raise SystemExit(f"the undisturbed run failed; see {out / 'calm.log'}")
+    result = storm(args.config, out, args.minutes, args.kill_every, args.set)
+    for f in result["faults"]:
+        f["survived"] = survived(f, result["run_dir"])
+    from selfplay.config import load_config
+
+    games = load_config(args.config, args.set).generator.games_per_wave
+    report = {
+        "minutes": args.minutes,
+        "faults_injected": len([f for f in result["faults"] if "skipped" not in f]),
+        "faults_survived": sum(f["survived"] for f in result["faults"]),
+        "faults": result["faults"],
+        "final_exit_code": result["exit"],
+        "books": books(result["run_dir"], result["faults"], games),
+        "final_eval": {
+            "under_faults": final_eval(result["run_dir"]),
+            "undisturbed": final_eval(calm_dir) if (calm_dir / "summary.json").exists() else None,
+        },
+    }
+    (out / "chaos.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
