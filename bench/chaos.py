@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from selfplay.stats import wilson_interval
 
 SETTINGS = [  # two generators (a kill leaves one playing), sharing the two cores
+    "ray.num_cpus=3",  # logical CPUs: the learner and two generators take one each
     "generator.num_generators=2",
     "generator.cpu_bind=nobind",
     "generator.hang_timeout_s=60",
@@ -185,7 +186,7 @@ def books(run_dir: Path, faults: list[dict], games_per_wave: int) -> dict:
     generator_failures = [e for e in events(run_dir) if e["event"] == "failed"]
     return {
         "steps": summary["steps"],
-        "turns_generated_last_session": summary["turns"]["generated"],
+        "turns_generated": summary["turns"]["generated"],  # every session, from its checkpoint
         "turns_trained": summary["turns"]["trained"],
         "duplicated_trajectories": verifier.get("rejected_duplicate", 0),
         "duplicated_turns_in_buffer": len(keys) - len(set(keys)),
