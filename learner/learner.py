@@ -131,6 +131,8 @@ class Learner:
         self.ref = None
         if cfg.kl_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:  # recompute each layer's activations in backward
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = list(self.model.parameters())
         self.value_head = None
         if cfg.advantage == "gae":  # a zero-initialised linear value head on the shared trunk
@@ -150,18 +152,12 @@ class Learner:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
-    def train_step(self, table: pa.Table) -> dict:
-        start = time.perf_counter()
-        rows = [r for r in table.to_pylist() if r["trainable"] and r["response_ids"]]
-        if not rows:
-            raise ValueError("train_step: batch holds no trainable turns")
+    def _forward(self, rows: list[dict]):
+        """One micro-batch's forward pass: its batch (on the device), the policy's log-probs
+        and entropies (with gradient when the caller has it on), V(s) (gae) and the KL
+        reference's log-probs (when there is a reference)."""
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
-        mask = batch["mask"]
-        is_sft = torch.tensor([r["label"] == "sft" for r in rows], device=self.device)
-        rl_mask = mask * (~is_sft)[:, None]  # policy gradient and KL: every row not labelled sft
-        sft_mask = mask * is_sft[:, None]
-
-        values = value_loss = None
+        values = ref_logp = None
         with self._autocast():
             if self.value_head is None:
                 logp, entropy = sequence_logprobs(self.model, batch, self.temperature)
@@ -169,39 +165,115 @@ class Learner:
                 logp, entropy, values = logprobs_and_values(
                     self.model, self.value_head, batch, self.temperature
                 )
-        advantages, targets = self._advantages(rows, values)
-        if values is not None:
-            targets = torch.tensor(targets, device=self.device)
-            value_loss = 0.5 * ((values - targets) ** 2).mean()
-        adv = torch.tensor(advantages, device=self.device)
-        kl_ref = torch.tensor(0.0, device=self.device)
-        kl_term = torch.tensor(0.0, device=self.device)
         if self.ref is not None:
             with torch.no_grad(), self._autocast():
                 ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
-            kl_ref = losses.kl_penalty(logp.detach(), ref_logp, rl_mask)  # the logged value
-            if self.cfg.kl_placement == "reward":  # each turn's penalty, summed over its tokens
-                penalty = (losses.kl_estimate(logp.detach(), ref_logp, self.cfg.kl_estimator) * mask).sum(1)
-                adv = adv - self.cfg.kl_coef * penalty
-            else:
-                kl_term = losses.kl_loss(
-                    logp, ref_logp, batch["behaviour_logp"], rl_mask, self.cfg.kl_estimator
-                )
+        return batch, logp, entropy, values, ref_logp
+
+    def _penalty(self, logp, ref_logp, mask) -> torch.Tensor | None:
+        """Each turn's KL penalty, its estimate summed over its tokens, where it goes in the
+        reward (kl_placement reward); no gradient through it."""
+        if ref_logp is None or self.cfg.kl_placement != "reward":
+            return None
+        return (losses.kl_estimate(logp.detach(), ref_logp, self.cfg.kl_estimator) * mask).sum(1)
+
+    def _plan(self, rows, values, penalty) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's advantages [B] (after the KL penalty and normalisation) and value
+        targets (gae), from every row's V(s) and KL penalty: computed once per step."""
+        advantages, targets = self._advantages(rows, values)
+        adv = torch.tensor(advantages, device=self.device)
+        if penalty is not None:
+            adv = adv - self.cfg.kl_coef * penalty
+        is_sft = torch.tensor([r["label"] == "sft" for r in rows], device=self.device)
         if self.cfg.normalize_advantages and int((~is_sft).sum()) > 1:  # over the sampled replies
             rl = adv[~is_sft]
             adv = torch.where(is_sft, 0.0, (adv - rl.mean()) / (rl.std() + 1e-8))
-        pg_loss, clip_frac = losses.ppo_clip_loss(
-            logp, batch["behaviour_logp"], adv, rl_mask, self.cfg.clip_eps, self.cfg.loss_aggregation
+        return adv, None if targets is None else torch.tensor(targets, device=self.device)
+
+    def _prepass(self, chunks: list[list[dict]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Every row's V(s) and KL penalty, without gradient, one micro-batch at a time: what
+        the plan reads before the first micro-batch's loss (gae, or a KL penalty in the
+        reward), when the batch trains in more than one micro-batch."""
+        values, penalties = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                batch, logp, _, v, ref_logp = self._forward(chunk)
+                values.append(v)
+                penalties.append(self._penalty(logp, ref_logp, batch["mask"]))
+        return (
+            None if values[0] is None else torch.cat(values),
+            None if penalties[0] is None else torch.cat(penalties),
         )
-        nll = losses.nll_loss(logp, sft_mask)
-        ent = losses.masked_mean(entropy, mask)  # logged over every token
-        bonus = losses.masked_mean(entropy, rl_mask)  # the entropy bonus: sampled replies only
-        loss = pg_loss + nll - self.cfg.entropy_coef * bonus + self.cfg.kl_coef * kl_term
-        if value_loss is not None:
-            loss = loss + self.cfg.value_coef * value_loss
+
+    def train_step(self, table: pa.Table) -> dict:
+        """One update on the batch's trainable turns, in micro-batches of
+        `learner.micro_batch_size` turns whose gradients accumulate: every loss term divides
+        by the batch's count (tokens, rows), so the update is the one-pass update."""
+        start = time.perf_counter()
+        rows = [r for r in table.to_pylist() if r["trainable"] and r["response_ids"]]
+        if not rows:
+            raise ValueError("train_step: batch holds no trainable turns")
+        size = self.cfg.micro_batch_size or len(rows)
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        sft = [r["label"] == "sft" for r in rows]
+        rl_rows = sft.count(False)
+        rl_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if not s)
+        sft_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if s)
+        all_tokens = rl_tokens + sft_tokens
+        reads_model = self.value_head is not None or (
+            self.ref is not None and self.cfg.kl_placement == "reward"
+        )
+        plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
 
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        sums: dict[str, float] = defaultdict(float)
+        values_seen = []
+        offset = 0
+        for chunk in chunks:
+            batch, logp, entropy, values, ref_logp = self._forward(chunk)
+            mask = batch["mask"]
+            if plan is None:  # one micro-batch: the pass that trains gives what the plan reads
+                plan = self._plan(
+                    rows, None if values is None else values.detach(), self._penalty(logp, ref_logp, mask)
+                )
+            adv, targets = plan[0][offset : offset + len(chunk)], plan[1]
+            is_sft = torch.tensor(sft[offset : offset + len(chunk)], device=self.device)
+            rl_mask = mask * (~is_sft)[:, None]  # policy gradient and KL: every row not labelled sft
+            pg_loss, clip_frac = losses.ppo_clip_loss(
+                logp,
+                batch["behaviour_logp"],
+                adv,
+                rl_mask,
+                self.cfg.clip_eps,
+                self.cfg.loss_aggregation,
+                totals=(rl_tokens, rl_rows),
+            )
+            nll = losses.nll_loss(logp, mask * is_sft[:, None], sft_tokens)
+            bonus = losses.masked_mean(entropy, rl_mask, rl_tokens)  # the entropy bonus: sampled replies only
+            loss = pg_loss + nll - self.cfg.entropy_coef * bonus
+            if ref_logp is not None:
+                sums["kl_ref"] += losses.kl_penalty(logp.detach(), ref_logp, rl_mask, rl_tokens).item()
+                if self.cfg.kl_placement == "loss":
+                    kl_term = losses.kl_loss(
+                        logp, ref_logp, batch["behaviour_logp"], rl_mask, self.cfg.kl_estimator, rl_tokens
+                    )
+                    loss = loss + self.cfg.kl_coef * kl_term
+            if values is not None:
+                value_loss = 0.5 * ((values - targets[offset : offset + len(chunk)]) ** 2).sum() / len(rows)
+                loss = loss + self.cfg.value_coef * value_loss
+                sums["value_loss"] += value_loss.item()
+                values_seen.append(values.detach())
+            loss.backward()
+            with torch.no_grad():
+                log_ratio = (batch["behaviour_logp"] - logp) * rl_mask
+            sums["loss"] += loss.item()
+            sums["pg_loss"] += pg_loss.item()
+            sums["nll"] += nll.item()
+            sums["clip_frac"] += clip_frac.item()
+            sums["entropy"] += losses.masked_mean(entropy.detach(), mask, all_tokens).item()  # every token
+            sums["kl_behaviour"] += log_ratio.sum().item() / max(rl_tokens, 1)
+            sums["tokens"] += int(batch["attention_mask"].sum())
+            offset += len(chunk)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for group in self.opt.param_groups for p in group["params"]], self.cfg.grad_clip
         )
@@ -211,25 +283,23 @@ class Learner:
             self.reset_reference()  # the KL anchor follows the policy
 
         # staleness and advantages of the sampled replies (a labelled sft row has neither)
-        sampled = [i for i, r in enumerate(rows) if r["label"] != "sft"] or list(range(len(rows)))
+        sampled = [i for i, s in enumerate(sft) if not s] or list(range(len(rows)))
         versions = torch.tensor(
             [rows[i]["policy_version"] for i in sampled], dtype=torch.float32
         )  # on the host
-        adv = adv[sampled]
-        with torch.no_grad():
-            log_ratio = (batch["behaviour_logp"] - logp.detach()) * rl_mask
+        adv = plan[0][sampled]
         step_s = time.perf_counter() - start
-        tokens = int(batch["attention_mask"].sum())
+        tokens = int(sums["tokens"])
         metrics = {
             "step": self.step,
-            "loss": loss.item(),
-            "pg_loss": pg_loss.item(),
-            "kl_behaviour": (log_ratio.sum() / rl_mask.sum().clamp(min=1)).item(),
-            "nll": nll.item(),
-            "sft_rows": int(is_sft.sum()),
-            "kl_ref": kl_ref.item(),
-            "entropy": ent.item(),
-            "clip_frac": clip_frac.item(),
+            "loss": sums["loss"],
+            "pg_loss": sums["pg_loss"],
+            "kl_behaviour": sums["kl_behaviour"],
+            "nll": sums["nll"],
+            "sft_rows": len(rows) - rl_rows,
+            "kl_ref": sums["kl_ref"],
+            "entropy": sums["entropy"],
+            "clip_frac": sums["clip_frac"],
             "grad_norm": grad_norm.item(),
             "adv_mean": adv.mean().item(),
             "adv_std": adv.std().item() if len(adv) > 1 else 0.0,
@@ -237,6 +307,7 @@ class Learner:
             "staleness_max": (self.version - versions).max().item(),
             "batch_illegal": sum(r["illegal"] for r in rows) / len(rows),
             "batch_turns": len(rows),
+            "micro_batches": len(chunks),
             "step_s": step_s,
             "tokens": tokens,
             # model FLOPs utilisation: useful FLOPs per second against learner.peak_tflops
@@ -244,10 +315,10 @@ class Learner:
         }
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
-        if values is not None:
-            v, g = values.detach(), targets
+        if values_seen:
+            v, g = torch.cat(values_seen), plan[1]
             metrics.update(
-                value_loss=value_loss.item(),
+                value_loss=sums["value_loss"],
                 value_mean=v.mean().item(),
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
                 explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),

@@ -6,18 +6,24 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, total: float | None = None) -> torch.Tensor:
+    """The mean of `x` over the real tokens of `mask`; `total`: the count to divide by
+    instead, when `mask` is one micro-batch of a batch holding `total` real tokens (the
+    micro-batches' terms then add up to the batch's mean)."""
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if total is None else max(total, 1))
 
 
-def sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_mean(x: torch.Tensor, mask: torch.Tensor, total: float | None = None) -> torch.Tensor:
     """Each row's mean over its real tokens, then the mean over the rows that have any: the
     original GRPO aggregation (Shao et al., 2024), where every reply weighs the same
     whatever its length (Dr. GRPO, Liu et al. 2025, shows it favours long wrong replies;
-    DAPO's token mean, `masked_mean`, weighs every token the same instead)."""
+    DAPO's token mean, `masked_mean`, weighs every token the same instead). `total`: the
+    batch's count of rows with tokens, when `mask` is one micro-batch of it."""
     lengths = mask.sum(1)
     rows = lengths > 0
     per_row = (x * mask).sum(1)[rows] / lengths[rows]
+    if total is not None:
+        return per_row.sum() / max(total, 1)
     return per_row.mean() if rows.any() else (x * mask).sum()
 
 
@@ -31,6 +37,7 @@ def ppo_clip_loss(
     mask: torch.Tensor,
     clip_eps: float,
     aggregation: str = "token_mean",
+    totals: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al., 2017), per token, with the behaviour policy
     that generated the data as the old policy:
@@ -38,23 +45,27 @@ def ppo_clip_loss(
     With group-relative advantages this is GRPO's loss (without its KL term, which is
     `kl_loss`); `aggregation` averages over tokens: `token_mean` (DAPO, Dr. GRPO) or
     `sequence_mean` (GRPO as published, see `sequence_mean`).
-    logp, behaviour_logp, mask: [B, T]; advantages: [B]. Returns (loss, clipped fraction)."""
+    logp, behaviour_logp, mask: [B, T]; advantages: [B]. Returns (loss, clipped fraction).
+    `totals`: (the batch's real tokens, its rows with tokens) when these B rows are one
+    micro-batch of it: loss and fraction are then this micro-batch's share of the batch's."""
     mean = AGGREGATIONS[aggregation]
+    tokens, rows = totals or (None, None)
     ratio = torch.exp(logp - behaviour_logp)
     adv = advantages[:, None]
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
-    loss = -mean(torch.minimum(unclipped, clipped), mask)
-    clip_frac = masked_mean((clipped < unclipped).float(), mask)
+    objective = torch.minimum(unclipped, clipped)
+    loss = -mean(objective, mask, rows if aggregation == "sequence_mean" else tokens)
+    clip_frac = masked_mean((clipped < unclipped).float(), mask, tokens)
     return loss, clip_frac
 
 
-def nll_loss(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nll_loss(logp: torch.Tensor, mask: torch.Tensor, total: float | None = None) -> torch.Tensor:
     """Supervised fine-tuning: the mean negative log-likelihood of the target tokens,
         L = -sum_t mask_t log pi(y_t | x, y_<t) / sum_t mask_t
     over every real token of the batch (long targets weigh by their length, as SFT
-    trainers that average per token do). logp, mask: [B, T]."""
-    return -masked_mean(logp, mask)
+    trainers that average per token do). logp, mask: [B, T]; `total` as in `masked_mean`."""
+    return -masked_mean(logp, mask, total)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -85,20 +96,24 @@ def kl_loss(
     behaviour_logp: torch.Tensor,
     mask: torch.Tensor,
     estimator: str = "k2",
+    total: float | None = None,
 ) -> torch.Tensor:
     """The KL penalty placed in the loss, on tokens the behaviour policy mu sampled: each
     token's estimate is weighted by the importance ratio pi/mu (no gradient through the
     weight), so the expectation, and with k2 the gradient, is that of KL(pi || ref) under
     pi even when the data is a few versions old. logp, ref_logp, behaviour_logp, mask:
-    [B, T]; returns a scalar."""
+    [B, T]; returns a scalar. `total` as in `masked_mean`."""
     weight = torch.exp(logp.detach() - behaviour_logp)
-    return masked_mean(weight * kl_estimate(logp, ref_logp, estimator), mask)
+    return masked_mean(weight * kl_estimate(logp, ref_logp, estimator), mask, total)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_penalty(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, total: float | None = None
+) -> torch.Tensor:
     """k3 estimate of KL(pi || pi_ref), averaged over the real tokens (a value, e.g. the
-    logged KL; see kl_estimate for what each estimator's gradient does). Non-negative."""
-    return masked_mean(kl_estimate(logp, ref_logp, "k3"), mask)
+    logged KL; see kl_estimate for what each estimator's gradient does). Non-negative.
+    `total` as in `masked_mean`."""
+    return masked_mean(kl_estimate(logp, ref_logp, "k3"), mask, total)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

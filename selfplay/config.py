@@ -100,6 +100,10 @@ class LearnerConfig:
     ack_timeout_s: float = 120.0
     weight_decay: float = 0.0
     batch_size: int = 512  # turns per step
+    # turns per forward/backward pass; their gradients accumulate to the batch's one update
+    # (every loss term divides by the whole batch's count). 0: the whole batch in one pass
+    micro_batch_size: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
     # KL to the frozen initial policy (a task run's: the policy after its supervised stage); 0: none.
@@ -293,6 +297,7 @@ NON_NEGATIVE = {
     "buffer.spi_tolerance",
     "generator.max_restarts",
     "learner.ack_timeout_s",
+    "learner.micro_batch_size",
     "learner.clip_eps",
     "learner.kl_coef",
     "learner.grad_clip",

@@ -20,6 +20,7 @@ PRESETS = {
     "1m": (128, 352, 4, 2),
     "3m": (256, 688, 4, 4),
     "25m": (512, 1376, 8, 8),
+    "500m": (1280, 3456, 24, 20),  # ~0.5B, Qwen2.5-0.5B's size class: for GPU learners and clusters
 }
 
 

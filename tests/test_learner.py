@@ -280,3 +280,92 @@ def test_rl_rows_without_a_builder_advantage_are_refused(model_dir):
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     with pytest.raises(ValueError, match="4 rows have no builder advantage"):
         learner.train_step(task_batch("rl", advantage=None))
+
+
+# ---- micro-batches: gradients accumulate to the one-pass update
+
+
+def mixed_batch():
+    """Seven turns of two games and one supervised row, of different prompt and reply
+    lengths (so micro-batches pad differently), each with a builder advantage."""
+    rows = []
+    for i in range(7):
+        n = 1 + i % 3
+        rows.append(
+            make_row(
+                traj_id=f"g{i % 2}",
+                turn=i,
+                role=i % 2,
+                prompt_ids=[1] + [10 + j for j in range(2 + i)],
+                response_ids=[20 + i + j for j in range(n)],
+                behaviour_logprobs=[-1.0 - 0.25 * j for j in range(n)],
+                ret=(-1.0) ** i * (0.5 + 0.25 * i),
+                advantage=0.5 * (i - 3),
+                label="sft" if i == 3 else None,
+                policy_version=i % 2,
+            )
+        )
+    return schema.from_rows(rows)
+
+
+ACCUMULATION_CASES = {
+    # a value head: the plan reads every row's V(s) in a pre-pass; KL in the loss
+    "gae": GAE + ["learner.kl_coef=0.1", "learner.kl_placement=loss", "learner.kl_estimator=k3"],
+    # the KL penalty in the reward, then normalised over the batch; GRPO's per-reply mean
+    "rae_kl_reward": [
+        "learner.kl_coef=0.1",
+        "learner.normalize_advantages=true",
+        "learner.loss_aggregation=sequence_mean",
+    ],
+    # the builder's advantages and an entropy bonus: no pre-pass
+    "group": ["task.name=arithmetic", "learner.advantage=group", "learner.entropy_coef=0.01"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCUMULATION_CASES))
+def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(model_dir, case):
+    """lr 0 keeps both learners at the same weights, so the second step compares too (with
+    the RAE baselines the first one moved); fp32 so the sums differ only in their order."""
+    common = ACCUMULATION_CASES[case] + ["learner.bf16=false", "learner.grad_clip=1e9"]
+    learners = {}
+    for micro in (0, 2, 3):
+        cfg = load_config(None, common + [f"learner.micro_batch_size={micro}"])
+        learners[micro] = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        learners[micro].set_lr(0.0)
+    for _ in range(2):
+        metrics = {micro: learner.train_step(mixed_batch()) for micro, learner in learners.items()}
+        assert [metrics[m]["micro_batches"] for m in (0, 2, 3)] == [1, 4, 3]
+        one = metrics[0]
+        assert one["grad_norm"] > 0 and one["clip_frac"] > 0
+        for micro in (2, 3):
+            for key in (
+                "loss",
+                "pg_loss",
+                "nll",
+                "kl_ref",
+                "entropy",
+                "clip_frac",
+                "grad_norm",
+                "adv_mean",
+                "adv_std",
+                "tokens",
+            ):
+                assert metrics[micro][key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (micro, key)
+            whole = dict(learners[0].model.named_parameters())
+            for name, p in learners[micro].model.named_parameters():
+                assert torch.allclose(p.grad, whole[name].grad, rtol=1e-4, atol=1e-7), (micro, name)
+    if case == "gae":
+        assert one["value_loss"] > 0 and metrics[2]["value_loss"] == pytest.approx(
+            one["value_loss"], rel=1e-5
+        )
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(model_dir):
+    grads = []
+    for flag in ("false", "true"):
+        cfg = load_config(None, ["learner.bf16=false", f"learner.gradient_checkpointing={flag}"])
+        learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        learner.set_lr(0.0)
+        learner.train_step(mixed_batch())
+        grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters()]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8)
