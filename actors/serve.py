@@ -9,6 +9,10 @@ files name (`import_path: actors.serve:build_app`)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
+import re
 import threading
 import time
 import types
@@ -28,6 +32,7 @@ from selfplay.model import model_dir
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_STOP = 4  # OpenAI's limit on stop strings
+MAX_STOP_CHARS = 256  # per stop string
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "n", "stop", "logprobs", "user", "return_token_ids"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"}
@@ -44,11 +49,15 @@ ROLES = ("system", "developer", "user", "assistant")
 
 
 class BadRequest(ValueError):
-    """A request body that cannot be served; `param` names the offending field."""
+    """A request that cannot be served; `param` names the offending field, `status` is the
+    HTTP status it is answered with (400; 413 for a body over the limit; 401 without the
+    API key)."""
 
-    def __init__(self, param: str, message: str):
+    def __init__(self, param: str, message: str, status: int = 400, code: str | None = None):
         super().__init__(f"{param}: {message}")
         self.param = param
+        self.status = status
+        self.code = code
 
     def body(self) -> dict:
         return {
@@ -56,9 +65,27 @@ class BadRequest(ValueError):
                 "message": str(self),
                 "type": "invalid_request_error",
                 "param": self.param,
-                "code": None,
+                "code": self.code,
             }
         }
+
+
+def key_digest(key: str) -> str:
+    """What the server keeps of its API key: the SHA-256 hex digest (the key itself is
+    never in the deployment's arguments, which the cluster stores and shows)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def authorize(header: str | None, digest: str | None) -> None:
+    """Check an `Authorization: Bearer KEY` header against the key's digest (None: the
+    server has no key and answers anyone who can reach it)."""
+    if digest is None:
+        return
+    scheme, _, key = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise BadRequest("authorization", "missing 'Authorization: Bearer <API key>'", 401, "invalid_api_key")
+    if not hmac.compare_digest(key_digest(key.strip()), digest):
+        raise BadRequest("authorization", "invalid API key", 401, "invalid_api_key")
 
 
 @dataclass
@@ -108,6 +135,8 @@ def _stop(body: dict) -> list[str]:
         raise BadRequest("stop", f"expected a non-empty string or a list of them, got {_show(stop)}")
     if len(stops) > MAX_STOP:
         raise BadRequest("stop", f"at most {MAX_STOP} stop strings, got {len(stops)}")
+    if max(len(s) for s in stops) > MAX_STOP_CHARS:
+        raise BadRequest("stop", f"at most {MAX_STOP_CHARS} characters per stop string")
     return stops
 
 
@@ -124,10 +153,12 @@ class ChatModel:
         gen_cfg: GeneratorConfig,
         seed: int = 0,
         max_prompts: int = 64,
+        max_prompt_chars: int = 100_000,
     ):
         self.engine = Engine(model_dir(model_path), model_cfg, gen_cfg, seed)
         self.name = model_name
         self.max_prompts = max_prompts
+        self.max_prompt_chars = max_prompt_chars  # per request, checked before tokenising
         self.tokenizer = self.engine.tokenizer
         self.max_model_len = self.engine.max_model_len
         self.created = int(time.time())
@@ -160,6 +191,7 @@ class ChatModel:
             raise BadRequest("prompt", f"at most {self.max_prompts} prompts per request, got {len(texts)}")
         if not all(texts):
             raise BadRequest("prompt", "empty prompt")
+        self._check_chars("prompt", sum(len(t) for t in texts))
         logprobs = body.get("logprobs")
         if logprobs is not None and (isinstance(logprobs, bool) or logprobs != 0):
             raise BadRequest(
@@ -186,6 +218,7 @@ class ChatModel:
                 raise BadRequest(
                     f"messages[{i}].content", f"expected a string, got {_show(m.get('content'))}"
                 )
+        self._check_chars("messages", sum(len(m["content"]) for m in messages))
         if body.get("top_logprobs") not in (None, 0):
             raise BadRequest("top_logprobs", f"only 0 is supported, got {_show(body['top_logprobs'])}")
         turns = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -246,6 +279,13 @@ class ChatModel:
             raise BadRequest("model", f"unknown model {_show(model)}; this server has {self.name!r}")
         if _number(body, "n", 1, 1, integer=True) != 1:
             raise BadRequest("n", f"only n=1 is supported, got {_show(body['n'])}")
+
+    def _check_chars(self, param: str, chars: int) -> None:
+        if chars > self.max_prompt_chars:
+            raise BadRequest(
+                param,
+                f"{chars} characters of prompt; at most {self.max_prompt_chars} per request (max_prompt_chars)",
+            )
 
     def _fit(self, param: str, ids: list[int]) -> list[int]:
         if len(ids) >= self.max_model_len:
@@ -339,12 +379,22 @@ app = FastAPI(title="selfplay model server")
 
 @app.exception_handler(BadRequest)
 async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
-    return JSONResponse(status_code=400, content=err.body())
+    return JSONResponse(status_code=err.status, content=err.body())
 
 
-async def _json(request) -> object:
+async def read_json(request, limit: int) -> object:
+    """The request's JSON body, refused (413) past `limit` bytes before it is parsed: by
+    its Content-Length, or while a body without one streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest("body", f"{declared} bytes; at most {limit} (max_body_bytes)", 413)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise BadRequest("body", f"over {limit} bytes (max_body_bytes)", 413)
     try:
-        return await request.json()
+        return json.loads(data)
     except ValueError:  # JSONDecodeError and undecodable bytes
         raise BadRequest("body", "not valid JSON") from None
 
@@ -367,21 +417,39 @@ class ModelServer:
         gen_cfg: GeneratorConfig,
         seed: int = 0,
         max_batch_size: int = 64,
+        limits: dict | None = None,
     ):
-        self.model = ChatModel(model_path, model_name, model_cfg, gen_cfg, seed, max_prompts=max_batch_size)
+        """`limits`: max_body_bytes, max_prompt_chars and api_key_sha256 (`ServeConfig`)."""
+        limits = limits or {}
+        self.max_body_bytes = limits.get("max_body_bytes", 4 << 20)
+        self.key = limits.get("api_key_sha256")
+        self.model = ChatModel(
+            model_path,
+            model_name,
+            model_cfg,
+            gen_cfg,
+            seed,
+            max_prompts=max_batch_size,
+            max_prompt_chars=limits.get("max_prompt_chars", 100_000),
+        )
         self._generate.set_max_batch_size(max_batch_size)
 
+    async def _body(self, request: Request) -> object:
+        authorize(request.headers.get("authorization"), self.key)
+        return await read_json(request, self.max_body_bytes)
+
     @app.get("/v1/models")
-    def models(self) -> dict:
+    def models(self, request: Request) -> dict:
+        authorize(request.headers.get("authorization"), self.key)
         return self.model.models()
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> dict:
-        return await self._generate(self.model.parse_completion(await _json(request)))
+        return await self._generate(self.model.parse_completion(await self._body(request)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> dict:
-        return await self._generate(self.model.parse_chat(await _json(request)))
+        return await self._generate(self.model.parse_chat(await self._body(request)))
 
     def stats(self) -> dict:
         """Engine calls, requests, prompts and tokens so far (through a deployment handle)."""
@@ -409,6 +477,11 @@ class ServeConfig:
     num_gpus: float = 0.0  # per replica; one engine per replica, no tensor parallelism
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {generator: 1}
     max_batch_size: int = 64  # prompts per engine call (and per request)
+    max_body_bytes: int = 4 << 20  # a larger request body is refused (413) before it is parsed
+    max_prompt_chars: int = 100_000  # per request, refused (400) before it is tokenised
+    # the SHA-256 of the API key clients send as `Authorization: Bearer KEY` (`key_digest`;
+    # `selfplay serve --api-key-file` computes it); None: no key. Required off loopback
+    api_key_sha256: str | None = None
     seed: int = 0
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU
     gpu_memory_utilization: float = 0.9  # the replica's GPU serves nothing else
@@ -430,12 +503,21 @@ def serve_config(args: dict) -> ServeConfig:
     cfg = build(ServeConfig, {k: read(k, v) for k, v in args.items()})
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: required (an HF model directory or a checkpoint directory)")
-    for name in ("num_replicas", "max_batch_size", "kv_cache_gib", "max_model_len"):
+    for name in (
+        "num_replicas",
+        "max_batch_size",
+        "kv_cache_gib",
+        "max_model_len",
+        "max_body_bytes",
+        "max_prompt_chars",
+    ):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be > 0, got {getattr(cfg, name)!r}")
     for name in ("num_cpus", "num_gpus"):
         if not getattr(cfg, name) >= 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)!r}")
+    if cfg.api_key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", cfg.api_key_sha256):
+        raise ConfigError("api_key_sha256: expected the key's SHA-256 as 64 hex digits, not the key")
     if not 0 < cfg.gpu_memory_utilization <= 1:
         raise ConfigError(f"gpu_memory_utilization: must be in (0, 1], got {cfg.gpu_memory_utilization!r}")
     return cfg
@@ -457,4 +539,16 @@ def build_app(args: dict) -> serve.Application:
         num_replicas=cfg.num_replicas,
         max_ongoing_requests=2 * cfg.max_batch_size,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": cfg.resources},
-    ).bind(cfg.checkpoint, name, model_cfg, gen_cfg, cfg.seed, cfg.max_batch_size)
+    ).bind(
+        cfg.checkpoint,
+        name,
+        model_cfg,
+        gen_cfg,
+        cfg.seed,
+        cfg.max_batch_size,
+        {
+            "max_body_bytes": cfg.max_body_bytes,
+            "max_prompt_chars": cfg.max_prompt_chars,
+            "api_key_sha256": cfg.api_key_sha256,
+        },
+    )

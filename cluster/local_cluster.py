@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from selfplay.files import private_token
 
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # this environment's `ray` and `python`: jobs run `python` from PATH
@@ -104,8 +105,7 @@ def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) 
         raise SystemExit(f"{state_dir}: a cluster is already recorded there; run `down` first")
     token_path = state_dir / "auth_token"
     token_path.unlink(missing_ok=True)
-    with os.fdopen(os.open(token_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as f:
-        f.write(secrets.token_hex(32))
+    private_token(token_path)  # a fresh one, 0600
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     state = {
         "gcs_address": f"{HOST}:{gcs_port}",

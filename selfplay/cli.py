@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from selfplay import jobs
 from selfplay.config import ConfigError, load_config
+from selfplay.procs import Descendants
 
 
 def cmd_run(args) -> int:
@@ -130,12 +133,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def api_key(args) -> str | None:
+    """The serve API key: --api-key-file's first line, else $SELFPLAY_API_KEY, else None;
+    required when the HTTP proxy listens beyond loopback."""
+    key = None
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise SystemExit(f"--api-key-file: {args.api_key_file} is empty")
+    key = key or os.environ.get("SELFPLAY_API_KEY") or None
+    if key is None and args.host not in LOOPBACK:
+        raise SystemExit(
+            f"--host {args.host}: listening beyond loopback needs an API key "
+            "(--api-key-file FILE or $SELFPLAY_API_KEY); clients send it as 'Authorization: Bearer KEY'"
+        )
+    return key
+
+
 def cmd_serve(args) -> int:
     import ray
     from ray import serve
 
-    from actors.serve import build_app
+    from actors.serve import build_app, key_digest
+    from selfplay.files import local_ray_auth
 
+    key = api_key(args)
     app = build_app(
         {
             k: v
@@ -146,18 +175,52 @@ def cmd_serve(args) -> int:
                 "dtype": args.dtype,
                 "num_gpus": args.num_gpus,
                 "num_replicas": args.replicas,
+                "api_key_sha256": key and key_digest(key),
             }.items()
             if v is not None
         }
     )
+    local = not args.address
+    if local:
+        local_ray_auth()
     ray.init(address=args.address)  # a local Ray's dashboard binds 127.0.0.1
-    serve.start(http_options={"host": args.host, "port": args.port})
-    print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    # SIGTERM ends the command as Ctrl-C does (after ray.init, which installs its own
+    # handler); a local Ray this command started goes with it, and with it every process
+    # of Serve's (controller, proxy, replica, the replica's engine core)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = Descendants()
     try:
-        serve.run(app, name="selfplay-model", route_prefix="/", blocking=True)
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="selfplay-model", route_prefix="/", blocking=False)
+        print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+        while True:
+            started.refresh()
+            time.sleep(2)
     except KeyboardInterrupt:
-        serve.delete("selfplay-model")  # on a cluster the app would outlive this command
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        shut_down(started, local, lambda: serve.delete("selfplay-model"), serve.shutdown)
     return 0
+
+
+def shut_down(started, local: bool, leave_cluster, stop_local) -> None:
+    """The end of a command holding Ray: on a cluster, `leave_cluster` (its work must not
+    outlive the command); on a local Ray it started, `stop_local` (graceful: engines close)
+    while that Ray's GCS still runs (a SIGTERM to the process group kills it at once), then
+    ray.shutdown, then whatever it started that still runs is ended."""
+    import ray
+
+    if not local:
+        leave_cluster()
+        ray.shutdown()
+        return
+    started.refresh()
+    if started.alive("gcs_server"):
+        stop_local()
+        ray.shutdown()
+    started.reap()
 
 
 def cmd_league(args) -> int:
@@ -174,8 +237,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout stays parseable (--json)
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfplay", description="Ray-native LLM self-play training")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train (local Ray, or --address to join a cluster)")
@@ -254,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--host", default="127.0.0.1", help="where the HTTP proxy listens")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--address", help="Ray cluster to deploy on (default: a local Ray)")
+    sv.add_argument(
+        "--api-key-file",
+        help="a file holding the API key clients must send as 'Authorization: Bearer KEY' "
+        "(else $SELFPLAY_API_KEY; required with a --host beyond loopback)",
+    )
     sv.set_defaults(fn=cmd_serve)
     lg = sub.add_parser("league", help="print a run's league: members, Elo, games, head-to-head")
     lg.add_argument("run_dir")
@@ -262,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="write report/ (Markdown, HTML, PNG plots) for a run")
     rep.add_argument("run_dir")
     rep.set_defaults(fn=cmd_report)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout stays parseable (--json)
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError, jobs.JobError) as err:

@@ -24,7 +24,7 @@ from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
 from selfplay.evals import acceptance, eval_metrics, eval_summary
-from selfplay.files import fsync_tree, write_atomic
+from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog
@@ -99,6 +99,7 @@ def init_ray(cfg: RunConfig, namespace: str) -> bool:
     if address:
         ray.init(address=address, namespace=namespace)
     else:
+        local_ray_auth()
         ray.init(
             num_cpus=cfg.ray.num_cpus,
             namespace=namespace,

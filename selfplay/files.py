@@ -41,3 +41,37 @@ def fsync_tree(directory: str | Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(root)
+
+
+def private_token(path: str | Path) -> Path:
+    """A secret token file readable by its owner alone (0600): created with a fresh
+    random token if missing (never readable by others, not even for a moment), its mode
+    tightened if it exists wider. Refused if another user owns it."""
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        if path.stat().st_uid != os.getuid():
+            raise PermissionError(
+                f"{path}: owned by another user; a token must be its reader's own"
+            ) from None
+        path.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def local_ray_auth() -> Path | None:
+    """Before a local `ray.init`: the token Ray 2.60 reads ($RAY_AUTH_TOKEN_PATH, else
+    ~/.ray/auth_token) made private to its owner. Ray turns token authentication on for
+    a new local cluster unless $RAY_AUTH_MODE says otherwise, and writes a missing token
+    0644; this writes it 0600 first, or tightens an existing one. (RAY_AUTH_MODE is not set
+    here: Ray reads it when imported, so setting it now would split this process from the
+    cluster it starts.) None when the token comes from $RAY_AUTH_TOKEN."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return private_token(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")

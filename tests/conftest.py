@@ -16,6 +16,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 def ray_session():
     import ray
 
+    from selfplay.files import local_ray_auth
+
+    local_ray_auth()
     # Logical CPUs: the session generator, learner and a driver run's actors coexist;
     # only one engine is busy at a time.
     ray.init(

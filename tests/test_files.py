@@ -43,3 +43,19 @@ def test_fsync_tree_reaches_every_file(tmp_path, monkeypatch):
         str(tmp_path),
         str(tmp_path / "model"),
     } <= set(synced)
+
+
+def test_a_token_is_created_private_and_an_existing_one_is_tightened(tmp_path, monkeypatch):
+    from selfplay.files import local_ray_auth, private_token
+
+    fresh = private_token(tmp_path / "ray" / "auth_token")
+    assert fresh.stat().st_mode & 0o777 == 0o600 and len(fresh.read_text()) == 64
+    assert (tmp_path / "ray").stat().st_mode & 0o777 == 0o700
+    wide = tmp_path / "wide"
+    wide.write_text("kept")
+    wide.chmod(0o644)  # as Ray writes ~/.ray/auth_token
+    assert private_token(wide).read_text() == "kept" and wide.stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert local_ray_auth() == tmp_path / "t"
+    assert (tmp_path / "t").stat().st_mode & 0o777 == 0o600

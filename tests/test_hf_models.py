@@ -5,6 +5,8 @@ reloads it in place with log-probs matching the learner's."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -14,6 +16,7 @@ from learner.learner import Learner, collate, sequence_logprobs
 from selfplay.config import load_config
 from selfplay.league import LEARNER
 from selfplay.model import build_tokenizer
+from selfplay.weights import export_weights
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +76,26 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir, cf
     table = gen.self_play(32)
     # rewards as the verifier would attach them: every turn's return is its outcome here
     table = table.set_column(table.schema.get_field_index("ret"), "ret", table["outcome"])
-    learner.train_step(table)  # the weights move away from the engine's
-    blob, checksum = learner.export()
-    assert gen.set_weights(blob, 1) == checksum
-    rows = [r for r in gen.self_play(16).to_pylist() if r["response_ids"]]
-    batch = collate(rows, pad_id=0)
+    learner.train_step(table)
+
+    def engine_vs_learner() -> float:
+        rows = [r for r in gen.self_play(16).to_pylist() if r["response_ids"]]
+        batch = collate(rows, pad_id=0)
+        with torch.no_grad():
+            logp, _ = sequence_logprobs(learner.model, batch)
+        return mean_abs_diff(logp, batch)
+
+    # the engine first holds other weights (all zero, embeddings tied): it diverges...
+    zero = copy.deepcopy(learner.model)
     with torch.no_grad():
-        logp, _ = sequence_logprobs(learner.model, batch)
-    assert mean_abs_diff(logp, batch) < 0.05
+        for p in zero.parameters():
+            p.zero_()
+    gen.set_weights(export_weights(zero, torch.bfloat16)[0], 1)
+    assert engine_vs_learner() > 0.1  # twice the agreement bound below
+    # ...until it loads the learner's
+    blob, checksum = learner.export()
+    assert gen.set_weights(blob, 2) == checksum
+    assert engine_vs_learner() < 0.05
 
 
 def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir, cfg, gen):
@@ -89,7 +104,7 @@ def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir,
     log-probs of the same tokens differ, so the check can tell the two apart."""
     learner = Learner(cfg.learner, cfg.model, qwen_dir, 0, temperature=0.5)
     blob, checksum = learner.export()
-    assert gen.set_weights(blob, 2) == checksum  # the engine holds the learner's weights
+    assert gen.set_weights(blob, 3) == checksum  # the engine holds the learner's weights
     rows = [
         r
         for r in gen.play([Match("tictactoe", (LEARNER, LEARNER))] * 32, 0.5).to_pylist()

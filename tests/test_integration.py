@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM
 
 from learner.learner import collate, sequence_logprobs
@@ -50,24 +51,67 @@ def test_trajectories_flow_to_the_learner_and_stale_turns_are_dropped(pipeline, 
     assert all(math.isfinite(m["loss"]) for m in steps)
 
 
-def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generator, tmp_path):
+def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generator, tiny_model, tmp_path):
+    """The engine is first given other weights (all zero: every log-prob -log V), so its
+    log-probs diverge from the learner's; after the broadcast they agree, up to bf16."""
     ray, buffer, verifier, learner = pipeline
+    ray.get(learner.save.remote(str(tmp_path)))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+
+    def engine_vs_learner() -> tuple[float, set[int]]:
+        """Mean |engine - learner| log-prob over the tokens of 16 games, and their versions."""
+        rows = [
+            r
+            for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist()
+            if r["response_ids"]
+        ]
+        batch = collate(rows, pad_id=0)
+        with torch.no_grad():
+            logp, _ = sequence_logprobs(model, batch)
+        diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
+        return diff.item(), {r["policy_version"] for r in rows}
+
+    zero = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    version = ray.get(generator.stats.remote())["version"]
+    ray.get(generator.set_weights.remote(export_weights(zero, torch.bfloat16)[0], version + 1))
+    diverged, _ = engine_vs_learner()
+    assert diverged > 0.1, diverged  # twice the agreement bound below
+
     sent = ray.get(learner.broadcast.remote(wait=True))
     assert sent["acks"] == {"generator-0": sent["checksum"]}
     gen = ray.get(generator.stats.remote())
     assert (gen["version"], gen["checksum"]) == (sent["version"], sent["checksum"])
-    # Functional check: the engine's log-probs are the learner model's, up to bf16 rounding.
-    ray.get(learner.save.remote(str(tmp_path)))
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
-    rows = [
-        r for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist() if r["response_ids"]
-    ]
-    assert all(r["policy_version"] == sent["version"] for r in rows)
-    batch = collate(rows, pad_id=0)
-    with torch.no_grad():
-        logp, _ = sequence_logprobs(model, batch)
-    diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
-    assert diff < 0.05
+    agreed, versions = engine_vs_learner()
+    assert versions == {sent["version"]} and agreed < 0.05, agreed
+
+
+def test_a_weight_load_that_leaves_parameters_unwritten_is_refused(ray_session, generator, tiny_model):
+    """vLLM's reload only logs what it skipped: the receiver proves coverage. A fused
+    parameter lacking a shard is refused before the load (the engine keeps its weights);
+    a parameter the sender never named is found unwritten after it."""
+    ray = ray_session
+    state = {
+        k: v.to(torch.bfloat16)
+        for k, v in AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict().items()
+    }
+    before = ray.get(generator.stats.remote())
+    without_k = save_safetensors(
+        {k: v for k, v in state.items() if k != "model.layers.0.self_attn.k_proj.weight"}
+    )
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"lack 1 shards of fused parameters.*k_proj"):
+        ray.get(generator.set_weights.remote(without_k, before["version"] + 1))
+    after = ray.get(generator.stats.remote())
+    assert (after["version"], after["checksum"]) == (before["version"], before["checksum"])
+    without_norm = save_safetensors({k: v for k, v in state.items() if k != "model.norm.weight"})
+    with pytest.raises(
+        ray.exceptions.RayTaskError, match=r"left 1 of \d+ engine parameters unwritten.*model.norm"
+    ):
+        ray.get(generator.set_weights.remote(without_norm, before["version"] + 1))
+    full, checksum = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), torch.bfloat16)
+    assert ray.get(generator.set_weights.remote(full, before["version"] + 1)) == checksum
 
 
 def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model):

@@ -3,6 +3,7 @@ Ray, answered over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import socket
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.serve import build_app, serve_config
+from actors.serve import BadRequest, authorize, build_app, key_digest, serve_config
 from selfplay.config import ConfigError
 
 OBS = "tictactoe X 123456789:"
+KEY = "test-key-7f3a"  # the fixture server's API key
+LIMITS = {"max_body_bytes": 65536, "max_prompt_chars": 2000}
 
 
 def free_port() -> int:
@@ -26,9 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(url: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+def call(url: str, body=None, raw: bytes | None = None, key: str | None = KEY) -> tuple[int, dict]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -48,7 +54,15 @@ def server(ray_session, tiny_model, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     handle = serve.run(
-        build_app({"checkpoint": str(checkpoint), "max_batch_size": 16, "enforce_eager": True}),
+        build_app(
+            {
+                "checkpoint": str(checkpoint),
+                "max_batch_size": 16,
+                "enforce_eager": True,
+                "api_key_sha256": key_digest(KEY),
+                **LIMITS,
+            }
+        ),
         name="selfplay-model",
         route_prefix="/",
     )
@@ -188,6 +202,10 @@ BAD = [  # (path, body, the field the error must name)
     ("completions", {"prompt": OBS, "stream": True}, "stream"),
     ("completions", {"prompt": OBS, "top_k": 5}, "top_k"),
     ("completions", {"prompt": OBS, "stop": [""]}, "stop"),
+    ("completions", {"prompt": OBS, "stop": ["x" * 257]}, "stop"),
+    ("completions", {"prompt": "x" * 2001}, "prompt"),  # max_prompt_chars, before tokenising
+    ("completions", {"prompt": ["x" * 1000, "y" * 1001]}, "prompt"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "x" * 2001}]}, "messages"),
     ("completions", [OBS], "body"),
     ("chat/completions", {"messages": []}, "messages"),
     ("chat/completions", {"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
@@ -207,6 +225,73 @@ def test_bad_requests_get_400_naming_the_field_and_the_replica_keeps_answering(s
     assert (status, answer["error"]["param"]) == (400, "body")
     status, answer = call(f"{url}/v1/completions", {"prompt": OBS, "max_tokens": 1})
     assert status == 200 and len(answer["choices"]) == 1
+
+
+@pytest.mark.integration
+def test_a_server_with_a_key_answers_only_its_bearer(server):
+    url, _, _ = server
+    for key in (None, "wrong"):
+        for path, body in (("models", None), ("completions", {"prompt": OBS, "max_tokens": 1})):
+            status, answer = call(f"{url}/v1/{path}", body, key=key)
+            assert status == 401 and answer["error"]["code"] == "invalid_api_key", (key, path, answer)
+    assert call(f"{url}/v1/models")[0] == 200
+
+
+@pytest.mark.integration
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(server):
+    url, _, _ = server
+    big = json.dumps({"prompt": OBS, "pad": "x" * 70000}).encode()
+    status, answer = call(f"{url}/v1/completions", raw=big)
+    assert (status, answer["error"]["param"]) == (413, "body"), answer
+    # the same body without a Content-Length (chunked): refused while it streams in
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    chunks = (big[i : i + 8192] for i in range(0, len(big), 8192))
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=chunks,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]["param"] == "body"
+    conn.close()
+    assert call(f"{url}/v1/completions", {"prompt": OBS, "max_tokens": 1})[0] == 200
+
+
+def test_the_bearer_check_compares_digests_and_names_what_is_missing():
+    digest = key_digest("s3cret")
+    authorize("Bearer s3cret", digest)
+    authorize("bearer  s3cret ", digest)
+    authorize(None, None)  # no key: anyone
+    for header, message in (
+        (None, "missing"),
+        ("Basic s3cret", "missing"),
+        ("Bearer ", "missing"),
+        ("Bearer s3cre", "invalid"),
+    ):
+        with pytest.raises(BadRequest, match=message) as err:
+            authorize(header, digest)
+        assert err.value.status == 401
+
+
+def test_serve_refuses_a_key_in_place_of_its_digest_and_a_public_host_without_a_key(monkeypatch, tmp_path):
+    from selfplay.cli import api_key, build_parser
+
+    with pytest.raises(ConfigError, match="api_key_sha256: expected the key's SHA-256"):
+        serve_config({"checkpoint": "runs/x", "api_key_sha256": "s3cret"})
+    monkeypatch.delenv("SELFPLAY_API_KEY", raising=False)
+    args = build_parser().parse_args(["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
+    with pytest.raises(SystemExit, match="--host 0.0.0.0: listening beyond loopback needs an API key"):
+        api_key(args)
+    (tmp_path / "key").write_text("s3cret\n")
+    args = build_parser().parse_args(
+        ["serve", "--checkpoint", "x", "--host", "0.0.0.0", "--api-key-file", str(tmp_path / "key")]
+    )
+    assert api_key(args) == "s3cret"
+    monkeypatch.setenv("SELFPLAY_API_KEY", "from-env")
+    assert api_key(build_parser().parse_args(["serve", "--checkpoint", "x"])) == "from-env"
 
 
 def test_serve_args_name_a_bad_field():
