@@ -22,10 +22,13 @@ from selfplay import schema
 from selfplay.builder import group_means
 from selfplay.files import write_atomic
 from selfplay.games import make_game
+from selfplay.league import SKILL_TOKENS
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
 from selfplay.tasks import make_task
 from selfplay.tasks.base import ScoreCache, role_prompts
+
+REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence gives
 
 
 class Verifier:
@@ -34,9 +37,12 @@ class Verifier:
     seen among the last `remember` is rejected as a duplicate (a retried generator call
     must not count a game twice)."""
 
-    def __init__(self, decode, remember: int = 200_000, task=None):
-        """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only."""
+    def __init__(self, decode, remember: int = 200_000, task=None, encode=None):
+        """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only.
+        `encode`: text -> prompt ids as the generators encode prompts; with it, a trained
+        turn's prompt must be its game's observation (after an optional skill prefix)."""
         self.decode = decode
+        self.encode = encode
         self.task = task
         self.score = ScoreCache(task.score) if task is not None else None  # one reply at a time
         self.grouped = hasattr(task, "score_group")  # or a group at a time (solver_checker)
@@ -56,7 +62,11 @@ class Verifier:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), task=task)
+        return cls(
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            task=task,
+            encode=lambda text: tokenizer(text).input_ids,
+        )
 
     def verify(self, table: pa.Table) -> pa.Table:
         """The accepted turns of `table`, with rewards and returns attached."""
@@ -111,7 +121,7 @@ class Verifier:
                 return "moves_after_end"
             if row["role"] != game.current_player:
                 return "wrong_role"
-            if row["trainable"] and (reason := self._check_tokens(row)):
+            if row["trainable"] and (reason := self._check_tokens(row) or self._check_prompt(row, game)):
                 return reason
             legal = game.apply_text(row["response_text"])
             if legal == row["illegal"]:
@@ -130,13 +140,30 @@ class Verifier:
                 r["reward"], r["ret"] = reward, ret
         return None
 
+    def _check_prompt(self, row: dict, game) -> str | None:
+        """The learner trains on `prompt_ids`: they must encode what the game showed this
+        seat at this turn, bare or after a skill prefix (league.SKILL_TOKENS)."""
+        if self.encode is None:
+            return None
+        observation = game.observation(row["role"])
+        prompt = row["prompt_ids"]
+        if prompt == self.encode(observation):
+            return None
+        if any(prompt == self.encode(prefix + observation) for prefix in SKILL_TOKENS.values()):
+            return None
+        return "prompt_mismatch"
+
     def _check_tokens(self, row: dict) -> str | None:
-        """A sampled reply's tokens, log-probs and text agree."""
+        """A sampled reply's tokens, log-probs and text agree. A byte-level tokenizer's
+        reply cut by the token limit inside a multi-byte character decodes here with a
+        trailing U+FFFD, which vLLM's incremental detokenizer never emits (it holds the
+        incomplete bytes back): that tail is not a mismatch."""
         if len(row["response_ids"]) != len(row["behaviour_logprobs"]):
             return "logprob_length"
         if not all(math.isfinite(lp) and lp <= 0 for lp in row["behaviour_logprobs"]):
             return "bad_logprob"
-        if self.decode(row["response_ids"]) != row["response_text"]:
+        text = self.decode(row["response_ids"])
+        if text != row["response_text"] and text.rstrip(REPLACEMENT) != row["response_text"]:
             return "text_mismatch"
         return None
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def cmd_serve(args) -> int:
     from ray import serve
 
     from actors.serve import build_app, key_digest
+    from selfplay.driver import local_ray_lost
     from selfplay.files import local_ray_auth
 
     key = api_key(args)
@@ -189,18 +191,19 @@ def cmd_serve(args) -> int:
     # of Serve's (controller, proxy, replica, the replica's engine core)
     signal.signal(signal.SIGTERM, _interrupt)
     started = Descendants()
+    watching = started.watch(on_lost=local_ray_lost) if local else threading.Event()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="selfplay-model", route_prefix="/", blocking=False)
         print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
         while True:
-            started.refresh()
-            time.sleep(2)
+            time.sleep(60)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watching.set()
         shut_down(started, local, lambda: serve.delete("selfplay-model"), serve.shutdown)
     return 0
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
+from selfplay.procs import Descendants
 from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
 from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
@@ -608,6 +610,8 @@ def train(
     out.print(f"run {run_dir} (library logs: {run_dir / 'run.log'})" if console else f"run {run_dir}")
     owns_ray = init_ray(cfg, namespace=run_dir.name)
     stop_on_sigterm()  # after ray.init, which installs its own handler
+    started = Descendants()  # a local Ray's processes and theirs, ended with the run
+    watching = started.watch(on_lost=local_ray_lost) if owns_ray else None
     r = None
     try:
         r = Run(cfg, run_dir, resume_from, out)
@@ -649,8 +653,25 @@ def train(
         if r is not None:
             r.close()
         if owns_ray:
+            watching.set()
+            started.refresh()
             ray.shutdown()
+            left = started.reap()  # e.g. an engine core orphaned by a SIGTERM to the process group
+            if left:
+                out.print(f"ended {len(left)} processes the local Ray left behind")
         out.close()
+
+
+def local_ray_lost(names: list[str], ended: list[int]) -> None:
+    """The local Ray lost its raylet or GCS (a SIGTERM to the process group, say): what it
+    left is ended, and so is this process (Ray would end it a minute later, unable to
+    finish anything; the last complete checkpoint is what a resume starts from)."""
+    print(
+        f"selfplay: the local Ray's {' and '.join(names)} died; ended {len(ended)} processes it left",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
 
 
 def builder_metrics(buffer: dict, before: dict | None = None) -> dict:

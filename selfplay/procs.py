@@ -7,18 +7,64 @@ is ended."""
 
 from __future__ import annotations
 
+import threading
+
 import psutil
 
 
+def gone(p: psutil.Process) -> bool:
+    """Ended, or a zombie (dead, not yet waited for by its parent)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class Descendants:
-    def __init__(self) -> None:
+    def __init__(self, anchors: tuple[str, ...] = ("gcs_server", "raylet")) -> None:
+        """`anchors`: names of the processes without which the rest is useless (a local
+        Ray's GCS and raylet): once one is seen to die, `watch` ends everything else at
+        once; Ray would end this process a minute later, leaving the orphans."""
         self.seen: dict[int, psutil.Process] = {}
+        self.anchor_names = anchors
+        self.anchors: list[tuple[str, psutil.Process]] = []
 
     def refresh(self) -> None:
         """Remember every current descendant (a `psutil.Process` keeps its creation time,
         so a reused pid is never mistaken for it later)."""
         for p in psutil.Process().children(recursive=True):
-            self.seen.setdefault(p.pid, p)
+            known = self.seen.get(p.pid)
+            if known is None or not known.is_running():  # new, or a reused pid
+                self.seen[p.pid] = p
+                try:
+                    if p.name() in self.anchor_names:
+                        self.anchors.append((p.name(), p))
+                except psutil.NoSuchProcess:
+                    pass
+
+    def watch(self, every_s: float = 2.0, on_lost=None) -> threading.Event:
+        """Refresh every `every_s` in a daemon thread until the returned event is set, or
+        until an anchor dies: then `reap` (a SIGTERM to the process group kills the
+        raylet with the rest, and the engine cores it orphans must not outlive the
+        command) and call `on_lost(names of the anchors lost, pids ended)`."""
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(every_s):
+                try:
+                    self.refresh()
+                except psutil.Error:  # a process vanished mid-walk: the next look sees the rest
+                    pass
+                lost = sorted({name for name, p in self.anchors if gone(p)})
+                if lost and not done.is_set():
+                    ended = self.reap()
+                    if on_lost is not None:
+                        on_lost(lost, ended)
+                    return
+
+        self.refresh()
+        threading.Thread(target=loop, name="descendants", daemon=True).start()
+        return done
 
     def alive(self, name: str | None = None) -> list[psutil.Process]:
         out = []

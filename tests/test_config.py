@@ -298,3 +298,85 @@ def test_an_override_that_is_not_yaml_is_a_one_line_error_naming_the_field(overr
     with pytest.raises(ConfigError, match=r"^learner.lr: cannot read .* as a YAML value") as err:
         load_config(None, [override])
     assert "\n" not in str(err.value)
+
+
+def leaf_fields(cls, prefix: str = "") -> list[str]:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out += leaf_fields(type(default), f"{name}.")
+        else:
+            out.append(name)
+    return out
+
+
+BAD_VALUES = [
+    "[",
+    "{a",
+    "'x",
+    "",
+    "abc",
+    "-1",
+    "-1e400",
+    "1e400",
+    ".nan",
+    "[1, 2]",
+    "{a: 1}",
+    "true",
+    "null",
+    "0",
+]
+
+
+def test_every_field_takes_any_value_or_names_itself_in_one_line():
+    """Fuzz: every leaf of the config tree, set to values of every wrong shape, is loaded
+    or refused with a ConfigError of one line naming the field; nothing else escapes."""
+    fields = leaf_fields(RunConfig)
+    assert len(fields) > 100
+    refused = 0
+    for name in fields:
+        for value in BAD_VALUES:
+            try:
+                load_config(None, [f"{name}={value}"])
+            except ConfigError as err:
+                message = str(err)
+                assert "\n" not in message, (name, value, message)
+                section = name.split(".")[0]
+                assert message.split(":")[0].startswith(section) or name in message, (name, value, message)
+                refused += 1
+    assert refused > len(fields) * len(BAD_VALUES) / 2  # most of these are wrong everywhere
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--set", "learner.lr=["],
+        ["--set", "learner.batch_size=-5"],
+        ["--set", "learner.lr=abc"],
+        ["--set", "no.such=1"],
+        ["--set", "generator.games_per_wave=[1, 2]"],
+        ["--set", "learner.micro_batch_size=-1"],
+        ["--name", "../outside"],
+        ["--name", "a/b"],
+    ],
+)
+def test_the_cli_refuses_bad_input_in_one_line_and_writes_nothing(argv, tmp_path, capsys):
+    from selfplay.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["run", "configs/tictactoe.yaml", "--set", f"out_dir={out}", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selfplay: error: ") and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_resuming_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    from selfplay.cli import main
+
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selfplay: error: ") and "\n" not in err, err

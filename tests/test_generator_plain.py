@@ -11,10 +11,11 @@ import pytest
 
 from actors.generator import FIXED, Generator, Match, WeightMismatch, both_seats
 from actors.verifier import Verifier
+from selfplay import schema
 from selfplay.config import GeneratorConfig
 from selfplay.games.tictactoe import TicTacToe
 from selfplay.league import LEARNER, SELF
-from tests.engines import EngineMaker, RuleEngine, checksum, decode, legal_reply, weights
+from tests.engines import EngineMaker, RuleEngine, checksum, decode, encode, legal_reply, weights
 
 
 def make_generator(games=("tictactoe",), engine=None, maker=None, seed=0, max_live=2, **cfg) -> Generator:
@@ -39,7 +40,7 @@ def by_traj(table) -> dict[str, list[dict]]:
 
 def replays(table) -> bool:
     """Every trajectory of `table` replays by the game's rules to the outcomes it records."""
-    verifier = Verifier(decode)
+    verifier = Verifier(decode, encode=encode)  # prompts checked against the games' observations
     return verifier.verify(table).num_rows == table.num_rows and not verifier.rejected
 
 
@@ -422,3 +423,14 @@ def test_scripted_training_opponents_take_their_share_of_a_wave_in_both_seats():
     assert 140 <= per_opponent[SELF] <= 260
     assert seats["heuristic"] == seats["random"] == {0, 1}
     assert replays(table)
+
+
+def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():
+    rows = make_generator(games=("tictactoe", "kuhn")).self_play(6).to_pylist()
+    victim = next(r for r in rows if r["trainable"] and r["game"] == "kuhn")
+    victim["prompt_ids"] = victim["prompt_ids"][:-1] + [ord("X")]  # a different last character
+    verifier = Verifier(decode, encode=encode)
+    kept = verifier.verify(schema.from_rows(rows))
+    assert dict(verifier.rejected) == {"prompt_mismatch": 1}
+    assert victim["traj_id"] not in set(kept["traj_id"].to_pylist())
+    assert Verifier(decode).verify(schema.from_rows(rows)).num_rows == len(rows)  # unchecked without encode

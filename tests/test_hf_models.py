@@ -115,3 +115,63 @@ def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir,
         at_t, _ = sequence_logprobs(learner.model, batch, learner.temperature)
         at_one, _ = sequence_logprobs(learner.model, batch)
     assert mean_abs_diff(at_t, batch) < 0.05 < mean_abs_diff(at_one, batch)
+
+
+def test_the_engines_continuation_loglikelihood_is_the_learners(qwen_dir, cfg, gen):
+    """`Engine.loglikelihood` (vLLM prompt log-probs, which Kuhn poker's exploitability
+    reads) indexes each continuation token at its own position: the sum matches the HF
+    model's log-probs of the same tokens, and a one-token shift would not."""
+    learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
+    with torch.no_grad():
+        learner.model.lm_head.weight.mul_(8)  # a peaked policy: a shifted index is far off
+    blob, checksum = learner.export()
+    assert gen.set_weights(blob, 4) == checksum
+    tok = build_tokenizer()
+    prompts = [tok(t).input_ids for t in ("kuhn K pb:", "kuhn J :", "tictactoe X 123456789:")]
+    conts = [tok(t, add_special_tokens=False).input_ids for t in ("b", "pp", "5 ok")]
+    engine = gen.engines[LEARNER].loglikelihood(prompts, conts)
+    ids = [p + c for p, c in zip(prompts, conts)]
+    with torch.no_grad():
+        model = learner.model.float().eval()
+        exact, shifted = [], []
+        for seq, p in zip(ids, prompts):
+            logp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+            exact.append(sum(logp[i - 1, seq[i]].item() for i in range(len(p), len(seq))))
+            shifted.append(sum(logp[i, seq[i]].item() for i in range(len(p), len(seq) - 1)))
+    assert all(abs(e - x) < 0.05 * (len(c) + 1) for e, x, c in zip(engine, exact, conts)), (engine, exact)
+    assert any(abs(e - s) > 0.5 for e, s in zip(engine, shifted)), (engine, shifted)
+
+
+def test_kuhn_exploitability_read_from_the_engine_is_the_learners(qwen_dir, cfg, gen):
+    """The whole path Kuhn poker's exploitability takes (the self-play prompt of each of
+    the 12 information states, each reply's tokens, the engine's log-likelihoods, the
+    temperature) gives the policy table the learner's own model gives."""
+    from selfplay.evals import kuhn_policy_table
+    from selfplay.games.kuhn import exploitability
+
+    learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
+    with torch.no_grad():
+        learner.model.lm_head.weight.mul_(8)  # away from uniform: the table has something to show
+    blob, checksum = learner.export()
+    assert gen.set_weights(blob, 5) == checksum
+    engine_table = gen.kuhn_policy()
+
+    def hf_loglikelihood(observations, replies):
+        out = []
+        model = learner.model.float().eval()
+        for o, r in zip(observations, replies):
+            prompt = gen.prompt(o, "intermediate")
+            cont = list(gen.encode(r))[len(gen.encode("")) :]
+            seq = prompt + cont
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+            out.append(sum(logp[i - 1, seq[i]].item() for i in range(len(prompt), len(seq))))
+        return out
+
+    hf = kuhn_policy_table(hf_loglikelihood, gen.cfg.temperature)
+    mine, theirs = engine_table["policy"], hf["policy"]
+    assert len(mine) == len(theirs) == 12
+    assert max(abs(a - b) for k in theirs for a, b in zip(mine[k], theirs[k])) < 0.03
+    assert max(abs(theirs[k][0] - 0.5) for k in theirs) > 0.1  # not the uniform table
+    assert abs(engine_table["illegal_mass"] - hf["illegal_mass"]) < 0.03
+    assert abs(exploitability(mine) - exploitability(theirs)) < 0.02

@@ -54,3 +54,29 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
     start = time.monotonic()
     assert started.reap(grace_s=1) == [stubborn.pid]
     assert started.alive() == [] and 1 <= time.monotonic() - start < 5  # SIGTERM ignored, SIGKILL after 1 s
+
+
+def test_the_anchors_death_ends_the_rest_at_once():
+    """A SIGTERM to the process group kills a local Ray's GCS; Ray ends the command 60 s
+    later, so the watcher reaps the orphans as soon as it sees the anchor gone."""
+    anchor = subprocess.Popen(["sleep", "120"])
+    child = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    grandchild = psutil.Process(int(child.stdout.readline()))
+    started = Descendants(anchors=("sleep",))
+    lost = []
+    watching = started.watch(every_s=0.2, on_lost=lambda names, pids: lost.append((names, pids)))
+    child.kill()  # orphans the grandchild, as the group signal orphans an engine core
+    child.wait()
+    time.sleep(0.5)
+    assert grandchild.is_running()  # the anchor lives: nothing is ended
+    anchor.kill()  # not waited for: a zombie, as the GCS is until Ray's driver reaps it
+    deadline = time.monotonic() + 10
+    while grandchild.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not grandchild.is_running()
+    deadline = time.monotonic() + 5
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lost == [(["sleep"], [grandchild.pid])]
+    watching.set()
+    anchor.wait()
