@@ -33,6 +33,8 @@ from selfplay.model import model_dir
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_STOP = 4  # OpenAI's limit on stop strings
 MAX_STOP_CHARS = 256  # per stop string
+MAX_BODY_BYTES = 4 << 20  # default: a larger request body is refused (413) before it is parsed
+MAX_PROMPT_CHARS = 100_000  # default: per request, refused (400) before it is tokenised
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "n", "stop", "logprobs", "user", "return_token_ids"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"}
@@ -153,7 +155,7 @@ class ChatModel:
         gen_cfg: GeneratorConfig,
         seed: int = 0,
         max_prompts: int = 64,
-        max_prompt_chars: int = 100_000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
     ):
         self.engine = Engine(model_dir(model_path), model_cfg, gen_cfg, seed)
         self.name = model_name
@@ -421,7 +423,7 @@ class ModelServer:
     ):
         """`limits`: max_body_bytes, max_prompt_chars and api_key_sha256 (`ServeConfig`)."""
         limits = limits or {}
-        self.max_body_bytes = limits.get("max_body_bytes", 4 << 20)
+        self.max_body_bytes = limits.get("max_body_bytes", MAX_BODY_BYTES)
         self.key = limits.get("api_key_sha256")
         self.model = ChatModel(
             model_path,
@@ -430,7 +432,7 @@ class ModelServer:
             gen_cfg,
             seed,
             max_prompts=max_batch_size,
-            max_prompt_chars=limits.get("max_prompt_chars", 100_000),
+            max_prompt_chars=limits.get("max_prompt_chars", MAX_PROMPT_CHARS),
         )
         self._generate.set_max_batch_size(max_batch_size)
 
@@ -477,8 +479,8 @@ class ServeConfig:
     num_gpus: float = 0.0  # per replica; one engine per replica, no tensor parallelism
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {generator: 1}
     max_batch_size: int = 64  # prompts per engine call (and per request)
-    max_body_bytes: int = 4 << 20  # a larger request body is refused (413) before it is parsed
-    max_prompt_chars: int = 100_000  # per request, refused (400) before it is tokenised
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     # the SHA-256 of the API key clients send as `Authorization: Bearer KEY` (`key_digest`;
     # `selfplay serve --api-key-file` computes it); None: no key. Required off loopback
     api_key_sha256: str | None = None

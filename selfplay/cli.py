@@ -13,7 +13,7 @@ from pathlib import Path
 
 from selfplay import jobs
 from selfplay.config import ConfigError, load_config
-from selfplay.procs import Descendants
+from selfplay.procs import Descendants, local_ray_lost
 
 
 def cmd_run(args) -> int:
@@ -148,10 +148,10 @@ def api_key(args) -> str | None:
     if args.api_key_file:
         key = Path(args.api_key_file).read_text().strip()
         if not key:
-            raise SystemExit(f"--api-key-file: {args.api_key_file} is empty")
+            raise ConfigError(f"--api-key-file: {args.api_key_file} is empty")
     key = key or os.environ.get("SELFPLAY_API_KEY") or None
     if key is None and args.host not in LOOPBACK:
-        raise SystemExit(
+        raise ConfigError(
             f"--host {args.host}: listening beyond loopback needs an API key "
             "(--api-key-file FILE or $SELFPLAY_API_KEY); clients send it as 'Authorization: Bearer KEY'"
         )
@@ -163,7 +163,6 @@ def cmd_serve(args) -> int:
     from ray import serve
 
     from actors.serve import build_app, key_digest
-    from selfplay.driver import local_ray_lost
     from selfplay.files import local_ray_auth
 
     key = api_key(args)
@@ -183,6 +182,7 @@ def cmd_serve(args) -> int:
         }
     )
     local = not args.address
+    started = Descendants()
     if local:
         local_ray_auth()
     ray.init(address=args.address)  # a local Ray's dashboard binds 127.0.0.1
@@ -190,7 +190,6 @@ def cmd_serve(args) -> int:
     # handler); a local Ray this command started goes with it, and with it every process
     # of Serve's (controller, proxy, replica, the replica's engine core)
     signal.signal(signal.SIGTERM, _interrupt)
-    started = Descendants()
     watching = started.watch(on_lost=local_ray_lost) if local else threading.Event()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -204,26 +203,16 @@ def cmd_serve(args) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         watching.set()
-        shut_down(started, local, lambda: serve.delete("selfplay-model"), serve.shutdown)
+        if local:
+            started.refresh()
+            if started.alive("gcs_server"):  # gracefully (replicas close their engines) while it can
+                serve.shutdown()
+                ray.shutdown()
+            started.reap()  # what a SIGTERM to the process group orphaned
+        else:
+            serve.delete("selfplay-model")  # on a cluster the app would outlive this command
+            ray.shutdown()
     return 0
-
-
-def shut_down(started, local: bool, leave_cluster, stop_local) -> None:
-    """The end of a command holding Ray: on a cluster, `leave_cluster` (its work must not
-    outlive the command); on a local Ray it started, `stop_local` (graceful: engines close)
-    while that Ray's GCS still runs (a SIGTERM to the process group kills it at once), then
-    ray.shutdown, then whatever it started that still runs is ended."""
-    import ray
-
-    if not local:
-        leave_cluster()
-        ray.shutdown()
-        return
-    started.refresh()
-    if started.alive("gcs_server"):
-        stop_local()
-        ray.shutdown()
-    started.reap()
 
 
 def cmd_league(args) -> int:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
 from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
-from selfplay.procs import Descendants
+from selfplay.procs import Descendants, local_ray_lost
 from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
 from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
@@ -608,9 +607,9 @@ def train(
     save_config(cfg, run_dir / "config.yaml")  # on resume: with this invocation's overrides
     out = Console(run_dir / "run.log" if console else None)
     out.print(f"run {run_dir} (library logs: {run_dir / 'run.log'})" if console else f"run {run_dir}")
+    started = Descendants()  # a local Ray's processes and theirs, ended with the run
     owns_ray = init_ray(cfg, namespace=run_dir.name)
     stop_on_sigterm()  # after ray.init, which installs its own handler
-    started = Descendants()  # a local Ray's processes and theirs, ended with the run
     watching = started.watch(on_lost=local_ray_lost) if owns_ray else None
     r = None
     try:
@@ -660,18 +659,6 @@ def train(
             if left:
                 out.print(f"ended {len(left)} processes the local Ray left behind")
         out.close()
-
-
-def local_ray_lost(names: list[str], ended: list[int]) -> None:
-    """The local Ray lost its raylet or GCS (a SIGTERM to the process group, say): what it
-    left is ended, and so is this process (Ray would end it a minute later, unable to
-    finish anything; the last complete checkpoint is what a resume starts from)."""
-    print(
-        f"selfplay: the local Ray's {' and '.join(names)} died; ended {len(ended)} processes it left",
-        file=sys.stderr,
-        flush=True,
-    )
-    os._exit(1)
 
 
 def builder_metrics(buffer: dict, before: dict | None = None) -> dict:

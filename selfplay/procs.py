@@ -7,6 +7,8 @@ is ended."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import psutil
@@ -21,6 +23,8 @@ def gone(p: psutil.Process) -> bool:
 
 
 class Descendants:
+    """The descendants of this process started after it was made."""
+
     def __init__(self, anchors: tuple[str, ...] = ("gcs_server", "raylet")) -> None:
         """`anchors`: names of the processes without which the rest is useless (a local
         Ray's GCS and raylet): once one is seen to die, `watch` ends everything else at
@@ -28,11 +32,15 @@ class Descendants:
         self.seen: dict[int, psutil.Process] = {}
         self.anchor_names = anchors
         self.anchors: list[tuple[str, psutil.Process]] = []
+        # what this process had started before: not this command's (a test session's Ray)
+        self.earlier = {p.pid: p for p in psutil.Process().children(recursive=True)}
 
     def refresh(self) -> None:
         """Remember every current descendant (a `psutil.Process` keeps its creation time,
         so a reused pid is never mistaken for it later)."""
         for p in psutil.Process().children(recursive=True):
+            if p.pid in self.earlier and self.earlier[p.pid].is_running():
+                continue
             known = self.seen.get(p.pid)
             if known is None or not known.is_running():  # new, or a reused pid
                 self.seen[p.pid] = p
@@ -97,3 +105,15 @@ class Descendants:
                 pass
         psutil.wait_procs(stubborn, timeout=grace_s)
         return [p.pid for p in left]
+
+
+def local_ray_lost(names: list[str], ended: list[int]) -> None:
+    """The local Ray lost its raylet or GCS (a SIGTERM to the process group, say): what it
+    left is ended, and so is this process (Ray would end it a minute later, unable to
+    finish anything; the last complete checkpoint is what a resume starts from)."""
+    print(
+        f"selfplay: the local Ray's {' and '.join(names)} died; ended {len(ended)} processes it left",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)

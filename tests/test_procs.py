@@ -22,10 +22,12 @@ time.sleep(120)
 
 
 def test_an_orphaned_grandchild_is_remembered_and_ended():
+    earlier = subprocess.Popen(["sleep", "60"])  # started before: not this command's (a test session's Ray)
+    started = Descendants()
     child = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     grandchild = psutil.Process(int(child.stdout.readline()))
-    started = Descendants()
     started.refresh()
+    assert earlier.pid not in started.seen
     assert {child.pid, grandchild.pid} <= set(started.seen)
     child.kill()  # the parent dies first: the grandchild leaves this process's tree
     child.wait()
@@ -37,9 +39,13 @@ def test_an_orphaned_grandchild_is_remembered_and_ended():
     assert [p.pid for p in started.alive()] == [grandchild.pid]
     assert started.reap(grace_s=5) == [grandchild.pid]
     assert not grandchild.is_running() and started.alive() == []
+    assert earlier.poll() is None  # left alone
+    earlier.kill()
+    earlier.wait()
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
+    started = Descendants()
     stubborn = subprocess.Popen(
         [
             sys.executable,
@@ -49,7 +55,6 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
         stdout=subprocess.PIPE,
     )
     stubborn.stdout.readline()  # its handler is in place
-    started = Descendants()
     started.refresh()
     start = time.monotonic()
     assert started.reap(grace_s=1) == [stubborn.pid]
@@ -59,10 +64,10 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
 def test_the_anchors_death_ends_the_rest_at_once():
     """A SIGTERM to the process group kills a local Ray's GCS; Ray ends the command 60 s
     later, so the watcher reaps the orphans as soon as it sees the anchor gone."""
+    started = Descendants(anchors=("sleep",))
     anchor = subprocess.Popen(["sleep", "120"])
     child = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     grandchild = psutil.Process(int(child.stdout.readline()))
-    started = Descendants(anchors=("sleep",))
     lost = []
     watching = started.watch(every_s=0.2, on_lost=lambda names, pids: lost.append((names, pids)))
     child.kill()  # orphans the grandchild, as the group signal orphans an engine core

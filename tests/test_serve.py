@@ -283,7 +283,7 @@ def test_serve_refuses_a_key_in_place_of_its_digest_and_a_public_host_without_a_
         serve_config({"checkpoint": "runs/x", "api_key_sha256": "s3cret"})
     monkeypatch.delenv("SELFPLAY_API_KEY", raising=False)
     args = build_parser().parse_args(["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
-    with pytest.raises(SystemExit, match="--host 0.0.0.0: listening beyond loopback needs an API key"):
+    with pytest.raises(ConfigError, match="--host 0.0.0.0: listening beyond loopback needs an API key"):
         api_key(args)
     (tmp_path / "key").write_text("s3cret\n")
     args = build_parser().parse_args(
