@@ -1,14 +1,19 @@
 """`make chaos`: a training run under faults, next to an undisturbed run of the same length
-(a benchmark, not a test; about 2 x MINUTES plus engine starts).
+in learner steps (a benchmark, not a test; about 2 x MINUTES plus engine starts).
 
-Faults, on a schedule measured from when the run first trains:
+Faults, on a schedule measured from when the run first trains (`fault_schedule`):
 - a generator's process killed (SIGKILL) every `--kill-every` seconds (60), the
-  generators in turn;
-- a generator's process frozen (SIGSTOP) once, at 150 s: a hang, not a death;
-- the learner's process killed once, at 300 s: the driver fails and is started again
-  with the same --name, which resumes from the last checkpoint;
-- the driver killed (SIGKILL, its whole local cluster with it) once, at 420 s, and
-  resumed the same way.
+  generators in turn (a resumed session's generators are waited for, up to 240 s);
+- a generator's process frozen (SIGSTOP) once, at 2.5 periods (150 s): a hang, not a death;
+- the learner's process killed once, at 5.5 periods (330 s): the driver fails and is
+  started again with the same --name, which resumes from the last checkpoint;
+- the driver killed (SIGKILL, its whole local cluster with it) once, at 7.5 periods
+  (450 s), and resumed the same way.
+
+The undisturbed run comes second and trains exactly as many steps as the run under
+faults reached: faults cost time (restarts, steps redone since a checkpoint), and the
+question is whether they cost anything else. Its final evaluation's 95% interval must
+hold the faulted run's (`acceptance` in chaos.json, per evaluation).
 
 Generator faults must be healed inside the run (a `failed` then a `start` event for that
 generator in scaling.jsonl); learner and driver faults by the resume. Printed and written
@@ -44,6 +49,9 @@ SETTINGS = [  # two generators (a kill leaves one playing), sharing the two core
     "learner.ack_timeout_s=30",
     "checkpoint_every=50",
 ]
+
+
+GENERATOR_WAIT_S = 240  # a resumed session starts Ray, its actors and the engines first
 
 
 def start(config: str, name: str, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:
@@ -110,11 +118,11 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
             raise SystemExit(f"the run ended before it trained; see {out / 'storm.log'}")
         time.sleep(1)
     t0, faults, sessions = time.time(), [], 1
-    schedule = [(t, "kill_generator") for t in range(int(kill_every), int(minutes * 60), int(kill_every))]
-    schedule += [(150, "hang_generator"), (300, "kill_learner"), (420, "kill_driver")]
-    schedule = sorted(f for f in schedule if f[0] < minutes * 60 - 30)
+    schedule = sorted(f for f in fault_schedule(minutes, kill_every) if f[0] < minutes * 60 - 30)
     turn = 0
-    for at, kind in schedule:
+    late = 0.0  # waiting for a resumed session's generators shifts the faults after it
+    for planned, kind in schedule:
+        at = planned + late
         while time.time() - t0 < at and driver.poll() is None:
             time.sleep(0.5)
         if driver.poll() == 0:  # the run finished (its time limit): no more faults
@@ -125,11 +133,13 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
                 time.sleep(0.5)
         fault = {"at_s": round(time.time() - t0, 1), "kind": kind, "time": time.time()}
         if kind in ("kill_generator", "hang_generator"):
-            gens = actor_processes(driver, "GeneratorActor")
-            if not gens:
-                fault["skipped"] = "no generator process"
+            gens = wait_for(lambda d=driver: actor_processes(d, "GeneratorActor"), GENERATOR_WAIT_S)
+            if not gens:  # a resumed session still starting its engines: waited for, then skipped
+                fault["skipped"] = f"no generator process in {GENERATOR_WAIT_S} s"
                 faults.append(fault)
                 continue
+            fault["at_s"] = round(time.time() - t0, 1)
+            late = max(late, fault["at_s"] - planned)
             victim = gens[turn % len(gens)]
             turn += 1
             os.kill(victim.pid, signal.SIGKILL if kind == "kill_generator" else signal.SIGSTOP)
@@ -153,6 +163,31 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
         driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
         driver.wait()
     return {"run_dir": run_dir, "faults": faults, "sessions": sessions, "exit": driver.returncode}
+
+
+def fault_schedule(minutes: float, kill_every: float) -> list[tuple[float, str]]:
+    """A generator killed every `kill_every` s; the hang, the learner's death and the
+    driver's death half-way between two generator kills (2.5, 5.5 and 7.5 periods: 150,
+    330 and 450 s at 60 s), so no two faults land together."""
+    kills = [(k * kill_every, "kill_generator") for k in range(1, int(minutes * 60 / kill_every) + 1)]
+    return sorted(
+        kills
+        + [
+            (2.5 * kill_every, "hang_generator"),
+            (5.5 * kill_every, "kill_learner"),
+            (7.5 * kill_every, "kill_driver"),
+        ]
+    )
+
+
+def wait_for(probe, timeout_s: float, every_s: float = 1.0):
+    """`probe()`'s first truthy answer within `timeout_s`, else its last answer."""
+    deadline = time.time() + timeout_s
+    found = probe()
+    while not found and time.time() < deadline:
+        time.sleep(every_s)
+        found = probe()
+    return found
 
 
 def resume(
@@ -209,6 +244,33 @@ def final_eval(run_dir: Path) -> dict:
     return out
 
 
+def acceptance(report: dict) -> dict:
+    """The issue's goals as {name: {value, target, met}}: nothing duplicated, every fault
+    injected survived, and each final evaluation under faults inside the undisturbed
+    run's 95% interval (same steps)."""
+    b = report["books"]
+    duplicated = b["duplicated_trajectories"] + b["duplicated_turns_in_buffer"]
+    out = {
+        "duplicated": {"value": duplicated, "target": "== 0", "met": duplicated == 0},
+        "faults_survived": {
+            "value": report["faults_survived"],
+            "target": f"== {report['faults_injected']} injected",
+            "met": report["faults_survived"] == report["faults_injected"] > 0,
+        },
+    }
+    faulted, calm = report["final_eval"]["under_faults"], report["final_eval"]["undisturbed"] or {}
+    for key, res in faulted.items():
+        if key == "steps" or key not in calm:
+            continue
+        lo, hi = calm[key]["interval"]
+        out[f"{key}/non_loss_within_undisturbed_ci"] = {
+            "value": res["non_loss"],
+            "target": f"in [{lo:.3f}, {hi:.3f}]",
+            "met": lo <= res["non_loss"] <= hi,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/tictactoe.yaml")
@@ -221,11 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     calm_dir = out / "calm"
-    if not args.skip_calm:
-        calm = start(args.config, "calm", out, args.minutes, args.set)
+    result = storm(args.config, out, args.minutes, args.kill_every, args.set)
+    steps = json.loads((result["run_dir"] / "summary.json").read_text())["steps"]
+    if not args.skip_calm:  # as many steps, however long they take
+        calm = start(args.config, "calm", out, 4 * args.minutes, [*args.set, f"total_steps={steps}"])
         if calm.wait() != 0:
             raise SystemExit(f"the undisturbed run failed; see {out / 'calm.log'}")
-    result = storm(args.config, out, args.minutes, args.kill_every, args.set)
     for f in result["faults"]:
         f["survived"] = survived(f, result["run_dir"])
     from selfplay.config import load_config
@@ -243,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             "undisturbed": final_eval(calm_dir) if (calm_dir / "summary.json").exists() else None,
         },
     }
+    report["acceptance"] = acceptance(report)
     (out / "chaos.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str))
 
