@@ -74,6 +74,7 @@ class GeneratorPool:
         self.healing = threading.Lock()  # one repair at a time
         self.repairs_failed = 0  # replacements that did not start, in a row
         self.repair_after = 0.0  # monotonic time before which no repair is tried (backoff)
+        self.learner_lost: str | None = None  # set when a repair failed because the learner died
         self.checking = threading.Lock()  # one check at a time
 
     # -- pool changes -------------------------------------------------------------------
@@ -289,6 +290,8 @@ class GeneratorPool:
                     failed[name] = reason
         for name, reason in failed.items():
             self._fail(name, reason)
+        if self.learner_lost:  # an evaluation waiting in `generator` would wait in vain
+            raise RuntimeError(self.learner_lost)
         if self.repairs_failed > g.max_restarts:
             raise RuntimeError(
                 f"the pool could not replace its failed generators {self.repairs_failed} times in a row "
@@ -386,6 +389,7 @@ class GeneratorPool:
             except Exception as err:
                 self.repairs_failed += 1
                 self.repair_after = time.monotonic() + min(10.0 * self.repairs_failed, 300.0)
+                self.learner_lost = self._learner_lost()
                 with self.lock:
                     self.events.append(
                         {
@@ -398,6 +402,18 @@ class GeneratorPool:
                 self.healing.release()
 
         threading.Thread(target=run, daemon=True).start()
+
+    def _learner_lost(self) -> str | None:
+        """Why no generator can be replaced any more: the learner every newcomer attaches
+        to is dead (its `progress` is read without its lock, so a busy learner answers)."""
+        t = self.transport
+        try:
+            t.get(t.call(self.learner, "progress"), timeout=30.0)
+        except t.dead as err:
+            return f"the learner died ({type(err).__name__}): no generator can be replaced without it"
+        except TimeoutError:
+            return None
+        return None
 
     def generator(self, name: str, timeout_s: float = 600.0):
         """The live generator `name`, waiting up to timeout_s while a failed one is

@@ -101,8 +101,7 @@ class LearnerActor:
         return self.service.promote(league, member_id, directory)
 
     def progress(self) -> int:
-        """The learner's step, read without the lock (the driver's watchdog)."""
-        return self.service.learner.step
+        return self.service.progress()
 
     def state(self) -> dict:
         return {**self.service.state(), "node_id": ray.get_runtime_context().get_node_id()}

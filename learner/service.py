@@ -192,6 +192,11 @@ class LearnerService:
         if self.targets.get(name) is peer:  # not a replacement that joined under the same name
             self.drop(name, reason)
 
+    def progress(self) -> int:
+        """The learner's step, read without the lock: answers while a step trains (the
+        driver's watchdog, the pool's check that the learner lives)."""
+        return self.learner.step
+
     @locked
     def current_weights(self) -> dict:
         """The weights as they are now, shared once, for evaluations that must measure one

@@ -279,6 +279,41 @@ def test_an_evaluation_waits_for_generator_0_to_be_replaced(model_dir):
     pool.stop_all()
 
 
+class Dying:
+    """A peer that answers as `target` until `dead`, then raises as a killed actor does."""
+
+    def __init__(self, target):
+        self.target = target
+        self.dead = False
+
+    def __getattr__(self, name):
+        method = getattr(self.target, name)
+
+        def call(*args):
+            if self.dead:  # raised by the call, as a dead actor's call raises on get
+                raise PeerDied("learner")
+            return method(*args)
+
+        return call
+
+
+def test_an_evaluation_waiting_for_a_replacement_fails_at_once_when_the_learner_died(model_dir):
+    """No generator can join without the learner: waiting for one (an evaluation on
+    generator-0) ends with the learner's death, not after the wait's timeout."""
+    cluster = Cluster(**{"generator-0": {"die_after": 1}})
+    pool = make_pool(model_dir, cluster)
+    pool.learner = Dying(pool.learner)
+    pool.scale(1)
+    pool.learner.dead = True
+    while not cluster.spawned["generator-0"].dead:
+        time.sleep(0.01)
+    start = time.time()
+    with pytest.raises(RuntimeError, match=r"the learner died \(PeerDied\): no generator can be replaced"):
+        pool.generator("generator-0", timeout_s=60)
+    assert time.time() - start < 10
+    pool.stop_all()
+
+
 def test_a_generator_that_dies_at_the_end_of_training_is_failed_not_awaited(model_dir):
     cluster = Cluster(**{"generator-1": {"hang_after": 1}})
     pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.5"])
