@@ -411,8 +411,8 @@ class GeneratorPool:
             t.get(t.call(self.learner, "progress"), timeout=30.0)
         except t.dead as err:
             return f"the learner died ({type(err).__name__}): no generator can be replaced without it"
-        except TimeoutError:
-            return None
+        except TimeoutError:  # busy or slow, not dead
+            pass
         return None
 
     def generator(self, name: str, timeout_s: float = 600.0):

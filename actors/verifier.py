@@ -146,10 +146,8 @@ class Verifier:
         if self.encode is None:
             return None
         observation = game.observation(row["role"])
-        prompt = row["prompt_ids"]
-        if prompt == self.encode(observation):
-            return None
-        if any(prompt == self.encode(prefix + observation) for prefix in SKILL_TOKENS.values()):
+        prefixes = ("", *SKILL_TOKENS.values())  # bare first: most prompts have no prefix
+        if any(row["prompt_ids"] == self.encode(p + observation) for p in prefixes):
             return None
         return "prompt_mismatch"
 

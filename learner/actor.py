@@ -61,12 +61,10 @@ class LearnerActor:
         return steps
 
     def set_lr(self, lr: float) -> None:
-        with self.service.lock:
-            self.service.learner.set_lr(lr)
+        self.service.set_lr(lr)
 
     def reset_reference(self) -> bool:
-        with self.service.lock:
-            return self.service.learner.reset_reference()
+        return self.service.reset_reference()
 
     def drop(self, name: str, reason: str) -> None:
         self.service.drop(name, reason)

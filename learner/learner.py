@@ -170,10 +170,14 @@ class Learner:
                 ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
         return batch, logp, entropy, values, ref_logp
 
+    @property
+    def _kl_in_reward(self) -> bool:
+        return self.ref is not None and self.cfg.kl_placement == "reward"
+
     def _penalty(self, logp, ref_logp, mask) -> torch.Tensor | None:
         """Each turn's KL penalty, its estimate summed over its tokens, where it goes in the
         reward (kl_placement reward); no gradient through it."""
-        if ref_logp is None or self.cfg.kl_placement != "reward":
+        if not self._kl_in_reward:
             return None
         return (losses.kl_estimate(logp.detach(), ref_logp, self.cfg.kl_estimator) * mask).sum(1)
 
@@ -220,9 +224,7 @@ class Learner:
         rl_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if not s)
         sft_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if s)
         all_tokens = rl_tokens + sft_tokens
-        reads_model = self.value_head is not None or (
-            self.ref is not None and self.cfg.kl_placement == "reward"
-        )
+        reads_model = self.value_head is not None or self._kl_in_reward
         plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
 
         self.opt.zero_grad(set_to_none=True)

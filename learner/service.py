@@ -91,6 +91,14 @@ class LearnerService:
             out.append(m)
         return out
 
+    @locked
+    def set_lr(self, lr: float) -> None:
+        self.learner.set_lr(lr)
+
+    @locked
+    def reset_reference(self) -> bool:
+        return self.learner.reset_reference()
+
     # -- weights --------------------------------------------------------------------------
     @locked
     def add_target(self, name: str, peer) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -190,7 +189,8 @@ def cmd_serve(args) -> int:
     # handler); a local Ray this command started goes with it, and with it every process
     # of Serve's (controller, proxy, replica, the replica's engine core)
     signal.signal(signal.SIGTERM, _interrupt)
-    watching = started.watch(on_lost=local_ray_lost) if local else threading.Event()
+    if local:
+        started.watch(on_lost=local_ray_lost)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="selfplay-model", route_prefix="/", blocking=False)
@@ -202,13 +202,8 @@ def cmd_serve(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        watching.set()
-        if local:
-            started.refresh()
-            if started.alive("gcs_server"):  # gracefully (replicas close their engines) while it can
-                serve.shutdown()
-                ray.shutdown()
-            started.reap()  # what a SIGTERM to the process group orphaned
+        if local:  # replicas close their engines; what a SIGTERM to the group orphaned is ended
+            started.close(lambda: (serve.shutdown(), ray.shutdown()))
         else:
             serve.delete("selfplay-model")  # on a cluster the app would outlive this command
             ray.shutdown()

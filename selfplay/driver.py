@@ -610,7 +610,8 @@ def train(
     started = Descendants()  # a local Ray's processes and theirs, ended with the run
     owns_ray = init_ray(cfg, namespace=run_dir.name)
     stop_on_sigterm()  # after ray.init, which installs its own handler
-    watching = started.watch(on_lost=local_ray_lost) if owns_ray else None
+    if owns_ray:
+        started.watch(on_lost=local_ray_lost)
     r = None
     try:
         r = Run(cfg, run_dir, resume_from, out)
@@ -652,10 +653,7 @@ def train(
         if r is not None:
             r.close()
         if owns_ray:
-            watching.set()
-            started.refresh()
-            ray.shutdown()
-            left = started.reap()  # e.g. an engine core orphaned by a SIGTERM to the process group
+            left = started.close(ray.shutdown)  # e.g. an engine core orphaned by a SIGTERM to the group
             if left:
                 out.print(f"ended {len(left)} processes the local Ray left behind")
         out.close()

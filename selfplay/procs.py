@@ -34,6 +34,7 @@ class Descendants:
         self.anchors: list[tuple[str, psutil.Process]] = []
         # what this process had started before: not this command's (a test session's Ray)
         self.earlier = {p.pid: p for p in psutil.Process().children(recursive=True)}
+        self.done = threading.Event()  # set: `watch` stops
 
     def refresh(self) -> None:
         """Remember every current descendant (a `psutil.Process` keeps its creation time,
@@ -45,17 +46,18 @@ class Descendants:
             if known is None or not known.is_running():  # new, or a reused pid
                 self.seen[p.pid] = p
                 try:
-                    if p.name() in self.anchor_names:
-                        self.anchors.append((p.name(), p))
+                    name = p.name()
                 except psutil.NoSuchProcess:
-                    pass
+                    continue
+                if name in self.anchor_names:
+                    self.anchors.append((name, p))
 
     def watch(self, every_s: float = 2.0, on_lost=None) -> threading.Event:
-        """Refresh every `every_s` in a daemon thread until the returned event is set, or
-        until an anchor dies: then `reap` (a SIGTERM to the process group kills the
-        raylet with the rest, and the engine cores it orphans must not outlive the
+        """Refresh every `every_s` in a daemon thread until `close` (or the returned event
+        is set), or until an anchor dies: then `reap` (a SIGTERM to the process group kills
+        the raylet with the rest, and the engine cores it orphans must not outlive the
         command) and call `on_lost(names of the anchors lost, pids ended)`."""
-        done = threading.Event()
+        done = self.done
 
         def loop() -> None:
             while not done.wait(every_s):
@@ -73,6 +75,16 @@ class Descendants:
         self.refresh()
         threading.Thread(target=loop, name="descendants", daemon=True).start()
         return done
+
+    def close(self, shutdown) -> list[int]:
+        """The command's end: stop watching; `shutdown()` (Ray's own, gracefully: engines
+        close) while the GCS still runs (with it dead, a Ray call would hang until Ray ends
+        this process); then end whatever is left. Returns the pids that had to be ended."""
+        self.done.set()
+        self.refresh()
+        if self.alive("gcs_server"):
+            shutdown()
+        return self.reap()
 
     def alive(self, name: str | None = None) -> list[psutil.Process]:
         out = []

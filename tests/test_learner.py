@@ -160,14 +160,21 @@ def test_the_value_head_learns_the_return_of_each_state(model_dir):
     assert last["explained_variance"] > 0.8
 
 
-def test_gae_learner_saves_and_restores_its_value_head(model_dir, tmp_path):
-    cfg = load_config(None, GAE)
+def trained_and_reloaded(overrides: list[str], model_dir: str, tmp_path, make_batch, steps: int = 3):
+    """A learner trained `steps` steps on `make_batch()` and saved, and a second one
+    built from that checkpoint and loaded, as a resume does."""
+    cfg = load_config(None, overrides)
     a = Learner(cfg.learner, cfg.model, model_dir, seed=0)
-    for _ in range(3):
-        a.train_step(won_and_lost_games())
+    for _ in range(steps):
+        a.train_step(make_batch())
     a.save(tmp_path)
     b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
     b.load(tmp_path)
+    return a, b
+
+
+def test_gae_learner_saves_and_restores_its_value_head(model_dir, tmp_path):
+    a, b = trained_and_reloaded(GAE, model_dir, tmp_path, won_and_lost_games)
     assert same_weights(a.value_head, b.value_head) and b.value_head.weight.abs().sum() > 0  # trained
     assert a.train_step(won_and_lost_games())["value_mean"] == pytest.approx(
         b.train_step(won_and_lost_games())["value_mean"], abs=1e-5
@@ -376,13 +383,9 @@ def test_a_saved_and_loaded_learner_takes_the_same_next_step(model_dir, tmp_path
     """Everything a step reads survives a save and load: weights, AdamW moments and step
     counts, RAE baselines, the value head, the KL reference, counters. The next step of
     the loaded learner is the original's, exactly."""
-    cfg = load_config(None, ACCUMULATION_CASES[case] + ["learner.lr=1e-2"])
-    a = Learner(cfg.learner, cfg.model, model_dir, seed=0)
-    for _ in range(3):
-        a.train_step(mixed_batch())
-    a.save(tmp_path)
-    b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
-    b.load(tmp_path)
+    a, b = trained_and_reloaded(
+        ACCUMULATION_CASES[case] + ["learner.lr=1e-2"], model_dir, tmp_path, mixed_batch
+    )
     assert (b.step, b.version, b.baselines) == (a.step, a.version, a.baselines)
     ma, mb = a.train_step(mixed_batch()), b.train_step(mixed_batch())
     assert same_weights(a.model, b.model) and ma["loss"] == mb["loss"]
