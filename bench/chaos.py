@@ -9,6 +9,9 @@ Faults, on a schedule measured from when the run first trains (`fault_schedule`)
   started again with the same --name, which resumes from the last checkpoint;
 - the driver killed (SIGKILL, its whole local cluster with it) once, at 7.5 periods
   (450 s), and resumed the same way.
+A resumed session's time limit is what is left of MINUTES; it counts from when its
+generators are up (the driver's `time_limit_min` is training time), and the faults after a
+resume shift by the wait for its generators, so every fault lands inside the run.
 
 The undisturbed run comes second and trains exactly as many steps as the run under
 faults reached: faults cost time (restarts, steps redone since a checkpoint), and the

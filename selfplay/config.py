@@ -230,7 +230,7 @@ class RunConfig:
     seed: int = 0
     games: dict[str, float] = field(default_factory=lambda: {"tictactoe": 1.0})  # name -> mix weight
     total_steps: int = 300
-    time_limit_min: float = 0.0  # 0: no limit
+    time_limit_min: float = 0.0  # training minutes, counted once the generators are up; 0: no limit
     log_every: int = 5
     checkpoint_every: int = 50
     # no learner step in this long: the run fails, saying what the buffer, verifier and

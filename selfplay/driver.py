@@ -250,7 +250,6 @@ class Run:
         # verifier's and buffer's counts resume from the same moment)
         self.generated_before = state.get("generated_turns", 0)
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
-        self.start = time.time()
         wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
         self.program = build_program(
             cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
@@ -268,6 +267,9 @@ class Run:
                 )
             )
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
+        # the time limit and the wall clock of the curves count from here: training time, without
+        # the engines' start (which a resumed session pays again)
+        self.start = time.time()
         self.events_logged = 0
         self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put)
         self.evals = EvalQueue(
