@@ -9,9 +9,10 @@ Faults, on a schedule measured from when the run first trains (`fault_schedule`)
   started again with the same --name, which resumes from the last checkpoint;
 - the driver killed (SIGKILL, its whole local cluster with it) once, at 7.5 periods
   (450 s), and resumed the same way.
-A resumed session's time limit is what is left of MINUTES; it counts from when its
-generators are up (the driver's `time_limit_min` is training time), and the faults after a
-resume shift by the wait for its generators, so every fault lands inside the run.
+A resumed session's time limit is the training time left (the driver's `time_limit_min`
+counts from when its generators are up); the time without training, from a session's
+death to the next one's first steps, shifts the faults after it. A fault is planned only
+where the run has HEAL_S left to heal it.
 
 The undisturbed run comes second and trains exactly as many steps as the run under
 faults reached: faults cost time (restarts, steps redone since a checkpoint), and the
@@ -55,6 +56,7 @@ SETTINGS = [  # two generators (a kill leaves one playing), sharing the two core
 
 
 GENERATOR_WAIT_S = 240  # a resumed session starts Ray, its actors and the engines first
+HEAL_S = 60  # a fault needs this long before the run's end to be healed and seen healed
 
 
 def start(config: str, name: str, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:
@@ -121,18 +123,28 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
             raise SystemExit(f"the run ended before it trained; see {out / 'storm.log'}")
         time.sleep(1)
     t0, faults, sessions = time.time(), [], 1
-    schedule = sorted(f for f in fault_schedule(minutes, kill_every) if f[0] < minutes * 60 - 30)
+    late = 0.0  # time without training (a dead session's end, the next one's start): faults shift by it
+
+    def restart(since: float) -> subprocess.Popen:
+        """The run resumed after its session ended at `since`, given the training time left,
+        once it trains again; the time in between shifts the faults after it."""
+        nonlocal late, sessions
+        left_s = minutes * 60 - (since - t0 - late)
+        resumed = start(config, name, out, round(max(left_s, 60) / 60, 2), extra)
+        sessions += 1
+        wait_for(lambda: resumed.poll() is not None or started_since(run_dir, since), GENERATOR_WAIT_S)
+        late += time.time() - since
+        return resumed
+
     turn = 0
-    late = 0.0  # waiting for a resumed session's generators shifts the faults after it
-    for planned, kind in schedule:
-        at = planned + late
-        while time.time() - t0 < at and driver.poll() is None:
+    for planned, kind in planned_faults(minutes, kill_every):
+        while time.time() - t0 < planned + late and driver.poll() is None:
             time.sleep(0.5)
         if driver.poll() == 0:  # the run finished (its time limit): no more faults
             break
         if driver.poll() is not None:  # a fault before ended the session: resume first
-            driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
-            while time.time() - t0 < at:
+            driver = restart(time.time())
+            while time.time() - t0 < planned + late:
                 time.sleep(0.5)
         fault = {"at_s": round(time.time() - t0, 1), "kind": kind, "time": time.time()}
         if kind in ("kill_generator", "hang_generator"):
@@ -142,7 +154,6 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
                 faults.append(fault)
                 continue
             fault["at_s"] = round(time.time() - t0, 1)
-            late = max(late, fault["at_s"] - planned)
             victim = gens[turn % len(gens)]
             turn += 1
             os.kill(victim.pid, signal.SIGKILL if kind == "kill_generator" else signal.SIGSTOP)
@@ -156,16 +167,27 @@ def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list
                 driver.wait(timeout=300)  # the driver fails on its learner's death
                 kill_session(driver)
                 fault["driver_exit"] = driver.returncode
-                driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+                driver = restart(fault["time"])
         else:  # kill_driver
             kill_session(driver)
-            driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+            driver = restart(fault["time"])
         faults.append(fault)
     if driver.wait() != 0:
         kill_session(driver)
-        driver, sessions = resume(config, name, out, minutes, t0, extra), sessions + 1
+        driver = restart(time.time())
         driver.wait()
     return {"run_dir": run_dir, "faults": faults, "sessions": sessions, "exit": driver.returncode}
+
+
+def started_since(run_dir: Path, since: float) -> bool:
+    """Whether a generator started after `since`: a resumed session trains (its pool's
+    start events are logged after its first steps)."""
+    return any(e["event"] == "start" and e["time"] > since for e in events(run_dir))
+
+
+def planned_faults(minutes: float, kill_every: float) -> list[tuple[float, str]]:
+    """The schedule's faults that leave the run at least HEAL_S to heal before its end."""
+    return [f for f in fault_schedule(minutes, kill_every) if f[0] <= minutes * 60 - HEAL_S]
 
 
 def fault_schedule(minutes: float, kill_every: float) -> list[tuple[float, str]]:
@@ -191,14 +213,6 @@ def wait_for(probe, timeout_s: float, every_s: float = 1.0):
         time.sleep(every_s)
         found = probe()
     return found
-
-
-def resume(
-    config: str, name: str, out: Path, minutes: float, t0: float, extra: list[str]
-) -> subprocess.Popen:
-    """The same run again: it resumes from its last checkpoint with the time left."""
-    left = max(minutes - (time.time() - t0) / 60, 1.0)
-    return start(config, name, out, round(left, 2), extra)
 
 
 def survived(fault: dict, run_dir: Path) -> bool:

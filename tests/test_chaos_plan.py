@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.chaos import acceptance, fault_schedule
+from bench.chaos import HEAL_S, acceptance, fault_schedule, planned_faults
 
 
 def test_no_two_faults_land_together_and_each_kind_is_there():
@@ -15,6 +15,13 @@ def test_no_two_faults_land_together_and_each_kind_is_there():
         330: "kill_learner",
         450: "kill_driver",
     }
+
+
+def test_only_faults_the_run_can_still_heal_are_planned():
+    plan = planned_faults(10, 60)
+    assert max(t for t, _ in plan) == 600 - HEAL_S == 540  # the last kill; 600 would land at the end
+    assert [k for _, k in plan].count("kill_generator") == 9
+    assert {"hang_generator", "kill_learner", "kill_driver"} <= {k for _, k in plan}
 
 
 def report(faulted: float, interval: tuple[float, float], survived: int = 8, duplicated: int = 0) -> dict:
