@@ -139,7 +139,11 @@ class ReplayBuffer:
         gone = ~keep
         self.counts[gone_count] += int(gone.sum())
         self.counts[unsampled_count] += int((self.times[gone] == 0).sum())
-        self.table = self.table.filter(pa.array(keep))
+        first = int(keep.argmax()) if keep.any() else len(keep)
+        if keep[first:].all():  # the oldest rows go (FIFO, or stale in insertion order): a slice, no copy
+            self.table = self.table.slice(first)
+        else:
+            self.table = self.table.filter(pa.array(keep))
         self.times = self.times[keep]
 
     def _drop_stale(self) -> None:

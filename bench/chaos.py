@@ -56,7 +56,7 @@ SETTINGS = [  # two generators (a kill leaves one playing), sharing the two core
 
 
 GENERATOR_WAIT_S = 240  # a resumed session starts Ray, its actors and the engines first
-HEAL_S = 60  # a fault needs this long before the run's end to be healed and seen healed
+HEAL_S = 90  # a fault needs this long before the run's end to be healed and seen healed (a replacement engine starts in 30-60 s)
 
 
 def start(config: str, name: str, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:

@@ -5,7 +5,8 @@ runs on a machine that has nothing else. Measures, on a model built locally from
 - device selection: `learner.device: auto` picks the GPU;
 - one training step per memory setting (the whole batch in one pass, micro-batches with
   gradient accumulation, plus gradient checkpointing): seconds, tokens/s, MFU against
-  `--peak-tflops`, peak device memory;
+  `--peak-tflops` (the datasheet) and against the device's bf16 matmul rate measured in
+  the same run, peak device memory;
 - gradient accumulation: the gradient of micro-batches against the one-pass gradient of
   the same batch (fp32, relative L2 error and max |delta|);
 - a checkpoint written on the GPU loads into a learner on the CPU: the same weights,
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bench.suite import matmul_flops
 from learner.learner import Learner, pick_device
 from selfplay import schema
 from selfplay.config import load_config
@@ -62,7 +64,7 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def step_figures(learner: Learner, table, repeats: int) -> dict:
+def step_figures(learner: Learner, table, repeats: int, measured_flops: float) -> dict:
     """A warm-up step, then the median of `repeats` timed ones."""
     device = learner.device
     learner.train_step(table)
@@ -81,6 +83,8 @@ def step_figures(learner: Learner, table, repeats: int) -> dict:
         "step_s": round(step_s, 4),
         "tokens_per_s": round(last["tokens"] / step_s),
         "mfu": round(learner.flops_per_token * last["tokens"] / step_s / (learner.cfg.peak_tflops * 1e12), 4),
+        # against the device's bf16 matmul rate measured in this run
+        "mfu_measured": round(learner.flops_per_token * last["tokens"] / step_s / measured_flops, 4),
         "peak_gib": peak_gib(device) and round(peak_gib(device), 2),
         "micro_batches": last["micro_batches"],
         "loss": round(last["loss"], 5),
@@ -91,7 +95,7 @@ def flat_grad(learner: Learner) -> torch.Tensor:
     return torch.cat([p.grad.flatten().double().cpu() for p in learner.model.parameters()])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -109,7 +113,7 @@ def main() -> None:
     )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
@@ -121,6 +125,8 @@ def main() -> None:
 
     device = pick_device("auto")
     result["picked_device"] = str(device)
+    measured = matmul_flops(str(device), torch.bfloat16, n=8192 if device.type == "cuda" else 1024)
+    result["bf16_matmul_tflops"] = round(measured / 1e12, 3)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         model_dir = str(
@@ -150,7 +156,7 @@ def main() -> None:
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
             try:
-                result["steps"][name] = step_figures(learner, table, args.repeats)
+                result["steps"][name] = step_figures(learner, table, args.repeats, measured)
             except torch.OutOfMemoryError as e:
                 result["steps"][name] = {"error": f"out of memory: {str(e)[:200]}"}
                 learner.opt.zero_grad(set_to_none=True)
@@ -162,7 +168,7 @@ def main() -> None:
 
         if args.no_checks:
             print(json.dumps(result, indent=1))
-            return
+            return result
         # 2. gradient accumulation: the micro-batches' gradient against the one-pass one (fp32)
         learner = learner_for(model_dir, base + ["learner.bf16=false", "learner.grad_clip=1e9"])
         learner.set_lr(0.0)  # the weights stay, so both passes see the same model
@@ -208,6 +214,7 @@ def main() -> None:
         }
         save()
     print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

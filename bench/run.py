@@ -1,9 +1,18 @@
-"""`make bench`: ratios measured side by side in one run (they are not tests).
+"""`make bench`: ratios measured side by side in one run (they are not tests). Each
+benchmark writes bench/results/NAME.json (with the machine's facts) and the run ends by
+writing bench/results/TABLE.md, which README shows; bench/README.md says how each is
+measured.
 
-1. Generator pipeline tokens/s vs raw vllm.LLM.generate on the same model and the same
-   prompt batches (the pipeline's own engine calls, replayed). Goal >= 0.8x.
-2. Async actor-learner (Ray: generator, verifier, buffer, learner) samples/s vs the
-   synchronous loop of selfplay/loop.py with the same classes. Goal >= 1.5x.
+- pipeline: generator pipeline tokens/s vs raw vllm.LLM.generate on the same model and
+  the same prompt batches (the pipeline's own engine calls, replayed). Goal >= 0.8x.
+- async: async actor-learner (Ray: generator, verifier, buffer, learner) turns/s trained
+  vs the synchronous loop of selfplay/loop.py with the same classes. Goal >= 1.5x.
+- learner: learner MFU against the bf16 matmul rate measured in the same run
+  (bench/learner_mfu.py). Goal >= 30% on the 25m preset.
+- buffer: replay buffer insert + sample rows/s vs raw pyarrow (bench/buffer_bench.py).
+  Goal >= 0.5x.
+- broadcast: learner -> 1, 2, 4 engines vs an in-process state_dict copy, per model size
+  (bench/broadcast.py). Goal <= 3x.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import broadcast, buffer_bench, learner_mfu
+from bench.suite import figure, machine, table, write, write_table
 from selfplay.config import load_config
 
 ROUNDS = 5
+BENCHMARKS = ("learner", "buffer", "broadcast", "pipeline", "async")
 
 
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
@@ -62,21 +74,21 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
     return result
 
 
-def sync_loop(cfg, model_path: str, steps: int) -> float:
+def sync_loop(cfg, model_path: str, steps: int) -> tuple[float, float]:
     """selfplay/loop.py's iteration, repeated: generate a wave, verify, train on a batch
-    from it, broadcast. Turns/s trained."""
+    from it, broadcast. Turns/s trained, and the share of the time the learner stepped."""
     from selfplay import loop
 
     parts = loop.build_parts(cfg, model_path)
     loop.iteration(parts, cfg)  # warm-up
     start = time.perf_counter()
-    loop.train(parts, cfg, steps)
-    rate = steps * cfg.learner.batch_size / (time.perf_counter() - start)
+    metrics = loop.train(parts, cfg, steps)
+    elapsed = time.perf_counter() - start
     parts.generator.close()  # left to interpreter exit, the engine's shutdown hangs for minutes
-    return rate
+    return steps * cfg.learner.batch_size / elapsed, sum(m["step_s"] for m in metrics) / elapsed
 
 
-def async_loop(cfg, run_dir: Path, steps: int) -> float:
+def async_loop(cfg, run_dir: Path, steps: int) -> tuple[float, float]:
     import ray
 
     from selfplay.driver import Run, init_ray
@@ -85,19 +97,40 @@ def async_loop(cfg, run_dir: Path, steps: int) -> float:
     run = Run(cfg, run_dir, None)  # its controller has the generators playing
     ray.get(run.learner.train.remote(1))  # warm-up
     start = time.perf_counter()
-    ray.get(run.learner.train.remote(steps))
-    rate = steps * cfg.learner.batch_size / (time.perf_counter() - start)
+    metrics = ray.get(run.learner.train.remote(steps))
+    elapsed = time.perf_counter() - start
     ray.get(run.controller.stop_all.remote())
     run.close()
     ray.shutdown()
-    return rate
+    return steps * cfg.learner.batch_size / elapsed, sum(m["step_s"] for m in metrics) / elapsed
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tictactoe.yaml")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--only", default=",".join(BENCHMARKS), help=f"a subset of {','.join(BENCHMARKS)}")
     args = p.parse_args()
+    only = args.only.split(",")
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"--only: no benchmark {unknown}; choose from {','.join(BENCHMARKS)}")
+    facts = machine()
+    if "learner" in only:
+        learner_mfu.main([])
+    if "buffer" in only:
+        buffer_bench.main([])
+    if "broadcast" in only:
+        broadcast.main([])
+    if "pipeline" in only or "async" in only:
+        engines(args, only, facts)
+    print()
+    print(table())
+    print(f"written: {write_table()}")
+
+
+def engines(args, only: list[str], facts: dict) -> None:
+    """The benchmarks that start vLLM engines (and Ray), on one initial model."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"out_dir={tmp}"])
         # The sync loop trains each batch right after generating it; give both loops the
@@ -108,22 +141,34 @@ def main() -> None:
         from selfplay.driver import initial_model
 
         model_path = initial_model(cfg, Path(tmp))
-        gen = pipeline_vs_raw(cfg, model_path)
-        sync = sync_loop(cfg, model_path, args.steps)
-        run_dir = Path(tmp) / "async"
-        run_dir.mkdir()
-        asyn = async_loop(cfg, run_dir, args.steps)
-    print()
-    print("benchmark                               measured            goal")
-    print(
-        f"generator pipeline vs raw LLM.generate  {gen['ratio']:.2f}x "
-        f"({gen['pipeline_tokens_per_s']:.0f} vs {gen['raw_tokens_per_s']:.0f} tok/s, "
-        f"{gen['engine_calls']} engine calls)  >= 0.8x"
-    )
-    print(
-        f"async actor-learner vs sync loop        {asyn / sync:.2f}x "
-        f"({asyn:.0f} vs {sync:.0f} turns/s trained)  >= 1.5x"
-    )
+        if "pipeline" in only:
+            gen = pipeline_vs_raw(cfg, model_path)
+            note = (
+                f"{gen['pipeline_tokens_per_s']:,.0f} vs {gen['raw_tokens_per_s']:,.0f} tokens/s, "
+                f"{gen['engine_calls']} engine calls"
+            )
+            write(
+                "pipeline",
+                {"pipeline_vs_raw_generate": figure(gen["ratio"], ">= 0.8", note=note)},
+                facts,
+                **gen,
+            )
+        if "async" in only:
+            sync, sync_busy = sync_loop(cfg, model_path, args.steps)
+            run_dir = Path(tmp) / "async"
+            run_dir.mkdir()
+            asyn, async_busy = async_loop(cfg, run_dir, args.steps)
+            note = f"{asyn:,.0f} vs {sync:,.0f} turns/s; learner busy {async_busy:.0%} vs {sync_busy:.0%}"
+            write(
+                "async",
+                {"async_vs_sync_loop": figure(asyn / sync, ">= 1.5", note=note)},
+                facts,
+                steps=args.steps,
+                async_turns_per_s=asyn,
+                sync_turns_per_s=sync,
+                learner_busy={"async": async_busy, "sync": sync_busy},
+                config=args.config,
+            )
 
 
 if __name__ == "__main__":

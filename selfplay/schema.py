@@ -75,10 +75,12 @@ def check(table: pa.Table, source: str = "table") -> pa.Table:
             f"{source}: trajectory schema version {version.decode(errors='replace')}, "
             f"this selfplay reads version {SCHEMA_VERSION}"
         )
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    names = set(table.column_names)
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise SchemaError(f"{source}: missing columns {missing}")
-    return table.select(COLUMNS).cast(SCHEMA)
+    table = table.select(COLUMNS)
+    return table if table.schema.equals(SCHEMA, check_metadata=True) else table.cast(SCHEMA)
 
 
 def to_ipc(table: pa.Table) -> bytes:

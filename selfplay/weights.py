@@ -12,11 +12,12 @@ from safetensors.torch import save as save_safetensors
 
 
 def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """Order-independent digest of named tensors, computed on fp32 values."""
+    """Order-independent digest of named tensors, computed on fp32 values (hashed from the
+    array's own buffer: no second copy of the weights)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(tensors[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        digest.update(tensors[name].detach().to(torch.float32).contiguous().cpu().numpy().data)
     return digest.hexdigest()
 
 

@@ -131,6 +131,19 @@ def test_stale_samples_are_dropped():
     assert buf.learner_version == 5
 
 
+def test_stale_rows_out_of_insertion_order_are_dropped_where_they_sit():
+    """A slow generator's older wave lands after a newer one: the stale rows are not the
+    oldest inserted (no slice can drop them), and every sampled-count stays with its row."""
+    buf = buffer(max_staleness=2)
+    buf.add(turns([4, 5, 1, 6, 2, 3, 7]))
+    buf.sample(7, learner_version=0)  # every row sampled once
+    buf.add(turns([8], prefix="new"))
+    buf.sample(1, learner_version=6)  # floor 4: versions 1, 2, 3 go
+    assert buf.table["policy_version"].to_pylist() == [4, 5, 6, 7, 8]
+    assert buf.times.tolist() == [1, 1, 1, 1, 1]
+    assert buf.counts["dropped_stale"] == 3 and buf.counts["dropped_unsampled"] == 0
+
+
 def test_learner_version_never_goes_back():
     buf = buffer(max_staleness=2)
     buf.add(turns([3, 4, 5]))

@@ -1,0 +1,151 @@
+"""Weight broadcast (`make bench` figure 3): learner -> N generators (N = 1, 2, 4 vLLM-CPU
+engines, each in its own Ray actor) against one in-process `state_dict` copy of the same
+weights, per model size (1m, 25m, and a ~100M-parameter Qwen2-shaped model built here).
+
+What is timed: `LearnerService.broadcast(wait=True)` over Ray, the path a run takes:
+export in the engine's dtype and checksum, one `ray.put`, `set_weights` on every
+generator (each engine loads in place and hashes what it holds), and every
+acknowledgement checked; the median of 5 after a warm-up. Generators are idle (no
+self-play), so nothing else competes for their lock. The baseline copies the learner's
+weights into a second model of the same shape in the engine's dtype (`load_state_dict`
+in one process: the bytes moved, with no transport, load path or check). Engines start
+before either clock.
+
+    .venv/bin/python -m bench.broadcast --sizes 1m,25m,100m --engines 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from bench.suite import RESULTS, figure, machine, write
+from learner.learner import Learner
+from learner.service import LearnerService
+from selfplay.config import load_config
+from selfplay.model import build_tokenizer, create_default_model
+
+GOAL = "<= 3"
+REPEATS = 5
+
+
+def qwen2_100m(out: Path) -> Path:
+    """A ~100M-parameter Qwen2-architecture model (grouped-query attention, tied
+    embeddings, q/k/v biases) with this project's tokenizer, random weights."""
+    tok = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=64 * ((len(tok) + 63) // 64),
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def copy_s(learner: Learner) -> float:
+    """One in-process state_dict copy of the learner's weights, in the engine's dtype."""
+    target = copy.deepcopy(learner.model).to(learner.engine_dtype)
+    source = learner.model.state_dict()
+    times = []
+    for _ in range(REPEATS + 1):
+        t = time.perf_counter()
+        target.load_state_dict(source)
+        times.append(time.perf_counter() - t)
+    return median(times[1:])
+
+
+def broadcast_s(service: LearnerService) -> float:
+    service.broadcast(wait=True)  # warm-up
+    times = []
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        acks = service.broadcast(wait=True)["acks"]
+        times.append(time.perf_counter() - t)
+        if len(acks) != len(service.targets):
+            raise RuntimeError(f"broadcast: {len(acks)} of {len(service.targets)} generators acknowledged")
+    return median(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from actors.generator import GeneratorActor
+    from selfplay.driver import init_ray
+    from selfplay.transport import RayTransport
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1m,25m,100m")
+    p.add_argument("--engines", default="1,2,4")
+    p.add_argument("--results", type=Path, default=None)
+    args = p.parse_args(argv)
+    counts = [int(n) for n in args.engines.split(",")]
+    cfg = load_config(
+        None,
+        [f"ray.num_cpus={max(counts) + 2}", "generator.cpu_bind=nobind", "generator.enforce_eager=true"],
+    )
+    figures, runs = {}, {}
+    init_ray(cfg, namespace="bench-broadcast")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in args.sizes.split(","):
+                if size == "100m":
+                    model_dir = str(qwen2_100m(Path(tmp) / size))
+                else:
+                    model_dir = str(create_default_model(Path(tmp) / size, size, 128))
+                learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+                service = LearnerService(learner, lambda n, v: None, RayTransport())
+                gens = [
+                    GeneratorActor.options(name=f"bench-gen-{i}", num_cpus=1).remote(
+                        f"bench-gen-{i}", "bench", cfg.games, model_dir, cfg.model, cfg.generator, i
+                    )
+                    for i in range(max(counts))
+                ]
+                ray.get([g.stats.remote() for g in gens])  # each engine up
+                weights_mib = len(learner.export()[0]) / 2**20
+                base = copy_s(learner)
+                runs[size] = {
+                    "parameters": sum(p.numel() for p in learner.model.parameters()),
+                    "weights_mib": weights_mib,
+                    "state_dict_copy_s": base,
+                }
+                for n in counts:
+                    for i in range(n):
+                        service.add_target(f"bench-gen-{i}", gens[i])
+                    s = broadcast_s(service)
+                    runs[size][f"broadcast_{n}_s"] = s
+                    figures[f"{size}_to_{n}_engines"] = figure(
+                        s / base, GOAL, note=f"{s * 1e3:.0f} ms vs {base * 1e3:.1f} ms, {weights_mib:.0f} MiB"
+                    )
+                    print(
+                        f"{size} -> {n} engines: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
+                        flush=True,
+                    )
+                for g in gens:
+                    ray.kill(g)
+    finally:
+        ray.shutdown()
+    write("broadcast", figures, machine(), args.results or RESULTS, runs=runs, repeats=REPEATS)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

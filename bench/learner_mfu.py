@@ -1,0 +1,117 @@
+"""Learner MFU (`make bench` figure 2): the plain learner's step FLOP/s against the
+machine's bf16 matmul rate measured in the same run (`suite.matmul_flops`, on the
+learner's threads).
+
+What is timed: `Learner.train_step` on the demo's batch shape (512 TicTacToe turns of a
+23-token prompt and a 1-token move, GAE with its value head, bf16 autocast, AdamW), the
+median of 3 steps after a warm-up; every part of a step is inside (collation, forward,
+backward, optimiser, metrics). Model FLOPs are 6 x non-embedding parameters per token.
+Beside it, the same batch's bare forward + backward + optimiser step on the same model
+(`model_only`), which says how much of the gap is the learner's own work and how much
+the model's shapes at this size.
+
+    .venv/bin/python -m bench.learner_mfu
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.gpu_learner import learner_for, synthetic_batch
+from bench.suite import RESULTS, figure, machine, matmul_flops, write
+from learner.learner import collate
+from selfplay.model import create_default_model
+
+GOAL_PRESET, GOAL = "25m", ">= 0.30"
+
+
+def median_s(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(preset: str, turns: int, prompt: int, response: int, threads: int, tmp: Path) -> dict:
+    model_dir = str(create_default_model(tmp / preset, preset, prompt + response + 8))
+    learner = learner_for(
+        model_dir, [f"learner.threads={threads}", "learner.advantage=gae", "buffer.whole_games=true"]
+    )
+    table = synthetic_batch(turns, prompt, response, 100, seed=0)
+    step_s = median_s(lambda: learner.train_step(table))
+    tokens = turns * (prompt + response)
+    flops = learner.flops_per_token * tokens
+
+    batch = collate(table.to_pylist(), learner.pad_id)
+    model, opt = learner.model, learner.opt
+
+    def bare() -> None:
+        opt.zero_grad(set_to_none=True)
+        with learner._autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits.float().logsumexp(-1).mean().backward()
+        opt.step()
+
+    bare_s = median_s(bare)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "flops_per_step": flops,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "model_only_s": bare_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="1m,3m,25m")
+    p.add_argument("--turns", type=int, default=512)
+    p.add_argument("--prompt", type=int, default=23)
+    p.add_argument("--response", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="0: every core of this process")
+    p.add_argument("--results", type=Path, default=None)
+    args = p.parse_args(argv)
+    facts = machine()
+    threads = args.threads or facts["cores"]
+    peak = matmul_flops("cpu", torch.bfloat16, threads)
+    runs, figures = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets.split(","):
+            r = measure(preset, args.turns, args.prompt, args.response, threads, Path(tmp))
+            r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+            r["model_only_mfu"] = r["flops_per_step"] / r["model_only_s"] / peak
+            runs[preset] = r
+            figures[f"mfu_{preset}"] = figure(
+                r["mfu"],
+                GOAL if preset == GOAL_PRESET else None,
+                note=f"model only {r['model_only_mfu']:.2f}",
+            )
+            print(
+                f"{preset}: step {r['step_s']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.3f} "
+                f"(model only: {r['model_only_s']:.3f} s, {r['model_only_mfu']:.3f})",
+                flush=True,
+            )
+    write(
+        "learner_mfu",
+        figures,
+        facts,
+        args.results or RESULTS,
+        bf16_matmul_flops=peak,
+        threads=threads,
+        batch={"turns": args.turns, "prompt": args.prompt, "response": args.response},
+        runs=runs,
+    )
+    print(f"bf16 matmul on {threads} threads: {peak / 1e9:.0f} GFLOP/s")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
