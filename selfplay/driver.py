@@ -658,6 +658,8 @@ def train(
             left = started.close(ray.shutdown)  # e.g. an engine core orphaned by a SIGTERM to the group
             if left:
                 out.print(f"ended {len(left)} processes the local Ray left behind")
+            if started.removed_segments:  # e.g. a killed engine's message queues
+                out.print(f"removed {len(started.removed_segments)} shared-memory segments left in /dev/shm")
         out.close()
 
 

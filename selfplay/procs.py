@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 
 import psutil
+
+SHM = Path("/dev/shm")
+SEGMENT_PREFIX = "psm_"  # Python's shared_memory names, as vLLM's message queues use them
 
 
 def gone(p: psutil.Process) -> bool:
@@ -34,6 +38,10 @@ class Descendants:
         self.anchors: list[tuple[str, psutil.Process]] = []
         # what this process had started before: not this command's (a test session's Ray)
         self.earlier = {p.pid: p for p in psutil.Process().children(recursive=True)}
+        self.segments_before = segments()
+        self.removed_segments: list[
+            str
+        ] = []  # shared memory left by processes killed before they unlinked it
         self.done = threading.Event()  # set: `watch` stops
 
     def refresh(self) -> None:
@@ -116,7 +124,49 @@ class Descendants:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(stubborn, timeout=grace_s)
+        self.removed_segments += remove_leaked_segments(self.segments_before)
         return [p.pid for p in left]
+
+
+def segments(directory: Path = SHM) -> set[str]:
+    """The shared-memory segments there now (Python's, `psm_*`)."""
+    return {p.name for p in directory.glob(f"{SEGMENT_PREFIX}*")} if directory.is_dir() else set()
+
+
+def held_segments(directory: Path = SHM) -> set[str]:
+    """Names of the files under `directory` that a live process maps or holds open (of
+    the processes this user may read)."""
+    held, prefix = set(), f"{directory}/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    path = line.rstrip("\n").split(maxsplit=5)[-1]
+                    if path.startswith(prefix):
+                        held.add(path[len(prefix) :].removesuffix(" (deleted)"))
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(prefix):
+                    held.add(target[len(prefix) :])
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return held
+
+
+def remove_leaked_segments(before: set[str], directory: Path = SHM) -> list[str]:
+    """Remove the shared-memory segments made since `before` that no live process holds:
+    those a process killed before it could unlink them left behind (a SIGKILLed vLLM
+    engine core leaves its message queues, each up to 250 MB of /dev/shm, i.e. of RAM,
+    for good). Returns their names."""
+    leaked = sorted(segments(directory) - before - held_segments(directory))
+    removed = []
+    for name in leaked:
+        try:
+            (directory / name).unlink()
+            removed.append(name)
+        except OSError:  # gone meanwhile, or another user's
+            pass
+    return removed
 
 
 def local_ray_lost(names: list[str], ended: list[int]) -> None:

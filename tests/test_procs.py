@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from selfplay.procs import Descendants
+from selfplay.procs import Descendants, held_segments, remove_leaked_segments, segments
 
 # a child that starts a grandchild in a session of its own (as Ray and vLLM start theirs),
 # prints its pid and waits
@@ -85,3 +85,39 @@ def test_the_anchors_death_ends_the_rest_at_once():
     assert lost == [(["sleep"], [grandchild.pid])]
     watching.set()
     anchor.wait()
+
+
+# a child that makes a segment (as shared_memory does: open, size, map), says so, and waits
+HOLDER = """
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+os.close(fd)
+print("mapped", flush=True)
+time.sleep(120)
+"""
+
+
+def test_segments_left_by_a_killed_process_are_removed_and_held_ones_kept(tmp_path):
+    old = tmp_path / "psm_old"
+    old.write_bytes(b"x")  # there before: not this command's, even though nobody holds it
+    before = segments(tmp_path)
+    holders = {}
+    for name in ("psm_killed", "psm_alive"):
+        holders[name] = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path / name)], stdout=subprocess.PIPE, text=True
+        )
+        assert holders[name].stdout.readline().strip() == "mapped"
+    try:
+        (tmp_path / "other").write_bytes(b"x")  # not a segment's name
+        assert {"psm_killed", "psm_alive"} <= held_segments(tmp_path)
+        assert remove_leaked_segments(before, tmp_path) == []  # both held
+        holders["psm_killed"].kill()
+        holders["psm_killed"].wait()
+        assert remove_leaked_segments(before, tmp_path) == ["psm_killed"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "psm_alive", "psm_old"]
+    finally:
+        for p in holders.values():
+            p.kill()
+            p.wait()
