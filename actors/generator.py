@@ -778,8 +778,8 @@ class GeneratorActor:
         self.stopped.set()
 
     def close(self) -> None:
-        """Shut its engines down (their processes and shared memory go with them), before
-        the actor is killed: a killed actor leaves its vLLM engine cores behind."""
+        """Stop playing and shut its engines down (their engine-core processes end), before
+        the actor is killed rather than with it."""
         self.stopped.set()
         with self.gen.lock:
             self.gen.close()

@@ -4,9 +4,9 @@ weights, per model size (1m, 25m, and a ~100M-parameter Qwen2-shaped model built
 
 What is timed: `LearnerService.broadcast(wait=True)` over Ray, the path a run takes:
 export in the engine's dtype and checksum, one `ray.put`, `set_weights` on every
-generator (each engine loads in place and hashes what it holds), and every
-acknowledgement checked; the median of 5 after a warm-up. Generators are idle (no
-self-play), so nothing else competes for their lock. The baseline copies the learner's
+generator (each engine loads in place, checks that every parameter was written and
+hashes the tensors it loaded), and every acknowledgement checked; the median of 5 after
+a warm-up. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
 weights into a second model of the same shape in the engine's dtype (`load_state_dict`
 in one process: the bytes moved, with no transport, load path or check). Engines start
 before either clock.
@@ -103,7 +103,7 @@ def idle_generators(cfg, model_dir: str, n: int) -> list:
 
 
 def close_generators(gens: list) -> None:
-    """Engines shut down, then the actors go (a killed actor leaves its engine cores)."""
+    """Each actor's engines shut down, then the actor goes."""
     ray.get([g.close.remote() for g in gens])
     for g in gens:
         ray.kill(g)
