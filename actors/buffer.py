@@ -33,7 +33,7 @@ import ray
 
 from selfplay import schema
 from selfplay.builder import COUNTS as BUILDER_COUNTS
-from selfplay.builder import build
+from selfplay.builder import build, targets_of
 from selfplay.config import BufferConfig, BuilderConfig
 from selfplay.files import write_atomic
 from selfplay.metrics import ray_metric
@@ -112,6 +112,7 @@ class ReplayBuffer:
         self.reserve = schema.empty()  # held back by the variance filter, newest last
         self.sft: pa.Table | None = None  # the supervised stage's labelled set, while it runs
         self.sft_order = np.zeros(0, dtype=np.int64)  # rows of `sft` still to hand out this epoch
+        self.targets: dict[str, tuple[list[int], str]] = {}  # the supervised targets (builder.rows spin)
         self.learner_version = 0
         self.counts = {
             "inserted": 0,
@@ -158,7 +159,7 @@ class ReplayBuffer:
         generators as much, and counting them keeps the learner from waiting on them."""
         table = schema.check(table)
         if self.builder is not None:
-            table, held, built = build(table, self.builder)
+            table, held, built = build(table, self.builder, self.targets)
             for k, v in built.items():
                 self.counts[k] += v
             self.counts["held_since_sample"] += held.num_rows
@@ -219,6 +220,11 @@ class ReplayBuffer:
 
     def end_sft(self) -> None:
         self.sft = None
+
+    def set_targets(self, table: pa.Table) -> None:
+        """The supervised targets of a labelled set (`targets_of`), which spin rows pair with
+        (kept after the supervised stage ends)."""
+        self.targets = targets_of(schema.check(table))
 
     def _sample_sft(self, n: int) -> pa.Table:
         """The next n rows of the labelled set: every row once per epoch, in a fresh order."""
@@ -348,6 +354,9 @@ class BufferActor:
 
     def end_sft(self) -> None:
         self.buffer.end_sft()
+
+    def set_targets(self, blob: bytes) -> None:
+        self.buffer.set_targets(schema.from_ipc(blob))
 
     def save(self, directory: str) -> None:
         self.buffer.save(directory)

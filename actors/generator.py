@@ -150,10 +150,13 @@ class Generator:
         version: int = 0,
         max_live_opponents: int = 2,
         task_cfg: TaskConfig | None = None,
+        prompt_seeds: list[int] | None = None,
     ):
         """`engine` serves the learner's policy; `new_engine(model_path)` makes opponents'
         engines (`add_opponent`, and league slots with None). All share `engine`'s tokenizer.
-        With a `task_cfg` naming a task, waves sample the task's prompts (`task_play`)."""
+        With a `task_cfg` naming a task, waves sample the task's prompts (`task_play`): new
+        train problems, or only those of `prompt_seeds` (task.prompts sft: the supervised
+        stage's problems)."""
         self.id = generator_id
         self.run_id = run_id
         self.cfg = gen_cfg
@@ -175,6 +178,7 @@ class Generator:
         self.task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
         self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
         self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
+        self.prompt_seeds = prompt_seeds or []
         self.held_out: list | None = None  # the task's held-out problems, once an evaluation drew them
         if self.task is not None:
             self.counts["hard_prompts"] = 0  # prompts drawn again from it
@@ -192,6 +196,7 @@ class Generator:
         version: int = 0,
         max_live_opponents: int = 2,
         task_cfg: TaskConfig | None = None,
+        prompt_seeds: list[int] | None = None,
     ) -> Generator:
         """A generator on vLLM engines: the learner's and league slots' on `model_path`,
         `add_opponent`'s on the opponent's directory."""
@@ -210,6 +215,7 @@ class Generator:
             version,
             max_live_opponents,
             task_cfg,
+            prompt_seeds,
         )
 
     @property
@@ -591,6 +597,8 @@ class Generator:
         if self.hard and self.rng.random() < self.task_cfg.hard_fraction:
             self.counts["hard_prompts"] += 1
             return self.rng.choice(self.hard)
+        if self.prompt_seeds:
+            return self.rng.choice(self.prompt_seeds)
         return self.rng.getrandbits(31)
 
     def note_groups(self, groups: list) -> None:
@@ -673,6 +681,7 @@ class GeneratorActor:
         version: int = 0,
         max_live_opponents: int = 2,
         task_cfg: TaskConfig | None = None,
+        prompt_seeds: list[int] | None = None,
     ):
         self.gen = Generator.from_model(
             generator_id,
@@ -685,6 +694,7 @@ class GeneratorActor:
             version,
             max_live_opponents,
             task_cfg,
+            prompt_seeds,
         )
         self.stopped = threading.Event()  # set once by `stop`, even if it comes before `play_loop` starts
         self.wait_s = 0.0  # of play_s: held back by the buffer's rate limit

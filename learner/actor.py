@@ -43,7 +43,11 @@ class LearnerActor:
         tags = {"run": run_id}
         self.gauges = {
             n: ray_metric("gauge", f"learner_{n}", tags)
-            for n in ("step", "loss", "entropy", "weight_version", "staleness_mean")
+            for n in (
+                *("step", "loss", "weight_version"),
+                *("entropy", "staleness_mean"),  # a batch with policy-gradient or sft rows
+                *("reward_margin", "reward_accuracy"),  # a batch with preference pairs
+            )
         }
         self.histograms = {
             n: ray_metric("histogram", f"learner_{n}", tags, boundaries=SECONDS)
@@ -54,7 +58,8 @@ class LearnerActor:
         steps = self.service.train(n_steps)
         for m in steps:
             for name, gauge in self.gauges.items():
-                gauge.set(m[name])
+                if name in m:
+                    gauge.set(m[name])
             self.histograms["step_seconds"].observe(m["step_s"])
             if "broadcast_seconds" in m:
                 self.histograms["broadcast_seconds"].observe(m["broadcast_seconds"])

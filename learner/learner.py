@@ -129,7 +129,7 @@ class Learner:
         self.model.train()
         self.pad_id = self.model.config.pad_token_id or 0
         self.ref = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 or cfg.reference:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if cfg.gradient_checkpointing:  # recompute each layer's activations in backward
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -155,7 +155,8 @@ class Learner:
     def _forward(self, rows: list[dict]):
         """One micro-batch's forward pass: its batch (on the device), the policy's log-probs
         and entropies (with gradient when the caller has it on), V(s) (gae) and the KL
-        reference's log-probs (when there is a reference)."""
+        reference's log-probs (when there is a KL term: a reference kept only for preference
+        pairs is not read here)."""
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         values = ref_logp = None
         with self._autocast():
@@ -165,14 +166,14 @@ class Learner:
                 logp, entropy, values = logprobs_and_values(
                     self.model, self.value_head, batch, self.temperature
                 )
-        if self.ref is not None:
+        if self.ref is not None and self.cfg.kl_coef > 0:
             with torch.no_grad(), self._autocast():
                 ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
         return batch, logp, entropy, values, ref_logp
 
     @property
     def _kl_in_reward(self) -> bool:
-        return self.ref is not None and self.cfg.kl_placement == "reward"
+        return self.ref is not None and self.cfg.kl_coef > 0 and self.cfg.kl_placement == "reward"
 
     def _penalty(self, logp, ref_logp, mask) -> torch.Tensor | None:
         """Each turn's KL penalty, its estimate summed over its tokens, where it goes in the
@@ -212,11 +213,107 @@ class Learner:
     def train_step(self, table: pa.Table) -> dict:
         """One update on the batch's trainable turns, in micro-batches of
         `learner.micro_batch_size` turns whose gradients accumulate: every loss term divides
-        by the batch's count (tokens, rows), so the update is the one-pass update."""
+        by the batch's count (tokens, rows, pairs), so the update is the one-pass update.
+        Rows labelled dpo (preference pairs) train `learner.preference_loss` against the
+        reference; every other row trains policy gradient or NLL (`_policy_backward`)."""
         start = time.perf_counter()
         rows = [r for r in table.to_pylist() if r["trainable"] and r["response_ids"]]
         if not rows:
             raise ValueError("train_step: batch holds no trainable turns")
+        pairs = [r for r in rows if r["label"] == "dpo"]
+        others = [r for r in rows if r["label"] != "dpo"]
+        self.opt.zero_grad(set_to_none=True)
+        metrics: dict = {}
+        if pairs:
+            metrics.update(self._preference_backward(pairs))
+        if others:
+            metrics.update(self._policy_backward(others))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for group in self.opt.param_groups for p in group["params"]], self.cfg.grad_clip
+        )
+        self.opt.step()
+        self.step += 1
+        if self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
+            self.reset_reference()  # the reference follows the policy (a SPIN iteration ends)
+        step_s = time.perf_counter() - start
+        tokens = int(metrics.pop("tokens", 0) + metrics.pop("pair_tokens", 0))
+        texts = [r["response_text"] for r in rows]
+        metrics.update(
+            step=self.step,
+            loss=metrics.get("loss", 0.0) + metrics.get("preference_loss", 0.0),
+            grad_norm=grad_norm.item(),
+            batch_turns=len(rows),
+            batch_illegal=sum(r["illegal"] for r in rows) / len(rows),
+            step_s=step_s,
+            tokens=tokens,
+            # model FLOPs utilisation: useful FLOPs per second against learner.peak_tflops
+            mfu=self.flops_per_token * tokens / step_s / (self.cfg.peak_tflops * 1e12),
+            distinct_1=distinct_n(texts, 1),
+            distinct_2=distinct_n(texts, 2),
+        )
+        return metrics
+
+    def _preference_backward(self, pairs: list[dict]) -> dict:
+        """Accumulate the gradient of the preference loss over `pairs` (rows labelled dpo:
+        `response_ids` chosen, `rejected_ids` rejected), both replies of a micro-batch in one
+        forward pass, the reference's log-probs without gradient; plus chosen_nll_coef times
+        the NLL of the chosen replies (per token). Returns the pairs' metrics."""
+        if self.ref is None:
+            raise ValueError("train_step: rows labelled dpo need a reference; set learner.reference true")
+        missing = [r["traj_id"] for r in pairs if not r["rejected_ids"]]
+        if missing:
+            raise ValueError(
+                f"train_step: {len(missing)} dpo rows have no rejected reply (e.g. {missing[0]})"
+            )
+        size = self.cfg.micro_batch_size or len(pairs)
+        chosen_tokens = sum(len(r["response_ids"]) for r in pairs)
+        sums: dict[str, float] = defaultdict(float)
+        margins = []
+        for i in range(0, len(pairs), size):
+            chunk = pairs[i : i + size]
+            rejected = [
+                {**r, "response_ids": r["rejected_ids"], "behaviour_logprobs": [0.0] * len(r["rejected_ids"])}
+                for r in chunk
+            ]
+            batch = {k: v.to(self.device) for k, v in collate(chunk + rejected, self.pad_id).items()}
+            mask = batch["mask"]
+            with self._autocast():
+                logp, _ = sequence_logprobs(self.model, batch, self.temperature)
+            with torch.no_grad(), self._autocast():
+                ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
+            seq, ref_seq, lengths = (logp * mask).sum(1), (ref_logp * mask).sum(1), mask.sum(1)
+            n = len(chunk)
+            loss, margin = losses.preference_loss(
+                seq[:n],
+                seq[n:],
+                ref_seq[:n],
+                ref_seq[n:],
+                self.cfg.beta,
+                self.cfg.preference_loss,
+                lengths[:n],
+                lengths[n:],
+            )
+            loss = loss.sum() / len(pairs)
+            nll = losses.nll_loss(logp[:n], mask[:n], chosen_tokens)
+            total = loss + self.cfg.chosen_nll_coef * nll if self.cfg.chosen_nll_coef else loss
+            total.backward()
+            margins.append(margin)
+            sums["preference_loss"] += total.item()
+            sums["chosen_nll"] += nll.item()
+            sums["chosen_logratio"] += (seq[:n] - ref_seq[:n]).detach().sum().item() / len(pairs)
+            sums["rejected_logratio"] += (seq[n:] - ref_seq[n:]).detach().sum().item() / len(pairs)
+            sums["pair_tokens"] += int(batch["attention_mask"].sum())
+        margin = torch.cat(margins)
+        return {
+            **sums,
+            "pairs": len(pairs),
+            "reward_margin": margin.mean().item(),
+            "reward_accuracy": (margin > 0).float().mean().item(),  # pairs the implicit reward orders right
+        }
+
+    def _policy_backward(self, rows: list[dict]) -> dict:
+        """Accumulate the gradient of policy gradient (PPO-clipped) and NLL (rows labelled
+        sft) over `rows`, with the KL and value terms where configured. Returns their metrics."""
         size = self.cfg.micro_batch_size or len(rows)
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
         sft = [r["label"] == "sft" for r in rows]
@@ -227,7 +324,6 @@ class Learner:
         reads_model = self.value_head is not None or self._kl_in_reward
         plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
 
-        self.opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         values_seen = []
         offset = 0
@@ -276,13 +372,6 @@ class Learner:
             sums["kl_behaviour"] += log_ratio.sum().item() / max(rl_tokens, 1)
             sums["tokens"] += int(batch["attention_mask"].sum())
             offset += len(chunk)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for group in self.opt.param_groups for p in group["params"]], self.cfg.grad_clip
-        )
-        self.opt.step()
-        self.step += 1
-        if self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
-            self.reset_reference()  # the KL anchor follows the policy
 
         # staleness and advantages of the sampled replies (a labelled sft row has neither)
         sampled = [i for i, s in enumerate(sft) if not s] or list(range(len(rows)))
@@ -290,31 +379,23 @@ class Learner:
             [rows[i]["policy_version"] for i in sampled], dtype=torch.float32
         )  # on the host
         adv = plan[0][sampled]
-        step_s = time.perf_counter() - start
-        tokens = int(sums["tokens"])
         metrics = {
-            "step": self.step,
             "loss": sums["loss"],
             "pg_loss": sums["pg_loss"],
             "kl_behaviour": sums["kl_behaviour"],
             "nll": sums["nll"],
             "sft_rows": len(rows) - rl_rows,
-            "kl_ref": sums["kl_ref"],
             "entropy": sums["entropy"],
             "clip_frac": sums["clip_frac"],
-            "grad_norm": grad_norm.item(),
             "adv_mean": adv.mean().item(),
             "adv_std": adv.std().item() if len(adv) > 1 else 0.0,
             "staleness_mean": (self.version - versions).mean().item(),
             "staleness_max": (self.version - versions).max().item(),
-            "batch_illegal": sum(r["illegal"] for r in rows) / len(rows),
-            "batch_turns": len(rows),
             "micro_batches": len(chunks),
-            "step_s": step_s,
-            "tokens": tokens,
-            # model FLOPs utilisation: useful FLOPs per second against learner.peak_tflops
-            "mfu": self.flops_per_token * tokens / step_s / (self.cfg.peak_tflops * 1e12),
+            "tokens": sums["tokens"],
         }
+        if self.ref is not None and self.cfg.kl_coef > 0:
+            metrics["kl_ref"] = sums["kl_ref"]
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
         if values_seen:
@@ -332,8 +413,6 @@ class Learner:
             for role in roles if len(roles) > 1 else ():  # a task with roles (solver_checker): each's
                 mine = [r["reward"] for r in scored if r["role"] == role]
                 metrics[f"batch_reward/role_{role}"] = sum(mine) / len(mine)
-        texts = [r["response_text"] for r in rows]
-        metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
         metrics.update(opponent_results(rows))
         for game in sorted({r["game"] for r in rows}):
             metrics[f"action_entropy/{game}"] = action_entropy(
@@ -366,9 +445,9 @@ class Learner:
         return gae_advantages(groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda)
 
     def reset_reference(self) -> bool:
-        """Make the current policy the KL reference (a task run's supervised stage ends: the
-        policy it produced is the anchor, as SFT -> RL pipelines use the SFT model). Whether
-        there is a reference (kl_coef > 0)."""
+        """Make the current policy the reference (a task run's supervised stage ends: the
+        policy it produced is the KL anchor, as SFT -> RL pipelines use the SFT model, and
+        SPIN's first iterate). Whether there is a reference (kl_coef > 0 or reference)."""
         if self.ref is None:
             return False
         self.ref.load_state_dict(self.model.state_dict())
@@ -395,7 +474,7 @@ class Learner:
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
         if self.value_head is not None:
             save_file(self.value_head.state_dict(), d / "value_head.safetensors")
-        if self.ref is not None:  # the KL anchor: the initial or supervised policy, not this one
+        if self.ref is not None:  # the KL anchor or SPIN's previous iterate, not this policy
             save_model(self.ref, str(d / REFERENCE))
         state = {
             "step": self.step,
@@ -405,7 +484,7 @@ class Learner:
         write_atomic(d / "learner_state.json", json.dumps(state))
 
     def load(self, directory: str | Path) -> None:
-        """Restore optimiser, RNG, counters, value head and KL reference; the weights come
+        """Restore optimiser, RNG, counters, value head and reference; the weights come
         from `directory`/model, which the learner was constructed from."""
         d = Path(directory)
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
@@ -415,8 +494,9 @@ class Learner:
         if self.ref is not None:
             if not (d / REFERENCE).exists():
                 raise FileNotFoundError(
-                    f"{d}: no {REFERENCE}, the KL reference (learner.kl_coef > 0): a checkpoint saved "
-                    "before references were kept, or without KL; resume it with learner.kl_coef=0"
+                    f"{d}: no {REFERENCE}, the reference (learner.kl_coef > 0 or learner.reference): a "
+                    "checkpoint saved before references were kept, or without one; resume it with "
+                    "learner.kl_coef=0 and learner.reference=false"
                 )
             load_model(self.ref, str(d / REFERENCE), device=str(self.device))
         state = json.loads((d / "learner_state.json").read_text())

@@ -122,3 +122,43 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     logp = logsm.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logsm.exp() * logsm).sum(-1)
     return logp, entropy
+
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+def preference_loss(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float,
+    kind: str = "sigmoid",
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair losses [P] of direct preference optimisation from each reply's summed
+    log-prob under the policy and the reference ([P] each), and the implicit reward margin
+    [P]. With h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)):
+        sigmoid  -log sigmoid(beta * h)                     DPO (Rafailov et al., 2023)
+        hinge    max(0, 1 - beta * h)                       SLiC (Zhao et al., 2023)
+        ipo      (h' - 1 / (2 beta))^2                      IPO (Azar et al., 2023)
+    where IPO's h' uses each reply's log-ratio averaged over its tokens (`chosen_tokens`,
+    `rejected_tokens`: [P] counts), as TRL does (so beta means the same whatever the
+    length). SPIN (Chen et al., 2024) is the sigmoid loss with y_w the supervised target and
+    y_l the previous iterate's own sample. Margin: beta * h, the reward the loss separates."""
+    chosen_ratio = chosen_logp - ref_chosen_logp
+    rejected_ratio = rejected_logp - ref_rejected_logp
+    h = chosen_ratio - rejected_ratio
+    if kind == "sigmoid":
+        loss = -torch.nn.functional.logsigmoid(beta * h)
+    elif kind == "hinge":
+        loss = torch.relu(1 - beta * h)
+    elif kind == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("preference_loss ipo: needs each reply's token count")
+        mean_h = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        loss = (mean_h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown preference loss {kind!r}; expected one of {', '.join(PREFERENCE_LOSSES)}")
+    return loss, (beta * h).detach()

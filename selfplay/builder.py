@@ -9,6 +9,11 @@ Rows (`builder.rows`):
   sft  rejection sampling (RFT, Yuan et al. 2023): the samples whose reward reaches
        `accept_reward`, one per distinct reply of a group (`dedupe`), labelled sft; the
        learner trains NLL on them.
+  spin preference pairs (SPIN, Chen et al. 2024): for each distinct sample whose tokens
+       differ from the problem's supervised target (the "human" reply of the SFT data),
+       a row labelled dpo with the target as its reply (chosen) and the sample as
+       `rejected_ids`; the learner trains the preference loss against its reference (the
+       previous iterate). The targets come from the supervised stage's labelled set.
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
@@ -45,13 +50,15 @@ COUNTS = (
 )
 
 
-def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+def build(
+    table: pa.Table, cfg: BuilderConfig, targets: dict[str, tuple[list[int], str]] | None = None
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     """(admitted rows, held-back rows, counts) of a table of scored turns. Task rows are
     grouped by `group_id` and role; a group must arrive whole (a generator's wave holds every
     sample of its prompts). A task with several roles (solver_checker) has a group per
     role of each problem: each role is judged against its own samples. Held-back rows are
     built as admitted ones would be (label, advantage), so a reserve can admit them as they
-    are."""
+    are. `targets` (spin rows): reference id -> (token ids, text) of its supervised target."""
     counts = dict.fromkeys(COUNTS, 0)
     is_task = pc.is_valid(table["task"])
     games = table.filter(pc.invert(is_task))
@@ -67,7 +74,7 @@ def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict
         counts["accepted"] += sum(accepted)
         counts["groups_all_accepted"] += all(accepted)
         counts["groups_none_accepted"] += not any(accepted)
-        built = group_rows(rows, rewards, accepted, cfg)
+        built = group_rows(rows, rewards, accepted, cfg, targets)
         if cfg.variance_filter and population_std(rewards) <= cfg.min_reward_std:
             counts["groups_held_back"] += 1
             counts["rows_held_back"] += len(built)
@@ -80,9 +87,15 @@ def build(table: pa.Table, cfg: BuilderConfig) -> tuple[pa.Table, pa.Table, dict
 
 
 def group_rows(
-    rows: list[dict], rewards: list[float], accepted: list[bool], cfg: BuilderConfig
+    rows: list[dict],
+    rewards: list[float],
+    accepted: list[bool],
+    cfg: BuilderConfig,
+    targets: dict[str, tuple[list[int], str]] | None = None,
 ) -> list[dict]:
     """The training rows of one group (see the module)."""
+    if cfg.rows == "spin":
+        return spin_pairs(rows, targets)
     if cfg.rows == "rl":
         advantages = group_advantages(rewards, cfg.group_advantage)
         return [{**r, "label": "rl", "advantage": a} for r, a in zip(rows, advantages)]
@@ -95,22 +108,74 @@ def group_rows(
     return out
 
 
-def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> pa.Table:
-    """The supervised stage's labelled set: n distinct train problems of `task` drawn from
-    `seed`, each with its SFT target as the reply (`encode(text, special)`: token ids,
-    with the tokenizer's special tokens (bos) or without; the reply ends with eos), labelled
-    sft; a task with several roles gives each problem a row per role. Behaviour log-probs
-    are zeros: no policy sampled them, and NLL does not read them."""
+def spin_pairs(rows: list[dict], targets: dict[str, tuple[list[int], str]] | None) -> list[dict]:
+    """SPIN's pairs of one group: its problem's target (chosen) over each distinct sample
+    whose tokens differ from it (rejected). A sample equal to the target teaches nothing
+    (the pair's loss has no gradient) and is left out."""
+    reference = rows[0]["reference_id"]
+    if not targets or reference not in targets:
+        raise ValueError(f"builder.rows spin: no supervised target for problem {reference!r}")
+    chosen_ids, chosen_text = targets[reference]
+    out, seen = [], {tuple(chosen_ids)}
+    for r in rows:
+        key = tuple(r["response_ids"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(
+            {
+                **r,
+                "label": "dpo",
+                "advantage": None,
+                "response_ids": list(chosen_ids),
+                "response_text": chosen_text,
+                "behaviour_logprobs": [0.0] * len(chosen_ids),
+                "rejected_ids": r["response_ids"],
+                "rejected_text": r["response_text"],
+            }
+        )
+    return out
+
+
+def targets_of(table: pa.Table) -> dict[str, tuple[list[int], str]]:
+    """reference id -> (reply ids, text) of a labelled set's first role (the supervised
+    targets SPIN pairs samples with)."""
+    return {
+        r["reference_id"]: (r["response_ids"], r["response_text"])
+        for r in table.select(["reference_id", "role", "response_ids", "response_text"]).to_pylist()
+        if r["role"] == 0
+    }
+
+
+def sft_problems(task, n: int, seed: int) -> list:
+    """The supervised stage's problems: n distinct train problems of `task` drawn from
+    `seed`, as (problem seed, Problem); also the prompts of task.prompts sft."""
     rng = random.Random(seed)
-    rows, seen = [], set()
+    out, seen = [], set()
     for _ in range(50 * n):  # a small problem space runs out: say so rather than loop
         if len(seen) == n:
             break
         problem_seed = rng.getrandbits(31)
         problem = task.problem(problem_seed)
-        if problem.id in seen:
-            continue
-        seen.add(problem.id)
+        if problem.id not in seen:
+            seen.add(problem.id)
+            out.append((problem_seed, problem))
+    if len(seen) < n:
+        raise ValueError(
+            f"sft.examples: {task.name} gave only {len(seen)} distinct train problems, asked {n}"
+        )
+    return out
+
+
+def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> pa.Table:
+    """The supervised stage's labelled set: the `sft_problems`, each with its SFT target as
+    the reply (`encode(text, special)`: token ids, with the tokenizer's special tokens
+    (bos) or without; the reply ends with eos), labelled sft; a task with several roles
+    gives each problem a row per role (a checker's target drawn from `seed`). Behaviour
+    log-probs are zeros: no policy sampled them, and NLL does not read them."""
+    rng = random.Random(seed)
+    rows = []
+    for problem_seed, problem in sft_problems(task, n, seed):
         targets = role_targets(task, problem, rng)
         for role, (prompt, target) in enumerate(zip(role_prompts(task, problem), targets)):
             reply = encode(target, False) + [eos_id]
@@ -144,10 +209,6 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
                     "label": "sft",
                 }
             )
-    if len(seen) < n:
-        raise ValueError(
-            f"sft.examples: {task.name} gave only {len(seen)} distinct train problems, asked {n}"
-        )
     return schema.from_rows(rows)
 
 

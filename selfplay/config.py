@@ -30,7 +30,9 @@ KlEstimator = Literal["k1", "k2", "k3"]
 BufferSampling = Literal["least_sampled", "uniform"]
 Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
 GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
-BuilderRows = Literal["rl", "sft"]  # selfplay/builder.py
+BuilderRows = Literal["rl", "sft", "spin"]  # selfplay/builder.py
+PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:preference_loss
+TaskPrompts = Literal["train", "sft"]
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -128,6 +130,14 @@ class LearnerConfig:
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
     ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
+    # A frozen reference model without a KL term (preference pairs train against one; kl_coef
+    # > 0 keeps one anyway). Set for builder.rows spin
+    reference: bool = False
+    # Rows labelled dpo (preference pairs): learner/losses.py:preference_loss, its beta, and
+    # an NLL term on the chosen reply with this weight (RPO, Pang et al. 2024; 0: none)
+    preference_loss: PreferenceLoss = "sigmoid"
+    beta: float = 0.1
+    chosen_nll_coef: float = 0.0
     bf16: bool = True
     # the learner device's dense bf16 peak, for MFU: ~0.9 on this repo's 2-core AMX CPU
     # (measured), 989 on an H100/H200
@@ -148,7 +158,7 @@ class TaskConfig:
     prompts_per_wave train problems, samples each samples_per_prompt times (a group), and
     the verifier scores every reply."""
 
-    name: str | None = None  # arithmetic | codegen | solver_checker; None: the run plays `games`
+    name: str | None = None  # arithmetic | codegen | solver_checker | words; None: the run plays `games`
     params: dict[str, Any] = field(default_factory=dict)  # the task's own, e.g. {digits: 3, terms: 3}
     samples_per_prompt: int = 8  # k: a prompt's samples are each other's baseline
     prompts_per_wave: int = 32
@@ -160,13 +170,18 @@ class TaskConfig:
     hard_fraction: float = 0.0
     hard_below: float = 0.5
     hard_pool: int = 1024
+    # train: waves draw any train problem; sft: only the supervised stage's sft.examples
+    # problems (SPIN's setting: the model plays against its own replies to the SFT data)
+    prompts: TaskPrompts = "train"
 
 
 @dataclass
 class BuilderConfig:
     """How the buffer turns scored groups into training rows (selfplay/builder.py)."""
 
-    rows: BuilderRows = "rl"  # rl: group-relative advantages; sft: verified samples (rejection sampling)
+    # rl: group-relative advantages; sft: verified samples (rejection sampling); spin: preference
+    # pairs, the supervised target over each distinct sample that differs from it (SPIN)
+    rows: BuilderRows = "rl"
     group_advantage: GroupAdvantage = "grpo"
     # admit a group only if its rewards differ (std > min_reward_std): a group that agrees teaches
     # nothing. Held-back groups wait in a reserve; once fill_after rows were held back since the
@@ -265,6 +280,7 @@ POSITIVE = {
     "generator.kv_cache_gib",
     "generator.hang_timeout_s",
     "buffer.capacity",
+    "learner.beta",
     "buffer.samples_per_insert",
     "buffer.min_size",
     "learner.lr",
@@ -300,6 +316,7 @@ NON_NEGATIVE = {
     "learner.micro_batch_size",
     "learner.clip_eps",
     "learner.kl_coef",
+    "learner.chosen_nll_coef",
     "learner.grad_clip",
     "learner.weight_decay",
     "learner.entropy_coef",
@@ -480,6 +497,16 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             "task: a task run has no league or scripted opponents (league.enabled, generator.opponents)"
         )
+    if cfg.builder.rows == "spin":
+        if not cfg.learner.reference:
+            raise ConfigError(
+                "learner.reference: builder.rows spin trains pairs against a reference; set it true"
+            )
+        if cfg.task.prompts != "sft" or not cfg.sft.steps:
+            raise ConfigError(
+                "task.prompts: builder.rows spin pairs samples with the supervised targets; "
+                "set task.prompts sft and sft.steps > 0"
+            )
     if cfg.learner.advantage != "group":
         raise ConfigError(
             f"learner.advantage: a task run trains on the builder's group advantages; set group, "

@@ -260,12 +260,12 @@ class Run:
         self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
         # the stage's learning rate (the config's, also over a resumed optimiser's)
         ray.get(self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr))
-        if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
-            ray.get(
-                self.program.buffer.start_sft.remote(
-                    schema.to_ipc(labelled_set(cfg, model_path, self.run_id))
-                )
-            )
+        if self.in_sft or cfg.builder.rows == "spin":
+            labelled = schema.to_ipc(labelled_set(cfg, model_path, self.run_id))
+            if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
+                ray.get(self.program.buffer.set_targets.remote(labelled))
+            if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
+                ray.get(self.program.buffer.start_sft.remote(labelled))
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         # the time limit and the wall clock of the curves count from here: training time, without
         # the engines' start (which a resumed session pays again)
@@ -496,7 +496,7 @@ class Run:
         stages are measured against, summary `after_sft`) and the generators start."""
         self.in_sft = False
         ray.get(self.learner.set_lr.remote(self.cfg.learner.lr))
-        ray.get(self.learner.reset_reference.remote())  # the KL anchor (kl_coef > 0): this policy
+        ray.get(self.learner.reset_reference.remote())  # the KL anchor or SPIN's first iterate
         after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
         write_atomic(self.run_dir / AFTER_SFT, json.dumps(after, indent=2))
         ray.get(self.program.buffer.end_sft.remote())
@@ -507,6 +507,8 @@ class Run:
         shown = {"illegal": round(learner_metrics["batch_illegal"], 3)}
         if self.cfg.task.name:
             shown = {"nll": round(learner_metrics["nll"], 3)} if self.in_sft else {}
+            if "reward_margin" in learner_metrics and not self.in_sft:  # preference pairs
+                shown["margin"] = round(learner_metrics["reward_margin"], 3)
             value = self.metrics.last(f"eval/{self.cfg.task.name}/held_out/accuracy")
             if value is not None:
                 shown["accuracy"] = round(value, 3)

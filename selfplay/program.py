@@ -25,6 +25,7 @@ from actors.league import STATE_FILE as LEAGUE_STATE
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
+from selfplay.builder import sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
 
@@ -104,9 +105,30 @@ def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, see
         )
     seed = cfg.seed + 1000 * (index + 1) + seed_extra
     handle = GeneratorActor.options(**options).remote(
-        name, run_id, cfg.games, model_path, cfg.model, g, seed, 0, cfg.league.max_live_opponents, cfg.task
+        name,
+        run_id,
+        cfg.games,
+        model_path,
+        cfg.model,
+        g,
+        seed,
+        0,
+        cfg.league.max_live_opponents,
+        cfg.task,
+        prompt_seeds(cfg),
     )
     return handle, group
+
+
+def prompt_seeds(cfg: RunConfig) -> list[int] | None:
+    """The problem seeds a task run's waves draw from: the supervised stage's with
+    task.prompts sft, else None (any train problem)."""
+    if not cfg.task.name or cfg.task.prompts != "sft":
+        return None
+    from selfplay.tasks import make_task
+
+    task = make_task(cfg.task.name, **cfg.task.params)
+    return [seed for seed, _ in sft_problems(task, cfg.sft.examples, cfg.seed)]
 
 
 def discard_generator(name: str, handle, group) -> None:

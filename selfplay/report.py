@@ -199,6 +199,13 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
                     "value_loss",
                     "explained_variance",
                 )
+            ]
+            # preference pairs (builder.rows spin): the loss, the implicit reward's margin
+            # and how often it orders a pair right, each reply's log-ratio to the reference
+            + [
+                Panel("preference_loss", ["preference_loss"]),
+                Panel("implicit reward", ["reward_margin", "reward_accuracy"]),
+                Panel("log-ratio to the reference", ["chosen_logratio", "rejected_logratio"]),
             ],
         ),
     ]

@@ -5,7 +5,10 @@ Parquet on disk.
 Version 2 added the task columns: `task`, `group_id` (the k samples of one prompt),
 `reference_id` (the problem), `scores` (the scorer's parts, kept apart), `label` (what a
 row trains: rl or sft) and `advantage` (set by the buffer's builder where the group
-decides it). A version-1 file is refused with its version named."""
+decides it). Version 3 added preference pairs: a row labelled dpo trains its reply
+(`response_ids`, the chosen one) against `rejected_ids` (`rejected_text`) on the same
+prompt. A version-2 table reads as version 3 with those columns null; a version-1 file is
+refused with its version named."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2
-LABELS = ("rl", "sft")  # rl: policy gradient on `advantage` (or the learner's own); sft: NLL
+SCHEMA_VERSION = 3
+UPGRADES = {b"2"}  # earlier versions read with the newer columns null
+# rl: policy gradient on `advantage` (or the learner's own); sft: NLL; dpo: a preference pair
+LABELS = ("rl", "sft", "dpo")
 VERSION_KEY = b"selfplay.schema_version"
 
 FIELDS = [
@@ -48,6 +53,9 @@ FIELDS = [
     pa.field("scores", pa.map_(pa.string(), pa.float32())),  # the scorer's parts; `reward` is the total
     pa.field("label", pa.string()),  # one of LABELS; null: rl
     pa.field("advantage", pa.float32()),  # the builder's; null: the learner computes one
+    # preference pairs (label dpo): the reply that lost; `response_ids` is the one that won
+    pa.field("rejected_ids", pa.list_(pa.int32())),
+    pa.field("rejected_text", pa.string()),
 ]
 SCHEMA = pa.schema(FIELDS, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()})
 COLUMNS = [f.name for f in FIELDS]
@@ -70,12 +78,17 @@ def check(table: pa.Table, source: str = "table") -> pa.Table:
     version = meta.get(VERSION_KEY)
     if version is None:
         raise SchemaError(f"{source}: no {VERSION_KEY.decode()} in metadata; not a selfplay trajectory table")
-    if version != str(SCHEMA_VERSION).encode():
+    if version != str(SCHEMA_VERSION).encode() and version not in UPGRADES:
         raise SchemaError(
             f"{source}: trajectory schema version {version.decode(errors='replace')}, "
             f"this selfplay reads version {SCHEMA_VERSION}"
         )
     names = set(table.column_names)
+    if version in UPGRADES:  # the columns a later version added, null
+        for f in FIELDS:
+            if f.name not in names:
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+                names.add(f.name)
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise SchemaError(f"{source}: missing columns {missing}")

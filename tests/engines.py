@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from actors.engine import Completion
+from selfplay.config import GeneratorConfig, TaskConfig
 
 BOS = 1  # below every printable character's id
 
@@ -105,3 +106,21 @@ class EngineMaker:
         engine = RuleEngine(**self.engine_args)
         self.made.append((model_path, engine))
         return engine
+
+
+def rule_task_generator(rule, task_cfg: TaskConfig, max_response_tokens: int = 8, prompt_seeds=None):
+    """A task run's plain Generator whose policy engine answers by `rule` (prompt text ->
+    reply text); `prompt_seeds` as task.prompts sft gives it."""
+    from actors.generator import Generator
+
+    return Generator(
+        "gen-0",
+        "run-0",
+        {"tictactoe": 1.0},
+        RuleEngine(rule=rule),
+        EngineMaker(),
+        GeneratorConfig(max_response_tokens=max_response_tokens),
+        seed=0,
+        task_cfg=task_cfg,
+        prompt_seeds=prompt_seeds,
+    )

@@ -40,6 +40,8 @@ def make_row(**fields) -> dict:
         "scores": None,
         "label": None,
         "advantage": None,
+        "rejected_ids": None,
+        "rejected_text": None,
     }
     assert list(row) == schema.COLUMNS, "make_row is out of date with schema.FIELDS"
     row.update(fields)

@@ -7,7 +7,7 @@ import pytest
 
 from learner.advantages import group_advantages
 from selfplay import schema
-from selfplay.builder import build, group_means, sft_examples, update_hard_pool
+from selfplay.builder import build, group_means, sft_examples, sft_problems, targets_of, update_hard_pool
 from selfplay.config import BuilderConfig
 from selfplay.tasks import make_task
 from tests.rows import make_row
@@ -158,3 +158,51 @@ def test_group_means_reads_each_groups_problem_and_mean_reward():
     assert group_means(table) == [(7, 0.5), (9, 1.0)]
     checker = schema.from_rows([sample("a", 1.0, "1", seed=7), sample("a", 0.0, "t", seed=7, role=1)])
     assert group_means(checker) == [(7, 1.0)]  # the hard pool reads the first role (the solver's)
+
+
+# ---- SPIN pairs
+
+
+def test_spin_pairs_the_target_over_each_distinct_sample_that_differs_from_it():
+    target = ([7, 8, 2], "ab")
+    rows = [
+        sample("g", 0.0, "ax", response_ids=[7, 9, 2]),
+        sample("g", 1.0, "ab", response_ids=[7, 8, 2]),  # the target itself: no pair
+        sample("g", 0.0, "ax", response_ids=[7, 9, 2]),  # a repeat: one pair per distinct reply
+        sample("g", 1.0, "ab", response_ids=[7, 8]),  # the target's text, but it never ended
+    ]
+    admitted, held, counts = build(
+        schema.from_rows(rows), BuilderConfig(rows="spin"), {"arithmetic:g": target}
+    )
+    pairs = admitted.to_pylist()
+    assert [(p["response_ids"], p["rejected_ids"]) for p in pairs] == [
+        ([7, 8, 2], [7, 9, 2]),
+        ([7, 8, 2], [7, 8]),
+    ]
+    assert all(p["label"] == "dpo" and p["response_text"] == "ab" for p in pairs)
+    assert [p["rejected_text"] for p in pairs] == ["ax", "ab"]
+    assert pairs[0]["behaviour_logprobs"] == [0.0] * 3 and pairs[0]["advantage"] is None
+    assert held.num_rows == 0 and counts["rows_admitted"] == 2 and counts["accepted"] == 2
+
+
+def test_spin_without_a_target_for_the_problem_is_refused_by_name():
+    with pytest.raises(ValueError, match="no supervised target for problem 'arithmetic:g'"):
+        build(schema.from_rows([sample("g", 0.0)]), BuilderConfig(rows="spin"), {})
+
+
+def test_the_targets_of_a_labelled_set_are_its_replies_by_problem():
+    task = make_task("arithmetic")
+    table = sft_examples(task, lambda text, special: [ord(c) for c in text], 2, 20, 0, "r")
+    targets = targets_of(table)
+    assert len(targets) == 20
+    for r in table.to_pylist():
+        assert targets[r["reference_id"]] == (r["response_ids"], r["response_text"])
+
+
+def test_sft_problems_are_the_labelled_sets_problems_in_order():
+    task = make_task("words", max_value=999)
+    problems = sft_problems(task, 30, seed=4)
+    table = sft_examples(task, lambda text, special: [ord(c) for c in text], 2, 30, 4, "r")
+    assert [s for s, _ in problems] == table["seed"].to_pylist()
+    assert [p.id for _, p in problems] == table["reference_id"].to_pylist()
+    assert all(task.problem(s) == p for s, p in problems)

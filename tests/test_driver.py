@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 ARITHMETIC = {"name": "arithmetic", "params": {"digits": 1, "terms": 2}}
 SOLVER_CHECKER = {"name": "solver_checker", "params": {"steps": 2}}
+WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 
 
 @pytest.mark.parametrize(
@@ -31,8 +32,11 @@ SOLVER_CHECKER = {"name": "solver_checker", "params": {"steps": 2}}
         (ARITHMETIC, {"rows": "rl", "variance_filter": True, "fill_after": 32}),
         # solver + checker: both roles sampled, judged by each other in the sandbox
         (SOLVER_CHECKER, {"rows": "rl"}),
+        # SPIN: the supervised stage's prompts only, each wrong sample paired with the
+        # target under DPO against a reference (an untrained model is never right)
+        (WORDS, {"rows": "spin"}),
     ],
-    ids=["rft", "grpo-filtered", "solver-checker"],
+    ids=["rft", "grpo-filtered", "solver-checker", "spin"],
 )
 def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, task, builder):
     """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
@@ -44,7 +48,9 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         checkpoint_every=6,
         out_dir=str(tmp_path),
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=4),
-        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group"),
+        learner=dataclasses.replace(
+            small_cfg.learner, batch_size=32, advantage="group", reference=builder["rows"] == "spin"
+        ),
         buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
         # evaluated before, after the supervised stage and at the end, all while nothing
         # trains: on generator-0's own engine (the league run covers evaluations mid-run)
@@ -82,6 +88,12 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         assert {"batch_reward/role_0", "batch_reward/role_1"} <= {m["name"] for m in metrics}
         assert after["selection_gain"] == pytest.approx(after["selected_pass"] - after["random_pass"])
         assert after["sample_accuracy"] == pytest.approx(after["random_pass"])
+    elif builder["rows"] == "spin":  # pairs only after the supervised stage, each a DPO step
+        assert all(sft_rows.get(s, 0) == 0 for s in (3, 4, 5, 6))
+        pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
+        assert all(pairs[s] > 0 for s in (3, 4, 5, 6))
+        margins = {m["step"] for m in metrics if m["name"] == "reward_margin"}
+        assert {3, 4, 5, 6} <= margins
     elif builder["rows"] == "sft":
         assert all(sft_rows[s] > 0 for s in (3, 4, 5, 6))
     else:

@@ -14,6 +14,7 @@ from learner.losses import (
     masked_mean,
     nll_loss,
     ppo_clip_loss,
+    preference_loss,
     token_logprobs,
 )
 
@@ -228,3 +229,56 @@ def test_nll_is_the_mean_negative_log_likelihood_of_the_real_tokens():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert nll_loss(logp, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
     assert nll_loss(logp, torch.zeros_like(mask)).item() == 0.0
+
+
+# ---- preference losses (DPO, IPO, SLiC hinge; SPIN is DPO on its own pairs)
+
+
+def _pairs(chosen, rejected, ref_chosen, ref_rejected):
+    return [torch.tensor([x], dtype=torch.float64, requires_grad=True) for x in (chosen, rejected)] + [
+        torch.tensor([x], dtype=torch.float64) for x in (ref_chosen, ref_rejected)
+    ]
+
+
+def test_dpo_sigmoid_loss_margin_and_gradient_hand_computed():
+    # h = (-1 - -2) - (-3 - -2) = 2; beta 0.5: -log sigmoid(1) = log(1 + e^-1) = 0.3132617
+    chosen, rejected, ref_c, ref_r = _pairs(-1.0, -3.0, -2.0, -2.0)
+    loss, margin = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5)
+    assert loss.item() == pytest.approx(0.3132617, abs=1e-6)
+    assert margin.item() == pytest.approx(1.0)
+    loss.sum().backward()
+    # d/d chosen = -beta * sigmoid(-beta h) = -0.5 * 0.2689414; the rejected's is its opposite
+    assert chosen.grad.item() == pytest.approx(-0.1344707, abs=1e-6)
+    assert rejected.grad.item() == pytest.approx(0.1344707, abs=1e-6)
+
+
+def test_dpo_at_the_reference_is_log_2_for_any_beta():
+    for beta in (0.1, 1.0, 5.0):
+        loss, margin = preference_loss(*_pairs(-4.0, -7.0, -4.0, -7.0), beta=beta)
+        assert loss.item() == pytest.approx(math.log(2)) and margin.item() == 0.0
+
+
+def test_hinge_loss_is_zero_past_the_margin_and_linear_before_it():
+    # h = 2: beta 0.5 reaches the margin 1 exactly (0); beta 0.1 leaves 1 - 0.2
+    assert preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), 0.5, "hinge")[0].item() == 0.0
+    assert preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), 0.1, "hinge")[0].item() == pytest.approx(0.8)
+
+
+def test_ipo_loss_averages_each_log_ratio_over_its_tokens():
+    # chosen log-ratio 1 over 2 tokens, rejected -1 over 4: h' = 0.5 + 0.25 = 0.75;
+    # beta 0.5 aims at 1 / (2 beta) = 1: (0.75 - 1)^2 = 0.0625
+    loss, _ = preference_loss(
+        *_pairs(-1.0, -3.0, -2.0, -2.0),
+        beta=0.5,
+        kind="ipo",
+        chosen_tokens=torch.tensor([2.0]),
+        rejected_tokens=torch.tensor([4.0]),
+    )
+    assert loss.item() == pytest.approx(0.0625)
+    with pytest.raises(ValueError, match="token count"):
+        preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), beta=0.5, kind="ipo")
+
+
+def test_an_unknown_preference_loss_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
+        preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), beta=0.5, kind="kto")

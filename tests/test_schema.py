@@ -34,7 +34,7 @@ def two_rows() -> list[dict]:
 def test_from_rows_has_the_schema_and_its_version():
     table = schema.from_rows(two_rows())
     assert table.schema.equals(schema.SCHEMA, check_metadata=True)
-    assert table.schema.metadata[schema.VERSION_KEY] == b"2"
+    assert table.schema.metadata[schema.VERSION_KEY] == b"3"
     assert table.column_names == schema.COLUMNS
 
 
@@ -52,7 +52,7 @@ def test_ipc_round_trip_keeps_rows():
     rows = two_rows()
     back = schema.from_ipc(schema.to_ipc(schema.from_rows(rows)))
     assert back.to_pylist() == rows
-    assert back.schema.metadata[schema.VERSION_KEY] == b"2"
+    assert back.schema.metadata[schema.VERSION_KEY] == b"3"
 
 
 def test_empty_table_round_trips_through_ipc():
@@ -107,13 +107,42 @@ def test_a_version_1_file_written_before_the_task_columns_is_refused_by_name(tmp
     v1 = [
         f
         for f in schema.FIELDS
-        if f.name not in ("task", "group_id", "reference_id", "scores", "label", "advantage")
+        if f.name
+        not in (
+            "task",
+            "group_id",
+            "reference_id",
+            "scores",
+            "label",
+            "advantage",
+            "rejected_ids",
+            "rejected_text",
+        )
     ]
     table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v1, metadata={schema.VERSION_KEY: b"1"}))
     path = tmp_path / "old.parquet"
     pq.write_table(table, path)
-    with pytest.raises(SchemaError, match="trajectory schema version 1, this selfplay reads version 2"):
+    with pytest.raises(SchemaError, match="trajectory schema version 1, this selfplay reads version 3"):
         schema.read_parquet(path)
+
+
+def test_a_version_2_file_written_before_preference_pairs_reads_with_those_columns_null(tmp_path):
+    v2 = [f for f in schema.FIELDS if f.name not in ("rejected_ids", "rejected_text")]
+    table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v2, metadata={schema.VERSION_KEY: b"2"}))
+    path = tmp_path / "v2.parquet"
+    pq.write_table(table, path)
+    back = schema.read_parquet(path)
+    assert back.schema.equals(schema.SCHEMA, check_metadata=True)
+    assert back["rejected_ids"].to_pylist() == [None, None]
+    assert back["traj_id"].to_pylist() == table["traj_id"].to_pylist()
+
+
+def test_a_preference_pair_round_trips_through_parquet(tmp_path):
+    row = make_row(label="dpo", response_ids=[5, 6], rejected_ids=[7], rejected_text="x")
+    path = tmp_path / "pair.parquet"
+    schema.write_parquet(schema.from_rows([row]), path)
+    back = schema.read_parquet(path).to_pylist()[0]
+    assert (back["response_ids"], back["rejected_ids"], back["rejected_text"]) == ([5, 6], [7], "x")
 
 
 def test_a_task_rows_score_parts_round_trip_as_a_map(tmp_path):

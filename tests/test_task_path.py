@@ -18,7 +18,7 @@ from selfplay.config import BufferConfig, BuilderConfig, GeneratorConfig, TaskCo
 from selfplay.tasks import Score, make_task
 from selfplay.tasks.base import ScoreCache
 from selfplay.tasks.codegen import canonical
-from tests.engines import EngineMaker, RuleEngine, decode
+from tests.engines import EngineMaker, RuleEngine, decode, rule_task_generator
 
 TASK = make_task("arithmetic", digits=2, terms=2)
 
@@ -38,16 +38,7 @@ def task_generator(rule, k: int = 4, prompts: int = 3, held_out: int = 10) -> Ge
     cfg = TaskConfig(
         name="arithmetic", samples_per_prompt=k, prompts_per_wave=prompts, held_out=held_out, eval_samples=k
     )
-    return Generator(
-        "gen-0",
-        "run-0",
-        {"tictactoe": 1.0},
-        RuleEngine(rule=rule),
-        EngineMaker(),
-        GeneratorConfig(max_response_tokens=8),
-        seed=0,
-        task_cfg=cfg,
-    )
+    return rule_task_generator(rule, cfg)
 
 
 def test_a_wave_samples_each_prompt_k_times_in_one_engine_call():

@@ -20,6 +20,7 @@ from selfplay.tasks import TASKS, held_out_id, make_task
 from selfplay.tasks.arithmetic import Arithmetic
 from selfplay.tasks.base import ENUMERATE_LIMIT
 from selfplay.tasks.codegen import OPS, SLACK, CodeGen, apply, canonical, hidden_tests
+from selfplay.tasks.words import NumberWords
 
 TASK_CONFIGS = [
     Arithmetic(),
@@ -27,8 +28,10 @@ TASK_CONFIGS = [
     Arithmetic(digits=2, min_digits=2, terms=3, subtract=1.0),
     CodeGen(),
     CodeGen(steps=3, tests=8),
+    NumberWords(),
+    NumberWords(min_value=1000, max_value=60_000),
 ]
-CONFIG_IDS = ["arith", "arith-scratch", "arith-minus", "codegen", "codegen-3"]
+CONFIG_IDS = ["arith", "arith-scratch", "arith-minus", "codegen", "codegen-3", "words", "words-5"]
 
 
 # ---- Splits ----------------------------------------------------------------------------
@@ -356,16 +359,54 @@ def test_a_wrong_expression_scores_zero_in_the_real_sandbox():
 
 
 # ---- Registry --------------------------------------------------------------------------
+# ---- Number words ------------------------------------------------------------------------
+def test_number_words_targets_are_num2words_english():
+    task = NumberWords()
+    hand = {7: "seven", 40: "forty", 101: "one hundred and one", 347: "three hundred and forty-seven"}
+    for n, words in hand.items():
+        seed = next(s for s in range(10_000) if task._draw(random.Random(s)).id == f"words:{n}")
+        problem = task._draw(random.Random(seed))
+        assert (problem.prompt, problem.target, problem.reference) == (f"{n}:", words, words)
+    big = NumberWords(min_value=1234, max_value=1234)._draw(random.Random(0))
+    assert big.target == "one thousand, two hundred and thirty-four"
+
+
+@pytest.mark.parametrize(
+    "reply, correct, valid",
+    [
+        ("forty-two", 1.0, True),
+        ("  forty-two ", 1.0, True),  # the ends are stripped
+        ("forty two", 0.0, True),  # a missing hyphen is wrong
+        ("Forty-two", 0.0, False),  # only lowercase words are well formed
+        ("42", 0.0, False),
+        ("", 0.0, False),
+    ],
+)
+def test_number_words_checker_hand_cases(reply, correct, valid):
+    score = NumberWords().score("42:", reply, "forty-two")
+    assert (score.total, score.parts["correct"], score.valid) == (correct, correct, valid)
+
+
+def test_every_number_words_target_scores_one_and_fits_the_reply_limit():
+    task = NumberWords()
+    longest = max(len(task._draw(random.Random(s)).target) for s in range(3000))
+    assert longest <= task.max_reply_chars <= longest + 2
+    for p in task.held_out(100):
+        assert task.score(p.prompt, p.target, p.reference).total == 1.0
+
+
 def test_make_task_builds_each_task_with_config_params():
-    assert set(TASKS) == {"arithmetic", "codegen", "solver_checker"}
+    assert set(TASKS) == {"arithmetic", "codegen", "solver_checker", "words"}
     task = make_task("arithmetic", digits=3, subtract=1, scratchpad=True)  # an int where a float is declared
     assert task == Arithmetic(digits=3, subtract=1.0, scratchpad=True)
     assert make_task("codegen", steps=1) == CodeGen(steps=1)
+    assert make_task("words", max_value=99) == NumberWords(max_value=99)
 
 
 def test_make_task_errors_name_the_task_or_the_parameter():
     with pytest.raises(
-        ValueError, match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, solver_checker\)$"
+        ValueError,
+        match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, solver_checker, words\)$",
     ):
         make_task("chess")
     with pytest.raises(
@@ -384,3 +425,7 @@ def test_make_task_errors_name_the_task_or_the_parameter():
         make_task("codegen", held_out_percent=100)
     with pytest.raises(ValueError, match=r"^task\.params\.steps: must be >= 1"):
         make_task("codegen", steps=0)
+    with pytest.raises(ValueError, match=r"^task\.params\.max_value: must be >= min_value"):
+        make_task("words", min_value=10, max_value=5)
+    with pytest.raises(ValueError, match=r"^task\.params\.max_value: at most 100001 numbers"):
+        make_task("words", max_value=10**6)

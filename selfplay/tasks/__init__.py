@@ -22,10 +22,11 @@ from selfplay.tasks.arithmetic import Arithmetic
 from selfplay.tasks.base import Problem, Score, held_out_id  # the interface, re-exported
 from selfplay.tasks.codegen import CodeGen
 from selfplay.tasks.solver_checker import SolverChecker
+from selfplay.tasks.words import NumberWords
 
 __all__ = ["TASKS", "Problem", "Score", "held_out_id", "make_task"]
 
-TASKS = {"arithmetic": Arithmetic, "codegen": CodeGen, "solver_checker": SolverChecker}
+TASKS = {"arithmetic": Arithmetic, "codegen": CodeGen, "solver_checker": SolverChecker, "words": NumberWords}
 
 
 def make_task(name: str, **params):
