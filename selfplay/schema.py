@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 3
-UPGRADES = {b"2"}  # earlier versions read with the newer columns null
+# earlier versions that read as this one: the columns added since, filled null
+UPGRADES = {b"2": ("rejected_ids", "rejected_text")}
 # rl: policy gradient on `advantage` (or the learner's own); sft: NLL; dpo: a preference pair
 LABELS = ("rl", "sft", "dpo")
 VERSION_KEY = b"selfplay.schema_version"
@@ -84,11 +85,11 @@ def check(table: pa.Table, source: str = "table") -> pa.Table:
             f"this selfplay reads version {SCHEMA_VERSION}"
         )
     names = set(table.column_names)
-    if version in UPGRADES:  # the columns a later version added, null
-        for f in FIELDS:
-            if f.name not in names:
-                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-                names.add(f.name)
+    for name in UPGRADES.get(version, ()):
+        if name not in names:
+            f = SCHEMA.field(name)
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+            names.add(name)
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise SchemaError(f"{source}: missing columns {missing}")

@@ -135,6 +135,10 @@ def test_a_version_2_file_written_before_preference_pairs_reads_with_those_colum
     assert back.schema.equals(schema.SCHEMA, check_metadata=True)
     assert back["rejected_ids"].to_pylist() == [None, None]
     assert back["traj_id"].to_pylist() == table["traj_id"].to_pylist()
+    # only the columns version 3 added are filled: a version-2 table short of its own is refused
+    short = table.drop_columns(["reward"])
+    with pytest.raises(SchemaError, match=r"missing columns \['reward'\]"):
+        schema.check(short)
 
 
 def test_a_preference_pair_round_trips_through_parquet(tmp_path):
