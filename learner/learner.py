@@ -166,14 +166,19 @@ class Learner:
                 logp, entropy, values = logprobs_and_values(
                     self.model, self.value_head, batch, self.temperature
                 )
-        if self.ref is not None and self.cfg.kl_coef > 0:
+        if self._kl:
             with torch.no_grad(), self._autocast():
                 ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
         return batch, logp, entropy, values, ref_logp
 
     @property
+    def _kl(self) -> bool:
+        """Whether there is a KL term (kl_coef > 0 always builds the reference)."""
+        return self.cfg.kl_coef > 0
+
+    @property
     def _kl_in_reward(self) -> bool:
-        return self.ref is not None and self.cfg.kl_coef > 0 and self.cfg.kl_placement == "reward"
+        return self._kl and self.cfg.kl_placement == "reward"
 
     def _penalty(self, logp, ref_logp, mask) -> torch.Tensor | None:
         """Each turn's KL penalty, its estimate summed over its tokens, where it goes in the
@@ -240,7 +245,9 @@ class Learner:
         texts = [r["response_text"] for r in rows]
         metrics.update(
             step=self.step,
-            loss=metrics.get("loss", 0.0) + metrics.get("preference_loss", 0.0),
+            loss=metrics.get("loss", 0.0)
+            + metrics.get("preference_loss", 0.0)
+            + self.cfg.chosen_nll_coef * metrics.get("chosen_nll", 0.0),
             grad_norm=grad_norm.item(),
             batch_turns=len(rows),
             batch_illegal=sum(r["illegal"] for r in rows) / len(rows),
@@ -298,7 +305,7 @@ class Learner:
             total = loss + self.cfg.chosen_nll_coef * nll if self.cfg.chosen_nll_coef else loss
             total.backward()
             margins.append(margin)
-            sums["preference_loss"] += total.item()
+            sums["preference_loss"] += loss.item()
             sums["chosen_nll"] += nll.item()
             sums["chosen_logratio"] += (seq[:n] - ref_seq[:n]).detach().sum().item() / len(pairs)
             sums["rejected_logratio"] += (seq[n:] - ref_seq[n:]).detach().sum().item() / len(pairs)
@@ -394,7 +401,7 @@ class Learner:
             "micro_batches": len(chunks),
             "tokens": sums["tokens"],
         }
-        if self.ref is not None and self.cfg.kl_coef > 0:
+        if self._kl:
             metrics["kl_ref"] = sums["kl_ref"]
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b

@@ -426,11 +426,14 @@ def pair_batch(n: int = 5):
 
 
 def test_dpo_steps_raise_the_chosen_over_the_rejected_against_the_reference(model_dir):
-    cfg = load_config(None, PAIRS + ["learner.lr=3e-3", "learner.beta=0.5"])
+    cfg = load_config(None, PAIRS + ["learner.lr=3e-3", "learner.beta=0.5", "learner.chosen_nll_coef=0.5"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     first = learner.train_step(pair_batch())
-    # the policy starts as its reference: every implicit reward is 0 and the loss log 2
+    # the policy starts as its reference: every implicit reward is 0 and the pair loss log 2;
+    # the step's loss adds the NLL term on the chosen replies
     assert first["preference_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert first["loss"] == pytest.approx(first["preference_loss"] + 0.5 * first["chosen_nll"], rel=1e-6)
+    assert first["chosen_nll"] > 1.0
     assert first["reward_margin"] == pytest.approx(0.0, abs=1e-3) and first["pairs"] == 5
     for _ in range(10):
         last = learner.train_step(pair_batch())
