@@ -28,6 +28,7 @@ from learner.actor import LearnerActor
 from selfplay.builder import sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
+from selfplay.tasks import make_task
 
 RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")  # plus generator-N
 
@@ -125,8 +126,6 @@ def prompt_seeds(cfg: RunConfig) -> list[int] | None:
     task.prompts sft, else None (any train problem)."""
     if not cfg.task.name or cfg.task.prompts != "sft":
         return None
-    from selfplay.tasks import make_task
-
     task = make_task(cfg.task.name, **cfg.task.params)
     return [seed for seed, _ in sft_problems(task, cfg.sft.examples, cfg.seed)]
 
