@@ -38,7 +38,7 @@ from selfplay.evals import (
 from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
-from selfplay.tasks import make_task
+from selfplay.tasks import task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
 
 
@@ -175,7 +175,7 @@ class Generator:
         self.eval_counts = dict.fromkeys(COUNTED, 0)  # evaluations and promotion matches
         self.fixed_checksum: str | None = None
         self.task_cfg = task_cfg
-        self.task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
+        self.task = task_of(task_cfg) if task_cfg and task_cfg.name else None
         self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
         self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
         self.prompt_seeds = prompt_seeds or []

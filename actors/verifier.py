@@ -25,7 +25,7 @@ from selfplay.games import make_game
 from selfplay.league import SKILL_TOKENS
 from selfplay.metrics import ray_metric
 from selfplay.rewards import returns_to_go
-from selfplay.tasks import make_task
+from selfplay.tasks import task_of
 from selfplay.tasks.base import ScoreCache, role_prompts
 
 REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence gives
@@ -250,7 +250,7 @@ STATE_FILE = "verifier_state.json"
 @ray.remote(num_cpus=0.1)
 class VerifierActor:
     def __init__(self, model_path: str, buffer, run_id: str, task_cfg=None, resume_dir: str | None = None):
-        task = make_task(task_cfg.name, **task_cfg.params) if task_cfg and task_cfg.name else None
+        task = task_of(task_cfg) if task_cfg and task_cfg.name else None
         self.verifier = Verifier.for_model(model_path, task)
         if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
             self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))

@@ -158,7 +158,9 @@ class TaskConfig:
     prompts_per_wave train problems, samples each samples_per_prompt times (a group), and
     the verifier scores every reply."""
 
-    name: str | None = None  # arithmetic | codegen | solver_checker | words; None: the run plays `games`
+    name: str | None = (
+        None  # arithmetic | codegen | describe | solver_checker | words; None: the run plays `games`
+    )
     params: dict[str, Any] = field(default_factory=dict)  # the task's own, e.g. {digits: 3, terms: 3}
     samples_per_prompt: int = 8  # k: a prompt's samples are each other's baseline
     prompts_per_wave: int = 32
@@ -173,6 +175,10 @@ class TaskConfig:
     # train: waves draw any train problem; sft: only the supervised stage's sft.examples
     # problems (SPIN's setting: the model plays against its own replies to the SFT data)
     prompts: TaskPrompts = "train"
+    # a judged task's constitution (selfplay/tasks/judges.py): [{name, weight, hard, params}, ...];
+    # a reply that violates a hard principle scores hard_floor
+    principles: list[dict[str, Any]] = field(default_factory=list)
+    hard_floor: float = 0.0
 
 
 @dataclass
@@ -481,10 +487,10 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def validate_task(cfg: RunConfig) -> None:
     """A task run: the task and its parameters exist, and nothing of the game path is asked for."""
-    from selfplay.tasks import make_task
+    from selfplay.tasks import task_of
 
     try:
-        task = make_task(cfg.task.name, **cfg.task.params)
+        task = task_of(cfg.task)
         task.held_out(cfg.task.held_out)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None

@@ -33,7 +33,7 @@ from selfplay.procs import Descendants, local_ray_lost
 from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
 from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
-from selfplay.tasks import make_task
+from selfplay.tasks import task_of
 
 COMPLETE = "COMPLETE"
 AFTER_SFT = "after_sft.json"  # the supervised stage's final evaluation, in the run directory
@@ -697,7 +697,7 @@ def labelled_set(cfg: RunConfig, model_path: str, run_id: str):
     def encode(text: str, special: bool) -> list[int]:
         return tokenizer(text, add_special_tokens=special).input_ids
 
-    task = make_task(cfg.task.name, **cfg.task.params)
+    task = task_of(cfg.task)
     return sft_examples(task, encode, tokenizer.eos_token_id, cfg.sft.examples, cfg.seed, run_id)
 
 

@@ -28,7 +28,7 @@ from learner.actor import LearnerActor
 from selfplay.builder import sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
-from selfplay.tasks import make_task
+from selfplay.tasks import task_of
 
 RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")  # plus generator-N
 
@@ -126,7 +126,7 @@ def prompt_seeds(cfg: RunConfig) -> list[int] | None:
     task.prompts sft, else None (any train problem)."""
     if not cfg.task.name or cfg.task.prompts != "sft":
         return None
-    task = make_task(cfg.task.name, **cfg.task.params)
+    task = task_of(cfg.task)
     return [seed for seed, _ in sft_problems(task, cfg.sft.examples, cfg.seed)]
 
 

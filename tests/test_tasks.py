@@ -20,6 +20,8 @@ from selfplay.tasks import TASKS, held_out_id, make_task
 from selfplay.tasks.arithmetic import Arithmetic
 from selfplay.tasks.base import ENUMERATE_LIMIT
 from selfplay.tasks.codegen import OPS, SLACK, CodeGen, apply, canonical, hidden_tests
+from selfplay.tasks.describe import Describe
+from selfplay.tasks.judges import Constitution
 from selfplay.tasks.words import NumberWords
 
 TASK_CONFIGS = [
@@ -30,8 +32,9 @@ TASK_CONFIGS = [
     CodeGen(steps=3, tests=8),
     NumberWords(),
     NumberWords(min_value=1000, max_value=60_000),
+    Describe(Constitution.from_config([{"name": "mentions"}])),
 ]
-CONFIG_IDS = ["arith", "arith-scratch", "arith-minus", "codegen", "codegen-3", "words", "words-5"]
+CONFIG_IDS = ["arith", "arith-scratch", "arith-minus", "codegen", "codegen-3", "words", "words-5", "describe"]
 
 
 # ---- Splits ----------------------------------------------------------------------------
@@ -337,7 +340,7 @@ def test_codegen_passes_the_sandbox_reason_on(monkeypatch):
 
 def test_every_codegen_target_scores_one_in_process(monkeypatch):
     fake_sandbox(monkeypatch, run_in_process)
-    for task in TASK_CONFIGS[3:]:
+    for task in TASK_CONFIGS[3:5]:
         for problem in [task.problem(s) for s in range(300)] + task.held_out(50):
             assert task.score(problem.prompt, problem.target, problem.reference).total == 1.0, problem
 
@@ -396,17 +399,24 @@ def test_every_number_words_target_scores_one_and_fits_the_reply_limit():
 
 
 def test_make_task_builds_each_task_with_config_params():
-    assert set(TASKS) == {"arithmetic", "codegen", "solver_checker", "words"}
+    assert set(TASKS) == {"arithmetic", "codegen", "describe", "solver_checker", "words"}
     task = make_task("arithmetic", digits=3, subtract=1, scratchpad=True)  # an int where a float is declared
     assert task == Arithmetic(digits=3, subtract=1.0, scratchpad=True)
     assert make_task("codegen", steps=1) == CodeGen(steps=1)
     assert make_task("words", max_value=99) == NumberWords(max_value=99)
+    principles = [
+        {"name": "brevity", "weight": 0.5, "params": {"max_words": 4}},
+        {"name": "no_profanity", "hard": True},
+    ]
+    assert make_task("describe", principles, held_out_percent=20) == Describe(
+        Constitution.from_config(principles), held_out_percent=20
+    )
 
 
 def test_make_task_errors_name_the_task_or_the_parameter():
     with pytest.raises(
         ValueError,
-        match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, solver_checker, words\)$",
+        match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, describe, solver_checker, words\)$",
     ):
         make_task("chess")
     with pytest.raises(
@@ -429,3 +439,7 @@ def test_make_task_errors_name_the_task_or_the_parameter():
         make_task("words", min_value=10, max_value=5)
     with pytest.raises(ValueError, match=r"^task\.params\.max_value: at most 100001 numbers"):
         make_task("words", max_value=10**6)
+    with pytest.raises(ValueError, match=r"^task\.principles: the describe task has no checker"):
+        make_task("describe")
+    with pytest.raises(ValueError, match=r"^task\.principles: words has its own checker"):
+        make_task("words", [{"name": "brevity"}])

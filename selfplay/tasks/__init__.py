@@ -21,22 +21,45 @@ import typing
 from selfplay.tasks.arithmetic import Arithmetic
 from selfplay.tasks.base import Problem, Score, held_out_id  # the interface, re-exported
 from selfplay.tasks.codegen import CodeGen
+from selfplay.tasks.describe import Describe
+from selfplay.tasks.judges import Constitution
 from selfplay.tasks.solver_checker import SolverChecker
 from selfplay.tasks.words import NumberWords
 
-__all__ = ["TASKS", "Problem", "Score", "held_out_id", "make_task"]
+__all__ = ["TASKS", "Problem", "Score", "held_out_id", "make_task", "task_of"]
 
-TASKS = {"arithmetic": Arithmetic, "codegen": CodeGen, "solver_checker": SolverChecker, "words": NumberWords}
+TASKS = {
+    "arithmetic": Arithmetic,
+    "codegen": CodeGen,
+    "describe": Describe,
+    "solver_checker": SolverChecker,
+    "words": NumberWords,
+}
+JUDGED = {"describe"}  # tasks with no checker of their own: a constitution (task.principles) scores them
 
 
-def make_task(name: str, **params):
+def task_of(cfg):
+    """The task of a TaskConfig (name, params and, for a judged task, its principles)."""
+    return make_task(cfg.name, principles=cfg.principles, hard_floor=cfg.hard_floor, **cfg.params)
+
+
+def make_task(name: str, principles: list[dict] | None = None, hard_floor: float = 0.0, **params):
     """The task `name` built from config params; an unknown name, an unknown parameter or an
-    ill-typed value raises ValueError naming it (ints are accepted where a float is declared)."""
+    ill-typed value raises ValueError naming it (ints are accepted where a float is declared).
+    `principles` (a judged task's constitution, see selfplay/tasks/judges.py) only for a judged task."""
     if name not in TASKS:
         raise ValueError(f"task: unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
     cls = TASKS[name]
+    judge = {}
+    if name in JUDGED:
+        if principles:
+            judge["principles"] = Constitution.from_config(principles, hard_floor)
+    elif principles:
+        raise ValueError(
+            f"task.principles: {name} has its own checker; principles judge {', '.join(sorted(JUDGED))}"
+        )
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "principles"]
     kwargs = {}
     for key, value in params.items():
         if key not in known:
@@ -47,4 +70,4 @@ def make_task(name: str, **params):
         if type(value) is not typ:
             raise ValueError(f"task.params.{key}: expected {typ.__name__}, got {value!r}")
         kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**kwargs, **judge)

@@ -1,0 +1,188 @@
+"""Judges: scorers for replies that no exact checker can grade, and the pairwise verdicts
+preference methods learn from.
+
+A **constitution** is a list of principles from config (`task.principles`), each a rule
+scorer of one reply in [0, 1] with a weight:
+
+  sentiment      VADER's compound polarity (the lexicon ships inside vaderSentiment's
+                 wheel), mapped from [-1, 1] to [0, 1]
+  mentions       the share of the prompt's subject words (the task's reference,
+                 '|'-separated) the reply names, as whole words
+  brevity        1 up to `max_words` words, then falling linearly to 0 at twice that
+  no_repetition  distinct words over words (1 when no word repeats)
+  no_profanity   0 when any word is in better_profanity's word list (shipped in its wheel), else 1
+
+The total is the weighted mean of the principles' scores; a principle marked `hard` that
+scores below 0.5 is a violation, and a violated reply's total is `hard_floor` whatever
+the rest say (a rule the reward cannot buy its way past). Every principle's score is kept
+(`Score.parts`, the trajectory table's `scores` column), with `violations` counting hard ones.
+
+A **pairwise verdict** compares two replies to one prompt. An LLM judge's verdict depends
+on the order it reads them in, so every pair is judged in both orders (`both_orders`): a
+verdict that flips with the order is a tie; ties and identical replies are dropped by the
+builders, never labelled. A pointwise judge (a constitution, a reward model) compares
+totals (`by_score`)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any, Literal
+
+from selfplay.tasks.base import Score
+
+Verdict = Literal["first", "second", "tie"]
+WORD = re.compile(r"[a-z']+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+@functools.cache
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+@functools.cache
+def profanity_words() -> frozenset[str]:
+    """better_profanity's word list, read from its wheel (no download)."""
+    return frozenset(files("better_profanity").joinpath("profanity_wordlist.txt").read_text().split())
+
+
+def sentiment(prompt: str, reply: str, reference: str) -> float:
+    return (_vader().polarity_scores(reply)["compound"] + 1.0) / 2.0
+
+
+def mentions(prompt: str, reply: str, reference: str) -> float:
+    wanted = [w for w in reference.split("|") if w]
+    if not wanted:
+        return 1.0
+    said = set(words(reply))
+    return sum(set(words(w)) <= said for w in wanted) / len(wanted)
+
+
+def brevity(prompt: str, reply: str, reference: str, max_words: int = 12) -> float:
+    n = len(words(reply))
+    return max(0.0, min(1.0, 2.0 - n / max_words))
+
+
+def no_repetition(prompt: str, reply: str, reference: str) -> float:
+    w = words(reply)
+    return len(set(w)) / len(w) if w else 0.0
+
+
+def no_profanity(prompt: str, reply: str, reference: str) -> float:
+    return 0.0 if profanity_words() & set(words(reply)) else 1.0
+
+
+PRINCIPLES: dict[str, Callable[..., float]] = {
+    "sentiment": sentiment,
+    "mentions": mentions,
+    "brevity": brevity,
+    "no_repetition": no_repetition,
+    "no_profanity": no_profanity,
+}
+PRINCIPLE_PARAMS = {"brevity": {"max_words"}}
+
+
+@dataclass(frozen=True)
+class Principle:
+    name: str
+    weight: float = 1.0
+    hard: bool = False  # a score below 0.5 sets the total to the constitution's hard_floor
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in PRINCIPLES:
+            raise ValueError(
+                f"task.principles: unknown principle {self.name!r} (known: {', '.join(sorted(PRINCIPLES))})"
+            )
+        if not self.weight >= 0:
+            raise ValueError(f"task.principles.{self.name}.weight: must be >= 0 (got {self.weight})")
+        unknown = set(self.params) - PRINCIPLE_PARAMS.get(self.name, set())
+        if unknown:
+            raise ValueError(f"task.principles.{self.name}.params: unknown {', '.join(sorted(unknown))}")
+
+    def __hash__(self):
+        return hash((self.name, self.weight, self.hard, tuple(sorted(self.params.items()))))
+
+    def __call__(self, prompt: str, reply: str, reference: str) -> float:
+        return PRINCIPLES[self.name](prompt, reply, reference, **self.params)
+
+
+@dataclass(frozen=True)
+class Constitution:
+    principles: tuple[Principle, ...]
+    hard_floor: float = 0.0
+
+    def __post_init__(self):
+        if not self.principles:
+            raise ValueError("task.principles: a constitution needs at least one principle")
+        names = [p.name for p in self.principles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task.principles: a principle is listed twice ({', '.join(names)})")
+        if sum(p.weight for p in self.principles) <= 0 and not any(p.hard for p in self.principles):
+            raise ValueError("task.principles: every weight is 0 and none is hard: nothing is judged")
+
+    @classmethod
+    def from_config(cls, principles: list[dict], hard_floor: float = 0.0) -> Constitution:
+        """From config: a list of {name, weight?, hard?, params?} mappings."""
+        out = []
+        for i, p in enumerate(principles):
+            if not isinstance(p, dict) or "name" not in p:
+                raise ValueError(f"task.principles[{i}]: expected a mapping with a name, got {p!r}")
+            unknown = set(p) - {"name", "weight", "hard", "params"}
+            if unknown:
+                raise ValueError(f"task.principles[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
+            out.append(
+                Principle(
+                    p["name"],
+                    float(p.get("weight", 1.0)),
+                    bool(p.get("hard", False)),
+                    dict(p.get("params") or {}),
+                )
+            )
+        return cls(tuple(out), float(hard_floor))
+
+    def score(self, prompt: str, reply: str, reference: str) -> Score:
+        parts = {p.name: float(p(prompt, reply, reference)) for p in self.principles}
+        violations = sum(p.hard and parts[p.name] < 0.5 for p in self.principles)
+        weight = sum(p.weight for p in self.principles)
+        total = sum(p.weight * parts[p.name] for p in self.principles) / weight if weight else 1.0
+        if violations:
+            total = self.hard_floor
+        return Score(total=total, parts={**parts, "violations": float(violations)}, valid=bool(words(reply)))
+
+
+# ---- Pairwise verdicts --------------------------------------------------------------------
+def by_score(first: float, second: float, margin: float = 0.0) -> Verdict:
+    """A pointwise judge's verdict: the higher total wins by more than `margin`, else a tie."""
+    if first > second + margin:
+        return "first"
+    if second > first + margin:
+        return "second"
+    return "tie"
+
+
+def both_orders(forward: Verdict, backward: Verdict) -> Verdict:
+    """The verdict on (a, b) from a judge's verdict on (a, b) and on (b, a): it stands only
+    when the judge names the same reply in both orders; one that flips is a tie."""
+    if forward == "first" and backward == "second":
+        return "first"
+    if forward == "second" and backward == "first":
+        return "second"
+    return "tie"
+
+
+def judge_pair(judge: Callable[[str, str, str], Verdict], prompt: str, a: str, b: str) -> Verdict:
+    """`judge(prompt, x, y)` on (a, b) and (b, a), combined by `both_orders`; identical
+    replies are a tie without asking."""
+    if a.strip() == b.strip():
+        return "tie"
+    return both_orders(judge(prompt, a, b), judge(prompt, b, a))
