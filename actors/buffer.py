@@ -22,6 +22,7 @@ epochs, while generators wait (`can_insert` is False until `end_sft`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from selfplay import schema
@@ -101,11 +103,55 @@ def pick_rows(
     return np.flatnonzero(np.isin(groups, order[:k]))
 
 
+class PreferenceLog:
+    """Every preference pair the builder admits, appended to Parquet part files under
+    `directory` (schema.PREFERENCE_SCHEMA: prompt, chosen, rejected and provenance): pairs
+    wait in memory until flush_rows are pending or `flush` is called (at every checkpoint),
+    so each file is written whole, once. A resumed run appends new parts."""
+
+    def __init__(self, directory: str | Path, decode, method: str, flush_rows: int = 4096):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.decode = decode
+        self.method = method
+        self.flush_rows = flush_rows
+        self.pending: list[pa.Table] = []
+        self.parts = len(list(self.dir.glob("part-*.parquet")))
+        self.written = 0
+
+    def add(self, table: pa.Table) -> None:
+        pairs = schema.preference_table(table, self.decode, self.method)
+        if pairs.num_rows:
+            self.pending.append(pairs)
+        if sum(t.num_rows for t in self.pending) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        path = self.dir / f"part-{self.parts:06d}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        self.parts += 1
+        self.written += table.num_rows
+        self.pending = []
+
+
 class ReplayBuffer:
-    def __init__(self, cfg: BufferConfig, seed: int = 0, builder: BuilderConfig | None = None):
-        """`builder`: how task rows are built (None: a game run's turns go in as they come)."""
+    def __init__(
+        self,
+        cfg: BufferConfig,
+        seed: int = 0,
+        builder: BuilderConfig | None = None,
+        preferences: PreferenceLog | None = None,
+    ):
+        """`builder`: how task rows are built (None: a game run's turns go in as they come);
+        `preferences`: where the preference pairs it admits are written."""
         self.cfg = cfg
         self.builder = builder
+        self.preferences = preferences
         self.rng = np.random.default_rng(seed)
         self.table = schema.empty()
         self.times = np.zeros(0, dtype=np.int64)  # times each row of `table` was sampled
@@ -167,6 +213,8 @@ class ReplayBuffer:
             over = max(self.reserve.num_rows - self.cfg.capacity, 0)  # the oldest go
             self.counts["reserve_dropped"] += over
             self.reserve = self.reserve.slice(over)
+            if self.preferences is not None:
+                self.preferences.add(table)
         return self._insert(table)
 
     def _insert(self, table: pa.Table) -> int:
@@ -285,6 +333,8 @@ class ReplayBuffer:
         }
 
     def save(self, directory: str | Path) -> None:
+        if self.preferences is not None:  # every pair admitted before the checkpoint is on disk
+            self.preferences.flush()
         d = Path(directory)
         schema.write_parquet(self.table, d / "buffer.parquet")
         schema.write_parquet(self.reserve, d / "reserve.parquet")
@@ -312,8 +362,25 @@ class ReplayBuffer:
 class BufferActor:
     """Ray shell: trajectories travel as Arrow IPC bytes."""
 
-    def __init__(self, cfg: BufferConfig, seed: int, run_id: str, builder: BuilderConfig | None = None):
-        self.buffer = ReplayBuffer(cfg, seed, builder)
+    def __init__(
+        self,
+        cfg: BufferConfig,
+        seed: int,
+        run_id: str,
+        builder: BuilderConfig | None = None,
+        preferences_dir: str | None = None,
+        model_path: str | None = None,
+    ):
+        """`preferences_dir` (a run whose builder makes preference pairs): where they are
+        written, their prompts decoded with `model_path`'s tokenizer."""
+        preferences = None
+        if preferences_dir is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
+            preferences = PreferenceLog(preferences_dir, decode, builder.rows)
+        self.buffer = ReplayBuffer(cfg, seed, builder, preferences)
         self.gauges = {
             name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})
             for name in (

@@ -40,6 +40,7 @@ from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
+from selfplay.tasks.judges import scored_pair
 
 
 class WeightMismatch(RuntimeError):
@@ -550,10 +551,12 @@ class Generator:
         return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
 
     # -- tasks -------------------------------------------------------------------------------
-    def task_play(self, n_prompts: int) -> pa.Table:
+    def task_play(self, n_prompts: int, opponent: str | None = None) -> pa.Table:
         """n_prompts train problems, each sampled task.samples_per_prompt times in each of the
         task's roles (one group per problem, one engine call for all): one row per sample,
-        unscored (the verifier scores)."""
+        unscored (the verifier scores). With a loaded league member as `opponent`
+        (task.versus snapshot: competitive self-play), the member answers each prompt as
+        many times, in the same group: its rows are not trainable (policy_id the member)."""
         k = self.task_cfg.samples_per_prompt
         seeds = [self._task_seed() for _ in range(n_prompts)]
         problems = [self.task.problem(s) for s in seeds]
@@ -564,9 +567,16 @@ class Generator:
             for role, text in enumerate(role_prompts(self.task, p))
             for _ in range(k)
         ]
-        outs, elapsed, versions = self._sample([text for _, _, text in asked], self.cfg.temperature)
+        prompts = [text for _, _, text in asked]
+        outs, elapsed, versions = self._sample(prompts, self.cfg.temperature)
+        seats = [LEARNER] * len(asked)
+        if opponent is not None:
+            theirs, their_s, their_versions = self._sample(prompts, self.cfg.temperature, opponent)
+            asked, outs, seats = asked * 2, outs + theirs, seats + [opponent] * len(theirs)
+            elapsed += their_s
+            versions = {**versions, opponent: their_versions[opponent]}
         rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # every seat the learner's
-        for (i, role, text), out in zip(asked, outs):
+        for (i, role, text), out, seat in zip(asked, outs, seats):
             row = self._row(
                 match,
                 role,
@@ -587,9 +597,46 @@ class Generator:
                 group_id=groups[i],
                 reference_id=problems[i].id,
             )
+            if opponent is not None:  # each side's reply faces the other's
+                other = opponent if seat == LEARNER else LEARNER
+                row.update(opponent_id=other, opponent_version=versions[other])
+            if seat != LEARNER:  # the member's reply: a candidate to compare, never trained on
+                row.update(policy_id=seat, policy_version=versions[seat], trainable=False)
             rows.append(row)
         self.counts["games"] += len(rows)
         return schema.from_rows(rows)
+
+    def task_match(self, member: str, n_prompts: int, policy: str = LEARNER) -> tuple[dict, list]:
+        """`policy` against a loaded league `member` on the task's first n_prompts held-out
+        problems: one greedy reply each, judged in both orders (`judge_pair`; the task's
+        scorer is pointwise, so the higher total wins and equal totals or identical replies
+        tie). Returns ({task: summary with `wdl`}, [(task, member, points)] for Elo)."""
+        problems = self.task.held_out(n_prompts)
+        prompts = [p.prompt for p in problems]
+        ours, _, versions = self._sample(prompts, 0.0, policy, self.eval_counts)
+        theirs, _, their_versions = self._sample(prompts, 0.0, member, self.eval_counts)
+        self.eval_counts["games"] += len(problems)
+        verdicts, mine, their = [], [], []
+        for p, a, b in zip(problems, ours, theirs):
+            mine.append(self.score(p.prompt, a.text, p.reference).total)
+            their.append(self.score(p.prompt, b.text, p.reference).total)
+            verdicts.append(scored_pair(a.text, mine[-1], b.text, their[-1]))
+        points = [1.0 if v == "first" else 0.0 if v == "second" else 0.5 for v in verdicts]
+        n = max(len(problems), 1)
+        wdl = [verdicts.count("first"), verdicts.count("tie"), verdicts.count("second")]
+        summary = {
+            "games": len(problems),
+            "win": wdl[0] / n,
+            "draw": wdl[1] / n,
+            "loss": wdl[2] / n,
+            "score": sum(points) / n,
+            "mean_total": sum(mine) / n,
+            "member_mean_total": sum(their) / n,
+            "version": versions[policy],
+            "member_version": their_versions[member],
+            "wdl": wdl,
+        }
+        return {self.task.name: summary}, [(self.task.name, member, x) for x in points]
 
     def _task_seed(self) -> int:
         """A new train problem's seed, or with task.hard_fraction's probability one from the
@@ -653,7 +700,9 @@ class Generator:
             "game": self.task.name,
             "opponent": "held_out",
             "version": versions[policy],
-            **task_summary(greedy_scores, sample_scores, k),
+            **task_summary(
+                greedy_scores, sample_scores, k, judged=getattr(self.task, "principles", None) is not None
+            ),
             **(selection_summary(picks) if picks else {}),
         }
 
@@ -726,7 +775,12 @@ class GeneratorActor:
                 self.wait_s += time.perf_counter() - start
                 continue
             tokens_before = self.gen.counts["tokens"]
-            if self.gen.task is not None:
+            if self.gen.task is not None and self.gen.task_cfg.versus == "snapshot":
+                member = ray.get(league.latest.remote())  # competitive self-play: the newest snapshot
+                with self.member_lock:
+                    self._load_members(league, {member})
+                    table = self.gen.task_play(self.gen.task_cfg.prompts_per_wave, member)
+            elif self.gen.task is not None:
                 table = self.gen.task_play(self.gen.task_cfg.prompts_per_wave)
             elif league is None:
                 table = self.gen.self_play(n)
@@ -826,13 +880,20 @@ class GeneratorActor:
 
     def head_to_head(self, league, member: str, n_games: int, weights: dict | None = None) -> dict:
         """The policy (sampling at the training temperature; with `weights`, those weights
-        held fixed) against league `member`, n_games per game of the mix and seat; results
+        held fixed) against league `member`, n_games per game of the mix and seat (a task
+        run: n_games held-out prompts, greedy, judged: `Generator.task_match`); results
         also go to the league as the learner's."""
         with self.eval_lock, self.member_lock:
             policy = self.gen.policy_for(weights, lambda: ray.get(weights["ref"][0]))
             self._load_members(league, {member})
-            table, per_game = self.gen.head_to_head(member, n_games, policy)
-        self._report(league, table, policy)
+            if self.gen.task is not None:  # n_games held-out prompts, judged
+                per_game, results = self.gen.task_match(member, n_games, policy)
+            else:
+                table, per_game = self.gen.head_to_head(member, n_games, policy)
+        if self.gen.task is not None:
+            ray.get(league.record.remote(results))
+        else:
+            self._report(league, table, policy)
         return per_game
 
     def self_play(self, n_games: int) -> bytes:

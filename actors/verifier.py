@@ -94,11 +94,12 @@ class Verifier:
         """What goes on to the buffer: the trainable turns (the learner's own) of the
         accepted trajectories. A league opponent's or scripted player's turns are verified
         with their game but never trained on, so they take no room, rate or staleness in
-        the buffer."""
+        the buffer. A task's rows all go on (competitive self-play: a league snapshot's replies
+        are what the builder compares the learner's with; only the learner's become rows)."""
         accepted = self.verify(table)
         trainable = accepted.filter(pc.field("trainable"))
         self.forwarded_turns += trainable.num_rows
-        return trainable
+        return accepted.filter(pc.is_valid(pc.field("task"))) if self.task is not None else trainable
 
     def _remember(self, traj_id: str) -> None:
         if traj_id in self.seen:

@@ -14,6 +14,12 @@ Rows (`builder.rows`):
        a row labelled dpo with the target as its reply (chosen) and the sample as
        `rejected_ids`; the learner trains the preference loss against its reference (the
        previous iterate). The targets come from the supervised stage's labelled set.
+  compete competitive self-play -> DPO: a group holds the policy's k samples of a prompt
+       and the newest league snapshot's k (task.versus snapshot); the policy's i-th sample
+       meets the snapshot's i-th, the judge's verdict (the task's pointwise scorer, in both
+       orders: `judges.judge_pair`) makes the winner chosen and the loser rejected, in a
+       row labelled dpo; ties and identical replies are dropped (counted `pairs_dropped`),
+       never labelled. The learner's reference is the snapshot (reset at each promotion).
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
@@ -37,6 +43,7 @@ from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
 from selfplay.tasks.base import role_prompts, role_targets
+from selfplay.tasks.judges import scored_pair
 
 COUNTS = (
     "groups",  # task groups built
@@ -47,6 +54,7 @@ COUNTS = (
     "groups_held_back",  # the variance filter held back
     "rows_held_back",
     "rows_admitted",  # training rows built from admitted groups
+    "pairs_dropped",  # compete: pairs the judge tied (or identical replies): never labelled
 )
 
 
@@ -75,6 +83,8 @@ def build(
         counts["groups_all_accepted"] += all(accepted)
         counts["groups_none_accepted"] += not any(accepted)
         built = group_rows(rows, rewards, accepted, cfg, targets)
+        if cfg.rows == "compete":
+            counts["pairs_dropped"] += sum(r["trainable"] for r in rows) - len(built)
         if cfg.variance_filter and population_std(rewards) <= cfg.min_reward_std:
             counts["groups_held_back"] += 1
             counts["rows_held_back"] += len(built)
@@ -96,6 +106,8 @@ def group_rows(
     """The training rows of one group (see the module)."""
     if cfg.rows == "spin":
         return spin_pairs(rows, targets)
+    if cfg.rows == "compete":
+        return compete_pairs(rows)
     if cfg.rows == "rl":
         advantages = group_advantages(rewards, cfg.group_advantage)
         return [{**r, "label": "rl", "advantage": a} for r, a in zip(rows, advantages)]
@@ -132,6 +144,41 @@ def spin_pairs(rows: list[dict], targets: dict[str, tuple[list[int], str]] | Non
                 "behaviour_logprobs": [0.0] * len(chosen_ids),
                 "rejected_ids": r["response_ids"],
                 "rejected_text": r["response_text"],
+            }
+        )
+    return out
+
+
+def compete_pairs(rows: list[dict]) -> list[dict]:
+    """Competitive self-play's pairs of one group: the policy's i-th sample (trainable)
+    against the snapshot's i-th, scored by the verifier; the winner by the judge in both
+    orders is chosen, the loser rejected, in a row built on the policy's sample (its
+    version, for staleness). Ties and identical replies make no row."""
+    ours = [r for r in rows if r["trainable"]]
+    theirs = [r for r in rows if not r["trainable"]]
+    if len(ours) != len(theirs):
+        raise ValueError(
+            f"builder.rows compete: group {rows[0]['group_id']} holds {len(ours)} policy samples "
+            f"and {len(theirs)} snapshot samples; set task.versus snapshot"
+        )
+    out = []
+    for mine, other in zip(ours, theirs):
+        verdict = scored_pair(mine["response_text"], mine["reward"], other["response_text"], other["reward"])
+        if verdict == "tie":
+            continue
+        chosen, rejected = (mine, other) if verdict == "first" else (other, mine)
+        out.append(
+            {
+                **mine,
+                "label": "dpo",
+                "advantage": None,
+                "response_ids": chosen["response_ids"],
+                "response_text": chosen["response_text"],
+                "behaviour_logprobs": [0.0] * len(chosen["response_ids"]),
+                "rejected_ids": rejected["response_ids"],
+                "rejected_text": rejected["response_text"],
+                "scores": chosen["scores"],
+                "reward": chosen["reward"],
             }
         )
     return out

@@ -30,9 +30,10 @@ KlEstimator = Literal["k1", "k2", "k3"]
 BufferSampling = Literal["least_sampled", "uniform"]
 Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
 GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
-BuilderRows = Literal["rl", "sft", "spin"]  # selfplay/builder.py
+BuilderRows = Literal["rl", "sft", "spin", "compete"]  # selfplay/builder.py
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:preference_loss
 TaskPrompts = Literal["train", "sft"]
+TaskVersus = Literal["self", "snapshot"]
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -175,6 +176,9 @@ class TaskConfig:
     # train: waves draw any train problem; sft: only the supervised stage's sft.examples
     # problems (SPIN's setting: the model plays against its own replies to the SFT data)
     prompts: TaskPrompts = "train"
+    # self: the policy's samples only; snapshot: competitive self-play, the league's newest
+    # snapshot answers every prompt as often, beside the policy (builder.rows compete)
+    versus: TaskVersus = "self"
     # a judged task's constitution (selfplay/tasks/judges.py): [{name, weight, hard, params}, ...];
     # a reply that violates a hard principle scores hard_floor
     principles: list[dict[str, Any]] = field(default_factory=list)
@@ -186,7 +190,9 @@ class BuilderConfig:
     """How the buffer turns scored groups into training rows (selfplay/builder.py)."""
 
     # rl: group-relative advantages; sft: verified samples (rejection sampling); spin: preference
-    # pairs, the supervised target over each distinct sample that differs from it (SPIN)
+    # pairs, the supervised target over each distinct sample that differs from it (SPIN);
+    # compete: the judge's winner over its loser, the policy's i-th sample against the newest
+    # snapshot's (competitive self-play -> DPO; ties and identical replies dropped)
     rows: BuilderRows = "rl"
     group_advantage: GroupAdvantage = "grpo"
     # admit a group only if its rewards differ (std > min_reward_std): a group that agrees teaches
@@ -218,6 +224,10 @@ class LeagueConfig:
     promote_every: int = 50  # steps between promotion matches against the newest snapshot
     promote_games: int = 64  # per game and seat
     promote_threshold: float = 0.6  # score (wins + draws/2) above which the policy is snapshotted
+    # a task run (competitive self-play): promote_games is the held-out prompts of a promotion
+    # match, and at the end the final policy meets the league's first member (the supervised
+    # policy) on final_match held-out prompts (summary after TASK/vs_first); 0: no final match
+    final_match: int = 0
     elo_k: float = 16.0
     pfsp_power: float = 2.0
     pfsp_window: int = 200  # PFSP weighs the learner's last N games per member and game; 0: all time
@@ -499,10 +509,27 @@ def validate_task(cfg: RunConfig) -> None:
             "task.samples_per_prompt: group advantages need at least 2 samples per prompt "
             f"(builder.rows rl), got {cfg.task.samples_per_prompt}"
         )
-    if cfg.league.enabled or cfg.generator.opponents:
+    if cfg.generator.opponents:
+        raise ConfigError("generator.opponents: a task run has no scripted opponents")
+    compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot", cfg.league.enabled)
+    if any(compete) and not all(compete):
         raise ConfigError(
-            "task: a task run has no league or scripted opponents (league.enabled, generator.opponents)"
+            "builder.rows: competitive self-play is builder.rows compete with task.versus snapshot "
+            f"and league.enabled true together (got {cfg.builder.rows}, {cfg.task.versus}, {cfg.league.enabled})"
         )
+    if cfg.league.enabled:
+        if not cfg.learner.reference:
+            raise ConfigError(
+                "learner.reference: builder.rows compete trains pairs against a reference; set it true"
+            )
+        if not cfg.sft.steps:
+            raise ConfigError(
+                "sft.steps: competitive self-play starts from the supervised policy (the first snapshot)"
+            )
+        try:
+            task.held_out(max(cfg.league.promote_games, cfg.league.final_match))
+        except ValueError as err:
+            raise ConfigError(f"league.promote_games: {err}") from None
     if cfg.builder.rows == "spin":
         if not cfg.learner.reference:
             raise ConfigError(
@@ -527,18 +554,25 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
-    from selfplay.evals import SELECTION_FIELDS, TASK_FIELDS
+    from selfplay.evals import MATCH_FIELDS, SELECTION_FIELDS, TASK_FIELDS
 
-    fields = [*TASK_FIELDS, "accuracy_gain_over_sft"]
+    fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
+    task = cfg.task.name
+    reported = {f"{task}/held_out/{f}" for f in fields}
+    message = f"a task run reports {task}/held_out/FIELD, FIELD one of {', '.join(fields)}"
+    if cfg.league.enabled:  # competitive self-play
+        reported.add("league/snapshots/promotions")
+        message += "; and league/snapshots/promotions"
+        if cfg.league.final_match:
+            reported |= {f"{task}/vs_first/{f}" for f in MATCH_FIELDS}
+            message += f"; and {task}/vs_first/FIELD, FIELD one of {', '.join(MATCH_FIELDS)}"
+        else:
+            message += f" ({task}/vs_first/FIELD needs league.final_match > 0)"
     for name in cfg.acceptance:
-        key, _, field = name.rpartition("/")
-        if key != f"{cfg.task.name}/held_out" or field not in fields:
-            raise ConfigError(
-                f"acceptance.{name}: a task run reports {cfg.task.name}/held_out/FIELD, "
-                f"FIELD one of {', '.join(fields)}"
-            )
+        if name not in reported:
+            raise ConfigError(f"acceptance.{name}: {message}")
 
 
 def validate_opponents(cfg: RunConfig) -> None:

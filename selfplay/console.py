@@ -22,13 +22,18 @@ def bar_total(step: int, total_steps: int, steps_per_s: float | None, seconds_le
     return max(step, min(total_steps, step + int(steps_per_s * max(seconds_left, 0.0))))
 
 
+RESULT_FIELDS = ("exploitability", "non_loss", "score", "accuracy", "promotions")
+
+
 def result_lines(summary: dict) -> list[str]:
-    """The end of a run in a few lines: each evaluation before -> after (non-loss, or
-    Kuhn exploitability), from summary.json's `before` and `after`."""
+    """The end of a run in a few lines: each evaluation before -> after (a game's non-loss,
+    Kuhn exploitability, a task's mean score, a league's promotions), from summary.json's
+    `before` and `after`."""
     before, after = summary.get("before", {}), summary.get("after", {})
     lines = []
     for key in sorted(set(before) | set(after)):
-        field = "exploitability" if key.endswith("exploitability") else "non_loss"
+        fields = {**before.get(key, {}), **after.get(key, {})}
+        field = next((f for f in RESULT_FIELDS if f in fields), "non_loss")
         then, now = before.get(key, {}).get(field), after.get(key, {}).get(field)
         show = [f"{v:.3f}" if v is not None else "-" for v in (then, now)]
         lines.append(f"  {key:<28} {field:<15} {show[0]:>6} -> {show[1]}")

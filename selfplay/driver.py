@@ -23,7 +23,7 @@ from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import acceptance, eval_metrics, eval_summary
+from selfplay.evals import MATCH_FIELDS, acceptance, eval_metrics, eval_summary
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
@@ -200,9 +200,10 @@ class EvalQueue:
                 key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
                 line = (
-                    f"accuracy {result['accuracy']:.3f}  pass@{result['k']} {result['pass_at_k']:.3f}  "
-                    f"valid {result['valid']:.3f}"
-                )
+                    f"score {result['score']:.3f}  "
+                    if "score" in result
+                    else f"accuracy {result['accuracy']:.3f}  "
+                ) + f"pass@{result['k']} {result['pass_at_k']:.3f}  valid {result['valid']:.3f}"
             else:
                 key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
@@ -280,8 +281,8 @@ class Run:
             self.console,
             self.best,
         )
-        if self.league is not None and ray.get(self.league.latest.remote()) is None:
-            self.promote()  # the initial policy is the first member
+        if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
+            self.promote()  # the initial policy is the first member (a task run's: the supervised one)
         self.gen_counts_at = (time.time(), {})
         self.buffer_at: dict | None = None  # the buffer's counts at the last log
         self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
@@ -383,6 +384,29 @@ class Run:
             new = self.promote()
             for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
                 ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
+            if self.cfg.builder.rows == "compete":  # DPO's reference is the newest snapshot
+                ray.get(self.learner.reset_reference.remote())
+
+    def final_match(self) -> dict:
+        """A task run's league figures: promotions, and (league.final_match > 0) the final
+        policy against the first member, the supervised policy, on that many held-out prompts."""
+        members = ray.get(self.league.ratings.remote())["members"]
+        out = {"league/snapshots": {"promotions": len(members) - 1}}
+        if self.cfg.league.final_match:
+            first = next(iter(members))
+            weights = ray.get(self.learner.current_weights.remote())
+            per_game = self.evals.run(
+                "head_to_head", self.league, first, self.cfg.league.final_match, weights
+            )
+            result = per_game[self.cfg.task.name]
+            out[f"{self.cfg.task.name}/vs_first"] = {k: result[k] for k in MATCH_FIELDS} | {"member": first}
+            values = {f"final/vs_first/{k}": result[k] for k in MATCH_FIELDS}
+            self.metrics.log(self.step, self.wall(), values)
+            self.console.print(
+                f"step {self.step} final policy vs {first} on {result['games']} held-out prompts: "
+                f"score {result['score']:.3f} (win {result['win']:.3f}, draw {result['draw']:.3f})"
+            )
+        return out
 
     def league_metrics(self) -> dict:
         ratings = ray.get(self.league.ratings.remote())
@@ -452,7 +476,8 @@ class Run:
             if self.league is not None:
                 ray.get(self.league.set_step.remote(self.step))
                 self.metrics.log(self.step, self.wall(), self.league_metrics())
-                if self.step % cfg.league.promote_every < n:
+                # not in (nor at the end of) a supervised stage, whose policy is the first member
+                if self.step % cfg.league.promote_every < n and not (self.in_sft or evaluated):
                     self.promotion_match()
             if self.step % cfg.eval.every_steps < n and not evaluated:
                 self.evaluate()
@@ -499,6 +524,8 @@ class Run:
         ray.get(self.learner.reset_reference.remote())  # the KL anchor or SPIN's first iterate
         after = {k: eval_summary(v) for k, v in self.evaluate(wait=True).items()}
         write_atomic(self.run_dir / AFTER_SFT, json.dumps(after, indent=2))
+        if self.league is not None and ray.get(self.league.latest.remote()) is None:
+            self.promote()  # competitive self-play: the supervised policy is the first snapshot
         ray.get(self.program.buffer.end_sft.remote())
         self.console.print(f"step {self.step}: supervised stage done; generation starts")
 
@@ -509,9 +536,10 @@ class Run:
             shown = {"nll": round(learner_metrics["nll"], 3)} if self.in_sft else {}
             if "reward_margin" in learner_metrics and not self.in_sft:  # preference pairs
                 shown["margin"] = round(learner_metrics["reward_margin"], 3)
-            value = self.metrics.last(f"eval/{self.cfg.task.name}/held_out/accuracy")
+            field = "score" if self.cfg.task.principles else "accuracy"  # a judged task: its mean score
+            value = self.metrics.last(f"eval/{self.cfg.task.name}/held_out/{field}")
             if value is not None:
-                shown["accuracy"] = round(value, 3)
+                shown[field] = round(value, 3)
             return shown
         for label, name in HEADLINE.items():
             value = self.metrics.last(name)
@@ -628,6 +656,8 @@ def train(
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
+            if r.league is not None and cfg.task.name:
+                summary["after"].update(r.final_match())
             if (run_dir / AFTER_SFT).exists():  # the supervised stage's figure, kept across a resume
                 summary["after_sft"] = json.loads((run_dir / AFTER_SFT).read_text())
                 gain_over(summary["after"], summary["after_sft"], "accuracy", "sft")

@@ -23,6 +23,9 @@ EVAL_FIELDS = (*SUMMARY_FIELDS, "first_win", "first_non_loss", "second_win", "se
 # A task's held-out evaluation (task_summary): greedy accuracy (pass@1), pass@k and the mean
 # accuracy of the k samples at the training temperature, well-formed replies, problems
 TASK_FIELDS = ("accuracy", "pass_at_k", "sample_accuracy", "valid", "problems")
+# a task match (competitive self-play: the policy's greedy reply against a league member's on
+# held-out prompts, judged; actors/generator.py:Generator.task_match)
+MATCH_FIELDS = ("score", "win", "draw", "loss", "games", "mean_total", "member_mean_total")
 # A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
 # its own tests pick and of a uniform pick, its tests' accuracy and validity, and the gain
 SELECTION_FIELDS = (
@@ -58,19 +61,21 @@ def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
 
 
 def task_fields(result: dict) -> tuple[str, ...]:
-    """The fields of a task evaluation: TASK_FIELDS, and SELECTION_FIELDS where measured."""
-    return TASK_FIELDS + tuple(f for f in SELECTION_FIELDS if f in result)
+    """The fields of a task evaluation: TASK_FIELDS, and a judged task's score and
+    SELECTION_FIELDS where measured."""
+    return TASK_FIELDS + tuple(f for f in ("score", *SELECTION_FIELDS) if f in result)
 
 
-def task_summary(greedy: list, sampled: list, k: int) -> dict:
+def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> dict:
     """A task evaluation from its scores (selfplay.tasks.Score): `greedy` one per problem,
-    `sampled` k per problem in problem order. A reply is correct when its total is 1;
-    pass@k: a problem has a correct one among its k samples (with n = k samples, the
+    `sampled` k per problem in problem order. A reply is correct when its total is 1
+    (`judged`: a task with no right answer, judged by its principles, adds `score`, the
+    greedy replies' mean total); pass@k: a problem has a correct one among its k samples (with n = k samples, the
     unbiased estimator of Chen et al. 2021 is exactly this)."""
     n = len(greedy)
     correct = [s.total >= 1 for s in sampled]
     per_problem = [any(correct[i * k : (i + 1) * k]) for i in range(n)]
-    return {
+    summary = {
         "accuracy": sum(s.total >= 1 for s in greedy) / max(n, 1),
         "pass_at_k": sum(per_problem) / max(n, 1),
         "sample_accuracy": sum(correct) / max(len(correct), 1),
@@ -78,6 +83,9 @@ def task_summary(greedy: list, sampled: list, k: int) -> dict:
         "problems": n,
         "k": k,
     }
+    if judged:
+        summary["score"] = sum(s.total for s in greedy) / max(n, 1)
+    return summary
 
 
 def selection_summary(picks: list[dict[str, float]]) -> dict:

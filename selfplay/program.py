@@ -63,7 +63,15 @@ def build_program(
     checkpoints relative to `run_dir`."""
     resume = str(resume_from) if resume_from else None
     builder = cfg.builder if cfg.task.name else None
-    buffer = BufferActor.options(name="buffer").remote(cfg.buffer, cfg.seed, run_id, builder)
+    pairs = builder is not None and builder.rows in ("spin", "compete") and run_dir is not None
+    buffer = BufferActor.options(name="buffer").remote(
+        cfg.buffer,
+        cfg.seed,
+        run_id,
+        builder,
+        str(run_dir / "preferences") if pairs else None,  # the pairs, for any DPO trainer
+        model_path,
+    )
     if resume:
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 3
@@ -116,3 +117,55 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
 
 def read_parquet(path: str | Path) -> pa.Table:
     return check(pq.read_table(path), str(path))
+
+
+# ---- Preference data, for any DPO trainer ------------------------------------------------
+# Rows labelled dpo, flattened to the columns TRL's DPOTrainer and most others read (prompt,
+# chosen, rejected, as text), plus where each pair came from. Written as Parquet under
+# RUN_DIR/preferences/ (actors/buffer.py), readable with pyarrow, pandas or `datasets`.
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        pa.field("prompt", pa.string()),
+        pa.field("chosen", pa.string()),
+        pa.field("rejected", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("reference_id", pa.string()),  # the problem: the same prompt across runs
+        pa.field("method", pa.string()),  # builder.rows: spin | compete
+        pa.field("chosen_scores", pa.map_(pa.string(), pa.float32())),  # the judge's parts, where known
+        pa.field("policy_version", pa.int64()),  # the learner's weights that sampled its side
+        pa.field("opponent_id", pa.string()),  # what it played against ("self", a snapshot's id)
+        pa.field("run_id", pa.string()),
+        pa.field("group_id", pa.string()),
+        pa.field("traj_id", pa.string()),
+        pa.field("created_at", pa.float64()),
+    ],
+    metadata={VERSION_KEY: b"preferences-1"},
+)
+
+
+def preference_table(table: pa.Table, decode, method: str) -> pa.Table:
+    """The rows labelled dpo of a trajectory table as PREFERENCE_SCHEMA: `decode(ids)` turns
+    prompt ids back into text (special tokens dropped); chosen and rejected are the texts
+    the engine wrote."""
+    rows = table.filter(pc.equal(table["label"], "dpo")).to_pylist()
+    return pa.Table.from_pylist(
+        [
+            {
+                "prompt": decode(r["prompt_ids"]),
+                "chosen": r["response_text"],
+                "rejected": r["rejected_text"],
+                "task": r["task"],
+                "reference_id": r["reference_id"],
+                "method": method,
+                "chosen_scores": r["scores"] if method == "compete" else None,
+                "policy_version": r["policy_version"],
+                "opponent_id": r["opponent_id"],
+                "run_id": r["run_id"],
+                "group_id": r["group_id"],
+                "traj_id": r["traj_id"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ],
+        schema=PREFERENCE_SCHEMA,
+    )

@@ -263,7 +263,11 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         ([*TASK, "acceptance={arithmetic/held_out/acuracy: '>= 0.5'}"], "FIELD one of accuracy, pass_at_k"),
         ([*TASK, "task.params={digitz: 3}"], "task.params.digitz: unknown parameter of arithmetic"),
         (["task.name=arithmetic"], "learner.advantage: a task run trains on the builder's group advantages"),
-        ([*TASK, "league.enabled=true"], "task: a task run has no league or scripted opponents"),
+        ([*TASK, "league.enabled=true"], "builder.rows: competitive self-play is builder.rows compete with"),
+        (
+            [*TASK, "generator.opponents={random: 0.5}"],
+            "generator.opponents: a task run has no scripted opponents",
+        ),
         ([*TASK, "sft.steps=10", "sft.examples=100"], r"sft.examples: must be >= learner.batch_size \(512\)"),
         (
             [*TASK, "acceptance={tictactoe/minimax/non_loss: '>= 0.9'}"],

@@ -33,6 +33,17 @@ def test_results_show_each_evaluation_before_and_after():
         "  tictactoe/minimax            non_loss         0.000 -> 0.915",
     ]
     assert result_lines({"after": {"tictactoe/random": {"non_loss": 0.5}}})[0].endswith("- -> 0.500")
+    task = {
+        "before": {"describe/held_out": {"accuracy": 0.0, "score": 0.544}},
+        "after": {
+            "describe/held_out": {"accuracy": 0.0, "score": 0.826},
+            "league/snapshots": {"promotions": 3},
+        },
+    }
+    assert result_lines(task) == [
+        "  describe/held_out            score            0.544 -> 0.826",
+        "  league/snapshots             promotions           - -> 3.000",
+    ]
 
 
 def test_library_output_goes_to_the_log_and_key_lines_to_the_terminal(tmp_path):

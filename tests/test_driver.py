@@ -136,3 +136,64 @@ def test_run_cli_rejects_an_unknown_field_naming_it():
     )
     assert out.returncode == 2
     assert "learner.lrr: unknown field" in out.stderr
+
+
+def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pairs(
+    ray_session, small_cfg, tmp_path
+):
+    """The supervised policy becomes the first snapshot; the policy's and the snapshot's
+    replies are judged into DPO pairs (written for other trainers); promotion matches on
+    held-out prompts every 2 steps; the final policy meets the supervised one."""
+    cfg = dataclasses.replace(
+        small_cfg,
+        total_steps=8,
+        log_every=2,
+        checkpoint_every=8,
+        out_dir=str(tmp_path),
+        generator=dataclasses.replace(small_cfg.generator, max_response_tokens=8),
+        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group", reference=True),
+        buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
+        eval=dataclasses.replace(small_cfg.eval, every_steps=100),
+        task=TaskConfig(
+            name="describe",
+            principles=[{"name": "sentiment"}, {"name": "brevity", "params": {"max_words": 1}}],
+            versus="snapshot",
+            samples_per_prompt=2,
+            prompts_per_wave=16,
+            held_out=4,
+            eval_samples=1,
+        ),
+        builder=BuilderConfig(rows="compete"),
+        sft=SftConfig(steps=2, examples=40),
+        league=dataclasses.replace(
+            small_cfg.league,
+            enabled=True,
+            promote_every=2,
+            promote_games=8,
+            final_match=12,
+            max_live_opponents=1,
+        ),
+        acceptance={"describe/vs_first/score": ">= 0", "league/snapshots/promotions": ">= 0"},
+    )
+    run_dir = driver.train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 8
+    final = summary["after"]["describe/vs_first"]
+    assert final["member"] == "snap-0" and final["games"] == 12
+    assert final["score"] == pytest.approx(final["win"] + final["draw"] / 2)
+    assert summary["acceptance"]["describe/vs_first/score"]["value"] == final["score"]
+    promotions = summary["after"]["league/snapshots"]["promotions"]
+    assert promotions == summary["league"]["league/members"] - 1
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    matches = {m["step"]: m["value"] for m in metrics if m["name"] == "league/vs_previous_games"}
+    assert matches == {4: 8, 6: 8, 8: 8}  # not during, nor at the end of, the supervised stage
+    pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
+    assert all(pairs[s] > 0 for s in (3, 4, 5, 6, 7, 8))
+    snapshot_eval = {m["step"] for m in metrics if m["name"] == "snapshot/snap-0/describe/held_out/score"}
+    assert snapshot_eval == {2}  # the first snapshot is the supervised policy
+    written = pq.read_table(run_dir / "preferences")
+    assert written.num_rows > 0 and set(written["method"].to_pylist()) == {"compete"}
+    assert all(p.endswith(":") and len(p.split(", ")) == 3 for p in written["prompt"].to_pylist())
+    assert all(
+        c.strip() != r.strip() for c, r in zip(written["chosen"].to_pylist(), written["rejected"].to_pylist())
+    )

@@ -135,3 +135,11 @@ def test_judge_pair_asks_both_orders_and_never_judges_identical_replies():
 
     assert judge_pair(longer, "p", "abc", "a") == "first"
     assert judge_pair(longer, "p", "a", "abc") == "second"
+
+
+def test_scored_pair_is_a_pointwise_judges_both_orders_verdict():
+    from selfplay.tasks.judges import scored_pair
+
+    assert scored_pair("a", 0.9, "b", 0.5) == "first" and scored_pair("a", 0.5, "b", 0.9) == "second"
+    assert scored_pair("a", 0.5, "b", 0.5) == "tie"
+    assert scored_pair("same", 0.9, "same ", 0.1) == "tie"  # identical replies are never labelled

@@ -186,3 +186,10 @@ def judge_pair(judge: Callable[[str, str, str], Verdict], prompt: str, a: str, b
     if a.strip() == b.strip():
         return "tie"
     return both_orders(judge(prompt, a, b), judge(prompt, b, a))
+
+
+def scored_pair(a: str, a_total: float, b: str, b_total: float, margin: float = 0.0) -> Verdict:
+    """`judge_pair` for a pointwise judge (a constitution, a reward model) whose totals of
+    a and b are known: the same verdict in either order, by `by_score`."""
+    totals = {a: a_total, b: b_total}
+    return judge_pair(lambda _, x, y: by_score(totals[x], totals[y], margin), "", a, b)
