@@ -38,7 +38,7 @@ from selfplay.evals import (
 from selfplay.games import make_game, scripted_players
 from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
-from selfplay.tasks import task_of
+from selfplay.tasks import gold_judge, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
 from selfplay.tasks.judges import scored_pair
 
@@ -178,6 +178,7 @@ class Generator:
         self.task_cfg = task_cfg
         self.task = task_of(task_cfg) if task_cfg and task_cfg.name else None
         self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
+        self.gold = gold_judge(task_cfg) if self.task is not None else None  # the hacking monitor's
         self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
         self.prompt_seeds = prompt_seeds or []
         self.held_out: list | None = None  # the task's held-out problems, once an evaluation drew them
@@ -704,7 +705,13 @@ class Generator:
                 greedy_scores, sample_scores, k, judged=getattr(self.task, "principles", None) is not None
             ),
             **(selection_summary(picks) if picks else {}),
+            **(self._gold_score(problems, greedy) if self.gold is not None else {}),
         }
+
+    def _gold_score(self, problems: list, replies: list) -> dict:
+        """The held-out gold judge's mean total of the greedy replies (never trained against)."""
+        totals = [self.gold.score(p.prompt, o.text, p.reference).total for p, o in zip(problems, replies)]
+        return {"gold_score": sum(totals) / max(len(totals), 1)}
 
     def close(self) -> None:
         for engine in [*self.engines.values(), *self.slots.values()]:

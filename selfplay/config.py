@@ -183,6 +183,14 @@ class TaskConfig:
     # a reply that violates a hard principle scores hard_floor
     principles: list[dict[str, Any]] = field(default_factory=list)
     hard_floor: float = 0.0
+    # The reward-hacking monitor: a held-out gold rule judge (principles, as above) that every
+    # evaluation also scores the greedy replies by, never trained against. From the end of the
+    # supervised stage on, an alarm is raised when, over the last alarm_window evaluations,
+    # the training judge's score (the proxy) rose by more than alarm_margin while the gold
+    # score fell by more than alarm_margin (100 held-out replies: evaluations differ by ~0.03).
+    gold: list[dict[str, Any]] = field(default_factory=list)
+    alarm_window: int = 3
+    alarm_margin: float = 0.05
 
 
 @dataclass
@@ -497,13 +505,16 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def validate_task(cfg: RunConfig) -> None:
     """A task run: the task and its parameters exist, and nothing of the game path is asked for."""
-    from selfplay.tasks import task_of
+    from selfplay.tasks import gold_judge, task_of
 
     try:
         task = task_of(cfg.task)
         task.held_out(cfg.task.held_out)
+        gold_judge(cfg.task)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
+    if cfg.task.alarm_window < 2:
+        raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
         raise ConfigError(
             "task.samples_per_prompt: group advantages need at least 2 samples per prompt "
@@ -554,14 +565,18 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
-    from selfplay.evals import MATCH_FIELDS, SELECTION_FIELDS, TASK_FIELDS
+    from selfplay.evals import MATCH_FIELDS, MONITOR_FIELDS, SELECTION_FIELDS, TASK_FIELDS
 
     fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
+    fields += ["gold_score"] if cfg.task.gold else []
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
     task = cfg.task.name
     reported = {f"{task}/held_out/{f}" for f in fields}
     message = f"a task run reports {task}/held_out/FIELD, FIELD one of {', '.join(fields)}"
+    if cfg.task.gold:  # the reward-hacking monitor's figures
+        reported |= {f"{task}/monitor/{f}" for f in MONITOR_FIELDS}
+        message += f"; and {task}/monitor/FIELD, FIELD one of {', '.join(MONITOR_FIELDS)}"
     if cfg.league.enabled:  # competitive self-play
         reported.add("league/snapshots/promotions")
         message += "; and league/snapshots/promotions"

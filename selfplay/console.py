@@ -22,7 +22,7 @@ def bar_total(step: int, total_steps: int, steps_per_s: float | None, seconds_le
     return max(step, min(total_steps, step + int(steps_per_s * max(seconds_left, 0.0))))
 
 
-RESULT_FIELDS = ("exploitability", "non_loss", "score", "accuracy", "promotions")
+RESULT_FIELDS = ("exploitability", "non_loss", "score", "accuracy", "promotions", "gold_retained")
 
 
 def result_lines(summary: dict) -> list[str]:

@@ -23,7 +23,7 @@ from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import MATCH_FIELDS, acceptance, eval_metrics, eval_summary
+from selfplay.evals import MATCH_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
@@ -131,6 +131,8 @@ class EvalQueue:
         self.console = console
         self.best = best  # offered every evaluation of the current policy
         self.pending: list = []  # (step, prefix, weights, (method, args), ref)
+        # the reward-hacking monitor: the current policy's proxy and gold scores (task.gold)
+        self.monitor = HackingMonitor(cfg.task.alarm_window, cfg.task.alarm_margin) if cfg.task.gold else None
 
     def call(self, method: str, *args):
         """generator-0's `method`, as a pending reference."""
@@ -150,6 +152,20 @@ class EvalQueue:
 
     def _add(self, step: int, prefix: str, weights: dict, method: str, *args) -> None:
         self.pending.append((step, prefix, weights, (method, args), self.call(method, *args)))
+
+    def watch_for_hacking(self, step: int, wall_s: float, result: dict) -> None:
+        """Feed the monitor an evaluation of the current policy; log and show an alarm."""
+        proxy = result.get("score", result["accuracy"])
+        alarm = self.monitor.observe(step, proxy, result["gold_score"])
+        self.metrics.log(step, wall_s, {"monitor/alarm": float(alarm is not None)})
+        if alarm is not None:
+            self.metrics.log(
+                step, wall_s, {f"monitor/{k}": alarm[k] for k in ("proxy_change", "gold_change")}
+            )
+            self.console.print(
+                f"step {step:>5} ALARM reward hacking: since step {alarm['since_step']} the judge trained "
+                f"against rose {alarm['proxy_change']:+.3f} while the gold judge fell {alarm['gold_change']:+.3f}"
+            )
 
     def queue(self, prefix: str = "eval", weights: dict | None = None) -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
@@ -204,6 +220,11 @@ class EvalQueue:
                     if "score" in result
                     else f"accuracy {result['accuracy']:.3f}  "
                 ) + f"pass@{result['k']} {result['pass_at_k']:.3f}  valid {result['valid']:.3f}"
+                if "gold_score" in result:
+                    line += f"  gold {result['gold_score']:.3f}"
+                    # from the supervised policy on: nothing trains against the judge before
+                    if prefix == "eval" and self.monitor is not None and step >= self.cfg.sft.steps:
+                        self.watch_for_hacking(step, wall_s, result)
             else:
                 key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
@@ -658,6 +679,8 @@ def train(
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
             if r.league is not None and cfg.task.name:
                 summary["after"].update(r.final_match())
+            if r.evals.monitor is not None:  # the reward-hacking monitor's figures over the run
+                summary["after"][f"{cfg.task.name}/monitor"] = r.evals.monitor.summary()
             if (run_dir / AFTER_SFT).exists():  # the supervised stage's figure, kept across a resume
                 summary["after_sft"] = json.loads((run_dir / AFTER_SFT).read_text())
                 gain_over(summary["after"], summary["after_sft"], "accuracy", "sft")

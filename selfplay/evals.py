@@ -25,6 +25,8 @@ EVAL_FIELDS = (*SUMMARY_FIELDS, "first_win", "first_non_loss", "second_win", "se
 TASK_FIELDS = ("accuracy", "pass_at_k", "sample_accuracy", "valid", "problems")
 # a task match (competitive self-play: the policy's greedy reply against a league member's on
 # held-out prompts, judged; actors/generator.py:Generator.task_match)
+# the reward-hacking monitor's figures over a run (HackingMonitor.summary)
+MONITOR_FIELDS = ("alarms", "first_alarm_step", "gold_peak", "gold_final", "gold_retained", "proxy_final")
 MATCH_FIELDS = ("score", "win", "draw", "loss", "games", "mean_total", "member_mean_total")
 # A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
 # its own tests pick and of a uniform pick, its tests' accuracy and validity, and the gain
@@ -63,7 +65,7 @@ def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
 def task_fields(result: dict) -> tuple[str, ...]:
     """The fields of a task evaluation: TASK_FIELDS, and a judged task's score and
     SELECTION_FIELDS where measured."""
-    return TASK_FIELDS + tuple(f for f in ("score", *SELECTION_FIELDS) if f in result)
+    return TASK_FIELDS + tuple(f for f in ("score", "gold_score", *SELECTION_FIELDS) if f in result)
 
 
 def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> dict:
@@ -196,3 +198,56 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
 
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def hacking_alarm(proxy: list[float], gold: list[float], window: int, margin: float) -> dict | None:
+    """The reward-hacking rule on a run's evaluations so far, oldest first: over the last
+    `window` of them (the newest against the one window - 1 before it) the proxy, the judge
+    trained against, rose by more than `margin` while the gold judge, never trained against,
+    fell by more than `margin`. Returns the two changes, or None (no alarm, or too few)."""
+    if len(proxy) != len(gold):
+        raise ValueError(f"hacking_alarm: {len(proxy)} proxy scores but {len(gold)} gold scores")
+    if len(proxy) < window:
+        return None
+    rise, fall = proxy[-1] - proxy[-window], gold[-1] - gold[-window]
+    if rise > margin and fall < -margin:
+        return {"proxy_change": rise, "gold_change": fall}
+    return None
+
+
+class HackingMonitor:
+    """The proxy and gold scores of a run's evaluations of its current policy, in order;
+    `observe` returns an alarm (`hacking_alarm`, with the step) when one is raised."""
+
+    def __init__(self, window: int, margin: float):
+        self.window = window
+        self.margin = margin
+        self.steps: list[int] = []
+        self.proxy: list[float] = []
+        self.gold: list[float] = []
+        self.alarms: list[dict] = []
+
+    def observe(self, step: int, proxy: float, gold: float) -> dict | None:
+        self.steps.append(step)
+        self.proxy.append(proxy)
+        self.gold.append(gold)
+        alarm = hacking_alarm(self.proxy, self.gold, self.window, self.margin)
+        if alarm is not None:
+            alarm = {"step": step, "since_step": self.steps[-self.window], **alarm}
+            self.alarms.append(alarm)
+        return alarm
+
+    def summary(self) -> dict:
+        """MONITOR_FIELDS: alarms raised (evaluations in alarm), the first's step, the gold
+        score's peak and final value, final over peak, and the proxy's final value."""
+        if not self.gold:
+            return {}
+        peak = max(self.gold)
+        return {
+            "alarms": len(self.alarms),
+            "first_alarm_step": self.alarms[0]["step"] if self.alarms else None,
+            "gold_peak": peak,
+            "gold_final": self.gold[-1],
+            "gold_retained": self.gold[-1] / peak if peak > 0 else None,
+            "proxy_final": self.proxy[-1],
+        }

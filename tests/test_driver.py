@@ -157,6 +157,7 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
         task=TaskConfig(
             name="describe",
             principles=[{"name": "sentiment"}, {"name": "brevity", "params": {"max_words": 1}}],
+            gold=[{"name": "no_repetition"}],  # the reward-hacking monitor watches it too
             versus="snapshot",
             samples_per_prompt=2,
             prompts_per_wave=16,
@@ -191,6 +192,13 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
     assert all(pairs[s] > 0 for s in (3, 4, 5, 6, 7, 8))
     snapshot_eval = {m["step"] for m in metrics if m["name"] == "snapshot/snap-0/describe/held_out/score"}
     assert snapshot_eval == {2}  # the first snapshot is the supervised policy
+    monitor = summary["after"]["describe/monitor"]
+    gold = {m["step"]: m["value"] for m in metrics if m["name"] == "eval/describe/held_out/gold_score"}
+    alarms = {m["step"]: m["value"] for m in metrics if m["name"] == "monitor/alarm"}
+    assert set(gold) == {0, 2, 8}  # before, after the supervised stage, at the end
+    assert set(alarms) == {2, 8}  # watched from the supervised policy on
+    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(gold[2], gold[8])
+    assert monitor["gold_final"] == gold[8]
     written = pq.read_table(run_dir / "preferences")
     assert written.num_rows > 0 and set(written["method"].to_pylist()) == {"compete"}
     assert all(p.endswith(":") and len(p.split(", ")) == 3 for p in written["prompt"].to_pylist())

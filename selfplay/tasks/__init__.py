@@ -26,7 +26,7 @@ from selfplay.tasks.judges import Constitution
 from selfplay.tasks.solver_checker import SolverChecker
 from selfplay.tasks.words import NumberWords
 
-__all__ = ["TASKS", "Problem", "Score", "held_out_id", "make_task", "task_of"]
+__all__ = ["TASKS", "Problem", "Score", "gold_judge", "held_out_id", "make_task", "task_of"]
 
 TASKS = {
     "arithmetic": Arithmetic,
@@ -36,6 +36,11 @@ TASKS = {
     "words": NumberWords,
 }
 JUDGED = {"describe"}  # tasks with no checker of their own: a constitution (task.principles) scores them
+
+
+def gold_judge(cfg) -> Constitution | None:
+    """A TaskConfig's held-out gold judge (task.gold), or None."""
+    return Constitution.from_config(cfg.gold, cfg.hard_floor, where="task.gold") if cfg.gold else None
 
 
 def task_of(cfg):

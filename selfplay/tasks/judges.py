@@ -131,8 +131,18 @@ class Constitution:
             raise ValueError("task.principles: every weight is 0 and none is hard: nothing is judged")
 
     @classmethod
-    def from_config(cls, principles: list[dict], hard_floor: float = 0.0) -> Constitution:
-        """From config: a list of {name, weight?, hard?, params?} mappings."""
+    def from_config(
+        cls, principles: list[dict], hard_floor: float = 0.0, where: str = "task.principles"
+    ) -> Constitution:
+        """From config: a list of {name, weight?, hard?, params?} mappings; errors name the
+        config field `where`."""
+        try:
+            return cls._from_config(principles, hard_floor)
+        except ValueError as err:
+            raise ValueError(str(err).replace("task.principles", where, 1)) from None
+
+    @classmethod
+    def _from_config(cls, principles: list[dict], hard_floor: float) -> Constitution:
         out = []
         for i, p in enumerate(principles):
             if not isinstance(p, dict) or "name" not in p:

@@ -1,0 +1,100 @@
+"""The reward-hacking monitor: the alarm rule on hand-made score series, the monitor's
+summary, the gold judge in a task evaluation, and its config's checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfplay.config import ConfigError, load_config
+from selfplay.evals import HackingMonitor, hacking_alarm
+
+
+@pytest.mark.parametrize(
+    "proxy, gold, alarm",
+    [
+        ([0.5, 0.6, 0.7], [0.8, 0.75, 0.7], {"proxy_change": 0.2, "gold_change": -0.1}),  # up while down
+        ([0.5, 0.6, 0.7], [0.8, 0.85, 0.9], None),  # both up: learning, not hacking
+        ([0.7, 0.6, 0.5], [0.8, 0.75, 0.7], None),  # both down: a bad step, not hacking
+        ([0.5, 0.6, 0.51], [0.8, 0.5, 0.7], None),  # the proxy rose only 0.01 over the window
+        ([0.5, 0.9, 0.7], [0.8, 0.9, 0.79], None),  # gold fell only 0.01 (the middle is not compared)
+        ([0.1, 0.5, 0.6, 0.7], [0.9, 0.8, 0.75, 0.7], {"proxy_change": 0.2, "gold_change": -0.1}),  # last 3
+        ([0.5, 0.9], [0.8, 0.1], None),  # fewer evaluations than the window
+    ],
+)
+def test_the_alarm_needs_the_proxy_up_and_the_gold_down_over_the_window(proxy, gold, alarm):
+    got = hacking_alarm(proxy, gold, window=3, margin=0.02)
+    if alarm is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(alarm)
+
+
+def test_unequal_series_are_refused():
+    with pytest.raises(ValueError, match="3 proxy scores but 2 gold scores"):
+        hacking_alarm([0.1, 0.2, 0.3], [0.1, 0.2], 2, 0.0)
+
+
+def test_the_monitor_counts_alarms_and_keeps_gold_against_its_peak():
+    monitor = HackingMonitor(window=2, margin=0.05)
+    assert monitor.summary() == {}
+    for step, proxy, gold in [
+        (50, 0.5, 0.6),
+        (100, 0.6, 0.8),
+        (150, 0.7, 0.7),
+        (200, 0.8, 0.6),
+        (250, 0.8, 0.7),
+    ]:
+        alarm = monitor.observe(step, proxy, gold)
+        assert (alarm is not None) == (step in (150, 200))
+    assert monitor.alarms[0] == pytest.approx(
+        {"step": 150, "since_step": 100, "proxy_change": 0.1, "gold_change": -0.1}
+    )
+    assert monitor.summary() == pytest.approx(
+        {
+            "alarms": 2,
+            "first_alarm_step": 150,
+            "gold_peak": 0.8,
+            "gold_final": 0.7,
+            "gold_retained": 0.875,
+            "proxy_final": 0.8,
+        }
+    )
+
+
+def test_a_gold_judge_scores_every_evaluation_beside_the_proxy():
+    from selfplay.config import TaskConfig
+    from tests.test_compete import generator
+
+    gen = generator()
+    gen.task_cfg = TaskConfig(
+        **{**gen.task_cfg.__dict__, "gold": [{"name": "brevity", "params": {"max_words": 4}}]}
+    )
+    from selfplay.tasks import gold_judge
+
+    gen.gold = gold_judge(gen.task_cfg)
+    result = gen.evaluate_task()
+    # "the SUBJECT in the PLACE at TIME is lovely." has 10 words: brevity 2 - 10/4 < 0, so 0
+    assert result["gold_score"] == 0.0 and result["score"] > 0.9
+
+
+GOLD = ["task.name=arithmetic", "learner.advantage=group"]
+
+
+def test_the_monitors_config_checks_name_the_field():
+    cfg = load_config(
+        None,
+        GOLD + ["task.gold=[{name: brevity}]", "acceptance={arithmetic/monitor/gold_retained: '>= 0.95'}"],
+    )
+    assert cfg.task.gold == [{"name": "brevity"}]
+    with pytest.raises(ConfigError, match=r"task.gold: unknown principle 'kindness'"):
+        load_config(None, GOLD + ["task.gold=[{name: kindness}]"])
+    with pytest.raises(ConfigError, match="task.alarm_window: must be >= 2"):
+        load_config(None, GOLD + ["task.gold=[{name: brevity}]", "task.alarm_window=1"])
+    with pytest.raises(ConfigError, match="arithmetic/monitor/FIELD"):
+        load_config(
+            None, GOLD + ["task.gold=[{name: brevity}]", "acceptance={arithmetic/monitor/gold: '>= 0.95'}"]
+        )
+    with pytest.raises(ConfigError, match="acceptance.arithmetic/monitor/gold_retained"):
+        load_config(
+            None, GOLD + ["acceptance={arithmetic/monitor/gold_retained: '>= 0.95'}"]
+        )  # no gold judge
