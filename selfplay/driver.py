@@ -302,6 +302,8 @@ class Run:
             self.console,
             self.best,
         )
+        if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
+            self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
         if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
             self.promote()  # the initial policy is the first member (a task run's: the supervised one)
         self.gen_counts_at = (time.time(), {})

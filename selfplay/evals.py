@@ -227,6 +227,18 @@ class HackingMonitor:
         self.gold: list[float] = []
         self.alarms: list[dict] = []
 
+    def restore(self, rows: list[dict], task: str, from_step: int, until: int) -> None:
+        """Replay a resumed run's evaluations (metrics rows: step, name, value) of steps
+        from_step..until, so the window spans the resume; their alarms count again as they did."""
+        series = {}
+        for field in ("score", "accuracy", "gold_score"):
+            name = f"eval/{task}/held_out/{field}"
+            series[field] = {r["step"]: r["value"] for r in rows if r["name"] == name}
+        proxy = series["score"] or series["accuracy"]
+        for step in sorted(set(proxy) & set(series["gold_score"])):
+            if from_step <= step <= until:
+                self.observe(step, proxy[step], series["gold_score"][step])
+
     def observe(self, step: int, proxy: float, gold: float) -> dict | None:
         self.steps.append(step)
         self.proxy.append(proxy)

@@ -98,3 +98,23 @@ def test_the_monitors_config_checks_name_the_field():
         load_config(
             None, GOLD + ["acceptance={arithmetic/monitor/gold_retained: '>= 0.95'}"]
         )  # no gold judge
+
+
+def test_a_resumed_monitor_replays_the_evaluations_up_to_its_checkpoint():
+    def rows(name, values):
+        return [
+            {"step": s, "wall_s": 0.0, "name": f"eval/describe/held_out/{name}", "value": v}
+            for s, v in values
+        ]
+
+    logged = (
+        rows("score", [(0, 0.9), (50, 0.2), (100, 0.5), (150, 0.9), (200, 0.95)])
+        + rows("gold_score", [(0, 0.1), (50, 0.5), (100, 0.4), (150, 0.2), (200, 0.1)])
+        + [{"step": 100, "wall_s": 0.0, "name": "loss", "value": 1.0}]
+    )
+    monitor = HackingMonitor(window=3, margin=0.05)
+    # the supervised stage ended at step 50; the checkpoint resumed is step 150 (200 was lost)
+    monitor.restore(logged, "describe", from_step=50, until=150)
+    assert monitor.steps == [50, 100, 150] and monitor.proxy == [0.2, 0.5, 0.9]
+    assert [a["step"] for a in monitor.alarms] == [150]  # 0.2 -> 0.9 while 0.5 -> 0.2
+    assert monitor.observe(200, 0.95, 0.1) is not None  # the window spans the resume
