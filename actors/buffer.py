@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from selfplay import schema
 from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import build, targets_of
 from selfplay.config import BufferConfig, BuilderConfig
-from selfplay.files import write_atomic
+from selfplay.files import write_atomic, write_parquet_atomic
 from selfplay.metrics import ray_metric
 
 
@@ -117,7 +116,6 @@ class PreferenceLog:
         self.flush_rows = flush_rows
         self.pending: list[pa.Table] = []
         self.parts = len(list(self.dir.glob("part-*.parquet")))
-        self.written = 0
 
     def add(self, table: pa.Table) -> None:
         pairs = schema.preference_table(table, self.decode, self.method)
@@ -129,13 +127,8 @@ class PreferenceLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        table = pa.concat_tables(self.pending)
-        path = self.dir / f"part-{self.parts:06d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        write_parquet_atomic(pa.concat_tables(self.pending), self.dir / f"part-{self.parts:06d}.parquet")
         self.parts += 1
-        self.written += table.num_rows
         self.pending = []
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 
 def write_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -20,6 +23,19 @@ def write_atomic(path: str | Path, text: str) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """A Parquet file, whole or not at all: written under a hidden temporary name beside it
+    (Parquet readers of the directory skip dot-files) and renamed over it. No fsync: the
+    checkpoint's fsync_tree makes what it names durable."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from selfplay.files import write_parquet_atomic
+
 SECONDS = [
     0.001,
     0.005,
@@ -81,9 +83,7 @@ class MetricsLog:
         return None
 
     def flush(self) -> None:
-        tmp = self.path.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), tmp)
-        tmp.replace(self.path)
+        write_parquet_atomic(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), self.path)
         self.tb.flush()
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from selfplay.files import write_parquet_atomic
+
 SCHEMA_VERSION = 3
 # earlier versions that read as this one: the columns added since, filled null
 UPGRADES = {b"2": ("rejected_ids", "rejected_text")}
@@ -110,9 +112,7 @@ def from_ipc(blob: bytes) -> pa.Table:
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    pq.write_table(check(table), tmp)
-    tmp.replace(path)
+    write_parquet_atomic(check(table), path)
 
 
 def read_parquet(path: str | Path) -> pa.Table:
