@@ -99,7 +99,7 @@ class Verifier:
         accepted = self.verify(table)
         trainable = accepted.filter(pc.field("trainable"))
         self.forwarded_turns += trainable.num_rows
-        return accepted.filter(pc.is_valid(pc.field("task"))) if self.task is not None else trainable
+        return accepted if self.task is not None else trainable
 
     def _remember(self, traj_id: str) -> None:
         if traj_id in self.seen:

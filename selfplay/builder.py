@@ -134,18 +134,7 @@ def spin_pairs(rows: list[dict], targets: dict[str, tuple[list[int], str]] | Non
         if key in seen:
             continue
         seen.add(key)
-        out.append(
-            {
-                **r,
-                "label": "dpo",
-                "advantage": None,
-                "response_ids": list(chosen_ids),
-                "response_text": chosen_text,
-                "behaviour_logprobs": [0.0] * len(chosen_ids),
-                "rejected_ids": r["response_ids"],
-                "rejected_text": r["response_text"],
-            }
-        )
+        out.append(pair_row(r, (list(chosen_ids), chosen_text), (r["response_ids"], r["response_text"])))
     return out
 
 
@@ -167,21 +156,29 @@ def compete_pairs(rows: list[dict]) -> list[dict]:
         if verdict == "tie":
             continue
         chosen, rejected = (mine, other) if verdict == "first" else (other, mine)
-        out.append(
-            {
-                **mine,
-                "label": "dpo",
-                "advantage": None,
-                "response_ids": chosen["response_ids"],
-                "response_text": chosen["response_text"],
-                "behaviour_logprobs": [0.0] * len(chosen["response_ids"]),
-                "rejected_ids": rejected["response_ids"],
-                "rejected_text": rejected["response_text"],
-                "scores": chosen["scores"],
-                "reward": chosen["reward"],
-            }
+        row = pair_row(
+            mine,
+            (chosen["response_ids"], chosen["response_text"]),
+            (rejected["response_ids"], rejected["response_text"]),
         )
+        out.append({**row, "scores": chosen["scores"], "reward": chosen["reward"]})
     return out
+
+
+def pair_row(base: dict, chosen: tuple[list[int], str], rejected: tuple[list[int], str]) -> dict:
+    """A preference pair built on the sampled row `base` (its prompt, group and version):
+    labelled dpo, `chosen` (ids, text) as its reply, `rejected` in rejected_ids/_text.
+    Behaviour log-probs are zeros: the preference loss does not read them."""
+    return {
+        **base,
+        "label": "dpo",
+        "advantage": None,
+        "response_ids": chosen[0],
+        "response_text": chosen[1],
+        "behaviour_logprobs": [0.0] * len(chosen[0]),
+        "rejected_ids": rejected[0],
+        "rejected_text": rejected[1],
+    }
 
 
 def targets_of(table: pa.Table) -> dict[str, tuple[list[int], str]]:
