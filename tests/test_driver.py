@@ -22,6 +22,25 @@ SOLVER_CHECKER = {"name": "solver_checker", "params": {"steps": 2}}
 WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 
 
+def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, reference: bool, **fields):
+    """A short task run: `steps` steps logged every 2, one checkpoint at the end, batches of
+    32 group-advantage rows. It is evaluated before, after the supervised stage and at the
+    end, all while nothing trains: on generator-0's own engine (the league run covers
+    evaluations mid-run). `fields`: the rest of the config (task, builder, sft, ...)."""
+    return dataclasses.replace(
+        small_cfg,
+        total_steps=steps,
+        log_every=2,
+        checkpoint_every=steps,
+        out_dir=str(tmp_path),
+        generator=dataclasses.replace(small_cfg.generator, max_response_tokens=max_response_tokens),
+        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group", reference=reference),
+        buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
+        eval=dataclasses.replace(small_cfg.eval, every_steps=100),
+        **fields,
+    )
+
+
 @pytest.mark.parametrize(
     "task, builder",
     [
@@ -41,20 +60,12 @@ WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, task, builder):
     """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
     name = task["name"]
-    cfg = dataclasses.replace(
+    cfg = task_run_config(
         small_cfg,
-        total_steps=6,
-        log_every=2,
-        checkpoint_every=6,
-        out_dir=str(tmp_path),
-        generator=dataclasses.replace(small_cfg.generator, max_response_tokens=4),
-        learner=dataclasses.replace(
-            small_cfg.learner, batch_size=32, advantage="group", reference=builder["rows"] == "spin"
-        ),
-        buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
-        # evaluated before, after the supervised stage and at the end, all while nothing
-        # trains: on generator-0's own engine (the league run covers evaluations mid-run)
-        eval=dataclasses.replace(small_cfg.eval, every_steps=100),
+        tmp_path,
+        steps=6,
+        max_response_tokens=4,
+        reference=builder["rows"] == "spin",
         task=TaskConfig(
             **task,
             samples_per_prompt=4,
@@ -144,16 +155,12 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
     """The supervised policy becomes the first snapshot; the policy's and the snapshot's
     replies are judged into DPO pairs (written for other trainers); promotion matches on
     held-out prompts every 2 steps; the final policy meets the supervised one."""
-    cfg = dataclasses.replace(
+    cfg = task_run_config(
         small_cfg,
-        total_steps=8,
-        log_every=2,
-        checkpoint_every=8,
-        out_dir=str(tmp_path),
-        generator=dataclasses.replace(small_cfg.generator, max_response_tokens=8),
-        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group", reference=True),
-        buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
-        eval=dataclasses.replace(small_cfg.eval, every_steps=100),
+        tmp_path,
+        steps=8,
+        max_response_tokens=8,
+        reference=True,
         task=TaskConfig(
             name="describe",
             principles=[{"name": "sentiment"}, {"name": "brevity", "params": {"max_words": 1}}],
