@@ -162,3 +162,19 @@ def preference_loss(
     else:
         raise ValueError(f"unknown preference loss {kind!r}; expected one of {', '.join(PREFERENCE_LOSSES)}")
     return loss, (beta * h).detach()
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0
+) -> torch.Tensor:
+    """Per-pair losses [P] of a Bradley-Terry reward model from its scalar rewards of the
+    chosen and the rejected reply ([P] each): -log sigmoid(r_w - r_l - margin), the
+    negative log-likelihood that the chosen reply wins (InstructGPT, Ouyang et al. 2022;
+    `margin` [P] as Llama 2's). `center_coef` adds coef * (r_w + r_l)^2, which keeps the
+    rewards near 0 (Eisenstein et al. 2023; TRL's center_rewards_coefficient), since the loss
+    sees only differences. The mean over pairs is TRL's RewardTrainer loss."""
+    diff = chosen - rejected if margin is None else chosen - rejected - margin
+    loss = -torch.nn.functional.logsigmoid(diff)
+    if center_coef:
+        loss = loss + center_coef * (chosen + rejected) ** 2
+    return loss

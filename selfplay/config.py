@@ -214,6 +214,23 @@ class BuilderConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """A Bradley-Terry reward model trained at the start of a task run (selfplay/reward_model.py):
+    `pairs` pairs of the task's demonstrations labelled by the `labeler` constitution (rule
+    principles, as task.principles), from the policy's initial weights with a scalar head,
+    written to RUN_DIR/reward_model/. A task.principles entry {name: reward_model} without a
+    path judges by it. 0 pairs: none is trained."""
+
+    pairs: int = 0
+    labeler: list[dict[str, Any]] = field(default_factory=list)
+    held_out_pairs: int = 400  # from held-out problems: the figure of what it learned
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 32  # pairs per step
+    center_coef: float = 0.01  # coef * (r_w + r_l)^2 keeps rewards near 0 (the loss sees differences)
+
+
+@dataclass
 class SftConfig:
     """A supervised stage: the run's first `steps` learner steps train (NLL) on the task's
     labelled targets of `examples` fixed train problems, before any generation."""
@@ -286,6 +303,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     builder: BuilderConfig = field(default_factory=BuilderConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     # The demo's acceptance figures, read from the final evaluation into summary.json:
     # 'GAME/OPPONENT/FIELD' (or 'kuhn/exploitability/exploitability') -> '>= 0.9', '<= 0.05', ...
@@ -328,8 +346,14 @@ POSITIVE = {
     "task.eval_samples",
     "task.hard_pool",
     "sft.examples",
+    "reward_model.held_out_pairs",
+    "reward_model.epochs",
+    "reward_model.lr",
+    "reward_model.batch_size",
 }
 NON_NEGATIVE = {
+    "reward_model.pairs",
+    "reward_model.center_coef",
     "time_limit_min",
     "generator.num_cpus",
     "generator.num_gpus",
@@ -513,6 +537,7 @@ def validate_task(cfg: RunConfig) -> None:
         gold_judge(cfg.task)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
+    validate_reward_model(cfg, task)
     if cfg.task.alarm_window < 2:
         raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
@@ -585,9 +610,53 @@ def validate_task(cfg: RunConfig) -> None:
             message += f"; and {task}/vs_first/FIELD, FIELD one of {', '.join(MATCH_FIELDS)}"
         else:
             message += f" ({task}/vs_first/FIELD needs league.final_match > 0)"
+    if cfg.reward_model.pairs:
+        reported.add("reward_model/held_out/accuracy")
+        message += "; and reward_model/held_out/accuracy"
     for name in cfg.acceptance:
         if name not in reported:
             raise ConfigError(f"acceptance.{name}: {message}")
+
+
+def validate_reward_model(cfg: RunConfig, task) -> None:
+    """A reward model trained in the run (reward_model.pairs > 0) is labelled, drawable from
+    the task and judged by; a reward_model principle without a path has one to judge by."""
+    from selfplay.tasks.judges import Constitution
+
+    rm = cfg.reward_model
+    unpathed = [
+        p
+        for p in cfg.task.principles
+        if p.get("name") == "reward_model" and not (p.get("params") or {}).get("path")
+    ]
+    if not rm.pairs:
+        if unpathed:
+            raise ConfigError(
+                "task.principles.reward_model: params.path names no reward model "
+                "(give one, or set reward_model.pairs > 0 to train one in the run)"
+            )
+        return
+    if not unpathed:
+        raise ConfigError(
+            "reward_model.pairs: the run would train a reward model that nothing judges by; "
+            "list {name: reward_model} (without a path) in task.principles"
+        )
+    if not rm.labeler:
+        raise ConfigError("reward_model.labeler: list the principles that label the pairs")
+    try:
+        Constitution.from_config(rm.labeler, where="reward_model.labeler")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not hasattr(task, "demonstration"):
+        raise ConfigError(f"reward_model.pairs: task {cfg.task.name} draws no demonstrations to pair")
+    try:
+        task.held_out(rm.held_out_pairs)
+    except ValueError as err:
+        raise ConfigError(f"reward_model.held_out_pairs: {err}") from None
+    if rm.pairs < rm.batch_size:
+        raise ConfigError(
+            f"reward_model.pairs: must be >= reward_model.batch_size ({rm.batch_size}), got {rm.pairs}"
+        )
 
 
 def validate_opponents(cfg: RunConfig) -> None:

@@ -12,12 +12,13 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
-from selfplay import schema
+from selfplay import reward_model, schema
 from selfplay.best import BestCheckpoint, best_acceptance
 from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import sft_examples
@@ -36,6 +37,7 @@ from selfplay.stats import points
 from selfplay.tasks import task_of
 
 COMPLETE = "COMPLETE"
+REWARD_MODEL = "reward_model"  # the run's reward model (reward_model.pairs > 0), in the run directory
 AFTER_SFT = "after_sft.json"  # the supervised stage's final evaluation, in the run directory
 HEADLINE = {  # progress-bar label -> metric, shown once the run has logged it
     "vs_minimax": "eval/tictactoe/minimax/non_loss",
@@ -89,6 +91,28 @@ def initial_model(cfg: RunConfig, run_dir: Path) -> str:
             run_dir / "initial_model", cfg.model.preset, cfg.model.max_model_len or 256, cfg.seed
         )
     )
+
+
+def ensure_reward_model(cfg: RunConfig, run_dir: Path, console: Console) -> dict:
+    """The run's reward model, RUN_DIR/reward_model (selfplay/reward_model.py): trained now,
+    where the learner would train (its resources), unless a complete one is there (a
+    resumed run); its figures."""
+    out = run_dir / REWARD_MODEL
+    info = reward_model.complete(out)
+    if info is None:
+        console.print(f"training a reward model on {cfg.reward_model.pairs} labelled pairs")
+        task = ray.remote(reward_model.train_for_run).options(
+            num_cpus=cfg.learner.num_cpus,
+            num_gpus=cfg.learner.num_gpus,
+            resources=cfg.learner.resources or None,
+        )
+        init = initial_model(cfg, run_dir)  # the policy's first weights (a resumed run's are rebuilt alike)
+        info = ray.get(task.remote(cfg.reward_model, cfg.task, init, str(out), cfg.seed, cfg.learner.threads))
+    console.print(
+        f"reward model: held-out accuracy {info['held_out_accuracy']:.3f} on {info['held_out_pairs']} pairs "
+        f"(before training {info['held_out_accuracy_before']:.3f}; {info['train_pairs']} train pairs)"
+    )
+    return info
 
 
 def init_ray(cfg: RunConfig, namespace: str) -> bool:
@@ -272,6 +296,13 @@ class Run:
         # verifier's and buffer's counts resume from the same moment)
         self.generated_before = state.get("generated_turns", 0)
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
+        self.reward_model = None  # the figures of the reward model trained for this run
+        if cfg.reward_model.pairs:
+            self.reward_model = ensure_reward_model(cfg, run_dir, self.console)
+            path = str(run_dir / REWARD_MODEL)
+            cfg = self.cfg = replace(
+                cfg, task=replace(cfg.task, principles=reward_model.judged_by(cfg.task.principles, path))
+            )
         wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
         self.program = build_program(
             cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
@@ -681,6 +712,12 @@ def train(
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
             if r.league is not None and cfg.task.name:
                 summary["after"].update(r.final_match())
+            if r.reward_model is not None:  # what the run's reward model learned, on held-out pairs
+                summary["after"]["reward_model/held_out"] = {
+                    "accuracy": r.reward_model["held_out_accuracy"],
+                    "accuracy_before": r.reward_model["held_out_accuracy_before"],
+                    "pairs": r.reward_model["held_out_pairs"],
+                }
             if r.evals.monitor is not None:  # the reward-hacking monitor's figures over the run
                 summary["after"][f"{cfg.task.name}/monitor"] = r.evals.monitor.summary()
             if (run_dir / AFTER_SFT).exists():  # the supervised stage's figure, kept across a resume

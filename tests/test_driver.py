@@ -11,8 +11,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from selfplay import driver
-from selfplay.config import BuilderConfig, SftConfig, TaskConfig
+from selfplay import driver, reward_model
+from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,8 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
         reference=True,
         task=TaskConfig(
             name="describe",
-            principles=[{"name": "sentiment"}, {"name": "brevity", "params": {"max_words": 1}}],
+            # judged by a rule and by a reward model the run trains first (on brevity labels)
+            principles=[{"name": "sentiment"}, {"name": "reward_model"}],
             gold=[{"name": "no_repetition"}],  # the reward-hacking monitor watches it too
             versus="snapshot",
             samples_per_prompt=2,
@@ -173,6 +174,9 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
         ),
         builder=BuilderConfig(rows="compete"),
         sft=SftConfig(steps=2, examples=40),
+        reward_model=RewardModelConfig(
+            pairs=64, held_out_pairs=16, epochs=1, labeler=[{"name": "brevity", "params": {"max_words": 5}}]
+        ),
         league=dataclasses.replace(
             small_cfg.league,
             enabled=True,
@@ -206,8 +210,12 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
     assert set(alarms) == {2, 8}  # watched from the supervised policy on
     assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(gold[2], gold[8])
     assert monitor["gold_final"] == gold[8]
+    rm = summary["after"]["reward_model/held_out"]
+    assert rm["pairs"] == reward_model.complete(run_dir / "reward_model")["held_out_pairs"] > 0
     written = pq.read_table(run_dir / "preferences")
     assert written.num_rows > 0 and set(written["method"].to_pylist()) == {"compete"}
+    # the verifier judged every reply by the run's reward model
+    assert all(0 < dict(s)["reward_model"] < 1 for s in written["chosen_scores"].to_pylist())
     assert all(p.endswith(":") and len(p.split(", ")) == 3 for p in written["prompt"].to_pylist())
     assert all(
         c.strip() != r.strip() for c, r in zip(written["chosen"].to_pylist(), written["rejected"].to_pylist())

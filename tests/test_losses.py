@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from learner.losses import (
+    bradley_terry_loss,
     kl_estimate,
     kl_loss,
     kl_penalty,
@@ -282,3 +283,27 @@ def test_ipo_loss_averages_each_log_ratio_over_its_tokens():
 def test_an_unknown_preference_loss_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown preference loss 'kto'"):
         preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), beta=0.5, kind="kto")
+
+
+def test_bradley_terry_loss_margin_centering_and_gradient_hand_computed():
+    chosen = torch.tensor([1.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([-1.0, 0.0], requires_grad=True)
+    loss = bradley_terry_loss(chosen, rejected)
+    # r_w - r_l = 2: log(1 + e^-2) = 0.1269280; equal rewards: log 2
+    assert loss.tolist() == pytest.approx([0.1269280, math.log(2)], abs=1e-6)
+    loss.sum().backward()
+    # d/d r_w = -sigmoid(-(r_w - r_l)): -0.1192029 and -0.5; the rejected's is the opposite
+    assert chosen.grad.tolist() == pytest.approx([-0.1192029, -0.5], abs=1e-6)
+    assert rejected.grad.tolist() == pytest.approx([0.1192029, 0.5], abs=1e-6)
+    # a margin of 2 asks for more: -log sigmoid(0) = log 2
+    assert bradley_terry_loss(chosen, rejected, margin=torch.tensor([2.0, 0.0]))[0].item() == pytest.approx(
+        math.log(2)
+    )
+    # centring: (1 + -1)^2 = 0 leaves pair 0 as it was; pair 1 at (3, 1): log(1 + e^-2) + 0.1 * 16
+    centred = bradley_terry_loss(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 1.0]), center_coef=0.1)
+    assert centred.tolist() == pytest.approx([0.1269280, 0.1269280 + 1.6], abs=1e-6)
+
+
+def test_bradley_terry_loss_sees_only_the_difference_without_centring():
+    base = bradley_terry_loss(torch.tensor([0.3]), torch.tensor([-0.4]))
+    assert bradley_terry_loss(torch.tensor([10.3]), torch.tensor([9.6])).item() == pytest.approx(base.item())

@@ -91,5 +91,10 @@ class Describe:
         target = sft_reply(s, p, t, random.Random(f"{self.name}:{reference}"))
         return Problem(self.name, f"{self.name}:{reference}", f"{s}, {p}, {t}:", reference, target)
 
+    def demonstration(self, problem: Problem, rng: random.Random) -> str:
+        """A demonstration of `problem` drawn from the grammar: what a reward model's
+        labelled pairs are made of (selfplay/reward_model.py)."""
+        return sft_reply(*problem.reference.split("|"), rng)
+
     def score(self, prompt: str, response: str, reference: str) -> Score:
         return self.principles.score(prompt, response if isinstance(response, str) else "", reference)

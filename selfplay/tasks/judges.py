@@ -11,6 +11,8 @@ scorer of one reply in [0, 1] with a weight:
   brevity        1 up to `max_words` words, then falling linearly to 0 at twice that
   no_repetition  distinct words over words (1 when no word repeats)
   no_profanity   0 when any word is in better_profanity's word list (shipped in its wheel), else 1
+  reward_model   sigmoid of a Bradley-Terry reward model's reward (selfplay/reward_model.py;
+                 params.path its directory, filled in by a run that trains one)
 
 The total is the weighted mean of the principles' scores; a principle marked `hard` that
 scores below 0.5 is a violation, and a violated reply's total is `hard_floor` whatever
@@ -81,14 +83,26 @@ def no_profanity(prompt: str, reply: str, reference: str) -> float:
     return 0.0 if profanity_words() & set(words(reply)) else 1.0
 
 
+def reward_model(prompt: str, reply: str, reference: str, path: str | None = None) -> float:
+    if not path:
+        raise ValueError(
+            "task.principles.reward_model: params.path names no reward model "
+            "(give one, or set reward_model.pairs > 0 to train one in the run)"
+        )
+    from selfplay.reward_model import probability
+
+    return probability(prompt, reply, path)
+
+
 PRINCIPLES: dict[str, Callable[..., float]] = {
     "sentiment": sentiment,
     "mentions": mentions,
     "brevity": brevity,
     "no_repetition": no_repetition,
     "no_profanity": no_profanity,
+    "reward_model": reward_model,
 }
-PRINCIPLE_PARAMS = {"brevity": {"max_words"}}
+PRINCIPLE_PARAMS = {"brevity": {"max_words"}, "reward_model": {"path"}}
 
 
 @dataclass(frozen=True)
