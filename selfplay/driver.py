@@ -93,10 +93,11 @@ def initial_model(cfg: RunConfig, run_dir: Path) -> str:
     )
 
 
-def ensure_reward_model(cfg: RunConfig, run_dir: Path, console: Console) -> dict:
-    """The run's reward model, RUN_DIR/reward_model (selfplay/reward_model.py): trained now,
-    where the learner would train (its resources), unless a complete one is there (a
-    resumed run); its figures."""
+def ensure_reward_model(cfg: RunConfig, run_dir: Path, console: Console, init: str | None) -> dict:
+    """The run's reward model, RUN_DIR/reward_model (selfplay/reward_model.py): trained now
+    from the policy's first weights (`init`; None: rebuild them), where the learner would
+    train (its resources and device), unless a complete one is there (a resumed run); its
+    figures."""
     out = run_dir / REWARD_MODEL
     info = reward_model.complete(out)
     if info is None:
@@ -106,8 +107,12 @@ def ensure_reward_model(cfg: RunConfig, run_dir: Path, console: Console) -> dict
             num_gpus=cfg.learner.num_gpus,
             resources=cfg.learner.resources or None,
         )
-        init = initial_model(cfg, run_dir)  # the policy's first weights (a resumed run's are rebuilt alike)
-        info = ray.get(task.remote(cfg.reward_model, cfg.task, init, str(out), cfg.seed, cfg.learner.threads))
+        init = init or initial_model(cfg, run_dir)
+        info = ray.get(
+            task.remote(
+                cfg.reward_model, cfg.task, init, str(out), cfg.seed, cfg.learner.threads, cfg.learner.device
+            )
+        )
     console.print(
         f"reward model: held-out accuracy {info['held_out_accuracy']:.3f} on {info['held_out_pairs']} pairs "
         f"(before training {info['held_out_accuracy_before']:.3f}; {info['train_pairs']} train pairs)"
@@ -298,7 +303,9 @@ class Run:
         model_path = str(resume_from / "model") if resume_from else initial_model(cfg, run_dir)
         self.reward_model = None  # the figures of the reward model trained for this run
         if cfg.reward_model.pairs:
-            self.reward_model = ensure_reward_model(cfg, run_dir, self.console)
+            self.reward_model = ensure_reward_model(
+                cfg, run_dir, self.console, None if resume_from else model_path
+            )
             path = str(run_dir / REWARD_MODEL)
             cfg = self.cfg = replace(
                 cfg, task=replace(cfg.task, principles=reward_model.judged_by(cfg.task.principles, path))

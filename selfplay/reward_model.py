@@ -106,8 +106,9 @@ class RewardModel:
         which the model skips to find the last real token."""
         pad = self.model.config.pad_token_id
         width = max(map(len, sequences))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        device = self.model.device
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
         return self.model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
 
     @torch.no_grad()
@@ -152,6 +153,7 @@ def train(
     seed: int,
     threads: int = 1,
     ties_dropped: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Train a reward model from the weights at `init_path` (its backbone; the scalar head is
     new) on `train_pairs` as `cfg` says (epochs, lr, batch_size, center_coef: a
@@ -162,9 +164,8 @@ def train(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     start = time.time()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        init_path, num_labels=1, torch_dtype=torch.float32
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(init_path, num_labels=1, dtype=torch.float32)
+    model.to(device)
     rm = RewardModel(init_path, model=model, tokenizer=AutoTokenizer.from_pretrained(init_path))
     before = rm.accuracy(eval_pairs)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -216,9 +217,13 @@ def complete(path: str | Path) -> dict | None:
     return json.loads(info.read_text()) if info.exists() else None
 
 
-def train_for_run(rm_cfg, task_cfg, init_path: str, out_dir: str, seed: int, threads: int) -> dict:
+def train_for_run(
+    rm_cfg, task_cfg, init_path: str, out_dir: str, seed: int, threads: int, device: str = "auto"
+) -> dict:
     """A run's reward model (config reward_model, selfplay/config.py): its labelled pairs drawn
-    from the run's task and trained from `init_path`; the figures."""
+    from the run's task and trained from `init_path` on the learner's device (`learner.device`:
+    auto takes a GPU where torch sees one); the figures."""
+    from learner.learner import pick_device
     from selfplay.tasks import task_of
     from selfplay.tasks.judges import Constitution
 
@@ -226,7 +231,9 @@ def train_for_run(rm_cfg, task_cfg, init_path: str, out_dir: str, seed: int, thr
     train_pairs, eval_pairs, ties = training_pairs(
         task_of(task_cfg), labeler, rm_cfg.pairs, rm_cfg.held_out_pairs, seed
     )
-    return train(init_path, out_dir, train_pairs, eval_pairs, rm_cfg, seed, threads, ties)
+    return train(
+        init_path, out_dir, train_pairs, eval_pairs, rm_cfg, seed, threads, ties, str(pick_device(device))
+    )
 
 
 def judged_by(principles: list[dict], path: str) -> list[dict]:
