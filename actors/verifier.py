@@ -24,7 +24,7 @@ from selfplay.files import write_atomic
 from selfplay.games import make_game
 from selfplay.league import SKILL_TOKENS
 from selfplay.metrics import ray_metric
-from selfplay.rewards import returns_to_go
+from selfplay.rewards import overlong_penalty, returns_to_go
 from selfplay.tasks import task_of
 from selfplay.tasks.base import ScoreCache, role_prompts
 
@@ -37,11 +37,14 @@ class Verifier:
     seen among the last `remember` is rejected as a duplicate (a retried generator call
     must not count a game twice)."""
 
-    def __init__(self, decode, remember: int = 200_000, task=None, encode=None):
+    def __init__(self, decode, remember: int = 200_000, task=None, encode=None, overlong=(0, 0, 0.0)):
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only.
         `encode`: text -> prompt ids as the generators encode prompts; with it, a trained
-        turn's prompt must be its game's observation (after an optional skill prefix)."""
+        turn's prompt must be its game's observation (after an optional skill prefix).
+        `overlong`: (max reply tokens, buffer, coef), a task reply's length guard
+        (rewards.overlong_penalty; buffer 0: none)."""
         self.decode = decode
+        self.overlong = overlong
         self.encode = encode
         self.task = task
         self.score = ScoreCache(task.score) if task is not None else None  # one reply at a time
@@ -57,7 +60,7 @@ class Verifier:
         self.remember = remember
 
     @classmethod
-    def for_model(cls, model_path: str, task=None) -> Verifier:
+    def for_model(cls, model_path: str, task=None, overlong=(0, 0, 0.0)) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         from transformers import AutoTokenizer
 
@@ -66,6 +69,7 @@ class Verifier:
             lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             task=task,
             encode=lambda text: tokenizer(text).input_ids,
+            overlong=overlong,
         )
 
     def verify(self, table: pa.Table) -> pa.Table:
@@ -203,15 +207,16 @@ class Verifier:
                 self._attach(row, score)
 
     def _attach(self, row: dict, score) -> None:
+        """The score's parts, its total as the outcome, and the reward: the total plus the
+        length guard where one is set (its penalty kept as the `overlong` part)."""
         if score.reason:
             self.score_reasons[score.reason] += 1
-        row.update(
-            scores=score.parts,
-            reward=score.total,
-            ret=score.total,
-            outcome=score.total,
-            illegal=not score.valid,
-        )
+        parts, reward = score.parts, score.total
+        max_tokens, buffer, coef = self.overlong
+        if buffer:
+            penalty = coef * overlong_penalty(len(row["response_ids"]), max_tokens, buffer)
+            parts, reward = {**parts, "overlong": penalty}, reward + penalty
+        row.update(scores=parts, reward=reward, ret=reward, outcome=score.total, illegal=not score.valid)
 
     def stats(self) -> dict:
         """Trajectories accepted and rejected (by reason), turns accepted and turns
@@ -250,9 +255,19 @@ STATE_FILE = "verifier_state.json"
 
 @ray.remote(num_cpus=0.1)
 class VerifierActor:
-    def __init__(self, model_path: str, buffer, run_id: str, task_cfg=None, resume_dir: str | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        buffer,
+        run_id: str,
+        task_cfg=None,
+        resume_dir: str | None = None,
+        max_tokens: int = 0,
+    ):
+        """`max_tokens`: the generators' reply limit, which a task's length guard counts from."""
         task = task_of(task_cfg) if task_cfg and task_cfg.name else None
-        self.verifier = Verifier.for_model(model_path, task)
+        overlong = (max_tokens, task_cfg.overlong_buffer, task_cfg.overlong_coef) if task else (0, 0, 0.0)
+        self.verifier = Verifier.for_model(model_path, task, overlong)
         if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
             self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))
         self.buffer = buffer

@@ -191,6 +191,11 @@ class TaskConfig:
     gold: list[dict[str, Any]] = field(default_factory=list)
     alarm_window: int = 3
     alarm_margin: float = 0.05
+    # A length guard (DAPO's soft overlong punishment, selfplay/rewards.py): a reply's reward
+    # loses overlong_coef * (0 .. 1) as its length goes from generator.max_response_tokens -
+    # overlong_buffer tokens to the limit (kept as the `overlong` score column). 0: none.
+    overlong_buffer: int = 0
+    overlong_coef: float = 1.0
 
 
 @dataclass
@@ -352,6 +357,8 @@ POSITIVE = {
     "reward_model.batch_size",
 }
 NON_NEGATIVE = {
+    "task.overlong_buffer",
+    "task.overlong_coef",
     "reward_model.pairs",
     "reward_model.center_coef",
     "time_limit_min",
@@ -538,6 +545,11 @@ def validate_task(cfg: RunConfig) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
     validate_reward_model(cfg, task)
+    if cfg.task.overlong_buffer > cfg.generator.max_response_tokens:
+        raise ConfigError(
+            f"task.overlong_buffer: must be <= generator.max_response_tokens ({cfg.generator.max_response_tokens}), "
+            f"got {cfg.task.overlong_buffer}"
+        )
     if cfg.task.alarm_window < 2:
         raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:

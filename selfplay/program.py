@@ -76,7 +76,7 @@ def build_program(
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
-    ).remote(model_path, buffer, run_id, cfg.task, resume)
+    ).remote(model_path, buffer, run_id, cfg.task, resume, cfg.generator.max_response_tokens)
     learner = LearnerActor.options(
         name="learner",
         num_cpus=cfg.learner.num_cpus,

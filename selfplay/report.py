@@ -362,12 +362,14 @@ def before_after_table(summary: dict) -> tuple[list[str], list[list[str]]]:
         if key == KUHN_KEY:
             continue
         b, a = before.get(key, {}), after.get(key, {})
-        label = key.rsplit("/", 1)
-        if "accuracy" in a or "accuracy" in b:  # a task
-            rows += [_change_row(label, f, b, a) for f in task_fields({**b, **a})]
-            continue
-        rows += [_change_row(label, f, b, a) for f in (*OUTCOME, "games")]
-        rows.append([*label, "non-loss 95% CI", _ci(b), _ci(a), ""])
+        label, both = key.rsplit("/", 1), {**b, **a}
+        if "problems" in both:  # a task's evaluation
+            rows += [_change_row(label, f, b, a) for f in task_fields(both)]
+        elif "non_loss" in both:  # games played
+            rows += [_change_row(label, f, b, a) for f in (*OUTCOME, "games")]
+            rows.append([*label, "non-loss 95% CI", _ci(b), _ci(a), ""])
+        else:  # the hacking monitor's, a reward model's, a final match's: the figures it has
+            rows += [_change_row(label, f, b, a) for f, v in both.items() if isinstance(v, int | float)]
     return ["game", "opponent", "measure", "before", "after", "change"], rows
 
 

@@ -11,3 +11,15 @@ def returns_to_go(rewards: list[float], gamma: float = 1.0) -> list[float]:
         acc = rewards[t] + gamma * acc
         out[t] = acc
     return out
+
+
+def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), a length guard added to a
+    reply's reward: 0 up to max_length - buffer tokens, then falling linearly to -1 at
+    max_length, and -1 beyond (a reply cut off by the token limit). buffer 0: none."""
+    if buffer <= 0:
+        return 0.0
+    free = max_length - buffer
+    if length <= free:
+        return 0.0
+    return -1.0 if length > max_length else (free - length) / buffer

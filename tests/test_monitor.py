@@ -1,12 +1,16 @@
 """The reward-hacking monitor: the alarm rule on hand-made score series, the monitor's
-summary, the gold judge in a task evaluation, and its config's checks."""
+summary, the gold judge in a task evaluation, and its config's checks; the length guard."""
 
 from __future__ import annotations
 
 import pytest
 
+from actors.verifier import Verifier
 from selfplay.config import ConfigError, load_config
 from selfplay.evals import HackingMonitor, hacking_alarm
+from selfplay.rewards import overlong_penalty
+from tests.engines import decode
+from tests.test_compete import generator as compete_generator
 
 
 @pytest.mark.parametrize(
@@ -118,3 +122,45 @@ def test_a_resumed_monitor_replays_the_evaluations_up_to_its_checkpoint():
     assert monitor.steps == [50, 100, 150] and monitor.proxy == [0.2, 0.5, 0.9]
     assert [a["step"] for a in monitor.alarms] == [150]  # 0.2 -> 0.9 while 0.5 -> 0.2
     assert monitor.observe(200, 0.95, 0.1) is not None  # the window spans the resume
+
+
+@pytest.mark.parametrize(
+    "length, penalty",
+    [(0, 0.0), (80, 0.0), (81, -0.05), (90, -0.5), (100, -1.0), (130, -1.0)],
+)
+def test_the_overlong_penalty_falls_linearly_over_the_buffer_hand_computed(length, penalty):
+    # DAPO's soft overlong punishment with L_max 100 and a buffer of 20: free up to 80 tokens
+    assert overlong_penalty(length, 100, 20) == pytest.approx(penalty)
+    assert overlong_penalty(length, 100, 0) == 0.0  # no buffer, no guard
+
+
+def test_the_verifier_adds_the_length_guard_to_the_reward_and_keeps_the_judges_total():
+    gen = compete_generator()
+    table = gen.task_play(2, opponent="snap-0")
+    plain = Verifier(decode, task=gen.task).verify(table).to_pylist()
+    guarded = Verifier(decode, task=gen.task, overlong=(40, 20, 0.5)).verify(table).to_pylist()
+    for before, after in zip(plain, guarded):
+        n = len(after["response_ids"])
+        expected = 0.5 * overlong_penalty(n, 40, 20)
+        assert dict(after["scores"])["overlong"] == pytest.approx(expected)
+        assert after["reward"] == pytest.approx(before["reward"] + expected)
+        assert after["outcome"] == before["outcome"] == before["reward"]  # the judge's total
+    assert {len(r["response_ids"]) > 20 for r in guarded} == {True, False}  # both sides of the line
+    assert "overlong" not in dict(plain[0]["scores"])
+
+
+def test_the_length_guard_fits_inside_the_reply_limit(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: guard\n")
+    base = [
+        "task.name=describe",
+        "task.principles=[{name: sentiment}]",
+        "task.held_out=20",
+        "learner.advantage=group",
+    ]
+    base += ["generator.max_response_tokens=32"]
+    assert load_config(path, base + ["task.overlong_buffer=32"]).task.overlong_buffer == 32
+    with pytest.raises(
+        ConfigError, match=r"task.overlong_buffer: must be <= generator.max_response_tokens \(32\)"
+    ):
+        load_config(path, base + ["task.overlong_buffer=33"])

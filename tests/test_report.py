@@ -457,3 +457,23 @@ def test_a_solver_checker_report_adds_the_selection_figures(tmp_path):
     assert "| 200 | 0.900 | 0.800 | 0.700 | 0.900 | 0.100 | 0.070 | 0.130 |" in md
     assert "| solver_checker | held_out | selection-gain | n/a | 0.100 | n/a |" in md  # the final evaluation
     assert (tmp_path / "report" / "task_groups.png").exists()  # with the batch reward by role
+
+
+def test_before_and_after_shows_each_kind_of_figure_by_what_it_measured():
+    from selfplay.report import before_after_table
+
+    summary = {
+        "before": {"describe/held_out": {"accuracy": 0.0, "problems": 100, "score": 0.1}},
+        "after": {
+            "describe/held_out": {"accuracy": 0.0, "problems": 100, "score": 0.9},
+            "describe/monitor": {"alarms": 1, "gold_retained": 0.25, "first_alarm_step": None},
+            "reward_model/held_out": {"accuracy": 0.88, "pairs": 374},
+        },
+    }
+    _, rows = before_after_table(summary)
+    measures = {}
+    for game, opponent, measure, *_ in rows:
+        measures.setdefault(f"{game}/{opponent}", []).append(measure)
+    assert "score" in measures["describe/held_out"] and "pass-at-k" in measures["describe/held_out"]
+    assert measures["describe/monitor"] == ["alarms", "gold-retained"]  # no game outcomes, no None
+    assert measures["reward_model/held_out"] == ["accuracy", "pairs"]  # not a task's pass@k

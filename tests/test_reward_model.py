@@ -37,7 +37,9 @@ def test_pairs_follow_the_labeler_and_keep_train_and_held_out_prompts_apart():
 
 
 def test_a_labeler_that_never_decides_is_refused():
-    never = Constitution.from_config([{"name": "brevity", "params": {"max_words": 1000}}])  # 1 for every reply
+    never = Constitution.from_config(
+        [{"name": "brevity", "params": {"max_words": 1000}}]
+    )  # 1 for every reply
     with pytest.raises(ValueError, match="reward_model.labeler: .* were ties"):
         reward_model.training_pairs(TASK, never, 50, 10, seed=0)
 
