@@ -149,16 +149,19 @@ def test_run_cli_rejects_an_unknown_field_naming_it():
     assert "learner.lrr: unknown field" in out.stderr
 
 
-def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pairs(
+def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_resumes_mid_stage(
     ray_session, small_cfg, tmp_path
 ):
-    """The supervised policy becomes the first snapshot; the policy's and the snapshot's
-    replies are judged into DPO pairs (written for other trainers); promotion matches on
-    held-out prompts every 2 steps; the final policy meets the supervised one."""
+    """The pipeline in one run: a reward model trained first (the judge, with a rule), the
+    supervised stage, whose policy becomes the first snapshot; then the policy's and the
+    snapshot's replies are judged into DPO pairs (written for other trainers), with
+    promotion matches on held-out prompts every 2 steps. Stopped at step 4, in the middle of
+    self-play, it resumes there (the reward model kept, not retrained) and ends at 8, where
+    the final policy meets the supervised one."""
     cfg = task_run_config(
         small_cfg,
         tmp_path,
-        steps=8,
+        steps=4,
         max_response_tokens=8,
         reference=True,
         task=TaskConfig(
@@ -188,6 +191,10 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
         acceptance={"describe/vs_first/score": ">= 0", "league/snapshots/promotions": ">= 0"},
     )
     run_dir = driver.train(cfg)
+    trained_at = (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns
+    assert driver.latest_checkpoint(run_dir).name == "step_0000004"
+    assert driver.train(driver.resume_config(run_dir, ["total_steps=8"]), resume_dir=run_dir) == run_dir
+    assert (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns == trained_at
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 8
     final = summary["after"]["describe/vs_first"]
@@ -199,16 +206,18 @@ def test_competitive_self_play_promotes_against_its_snapshot_and_writes_its_pair
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     matches = {m["step"]: m["value"] for m in metrics if m["name"] == "league/vs_previous_games"}
     assert matches == {4: 8, 6: 8, 8: 8}  # not during, nor at the end of, the supervised stage
-    pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
-    assert all(pairs[s] > 0 for s in (3, 4, 5, 6, 7, 8))
+    pairs = [(m["step"], m["value"]) for m in metrics if m["name"] == "pairs"]
+    assert [s for s, _ in pairs] == [3, 4, 5, 6, 7, 8] and all(n > 0 for _, n in pairs)  # each step once
     snapshot_eval = {m["step"] for m in metrics if m["name"] == "snapshot/snap-0/describe/held_out/score"}
     assert snapshot_eval == {2}  # the first snapshot is the supervised policy
     monitor = summary["after"]["describe/monitor"]
     gold = {m["step"]: m["value"] for m in metrics if m["name"] == "eval/describe/held_out/gold_score"}
     alarms = {m["step"]: m["value"] for m in metrics if m["name"] == "monitor/alarm"}
-    assert set(gold) == {0, 2, 8}  # before, after the supervised stage, at the end
-    assert set(alarms) == {2, 8}  # watched from the supervised policy on
-    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(gold[2], gold[8])
+    assert set(gold) == {0, 2, 4, 8}  # before, after the supervised stage, at each session's end
+    assert set(alarms) == {2, 4, 8}  # watched from the supervised policy on
+    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(
+        gold[2], gold[4], gold[8]
+    )
     assert monitor["gold_final"] == gold[8]
     rm = summary["after"]["reward_model/held_out"]
     assert rm["pairs"] == reward_model.complete(run_dir / "reward_model")["held_out_pairs"] > 0
