@@ -484,4 +484,5 @@ def test_preference_micro_batches_accumulate_the_gradient_of_the_whole_batch(mod
             assert metrics[micro][key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (micro, key)
         whole = dict(learners[0].model.named_parameters())
         for name, p in learners[micro].model.named_parameters():
-            assert torch.allclose(p.grad, whole[name].grad, rtol=1e-4, atol=1e-7), (micro, name)
+            # fp32 sums in another order: ~1e-6 apart on gradients up to ~3 (torch 2.13, ipo)
+            assert torch.allclose(p.grad, whole[name].grad, rtol=1e-4, atol=2e-6), (micro, name)
