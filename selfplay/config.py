@@ -633,20 +633,13 @@ def validate_task(cfg: RunConfig) -> None:
 def validate_reward_model(cfg: RunConfig, task) -> None:
     """A reward model trained in the run (reward_model.pairs > 0) is labelled, drawable from
     the task and judged by; a reward_model principle without a path has one to judge by."""
-    from selfplay.tasks.judges import Constitution
+    from selfplay.tasks.judges import NO_REWARD_MODEL, Constitution, awaits_reward_model
 
     rm = cfg.reward_model
-    unpathed = [
-        p
-        for p in cfg.task.principles
-        if p.get("name") == "reward_model" and not (p.get("params") or {}).get("path")
-    ]
+    unpathed = any(map(awaits_reward_model, cfg.task.principles))
     if not rm.pairs:
         if unpathed:
-            raise ConfigError(
-                "task.principles.reward_model: params.path names no reward model "
-                "(give one, or set reward_model.pairs > 0 to train one in the run)"
-            )
+            raise ConfigError(NO_REWARD_MODEL)
         return
     if not unpathed:
         raise ConfigError(

@@ -35,7 +35,7 @@ import torch
 
 from learner.losses import bradley_terry_loss
 from selfplay.files import write_atomic
-from selfplay.tasks.judges import scored_pair
+from selfplay.tasks.judges import awaits_reward_model, scored_pair
 
 INFO = "reward_model.json"  # written last: the directory is complete
 
@@ -239,8 +239,6 @@ def train_for_run(
 def judged_by(principles: list[dict], path: str) -> list[dict]:
     """`principles` with every reward_model principle that names no path judging by `path`."""
     return [
-        {**p, "params": {**(p.get("params") or {}), "path": path}}
-        if p.get("name") == "reward_model" and not (p.get("params") or {}).get("path")
-        else p
+        {**p, "params": {**(p.get("params") or {}), "path": path}} if awaits_reward_model(p) else p
         for p in principles
     ]

@@ -83,12 +83,20 @@ def no_profanity(prompt: str, reply: str, reference: str) -> float:
     return 0.0 if profanity_words() & set(words(reply)) else 1.0
 
 
+NO_REWARD_MODEL = (
+    "task.principles.reward_model: params.path names no reward model "
+    "(give one, or set reward_model.pairs > 0 to train one in the run)"
+)
+
+
+def awaits_reward_model(principle: dict) -> bool:
+    """A principle from config that judges by the run's own reward model (no path given)."""
+    return principle.get("name") == "reward_model" and not (principle.get("params") or {}).get("path")
+
+
 def reward_model(prompt: str, reply: str, reference: str, path: str | None = None) -> float:
     if not path:
-        raise ValueError(
-            "task.principles.reward_model: params.path names no reward model "
-            "(give one, or set reward_model.pairs > 0 to train one in the run)"
-        )
+        raise ValueError(NO_REWARD_MODEL)
     from selfplay.reward_model import probability
 
     return probability(prompt, reply, path)
