@@ -151,6 +151,9 @@ class ReplayBuffer:
         self.reserve = schema.empty()  # held back by the variance filter, newest last
         self.sft: pa.Table | None = None  # the supervised stage's labelled set, while it runs
         self.sft_order = np.zeros(0, dtype=np.int64)  # rows of `sft` still to hand out this epoch
+        self.replay: pa.Table | None = None  # labelled rows rehearsed after the stage (set_replay)
+        self.replay_share = 0.0
+        self.replay_order = np.zeros(0, dtype=np.int64)
         self.targets: dict[str, tuple[list[int], str]] = {}  # the supervised targets (builder.rows spin)
         self.learner_version = 0
         self.counts = {
@@ -167,6 +170,7 @@ class ReplayBuffer:
                 filled_from_reserve=0,  # held-back rows admitted to fill a batch
                 reserve_dropped=0,  # held-back rows that left the reserve stale or over capacity
                 sft_sampled=0,  # rows of the supervised stage handed out
+                replay_sampled=0,  # labelled rows rehearsed in later batches (set_replay)
                 **dict.fromkeys(BUILDER_COUNTS, 0),
             )
 
@@ -262,6 +266,16 @@ class ReplayBuffer:
     def end_sft(self) -> None:
         self.sft = None
 
+    def set_replay(self, table: pa.Table, share: float) -> None:
+        """After the supervised stage, `share` of every batch comes from `table` (labelled
+        rows, in shuffled epochs of their own; sft.judge_replay: the judge role's rows), the
+        rest from the buffer as before."""
+        if not 0 <= share < 1:
+            raise ValueError(f"sft.judge_replay: must be in [0, 1), got {share}")
+        self.replay = schema.check(table) if share else None
+        self.replay_share = share
+        self.replay_order = np.zeros(0, dtype=np.int64)
+
     def set_targets(self, table: pa.Table) -> None:
         """The supervised targets of a labelled set (`targets_of`), which spin rows pair with
         (kept after the supervised stage ends)."""
@@ -269,11 +283,16 @@ class ReplayBuffer:
 
     def _sample_sft(self, n: int) -> pa.Table:
         """The next n rows of the labelled set: every row once per epoch, in a fresh order."""
-        while len(self.sft_order) < n:
-            self.sft_order = np.concatenate([self.sft_order, self.rng.permutation(self.sft.num_rows)])
-        idx, self.sft_order = self.sft_order[:n], self.sft_order[n:]
+        rows, self.sft_order = self._next_epoch_rows(self.sft, self.sft_order, n)
         self.counts["sft_sampled"] += n
-        return self.sft.take(pa.array(idx))
+        return rows
+
+    def _next_epoch_rows(self, table: pa.Table, order: np.ndarray, n: int) -> tuple[pa.Table, np.ndarray]:
+        """The next n rows of `table` by `order` (what is left of this epoch's), and the order
+        left after them; a new epoch's shuffled order joins when this one runs short."""
+        while len(order) < n:
+            order = np.concatenate([order, self.rng.permutation(table.num_rows)])
+        return table.take(pa.array(order[:n])), order[n:]
 
     def can_insert(self) -> bool:
         if self.sft is not None:  # the supervised stage: no generation yet
@@ -293,6 +312,8 @@ class ReplayBuffer:
         self.learner_version = max(self.learner_version, learner_version)
         if self.sft is not None:
             return self._sample_sft(n)
+        replayed = round(n * self.replay_share) if self.replay is not None else 0
+        n -= replayed
         self._drop_stale()
         self._fill_from_reserve(n)
         if not sample_allowed(
@@ -313,7 +334,12 @@ class ReplayBuffer:
         self.counts["sampled"] += len(idx)
         if self.builder is not None:
             self.counts["held_since_sample"] = 0
-        return self.table.take(pa.array(idx))
+        batch = self.table.take(pa.array(idx))
+        if replayed:
+            rows, self.replay_order = self._next_epoch_rows(self.replay, self.replay_order, replayed)
+            self.counts["replay_sampled"] += replayed
+            batch = pa.concat_tables([batch, rows])
+        return batch
 
     def stats(self) -> dict:
         versions = self.table["policy_version"]
@@ -414,6 +440,9 @@ class BufferActor:
 
     def end_sft(self) -> None:
         self.buffer.end_sft()
+
+    def set_replay(self, blob: bytes, share: float) -> None:
+        self.buffer.set_replay(schema.from_ipc(blob), share)
 
     def set_targets(self, blob: bytes) -> None:
         self.buffer.set_targets(schema.from_ipc(blob))

@@ -29,6 +29,7 @@ from selfplay.builder import update_hard_pool
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import (
     game_points,
+    judge_summary,
     kuhn_policy_table,
     outcomes,
     selection_summary,
@@ -40,7 +41,7 @@ from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import gold_judge, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
-from selfplay.tasks.judges import scored_pair
+from selfplay.tasks.judges import SELF_JUDGE, mean_points, rating_prompt, scored_pair
 
 
 class WeightMismatch(RuntimeError):
@@ -576,8 +577,11 @@ class Generator:
             asked, outs, seats = asked * 2, outs + theirs, seats + [opponent] * len(theirs)
             elapsed += their_s
             versions = {**versions, opponent: their_versions[opponent]}
+        ratings = [None] * len(outs)
+        if self.task_cfg.judge == "self":  # the policy rates every reply, its own and a member's
+            ratings = self._rate([problems[i].prompt for i, _, _ in asked], [o.text for o in outs])
         rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # every seat the learner's
-        for (i, role, text), out, seat in zip(asked, outs, seats):
+        for (i, role, text), out, seat, rated in zip(asked, outs, seats, ratings):
             row = self._row(
                 match,
                 role,
@@ -598,6 +602,8 @@ class Generator:
                 group_id=groups[i],
                 reference_id=problems[i].id,
             )
+            if rated is not None:  # the verifier rewards it (a reply left unrated is rejected)
+                row["scores"] = {SELF_JUDGE: rated}
             if opponent is not None:  # each side's reply faces the other's
                 other = opponent if seat == LEARNER else LEARNER
                 row.update(opponent_id=other, opponent_version=versions[other])
@@ -606,6 +612,26 @@ class Generator:
             rows.append(row)
         self.counts["games"] += len(rows)
         return schema.from_rows(rows)
+
+    def _rate(
+        self, prompts: list[str], replies: list[str], policy: str = LEARNER, counts: dict | None = None
+    ) -> list[float | None]:
+        """`policy`'s own scores of `replies` to `prompts` (task.judge self): in its judge role
+        (judges.rating_prompt), task.judge_samples verdicts on each at task.judge_temperature
+        (0: greedy) in one engine call, their rubric points averaged over the readable ones
+        (judges.mean_points, in [0, 1]); None where none is readable."""
+        n, principles = self.task_cfg.judge_samples, self.task.principles
+        asks = [self.prompt(rating_prompt(p, r), None) for p, r in zip(prompts, replies) for _ in range(n)]
+        outs, _, _ = self._generate(
+            policy,
+            [self.task.name] * len(asks),
+            asks,
+            [len(principles.principles) + 1] * len(asks),  # a mark per principle, then the end
+            self.task_cfg.judge_temperature,
+            self.counts if counts is None else counts,
+        )
+        texts = [o.text for o in outs]
+        return [mean_points(principles, texts[i * n : (i + 1) * n]) for i in range(len(replies))]
 
     def task_match(self, member: str, n_prompts: int, policy: str = LEARNER) -> tuple[dict, list]:
         """`policy` against a loaded league `member` on the task's first n_prompts held-out
@@ -706,7 +732,29 @@ class Generator:
             ),
             **(selection_summary(picks) if picks else {}),
             **(self._gold_score(problems, greedy) if self.gold is not None else {}),
+            **(
+                self._judge_agreement(problems, greedy, greedy_scores, texts, sample_scores, policy)
+                if self.task_cfg.judge == "self"
+                else {}
+            ),
         }
+
+    def _judge_agreement(self, problems, greedy, greedy_scores, texts, sample_scores, policy) -> dict:
+        """`policy` as its own judge (task.judge self) against the task's rule judge, on each
+        held-out problem's greedy reply and samples: every pair of them (judge_summary)."""
+        per = 1 + len(texts) // max(len(problems), 1)  # the greedy reply, then the samples
+        prompts, replies, rules = [], [], []
+        for i, p in enumerate(problems):
+            prompts += [p.prompt] * per
+            replies += [greedy[i].text, *texts[i * (per - 1) : (i + 1) * (per - 1)]]
+            rules += [greedy_scores[i].total] + [
+                s.total for s in sample_scores[i * (per - 1) : (i + 1) * (per - 1)]
+            ]
+        ratings = self._rate(prompts, replies, policy, self.eval_counts)
+        pairs = [
+            (b + x, b + y) for b in range(0, len(replies), per) for x in range(per) for y in range(x + 1, per)
+        ]
+        return judge_summary(ratings, rules, pairs, list(range(0, len(replies), per)))
 
     def _gold_score(self, problems: list, replies: list) -> dict:
         """The held-out gold judge's mean total of the greedy replies (never trained against)."""

@@ -27,6 +27,7 @@ from selfplay.metrics import ray_metric
 from selfplay.rewards import overlong_penalty, returns_to_go
 from selfplay.tasks import task_of
 from selfplay.tasks.base import ScoreCache, role_prompts
+from selfplay.tasks.judges import RULES, SELF_JUDGE
 
 REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence gives
 
@@ -37,13 +38,20 @@ class Verifier:
     seen among the last `remember` is rejected as a duplicate (a retried generator call
     must not count a game twice)."""
 
-    def __init__(self, decode, remember: int = 200_000, task=None, encode=None, overlong=(0, 0, 0.0)):
+    def __init__(
+        self, decode, remember: int = 200_000, task=None, encode=None, overlong=(0, 0, 0.0), self_judged=False
+    ):
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only.
         `encode`: text -> prompt ids as the generators encode prompts; with it, a trained
         turn's prompt must be its game's observation (after an optional skill prefix).
         `overlong`: (max reply tokens, buffer, coef), a task reply's length guard
-        (rewards.overlong_penalty; buffer 0: none)."""
+        (rewards.overlong_penalty; buffer 0: none). `self_judged` (task.judge self): a
+        reply's reward is the policy's own verdict on it (its judge role's rubric points),
+        which the generator sent as the `self_judge` score (a reply without a readable one
+        is rejected, `unrated`); the task's scorer still scores it, its parts kept beside
+        the verdict and its total as `rules`."""
         self.decode = decode
+        self.self_judged = self_judged
         self.overlong = overlong
         self.encode = encode
         self.task = task
@@ -60,7 +68,7 @@ class Verifier:
         self.remember = remember
 
     @classmethod
-    def for_model(cls, model_path: str, task=None, overlong=(0, 0, 0.0)) -> Verifier:
+    def for_model(cls, model_path: str, task=None, overlong=(0, 0, 0.0), self_judged=False) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         from transformers import AutoTokenizer
 
@@ -70,6 +78,7 @@ class Verifier:
             task=task,
             encode=lambda text: tokenizer(text).input_ids,
             overlong=overlong,
+            self_judged=self_judged,
         )
 
     def verify(self, table: pa.Table) -> pa.Table:
@@ -188,8 +197,11 @@ class Verifier:
             return "prompt_mismatch"
         if reason := self._check_tokens(row):
             return reason
+        rated = dict(row["scores"] or ()).get(SELF_JUDGE) if self.self_judged else None  # a map column: pairs
+        if self.self_judged and not (rated is not None and 0 <= rated <= 1):
+            return "unrated"
         if not self.grouped:  # else scored with its group (verify)
-            self._attach(row, self.score(problem.prompt, row["response_text"], problem.reference))
+            self._attach(row, self.score(problem.prompt, row["response_text"], problem.reference), rated)
         return None
 
     def _score_groups(self, rows: list[dict]) -> None:
@@ -206,17 +218,21 @@ class Verifier:
             for row, score in zip(members, scores):
                 self._attach(row, score)
 
-    def _attach(self, row: dict, score) -> None:
-        """The score's parts, its total as the outcome, and the reward: the total plus the
-        length guard where one is set (its penalty kept as the `overlong` part)."""
+    def _attach(self, row: dict, score, rated: float | None = None) -> None:
+        """The score's parts, its total as the outcome, and the reward: the total (or the
+        policy's own verdict `rated`, self-rewarding: the total kept as `rules`) plus the length
+        guard where one is set (its penalty kept as the `overlong` part)."""
         if score.reason:
             self.score_reasons[score.reason] += 1
         parts, reward = score.parts, score.total
+        if rated is not None:
+            parts, reward = {**parts, RULES: score.total, SELF_JUDGE: rated}, rated
         max_tokens, buffer, coef = self.overlong
         if buffer:
             penalty = coef * overlong_penalty(len(row["response_ids"]), max_tokens, buffer)
             parts, reward = {**parts, "overlong": penalty}, reward + penalty
-        row.update(scores=parts, reward=reward, ret=reward, outcome=score.total, illegal=not score.valid)
+        outcome = score.total if rated is None else rated
+        row.update(scores=parts, reward=reward, ret=reward, outcome=outcome, illegal=not score.valid)
 
     def stats(self) -> dict:
         """Trajectories accepted and rejected (by reason), turns accepted and turns
@@ -267,7 +283,9 @@ class VerifierActor:
         """`max_tokens`: the generators' reply limit, which a task's length guard counts from."""
         task = task_of(task_cfg) if task_cfg and task_cfg.name else None
         overlong = (max_tokens, task_cfg.overlong_buffer, task_cfg.overlong_coef) if task else (0, 0, 0.0)
-        self.verifier = Verifier.for_model(model_path, task, overlong)
+        self.verifier = Verifier.for_model(
+            model_path, task, overlong, task is not None and task_cfg.judge == "self"
+        )
         if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
             self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))
         self.buffer = buffer

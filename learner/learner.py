@@ -327,6 +327,8 @@ class Learner:
         rl_rows = sft.count(False)
         rl_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if not s)
         sft_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if s)
+        per_target = self.cfg.nll_aggregation == "sequence_mean"
+        sft_total = sum(1 for r, s in zip(rows, sft) if s and r["response_ids"]) if per_target else sft_tokens
         all_tokens = rl_tokens + sft_tokens
         reads_model = self.value_head is not None or self._kl_in_reward
         plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
@@ -353,7 +355,7 @@ class Learner:
                 self.cfg.loss_aggregation,
                 totals=(rl_tokens, rl_rows),
             )
-            nll = losses.nll_loss(logp, mask * is_sft[:, None], sft_tokens)
+            nll = losses.nll_loss(logp, mask * is_sft[:, None], sft_total, self.cfg.nll_aggregation)
             bonus = losses.masked_mean(entropy, rl_mask, rl_tokens)  # the entropy bonus: sampled replies only
             loss = pg_loss + nll - self.cfg.entropy_coef * bonus
             if ref_logp is not None:

@@ -60,12 +60,17 @@ def ppo_clip_loss(
     return loss, clip_frac
 
 
-def nll_loss(logp: torch.Tensor, mask: torch.Tensor, total: float | None = None) -> torch.Tensor:
+def nll_loss(
+    logp: torch.Tensor, mask: torch.Tensor, total: float | None = None, aggregation: str = "token_mean"
+) -> torch.Tensor:
     """Supervised fine-tuning: the mean negative log-likelihood of the target tokens,
         L = -sum_t mask_t log pi(y_t | x, y_<t) / sum_t mask_t
-    over every real token of the batch (long targets weigh by their length, as SFT
-    trainers that average per token do). logp, mask: [B, T]; `total` as in `masked_mean`."""
-    return -masked_mean(logp, mask, total)
+    over every real token of the batch (`token_mean`: long targets weigh by their length, as
+    SFT trainers that average per token do), or each target's mean over its tokens, then the
+    mean over targets (`sequence_mean`: every target weighs the same). logp, mask: [B, T];
+    `total`: the batch's real tokens (token_mean) or targets (sequence_mean) when these rows
+    are one micro-batch of it."""
+    return -AGGREGATIONS[aggregation](logp, mask, total)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

@@ -20,6 +20,12 @@ Rows (`builder.rows`):
        orders: `judges.judge_pair`) makes the winner chosen and the loser rejected, in a
        row labelled dpo; ties and identical replies are dropped (counted `pairs_dropped`),
        never labelled. The learner's reference is the snapshot (reset at each promotion).
+  best_worst  self-rewarding (Yuan et al. 2024): a group's best-rewarded sample (chosen) over
+       its worst (rejected), in one row labelled dpo; a group whose best and worst rewards or
+       replies are equal makes none (counted `pairs_dropped`). Where the rows also carry the
+       rule judge's total (`rules`, task.judge self), the pairs it orders too are counted
+       (`pairs_rules_decided`) and those it orders alike (`pairs_rules_agree`): the judge's
+       agreement on the very pairs it trains on.
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
@@ -43,8 +49,9 @@ from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
 from selfplay.tasks.base import role_prompts, role_targets
-from selfplay.tasks.judges import scored_pair
+from selfplay.tasks.judges import RULES, degrade, rating_prompt, rubric_marks, scored_pair
 
+PAIR_ROWS = ("spin", "compete", "best_worst")  # builder.rows that make preference pairs
 COUNTS = (
     "groups",  # task groups built
     "samples",  # their samples
@@ -54,7 +61,9 @@ COUNTS = (
     "groups_held_back",  # the variance filter held back
     "rows_held_back",
     "rows_admitted",  # training rows built from admitted groups
-    "pairs_dropped",  # compete: pairs the judge tied (or identical replies): never labelled
+    "pairs_dropped",  # compete, best_worst: pairs the judge tied (or identical replies): never labelled
+    "pairs_rules_decided",  # best_worst: pairs the rule judge orders too (task.judge self)
+    "pairs_rules_agree",  # of them, those it orders as the training judge does
 )
 
 
@@ -85,6 +94,12 @@ def build(
         built = group_rows(rows, rewards, accepted, cfg, targets)
         if cfg.rows == "compete":
             counts["pairs_dropped"] += sum(r["trainable"] for r in rows) - len(built)
+        if cfg.rows == "best_worst":
+            found = best_worst(rows)
+            counts["pairs_dropped"] += found is None
+            decided, agree = rules_agreement(*found) if found else (0, 0)
+            counts["pairs_rules_decided"] += decided
+            counts["pairs_rules_agree"] += agree
         if cfg.variance_filter and population_std(rewards) <= cfg.min_reward_std:
             counts["groups_held_back"] += 1
             counts["rows_held_back"] += len(built)
@@ -108,6 +123,8 @@ def group_rows(
         return spin_pairs(rows, targets)
     if cfg.rows == "compete":
         return compete_pairs(rows)
+    if cfg.rows == "best_worst":
+        return best_worst_pair(rows)
     if cfg.rows == "rl":
         advantages = group_advantages(rewards, cfg.group_advantage)
         return [{**r, "label": "rl", "advantage": a} for r, a in zip(rows, advantages)]
@@ -163,6 +180,45 @@ def compete_pairs(rows: list[dict]) -> list[dict]:
         )
         out.append({**row, "scores": chosen["scores"], "reward": chosen["reward"]})
     return out
+
+
+def best_worst(rows: list[dict]) -> tuple[dict, dict] | None:
+    """A group's best-rewarded trainable sample and its worst, the first of each in the
+    group's order on equal rewards; None when their rewards or replies are equal."""
+    ours = [r for r in rows if r["trainable"]]
+    if len(ours) < 2:
+        return None
+    best = max(ours, key=lambda r: r["reward"])
+    worst = min(ours, key=lambda r: r["reward"])
+    if best["reward"] <= worst["reward"] or best["response_text"] == worst["response_text"]:
+        return None
+    return best, worst
+
+
+def best_worst_pair(rows: list[dict]) -> list[dict]:
+    """Self-rewarding's pair of one group: `best_worst`'s best (chosen) over its worst
+    (rejected), in a row built on the chosen sample; none when they are equal."""
+    found = best_worst(rows)
+    if found is None:
+        return []
+    best, worst = found
+    return [
+        pair_row(
+            best,
+            (best["response_ids"], best["response_text"]),
+            (worst["response_ids"], worst["response_text"]),
+        )
+    ]
+
+
+def rules_agreement(chosen: dict, rejected: dict) -> tuple[int, int]:
+    """(decided, agree) of a chosen and a rejected row by the rule judge's totals (`rules`
+    in their scores): (1, 1) when it prefers the chosen reply too, (1, 0) the rejected one,
+    (0, 0) on a tie or where no rule total is kept."""
+    a, b = dict(chosen["scores"] or ()), dict(rejected["scores"] or ())  # a map column: pairs
+    if RULES not in a or RULES not in b or a[RULES] == b[RULES]:
+        return 0, 0
+    return 1, int(a[RULES] > b[RULES])
 
 
 def pair_row(base: dict, chosen: tuple[list[int], str], rejected: tuple[list[int], str]) -> dict:
@@ -222,38 +278,105 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
     for problem_seed, problem in sft_problems(task, n, seed):
         targets = role_targets(task, problem, rng)
         for role, (prompt, target) in enumerate(zip(role_prompts(task, problem), targets)):
-            reply = encode(target, False) + [eos_id]
             rows.append(
-                {
-                    "run_id": run_id,
-                    "traj_id": f"sft-{len(rows)}",
-                    "game": task.name,
-                    "seed": problem_seed,
-                    "turn": 0,
-                    "role": role,
-                    "policy_id": "sft",
-                    "policy_version": 0,
-                    "opponent_id": "self",
-                    "opponent_version": 0,
-                    "prompt_ids": encode(prompt, True),
-                    "response_ids": reply,
-                    "behaviour_logprobs": [0.0] * len(reply),
-                    "response_text": target,
-                    "reward": 1.0,
-                    "ret": 1.0,
-                    "outcome": 1.0,
-                    "illegal": False,
-                    "trainable": True,
-                    "generator_id": "sft",
-                    "gen_time_s": 0.0,
-                    "created_at": time.time(),
-                    "task": task.name,
-                    "group_id": f"sft-{len(rows)}",
-                    "reference_id": problem.id,
-                    "label": "sft",
-                }
+                labelled_row(
+                    task,
+                    problem_seed,
+                    problem,
+                    role,
+                    prompt,
+                    target,
+                    encode,
+                    eos_id,
+                    run_id,
+                    f"sft-{len(rows)}",
+                )
             )
     return schema.from_rows(rows)
+
+
+JUDGE_ROLE = 1  # the judge role's rows in a labelled set (a task's own roles start at 0)
+
+
+JUDGE_DEGRADED = 0.5  # the share of judge examples whose demonstration is spoilt (judges.degrade)
+
+
+def judge_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> pa.Table:
+    """Rows that teach the judge role (task.judge self; self-rewarding's EFT data): n train
+    problems drawn from another seed than the supervised stage's (a few may be the same),
+    each with one of the task's demonstrations (`task.demonstration`: of mixed quality),
+    JUDGE_DEGRADED of them spoilt as a sampling policy spoils its replies (judges.degrade:
+    loops, rambling, misspellings, cuts; the policy's own failures, which the judge must
+    see to mark down), in a judge prompt (judges.rating_prompt), and as the reply the
+    task's constitution's marks of it (judges.rubric_marks). Role JUDGE_ROLE, so they never
+    pass for a problem's target (targets_of)."""
+    rng = random.Random(f"judge:{seed}")
+    rows = []
+    for problem_seed, problem in sft_problems(task, n, seed + 1):
+        reply = task.demonstration(problem, rng)
+        if rng.random() < JUDGE_DEGRADED:
+            reply = degrade(reply, rng, task.max_reply_chars)
+        marks = rubric_marks(task.principles, problem.prompt, reply, problem.reference)
+        prompt = rating_prompt(problem.prompt, reply)
+        rows.append(
+            labelled_row(
+                task,
+                problem_seed,
+                problem,
+                JUDGE_ROLE,
+                prompt,
+                marks,
+                encode,
+                eos_id,
+                run_id,
+                f"judge-{len(rows)}",
+            )
+        )
+    return schema.from_rows(rows)
+
+
+def labelled_row(
+    task,
+    problem_seed: int,
+    problem,
+    role: int,
+    prompt: str,
+    reply: str,
+    encode,
+    eos_id: int,
+    run_id: str,
+    traj_id: str,
+) -> dict:
+    """One row of a labelled set: `reply` to `prompt` (ending with eos), labelled sft."""
+    ids = encode(reply, False) + [eos_id]
+    return {
+        "run_id": run_id,
+        "traj_id": traj_id,
+        "game": task.name,
+        "seed": problem_seed,
+        "turn": 0,
+        "role": role,
+        "policy_id": "sft",
+        "policy_version": 0,
+        "opponent_id": "self",
+        "opponent_version": 0,
+        "prompt_ids": encode(prompt, True),
+        "response_ids": ids,
+        "behaviour_logprobs": [0.0] * len(ids),
+        "response_text": reply,
+        "reward": 1.0,
+        "ret": 1.0,
+        "outcome": 1.0,
+        "illegal": False,
+        "trainable": True,
+        "generator_id": "sft",
+        "gen_time_s": 0.0,
+        "created_at": time.time(),
+        "task": task.name,
+        "group_id": traj_id,
+        "reference_id": problem.id,
+        "label": "sft",
+    }
 
 
 def group_means(table: pa.Table) -> list[tuple[int, float]]:

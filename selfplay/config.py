@@ -30,10 +30,11 @@ KlEstimator = Literal["k1", "k2", "k3"]
 BufferSampling = Literal["least_sampled", "uniform"]
 Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
 GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
-BuilderRows = Literal["rl", "sft", "spin", "compete"]  # selfplay/builder.py
+BuilderRows = Literal["rl", "sft", "spin", "compete", "best_worst"]  # selfplay/builder.py
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:preference_loss
 TaskPrompts = Literal["train", "sft"]
 TaskVersus = Literal["self", "snapshot"]
+TaskJudge = Literal["rules", "self"]
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -109,6 +110,10 @@ class LearnerConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
+    # NLL of rows labelled sft over their tokens: token_mean (long targets weigh by their length,
+    # as most SFT trainers), or sequence_mean (every target the same: a judge's 6-token verdict
+    # as much as a 40-token reply, when the supervised stage teaches both)
+    nll_aggregation: LossAggregation = "token_mean"
     # KL to the frozen initial policy (a task run's: the policy after its supervised stage); 0: none.
     # The reference is saved with every checkpoint (reference.safetensors) and restored on resume
     kl_coef: float = 0.0
@@ -189,6 +194,15 @@ class TaskConfig:
     # the training judge's score (the proxy) rose by more than alarm_margin while the gold
     # score fell by more than alarm_margin (100 held-out replies: evaluations differ by ~0.03).
     gold: list[dict[str, Any]] = field(default_factory=list)
+    # Who judges a judged task's replies in training: rules, the constitution above; self, the
+    # policy itself in a judge role (self-rewarding, selfplay/tasks/judges.py), marking each
+    # reply by the constitution made an additive rubric, with the policy's weights of the
+    # moment: greedily (judge_temperature 0, one verdict), or judge_samples verdicts sampled at
+    # judge_temperature, their points averaged (Yuan et al.: 3). The constitution then teaches
+    # the role (sft.judge_examples) and every evaluation measures the judge's agreement with it.
+    judge: TaskJudge = "rules"
+    judge_samples: int = 1
+    judge_temperature: float = 0.0
     alarm_window: int = 3
     alarm_margin: float = 0.05
     # A length guard (DAPO's soft overlong punishment, selfplay/rewards.py): a reply's reward
@@ -205,7 +219,8 @@ class BuilderConfig:
     # rl: group-relative advantages; sft: verified samples (rejection sampling); spin: preference
     # pairs, the supervised target over each distinct sample that differs from it (SPIN);
     # compete: the judge's winner over its loser, the policy's i-th sample against the newest
-    # snapshot's (competitive self-play -> DPO; ties and identical replies dropped)
+    # snapshot's (competitive self-play -> DPO; ties and identical replies dropped); best_worst:
+    # the best-rewarded sample of a group over its worst (self-rewarding; equal rewards dropped)
     rows: BuilderRows = "rl"
     group_advantage: GroupAdvantage = "grpo"
     # admit a group only if its rewards differ (std > min_reward_std): a group that agrees teaches
@@ -243,6 +258,12 @@ class SftConfig:
     steps: int = 0
     examples: int = 500
     lr: float | None = None  # the stage's learning rate; None: learner.lr (the later stages' always)
+    # task.judge self: as many rows teaching the judge role (self-rewarding's EFT data), each a
+    # demonstration of a train problem and task.principles' marks of it
+    judge_examples: int = 0
+    # after the stage, this share of every batch is drawn from those judge rows (NLL): the role
+    # keeps being taught while preference training moves the weights it shares with the policy
+    judge_replay: float = 0.0
 
 
 @dataclass
@@ -350,6 +371,7 @@ POSITIVE = {
     "task.held_out",
     "task.eval_samples",
     "task.hard_pool",
+    "task.judge_samples",
     "sft.examples",
     "reward_model.held_out_pairs",
     "reward_model.epochs",
@@ -361,6 +383,8 @@ NON_NEGATIVE = {
     "task.overlong_coef",
     "reward_model.pairs",
     "reward_model.center_coef",
+    "sft.judge_examples",
+    "task.judge_temperature",
     "time_limit_min",
     "generator.num_cpus",
     "generator.num_gpus",
@@ -550,6 +574,7 @@ def validate_task(cfg: RunConfig) -> None:
             f"task.overlong_buffer: must be <= generator.max_response_tokens ({cfg.generator.max_response_tokens}), "
             f"got {cfg.task.overlong_buffer}"
         )
+    validate_self_judge(cfg, task)
     if cfg.task.alarm_window < 2:
         raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
@@ -578,6 +603,16 @@ def validate_task(cfg: RunConfig) -> None:
             task.held_out(max(cfg.league.promote_games, cfg.league.final_match))
         except ValueError as err:
             raise ConfigError(f"league.promote_games: {err}") from None
+    if cfg.builder.rows == "best_worst":
+        if not cfg.learner.reference:
+            raise ConfigError(
+                "learner.reference: builder.rows best_worst trains pairs against a reference; set it true"
+            )
+        if cfg.task.samples_per_prompt < 2:
+            raise ConfigError(
+                "task.samples_per_prompt: builder.rows best_worst pairs a prompt's best sample with "
+                f"its worst; give at least 2, got {cfg.task.samples_per_prompt}"
+            )
     if cfg.builder.rows == "spin":
         if not cfg.learner.reference:
             raise ConfigError(
@@ -602,10 +637,12 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
-    from selfplay.evals import MATCH_FIELDS, MONITOR_FIELDS, SELECTION_FIELDS, TASK_FIELDS
+    from selfplay.evals import JUDGE_FIELDS, MATCH_FIELDS, MONITOR_FIELDS, SELECTION_FIELDS, TASK_FIELDS
 
     fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
     fields += ["gold_score"] if cfg.task.gold else []
+    fields += ["score_gain_over_sft"] if cfg.task.principles and cfg.sft.steps else []
+    fields += [*JUDGE_FIELDS, "judge_agreement_gain_over_sft"] if cfg.task.judge == "self" else []
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
     task = cfg.task.name
@@ -628,6 +665,43 @@ def validate_task(cfg: RunConfig) -> None:
     for name in cfg.acceptance:
         if name not in reported:
             raise ConfigError(f"acceptance.{name}: {message}")
+
+
+def validate_self_judge(cfg: RunConfig, task) -> None:
+    """task.judge self: a judged task whose judge prompts fit the context and whose judge role
+    is taught first; sft.judge_examples only with it."""
+    from selfplay.tasks.judges import rating_prompt
+
+    t = cfg.task
+    if t.judge != "self":
+        for name in ("sft.judge_examples", "sft.judge_replay"):
+            if _get(cfg, name):
+                raise ConfigError(f"{name}: teaches the judge role of task.judge self; set it, or 0")
+        return
+    if not 0 <= cfg.sft.judge_replay < 1:
+        raise ConfigError(f"sft.judge_replay: must be in [0, 1), got {cfg.sft.judge_replay}")
+    if getattr(task, "principles", None) is None:
+        raise ConfigError(
+            f"task.judge: self rates on a constitution's scale; task {t.name} has no principles"
+        )
+    if t.judge_temperature == 0 and t.judge_samples > 1:
+        raise ConfigError(
+            f"task.judge_samples: greedy verdicts (task.judge_temperature 0) repeat; set 1, got {t.judge_samples}"
+        )
+    if not (cfg.sft.steps and cfg.sft.judge_examples):
+        raise ConfigError(
+            "sft.judge_examples: task.judge self needs the judge role taught first; "
+            "set sft.steps > 0 and sft.judge_examples > 0"
+        )
+    context = cfg.model.max_model_len
+    longest = max(len(p.prompt) for p in task.held_out(t.held_out))  # a character is at least a token
+    marks = len(task.principles.principles) + 1  # a mark per principle, then the end of sequence
+    needed = 1 + len(rating_prompt("x" * longest, "x" * task.max_reply_chars)) + marks  # after a bos
+    if context is not None and needed > context:
+        raise ConfigError(
+            f"model.max_model_len: a judge prompt with the longest reply takes up to {needed} tokens, "
+            f"more than {context}"
+        )
 
 
 def validate_reward_model(cfg: RunConfig, task) -> None:

@@ -15,16 +15,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
 from selfplay import reward_model, schema
 from selfplay.best import BestCheckpoint, best_acceptance
 from selfplay.builder import COUNTS as BUILDER_COUNTS
-from selfplay.builder import sft_examples
+from selfplay.builder import JUDGE_ROLE, judge_examples, sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import MATCH_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
+from selfplay.evals import MATCH_FIELDS, PROXY_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion
@@ -184,7 +186,7 @@ class EvalQueue:
 
     def watch_for_hacking(self, step: int, wall_s: float, result: dict) -> None:
         """Feed the monitor an evaluation of the current policy; log and show an alarm."""
-        proxy = result.get("score", result["accuracy"])
+        proxy = next(result[f] for f in PROXY_FIELDS if f in result)
         alarm = self.monitor.observe(step, proxy, result["gold_score"])
         self.metrics.log(step, wall_s, {"monitor/alarm": float(alarm is not None)})
         if alarm is not None:
@@ -249,6 +251,11 @@ class EvalQueue:
                     if "score" in result
                     else f"accuracy {result['accuracy']:.3f}  "
                 ) + f"pass@{result['k']} {result['pass_at_k']:.3f}  valid {result['valid']:.3f}"
+                if "judge_score" in result:  # self-rewarding: the policy's own judge
+                    line += (
+                        f"  self-judged {result['judge_score']:.3f}  agreement "
+                        f"{result['judge_agreement']:.3f} of {result['judge_decided']} pairs"
+                    )
                 if "gold_score" in result:
                     line += f"  gold {result['gold_score']:.3f}"
                     # from the supervised policy on: nothing trains against the judge before
@@ -320,12 +327,16 @@ class Run:
         self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
         # the stage's learning rate (the config's, also over a resumed optimiser's)
         ray.get(self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr))
-        if self.in_sft or cfg.builder.rows == "spin":
-            labelled = schema.to_ipc(labelled_set(cfg, model_path, self.run_id))
+        if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
+            table = labelled_set(cfg, model_path, self.run_id)
+            labelled = schema.to_ipc(table)
             if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
                 ray.get(self.program.buffer.set_targets.remote(labelled))
             if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
                 ray.get(self.program.buffer.start_sft.remote(labelled))
+            if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
+                judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
+                ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
         self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
         # the time limit and the wall clock of the curves count from here: training time, without
         # the engines' start (which a resumed session pays again)
@@ -729,7 +740,8 @@ def train(
                 summary["after"][f"{cfg.task.name}/monitor"] = r.evals.monitor.summary()
             if (run_dir / AFTER_SFT).exists():  # the supervised stage's figure, kept across a resume
                 summary["after_sft"] = json.loads((run_dir / AFTER_SFT).read_text())
-                gain_over(summary["after"], summary["after_sft"], "accuracy", "sft")
+                for field in ("accuracy", "score", "judge_agreement"):  # those it measured
+                    gain_over(summary["after"], summary["after_sft"], field, "sft")
             summary["acceptance"] = acceptance(summary["after"], cfg.acceptance)
             if r.best.weights is not None:  # the best checkpoint, evaluated afresh beside the last
                 best = r.evaluate(wait=True, prefix="best", weights=r.best.weights)
@@ -775,6 +787,11 @@ def builder_metrics(buffer: dict, before: dict | None = None) -> dict:
     out = {f"task/{k}": buffer[k] for k in (*BUILDER_COUNTS, "filled_from_reserve", "reserve_dropped")}
     if samples:
         out["task/accepted_share"] = (buffer["accepted"] - before.get("accepted", 0)) / samples
+    decided = buffer["pairs_rules_decided"] - before.get("pairs_rules_decided", 0)
+    if decided:  # self-rewarding: the rule judge's view of the pairs trained on since the last log
+        out["task/pairs_rules_agreement"] = (
+            buffer["pairs_rules_agree"] - before.get("pairs_rules_agree", 0)
+        ) / decided
     return out
 
 
@@ -788,7 +805,8 @@ def gain_over(after: dict, before: dict, field: str, name: str) -> None:
 
 
 def labelled_set(cfg: RunConfig, model_path: str, run_id: str):
-    """The supervised stage's rows: sft.examples problems of the task with their targets."""
+    """The supervised stage's rows: sft.examples problems of the task with their targets, and
+    sft.judge_examples rows teaching the judge role (task.judge self)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -797,7 +815,11 @@ def labelled_set(cfg: RunConfig, model_path: str, run_id: str):
         return tokenizer(text, add_special_tokens=special).input_ids
 
     task = task_of(cfg.task)
-    return sft_examples(task, encode, tokenizer.eos_token_id, cfg.sft.examples, cfg.seed, run_id)
+    table = sft_examples(task, encode, tokenizer.eos_token_id, cfg.sft.examples, cfg.seed, run_id)
+    if cfg.sft.judge_examples:  # task.judge self: the judge role is taught beside the task
+        judge = judge_examples(task, encode, tokenizer.eos_token_id, cfg.sft.judge_examples, cfg.seed, run_id)
+        table = pa.concat_tables([table, judge])
+    return table
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

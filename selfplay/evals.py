@@ -14,6 +14,7 @@ import pyarrow as pa
 from selfplay.games import kuhn
 from selfplay.league import LEARNER
 from selfplay.stats import mean_interval, points
+from selfplay.tasks.judges import pairwise_agreement
 
 # What an evaluation reports, defined once: the rates (report tables), the summary's
 # fields (summary.json "before"/"after") and the metrics logged per eval (per seat too).
@@ -28,6 +29,11 @@ TASK_FIELDS = ("accuracy", "pass_at_k", "sample_accuracy", "valid", "problems")
 # the reward-hacking monitor's figures over a run (HackingMonitor.summary)
 MONITOR_FIELDS = ("alarms", "first_alarm_step", "gold_peak", "gold_final", "gold_retained", "proxy_final")
 MATCH_FIELDS = ("score", "win", "draw", "loss", "games", "mean_total", "member_mean_total")
+# task.judge self (self-rewarding) adds the policy's own ratings of its held-out replies
+# against the rule judge's totals of the same replies (judge_summary)
+JUDGE_FIELDS = ("judge_score", "judge_agreement", "judge_decided", "judge_error", "judge_rated")
+# the reward-hacking monitor's proxy: the training judge's figure, the first an evaluation has
+PROXY_FIELDS = ("judge_score", "score", "accuracy")
 # A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
 # its own tests pick and of a uniform pick, its tests' accuracy and validity, and the gain
 SELECTION_FIELDS = (
@@ -65,7 +71,9 @@ def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
 def task_fields(result: dict) -> tuple[str, ...]:
     """The fields of a task evaluation: TASK_FIELDS, and a judged task's score and
     SELECTION_FIELDS where measured."""
-    return TASK_FIELDS + tuple(f for f in ("score", "gold_score", *SELECTION_FIELDS) if f in result)
+    return TASK_FIELDS + tuple(
+        f for f in ("score", "gold_score", *SELECTION_FIELDS, *JUDGE_FIELDS) if f in result
+    )
 
 
 def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> dict:
@@ -88,6 +96,29 @@ def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> d
     if judged:
         summary["score"] = sum(s.total for s in greedy) / max(n, 1)
     return summary
+
+
+def judge_summary(
+    ratings: list[float | None], rules: list[float], pairs: list[tuple[int, int]], greedy: list[int]
+) -> dict:
+    """The policy as judge against the rule judge, on the same replies: `ratings` its own
+    (in [0, 1]; None: it gave none that parsed), `rules` the constitution's totals, `pairs`
+    the index pairs of replies to one prompt, `greedy` the indices of the greedy replies.
+    judge_score: the mean rating of the rated greedy replies (the policy's view of its own
+    answers: the self-rewarding proxy); judge_agreement: the share of pairs both order
+    strictly (judge_decided of them; 0 when none) that they order alike; judge_error: the mean
+    absolute difference of a rated reply's two scores; judge_rated: the share rated."""
+    rated = [i for i, r in enumerate(ratings) if r is not None]
+    mine = [ratings[i] for i in greedy if ratings[i] is not None]
+    both = [(i, j) for i, j in pairs if ratings[i] is not None and ratings[j] is not None]
+    agree, decided = pairwise_agreement(ratings, rules, both)
+    return {
+        "judge_score": sum(mine) / max(len(mine), 1),
+        "judge_agreement": agree / decided if decided else 0.0,
+        "judge_decided": decided,
+        "judge_error": sum(abs(ratings[i] - rules[i]) for i in rated) / max(len(rated), 1),
+        "judge_rated": len(rated) / max(len(ratings), 1),
+    }
 
 
 def selection_summary(picks: list[dict[str, float]]) -> dict:
@@ -231,10 +262,10 @@ class HackingMonitor:
         """Replay a resumed run's evaluations (metrics rows: step, name, value) of steps
         from_step..until, so the window spans the resume; their alarms count again as they did."""
         series = {}
-        for field in ("score", "accuracy", "gold_score"):
+        for field in (*PROXY_FIELDS, "gold_score"):
             name = f"eval/{task}/held_out/{field}"
             series[field] = {r["step"]: r["value"] for r in rows if r["name"] == name}
-        proxy = series["score"] or series["accuracy"]
+        proxy = next((series[f] for f in PROXY_FIELDS if series[f]), {})
         for step in sorted(set(proxy) & set(series["gold_score"])):
             if from_step <= step <= until:
                 self.observe(step, proxy[step], series["gold_score"][step])

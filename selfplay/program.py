@@ -25,7 +25,7 @@ from actors.league import STATE_FILE as LEAGUE_STATE
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
-from selfplay.builder import sft_problems
+from selfplay.builder import PAIR_ROWS, sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
 from selfplay.tasks import task_of
@@ -63,7 +63,7 @@ def build_program(
     checkpoints relative to `run_dir`."""
     resume = str(resume_from) if resume_from else None
     builder = cfg.builder if cfg.task.name else None
-    pairs = builder is not None and builder.rows in ("spin", "compete") and run_dir is not None
+    pairs = builder is not None and builder.rows in PAIR_ROWS and run_dir is not None
     buffer = BufferActor.options(name="buffer").remote(
         cfg.buffer,
         cfg.seed,

@@ -130,7 +130,7 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("rejected", pa.string()),
         pa.field("task", pa.string()),
         pa.field("reference_id", pa.string()),  # the problem: the same prompt across runs
-        pa.field("method", pa.string()),  # builder.rows: spin | compete
+        pa.field("method", pa.string()),  # builder.rows: spin | compete | best_worst
         pa.field("chosen_scores", pa.map_(pa.string(), pa.float32())),  # the judge's parts, where known
         pa.field("policy_version", pa.int64()),  # the learner's weights that sampled its side
         pa.field("opponent_id", pa.string()),  # what it played against ("self", a snapshot's id)
@@ -157,7 +157,7 @@ def preference_table(table: pa.Table, decode, method: str) -> pa.Table:
                 "task": r["task"],
                 "reference_id": r["reference_id"],
                 "method": method,
-                "chosen_scores": r["scores"] if method == "compete" else None,
+                "chosen_scores": r["scores"] if method != "spin" else None,  # spin: the target, unjudged
                 "policy_version": r["policy_version"],
                 "opponent_id": r["opponent_id"],
                 "run_id": r["run_id"],

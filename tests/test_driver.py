@@ -229,3 +229,60 @@ def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_r
     assert all(
         c.strip() != r.strip() for c, r in zip(written["chosen"].to_pylist(), written["rejected"].to_pylist())
     )
+
+
+def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verdicts(
+    ray_session, small_cfg, tmp_path
+):
+    """Self-rewarding on real engines: the supervised stage teaches the task and the judge
+    role together; then the policy marks each of its own replies in the judge role, the
+    verifier rewards those marks (keeping the rule judge's total beside them), the builder
+    pairs each prompt's best reply with its worst, and DPO trains on them against a
+    reference that follows the policy, beside judge rows rehearsed in every batch; every
+    evaluation measures the judge against the rules."""
+    cfg = task_run_config(
+        small_cfg,
+        tmp_path,
+        steps=30,
+        max_response_tokens=12,
+        reference=True,
+        task=TaskConfig(
+            name="describe",
+            principles=[{"name": "sentiment"}, {"name": "no_profanity", "hard": True}],  # two marks
+            judge="self",
+            judge_samples=2,  # sampled verdicts, averaged: few ties between a prompt's samples
+            judge_temperature=1.0,
+            samples_per_prompt=4,
+            prompts_per_wave=16,
+            held_out=4,
+            eval_samples=2,
+        ),
+        builder=BuilderConfig(rows="best_worst"),
+        sft=SftConfig(steps=26, examples=40, judge_examples=400, lr=3e-3, judge_replay=0.25),
+        acceptance={
+            "describe/held_out/judge_agreement": ">= 0",
+            "describe/held_out/score_gain_over_sft": ">= -1",
+        },
+    )
+    # a judge that never learnt to mark would starve the learner: end by the clock, then fail
+    cfg = dataclasses.replace(
+        cfg, time_limit_min=4.0, learner=dataclasses.replace(cfg.learner, ref_refresh_every=2)
+    )
+    run_dir = driver.train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30
+    after, after_sft = summary["after"]["describe/held_out"], summary["after_sft"]["describe/held_out"]
+    assert after_sft["judge_rated"] > 0.5  # the role was learnt: its verdicts read as marks
+    assert after["judge_decided"] <= 4 * 3  # 4 problems, 3 replies each, every pair of them
+    assert after["score_gain_over_sft"] == pytest.approx(after["score"] - after_sft["score"])
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
+    assert all(pairs[s] > 0 for s in (27, 28, 29, 30))  # DPO on the policy's own verdicts
+    sft_rows = {m["step"]: m["value"] for m in metrics if m["name"] == "sft_rows"}
+    assert all(sft_rows[s] == 8 for s in (27, 28, 29, 30))  # and a quarter rehearsing the judge role
+    task = {m["name"]: m["value"] for m in metrics if m["name"].startswith("task/pairs_rules")}
+    assert task["task/pairs_rules_decided"] >= task["task/pairs_rules_agree"] >= 0
+    written = pq.read_table(run_dir / "preferences")
+    assert set(written["method"].to_pylist()) == {"best_worst"}
+    for scores in written["chosen_scores"].to_pylist():  # the policy's verdict and the rules' total
+        assert {"self_judge", "rules", "sentiment", "no_profanity"} <= set(dict(scores))

@@ -320,10 +320,12 @@ ACCUMULATION_CASES = {
     # a value head: the plan reads every row's V(s) in a pre-pass; KL in the loss
     "gae": GAE + ["learner.kl_coef=0.1", "learner.kl_placement=loss", "learner.kl_estimator=k3"],
     # the KL penalty in the reward, then normalised over the batch; GRPO's per-reply mean
+    # (and NLL's per target)
     "rae_kl_reward": [
         "learner.kl_coef=0.1",
         "learner.normalize_advantages=true",
         "learner.loss_aggregation=sequence_mean",
+        "learner.nll_aggregation=sequence_mean",
     ],
     # the builder's advantages and an entropy bonus: no pre-pass
     "group": ["task.name=arithmetic", "learner.advantage=group", "learner.entropy_coef=0.01"],

@@ -230,6 +230,11 @@ def test_nll_is_the_mean_negative_log_likelihood_of_the_real_tokens():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert nll_loss(logp, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
     assert nll_loss(logp, torch.zeros_like(mask)).item() == 0.0
+    # per target: ((1 + 2) / 2 + 3 / 1) / 2, every target weighing the same whatever its length
+    assert nll_loss(logp, mask, aggregation="sequence_mean").item() == pytest.approx(2.25)
+    assert nll_loss(logp[:1], mask[:1], 2, "sequence_mean").item() == pytest.approx(
+        0.75
+    )  # a micro-batch's share
 
 
 # ---- preference losses (DPO, IPO, SLiC hinge; SPIN is DPO on its own pairs)

@@ -225,3 +225,93 @@ def scored_pair(a: str, a_total: float, b: str, b_total: float, margin: float = 
     a and b are known: the same verdict in either order, by `by_score`."""
     totals = {a: a_total, b: b_total}
     return judge_pair(lambda _, x, y: by_score(totals[x], totals[y], margin), "", a, b)
+
+
+# ---- The policy as its own judge (self-rewarding) ------------------------------------------
+# Self-rewarding (Yuan et al. 2024): the policy, prompted in a judge role, scores each of its
+# own replies by an additive rubric; a few sampled verdicts are averaged; the best- and
+# worst-scored replies of a prompt make a preference pair. Here the rubric is the task's
+# constitution made additive: the judge writes one mark per principle, in order: '2' where
+# the reply meets it well (scores at least 0.75), '1' where it meets it (at least 0.5), '0'
+# where not; the reply earns each principle's weight times its mark over 2, over the sum of
+# the weights (nothing where a hard one is unmet). Two levels above the line, not one: with
+# pass/fail marks alone a policy soon earns full marks on every sample and the judge has no
+# preference left (measured: pairs dropped, learning stopped). The role is taught in the
+# supervised stage (their "EFT" data) on demonstrations marked by the constitution, whose own
+# totals are then the yardstick of the judge (`pairwise_agreement`).
+SELF_JUDGE = "self_judge"  # the score column of the policy's own verdict, in [0, 1]
+RULES = "rules"  # beside it, the rule constitution's total of the same reply
+
+
+def rating_prompt(prompt: str, reply: str) -> str:
+    """The judge role's prompt: the task's prompt and one reply, to be marked."""
+    return f"rate {prompt} {reply} ="
+
+
+def rubric_marks(constitution: Constitution, prompt: str, reply: str, reference: str) -> str:
+    """The constitution's own verdict in the judge role's words: a mark per principle, in
+    order: '2' where it scores at least 0.75, '1' at least 0.5, '0' below (unmet). What the
+    judge role is taught to write."""
+    parts = constitution.score(prompt, reply, reference).parts
+    return "".join(str((parts[p.name] >= 0.5) + (parts[p.name] >= 0.75)) for p in constitution.principles)
+
+
+def rubric_points(constitution: Constitution, text: str) -> float | None:
+    """The points of a judge reply `text`: exactly one mark ('0', '1' or '2') per principle,
+    spaces around aside, else None (unreadable); each principle's weight times its mark over
+    2, over all weights, and 0 where a hard principle is unmet (marked 0)."""
+    marks = text.strip()
+    if len(marks) != len(constitution.principles) or set(marks) - {"0", "1", "2"}:
+        return None
+    levels = [int(m) / 2 for m in marks]
+    if any(p.hard and not level for p, level in zip(constitution.principles, levels)):
+        return 0.0
+    weight = sum(p.weight for p in constitution.principles)
+    return (
+        sum(p.weight * level for p, level in zip(constitution.principles, levels)) / weight if weight else 1.0
+    )
+
+
+def mean_points(constitution: Constitution, texts: list[str]) -> float | None:
+    """The mean of `rubric_points` over a reply's sampled judge replies that are readable;
+    None when none is."""
+    points = [x for x in (rubric_points(constitution, t) for t in texts) if x is not None]
+    return sum(points) / len(points) if points else None
+
+
+def degrade(reply: str, rng, max_chars: int) -> str:
+    """`reply` spoilt as a small sampling policy spoils its own: a word repeated in a loop
+    (up to the length limit), the reply rambling on (its words again, shuffled), a word
+    misspelt (a letter replaced), or the reply cut short; one of the four, drawn from `rng`,
+    at most `max_chars` long. What a judge must learn to mark down, and what demonstrations
+    of good intent never show it."""
+    words = reply.split() or [reply]
+    kind = rng.randrange(4)
+    if kind == 0:  # a loop
+        i = rng.randrange(len(words))
+        words[i : i + 1] = [words[i]] * rng.randint(3, 30)
+    elif kind == 1:  # rambling
+        words = words + rng.sample(words, len(words)) * rng.randint(1, 3)
+    elif kind == 2:  # a misspelling
+        i = rng.randrange(len(words))
+        if words[i]:
+            j = rng.randrange(len(words[i]))
+            letter = rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != words[i][j]])
+            words[i] = words[i][:j] + letter + words[i][j + 1 :]
+    else:  # cut short
+        return reply[: rng.randint(1, max(len(reply) - 1, 1))]
+    return " ".join(words)[:max_chars]
+
+
+def pairwise_agreement(
+    judge: list[float], rules: list[float], pairs: list[tuple[int, int]]
+) -> tuple[int, int]:
+    """How often two pointwise judges order a pair the same way: (agreeing, decided) over
+    `pairs` (indices into both score lists) that neither judge ties (`by_score`)."""
+    agree = decided = 0
+    for i, j in pairs:
+        a, b = by_score(judge[i], judge[j]), by_score(rules[i], rules[j])
+        if a != "tie" and b != "tie":
+            decided += 1
+            agree += a == b
+    return agree, decided
