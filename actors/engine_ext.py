@@ -4,9 +4,18 @@ tensors do not survive but bytes do."""
 
 from __future__ import annotations
 
+import torch
 from safetensors.torch import load as load_safetensors
 
 from selfplay.weights import state_checksum
+
+# Linux hands a process AMX tile registers only once it asks (arch_prctl
+# ARCH_REQ_XCOMP_PERM). vLLM's CPU attention picks its AMX kernel whenever the CPU has the
+# tiles but never asks; oneDNN asks only when one of its own matmuls first takes the AMX
+# path. A worker whose first step is a short prompt (a few tokens: no AMX matmul yet) died
+# in attention with SIGILL. Importing this module is the worker's first act (vLLM mixes the
+# extension into its worker class), so the worker asks here. A no-op without AMX.
+torch.cpu._init_amx()
 
 
 class PartialLoad(RuntimeError):

@@ -3,6 +3,11 @@ load itself is tested on a real engine in test_integration.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 from actors.engine_ext import missing_shards
 
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
@@ -44,3 +49,34 @@ def test_foreign_names_are_left_to_the_check_after_the_load():
     another naming; the engine's own report of what it loaded decides."""
     assert missing_shards(ENGINE, PACKED, ["transformer.h.0.attn.c_attn.weight"]) == []
     assert missing_shards(ENGINE, {}, HF[:1]) == []  # a model without fused parameters
+
+
+ARCH_GET_XCOMP_PERM = 0x1022  # arch/x86/include/uapi/asm/prctl.h
+XFEATURE_XTILEDATA = 18
+SYS_ARCH_PRCTL = 158  # x86_64
+
+
+def test_a_worker_holds_amx_tiles_once_the_extension_is_imported():
+    """vLLM's CPU attention runs AMX tile instructions without asking Linux for them; a
+    process that has not asked dies of SIGILL. Importing the extension (a vLLM worker's first
+    act) must ask: the kernel's permission mask then has the tile-data bit. Checked in a
+    fresh interpreter, as a worker starts."""
+    import platform
+
+    import torch
+
+    if platform.machine() != "x86_64" or not torch.cpu._is_amx_tile_supported():
+        pytest.skip("no AMX tiles on this CPU")
+    probe = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def granted():
+    mask = ctypes.c_ulong(0)
+    assert libc.syscall({SYS_ARCH_PRCTL}, {ARCH_GET_XCOMP_PERM}, ctypes.byref(mask)) == 0
+    return bool(mask.value >> {XFEATURE_XTILEDATA} & 1)
+before = granted()
+import actors.engine_ext
+print(before, granted())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
