@@ -65,6 +65,9 @@ class LearnerActor:
                 self.histograms["broadcast_seconds"].observe(m["broadcast_seconds"])
         return steps
 
+    def cut_short(self) -> None:
+        self.service.cut_short()
+
     def set_lr(self, lr: float) -> None:
         self.service.set_lr(lr)
 

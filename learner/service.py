@@ -61,26 +61,40 @@ class LearnerService:
         self.wait_s = 0.0
         self.broadcast_s = 0.0
         self.lock = threading.RLock()  # held by a step and its broadcast, and by every other call
+        self.cut = threading.Event()  # cut_short: the running `train` stops waiting for data
 
     # -- training -------------------------------------------------------------------------
-    def next_batch(self) -> pa.Table:
-        """Wait (backing off to 0.2 s) until the buffer hands out a batch."""
+    def next_batch(self) -> pa.Table | None:
+        """Wait (backing off to 0.2 s) until the buffer hands out a batch; None once
+        `cut_short` is called."""
         start = time.perf_counter()
         delay = 0.01
-        while True:
+        while not self.cut.is_set():
             table = self.sample(self.learner.cfg.batch_size, self.learner.version)
             if table is not None:
                 self.wait_s += time.perf_counter() - start
                 return table
-            time.sleep(delay)  # the buffer is below min_size or rate-limiting the learner
+            self.cut.wait(delay)  # the buffer is below min_size or rate-limiting the learner
             delay = min(delay * 2, 0.2)
+        self.wait_s += time.perf_counter() - start
+        return None
+
+    def cut_short(self) -> None:
+        """End the running `train` at its next wait for data (a step under way finishes):
+        the run's time is up or it was stopped while the learner starves. Called from
+        another thread than `train`'s."""
+        self.cut.set()
 
     def train(self, n_steps: int) -> list[dict]:
-        """n learner steps, broadcasting every `broadcast_every`; one metrics dict per step
-        (with `broadcast_seconds` on the steps that broadcast)."""
+        """Up to n learner steps, broadcasting every `broadcast_every`; one metrics dict per
+        step (with `broadcast_seconds` on the steps that broadcast). Fewer, or none, when
+        `cut_short` ends the wait for a batch."""
+        self.cut.clear()
         out = []
         for _ in range(n_steps):
             batch = self.next_batch()  # unlocked: generators join and leave while it waits
+            if batch is None:
+                break
             with self.lock:
                 m = self.learner.train_step(batch)
                 if self.learner.step % self.learner.cfg.broadcast_every == 0:

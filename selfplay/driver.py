@@ -508,6 +508,8 @@ class Run:
             ref = self.learner.train.remote(n)
             watchdog = Watchdog(self.step, cfg.watchdog_min * 60)
             while not ray.wait([ref], timeout=2.0)[0]:
+                if time.time() >= deadline or STOP.is_set():  # repeated until it ends: a cut
+                    self.learner.cut_short.remote()  # that lands before the chunk starts is undone
                 ray.get(self.controller.check.remote())  # failed generators are replaced
                 try:
                     stalled = watchdog.stalled(ray.get(self.learner.progress.remote(), timeout=30))
@@ -517,6 +519,8 @@ class Run:
                     raise RuntimeError(self.stall_report(watchdog))
             ray.get(self.controller.check.remote())  # at least once a chunk, however fast the learner
             steps = ray.get(ref)
+            if not steps:  # cut short before a step: time is up or the run was stopped
+                break
             prev, self.step = self.step, steps[-1]["step"]
             pace = (self.step - first_step) / max(time.time() - started, 1e-9)
             bar.total = bar_total(self.step, cfg.total_steps, pace, deadline - time.time())

@@ -101,6 +101,34 @@ def test_every_target_loads_each_new_version_after_training(model_dir):
     assert a.loads[-1][1] == b.loads[-1][1] == service.checksum != before  # training moved the weights
 
 
+def test_a_starving_learner_cut_short_returns_the_steps_it_made(model_dir):
+    """The buffer hands out one batch, then none: `train(3)` waits for the second until
+    another thread cuts it short (the run's time is up), and returns the one step made;
+    the next `train` waits afresh."""
+    handed = []
+
+    def sample(n, version):
+        if handed:
+            return None
+        handed.append(version)
+        return batch(n)
+
+    service = make_service(model_dir, sample=sample)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(service.train(3)))
+    worker.start()
+    worker.join(timeout=1.0)
+    assert worker.is_alive()  # starving: waits for the second batch
+    service.cut_short()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    (steps,) = result
+    assert [m["step"] for m in steps] == [1]
+    assert steps[0]["learner_wait_s"] < 1.0  # the wait after the last step is not in that step's
+    handed.clear()
+    assert [m["step"] for m in service.train(1)] == [2]  # the cut does not outlive its train
+
+
 def test_a_bad_load_is_caught_at_the_next_broadcast_not_before(model_dir):
     service = make_service(model_dir)
     service.add_target("generator-1", Receiver(corrupt=True))
