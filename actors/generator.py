@@ -553,12 +553,14 @@ class Generator:
         return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
 
     # -- tasks -------------------------------------------------------------------------------
-    def task_play(self, n_prompts: int, opponent: str | None = None) -> pa.Table:
+    def task_play(self, n_prompts: int, opponent: str | None = None, judge: str = LEARNER) -> pa.Table:
         """n_prompts train problems, each sampled task.samples_per_prompt times in each of the
         task's roles (one group per problem, one engine call for all): one row per sample,
         unscored (the verifier scores). With a loaded league member as `opponent`
         (task.versus snapshot: competitive self-play), the member answers each prompt as
-        many times, in the same group: its rows are not trainable (policy_id the member)."""
+        many times, in the same group: its rows are not trainable (policy_id the member).
+        With task.judge self, `judge` (the learner, or a loaded member: task.judge_weights
+        snapshot) rates every reply."""
         k = self.task_cfg.samples_per_prompt
         seeds = [self._task_seed() for _ in range(n_prompts)]
         problems = [self.task.problem(s) for s in seeds]
@@ -579,7 +581,7 @@ class Generator:
             versions = {**versions, opponent: their_versions[opponent]}
         ratings = [None] * len(outs)
         if self.task_cfg.judge == "self":  # the policy rates every reply, its own and a member's
-            ratings = self._rate([problems[i].prompt for i, _, _ in asked], [o.text for o in outs])
+            ratings = self._rate([problems[i].prompt for i, _, _ in asked], [o.text for o in outs], judge)
         rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # every seat the learner's
         for (i, role, text), out, seat, rated in zip(asked, outs, seats, ratings):
             row = self._row(
@@ -830,13 +832,19 @@ class GeneratorActor:
                 self.wait_s += time.perf_counter() - start
                 continue
             tokens_before = self.gen.counts["tokens"]
-            if self.gen.task is not None and self.gen.task_cfg.versus == "snapshot":
-                member = ray.get(league.latest.remote())  # competitive self-play: the newest snapshot
+            tcfg = self.gen.task_cfg
+            if self.gen.task is not None and "snapshot" in (tcfg.versus, tcfg.judge_weights):
+                # the newest snapshot competes (competitive self-play), judges, or both
+                member = ray.get(league.latest.remote())
                 with self.member_lock:
                     self._load_members(league, {member})
-                    table = self.gen.task_play(self.gen.task_cfg.prompts_per_wave, member)
+                    table = self.gen.task_play(
+                        tcfg.prompts_per_wave,
+                        opponent=member if tcfg.versus == "snapshot" else None,
+                        judge=member if tcfg.judge_weights == "snapshot" else LEARNER,
+                    )
             elif self.gen.task is not None:
-                table = self.gen.task_play(self.gen.task_cfg.prompts_per_wave)
+                table = self.gen.task_play(tcfg.prompts_per_wave)
             elif league is None:
                 table = self.gen.self_play(n)
             else:

@@ -35,6 +35,7 @@ PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:prefere
 TaskPrompts = Literal["train", "sft"]
 TaskVersus = Literal["self", "snapshot"]
 TaskJudge = Literal["rules", "self"]
+JudgeWeights = Literal["current", "snapshot"]
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -203,6 +204,12 @@ class TaskConfig:
     judge: TaskJudge = "rules"
     judge_samples: int = 1
     judge_temperature: float = 0.0
+    # Whose weights judge (task.judge self): current, the policy's as it trains; snapshot, the
+    # newest league snapshot's (league.enabled): the supervised policy, then each promoted one,
+    # frozen in between, as in Yuan et al.'s iterations (M_t judges the pairs that train M_t+1);
+    # a promotion also makes it DPO's reference. A judge that moves with the policy it rewards
+    # comes to rate its own replies highly whatever the constitution says (README).
+    judge_weights: JudgeWeights = "current"
     alarm_window: int = 3
     alarm_margin: float = 0.05
     # A length guard (DAPO's soft overlong punishment, selfplay/rewards.py): a reply's reward
@@ -584,20 +591,31 @@ def validate_task(cfg: RunConfig) -> None:
         )
     if cfg.generator.opponents:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
-    compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot", cfg.league.enabled)
-    if any(compete) and not all(compete):
+    compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
+    if any(compete) and not all(compete) or all(compete) and not cfg.league.enabled:
         raise ConfigError(
             "builder.rows: competitive self-play is builder.rows compete with task.versus snapshot "
             f"and league.enabled true together (got {cfg.builder.rows}, {cfg.task.versus}, {cfg.league.enabled})"
         )
+    snapshot_judge = cfg.task.judge_weights == "snapshot"
+    if snapshot_judge and (cfg.task.judge != "self" or not cfg.league.enabled):
+        raise ConfigError(
+            "task.judge_weights: snapshot judges with the newest league snapshot's weights; it needs "
+            f"task.judge self and league.enabled true (got {cfg.task.judge}, {cfg.league.enabled})"
+        )
     if cfg.league.enabled:
+        if not (all(compete) or snapshot_judge):
+            raise ConfigError(
+                "league.enabled: a task run's league holds the snapshots that compete (builder.rows "
+                "compete) or judge (task.judge_weights snapshot); set one, or league.enabled false"
+            )
         if not cfg.learner.reference:
             raise ConfigError(
-                "learner.reference: builder.rows compete trains pairs against a reference; set it true"
+                f"learner.reference: builder.rows {cfg.builder.rows} trains pairs against a reference; set it true"
             )
         if not cfg.sft.steps:
             raise ConfigError(
-                "sft.steps: competitive self-play starts from the supervised policy (the first snapshot)"
+                "sft.steps: a task run's league starts from the supervised policy (the first snapshot)"
             )
         try:
             task.held_out(max(cfg.league.promote_games, cfg.league.final_match))

@@ -456,7 +456,8 @@ class Run:
             new = self.promote()
             for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
                 ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
-            if self.cfg.builder.rows == "compete":  # DPO's reference is the newest snapshot
+            # DPO's reference is the newest snapshot: the policy met, or the judge
+            if self.cfg.builder.rows == "compete" or self.cfg.task.judge_weights == "snapshot":
                 ray.get(self.learner.reset_reference.remote())
 
     def final_match(self) -> dict:

@@ -158,7 +158,7 @@ def test_compete_config_checks_name_the_field(tmp_path):
         ("task.versus=snapshot", "competitive self-play is builder.rows compete with task.versus snapshot"),
         ("league.enabled=true", "competitive self-play is builder.rows compete"),
         ("learner.reference=true", "learner.reference"),
-        ("sft.steps=10", "sft.steps: competitive self-play starts from the supervised policy"),
+        ("sft.steps=10", "sft.steps: a task run's league starts from the supervised policy"),
     ]:
         with pytest.raises(ConfigError, match=match):
             load_config(path, [o for o in COMPETE if o != drop])

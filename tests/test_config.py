@@ -263,7 +263,10 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         ([*TASK, "acceptance={arithmetic/held_out/acuracy: '>= 0.5'}"], "FIELD one of accuracy, pass_at_k"),
         ([*TASK, "task.params={digitz: 3}"], "task.params.digitz: unknown parameter of arithmetic"),
         (["task.name=arithmetic"], "learner.advantage: a task run trains on the builder's group advantages"),
-        ([*TASK, "league.enabled=true"], "builder.rows: competitive self-play is builder.rows compete with"),
+        (
+            [*TASK, "league.enabled=true"],
+            "league.enabled: a task run's league holds the snapshots that compete",
+        ),
         (
             [*TASK, "generator.opponents={random: 0.5}"],
             "generator.opponents: a task run has no scripted opponents",

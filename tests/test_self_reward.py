@@ -5,6 +5,7 @@ keeping the rule judge's total beside it; best-vs-worst pairs; the config's chec
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import re
@@ -31,7 +32,7 @@ from selfplay.tasks.judges import (
     rubric_marks,
     rubric_points,
 )
-from tests.engines import decode, rule_task_generator
+from tests.engines import EngineMaker, decode, rule_task_generator
 from tests.rows import make_task_row as sample
 
 PRINCIPLES = [{"name": "sentiment"}, {"name": "mentions"}, {"name": "no_profanity", "hard": True}]
@@ -219,6 +220,22 @@ def test_the_policy_rates_each_reply_and_the_verifier_rewards_the_rating():
     assert all(SELF_JUDGE not in dict(r["scores"]) and r["reward"] == r["outcome"] for r in plain)
 
 
+def test_a_snapshot_judges_when_the_judges_weights_are_the_snapshots():
+    """task.judge_weights snapshot: the loaded member rates every reply; the policy only answers."""
+    honest = {GOOD: "111", "damn, it is sad.": "110", "it is grim.": "011"}
+    backwards = {GOOD: "000", "damn, it is sad.": "111", "it is grim.": "111"}
+    gen = rule_task_generator(policy(backwards), dataclasses.replace(TASK_CFG, judge_samples=1), 40)
+    gen.new_engine = EngineMaker(rule=policy(honest))
+    gen.add_opponent("snap-0", "/snapshots/0")
+    rows = gen.task_play(1, judge="snap-0").to_pylist()
+    learner, snapshot = gen.engines["learner"], gen.engines["snap-0"]
+    assert len(learner.calls) == 1 and not any(p.startswith("rate ") for p in learner.calls[0]["prompts"])
+    (rates,) = [c["prompts"] for c in snapshot.calls]
+    assert len(rates) == 4 and all(p.startswith("rate ") for p in rates)
+    assert [dict(r["scores"])[SELF_JUDGE] for r in rows] == pytest.approx([0.5, 0.0, 0.5, 1 / 3])
+    assert {r["policy_id"] for r in rows} == {"learner"}  # the judge's replies are not asked for
+
+
 def test_best_worst_pairs_the_best_rated_reply_over_the_worst_and_counts_the_rule_judges_view():
     ratings = {GOOD: "111", "damn, it is sad.": "110", "it is grim.": "011"}
     gen = rule_task_generator(policy(ratings), TASK_CFG, 40)
@@ -281,9 +298,24 @@ def test_self_reward_config_loads_and_its_checks_name_the_field():
         ("task.judge_temperature=-1", "task.judge_temperature: must be >= 0"),
         ("sft.judge_replay=1.0", "sft.judge_replay: must be in [0, 1)"),
         ("task.judge=oracle", "task.judge: "),
+        ("task.judge_weights=snapshot", "task.judge_weights: snapshot judges with the newest league"),
+        ("league.enabled=true", "league.enabled: a task run's league holds the snapshots that compete"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(match)):
             load_config("configs/self_reward.yaml", [override])
+    frozen = load_config("configs/self_reward.yaml", ["task.judge_weights=snapshot", "league.enabled=true"])
+    assert frozen.task.judge_weights == "snapshot" and frozen.league.enabled
+    with pytest.raises(ConfigError, match=re.escape("task.judge_weights: snapshot judges")):
+        load_config(
+            "configs/self_reward.yaml",
+            [
+                "task.judge_weights=snapshot",
+                "league.enabled=true",
+                "task.judge=rules",
+                "sft.judge_examples=0",
+                "sft.judge_replay=0",
+            ],
+        )
     with pytest.raises(
         ConfigError, match="task.judge: self rates on a constitution's scale; task arithmetic"
     ):
