@@ -235,11 +235,12 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
     ray_session, small_cfg, tmp_path
 ):
     """Self-rewarding on real engines: the supervised stage teaches the task and the judge
-    role together; then the policy marks each of its own replies in the judge role, the
-    verifier rewards those marks (keeping the rule judge's total beside them), the builder
-    pairs each prompt's best reply with its worst, and DPO trains on them against a
-    reference that follows the policy, beside judge rows rehearsed in every batch; every
-    evaluation measures the judge against the rules."""
+    role together; then the newest snapshot (the supervised policy, then each promoted one:
+    task.judge_weights snapshot, from an opponent engine) marks each of the policy's replies
+    in the judge role, the verifier rewards those marks (keeping the rule judge's total
+    beside them), the builder pairs each prompt's best reply with its worst, and DPO trains
+    on them against a reference that follows the policy, beside judge rows rehearsed in
+    every batch; every evaluation measures the judge against the rules."""
     cfg = task_run_config(
         small_cfg,
         tmp_path,
@@ -252,6 +253,7 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
             judge="self",
             judge_samples=2,  # sampled verdicts, averaged: few ties between a prompt's samples
             judge_temperature=1.0,
+            judge_weights="snapshot",
             samples_per_prompt=4,
             prompts_per_wave=16,
             held_out=4,
@@ -266,7 +268,12 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
     )
     # a judge that never learnt to mark would starve the learner: end by the clock, then fail
     cfg = dataclasses.replace(
-        cfg, time_limit_min=4.0, learner=dataclasses.replace(cfg.learner, ref_refresh_every=2)
+        cfg,
+        time_limit_min=4.0,
+        learner=dataclasses.replace(cfg.learner, ref_refresh_every=2),
+        league=dataclasses.replace(
+            small_cfg.league, enabled=True, promote_every=2, promote_games=4, max_live_opponents=1
+        ),
     )
     run_dir = driver.train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -280,6 +287,9 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
     assert all(pairs[s] > 0 for s in (27, 28, 29, 30))  # DPO on the policy's own verdicts
     sft_rows = {m["step"]: m["value"] for m in metrics if m["name"] == "sft_rows"}
     assert all(sft_rows[s] == 8 for s in (27, 28, 29, 30))  # and a quarter rehearsing the judge role
+    matches = {m["step"]: m["value"] for m in metrics if m["name"] == "league/vs_previous_games"}
+    assert matches == {28: 4, 30: 4}  # promotion matches after the stage: the judge's next weights
+    assert summary["league"]["league/members"] >= 1  # the supervised policy judged first
     task = {m["name"]: m["value"] for m in metrics if m["name"].startswith("task/pairs_rules")}
     assert task["task/pairs_rules_decided"] >= task["task/pairs_rules_agree"] >= 0
     written = pq.read_table(run_dir / "preferences")

@@ -298,23 +298,21 @@ def test_self_reward_config_loads_and_its_checks_name_the_field():
         ("task.judge_temperature=-1", "task.judge_temperature: must be >= 0"),
         ("sft.judge_replay=1.0", "sft.judge_replay: must be in [0, 1)"),
         ("task.judge=oracle", "task.judge: "),
-        ("task.judge_weights=snapshot", "task.judge_weights: snapshot judges with the newest league"),
-        ("league.enabled=true", "league.enabled: a task run's league holds the snapshots that compete"),
+        ("league.enabled=false", "task.judge_weights: snapshot judges with the newest league"),
+        (
+            "task.judge_weights=current",
+            "league.enabled: a task run's league holds the snapshots that compete",
+        ),
     ]:
         with pytest.raises(ConfigError, match=re.escape(match)):
             load_config("configs/self_reward.yaml", [override])
-    frozen = load_config("configs/self_reward.yaml", ["task.judge_weights=snapshot", "league.enabled=true"])
-    assert frozen.task.judge_weights == "snapshot" and frozen.league.enabled
+    assert cfg.task.judge_weights == "snapshot" and cfg.league.enabled
+    current = load_config("configs/self_reward.yaml", ["task.judge_weights=current", "league.enabled=false"])
+    assert current.task.judge_weights == "current"
     with pytest.raises(ConfigError, match=re.escape("task.judge_weights: snapshot judges")):
         load_config(
             "configs/self_reward.yaml",
-            [
-                "task.judge_weights=snapshot",
-                "league.enabled=true",
-                "task.judge=rules",
-                "sft.judge_examples=0",
-                "sft.judge_replay=0",
-            ],
+            ["task.judge=rules", "sft.judge_examples=0", "sft.judge_replay=0"],
         )
     with pytest.raises(
         ConfigError, match="task.judge: self rates on a constitution's scale; task arithmetic"
