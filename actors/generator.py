@@ -744,14 +744,14 @@ class Generator:
     def _judge_agreement(self, problems, greedy, greedy_scores, texts, sample_scores, policy) -> dict:
         """`policy` as its own judge (task.judge self) against the task's rule judge, on each
         held-out problem's greedy reply and samples: every pair of them (judge_summary)."""
-        per = 1 + len(texts) // max(len(problems), 1)  # the greedy reply, then the samples
+        k = len(texts) // max(len(problems), 1)  # samples per problem
+        per = 1 + k  # the greedy reply, then the samples
         prompts, replies, rules = [], [], []
         for i, p in enumerate(problems):
+            own = slice(i * k, (i + 1) * k)
             prompts += [p.prompt] * per
-            replies += [greedy[i].text, *texts[i * (per - 1) : (i + 1) * (per - 1)]]
-            rules += [greedy_scores[i].total] + [
-                s.total for s in sample_scores[i * (per - 1) : (i + 1) * (per - 1)]
-            ]
+            replies += [greedy[i].text, *texts[own]]
+            rules += [greedy_scores[i].total, *(s.total for s in sample_scores[own])]
         ratings = self._rate(prompts, replies, policy, self.eval_counts)
         pairs = [
             (b + x, b + y) for b in range(0, len(replies), per) for x in range(per) for y in range(x + 1, per)
