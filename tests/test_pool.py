@@ -211,7 +211,14 @@ def test_a_failed_generator_is_replaced_under_its_name_with_the_current_weights(
     pool.scale(2)
     first = cluster.spawned["generator-1"]
     pool.learner.train(2)  # the replacement must get these weights, not the initial ones
-    heal(pool, lambda: cluster.spawned["generator-1"] is not first and "generator-1" in pool.live)
+    heal(  # until the replacement has joined and its play (a call on its own thread) began
+        pool,
+        lambda: (
+            cluster.spawned["generator-1"] is not first
+            and "generator-1" in pool.live
+            and "play" in cluster.spawned["generator-1"].history
+        ),
+    )
     new = cluster.spawned["generator-1"]
     assert new.history[:2] == ["weights v2", "play"] and new.loads[0] == (2, pool.learner.checksum)
     events = [(e["event"], e.get("generator"), e.get("reason")) for e in pool.status()["events"]]
