@@ -103,7 +103,8 @@ def pick_rows(
 
 
 class PreferenceLog:
-    """Every preference pair the builder admits, appended to Parquet part files under
+    """Every preference pair the builder admits (or, method refine, every pair of a refine
+    chain's answers: schema.chain_pairs), appended to Parquet part files under
     `directory` (schema.PREFERENCE_SCHEMA: prompt, chosen, rejected and provenance): pairs
     wait in memory until flush_rows are pending or `flush` is called (at every checkpoint),
     so each file is written whole, once. A resumed run appends new parts."""
@@ -117,8 +118,14 @@ class PreferenceLog:
         self.pending: list[pa.Table] = []
         self.parts = len(list(self.dir.glob("part-*.parquet")))
 
-    def add(self, table: pa.Table) -> None:
-        pairs = schema.preference_table(table, self.decode, self.method)
+    def add(self, admitted: pa.Table, scored: pa.Table) -> None:
+        """The pairs of `admitted` (the builder's rows labelled dpo), or for method refine
+        those of the chains `scored` (what the builder was given: every turn of a chain,
+        whatever the builder admits or holds back)."""
+        if self.method == schema.CHAIN_METHOD:
+            pairs = schema.chain_pairs(scored, self.decode)
+        else:
+            pairs = schema.preference_table(admitted, self.decode, self.method)
         if pairs.num_rows:
             self.pending.append(pairs)
         if sum(t.num_rows for t in self.pending) >= self.flush_rows:
@@ -200,7 +207,7 @@ class ReplayBuffer:
         """Insert turns; returns how many were kept (stale ones are dropped and counted).
         Dropped turns still count as inserted for the rate limit: generating them cost the
         generators as much, and counting them keeps the learner from waiting on them."""
-        table = schema.check(table)
+        table = scored = schema.check(table)
         if self.builder is not None:
             table, held, built = build(table, self.builder, self.targets)
             for k, v in built.items():
@@ -211,7 +218,7 @@ class ReplayBuffer:
             self.counts["reserve_dropped"] += over
             self.reserve = self.reserve.slice(over)
             if self.preferences is not None:
-                self.preferences.add(table)
+                self.preferences.add(table, scored)
         return self._insert(table)
 
     def _insert(self, table: pa.Table) -> int:
@@ -389,16 +396,18 @@ class BufferActor:
         builder: BuilderConfig | None = None,
         preferences_dir: str | None = None,
         model_path: str | None = None,
+        preference_method: str | None = None,
     ):
-        """`preferences_dir` (a run whose builder makes preference pairs): where they are
-        written, their prompts decoded with `model_path`'s tokenizer."""
+        """`preferences_dir` (a run whose builder makes preference pairs, or whose task makes
+        refine chains): where they are written, their prompts decoded with `model_path`'s
+        tokenizer; `preference_method`: builder.rows, or refine."""
         preferences = None
         if preferences_dir is not None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
-            preferences = PreferenceLog(preferences_dir, decode, builder.rows)
+            preferences = PreferenceLog(preferences_dir, decode, preference_method or builder.rows)
         self.buffer = ReplayBuffer(cfg, seed, builder, preferences)
         self.gauges = {
             name: ray_metric("gauge", f"buffer_{name}", {"run": run_id})

@@ -42,6 +42,7 @@ from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import gold_judge, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
 from selfplay.tasks.judges import SELF_JUDGE, mean_points, rating_prompt, scored_pair
+from selfplay.tasks.refine import chain_summary
 
 
 class WeightMismatch(RuntimeError):
@@ -565,6 +566,8 @@ class Generator:
         seeds = [self._task_seed() for _ in range(n_prompts)]
         problems = [self.task.problem(s) for s in seeds]
         groups = [uuid.uuid4().hex for _ in problems]
+        if getattr(self.task, "chain", False):
+            return self._chain_play(seeds, problems, groups)
         asked = [
             (i, role, text)
             for i, p in enumerate(problems)
@@ -582,28 +585,9 @@ class Generator:
         ratings = [None] * len(outs)
         if self.task_cfg.judge == "self":  # the policy rates every reply, its own and a member's
             ratings = self._rate([problems[i].prompt for i, _, _ in asked], [o.text for o in outs], judge)
-        rows, match = [], Match(self.task.name, (LEARNER, LEARNER))  # every seat the learner's
+        rows = []
         for (i, role, text), out, seat, rated in zip(asked, outs, seats, ratings):
-            row = self._row(
-                match,
-                role,
-                prompt=self.prompt(text, None),
-                response=out.token_ids,
-                logprobs=out.logprobs,
-                text=out.text,
-                versions=versions,
-                elapsed=elapsed,
-            )
-            row.update(
-                traj_id=uuid.uuid4().hex,
-                seed=seeds[i],
-                turn=0,
-                outcome=None,
-                opponent_id=SELF,
-                task=self.task.name,
-                group_id=groups[i],
-                reference_id=problems[i].id,
-            )
+            row = self._task_row(role, text, out, versions, elapsed, seeds[i], problems[i], groups[i])
             if rated is not None:  # the verifier rewards it (a reply left unrated is rejected)
                 row["scores"] = {SELF_JUDGE: rated}
             if opponent is not None:  # each side's reply faces the other's
@@ -614,6 +598,100 @@ class Generator:
             rows.append(row)
         self.counts["games"] += len(rows)
         return schema.from_rows(rows)
+
+    def _task_row(
+        self,
+        role: int,
+        prompt: str,
+        out,
+        versions: dict,
+        elapsed: float,
+        seed: int,
+        problem,
+        group: str,
+        traj_id: str | None = None,
+        turn: int = 0,
+    ) -> dict:
+        """One task reply's row (every seat the learner's), unscored: a one-row trajectory, or
+        turn `turn` of the chain `traj_id`."""
+        row = self._row(
+            Match(self.task.name, (LEARNER, LEARNER)),
+            0,  # every seat the learner's: the row's own role is set below
+            prompt=self.prompt(prompt, None),
+            response=out.token_ids,
+            logprobs=out.logprobs,
+            text=out.text,
+            versions=versions,
+            elapsed=elapsed,
+        )
+        row.update(
+            role=role,
+            traj_id=traj_id or uuid.uuid4().hex,
+            seed=seed,
+            turn=turn,
+            outcome=None,
+            opponent_id=SELF,
+            task=self.task.name,
+            group_id=group,
+            reference_id=problem.id,
+        )
+        return row
+
+    def _chain_play(self, seeds: list[int], problems: list, groups: list[str]) -> pa.Table:
+        """task_play for a chain task (refine): task.samples_per_prompt chains per problem, one
+        trajectory each whose turns are the task's roles in order (`_chains`)."""
+        k = self.task_cfg.samples_per_prompt
+        index = [i for i in range(len(problems)) for _ in range(k)]
+        prompts, outs, made = self._chains([problems[i] for i in index], [], self.cfg.temperature)
+        rows = []
+        for c, i in enumerate(index):
+            traj_id = uuid.uuid4().hex
+            for role, (elapsed, versions) in enumerate(made):
+                rows.append(
+                    self._task_row(
+                        role,
+                        prompts[c][role],
+                        outs[c][role],
+                        versions,
+                        elapsed,
+                        seeds[i],
+                        problems[i],
+                        groups[i],
+                        traj_id,
+                        turn=role,
+                    )
+                )
+        self.counts["games"] += len(index)
+        return schema.from_rows(rows)
+
+    def _chains(
+        self,
+        problems: list,
+        first: list,
+        temperature: float,
+        policy: str = LEARNER,
+        counts: dict | None = None,
+    ) -> tuple[list[list[str]], list[list], list[tuple[float, dict]]]:
+        """One chain per entry of `problems` (a chain task): each role in turn, its prompts
+        holding the replies before (task.role_prompt), one engine call per role. `first`:
+        the first role's replies when already sampled (else []). Returns each chain's prompts
+        and completions by role, and each sampled role's call's (engine seconds, versions)."""
+        prompts = [[] for _ in problems]
+        outs = [[o] for o in first] if first else [[] for _ in problems]
+        made = []
+        for role in range(len(self.task.roles)):
+            asked = [
+                self.task.role_prompt(p, role, [o.text for o in done]) for p, done in zip(problems, outs)
+            ]
+            for chain, text in zip(prompts, asked):
+                chain.append(text)
+            if role == 0 and first:
+                continue  # given
+            got, elapsed, versions = self._sample(asked, temperature, policy, counts)
+            for chain, out in zip(outs, got):
+                chain.append(out)
+            made.append((elapsed, versions))
+        return prompts, outs, made
 
     def _rate(
         self, prompts: list[str], replies: list[str], policy: str = LEARNER, counts: dict | None = None
@@ -734,6 +812,7 @@ class Generator:
             ),
             **(selection_summary(picks) if picks else {}),
             **(self._gold_score(problems, greedy) if self.gold is not None else {}),
+            **(self._chain_figures(problems, greedy, policy) if getattr(self.task, "chain", False) else {}),
             **(
                 self._judge_agreement(problems, greedy, greedy_scores, texts, sample_scores, policy)
                 if self.task_cfg.judge == "self"
@@ -757,6 +836,12 @@ class Generator:
             (b + x, b + y) for b in range(0, len(replies), per) for x in range(per) for y in range(x + 1, per)
         ]
         return judge_summary(ratings, rules, pairs, list(range(0, len(replies), per)))
+
+    def _chain_figures(self, problems: list, greedy: list, policy: str) -> dict:
+        """A chain task's held-out figures (chain_summary): each greedy first answer's chain
+        carried on greedily by `policy` in its later roles, scored by the task."""
+        _, outs, _ = self._chains(problems, greedy, 0.0, policy, self.eval_counts)
+        return chain_summary([self.task.score_chain(p, [o.text for o in c]) for p, c in zip(problems, outs)])
 
     def _gold_score(self, problems: list, replies: list) -> dict:
         """The held-out gold judge's mean total of the greedy replies (never trained against)."""

@@ -4,7 +4,8 @@ problem is drawn again from its seed (its id and the prompt of the row's role mu
 what was played), and the task's scorer attaches its parts (`scores`), the total as the
 reward, and the validity flag (`illegal` when the reply was malformed); scorer failures (a
 sandbox timeout, say) count by reason. A task that judges replies by each other
-(solver_checker's `score_group`) is scored one group at a time, once its rows passed.
+(solver_checker's `score_group`) is scored one group at a time, once its rows passed; a
+chain task's trajectory (refine: a turn per role) is checked turn by turn and scored whole.
 Trajectories arrive from generators and go on to the buffer; the driver never sees them."""
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ class Verifier:
     def _check_task(self, rows: list[dict]) -> str | None:
         """Score one task reply (a one-row trajectory); returns a rejection reason, or None
         after attaching the scorer's parts, reward and validity."""
+        if self.task is not None and getattr(self.task, "chain", False) and rows[0]["task"] == self.task.name:
+            return self._check_chain(rows)
         (row, *more) = rows
         if more or row["turn"] != 0:
             return "task_turns"
@@ -202,6 +205,32 @@ class Verifier:
             return "unrated"
         if not self.grouped:  # else scored with its group (verify)
             self._attach(row, self.score(problem.prompt, row["response_text"], problem.reference), rated)
+        return None
+
+    def _check_chain(self, rows: list[dict]) -> str | None:
+        """A chain task's trajectory (refine: answer, critique, refined answer): turn t played
+        by role t, every role once, all of one problem and group, each prompt the task's for
+        its role after the replies before it; scored together (`score_chain`)."""
+        roles = len(self.task.roles)
+        if [r["turn"] for r in rows] != list(range(roles)) or any(r["role"] != r["turn"] for r in rows):
+            return "task_turns"
+        problem = self.task.problem(rows[0]["seed"])
+        if any(
+            (r["seed"], r["reference_id"], r["group_id"])
+            != (rows[0]["seed"], problem.id, rows[0]["group_id"])
+            for r in rows
+        ):
+            return "reference_mismatch"
+        texts = [r["response_text"] for r in rows]
+        for row in rows:
+            if self.decode(row["prompt_ids"]) != self.task.role_prompt(
+                problem, row["role"], texts[: row["role"]]
+            ):
+                return "prompt_mismatch"
+            if reason := self._check_tokens(row):
+                return reason
+        for row, score in zip(rows, self.task.score_chain(problem, texts)):
+            self._attach(row, score)
         return None
 
     def _score_groups(self, rows: list[dict]) -> None:

@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
-from selfplay.tasks.base import role_prompts, role_targets
+from selfplay.tasks.base import labelled
 from selfplay.tasks.judges import RULES, degrade, rating_prompt, rubric_marks, scored_pair
 
 PAIR_ROWS = ("spin", "compete", "best_worst")  # builder.rows that make preference pairs
@@ -271,13 +271,13 @@ def sft_examples(task, encode, eos_id: int, n: int, seed: int, run_id: str) -> p
     """The supervised stage's labelled set: the `sft_problems`, each with its SFT target as
     the reply (`encode(text, special)`: token ids, with the tokenizer's special tokens
     (bos) or without; the reply ends with eos), labelled sft; a task with several roles
-    gives each problem a row per role (a checker's target drawn from `seed`). Behaviour
+    gives each problem a row per role (a checker's target drawn from `seed`), a chain task
+    the rows its `labelled` makes (tasks.base.labelled). Behaviour
     log-probs are zeros: no policy sampled them, and NLL does not read them."""
     rng = random.Random(seed)
     rows = []
     for problem_seed, problem in sft_problems(task, n, seed):
-        targets = role_targets(task, problem, rng)
-        for role, (prompt, target) in enumerate(zip(role_prompts(task, problem), targets)):
+        for role, prompt, target in labelled(task, problem, rng):
             rows.append(
                 labelled_row(
                     task,

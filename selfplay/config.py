@@ -166,7 +166,7 @@ class TaskConfig:
     the verifier scores every reply."""
 
     name: str | None = (
-        None  # arithmetic | codegen | describe | solver_checker | words; None: the run plays `games`
+        None  # arithmetic | codegen | describe | refine | solver_checker | words; None: the run plays `games`
     )
     params: dict[str, Any] = field(default_factory=dict)  # the task's own, e.g. {digits: 3, terms: 3}
     samples_per_prompt: int = 8  # k: a prompt's samples are each other's baseline
@@ -591,6 +591,11 @@ def validate_task(cfg: RunConfig) -> None:
         )
     if cfg.generator.opponents:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
+    if getattr(task, "chain", False) and cfg.builder.rows not in ("rl", "sft"):
+        raise ConfigError(
+            f"builder.rows: {cfg.task.name} trains each role of its chains on its own reward; "
+            f"set rl or sft, got {cfg.builder.rows}"
+        )
     compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
     if (any(compete) and not all(compete)) or (all(compete) and not cfg.league.enabled):
         raise ConfigError(
@@ -655,7 +660,14 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sft.examples: must be >= learner.batch_size ({cfg.learner.batch_size}), got {cfg.sft.examples}"
         )
-    from selfplay.evals import JUDGE_FIELDS, MATCH_FIELDS, MONITOR_FIELDS, SELECTION_FIELDS, TASK_FIELDS
+    from selfplay.evals import (
+        CHAIN_FIELDS,
+        JUDGE_FIELDS,
+        MATCH_FIELDS,
+        MONITOR_FIELDS,
+        SELECTION_FIELDS,
+        TASK_FIELDS,
+    )
 
     fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
     fields += ["gold_score"] if cfg.task.gold else []
@@ -663,6 +675,8 @@ def validate_task(cfg: RunConfig) -> None:
     fields += [*JUDGE_FIELDS, "judge_agreement_gain_over_sft"] if cfg.task.judge == "self" else []
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
+    if cfg.task.name == "refine":
+        fields += CHAIN_FIELDS
     task = cfg.task.name
     reported = {f"{task}/held_out/{f}" for f in fields}
     message = f"a task run reports {task}/held_out/FIELD, FIELD one of {', '.join(fields)}"

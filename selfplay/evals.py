@@ -46,6 +46,24 @@ SELECTION_FIELDS = (
     "selection_gain_hi",
 )
 
+# generate -> critique -> refine adds (tasks/refine.py:chain_summary): greedy chains' first and
+# refined accuracy and the gain (with its interval), the critic's agreement with the checker,
+# its share of wrong first answers flagged and of right ones passed, its well-formed verdicts,
+# and flips both ways
+CHAIN_FIELDS = (
+    "first_accuracy",
+    "refined_accuracy",
+    "refine_gain",
+    "refine_gain_lo",
+    "refine_gain_hi",
+    "critic_agreement",
+    "critic_flags_wrong",
+    "critic_passes_right",
+    "critic_valid",
+    "flips_to_wrong",
+    "flips_to_right",
+)
+
 
 def game_points(outcome: float) -> float:
     """One game's points from its outcome for one side: win 1, draw 1/2, loss 0."""
@@ -69,10 +87,10 @@ def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
 
 
 def task_fields(result: dict) -> tuple[str, ...]:
-    """The fields of a task evaluation: TASK_FIELDS, and a judged task's score and
-    SELECTION_FIELDS where measured."""
+    """The fields of a task evaluation: TASK_FIELDS, and a judged task's score,
+    SELECTION_FIELDS and CHAIN_FIELDS where measured."""
     return TASK_FIELDS + tuple(
-        f for f in ("score", "gold_score", *SELECTION_FIELDS, *JUDGE_FIELDS) if f in result
+        f for f in ("score", "gold_score", *SELECTION_FIELDS, *JUDGE_FIELDS, *CHAIN_FIELDS) if f in result
     )
 
 

@@ -25,10 +25,11 @@ from actors.league import STATE_FILE as LEAGUE_STATE
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
+from selfplay import schema
 from selfplay.builder import PAIR_ROWS, sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
-from selfplay.tasks import task_of
+from selfplay.tasks import TASKS, task_of
 
 RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")  # plus generator-N
 
@@ -63,7 +64,8 @@ def build_program(
     checkpoints relative to `run_dir`."""
     resume = str(resume_from) if resume_from else None
     builder = cfg.builder if cfg.task.name else None
-    pairs = builder is not None and builder.rows in PAIR_ROWS and run_dir is not None
+    chains = builder is not None and getattr(TASKS[cfg.task.name], "chain", False)  # refine
+    pairs = builder is not None and (builder.rows in PAIR_ROWS or chains) and run_dir is not None
     buffer = BufferActor.options(name="buffer").remote(
         cfg.buffer,
         cfg.seed,
@@ -71,6 +73,7 @@ def build_program(
         builder,
         str(run_dir / "preferences") if pairs else None,  # the pairs, for any DPO trainer
         model_path,
+        schema.CHAIN_METHOD if chains else None,
     )
     if resume:
         ray.get(buffer.load.remote(resume))

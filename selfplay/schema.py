@@ -130,7 +130,7 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("rejected", pa.string()),
         pa.field("task", pa.string()),
         pa.field("reference_id", pa.string()),  # the problem: the same prompt across runs
-        pa.field("method", pa.string()),  # builder.rows: spin | compete | best_worst
+        pa.field("method", pa.string()),  # builder.rows: spin | compete | best_worst; or refine
         pa.field("chosen_scores", pa.map_(pa.string(), pa.float32())),  # the judge's parts, where known
         pa.field("policy_version", pa.int64()),  # the learner's weights that sampled its side
         pa.field("opponent_id", pa.string()),  # what it played against ("self", a snapshot's id)
@@ -141,6 +141,46 @@ PREFERENCE_SCHEMA = pa.schema(
     ],
     metadata={VERSION_KEY: b"preferences-1"},
 )
+
+
+CHAIN_METHOD = "refine"  # the method of the pairs chain_pairs makes
+
+
+def chain_pairs(table: pa.Table, decode) -> pa.Table:
+    """The preference pairs of a table's scored refine chains (selfplay/tasks/refine.py) as
+    PREFERENCE_SCHEMA, method "refine": where exactly one of the first answer (turn 0) and the
+    refined one (turn 2) is right, the right one chosen over the other, for the problem's
+    prompt; the refined answer's scores kept (`first`, `correct`), its weights' version."""
+    turns: dict[str, dict[int, dict]] = {}
+    for r in table.filter(pc.is_valid(table["task"])).to_pylist():
+        turns.setdefault(r["traj_id"], {})[r["turn"]] = r
+    pairs = []
+    for chain in turns.values():
+        if 0 not in chain or 2 not in chain or chain[2]["scores"] is None:
+            continue
+        first, refined = chain[0], chain[2]
+        scores = dict(refined["scores"])
+        if scores.get("first") == scores.get("correct") or "first" not in scores:
+            continue
+        chosen, rejected = (refined, first) if scores["correct"] else (first, refined)
+        pairs.append(
+            {
+                "prompt": decode(first["prompt_ids"]),
+                "chosen": chosen["response_text"],
+                "rejected": rejected["response_text"],
+                "task": refined["task"],
+                "reference_id": refined["reference_id"],
+                "method": CHAIN_METHOD,
+                "chosen_scores": scores,
+                "policy_version": refined["policy_version"],
+                "opponent_id": refined["opponent_id"],
+                "run_id": refined["run_id"],
+                "group_id": refined["group_id"],
+                "traj_id": refined["traj_id"],
+                "created_at": refined["created_at"],
+            }
+        )
+    return pa.Table.from_pylist(pairs, schema=PREFERENCE_SCHEMA)
 
 
 def preference_table(table: pa.Table, decode, method: str) -> pa.Table:

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 ARITHMETIC = {"name": "arithmetic", "params": {"digits": 1, "terms": 2}}
 SOLVER_CHECKER = {"name": "solver_checker", "params": {"steps": 2}}
+REFINE = {"name": "refine", "params": {"digits": 1, "terms": 2}}
 WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 
 
@@ -51,11 +52,13 @@ def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, r
         (ARITHMETIC, {"rows": "rl", "variance_filter": True, "fill_after": 32}),
         # solver + checker: both roles sampled, judged by each other in the sandbox
         (SOLVER_CHECKER, {"rows": "rl"}),
+        # generate -> critique -> refine: a chain per sample, each role's own advantages
+        (REFINE, {"rows": "rl"}),
         # SPIN: the supervised stage's prompts only, each wrong sample paired with the
         # target under DPO against a reference (an untrained model is never right)
         (WORDS, {"rows": "spin"}),
     ],
-    ids=["rft", "grpo-filtered", "solver-checker", "spin"],
+    ids=["rft", "grpo-filtered", "solver-checker", "refine", "spin"],
 )
 def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, task, builder):
     """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
@@ -94,11 +97,17 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     # steps 3-6 trained on generated replies, scored by the verifier and built by the builder
     assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
     verifier = summary["pool"]["verifier"]
-    assert verifier["accepted"] == summary["turns"]["forwarded"] > 0
+    turns = 3 if name == "refine" else 1  # a chain is one trajectory of a turn per role
+    assert verifier["accepted"] * turns == summary["turns"]["forwarded"] > 0
     if name == "solver_checker":  # both roles trained; the held-out figures of its own tests' pick
         assert {"batch_reward/role_0", "batch_reward/role_1"} <= {m["name"] for m in metrics}
         assert after["selection_gain"] == pytest.approx(after["selected_pass"] - after["random_pass"])
         assert after["sample_accuracy"] == pytest.approx(after["random_pass"])
+    elif name == "refine":  # three roles trained; the held-out chains' figures
+        assert {f"batch_reward/role_{r}" for r in range(3)} <= {m["name"] for m in metrics}
+        assert after["first_accuracy"] == after["accuracy"]
+        assert after["refine_gain"] == pytest.approx(after["refined_accuracy"] - after["first_accuracy"])
+        assert 0 <= after["critic_agreement"] <= after["critic_valid"]
     elif builder["rows"] == "spin":  # pairs only after the supervised stage, each a DPO step
         assert all(sft_rows.get(s, 0) == 0 for s in (3, 4, 5, 6))
         pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}

@@ -23,6 +23,7 @@ from selfplay.tasks.base import Problem, Score, held_out_id  # the interface, re
 from selfplay.tasks.codegen import CodeGen
 from selfplay.tasks.describe import Describe
 from selfplay.tasks.judges import Constitution
+from selfplay.tasks.refine import CritiqueRefine
 from selfplay.tasks.solver_checker import SolverChecker
 from selfplay.tasks.words import NumberWords
 
@@ -32,6 +33,7 @@ TASKS = {
     "arithmetic": Arithmetic,
     "codegen": CodeGen,
     "describe": Describe,
+    "refine": CritiqueRefine,
     "solver_checker": SolverChecker,
     "words": NumberWords,
 }

@@ -35,7 +35,10 @@ def held_out_id(problem_id: str, percent: int) -> bool:
 
 def role_prompts(task, problem: Problem) -> list[str]:
     """The prompt of each of the task's roles for `problem`: its own prompt, unless the task
-    names several roles (`roles` and `role_prompt(problem, role)`, as solver_checker does)."""
+    names several roles (`roles` and `role_prompt(problem, role)`, as solver_checker does).
+    A chain task's (refine) later roles' prompts hold earlier replies: only its first role's."""
+    if getattr(task, "chain", False):
+        return [problem.prompt]
     roles = getattr(task, "roles", None)
     return [task.role_prompt(problem, r) for r in range(len(roles))] if roles else [problem.prompt]
 
@@ -45,6 +48,18 @@ def role_targets(task, problem: Problem, rng: random.Random) -> list[str]:
     `rng` draws where a role has many (a checker's test input)."""
     roles = getattr(task, "roles", None)
     return [task.role_target(problem, r, rng) for r in range(len(roles))] if roles else [problem.target]
+
+
+def labelled(task, problem: Problem, rng: random.Random) -> list[tuple[int, str, str]]:
+    """The supervised stage's (role, prompt, target) rows of `problem`: a role's prompt and a
+    correct reply in it, or a chain task's own rows (`labelled`: its later roles' prompts
+    hold earlier replies, which the task makes up, right and wrong ones)."""
+    if hasattr(task, "labelled"):
+        return task.labelled(problem, rng)
+    return [
+        (r, *pair)
+        for r, pair in enumerate(zip(role_prompts(task, problem), role_targets(task, problem, rng)))
+    ]
 
 
 # ---- Splits: shared by every task -------------------------------------------------------

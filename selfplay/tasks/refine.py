@@ -1,0 +1,155 @@
+"""Generate -> critique -> refine: one policy in three roles, one multi-turn trajectory per
+attempt, on Arithmetic's problems (the exact checker is the verifier the critic is held to).
+
+  turn 0, answer   prompt "12+34="            reply "47"   (a first answer, v0)
+  turn 1, critic   prompt "c: 12+34=47\\n"     reply "no"   (its verdict on v0: "ok" or "no")
+  turn 2, refiner  prompt "r: 12+34=47 no\\n"  reply "46"   (the refined answer, v1)
+
+Each turn's prompt holds the replies before it (a chain: the generator samples the turns in
+order, and the verifier rebuilds every prompt from the problem and the earlier replies).
+The prompt's first letter names the role, as in solver_checker. Rewards, one per role, from
+the exact checker (the builder's advantages are per (problem, role): role-conditioned):
+  answer   1 when v0 is right (Arithmetic's score).
+  critic   1 when its verdict agrees with the checker on v0 ("ok" for a right v0, "no" for
+           a wrong one), else 0; a reply that is neither is malformed.
+  refiner  right(v1) - right(v0): +1 for a fix, -1 for breaking a right answer, 0 for
+           keeping it as it was (a malformed v1 is wrong).
+Parts kept beside each reward for the curves: the critic's `says_wrong` and v0's `first`,
+the refiner's `first`, `correct` (v1 right) and `flip_to_wrong`.
+
+The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
+the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
+small model errs), each with its verdict; the refiner on both, writing the right answer.
+The held-out evaluation (`chain_summary`): greedy chains, first and refined accuracy, the
+critic's agreement with the checker (and its shares of wrong first answers flagged and of
+right ones passed), and flips both ways. Every chain whose two answers differ in rightness
+is also a preference pair (schema.chain_pairs: the right one chosen)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+from selfplay.stats import mean_interval
+from selfplay.tasks.arithmetic import Arithmetic, normalise
+from selfplay.tasks.base import Problem, Score
+
+ROLES = ("answer", "critic", "refiner")
+ANSWER, CRITIC, REFINER = range(len(ROLES))
+VERDICTS = {"ok": True, "no": False}  # the critic's reply -> "v0 is right"
+CRITIC_PREFIX, REFINER_PREFIX = "c: ", "r: "
+
+
+def verdict(reply: str) -> bool | None:
+    """The critic's verdict (True: the answer is right), or None when the reply is neither."""
+    return VERDICTS.get(reply.strip()) if isinstance(reply, str) else None
+
+
+def near_miss(answer: str, rng: random.Random) -> str:
+    """A wrong answer close to the integer `answer`, as a small model's errors are: one digit
+    changed, or off by 1 or by 10 either way (never the answer itself)."""
+    value = int(answer)
+    while True:
+        kind = rng.randrange(3)
+        if kind == 0:
+            digits = list(str(abs(value)))
+            i = rng.randrange(len(digits))
+            digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
+            wrong = ("-" if value < 0 else "") + "".join(digits)
+        else:
+            wrong = str(value + rng.choice((-1, 1)) * (1 if kind == 1 else 10))
+        if normalise(wrong) != normalise(answer):
+            return normalise(wrong)
+
+
+@dataclass(frozen=True)
+class CritiqueRefine(Arithmetic):
+    name: ClassVar[str] = "refine"
+    roles: ClassVar[tuple[str, ...]] = ROLES
+    chain: ClassVar[bool] = True  # each role's prompt holds the replies of the roles before it
+    # max_reply_chars: Arithmetic's (an answer's; a verdict is shorter)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scratchpad:  # later prompts show the first answer on one line, bare
+            raise ValueError(
+                "task.params.scratchpad: refine shows the bare first answer to its critic; set false"
+            )
+
+    def role_prompt(self, problem: Problem, role: int, before: list[str]) -> str:
+        """Role `role`'s prompt, after the replies `before` of the roles before it (v0, then
+        the critique). A reply is shown as written, its ends stripped and cut at a line."""
+        shown = [b.strip().split("\n")[0] for b in before[:role]]
+        if role == ANSWER:
+            return problem.prompt
+        if role == CRITIC:
+            return f"{CRITIC_PREFIX}{problem.prompt}{shown[0]}\n"
+        return f"{REFINER_PREFIX}{problem.prompt}{shown[0]} {shown[1]}\n"
+
+    def labelled(self, problem: Problem, rng: random.Random) -> list[tuple[int, str, str]]:
+        """The supervised stage's (role, prompt, target) rows of one problem: the answer; the
+        critic and the refiner after the right answer and after a near miss (see the module)."""
+        right = problem.target  # the bare answer (no scratchpad)
+        wrong = near_miss(problem.reference, rng)
+        rows = [(ANSWER, problem.prompt, problem.target)]
+        for v0, says in ((right, "ok"), (wrong, "no")):
+            rows.append((CRITIC, self.role_prompt(problem, CRITIC, [v0]), says))
+            rows.append((REFINER, self.role_prompt(problem, REFINER, [v0, says]), problem.target))
+        return rows
+
+    def score_chain(self, problem: Problem, replies: list[str]) -> list[Score]:
+        """The Score of each turn of one chain (v0, critique, v1): see the module."""
+        v0, critique, v1 = replies
+        first = self.score(problem.prompt, v0, problem.reference)
+        right0 = first.total >= 1
+        says = verdict(critique)
+        if says is None:
+            critic = Score(0.0, {"agree": 0.0, "first": float(right0), "format": 0.0}, False, "format")
+        else:
+            agree = float(says == right0)
+            critic = Score(
+                agree, {"agree": agree, "says_wrong": float(not says), "first": float(right0), "format": 1.0}
+            )
+        last = self.score(problem.prompt, v1, problem.reference)
+        right1 = last.total >= 1
+        refined = Score(
+            float(right1) - float(right0),
+            {
+                "correct": float(right1),
+                "first": float(right0),
+                "flip_to_wrong": float(right0 and not right1),
+                "format": last.parts["format"],
+            },
+            last.valid,
+            last.reason,
+        )
+        return [first, critic, refined]
+
+
+def chain_summary(chains: list[list[Score]]) -> dict:
+    """A held-out evaluation of greedy chains (score_chain's scores, one chain per problem):
+    first and refined accuracy, the gain (a 95% interval over problems: the two answers are
+    paired), the critic's agreement with the checker, its share of wrong first answers it
+    flags and of right ones it passes ("ok": agreement alone rewards always saying "no" to a
+    weak answerer), and the share of problems whose answer the refiner broke or fixed."""
+    n = max(len(chains), 1)
+    first = [c[ANSWER].total >= 1 for c in chains]
+    refined = [c[REFINER].parts["correct"] >= 1 for c in chains]
+    wrong = [c for c, ok in zip(chains, first) if not ok]
+    right = [c for c, ok in zip(chains, first) if ok]
+    gains = [float(b) - float(a) for a, b in zip(first, refined)]
+    out = {
+        "first_accuracy": sum(first) / n,
+        "refined_accuracy": sum(refined) / n,
+        "refine_gain": sum(gains) / n,
+        "critic_agreement": sum(c[CRITIC].total for c in chains) / n,
+        "critic_flags_wrong": sum(c[CRITIC].parts.get("says_wrong", 0.0) for c in wrong) / max(len(wrong), 1),
+        "critic_passes_right": sum(c[CRITIC].total for c in right) / max(len(right), 1),
+        "critic_valid": sum(c[CRITIC].valid for c in chains) / n,
+        "flips_to_wrong": sum(a and not b for a, b in zip(first, refined)) / n,
+        "flips_to_right": sum(b and not a for a, b in zip(first, refined)) / n,
+    }
+    if len(gains) >= 2:
+        out["refine_gain_lo"], out["refine_gain_hi"] = mean_interval(gains)
+    return out

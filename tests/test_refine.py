@@ -1,0 +1,265 @@
+"""Generate -> critique -> refine (selfplay/tasks/refine.py): the roles' prompts, each role's
+reward on hand-worked chains, the supervised set, the held-out figures, and the path from
+generator to learner rows (one trajectory per chain) on a scripted engine."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from actors.buffer import ReplayBuffer
+from actors.generator import Generator
+from actors.verifier import Verifier
+from selfplay import schema
+from selfplay.builder import sft_examples
+from selfplay.config import BufferConfig, BuilderConfig, ConfigError, GeneratorConfig, TaskConfig, load_config
+from selfplay.tasks import make_task
+from selfplay.tasks.refine import ANSWER, CRITIC, REFINER, chain_summary, near_miss, verdict
+from tests.engines import EngineMaker, RuleEngine, decode, encode
+
+TASK = make_task("refine", digits=2, terms=2)
+SUM = TASK._make([12, 34], ["+"])  # 12+34= -> 46
+
+
+def test_each_role_prompt_holds_the_replies_before_it():
+    assert TASK.role_prompt(SUM, ANSWER, []) == "12+34="
+    assert TASK.role_prompt(SUM, CRITIC, ["47"]) == "c: 12+34=47\n"
+    assert TASK.role_prompt(SUM, REFINER, ["47", "no"]) == "r: 12+34=47 no\n"
+    # a reply is shown stripped and cut at its first line: a prompt keeps its shape
+    assert TASK.role_prompt(SUM, REFINER, [" 47\n+1", "no \n"]) == "r: 12+34=47 no\n"
+
+
+@pytest.mark.parametrize(
+    "chain, rewards, flip",
+    [
+        (["46", "ok", "46"], [1.0, 1.0, 0.0], 0.0),  # right, trusted, kept
+        (["46", "no", "47"], [1.0, 0.0, -1.0], 1.0),  # right, doubted, broken
+        (["47", "no", "46"], [0.0, 1.0, 1.0], 0.0),  # wrong, caught, fixed
+        (["47", "ok", "47"], [0.0, 0.0, 0.0], 0.0),  # wrong, missed, kept
+        (["47", "no", "45"], [0.0, 1.0, 0.0], 0.0),  # wrong, caught, still wrong
+        (["46", "ok", "x"], [1.0, 1.0, -1.0], 1.0),  # a malformed refinement is wrong
+    ],
+)
+def test_each_role_is_rewarded_by_the_checker(chain, rewards, flip):
+    scores = TASK.score_chain(SUM, chain)
+    assert [s.total for s in scores] == rewards
+    assert scores[REFINER].parts["flip_to_wrong"] == flip
+    assert scores[CRITIC].parts["first"] == scores[REFINER].parts["first"] == float(chain[0] == "46")
+
+
+def test_a_critique_that_is_no_verdict_is_malformed_and_earns_nothing():
+    assert verdict(" ok\n") is True and verdict("no") is False
+    for reply in ("", "okay", "yes", "o k", None):
+        assert verdict(reply) is None
+    scores = TASK.score_chain(SUM, ["47", "maybe", "46"])
+    assert scores[CRITIC].total == 0.0 and not scores[CRITIC].valid
+    assert scores[REFINER].total == 1.0  # the refiner is judged on its own answer
+
+
+def one_digit_apart(a: str, b: str) -> bool:
+    """Same sign, and the digits (zero-padded to one length) differ in one place."""
+    width = max(len(a), len(b))
+    x, y = a.lstrip("-").zfill(width), b.lstrip("-").zfill(width)
+    return a.startswith("-") == b.startswith("-") and sum(p != q for p, q in zip(x, y)) == 1
+
+
+def test_a_scratchpad_is_refused_naming_the_parameter():
+    with pytest.raises(ValueError, match="task.params.scratchpad"):
+        make_task("refine", scratchpad=True)
+
+
+def test_a_near_miss_is_wrong_and_close():
+    rng = random.Random(0)
+    for answer in ("0", "5", "46", "-105", "1999"):
+        misses = {near_miss(answer, rng) for _ in range(200)}
+        assert answer not in misses and all(TASK.score("", m, answer).total == 0 for m in misses)
+        assert all(abs(int(m) - int(answer)) in (1, 10) or one_digit_apart(m, answer) for m in misses)
+        assert len(misses) > 3
+
+
+def test_the_supervised_set_teaches_every_role_on_a_right_and_a_wrong_answer():
+    table = sft_examples(TASK, lambda text, special: [ord(c) for c in text], 0, 20, seed=3, run_id="r")
+    rows = table.to_pylist()
+    assert len(rows) == 20 * 5 and len({r["reference_id"] for r in rows}) == 20
+    for chain in (rows[i : i + 5] for i in range(0, len(rows), 5)):
+        problem = TASK.problem(chain[0]["seed"])
+        assert [r["role"] for r in chain] == [ANSWER, CRITIC, REFINER, CRITIC, REFINER]
+        assert [r["response_text"] for r in chain] == [
+            problem.reference,
+            "ok",
+            problem.reference,
+            "no",
+            problem.reference,
+        ]
+        prompts = [decode(r["prompt_ids"]) for r in chain]  # the test's encoding has no bos
+        shown = [p.split("=")[1].split()[0] for p in prompts[1:]]
+        assert shown[0] == shown[1] == problem.reference  # after the right answer
+        assert shown[2] == shown[3] != problem.reference  # after a near miss
+        assert prompts[4].endswith(" no\n") and prompts[2].endswith(" ok\n")
+
+
+def test_the_held_out_summary_pairs_first_and_refined_answers():
+    chains = [
+        TASK.score_chain(SUM, c)
+        for c in (
+            ["46", "ok", "46"],
+            ["47", "no", "46"],
+            ["47", "no", "45"],
+            ["46", "no", "47"],
+            ["47", "ok", "47"],
+        )
+    ]
+    summary = chain_summary(chains)
+    assert summary["first_accuracy"] == pytest.approx(2 / 5)
+    assert summary["refined_accuracy"] == pytest.approx(2 / 5)  # one fixed, one broken
+    assert summary["refine_gain"] == pytest.approx(0.0)
+    assert summary["refine_gain_lo"] < 0 < summary["refine_gain_hi"]
+    assert summary["critic_agreement"] == pytest.approx(3 / 5)
+    assert summary["critic_flags_wrong"] == pytest.approx(2 / 3)  # of the three wrong first answers
+    assert summary["critic_passes_right"] == pytest.approx(1 / 2)  # of the two right ones
+    assert summary["flips_to_wrong"] == summary["flips_to_right"] == pytest.approx(1 / 5)
+    assert summary["critic_valid"] == 1.0
+
+
+# ---- The path: generator -> verifier -> builder, on a scripted engine ------------------
+def scripted(prompt: str, calls) -> str:
+    """An answerer wrong on every other call (one too many), a critic that says "no" to
+    every answer, a refiner that takes one off a doubted answer."""
+    n = next(calls)
+    if prompt.startswith("c: "):
+        return "no"
+    if prompt.startswith("r: "):
+        return str(int(prompt.split("=")[1].split()[0]) - 1)
+    right = str(sum(int(x) for x in prompt.rstrip("=").split("+")))  # the task draws sums only
+    return right if n % 2 else str(int(right) + 1)
+
+
+def refine_generator(k: int = 4, held_out: int = 6) -> Generator:
+    calls = itertools.count(1)
+    return Generator(
+        "gen-0",
+        "run-0",
+        {"tictactoe": 1.0},
+        RuleEngine(rule=lambda p: scripted(p, calls)),
+        EngineMaker(),
+        GeneratorConfig(max_response_tokens=8),
+        seed=0,
+        task_cfg=TaskConfig(
+            name="refine",
+            params={"digits": 2, "terms": 2},
+            samples_per_prompt=k,
+            held_out=held_out,
+            eval_samples=k,
+        ),
+    )
+
+
+def test_a_chain_is_one_trajectory_whose_roles_are_sampled_in_turn():
+    gen = refine_generator(k=4)
+    table = gen.task_play(2)
+    rows = table.to_pylist()
+    calls = gen.engines["learner"].calls
+    assert len(rows) == 2 * 4 * 3 and len(calls) == 3  # a call per role, every chain in each
+    assert [c["prompts"][0][:3] for c in calls] == [calls[0]["prompts"][0][:3], "c: ", "r: "]
+    chains = {}
+    for r in rows:
+        chains.setdefault(r["traj_id"], []).append(r)
+    assert len(chains) == 8
+    for chain in chains.values():
+        assert [(r["turn"], r["role"]) for r in chain] == [(0, 0), (1, 1), (2, 2)]
+        assert len({(r["group_id"], r["seed"]) for r in chain}) == 1
+        v0 = chain[0]["response_text"]
+        assert decode(chain[2]["prompt_ids"]).endswith(f"={v0} no\n")
+    verifier = Verifier(decode, task=TASK)
+    scored = verifier.training_turns(table).to_pylist()
+    assert len(scored) == 24 and not verifier.rejected
+    for r in scored:  # a right answer is always broken (-1), a wrong one always fixed (+1)
+        if r["role"] == REFINER:
+            assert r["reward"] == (1.0 if dict(r["scores"])["first"] == 0 else -1.0)
+    buf = ReplayBuffer(BufferConfig(min_size=1), builder=BuilderConfig(rows="rl", group_advantage="drgrpo"))
+    assert buf.add(schema.from_rows(scored)) == 24
+    batch = buf.sample(24, learner_version=0).to_pylist()
+    for role in (ANSWER, CRITIC, REFINER):  # each role's advantages are centred on its own samples
+        for group in {r["group_id"] for r in batch}:
+            advantages = [r["advantage"] for r in batch if r["role"] == role and r["group_id"] == group]
+            assert len(advantages) == 4 and sum(advantages) == pytest.approx(0.0, abs=1e-6)
+
+
+def answer(text: str) -> dict:
+    """A row's reply fields for `text`, consistent with each other."""
+    ids = encode(text)[1:]  # without bos
+    return {"response_text": text, "response_ids": ids, "behaviour_logprobs": [-0.5] * len(ids)}
+
+
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda rows: rows[1].update(response_text="ok"), "text_mismatch"),  # tokens say "no"
+        (lambda rows: rows[0].update(answer("99")), "prompt_mismatch"),  # the critic saw another answer
+        (lambda rows: rows.pop(), "task_turns"),  # no refinement
+        (lambda rows: rows[2].update(role=1), "task_turns"),
+        (lambda rows: rows[2].update(seed=rows[2]["seed"] + 1), "reference_mismatch"),
+    ],
+    ids=["critique", "answer", "incomplete", "role", "problem"],
+)
+def test_a_tampered_chain_is_rejected(tamper, reason):
+    rows = refine_generator(k=1).task_play(1).to_pylist()
+    tamper(rows)
+    verifier = Verifier(decode, task=TASK)
+    assert verifier.verify(schema.from_rows(rows)).num_rows == 0
+    assert verifier.rejected == {reason: 1}
+
+
+def test_a_refine_run_reports_its_chain_figures_and_trains_each_role_on_its_own_reward():
+    cfg = load_config("configs/refine.yaml", [])
+    assert set(cfg.acceptance) == {
+        f"refine/held_out/{f}" for f in ("critic_agreement", "refine_gain", "flips_to_wrong")
+    }
+    with pytest.raises(ConfigError, match="acceptance.refine/held_out/selection_gain"):
+        load_config("configs/refine.yaml", ["acceptance={refine/held_out/selection_gain: '>= 0.1'}"])
+    with pytest.raises(ConfigError, match="builder.rows: refine trains each role"):
+        load_config("configs/refine.yaml", ["builder.rows=best_worst", "learner.reference=true"])
+
+
+def test_the_held_out_evaluation_carries_each_greedy_answer_through_the_chain():
+    gen = refine_generator(held_out=6)
+    result = gen.evaluate_task()
+    calls = gen.engines["learner"].calls
+    # greedy answers, their samples, then the greedy critiques and refinements of the greedy answers
+    assert [len(c["prompts"]) for c in calls] == [6, 6 * 4, 6, 6]
+    assert [c["temperature"] for c in calls[2:]] == [0.0, 0.0]
+    assert result["critic_flags_wrong"] == 1.0 and result["critic_valid"] == 1.0
+    assert result["critic_passes_right"] == 0.0
+    # every answer is doubted: the wrong ones (one too many) are fixed, the right ones broken
+    assert result["refined_accuracy"] == pytest.approx(1 - result["first_accuracy"])
+    assert result["flips_to_wrong"] == pytest.approx(result["first_accuracy"])
+    assert result["critic_agreement"] == pytest.approx(1 - result["first_accuracy"])
+
+
+def test_each_chain_that_changes_its_answers_rightness_is_written_as_a_preference_pair(tmp_path):
+    import pyarrow.parquet as pq
+
+    from actors.buffer import PreferenceLog
+
+    gen = refine_generator(k=2)
+    log = PreferenceLog(tmp_path / "preferences", decode, "refine")
+    buf = ReplayBuffer(BufferConfig(min_size=1), builder=BuilderConfig(rows="rl"), preferences=log)
+    scored = Verifier(decode, task=TASK).training_turns(gen.task_play(3))
+    buf.add(scored)
+    log.flush()
+    table = pq.read_table(tmp_path / "preferences")
+    assert table.num_rows == 6  # every chain: a right answer broken, or a wrong one fixed
+    refined = {r["traj_id"]: r for r in scored.to_pylist() if r["turn"] == 2}
+    for pair in table.to_pylist():
+        problem = TASK.problem(refined[pair["traj_id"]]["seed"])
+        assert pair["prompt"] == problem.prompt and pair["method"] == "refine"
+        assert pair["chosen"] == problem.reference != pair["rejected"]
+        scores = dict(pair["chosen_scores"])
+        assert scores["first"] != scores["correct"]
+    rows = scored.to_pylist()  # one chain kept its (wrong) answer: no pair
+    kept = next(r for r in rows if r["turn"] == 2)
+    kept["scores"] = {**dict(kept["scores"]), "first": 0.0, "correct": 0.0}
+    assert schema.chain_pairs(schema.from_rows(rows), decode).num_rows == 5
+    assert schema.chain_pairs(schema.from_rows([r for r in rows if r["turn"] != 0]), decode).num_rows == 0
