@@ -108,6 +108,9 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         assert after["first_accuracy"] == after["accuracy"]
         assert after["refine_gain"] == pytest.approx(after["refined_accuracy"] - after["first_accuracy"])
         assert 0 <= after["critic_agreement"] <= after["critic_valid"]
+        assert (run_dir / "preferences").is_dir()  # chains whose answers differ in rightness go there
+        pairs = list((run_dir / "preferences").glob("part-*.parquet"))
+        assert all(set(pq.read_table(p)["method"].to_pylist()) == {"refine"} for p in pairs)
     elif builder["rows"] == "spin":  # pairs only after the supervised stage, each a DPO step
         assert all(sft_rows.get(s, 0) == 0 for s in (3, 4, 5, 6))
         pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
