@@ -22,6 +22,7 @@ from selfplay.tasks.base import ENUMERATE_LIMIT
 from selfplay.tasks.codegen import OPS, SLACK, CodeGen, apply, canonical, hidden_tests
 from selfplay.tasks.describe import Describe
 from selfplay.tasks.judges import Constitution
+from selfplay.tasks.refine import CritiqueRefine
 from selfplay.tasks.words import NumberWords
 
 TASK_CONFIGS = [
@@ -399,11 +400,12 @@ def test_every_number_words_target_scores_one_and_fits_the_reply_limit():
 
 
 def test_make_task_builds_each_task_with_config_params():
-    assert set(TASKS) == {"arithmetic", "codegen", "describe", "solver_checker", "words"}
+    assert set(TASKS) == {"arithmetic", "codegen", "describe", "refine", "solver_checker", "words"}
     task = make_task("arithmetic", digits=3, subtract=1, scratchpad=True)  # an int where a float is declared
     assert task == Arithmetic(digits=3, subtract=1.0, scratchpad=True)
     assert make_task("codegen", steps=1) == CodeGen(steps=1)
     assert make_task("words", max_value=99) == NumberWords(max_value=99)
+    assert make_task("refine", digits=3) == CritiqueRefine(digits=3)
     principles = [
         {"name": "brevity", "weight": 0.5, "params": {"max_words": 4}},
         {"name": "no_profanity", "hard": True},
@@ -416,7 +418,7 @@ def test_make_task_builds_each_task_with_config_params():
 def test_make_task_errors_name_the_task_or_the_parameter():
     with pytest.raises(
         ValueError,
-        match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, describe, solver_checker, words\)$",
+        match=r"^task: unknown task 'chess' \(known: arithmetic, codegen, describe, refine, solver_checker, words\)$",
     ):
         make_task("chess")
     with pytest.raises(
