@@ -9,6 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
+from safetensors.torch import save as save_safetensors
+
 from selfplay.config import GeneratorConfig, ModelConfig
 
 WORKER_EXTENSION = "actors.engine_ext.WeightReceiver"
@@ -45,6 +48,9 @@ class PolicyEngine(Protocol):
     def load_weights(self, blob: bytes) -> str:
         """Replace the weights in place (safetensors bytes); returns the checksum loaded."""
 
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
+        """Replace the weights in place (named tensors); returns the checksum loaded."""
+
     def close(self) -> None:
         """Release the engine's resources."""
 
@@ -76,6 +82,7 @@ class Engine:
             # (the generator's and the Serve model's locks), as vLLM's in-process engine needs.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             parallel = {"distributed_executor_backend": "uni"}
+        self.in_process = gen_cfg.tensor_parallel_size == 1
         import vllm.envs
         from vllm import LLM
 
@@ -155,3 +162,12 @@ class Engine:
         """Replace the weights in place from safetensors bytes; returns their checksum."""
         (checksum,) = set(self.llm.collective_rpc("receive_weights", args=(blob,)))
         return checksum
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
+        """Replace the weights in place from named tensors (a collective broadcast's);
+        returns their checksum. Handed over as they are to a worker in this process; as
+        safetensors bytes to workers of their own (tensor parallel), which msgpack carries."""
+        if self.in_process:
+            (checksum,) = set(self.llm.collective_rpc("load_tensors", args=(tensors,)))
+            return checksum
+        return self.load_weights(save_safetensors(tensors))

@@ -1,6 +1,7 @@
 """Runs inside vLLM's worker process (named by `worker_extension_cls`). Weights arrive as
 safetensors bytes, never pickles: collective_rpc serialises args with msgpack, where raw
-tensors do not survive but bytes do."""
+tensors do not survive but bytes do. A worker in the caller's own process (one worker, no
+multiprocessing) also takes tensors as they are (a collective broadcast's)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,17 @@ class WeightReceiver:
     """vLLM worker extension: in-place weight reload without restarting the engine."""
 
     def receive_weights(self, blob: bytes) -> str:
+        """`load_tensors` on the tensors of safetensors bytes."""
+        return self.load_tensors(load_safetensors(blob))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
         """Load the weights and prove every engine parameter was written: vLLM's
         `reload_weights` only logs the parameters it skipped, so the names the model's
         `load_weights` reports as loaded are checked against the engine's own parameters
         (fused ones, qkv_proj and gate_up_proj, under their engine names; a fused one
         missing a shard is refused before anything is written). Returns the checksum of
-        the tensors loaded."""
-        tensors = load_safetensors(blob)
+        the tensors loaded. Called with tensors only in the engine's own process (a
+        collective broadcast's, `Engine.load_tensors`)."""
         model = self.model_runner.get_model()
         expected = {name for name, _ in model.named_parameters()}
         lacking = missing_shards(expected, getattr(model, "packed_modules_mapping", {}), tensors)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import ray
 
 from actors.engine import Engine, EngineFactory, PolicyEngine
-from selfplay import schema
+from selfplay import collective, schema
 from selfplay.builder import update_hard_pool
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import (
@@ -282,6 +282,18 @@ class Generator:
     def set_weights(self, blob: bytes, version: int) -> str:
         with self.lock:
             checksum = self.engines[LEARNER].load_weights(blob)
+            self.versions[LEARNER] = version
+            self.checksum = checksum
+        return checksum
+
+    def receive_collective(self, sync: dict, version: int) -> str:
+        """Take a collective broadcast's tensors (`sync`: {address, prefix, rank, world,
+        entries, plan, timeout_s}, selfplay/collective.py) while the engine plays on, then
+        load them between engine calls; returns their checksum. A broadcast that fails
+        raises before the engine is touched."""
+        tensors = collective.receive(**sync)
+        with self.lock:
+            checksum = self.engines[LEARNER].load_tensors(tensors)
             self.versions[LEARNER] = version
             self.checksum = checksum
         return checksum
@@ -999,6 +1011,13 @@ class GeneratorActor:
     def set_weights(self, blob: bytes, version: int) -> str:
         start = time.perf_counter()
         checksum = self.gen.set_weights(blob, version)
+        self.load_seconds.observe(time.perf_counter() - start)
+        self.version_gauge.set(version)
+        return checksum
+
+    def receive_collective(self, sync: dict, version: int) -> str:
+        start = time.perf_counter()
+        checksum = self.gen.receive_collective(sync, version)
         self.load_seconds.observe(time.perf_counter() - start)
         self.version_gauge.set(version)
         return checksum

@@ -2,11 +2,13 @@
 engines, each in its own Ray actor) against one in-process `state_dict` copy of the same
 weights, per model size (1m, 25m, and a ~100M-parameter Qwen2-shaped model built here).
 
-What is timed: `LearnerService.broadcast(wait=True)` over Ray, the path a run takes:
-export in the engine's dtype and checksum, one `ray.put`, `set_weights` on every
-generator (each engine loads in place, checks that every parameter was written and
-hashes the tensors it loaded), and every acknowledgement checked; the median of 5 after
-a warm-up. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
+What is timed: `LearnerService.broadcast(wait=True)` over Ray, the path a run takes,
+for each `learner.weight_sync`: object_store (export in the engine's dtype and checksum,
+one `ray.put`, `set_weights` on every generator) and collective (the same export, one
+gloo broadcast from the learner's process to every generator actor in 64 MiB buckets,
+`receive_collective` there); either way each engine loads in place, checks that every
+parameter was written and hashes the tensors it loaded, and every acknowledgement is
+checked; the median of 5 after a warm-up. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
 weights into a second model of the same shape in the engine's dtype (`load_state_dict`
 in one process: the bytes moved, with no transport, load path or check). Engines start
 before either clock.
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1m,25m,100m")
     p.add_argument("--engines", default="1,2,4")
+    p.add_argument("--sync", default="object_store,collective", help="learner.weight_sync paths to time")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     counts = [int(n) for n in args.engines.split(",")]
@@ -145,14 +148,26 @@ def main(argv: list[str] | None = None) -> dict:
                 for n in counts:
                     for i in range(n):
                         service.add_target(f"bench-gen-{i}", gens[i])
-                    s = broadcast_s(service)
-                    runs[size][f"broadcast_{n}_s"] = s
-                    figures[f"{size}_to_{n}_engines"] = figure(
-                        s / base, GOAL, note=f"{s * 1e3:.0f} ms vs {base * 1e3:.1f} ms, {weights_mib:.0f} MiB"
-                    )
-                    print(
-                        f"{size} -> {n} engines: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
-                        flush=True,
+                    for sync in args.sync.split(","):
+                        learner.cfg.weight_sync = sync
+                        s = broadcast_s(service)
+                        suffix = "" if sync == "object_store" else f"_{sync}"
+                        runs[size][f"broadcast_{n}{suffix}_s"] = s
+                        figures[f"{size}_to_{n}_engines{suffix}"] = figure(
+                            s / base,
+                            GOAL,
+                            note=f"{s * 1e3:.0f} ms vs {base * 1e3:.1f} ms, {weights_mib:.0f} MiB",
+                        )
+                        print(
+                            f"{size} -> {n} engines, {sync}: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
+                            flush=True,
+                        )
+                    if f"broadcast_{n}_collective_s" in runs[size] and f"broadcast_{n}_s" in runs[size]:
+                        ratio = runs[size][f"broadcast_{n}_collective_s"] / runs[size][f"broadcast_{n}_s"]
+                        figures[f"{size}_to_{n}_engines_collective_vs_object_store"] = figure(ratio, None)
+                if service.sync_fallbacks:
+                    raise RuntimeError(
+                        f"broadcast: collective broadcasts fell back: {service.sync_fallbacks}"
                     )
                 close_generators(gens)
     finally:

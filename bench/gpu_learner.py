@@ -165,6 +165,19 @@ def main(argv: list[str] | None = None) -> dict:
         del learner
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # LoRA (rank 16 on every linear layer): the optimiser holds the adapters' state alone
+        lora = learner_for(model_dir, base + ["learner.lora_rank=16"])
+        result["lora_trainable_parameters"] = sum(
+            p.numel() for p in lora.model.parameters() if p.requires_grad
+        )
+        try:
+            result["steps"]["lora_r16"] = step_figures(lora, table, args.repeats, measured)
+        except torch.OutOfMemoryError as e:
+            result["steps"]["lora_r16"] = {"error": f"out of memory: {str(e)[:200]}"}
+        save()
+        del lora
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
         if args.no_checks:
             print(json.dumps(result, indent=1))

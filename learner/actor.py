@@ -39,7 +39,8 @@ class LearnerActor:
             blob = ray.get(buffer.sample.remote(n, version))
             return None if blob is None else schema.from_ipc(blob)
 
-        self.service = LearnerService(learner, sample, RayTransport())
+        host = ray.util.get_node_ip_address() if cfg.sync_host == "node" else cfg.sync_host
+        self.service = LearnerService(learner, sample, RayTransport(), sync_host=host)
         tags = {"run": run_id}
         self.gauges = {
             n: ray_metric("gauge", f"learner_{n}", tags)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
@@ -23,9 +24,10 @@ from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.files import write_atomic
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
-from selfplay.weights import export_weights
+from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
+LORA = "lora.safetensors"  # LoRA's adapters and the weights they adapt, in a checkpoint
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -91,6 +93,55 @@ def logprobs_and_values(
     return logp, entropy, value_head(state.float()).squeeze(-1)
 
 
+def with_lora(model, cfg: LearnerConfig):
+    """`model` frozen, with rank-`lora_rank` adapters (peft) on the linear layers named by
+    `lora_targets`, scaled by lora_alpha / lora_rank; B starts at zero, so the policy is
+    unchanged until the first step."""
+    from peft import LoraConfig, get_peft_model
+
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    unknown = sorted(set(cfg.lora_targets) - linear)
+    if unknown:
+        raise ValueError(
+            f"learner.lora_targets: {unknown} name no linear layer of this model (its own: {sorted(linear)})"
+        )
+    config = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=list(cfg.lora_targets),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def is_lora_key(key: str) -> bool:
+    """A state-dict entry of a LoRA model that its merged model has not as such: an
+    adapter's A or B, or the frozen weight it adapts (`...q_proj.base_layer.weight`)."""
+    return ".lora_" in key or ".base_layer." in key
+
+
+@torch.no_grad()
+def merged_state(model) -> dict[str, torch.Tensor]:
+    """A peft LoRA model's weights merged into its base model's names and shapes: each
+    adapted `W` as W + scale * B A (peft's own delta), every other tensor as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {
+        f"{name}.weight": m.get_delta_weight(m.active_adapters[0])
+        for name, m in base.named_modules()
+        if isinstance(m, LoraLayer)
+    }
+    merged = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        merged[key] = value + deltas[key].to(value.dtype) if key in deltas else value
+    return merged
+
+
 def opponent_results(rows: list[dict]) -> dict[str, float]:
     """The batch's games against each opponent other than itself (scripted training
     opponents, league members), per game: `train/GAME/OPPONENT/{win,non_loss,games}`, each
@@ -125,6 +176,8 @@ class Learner:
         self.device = pick_device(cfg.device)
         self.engine_dtype = DTYPES[model_cfg.dtype]
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        if cfg.lora_rank:
+            self.model = with_lora(self.model, cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # saved with every checkpoint
         self.model.train()
         self.pad_id = self.model.config.pad_token_id or 0
@@ -133,7 +186,7 @@ class Learner:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if cfg.gradient_checkpointing:  # recompute each layer's activations in backward
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        params = list(self.model.parameters())
+        params = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters alone
         self.value_head = None
         if cfg.advantage == "gae":  # a zero-initialised linear value head on the shared trunk
             self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device)
@@ -468,12 +521,23 @@ class Learner:
         for group in self.opt.param_groups:
             group["lr"] = lr
 
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """The policy's weights under the HF model's own names: with LoRA, every adapted
+        weight merged (W + scale B A), as engines and checkpoints hold them."""
+        return merged_state(self.model) if self.cfg.lora_rank else self.model.state_dict()
+
     def export(self) -> tuple[bytes, str]:
-        return export_weights(self.model, self.engine_dtype)
+        tensors, checksum = self.export_tensors()
+        return save_safetensors(tensors), checksum
+
+    def export_tensors(self) -> tuple[dict[str, torch.Tensor], str]:
+        return export_tensors(self.policy_state(), self.engine_dtype)
 
     def save_model(self, directory: str | Path) -> None:
-        """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers load."""
-        self.model.save_pretrained(directory, safe_serialization=True)
+        """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers
+        load; with LoRA, the merged model (a copy: the adapters stay)."""
+        model = copy.deepcopy(self.model).merge_and_unload() if self.cfg.lora_rank else self.model
+        model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
 
     def save(self, directory: str | Path) -> None:
@@ -483,6 +547,11 @@ class Learner:
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
         if self.value_head is not None:
             save_file(self.value_head.state_dict(), d / "value_head.safetensors")
+        if self.cfg.lora_rank:  # model/ holds the merged weights; the adapters and what they adapt:
+            save_file(
+                {k: v.contiguous() for k, v in self.model.state_dict().items() if is_lora_key(k)},
+                d / LORA,
+            )
         if self.ref is not None:  # the KL anchor or SPIN's previous iterate, not this policy
             save_model(self.ref, str(d / REFERENCE))
         state = {
@@ -500,6 +569,16 @@ class Learner:
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))
+        if self.cfg.lora_rank:
+            if not (d / LORA).exists():
+                raise FileNotFoundError(f"{d}: no {LORA} (learner.lora_rank > 0): saved without LoRA")
+            unexpected = self.model.load_state_dict(
+                load_file(d / LORA, device=str(self.device)), strict=False
+            )[1]
+            if unexpected:
+                raise ValueError(
+                    f"{d / LORA}: tensors this model has not (e.g. {unexpected[:3]}): another lora_rank or lora_targets"
+                )
         if self.ref is not None:
             if not (d / REFERENCE).exists():
                 raise FileNotFoundError(

@@ -8,6 +8,10 @@ checked at the next broadcast (or at once with `wait`), so the learner never wai
 generator's engine call. A generator joining the pool (`attach`) first loads the weights
 of the current version and must echo their checksum before it receives broadcasts.
 
+Weights travel by `learner.weight_sync`: through the transport's shared store (the object
+store), or by one collective broadcast to every target (selfplay/collective.py), which
+falls back to the shared store for a version whose broadcast fails.
+
 A target that dies is dropped from the broadcast; one that has not answered within
 `ack_timeout_s` of the send is dropped and told to stop, so its pool replaces it (a
 hung engine never stalls training). A wrong checksum from a live target still raises."""
@@ -21,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+from safetensors.torch import save as save_safetensors
 
 from learner.learner import Learner
+from selfplay import collective
 
 
 def locked(method):
@@ -44,9 +50,18 @@ class BroadcastMismatch(RuntimeError):
 class LearnerService:
     """`sample(n, version)` returns a batch of n turns, or None while the buffer says wait.
     Targets (generators, opponents) are peers of `transport` with
-    `set_weights(blob, version) -> checksum`."""
+    `set_weights(blob, version) -> checksum` (and, for learner.weight_sync collective,
+    `receive_collective(sync, version) -> checksum`)."""
 
-    def __init__(self, learner: Learner, sample: Callable[[int, int], pa.Table | None], transport):
+    def __init__(
+        self,
+        learner: Learner,
+        sample: Callable[[int, int], pa.Table | None],
+        transport,
+        sync_host: str = "127.0.0.1",
+    ):
+        """`sync_host`: where a collective broadcast's store listens (learner.weight_sync
+        collective): this node's address on the network its generators reach."""
         self.learner = learner
         self.sample = sample
         self.transport = transport
@@ -56,7 +71,12 @@ class LearnerService:
         self.dropped: list[dict] = []
         self.checksum: str | None = None
         self.last_blob = None  # the last broadcast's weights (shared once), for generators that join later
-        self.blob_step = -1  # the learner step whose weights last_blob holds
+        self.last_tensors = None  # ... as tensors, when the broadcast was collective (shared on demand)
+        self.blob_step = -1  # the learner step whose weights the last broadcast (or attach) sent
+        self.sync_host = sync_host
+        self.rendezvous: collective.Rendezvous | None = None  # made at the first collective broadcast
+        # collective broadcasts that failed and went by the object store: {version, error}
+        self.sync_fallbacks: list[dict] = []
         self.frozen: dict | None = None  # current_weights' last answer
         self.wait_s = 0.0
         self.broadcast_s = 0.0
@@ -100,7 +120,10 @@ class LearnerService:
                 if self.learner.step % self.learner.cfg.broadcast_every == 0:
                     m["broadcast_seconds"] = self.broadcast()["seconds"]
             m.update(
-                weight_version=self.learner.version, learner_wait_s=self.wait_s, broadcast_s=self.broadcast_s
+                weight_version=self.learner.version,
+                learner_wait_s=self.wait_s,
+                broadcast_s=self.broadcast_s,
+                sync_fallbacks=len(self.sync_fallbacks),
             )
             out.append(m)
         return out
@@ -125,12 +148,10 @@ class LearnerService:
         weights (those of the last broadcast; before any, the learner's own, which a fresh
         or resumed run's version stands for), then receives every broadcast. Returns once
         its engine echoed the learner's checksum."""
-        if self.last_blob is None:
-            blob, self.checksum = self.learner.export()
-            self.last_blob = self.transport.put(blob)
-            self.blob_step = self.learner.step
+        if self.checksum is None:
+            self._export()
         got = self.transport.get(
-            self.transport.call(peer, "set_weights", self.last_blob, self.learner.version),
+            self.transport.call(peer, "set_weights", self._shared(), self.learner.version),
             timeout=self.learner.cfg.ack_timeout_s,
         )
         if got != self.checksum:
@@ -164,28 +185,88 @@ class LearnerService:
         generator's engine call to finish unless `wait` is set."""
         start = time.perf_counter()
         self.verify_pending()
-        blob, checksum = self.learner.export()
+        collective_sync = self.learner.cfg.weight_sync == "collective" and bool(self.targets)
+        tensors = self._export(keep_tensors=collective_sync)
         self.learner.version += 1
-        self.checksum = checksum
-        self.last_blob = self.transport.put(blob)
+        result = {"version": self.learner.version, "checksum": self.checksum}
+        if collective_sync:
+            result["sync"] = self._send_collective(tensors)
+        if not collective_sync or result["sync"] == "object_store":
+            self.pending = self._send_shared()
+        result["seconds"] = elapsed = time.perf_counter() - start
+        self.broadcast_s += elapsed
+        if wait:
+            result["acks"] = self.verify_pending()
+        return result
+
+    def _export(self, keep_tensors: bool = False) -> dict:
+        """Export the current weights as what the next send carries: kept as tensors for a
+        collective broadcast (shared through the object store only if asked), else shared
+        at once. Returns the tensors."""
+        tensors, self.checksum = self.learner.export_tensors()
         self.blob_step = self.learner.step
+        self.last_tensors, self.last_blob = tensors, None
+        if not keep_tensors:
+            self._shared()
+        return tensors
+
+    def _shared(self):
+        """The last export's weights as safetensors bytes shared once through the transport
+        (for a generator that joins, an evaluation, or a broadcast by the object store)."""
+        if self.last_blob is None:
+            self.last_blob = self.transport.put(save_safetensors(self.last_tensors))
+            self.last_tensors = None
+        return self.last_blob
+
+    def _send_shared(self) -> list:
         sent = time.monotonic()
-        self.pending = [
+        blob = self._shared()
+        return [
             (
                 name,
                 peer,
-                self.transport.call(peer, "set_weights", self.last_blob, self.learner.version),
-                checksum,
+                self.transport.call(peer, "set_weights", blob, self.learner.version),
+                self.checksum,
                 sent,
             )
             for name, peer in self.targets.items()
         ]
-        elapsed = time.perf_counter() - start
-        self.broadcast_s += elapsed
-        result = {"version": self.learner.version, "checksum": checksum, "seconds": elapsed}
-        if wait:
-            result["acks"] = self.verify_pending()
-        return result
+
+    def _send_collective(self, tensors: dict) -> str:
+        """Broadcast `tensors` to every target at once (rank 0 of a group of its own for this
+        version): each target takes them while it plays and answers with the checksum its
+        engine loaded, as `set_weights` does. Returns "collective", or "object_store" when the
+        broadcast failed: a target whose buckets were cut short loads nothing, and the caller
+        sends the same version through the object store (a target that took them all loads
+        the same weights twice)."""
+        cfg = self.learner.cfg
+        if self.rendezvous is None:
+            self.rendezvous = collective.Rendezvous(self.sync_host, cfg.sync_timeout_s)
+        entries = collective.manifest(tensors)
+        plan = collective.buckets(entries, int(cfg.sync_bucket_mb * 2**20))
+        version, world = self.learner.version, len(self.targets) + 1
+        prefix = f"v{version}/"
+        sent = time.monotonic()
+        pending = []
+        for rank, (name, peer) in enumerate(self.targets.items(), start=1):
+            sync = {
+                "address": self.rendezvous.address,
+                "prefix": prefix,
+                "rank": rank,
+                "world": world,
+                "entries": entries,
+                "plan": plan,
+                "timeout_s": cfg.sync_timeout_s,
+            }
+            future = self.transport.call(peer, "receive_collective", sync, version)
+            pending.append((name, peer, future, self.checksum, sent))
+        try:
+            self.rendezvous.send(prefix, world, tensors, plan)
+        except RuntimeError as err:  # gloo's errors (a rank gone, a timeout) are RuntimeErrors
+            self.sync_fallbacks.append({"version": version, "error": f"{type(err).__name__}: {err}"[:300]})
+            return "object_store"
+        self.pending = pending
+        return "collective"
 
     @locked
     def verify_pending(self) -> dict[str, str]:
@@ -226,8 +307,8 @@ class LearnerService:
         checksum}. The last broadcast's when nothing trained since (no second export)."""
         step = self.learner.step
         if self.frozen is None or self.frozen["step"] != step:
-            if self.last_blob is not None and self.blob_step == step:
-                ref, checksum = self.last_blob, self.checksum
+            if self.checksum is not None and self.blob_step == step:
+                ref, checksum = self._shared(), self.checksum
             else:
                 blob, checksum = self.learner.export()
                 ref = self.transport.put(blob)
@@ -240,7 +321,7 @@ class LearnerService:
         moved them since the last broadcast, so every generator's own engine holds them.
         For an evaluation while nothing trains (the driver waits on it between learner
         calls): it may run on generator-0's own engine, no second engine needed."""
-        if self.last_blob is None or self.blob_step != self.learner.step:
+        if self.checksum is None or self.blob_step != self.learner.step:
             self.broadcast(wait=True)
         else:
             self.verify_pending()  # the last broadcast has landed everywhere
@@ -277,5 +358,6 @@ class LearnerService:
             "checksum": self.checksum,
             "wait_s": self.wait_s,
             "dropped_targets": list(self.dropped),
+            "sync_fallbacks": list(self.sync_fallbacks),
             "baselines": {f"{g}/{r}": b for (g, r), b in self.learner.baselines.items()},
         }

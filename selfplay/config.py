@@ -36,6 +36,7 @@ TaskPrompts = Literal["train", "sft"]
 TaskVersus = Literal["self", "snapshot"]
 TaskJudge = Literal["rules", "self"]
 JudgeWeights = Literal["current", "snapshot"]
+WeightSync = Literal["object_store", "collective"]
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -109,6 +110,15 @@ class LearnerConfig:
     # (every loss term divides by the whole batch's count). 0: the whole batch in one pass
     micro_batch_size: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # LoRA (Hu et al. 2021, through peft): 0 trains every weight; r > 0 freezes the model and
+    # trains rank-r adapters on the linear layers named in lora_targets, scaled by
+    # lora_alpha / r. Generators receive the merged weights by the usual broadcast (engines
+    # need no LoRA support); checkpoints hold the merged model and the adapters.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     clip_eps: float = 0.2
     loss_aggregation: LossAggregation = "token_mean"  # policy loss over tokens: DAPO's, or GRPO's per reply
     # NLL of rows labelled sft over their tokens: token_mean (long targets weigh by their length,
@@ -136,6 +146,16 @@ class LearnerConfig:
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
+    # How weights reach the generators: object_store, safetensors bytes through Ray's object
+    # store (each generator's node fetches its copy); collective, one gloo broadcast from the
+    # learner to every generator at once in buckets of sync_bucket_mb (selfplay/collective.py;
+    # a version whose broadcast fails within sync_timeout_s goes by the object store)
+    weight_sync: WeightSync = "object_store"
+    sync_bucket_mb: float = 64.0
+    sync_timeout_s: float = 30.0
+    # where the collective broadcast's store and connections listen: 127.0.0.1 when every
+    # generator runs on the learner's machine; node, the learner node's address (a cluster)
+    sync_host: str = "127.0.0.1"
     ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
     # A frozen reference model without a KL term (preference pairs train against one; kl_coef
     # > 0 keeps one anyway). Set for builder.rows spin
@@ -384,8 +404,12 @@ POSITIVE = {
     "reward_model.epochs",
     "reward_model.lr",
     "reward_model.batch_size",
+    "learner.sync_bucket_mb",
+    "learner.sync_timeout_s",
+    "learner.lora_alpha",
 }
 NON_NEGATIVE = {
+    "learner.lora_rank",
     "task.overlong_buffer",
     "task.overlong_coef",
     "reward_model.pairs",

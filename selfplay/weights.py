@@ -21,13 +21,18 @@ def state_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, str]:
+def export_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], str]:
+    """A model's named tensors (its state dict) in the engine's dtype, on the host, and
+    their checksum."""
     # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage;
-    # the bytes on the wire are host memory whatever device the model trains on.
-    tensors = {
-        k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()
-    }
-    return save_safetensors(tensors), state_checksum(tensors)
+    # the tensors sent are host memory whatever device the model trains on.
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in state.items()}
+    return tensors, state_checksum(tensors)
+
+
+def export_weights(model: torch.nn.Module, dtype: torch.dtype) -> tuple[bytes, str]:
+    tensors, checksum = export_tensors(model.state_dict(), dtype)
+    return save_safetensors(tensors), checksum
 
 
 def export_checkpoint(model_dir: str, dtype: str | torch.dtype) -> tuple[bytes, str]:

@@ -67,7 +67,8 @@ def test_the_gpu_learner_bench_runs_on_cpu(tmp_path, advantage):
         + ["--advantage", advantage, "--out", str(tmp_path)]
     )
     assert result["picked_device"] == "cpu" and result["bf16_matmul_tflops"] > 0
-    assert set(result["steps"]) == {"one_pass", "micro_4", "micro_4_checkpointing"}
+    assert set(result["steps"]) == {"one_pass", "micro_4", "micro_4_checkpointing", "lora_r16"}
+    assert 0 < result["lora_trainable_parameters"] < result["parameters"] / 4
     assert result["steps"]["micro_4"]["micro_batches"] == 2
     assert result["accumulation_fp32"]["relative_l2"] < 1e-4
     assert all(result["checkpoint_to_cpu"][k] for k in ("weights_equal", "reference_equal", "moments_equal"))

@@ -8,10 +8,11 @@ import threading
 from collections import defaultdict
 
 import pytest
+import torch
 
 from actors.generator import FIXED, Generator, Match, WeightMismatch, both_seats
 from actors.verifier import Verifier
-from selfplay import schema
+from selfplay import collective, schema
 from selfplay.config import GeneratorConfig
 from selfplay.games.tictactoe import TicTacToe
 from selfplay.league import LEARNER, SELF
@@ -175,6 +176,58 @@ def test_each_model_turn_is_tagged_with_the_weight_version_that_generated_it():
     assert {(r["policy_version"], r["opponent_version"], *r["behaviour_logprobs"]) for r in second} == {
         (2, 2, -2.0)
     }
+
+
+def collective_sync(rendezvous, tensors) -> dict:
+    entries = collective.manifest(tensors)
+    return {
+        "address": rendezvous.address,
+        "prefix": "v2/",
+        "rank": 1,
+        "world": 2,
+        "entries": entries,
+        "plan": collective.buckets(entries, 64),
+        "timeout_s": 2.0,
+    }
+
+
+def test_a_collective_broadcast_is_taken_during_an_engine_call_and_loaded_after_it():
+    """The learner's broadcast completes while the engine plays (the generator stages the
+    tensors on another thread); the load waits for the engine call to return."""
+    engine = RuleEngine()
+    gen = make_generator(engine=engine)
+    gen.set_weights(weights(-1.0), 1)
+    tensors = {"logprob": torch.tensor([-2.0])}
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=10)
+    receiver = threading.Thread(target=gen.receive_collective, args=(collective_sync(rendezvous, tensors), 2))
+    seen = []
+
+    def race(call: int) -> None:
+        if call == 0:
+            receiver.start()
+            rendezvous.send("v2/", 2, tensors, collective.buckets(collective.manifest(tensors), 64))
+            receiver.join(timeout=0.2)
+            seen.append(receiver.is_alive())  # sent, yet not loaded: the engine is mid-call
+
+    engine.on_generate = race
+    rows = gen.self_play(4).to_pylist()
+    receiver.join()
+    assert seen == [True] and engine.loads_during_generate == 0
+    assert {(r["policy_version"], *r["behaviour_logprobs"]) for r in rows if r["turn"] == 0} == {(1, -1.0)}
+    assert (gen.versions[LEARNER], gen.checksum) == (2, checksum(weights(-2.0)))
+
+
+def test_a_collective_broadcast_that_fails_leaves_the_engine_and_its_version_alone():
+    engine = RuleEngine()
+    gen = make_generator(engine=engine)
+    gen.set_weights(weights(-1.0), 1)
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=10)  # the learner never sends
+    with pytest.raises(RuntimeError):
+        gen.receive_collective(collective_sync(rendezvous, {"logprob": torch.tensor([-2.0])}), 2)
+    assert engine.loads == [weights(-1.0)] and (gen.versions[LEARNER], gen.checksum) == (
+        1,
+        checksum(weights(-1.0)),
+    )
 
 
 def test_a_weight_change_requested_during_an_engine_call_lands_only_after_it_returns():

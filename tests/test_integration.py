@@ -3,6 +3,7 @@ buffer -> learner, weights broadcast back, and versions never mix within a turn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -51,41 +52,86 @@ def test_trajectories_flow_to_the_learner_and_stale_turns_are_dropped(pipeline, 
     assert all(math.isfinite(m["loss"]) for m in steps)
 
 
-def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generator, tiny_model, tmp_path):
+def engine_vs_learner(ray, generator, model) -> tuple[float, set[int]]:
+    """Mean |engine - learner| log-prob over the tokens of 16 games, and their versions."""
+    rows = [
+        r for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist() if r["response_ids"]
+    ]
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, batch)
+    diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
+    return diff.item(), {r["policy_version"] for r in rows}
+
+
+def check_broadcast_lands(ray, generator, learner, tiny_model, directory) -> dict:
     """The engine is first given other weights (all zero: every log-prob -log V), so its
-    log-probs diverge from the learner's; after the broadcast they agree, up to bf16."""
-    ray, buffer, verifier, learner = pipeline
-    ray.get(learner.save.remote(str(tmp_path)))
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
-
-    def engine_vs_learner() -> tuple[float, set[int]]:
-        """Mean |engine - learner| log-prob over the tokens of 16 games, and their versions."""
-        rows = [
-            r
-            for r in schema.from_ipc(ray.get(generator.self_play.remote(16))).to_pylist()
-            if r["response_ids"]
-        ]
-        batch = collate(rows, pad_id=0)
-        with torch.no_grad():
-            logp, _ = sequence_logprobs(model, batch)
-        diff = ((logp - batch["behaviour_logp"]).abs() * batch["mask"]).sum() / batch["mask"].sum()
-        return diff.item(), {r["policy_version"] for r in rows}
-
+    log-probs diverge from the learner's; after the learner's broadcast they agree, up to
+    bf16. Returns the broadcast's answer."""
+    ray.get(learner.save.remote(str(directory)))
+    model = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=torch.float32).eval()
     zero = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():
         for p in zero.parameters():
             p.zero_()
     version = ray.get(generator.stats.remote())["version"]
     ray.get(generator.set_weights.remote(export_weights(zero, torch.bfloat16)[0], version + 1))
-    diverged, _ = engine_vs_learner()
+    diverged, _ = engine_vs_learner(ray, generator, model)
     assert diverged > 0.1, diverged  # twice the agreement bound below
 
     sent = ray.get(learner.broadcast.remote(wait=True))
     assert sent["acks"] == {"generator-0": sent["checksum"]}
     gen = ray.get(generator.stats.remote())
     assert (gen["version"], gen["checksum"]) == (sent["version"], sent["checksum"])
-    agreed, versions = engine_vs_learner()
+    agreed, versions = engine_vs_learner(ray, generator, model)
     assert versions == {sent["version"]} and agreed < 0.05, agreed
+    return sent
+
+
+def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generator, tiny_model, tmp_path):
+    ray, buffer, verifier, learner = pipeline
+    assert "sync" not in check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # a gloo group between the learner actor and the generator actor, the tensors staged
+        # there and loaded into its engine, in buckets small enough that the 1M model takes several
+        {"weight_sync": "collective", "sync_bucket_mb": 0.5},
+        # LoRA adapters trained two steps (B no longer zero): the engine gets the merged weights
+        {"lora_rank": 4},
+    ],
+    ids=["collective", "lora"],
+)
+def test_a_broadcast_by_each_path_makes_generator_weights_equal_the_learners(
+    ray_session, generator, tiny_model, small_cfg, tmp_path, settings
+):
+    from actors.buffer import BufferActor
+    from actors.verifier import VerifierActor
+    from learner.actor import LearnerActor
+
+    ray = ray_session
+    cfg = dataclasses.replace(small_cfg.learner, **settings)
+    buffer = BufferActor.remote(small_cfg.buffer, 0, "test")
+    verifier = VerifierActor.remote(tiny_model, buffer, "test")
+    learner = LearnerActor.remote(cfg, small_cfg.model, tiny_model, 0, buffer, "test")
+    try:
+        ray.get(learner.add_target.remote("generator-0", generator))
+        if cfg.lora_rank:  # two steps on the engine's games, verified into the buffer
+            for _ in range(4):
+                ray.get(verifier.verify.remote(ray.get(generator.self_play.remote(32))))
+            steps = ray.get(learner.train.remote(2))
+            assert [m["step"] for m in steps] == [1, 2]
+        sent = check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path)
+        if cfg.lora_rank:
+            initial = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), torch.bfloat16)[1]
+            assert sent["checksum"] != initial  # the adapters moved the policy the engine now holds
+        else:
+            assert sent["sync"] == "collective" and ray.get(learner.state.remote())["sync_fallbacks"] == []
+    finally:
+        for a in (buffer, verifier, learner):
+            ray.kill(a)
 
 
 def test_a_weight_load_that_leaves_parameters_unwritten_is_refused(ray_session, generator, tiny_model):

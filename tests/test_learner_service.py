@@ -11,7 +11,7 @@ from safetensors.torch import load as load_safetensors
 
 from learner.learner import Learner
 from learner.service import BroadcastMismatch, LearnerService
-from selfplay import schema
+from selfplay import collective, schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
 from selfplay.transport import LocalTransport, PeerDied
@@ -33,6 +33,7 @@ class Receiver:
         self.dead = False  # killed: every call raises PeerDied, as a dead actor's do
         self.stopped = threading.Event()
         self.loads: list[tuple[int, str]] = []  # (version, checksum) of every load
+        self.paths: list[str] = []  # how each load came: object_store or collective
         self.gate = threading.Event()
         self.gate.set()
 
@@ -40,16 +41,36 @@ class Receiver:
         if self.dead:
             raise PeerDied("the actor died")
         self.gate.wait()
-        tensors = load_safetensors(blob)
+        return self.load(load_safetensors(blob), version, "object_store")
+
+    def receive_collective(self, sync: dict, version: int) -> str:
+        """As GeneratorActor's: take the broadcast (selfplay/collective.py), then load."""
+        if self.dead:
+            raise PeerDied("the actor died")
+        tensors = collective.receive(**sync)
+        self.gate.wait()
+        return self.load(tensors, version, "collective")
+
+    def load(self, tensors: dict, version: int, path: str) -> str:
         if self.corrupt:  # one parameter arrives changed
             name = sorted(tensors)[0]
             tensors[name] = tensors[name] + 1
         checksum = state_checksum(tensors)
         self.loads.append((version, checksum))
+        self.paths.append(path)
         return checksum
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+class Quitter(Receiver):
+    """Joins a collective broadcast, takes its first bucket and leaves (a generator that dies
+    half-way); loads through the object store as any other."""
+
+    def receive_collective(self, sync: dict, version: int) -> str:
+        collective.receive(**{**sync, "plan": sync["plan"][:1]})
+        raise PeerDied("died half-way through the broadcast")
 
 
 class League:
@@ -243,3 +264,58 @@ def test_current_weights_are_the_weights_of_this_step_shared_once(model_dir):
     assert now["ref"] == [service.last_blob]  # reused, not exported again
     blob = service.transport.get(service.transport.call(Receiver(), "set_weights", now["ref"][0], 1))
     assert blob == now["checksum"]
+
+
+COLLECTIVE = ("learner.weight_sync=collective", "learner.sync_bucket_mb=0.25", "learner.sync_timeout_s=5")
+
+
+def test_a_collective_broadcast_reaches_every_target_at_once_and_is_verified(model_dir):
+    service = make_service(model_dir, COLLECTIVE)
+    a, b = Receiver(), Receiver()
+    service.attach("generator-0", a)  # a generator joins through the object store
+    service.add_target("generator-1", b)
+    steps = service.train(2)
+    sent = service.broadcast(wait=True)
+    assert sent["sync"] == "collective" and sent["acks"] == {
+        "generator-0": sent["checksum"],
+        "generator-1": sent["checksum"],
+    }
+    assert a.paths == ["object_store", "collective", "collective", "collective"]
+    assert [v for v, _ in a.loads] == [0, 1, 2, 3] and [v for v, _ in b.loads] == [1, 2, 3]
+    assert a.loads[1:] == b.loads and a.loads[-1][1] == service.checksum
+    assert all(m["sync_fallbacks"] == 0 for m in steps)
+    assert service.last_blob is None  # nothing went through the object store...
+    weights = service.current_weights()  # ...until an evaluation asks: the same weights, shared once
+    assert state_checksum(load_safetensors(weights["ref"][0])) == sent["checksum"] == weights["checksum"]
+    c = Receiver()
+    assert service.attach("generator-2", c)["loaded"] == sent["checksum"]  # a later joiner, same version
+    assert c.loads == [(3, sent["checksum"])]
+
+
+def test_a_collective_broadcast_that_fails_half_way_goes_by_the_object_store(model_dir):
+    """A target dies after the first bucket: nobody loads what it staged, the learner sends
+    the same version through the object store, every live target ends on it, and the dead
+    one is dropped as any dead target is."""
+    service = make_service(model_dir, COLLECTIVE)
+    good, quitter = Receiver(), Quitter()
+    service.add_target("generator-0", good)
+    service.add_target("generator-1", quitter)
+    service.train(1)
+    assert service.state()["sync_fallbacks"][0]["version"] == 1
+    service.verify_pending()
+    assert good.loads == quitter.loads == [(1, service.checksum)]
+    assert good.paths == quitter.paths == ["object_store"]
+    quitter.dead = True  # it never joins the next group: that broadcast waits out its timeout
+    sent = service.broadcast(wait=True)
+    assert sent["sync"] == "object_store" and sent["acks"] == {"generator-0": sent["checksum"]}
+    assert [d["name"] for d in service.dropped] == ["generator-1"]
+    sent = service.broadcast(wait=True)  # without the dead one, collective again
+    assert sent["sync"] == "collective" and good.loads[-2:] == [(2, good.loads[-2][1]), (3, sent["checksum"])]
+    assert good.paths == ["object_store", "object_store", "collective"]
+
+
+def test_a_bad_collective_load_is_caught_as_any_bad_load(model_dir):
+    service = make_service(model_dir, COLLECTIVE)
+    service.add_target("generator-1", Receiver(corrupt=True))
+    with pytest.raises(BroadcastMismatch, match="generator-1"):
+        service.broadcast(wait=True)

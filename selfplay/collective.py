@@ -1,0 +1,150 @@
+"""Weights by collective broadcast (`learner.weight_sync: collective`): the learner is rank
+0 of a torch.distributed gloo group whose other ranks are the generators, and each
+broadcast's tensors (in the engine's dtype) go to all of them at once, packed into buckets
+of `learner.sync_bucket_mb`, instead of as one safetensors blob per generator through
+Ray's object store. What OpenRLHF and verl do with NCCL between the learner and the vLLM
+workers; gloo runs the same protocol on CPUs.
+
+One group per broadcast, named by its version under a store the learner hosts: a generator
+that joins or leaves the pool between broadcasts simply is or is not a rank of the next
+one. Receivers stage every bucket before anything reaches an engine, so a broadcast that
+fails half-way (a rank dies, a timeout) leaves every engine on the weights it had; the
+learner then sends that version through the object store instead.
+
+Only tensors cross the wire (raw bytes, reinterpreted by the manifest's dtype and shape),
+never pickles. The store and gloo's connections listen on `host` alone (127.0.0.1 for a
+local run), not on every interface."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import socket
+
+import torch
+import torch.distributed as dist
+
+ROOT = 0  # the learner's rank
+DTYPES = ("float32", "bfloat16", "float16", "float64", "int64", "int32", "uint8")  # what a manifest may name
+
+
+def manifest(tensors: dict[str, torch.Tensor]) -> list[list]:
+    """[[name, dtype, shape], ...] in name order: what a receiver allocates, in the order
+    the sender packs."""
+    return [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in sorted(tensors.items())]
+
+
+def dtype_of(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"weight sync: a manifest names dtype {name!r}; one of {', '.join(DTYPES)} expected")
+    return getattr(torch, name)
+
+
+def entry_bytes(entry: list) -> int:
+    _, dtype, shape = entry
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"weight sync: a manifest gives {entry[0]!r} the shape {shape!r}")
+    return math.prod(shape) * dtype_of(dtype).itemsize
+
+
+def buckets(entries: list[list], bucket_bytes: int) -> list[list[int]]:
+    """Indices of `entries` grouped in order into buckets of at most `bucket_bytes` (a
+    tensor larger than that travels alone): one broadcast call per bucket."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"buckets: bucket_bytes must be > 0, got {bucket_bytes}")
+    plan: list[list[int]] = []
+    size = 0
+    for i, entry in enumerate(entries):
+        n = entry_bytes(entry)
+        if not plan or size + n > bucket_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append(i)
+        size += n
+    return plan
+
+
+def _options(host: str, timeout_s: float):
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = datetime.timedelta(seconds=timeout_s)
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]  # gloo's sockets on `host`
+    return opts
+
+
+def _group(store, prefix: str, rank: int, world: int, host: str, timeout_s: float):
+    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, world, _options(host, timeout_s))
+
+
+def _broadcast(group, buffer: torch.Tensor) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank = ROOT
+    group.broadcast([buffer], opts).wait()
+
+
+class Rendezvous:
+    """The learner's side: a TCP store on a socket bound to `host` (a free port), where each
+    broadcast's group meets. `address` is what receivers are told."""
+
+    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 30.0):
+        self.host, self.timeout_s = host, timeout_s
+        listener = socket.create_server((host, 0))  # listens on `host` only
+        self.port = listener.getsockname()[1]
+        self.store = dist.TCPStore(
+            host,
+            self.port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            master_listen_fd=listener.detach(),  # the store owns the socket from here
+            use_libuv=True,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def send(self, prefix: str, world: int, tensors: dict[str, torch.Tensor], plan: list[list[int]]) -> int:
+        """Broadcast `tensors` (packed by `plan`, over `manifest(tensors)`) as rank 0 of a
+        new group of `world` ranks under `prefix`; returns the bytes sent. Raises when any
+        rank fails to join or to take a bucket within the timeout."""
+        group = _group(self.store, prefix, ROOT, world, self.host, self.timeout_s)
+        names = sorted(tensors)
+        sent = 0
+        for bucket in plan:
+            parts = [tensors[names[i]].detach().contiguous().reshape(-1).view(torch.uint8) for i in bucket]
+            buffer = torch.cat(parts) if len(parts) > 1 else parts[0]
+            _broadcast(group, buffer)
+            sent += buffer.numel()
+        return sent
+
+    def close(self) -> None:
+        self.store = None  # its server and socket go with it
+
+
+def receive(
+    address: str,
+    prefix: str,
+    rank: int,
+    world: int,
+    entries: list[list],
+    plan: list[list[int]],
+    timeout_s: float,
+) -> dict[str, torch.Tensor]:
+    """A receiver's side: join the group under `prefix` at `address` as `rank` and take
+    every bucket; returns the tensors (named by `entries`) only once all arrived."""
+    host, port = address.rsplit(":", 1)
+    store = dist.TCPStore(
+        host, int(port), is_master=False, timeout=datetime.timedelta(seconds=timeout_s), use_libuv=True
+    )
+    group = _group(store, prefix, rank, world, host, timeout_s)
+    tensors = {}
+    for bucket in plan:
+        sizes = [entry_bytes(entries[i]) for i in bucket]
+        buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+        _broadcast(group, buffer)
+        offset = 0
+        for i, n in zip(bucket, sizes):
+            name, dtype, shape = entries[i]
+            tensors[name] = buffer[offset : offset + n].view(dtype_of(dtype)).reshape(shape)
+            offset += n
+    return tensors

@@ -1,0 +1,146 @@
+"""The collective weight broadcast (selfplay/collective.py) over real gloo groups: ranks are
+threads of this process, each with its own group, as the learner and generators are
+processes of their own in a run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+
+from selfplay import collective
+
+
+def weights() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "b.weight": torch.randn(3, 4, generator=g).to(torch.bfloat16),
+        "a.bias": torch.arange(10, dtype=torch.float32),
+        "c.big": torch.randn(300, generator=g),  # 1,200 bytes: alone in a 100-byte bucket
+        "d.half": torch.randn(2, 2, generator=g).to(torch.float16),
+    }
+
+
+def test_manifest_names_each_tensor_in_name_order_with_dtype_and_shape():
+    assert collective.manifest(weights()) == [
+        ["a.bias", "float32", [10]],
+        ["b.weight", "bfloat16", [3, 4]],
+        ["c.big", "float32", [300]],
+        ["d.half", "float16", [2, 2]],
+    ]
+
+
+def test_buckets_pack_in_order_up_to_the_size_and_a_larger_tensor_travels_alone():
+    entries = collective.manifest(weights())  # 40, 24, 1200 and 8 bytes
+    assert [collective.entry_bytes(e) for e in entries] == [40, 24, 1200, 8]
+    assert collective.buckets(entries, 100) == [[0, 1], [2], [3]]
+    assert collective.buckets(entries, 64) == [[0, 1], [2], [3]]
+    assert collective.buckets(entries, 63) == [[0], [1], [2], [3]]
+    assert collective.buckets(entries, 10_000) == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="bucket_bytes must be > 0"):
+        collective.buckets(entries, 0)
+
+
+def test_a_manifest_with_an_unknown_dtype_or_a_bad_shape_is_refused():
+    with pytest.raises(ValueError, match="dtype 'Tensor'"):
+        collective.entry_bytes(["x", "Tensor", [2]])
+    with pytest.raises(ValueError, match="shape \\[-1\\]"):
+        collective.entry_bytes(["x", "float32", [-1]])
+
+
+def run_receivers(rendezvous, prefix, world, entries, plan, ranks, timeout_s=10.0):
+    """Each rank in `ranks` receives on a thread: {rank: tensors or the exception raised}."""
+    got: dict[int, object] = {}
+
+    def take(rank):
+        try:
+            got[rank] = collective.receive(rendezvous.address, prefix, rank, world, entries, plan, timeout_s)
+        except Exception as err:  # noqa: BLE001 - the test reads it
+            got[rank] = err
+
+    threads = [threading.Thread(target=take, args=(r,)) for r in ranks]
+    for t in threads:
+        t.start()
+    return got, threads
+
+
+def test_every_rank_receives_exactly_the_tensors_sent_in_their_dtypes():
+    sent = weights()
+    entries = collective.manifest(sent)
+    plan = collective.buckets(entries, 100)
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=10)
+    try:
+        for version in (1, 2):  # a new group per version under the same store
+            sent = {k: v + version for k, v in sent.items()}
+            got, threads = run_receivers(rendezvous, f"v{version}/", 3, entries, plan, [1, 2])
+            assert rendezvous.send(f"v{version}/", 3, sent, plan) == 1272
+            for t in threads:
+                t.join()
+            for rank in (1, 2):
+                assert sorted(got[rank]) == sorted(sent)
+                for name, tensor in sent.items():
+                    assert got[rank][name].dtype == tensor.dtype and torch.equal(got[rank][name], tensor)
+    finally:
+        rendezvous.close()
+
+
+def test_the_store_and_the_groups_listen_on_the_host_given_only():
+    entries = collective.manifest(weights())
+    plan = collective.buckets(entries, 100)
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=10)
+    listening = []
+    try:
+        got, threads = run_receivers(rendezvous, "v1/", 2, entries, plan, [1])
+        sender = threading.Thread(target=rendezvous.send, args=("v1/", 2, weights(), plan))
+        sender.start()
+        while sender.is_alive():  # sample the sockets while the group is up
+            listening += [
+                c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"
+            ]
+            time.sleep(0.001)
+        sender.join()
+        threads[0].join()
+        assert isinstance(got[1], dict)
+    finally:
+        rendezvous.close()
+    assert listening and set(listening) == {"127.0.0.1"}, set(listening)
+
+
+def test_a_broadcast_that_fails_half_way_raises_everywhere_and_returns_no_tensors():
+    """Rank 2 joins, takes the first bucket and leaves: the sender and the rank that stayed
+    raise within the timeout, and neither has anything to load."""
+    sent = weights()
+    entries = collective.manifest(sent)
+    plan = collective.buckets(entries, 100)
+    assert len(plan) == 3
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=3)
+    try:
+        got, threads = run_receivers(rendezvous, "v1/", 3, entries, plan, [1], timeout_s=3)
+        quitter = threading.Thread(
+            target=collective.receive, args=(rendezvous.address, "v1/", 2, 3, entries, plan[:1], 3)
+        )
+        quitter.start()
+        start = time.monotonic()
+        with pytest.raises(RuntimeError):
+            rendezvous.send("v1/", 3, sent, plan)
+        assert time.monotonic() - start < 30
+        for t in (*threads, quitter):
+            t.join()
+        assert isinstance(got[1], RuntimeError), got[1]
+    finally:
+        rendezvous.close()
+
+
+def test_a_rank_that_never_joins_fails_the_broadcast_within_the_timeout():
+    entries = collective.manifest(weights())
+    rendezvous = collective.Rendezvous("127.0.0.1", timeout_s=2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RuntimeError):
+            rendezvous.send("v1/", 2, weights(), collective.buckets(entries, 100))
+        assert time.monotonic() - start < 20
+    finally:
+        rendezvous.close()
