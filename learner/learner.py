@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,10 +85,12 @@ def logprobs_and_values(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sequence_logprobs` plus V(s) [B] of each turn's state: `value_head` on the final
     (normed) hidden state of the last prompt token, from the same forward pass."""
-    hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    logits = model.get_output_embeddings()(hidden)
+    # through the model's own forward (not its decoder's alone), so a sharded model's outer
+    # FSDP unit gathers the embeddings and head; the last hidden state is the normed one
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    )
+    hidden, logits = out.hidden_states[-1], out.logits
     logp, entropy = losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
     state = hidden[torch.arange(len(hidden), device=hidden.device), batch["state"]]
     return logp, entropy, value_head(state.float()).squeeze(-1)
@@ -159,16 +162,65 @@ def opponent_results(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def even_spans(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into `parts` consecutive spans whose sizes differ by at most one
+    (the first ones larger); a span is empty when there are fewer items than parts."""
+    n = stop - start
+    bounds = [start]
+    for i in range(parts):
+        bounds.append(bounds[-1] + n // parts + (1 if i < n % parts else 0))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def rank_spans(n_rows: int, size: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """The micro-batches (row spans) rank `rank` of `world` trains of an `n_rows` batch:
+    its near-equal share of the rows, cut into as many micro-batches of at most `size` as
+    the largest share needs, so every rank runs the same number of forward passes (FSDP's
+    collectives pair them up). A span may be empty when the batch is tiny."""
+    largest = -(-n_rows // world)
+    return even_spans(*even_spans(0, n_rows, world)[rank], max(-(-largest // size), 1))
+
+
+def shard(module: torch.nn.Module) -> None:
+    """FSDP2 (`fully_shard`) over the default process group: each decoder layer its own
+    unit (its parameters gathered only while it runs), then the rest of the module."""
+    from torch.distributed.fsdp import fully_shard
+
+    decoder = module.get_decoder() if hasattr(module, "get_decoder") else None
+    for layer in getattr(decoder, "layers", []):
+        fully_shard(layer)
+    fully_shard(module)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor whole on every rank (a sharded DTensor gathered: a collective), else as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 class Learner:
     def __init__(
-        self, cfg: LearnerConfig, model_cfg: ModelConfig, model_path: str, seed: int, temperature: float = 1.0
+        self,
+        cfg: LearnerConfig,
+        model_cfg: ModelConfig,
+        model_path: str,
+        seed: int,
+        temperature: float = 1.0,
+        sharded: bool = False,
     ):
         """`temperature`: the generators' sampling temperature; the policy trained is the
-        one sampled, softmax(logits / T), so PPO's ratio compares like with like."""
+        one sampled, softmax(logits / T), so PPO's ratio compares like with like.
+        `sharded`: this is one rank of a data-parallel learner group over torch.distributed's
+        default process group (gloo on CPUs, NCCL on GPUs), the model, value head and
+        reference sharded by FSDP2; every rank is handed the same batch and trains its share
+        of it, and every rank must make the same calls (train_step, export)."""
         if not temperature > 0:
             raise ValueError(
                 f"generator.temperature: training samples need a temperature > 0, got {temperature}"
             )
+        self.sharded = sharded
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
+        if sharded and cfg.lora_rank:
+            raise ValueError("learner.lora_rank: LoRA is not built for a sharded learner group yet")
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(seed)
         self.cfg = cfg
@@ -192,11 +244,17 @@ class Learner:
             self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
+        if sharded:  # after sharding, the optimiser holds each rank's shards
+            for module in (self.model, self.ref, self.value_head):
+                if module is not None:
+                    shard(module)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
             params += list(self.value_head.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # model FLOPs per token, forward and backward: 6 per non-embedding parameter (as
         # nanochat and PaLM count MFU; attention's share is small at these lengths)
-        embed = self.model.get_input_embeddings().weight.numel()
+        embed = self.model.get_input_embeddings().weight.numel()  # a DTensor's numel is the whole's
         self.flops_per_token = 6 * (sum(p.numel() for p in self.model.parameters()) - embed)
         self.step = 0
         self.version = 0
@@ -280,6 +338,10 @@ class Learner:
             raise ValueError("train_step: batch holds no trainable turns")
         pairs = [r for r in rows if r["label"] == "dpo"]
         others = [r for r in rows if r["label"] != "dpo"]
+        if pairs and self.sharded:
+            raise ValueError(
+                "train_step: preference pairs (rows labelled dpo) are not built for a sharded learner yet"
+            )
         self.opt.zero_grad(set_to_none=True)
         metrics: dict = {}
         if pairs:
@@ -301,7 +363,7 @@ class Learner:
             loss=metrics.get("loss", 0.0)
             + metrics.get("preference_loss", 0.0)
             + self.cfg.chosen_nll_coef * metrics.get("chosen_nll", 0.0),
-            grad_norm=grad_norm.item(),
+            grad_norm=full(grad_norm).item(),
             batch_turns=len(rows),
             batch_illegal=sum(r["illegal"] for r in rows) / len(rows),
             step_s=step_s,
@@ -384,12 +446,24 @@ class Learner:
         sft_total = sum(1 for r, s in zip(rows, sft) if s and r["response_ids"]) if per_target else sft_tokens
         all_tokens = rl_tokens + sft_tokens
         reads_model = self.value_head is not None or self._kl_in_reward
-        plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
+        all_values = None
+        if self.sharded:  # every rank plans the whole batch, then trains its own share of it
+            spans = rank_spans(len(rows), size, self.rank, self.world)
+            all_values, penalties = self._prepass(chunks) if reads_model else (None, None)
+            plan = self._plan(rows, all_values, penalties)
+        else:
+            spans = [(i, min(i + size, len(rows))) for i in range(0, len(rows), size)]
+            plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
 
         sums: dict[str, float] = defaultdict(float)
         values_seen = []
-        offset = 0
-        for chunk in chunks:
+        for start, stop in spans:
+            # FSDP averages gradients over the ranks, and the step wants their sum; a rank
+            # whose share is empty still runs its passes (on one row, weighing nothing)
+            weight, empty = float(self.world), stop == start
+            if empty:
+                stop, weight = start + 1, 0.0
+            chunk, offset = rows[start:stop], start
             batch, logp, entropy, values, ref_logp = self._forward(chunk)
             mask = batch["mask"]
             if plan is None:  # one micro-batch: the pass that trains gives what the plan reads
@@ -423,7 +497,9 @@ class Learner:
                 loss = loss + self.cfg.value_coef * value_loss
                 sums["value_loss"] += value_loss.item()
                 values_seen.append(values.detach())
-            loss.backward()
+            (loss * weight).backward()
+            if empty:
+                continue
             with torch.no_grad():
                 log_ratio = (batch["behaviour_logp"] - logp) * rl_mask
             sums["loss"] += loss.item()
@@ -433,7 +509,12 @@ class Learner:
             sums["entropy"] += losses.masked_mean(entropy.detach(), mask, all_tokens).item()  # every token
             sums["kl_behaviour"] += log_ratio.sum().item() / max(rl_tokens, 1)
             sums["tokens"] += int(batch["attention_mask"].sum())
-            offset += len(chunk)
+        if self.sharded:  # each rank summed its share: the batch's sums
+            names = sorted(sums)
+            total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
+            dist.all_reduce(total)
+            sums = defaultdict(float, zip(names, total.tolist()))
+            values_seen = [] if all_values is None else [all_values]
 
         # staleness and advantages of the sampled replies (a labelled sft row has neither)
         sampled = [i for i, s in enumerate(sft) if not s] or list(range(len(rows)))
@@ -524,6 +605,8 @@ class Learner:
     def policy_state(self) -> dict[str, torch.Tensor]:
         """The policy's weights under the HF model's own names: with LoRA, every adapted
         weight merged (W + scale B A), as engines and checkpoints hold them."""
+        if self.sharded:  # gathered from every rank's shards: each rank must ask
+            return {k: full(v) for k, v in self.model.state_dict().items()}
         return merged_state(self.model) if self.cfg.lora_rank else self.model.state_dict()
 
     def export(self) -> tuple[bytes, str]:
@@ -542,6 +625,8 @@ class Learner:
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
+        if self.sharded:
+            return self._save_sharded(d)
         self.save_model(d / "model")
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
         torch.save(torch.get_rng_state(), d / "torch_rng.pt")
@@ -561,10 +646,71 @@ class Learner:
         }
         write_atomic(d / "learner_state.json", json.dumps(state))
 
+    def _trained(self) -> torch.nn.Module:
+        """What the optimiser trains, as one module (model and value head), for the
+        distributed state-dict helpers."""
+        modules = {"model": self.model}
+        if self.value_head is not None:
+            modules["value_head"] = self.value_head
+        return torch.nn.ModuleDict(modules)
+
+    def _save_sharded(self, d: Path) -> None:
+        """Every rank gathers the whole state (collectives); rank 0 writes the same files
+        as one learner does, the optimiser's state keyed by parameter name (a sharded
+        group's checkpoints load into a sharded group of any size)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        weights = self.policy_state()
+        head = (
+            None if self.value_head is None else {k: full(v) for k, v in self.value_head.state_dict().items()}
+        )
+        ref = None if self.ref is None else {k: full(v) for k, v in self.ref.state_dict().items()}
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optimizer = get_optimizer_state_dict(self._trained(), self.opt, options=options)
+        if self.rank == 0:
+            self.model.save_pretrained(d / "model", state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(d / "model")
+            torch.save(optimizer, d / "optimizer.pt")
+            torch.save(torch.get_rng_state(), d / "torch_rng.pt")
+            if head is not None:
+                save_file({k: v.contiguous().cpu() for k, v in head.items()}, d / "value_head.safetensors")
+            if ref is not None:
+                save_file({k: v.contiguous().cpu() for k, v in ref.items()}, d / REFERENCE)
+            state = {
+                "step": self.step,
+                "version": self.version,
+                "baselines": [[g, r, b] for (g, r), b in self.baselines.items()],
+            }
+            write_atomic(d / "learner_state.json", json.dumps(state))
+        dist.barrier()  # written before any rank goes on
+
+    def _load_sharded(self, d: Path) -> None:
+        """Every rank reads the whole state (checkpoints are on storage every rank sees)
+        and keeps its shards."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        optimizer = torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device)
+        set_optimizer_state_dict(self._trained(), self.opt, optim_state_dict=optimizer, options=options)
+        torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
+        if self.value_head is not None:
+            set_model_state_dict(self.value_head, load_file(d / "value_head.safetensors"), options=options)
+        if self.ref is not None:
+            set_model_state_dict(self.ref, load_file(d / REFERENCE), options=options)
+        state = json.loads((d / "learner_state.json").read_text())
+        self.step, self.version = state["step"], state["version"]
+        self.baselines = {(g, r): b for g, r, b in state["baselines"]}
+
     def load(self, directory: str | Path) -> None:
         """Restore optimiser, RNG, counters, value head and reference; the weights come
         from `directory`/model, which the learner was constructed from."""
         d = Path(directory)
+        if self.sharded:
+            return self._load_sharded(d)
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:

@@ -1,0 +1,154 @@
+"""A data-parallel learner group sharded by FSDP2 (Learner(sharded=True)): two ranks, each
+a process of its own on a gloo group, take the same steps on the same batches as one
+unsharded learner: the same losses, gradient norms, metrics and weights, within fp32
+summation error."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from bench.gpu_learner import synthetic_batch
+from learner.learner import Learner, even_spans, rank_spans
+from selfplay.config import load_config
+from selfplay.model import create_default_model
+
+SETTINGS = [
+    "learner.advantage=gae",  # a value head, and GAE reading every row's V(s)
+    "learner.kl_coef=0.1",  # a reference, sharded too
+    "learner.kl_estimator=k2",
+    "learner.kl_placement=loss",
+    "learner.entropy_coef=0.01",
+    "learner.micro_batch_size=4",
+    "learner.bf16=false",
+    "learner.lr=1e-2",
+    "buffer.whole_games=true",
+]
+BATCHES = [
+    (12, 0),
+    (13, 1),
+    (3, 2),
+]  # (turns, seed): even shares, uneven, and a rank with an empty micro-batch
+METRICS = ("loss", "pg_loss", "entropy", "kl_ref", "value_loss", "explained_variance", "adv_mean", "tokens")
+
+
+def test_spans_share_the_rows_evenly_and_every_rank_runs_as_many_passes():
+    assert even_spans(0, 7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert even_spans(2, 3, 2) == [(2, 3), (3, 3)]
+    assert rank_spans(12, 4, 0, 2) == [(0, 3), (3, 6)] and rank_spans(12, 4, 1, 2) == [(6, 9), (9, 12)]
+    assert rank_spans(13, 4, 0, 2) == [(0, 4), (4, 7)] and rank_spans(13, 4, 1, 2) == [(7, 10), (10, 13)]
+    assert rank_spans(3, 1, 0, 2) == [(0, 1), (1, 2)] and rank_spans(3, 1, 1, 2) == [(2, 3), (3, 3)]
+    assert rank_spans(5, 5, 0, 1) == [(0, 5)]
+    for n, size, world in [(13, 4, 3), (100, 7, 4), (3, 1, 2)]:
+        spans = [rank_spans(n, size, r, world) for r in range(world)]
+        assert len({len(s) for s in spans}) == 1  # the same number of passes on every rank
+        covered = [i for s in spans for a, b in s for i in range(a, b)]
+        assert covered == list(range(n)) and all(b - a <= size for s in spans for a, b in s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(learner: Learner, checkpoint: str | None = None) -> list[dict]:
+    """The steps of BATCHES, saving the learner after the first to `checkpoint`."""
+    steps = []
+    for n, seed in BATCHES:
+        m = learner.train_step(synthetic_batch(n, 6, 2, 100, seed))
+        steps.append({k: m[k] for k in (*METRICS, "grad_norm", "step")})
+        if checkpoint and len(steps) == 1:
+            learner.save(checkpoint)
+    return steps
+
+
+def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: str) -> None:
+    """One rank. mode "train": the steps of BATCHES, a checkpoint after the first;
+    "resume": a new group from that checkpoint takes the second step."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cfg = load_config(None, SETTINGS)
+        start = f"{out}/ckpt/model" if mode == "resume" else model_dir
+        learner = Learner(cfg.learner, cfg.model, start, seed=0, sharded=True)
+        if mode == "train":
+            steps = train(learner, f"{out}/ckpt")
+            state = learner.policy_state()  # every rank gathers; rank 0 writes
+        else:
+            learner.load(f"{out}/ckpt")
+            n, seed = BATCHES[1]
+            m = learner.train_step(synthetic_batch(n, 6, 2, 100, seed))
+            steps = [{k: m[k] for k in (*METRICS, "grad_norm", "step")}]
+            state = learner.policy_state()
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in state.items()}, f"{out}/{mode}.safetensors")
+            Path(out, f"{mode}.json").write_text(
+                json.dumps({"steps": steps, "flops": learner.flops_per_token})
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(model_dir: str, out: Path, mode: str, world: int = 2) -> tuple[dict, dict]:
+    mp.start_processes(
+        rank_main, args=(world, free_port(), model_dir, str(out), mode), nprocs=world, start_method="spawn"
+    )
+    return json.loads((out / f"{mode}.json").read_text()), load_file(out / f"{mode}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
+
+
+@pytest.fixture(scope="module")
+def group(model_dir, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Two sharded ranks trained on BATCHES (a checkpoint after the first step)."""
+    out = tmp_path_factory.mktemp("group")
+    return (out, *run_ranks(model_dir, out, "train"))
+
+
+def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
+    _, sharded, weights = group
+    cfg = load_config(None, SETTINGS)
+    one = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    expected = train(one)
+    assert sharded["flops"] == one.flops_per_token
+    for got, want in zip(sharded["steps"], expected, strict=True):
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, got[k], v)
+    state = one.policy_state()
+    assert sorted(weights) == sorted(state)
+    moved = max((state[k] - one_initial).abs().max().item() for k, one_initial in initial(model_dir).items())
+    assert moved > 1e-3  # the steps moved the weights...
+    worst = max((weights[k] - state[k]).abs().max().item() for k in state)
+    # ...and the two learners moved them alike: within 1% of what the steps moved (Adam
+    # divides each gradient by its own scale, so summation-order differences of ~1e-7 in a
+    # near-zero gradient show as ~1e-5 in that weight's step at lr 1e-2)
+    assert worst < moved / 100, (worst, moved)
+
+
+def initial(model_dir: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+
+
+def test_a_sharded_group_saved_and_resumed_takes_the_same_next_step(model_dir, group):
+    """The checkpoint holds the whole state (model, value head, reference, the optimiser's
+    moments by parameter name): a new group resumed from it takes the step the saved one
+    took next."""
+    out, trained, _ = group
+    assert (out / "ckpt" / "model" / "config.json").exists() and (out / "ckpt" / "optimizer.pt").exists()
+    resumed, _ = run_ranks(model_dir, out, "resume")
+    assert resumed["steps"][0]["step"] == trained["steps"][1]["step"] == 2
+    for k, v in trained["steps"][1].items():
+        assert resumed["steps"][0][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
