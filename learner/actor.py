@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ray
 
+from learner.group import GroupLearner, join_group
 from learner.learner import Learner
 from learner.service import LearnerService
 from selfplay import schema
@@ -30,10 +31,18 @@ class LearnerActor:
         run_id: str,
         resume_dir: str | None = None,
         temperature: float = 1.0,
+        group: dict | None = None,
+        workers: list | None = None,
     ):
-        learner = Learner(cfg, model_cfg, model_path, seed, temperature)
+        """`group`, `workers`: rank 0 of a learner group (learner/group.py): {address, rank,
+        world} and the LearnerWorker actors of ranks 1..N-1."""
+        if group:
+            join_group(group, cfg)
+        learner = Learner(cfg, model_cfg, model_path, seed, temperature, sharded=bool(group))
         if resume_dir:
-            learner.load(resume_dir)
+            learner.load(resume_dir)  # the workers load theirs at the same time
+        if group:
+            learner = GroupLearner(learner, workers, RayTransport())
 
         def sample(n: int, version: int):
             blob = ray.get(buffer.sample.remote(n, version))

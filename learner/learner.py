@@ -619,6 +619,13 @@ class Learner:
     def save_model(self, directory: str | Path) -> None:
         """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers
         load; with LoRA, the merged model (a copy: the adapters stay)."""
+        if self.sharded:  # every rank gathers the weights, rank 0 writes them
+            weights = self.policy_state()
+            if self.rank == 0:
+                self.model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+                self.tokenizer.save_pretrained(directory)
+            dist.barrier()
+            return
         model = copy.deepcopy(self.model).merge_and_unload() if self.cfg.lora_rank else self.model
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
@@ -660,7 +667,7 @@ class Learner:
         group's checkpoints load into a sharded group of any size)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        weights = self.policy_state()
+        self.save_model(d / "model")
         head = (
             None if self.value_head is None else {k: full(v) for k, v in self.value_head.state_dict().items()}
         )
@@ -668,8 +675,6 @@ class Learner:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optimizer = get_optimizer_state_dict(self._trained(), self.opt, options=options)
         if self.rank == 0:
-            self.model.save_pretrained(d / "model", state_dict=weights, safe_serialization=True)
-            self.tokenizer.save_pretrained(d / "model")
             torch.save(optimizer, d / "optimizer.pt")
             torch.save(torch.get_rng_state(), d / "torch_rng.pt")
             if head is not None:

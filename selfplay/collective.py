@@ -64,15 +64,34 @@ def buckets(entries: list[list], bucket_bytes: int) -> list[list[int]]:
     return plan
 
 
-def _options(host: str, timeout_s: float):
+def gloo_options(host: str, timeout_s: float):
+    """A gloo group's options: its connections on `host` alone, and its timeout."""
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = datetime.timedelta(seconds=timeout_s)
-    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]  # gloo's sockets on `host`
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
     return opts
 
 
+def store(host: str, port: int, master: bool, timeout_s: float) -> dist.TCPStore:
+    """A TCP store at host:port: the master listens on `host` alone (a socket bound there,
+    handed to the store), a client connects to it."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not master:
+        return dist.TCPStore(host, port, is_master=False, timeout=timeout, use_libuv=True)
+    listener = socket.create_server((host, port))
+    return dist.TCPStore(
+        host,
+        listener.getsockname()[1],
+        is_master=True,
+        wait_for_workers=False,
+        timeout=timeout,
+        master_listen_fd=listener.detach(),  # the store owns the socket from here
+        use_libuv=True,
+    )
+
+
 def _group(store, prefix: str, rank: int, world: int, host: str, timeout_s: float):
-    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, world, _options(host, timeout_s))
+    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, world, gloo_options(host, timeout_s))
 
 
 def _broadcast(group, buffer: torch.Tensor) -> None:
@@ -87,17 +106,8 @@ class Rendezvous:
 
     def __init__(self, host: str = "127.0.0.1", timeout_s: float = 30.0):
         self.host, self.timeout_s = host, timeout_s
-        listener = socket.create_server((host, 0))  # listens on `host` only
-        self.port = listener.getsockname()[1]
-        self.store = dist.TCPStore(
-            host,
-            self.port,
-            is_master=True,
-            wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=timeout_s),
-            master_listen_fd=listener.detach(),  # the store owns the socket from here
-            use_libuv=True,
-        )
+        self.store = store(host, 0, True, timeout_s)  # a free port, on `host` only
+        self.port = self.store.port
 
     @property
     def address(self) -> str:
@@ -133,10 +143,7 @@ def receive(
     """A receiver's side: join the group under `prefix` at `address` as `rank` and take
     every bucket; returns the tensors (named by `entries`) only once all arrived."""
     host, port = address.rsplit(":", 1)
-    store = dist.TCPStore(
-        host, int(port), is_master=False, timeout=datetime.timedelta(seconds=timeout_s), use_libuv=True
-    )
-    group = _group(store, prefix, rank, world, host, timeout_s)
+    group = _group(store(host, int(port), False, timeout_s), prefix, rank, world, host, timeout_s)
     tensors = {}
     for bucket in plan:
         sizes = [entry_bytes(entries[i]) for i in bucket]

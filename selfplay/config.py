@@ -94,6 +94,10 @@ class BufferConfig:
 
 @dataclass
 class LearnerConfig:
+    # ranks of a data-parallel learner group (learner/group.py): the model sharded over them
+    # by FSDP2, each rank training its share of every batch; each rank gets num_cpus,
+    # num_gpus and resources, in one placement group (STRICT_PACK with GPUs, else PACK)
+    num_workers: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # pin to a node type, e.g. {learner: 1}
@@ -153,8 +157,9 @@ class LearnerConfig:
     weight_sync: WeightSync = "object_store"
     sync_bucket_mb: float = 64.0
     sync_timeout_s: float = 30.0
-    # where the collective broadcast's store and connections listen: 127.0.0.1 when every
-    # generator runs on the learner's machine; node, the learner node's address (a cluster)
+    # where the learner's process groups listen (the collective broadcast's, a learner
+    # group's): 127.0.0.1 when all their ranks run on the learner's machine; node, the
+    # learner node's address (a cluster)
     sync_host: str = "127.0.0.1"
     ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
     # A frozen reference model without a KL term (preference pairs train against one; kl_coef
@@ -407,6 +412,7 @@ POSITIVE = {
     "learner.sync_bucket_mb",
     "learner.sync_timeout_s",
     "learner.lora_alpha",
+    "learner.num_workers",
 }
 NON_NEGATIVE = {
     "learner.lora_rank",
@@ -519,6 +525,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
         raise ConfigError(f"learner.device: must be auto, cpu, cuda or cuda:N, got {cfg.learner.device!r}")
+    if cfg.learner.num_workers > 1:
+        if cfg.learner.lora_rank:
+            raise ConfigError(
+                "learner.num_workers: a learner group with LoRA (learner.lora_rank) is not built yet"
+            )
+        if cfg.task.name and cfg.builder.rows in ("spin", "compete", "best_worst"):  # builder.PAIR_ROWS
+            raise ConfigError(
+                f"learner.num_workers: preference pairs (builder.rows {cfg.builder.rows}) do not train "
+                "in a learner group yet; use one learner"
+            )
     if cfg.learner.kl_placement == "loss" and cfg.learner.kl_estimator == "k1":
         raise ConfigError(
             "learner.kl_estimator: k1 as a loss has no KL gradient (its expectation's gradient is 0); "

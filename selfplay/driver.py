@@ -695,7 +695,9 @@ class Run:
         self.metrics.close()
         for actor in self.program.actors():
             ray.kill(actor)
-        wait_until_free([*self.pool["generators"], *RUN_ACTORS])
+        self.program.release()
+        workers = [f"learner-{r}" for r in range(1, len(self.program.learner_workers) + 1)]
+        wait_until_free([*self.pool["generators"], *RUN_ACTORS, *workers])
 
 
 def train(

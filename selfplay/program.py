@@ -11,7 +11,7 @@ split between them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -25,6 +25,7 @@ from actors.league import STATE_FILE as LEAGUE_STATE
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
 from learner.actor import LearnerActor
+from learner.group import LearnerWorker, group_address
 from selfplay import schema
 from selfplay.builder import PAIR_ROWS, sft_problems
 from selfplay.config import RunConfig
@@ -41,13 +42,28 @@ class Program:
     learner: object
     controller: object
     league: object | None = None
+    learner_workers: list = field(default_factory=list)  # ranks 1.. of a learner group
+    learner_group: object | None = None  # their placement group
 
     def actors(self) -> list:
         return [
             a
-            for a in (self.controller, self.learner, self.verifier, self.buffer, self.league)
+            for a in (
+                self.controller,
+                self.learner,
+                *self.learner_workers,
+                self.verifier,
+                self.buffer,
+                self.league,
+            )
             if a is not None
         ]
+
+    def release(self) -> None:
+        """Free the learner group's placement group (its actors are killed first)."""
+        if self.learner_group is not None:
+            remove_placement_group(self.learner_group)
+            self.learner_group = None
 
 
 def build_program(
@@ -80,12 +96,29 @@ def build_program(
     verifier = VerifierActor.options(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
     ).remote(model_path, buffer, run_id, cfg.task, resume, cfg.generator.max_response_tokens)
-    learner = LearnerActor.options(
-        name="learner",
-        num_cpus=cfg.learner.num_cpus,
-        num_gpus=cfg.learner.num_gpus,
-        resources=cfg.learner.resources,
-    ).remote(cfg.learner, cfg.model, model_path, cfg.seed, buffer, run_id, resume, cfg.generator.temperature)
+    lcfg = cfg.learner
+    options = {"num_cpus": lcfg.num_cpus, "num_gpus": lcfg.num_gpus, "resources": lcfg.resources}
+    workers, group, ranks = [], None, ()
+    if lcfg.num_workers > 1:  # a learner group: rank 0 below, ranks 1.. as LearnerWorkers
+        group, address = learner_group(cfg)
+
+        def rank(r: int) -> dict:
+            strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=r)
+            return {**options, "scheduling_strategy": strategy}
+
+        def meet(r: int) -> dict:
+            return {"address": address, "rank": r, "world": lcfg.num_workers}
+
+        workers = [
+            LearnerWorker.options(name=f"learner-{r}", **rank(r)).remote(
+                lcfg, cfg.model, model_path, cfg.seed, cfg.generator.temperature, meet(r), resume
+            )
+            for r in range(1, lcfg.num_workers)
+        ]
+        options, ranks = rank(0), (meet(0), workers)
+    learner = LearnerActor.options(name="learner", **options).remote(
+        lcfg, cfg.model, model_path, cfg.seed, buffer, run_id, resume, cfg.generator.temperature, *ranks
+    )
     league = None
     if cfg.league.enabled:
         league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None
@@ -95,7 +128,25 @@ def build_program(
     controller = ControllerActor.options(name="controller").remote(
         cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset
     )
-    return Program(buffer, verifier, learner, controller, league)
+    return Program(buffer, verifier, learner, controller, league, workers, group)
+
+
+def learner_group(cfg: RunConfig, timeout_s: float = 300) -> tuple[object, str]:
+    """The learner group's placement group (one bundle per rank: STRICT_PACK with GPUs, so
+    NCCL stays within a node; else PACK) once placed, and the address its ranks meet at
+    (a free port on rank 0's node)."""
+    lcfg = cfg.learner
+    bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **lcfg.resources}
+    group = placement_group([bundle] * lcfg.num_workers, strategy="STRICT_PACK" if lcfg.num_gpus else "PACK")
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"learner.num_workers: no room for {lcfg.num_workers} learner ranks of {bundle} "
+            f"within {timeout_s:g} s (Ray has {ray.available_resources()})"
+        )
+    at = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
+    return group, ray.get(group_address.options(scheduling_strategy=at).remote(lcfg.sync_host))
 
 
 def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, seed_extra: int):
@@ -153,7 +204,9 @@ def discard_generator(name: str, handle, group) -> None:
 def run_actor_names() -> list[str]:
     """Live actors of a run in this namespace, e.g. those of a job that was just stopped
     (Ray removes them asynchronously once its driver has gone)."""
-    return [n for n in ray.util.list_named_actors() if n in RUN_ACTORS or n.startswith("generator-")]
+    return [
+        n for n in ray.util.list_named_actors() if n in RUN_ACTORS or n.startswith(("generator-", "learner-"))
+    ]
 
 
 def wait_until_free(names: list[str], timeout_s: float = 60) -> None:

@@ -104,6 +104,10 @@ def test_ill_typed_value_is_named(override, field):
         ("league.self_play_fraction=1.5", "league.self_play_fraction"),
         ("league.max_live_opponents=0", "league.max_live_opponents"),
         ("learner.device=tpu", "learner.device"),
+        ("learner.weight_sync=nccl", "learner.weight_sync"),
+        ("learner.sync_bucket_mb=0", "learner.sync_bucket_mb"),
+        ("learner.num_workers=0", "learner.num_workers"),
+        ("learner.lora_rank=-1", "learner.lora_rank"),
     ],
 )
 def test_out_of_range_value_is_named(override, field):
@@ -387,3 +391,15 @@ def test_resuming_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfplay: error: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["learner.num_workers=2", "learner.lora_rank=8"], "LoRA"),
+        (["learner.num_workers=2", "task.name=arithmetic", "builder.rows=compete"], "preference pairs"),
+    ],
+)
+def test_a_learner_group_refuses_what_it_does_not_shard_yet(overrides, message):
+    with pytest.raises(ConfigError, match=f"^learner.num_workers: .*{message}"):
+        load_config(overrides=overrides)
