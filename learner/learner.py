@@ -461,9 +461,10 @@ class Learner:
             # FSDP averages gradients over the ranks, and the step wants their sum; a rank
             # whose share is empty still runs its passes (on one row, weighing nothing)
             weight, empty = float(self.world), stop == start
-            if empty:
-                stop, weight = start + 1, 0.0
+            if empty:  # the batch's first row stands in
+                start, stop, weight = 0, 1, 0.0
             chunk, offset = rows[start:stop], start
+            part: dict[str, float] = {}  # this micro-batch's share of the sums (none when empty)
             batch, logp, entropy, values, ref_logp = self._forward(chunk)
             mask = batch["mask"]
             if plan is None:  # one micro-batch: the pass that trains gives what the plan reads
@@ -486,7 +487,7 @@ class Learner:
             bonus = losses.masked_mean(entropy, rl_mask, rl_tokens)  # the entropy bonus: sampled replies only
             loss = pg_loss + nll - self.cfg.entropy_coef * bonus
             if ref_logp is not None:
-                sums["kl_ref"] += losses.kl_penalty(logp.detach(), ref_logp, rl_mask, rl_tokens).item()
+                part["kl_ref"] = losses.kl_penalty(logp.detach(), ref_logp, rl_mask, rl_tokens).item()
                 if self.cfg.kl_placement == "loss":
                     kl_term = losses.kl_loss(
                         logp, ref_logp, batch["behaviour_logp"], rl_mask, self.cfg.kl_estimator, rl_tokens
@@ -495,11 +496,14 @@ class Learner:
             if values is not None:
                 value_loss = 0.5 * ((values - targets[offset : offset + len(chunk)]) ** 2).sum() / len(rows)
                 loss = loss + self.cfg.value_coef * value_loss
-                sums["value_loss"] += value_loss.item()
-                values_seen.append(values.detach())
+                part["value_loss"] = value_loss.item()
             (loss * weight).backward()
             if empty:
                 continue
+            for name, value in part.items():
+                sums[name] += value
+            if values is not None:
+                values_seen.append(values.detach())
             with torch.no_grad():
                 log_ratio = (batch["behaviour_logp"] - logp) * rl_mask
             sums["loss"] += loss.item()
@@ -509,8 +513,9 @@ class Learner:
             sums["entropy"] += losses.masked_mean(entropy.detach(), mask, all_tokens).item()  # every token
             sums["kl_behaviour"] += log_ratio.sum().item() / max(rl_tokens, 1)
             sums["tokens"] += int(batch["attention_mask"].sum())
-        if self.sharded:  # each rank summed its share: the batch's sums
-            names = sorted(sums)
+        if self.sharded:  # each rank summed its share: the batch's sums, in one order everywhere
+            names = ["loss", "pg_loss", "nll", "clip_frac", "entropy", "kl_behaviour", "tokens"]
+            names += ["kl_ref"] * self._kl + ["value_loss"] * (self.value_head is not None)
             total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
             dist.all_reduce(total)
             sums = defaultdict(float, zip(names, total.tolist()))

@@ -30,11 +30,9 @@ SETTINGS = [
     "learner.lr=1e-2",
     "buffer.whole_games=true",
 ]
-BATCHES = [
-    (12, 0),
-    (13, 1),
-    (3, 2),
-]  # (turns, seed): even shares, uneven, and a rank with an empty micro-batch
+# (turns, seed): even shares, uneven ones, and one turn (rank 1's share is empty: it still
+# runs its passes, weighing nothing)
+BATCHES = [(12, 0), (13, 1), (1, 2)]
 METRICS = ("loss", "pg_loss", "entropy", "kl_ref", "value_loss", "explained_variance", "adv_mean", "tokens")
 
 
@@ -124,7 +122,7 @@ def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
     assert sharded["flops"] == one.flops_per_token
     for got, want in zip(sharded["steps"], expected, strict=True):
         for k, v in want.items():
-            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, got[k], v)
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5, nan_ok=True), (k, got[k], v)
     state = one.policy_state()
     assert sorted(weights) == sorted(state)
     moved = max((state[k] - one_initial).abs().max().item() for k, one_initial in initial(model_dir).items())
