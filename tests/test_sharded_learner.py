@@ -15,9 +15,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from bench.gpu_learner import synthetic_batch
+from learner.group import GroupLearner
 from learner.learner import Learner, even_spans, rank_spans
 from selfplay.config import load_config
 from selfplay.model import create_default_model
+from selfplay.transport import LocalTransport
 
 SETTINGS = [
     "learner.advantage=gae",  # a value head, and GAE reading every row's V(s)
@@ -150,3 +152,44 @@ def test_a_sharded_group_saved_and_resumed_takes_the_same_next_step(model_dir, g
     assert resumed["steps"][0]["step"] == trained["steps"][1]["step"] == 2
     for k, v in trained["steps"][1].items():
         assert resumed["steps"][0][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+
+
+class Rank:
+    """A worker rank as GroupLearner sees one: records each call; may fail."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list = []
+        self.fail = fail
+
+    def run(self, method: str, *args) -> None:
+        self.calls.append((method, args))
+        if self.fail:
+            raise RuntimeError("rank 1 failed")
+
+
+class RankZero:
+    """Stands for rank 0's Learner."""
+
+    def __init__(self):
+        self.version = 0
+        self.calls: list = []
+
+    def export(self):
+        self.calls.append(("export", ()))
+        return b"weights", "checksum"
+
+    def set_lr(self, lr: float) -> None:
+        self.calls.append(("set_lr", (lr,)))
+
+
+def test_a_group_learner_makes_each_together_call_on_every_rank_and_raises_a_ranks_error():
+    zero, ranks = RankZero(), [Rank(), Rank()]
+    group = GroupLearner(zero, ranks, LocalTransport())
+    assert group.export() == (b"weights", "checksum")  # rank 0's answer is the group's
+    assert zero.calls == ranks[0].calls == ranks[1].calls == [("export", ())]
+    group.version += 1  # attributes are rank 0's, set ones too
+    assert zero.version == 1 and set(vars(group)) == {"learner", "workers", "transport"}
+    failing = GroupLearner(RankZero(), [Rank(fail=True)], LocalTransport())
+    with pytest.raises(RuntimeError, match="rank 1 failed"):
+        failing.set_lr(0.1)
+    assert failing.learner.calls == [("set_lr", (0.1,))]  # rank 0 made it too
