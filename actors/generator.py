@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,12 +280,16 @@ class Generator:
             raise KeyError(f"{self.id}: no engine for policy {policy!r}; load it first")
         return self.engines[policy]
 
-    def set_weights(self, blob: bytes, version: int) -> str:
+    def _load_learner(self, load: Callable[[PolicyEngine], str], version: int) -> str:
+        """`load(engine)` on the learner's engine between engine calls; it becomes `version`."""
         with self.lock:
-            checksum = self.engines[LEARNER].load_weights(blob)
+            checksum = load(self.engines[LEARNER])
             self.versions[LEARNER] = version
             self.checksum = checksum
         return checksum
+
+    def set_weights(self, blob: bytes, version: int) -> str:
+        return self._load_learner(lambda engine: engine.load_weights(blob), version)
 
     def receive_collective(self, sync: dict, version: int) -> str:
         """Take a collective broadcast's tensors (`sync`: {address, prefix, rank, world,
@@ -292,11 +297,7 @@ class Generator:
         load them between engine calls; returns their checksum. A broadcast that fails
         raises before the engine is touched."""
         tensors = collective.receive(**sync)
-        with self.lock:
-            checksum = self.engines[LEARNER].load_tensors(tensors)
-            self.versions[LEARNER] = version
-            self.checksum = checksum
-        return checksum
+        return self._load_learner(lambda engine: engine.load_tensors(tensors), version)
 
     def load_fixed(self, blob: bytes, version: int, checksum: str) -> None:
         """Hold these weights, unchanged by broadcasts, in the FIXED engine (made on first
@@ -1008,19 +1009,18 @@ class GeneratorActor:
         with self.gen.lock:
             self.gen.close()
 
-    def set_weights(self, blob: bytes, version: int) -> str:
+    def _timed_load(self, load: Callable[[], str], version: int) -> str:
         start = time.perf_counter()
-        checksum = self.gen.set_weights(blob, version)
+        checksum = load()
         self.load_seconds.observe(time.perf_counter() - start)
         self.version_gauge.set(version)
         return checksum
 
+    def set_weights(self, blob: bytes, version: int) -> str:
+        return self._timed_load(lambda: self.gen.set_weights(blob, version), version)
+
     def receive_collective(self, sync: dict, version: int) -> str:
-        start = time.perf_counter()
-        checksum = self.gen.receive_collective(sync, version)
-        self.load_seconds.observe(time.perf_counter() - start)
-        self.version_gauge.set(version)
-        return checksum
+        return self._timed_load(lambda: self.gen.receive_collective(sync, version), version)
 
     def _measure(self, weights: dict | None, run):
         """`run(policy)` under the eval lock, `policy` being the engine that holds `weights`

@@ -651,6 +651,10 @@ class Learner:
             )
         if self.ref is not None:  # the KL anchor or SPIN's previous iterate, not this policy
             save_model(self.ref, str(d / REFERENCE))
+        self._save_counters(d)
+
+    def _save_counters(self, d: Path) -> None:
+        """Step, version and the RAE baselines: learner_state.json, written last."""
         state = {
             "step": self.step,
             "version": self.version,
@@ -686,12 +690,7 @@ class Learner:
                 save_file({k: v.contiguous().cpu() for k, v in head.items()}, d / "value_head.safetensors")
             if ref is not None:
                 save_file({k: v.contiguous().cpu() for k, v in ref.items()}, d / REFERENCE)
-            state = {
-                "step": self.step,
-                "version": self.version,
-                "baselines": [[g, r, b] for (g, r), b in self.baselines.items()],
-            }
-            write_atomic(d / "learner_state.json", json.dumps(state))
+            self._save_counters(d)
         dist.barrier()  # written before any rank goes on
 
     def _load_sharded(self, d: Path) -> None:

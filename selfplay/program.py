@@ -24,14 +24,14 @@ from actors.generator import GeneratorActor
 from actors.league import STATE_FILE as LEAGUE_STATE
 from actors.league import LeagueActor
 from actors.verifier import VerifierActor
-from learner.actor import LearnerActor
-from learner.group import LearnerWorker, group_address
 from selfplay import schema
 from selfplay.builder import PAIR_ROWS, sft_problems
 from selfplay.config import RunConfig
 from selfplay.scaling import generator_bundles
 from selfplay.tasks import TASKS, task_of
 
+# The learner's classes (transformers, torch.distributed) are imported where the learner is
+# built: the controller imports this module for `spawn_generator` alone.
 RUN_ACTORS = ("controller", "learner", "verifier", "buffer", "league")  # plus generator-N
 
 
@@ -78,6 +78,9 @@ def build_program(
     run's buffer, learner and league load their state from `resume_from`; `seed_offset`
     makes a resumed run's generators draw new games; the league records its members'
     checkpoints relative to `run_dir`."""
+    from learner.actor import LearnerActor
+    from learner.group import LearnerWorker
+
     resume = str(resume_from) if resume_from else None
     builder = cfg.builder if cfg.task.name else None
     chains = builder is not None and getattr(TASKS[cfg.task.name], "chain", False)  # refine
@@ -135,6 +138,8 @@ def learner_group(cfg: RunConfig, timeout_s: float = 300) -> tuple[object, str]:
     """The learner group's placement group (one bundle per rank: STRICT_PACK with GPUs, so
     NCCL stays within a node; else PACK) once placed, and the address its ranks meet at
     (a free port on rank 0's node)."""
+    from learner.group import group_address
+
     lcfg = cfg.learner
     bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **lcfg.resources}
     group = placement_group([bundle] * lcfg.num_workers, strategy="STRICT_PACK" if lcfg.num_gpus else "PACK")
