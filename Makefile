@@ -8,10 +8,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/tictactoe.yaml
+# TRL, the peer `make bench` races (bench/trl_peer.py), in its own environment: the same
+# torch and transformers as ours, so both load the same model the same way
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+TRL_VERSION := 1.16.0
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser demo test lint format bench chaos clean
+.PHONY: install browser peers demo test lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -24,6 +29,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 browser: $(CHROMEDRIVER)
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP)
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0 \
+		transformers==$$($(PY) -c "import transformers; print(transformers.__version__)") \
+		num2words==$$($(PY) -c "from importlib.metadata import version; print(version('num2words'))") \
+		trl==$(TRL_VERSION)
+	touch $(PEERS_STAMP)
 
 $(CHROMEDRIVER):
 	$(SUDO) apt-get update -q
@@ -43,11 +59,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m bench.run
 
 chaos: $(STAMP)  # a 10-minute run under generator, learner and driver faults beside an undisturbed one
 	$(PY) -m bench.chaos --minutes 10 --out runs/chaos
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEERS) runs

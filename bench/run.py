@@ -15,6 +15,9 @@ measured.
   (bench/broadcast.py). Goal <= 3x.
 - generation: self-play tokens/s with 1, 2 and 4 generators, as a ratio to one
   (bench/generation.py). No goal: it says what bounds generation on this machine.
+- trl: GRPO on arithmetic from the same supervised checkpoint, ours vs TRL's GRPOTrainer
+  (in .venv-peers): seconds to the same training reward, ours / TRL's (bench/trl_peer.py).
+  Goal <= 0.5x.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import broadcast, buffer_bench, generation, learner_mfu
+from bench import broadcast, buffer_bench, generation, learner_mfu, trl_peer
 from bench.suite import figure, machine, table, write, write_table
 from selfplay.config import load_config
 
 ROUNDS = 5
-BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async")
+BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "trl")
 
 
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
@@ -128,6 +131,8 @@ def main() -> None:
         generation.main([])
     if "pipeline" in only or "async" in only:
         engines(args, only, facts)
+    if "trl" in only:
+        trl_peer.main([])
     print()
     print(table())
     print(f"written: {write_table()}")

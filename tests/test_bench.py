@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bench import buffer_bench, gpu_learner, learner_mfu
+from bench import buffer_bench, gpu_learner, learner_mfu, trl_grpo, trl_peer
 from bench.suite import figure, machine, matmul_flops, table, write, write_table
 
 
@@ -73,3 +73,44 @@ def test_the_gpu_learner_bench_runs_on_cpu(tmp_path, advantage):
     assert result["accumulation_fp32"]["relative_l2"] < 1e-4
     assert all(result["checkpoint_to_cpu"][k] for k in ("weights_equal", "reference_equal", "moments_equal"))
     assert json.loads((tmp_path / "gpu_learner.json").read_text()) == result
+
+
+def test_time_to_reward_is_the_first_window_whose_mean_reaches_the_threshold():
+    points = [
+        {"seconds": float(s), "samples": 128 * s, "reward": r}
+        for s, r in enumerate([0.1, 0.3, 0.5, 0.2, 0.6], 1)
+    ]
+    # windows of 2: 0.2, 0.4, 0.35, 0.4 -> first >= 0.4 ends at the third point
+    hit = trl_peer.time_to_reward(points, 0.4, 2)
+    assert hit["seconds"] == 3.0 and hit["samples"] == 384 and hit["mean_reward"] == pytest.approx(0.4)
+    assert trl_peer.time_to_reward(points, 0.45, 2) is None  # no window of 2 averages 0.45
+    assert trl_peer.time_to_reward(points, 0.6, 1)["seconds"] == 5.0
+    assert trl_peer.time_to_reward(points[:1], 0.0, 2) is None  # fewer points than the window
+
+
+def test_our_curve_starts_when_generation_starts():
+    rows = [
+        {"step": 300, "wall_s": 50.0, "name": "nll", "value": 0.1},
+        {"step": 300, "wall_s": 58.0, "name": "eval/arithmetic/held_out/accuracy", "value": 0.2},  # after it
+        {"step": 299, "wall_s": 49.0, "name": "batch_reward", "value": 0.9},  # no: a supervised step
+        {"step": 305, "wall_s": 60.0, "name": "batch_reward", "value": 0.25},
+        {"step": 301, "wall_s": 60.0, "name": "batch_reward", "value": 0.125},
+        {"step": 305, "wall_s": 60.0, "name": "nll", "value": 0.3},
+    ]
+    points = trl_peer.our_points(rows, 300, 128)
+    assert points == [
+        {"step": 301, "seconds": 2.0, "samples": 128, "reward": 0.125},
+        {"step": 305, "seconds": 2.0, "samples": 640, "reward": 0.25},
+    ]
+    assert trl_peer.rate(points) == 320.0
+
+
+def test_trls_problems_are_the_tasks_train_problems_with_their_references():
+    from selfplay.tasks.arithmetic import Arithmetic
+
+    task = Arithmetic(digits=2, terms=2)  # configs/grpo.yaml's
+    problems = trl_grpo.problems(50, seed=1)
+    assert problems[0] == {"prompt": task.problem(50).prompt, "reference": task.problem(50).reference}
+    assert all(task.score(p["prompt"], p["reference"], p["reference"]).total == 1.0 for p in problems)
+    held_out = {p.prompt for p in task.held_out(400)}
+    assert not held_out & {p["prompt"] for p in trl_grpo.problems(2000, seed=0)}  # train problems only
