@@ -548,12 +548,10 @@ class Learner:
             metrics[f"baseline_{game}_{role}"] = b
         if values_seen:
             v, g = torch.cat(values_seen), plan[1]
-            metrics.update(
-                value_loss=sums["value_loss"],
-                value_mean=v.mean().item(),
+            metrics.update(value_loss=sums["value_loss"], value_mean=v.mean().item())
+            if len(g) > 1:  # a variance needs two returns (one gave NaN)
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
-                explained_variance=(1 - (g - v).var() / g.var().clamp(min=1e-8)).item(),
-            )
+                metrics["explained_variance"] = (1 - (g - v).var() / g.var().clamp(min=1e-8)).item()
         scored = [r for r in rows if r["task"] is not None and r["label"] != "sft"]
         if scored:  # a task's sampled replies in the batch: their mean reward (after the builder's filter)
             metrics["batch_reward"] = sum(r["reward"] for r in scored) / len(scored)

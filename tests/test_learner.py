@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pyarrow as pa
 import pytest
@@ -159,6 +160,15 @@ def test_the_value_head_learns_the_return_of_each_state(model_dir):
         last = learner.train_step(won_and_lost_games())
     assert last["value_loss"] < 0.1 * first["value_loss"]
     assert last["explained_variance"] > 0.8
+
+
+def test_a_one_turn_batch_reports_no_explained_variance_rather_than_nan(model_dir):
+    cfg = load_config(None, GAE)
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    one = schema.from_rows([make_row(traj_id="g0", turn=0, prompt_ids=[1, 10, 3], ret=1.0, outcome=1.0)])
+    metrics = learner.train_step(one)
+    assert "explained_variance" not in metrics and math.isfinite(metrics["value_loss"])
+    assert math.isfinite(learner.train_step(won_and_lost_games())["explained_variance"])
 
 
 def trained_and_reloaded(overrides: list[str], model_dir: str, tmp_path, make_batch, steps: int = 3):
