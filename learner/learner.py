@@ -338,10 +338,6 @@ class Learner:
             raise ValueError("train_step: batch holds no trainable turns")
         pairs = [r for r in rows if r["label"] == "dpo"]
         others = [r for r in rows if r["label"] != "dpo"]
-        if pairs and self.sharded:
-            raise ValueError(
-                "train_step: preference pairs (rows labelled dpo) are not built for a sharded learner yet"
-            )
         self.opt.zero_grad(set_to_none=True)
         metrics: dict = {}
         if pairs:
@@ -390,9 +386,17 @@ class Learner:
         size = self.cfg.micro_batch_size or len(pairs)
         chosen_tokens = sum(len(r["response_ids"]) for r in pairs)
         sums: dict[str, float] = defaultdict(float)
-        margins = []
-        for i in range(0, len(pairs), size):
-            chunk = pairs[i : i + size]
+        if self.sharded:  # each rank its share of the pairs, in as many passes as every other
+            spans = rank_spans(len(pairs), size, self.rank, self.world)
+        else:
+            spans = [(i, min(i + size, len(pairs))) for i in range(0, len(pairs), size)]
+        for start, stop in spans:
+            # FSDP averages gradients over the ranks, and the step wants their sum; an empty
+            # share runs its passes on the first pair, weighing nothing
+            weight, empty = float(self.world), stop == start
+            if empty:
+                start, stop, weight = 0, 1, 0.0
+            chunk = pairs[start:stop]
             rejected = [
                 {**r, "response_ids": r["rejected_ids"], "behaviour_logprobs": [0.0] * len(r["rejected_ids"])}
                 for r in chunk
@@ -418,19 +422,26 @@ class Learner:
             loss = loss.sum() / len(pairs)
             nll = losses.nll_loss(logp[:n], mask[:n], chosen_tokens)
             total = loss + self.cfg.chosen_nll_coef * nll if self.cfg.chosen_nll_coef else loss
-            total.backward()
-            margins.append(margin)
+            (total * weight).backward()
+            if empty:
+                continue
             sums["preference_loss"] += loss.item()
             sums["chosen_nll"] += nll.item()
             sums["chosen_logratio"] += (seq[:n] - ref_seq[:n]).detach().sum().item() / len(pairs)
             sums["rejected_logratio"] += (seq[n:] - ref_seq[n:]).detach().sum().item() / len(pairs)
             sums["pair_tokens"] += int(batch["attention_mask"].sum())
-        margin = torch.cat(margins)
+            sums["margin"] += margin.sum().item()
+            sums["ordered"] += (margin > 0).sum().item()  # pairs the implicit reward orders right
+        if self.sharded:  # each rank summed its share: the batch's sums, in one order everywhere
+            names = ["preference_loss", "chosen_nll", "chosen_logratio", "rejected_logratio", "pair_tokens"]
+            total = torch.tensor([sums[n] for n in [*names, "margin", "ordered"]], dtype=torch.float64)
+            dist.all_reduce(total)
+            sums = defaultdict(float, zip([*names, "margin", "ordered"], total.tolist()))
         return {
-            **sums,
+            **{k: v for k, v in sums.items() if k not in ("margin", "ordered")},
             "pairs": len(pairs),
-            "reward_margin": margin.mean().item(),
-            "reward_accuracy": (margin > 0).float().mean().item(),  # pairs the implicit reward orders right
+            "reward_margin": sums["margin"] / len(pairs),
+            "reward_accuracy": sums["ordered"] / len(pairs),
         }
 
     def _policy_backward(self, rows: list[dict]) -> dict:

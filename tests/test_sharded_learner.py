@@ -1,7 +1,7 @@
 """A data-parallel learner group sharded by FSDP2 (Learner(sharded=True)): two ranks, each
 a process of its own on a gloo group, take the same steps on the same batches as one
 unsharded learner: the same losses, gradient norms, metrics and weights, within fp32
-summation error."""
+summation error; for policy-gradient turns and for preference pairs."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from safetensors.torch import load_file, save_file
 from bench.gpu_learner import synthetic_batch
 from learner.group import GroupLearner
 from learner.learner import Learner, even_spans, rank_spans
+from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
 from selfplay.transport import LocalTransport
+from tests.rows import make_row
 
 SETTINGS = [
     "learner.advantage=gae",  # a value head, and GAE reading every row's V(s)
@@ -36,6 +38,48 @@ SETTINGS = [
 # runs its passes, weighing nothing)
 BATCHES = [(12, 0), (13, 1), (1, 2)]
 METRICS = ("loss", "pg_loss", "entropy", "kl_ref", "value_loss", "explained_variance", "adv_mean", "tokens")
+# preference pairs (rows labelled dpo): DPO against the reference, an NLL term on the
+# chosen replies, 2 pairs a micro-batch; 5 pairs (shares of 3 and 2), then 1 (an empty share)
+PAIR_SETTINGS = [
+    "learner.reference=true",
+    "learner.chosen_nll_coef=0.1",
+    "learner.micro_batch_size=2",
+    "learner.bf16=false",
+    "learner.lr=1e-2",
+]
+PAIR_BATCHES = [(5, 0), (1, 1)]
+PAIR_METRICS = ("loss", "preference_loss", "chosen_nll", "chosen_logratio", "rejected_logratio")
+PAIR_METRICS += ("reward_margin", "reward_accuracy", "pairs", "grad_norm", "step")
+
+
+def pair_batch(n: int, seed: int):
+    """n preference pairs of random tokens, replies of 2 or 3 tokens."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(k: int) -> list[int]:
+        return torch.randint(10, 90, (k,), generator=g).tolist()
+
+    rows = []
+    for i in range(n):
+        chosen = ids(2 + i % 2)
+        rows.append(
+            make_row(
+                traj_id=f"p{seed}-{i}",
+                prompt_ids=[1, *ids(4)],
+                response_ids=chosen,
+                behaviour_logprobs=[0.0] * len(chosen),
+                rejected_ids=ids(3 - i % 2),
+                label="dpo",
+            )
+        )
+    return schema.from_rows(rows)
+
+
+def train_pairs(learner: Learner) -> list[dict]:
+    return [
+        {k: m[k] for k in PAIR_METRICS}
+        for m in (learner.train_step(pair_batch(n, seed)) for n, seed in PAIR_BATCHES)
+    ]
 
 
 def test_spans_share_the_rows_evenly_and_every_rank_runs_as_many_passes():
@@ -76,10 +120,13 @@ def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: 
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = load_config(None, SETTINGS)
+        cfg = load_config(None, PAIR_SETTINGS if mode == "pairs" else SETTINGS)
         start = f"{out}/ckpt/model" if mode == "resume" else model_dir
         learner = Learner(cfg.learner, cfg.model, start, seed=0, sharded=True)
-        if mode == "train":
+        if mode == "pairs":
+            steps = train_pairs(learner)
+            state = learner.policy_state()
+        elif mode == "train":
             steps = train(learner, f"{out}/ckpt")
             state = learner.policy_state()  # every rank gathers; rank 0 writes
         else:
@@ -134,6 +181,24 @@ def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
     # divides each gradient by its own scale, so summation-order differences of ~1e-7 in a
     # near-zero gradient show as ~1e-5 in that weight's step at lr 1e-2)
     assert worst < moved / 100, (worst, moved)
+
+
+def test_two_sharded_ranks_train_preference_pairs_as_one_learner_does(model_dir, tmp_path):
+    sharded, weights = run_ranks(model_dir, tmp_path, "pairs")
+    cfg = load_config(None, PAIR_SETTINGS)
+    one = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    expected = train_pairs(one)
+    assert [s["pairs"] for s in sharded["steps"]] == [5, 1]
+    for got, want in zip(sharded["steps"], expected, strict=True):
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, got[k], v)
+    state = one.policy_state()
+    moved = max((state[k] - w).abs().max().item() for k, w in initial(model_dir).items())
+    worst = max((weights[k] - state[k]).abs().max().item() for k in state)
+    # within a tenth of what the steps moved: over two steps Adam moves a weight by about lr
+    # whatever its gradient's size, so a near-zero gradient that differs by summation order
+    # (~1e-7) shows; the metrics above (losses and gradient norm of both steps) agree to 1e-4
+    assert moved > 1e-3 and worst < moved / 10, (worst, moved)
 
 
 def initial(model_dir: str) -> dict[str, torch.Tensor]:
