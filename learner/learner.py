@@ -23,6 +23,7 @@ from learner import losses
 from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.files import write_atomic
+from selfplay.games import MODULES
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
 from selfplay.weights import export_tensors
@@ -43,6 +44,19 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
+# The value head's opponent kinds (`learner.value_sees_opponent`): the learner itself, any
+# league member, then every scripted player of the built-in games by name
+OPPONENT_KINDS = [SELF, "member", *sorted({n for m in MODULES.values() for n in m.SCRIPTED})]
+
+
+def opponent_kind(opponent_id: str | None) -> int:
+    """The kind index of a row's opponent: 0 self-play (and task rows, which have none), a
+    scripted player's own index, else 1 (a league member)."""
+    if opponent_id in (None, SELF):
+        return 0
+    return OPPONENT_KINDS.index(opponent_id) if opponent_id in OPPONENT_KINDS[2:] else 1
+
+
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Turns -> right-padded prompt+response sequences. Position t of the [B, L-1] tensors
     holds the log-prob of token t+1, so response tokens sit at prompt_len-1 onwards."""
@@ -60,13 +74,15 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         mask[i, start : start + n] = 1
         behaviour[i, start : start + n] = torch.tensor(r["behaviour_logprobs"])
         state[i] = start
-    # `state`: the last prompt token's position, whose hidden state the value head reads
+    # `state`: the last prompt token's position, whose hidden state the value head reads;
+    # `opponent`: the opponent's kind, which column of an opponent-aware head gives V
     return {
         "input_ids": ids,
         "attention_mask": attn,
         "mask": mask,
         "behaviour_logp": behaviour,
         "state": state,
+        "opponent": torch.tensor([opponent_kind(r["opponent_id"]) for r in rows], dtype=torch.long),
     }
 
 
@@ -84,7 +100,8 @@ def logprobs_and_values(
     model, value_head: torch.nn.Linear, batch: dict[str, torch.Tensor], temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sequence_logprobs` plus V(s) [B] of each turn's state: `value_head` on the final
-    (normed) hidden state of the last prompt token, from the same forward pass."""
+    (normed) hidden state of the last prompt token, from the same forward pass (a head with
+    a column per opponent kind gives each turn its opponent's column)."""
     # through the model's own forward (not its decoder's alone), so a sharded model's outer
     # FSDP unit gathers the embeddings and head; the last hidden state is the normed one
     out = model(
@@ -92,8 +109,9 @@ def logprobs_and_values(
     )
     hidden, logits = out.hidden_states[-1], out.logits
     logp, entropy = losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
-    state = hidden[torch.arange(len(hidden), device=hidden.device), batch["state"]]
-    return logp, entropy, value_head(state.float()).squeeze(-1)
+    rows = torch.arange(len(hidden), device=hidden.device)
+    values = value_head(hidden[rows, batch["state"]].float())
+    return logp, entropy, values[rows, batch["opponent"]] if values.shape[-1] > 1 else values.squeeze(-1)
 
 
 def with_lora(model, cfg: LearnerConfig):
@@ -192,6 +210,14 @@ def shard(module: torch.nn.Module) -> None:
     fully_shard(module)
 
 
+def all_reduced(sums: dict[str, float], names: list[str]) -> defaultdict:
+    """A sharded group's sums of `names` over every rank (each rank summed its own share),
+    reduced in the one order `names` gives, the same on every rank (a collective)."""
+    total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
+    dist.all_reduce(total)
+    return defaultdict(float, zip(names, total.tolist()))
+
+
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor whole on every rank (a sharded DTensor gathered: a collective), else as it is."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -241,7 +267,8 @@ class Learner:
         params = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters alone
         self.value_head = None
         if cfg.advantage == "gae":  # a zero-initialised linear value head on the shared trunk
-            self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device)
+            columns = len(OPPONENT_KINDS) if cfg.value_sees_opponent else 1
+            self.value_head = torch.nn.Linear(self.model.config.hidden_size, columns).to(self.device)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         if sharded:  # after sharding, the optimiser holds each rank's shards
@@ -432,11 +459,9 @@ class Learner:
             sums["pair_tokens"] += int(batch["attention_mask"].sum())
             sums["margin"] += margin.sum().item()
             sums["ordered"] += (margin > 0).sum().item()  # pairs the implicit reward orders right
-        if self.sharded:  # each rank summed its share: the batch's sums, in one order everywhere
+        if self.sharded:
             names = ["preference_loss", "chosen_nll", "chosen_logratio", "rejected_logratio", "pair_tokens"]
-            total = torch.tensor([sums[n] for n in [*names, "margin", "ordered"]], dtype=torch.float64)
-            dist.all_reduce(total)
-            sums = defaultdict(float, zip([*names, "margin", "ordered"], total.tolist()))
+            sums = all_reduced(sums, [*names, "margin", "ordered"])
         return {
             **{k: v for k, v in sums.items() if k not in ("margin", "ordered")},
             "pairs": len(pairs),
@@ -524,12 +549,10 @@ class Learner:
             sums["entropy"] += losses.masked_mean(entropy.detach(), mask, all_tokens).item()  # every token
             sums["kl_behaviour"] += log_ratio.sum().item() / max(rl_tokens, 1)
             sums["tokens"] += int(batch["attention_mask"].sum())
-        if self.sharded:  # each rank summed its share: the batch's sums, in one order everywhere
+        if self.sharded:
             names = ["loss", "pg_loss", "nll", "clip_frac", "entropy", "kl_behaviour", "tokens"]
             names += ["kl_ref"] * self._kl + ["value_loss"] * (self.value_head is not None)
-            total = torch.tensor([sums[n] for n in names], dtype=torch.float64)
-            dist.all_reduce(total)
-            sums = defaultdict(float, zip(names, total.tolist()))
+            sums = all_reduced(sums, names)
             values_seen = [] if all_values is None else [all_values]
 
         # staleness and advantages of the sampled replies (a labelled sft row has neither)

@@ -146,6 +146,10 @@ class LearnerConfig:
     baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
     gae_lambda: float = 0.95
     value_coef: float = 0.5  # weight of the value loss 0.5 * (V - G)^2 (gae)
+    # gae: the value head also sees who the opponent is (a value per opponent kind: self,
+    # a league member, each scripted player), as a centralised critic does; the policy
+    # does not. The outcome from one board differs most by the opponent in a mixed league
+    value_sees_opponent: bool = False
     normalize_advantages: bool = False  # per batch, to mean 0 and std 1 (as PPO implementations do)
     grad_clip: float = 1.0
     entropy_coef: float = 0.0
@@ -536,6 +540,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if not 0 <= cfg.learner.baseline_alpha < 1:
         raise ConfigError(f"learner.baseline_alpha: must be in [0, 1), got {cfg.learner.baseline_alpha}")
+    if cfg.learner.value_sees_opponent and cfg.learner.advantage != "gae":
+        raise ConfigError("learner.value_sees_opponent: a value head needs learner.advantage gae")
     if not 0 <= cfg.learner.gae_lambda <= 1:
         raise ConfigError(f"learner.gae_lambda: must be in [0, 1], got {cfg.learner.gae_lambda}")
     if cfg.learner.advantage == "gae" and not cfg.buffer.whole_games:

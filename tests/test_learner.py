@@ -162,6 +162,36 @@ def test_the_value_head_learns_the_return_of_each_state(model_dir):
     assert last["explained_variance"] > 0.8
 
 
+def the_same_boards_won_against_one_and_lost_against_another() -> pa.Table:
+    """Two games of the same two boards: won against `random`, lost against `heuristic`."""
+    rows = [
+        make_row(
+            traj_id=opponent,
+            turn=2 * t,
+            prompt_ids=[1, 10, 3 + t],
+            ret=ret,
+            outcome=ret,
+            opponent_id=opponent,
+        )
+        for opponent, ret in (("random", 1.0), ("heuristic", -1.0))
+        for t in range(2)
+    ]
+    return schema.from_rows(rows)
+
+
+@pytest.mark.parametrize("sees", [False, True])
+def test_a_value_head_that_sees_the_opponent_tells_apart_what_the_board_cannot(model_dir, sees):
+    cfg = load_config(None, [*GAE, f"learner.value_sees_opponent={str(sees).lower()}"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    assert learner.value_head.out_features == (8 if sees else 1)  # a column per opponent kind
+    for _ in range(60):
+        last = learner.train_step(the_same_boards_won_against_one_and_lost_against_another())
+    if sees:  # V(board, random) ~ 1, V(board, heuristic) ~ -1
+        assert last["explained_variance"] > 0.8
+    else:  # the same boards, opposite returns: the best a board-only value can do is 0
+        assert last["explained_variance"] < 0.05
+
+
 def test_a_one_turn_batch_reports_no_explained_variance_rather_than_nan(model_dir):
     cfg = load_config(None, GAE)
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
