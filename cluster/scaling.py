@@ -56,7 +56,7 @@ def measured_here() -> dict:
             learner_tokens_per_s=mfu["runs"]["1m"]["tokens_per_s"],
             broadcast_s=one["broadcast_1_s"],
             broadcast_s_per_engine=(one["broadcast_4_s"] - one["broadcast_1_s"]) / 3,
-            engines_per_core_limit=2,  # 2 cores, an engine busy on one
+            max_busy_engines=2,  # 2 cores, an engine busy on one
         ),
         "work": Workload(
             batch_rows=batch["turns"],
@@ -84,7 +84,7 @@ def check_here() -> list[str]:
         f"{apart['rows_per_s']:,.0f} | - | - |",
     ]
     for n, measured in sorted(m["generation"].items()):
-        predicted = min(n, parts.engines_per_core_limit) * parts.gen_tokens_per_s
+        predicted = min(n, parts.max_busy_engines) * parts.gen_tokens_per_s
         lines.append(
             f"| generation alone, {n} engine(s), tokens/s | {predicted:,.0f} | {measured:,.0f} | "
             f"{predicted / measured:.2f} |"

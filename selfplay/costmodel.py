@@ -36,7 +36,7 @@ class Parts:
     verifier_rows_per_s: float = float("inf")
     buffer_rows_per_s: float = float("inf")
     dp_efficiency: float = 0.9  # of each learner rank past the first
-    engines_per_core_limit: float | None = None  # shared cores: engines beyond this many add nothing
+    max_busy_engines: float | None = None  # engines past this many add nothing (the cores they share)
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ def predict(parts: Parts, work: Workload, engines: int, ranks: int = 1, shared_c
     (versions): its age when trained over the time between steps."""
     if engines < 1 or ranks < 1:
         raise ValueError(f"a run needs an engine and a learner rank (got {engines}, {ranks})")
-    busy_engines = (
-        engines if parts.engines_per_core_limit is None else min(engines, parts.engines_per_core_limit)
-    )
+    busy_engines = engines if parts.max_busy_engines is None else min(engines, parts.max_busy_engines)
     step_s = learner_step_s(parts, work, ranks, engines)
     capacity = {
         "generation": busy_engines * parts.gen_tokens_per_s / work.reply_tokens,

@@ -42,7 +42,7 @@ def test_shared_cores_add_the_work_of_generation_and_learning():
     # 2 s between steps; the engine plays at the run's 50 rows/s: a wave 1 s; 250 rows ahead: 5 s
     assert both["staleness"] == pytest.approx((1 + 5) / 2 / 2)
     # engines beyond the cores add nothing
-    limited = Parts(gen_tokens_per_s=200, learner_tokens_per_s=10**9, engines_per_core_limit=2)
+    limited = Parts(gen_tokens_per_s=200, learner_tokens_per_s=10**9, max_busy_engines=2)
     assert predict(limited, WORK, engines=4)["capacity"]["generation"] == pytest.approx(200)
 
 
