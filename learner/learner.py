@@ -287,6 +287,19 @@ class Learner:
         self.version = 0
         self.baselines: dict[tuple[str, int], float] = {}
 
+    def _micro_batches(self, n: int, size: int) -> list[tuple[int, int, float]]:
+        """(start, stop, weight) of each micro-batch of at most `size` rows this learner trains
+        of an n-row batch: all of them, or in a sharded group its own share, in as many
+        passes as every other rank. FSDP averages gradients over the ranks and the step wants
+        their sum, so each pass's loss weighs the group's size; a rank whose share is empty
+        still runs its passes, on the batch's first row weighing nothing (weight 0)."""
+        if not self.sharded:
+            return [(i, min(i + size, n), 1.0) for i in range(0, n, size)]
+        return [
+            (start, stop, float(self.world)) if stop > start else (0, 1, 0.0)
+            for start, stop in rank_spans(n, size, self.rank, self.world)
+        ]
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
@@ -413,16 +426,8 @@ class Learner:
         size = self.cfg.micro_batch_size or len(pairs)
         chosen_tokens = sum(len(r["response_ids"]) for r in pairs)
         sums: dict[str, float] = defaultdict(float)
-        if self.sharded:  # each rank its share of the pairs, in as many passes as every other
-            spans = rank_spans(len(pairs), size, self.rank, self.world)
-        else:
-            spans = [(i, min(i + size, len(pairs))) for i in range(0, len(pairs), size)]
-        for start, stop in spans:
-            # FSDP averages gradients over the ranks, and the step wants their sum; an empty
-            # share runs its passes on the first pair, weighing nothing
-            weight, empty = float(self.world), stop == start
-            if empty:
-                start, stop, weight = 0, 1, 0.0
+        for start, stop, weight in self._micro_batches(len(pairs), size):
+            empty = weight == 0.0
             chunk = pairs[start:stop]
             rejected = [
                 {**r, "response_ids": r["rejected_ids"], "behaviour_logprobs": [0.0] * len(r["rejected_ids"])}
@@ -484,21 +489,15 @@ class Learner:
         reads_model = self.value_head is not None or self._kl_in_reward
         all_values = None
         if self.sharded:  # every rank plans the whole batch, then trains its own share of it
-            spans = rank_spans(len(rows), size, self.rank, self.world)
             all_values, penalties = self._prepass(chunks) if reads_model else (None, None)
             plan = self._plan(rows, all_values, penalties)
         else:
-            spans = [(i, min(i + size, len(rows))) for i in range(0, len(rows), size)]
             plan = self._plan(rows, *self._prepass(chunks)) if len(chunks) > 1 and reads_model else None
 
         sums: dict[str, float] = defaultdict(float)
         values_seen = []
-        for start, stop in spans:
-            # FSDP averages gradients over the ranks, and the step wants their sum; a rank
-            # whose share is empty still runs its passes (on one row, weighing nothing)
-            weight, empty = float(self.world), stop == start
-            if empty:  # the batch's first row stands in
-                start, stop, weight = 0, 1, 0.0
+        for start, stop, weight in self._micro_batches(len(rows), size):
+            empty = weight == 0.0
             chunk, offset = rows[start:stop], start
             part: dict[str, float] = {}  # this micro-batch's share of the sums (none when empty)
             batch, logp, entropy, values, ref_logp = self._forward(chunk)
