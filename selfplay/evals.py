@@ -35,15 +35,17 @@ JUDGE_FIELDS = ("judge_score", "judge_agreement", "judge_decided", "judge_error"
 # the reward-hacking monitor's proxy: the training judge's figure, the first an evaluation has
 PROXY_FIELDS = ("judge_score", "score", "accuracy")
 # A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
-# its own tests pick and of a uniform pick, its tests' accuracy and validity, and the gain
-SELECTION_FIELDS = (
-    "selected_pass",
-    "random_pass",
-    "test_accuracy",
-    "test_valid",
+# its own tests pick (most tests passed), of CodeT's pick (the dual agreement: samples that
+# pass the same tests x tests passed) and of a uniform pick, its tests' accuracy and validity,
+# and each pick's gain over the uniform one
+SELECTION_MEANS = ("selected_pass", "consensus_pass", "random_pass", "test_accuracy", "test_valid")
+SELECTION_FIELDS = SELECTION_MEANS + (
     "selection_gain",
     "selection_gain_lo",
     "selection_gain_hi",
+    "consensus_gain",
+    "consensus_gain_lo",
+    "consensus_gain_hi",
 )
 
 # generate -> critique -> refine adds (tasks/refine.py:chain_summary): greedy chains' first and
@@ -140,15 +142,17 @@ def judge_summary(
 
 
 def selection_summary(picks: list[dict[str, float]]) -> dict:
-    """Means over problems of SolverChecker.select's figures (SELECTION_FIELDS), and the gain
-    of picking by the policy's own tests over a uniform pick, with a 95% interval over
-    problems (the per-problem differences are paired: same solutions, same hidden tests)."""
+    """Means over problems of SolverChecker.select's figures (SELECTION_MEANS), and the gain
+    of each pick by the policy's own tests (most passed; CodeT's dual agreement) over a
+    uniform pick, with a 95% interval over problems (the per-problem differences are paired:
+    same solutions, same hidden tests)."""
     n = max(len(picks), 1)
-    result = {key: sum(p[key] for p in picks) / n for key in SELECTION_FIELDS[:4]}
-    gains = [p["selected_pass"] - p["random_pass"] for p in picks]
-    result["selection_gain"] = sum(gains) / n
-    if len(gains) >= 2:
-        result["selection_gain_lo"], result["selection_gain_hi"] = mean_interval(gains)
+    result = {key: sum(p[key] for p in picks) / n for key in SELECTION_MEANS}
+    for pick, name in (("selected_pass", "selection_gain"), ("consensus_pass", "consensus_gain")):
+        gains = [p[pick] - p["random_pass"] for p in picks]
+        result[name] = sum(gains) / n
+        if len(gains) >= 2:
+            result[f"{name}_lo"], result[f"{name}_hi"] = mean_interval(gains)
     return result
 
 

@@ -34,7 +34,7 @@ from selfplay.stats import wilson_interval  # noqa: E402
 OUTCOME = (*RATES, "return")
 CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
 TASK_CURVES = ("accuracy", "pass_at_k", "sample_accuracy")  # a task's held-out curves
-SELECTION_CURVES = ("selected_pass", "random_pass", "test_accuracy")  # solver + checker's
+SELECTION_CURVES = ("selected_pass", "consensus_pass", "random_pass", "test_accuracy")  # solver + checker's
 # OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.
 KUHN_REFERENCE = [(0.458, "uniform random (0.458)"), (0.0, "Nash (0)")]
 KUHN_KEY = "kuhn/exploitability"  # its summary.json key and metric name (under eval/)

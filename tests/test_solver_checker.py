@@ -151,22 +151,41 @@ def test_selection_picks_by_own_tests_and_averages_a_tie():
     picked = TASK.select(DOUBLE, solutions, ["f(3)==6", "f(2)==4", "f(0)==0", "nonsense"])
     assert picked["hidden"] == [1.0, 0.0, 0.0, 0.0]
     assert (picked["selected_pass"], picked["random_pass"]) == (1.0, 0.25)
+    assert picked["consensus_pass"] == 1.0  # x*2: 1 sample x 3 tests; x+2: 2 x 1; x: 1 x 1
     assert (picked["test_accuracy"], picked["test_valid"]) == (0.75, 0.75)
     tied = TASK.select(DOUBLE, solutions, ["f(2)==4", "f(2)==4"])  # x*2 and both x+2 pass it
-    assert tied["selected_pass"] == pytest.approx(1 / 3)
+    assert tied["selected_pass"] == tied["consensus_pass"] == pytest.approx(1 / 3)
+    # a wrong test (f(3)==5) lets the lone x+2 pass most tests; CodeT's dual agreement weighs
+    # the 3 samples of x*2 (3 x 1 test) over it (1 x 2 tests)
+    crowd = TASK.select(DOUBLE, ["x*2", "x*2", "x*2", "x+2"], ["f(3)==5", "f(2)==4"])
+    assert (crowd["selected_pass"], crowd["consensus_pass"], crowd["random_pass"]) == (0.0, 1.0, 0.75)
     # nothing passed (a malformed solution passes nothing): a uniform pick, format included
     none = TASK.select(DOUBLE, ["((", "x*2"], ["f(1)==9"])
-    assert none["selected_pass"] == none["random_pass"] == 0.5
+    assert none["selected_pass"] == none["consensus_pass"] == none["random_pass"] == 0.5
 
 
 def test_selection_summary_means_the_figures_and_bounds_the_gain():
     picks = [
-        {"selected_pass": 1.0, "random_pass": 0.25, "test_accuracy": 1.0, "test_valid": 1.0},
-        {"selected_pass": 0.5, "random_pass": 0.5, "test_accuracy": 0.5, "test_valid": 1.0},
+        {
+            "selected_pass": 1.0,
+            "consensus_pass": 0.5,
+            "random_pass": 0.25,
+            "test_accuracy": 1.0,
+            "test_valid": 1.0,
+        },
+        {
+            "selected_pass": 0.5,
+            "consensus_pass": 1.0,
+            "random_pass": 0.5,
+            "test_accuracy": 0.5,
+            "test_valid": 1.0,
+        },
     ]
     out = selection_summary(picks)
     assert out["selected_pass"] == 0.75 and out["random_pass"] == 0.375 and out["test_accuracy"] == 0.75
     assert out["selection_gain"] == 0.375
+    assert out["consensus_pass"] == 0.75 and out["consensus_gain"] == 0.375  # gains 0.25 and 0.5
+    assert out["consensus_gain_lo"] == pytest.approx(0.375 - 1.96 * 0.1768 / 2**0.5, abs=1e-3)
     # gains 0.75 and 0: s = 0.5303, half-width 1.96 * s / sqrt(2) = 0.735
     assert out["selection_gain_lo"] == pytest.approx(0.375 - 0.735, abs=1e-3)
     assert out["selection_gain_hi"] == pytest.approx(0.375 + 0.735, abs=1e-3)

@@ -23,9 +23,11 @@ Training signal, from the group alone (the hidden tests never reach a reward):
 Parts kept beside the reward (never part of it): `all_pass` (the solution passes the hidden
 tests) and `correct` (the test holds for the spec), so curves show what the roles really do.
 
-Evaluation (`select`): k solutions and k tests per held-out problem; the solution passing
-most of the model's own tests is picked (a tie: the expected value of a uniform pick among
-the tied) and compared with a uniform pick among all k, both by the hidden tests.
+Evaluation (`select`): k solutions and k tests per held-out problem, two picks by the
+model's own tests: the solution passing most of them, and CodeT's (the dual agreement: the
+samples passing the same tests, times the tests they pass), each compared by the hidden
+tests with a uniform pick among all k (a tie: the expected value of a uniform pick among
+the tied).
 
 A test is `f(X)==EXPECTED`: X one digit, optionally negative, and EXPECTED the value the test
 expects, written as integer arithmetic on literals (+ - * %, ** to a literal exponent up to
@@ -131,6 +133,14 @@ def consensus(passes: list[tuple[bool, ...]], counts: list[int]) -> tuple[bool, 
     return best
 
 
+def best_mean(values: list[float], keys: list[float]) -> float:
+    """The mean of `values` over the entries whose key is the largest (a uniform pick among
+    the tied: its expected value)."""
+    top = max(keys)
+    picked = [v for v, k in zip(values, keys) if k == top]
+    return sum(picked) / len(picked)
+
+
 @dataclass(frozen=True)
 class SolverChecker(CodeGen):
     name: ClassVar[str] = "solver_checker"
@@ -233,17 +243,19 @@ class SolverChecker(CodeGen):
     def select(self, problem: Problem, solutions: list[str], tests: list[str]) -> dict[str, float]:
         """One held-out problem's selection figures from k sampled solutions and tests: the
         hidden pass rate (all hidden tests pass) of each solution, of the solution picked by
-        the tests (most passed; a tie: the mean over the tied) and of a uniform pick, and the
-        share of tests that are well formed and that hold."""
+        the tests (most passed), of CodeT's pick (the number of samples passing the same
+        distinct tests x the tests passed; a tie in either: the mean over the tied) and of a
+        uniform pick, and the share of tests that are well formed and that hold."""
         parsed, distinct, runs, truth = self._trial(problem, solutions, tests)
         holds = dict(zip(distinct, truth))
         hidden = [runs[s][0] if s in runs else 0.0 for s in solutions]
-        passed = [sum(runs[s][1]) if s in runs else 0 for s in solutions]  # malformed: passes none
-        top = max(passed)
-        picked = [h for h, p in zip(hidden, passed) if p == top]
+        vectors = [runs[s][1] if s in runs else () for s in solutions]  # malformed: passes none
+        passed = [sum(v) for v in vectors]
+        cluster = [vectors.count(v) for v in vectors]  # samples that pass the same tests
         return {
             "hidden": hidden,  # each solution's hidden all_pass, in order
-            "selected_pass": sum(picked) / len(picked),
+            "selected_pass": best_mean(hidden, passed),
+            "consensus_pass": best_mean(hidden, [n * p for n, p in zip(cluster, passed)]),
             "random_pass": sum(hidden) / len(hidden),
             "test_accuracy": sum(t is not None and holds[t] for t in parsed) / len(parsed),
             "test_valid": sum(t is not None for t in parsed) / len(parsed),
