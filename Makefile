@@ -16,7 +16,7 @@ TRL_VERSION := 1.16.0
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser peers demo test lint format bench chaos clean
+.PHONY: install browser peers demo test lint format bench chaos variance clean
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ bench: $(STAMP) $(PEERS_STAMP)
 
 chaos: $(STAMP)  # a 10-minute run under generator, learner and driver faults beside an undisturbed one
 	$(PY) -m bench.chaos --minutes 10 --out runs/chaos
+
+variance: $(STAMP)  # variance filtering's saving in samples, 2 arms x 3 seeds x 10 min (bench/variance_filter.py)
+	$(PY) -m bench.variance_filter --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

@@ -13,7 +13,7 @@ import pytest
 from selfplay.league import LEARNER, LeagueState, Member
 from selfplay.metrics import METRICS_SCHEMA
 from selfplay.report import figures, promote_threshold, wilson_interval, write_report
-from selfplay.stats import mean_interval
+from selfplay.stats import mean_interval, seeds_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,6 +41,24 @@ def test_mean_interval_matches_hand_computed_values():
     assert mean_interval([0.5, 0.5]) == (0.5, 0.5)
     with pytest.raises(ValueError, match="at least two values"):
         mean_interval([1.0])
+
+
+def test_seeds_interval_uses_students_t():
+    # README's RFT row: 0.385, 0.375, 0.365: s = 0.01, half 4.303 * 0.01 / sqrt(3) = 0.02484
+    lo, hi = seeds_interval([0.385, 0.375, 0.365])
+    assert (lo, hi) == (pytest.approx(0.35016, abs=1e-5), pytest.approx(0.39984, abs=1e-5))
+    with pytest.raises(ValueError, match="at least two values"):
+        seeds_interval([1.0])
+
+
+def test_seeds_interval_quantiles_match_scipy():
+    t = pytest.importorskip("scipy.stats").t
+    for n in range(2, 33):
+        values = [0.0, 1.0] + [0.5] * (n - 2)
+        lo, hi = seeds_interval(values)
+        s = (sum((v - sum(values) / n) ** 2 for v in values) / (n - 1)) ** 0.5
+        expected = t.ppf(0.975, n - 1) if n <= 31 else 1.96
+        assert (hi - lo) / 2 == pytest.approx(expected * s / n**0.5, abs=2e-3)
 
 
 def write_metrics(run_dir, rows):

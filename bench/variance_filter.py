@@ -1,0 +1,164 @@
+"""Variance filtering, measured: generated samples to the same held-out accuracy, GRPO on
+arithmetic (`configs/grpo.yaml`) without and with `builder.variance_filter`, per seed.
+
+Both arms of a seed share the supervised stage (deterministic by seed: the same weights and
+the same held-out accuracy at its end), then spend `--minutes` in all on GRPO. The target
+accuracy is the supervised stage's plus `--gain` (the same for both arms of a seed). Each
+arm's figure is the number of samples generated in its RL stage (`task/samples`, everything
+the generators sampled, held back or not) by the time the learner reached the first weight
+version whose held-out evaluation (greedy, 400 problems) reaches the target. The ratio
+without / with the filter is the saving (goal >= 1.3, issue 12). An arm that never reaches
+the target counts all it generated, as a bound: without the filter that makes the ratio a
+lower bound, with it an upper one (said in the result).
+
+    python -m bench.variance_filter --seeds 0 1 2      # 2 arms x 3 seeds x 10 min
+
+Runs are kept under runs/bench-variance/ (seedS-filter, seedS-plain); a run that already
+has its summary.json is read, not run again, so an interrupted measurement goes on where it
+stopped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from bench.suite import figure, machine, write, write_table
+from selfplay.stats import seeds_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "runs" / "bench-variance"
+CONFIG = "configs/grpo.yaml"
+ARMS = {"plain": "false", "filter": "true"}
+
+
+def series(metrics: list[dict], name: str) -> list[tuple[int, float]]:
+    """(step, value) of metric `name`, in step order."""
+    return sorted((m["step"], m["value"]) for m in metrics if m["name"] == name)
+
+
+def samples_to_reach(metrics: list[dict], task: str, target: float, start: int) -> dict:
+    """From a run's metrics rows ({step, wall_s, name, value}): the earliest weight version
+    after step `start` (the supervised stage's end) whose held-out evaluation reaches
+    `target`, its accuracy, and the samples generated when the learner made that version
+    (`task/samples` at the last step logged at or before it). Not reached: `reached` False
+    and every sample the run generated."""
+    accuracy = series(metrics, f"eval/{task}/held_out/accuracy")
+    versions = dict(series(metrics, f"eval/{task}/held_out/version"))
+    samples = series(metrics, "task/samples")
+    total = samples[-1][1] if samples else 0.0
+    for version, value in sorted((int(versions.get(step, step)), value) for step, value in accuracy):
+        if version > start and value >= target:
+            before = [n for s, n in samples if s <= version]
+            return {
+                "reached": True,
+                "version": version,
+                "accuracy": value,
+                "samples": before[-1] if before else 0.0,
+            }
+    return {
+        "reached": False,
+        "version": None,
+        "accuracy": max((v for _, v in accuracy), default=None),
+        "samples": total,
+    }
+
+
+def saving(plain: dict, filtered: dict) -> dict:
+    """Samples without / with the filter to the same target, and what kind of figure it is:
+    exact when both reached it, a lower bound when only the filtered arm did, an upper bound
+    when only the plain arm did (None when neither did)."""
+    if not plain["reached"] and not filtered["reached"]:
+        return {"ratio": None, "kind": "neither reached the target"}
+    kind = {(True, True): "exact", (False, True): "lower bound", (True, False): "upper bound"}
+    return {
+        "ratio": plain["samples"] / max(filtered["samples"], 1.0),
+        "kind": kind[(plain["reached"], filtered["reached"])],
+    }
+
+
+def run(seed: int, arm: str, minutes: float) -> Path:
+    """One arm's run (or the finished one already there)."""
+    run_dir = WORK / f"seed{seed}-{arm}"
+    if (run_dir / "summary.json").exists():
+        return run_dir
+    from selfplay import driver
+    from selfplay.config import load_config
+
+    sets = [f"out_dir={WORK}", f"time_limit_min={minutes}", f"seed={seed}"]
+    cfg = load_config(ROOT / CONFIG, [*sets, f"builder.variance_filter={ARMS[arm]}"])
+    return driver.train(cfg, name=run_dir.name)
+
+
+def measure(seed: int, minutes: float, gain: float) -> dict:
+    """Both arms of one seed and their saving."""
+    import pyarrow.parquet as pq
+
+    from selfplay.config import load_config
+
+    arms = {}
+    for arm in ARMS:
+        run_dir = run(seed, arm, minutes)
+        cfg = load_config(run_dir / "config.yaml", [])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        arms[arm] = {
+            "run_dir": str(run_dir),
+            "metrics": pq.read_table(run_dir / "metrics.parquet").to_pylist(),
+            "after_sft": summary["after_sft"][f"{cfg.task.name}/held_out"]["accuracy"],
+            "final": summary["after"][f"{cfg.task.name}/held_out"]["accuracy"],
+            "task": cfg.task.name,
+            "start": cfg.sft.steps,
+        }
+    start = {a["after_sft"] for a in arms.values()}
+    if len(start) != 1:
+        raise SystemExit(f"seed {seed}: the arms' supervised stages differ ({sorted(start)}): not comparable")
+    target = start.pop() + gain
+    result = {"seed": seed, "target": target}
+    for arm, a in arms.items():
+        reached = samples_to_reach(a["metrics"], a["task"], target, a["start"])
+        generated = series(a["metrics"], "task/samples")
+        result[arm] = {
+            **reached,
+            "after_sft": a["after_sft"],
+            "final": a["final"],
+            "generated": generated[-1][1] if generated else 0.0,
+            "run_dir": a["run_dir"],
+        }
+    result.update(saving(result["plain"], result["filter"]))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="each run's time, its supervised stage included"
+    )
+    p.add_argument(
+        "--gain", type=float, default=0.07, help="the target: the supervised stage's accuracy + GAIN"
+    )
+    args = p.parse_args(argv)
+    facts = machine()
+    seeds = []
+    for seed in args.seeds:
+        seeds.append(measure(seed, args.minutes, args.gain))
+        s = seeds[-1]
+        print(
+            f"seed {seed}: target {s['target']:.3f}: plain {s['plain']['samples']:.0f}, "
+            f"filter {s['filter']['samples']:.0f} samples: {s['ratio']} ({s['kind']})"
+        )
+    ratios = [s["ratio"] for s in seeds if s["ratio"] is not None]
+    mean = statistics.fmean(ratios) if ratios else None
+    lo, hi = seeds_interval(ratios) if len(ratios) >= 2 else (None, None)
+    met = sum(1 for s in seeds if s["ratio"] is not None and s["ratio"] >= 1.3 and s["kind"] != "upper bound")
+    note = f"seeds {args.seeds}, 95% CI {lo and round(lo, 2)}-{hi and round(hi, 2)}, >= 1.3 in {met}/{len(seeds)}"
+    figures = {"samples_to_target_plain_vs_filter": figure(mean, ">= 1.3", note=note)}
+    write("variance_filter", figures, facts, minutes=args.minutes, gain=args.gain, seeds=seeds)
+    write_table()
+    print(f"variance_filter: mean {mean} ({note})")
+    return {"mean": mean, "lo": lo, "hi": hi, "seeds": seeds}
+
+
+if __name__ == "__main__":
+    main()
