@@ -106,17 +106,23 @@ class LeagueActor:
         self.elo = ray_metric("gauge", "league_elo", {"run": run_id}, ("player",))
 
     def _restore_weights(self, member: Member) -> None:
-        from selfplay.weights import export_checkpoint
+        """A resumed member's weights from its checkpoint, checked against the checksum the
+        league recorded (one recorded in the older scheme is recognised, then replaced by
+        today's, which the engines echo)."""
+        from safetensors.torch import load as load_safetensors
+
+        from selfplay.weights import export_checkpoint, same_weights
 
         path = Path(member.path)
         if not path.is_absolute() and self.run_dir is not None:
             path = self.run_dir / path
         blob, checksum = export_checkpoint(str(path), self.engine_dtype)
-        if checksum != member.checksum:
+        if not same_weights(member.checksum, checksum, lambda: load_safetensors(blob)):
             raise RuntimeError(
                 f"league member {member.id}: weights at {path} have checksum "
                 f"{checksum}, the league recorded {member.checksum}; the snapshot changed"
             )
+        member.checksum = checksum
         self.blobs[member.id] = ray.put(blob)
 
     def add_member(self, member: dict, blob: bytes) -> dict:

@@ -8,7 +8,8 @@ one `ray.put`, `set_weights` on every generator) and collective (the same export
 gloo broadcast from the learner's process to every generator actor in 64 MiB buckets,
 `receive_collective` there); either way each engine loads in place, checks that every
 parameter was written and hashes the tensors it loaded, and every acknowledgement is
-checked; the median of 5 after a warm-up. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
+checked; the median of 5 after a warm-up. Also timed alone: one checksum of the weights
+(`checksum_s`, `checksum_gb_per_s`), which the learner and every engine pay. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
 weights into a second model of the same shape in the engine's dtype (`load_state_dict`
 in one process: the bytes moved, with no transport, load path or check). Engines start
 before either clock.
@@ -33,6 +34,7 @@ from learner.learner import Learner
 from learner.service import LearnerService
 from selfplay.config import load_config
 from selfplay.model import build_tokenizer, create_default_model
+from selfplay.weights import export_tensors, state_checksum
 
 GOAL = "<= 3"
 REPEATS = 5
@@ -73,6 +75,18 @@ def copy_s(learner: Learner) -> float:
     for _ in range(REPEATS + 1):
         t = time.perf_counter()
         target.load_state_dict(source)
+        times.append(time.perf_counter() - t)
+    return median(times[1:])
+
+
+def checksum_s(learner: Learner) -> float:
+    """One `state_checksum` of the weights as sent (the engine's dtype): what the learner
+    and each engine pay per broadcast to prove the load."""
+    tensors, _ = export_tensors(learner.model.state_dict(), learner.engine_dtype)
+    times = []
+    for _ in range(REPEATS + 1):
+        t = time.perf_counter()
+        state_checksum(tensors)
         times.append(time.perf_counter() - t)
     return median(times[1:])
 
@@ -140,10 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
                 gens = idle_generators(cfg, model_dir, max(counts))
                 weights_mib = len(learner.export()[0]) / 2**20
                 base = copy_s(learner)
+                hashed = checksum_s(learner)
                 runs[size] = {
                     "parameters": sum(p.numel() for p in learner.model.parameters()),
                     "weights_mib": weights_mib,
                     "state_dict_copy_s": base,
+                    "checksum_s": hashed,
+                    "checksum_gb_per_s": weights_mib * 2**20 / 1e9 / hashed,
                 }
                 for n in counts:
                     for i in range(n):
