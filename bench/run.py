@@ -18,6 +18,9 @@ measured.
 - trl: GRPO on arithmetic from the same supervised checkpoint, ours vs TRL's GRPOTrainer
   (in .venv-peers): seconds to the same training reward, ours / TRL's (bench/trl_peer.py).
   Goal <= 0.5x.
+- rllib: TicTacToe and Kuhn poker self-play, ours (the demo configs) vs RLlib's PPO with an
+  MLP on OpenSpiel's observations: seconds to non-loss 0.9 against minimax and to
+  exploitability 0.1 (bench/rllib_peer.py). No goal: who is faster, and why.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import broadcast, buffer_bench, generation, learner_mfu, trl_peer
+from bench import broadcast, buffer_bench, generation, learner_mfu, rllib_peer, trl_peer
 from bench.suite import figure, machine, table, write, write_table
 from selfplay.config import load_config
 
 ROUNDS = 5
-BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "trl")
+BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "trl", "rllib")
 
 
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
@@ -133,6 +136,8 @@ def main() -> None:
         engines(args, only, facts)
     if "trl" in only:
         trl_peer.main([])
+    if "rllib" in only:
+        rllib_peer.main([])
     print()
     print(table())
     print(f"written: {write_table()}")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bench import buffer_bench, gpu_learner, learner_mfu, trl_grpo, trl_peer
+from bench import buffer_bench, gpu_learner, learner_mfu, rllib_peer, trl_grpo, trl_peer, variance_filter
 from bench.suite import figure, machine, matmul_flops, table, write, write_table
 
 
@@ -114,3 +114,76 @@ def test_trls_problems_are_the_tasks_train_problems_with_their_references():
     assert all(task.score(p["prompt"], p["reference"], p["reference"]).total == 1.0 for p in problems)
     held_out = {p.prompt for p in task.held_out(400)}
     assert not held_out & {p["prompt"] for p in trl_grpo.problems(2000, seed=0)}  # train problems only
+
+
+def metric_rows(
+    task: str, evals: list[tuple[int, int, float]], samples: list[tuple[int, float]]
+) -> list[dict]:
+    """Metrics rows as a run logs them: evaluations (logged step, version, accuracy) and the
+    cumulative `task/samples` counter."""
+    rows = [{"step": s, "wall_s": 0.0, "name": "task/samples", "value": n} for s, n in samples]
+    for step, version, accuracy in evals:
+        rows.append(
+            {"step": step, "wall_s": 0.0, "name": f"eval/{task}/held_out/accuracy", "value": accuracy}
+        )
+        rows.append({"step": step, "wall_s": 0.0, "name": f"eval/{task}/held_out/version", "value": version})
+    return rows
+
+
+def test_samples_to_reach_reads_the_version_measured_not_the_step_logged():
+    samples = [(305, 1000.0), (310, 2000.0), (350, 9000.0), (400, 20000.0), (410, 21000.0)]
+    # the supervised stage's evaluation (version 300) already reaches 0.2: it does not count;
+    # the evaluation logged at 410 measured version 350, made when 9,000 samples were drawn
+    rows = metric_rows("arithmetic", [(300, 300, 0.2), (355, 352, 0.19), (410, 350, 0.25)], samples)
+    got = variance_filter.samples_to_reach(rows, "arithmetic", 0.25, start=300)
+    assert got == {"reached": True, "version": 350, "accuracy": 0.25, "samples": 9000.0}
+    missed = variance_filter.samples_to_reach(rows, "arithmetic", 0.3, start=300)
+    assert missed == {"reached": False, "version": None, "accuracy": 0.25, "samples": 21000.0}
+
+
+def test_variance_filter_saving_says_what_kind_of_figure_it_is():
+    def arm(reached, samples):
+        return {"reached": reached, "samples": samples}
+
+    assert variance_filter.saving(arm(True, 90.0), arm(True, 60.0)) == {"ratio": 1.5, "kind": "exact"}
+    # the plain arm never reached it: its total is a floor on what it needed
+    assert variance_filter.saving(arm(False, 90.0), arm(True, 30.0)) == {"ratio": 3.0, "kind": "lower bound"}
+    assert variance_filter.saving(arm(True, 60.0), arm(False, 120.0)) == {"ratio": 0.5, "kind": "upper bound"}
+    assert variance_filter.saving(arm(False, 1.0), arm(False, 1.0))["ratio"] is None
+
+
+def perfect(state) -> int:
+    """Minimax's first optimal move on an OpenSpiel tic_tac_toe state (its history: X first)."""
+    from selfplay.games.tictactoe import MARKS, minimax_value
+
+    board = ["."] * 9
+    for i, a in enumerate(state.history()):
+        board[a] = MARKS[i % 2]
+    board, mark = "".join(board), MARKS[len(state.history()) % 2]
+    other = MARKS[1 - MARKS.index(mark)]
+    free = [i for i, c in enumerate(board) if c == "."]
+    return max(free, key=lambda i: -minimax_value(board[:i] + mark + board[i + 1 :], other))
+
+
+def test_the_rllib_peers_tictactoe_evaluation_plays_both_seats_and_an_illegal_move_loses():
+    assert rllib_peer.tictactoe_vs_minimax(perfect, games=20) == {"non_loss": 1.0, "win": 0.0, "illegal": 0.0}
+    corner = rllib_peer.tictactoe_vs_minimax(lambda state: 0, games=20)  # cell 1, again and again
+    assert corner["illegal"] == 1.0 and corner["non_loss"] == 0.0
+
+
+def test_the_rllib_peers_kuhn_table_covers_every_information_state():
+    from selfplay.games import kuhn
+
+    nash = kuhn.nash_policy(0.2)
+    table = rllib_peer.kuhn_policy(lambda state: nash[state.information_state_string()])
+    assert table == nash and kuhn.exploitability(table) == pytest.approx(0.0, abs=1e-9)
+    uniform = rllib_peer.kuhn_policy(lambda state: [0.5, 0.5])
+    assert kuhn.exploitability(uniform) == pytest.approx(0.4583, abs=1e-4)
+
+
+def test_the_rllib_peers_figure_is_the_first_time_the_goal_is_met():
+    points = [{"seconds": 30.0, "value": 0.95}, {"seconds": 10.0, "value": 0.5}, {"seconds": 20.0, "value": 0.9}]
+    assert rllib_peer.first_reaching(points, ">= 0.9") == {"seconds": 20.0, "value": 0.9}
+    assert rllib_peer.first_reaching(points, "<= 0.1") is None
+    assert rllib_peer.outcome(None, points, "<= 0.1", 5) == "not in 5 min (best 0.5)"
+    assert rllib_peer.outcome(points[2], points, ">= 0.9", 5) == "20 s"
