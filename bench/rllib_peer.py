@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -64,31 +65,35 @@ def first_reaching(points: list[dict], goal: str) -> dict | None:
 
 
 # ---- The evaluations, for any policy over OpenSpiel states ------------------------------
-def tictactoe_vs_minimax(act, games: int = 200, seed: int = 0) -> dict:
+def tictactoe_vs_minimax(act, games: int = 200, seed: int = 0, swap_illegal: bool = False) -> dict:
     """`act(state) -> action` (an OpenSpiel tic_tac_toe state) against our MinimaxPlayer,
-    `games` games, the seats alternating; an illegal action loses the game. Non-loss, win
-    and illegal shares."""
+    `games` games, the seats alternating. An illegal action loses the game (our rule), or
+    with `swap_illegal` is replaced by a random legal one (RLlib's example's rule). Non-loss,
+    win and illegal shares (illegal: of games, an illegal action at least once)."""
     import pyspiel
 
     from selfplay.games.tictactoe import MinimaxPlayer, TicTacToe
 
     game = pyspiel.load_game("tic_tac_toe")
-    minimax = MinimaxPlayer(seed)
+    minimax, rng = MinimaxPlayer(seed), random.Random(seed)
     non_loss = wins = illegal = 0
     for g in range(games):
-        seat = g % 2
+        seat, erred = g % 2, False
         ours, state = TicTacToe(), game.new_initial_state()
         while not ours.is_terminal:
             if ours.current_player == seat:
                 action = int(act(state))
                 if action not in ours.legal_actions():
-                    ours.illegal_by = seat
-                    illegal += 1
-                    break
+                    erred = True
+                    if not swap_illegal:
+                        ours.illegal_by = seat
+                        break
+                    action = rng.choice(ours.legal_actions())
             else:
                 action = minimax.act(ours)
             ours.apply(action)
             state.apply_action(action)
+        illegal += erred
         outcome = ours.returns()[seat]
         non_loss += outcome >= 0
         wins += outcome > 0
@@ -126,7 +131,8 @@ def evaluate(game: str, logits, seed: int) -> dict:
             return max(range(len(z)), key=z.__getitem__)
 
         result = tictactoe_vs_minimax(greedy, seed=seed)
-        return {"value": result["non_loss"], **result}
+        swapped = tictactoe_vs_minimax(greedy, seed=seed, swap_illegal=True)
+        return {"value": result["non_loss"], **result, **{f"swapped_{k}": v for k, v in swapped.items()}}
     from selfplay.games import kuhn
 
     def probs(state) -> list[float]:

@@ -10,7 +10,6 @@ import hashlib
 import torch
 from safetensors.torch import save as save_safetensors
 
-
 CHECKSUM_SCHEME = "sha256-bytes:"  # what state_checksum's digests start with
 
 

@@ -169,6 +169,10 @@ def test_the_rllib_peers_tictactoe_evaluation_plays_both_seats_and_an_illegal_mo
     assert rllib_peer.tictactoe_vs_minimax(perfect, games=20) == {"non_loss": 1.0, "win": 0.0, "illegal": 0.0}
     corner = rllib_peer.tictactoe_vs_minimax(lambda state: 0, games=20)  # cell 1, again and again
     assert corner["illegal"] == 1.0 and corner["non_loss"] == 0.0
+    # RLlib's example's rule: the illegal choice is swapped for a random legal move, the game goes on
+    swapped = rllib_peer.tictactoe_vs_minimax(lambda state: 0, games=20, swap_illegal=True)
+    assert swapped["illegal"] == 1.0 and swapped["non_loss"] < 1.0
+    assert rllib_peer.tictactoe_vs_minimax(perfect, games=20, swap_illegal=True)["non_loss"] == 1.0
 
 
 def test_the_rllib_peers_kuhn_table_covers_every_information_state():
@@ -182,7 +186,11 @@ def test_the_rllib_peers_kuhn_table_covers_every_information_state():
 
 
 def test_the_rllib_peers_figure_is_the_first_time_the_goal_is_met():
-    points = [{"seconds": 30.0, "value": 0.95}, {"seconds": 10.0, "value": 0.5}, {"seconds": 20.0, "value": 0.9}]
+    points = [
+        {"seconds": 30.0, "value": 0.95},
+        {"seconds": 10.0, "value": 0.5},
+        {"seconds": 20.0, "value": 0.9},
+    ]
     assert rllib_peer.first_reaching(points, ">= 0.9") == {"seconds": 20.0, "value": 0.9}
     assert rllib_peer.first_reaching(points, "<= 0.1") is None
     assert rllib_peer.outcome(None, points, "<= 0.1", 5) == "not in 5 min (best 0.5)"
