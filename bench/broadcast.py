@@ -9,8 +9,9 @@ gloo broadcast from the learner's process to every generator actor in 64 MiB buc
 `receive_collective` there); either way each engine loads in place, checks that every
 parameter was written and hashes the tensors it loaded, and every acknowledgement is
 checked; the median of 5 after a warm-up. Also timed alone: one checksum of the weights
-(`checksum_s`, `checksum_gb_per_s`), which the learner and every engine pay. Generators are idle (no self-play), so nothing else competes for their lock. The baseline copies the learner's
-weights into a second model of the same shape in the engine's dtype (`load_state_dict`
+(`checksum_s`, `checksum_gb_per_s`), which the learner and every engine pay. Generators
+are idle (no self-play), so nothing else competes for their lock. The baseline copies the
+learner's weights into a second model of the same shape in the engine's dtype (`load_state_dict`
 in one process: the bytes moved, with no transport, load path or check). Engines start
 before either clock.
 
@@ -67,28 +68,28 @@ def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
+def median_s(work) -> float:
+    """Seconds of one `work()`, the median of REPEATS after a warm-up."""
+    times = []
+    for _ in range(REPEATS + 1):
+        t = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t)
+    return median(times[1:])
+
+
 def copy_s(learner: Learner) -> float:
     """One in-process state_dict copy of the learner's weights, in the engine's dtype."""
     target = copy.deepcopy(learner.model).to(learner.engine_dtype)
     source = learner.model.state_dict()
-    times = []
-    for _ in range(REPEATS + 1):
-        t = time.perf_counter()
-        target.load_state_dict(source)
-        times.append(time.perf_counter() - t)
-    return median(times[1:])
+    return median_s(lambda: target.load_state_dict(source))
 
 
 def checksum_s(learner: Learner) -> float:
     """One `state_checksum` of the weights as sent (the engine's dtype): what the learner
     and each engine pay per broadcast to prove the load."""
     tensors, _ = export_tensors(learner.model.state_dict(), learner.engine_dtype)
-    times = []
-    for _ in range(REPEATS + 1):
-        t = time.perf_counter()
-        state_checksum(tensors)
-        times.append(time.perf_counter() - t)
-    return median(times[1:])
+    return median_s(lambda: state_checksum(tensors))
 
 
 def broadcast_s(service: LearnerService) -> float:

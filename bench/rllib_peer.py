@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.suite import figure, machine, write, write_table
-from selfplay.evals import COMPARE
+from selfplay.evals import meets
 
 ROOT = Path(__file__).resolve().parent.parent
 GAMES = {
@@ -54,14 +54,9 @@ GAMES = {
 }
 
 
-def reaches(value: float, goal: str) -> bool:
-    op, bound = goal.split()
-    return bool(COMPARE[op](value, float(bound)))
-
-
 def first_reaching(points: list[dict], goal: str) -> dict | None:
     """The first point ({seconds, value, ...}, in time order) whose value meets `goal`."""
-    return next((p for p in sorted(points, key=lambda p: p["seconds"]) if reaches(p["value"], goal)), None)
+    return next((p for p in sorted(points, key=lambda p: p["seconds"]) if meets(p["value"], goal)), None)
 
 
 # ---- The evaluations, for any policy over OpenSpiel states ------------------------------
@@ -194,7 +189,7 @@ def run_rllib(game: str, seconds: float, seed: int, eval_every: float) -> list[d
                 result = evaluate(game, module_logits(algo.get_module("main")), seed)
                 points.append({"seconds": trained, "env_steps": steps, **result})
                 next_eval = trained + eval_every
-                if reaches(result["value"], GAMES[game]["goal"]) or trained >= seconds:
+                if meets(result["value"], GAMES[game]["goal"]) or trained >= seconds:
                     break
             t = time.perf_counter()
             info = algo.train()

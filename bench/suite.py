@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from selfplay.evals import COMPARE
+from selfplay.evals import meets
 from selfplay.files import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,11 +88,7 @@ def matmul_flops(
 
 def figure(value: float | None, goal: str | None, **details) -> dict:
     """One measured figure: its value, goal and whether the value meets it."""
-    met = None
-    if goal is not None:
-        op, bound = goal.split()
-        met = value is not None and bool(COMPARE[op](value, float(bound)))
-    return {"value": value, "goal": goal, "met": met, **details}
+    return {"value": value, "goal": goal, "met": None if goal is None else meets(value, goal), **details}
 
 
 def write(name: str, figures: dict[str, dict], facts: dict, results: Path = RESULTS, **extra) -> Path:

@@ -243,14 +243,19 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
     out = {}
     for name, target in targets.items():
         key, field = name.rsplit("/", 1)
-        op, bound = target.split()
         value = after.get(key, {}).get(field)
-        met = value is not None and bool(COMPARE[op](value, float(bound)))
-        out[name] = {"value": value, "target": target, "met": met}
+        out[name] = {"value": value, "target": target, "met": meets(value, target)}
     return out
 
 
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def meets(value: float | None, target: str) -> bool:
+    """Whether `value` meets `target` ('>= 0.9', '<= 0.05', '>' or '<'); a value not
+    measured (None) meets nothing."""
+    op, bound = target.split()
+    return value is not None and bool(COMPARE[op](value, float(bound)))
 
 
 def hacking_alarm(proxy: list[float], gold: list[float], window: int, margin: float) -> dict | None:
