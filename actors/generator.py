@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +187,7 @@ class Generator:
         self.held_out: list | None = None  # the task's held-out problems, once an evaluation drew them
         if self.task is not None:
             self.counts["hard_prompts"] = 0  # prompts drawn again from it
+            self.counts["screened_out"] = 0  # problems task.screen_samples found uniform
 
     @classmethod
     def from_model(
@@ -581,25 +582,28 @@ class Generator:
         groups = [uuid.uuid4().hex for _ in problems]
         if getattr(self.task, "chain", False):
             return self._chain_play(seeds, problems, groups)
-        asked = [
-            (i, role, text)
-            for i, p in enumerate(problems)
-            for role, text in enumerate(role_prompts(self.task, p))
-            for _ in range(k)
-        ]
-        prompts = [text for _, _, text in asked]
-        outs, elapsed, versions = self._sample(prompts, self.cfg.temperature)
+        if self.task_cfg.screen_samples:
+            asked, outs, made = self._screened(problems)
+        else:
+            asked = [
+                (i, role, text)
+                for i, p in enumerate(problems)
+                for role, text in enumerate(role_prompts(self.task, p))
+                for _ in range(k)
+            ]
+            outs, elapsed, versions = self._sample([text for _, _, text in asked], self.cfg.temperature)
+            made = [(elapsed, versions)] * len(outs)
         seats = [LEARNER] * len(asked)
         if opponent is not None:
+            prompts = [text for _, _, text in asked]
             theirs, their_s, their_versions = self._sample(prompts, self.cfg.temperature, opponent)
             asked, outs, seats = asked * 2, outs + theirs, seats + [opponent] * len(theirs)
-            elapsed += their_s
-            versions = {**versions, opponent: their_versions[opponent]}
+            made = [(e + their_s, {**v, opponent: their_versions[opponent]}) for e, v in made] * 2
         ratings = [None] * len(outs)
         if self.task_cfg.judge == "self":  # the policy rates every reply, its own and a member's
             ratings = self._rate([problems[i].prompt for i, _, _ in asked], [o.text for o in outs], judge)
         rows = []
-        for (i, role, text), out, seat, rated in zip(asked, outs, seats, ratings):
+        for (i, role, text), out, seat, rated, (elapsed, versions) in zip(asked, outs, seats, ratings, made):
             row = self._task_row(role, text, out, versions, elapsed, seeds[i], problems[i], groups[i])
             if rated is not None:  # the verifier rewards it (a reply left unrated is rejected)
                 row["scores"] = {SELF_JUDGE: rated}
@@ -611,6 +615,30 @@ class Generator:
             rows.append(row)
         self.counts["games"] += len(rows)
         return schema.from_rows(rows)
+
+    def _screened(self, problems: list) -> tuple[list, list, list]:
+        """Selective prompting (SPEED, Zhang et al. 2025): task.screen_samples samples of each
+        problem first, scored by the task's scorer here; only a problem whose screening
+        totals differ gets the rest of its task.samples_per_prompt, in a second engine call.
+        A problem the screen found uniform (all right or all wrong: no signal under a group
+        baseline) keeps its few samples as a group of their own, which the variance filter
+        holds back, so every sample generated is counted where the others are. Returns
+        (asked (problem, role, prompt), completions, (engine seconds, versions) of each)."""
+        k, screen = self.task_cfg.samples_per_prompt, self.task_cfg.screen_samples
+        asked = [(i, 0, p.prompt) for i, p in enumerate(problems) for _ in range(screen)]
+        outs, elapsed, versions = self._sample([text for _, _, text in asked], self.cfg.temperature)
+        made = [(elapsed, versions)] * len(outs)
+        totals: dict[int, set] = defaultdict(set)
+        for (i, _, _), out in zip(asked, outs):
+            totals[i].add(self.score(problems[i].prompt, out.text, problems[i].reference).total)
+        rest = [
+            (i, 0, p.prompt) for i, p in enumerate(problems) if len(totals[i]) > 1 for _ in range(k - screen)
+        ]
+        self.counts["screened_out"] += len(problems) - len(rest) // (k - screen)
+        if rest:
+            more, more_s, more_versions = self._sample([text for _, _, text in rest], self.cfg.temperature)
+            asked, outs, made = asked + rest, outs + more, made + [(more_s, more_versions)] * len(more)
+        return asked, outs, made
 
     def _task_row(
         self,

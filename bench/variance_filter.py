@@ -12,8 +12,11 @@ the target counts all it generated, as a bound: without the filter that makes th
 lower bound, with it an upper one (said in the result).
 
     python -m bench.variance_filter --seeds 0 1 2      # 2 arms x 3 seeds x 10 min
+    python -m bench.variance_filter --arms screen      # selective prompting against plain
 
-Runs are kept under runs/bench-variance/ (seedS-filter, seedS-plain); a run that already
+Each arm of `--arms` (filter: the variance filter; screen: the filter after a screen of 4
+samples a prompt, SPEED's selective prompting) is compared with the plain arm. Runs are
+kept under runs/bench-variance/ (seedS-plain, seedS-filter, seedS-screen); a run that already
 has its summary.json is read, not run again, so an interrupted measurement goes on where it
 stopped."""
 
@@ -38,6 +41,9 @@ GOAL = ">= 1.3"  # issue 12: the filter reaches the same accuracy on 1.3x fewer 
 ARMS = {
     "plain": ["builder.variance_filter=false"],
     "filter": ["builder.variance_filter=true"],
+    # selective prompting (SPEED): 4 screening samples a prompt, the other 4 only where they
+    # disagree; the filter holds back the uniform screens (task.screen_samples)
+    "screen": ["builder.variance_filter=true", "task.screen_samples=4"],
 }
 
 
@@ -99,14 +105,14 @@ def run(seed: int, arm: str, minutes: float) -> Path:
     return driver.train(cfg, name=run_dir.name)
 
 
-def measure(seed: int, minutes: float, gain: float) -> dict:
-    """Both arms of one seed and their saving."""
+def measure(seed: int, minutes: float, gain: float, compared: list[str]) -> dict:
+    """The plain arm and each `compared` arm of one seed, and each one's saving."""
     import pyarrow.parquet as pq
 
     from selfplay.config import load_config
 
     arms = {}
-    for arm in ARMS:
+    for arm in ["plain", *compared]:
         run_dir = run(seed, arm, minutes)
         cfg = load_config(run_dir / "config.yaml", [])
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -133,7 +139,7 @@ def measure(seed: int, minutes: float, gain: float) -> dict:
             "generated": generated[-1][1] if generated else 0.0,
             "run_dir": a["run_dir"],
         }
-    result.update(saving(result["plain"], result["filter"]))
+    result["saving"] = {arm: saving(result["plain"], result[arm]) for arm in compared}
     return result
 
 
@@ -146,35 +152,45 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--gain", type=float, default=0.07, help="the target: the supervised stage's accuracy + GAIN"
     )
+    p.add_argument("--arms", nargs="+", default=["filter"], choices=[a for a in ARMS if a != "plain"])
     args = p.parse_args(argv)
     facts = machine()
     seeds = []
     for seed in args.seeds:
-        seeds.append(measure(seed, args.minutes, args.gain))
+        seeds.append(measure(seed, args.minutes, args.gain, args.arms))
         s = seeds[-1]
+        print(f"seed {seed}: target {s['target']:.3f}: plain {s['plain']['samples']:.0f} samples", end="")
         print(
-            f"seed {seed}: target {s['target']:.3f}: plain {s['plain']['samples']:.0f}, "
-            f"filter {s['filter']['samples']:.0f} samples: {s['ratio']} ({s['kind']})"
+            "".join(
+                f", {a} {s[a]['samples']:.0f}: {s['saving'][a]['ratio']} ({s['saving'][a]['kind']})"
+                for a in args.arms
+            )
         )
-    ratios = [s["ratio"] for s in seeds if s["ratio"] is not None]
-    mean = statistics.fmean(ratios) if ratios else None
-    lo, hi = seeds_interval(ratios) if len(ratios) >= 2 else (None, None)
-    met = sum(1 for s in seeds if meets(s["ratio"], GOAL) and s["kind"] != "upper bound")
-    note = f"seeds {args.seeds}, 95% CI {lo and round(lo, 2)}-{hi and round(hi, 2)}, {GOAL} in {met}/{len(seeds)}"
-    # beside it, what the same minutes bought each arm: held-out accuracy at the end
-    gains = [s["filter"]["final"] - s["plain"]["final"] for s in seeds]
-    figures = {
-        "samples_to_target_plain_vs_filter": figure(mean, GOAL, note=note),
-        "final_accuracy_filter_minus_plain": figure(
+    figures, summary = {}, {}
+    for arm in args.arms:
+        ratios = [s["saving"][arm]["ratio"] for s in seeds if s["saving"][arm]["ratio"] is not None]
+        mean = statistics.fmean(ratios) if ratios else None
+        lo, hi = seeds_interval(ratios) if len(ratios) >= 2 else (None, None)
+        met = sum(
+            1
+            for s in seeds
+            if meets(s["saving"][arm]["ratio"], GOAL) and s["saving"][arm]["kind"] != "upper bound"
+        )
+        note = f"seeds {args.seeds}, 95% CI {lo and round(lo, 2)}-{hi and round(hi, 2)}, {GOAL} in {met}/{len(seeds)}"
+        # beside it, what the same minutes bought each arm: held-out accuracy at the end
+        gains = [s[arm]["final"] - s["plain"]["final"] for s in seeds]
+        figures[f"samples_to_target_plain_vs_{arm}"] = figure(mean, GOAL, note=note)
+        figures[f"final_accuracy_{arm}_minus_plain"] = figure(
             statistics.fmean(gains),
             None,
             note=f"same {args.minutes:g} min a run; per seed {[round(g, 3) for g in gains]}",
-        ),
-    }
-    write("variance_filter", figures, facts, minutes=args.minutes, gain=args.gain, seeds=seeds)
+        )
+        summary[arm] = {"mean": mean, "lo": lo, "hi": hi}
+        print(f"{arm}: mean {mean} ({note})")
+    name = "variance_filter" if args.arms == ["filter"] else "variance_" + "_".join(args.arms)
+    write(name, figures, facts, minutes=args.minutes, gain=args.gain, seeds=seeds)
     write_table()
-    print(f"variance_filter: mean {mean} ({note})")
-    return {"mean": mean, "lo": lo, "hi": hi, "seeds": seeds}
+    return {"arms": summary, "seeds": seeds}
 
 
 if __name__ == "__main__":

@@ -208,6 +208,11 @@ class TaskConfig:
     hard_fraction: float = 0.0
     hard_below: float = 0.5
     hard_pool: int = 1024
+    # Selective prompting (SPEED, Zhang et al. 2025): sample each prompt screen_samples times
+    # first, score them in the generator, and sample the rest of samples_per_prompt only where
+    # the screen's scores differ; a uniform screen stays a small group, which the variance
+    # filter holds back (actors/generator.py:_screened). 0: every prompt gets all k at once.
+    screen_samples: int = 0
     # train: waves draw any train problem; sft: only the supervised stage's sft.examples
     # problems (SPIN's setting: the model plays against its own replies to the SFT data)
     prompts: TaskPrompts = "train"
@@ -691,6 +696,26 @@ def validate_task(cfg: RunConfig) -> None:
             f"learner.advantage: a task run trains on the builder's group advantages; set group, "
             f"got {cfg.learner.advantage}"
         )
+    screen = cfg.task.screen_samples
+    if screen:
+        if not 2 <= screen < cfg.task.samples_per_prompt:
+            raise ConfigError(
+                f"task.screen_samples: must be 0 or in [2, task.samples_per_prompt) "
+                f"(= {cfg.task.samples_per_prompt}), got {screen!r}"
+            )
+        from selfplay.tasks import task_of
+
+        task = task_of(cfg.task)
+        if getattr(task, "chain", False) or getattr(task, "roles", None) or cfg.task.versus != "self":
+            raise ConfigError(
+                f"task.screen_samples: screens a one-role task's own samples; {cfg.task.name} "
+                f"(versus {cfg.task.versus}) cannot be screened, set 0"
+            )
+        if cfg.task.judge == "self" or cfg.builder.rows != "rl":
+            raise ConfigError(
+                "task.screen_samples: screens by the task's scorer for group-relative RL; needs "
+                f"task.judge rules and builder.rows rl (got {cfg.task.judge}, {cfg.builder.rows})"
+            )
     for name in ("task.hard_fraction", "task.hard_below"):
         if not _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")

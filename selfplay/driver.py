@@ -662,12 +662,14 @@ class Run:
                 "generators": 1 - totals["wait_s"] / max(totals["play_s"], 1e-9),
             },
             "learner_mfu": t["flops_s"] / max(t["step_s"], 1e-9),
-            # a task run's groups (the builder's counts) and prompts drawn again from the hard pool
+            # a task run's groups (the builder's counts), prompts drawn again from the hard pool,
+            # and problems whose screen (task.screen_samples) was uniform
             **(
                 {
                     "task": {
                         **{k.removeprefix("task/"): v for k, v in builder_metrics(buffer).items()},
                         "hard_prompts": sum(g.get("hard_prompts", 0) for g in gens),
+                        "screened_out": sum(g.get("screened_out", 0) for g in gens),
                     }
                 }
                 if self.cfg.task.name

