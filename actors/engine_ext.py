@@ -57,7 +57,7 @@ def held_weights(model: torch.nn.Module, packed: dict[str, list[str]], sent) -> 
     the embedding it is tied to. A name the engine holds nothing for raises."""
     modules = dict(model.named_modules(remove_duplicate=False))  # a module tied in twice: both names
     fused_of = {part: (fused, parts) for fused, parts in packed.items() for part in parts}
-    held = {}
+    held, wholes = {}, {}  # wholes: each fused tensor read back once, for all its shards
     for name, tensor in sent.items():
         path, _, attr = name.rpartition(".")
         parent, _, leaf = path.rpartition(".")
@@ -65,7 +65,9 @@ def held_weights(model: torch.nn.Module, packed: dict[str, list[str]], sent) -> 
             fused, parts = fused_of[leaf]
             fused_path = f"{parent}.{fused}" if parent else fused
             if fused_path in modules:
-                whole = read_held(modules[fused_path], attr)
+                if (fused_path, attr) not in wholes:
+                    wholes[fused_path, attr] = read_held(modules[fused_path], attr)
+                whole = wholes[fused_path, attr]
                 shards = [sent.get(f"{parent}.{p}.{attr}" if parent else f"{p}.{attr}") for p in parts]
                 sizes = [0 if s is None else s.shape[0] for s in shards]
                 start = sum(sizes[: parts.index(leaf)])
