@@ -31,6 +31,7 @@ from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import (
     game_points,
     judge_summary,
+    kuhn_pairs,
     kuhn_policy_table,
     outcomes,
     selection_summary,
@@ -561,11 +562,23 @@ class Generator:
 
         def loglikelihood(observations: list[str], replies: list[str]) -> list[float]:
             prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
-            conts = [list(self.encode(r))[len(self.encode("")) :] for r in replies]
+            conts = [self.continuation(r) for r in replies]
             with self.lock:
                 return self.engines[policy].loglikelihood(prompts, conts)
 
         return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
+
+    def continuation(self, reply: str) -> list[int]:
+        """`reply`'s tokens as they follow a prompt (the tokenizer's start tokens cut off)."""
+        return list(self.encode(reply))[len(self.encode("")) :]
+
+    def kuhn_inputs(self) -> list[tuple[str, int, list[int], list[int]]]:
+        """What kuhn_policy asks the engine, as token ids: (info-state key, action, prompt,
+        reply) for every reply of every state (learner/distill.py fits a model to them)."""
+        return [
+            (s.key, a, self.prompt(s.observation, "intermediate"), self.continuation(c))
+            for s, a, c in kuhn_pairs()
+        ]
 
     # -- tasks -------------------------------------------------------------------------------
     def task_play(self, n_prompts: int, opponent: str | None = None, judge: str = LEARNER) -> pa.Table:
@@ -1072,6 +1085,9 @@ class GeneratorActor:
 
     def kuhn_policy(self, weights: dict | None = None) -> dict:
         return self._measure(weights, self.gen.kuhn_policy)
+
+    def kuhn_inputs(self) -> list[tuple[str, int, list[int], list[int]]]:
+        return self.gen.kuhn_inputs()
 
     def head_to_head(self, league, member: str, n_games: int, weights: dict | None = None) -> dict:
         """The policy (sampling at the training temperature; with `weights`, those weights

@@ -90,19 +90,25 @@ class BestCheckpoint:
         return True
 
     def write(self, blob: bytes) -> None:
-        """RUN_DIR/best/: the model directory's config and tokenizer files, these weights as
-        model.safetensors (in the engine's dtype), and best.json. Written beside, then
-        swapped in, so a crash mid-write leaves the previous best whole."""
-        tmp = self.dir.with_name("best.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in self.model_dir.iterdir():
-            if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
-                shutil.copy(f, tmp / f.name)
-        (tmp / "model.safetensors").write_bytes(blob)
-        (tmp / "best.json").write_text(json.dumps(self.info))
-        shutil.rmtree(self.dir, ignore_errors=True)
-        tmp.rename(self.dir)
+        """RUN_DIR/best/: these weights (in the engine's dtype) and best.json."""
+        write_model_dir(self.dir, self.model_dir, blob, {"best.json": self.info})
+
+
+def write_model_dir(directory: Path, model_dir: Path, blob: bytes, info: dict[str, dict]) -> None:
+    """An HF model directory: `model_dir`'s config and tokenizer files, `blob` (safetensors
+    bytes) as model.safetensors, and each info file (name -> JSON). Written beside, then
+    swapped in, so a crash mid-write leaves the previous one whole."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json", ".bin")):
+            shutil.copy(f, tmp / f.name)
+    (tmp / "model.safetensors").write_bytes(blob)
+    for name, content in info.items():
+        (tmp / name).write_text(json.dumps(content))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
 
 
 def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tolerance: float = 0.05) -> dict:

@@ -186,6 +186,11 @@ class EvalConfig:
     games: int = 200  # per game, opponent and seat
     # Scripted opponents; each game is evaluated against those it has (see games/*.SCRIPTED).
     opponents: list[str] = field(default_factory=lambda: ["random", "minimax", "nash", "greedy", "fair"])
+    # Kuhn poker's average policy: the sequence-form average (games/kuhn.py:average_policy) of
+    # the policies measured by this newest share of the run's evaluations, i.e. playing each
+    # game with one of those evaluated weights drawn uniformly; as fictitious play, CFR and
+    # NFSP report an average rather than the last iterate, which cycles. 0: none.
+    kuhn_average_tail: float = 0.5
 
 
 @dataclass
@@ -604,7 +609,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"generator.num_generators: must be within autoscale bounds "
             f"[{a.min_generators}, {a.max_generators}], got {cfg.generator.num_generators}"
         )
-    for name in ("league.self_play_fraction", "league.promote_threshold"):
+    for name in ("league.self_play_fraction", "league.promote_threshold", "eval.kuhn_average_tail"):
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     return cfg

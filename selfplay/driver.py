@@ -21,7 +21,8 @@ import ray
 from tqdm import tqdm
 
 from selfplay import reward_model, schema
-from selfplay.best import BestCheckpoint, best_acceptance
+from selfplay.average import KuhnAverage
+from selfplay.best import BestCheckpoint, best_acceptance, write_model_dir
 from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import JUDGE_ROLE, judge_examples, sft_examples
 from selfplay.config import RunConfig, load_config, save_config
@@ -152,7 +153,14 @@ class EvalQueue:
     evaluations it had under way run again on the replacement (the same weights)."""
 
     def __init__(
-        self, cfg: RunConfig, learner, controller, metrics: MetricsLog, console: Console, best: BestCheckpoint
+        self,
+        cfg: RunConfig,
+        learner,
+        controller,
+        metrics: MetricsLog,
+        console: Console,
+        best: BestCheckpoint,
+        average: KuhnAverage | None = None,
     ):
         self.cfg = cfg
         self.learner = learner
@@ -161,6 +169,7 @@ class EvalQueue:
         self.metrics = metrics
         self.console = console
         self.best = best  # offered every evaluation of the current policy
+        self.average = average  # Kuhn poker's average policy, fed every evaluation of the current policy
         self.pending: list = []  # (step, prefix, weights, (method, args), ref)
         # the reward-hacking monitor: the current policy's proxy and gold scores (task.gold)
         self.monitor = HackingMonitor(cfg.task.alarm_window, cfg.task.alarm_margin) if cfg.task.gold else None
@@ -233,6 +242,7 @@ class EvalQueue:
                 todo.append((step, prefix, weights, (method, args), self.call(method, *args)))
                 continue
             if "policy" in result:  # Kuhn poker policy table
+                policy = result["policy"]
                 key, result = (
                     "kuhn/exploitability",
                     {
@@ -243,6 +253,14 @@ class EvalQueue:
                 )
                 self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
                 line = f"exploitability {result['exploitability']:.3f}"
+                if prefix == "eval" and self.average is not None:
+                    avg = self.average.add(step, result["version"], policy)
+                    self.metrics.log(
+                        step,
+                        wall_s,
+                        {f"eval/kuhn/average_{k}": avg[k] for k in ("exploitability", "evaluations")},
+                    )
+                    line += f"  average of the last {avg['evaluations']}: {avg['exploitability']:.3f}"
             elif "accuracy" in result:  # a task
                 key = f"{result['game']}/{result['opponent']}"
                 self.metrics.log(step, wall_s, eval_metrics(result, prefix))
@@ -350,6 +368,11 @@ class Run:
             self.metrics,
             self.console,
             self.best,
+            average=(
+                KuhnAverage(run_dir, cfg.eval.kuhn_average_tail, keep_until=self.step if resume_from else -1)
+                if "kuhn" in cfg.games and cfg.eval.kuhn_average_tail > 0 and not cfg.task.name
+                else None
+            ),
         )
         if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
             self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
@@ -358,6 +381,38 @@ class Run:
         self.gen_counts_at = (time.time(), {})
         self.buffer_at: dict | None = None  # the buffer's counts at the last log
         self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
+
+    def distill_average(self, average: dict) -> dict:
+        """Kuhn poker's average policy (`average`: KuhnAverage.average()) as one network, as
+        NFSP keeps a supervised average network: the final weights fitted to its table
+        (learner/distill.py), written to RUN_DIR/average/ (an HF model directory, with
+        average.json) and measured as every policy is, at fixed weights on generator-0's
+        evaluation engine. Returns the fit and those evaluations."""
+        import tempfile
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from learner.distill import fit_policy_table
+        from selfplay.weights import export_weights
+
+        weights = ray.get(self.learner.current_weights.remote())
+        with tempfile.TemporaryDirectory() as d:
+            final = Path(d) / "final"
+            write_model_dir(final, self.best.model_dir, ray.get(weights["ref"][0]), {})
+            model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+        fit = fit_policy_table(
+            model,
+            self.evals.run("kuhn_inputs"),
+            average["policy"],
+            pad_id=model.config.pad_token_id or 0,
+            temperature=self.cfg.generator.temperature,
+        )
+        blob, checksum = export_weights(model, getattr(torch, self.cfg.model.dtype))
+        info = {**fit, **{k: v for k, v in average.items() if k != "policy"}, "fitted_from_step": self.step}
+        write_model_dir(self.run_dir / "average", self.best.model_dir, blob, {"average.json": info})
+        net = {"ref": [ray.put(blob)], "version": weights["version"], "step": self.step, "checksum": checksum}
+        return {"fit": fit, "after": self.evaluate(wait=True, prefix="average", weights=net)}
 
     def wall(self) -> float:
         return self.wall_offset + time.time() - self.start
@@ -737,6 +792,14 @@ def train(
             summary["stopped_at_step"] = r.step
         else:
             summary["after"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
+            if r.evals.average is not None:  # Kuhn poker's average policy (RUN_DIR/average_policy.json)
+                avg = r.evals.average.average()
+                summary["after"]["kuhn/average"] = {k: v for k, v in avg.items() if k != "policy"}
+                if set(cfg.games) == {"kuhn"}:  # one network for it (fitting it would move other games)
+                    net = r.distill_average(avg)
+                    after = {k: eval_summary(v) for k, v in net["after"].items()}
+                    summary["average"] = {"fit": net["fit"], "after": after}
+                    summary["after"]["kuhn/average_net"] = after["kuhn/exploitability"]
             if r.league is not None and cfg.task.name:
                 summary["after"].update(r.final_match())
             if r.reward_model is not None:  # what the run's reward model learned, on held-out pairs

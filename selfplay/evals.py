@@ -208,6 +208,12 @@ def summarize(table: pa.Table, policy: str = LEARNER) -> dict:
 KUHN_REPLIES = {a: [c for c in string.printable if kuhn.Kuhn.parse_action(c) == a] for a in (0, 1)}
 
 
+def kuhn_pairs() -> list[tuple[kuhn.InfoState, int, str]]:
+    """(info state, action, reply) for every one-character reply that Kuhn poker accepts,
+    at each of its 12 information states."""
+    return [(s, a, c) for s in kuhn.INFO_STATES for a, chars in KUHN_REPLIES.items() for c in chars]
+
+
 def kuhn_policy_table(
     loglikelihood: Callable[[list[str], list[str]], list[float]], temperature: float = 1.0
 ) -> dict:
@@ -220,7 +226,7 @@ def kuhn_policy_table(
     so after renormalising over the legal replies this is the sampled policy, exactly, for
     one-token replies (the demo's setting). The mass on anything else (an illegal reply) is
     reported as illegal_mass at temperature 1 (its value at T needs the whole vocabulary)."""
-    pairs = [(s, a, c) for s in kuhn.INFO_STATES for a, chars in KUHN_REPLIES.items() for c in chars]
+    pairs = kuhn_pairs()
     logps = loglikelihood([s.observation for s, _, _ in pairs], [c for _, _, c in pairs])
     mass = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}  # at T = 1
     tempered = {s.key: [0.0, 0.0] for s in kuhn.INFO_STATES}  # proportional, at T

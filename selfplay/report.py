@@ -122,7 +122,10 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
         [(threshold, f"promote threshold ({threshold})")] if threshold is not None else [],
         band=("league/vs_previous_lo", "league/vs_previous_hi"),
     )
-    exploitability = Panel("exploitability", [f"eval/{KUHN_KEY}"], KUHN_REFERENCE)
+    # the policy at each evaluation, and the average over the newest of them (selfplay/average.py)
+    exploitability = Panel(
+        "exploitability", [f"eval/{KUHN_KEY}", "eval/kuhn/average_exploitability"], KUHN_REFERENCE
+    )
     return [
         ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
         ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),

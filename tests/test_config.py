@@ -102,6 +102,8 @@ def test_ill_typed_value_is_named(override, field):
         ("games={}", "games"),
         ("league.mode=elo", "league.mode"),
         ("league.self_play_fraction=1.5", "league.self_play_fraction"),
+        ("eval.kuhn_average_tail=1.5", "eval.kuhn_average_tail"),
+        ("eval.kuhn_average_tail=-0.1", "eval.kuhn_average_tail"),
         ("league.max_live_opponents=0", "league.max_live_opponents"),
         ("learner.device=tpu", "learner.device"),
         ("learner.weight_sync=nccl", "learner.weight_sync"),

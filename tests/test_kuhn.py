@@ -1,19 +1,26 @@
-"""Kuhn poker rules, text interface, OpenSpiel info states and exploitability, the Nash player."""
+"""Kuhn poker rules, text interface, OpenSpiel info states and exploitability, the Nash player,
+the average policy."""
 
 from __future__ import annotations
 
+import json
+import random
 from collections import Counter
 
 import pytest
 
+from selfplay.average import AVERAGE, POLICIES, KuhnAverage
 from selfplay.games.kuhn import (
     INFO_STATES,
     NASH_ALPHA,
     Kuhn,
     NashPlayer,
     RandomPlayer,
+    average_policy,
     exploitability,
     nash_policy,
+    own_reach,
+    tabular_policy,
 )
 
 J, Q, K = 0, 1, 2
@@ -218,6 +225,83 @@ def test_exploitability_names_a_missing_info_state():
         exploitability(policy)
 
 
+ALWAYS_PASS = {s.key: [1.0, 0.0] for s in INFO_STATES}
+ALWAYS_BET = {s.key: [0.0, 1.0] for s in INFO_STATES}
+
+
+def random_policy(rng) -> dict[str, list[float]]:
+    out = {}
+    for s in INFO_STATES:
+        p = rng.random()
+        out[s.key] = [p, 1 - p]
+    return out
+
+
+def test_own_reach_is_the_product_of_the_players_own_earlier_actions():
+    policy = {s.key: [0.5, 0.5] for s in INFO_STATES}
+    policy["1"] = [0.3, 0.7]  # player 0 passes Q with 0.3
+    assert own_reach(policy, "1") == 1.0  # nothing played yet
+    assert own_reach(policy, "1pb") == pytest.approx(0.3)  # its own pass at '1'
+    assert own_reach(policy, "1p") == own_reach(policy, "1b") == 1.0  # player 1's first move
+
+
+def test_average_weighs_each_policy_by_its_own_reach_of_the_state():
+    # Half always-pass, half always-bet. Player 0's first move: half each. After
+    # pass-bet only always-pass has passed, so there it is always-pass's (a plain mean of
+    # the tables would say [0.5, 0.5]). Player 1 reaches '1p' and '1b' under both: half each.
+    avg = average_policy([ALWAYS_PASS, ALWAYS_BET])
+    assert avg["0"] == avg["2"] == [0.5, 0.5]
+    assert avg["0pb"] == avg["2pb"] == [1.0, 0.0]
+    assert avg["1p"] == avg["1b"] == [0.5, 0.5]
+    weighted = average_policy([ALWAYS_PASS, ALWAYS_BET], [1.0, 3.0])
+    assert weighted["0"] == [0.25, 0.75] and weighted["0pb"] == [1.0, 0.0]
+
+
+def test_average_of_one_policy_or_of_copies_is_that_policy():
+    policy = random_policy(random.Random(0))
+    for avg in (average_policy([policy]), average_policy([policy, policy, policy], [1, 2, 3])):
+        for key, probs in policy.items():
+            assert avg[key] == pytest.approx(probs)
+
+
+def test_average_matches_openspiels_policy_aggregator():
+    import pyspiel
+    from open_spiel.python.algorithms.policy_aggregator import PolicyAggregator
+
+    rng = random.Random(1)
+    policies = [random_policy(rng) for _ in range(4)]
+    weights = [0.1, 0.4, 0.2, 0.3]
+    tabular = [tabular_policy(p) for p in policies]
+    aggregated = PolicyAggregator(pyspiel.load_game("kuhn_poker")).aggregate(
+        [0, 1], [tabular, tabular], [weights, weights]
+    )
+    ours = average_policy(policies, weights)
+    for s in INFO_STATES:
+        theirs = aggregated.policy[s.player][s.key]
+        assert ours[s.key] == pytest.approx([theirs[0], theirs[1]], abs=1e-9)
+
+
+def test_average_is_no_more_exploitable_than_its_policies_on_average():
+    # Exploitability is convex in the sequence-form average: the mixture of an
+    # always-pass and an always-bet player is far less exploitable than either.
+    mix = exploitability(average_policy([ALWAYS_PASS, ALWAYS_BET]))
+    assert mix < (exploitability(ALWAYS_PASS) + exploitability(ALWAYS_BET)) / 2
+    rng = random.Random(2)
+    for _ in range(5):
+        policies = [random_policy(rng) for _ in range(3)]
+        mean = sum(exploitability(p) for p in policies) / 3
+        assert exploitability(average_policy(policies)) <= mean + 1e-12
+
+
+def test_average_refuses_mismatched_or_empty_weights():
+    with pytest.raises(ValueError, match="no policies"):
+        average_policy([])
+    with pytest.raises(ValueError, match="one weight >= 0 per policy"):
+        average_policy([ALWAYS_PASS, ALWAYS_BET], [1.0])
+    with pytest.raises(ValueError, match="one weight >= 0 per policy"):
+        average_policy([ALWAYS_PASS], [0.0])
+
+
 def test_nash_policy_rejects_alpha_outside_the_family():
     with pytest.raises(ValueError, match="alpha"):
         nash_policy(0.5)
@@ -262,3 +346,33 @@ def test_nash_player_beats_random_in_both_seats():
                 game.apply(players[game.current_player].act(game))
             total += game.returns()[seat]
         assert total / n == pytest.approx(value, abs=0.07)
+
+
+# ---- the average over a run ------------------------------------------------------------
+
+
+def test_run_average_spans_the_newest_share_and_survives_a_resume(tmp_path):
+    rng = random.Random(3)
+    policies = [random_policy(rng) for _ in range(5)]
+    keeper = KuhnAverage(tmp_path, tail=0.5)
+    for i, p in enumerate(policies[:3]):
+        got = keeper.add(step=10 * i, version=i, policy=p)
+    # 3 evaluations: the newest ceil(1.5) = 2, steps 10 and 20
+    assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 20)
+    assert got["exploitability"] == pytest.approx(exploitability(average_policy(policies[1:3])))
+    assert json.loads((tmp_path / AVERAGE).read_text()) == got
+    assert keeper.add(step=20, version=2, policy=policies[3]) == got  # the same weights again: once
+    # a resume from step 10 keeps the evaluations up to it, and goes on from there
+    resumed = KuhnAverage(tmp_path, tail=0.5, keep_until=10)
+    assert [r["step"] for r in resumed.rows] == [0, 10]
+    got = resumed.add(step=30, version=3, policy=policies[4])
+    assert (got["evaluations"], got["from_step"]) == (2, 10)
+    assert got["exploitability"] == pytest.approx(exploitability(average_policy([policies[1], policies[4]])))
+    lines = (tmp_path / POLICIES).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 10, 30]
+    assert KuhnAverage(tmp_path, tail=1.0).rows == []  # a new run in the same directory starts empty
+
+
+def test_run_average_refuses_a_tail_outside_0_1(tmp_path):
+    with pytest.raises(ValueError, match="eval.kuhn_average_tail"):
+        KuhnAverage(tmp_path, tail=0.0)

@@ -1,12 +1,13 @@
 """The league end to end on a real local Ray with real vLLM engines: snapshots are
 promoted, opponent engines receive them through the broadcast path with checksums, Elo
 moves, and the run (league, learner with its value head, metrics, best checkpoint)
-survives a resume: 4 steps, then resumed to 6."""
+survives a resume: 4 steps, then resumed to 6; Kuhn poker's average policy spans the resume."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from selfplay import driver
+from selfplay.average import POLICIES
 from selfplay.config import LeagueConfig
+from selfplay.games import kuhn
 from selfplay.league import DEFAULT_RATING, LeagueState
 from selfplay.weights import export_checkpoint
 
@@ -138,6 +141,22 @@ def test_elo_moves_with_every_league_game(league_run):
         "snapshot/snap-1/tictactoe/minimax/non_loss",
         "distinct_1",
     } <= metrics
+
+
+def test_kuhn_average_spans_the_newest_half_of_the_evaluations_across_the_resume(league_run):
+    lines = (league_run / POLICIES).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    steps, versions = [r["step"] for r in rows], [r["version"] for r in rows]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 6 and 2 in steps and 4 in steps
+    assert len(set(versions)) == len(versions)  # weights measured again count once
+    n = math.ceil(0.5 * len(rows))  # small_cfg's eval.kuhn_average_tail
+    avg = json.loads((league_run / "summary.json").read_text())["after"]["kuhn/average"]
+    assert (avg["evaluations"], avg["from_step"], avg["to_step"]) == (n, rows[-n]["step"], 6)
+    expected = kuhn.exploitability(kuhn.average_policy([r["policy"] for r in rows[-n:]]))
+    assert avg["exploitability"] == pytest.approx(expected)
+    metrics = pq.read_table(league_run / "metrics.parquet").to_pylist()
+    logged = [m["value"] for m in metrics if m["name"] == "eval/kuhn/average_exploitability"]
+    assert logged and logged[-1] == pytest.approx(expected)
 
 
 def test_league_command_prints_members_and_head_to_head(league_run):

@@ -124,15 +124,13 @@ def nash_policy(alpha: float) -> dict[str, list[float]]:
     }
 
 
-def exploitability(policy: dict[str, list[float]]) -> float:
-    """OpenSpiel's exploitability (mean over players of the best-response gain, in chips)
-    of `policy`: info-state key -> [p_pass, p_bet] for all 12 keys in INFO_STATES."""
+def tabular_policy(policy: dict[str, list[float]]):
+    """`policy` (info-state key -> [p_pass, p_bet], all 12 keys in INFO_STATES) as
+    OpenSpiel's TabularPolicy for kuhn_poker, checked."""
     import pyspiel
     from open_spiel.python import policy as os_policy
-    from open_spiel.python.algorithms import exploitability as os_exploitability
 
-    game = pyspiel.load_game("kuhn_poker")
-    tabular = os_policy.TabularPolicy(game)
+    tabular = os_policy.TabularPolicy(pyspiel.load_game("kuhn_poker"))
     for key, row in tabular.state_lookup.items():
         if key not in policy:
             raise KeyError(f"kuhn policy has no entry for info state {key!r}")
@@ -140,7 +138,57 @@ def exploitability(policy: dict[str, list[float]]) -> float:
         if len(probs) != 2 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-9:
             raise ValueError(f"kuhn policy at {key!r}: want [p_pass, p_bet] summing to 1, got {probs}")
         tabular.action_probability_array[row] = probs
-    return float(os_exploitability.exploitability(game, tabular))  # a float, not numpy's: JSON takes it
+    return tabular
+
+
+def exploitability(policy: dict[str, list[float]]) -> float:
+    """OpenSpiel's exploitability (mean over players of the best-response gain, in chips)
+    of `policy`: info-state key -> [p_pass, p_bet] for all 12 keys in INFO_STATES."""
+    from open_spiel.python.algorithms import exploitability as os_exploitability
+
+    tabular = tabular_policy(policy)
+    return float(
+        os_exploitability.exploitability(tabular.game, tabular)
+    )  # a float, not numpy's: JSON takes it
+
+
+def own_reach(policy: dict[str, list[float]], key: str) -> float:
+    """The probability that the player to move at info state `key` ('<card><history>')
+    plays its own way there under `policy`: the product of its own earlier actions'
+    probabilities (the opponent's and the deal's are shared by every policy of the player)."""
+    card, history = key[0], key[1:]
+    player = len(history) % 2
+    reach = 1.0
+    for j in range(player, len(history), 2):
+        reach *= policy[card + history[:j]][MOVES.index(history[j])]
+    return reach
+
+
+def average_policy(
+    policies: list[dict[str, list[float]]], weights: list[float] | None = None
+) -> dict[str, list[float]]:
+    """The behaviour policy equal to playing, for a whole game, policies[i] with probability
+    weights[i] (default: uniform): at each info state the policies' action probabilities
+    weighted by weights[i] times the player's own reach of the state under policies[i]
+    (the sequence-form average that fictitious play, CFR and NFSP report; a plain mean of
+    the tables is a different, more exploitable policy). Where no policy reaches a state,
+    the plain weighted mean. Exploitability is convex in this average, so it is at most the
+    policies' weighted mean exploitability."""
+    if not policies:
+        raise ValueError("average_policy: no policies to average")
+    weights = [1.0] * len(policies) if weights is None else list(weights)
+    if len(weights) != len(policies) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(
+            f"average_policy: want one weight >= 0 per policy, not all 0; got {weights} for {len(policies)}"
+        )
+    out = {}
+    for s in INFO_STATES:
+        reach = [w * own_reach(p, s.key) for p, w in zip(policies, weights)]
+        if sum(reach) <= 0:
+            reach = weights
+        total = sum(reach)
+        out[s.key] = [sum(r * p[s.key][a] for r, p in zip(reach, policies)) / total for a in (0, 1)]
+    return out
 
 
 NASH_ALPHA = 1 / 6  # mid-family: player 0 mixes at J, K and Q-facing-a-bet (1/6, 1/2, 1/2)
