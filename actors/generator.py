@@ -561,12 +561,17 @@ class Generator:
         legal ones (see kuhn_policy_table); `version` is the weights measured."""
 
         def loglikelihood(observations: list[str], replies: list[str]) -> list[float]:
-            prompts = [self.prompt(o, "intermediate") for o in observations]  # the self-play context
+            prompts = [self.kuhn_prompt(o) for o in observations]
             conts = [self.continuation(r) for r in replies]
             with self.lock:
                 return self.engines[policy].loglikelihood(prompts, conts)
 
         return {**kuhn_policy_table(loglikelihood, self.cfg.temperature), "version": self.versions[policy]}
+
+    def kuhn_prompt(self, observation: str) -> list[int]:
+        """The prompt a Kuhn poker state is measured (and its average fitted) at: as in
+        self-play, whose skill prefix (when on) is 'intermediate'."""
+        return self.prompt(observation, "intermediate")
 
     def continuation(self, reply: str) -> list[int]:
         """`reply`'s tokens as they follow a prompt (the tokenizer's start tokens cut off)."""
@@ -575,10 +580,7 @@ class Generator:
     def kuhn_inputs(self) -> list[tuple[str, int, list[int], list[int]]]:
         """What kuhn_policy asks the engine, as token ids: (info-state key, action, prompt,
         reply) for every reply of every state (learner/distill.py fits a model to them)."""
-        return [
-            (s.key, a, self.prompt(s.observation, "intermediate"), self.continuation(c))
-            for s, a, c in kuhn_pairs()
-        ]
+        return [(s.key, a, self.kuhn_prompt(s.observation), self.continuation(c)) for s, a, c in kuhn_pairs()]
 
     # -- tasks -------------------------------------------------------------------------------
     def task_play(self, n_prompts: int, opponent: str | None = None, judge: str = LEARNER) -> pa.Table:

@@ -7,7 +7,9 @@ target's and no mass is left on illegal replies). Plain torch, no Ray."""
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -65,8 +67,9 @@ def fit_policy_table(
 ) -> dict:
     """Train `model` (in place, full batch, Adam) until its policy at every state of
     `inputs` is within `tolerance` of target[key] (action probabilities, renormalised over
-    the legal replies) and its illegal mass below `tolerance`, or max_steps. Returns the
-    steps taken, the final loss, the largest gap to the target and the largest illegal mass."""
+    the legal replies) and its illegal mass at `temperature` below `tolerance`, or for
+    max_steps. Returns the steps taken, and the loss, the largest gap to the target and the
+    largest illegal mass of the weights returned."""
     keys, ids, last, reply_ids = state_batches(inputs, pad_id)
     missing = [k for k in keys if k not in target]
     if missing:
@@ -74,18 +77,44 @@ def fit_policy_table(
     q = torch.tensor([target[k] for k in keys], dtype=torch.float32)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    step, loss = 0, torch.tensor(float("nan"))
+    step = 0
     while True:
         p = action_probs(model, ids, last, reply_ids, temperature)
         legal = p.sum(-1, keepdim=True)
         gap = (p / legal - q).abs().max().item()
         illegal = (1 - legal).max().item()
+        loss = -(q * torch.log(p.clamp(min=1e-30))).sum(-1).mean()
         if (gap < tolerance and illegal < tolerance) or step == max_steps:
             break
-        loss = -(q * torch.log(p.clamp(min=1e-30))).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
     model.eval()
     return {"steps": step, "loss": loss.item(), "max_gap": gap, "max_illegal": illegal}
+
+
+def fit_weights(
+    blob: bytes,
+    model_dir: Path,
+    inputs: list[tuple[str, int, list[int], list[int]]],
+    target: dict[str, list[float]],
+    temperature: float,
+    dtype: torch.dtype,
+) -> tuple[bytes, str, dict]:
+    """`blob` (safetensors weights of the model whose config and tokenizer files are in
+    `model_dir`), loaded in float32 and fitted to `target` (fit_policy_table); returns the
+    fitted weights in `dtype` as safetensors bytes, their checksum, and the fit."""
+    from transformers import AutoModelForCausalLM
+
+    from selfplay.best import write_model_dir
+    from selfplay.weights import export_weights
+
+    with tempfile.TemporaryDirectory() as d:
+        write_model_dir(Path(d) / "model", Path(model_dir), blob, {})
+        model = AutoModelForCausalLM.from_pretrained(Path(d) / "model", dtype=torch.float32)
+    fit = fit_policy_table(
+        model, inputs, target, pad_id=model.config.pad_token_id or 0, temperature=temperature
+    )
+    fitted, checksum = export_weights(model, dtype)
+    return fitted, checksum, fit

@@ -14,14 +14,15 @@ from pathlib import Path
 from selfplay.files import write_atomic
 from selfplay.games import kuhn
 
-POLICIES = "kuhn_policies.jsonl"  # every evaluation's policy table, in order
+POLICIES = "kuhn_policies.jsonl"  # every evaluation's policy table, in step order
 AVERAGE = "average_policy.json"  # the latest average and the evaluations it spans
 
 
 class KuhnAverage:
     """`add` each evaluation of the current policy; `tail` in (0, 1]: the newest share of
     the evaluations averaged (at least one). A resumed run keeps the evaluations up to the
-    step it resumes from (`keep_until`; -1 for a new run: none)."""
+    step it resumes from (`keep_until`; -1 for a new run: none). Both files are rewritten
+    whole (atomically) at each change: a crash leaves the previous ones."""
 
     def __init__(self, run_dir: Path, tail: float, keep_until: int = -1):
         if not 0 < tail <= 1:
@@ -29,21 +30,28 @@ class KuhnAverage:
         self.path, self.out, self.tail = run_dir / POLICIES, run_dir / AVERAGE, tail
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.rows = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= keep_until]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._write(self.average() if self.rows else None)
 
     def add(self, step: int, version: int, policy: dict[str, list[float]]) -> dict:
-        """Record an evaluation's policy; returns the average now (see `average`) and
-        writes it to RUN_DIR/average_policy.json. Weights measured again (the same version
-        as the last, e.g. the final evaluation after the last periodic one) count once."""
-        if self.rows and self.rows[-1]["version"] == version:
+        """Record an evaluation's policy in step order (evaluations may finish out of
+        order); returns the average now (see `average`). Weights measured again (a version
+        already recorded, e.g. the final evaluation after the last periodic one) count once."""
+        if any(r["version"] == version for r in self.rows):
             return self.average()
-        row = {"step": step, "version": version, "policy": policy}
-        self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.rows.append({"step": step, "version": version, "policy": policy})
+        self.rows.sort(key=lambda r: (r["step"], r["version"]))
         result = self.average()
-        write_atomic(self.out, json.dumps(result, indent=1))
+        self._write(result)
         return result
+
+    def _write(self, average: dict | None) -> None:
+        """RUN_DIR/kuhn_policies.jsonl, and RUN_DIR/average_policy.json (`average`; none
+        before the first evaluation)."""
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        if average is None:
+            self.out.unlink(missing_ok=True)
+        else:
+            write_atomic(self.out, json.dumps(average, indent=1))
 
     def average(self) -> dict:
         """The average of the newest ceil(tail * n) evaluations: its policy, exploitability,

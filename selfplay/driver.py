@@ -150,7 +150,9 @@ class EvalQueue:
     weights as they were when it was queued, held fixed in generator-0's evaluation
     engine while broadcasts keep landing; it is logged at that learner step, with the
     weight version it measured. If generator-0 dies, its pool replaces it and the
-    evaluations it had under way run again on the replacement (the same weights)."""
+    evaluations it had under way run again on the replacement (the same weights). The
+    current policy's Kuhn policy tables also go to `average` (Kuhn poker's average policy,
+    selfplay/average.py), whose exploitability is logged beside the iterate's."""
 
     def __init__(
         self,
@@ -226,7 +228,7 @@ class EvalQueue:
     def collect(self, wall_s: float, wait: bool = False) -> dict[str, dict]:
         """Log the finished evaluations; returns them by prefix, each keyed 'GAME/OPPONENT'
         or 'kuhn/exploitability'. The current policy's (prefix 'eval') go to the best
-        checkpoint's keeper."""
+        checkpoint's keeper, and its Kuhn policy tables to the average's."""
         results: dict[str, dict] = {}
         still, todo = [], list(self.pending)
         while todo:
@@ -385,33 +387,26 @@ class Run:
     def distill_average(self, average: dict) -> dict:
         """Kuhn poker's average policy (`average`: KuhnAverage.average()) as one network, as
         NFSP keeps a supervised average network: the final weights fitted to its table
-        (learner/distill.py), written to RUN_DIR/average/ (an HF model directory, with
-        average.json) and measured as every policy is, at fixed weights on generator-0's
-        evaluation engine. Returns the fit and those evaluations."""
-        import tempfile
-
+        (learner/distill.py, in this process: a small model's 12 prompts), written to
+        RUN_DIR/average/ (an HF model directory, with average.json) and measured as every
+        policy is, at fixed weights on generator-0's evaluation engine (as version -1: not
+        a weight version the learner made). Returns the fit and those evaluations."""
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from learner.distill import fit_policy_table
-        from selfplay.weights import export_weights
+        from learner.distill import fit_weights
 
         weights = ray.get(self.learner.current_weights.remote())
-        with tempfile.TemporaryDirectory() as d:
-            final = Path(d) / "final"
-            write_model_dir(final, self.best.model_dir, ray.get(weights["ref"][0]), {})
-            model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
-        fit = fit_policy_table(
-            model,
+        blob, checksum, fit = fit_weights(
+            ray.get(weights["ref"][0]),
+            self.best.model_dir,
             self.evals.run("kuhn_inputs"),
             average["policy"],
-            pad_id=model.config.pad_token_id or 0,
-            temperature=self.cfg.generator.temperature,
+            self.cfg.generator.temperature,
+            getattr(torch, self.cfg.model.dtype),
         )
-        blob, checksum = export_weights(model, getattr(torch, self.cfg.model.dtype))
         info = {**fit, **{k: v for k, v in average.items() if k != "policy"}, "fitted_from_step": self.step}
         write_model_dir(self.run_dir / "average", self.best.model_dir, blob, {"average.json": info})
-        net = {"ref": [ray.put(blob)], "version": weights["version"], "step": self.step, "checksum": checksum}
+        net = {"ref": [ray.put(blob)], "version": -1, "step": self.step, "checksum": checksum}
         return {"fit": fit, "after": self.evaluate(wait=True, prefix="average", weights=net)}
 
     def wall(self) -> float:

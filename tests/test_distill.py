@@ -25,6 +25,7 @@ def tokenizer_and_model(tmp_path_factory):
 
 
 def inputs_for(tokenizer) -> list[tuple[str, int, list[int], list[int]]]:
+    """Each state's bare observation (the generator adds a skill prefix when that is on)."""
     start = len(tokenizer.encode(""))
     return [
         (s.key, a, tokenizer.encode(s.observation), tokenizer.encode(c)[start:]) for s, a, c in kuhn_pairs()
@@ -53,7 +54,6 @@ def test_batches_group_each_states_replies_by_action(tokenizer_and_model):
 
 def test_fitting_reaches_the_target_policy_and_its_exploitability(tokenizer_and_model):
     tokenizer, new_model = tokenizer_and_model
-    torch.manual_seed(0)
     model, inputs = new_model(), inputs_for(tokenizer)
     before = table(model, inputs)
     assert max(abs(before[k][0] - TARGET[k][0]) for k in TARGET) > 0.1  # far from it at first
@@ -88,20 +88,24 @@ def test_fitting_refuses_long_replies_and_missing_states(tokenizer_and_model):
 
 @pytest.mark.integration
 def test_fitted_weights_play_the_target_on_a_vllm_engine(ray_session, generator, tiny_model):
-    """The generator's own prompts and replies; the fitted weights loaded (and read back) by
-    its evaluation engine in bfloat16, the Kuhn policy measured from the engine's log-probs."""
+    """As a run fits its average network: the weights as bytes, the generator's own prompts
+    and replies; the fitted weights loaded (and read back) by its evaluation engine in
+    bfloat16, the Kuhn policy measured from the engine's log-probs."""
+    from pathlib import Path
+
     import ray
-    from transformers import AutoModelForCausalLM
 
-    from selfplay.weights import export_weights
+    from learner.distill import fit_weights
+    from selfplay.weights import export_checkpoint
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    fit = fit_policy_table(model, ray.get(generator.kuhn_inputs.remote()), TARGET)
-    assert fit["max_gap"] < 2e-3
-    blob, checksum = export_weights(model, torch.bfloat16)
-    weights = {"ref": [ray.put(blob)], "version": 10_001, "step": 0, "checksum": checksum}
-    measured = ray.get(generator.kuhn_policy.remote(weights))
-    assert measured["version"] == 10_001
+    start, _ = export_checkpoint(tiny_model, "bfloat16")
+    inputs = ray.get(generator.kuhn_inputs.remote())
+    blob, checksum, fit = fit_weights(start, Path(tiny_model), inputs, TARGET, 1.0, torch.bfloat16)
+    assert fit["max_gap"] < 2e-3 and fit["max_illegal"] < 2e-3 and fit["steps"] > 0
+    measured = ray.get(
+        generator.kuhn_policy.remote({"ref": [ray.put(blob)], "version": -1, "checksum": checksum})
+    )
+    assert measured["version"] == -1
     for key, probs in TARGET.items():  # bfloat16 weights move it a little
         assert measured["policy"][key] == pytest.approx(probs, abs=0.03)
     assert measured["illegal_mass"] < 0.01

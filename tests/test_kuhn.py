@@ -270,6 +270,8 @@ def test_average_matches_openspiels_policy_aggregator():
 
     rng = random.Random(1)
     policies = [random_policy(rng) for _ in range(4)]
+    policies[0]["0"] = [0.0, 1.0]  # never passes J: never reaches '0pb', which the others reach
+    policies[1]["2"] = [1.0, 0.0]  # always passes K: its own reach of '2pb' is 1, the others' less
     weights = [0.1, 0.4, 0.2, 0.3]
     tabular = [tabular_policy(p) for p in policies]
     aggregated = PolicyAggregator(pyspiel.load_game("kuhn_poker")).aggregate(
@@ -353,7 +355,7 @@ def test_nash_player_beats_random_in_both_seats():
 
 def test_run_average_spans_the_newest_share_and_survives_a_resume(tmp_path):
     rng = random.Random(3)
-    policies = [random_policy(rng) for _ in range(5)]
+    policies = [random_policy(rng) for _ in range(6)]
     keeper = KuhnAverage(tmp_path, tail=0.5)
     for i, p in enumerate(policies[:3]):
         got = keeper.add(step=10 * i, version=i, policy=p)
@@ -361,16 +363,21 @@ def test_run_average_spans_the_newest_share_and_survives_a_resume(tmp_path):
     assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 20)
     assert got["exploitability"] == pytest.approx(exploitability(average_policy(policies[1:3])))
     assert json.loads((tmp_path / AVERAGE).read_text()) == got
-    assert keeper.add(step=20, version=2, policy=policies[3]) == got  # the same weights again: once
-    # a resume from step 10 keeps the evaluations up to it, and goes on from there
+    assert keeper.add(step=10, version=1, policy=policies[3]) == got  # weights measured again: once
+    # a resume from step 10 keeps the evaluations up to it, and its average says so at once
     resumed = KuhnAverage(tmp_path, tail=0.5, keep_until=10)
     assert [r["step"] for r in resumed.rows] == [0, 10]
+    assert json.loads((tmp_path / AVERAGE).read_text())["to_step"] == 10
+    # evaluations finishing out of order go in by step
+    resumed.add(step=40, version=4, policy=policies[5])
     got = resumed.add(step=30, version=3, policy=policies[4])
-    assert (got["evaluations"], got["from_step"]) == (2, 10)
-    assert got["exploitability"] == pytest.approx(exploitability(average_policy([policies[1], policies[4]])))
+    assert [r["step"] for r in resumed.rows] == [0, 10, 30, 40]
+    assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 30, 40)
+    assert got["exploitability"] == pytest.approx(exploitability(average_policy(policies[4:6])))
     lines = (tmp_path / POLICIES).read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [0, 10, 30]
+    assert [json.loads(line)["step"] for line in lines] == [0, 10, 30, 40]
     assert KuhnAverage(tmp_path, tail=1.0).rows == []  # a new run in the same directory starts empty
+    assert not (tmp_path / AVERAGE).exists()
 
 
 def test_run_average_refuses_a_tail_outside_0_1(tmp_path):
