@@ -30,6 +30,7 @@ from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
 LORA = "lora.safetensors"  # LoRA's adapters and the weights they adapt, in a checkpoint
+ADAPTER = "default"  # the name of the one adapter with_lora makes (peft's default)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -143,23 +144,21 @@ def is_lora_key(key: str) -> bool:
 
 
 @torch.no_grad()
-def merged_state(model) -> dict[str, torch.Tensor]:
-    """A peft LoRA model's weights merged into its base model's names and shapes: each
-    adapted `W` as W + scale * B A (peft's own delta), every other tensor as it is."""
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    deltas = {
-        f"{name}.weight": m.get_delta_weight(m.active_adapters[0])
-        for name, m in base.named_modules()
-        if isinstance(m, LoraLayer)
-    }
+def merge_lora(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A LoRA model's weights (its peft base model's state dict: `X.base_layer.weight`,
+    `X.lora_A.default.weight` [r, in], `X.lora_B.default.weight` [out, r]) merged into the
+    plain model's names and shapes: each adapted `X.weight` as W + scale * B A (peft's own
+    delta, in its order), every other tensor as it is. On whole tensors: a sharded
+    learner gathers them first."""
     merged = {}
-    for key, value in base.state_dict().items():
+    for key, value in state.items():
         if ".lora_" in key:
             continue
-        key = key.replace(".base_layer.", ".")
-        merged[key] = value + deltas[key].to(value.dtype) if key in deltas else value
+        if key.endswith(".base_layer.weight"):
+            prefix = key.removesuffix(".base_layer.weight")
+            a, b = state[f"{prefix}.lora_A.{ADAPTER}.weight"], state[f"{prefix}.lora_B.{ADAPTER}.weight"]
+            value = value + ((b @ a) * scale).to(value.dtype)
+        merged[key.replace(".base_layer.", ".")] = value
     return merged
 
 
@@ -245,8 +244,6 @@ class Learner:
             )
         self.sharded = sharded
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
-        if sharded and cfg.lora_rank:
-            raise ValueError("learner.lora_rank: LoRA is not built for a sharded learner group yet")
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(seed)
         self.cfg = cfg
@@ -640,10 +637,30 @@ class Learner:
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """The policy's weights under the HF model's own names: with LoRA, every adapted
-        weight merged (W + scale B A), as engines and checkpoints hold them."""
-        if self.sharded:  # gathered from every rank's shards: each rank must ask
-            return {k: full(v) for k, v in self.model.state_dict().items()}
-        return merged_state(self.model) if self.cfg.lora_rank else self.model.state_dict()
+        weight merged (W + scale B A), as engines and checkpoints hold them. A sharded
+        learner gathers them from every rank's shards: each rank must ask."""
+        state = {k: full(v) for k, v in self._plain().state_dict().items()}
+        return merge_lora(state, self.cfg.lora_alpha / self.cfg.lora_rank) if self.cfg.lora_rank else state
+
+    def _plain(self) -> torch.nn.Module:
+        """The HF model (with LoRA, peft's base model: its linear layers hold the adapters)."""
+        return self.model.get_base_model() if self.cfg.lora_rank else self.model
+
+    def _lora_state(self) -> dict[str, torch.Tensor]:
+        """LoRA's adapters and the weights they adapt, whole (gathered: each rank must ask)."""
+        return {k: full(v).contiguous() for k, v in self.model.state_dict().items() if is_lora_key(k)}
+
+    def _read_lora(self, d: Path) -> dict[str, torch.Tensor]:
+        """A checkpoint's LoRA tensors (see _lora_state), checked against this model."""
+        if not (d / LORA).exists():
+            raise FileNotFoundError(f"{d}: no {LORA} (learner.lora_rank > 0): saved without LoRA")
+        tensors = load_file(d / LORA, device=str(self.device))
+        unexpected = sorted(set(tensors) - set(self.model.state_dict()))
+        if unexpected:
+            raise ValueError(
+                f"{d / LORA}: tensors this model has not (e.g. {unexpected[:3]}): another lora_rank or lora_targets"
+            )
+        return tensors
 
     def export(self) -> tuple[bytes, str]:
         tensors, checksum = self.export_tensors()
@@ -654,17 +671,14 @@ class Learner:
 
     def save_model(self, directory: str | Path) -> None:
         """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers
-        load; with LoRA, the merged model (a copy: the adapters stay)."""
-        if self.sharded:  # every rank gathers the weights, rank 0 writes them
-            weights = self.policy_state()
-            if self.rank == 0:
-                self.model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
-                self.tokenizer.save_pretrained(directory)
+        load; with LoRA, the merged weights. In a sharded group every rank gathers the
+        weights and rank 0 writes them."""
+        weights = self.policy_state()
+        if self.rank == 0:
+            self._plain().save_pretrained(directory, state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        if self.sharded:
             dist.barrier()
-            return
-        model = copy.deepcopy(self.model).merge_and_unload() if self.cfg.lora_rank else self.model
-        model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
@@ -676,10 +690,7 @@ class Learner:
         if self.value_head is not None:
             save_file(self.value_head.state_dict(), d / "value_head.safetensors")
         if self.cfg.lora_rank:  # model/ holds the merged weights; the adapters and what they adapt:
-            save_file(
-                {k: v.contiguous() for k, v in self.model.state_dict().items() if is_lora_key(k)},
-                d / LORA,
-            )
+            save_file(self._lora_state(), d / LORA)
         if self.ref is not None:  # the KL anchor or SPIN's previous iterate, not this policy
             save_model(self.ref, str(d / REFERENCE))
         self._save_counters(d)
@@ -712,6 +723,7 @@ class Learner:
             None if self.value_head is None else {k: full(v) for k, v in self.value_head.state_dict().items()}
         )
         ref = None if self.ref is None else {k: full(v) for k, v in self.ref.state_dict().items()}
+        lora = self._lora_state() if self.cfg.lora_rank else None
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optimizer = get_optimizer_state_dict(self._trained(), self.opt, options=options)
         if self.rank == 0:
@@ -721,6 +733,8 @@ class Learner:
                 save_file({k: v.contiguous().cpu() for k, v in head.items()}, d / "value_head.safetensors")
             if ref is not None:
                 save_file({k: v.contiguous().cpu() for k, v in ref.items()}, d / REFERENCE)
+            if lora is not None:
+                save_file({k: v.cpu() for k, v in lora.items()}, d / LORA)
             self._save_counters(d)
         dist.barrier()  # written before any rank goes on
 
@@ -739,6 +753,9 @@ class Learner:
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:
             set_model_state_dict(self.value_head, load_file(d / "value_head.safetensors"), options=options)
+        if self.cfg.lora_rank:  # the adapters and the weights they adapt (the rest were built from model/)
+            lora = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, self._read_lora(d), options=lora)
         if self.ref is not None:
             set_model_state_dict(self.ref, load_file(d / REFERENCE), options=options)
         state = json.loads((d / "learner_state.json").read_text())
@@ -756,15 +773,7 @@ class Learner:
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))
         if self.cfg.lora_rank:
-            if not (d / LORA).exists():
-                raise FileNotFoundError(f"{d}: no {LORA} (learner.lora_rank > 0): saved without LoRA")
-            unexpected = self.model.load_state_dict(
-                load_file(d / LORA, device=str(self.device)), strict=False
-            )[1]
-            if unexpected:
-                raise ValueError(
-                    f"{d / LORA}: tensors this model has not (e.g. {unexpected[:3]}): another lora_rank or lora_targets"
-                )
+            self.model.load_state_dict(self._read_lora(d), strict=False)
         if self.ref is not None:
             if not (d / REFERENCE).exists():
                 raise FileNotFoundError(

@@ -539,10 +539,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
         raise ConfigError(f"learner.device: must be auto, cpu, cuda or cuda:N, got {cfg.learner.device!r}")
-    if cfg.learner.num_workers > 1 and cfg.learner.lora_rank:
-        raise ConfigError(
-            "learner.num_workers: a learner group with LoRA (learner.lora_rank) is not built yet"
-        )
     if cfg.learner.kl_placement == "loss" and cfg.learner.kl_estimator == "k1":
         raise ConfigError(
             "learner.kl_estimator: k1 as a loss has no KL gradient (its expectation's gradient is 0); "

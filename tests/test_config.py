@@ -408,10 +408,3 @@ def test_resuming_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfplay: error: ") and "\n" not in err, err
-
-
-def test_a_learner_group_refuses_what_it_does_not_shard_yet():
-    with pytest.raises(ConfigError, match="^learner.num_workers: .*LoRA"):
-        load_config(overrides=["learner.num_workers=2", "learner.lora_rank=8"])
-    # preference pairs train in a group (tests/test_sharded_learner.py)
-    assert load_config("configs/spin.yaml", ["learner.num_workers=2"]).learner.num_workers == 2

@@ -1,7 +1,8 @@
 """A data-parallel learner group sharded by FSDP2 (Learner(sharded=True)): two ranks, each
 a process of its own on a gloo group, take the same steps on the same batches as one
 unsharded learner: the same losses, gradient norms, metrics and weights, within fp32
-summation error; for policy-gradient turns and for preference pairs."""
+summation error; for policy-gradient turns (every weight trained, or LoRA adapters) and for
+preference pairs; and a saved group resumes to the same next step."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ PAIR_SETTINGS = [
     "learner.lr=1e-2",
 ]
 PAIR_BATCHES = [(5, 0), (1, 1)]
+# LoRA on top of SETTINGS: rank-4 adapters on every projection of the frozen model, the
+# value head trained whole; the reference is a copy of the LoRA model
+LORA_SETTINGS = ["learner.lora_rank=4"]
 PAIR_METRICS = ("loss", "preference_loss", "chosen_nll", "chosen_logratio", "rejected_logratio")
 PAIR_METRICS += ("reward_margin", "reward_accuracy", "pairs", "grad_norm", "step")
 
@@ -113,14 +117,15 @@ def train(learner: Learner, checkpoint: str | None = None) -> list[dict]:
     return steps
 
 
-def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: str) -> None:
+def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: str, settings: list) -> None:
     """One rank. mode "train": the steps of BATCHES, a checkpoint after the first;
-    "resume": a new group from that checkpoint takes the second step."""
+    "resume": a new group from that checkpoint takes the second step; "pairs": the steps
+    of PAIR_BATCHES."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = load_config(None, PAIR_SETTINGS if mode == "pairs" else SETTINGS)
+        cfg = load_config(None, settings)
         start = f"{out}/ckpt/model" if mode == "resume" else model_dir
         learner = Learner(cfg.learner, cfg.model, start, seed=0, sharded=True)
         if mode == "pairs":
@@ -144,9 +149,12 @@ def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: 
         dist.destroy_process_group()
 
 
-def run_ranks(model_dir: str, out: Path, mode: str, world: int = 2) -> tuple[dict, dict]:
+def run_ranks(model_dir: str, out: Path, mode: str, settings: list, world: int = 2) -> tuple[dict, dict]:
     mp.start_processes(
-        rank_main, args=(world, free_port(), model_dir, str(out), mode), nprocs=world, start_method="spawn"
+        rank_main,
+        args=(world, free_port(), model_dir, str(out), mode, settings),
+        nprocs=world,
+        start_method="spawn",
     )
     return json.loads((out / f"{mode}.json").read_text()), load_file(out / f"{mode}.safetensors")
 
@@ -156,16 +164,18 @@ def model_dir(tmp_path_factory) -> str:
     return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
 
 
-@pytest.fixture(scope="module")
-def group(model_dir, tmp_path_factory) -> tuple[Path, dict, dict]:
-    """Two sharded ranks trained on BATCHES (a checkpoint after the first step)."""
-    out = tmp_path_factory.mktemp("group")
-    return (out, *run_ranks(model_dir, out, "train"))
+@pytest.fixture(scope="module", params=["full", "lora"])
+def group(request, model_dir, tmp_path_factory) -> tuple[Path, dict, dict, list]:
+    """Two sharded ranks trained on BATCHES (a checkpoint after the first step): every
+    weight trained, or LoRA adapters on the frozen model (the reference a LoRA model too)."""
+    settings = SETTINGS + (LORA_SETTINGS if request.param == "lora" else [])
+    out = tmp_path_factory.mktemp(f"group-{request.param}")
+    return (out, *run_ranks(model_dir, out, "train", settings), settings)
 
 
 def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
-    _, sharded, weights = group
-    cfg = load_config(None, SETTINGS)
+    _, sharded, weights, settings = group
+    cfg = load_config(None, settings)
     one = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     expected = train(one)
     assert sharded["flops"] == one.flops_per_token
@@ -184,7 +194,7 @@ def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
 
 
 def test_two_sharded_ranks_train_preference_pairs_as_one_learner_does(model_dir, tmp_path):
-    sharded, weights = run_ranks(model_dir, tmp_path, "pairs")
+    sharded, weights = run_ranks(model_dir, tmp_path, "pairs", PAIR_SETTINGS)
     cfg = load_config(None, PAIR_SETTINGS)
     one = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     expected = train_pairs(one)
@@ -211,9 +221,10 @@ def test_a_sharded_group_saved_and_resumed_takes_the_same_next_step(model_dir, g
     """The checkpoint holds the whole state (model, value head, reference, the optimiser's
     moments by parameter name): a new group resumed from it takes the step the saved one
     took next."""
-    out, trained, _ = group
+    out, trained, _, settings = group
     assert (out / "ckpt" / "model" / "config.json").exists() and (out / "ckpt" / "optimizer.pt").exists()
-    resumed, _ = run_ranks(model_dir, out, "resume")
+    assert (out / "ckpt" / "lora.safetensors").exists() == ("learner.lora_rank=4" in settings)
+    resumed, _ = run_ranks(model_dir, out, "resume", settings)
     assert resumed["steps"][0]["step"] == trained["steps"][1]["step"] == 2
     for k, v in trained["steps"][1].items():
         assert resumed["steps"][0][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
