@@ -127,6 +127,12 @@ def with_lora(model, cfg: LearnerConfig):
         raise ValueError(
             f"learner.lora_targets: {unknown} name no linear layer of this model (its own: {sorted(linear)})"
         )
+    head = model.get_output_embeddings()
+    tied = [n for n, m in model.named_modules() if m is head and n.rsplit(".", 1)[-1] in cfg.lora_targets]
+    if tied and model.config.tie_word_embeddings:  # the merged head would lose its delta when re-tied
+        raise ValueError(
+            f"learner.lora_targets: {tied[0]} is tied to the input embeddings in this model; leave it out"
+        )
     config = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
@@ -148,15 +154,20 @@ def merge_lora(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.
     """A LoRA model's weights (its peft base model's state dict: `X.base_layer.weight`,
     `X.lora_A.default.weight` [r, in], `X.lora_B.default.weight` [out, r]) merged into the
     plain model's names and shapes: each adapted `X.weight` as W + scale * B A (peft's own
-    delta, in its order), every other tensor as it is. On whole tensors: a sharded
-    learner gathers them first."""
+    delta, in its order), every other tensor as it is. On whole tensors (a sharded learner
+    gathers them first); `state` is consumed: each adapted weight, A and B leave it as
+    they are merged, so a gathered copy is freed as the merged one is made."""
     merged = {}
-    for key, value in state.items():
-        if ".lora_" in key:
+    for key in list(state):
+        if key not in state or ".lora_" in key:
             continue
+        value = state.pop(key)
         if key.endswith(".base_layer.weight"):
             prefix = key.removesuffix(".base_layer.weight")
-            a, b = state[f"{prefix}.lora_A.{ADAPTER}.weight"], state[f"{prefix}.lora_B.{ADAPTER}.weight"]
+            a, b = (
+                state.pop(f"{prefix}.lora_A.{ADAPTER}.weight"),
+                state.pop(f"{prefix}.lora_B.{ADAPTER}.weight"),
+            )
             value = value + ((b @ a) * scale).to(value.dtype)
         merged[key.replace(".base_layer.", ".")] = value
     return merged
@@ -651,14 +662,18 @@ class Learner:
         return {k: full(v).contiguous() for k, v in self.model.state_dict().items() if is_lora_key(k)}
 
     def _read_lora(self, d: Path) -> dict[str, torch.Tensor]:
-        """A checkpoint's LoRA tensors (see _lora_state), checked against this model."""
+        """A checkpoint's LoRA tensors (see _lora_state), on the CPU, checked against this
+        model: the same names and shapes (a DTensor's shape is the whole tensor's)."""
         if not (d / LORA).exists():
             raise FileNotFoundError(f"{d}: no {LORA} (learner.lora_rank > 0): saved without LoRA")
-        tensors = load_file(d / LORA, device=str(self.device))
-        unexpected = sorted(set(tensors) - set(self.model.state_dict()))
-        if unexpected:
+        tensors = load_file(d / LORA)
+        own = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if is_lora_key(k)}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if got != own:
+            differ = sorted(k for k in own.keys() | got.keys() if own.get(k) != got.get(k))
             raise ValueError(
-                f"{d / LORA}: tensors this model has not (e.g. {unexpected[:3]}): another lora_rank or lora_targets"
+                f"{d / LORA}: its adapters are not this model's ({len(differ)} tensors differ in name "
+                f"or shape, e.g. {differ[0]}): saved with another lora_rank or lora_targets"
             )
         return tensors
 
@@ -773,7 +788,9 @@ class Learner:
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))
         if self.cfg.lora_rank:
-            self.model.load_state_dict(self._read_lora(d), strict=False)
+            self.model.load_state_dict(
+                {k: v.to(self.device) for k, v in self._read_lora(d).items()}, strict=False
+            )
         if self.ref is not None:
             if not (d / REFERENCE).exists():
                 raise FileNotFoundError(

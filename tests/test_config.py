@@ -408,3 +408,10 @@ def test_resuming_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfplay: error: ") and "\n" not in err, err
+
+
+def test_a_learner_group_takes_preference_pairs_and_lora():
+    # both train in a group (tests/test_sharded_learner.py)
+    assert load_config("configs/spin.yaml", ["learner.num_workers=2"]).learner.num_workers == 2
+    cfg = load_config(overrides=["learner.num_workers=2", "learner.lora_rank=8"]).learner
+    assert (cfg.num_workers, cfg.lora_rank) == (2, 8)

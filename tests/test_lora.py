@@ -98,3 +98,26 @@ def test_a_saved_lora_learner_takes_the_same_next_step(model_dir, tmp_path):
 def test_lora_targets_that_name_no_layer_are_refused(model_dir):
     with pytest.raises(ValueError, match=r"learner.lora_targets: \['qkv'\] name no linear layer"):
         make_learner(model_dir, ["learner.lora_targets=[qkv]"])
+
+
+def test_a_checkpoint_of_another_rank_is_refused_by_name(model_dir, tmp_path):
+    learner = make_learner(model_dir)
+    learner.save(tmp_path)
+    other = make_learner(str(tmp_path / "model"), ["learner.lora_rank=8"])
+    with pytest.raises(
+        ValueError, match=r"lora.safetensors: its adapters are not this model's .* another lora_rank"
+    ):
+        other.load(tmp_path)
+    (tmp_path / "lora.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no lora.safetensors"):
+        make_learner(str(tmp_path / "model")).load(tmp_path)
+
+
+def test_adapters_on_a_head_tied_to_the_embeddings_are_refused(model_dir, tmp_path):
+    tied = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, tie_word_embeddings=True)
+    tied.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="learner.lora_targets: lm_head is tied to the input embeddings"):
+        make_learner(str(tmp_path), ["learner.lora_targets=[q_proj,lm_head]"])
+    assert (
+        make_learner(model_dir, ["learner.lora_targets=[q_proj,lm_head]"]).cfg.lora_rank == 4
+    )  # untied: fine
