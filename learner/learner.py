@@ -159,7 +159,7 @@ def merge_lora(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.
     they are merged, so a gathered copy is freed as the merged one is made."""
     merged = {}
     for key in list(state):
-        if key not in state or ".lora_" in key:
+        if ".lora_" in key:  # an adapter's A or B: popped with the weight it adapts
             continue
         value = state.pop(key)
         if key.endswith(".base_layer.weight"):
