@@ -4,7 +4,8 @@ runs on a machine that has nothing else. Measures, on a model built locally from
 
 - device selection: `learner.device: auto` picks the GPU;
 - one training step per memory setting (the whole batch in one pass, micro-batches with
-  gradient accumulation, plus gradient checkpointing): seconds, tokens/s, MFU against
+  gradient accumulation, plus gradient checkpointing; rank-16 LoRA; the first micro-batch
+  size with the optimiser's state offloaded to the host): seconds, tokens/s, MFU against
   `--peak-tflops` (the datasheet) and against the device's bf16 matmul rate measured in
   the same run, peak device memory;
 - gradient accumulation: the gradient of micro-batches against the one-pass gradient of
@@ -165,19 +166,29 @@ def main(argv: list[str] | None = None) -> dict:
         del learner
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        # LoRA (rank 16 on every linear layer): the optimiser holds the adapters' state alone
-        lora = learner_for(model_dir, base + ["learner.lora_rank=16"])
-        result["lora_trainable_parameters"] = sum(
-            p.numel() for p in lora.model.parameters() if p.requires_grad
-        )
-        try:
-            result["steps"]["lora_r16"] = step_figures(lora, table, args.repeats, measured)
-        except torch.OutOfMemoryError as e:
-            result["steps"]["lora_r16"] = {"error": f"out of memory: {str(e)[:200]}"}
-        save()
-        del lora
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        # LoRA (rank 16 on every linear layer): the optimiser holds the adapters' state alone;
+        # optimiser offload: AdamW's moments (and fp32 copies of the weights) in host memory
+        others = {
+            "lora_r16": ["learner.lora_rank=16"],
+            f"micro_{micros[0]}_offload": [
+                f"learner.micro_batch_size={micros[0]}",
+                "learner.optimizer_offload=true",
+            ],
+        }
+        for name, extra in others.items():
+            other = learner_for(model_dir, base + extra)
+            if name == "lora_r16":
+                result["lora_trainable_parameters"] = sum(
+                    p.numel() for p in other.model.parameters() if p.requires_grad
+                )
+            try:
+                result["steps"][name] = step_figures(other, table, args.repeats, measured)
+            except torch.OutOfMemoryError as e:
+                result["steps"][name] = {"error": f"out of memory: {str(e)[:200]}"}
+            save()
+            del other
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
         if args.no_checks:
             print(json.dumps(result, indent=1))

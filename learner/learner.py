@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import losses
 from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
+from learner.offload import OffloadedOptimizer
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.files import write_atomic
 from selfplay.games import MODULES
@@ -209,15 +210,20 @@ def rank_spans(n_rows: int, size: int, rank: int, world: int) -> list[tuple[int,
     return even_spans(*even_spans(0, n_rows, world)[rank], max(-(-largest // size), 1))
 
 
-def shard(module: torch.nn.Module) -> None:
+def shard(module: torch.nn.Module, offload: bool = False) -> None:
     """FSDP2 (`fully_shard`) over the default process group: each decoder layer its own
-    unit (its parameters gathered only while it runs), then the rest of the module."""
-    from torch.distributed.fsdp import fully_shard
+    unit (its parameters gathered only while it runs), then the rest of the module.
+    `offload`: FSDP2's CPUOffloadPolicy, the shards of weights, gradients and optimiser
+    state kept in host memory and copied to the device per unit as it runs (the
+    optimiser steps on the host); on a CPU group the host is the device."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
+    device = next(module.parameters()).device
+    policy = CPUOffloadPolicy(pin_memory=device.type == "cuda") if offload else OffloadPolicy()
     decoder = module.get_decoder() if hasattr(module, "get_decoder") else None
     for layer in getattr(decoder, "layers", []):
-        fully_shard(layer)
-    fully_shard(module)
+        fully_shard(layer, offload_policy=policy)
+    fully_shard(module, offload_policy=policy)
 
 
 def all_reduced(sums: dict[str, float], names: list[str]) -> defaultdict:
@@ -280,13 +286,20 @@ class Learner:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         if sharded:  # after sharding, the optimiser holds each rank's shards
-            for module in (self.model, self.ref, self.value_head):
+            for module, trained in ((self.model, True), (self.ref, False), (self.value_head, True)):
                 if module is not None:
-                    shard(module)
+                    shard(module, offload=cfg.optimizer_offload and trained)
             params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.params = params  # what the optimiser trains and the gradient clip measures
+
+        def adamw(trained: list) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        # optimiser state on the host: one learner's by OffloadedOptimizer, a group's by FSDP2
+        offload = cfg.optimizer_offload and not sharded
+        self.opt = OffloadedOptimizer(params, adamw) if offload else adamw(params)
         # model FLOPs per token, forward and backward: 6 per non-embedding parameter (as
         # nanochat and PaLM count MFU; attention's share is small at these lengths)
         embed = self.model.get_input_embeddings().weight.numel()  # a DTensor's numel is the whole's
@@ -392,9 +405,7 @@ class Learner:
             metrics.update(self._preference_backward(pairs))
         if others:
             metrics.update(self._policy_backward(others))
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for group in self.opt.param_groups for p in group["params"]], self.cfg.grad_clip
-        )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
         if self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
@@ -799,6 +810,8 @@ class Learner:
                     "learner.kl_coef=0 and learner.reference=false"
                 )
             load_model(self.ref, str(d / REFERENCE), device=str(self.device))
+        if isinstance(self.opt, OffloadedOptimizer):  # the host copies of what was just loaded
+            self.opt.sync_from_model()
         state = json.loads((d / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]
         self.baselines = {(g, r): b for g, r, b in state["baselines"]}

@@ -114,6 +114,11 @@ class LearnerConfig:
     # (every loss term divides by the whole batch's count). 0: the whole batch in one pass
     micro_batch_size: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # optimiser state (AdamW's moments) and an fp32 copy of the trained weights in host
+    # memory, the step taken there (ZeRO-Offload's optimiser half): frees 8 bytes per trained
+    # parameter on a GPU learner; a sharded group uses FSDP2's CPUOffloadPolicy instead
+    # (weights, gradients and optimiser shards on the host). On a CPU learner it saves nothing.
+    optimizer_offload: bool = False
     # LoRA (Hu et al. 2021, through peft): 0 trains every weight; r > 0 freezes the model and
     # trains rank-r adapters on the linear layers named in lora_targets, scaled by
     # lora_alpha / r. Generators receive the merged weights by the usual broadcast (engines

@@ -67,7 +67,14 @@ def test_the_gpu_learner_bench_runs_on_cpu(tmp_path, advantage):
         + ["--advantage", advantage, "--out", str(tmp_path)]
     )
     assert result["picked_device"] == "cpu" and result["bf16_matmul_tflops"] > 0
-    assert set(result["steps"]) == {"one_pass", "micro_4", "micro_4_checkpointing", "lora_r16"}
+    assert set(result["steps"]) == {
+        "one_pass",
+        "micro_4",
+        "micro_4_checkpointing",
+        "lora_r16",
+        "micro_4_offload",
+    }
+    assert result["steps"]["micro_4_offload"]["micro_batches"] == 2
     assert 0 < result["lora_trainable_parameters"] < result["parameters"] / 4
     assert result["steps"]["micro_4"]["micro_batches"] == 2
     assert result["accumulation_fp32"]["relative_l2"] < 1e-4

@@ -442,6 +442,58 @@ def test_a_saved_and_loaded_learner_takes_the_same_next_step(model_dir, tmp_path
     assert same_weights(a.ref, b.ref)
 
 
+# ---- optimiser-state offload (learner.optimizer_offload)
+
+OFFLOAD = ACCUMULATION_CASES["gae"] + ["learner.lr=1e-2", "learner.grad_clip=0.5"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_an_offloaded_optimiser_takes_the_steps_the_device_one_takes(model_dir, lora):
+    """AdamW's moments and fp32 copies of the trained weights on the host, the step taken
+    there and the weights copied back: the same losses, clipped gradient norms and weights
+    as the optimiser on the model's own parameters, step for step (exactly: the same fp32
+    arithmetic on the same numbers)."""
+    settings = OFFLOAD + (["learner.lora_rank=4"] if lora else [])
+    plain, offloaded = (
+        Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        for cfg in (
+            load_config(None, settings + [f"learner.optimizer_offload={f}"]) for f in ("false", "true")
+        )
+    )
+    for _ in range(3):
+        want, got = plain.train_step(mixed_batch()), offloaded.train_step(mixed_batch())
+        assert (got["loss"], got["grad_norm"]) == (want["loss"], want["grad_norm"])
+    assert (
+        want["grad_norm"] > 0.5
+    )  # the clip acted, on the model's gradients (the host copies have none then)
+    assert same_weights(plain.model, offloaded.model) and same_weights(plain.value_head, offloaded.value_head)
+    host, state = offloaded.opt.host, offloaded.opt.state
+    assert len(host) == len(offloaded.params) == len(plain.params)  # LoRA: the adapters and the head alone
+    assert all(h in state for h in host) and not any(p in state for p in offloaded.params)
+    assert all(h.data_ptr() != p.data_ptr() for h, p in zip(host, offloaded.params, strict=True))
+    assert {s["exp_avg"].device.type for s in state.values()} == {"cpu"}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_checkpoint_resumes_with_or_without_offload(model_dir, tmp_path, lora):
+    """An offloaded learner's checkpoint holds the optimiser's state in the usual layout:
+    a learner resumed from it with offload, or without, takes the saved one's next step;
+    the resumed host copies are of the loaded weights (value head, LoRA adapters), not of
+    the ones the learner was built with."""
+    settings = OFFLOAD + (["learner.lora_rank=4"] if lora else [])
+    a, offloaded = trained_and_reloaded(
+        settings + ["learner.optimizer_offload=true"], model_dir, tmp_path, mixed_batch
+    )
+    cfg = load_config(None, settings)
+    plain = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
+    plain.load(tmp_path)
+    want = a.train_step(mixed_batch())
+    for b in (offloaded, plain):
+        got = b.train_step(mixed_batch())
+        assert (got["loss"], got["grad_norm"]) == (want["loss"], want["grad_norm"])
+        assert same_weights(a.model, b.model) and same_weights(a.value_head, b.value_head)
+
+
 # ---- preference pairs (rows labelled dpo)
 
 PAIRS = ["task.name=arithmetic", "learner.advantage=group", "learner.reference=true"]

@@ -52,6 +52,7 @@ PAIR_BATCHES = [(5, 0), (1, 1)]
 # LoRA on top of SETTINGS: rank-4 adapters on every projection of the frozen model, the
 # value head trained whole; the reference is a copy of the LoRA model
 LORA_SETTINGS = ["learner.lora_rank=4"]
+OFFLOAD_SETTINGS = ["learner.optimizer_offload=true"]
 PAIR_METRICS = ("loss", "preference_loss", "chosen_nll", "chosen_logratio", "rejected_logratio")
 PAIR_METRICS += ("reward_margin", "reward_accuracy", "pairs", "grad_norm", "step")
 
@@ -164,11 +165,13 @@ def model_dir(tmp_path_factory) -> str:
     return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
+@pytest.fixture(scope="module", params=["full", "lora", "offload"])
 def group(request, model_dir, tmp_path_factory) -> tuple[Path, dict, dict, list]:
     """Two sharded ranks trained on BATCHES (a checkpoint after the first step): every
-    weight trained, or LoRA adapters on the frozen model (the reference a LoRA model too)."""
-    settings = SETTINGS + (LORA_SETTINGS if request.param == "lora" else [])
+    weight trained, LoRA adapters on the frozen model (the reference a LoRA model too), or
+    every weight trained with FSDP2's CPU offload (weights, gradients and optimiser state
+    in host memory, the step on the host: on a CPU group the same memory, the same steps)."""
+    settings = SETTINGS + {"full": [], "lora": LORA_SETTINGS, "offload": OFFLOAD_SETTINGS}[request.param]
     out = tmp_path_factory.mktemp(f"group-{request.param}")
     return (out, *run_ranks(model_dir, out, "train", settings), settings)
 
