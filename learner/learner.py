@@ -660,17 +660,32 @@ class Learner:
     def policy_state(self) -> dict[str, torch.Tensor]:
         """The policy's weights under the HF model's own names: with LoRA, every adapted
         weight merged (W + scale B A), as engines and checkpoints hold them. A sharded
-        learner gathers them from every rank's shards: each rank must ask."""
-        state = {k: full(v) for k, v in self._plain().state_dict().items()}
-        return merge_lora(state, self.cfg.lora_alpha / self.cfg.lora_rank) if self.cfg.lora_rank else state
+        learner gathers them from every rank's shards: each rank must ask; rank 0 alone keeps
+        them (another rank gets {}, having held one gathered tensor at a time)."""
+        state = self._gathered(self._plain().state_dict().items())
+        if self.cfg.lora_rank and state:
+            return merge_lora(state, self.cfg.lora_alpha / self.cfg.lora_rank)
+        return state
+
+    def _gathered(self, items) -> dict[str, torch.Tensor]:
+        """(name, tensor) pairs whole, on rank 0 (every rank takes part in each gather; the
+        others drop each tensor as it is gathered and return {})."""
+        state = {}
+        for key, value in items:
+            whole = full(value)
+            if self.rank == 0:
+                state[key] = whole
+        return state
 
     def _plain(self) -> torch.nn.Module:
         """The HF model (with LoRA, peft's base model: its linear layers hold the adapters)."""
         return self.model.get_base_model() if self.cfg.lora_rank else self.model
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
-        """LoRA's adapters and the weights they adapt, whole (gathered: each rank must ask)."""
-        return {k: full(v).contiguous() for k, v in self.model.state_dict().items() if is_lora_key(k)}
+        """LoRA's adapters and the weights they adapt, whole (gathered: each rank must ask;
+        rank 0's, as policy_state)."""
+        state = self._gathered((k, v) for k, v in self.model.state_dict().items() if is_lora_key(k))
+        return {k: v.contiguous() for k, v in state.items()}
 
     def _read_lora(self, d: Path) -> dict[str, torch.Tensor]:
         """A checkpoint's LoRA tensors (see _lora_state), on the CPU, checked against this
@@ -745,10 +760,8 @@ class Learner:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         self.save_model(d / "model")
-        head = (
-            None if self.value_head is None else {k: full(v) for k, v in self.value_head.state_dict().items()}
-        )
-        ref = None if self.ref is None else {k: full(v) for k, v in self.ref.state_dict().items()}
+        head = None if self.value_head is None else self._gathered(self.value_head.state_dict().items())
+        ref = None if self.ref is None else self._gathered(self.ref.state_dict().items())
         lora = self._lora_state() if self.cfg.lora_rank else None
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optimizer = get_optimizer_state_dict(self._trained(), self.opt, options=options)

@@ -134,13 +134,14 @@ def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: 
             state = learner.policy_state()
         elif mode == "train":
             steps = train(learner, f"{out}/ckpt")
-            state = learner.policy_state()  # every rank gathers; rank 0 writes
+            state = learner.policy_state()  # every rank gathers; rank 0 keeps and writes
         else:
             learner.load(f"{out}/ckpt")
             n, seed = BATCHES[1]
             m = learner.train_step(synthetic_batch(n, 6, 2, 100, seed))
             steps = [{k: m.get(k) for k in (*METRICS, "grad_norm", "step")}]
             state = learner.policy_state()
+        assert (rank == 0) == bool(state)  # rank 0 alone keeps the gathered weights
         if rank == 0:
             save_file({k: v.contiguous() for k, v in state.items()}, f"{out}/{mode}.safetensors")
             Path(out, f"{mode}.json").write_text(
