@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+HOST = torch.device("cpu")  # where the offloaded state lives, whatever device the learner trains on
+
 
 class OffloadedOptimizer:
     """Wraps the optimiser `make(host_params)` builds over host copies of `params`. Exposes
@@ -25,10 +27,11 @@ class OffloadedOptimizer:
 
     def __init__(self, params: Iterable[torch.nn.Parameter], make: Callable[[list], torch.optim.Optimizer]):
         self.params = list(params)
-        pin = any(p.device.type == "cuda" for p in self.params)  # page-locked: asynchronous copies
+        # on a GPU: page-locked host copies (asynchronous transfers), synchronised each step
+        self.on_gpu = any(p.device.type == "cuda" for p in self.params)
         self.host = []
         for p in self.params:
-            copy = torch.empty(p.shape, dtype=torch.float32, device="cpu", pin_memory=pin)
+            copy = torch.empty(p.shape, dtype=torch.float32, device=HOST, pin_memory=self.on_gpu)
             copy.copy_(p.detach())
             self.host.append(torch.nn.Parameter(copy))
         self.optimizer = make(self.host)
@@ -36,10 +39,6 @@ class OffloadedOptimizer:
     @property
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -55,8 +54,8 @@ class OffloadedOptimizer:
         parameter without a gradient is left to the optimiser as it would be on the device
         (AdamW skips it)."""
         for p, h in zip(self.params, self.host):
-            h.grad = None if p.grad is None else p.grad.to("cpu", torch.float32, non_blocking=True)
-        if any(p.device.type == "cuda" for p in self.params):
+            h.grad = None if p.grad is None else p.grad.to(HOST, torch.float32, non_blocking=True)
+        if self.on_gpu:
             torch.cuda.synchronize()  # the gradients have landed before the host reads them
         self.optimizer.step()
         for p, h in zip(self.params, self.host):
