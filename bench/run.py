@@ -21,6 +21,8 @@ measured.
 - rllib: TicTacToe and Kuhn poker self-play, ours (the demo configs) vs RLlib's PPO with an
   MLP on OpenSpiel's observations: seconds to non-loss 0.9 against minimax and to
   exploitability 0.1 (bench/rllib_peer.py). No goal: who is faster, and why.
+- ceiling: the demo's TicTacToe learner trained on perfect (minimax) labels: learner steps
+  to non-loss 0.9 against minimax (bench/ceiling.py). No goal: what bounds the demo.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import broadcast, buffer_bench, generation, learner_mfu, rllib_peer, trl_peer
+from bench import broadcast, buffer_bench, ceiling, generation, learner_mfu, rllib_peer, trl_peer
 from bench.suite import figure, machine, table, write, write_table
 from selfplay.config import load_config
 
 ROUNDS = 5
-BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "trl", "rllib")
+BENCHMARKS = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "trl", "rllib", "ceiling")
 
 
 def pipeline_vs_raw(cfg, model_path: str) -> dict:
@@ -138,6 +140,8 @@ def main() -> None:
         trl_peer.main([])
     if "rllib" in only:
         rllib_peer.main([])
+    if "ceiling" in only:
+        ceiling.main([])
     print()
     print(table())
     print(f"written: {write_table()}")

@@ -202,3 +202,55 @@ def test_the_rllib_peers_figure_is_the_first_time_the_goal_is_met():
     assert rllib_peer.first_reaching(points, "<= 0.1") is None
     assert rllib_peer.outcome(None, points, "<= 0.1", 5) == "not in 5 min (best 0.5)"
     assert rllib_peer.outcome(points[2], points, ">= 0.9", 5) == "20 s"
+
+
+def test_the_ceilings_labels_are_optimal_and_its_evaluation_reads_the_board():
+    import random
+
+    from bench import ceiling
+    from selfplay.games.tictactoe import optimal_moves
+
+    assert ceiling.board_of([4, 0, 8]) == ("O...X...X", 1)
+    labels = optimal_moves()
+    positions = [("X........", 1), ("." * 9, 0)]
+    prompts = {p: [1, 2, 3] for p in positions}
+    move_ids = [10 + c for c in range(9)]
+    rows = ceiling.label_rows(positions, labels, prompts, move_ids, random.Random(0), one=False)
+    assert rows[0]["response_ids"] == [14] and rows[0]["response_text"] == "5"  # the centre, the only answer
+    assert rows[0]["label"] == "sft" and rows[0]["role"] == 1
+
+    def opening(seed: int, one: bool) -> str:  # the empty board's label
+        rows = ceiling.label_rows(positions, labels, prompts, move_ids, random.Random(seed), one)
+        return rows[1]["response_text"]
+
+    assert len({opening(s, one=False) for s in range(40)}) > 3  # every opening is optimal: one at random
+    assert {opening(s, one=True) for s in range(40)} == {"1"}  # the lowest optimal cell, always
+    # a policy that plays the labels never loses to minimax, through the same evaluation
+    score = rllib_peer.tictactoe_vs_minimax(lambda s: labels[ceiling.board_of(s.history())][0], games=20)
+    assert score["non_loss"] == 1.0 and score["illegal"] == 0.0
+
+
+def test_the_ceiling_is_the_first_evaluation_to_reach_the_goal_and_the_one_it_holds_from():
+    from bench import ceiling
+
+    curve = [
+        {"step": s, "non_loss": v} for s, v in [(50, 0.2), (100, 0.92), (150, 0.4), (200, 0.95), (250, 1.0)]
+    ]
+    first, held = ceiling.reached(curve)
+    assert (first["step"], held["step"]) == (100, 200)
+    first, held = ceiling.reached(curve[:3])
+    assert first["step"] == 100 and held is None
+    assert ceiling.reached(curve[:1]) == (None, None)
+
+
+def test_the_ceiling_benchmark_trains_the_demos_learner_and_writes_its_figures(tmp_path):
+    from bench import ceiling
+
+    figures = ceiling.main(
+        ["--steps", "2", "--eval-every", "1", "--threads", "1", "--results", str(tmp_path)]
+    )
+    doc = json.loads((tmp_path / "ceiling.json").read_text())
+    assert [p["step"] for p in doc["curve"]] == [1, 2]
+    assert (doc["preset"], doc["batch"]) == ("1m", 512)  # configs/tictactoe.yaml's
+    assert all(0 < p["nll"] < 10 for p in doc["curve"]) and doc["step_s"] > 0
+    assert figures["tictactoe_ceiling_first_step"]["goal"] is None

@@ -12,8 +12,10 @@ from selfplay.games.tictactoe import (
     MinimaxPlayer,
     RandomPlayer,
     TicTacToe,
+    best_moves,
     completing,
     minimax_value,
+    optimal_moves,
     winner,
 )
 
@@ -204,6 +206,25 @@ def test_corner_then_adjacent_edge_is_forced_win_for_x():
 def test_immediate_win_is_plus_one_and_finished_position_is_scored():
     assert minimax_value("XX.OO....", "X") == 1
     assert minimax_value("XXXOO....", "O") == -1  # O to move after X already won
+
+
+def test_best_moves_are_every_move_of_the_best_value():
+    assert best_moves("." * 9, 0) == list(range(9))  # every opening holds the draw
+    # X X . / O O . / . . X, O to move: 5 wins now, 2 wins by force (it threatens 3-4-5 and
+    # 2-4-6 at once); every other move lets X complete 0-1-2.
+    assert best_moves("XX.OO...X", 1) == [2, 5]
+
+
+def test_optimal_moves_label_every_position_with_a_mover():
+    labels = optimal_moves()
+    assert len(labels) == 4520  # 5,478 legal positions, 958 of them over
+    assert labels["." * 9, 0] == list(range(9))
+    assert labels["XX.OO...X", 1] == [2, 5]
+    for (board, player), moves in labels.items():
+        assert board.count("X") - board.count("O") == player and winner(board) is None
+        assert moves and all(board[m] == "." for m in moves)
+    # a corner opening is answered by the centre alone (any other reply loses by force)
+    assert labels["X........", 1] == [4]
 
 
 def test_minimax_blocks_the_only_threat():

@@ -96,14 +96,37 @@ class MinimaxPlayer:
         self.rng = random.Random(seed)
 
     def act(self, game: TicTacToe) -> int:
-        mark = MARKS[game.current_player]
-        other = MARKS[1 - game.current_player]
-        scored = [
-            (-minimax_value(game.board[:i] + mark + game.board[i + 1 :], other), i)
-            for i in game.legal_actions()
-        ]
-        best = max(v for v, _ in scored)
-        return self.rng.choice([i for v, i in scored if v == best])
+        return self.rng.choice(best_moves(game.board, game.current_player))
+
+
+def best_moves(board: str, player: int) -> list[int]:
+    """The free cells of `board` whose minimax value for `player` (to move) is highest:
+    every move that wins by force if one does, else every move that holds the draw."""
+    mark, other = MARKS[player], MARKS[1 - player]
+    scored = [
+        (-minimax_value(board[:i] + mark + board[i + 1 :], other), i) for i, c in enumerate(board) if c == "."
+    ]
+    best = max(v for v, _ in scored)
+    return [i for v, i in scored if v == best]
+
+
+def optimal_moves() -> dict[tuple[str, int], list[int]]:
+    """Every position a game can reach where someone is to move (4,520 of TicTacToe's 5,478
+    legal positions; the rest are over), as (board, player to move) -> `best_moves`: the
+    perfect labels a policy would imitate, in the order a depth-first walk from the empty
+    board meets them."""
+    labels: dict[tuple[str, int], list[int]] = {}
+
+    def walk(board: str, player: int) -> None:
+        if winner(board) is not None or "." not in board or (board, player) in labels:
+            return
+        labels[board, player] = best_moves(board, player)
+        for i, c in enumerate(board):
+            if c == ".":
+                walk(board[:i] + MARKS[player] + board[i + 1 :], 1 - player)
+
+    walk("." * 9, 0)
+    return labels
 
 
 def completing(board: str, mark: str) -> list[int]:
