@@ -160,16 +160,11 @@ def test_variance_filter_saving_says_what_kind_of_figure_it_is():
 
 
 def perfect(state) -> int:
-    """Minimax's first optimal move on an OpenSpiel tic_tac_toe state (its history: X first)."""
-    from selfplay.games.tictactoe import MARKS, minimax_value
+    """Minimax's lowest optimal move on an OpenSpiel tic_tac_toe state (its history: X first)."""
+    from bench.ceiling import board_of
+    from selfplay.games.tictactoe import best_moves
 
-    board = ["."] * 9
-    for i, a in enumerate(state.history()):
-        board[a] = MARKS[i % 2]
-    board, mark = "".join(board), MARKS[len(state.history()) % 2]
-    other = MARKS[1 - MARKS.index(mark)]
-    free = [i for i, c in enumerate(board) if c == "."]
-    return max(free, key=lambda i: -minimax_value(board[:i] + mark + board[i + 1 :], other))
+    return best_moves(*board_of(state.history()))[0]
 
 
 def test_the_rllib_peers_tictactoe_evaluation_plays_both_seats_and_an_illegal_move_loses():
