@@ -74,6 +74,12 @@ class LearnerService:
         self.last_tensors = None  # ... as tensors, when the broadcast was collective (shared on demand)
         self.blob_step = -1  # the learner step whose weights the last broadcast (or attach) sent
         self.sync_host = sync_host
+        # the collective broadcast's backend, chosen now so that a wrong one fails at start
+        self.sync_backend = (
+            collective.pick_backend(learner.cfg.sync_backend, learner.device)
+            if learner.cfg.weight_sync == "collective"
+            else None
+        )
         self.rendezvous: collective.Rendezvous | None = None  # made at the first collective broadcast
         # collective broadcasts that failed and went by the object store: {version, error}
         self.sync_fallbacks: list[dict] = []
@@ -241,7 +247,7 @@ class LearnerService:
         the same weights twice)."""
         cfg = self.learner.cfg
         if self.rendezvous is None:
-            self.rendezvous = collective.Rendezvous(self.sync_host, cfg.sync_timeout_s)
+            self.rendezvous = collective.Rendezvous(self.sync_host, cfg.sync_timeout_s, self.sync_backend)
         entries = collective.manifest(tensors)
         plan = collective.buckets(entries, int(cfg.sync_bucket_mb * 2**20))
         version, world = self.learner.version, len(self.targets) + 1
@@ -257,12 +263,13 @@ class LearnerService:
                 "entries": entries,
                 "plan": plan,
                 "timeout_s": cfg.sync_timeout_s,
+                "backend": self.sync_backend,
             }
             future = self.transport.call(peer, "receive_collective", sync, version)
             pending.append((name, peer, future, self.checksum, sent))
         try:
             self.rendezvous.send(prefix, world, tensors, plan)
-        except RuntimeError as err:  # gloo's errors (a rank gone, a timeout) are RuntimeErrors
+        except RuntimeError as err:  # gloo's and NCCL's errors (a rank gone, a timeout) are RuntimeErrors
             self.sync_fallbacks.append({"version": version, "error": f"{type(err).__name__}: {err}"[:300]})
             return "object_store"
         self.pending = pending

@@ -1,9 +1,17 @@
 """Weights by collective broadcast (`learner.weight_sync: collective`): the learner is rank
-0 of a torch.distributed gloo group whose other ranks are the generators, and each
-broadcast's tensors (in the engine's dtype) go to all of them at once, packed into buckets
-of `learner.sync_bucket_mb`, instead of as one safetensors blob per generator through
-Ray's object store. What OpenRLHF and verl do with NCCL between the learner and the vLLM
-workers; gloo runs the same protocol on CPUs.
+0 of a torch.distributed group whose other ranks are the generators, and each broadcast's
+tensors (in the engine's dtype) go to all of them at once, packed into buckets of
+`learner.sync_bucket_mb`, instead of as one safetensors blob per generator through Ray's
+object store. What OpenRLHF and verl do between the learner and the vLLM workers.
+
+The backend (`learner.sync_backend`, `pick_backend`): gloo moves host tensors over TCP;
+NCCL (auto's choice when the learner trains on a GPU) moves each bucket GPU to GPU
+(NVLink, InfiniBand), the same protocol with the buffers on the device. A receiver stages
+NCCL's buckets in host memory as they arrive: the engine beside it has reserved most of its
+GPU's memory (vLLM's gpu_memory_utilization), so a second copy of the model there could
+fail, and the host copy keeps the all-or-nothing load below. NCCL is not testable on this
+project's CPU machines: its path differs from gloo's only in the group made (`_group`) and
+the device of the buffers, and gloo's runs in the tests.
 
 One group per broadcast, named by its version under a store the learner hosts: a generator
 that joins or leaves the pool between broadcasts simply is or is not a rank of the next
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import socket
 
 import torch
@@ -64,6 +73,29 @@ def buckets(entries: list[list], bucket_bytes: int) -> list[list[int]]:
     return plan
 
 
+def pick_backend(requested: str, device: torch.device) -> str:
+    """The broadcast's backend for `learner.sync_backend` = `requested` on a learner that
+    trains on `device`: auto is NCCL on a GPU, else gloo. NCCL sends from a GPU, with a
+    torch built with it; asked for otherwise, a one-line error."""
+    if requested == "auto":
+        requested = "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl":
+        if device.type != "cuda":
+            raise ValueError(
+                f"learner.sync_backend: nccl sends from a GPU, but the learner trains on {device}"
+            )
+        if not dist.is_nccl_available():
+            raise ValueError("learner.sync_backend: nccl, but this torch is built without NCCL")
+    elif requested != "gloo":
+        raise ValueError(f"learner.sync_backend: auto, gloo or nccl, got {requested!r}")
+    return requested
+
+
+def device_of(backend: str) -> torch.device:
+    """Where a backend's buffers live: NCCL's on the process's current GPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
 def gloo_options(host: str, timeout_s: float):
     """A gloo group's options: its connections on `host` alone, and its timeout."""
     opts = dist.ProcessGroupGloo._Options()
@@ -90,8 +122,41 @@ def store(host: str, port: int, master: bool, timeout_s: float) -> dist.TCPStore
     )
 
 
-def _group(store, prefix: str, rank: int, world: int, host: str, timeout_s: float):
-    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, world, gloo_options(host, timeout_s))
+# NCCL's error handling, read when a group is made: a broadcast that fails (a rank gone, a
+# timeout) raises from wait() as gloo's does, and only its communicator is aborted, instead
+# of NCCL's watchdog tearing the whole process down (torch's default)
+NCCL_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
+def _group(store, prefix: str, rank: int, world: int, host: str, timeout_s: float, backend: str = "gloo"):
+    """This broadcast's group: gloo's connections on `host` alone; NCCL's with NCCL_ENV
+    (set only while the group is made, so the process's other groups keep their own)."""
+    store = dist.PrefixStore(prefix, store)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world, gloo_options(host, timeout_s))
+    opts = dist.ProcessGroupNCCL.Options()
+    opts._timeout = datetime.timedelta(seconds=timeout_s)
+    saved = {k: os.environ.get(k) for k in NCCL_ENV}
+    os.environ.update(NCCL_ENV)
+    try:
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
+def _close(group, backend: str, failed: bool) -> None:
+    """Free an NCCL group's communicator now (its GPU buffers), aborted after a failure; a
+    gloo group goes with its last reference."""
+    if backend != "nccl":
+        return
+    if failed:
+        group.abort()
+    else:
+        group.shutdown()
 
 
 def _broadcast(group, buffer: torch.Tensor) -> None:
@@ -102,10 +167,10 @@ def _broadcast(group, buffer: torch.Tensor) -> None:
 
 class Rendezvous:
     """The learner's side: a TCP store on a socket bound to `host` (a free port), where each
-    broadcast's group meets. `address` is what receivers are told."""
+    broadcast's group (of `backend`) meets. `address` is what receivers are told."""
 
-    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 30.0):
-        self.host, self.timeout_s = host, timeout_s
+    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 30.0, backend: str = "gloo"):
+        self.host, self.timeout_s, self.backend = host, timeout_s, backend
         self.store = store(host, 0, True, timeout_s)  # a free port, on `host` only
         self.port = self.store.port
 
@@ -117,14 +182,22 @@ class Rendezvous:
         """Broadcast `tensors` (packed by `plan`, over `manifest(tensors)`) as rank 0 of a
         new group of `world` ranks under `prefix`; returns the bytes sent. Raises when any
         rank fails to join or to take a bucket within the timeout."""
-        group = _group(self.store, prefix, ROOT, world, self.host, self.timeout_s)
+        group = _group(self.store, prefix, ROOT, world, self.host, self.timeout_s, self.backend)
+        device = device_of(self.backend)
         names = sorted(tensors)
         sent = 0
-        for bucket in plan:
-            parts = [tensors[names[i]].detach().contiguous().reshape(-1).view(torch.uint8) for i in bucket]
-            buffer = torch.cat(parts) if len(parts) > 1 else parts[0]
-            _broadcast(group, buffer)
-            sent += buffer.numel()
+        failed = True
+        try:
+            for bucket in plan:
+                parts = [
+                    tensors[names[i]].detach().contiguous().reshape(-1).view(torch.uint8) for i in bucket
+                ]
+                buffer = torch.cat(parts) if len(parts) > 1 else parts[0]
+                _broadcast(group, buffer.to(device))  # exported on the host: NCCL's copy goes up
+                sent += buffer.numel()
+            failed = False
+        finally:
+            _close(group, self.backend, failed)
         return sent
 
     def close(self) -> None:
@@ -139,19 +212,28 @@ def receive(
     entries: list[list],
     plan: list[list[int]],
     timeout_s: float,
+    backend: str = "gloo",
 ) -> dict[str, torch.Tensor]:
-    """A receiver's side: join the group under `prefix` at `address` as `rank` and take
-    every bucket; returns the tensors (named by `entries`) only once all arrived."""
+    """A receiver's side: join the group (of `backend`) under `prefix` at `address` as
+    `rank` and take every bucket; returns the tensors (named by `entries`, in host memory)
+    only once all arrived."""
     host, port = address.rsplit(":", 1)
-    group = _group(store(host, int(port), False, timeout_s), prefix, rank, world, host, timeout_s)
+    group = _group(store(host, int(port), False, timeout_s), prefix, rank, world, host, timeout_s, backend)
+    device = device_of(backend)
     tensors = {}
-    for bucket in plan:
-        sizes = [entry_bytes(entries[i]) for i in bucket]
-        buffer = torch.empty(sum(sizes), dtype=torch.uint8)
-        _broadcast(group, buffer)
-        offset = 0
-        for i, n in zip(bucket, sizes):
-            name, dtype, shape = entries[i]
-            tensors[name] = buffer[offset : offset + n].view(dtype_of(dtype)).reshape(shape)
-            offset += n
+    failed = True
+    try:
+        for bucket in plan:
+            sizes = [entry_bytes(entries[i]) for i in bucket]
+            buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
+            _broadcast(group, buffer)
+            buffer = buffer.cpu()  # staged on the host (see the module); gloo's already is
+            offset = 0
+            for i, n in zip(bucket, sizes):
+                name, dtype, shape = entries[i]
+                tensors[name] = buffer[offset : offset + n].view(dtype_of(dtype)).reshape(shape)
+                offset += n
+        failed = False
+    finally:
+        _close(group, backend, failed)
     return tensors

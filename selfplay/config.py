@@ -37,6 +37,7 @@ TaskVersus = Literal["self", "snapshot"]
 TaskJudge = Literal["rules", "self"]
 JudgeWeights = Literal["current", "snapshot"]
 WeightSync = Literal["object_store", "collective"]
+SyncBackend = Literal["auto", "gloo", "nccl"]  # selfplay/collective.py:pick_backend
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
 
 
@@ -160,10 +161,13 @@ class LearnerConfig:
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
     # How weights reach the generators: object_store, safetensors bytes through Ray's object
-    # store (each generator's node fetches its copy); collective, one gloo broadcast from the
+    # store (each generator's node fetches its copy); collective, one broadcast from the
     # learner to every generator at once in buckets of sync_bucket_mb (selfplay/collective.py;
     # a version whose broadcast fails within sync_timeout_s goes by the object store)
     weight_sync: WeightSync = "object_store"
+    # the collective's backend: auto, NCCL when the learner trains on a GPU, else gloo. NCCL
+    # wants every rank on a GPU of its own: a learner sharing its GPU with an engine, gloo
+    sync_backend: SyncBackend = "auto"
     sync_bucket_mb: float = 64.0
     sync_timeout_s: float = 30.0
     # where the learner's process groups listen (the collective broadcast's, a learner
@@ -544,6 +548,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
         raise ConfigError(f"learner.device: must be auto, cpu, cuda or cuda:N, got {cfg.learner.device!r}")
+    if cfg.learner.sync_backend == "nccl" and cfg.learner.device == "cpu":
+        raise ConfigError(
+            "learner.sync_backend: nccl sends from a GPU, but learner.device is cpu; set gloo or auto"
+        )
     if cfg.learner.kl_placement == "loss" and cfg.learner.kl_estimator == "k1":
         raise ConfigError(
             "learner.kl_estimator: k1 as a loss has no KL gradient (its expectation's gradient is 0); "

@@ -1,15 +1,18 @@
 """The collective weight broadcast (selfplay/collective.py) over real gloo groups: ranks are
 threads of this process, each with its own group, as the learner and generators are
-processes of their own in a run."""
+processes of their own in a run. NCCL needs GPUs: here only its choice and how its group is
+made are tested."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
 
 from selfplay import collective
 
@@ -42,6 +45,56 @@ def test_buckets_pack_in_order_up_to_the_size_and_a_larger_tensor_travels_alone(
     assert collective.buckets(entries, 10_000) == [[0, 1, 2, 3]]
     with pytest.raises(ValueError, match="bucket_bytes must be > 0"):
         collective.buckets(entries, 0)
+
+
+def test_auto_picks_nccl_on_a_gpu_learner_and_gloo_on_a_cpu_one(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert collective.pick_backend("auto", cpu) == "gloo"
+    assert collective.pick_backend("gloo", gpu) == "gloo"  # asked for: host tensors over TCP
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    assert collective.pick_backend("auto", gpu) == "nccl"
+    assert collective.pick_backend("nccl", gpu) == "nccl"
+
+
+def test_nccl_without_a_gpu_or_without_nccl_and_an_unknown_backend_are_refused(monkeypatch):
+    with pytest.raises(
+        ValueError, match="^learner.sync_backend: nccl sends from a GPU, but the learner trains on cpu$"
+    ):
+        collective.pick_backend("nccl", torch.device("cpu"))
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)  # as this CPU build of torch
+    with pytest.raises(ValueError, match="built without NCCL"):
+        collective.pick_backend("auto", torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="auto, gloo or nccl, got 'mpi'"):
+        collective.pick_backend("mpi", torch.device("cpu"))
+
+
+def test_an_nccl_group_is_made_with_blocking_waits_and_the_environment_is_restored(monkeypatch):
+    """A broadcast's NCCL group is made while NCCL_ENV holds (a failure raises from wait()
+    rather than ending the process) with the broadcast's timeout, under its prefix; the
+    process's environment is as it was afterwards, a value set before kept."""
+    made = {}
+
+    class NcclOptions:
+        _timeout = None
+
+    class Group:  # torch's ProcessGroupNCCL (absent from a CPU build) takes these four
+        Options = NcclOptions
+
+        def __init__(self, store, rank, world, opts):
+            made.update(env={k: os.environ.get(k) for k in collective.NCCL_ENV}, store=store)
+            made.update(rank=rank, world=world, timeout=opts._timeout)
+
+    monkeypatch.setattr(dist, "ProcessGroupNCCL", Group, raising=False)
+    monkeypatch.setenv("TORCH_NCCL_BLOCKING_WAIT", "0")
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    store = dist.HashStore()
+    collective._group(store, "v7/", 2, 3, "127.0.0.1", 12.0, "nccl")
+    assert made["env"] == collective.NCCL_ENV and (made["rank"], made["world"]) == (2, 3)
+    assert made["timeout"].total_seconds() == 12.0
+    made["store"].set("k", "x")  # the group's keys live under the broadcast's prefix
+    assert not store.check(["k"]) and dist.PrefixStore("v7/", store).get("k") == b"x"
+    assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "0"
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
 
 
 def test_a_manifest_with_an_unknown_dtype_or_a_bad_shape_is_refused():

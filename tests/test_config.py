@@ -107,6 +107,7 @@ def test_ill_typed_value_is_named(override, field):
         ("league.max_live_opponents=0", "league.max_live_opponents"),
         ("learner.device=tpu", "learner.device"),
         ("learner.weight_sync=nccl", "learner.weight_sync"),
+        ("learner.sync_backend=mpi", "learner.sync_backend"),
         ("learner.sync_bucket_mb=0", "learner.sync_bucket_mb"),
         ("learner.num_workers=0", "learner.num_workers"),
         ("learner.lora_rank=-1", "learner.lora_rank"),
@@ -116,6 +117,13 @@ def test_out_of_range_value_is_named(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
     assert str(err.value).startswith(f"{field}:")
+
+
+def test_nccl_weight_sync_from_a_cpu_learner_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["learner.sync_backend=nccl", "learner.device=cpu"])
+    assert str(err.value).startswith("learner.sync_backend: nccl sends from a GPU")
+    assert load_config(overrides=["learner.sync_backend=nccl"]).learner.sync_backend == "nccl"  # device auto
 
 
 def test_min_size_above_capacity_is_refused():

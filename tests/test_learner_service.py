@@ -292,6 +292,12 @@ def test_a_collective_broadcast_reaches_every_target_at_once_and_is_verified(mod
     assert c.loads == [(3, sent["checksum"])]
 
 
+def test_a_collective_broadcast_by_nccl_from_a_cpu_learner_fails_at_start(model_dir):
+    with pytest.raises(ValueError, match="^learner.sync_backend: nccl sends from a GPU"):
+        make_service(model_dir, (*COLLECTIVE, "learner.sync_backend=nccl"))
+    assert make_service(model_dir, COLLECTIVE).sync_backend == "gloo"  # auto, on this CPU
+
+
 def test_a_collective_broadcast_that_fails_half_way_goes_by_the_object_store(model_dir):
     """A target dies after the first bucket: nobody loads what it staged, the learner sends
     the same version through the object store, every live target ends on it, and the dead
