@@ -247,7 +247,9 @@ class LearnerService:
         the same weights twice)."""
         cfg = self.learner.cfg
         if self.rendezvous is None:
-            self.rendezvous = collective.Rendezvous(self.sync_host, cfg.sync_timeout_s, self.sync_backend)
+            self.rendezvous = collective.Rendezvous(
+                self.sync_host, cfg.sync_timeout_s, self.sync_backend, self.learner.device
+            )
         entries = collective.manifest(tensors)
         plan = collective.buckets(entries, int(cfg.sync_bucket_mb * 2**20))
         version, world = self.learner.version, len(self.targets) + 1

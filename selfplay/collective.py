@@ -91,9 +91,15 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
-def device_of(backend: str) -> torch.device:
-    """Where a backend's buffers live: NCCL's on the process's current GPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+def device_of(backend: str, device: torch.device | None = None) -> torch.device:
+    """Where a backend's buffers live: gloo's in host memory; NCCL's on `device` (the
+    learner's GPU, cuda:N outside Ray) or else the process's current GPU (under Ray, an
+    actor's one GPU is cuda:0)."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    if device is not None and device.type == "cuda" and device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def gloo_options(host: str, timeout_s: float):
@@ -169,8 +175,15 @@ class Rendezvous:
     """The learner's side: a TCP store on a socket bound to `host` (a free port), where each
     broadcast's group (of `backend`) meets. `address` is what receivers are told."""
 
-    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 30.0, backend: str = "gloo"):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        timeout_s: float = 30.0,
+        backend: str = "gloo",
+        device: torch.device | None = None,
+    ):
         self.host, self.timeout_s, self.backend = host, timeout_s, backend
+        self.device = device_of(backend, device)  # the sender's buffers: the learner's GPU for NCCL
         self.store = store(host, 0, True, timeout_s)  # a free port, on `host` only
         self.port = self.store.port
 
@@ -183,7 +196,6 @@ class Rendezvous:
         new group of `world` ranks under `prefix`; returns the bytes sent. Raises when any
         rank fails to join or to take a bucket within the timeout."""
         group = _group(self.store, prefix, ROOT, world, self.host, self.timeout_s, self.backend)
-        device = device_of(self.backend)
         names = sorted(tensors)
         sent = 0
         failed = True
@@ -193,7 +205,7 @@ class Rendezvous:
                     tensors[names[i]].detach().contiguous().reshape(-1).view(torch.uint8) for i in bucket
                 ]
                 buffer = torch.cat(parts) if len(parts) > 1 else parts[0]
-                _broadcast(group, buffer.to(device))  # exported on the host: NCCL's copy goes up
+                _broadcast(group, buffer.to(self.device))  # exported on the host: NCCL's copy goes up
                 sent += buffer.numel()
             failed = False
         finally:

@@ -56,6 +56,22 @@ def test_auto_picks_nccl_on_a_gpu_learner_and_gloo_on_a_cpu_one(monkeypatch):
     assert collective.pick_backend("nccl", gpu) == "nccl"
 
 
+def test_nccl_buffers_go_on_the_learners_gpu_and_gloos_stay_on_the_host(monkeypatch):
+    """A learner on cuda:1 (outside Ray, where every GPU is visible) sends from cuda:1, not
+    from the process's current GPU; without an index (or under Ray's one visible GPU), the
+    current one; gloo's buffers are host memory whatever the learner's device."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert collective.device_of("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert collective.device_of("nccl", torch.device("cuda")) == torch.device("cuda", 0)
+    assert collective.device_of("nccl") == torch.device("cuda", 0)
+    assert collective.device_of("gloo", torch.device("cuda", 1)) == torch.device("cpu")
+    rendezvous = collective.Rendezvous(
+        "127.0.0.1", timeout_s=2, backend="nccl", device=torch.device("cuda", 3)
+    )
+    assert rendezvous.device == torch.device("cuda", 3)
+    rendezvous.close()
+
+
 def test_nccl_without_a_gpu_or_without_nccl_and_an_unknown_backend_are_refused(monkeypatch):
     with pytest.raises(
         ValueError, match="^learner.sync_backend: nccl sends from a GPU, but the learner trains on cpu$"
