@@ -334,6 +334,11 @@ class LeagueConfig:
     # match, and at the end the final policy meets the league's first member (the supervised
     # policy) on final_match held-out prompts (summary after TASK/vs_first); 0: no final match
     final_match: int = 0
+    # DPO's reference in a task run that promotes (builder.rows compete, task.judge_weights
+    # snapshot): every this many promotions it becomes the newest snapshot (1: each, the
+    # previous snapshot as the reference); 0: never, the supervised policy stays the reference
+    # (online DPO's fixed anchor, which keeps the policy near it however far the judge leads)
+    reference_every: int = 1
     elo_k: float = 16.0
     pfsp_power: float = 2.0
     pfsp_window: int = 200  # PFSP weighs the learner's last N games per member and game; 0: all time
@@ -464,6 +469,7 @@ NON_NEGATIVE = {
     "learner.num_gpus",
     "verifier.num_cpus",
     "learner.ref_refresh_every",
+    "league.reference_every",
     "league.pfsp_power",
     "league.pfsp_window",
     "autoscale.learner_idle_high",

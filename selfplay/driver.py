@@ -30,7 +30,7 @@ from selfplay.console import Console, bar_total
 from selfplay.evals import MATCH_FIELDS, PROXY_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
-from selfplay.league import promotion
+from selfplay.league import promotion, refreshes_reference
 from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
 from selfplay.procs import Descendants, local_ray_lost
@@ -503,11 +503,16 @@ class Run:
         )
         self.metrics.log(self.step, self.wall(), values)
         if result.promote:
+            promotions = len(ray.get(self.league.ratings.remote())["members"])  # with this one
             new = self.promote()
             for game, (w, d, l) in counts.items():  # the new snapshot is the policy that played these
                 ray.get(self.league.record_pair.remote(new, latest, w, d, l, game))
-            # DPO's reference is the newest snapshot: the policy met, or the judge
-            if self.cfg.builder.rows == "compete" or self.cfg.task.judge_weights == "snapshot":
+            # DPO's reference is the newest snapshot (the policy met, or the judge), every
+            # league.reference_every promotions; 0: the supervised policy stays the reference
+            promotes_reference = (
+                self.cfg.builder.rows == "compete" or self.cfg.task.judge_weights == "snapshot"
+            )
+            if promotes_reference and refreshes_reference(promotions, self.cfg.league.reference_every):
                 ray.get(self.learner.reset_reference.remote())
 
     def final_match(self) -> dict:

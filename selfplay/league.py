@@ -156,6 +156,13 @@ def promotion(
     return PromotionResult(games >= min_games and score > threshold, score, lo, hi, games)
 
 
+def refreshes_reference(promotions: int, every: int) -> bool:
+    """Whether the promotion that made the league's promotions-th snapshot also makes it
+    DPO's reference: every `every` promotions (1: each); 0: never, the supervised policy
+    (snapshot 0) stays the reference."""
+    return every > 0 and promotions > 0 and promotions % every == 0
+
+
 @dataclass
 class Member:
     id: str

@@ -26,6 +26,7 @@ from selfplay.league import (
     near_skill_weights,
     pfsp_weights,
     promotion,
+    refreshes_reference,
 )
 
 TTT = "tictactoe"
@@ -245,6 +246,14 @@ def test_promotion_threshold_is_strict():
 def test_promotion_needs_min_games():
     assert not promotion(3, 0, 0, min_games=10).promote
     assert promotion(10, 0, 0, min_games=10).promote
+
+
+def test_the_reference_follows_every_kth_promotion_or_stays_the_supervised_policy():
+    assert [refreshes_reference(n, 1) for n in range(1, 5)] == [True] * 4  # the previous snapshot
+    assert [refreshes_reference(n, 2) for n in range(1, 7)] == [False, True, False, True, False, True]
+    assert [refreshes_reference(n, 3) for n in range(1, 7)] == [False, False, True, False, False, True]
+    assert not any(refreshes_reference(n, 0) for n in range(0, 10))  # never: snapshot 0 stays
+    assert not refreshes_reference(0, 1)  # snapshot 0 is the supervised policy, the reference already
 
 
 def test_draws_count_half():
