@@ -294,6 +294,7 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         ([*TASK, "builder.rows=pairs"], "builder.rows: must be one of"),
         (["learner.advantage=group"], "learner.advantage: group needs a task"),
         ([*TASK, "sft.lr=0"], "sft.lr: must be > 0"),
+        (["league.reference_every=-1"], "league.reference_every: must be >= 0"),
         ([*TASK, "task.hard_fraction=1.5"], r"task.hard_fraction: must be in \[0, 1\]"),
         (
             [*TASK, "task.screen_samples=1"],
