@@ -221,10 +221,9 @@ def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_r
     # DPO's reference at the end (saved with the step-8 checkpoint, after that step's promotion
     # match) is the newest snapshot (league.reference_every 1), not the supervised policy
     reference = load_file(driver.latest_checkpoint(run_dir) / REFERENCE)
-    member = load_file(run_dir / "league" / f"snap-{promotions}" / "model.safetensors")
-    others = [load_file(p) for p in sorted((run_dir / "league").glob("snap-*/model.safetensors"))]
-    assert all(torch.equal(reference[k], member[k]) for k in member)
-    assert sum(all(torch.equal(reference[k], o[k]) for k in o) for o in others) == 1  # no two alike
+    members = {p.parent.name: load_file(p) for p in (run_dir / "league").glob("snap-*/model.safetensors")}
+    alike = [name for name, w in members.items() if all(torch.equal(reference[k], w[k]) for k in w)]
+    assert alike == [f"snap-{promotions}"]  # that snapshot's weights, and no other's
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     matches = {m["step"]: m["value"] for m in metrics if m["name"] == "league/vs_previous_games"}
     assert matches == {4: 8, 6: 8, 8: 8}  # not during, nor at the end of, the supervised stage
