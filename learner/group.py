@@ -34,9 +34,9 @@ def join_group(group: dict, cfg: LearnerConfig) -> None:
     host, port = group["address"].rsplit(":", 1)
     timeout = datetime.timedelta(seconds=cfg.ack_timeout_s)
     store = collective.store(host, int(port), group["rank"] == 0, cfg.ack_timeout_s)
-    backend = {"backend": "nccl"}
-    if pick_device(cfg.device).type != "cuda":
-        backend = {"backend": "gloo", "pg_options": collective.gloo_options(host, cfg.ack_timeout_s)}
+    backend = {"backend": collective.pick_backend("auto", pick_device(cfg.device))}  # nccl on a GPU
+    if backend["backend"] == "gloo":
+        backend["pg_options"] = collective.gloo_options(host, cfg.ack_timeout_s)
     dist.init_process_group(
         store=store, rank=group["rank"], world_size=group["world"], timeout=timeout, **backend
     )

@@ -49,6 +49,28 @@ def test_each_role_is_rewarded_by_the_checker(chain, rewards, flip):
     assert scores[CRITIC].parts["first"] == scores[REFINER].parts["first"] == float(chain[0] == "46")
 
 
+@pytest.mark.parametrize(
+    "chain, refiner",
+    [
+        (["46", "ok", "46"], 1.0),  # right, kept: 0 + 1 x 1
+        (["46", "no", "47"], -1.0),  # right, broken: -1 + 0
+        (["47", "no", "46"], 2.0),  # wrong, fixed: 1 + 1 x 1
+        (["47", "ok", "47"], 0.0),  # wrong, kept: 0 + 0, below a right answer kept
+    ],
+)
+def test_the_refined_weight_adds_the_refined_answers_own_score(chain, refiner):
+    task = make_task("refine", digits=2, terms=2, refined_weight=1.0)
+    scores = task.score_chain(SUM, chain)
+    assert scores[REFINER].total == refiner
+    assert [s.total for s in scores[:REFINER]] == [s.total for s in TASK.score_chain(SUM, chain)[:REFINER]]
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf")])
+def test_a_negative_or_infinite_refined_weight_is_refused_naming_the_parameter(weight):
+    with pytest.raises(ValueError, match="task.params.refined_weight"):
+        make_task("refine", refined_weight=weight)
+
+
 def test_a_critique_that_is_no_verdict_is_malformed_and_earns_nothing():
     assert verdict(" ok\n") is True and verdict("no") is False
     for reply in ("", "okay", "yes", "o k", None):

@@ -13,7 +13,11 @@ the exact checker (the builder's advantages are per (problem, role): role-condit
   critic   1 when its verdict agrees with the checker on v0 ("ok" for a right v0, "no" for
            a wrong one), else 0; a reply that is neither is malformed.
   refiner  right(v1) - right(v0): +1 for a fix, -1 for breaking a right answer, 0 for
-           keeping it as it was (a malformed v1 is wrong).
+           keeping it as it was (a malformed v1 is wrong); plus `refined_weight` x right(v1)
+           (SCoRe's shaping, Kumar et al. 2024: r(v1) + alpha (r(v1) - r(v0)), scaled by
+           1/alpha; GRPO's normalisation makes the scale moot). At 0 keeping a wrong answer
+           earns what keeping a right one does; above 0 it earns less, so a group's advantages
+           push the refiner off the answers it keeps wrong.
 Parts kept beside each reward for the curves: the critic's `says_wrong` and v0's `first`,
 the refiner's `first`, `correct` (v1 right) and `flip_to_wrong`.
 
@@ -27,6 +31,7 @@ is also a preference pair (schema.chain_pairs: the right one chosen)."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import ClassVar
@@ -68,6 +73,7 @@ class CritiqueRefine(Arithmetic):
     name: ClassVar[str] = "refine"
     roles: ClassVar[tuple[str, ...]] = ROLES
     chain: ClassVar[bool] = True  # each role's prompt holds the replies of the roles before it
+    refined_weight: float = 0.0  # the refiner's reward: improvement + this x right(v1) (module)
     # max_reply_chars: Arithmetic's (an answer's; a verdict is shorter)
 
     def __post_init__(self):
@@ -76,6 +82,8 @@ class CritiqueRefine(Arithmetic):
             raise ValueError(
                 "task.params.scratchpad: refine shows the bare first answer to its critic; set false"
             )
+        if not (math.isfinite(self.refined_weight) and self.refined_weight >= 0):
+            raise ValueError(f"task.params.refined_weight: must be >= 0, got {self.refined_weight!r}")
 
     def role_prompt(self, problem: Problem, role: int, before: list[str]) -> str:
         """Role `role`'s prompt, after the replies `before` of the roles before it (v0, then
@@ -114,7 +122,7 @@ class CritiqueRefine(Arithmetic):
         last = self.score(problem.prompt, v1, problem.reference)
         right1 = last.total >= 1
         refined = Score(
-            float(right1) - float(right0),
+            float(right1) - float(right0) + self.refined_weight * float(right1),
             {
                 "correct": float(right1),
                 "first": float(right0),
