@@ -26,6 +26,11 @@ Rows (`builder.rows`):
        rule judge's total (`rules`, task.judge self), the pairs it orders too are counted
        (`pairs_rules_decided`) and those it orders alike (`pairs_rules_agree`): the judge's
        agreement on the very pairs it trains on.
+With `fix_targets` (rl rows of the refine task), every refined answer that is wrong also
+makes a row labelled sft: its refiner prompt, and as the reply a right answer that its
+problem's chains found (a refined one first, else a first answer; none found, no row).
+That is STaR's rationalisation (Zelikman et al. 2022) for the refiner, whose own fixes are
+too rare for its reward to teach them; counted `fix_targets`.
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
@@ -50,6 +55,7 @@ from selfplay import schema
 from selfplay.config import BuilderConfig
 from selfplay.tasks.base import labelled
 from selfplay.tasks.judges import RULES, degrade, rating_prompt, rubric_marks, scored_pair
+from selfplay.tasks.refine import ANSWER, REFINER
 
 PAIR_ROWS = ("spin", "compete", "best_worst")  # builder.rows that make preference pairs
 COUNTS = (
@@ -64,6 +70,7 @@ COUNTS = (
     "pairs_dropped",  # compete, best_worst: pairs the judge tied (or identical replies): never labelled
     "pairs_rules_decided",  # best_worst: pairs the rule judge orders too (task.judge self)
     "pairs_rules_agree",  # of them, those it orders as the training judge does
+    "fix_targets",  # refine: wrong refined answers given a right one as an sft row
 )
 
 
@@ -107,6 +114,10 @@ def build(
         else:
             counts["rows_admitted"] += len(built)
             admitted.extend(built)
+    if cfg.fix_targets:
+        fixes = fix_rows(groups)
+        counts["fix_targets"] += len(fixes)
+        admitted.extend(fixes)
     admitted_table = pa.concat_tables([games, schema.from_rows(admitted)]) if admitted else games
     return admitted_table, schema.from_rows(held), counts
 
@@ -134,6 +145,36 @@ def group_rows(
             continue
         seen.add(r["response_text"])
         out.append({**r, "label": "sft", "advantage": None})
+    return out
+
+
+def fix_rows(groups: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """`fix_targets`' rows (see the module) of refine chains grouped by (group, role): for
+    each refiner row whose answer is wrong, one labelled sft row with its prompt and the
+    first right refined answer of its problem's chains, else the first right first answer
+    (replies as sampled, eos included: a refined answer is written as a first one is)."""
+    out = []
+    for (group, role), rows in groups.items():
+        if role != REFINER:
+            continue
+        right = [r for r in rows if dict(r["scores"] or ()).get("correct") == 1.0]
+        right += [r for r in groups.get((group, ANSWER), []) if r["reward"] >= 1.0]
+        if not right:
+            continue
+        target = right[0]
+        for r in rows:
+            if dict(r["scores"] or ()).get("correct") == 1.0:
+                continue
+            out.append(
+                {
+                    **r,
+                    "label": "sft",
+                    "advantage": None,
+                    "response_ids": list(target["response_ids"]),
+                    "response_text": target["response_text"],
+                    "behaviour_logprobs": [0.0] * len(target["response_ids"]),
+                }
+            )
     return out
 
 

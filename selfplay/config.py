@@ -286,6 +286,9 @@ class BuilderConfig:
     fill_after: int = 4096
     accept_reward: float = 1.0  # sft rows: a sample is kept when its reward reaches this
     dedupe: bool = True  # sft rows: one row per distinct reply of a group
+    # refine (rl rows): each wrong refined answer also makes an sft row, its prompt with a right
+    # answer its problem's chains found (STaR's rationalisation for the refiner)
+    fix_targets: bool = False
 
 
 @dataclass
@@ -660,6 +663,11 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"builder.rows: {cfg.task.name} trains each role of its chains on its own reward; "
             f"set rl or sft, got {cfg.builder.rows}"
+        )
+    if cfg.builder.fix_targets and not (cfg.task.name == "refine" and cfg.builder.rows == "rl"):
+        raise ConfigError(
+            "builder.fix_targets: gives the refine task's refiner the right answers its chains found; "
+            f"set task.name refine and builder.rows rl (got {cfg.task.name}, {cfg.builder.rows})"
         )
     compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
     if (any(compete) and not all(compete)) or (all(compete) and not cfg.league.enabled):

@@ -13,7 +13,7 @@ from actors.buffer import ReplayBuffer
 from actors.generator import Generator
 from actors.verifier import Verifier
 from selfplay import schema
-from selfplay.builder import sft_examples
+from selfplay.builder import build, sft_examples
 from selfplay.config import BufferConfig, BuilderConfig, ConfigError, GeneratorConfig, TaskConfig, load_config
 from selfplay.tasks import make_task
 from selfplay.tasks.refine import ANSWER, CRITIC, REFINER, chain_summary, near_miss, verdict
@@ -285,3 +285,32 @@ def test_each_chain_that_changes_its_answers_rightness_is_written_as_a_preferenc
     kept["scores"] = {**dict(kept["scores"]), "first": 0.0, "correct": 0.0}
     assert schema.chain_pairs(schema.from_rows(rows), decode).num_rows == 5
     assert schema.chain_pairs(schema.from_rows([r for r in rows if r["turn"] != 0]), decode).num_rows == 0
+
+
+def test_fix_targets_give_each_wrong_refined_answer_a_right_one_its_problem_found():
+    scored = Verifier(decode, task=TASK).training_turns(refine_generator(k=4).task_play(2))
+    plain, _, _ = build(scored, BuilderConfig(rows="rl"))
+    admitted, _, counts = build(scored, BuilderConfig(rows="rl", fix_targets=True))
+    fixes = [r for r in admitted.to_pylist() if r["label"] == "sft"]
+    broken = [r for r in scored.to_pylist() if r["role"] == REFINER and dict(r["scores"])["correct"] == 0.0]
+    assert len(broken) == 4 and counts["fix_targets"] == len(fixes) == len(broken)  # each right answer broken
+    assert admitted.num_rows == plain.num_rows + len(fixes)  # the rl rows are as they were
+    by_traj = {r["traj_id"]: r for r in broken}
+    for fix in fixes:
+        wrong = by_traj[fix["traj_id"]]
+        assert fix["prompt_ids"] == wrong["prompt_ids"] and fix["role"] == REFINER
+        assert fix["response_text"] == TASK.problem(fix["seed"]).reference != wrong["response_text"]
+        assert fix["advantage"] is None and fix["behaviour_logprobs"] == [0.0] * len(fix["response_ids"])
+    # a problem none of whose chains found the right answer gives no target
+    none_right = [
+        {**r, "reward": 0.0, "scores": {**dict(r["scores"]), "correct": 0.0}} if r["role"] != CRITIC else r
+        for r in scored.to_pylist()
+    ]
+    admitted, _, counts = build(schema.from_rows(none_right), BuilderConfig(rows="rl", fix_targets=True))
+    assert counts["fix_targets"] == 0 and {r["label"] for r in admitted.to_pylist()} == {"rl"}
+
+
+def test_fix_targets_are_the_refine_tasks_and_refused_elsewhere_by_name():
+    assert load_config("configs/refine.yaml", ["builder.fix_targets=true"]).builder.fix_targets
+    with pytest.raises(ConfigError, match="builder.fix_targets"):
+        load_config("configs/rft.yaml", ["builder.fix_targets=true"])
