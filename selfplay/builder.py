@@ -157,14 +157,13 @@ def fix_rows(groups: dict[tuple[str, int], list[dict]]) -> list[dict]:
     for (group, role), rows in groups.items():
         if role != REFINER:
             continue
-        right = [r for r in rows if dict(r["scores"] or ()).get("correct") == 1.0]
+        correct = [dict(r["scores"] or ()).get("correct") == 1.0 for r in rows]
+        right = [r for r, ok in zip(rows, correct) if ok]
         right += [r for r in groups.get((group, ANSWER), []) if r["reward"] >= 1.0]
         if not right:
             continue
         target = right[0]
-        for r in rows:
-            if dict(r["scores"] or ()).get("correct") == 1.0:
-                continue
+        for r in (r for r, ok in zip(rows, correct) if not ok):
             out.append(
                 {
                     **r,
