@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from selfplay.config import GeneratorConfig, ModelConfig
+from selfplay.model import resolve_dtype
 
 WORKER_EXTENSION = "actors.engine_ext.WeightReceiver"
 
@@ -91,7 +92,7 @@ class Engine:
         vllm.envs.disable_envs_cache()
         self.llm = LLM(
             model=model_path,
-            dtype=model_cfg.dtype,
+            dtype=resolve_dtype(model_cfg.dtype),  # a run config holds a resolved one
             max_model_len=model_cfg.max_model_len,
             seed=seed,
             worker_extension_cls=WORKER_EXTENSION,

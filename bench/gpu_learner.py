@@ -6,8 +6,8 @@ runs on a machine that has nothing else. Measures, on a model built locally from
 - one training step per memory setting (the whole batch in one pass, micro-batches with
   gradient accumulation, plus gradient checkpointing; rank-16 LoRA; the first micro-batch
   size with the optimiser's state offloaded to the host): seconds, tokens/s, MFU against
-  `--peak-tflops` (the datasheet) and against the device's bf16 matmul rate measured in
-  the same run, peak device memory;
+  `--peak-tflops` (the datasheet) and against the device's matmul rate in the learner's
+  compute dtype (bf16 where native, else fp32) measured in the same run, peak device memory;
 - gradient accumulation: the gradient of micro-batches against the one-pass gradient of
   the same batch (fp32, relative L2 error and max |delta|);
 - a checkpoint written on the GPU loads into a learner on the CPU: the same weights,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.suite import matmul_flops
+from bench.suite import compute_dtype, matmul_flops
 from learner.learner import Learner, pick_device
 from selfplay import schema
 from selfplay.config import load_config
@@ -84,7 +84,7 @@ def step_figures(learner: Learner, table, repeats: int, measured_flops: float) -
         "step_s": round(step_s, 4),
         "tokens_per_s": round(last["tokens"] / step_s),
         "mfu": round(learner.flops_per_token * last["tokens"] / step_s / (learner.cfg.peak_tflops * 1e12), 4),
-        # against the device's bf16 matmul rate measured in this run
+        # against the device's matmul rate in the learner's compute dtype, measured in this run
         "mfu_measured": round(learner.flops_per_token * last["tokens"] / step_s / measured_flops, 4),
         "peak_gib": peak_gib(device) and round(peak_gib(device), 2),
         "micro_batches": last["micro_batches"],
@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = pick_device("auto")
     result["picked_device"] = str(device)
-    measured = matmul_flops(str(device), torch.bfloat16, n=8192 if device.type == "cuda" else 1024)
-    result["bf16_matmul_tflops"] = round(measured / 1e12, 3)
+    dtype = compute_dtype(device.type)  # the learner's autocast dtype there (learner.bf16 auto)
+    measured = matmul_flops(str(device), dtype, n=8192 if device.type == "cuda" else 1024)
+    result["matmul_tflops"] = round(measured / 1e12, 3)
+    result["compute_dtype"] = str(dtype).removeprefix("torch.")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         model_dir = str(

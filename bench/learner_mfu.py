@@ -1,9 +1,10 @@
 """Learner MFU (`make bench` figure 2): the plain learner's step FLOP/s against the
-machine's bf16 matmul rate measured in the same run (`suite.matmul_flops`, on the
+machine's matmul rate in the learner's compute dtype (bf16 where the CPU has it natively,
+else fp32: `suite.compute_dtype`), measured in the same run (`suite.matmul_flops`, on the
 learner's threads).
 
 What is timed: `Learner.train_step` on the demo's batch shape (512 TicTacToe turns of a
-23-token prompt and a 1-token move, GAE with its value head, bf16 autocast, AdamW), the
+23-token prompt and a 1-token move, GAE with its value head, bf16 autocast where native, AdamW), the
 median of 3 steps after a warm-up; every part of a step is inside (collation, forward,
 backward, optimiser, metrics). Model FLOPs are 6 x non-embedding parameters per token.
 Beside it, the same batch's bare forward + backward + optimiser step on the same model
@@ -20,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from bench.gpu_learner import learner_for, synthetic_batch
-from bench.suite import RESULTS, figure, machine, matmul_flops, write
+from bench.suite import RESULTS, compute_dtype, figure, machine, matmul_flops, write
 from learner.learner import collate
 from selfplay.model import create_default_model
 
@@ -81,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     facts = machine()
     threads = args.threads or facts["cores"]
-    peak = matmul_flops("cpu", torch.bfloat16, threads)
+    dtype = compute_dtype("cpu")
+    peak = matmul_flops("cpu", dtype, threads)
     runs, figures = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
         figures,
         facts,
         args.results or RESULTS,
-        bf16_matmul_flops=peak,
+        matmul_flops=peak,
+        compute_dtype=str(dtype).removeprefix("torch."),
         threads=threads,
         batch={"turns": args.turns, "prompt": args.prompt, "response": args.response},
         runs=runs,
     )
-    print(f"bf16 matmul on {threads} threads: {peak / 1e9:.0f} GFLOP/s")
+    print(f"{dtype} matmul on {threads} threads: {peak / 1e9:.0f} GFLOP/s")
     return figures
 
 

@@ -2,7 +2,7 @@
 from a model directory (the supervised checkpoint our run starts its RL from), for a wall
 clock budget. Runs in TRL's own environment (`make peers`: .venv-peers, with the same
 torch and transformers as ours); imports nothing of selfplay but its task (the problems
-and the exact checker, pure Python).
+and the exact checker, pure Python) and the rule that picks bf16 autocast (model.py).
 
     .venv-peers/bin/python -m bench.trl_grpo --model DIR --seconds 300 --out trl.json
 
@@ -18,6 +18,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from selfplay.model import native_bf16
+
 # TRL's own settings are its defaults except these, which match configs/grpo.yaml's RL
 # stage (bench/README.md says which of ours each one is)
 SETTINGS = {
@@ -28,7 +30,7 @@ SETTINGS = {
     "max_completion_length": 8,  # generator.max_response_tokens
     "temperature": 1.0,  # generator.temperature
     "beta": 0.0,  # no KL reference (learner.reference false); TRL's default too
-    "bf16": True,  # fp32 weights, bf16 autocast, as our learner
+    "bf16": native_bf16("cpu"),  # bf16 autocast over fp32 weights where native, as learner.bf16 auto
     "use_cpu": True,
     "logging_steps": 1,
     "save_strategy": "no",

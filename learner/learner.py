@@ -27,6 +27,7 @@ from selfplay.files import write_atomic
 from selfplay.games import MODULES
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
+from selfplay.model import native_bf16, resolve_dtype
 from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
@@ -266,7 +267,9 @@ class Learner:
         self.cfg = cfg
         self.temperature = temperature
         self.device = pick_device(cfg.device)
-        self.engine_dtype = DTYPES[model_cfg.dtype]
+        self.engine_dtype = DTYPES[resolve_dtype(model_cfg.dtype)]
+        # bf16 autocast: as asked, or (auto) where the device computes bf16 natively
+        self.autocast = cfg.bf16 is True or (cfg.bf16 == "auto" and native_bf16(self.device.type))
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         if cfg.lora_rank:
             self.model = with_lora(self.model, cfg)
@@ -322,7 +325,7 @@ class Learner:
         ]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def _forward(self, rows: list[dict]):
         """One micro-batch's forward pass: its batch (on the device), the policy's log-probs

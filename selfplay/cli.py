@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--checkpoint", required=True, help="HF model dir or checkpoint dir")
     sv.add_argument("--model-name", help="the `model` clients send (default: the checkpoint dir's name)")
     sv.add_argument("--max-model-len", type=int)
-    sv.add_argument("--dtype", default="bfloat16")
+    sv.add_argument("--dtype", default="auto")
     sv.add_argument("--num-gpus", type=float, default=0.0, help="per replica")
     sv.add_argument("--replicas", type=int, default=1)
     sv.add_argument("--host", default="127.0.0.1", help="where the HTTP proxy listens")

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 # Closed sets are types: the loader checks a value against them, and code that needs the
 # list reads it with typing.get_args (one definition each).
-Dtype = Literal["bfloat16", "float32", "float16"]
+Dtype = Literal["auto", "bfloat16", "float32", "float16"]  # selfplay/model.py:pick_dtype
 MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:matchmaking_probs
 KlPlacement = Literal["reward", "loss"]
 KlEstimator = Literal["k1", "k2", "k3"]
@@ -45,7 +45,11 @@ LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:pp
 class ModelConfig:
     path: str | None = None  # any HF-format directory; None builds the default model
     preset: str = "3m"  # default-model size when path is None
-    dtype: Dtype = "bfloat16"  # generation and autocast dtype
+    # The engines' dtype and the weights broadcast to them. auto: bfloat16 where the machine
+    # that loads the config computes it natively (a CUDA device, or a CPU with AMX or
+    # AVX512-BF16), float32 elsewhere (an AVX2-only CPU emulates bf16 several times slower);
+    # resolved when the config loads, so a run's saved config names what it used
+    dtype: Dtype = "auto"
     max_model_len: int | None = None  # None: the model's own max_position_embeddings
 
 
@@ -183,7 +187,9 @@ class LearnerConfig:
     preference_loss: PreferenceLoss = "sigmoid"
     beta: float = 0.1
     chosen_nll_coef: float = 0.0
-    bf16: bool = True
+    # bf16 autocast around fp32 weights; auto: on where the learner's device computes bf16
+    # natively (selfplay/model.py:native_bf16), off where it would be emulated
+    bf16: bool | Literal["auto"] = "auto"
     # the learner device's dense bf16 peak, for MFU: ~0.9 on this repo's 2-core AMX CPU
     # (measured), 989 on an H100/H200
     peak_tflops: float = 0.9
@@ -498,7 +504,12 @@ def _coerce(value, typ, name: str):
         if value is None and type(None) in options:
             return None
         inner = [t for t in options if t is not type(None)]
-        return _coerce(value, inner[0], name)
+        for option in inner[:-1]:  # the first that takes the value; the last one's error
+            try:
+                return _coerce(value, option, name)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], name)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
@@ -630,6 +641,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in ("league.self_play_fraction", "league.promote_threshold", "eval.kuhn_average_tail"):
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
+    if cfg.model.dtype == "auto":  # one dtype for the learner's exports and every engine
+        from selfplay.model import resolve_dtype
+
+        cfg.model.dtype = resolve_dtype("auto")
     return cfg
 
 

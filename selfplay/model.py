@@ -41,6 +41,31 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether `device` (cpu, cuda, cuda:N) multiplies bfloat16 in hardware: a CUDA device
+    that supports it, or a CPU with AMX or AVX512-BF16. Elsewhere torch emulates it, e.g. on
+    an AVX2-only AMD EPYC (measured 2026-12-03, 2 threads): a 512 x 256 by 256 x 256 matmul
+    at 4.9 GFLOP/s in bf16 against 39 in fp32, and a 1m-preset vLLM-CPU engine generating
+    1,224 tokens/s in bf16 against 2,124 in fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def pick_dtype(requested: str, native: bool) -> str:
+    """model.dtype: `auto` is bfloat16 where the hardware computes it natively (`native`),
+    float32 where bf16 would be emulated; any other value is kept."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if native else "float32"
+
+
+def resolve_dtype(requested: str) -> str:
+    """`requested` on this machine (pick_dtype): its CUDA device if torch sees one, else its CPU."""
+    return pick_dtype(requested, native_bf16("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def build_model(preset: str, vocab_size: int, max_positions: int, seed: int) -> LlamaForCausalLM:
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

@@ -63,6 +63,15 @@ def small_cfg():
 
 
 @pytest.fixture(scope="session")
+def engine_dtype(small_cfg):
+    """What the session's engines hold: model.dtype auto on this machine (bf16 where the CPU
+    has it natively, else fp32), so weights sent in it are held byte for byte."""
+    import torch
+
+    return getattr(torch, small_cfg.model.dtype)
+
+
+@pytest.fixture(scope="session")
 def generator(ray_session, tiny_model, small_cfg):
     """Compiled (not eager), as runs use it: weight reloads and log-prob checks go through
     the same graph the demo runs."""

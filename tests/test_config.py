@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from selfplay.config import ConfigError, RunConfig, load_config, save_config, validate
+from selfplay.model import native_bf16, resolve_dtype
 
 
 def test_defaults_load_and_validate():
     cfg = load_config()
-    assert cfg == RunConfig()
+    assert cfg.model.dtype == resolve_dtype("auto")  # resolved on this machine (below)
+    assert dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="auto")) == RunConfig()
     assert validate(RunConfig()) == cfg
     assert cfg.learner.lr == 3e-4
     assert cfg.eval.opponents == ["random", "minimax", "nash", "greedy", "fair"]
@@ -41,7 +45,7 @@ def test_override_null_into_optional_field():
 def test_empty_yaml_file_gives_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert load_config(path) == RunConfig()
+    assert load_config(path) == load_config()
 
 
 @pytest.mark.parametrize(
@@ -58,6 +62,26 @@ def test_unknown_field_is_named_first(override, field):
     assert str(err.value).startswith(f"{field}: unknown field")
 
 
+def test_dtype_auto_resolves_when_the_config_loads_and_a_named_one_is_kept(tmp_path, monkeypatch):
+    """model.dtype auto becomes this machine's choice before any actor sees it, so the
+    learner's exports and every engine agree and the saved config names what a run used."""
+    cuda = __import__("torch").cuda.is_available()
+    assert load_config().model.dtype == ("bfloat16" if native_bf16("cuda" if cuda else "cpu") else "float32")
+    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": False)
+    assert load_config().model.dtype == "float32"
+    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": True)
+    assert load_config().model.dtype == "bfloat16"
+    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": False)
+    assert load_config(None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"  # as asked
+    save_config(load_config(), tmp_path / "run.yaml")
+    assert "dtype: float32" in (tmp_path / "run.yaml").read_text()
+
+
+@pytest.mark.parametrize("value, loaded", [("auto", "auto"), ("true", True), ("false", False)])
+def test_learner_bf16_takes_a_bool_or_auto(value, loaded):
+    assert load_config(None, [f"learner.bf16={value}"]).learner.bf16 == loaded
+
+
 def test_unknown_field_in_yaml_is_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("learner:\n  lrr: 0.1\n")
@@ -72,6 +96,7 @@ def test_unknown_field_in_yaml_is_named(tmp_path):
         ("learner.batch_size=abc", "learner.batch_size"),
         ("learner.batch_size=1.5", "learner.batch_size"),
         ("learner.bf16=1", "learner.bf16"),
+        ("learner.bf16=yes_please", "learner.bf16"),
         ("learner.lr=fast", "learner.lr"),
         ("learner.lr=true", "learner.lr"),
         ("model.path=3", "model.path"),
@@ -181,7 +206,7 @@ def test_save_then_load_round_trips(tmp_path):
 def test_save_then_load_round_trips_defaults(tmp_path):
     path = tmp_path / "defaults.yaml"
     save_config(RunConfig(), path)
-    assert load_config(path) == RunConfig()
+    assert load_config(path) == load_config()
 
 
 def test_a_game_mix_loads_from_yaml(tmp_path):

@@ -87,10 +87,10 @@ def test_fitting_refuses_long_replies_and_missing_states(tokenizer_and_model):
 
 
 @pytest.mark.integration
-def test_fitted_weights_play_the_target_on_a_vllm_engine(ray_session, generator, tiny_model):
+def test_fitted_weights_play_the_target_on_a_vllm_engine(ray_session, generator, tiny_model, engine_dtype):
     """As a run fits its average network: the weights as bytes, the generator's own prompts
-    and replies; the fitted weights loaded (and read back) by its evaluation engine in
-    bfloat16, the Kuhn policy measured from the engine's log-probs."""
+    and replies; the fitted weights loaded (and read back) by its evaluation engine in its
+    dtype, the Kuhn policy measured from the engine's log-probs."""
     from pathlib import Path
 
     import ray
@@ -98,15 +98,15 @@ def test_fitted_weights_play_the_target_on_a_vllm_engine(ray_session, generator,
     from learner.distill import fit_weights
     from selfplay.weights import export_checkpoint
 
-    start, _ = export_checkpoint(tiny_model, "bfloat16")
+    start, _ = export_checkpoint(tiny_model, engine_dtype)
     inputs = ray.get(generator.kuhn_inputs.remote())
-    blob, checksum, fit = fit_weights(start, Path(tiny_model), inputs, TARGET, 1.0, torch.bfloat16)
+    blob, checksum, fit = fit_weights(start, Path(tiny_model), inputs, TARGET, 1.0, engine_dtype)
     assert fit["max_gap"] < 2e-3 and fit["max_illegal"] < 2e-3 and fit["steps"] > 0
     measured = ray.get(
         generator.kuhn_policy.remote({"ref": [ray.put(blob)], "version": -1, "checksum": checksum})
     )
     assert measured["version"] == -1
-    for key, probs in TARGET.items():  # bfloat16 weights move it a little
+    for key, probs in TARGET.items():  # bfloat16 weights (where the engine holds them) move it a little
         assert measured["policy"][key] == pytest.approx(probs, abs=0.03)
     assert measured["illegal_mass"] < 0.01
     assert kuhn.exploitability(measured["policy"]) < 0.03

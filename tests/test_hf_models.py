@@ -90,7 +90,7 @@ def test_qwen_directory_trains_and_broadcasts_through_the_same_path(qwen_dir, cf
     with torch.no_grad():
         for p in zero.parameters():
             p.zero_()
-    gen.set_weights(export_weights(zero, torch.bfloat16)[0], 1)
+    gen.set_weights(export_weights(zero, learner.engine_dtype)[0], 1)
     assert engine_vs_learner() > 0.1  # twice the agreement bound below
     # ...until it loads the learner's
     blob, checksum = learner.export()
@@ -107,7 +107,7 @@ def test_the_engine_is_read_back_after_each_load_and_a_changed_shard_is_named(qw
     from actors.engine_ext import WeightsDiffer
 
     learner = Learner(cfg.learner, cfg.model, qwen_dir, 0)
-    tensors, checksum = export_tensors(learner.model.state_dict(), torch.bfloat16)
+    tensors, checksum = export_tensors(learner.model.state_dict(), learner.engine_dtype)
     engine = gen.engines[LEARNER]
     assert engine.load_tensors(tensors) == checksum
     engine.llm.collective_rpc("verify", args=(tensors,))  # holds them still: no error

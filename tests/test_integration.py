@@ -64,10 +64,10 @@ def engine_vs_learner(ray, generator, model) -> tuple[float, set[int]]:
     return diff.item(), {r["policy_version"] for r in rows}
 
 
-def check_broadcast_lands(ray, generator, learner, tiny_model, directory) -> dict:
+def check_broadcast_lands(ray, generator, learner, tiny_model, directory, dtype) -> dict:
     """The engine is first given other weights (all zero: every log-prob -log V), so its
     log-probs diverge from the learner's; after the learner's broadcast they agree, up to
-    bf16. Returns the broadcast's answer."""
+    the engine's dtype (`dtype`). Returns the broadcast's answer."""
     ray.get(learner.save.remote(str(directory)))
     model = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=torch.float32).eval()
     zero = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -75,7 +75,7 @@ def check_broadcast_lands(ray, generator, learner, tiny_model, directory) -> dic
         for p in zero.parameters():
             p.zero_()
     version = ray.get(generator.stats.remote())["version"]
-    ray.get(generator.set_weights.remote(export_weights(zero, torch.bfloat16)[0], version + 1))
+    ray.get(generator.set_weights.remote(export_weights(zero, dtype)[0], version + 1))
     diverged, _ = engine_vs_learner(ray, generator, model)
     assert diverged > 0.1, diverged  # twice the agreement bound below
 
@@ -88,9 +88,11 @@ def check_broadcast_lands(ray, generator, learner, tiny_model, directory) -> dic
     return sent
 
 
-def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generator, tiny_model, tmp_path):
+def test_broadcast_makes_generator_weights_equal_the_learners(
+    pipeline, generator, tiny_model, tmp_path, engine_dtype
+):
     ray, buffer, verifier, learner = pipeline
-    assert "sync" not in check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path)
+    assert "sync" not in check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path, engine_dtype)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,7 @@ def test_broadcast_makes_generator_weights_equal_the_learners(pipeline, generato
     ids=["collective", "lora"],
 )
 def test_a_broadcast_by_each_path_makes_generator_weights_equal_the_learners(
-    ray_session, generator, tiny_model, small_cfg, tmp_path, settings
+    ray_session, generator, tiny_model, small_cfg, tmp_path, settings, engine_dtype
 ):
     from actors.buffer import BufferActor
     from actors.verifier import VerifierActor
@@ -123,9 +125,9 @@ def test_a_broadcast_by_each_path_makes_generator_weights_equal_the_learners(
                 ray.get(verifier.verify.remote(ray.get(generator.self_play.remote(32))))
             steps = ray.get(learner.train.remote(2))
             assert [m["step"] for m in steps] == [1, 2]
-        sent = check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path)
+        sent = check_broadcast_lands(ray, generator, learner, tiny_model, tmp_path, engine_dtype)
         if cfg.lora_rank:
-            initial = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), torch.bfloat16)[1]
+            initial = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), engine_dtype)[1]
             assert sent["checksum"] != initial  # the adapters moved the policy the engine now holds
         else:
             assert sent["sync"] == "collective" and ray.get(learner.state.remote())["sync_fallbacks"] == []
@@ -134,13 +136,15 @@ def test_a_broadcast_by_each_path_makes_generator_weights_equal_the_learners(
             ray.kill(a)
 
 
-def test_a_weight_load_that_leaves_parameters_unwritten_is_refused(ray_session, generator, tiny_model):
+def test_a_weight_load_that_leaves_parameters_unwritten_is_refused(
+    ray_session, generator, tiny_model, engine_dtype
+):
     """vLLM's reload only logs what it skipped: the receiver proves coverage. A fused
     parameter lacking a shard is refused before the load (the engine keeps its weights);
     a parameter the sender never named is found unwritten after it."""
     ray = ray_session
     state = {
-        k: v.to(torch.bfloat16)
+        k: v.to(engine_dtype)
         for k, v in AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict().items()
     }
     before = ray.get(generator.stats.remote())
@@ -156,11 +160,11 @@ def test_a_weight_load_that_leaves_parameters_unwritten_is_refused(ray_session, 
         ray.exceptions.RayTaskError, match=r"left 1 of \d+ engine parameters unwritten.*model.norm"
     ):
         ray.get(generator.set_weights.remote(without_norm, before["version"] + 1))
-    full, checksum = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), torch.bfloat16)
+    full, checksum = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), engine_dtype)
     assert ray.get(generator.set_weights.remote(full, before["version"] + 1)) == checksum
 
 
-def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model):
+def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model, engine_dtype):
     """Alternate two very different weight sets while the generator plays: a uniform one
     (all-zero weights: every log-prob is exactly -log V) and the real one. A swap in the
     middle of a turn would leave a response with both kinds of log-probs."""
@@ -168,11 +172,11 @@ def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():  # sharpen the random-init policy so no log-prob is near -log V by chance
         model.lm_head.weight.mul_(20)
-    real, _ = export_weights(model, torch.bfloat16)
+    real, _ = export_weights(model, engine_dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    uniform, _ = export_weights(model, torch.bfloat16)
+    uniform, _ = export_weights(model, engine_dtype)
     uniform_logp = -math.log(model.config.vocab_size)
     base = ray.get(generator.stats.remote())["version"] + 1
     plays = []
@@ -185,5 +189,5 @@ def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model):
         is_uniform = [abs(lp - uniform_logp) < 1e-5 for lp in r["behaviour_logprobs"]]
         assert all(is_uniform) == ((r["policy_version"] - base) % 2 == 1), r
         assert all(is_uniform) or not any(is_uniform), r
-    original, _ = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), torch.bfloat16)
+    original, _ = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), engine_dtype)
     ray.get(generator.set_weights.remote(original, base + 6))

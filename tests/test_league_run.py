@@ -110,13 +110,13 @@ def test_the_summary_balances_across_the_resume_and_keeps_the_best_checkpoint(le
     assert (league_run / "best" / "config.json").exists()
 
 
-def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with(league_run):
+def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with(league_run, engine_dtype):
     last = league_run / "checkpoints" / FIRST
     state = league_at(last)
     # snap-0 is the initial policy; threshold 0 promotes at every check (steps 2 and 4).
     assert [(m.id, m.step) for m in state.members] == [("snap-0", 0), ("snap-1", 2), ("snap-2", 4)]
     for m in state.members:  # the checkpoint on disk (relative to the run) is what the league broadcast
-        assert export_checkpoint(str(league_run / m.path), "bfloat16")[1] == m.checksum
+        assert export_checkpoint(str(league_run / m.path), engine_dtype)[1] == m.checksum
     turns = pq.read_table(last / "buffer.parquet").to_pylist()
     versions = {m.id: m.version for m in state.members}
     played = {(t["opponent_id"], t["opponent_version"]) for t in turns if t["opponent_id"] in versions}
@@ -188,15 +188,18 @@ def test_skill_tokens_prefix_the_prompts(league_run):
     assert all(t["prompt_ids"][1] in skill_ids for t in turns if t["prompt_ids"])
 
 
-def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(ray_session, generator, tiny_model):
-    import torch
+def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(
+    ray_session, generator, tiny_model, engine_dtype
+):
 
     from actors.generator import WeightMismatch
     from actors.league import LeagueActor
 
     ray = ray_session
-    league = LeagueActor.remote(LeagueConfig(enabled=True), 0, "test", "bfloat16")
-    blob, checksum = export_checkpoint(tiny_model, torch.bfloat16)
+    league = LeagueActor.remote(
+        LeagueConfig(enabled=True), 0, "test", str(engine_dtype).removeprefix("torch.")
+    )
+    blob, checksum = export_checkpoint(tiny_model, engine_dtype)
     member = {"version": 3, "step": 0, "path": tiny_model}
     ray.get(league.add_member.remote({"id": "forged", "checksum": "0" * 64, **member}, blob))
     ray.get(league.add_member.remote({"id": "honest", "checksum": checksum, **member}, blob))

@@ -11,7 +11,7 @@ import torch
 
 from learner.learner import Learner, opponent_results
 from selfplay import schema
-from selfplay.config import load_config
+from selfplay.config import ModelConfig, load_config
 from selfplay.model import create_default_model
 from tests.rows import make_row, make_task_row
 
@@ -243,6 +243,33 @@ def test_a_checkpoint_without_its_kl_reference_is_refused_not_silently_reanchore
     b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
     with pytest.raises(FileNotFoundError, match="no reference.safetensors, the reference"):
         b.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bf16, native, on",
+    [("auto", True, True), ("auto", False, False), ("true", False, True), ("false", True, False)],
+)
+def test_bf16_autocast_is_on_as_asked_or_where_the_device_has_bf16(model_dir, monkeypatch, bf16, native, on):
+    """learner.bf16 auto autocasts only where bf16 is native (an AVX2-only CPU emulates it
+    several times slower than fp32); true and false are obeyed."""
+    monkeypatch.setattr("learner.learner.native_bf16", lambda device: native)
+    cfg = load_config(None, [f"learner.bf16={bf16}"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    assert learner.autocast is on
+    with learner._autocast():
+        assert torch.is_autocast_enabled("cpu") is on
+        logits = learner.model(input_ids=torch.tensor([[1, 5, 6]])).logits
+    assert logits.dtype == (torch.bfloat16 if on else torch.float32)
+
+
+def test_a_model_dtype_of_auto_is_resolved_for_the_exports(model_dir, monkeypatch):
+    """A ModelConfig built without the loader (auto) still exports one concrete dtype."""
+    cfg = load_config()
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu", v=native: v)
+        learner = Learner(cfg.learner, ModelConfig(dtype="auto"), model_dir, seed=0)
+        tensors, _ = learner.export_tensors()
+        assert learner.engine_dtype == dtype and {t.dtype for t in tensors.values()} == {dtype}
 
 
 def test_every_step_reports_its_tokens_and_mfu(model_dir):

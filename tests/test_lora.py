@@ -45,7 +45,7 @@ def test_only_the_adapters_train_and_the_policy_moves(model_dir):
     before = learner.export_tensors()[1]
     assert before == state_checksum(
         {
-            k: v.to(torch.bfloat16)
+            k: v.to(learner.engine_dtype)
             for k, v in AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
             .state_dict()
             .items()
@@ -64,7 +64,7 @@ def test_generators_get_the_merged_weights_under_the_models_own_names(model_dir,
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     assert sorted(tensors) == sorted(plain.state_dict())
     merged = copy.deepcopy(learner.model).merge_and_unload().state_dict()  # peft's own merge
-    assert all(torch.equal(tensors[k], v.to(torch.bfloat16)) for k, v in merged.items())
+    assert all(torch.equal(tensors[k], v.to(learner.engine_dtype)) for k, v in merged.items())
     assert checksum == state_checksum(load_safetensors(learner.export()[0]))
     # the saved model is that policy: its log-probs are the LoRA model's
     learner.save_model(tmp_path / "model")

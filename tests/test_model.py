@@ -1,10 +1,12 @@
-"""The default policy's character tokenizer (selfplay/model.py)."""
+"""The default policy's character tokenizer and its dtype rule (selfplay/model.py)."""
 
 from __future__ import annotations
 
 import string
 
-from selfplay.model import CHARACTERS, SPECIAL_TOKENS, UNKNOWN, build_tokenizer
+import torch
+
+from selfplay.model import CHARACTERS, SPECIAL_TOKENS, UNKNOWN, build_tokenizer, native_bf16, pick_dtype
 
 
 def test_every_character_round_trips_one_token_each():
@@ -28,3 +30,21 @@ def test_the_ids_of_earlier_models_stay_where_they_were():
         range(len(SPECIAL_TOKENS) + len(CHARACTERS))
     )
     assert tok.unk_token == UNKNOWN and tok.unk_token_id == len(SPECIAL_TOKENS) + len(CHARACTERS)
+
+
+def test_dtype_auto_is_bf16_only_where_the_hardware_computes_it():
+    assert pick_dtype("auto", native=True) == "bfloat16"
+    assert pick_dtype("auto", native=False) == "float32"
+    for named in ("bfloat16", "float32", "float16"):  # a named dtype is kept, native or not
+        assert pick_dtype(named, native=False) == named
+        assert pick_dtype(named, native=True) == named
+
+
+def test_native_bf16_reads_torchs_own_cpu_probes(monkeypatch):
+    """A CPU counts as native with AMX tiles or AVX512-BF16 and not with AVX2 alone."""
+    for amx, avx512_bf16, native in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert native_bf16("cpu") is native
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
+    assert native_bf16("cpu") is False
