@@ -554,7 +554,9 @@ def _get(cfg, dotted: str):
     return cfg
 
 
-def validate(cfg: RunConfig) -> RunConfig:
+def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
+    """Checks every field (ConfigError naming it); with `resolve`, model.dtype auto becomes
+    this machine's choice (selfplay/model.py:pick_dtype)."""
     for name in POSITIVE | NON_NEGATIVE:
         if not math.isfinite(_get(cfg, name)):
             raise ConfigError(f"{name}: must be finite, got {_get(cfg, name)!r}")
@@ -641,7 +643,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in ("league.self_play_fraction", "league.promote_threshold", "eval.kuhn_average_tail"):
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
-    if cfg.model.dtype == "auto":  # one dtype for the learner's exports and every engine
+    if resolve and cfg.model.dtype == "auto":  # one dtype for the learner's exports and every engine
         from selfplay.model import resolve_dtype
 
         cfg.model.dtype = resolve_dtype("auto")
@@ -924,7 +926,9 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise ConfigError(f"{key.strip()}: cannot read {raw!r} as a YAML value ({problem})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), resolve: bool = True) -> RunConfig:
+    """The run config at `path` (YAML; None: the defaults) with `overrides` (a.b=c), validated;
+    `resolve` as validate's (a config submitted to a cluster resolves there, not here)."""
     data: dict = {}
     if path is not None:
         try:
@@ -945,7 +949,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raise ConfigError(
             f"game: replaced by games, a mix of name -> weight; write games: {{{data['game']}: 1.0}}"
         )
-    return validate(build(RunConfig, data))
+    return validate(build(RunConfig, data), resolve)
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -95,9 +95,10 @@ def submit(
     image: str | None = None,
 ) -> str:
     """Submit `config` as run `name`; returns the submission id (= name). The config is
-    resolved and validated here, so a bad field fails before anything reaches the cluster."""
+    resolved and validated here, so a bad field fails before anything reaches the cluster;
+    model.dtype auto is left for the job's driver to resolve on the cluster's hardware."""
     check_name(name)
-    cfg = load_config(config, [*overrides, *([f"out_dir={storage}"] if storage else [])])
+    cfg = load_config(config, [*overrides, *([f"out_dir={storage}"] if storage else [])], resolve=False)
     if not Path(cfg.out_dir).is_absolute():
         raise ConfigError(
             f"out_dir: {cfg.out_dir!r} is relative; a cluster run writes to storage every node "

@@ -49,9 +49,11 @@ def same_weights(recorded: str, checksum: str, tensors) -> bool:
 def export_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], str]:
     """A model's named tensors (its state dict) in the engine's dtype, on the host, and
     their checksum."""
-    # .to(dtype) copies, so tied parameters (e.g. Qwen's embeddings) no longer share storage;
-    # the tensors sent are host memory whatever device the model trains on.
-    tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in state.items()}
+    # Always a copy: tied parameters (e.g. Qwen's embeddings) must not share storage (safetensors
+    # refuses them), and what is sent must not be the live parameters the next step changes.
+    # A bare .to() copies only when the dtype or device changes: a CPU learner exporting for
+    # float32 engines would hand out its own parameters. Host memory whatever the device.
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype, copy=True).contiguous() for k, v in state.items()}
     return tensors, state_checksum(tensors)
 
 

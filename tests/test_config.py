@@ -75,6 +75,8 @@ def test_dtype_auto_resolves_when_the_config_loads_and_a_named_one_is_kept(tmp_p
     assert load_config(None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"  # as asked
     save_config(load_config(), tmp_path / "run.yaml")
     assert "dtype: float32" in (tmp_path / "run.yaml").read_text()
+    # a config submitted to a cluster keeps auto: the job's driver resolves it there
+    assert load_config(None, [], resolve=False).model.dtype == "auto"
 
 
 @pytest.mark.parametrize("value, loaded", [("auto", "auto"), ("true", True), ("false", False)])

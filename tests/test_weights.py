@@ -7,9 +7,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from selfplay.weights import CHECKSUM_SCHEME, legacy_checksum, same_weights, state_checksum
+from selfplay.weights import CHECKSUM_SCHEME, export_tensors, legacy_checksum, same_weights, state_checksum
 
 
 def tensors() -> dict[str, torch.Tensor]:
@@ -52,3 +55,19 @@ def test_a_recorded_checksum_is_recognised_in_either_scheme():
     assert not same_weights(state_checksum(other), now, tensors)
     # a record in today's scheme is never compared by the old one
     assert not same_weights(CHECKSUM_SCHEME + legacy, now, tensors)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_export_is_a_copy_in_every_dtype_even_of_tied_weights(dtype):
+    """float32 engines take a float32 learner's weights unchanged in dtype: the export still
+    copies, so tied tensors save (safetensors refuses shared storage) and a later step does
+    not change what was sent or its checksum."""
+    embed = torch.nn.Parameter(torch.randn(4, 3))
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed, "b": torch.randn(3)}
+    tensors, checksum = export_tensors(state, dtype)
+    assert all(t.data_ptr() != v.data_ptr() for t, v in zip(tensors.values(), state.values()))
+    assert tensors["lm_head.weight"].data_ptr() != tensors["model.embed_tokens.weight"].data_ptr()
+    blob = save_safetensors(tensors)  # raises on shared storage
+    with torch.no_grad():
+        embed.add_(1.0)
+    assert state_checksum(tensors) == checksum and state_checksum(load_safetensors(blob)) == checksum
