@@ -162,18 +162,8 @@ def fix_rows(groups: dict[tuple[str, int], list[dict]]) -> list[dict]:
         right += [r for r in groups.get((group, ANSWER), []) if r["reward"] >= 1.0]
         if not right:
             continue
-        target = right[0]
-        for r in (r for r, ok in zip(rows, correct) if not ok):
-            out.append(
-                {
-                    **r,
-                    "label": "sft",
-                    "advantage": None,
-                    "response_ids": list(target["response_ids"]),
-                    "response_text": target["response_text"],
-                    "behaviour_logprobs": [0.0] * len(target["response_ids"]),
-                }
-            )
+        reply = (list(right[0]["response_ids"]), right[0]["response_text"])
+        out += [relabelled(r, "sft", reply) for r, ok in zip(rows, correct) if not ok]
     return out
 
 
@@ -261,20 +251,24 @@ def rules_agreement(chosen: dict, rejected: dict) -> tuple[int, int]:
     return 1, int(a[RULES] > b[RULES])
 
 
-def pair_row(base: dict, chosen: tuple[list[int], str], rejected: tuple[list[int], str]) -> dict:
-    """A preference pair built on the sampled row `base` (its prompt, group and version):
-    labelled dpo, `chosen` (ids, text) as its reply, `rejected` in rejected_ids/_text.
-    Behaviour log-probs are zeros: the preference loss does not read them."""
+def relabelled(base: dict, label: str, reply: tuple[list[int], str]) -> dict:
+    """The sampled row `base` (its prompt, group and version) labelled `label` with `reply`
+    (ids, text) as its reply and no advantage. Behaviour log-probs are zeros: neither the
+    NLL nor the preference loss reads them."""
     return {
         **base,
-        "label": "dpo",
+        "label": label,
         "advantage": None,
-        "response_ids": chosen[0],
-        "response_text": chosen[1],
-        "behaviour_logprobs": [0.0] * len(chosen[0]),
-        "rejected_ids": rejected[0],
-        "rejected_text": rejected[1],
+        "response_ids": reply[0],
+        "response_text": reply[1],
+        "behaviour_logprobs": [0.0] * len(reply[0]),
     }
+
+
+def pair_row(base: dict, chosen: tuple[list[int], str], rejected: tuple[list[int], str]) -> dict:
+    """A preference pair built on the sampled row `base`: labelled dpo, `chosen` (ids, text)
+    as its reply, `rejected` in rejected_ids/_text."""
+    return {**relabelled(base, "dpo", chosen), "rejected_ids": rejected[0], "rejected_text": rejected[1]}
 
 
 def targets_of(table: pa.Table) -> dict[str, tuple[list[int], str]]:
