@@ -867,7 +867,7 @@ class Generator:
                 greedy_scores, sample_scores, k, judged=getattr(self.task, "principles", None) is not None
             ),
             **(selection_summary(picks) if picks else {}),
-            **(self._gold_score(problems, greedy) if self.gold is not None else {}),
+            **(self._gold_score(problems, greedy, texts) if self.gold is not None else {}),
             **(self._chain_figures(problems, greedy, policy) if getattr(self.task, "chain", False) else {}),
             **(
                 self._judge_agreement(problems, greedy, greedy_scores, texts, sample_scores, policy)
@@ -899,10 +899,20 @@ class Generator:
         _, outs, _ = self._chains(problems, greedy, 0.0, policy, self.eval_counts)
         return chain_summary([self.task.score_chain(p, [o.text for o in c]) for p, c in zip(problems, outs)])
 
-    def _gold_score(self, problems: list, replies: list) -> dict:
-        """The held-out gold judge's mean total of the greedy replies (never trained against)."""
-        totals = [self.gold.score(p.prompt, o.text, p.reference).total for p, o in zip(problems, replies)]
-        return {"gold_score": sum(totals) / max(len(totals), 1)}
+    def _gold_score(self, problems: list, greedy: list, sampled: list[str]) -> dict:
+        """The held-out gold judge's mean total (never trained against) of the greedy replies
+        and of the samples (`sampled`: the same number for each problem, in problem order)."""
+        totals = [self.gold.score(p.prompt, o.text, p.reference).total for p, o in zip(problems, greedy)]
+        k = len(sampled) // max(len(problems), 1)
+        samples = [
+            self.gold.score(p.prompt, text, p.reference).total
+            for i, p in enumerate(problems)
+            for text in sampled[i * k : (i + 1) * k]
+        ]
+        return {
+            "gold_score": sum(totals) / max(len(totals), 1),
+            "sample_gold_score": sum(samples) / max(len(samples), 1),
+        }
 
     def close(self) -> None:
         for engine in [*self.engines.values(), *self.slots.values()]:

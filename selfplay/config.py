@@ -36,6 +36,7 @@ TaskPrompts = Literal["train", "sft"]
 TaskVersus = Literal["self", "snapshot"]
 TaskJudge = Literal["rules", "self"]
 JudgeWeights = Literal["current", "snapshot"]
+MonitorReplies = Literal["greedy", "sampled"]
 WeightSync = Literal["object_store", "collective"]
 SyncBackend = Literal["auto", "gloo", "nccl"]  # selfplay/collective.py:pick_backend
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
@@ -266,6 +267,11 @@ class TaskConfig:
     judge_weights: JudgeWeights = "current"
     alarm_window: int = 3
     alarm_margin: float = 0.05
+    # Which replies the monitor and its gold_retained read: greedy, each held-out prompt's
+    # greedy reply; sampled, the task.eval_samples samples each at the training temperature,
+    # the policy the reward is paid on (Gao et al. score samples). A greedy reply can flip
+    # between templates from one evaluation to the next while the distribution barely moves.
+    monitor_replies: MonitorReplies = "greedy"
     # A length guard (DAPO's soft overlong punishment, selfplay/rewards.py): a reply's reward
     # loses overlong_coef * (0 .. 1) as its length goes from generator.max_response_tokens -
     # overlong_buffer tokens to the limit (kept as the `overlong` score column). 0: none.
@@ -669,6 +675,12 @@ def validate_task(cfg: RunConfig) -> None:
     validate_self_judge(cfg, task)
     if cfg.task.alarm_window < 2:
         raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
+    if cfg.task.gold and cfg.task.monitor_replies == "sampled":
+        if cfg.task.judge != "rules":  # the self-judge marks greedy replies (judge_score)
+            raise ConfigError(
+                "task.monitor_replies: sampled reads the samples' scores by the judge trained against, "
+                f"which needs task.judge rules; got {cfg.task.judge}"
+            )
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
         raise ConfigError(
             "task.samples_per_prompt: group advantages need at least 2 samples per prompt "
@@ -780,7 +792,8 @@ def validate_task(cfg: RunConfig) -> None:
     )
 
     fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
-    fields += ["gold_score"] if cfg.task.gold else []
+    fields += ["sample_score"] if cfg.task.principles else []
+    fields += ["gold_score", "sample_gold_score"] if cfg.task.gold else []
     fields += ["score_gain_over_sft"] if cfg.task.principles and cfg.sft.steps else []
     fields += [*JUDGE_FIELDS, "judge_agreement_gain_over_sft"] if cfg.task.judge == "self" else []
     if cfg.task.name == "solver_checker":

@@ -27,7 +27,7 @@ from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import JUDGE_ROLE, judge_examples, sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import MATCH_FIELDS, PROXY_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
+from selfplay.evals import MATCH_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion, refreshes_reference
@@ -174,7 +174,11 @@ class EvalQueue:
         self.average = average  # Kuhn poker's average policy, fed every evaluation of the current policy
         self.pending: list = []  # (step, prefix, weights, (method, args), ref)
         # the reward-hacking monitor: the current policy's proxy and gold scores (task.gold)
-        self.monitor = HackingMonitor(cfg.task.alarm_window, cfg.task.alarm_margin) if cfg.task.gold else None
+        self.monitor = (
+            HackingMonitor(cfg.task.alarm_window, cfg.task.alarm_margin, cfg.task.monitor_replies)
+            if cfg.task.gold
+            else None
+        )
 
     def call(self, method: str, *args):
         """generator-0's `method`, as a pending reference."""
@@ -197,8 +201,7 @@ class EvalQueue:
 
     def watch_for_hacking(self, step: int, wall_s: float, result: dict) -> None:
         """Feed the monitor an evaluation of the current policy; log and show an alarm."""
-        proxy = next(result[f] for f in PROXY_FIELDS if f in result)
-        alarm = self.monitor.observe(step, proxy, result["gold_score"])
+        alarm = self.monitor.observe(step, *self.monitor.read(result))
         self.metrics.log(step, wall_s, {"monitor/alarm": float(alarm is not None)})
         if alarm is not None:
             self.metrics.log(
@@ -278,6 +281,8 @@ class EvalQueue:
                     )
                 if "gold_score" in result:
                     line += f"  gold {result['gold_score']:.3f}"
+                    sampled = result.get("sample_score", result["sample_accuracy"])
+                    line += f"  (samples: {sampled:.3f}, gold {result['sample_gold_score']:.3f})"
                     # from the supervised policy on: nothing trains against the judge before
                     if prefix == "eval" and self.monitor is not None and step >= self.cfg.sft.steps:
                         self.watch_for_hacking(step, wall_s, result)

@@ -34,6 +34,12 @@ MATCH_FIELDS = ("score", "win", "draw", "loss", "games", "mean_total", "member_m
 JUDGE_FIELDS = ("judge_score", "judge_agreement", "judge_decided", "judge_error", "judge_rated")
 # the reward-hacking monitor's proxy: the training judge's figure, the first an evaluation has
 PROXY_FIELDS = ("judge_score", "score", "accuracy")
+# What the monitor reads (task.monitor_replies): the greedy replies' proxy and gold scores, or
+# the means over the samples at the training temperature (the policy the reward is paid on)
+MONITOR_SERIES = {
+    "greedy": (PROXY_FIELDS, "gold_score"),
+    "sampled": (("sample_score", "sample_accuracy"), "sample_gold_score"),
+}
 # A solver + checker evaluation adds (selection_summary): the hidden pass rate of the solution
 # its own tests pick (most tests passed), of CodeT's pick (the dual agreement: samples that
 # pass the same tests x tests passed) and of a uniform pick, its tests' accuracy and validity,
@@ -92,7 +98,17 @@ def task_fields(result: dict) -> tuple[str, ...]:
     """The fields of a task evaluation: TASK_FIELDS, and a judged task's score,
     SELECTION_FIELDS and CHAIN_FIELDS where measured."""
     return TASK_FIELDS + tuple(
-        f for f in ("score", "gold_score", *SELECTION_FIELDS, *JUDGE_FIELDS, *CHAIN_FIELDS) if f in result
+        f
+        for f in (
+            "score",
+            "sample_score",
+            "gold_score",
+            "sample_gold_score",
+            *SELECTION_FIELDS,
+            *JUDGE_FIELDS,
+            *CHAIN_FIELDS,
+        )
+        if f in result
     )
 
 
@@ -100,7 +116,7 @@ def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> d
     """A task evaluation from its scores (selfplay.tasks.Score): `greedy` one per problem,
     `sampled` k per problem in problem order. A reply is correct when its total is 1
     (`judged`: a task with no right answer, judged by its principles, adds `score`, the
-    greedy replies' mean total); pass@k: a problem has a correct one among its k samples (with n = k samples, the
+    greedy replies' mean total, and `sample_score`, the samples'); pass@k: a problem has a correct one among its k samples (with n = k samples, the
     unbiased estimator of Chen et al. 2021 is exactly this)."""
     n = len(greedy)
     correct = [s.total >= 1 for s in sampled]
@@ -115,6 +131,7 @@ def task_summary(greedy: list, sampled: list, k: int, judged: bool = False) -> d
     }
     if judged:
         summary["score"] = sum(s.total for s in greedy) / max(n, 1)
+        summary["sample_score"] = sum(s.total for s in sampled) / max(len(sampled), 1)
     return summary
 
 
@@ -281,11 +298,14 @@ def hacking_alarm(proxy: list[float], gold: list[float], window: int, margin: fl
 
 class HackingMonitor:
     """The proxy and gold scores of a run's evaluations of its current policy, in order;
-    `observe` returns an alarm (`hacking_alarm`, with the step) when one is raised."""
+    `observe` returns an alarm (`hacking_alarm`, with the step) when one is raised. `replies`
+    (MONITOR_SERIES) says which of an evaluation's figures it reads: the greedy replies' or
+    the samples' means."""
 
-    def __init__(self, window: int, margin: float):
+    def __init__(self, window: int, margin: float, replies: str = "greedy"):
         self.window = window
         self.margin = margin
+        self.proxy_fields, self.gold_field = MONITOR_SERIES[replies]
         self.steps: list[int] = []
         self.proxy: list[float] = []
         self.gold: list[float] = []
@@ -295,13 +315,19 @@ class HackingMonitor:
         """Replay a resumed run's evaluations (metrics rows: step, name, value) of steps
         from_step..until, so the window spans the resume; their alarms count again as they did."""
         series = {}
-        for field in (*PROXY_FIELDS, "gold_score"):
+        for field in (*self.proxy_fields, self.gold_field):
             name = f"eval/{task}/held_out/{field}"
             series[field] = {r["step"]: r["value"] for r in rows if r["name"] == name}
-        proxy = next((series[f] for f in PROXY_FIELDS if series[f]), {})
-        for step in sorted(set(proxy) & set(series["gold_score"])):
+        proxy = next((series[f] for f in self.proxy_fields if series[f]), {})
+        gold = series[self.gold_field]
+        for step in sorted(set(proxy) & set(gold)):
             if from_step <= step <= until:
-                self.observe(step, proxy[step], series["gold_score"][step])
+                self.observe(step, proxy[step], gold[step])
+
+    def read(self, result: dict) -> tuple[float, float]:
+        """An evaluation's (proxy, gold) figures, the ones this monitor follows."""
+        proxy = next(result[f] for f in self.proxy_fields if f in result)
+        return proxy, result[self.gold_field]
 
     def observe(self, step: int, proxy: float, gold: float) -> dict | None:
         self.steps.append(step)

@@ -34,6 +34,9 @@ from selfplay.stats import wilson_interval  # noqa: E402
 OUTCOME = (*RATES, "return")
 CURVE_FIELDS = ("win", "non_loss")  # plotted solid and dashed, one colour per opponent
 TASK_CURVES = ("accuracy", "pass_at_k", "sample_accuracy")  # a task's held-out curves
+# a judged task's instead: the judge trained against (the proxy) and the held-out gold judge,
+# greedy replies and samples, and where the reward-hacking monitor raised its alarm (1)
+JUDGED_CURVES = ("score", "sample_score", "gold_score", "sample_gold_score")
 SELECTION_CURVES = ("selected_pass", "consensus_pass", "random_pass", "test_accuracy")  # solver + checker's
 # OpenSpiel exploitability of Kuhn poker in chips: uniform random play, Nash equilibrium.
 KUHN_REFERENCE = [(0.458, "uniform random (0.458)"), (0.0, "Nash (0)")]
@@ -98,11 +101,19 @@ def _starting(series: Series, prefix: str) -> list[str]:
 def figures(series: Series, threshold: float | None) -> list[Figure]:
     """The figures, built from the metric names present; plot() drops what has no data."""
     results = eval_results(series)
-    tasks = [g for (g, o), fields in results.items() if "accuracy" in fields]
+    judged = {g: "score" in fields for (g, o), fields in results.items() if "accuracy" in fields}
+    tasks = list(judged)
     keys = [k for k in results if k[0] not in tasks]
     games = {g: [o for gg, o in keys if gg == g] for g, _ in keys}
     task_panels = [
-        Panel(t, [f"eval/{t}/held_out/{f}" for f in TASK_CURVES], strip=f"eval/{t}/held_out/") for t in tasks
+        Panel(t, [f"eval/{t}/held_out/{f}" for f in TASK_CURVES], strip=f"eval/{t}/held_out/")
+        if not judged[t]
+        else Panel(
+            f"{t}: the judge trained against (score) and the gold judge",
+            [*(f"eval/{t}/held_out/{f}" for f in JUDGED_CURVES), "monitor/alarm"],
+            strip=f"eval/{t}/held_out/",
+        )
+        for t in tasks
     ] + [
         Panel(
             f"{t}: a solution picked by its own tests vs a uniform pick",
@@ -129,8 +140,8 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
     return [
         ("curves_steps.png", "Win (solid) and non-loss (dashed) rate vs step", "step", curves),
         ("curves_wall.png", "Win (solid) and non-loss (dashed) rate vs wall time", "minutes", curves),
-        ("task_steps.png", "Held-out accuracy: greedy (pass@1), pass@k, sampled", "step", task_panels),
-        ("task_wall.png", "Held-out accuracy vs wall time", "minutes", task_panels),
+        ("task_steps.png", "Held-out figures: greedy (pass@1), pass@k, sampled", "step", task_panels),
+        ("task_wall.png", "Held-out figures vs wall time", "minutes", task_panels),
         (
             "task_groups.png",
             "The builder's groups: share of samples accepted, groups held back, reserve fills",

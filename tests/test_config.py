@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from selfplay.config import ConfigError, RunConfig, load_config, save_config, validate
 from selfplay.model import native_bf16, resolve_dtype
@@ -65,7 +66,7 @@ def test_unknown_field_is_named_first(override, field):
 def test_dtype_auto_resolves_when_the_config_loads_and_a_named_one_is_kept(tmp_path, monkeypatch):
     """model.dtype auto becomes this machine's choice before any actor sees it, so the
     learner's exports and every engine agree and the saved config names what a run used."""
-    cuda = __import__("torch").cuda.is_available()
+    cuda = torch.cuda.is_available()
     assert load_config().model.dtype == ("bfloat16" if native_bf16("cuda" if cuda else "cpu") else "float32")
     monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": False)
     assert load_config().model.dtype == "float32"

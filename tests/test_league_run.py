@@ -191,7 +191,6 @@ def test_skill_tokens_prefix_the_prompts(league_run):
 def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(
     ray_session, generator, tiny_model, engine_dtype
 ):
-
     from actors.generator import WeightMismatch
     from actors.league import LeagueActor
 

@@ -7,8 +7,9 @@ import pytest
 
 from actors.verifier import Verifier
 from selfplay.config import ConfigError, load_config
-from selfplay.evals import HackingMonitor, hacking_alarm
+from selfplay.evals import HackingMonitor, hacking_alarm, task_summary
 from selfplay.rewards import overlong_penalty
+from selfplay.tasks import Score
 from tests.engines import decode
 from tests.test_compete import generator as compete_generator
 
@@ -79,6 +80,28 @@ def test_a_gold_judge_scores_every_evaluation_beside_the_proxy():
     result = gen.evaluate_task()
     # "the SUBJECT in the PLACE at TIME is lovely." has 10 words: brevity 2 - 10/4 < 0, so 0
     assert result["gold_score"] == 0.0 and result["score"] > 0.9
+    # the samples too: each a template reply of 10 words or more
+    assert result["sample_gold_score"] == 0.0 and result["sample_score"] > 0.9
+
+
+def test_a_judged_evaluation_scores_the_samples_beside_the_greedy_replies_hand_computed():
+    greedy = [Score(1.0, {}), Score(0.5, {})]
+    sampled = [Score(0.2, {}), Score(0.4, {}), Score(1.0, {}), Score(0.0, {})]  # 2 per problem
+    got = task_summary(greedy, sampled, 2, judged=True)
+    assert got["score"] == pytest.approx(0.75) and got["sample_score"] == pytest.approx(0.4)
+    assert got["accuracy"] == 0.5 and got["sample_accuracy"] == 0.25 and got["pass_at_k"] == 0.5
+    assert "sample_score" not in task_summary(greedy, sampled, 2)  # a task with a right answer
+
+
+def test_the_monitor_reads_the_greedy_or_the_sampled_figures():
+    result = {"score": 0.9, "sample_score": 0.6, "gold_score": 0.3, "sample_gold_score": 0.5, "accuracy": 0.0}
+    assert HackingMonitor(3, 0.05).read(result) == (0.9, 0.3)
+    assert HackingMonitor(3, 0.05, "sampled").read(result) == (0.6, 0.5)
+    # a task with a right answer and no score: its accuracy, greedy or sampled, is the proxy
+    plain = {"accuracy": 0.7, "sample_accuracy": 0.4, "gold_score": 0.2, "sample_gold_score": 0.1}
+    assert HackingMonitor(3, 0.05, "sampled").read(plain) == (0.4, 0.1)
+    with pytest.raises(KeyError):
+        HackingMonitor(3, 0.05, "modal")
 
 
 GOLD = ["task.name=arithmetic", "learner.advantage=group"]
@@ -94,6 +117,16 @@ def test_the_monitors_config_checks_name_the_field():
         load_config(None, GOLD + ["task.gold=[{name: kindness}]"])
     with pytest.raises(ConfigError, match="task.alarm_window: must be >= 2"):
         load_config(None, GOLD + ["task.gold=[{name: brevity}]", "task.alarm_window=1"])
+    with pytest.raises(ConfigError, match="task.monitor_replies: must be one of"):
+        load_config(None, GOLD + ["task.gold=[{name: brevity}]", "task.monitor_replies=modal"])
+    sampled = load_config(None, GOLD + ["task.gold=[{name: brevity}]", "task.monitor_replies=sampled"])
+    assert sampled.task.monitor_replies == "sampled"
+    with pytest.raises(
+        ConfigError, match="task.monitor_replies: sampled .* needs task.judge rules; got self"
+    ):
+        load_config(
+            "configs/self_reward.yaml", ["task.gold=[{name: brevity}]", "task.monitor_replies=sampled"]
+        )
     with pytest.raises(ConfigError, match="arithmetic/monitor/FIELD"):
         load_config(
             None, GOLD + ["task.gold=[{name: brevity}]", "acceptance={arithmetic/monitor/gold: '>= 0.95'}"]
@@ -122,6 +155,13 @@ def test_a_resumed_monitor_replays_the_evaluations_up_to_its_checkpoint():
     assert monitor.steps == [50, 100, 150] and monitor.proxy == [0.2, 0.5, 0.9]
     assert [a["step"] for a in monitor.alarms] == [150]  # 0.2 -> 0.9 while 0.5 -> 0.2
     assert monitor.observe(200, 0.95, 0.1) is not None  # the window spans the resume
+    # a monitor of the samples replays their series, not the greedy replies'
+    samples = rows("sample_score", [(50, 0.4), (100, 0.45), (150, 0.5)])
+    samples += rows("sample_gold_score", [(50, 0.6), (100, 0.6), (150, 0.58)])
+    sampled = HackingMonitor(window=3, margin=0.05, replies="sampled")
+    sampled.restore(logged + samples, "describe", from_step=50, until=150)
+    assert sampled.proxy == [0.4, 0.45, 0.5] and sampled.gold == [0.6, 0.6, 0.58]
+    assert sampled.alarms == []  # the samples moved less than the margin
 
 
 @pytest.mark.parametrize(

@@ -458,6 +458,24 @@ def test_a_task_runs_report_shows_its_held_out_curves_and_the_gain_over_the_supe
         assert (tmp_path / "report" / png).read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_a_judged_task_plots_the_judge_trained_against_beside_the_gold_judge():
+    names = [f"eval/describe/held_out/{f}" for f in ("accuracy", "score", "gold_score", "sample_gold_score")]
+    names += ["eval/arithmetic/held_out/accuracy"]
+    by_file = {file: panels for file, _, _, panels in figures({n: {} for n in names}, threshold=None)}
+    arithmetic, describe = by_file["task_steps.png"][:2]
+    assert arithmetic.names == [
+        f"eval/arithmetic/held_out/{f}" for f in ("accuracy", "pass_at_k", "sample_accuracy")
+    ]
+    assert describe.title == "describe: the judge trained against (score) and the gold judge"
+    assert describe.names == [
+        *(
+            f"eval/describe/held_out/{f}"
+            for f in ("score", "sample_score", "gold_score", "sample_gold_score")
+        ),
+        "monitor/alarm",
+    ]
+
+
 def test_a_solver_checker_report_adds_the_selection_figures(tmp_path):
     fields = {"accuracy": 0.9, "pass_at_k": 0.95, "sample_accuracy": 0.8, "valid": 1.0, "problems": 200}
     selection = {"selected_pass": 0.9, "random_pass": 0.8, "test_accuracy": 0.7, "test_valid": 0.9}
