@@ -103,6 +103,13 @@ def both_seats(
     ] * n_games
 
 
+def grouped(items: list, n: int) -> list[list]:
+    """`items` cut into n equal runs in order: each of n problems' replies, where every
+    problem's replies follow each other (an empty list for each when `items` is empty)."""
+    size = len(items) // max(n, 1)
+    return [items[i * size : (i + 1) * size] for i in range(n)]
+
+
 @dataclass
 class GameInPlay:
     """One game of a `play` call: its match, its state, the scripted player at each seat
@@ -842,22 +849,16 @@ class Generator:
         sampled, _, _ = self._sample(prompts, self.cfg.temperature, policy, self.eval_counts)
         self.eval_counts["games"] += len(greedy) + len(sampled)
         texts = [o.text for o in sampled]
-        per = len(prompts) // max(len(problems), 1)  # replies per problem: k per role
+        replies = grouped(texts, len(problems))  # each problem's: k per role
         score = self.score
         greedy_scores = [score(p.prompt, o.text, p.reference) for p, o in zip(problems, greedy)]
         picks = []
-        if per > k:  # a checker role: its k tests follow the k solutions of each problem
-            replies = [
-                (p, texts[i * per : i * per + k], texts[i * per + k : (i + 1) * per])
-                for i, p in enumerate(problems)
-            ]
-            picks = [self.task.select(*args) for args in replies]  # (problem, solutions, tests)
+        if len(prompts) > k * len(problems):  # a checker role: its k tests follow the k solutions
+            picks = [self.task.select(p, own[:k], own[k:]) for p, own in zip(problems, replies)]
             sample_scores = [Score(h) for pick in picks for h in pick.pop("hidden")]
         else:
             sample_scores = [
-                score(p.prompt, text, p.reference)
-                for i, p in enumerate(problems)
-                for text in texts[i * per : (i + 1) * per]
+                score(p.prompt, text, p.reference) for p, own in zip(problems, replies) for text in own
             ]
         return {
             "game": self.task.name,
@@ -867,26 +868,27 @@ class Generator:
                 greedy_scores, sample_scores, k, judged=getattr(self.task, "principles", None) is not None
             ),
             **(selection_summary(picks) if picks else {}),
-            **(self._gold_score(problems, greedy, texts) if self.gold is not None else {}),
+            **(self._gold_score(problems, greedy, replies) if self.gold is not None else {}),
             **(self._chain_figures(problems, greedy, policy) if getattr(self.task, "chain", False) else {}),
             **(
-                self._judge_agreement(problems, greedy, greedy_scores, texts, sample_scores, policy)
+                self._judge_agreement(problems, greedy, greedy_scores, replies, sample_scores, policy)
                 if self.task_cfg.judge == "self"
                 else {}
             ),
         }
 
-    def _judge_agreement(self, problems, greedy, greedy_scores, texts, sample_scores, policy) -> dict:
+    def _judge_agreement(self, problems, greedy, greedy_scores, samples, sample_scores, policy) -> dict:
         """`policy` as its own judge (task.judge self) against the task's rule judge, on each
-        held-out problem's greedy reply and samples: every pair of them (judge_summary)."""
-        k = len(texts) // max(len(problems), 1)  # samples per problem
-        per = 1 + k  # the greedy reply, then the samples
+        held-out problem's greedy reply and samples (`samples`: each problem's, as grouped):
+        every pair of them (judge_summary)."""
+        per = 1 + len(samples[0]) if samples else 1  # the greedy reply, then the samples
         prompts, replies, rules = [], [], []
-        for i, p in enumerate(problems):
-            own = slice(i * k, (i + 1) * k)
+        for p, reply, rule, own, own_scores in zip(
+            problems, greedy, greedy_scores, samples, grouped(sample_scores, len(problems))
+        ):
             prompts += [p.prompt] * per
-            replies += [greedy[i].text, *texts[own]]
-            rules += [greedy_scores[i].total, *(s.total for s in sample_scores[own])]
+            replies += [reply.text, *own]
+            rules += [rule.total, *(s.total for s in own_scores)]
         ratings = self._rate(prompts, replies, policy, self.eval_counts)
         pairs = [
             (b + x, b + y) for b in range(0, len(replies), per) for x in range(per) for y in range(x + 1, per)
@@ -899,19 +901,18 @@ class Generator:
         _, outs, _ = self._chains(problems, greedy, 0.0, policy, self.eval_counts)
         return chain_summary([self.task.score_chain(p, [o.text for o in c]) for p, c in zip(problems, outs)])
 
-    def _gold_score(self, problems: list, greedy: list, sampled: list[str]) -> dict:
+    def _gold_score(self, problems: list, greedy: list, samples: list[list[str]]) -> dict:
         """The held-out gold judge's mean total (never trained against) of the greedy replies
-        and of the samples (`sampled`: the same number for each problem, in problem order)."""
+        and of the samples (`samples`: each problem's, as grouped)."""
         totals = [self.gold.score(p.prompt, o.text, p.reference).total for p, o in zip(problems, greedy)]
-        k = len(sampled) // max(len(problems), 1)
-        samples = [
+        sampled = [
             self.gold.score(p.prompt, text, p.reference).total
-            for i, p in enumerate(problems)
-            for text in sampled[i * k : (i + 1) * k]
+            for p, own in zip(problems, samples)
+            for text in own
         ]
         return {
             "gold_score": sum(totals) / max(len(totals), 1),
-            "sample_gold_score": sum(samples) / max(len(samples), 1),
+            "sample_gold_score": sum(sampled) / max(len(sampled), 1),
         }
 
     def close(self) -> None:

@@ -675,12 +675,12 @@ def validate_task(cfg: RunConfig) -> None:
     validate_self_judge(cfg, task)
     if cfg.task.alarm_window < 2:
         raise ConfigError(f"task.alarm_window: must be >= 2 evaluations, got {cfg.task.alarm_window}")
-    if cfg.task.gold and cfg.task.monitor_replies == "sampled":
-        if cfg.task.judge != "rules":  # the self-judge marks greedy replies (judge_score)
-            raise ConfigError(
-                "task.monitor_replies: sampled reads the samples' scores by the judge trained against, "
-                f"which needs task.judge rules; got {cfg.task.judge}"
-            )
+    # the self-judge marks greedy replies only (judge_score)
+    if cfg.task.gold and cfg.task.monitor_replies == "sampled" and cfg.task.judge != "rules":
+        raise ConfigError(
+            "task.monitor_replies: sampled reads the samples' scores by the judge trained against, "
+            f"which needs task.judge rules; got {cfg.task.judge}"
+        )
     if cfg.builder.rows == "rl" and cfg.task.samples_per_prompt < 2:
         raise ConfigError(
             "task.samples_per_prompt: group advantages need at least 2 samples per prompt "

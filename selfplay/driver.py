@@ -27,7 +27,14 @@ from selfplay.builder import COUNTS as BUILDER_COUNTS
 from selfplay.builder import JUDGE_ROLE, judge_examples, sft_examples
 from selfplay.config import RunConfig, load_config, save_config
 from selfplay.console import Console, bar_total
-from selfplay.evals import MATCH_FIELDS, HackingMonitor, acceptance, eval_metrics, eval_summary
+from selfplay.evals import (
+    MATCH_FIELDS,
+    HackingMonitor,
+    acceptance,
+    eval_metrics,
+    eval_summary,
+    monitor_figures,
+)
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
 from selfplay.league import promotion, refreshes_reference
@@ -281,8 +288,7 @@ class EvalQueue:
                     )
                 if "gold_score" in result:
                     line += f"  gold {result['gold_score']:.3f}"
-                    sampled = result.get("sample_score", result["sample_accuracy"])
-                    line += f"  (samples: {sampled:.3f}, gold {result['sample_gold_score']:.3f})"
+                    line += "  (samples: {:.3f}, gold {:.3f})".format(*monitor_figures(result, "sampled"))
                     # from the supervised policy on: nothing trains against the judge before
                     if prefix == "eval" and self.monitor is not None and step >= self.cfg.sft.steps:
                         self.watch_for_hacking(step, wall_s, result)

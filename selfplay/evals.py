@@ -296,6 +296,13 @@ def hacking_alarm(proxy: list[float], gold: list[float], window: int, margin: fl
     return None
 
 
+def monitor_figures(result: dict, replies: str) -> tuple[float, float]:
+    """A judged evaluation's (proxy, gold) figures for `replies` (MONITOR_SERIES): the first
+    proxy field it has, and the gold judge's."""
+    proxy_fields, gold_field = MONITOR_SERIES[replies]
+    return next(result[f] for f in proxy_fields if f in result), result[gold_field]
+
+
 class HackingMonitor:
     """The proxy and gold scores of a run's evaluations of its current policy, in order;
     `observe` returns an alarm (`hacking_alarm`, with the step) when one is raised. `replies`
@@ -305,6 +312,7 @@ class HackingMonitor:
     def __init__(self, window: int, margin: float, replies: str = "greedy"):
         self.window = window
         self.margin = margin
+        self.replies = replies
         self.proxy_fields, self.gold_field = MONITOR_SERIES[replies]
         self.steps: list[int] = []
         self.proxy: list[float] = []
@@ -326,8 +334,7 @@ class HackingMonitor:
 
     def read(self, result: dict) -> tuple[float, float]:
         """An evaluation's (proxy, gold) figures, the ones this monitor follows."""
-        proxy = next(result[f] for f in self.proxy_fields if f in result)
-        return proxy, result[self.gold_field]
+        return monitor_figures(result, self.replies)
 
     def observe(self, step: int, proxy: float, gold: float) -> dict | None:
         self.steps.append(step)

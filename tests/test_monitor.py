@@ -104,6 +104,14 @@ def test_the_monitor_reads_the_greedy_or_the_sampled_figures():
         HackingMonitor(3, 0.05, "modal")
 
 
+def test_grouped_cuts_each_problems_replies_in_order():
+    from actors.generator import grouped
+
+    assert grouped(list("abcdef"), 3) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert grouped(list("abcdef"), 2) == [["a", "b", "c"], ["d", "e", "f"]]
+    assert grouped([], 2) == [[], []] and grouped([], 0) == []
+
+
 GOLD = ["task.name=arithmetic", "learner.advantage=group"]
 
 
