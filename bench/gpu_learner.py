@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from bench.suite import compute_dtype, matmul_flops
 from learner.learner import Learner, pick_device
+from learner.peak import compute_dtype, matmul_flops
 from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
@@ -83,7 +83,7 @@ def step_figures(learner: Learner, table, repeats: int, measured_flops: float) -
     return {
         "step_s": round(step_s, 4),
         "tokens_per_s": round(last["tokens"] / step_s),
-        "mfu": round(learner.flops_per_token * last["tokens"] / step_s / (learner.cfg.peak_tflops * 1e12), 4),
+        "mfu": round(learner.flops_per_token * last["tokens"] / step_s / learner.peak_flops, 4),
         # against the device's matmul rate in the learner's compute dtype, measured in this run
         "mfu_measured": round(learner.flops_per_token * last["tokens"] / step_s / measured_flops, 4),
         "peak_gib": peak_gib(device) and round(peak_gib(device), 2),

@@ -1,6 +1,6 @@
 """Learner MFU (`make bench` figure 2): the plain learner's step FLOP/s against the
 machine's matmul rate in the learner's compute dtype (bf16 where the CPU has it natively,
-else fp32: `suite.compute_dtype`), measured in the same run (`suite.matmul_flops`, on the
+else fp32: `learner/peak.py:compute_dtype`), measured in the same run (`learner/peak.py:matmul_flops`, on the
 learner's threads).
 
 What is timed: `Learner.train_step` on the demo's batch shape (512 TicTacToe turns of a
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from bench.gpu_learner import learner_for, synthetic_batch
-from bench.suite import RESULTS, compute_dtype, figure, machine, matmul_flops, write
+from bench.suite import RESULTS, figure, machine, write
 from learner.learner import collate
+from learner.peak import compute_dtype, matmul_flops
 from selfplay.model import create_default_model
 
 GOAL_PRESET, GOAL = "25m", ">= 0.30"

@@ -18,7 +18,6 @@ import torch
 
 from selfplay.evals import meets
 from selfplay.files import write_atomic
-from selfplay.model import native_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = {  # name -> the distributions that provide it
@@ -58,41 +57,6 @@ def machine() -> dict:
         "python": platform.python_version(),
         "packages": versions,
     }
-
-
-def compute_dtype(device: str = "cpu") -> torch.dtype:
-    """What the learner multiplies in on `device` (learner.bf16 auto): bf16 where the device
-    computes it natively (selfplay/model.py:native_bf16), else fp32. MFU is read against it."""
-    return torch.bfloat16 if native_bf16(device) else torch.float32
-
-
-def matmul_flops(
-    device: str = "cpu", dtype: torch.dtype | None = None, threads: int | None = None, n: int = 2048
-) -> float:
-    """The machine's measured dense matmul rate (FLOP/s): square n x n products for about
-    two seconds after a warm-up, on `threads` CPU threads (default: all of this process's
-    cores) or on the GPU, in `dtype` (default: compute_dtype). The ceiling MFU is read
-    against, measured in the same run."""
-    dtype = dtype or compute_dtype(device)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        for _ in range(3):
-            a @ b
-        sync()
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 2.0:
-            for _ in range(4):
-                a @ b
-            reps += 4
-            sync()
-        return 2 * n**3 * reps / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
 
 
 def figure(value: float | None, goal: str | None, **details) -> dict:

@@ -22,12 +22,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from learner import losses
 from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from learner.offload import OffloadedOptimizer
+from learner.peak import compute_dtype, learner_peak_flops
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.files import write_atomic
 from selfplay.games import MODULES
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
-from selfplay.model import native_bf16, resolve_dtype
+from selfplay.model import resolve_dtype
 from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
@@ -269,7 +270,8 @@ class Learner:
         self.device = pick_device(cfg.device)
         self.engine_dtype = DTYPES[resolve_dtype(model_cfg.dtype)]
         # bf16 autocast: as asked, or (auto) where the device computes bf16 natively
-        self.autocast = cfg.bf16 is True or (cfg.bf16 == "auto" and native_bf16(self.device.type))
+        self.autocast = compute_dtype(self.device.type, cfg.bf16) == torch.bfloat16
+        self.peak_flops = learner_peak_flops(cfg, self.device)  # what MFU is read against
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         if cfg.lora_rank:
             self.model = with_lora(self.model, cfg)
@@ -427,7 +429,7 @@ class Learner:
             step_s=step_s,
             tokens=tokens,
             # model FLOPs utilisation: useful FLOPs per second against learner.peak_tflops
-            mfu=self.flops_per_token * tokens / step_s / (self.cfg.peak_tflops * 1e12),
+            mfu=self.flops_per_token * tokens / step_s / self.peak_flops,
             distinct_1=distinct_n(texts, 1),
             distinct_2=distinct_n(texts, 2),
         )

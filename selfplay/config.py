@@ -191,9 +191,10 @@ class LearnerConfig:
     # bf16 autocast around fp32 weights; auto: on where the learner's device computes bf16
     # natively (selfplay/model.py:native_bf16), off where it would be emulated
     bf16: bool | Literal["auto"] = "auto"
-    # the learner device's dense bf16 peak, for MFU: ~0.9 on this repo's 2-core AMX CPU
-    # (measured), 989 on an H100/H200
-    peak_tflops: float = 0.9
+    # what MFU is read against, TFLOP/s: auto measures the learner device's dense matmul rate
+    # in its compute dtype on learner.threads once per machine (learner/peak.py; cached),
+    # e.g. ~0.9 bf16 on a 2-core AMX CPU, ~0.18 fp32 on a 2-core AVX2 one, ~1,000 on a H200
+    peak_tflops: float | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -430,7 +431,6 @@ POSITIVE = {
     "learner.batch_size",
     "learner.broadcast_every",
     "learner.threads",
-    "learner.peak_tflops",
     "eval.every_steps",
     "eval.games",
     "league.max_live_opponents",
@@ -572,6 +572,9 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
     for name in NON_NEGATIVE:
         if not _get(cfg, name) >= 0:
             raise ConfigError(f"{name}: must be >= 0, got {_get(cfg, name)!r}")
+    peak = cfg.learner.peak_tflops
+    if peak != "auto" and not (math.isfinite(peak) and peak > 0):
+        raise ConfigError(f"learner.peak_tflops: must be > 0 or auto, got {peak!r}")
     if cfg.model.max_model_len is not None and cfg.model.max_model_len <= 0:
         raise ConfigError(f"model.max_model_len: must be > 0, got {cfg.model.max_model_len}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.learner.device):
@@ -791,8 +794,8 @@ def validate_task(cfg: RunConfig) -> None:
         TASK_FIELDS,
     )
 
-    fields = [*TASK_FIELDS, "accuracy_gain_over_sft"] + (["score"] if cfg.task.principles else [])
-    fields += ["sample_score"] if cfg.task.principles else []
+    fields = [*TASK_FIELDS, "accuracy_gain_over_sft"]
+    fields += ["score", "sample_score"] if cfg.task.principles else []
     fields += ["gold_score", "sample_gold_score"] if cfg.task.gold else []
     fields += ["score_gain_over_sft"] if cfg.task.principles and cfg.sft.steps else []
     fields += [*JUDGE_FIELDS, "judge_agreement_gain_over_sft"] if cfg.task.judge == "self" else []

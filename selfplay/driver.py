@@ -41,7 +41,14 @@ from selfplay.league import promotion, refreshes_reference
 from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
 from selfplay.procs import Descendants, local_ray_lost
-from selfplay.program import RUN_ACTORS, build_program, run_actor_names, wait_until_free
+from selfplay.program import (
+    RUN_ACTORS,
+    build_program,
+    learner_peak,
+    learner_task,
+    run_actor_names,
+    wait_until_free,
+)
 from selfplay.scaling import EVAL_GENERATOR
 from selfplay.stats import points
 from selfplay.tasks import task_of
@@ -112,11 +119,7 @@ def ensure_reward_model(cfg: RunConfig, run_dir: Path, console: Console, init: s
     info = reward_model.complete(out)
     if info is None:
         console.print(f"training a reward model on {cfg.reward_model.pairs} labelled pairs")
-        task = ray.remote(reward_model.train_for_run).options(
-            num_cpus=cfg.learner.num_cpus,
-            num_gpus=cfg.learner.num_gpus,
-            resources=cfg.learner.resources or None,
-        )
+        task = learner_task(cfg, reward_model.train_for_run)
         init = init or initial_model(cfg, run_dir)
         info = ray.get(
             task.remote(
@@ -349,6 +352,11 @@ class Run:
                 cfg, task=replace(cfg.task, principles=reward_model.judged_by(cfg.task.principles, path))
             )
         wait_until_free(run_actor_names())  # a resubmitted run's previous job may still be going
+        if cfg.learner.peak_tflops == "auto":  # measured before the run's actors share the cores
+            cfg = self.cfg = replace(cfg, learner=replace(cfg.learner, peak_tflops=learner_peak(cfg)))
+            self.console.print(
+                f"learner peak (MFU's ceiling): {cfg.learner.peak_tflops:.3g} TFLOP/s, measured"
+            )
         self.program = build_program(
             cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
         )
@@ -728,6 +736,7 @@ class Run:
                 "generators": 1 - totals["wait_s"] / max(totals["play_s"], 1e-9),
             },
             "learner_mfu": t["flops_s"] / max(t["step_s"], 1e-9),
+            "learner_peak_tflops": self.cfg.learner.peak_tflops,  # what MFU is read against
             # a task run's groups (the builder's counts), prompts drawn again from the hard pool,
             # and problems whose screen (task.screen_samples) was uniform
             **(

@@ -312,8 +312,9 @@ class HackingMonitor:
     def __init__(self, window: int, margin: float, replies: str = "greedy"):
         self.window = window
         self.margin = margin
+        if replies not in MONITOR_SERIES:
+            raise ValueError(f"replies: one of {', '.join(MONITOR_SERIES)}, got {replies!r}")
         self.replies = replies
-        self.proxy_fields, self.gold_field = MONITOR_SERIES[replies]
         self.steps: list[int] = []
         self.proxy: list[float] = []
         self.gold: list[float] = []
@@ -322,15 +323,15 @@ class HackingMonitor:
     def restore(self, rows: list[dict], task: str, from_step: int, until: int) -> None:
         """Replay a resumed run's evaluations (metrics rows: step, name, value) of steps
         from_step..until, so the window spans the resume; their alarms count again as they did."""
-        series = {}
-        for field in (*self.proxy_fields, self.gold_field):
-            name = f"eval/{task}/held_out/{field}"
-            series[field] = {r["step"]: r["value"] for r in rows if r["name"] == name}
-        proxy = next((series[f] for f in self.proxy_fields if series[f]), {})
-        gold = series[self.gold_field]
-        for step in sorted(set(proxy) & set(gold)):
-            if from_step <= step <= until:
-                self.observe(step, proxy[step], gold[step])
+        prefix = f"eval/{task}/held_out/"
+        results: dict[int, dict] = {}
+        for r in rows:
+            if r["name"].startswith(prefix) and from_step <= r["step"] <= until:
+                results.setdefault(r["step"], {})[r["name"][len(prefix) :]] = r["value"]
+        proxy_fields, gold_field = MONITOR_SERIES[self.replies]
+        for step, result in sorted(results.items()):
+            if gold_field in result and any(f in result for f in proxy_fields):
+                self.observe(step, *self.read(result))
 
     def read(self, result: dict) -> tuple[float, float]:
         """An evaluation's (proxy, gold) figures, the ones this monitor follows."""

@@ -134,6 +134,23 @@ def build_program(
     return Program(buffer, verifier, learner, controller, league, workers, group)
 
 
+def learner_task(cfg: RunConfig, fn):
+    """`fn` as a Ray task where the learner would run: its CPUs, GPUs and custom resources."""
+    lcfg = cfg.learner
+    return ray.remote(fn).options(
+        num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, resources=lcfg.resources or None
+    )
+
+
+def learner_peak(cfg: RunConfig) -> float:
+    """learner.peak_tflops auto: the learner device's dense matmul rate in TFLOP/s
+    (learner/peak.py, cached per machine), measured where the learner would run before any
+    of the run's actors start, so nothing of the run competes for its cores."""
+    from learner.peak import measure_for
+
+    return ray.get(learner_task(cfg, measure_for).remote(cfg.learner))
+
+
 def learner_group(cfg: RunConfig, timeout_s: float = 300) -> tuple[object, str]:
     """The learner group's placement group (one bundle per rank: STRICT_PACK with GPUs, so
     NCCL stays within a node; else PACK) once placed, and the address its ranks meet at

@@ -97,6 +97,8 @@ def test_the_summary_balances_across_the_resume_and_keeps_the_best_checkpoint(le
     assert summary["turns"]["generated"] >= summary["turns"]["forwarded"] > 0
     assert 0 < summary["busy"]["learner"] <= 1 and 0 <= summary["busy"]["generators"] <= 1
     assert summary["learner_mfu"] > 0
+    assert isinstance(summary["learner_peak_tflops"], float)  # learner.peak_tflops auto: measured
+    assert 0 < summary["learner_peak_tflops"] < 1e4
     assert summary["faults"] == {"generators_failed": [], "learner_dropped": []}
     # the best checkpoint (the first evaluation at least): a model directory, evaluated afresh
     best = json.loads((league_run / "best" / "best.json").read_text())

@@ -252,8 +252,8 @@ def test_a_checkpoint_without_its_kl_reference_is_refused_not_silently_reanchore
 def test_bf16_autocast_is_on_as_asked_or_where_the_device_has_bf16(model_dir, monkeypatch, bf16, native, on):
     """learner.bf16 auto autocasts only where bf16 is native (an AVX2-only CPU emulates it
     several times slower than fp32); true and false are obeyed."""
-    monkeypatch.setattr("learner.learner.native_bf16", lambda device: native)
-    cfg = load_config(None, [f"learner.bf16={bf16}"])
+    monkeypatch.setattr("learner.peak.native_bf16", lambda device: native)
+    cfg = load_config(None, [f"learner.bf16={bf16}", "learner.peak_tflops=1"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     assert learner.autocast is on
     with learner._autocast():

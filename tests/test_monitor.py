@@ -100,7 +100,7 @@ def test_the_monitor_reads_the_greedy_or_the_sampled_figures():
     # a task with a right answer and no score: its accuracy, greedy or sampled, is the proxy
     plain = {"accuracy": 0.7, "sample_accuracy": 0.4, "gold_score": 0.2, "sample_gold_score": 0.1}
     assert HackingMonitor(3, 0.05, "sampled").read(plain) == (0.4, 0.1)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="replies: one of greedy, sampled, got 'modal'"):
         HackingMonitor(3, 0.05, "modal")
 
 

@@ -1,0 +1,133 @@
+"""The learner's peak FLOP/s, what its MFU is read against (`learner.peak_tflops`): a number
+from the config, or `auto`, the dense matmul rate of the learner's device in its compute
+dtype on its threads, measured once per machine and kept in a JSON cache.
+
+Measured, because no one number fits: 0.9 TFLOP/s bf16 on a 2-core AMX Xeon, 0.18 fp32 on
+a 2-core AVX2 EPYC (where bf16 is emulated and the learner computes in fp32), about 1,000
+bf16 on an H100/H200; a fixed default misreads MFU by 5x on one and 1,000x on another.
+`selfplay run` measures it in a Ray task on the learner's resources before any of the run's
+actors start (`measure_for`), so nothing of the run competes for the cores; the plain
+Learner class, used without Ray, measures where it stands."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from selfplay.files import write_atomic
+from selfplay.model import native_bf16
+
+
+def compute_dtype(device: str = "cpu", bf16: bool | str = "auto") -> torch.dtype:
+    """What the learner multiplies in on `device` (`learner.bf16`): bf16 autocast when asked
+    (True), or (auto) where the device computes bf16 natively (selfplay/model.py:native_bf16);
+    fp32 otherwise, the weights' own dtype."""
+    return torch.bfloat16 if bf16 is True or (bf16 == "auto" and native_bf16(device)) else torch.float32
+
+
+def matmul_flops(
+    device: str = "cpu", dtype: torch.dtype | None = None, threads: int | None = None, n: int = 2048
+) -> float:
+    """The machine's measured dense matmul rate (FLOP/s): square products for about two
+    seconds after a warm-up, on `threads` CPU threads (default: all of this process's cores)
+    or on the GPU, in `dtype` (default: compute_dtype). Their size is n, or the largest
+    power of two below it whose product takes over 0.05 s, so that an emulated dtype (bf16
+    on an AVX2-only CPU: ~1 GFLOP/s) is measured in seconds rather than minutes."""
+    dtype = dtype or compute_dtype(device)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    try:
+        size = min(256, n)
+        while True:
+            a = torch.randn(size, size, device=device, dtype=dtype)
+            b = torch.randn(size, size, device=device, dtype=dtype)
+            a @ b  # the first product of a size pays for setting up (a GPU's BLAS handle)
+            sync()
+            start = time.perf_counter()
+            a @ b
+            sync()
+            if size >= n or time.perf_counter() - start > 0.05:
+                break
+            size = min(2 * size, n)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 2.0:
+            for _ in range(4):
+                a @ b
+            reps += 4
+            sync()
+        return 2 * size**3 * reps / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+
+
+def cache_path() -> Path:
+    """$XDG_CACHE_HOME/selfplay/peak_flops.json (~/.cache by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "selfplay" / "peak_flops.json"
+
+
+def device_name(device: str) -> str:
+    """The hardware's name: the GPU's, or the CPU's model name (Linux), else the platform's."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_flops(device: str, dtype: torch.dtype, threads: int, cache: Path | None = None) -> float:
+    """The dense matmul rate of `device` in `dtype` (on `threads` CPU threads), from the cache
+    when this machine measured it before, else measured (matmul_flops, n 8192 on a GPU) and
+    added to the cache, keyed by hardware, dtype, threads and torch's version. A cache that
+    cannot be read or written is measured around, never fatal."""
+    cache = cache or cache_path()
+    gpu = device.startswith("cuda")
+    key = " | ".join(
+        [device_name(device), str(dtype).removeprefix("torch.")]
+        + ([] if gpu else [f"{threads} threads"])
+        + [f"torch {torch.__version__}"]
+    )
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    value = known.get(key)
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    measured = matmul_flops(device, dtype, threads, n=8192 if gpu else 2048)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps({**known, key: measured}, indent=1, sort_keys=True))
+    except OSError:
+        pass
+    return measured
+
+
+def learner_peak_flops(cfg, device: torch.device) -> float:
+    """The peak FLOP/s the learner's MFU is read against (`cfg`: LearnerConfig): its
+    `peak_tflops`, or (auto) `peak_flops` of `device` in the learner's compute dtype."""
+    if cfg.peak_tflops != "auto":
+        return cfg.peak_tflops * 1e12
+    return peak_flops(str(device), compute_dtype(device.type, cfg.bf16), cfg.threads)
+
+
+def measure_for(cfg) -> float:
+    """`learner_peak_flops` on this machine's learner device, in TFLOP/s (`cfg`:
+    LearnerConfig; run as a Ray task on the learner's resources before the run's actors)."""
+    from learner.learner import pick_device
+
+    return learner_peak_flops(cfg, pick_device(cfg.device)) / 1e12

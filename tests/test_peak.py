@@ -1,0 +1,85 @@
+"""learner.peak_tflops: what MFU is read against, given or measured once per machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from learner import peak
+from learner.learner import Learner
+from selfplay.config import ConfigError, load_config
+from selfplay.model import create_default_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """matmul_flops replaced by a counter that returns 1e11 FLOP/s per call made."""
+    calls = []
+
+    def fake(device, dtype, threads, n):
+        calls.append((device, dtype, threads, n))
+        return 1e11 * len(calls)
+
+    monkeypatch.setattr(peak, "matmul_flops", fake)
+    return calls
+
+
+def test_the_peak_is_measured_once_per_machine_dtype_and_threads(tmp_path, counted):
+    cache = tmp_path / "sub" / "peak_flops.json"
+    assert peak.peak_flops("cpu", torch.float32, 2, cache) == 1e11
+    assert peak.peak_flops("cpu", torch.float32, 2, cache) == 1e11  # from the cache
+    assert counted == [("cpu", torch.float32, 2, 2048)]
+    assert peak.peak_flops("cpu", torch.float32, 1, cache) == 2e11  # other threads: measured
+    assert peak.peak_flops("cpu", torch.bfloat16, 2, cache) == 3e11  # another dtype too
+    known = json.loads(cache.read_text())
+    assert len(known) == 3 and sorted(known.values()) == [1e11, 2e11, 3e11]
+    key = next(k for k, v in known.items() if v == 1e11)
+    assert f"{peak.device_name('cpu')} | float32 | 2 threads | torch {torch.__version__}" == key
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"x": -1}'])
+def test_a_cache_that_cannot_be_read_is_measured_around(tmp_path, counted, text):
+    cache = tmp_path / "peak_flops.json"
+    cache.write_text(text)
+    assert peak.peak_flops("cpu", torch.float32, 2, cache) == 1e11
+    assert len(json.loads(cache.read_text())) >= 1  # rewritten whole
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert peak.peak_flops("cpu", torch.float32, 2, blocked / "peak.json") == 2e11  # unwritable
+
+
+def test_the_compute_dtype_follows_learner_bf16(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(peak, "native_bf16", lambda device="cpu", v=native: v)
+        assert peak.compute_dtype("cpu", True) == torch.bfloat16
+        assert peak.compute_dtype("cpu", False) == torch.float32
+        assert peak.compute_dtype("cpu", "auto") == (torch.bfloat16 if native else torch.float32)
+
+
+def test_the_learner_reads_mfu_against_the_given_or_the_measured_peak(
+    model_dir, counted, monkeypatch, tmp_path
+):
+    given = load_config(None, ["learner.peak_tflops=2.5"])
+    assert Learner(given.learner, given.model, model_dir, seed=0).peak_flops == 2.5e12
+    assert counted == []  # a given peak is not measured
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cfg = load_config(None, ["learner.bf16=false"])
+    assert cfg.learner.peak_tflops == "auto"  # the default
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    assert learner.peak_flops == 1e11 and counted[0][1:3] == (torch.float32, cfg.learner.threads)
+    assert (tmp_path / "selfplay" / "peak_flops.json").exists()
+    assert peak.measure_for(cfg.learner) == pytest.approx(0.1)  # TFLOP/s, from the cache
+    assert len(counted) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "fast"])
+def test_a_bad_peak_is_refused_naming_the_field(value):
+    with pytest.raises(ConfigError, match="learner.peak_tflops"):
+        load_config(None, [f"learner.peak_tflops={value}"])
