@@ -11,6 +11,7 @@ Learner class, used without Ray, measures where it stands."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -90,8 +91,10 @@ def device_name(device: str) -> str:
 def peak_flops(device: str, dtype: torch.dtype, threads: int, cache: Path | None = None) -> float:
     """The dense matmul rate of `device` in `dtype` (on `threads` CPU threads), from the cache
     when this machine measured it before, else measured (matmul_flops, n 8192 on a GPU) and
-    added to the cache, keyed by hardware, dtype, threads and torch's version. A cache that
-    cannot be read or written is measured around, never fatal."""
+    added to the cache, keyed by hardware, dtype, threads and torch's version. One process
+    measures at a time (a lock beside the cache): two at once, such as a learner group's
+    ranks, would each see part of the machine. A cache that cannot be read or written is
+    measured around, never fatal."""
     cache = cache or cache_path()
     gpu = device.startswith("cuda")
     key = " | ".join(
@@ -99,22 +102,31 @@ def peak_flops(device: str, dtype: torch.dtype, threads: int, cache: Path | None
         + ([] if gpu else [f"{threads} threads"])
         + [f"torch {torch.__version__}"]
     )
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    value = known.get(key)
-    if isinstance(value, (int, float)) and value > 0:
-        return float(value)
-    measured = matmul_flops(device, dtype, threads, n=8192 if gpu else 2048)
+
+    def measure() -> float:
+        return matmul_flops(device, dtype, threads, n=8192 if gpu else 2048)
+
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps({**known, key: measured}, indent=1, sort_keys=True))
+        lock = open(cache.parent / f".{cache.name}.lock", "a")
     except OSError:
-        pass
-    return measured
+        return measure()  # nowhere to keep it
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+        value = known.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+        measured = measure()
+        try:
+            write_atomic(cache, json.dumps({**known, key: measured}, indent=1, sort_keys=True))
+        except OSError:
+            pass
+        return measured
 
 
 def learner_peak_flops(cfg, device: torch.device) -> float:

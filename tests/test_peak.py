@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -42,6 +44,22 @@ def test_the_peak_is_measured_once_per_machine_dtype_and_threads(tmp_path, count
     assert len(known) == 3 and sorted(known.values()) == [1e11, 2e11, 3e11]
     key = next(k for k, v in known.items() if v == 1e11)
     assert f"{peak.device_name('cpu')} | float32 | 2 threads | torch {torch.__version__}" == key
+
+
+def test_one_process_measures_at_a_time(tmp_path, monkeypatch):
+    calls = []
+
+    def slow(device, dtype, threads, n):
+        calls.append(device)
+        time.sleep(0.3)  # both would read an empty cache within it, but for the lock
+        return 1e11
+
+    monkeypatch.setattr(peak, "matmul_flops", slow)
+    with ThreadPoolExecutor(2) as pool:
+        got = list(
+            pool.map(lambda _: peak.peak_flops("cpu", torch.float32, 2, tmp_path / "p.json"), range(2))
+        )
+    assert got == [1e11, 1e11] and calls == ["cpu"]
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"x": -1}'])
