@@ -271,6 +271,7 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
         task=TaskConfig(
             name="describe",
             principles=[{"name": "sentiment"}, {"name": "no_profanity", "hard": True}],  # two marks
+            gold=[{"name": "sentiment"}, {"name": "no_profanity", "hard": True}],  # the monitor's
             judge="self",
             judge_samples=2,  # sampled verdicts, averaged: few ties between a prompt's samples
             judge_temperature=1.0,
@@ -303,6 +304,10 @@ def test_a_self_rewarding_run_teaches_the_judge_role_then_trains_on_its_own_verd
     assert after_sft["judge_rated"] > 0.5  # the role was learnt: its verdicts read as marks
     assert after["judge_decided"] <= 4 * 3  # 4 problems, 3 replies each, every pair of them
     assert after["score_gain_over_sft"] == pytest.approx(after["score"] - after_sft["score"])
+    # the monitor follows the policy's marks of its own replies against the rules' (the gold)
+    assert after["gold_score"] == pytest.approx(after["score"])
+    monitor = summary["after"]["describe/monitor"]
+    assert monitor["proxy_final"] == pytest.approx(after["judge_score"]) and monitor["alarms"] >= 0
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     pairs = {m["step"]: m["value"] for m in metrics if m["name"] == "pairs"}
     assert all(pairs[s] > 0 for s in (27, 28, 29, 30))  # DPO on the policy's own verdicts

@@ -98,6 +98,9 @@ def test_the_monitor_reads_the_greedy_or_the_sampled_figures():
     assert HackingMonitor(3, 0.05).read(result) == (0.9, 0.3)
     assert HackingMonitor(3, 0.05, "sampled").read(result) == (0.6, 0.5)
     # a task with a right answer and no score: its accuracy, greedy or sampled, is the proxy
+    # self-rewarding: the policy's marks of its own replies are the proxy, not the rules' score
+    judged = {"judge_score": 0.95, "score": 0.3, "gold_score": 0.3}
+    assert HackingMonitor(3, 0.05).read(judged) == (0.95, 0.3)
     plain = {"accuracy": 0.7, "sample_accuracy": 0.4, "gold_score": 0.2, "sample_gold_score": 0.1}
     assert HackingMonitor(3, 0.05, "sampled").read(plain) == (0.4, 0.1)
     with pytest.raises(ValueError, match="replies: one of greedy, sampled, got 'modal'"):
