@@ -2,9 +2,9 @@
 from the config, or `auto`, the dense matmul rate of the learner's device in its compute
 dtype on its threads, measured once per machine and kept in a JSON cache.
 
-Measured, because no one number fits: 0.9 TFLOP/s bf16 on a 2-core AMX Xeon, 0.18 fp32 on
+Measured, because no one number fits: 0.9 TFLOP/s bf16 on a 2-core AMX Xeon, 0.15 fp32 on
 a 2-core AVX2 EPYC (where bf16 is emulated and the learner computes in fp32), about 1,000
-bf16 on an H100/H200; a fixed default misreads MFU by 5x on one and 1,000x on another.
+bf16 on an H100/H200; a fixed default misreads MFU by 6x on one and 1,000x on another.
 `selfplay run` measures it in a Ray task on the learner's resources before any of the run's
 actors start (`measure_for`), so nothing of the run competes for the cores; the plain
 Learner class, used without Ray, measures where it stands."""
@@ -36,8 +36,8 @@ def matmul_flops(
 ) -> float:
     """The machine's measured dense matmul rate (FLOP/s): square products for about two
     seconds after a warm-up, on `threads` CPU threads (default: all of this process's cores)
-    or on the GPU, in `dtype` (default: compute_dtype). Their size is n, or the largest
-    power of two below it whose product takes over 0.05 s, so that an emulated dtype (bf16
+    or on the GPU, in `dtype` (default: compute_dtype). Their size is n, or the first size
+    from 256 up, doubling, whose product takes over 0.05 s, so that an emulated dtype (bf16
     on an AVX2-only CPU: ~1 GFLOP/s) is measured in seconds rather than minutes."""
     dtype = dtype or compute_dtype(device)
     before = torch.get_num_threads()

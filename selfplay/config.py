@@ -193,7 +193,7 @@ class LearnerConfig:
     bf16: bool | Literal["auto"] = "auto"
     # what MFU is read against, TFLOP/s: auto measures the learner device's dense matmul rate
     # in its compute dtype on learner.threads once per machine (learner/peak.py; cached),
-    # e.g. ~0.9 bf16 on a 2-core AMX CPU, ~0.18 fp32 on a 2-core AVX2 one, ~1,000 on a H200
+    # e.g. ~0.9 bf16 on a 2-core AMX CPU, ~0.15 fp32 on a 2-core AVX2 one, ~1,000 on a H200
     peak_tflops: float | Literal["auto"] = "auto"
 
 
