@@ -16,7 +16,7 @@ TRL_VERSION := 1.16.0
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser peers demo test lint format bench chaos variance clean
+.PHONY: install browser peers demo test lint format bench ceiling chaos variance clean
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ format: $(STAMP)
 
 bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m bench.run
+
+ceiling: $(STAMP)  # the TicTacToe demo's learner on perfect labels: steps to its goal (bench/ceiling.py)
+	$(PY) -m bench.run --only ceiling
 
 chaos: $(STAMP)  # a 10-minute run under generator, learner and driver faults beside an undisturbed one
 	$(PY) -m bench.chaos --minutes 10 --out runs/chaos

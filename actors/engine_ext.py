@@ -10,6 +10,8 @@ layer's own kernel (the identity matrix times it), as the engine computes with i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from safetensors.torch import load as load_safetensors
 
@@ -49,45 +51,69 @@ def read_held(module: torch.nn.Module, attr: str) -> torch.Tensor:
     return held
 
 
-def held_weights(model: torch.nn.Module, packed: dict[str, list[str]], sent) -> dict[str, torch.Tensor]:
-    """What the engine holds for each name sent, under the sent (checkpoint) names: a shard
-    of a fused parameter (`packed`: qkv_proj <- q_proj, k_proj, v_proj) is its rows of the
-    fused weight, in the fused order, each shard as many rows as the one sent (a fused
-    weight with another number of rows reads back whole, so it differs); a tied LM head is
-    the embedding it is tied to. A name the engine holds nothing for raises."""
+def held_weights(
+    model: torch.nn.Module, packed: dict[str, list[str]], sent
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """What the engine holds for each name sent, under the sent (checkpoint) names, one at
+    a time (name, tensor): a shard of a fused parameter (`packed`: qkv_proj <- q_proj,
+    k_proj, v_proj) is its rows of the fused weight, in the fused order, each shard as many
+    rows as the one sent (a fused weight with another number of rows reads back whole, so
+    it differs); a tied LM head is the embedding it is tied to. The shards of one fused
+    weight come together, so at most one fused weight is read back at a time (a packed
+    layer's read-back is a copy: all at once, a second copy of the model). A name the
+    engine holds nothing for raises."""
     modules = dict(model.named_modules(remove_duplicate=False))  # a module tied in twice: both names
     fused_of = {part: (fused, parts) for fused, parts in packed.items() for part in parts}
-    held, wholes = {}, {}  # wholes: each fused tensor read back once, for all its shards
-    for name, tensor in sent.items():
+
+    def fused_whole(name: str):
+        """(the fused module's path, the attribute, its shards' names in the fused order,
+        this shard's place among them), if `name` is a fused shard; else None."""
         path, _, attr = name.rpartition(".")
         parent, _, leaf = path.rpartition(".")
-        if path not in modules and leaf in fused_of:
-            fused, parts = fused_of[leaf]
-            fused_path = f"{parent}.{fused}" if parent else fused
-            if fused_path in modules:
-                if (fused_path, attr) not in wholes:
-                    wholes[fused_path, attr] = read_held(modules[fused_path], attr)
-                whole = wholes[fused_path, attr]
-                shards = [sent.get(f"{parent}.{p}.{attr}" if parent else f"{p}.{attr}") for p in parts]
-                sizes = [0 if s is None else s.shape[0] for s in shards]
-                start = sum(sizes[: parts.index(leaf)])
-                held[name] = whole[start : start + tensor.shape[0]] if whole.shape[0] == sum(sizes) else whole
-                continue
+        if path in modules or leaf not in fused_of:
+            return None
+        fused, parts = fused_of[leaf]
+        fused_path = f"{parent}.{fused}" if parent else fused
+        if fused_path not in modules:
+            return None
+        shards = [f"{parent}.{p}.{attr}" if parent else f"{p}.{attr}" for p in parts]
+        return fused_path, attr, shards, parts.index(leaf)
+
+    group = {name: fused_whole(name) for name in sent}
+    order = sorted(sent, key=lambda n: (group[n][0], group[n][1]) if group[n] else (n, ""))
+    current, whole = None, None
+    for name in order:
+        tensor = sent[name]
+        if group[name]:
+            fused_path, attr, shards, index = group[name]
+            if current != (fused_path, attr):
+                current, whole = (fused_path, attr), None  # the last one's copy goes first
+                whole = read_held(modules[fused_path], attr)
+            sizes = [0 if sent.get(s) is None else sent[s].shape[0] for s in shards]
+            start = sum(sizes[:index])
+            yield name, whole[start : start + tensor.shape[0]] if whole.shape[0] == sum(sizes) else whole
+            continue
+        path, _, attr = name.rpartition(".")
         if path not in modules or not hasattr(modules[path], attr):
             raise WeightsDiffer(f"the engine holds no tensor for {name!r}")
-        held[name] = read_held(modules[path], attr)
-    return held
+        yield name, read_held(modules[path], attr)
 
 
-def differing(held: dict[str, torch.Tensor], sent: dict[str, torch.Tensor]) -> list[str]:
-    """Names whose held tensor is not the one sent: another shape, or any value other, the
-    two compared in the wider of their dtypes (vLLM-CPU keeps some biases in float32)."""
+def differing(held, sent: dict[str, torch.Tensor]) -> list[str]:
+    """Names whose held tensor (`held`: (name, tensor) pairs, as `held_weights` yields them)
+    is not the one sent: another shape, or any value other, the two compared in the wider of
+    their dtypes (vLLM-CPU keeps some biases in float32)."""
 
     def same(h: torch.Tensor, t: torch.Tensor) -> bool:
         wide = torch.promote_types(h.dtype, t.dtype)
         return h.shape == t.shape and torch.equal(h.to(wide), t.to(device=h.device, dtype=wide))
 
-    return sorted(n for n, t in sent.items() if not same(held[n], t))
+    wrong = []
+    for name, h in held:
+        if not same(h, sent[name]):
+            wrong.append(name)
+        del h  # gone before the next is read back: one read-back copy at a time
+    return sorted(wrong)
 
 
 def missing_shards(engine_names, packed: dict[str, list[str]], sent) -> list[str]:

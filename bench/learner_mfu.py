@@ -82,36 +82,39 @@ def main(argv: list[str] | None = None) -> dict:
     facts = machine()
     threads = args.threads or facts["cores"]
     dtype = compute_dtype("cpu")
-    peak = matmul_flops("cpu", dtype, threads)
-    runs, figures = {}, {}
+    runs, peaks = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in args.presets.split(","):
-            r = measure(preset, args.turns, args.prompt, args.response, threads, Path(tmp))
-            r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
-            r["model_only_mfu"] = r["flops_per_step"] / r["model_only_s"] / peak
-            runs[preset] = r
-            figures[f"mfu_{preset}"] = figure(
-                r["mfu"],
-                GOAL if preset == GOAL_PRESET else None,
-                note=f"model only {r['model_only_mfu']:.2f}",
-            )
-            print(
-                f"{preset}: step {r['step_s']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.3f} "
-                f"(model only: {r['model_only_s']:.3f} s, {r['model_only_mfu']:.3f})",
-                flush=True,
-            )
+        for preset in args.presets.split(","):  # the rate measured again beside each, so drift shows
+            peaks.append(matmul_flops("cpu", dtype, threads))
+            runs[preset] = measure(preset, args.turns, args.prompt, args.response, threads, Path(tmp))
+    peaks.append(matmul_flops("cpu", dtype, threads))
+    peak, figures = max(peaks), {}
+    for preset, r in runs.items():
+        r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+        r["model_only_mfu"] = r["flops_per_step"] / r["model_only_s"] / peak
+        figures[f"mfu_{preset}"] = figure(
+            r["mfu"],
+            GOAL if preset == GOAL_PRESET else None,
+            note=f"model only {r['model_only_mfu']:.2f}",
+        )
+        print(
+            f"{preset}: step {r['step_s']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.3f} "
+            f"(model only: {r['model_only_s']:.3f} s, {r['model_only_mfu']:.3f})",
+            flush=True,
+        )
     write(
         "learner_mfu",
         figures,
         facts,
         args.results or RESULTS,
         matmul_flops=peak,
+        matmul_flops_measured=peaks,
         compute_dtype=str(dtype).removeprefix("torch."),
         threads=threads,
         batch={"turns": args.turns, "prompt": args.prompt, "response": args.response},
         runs=runs,
     )
-    print(f"{dtype} matmul on {threads} threads: {peak / 1e9:.0f} GFLOP/s")
+    print(f"{dtype} matmul on {threads} threads: {peak / 1e9:.0f} GFLOP/s (the best of {len(peaks)})")
     return figures
 
 

@@ -22,7 +22,7 @@ one: the illegal share is reported beside). Kuhn poker: the policy's action prob
 at each of the 12 information states, scored by OpenSpiel's exploitability
 (`selfplay.games.kuhn.exploitability`).
 
-    python -m bench.rllib_peer --minutes 5"""
+    python -m bench.rllib_peer --minutes 3"""
 
 from __future__ import annotations
 
@@ -203,9 +203,9 @@ def run_rllib(game: str, seconds: float, seed: int, eval_every: float) -> list[d
 
 # ---- Ours ----------------------------------------------------------------------------------
 def run_ours(game: str, seconds: float, seed: int, out_dir: Path) -> list[dict]:
-    """The game's demo config for `seconds` (periodic evaluations as configured), a new run
-    in OUT_DIR/ours-GAME (kept until the next); its evaluation curve as (seconds since the
-    run started, value)."""
+    """The game's demo config for `seconds` (periodic evaluations as configured), stopped
+    early once an evaluation meets the goal, a new run in OUT_DIR/ours-GAME (kept until the
+    next); its evaluation curve as (seconds since the run started, value)."""
     import pyarrow.parquet as pq
 
     from selfplay import driver
@@ -213,6 +213,7 @@ def run_ours(game: str, seconds: float, seed: int, out_dir: Path) -> list[dict]:
 
     shutil.rmtree(out_dir / f"ours-{game}", ignore_errors=True)  # a new run, not a resumed one
     sets = [f"out_dir={out_dir}", f"time_limit_min={seconds / 60}", f"seed={seed}"]
+    sets.append(f'stop_when.{GAMES[game]["metric"]}="{GAMES[game]["goal"]}"')  # as RLlib's side stops
     run_dir = driver.train(load_config(ROOT / GAMES[game]["config"], sets), name=f"ours-{game}")
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     return [
@@ -232,7 +233,7 @@ def outcome(reached: dict | None, points: list[dict], goal: str, minutes: float)
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=5.0, help="each side's training time per game, at most")
+    p.add_argument("--minutes", type=float, default=3.0, help="each side's training time per game, at most")
     p.add_argument(
         "--eval-every", type=float, default=20.0, help="RLlib: seconds of training between evaluations"
     )

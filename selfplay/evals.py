@@ -281,6 +281,17 @@ def meets(value: float | None, target: str) -> bool:
     return value is not None and bool(COMPARE[op](value, float(bound)))
 
 
+def stop_reached(values: dict[str, list[float]], stop_when: dict[str, str], window: int) -> dict | None:
+    """The first of `stop_when` (metric name -> comparison, as Ray Tune's `stop`) that the
+    mean of the metric's last `window` values (`values`: name -> values in the order logged)
+    meets: {metric, mean, target}; None when none does or has `window` values yet."""
+    for name, target in stop_when.items():
+        recent = values.get(name, [])[-window:]
+        if len(recent) == window and meets(sum(recent) / window, target):
+            return {"metric": name, "mean": sum(recent) / window, "target": target}
+    return None
+
+
 def hacking_alarm(proxy: list[float], gold: list[float], window: int, margin: float) -> dict | None:
     """The reward-hacking rule on a run's evaluations so far, oldest first: over the last
     `window` of them (the newest against the one window - 1 before it) the proxy, the judge

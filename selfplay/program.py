@@ -100,7 +100,7 @@ def build_program(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
     ).remote(model_path, buffer, run_id, cfg.task, resume, cfg.generator.max_response_tokens)
     lcfg = cfg.learner
-    options = {"num_cpus": lcfg.num_cpus, "num_gpus": lcfg.num_gpus, "resources": lcfg.resources}
+    options = learner_options(cfg)
     workers, group, ranks = [], None, ()
     if lcfg.num_workers > 1:  # a learner group: rank 0 below, ranks 1.. as LearnerWorkers
         group, address = learner_group(cfg)
@@ -134,12 +134,15 @@ def build_program(
     return Program(buffer, verifier, learner, controller, league, workers, group)
 
 
-def learner_task(cfg: RunConfig, fn):
-    """`fn` as a Ray task where the learner would run: its CPUs, GPUs and custom resources."""
+def learner_options(cfg: RunConfig) -> dict:
+    """The learner's Ray resources: its CPUs, GPUs and custom resources."""
     lcfg = cfg.learner
-    return ray.remote(fn).options(
-        num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, resources=lcfg.resources or None
-    )
+    return {"num_cpus": lcfg.num_cpus, "num_gpus": lcfg.num_gpus, "resources": lcfg.resources}
+
+
+def learner_task(cfg: RunConfig, fn):
+    """`fn` as a Ray task where the learner would run."""
+    return ray.remote(fn).options(**learner_options(cfg))
 
 
 def learner_peak(cfg: RunConfig) -> float:

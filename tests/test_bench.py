@@ -1,9 +1,10 @@
-"""`make bench`'s shared parts and the benchmarks that need no engine, run small: what they
+"""`make bench`'s shared parts and the benchmarks that need no engine, run small (the broadcast on one engine of its own): what they
 write is what README's table reads. (The figures themselves are measured by `make bench`,
 never asserted here: a timed test would fail on a busy machine, not on a slow change.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -250,3 +251,30 @@ def test_the_ceiling_benchmark_trains_the_demos_learner_and_writes_its_figures(t
     assert (doc["preset"], doc["batch"]) == ("1m", 512)  # configs/tictactoe.yaml's
     assert all(0 < p["nll"] < 10 for p in doc["curve"]) and doc["step_s"] > 0
     assert figures["tictactoe_ceiling_first_step"]["goal"] is None
+
+
+def test_the_broadcast_benchmark_times_both_paths_to_a_real_engine(ray_session, tiny_model, small_cfg):
+    """bench/broadcast.py's measurement of one size, on an engine of its own: both sync
+    paths broadcast and are acknowledged (the collective one by its own backend, picked as
+    its service starts), and each figure is a ratio to the in-process copy."""
+    from bench import broadcast
+
+    cfg = dataclasses.replace(
+        small_cfg, generator=dataclasses.replace(small_cfg.generator, cpu_bind="nobind")
+    )
+    gens = broadcast.idle_generators(cfg, tiny_model, 1)
+    try:
+        run, figures = broadcast.measure_size(
+            cfg, tiny_model, "1m", gens, [1], ["object_store", "collective"]
+        )
+    finally:
+        broadcast.close_generators(gens)
+    assert set(figures) == {
+        "1m_to_1_engines",
+        "1m_to_1_engines_collective",
+        "1m_to_1_engines_collective_vs_object_store",
+    }
+    for path in ("", "_collective"):
+        seconds = run[f"broadcast_1{path}_s"]
+        assert figures[f"1m_to_1_engines{path}"]["value"] == pytest.approx(seconds / run["state_dict_copy_s"])
+    assert small_cfg.learner.weight_sync == "object_store"  # the session's config is not the bench's to set

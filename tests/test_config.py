@@ -278,6 +278,9 @@ def test_k1_in_the_loss_is_refused_naming_why():
     [
         ("acceptance={tictactoe: '>= 0.9'}", "acceptance.tictactoe: name an evaluation field"),
         ("acceptance={tictactoe/minimax/non_loss: 'at least 0.9'}", "expected a comparison such as"),
+        ("stop_when={batch_reward: 0.55}", "stop_when.batch_reward: expected str, got 0.55"),
+        ("stop_when={batch_reward: '= 0.55'}", "stop_when.batch_reward: expected a comparison such as"),
+        ("stop_window=0", "stop_window: must be > 0"),
     ],
 )
 def test_an_acceptance_target_that_cannot_be_read_is_named(override, message):

@@ -82,10 +82,15 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         builder=BuilderConfig(**builder),
         sft=SftConfig(steps=2, examples=40),
         acceptance={f"{name}/held_out/accuracy_gain_over_sft": ">= -1"},
+        # met by the chunk of steps 5-6, once four values come after the supervised stage
+        # (counting its two, the chunk of steps 3-4 would already have stopped the run)
+        stop_when={"weight_version": ">= 0"},
+        stop_window=4,
     )
-    run_dir = driver.train(cfg)
+    run_dir = driver.train(dataclasses.replace(cfg, total_steps=8))  # stop_when ends it at 6
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 6
+    assert summary["stopped_when"] == {"metric": "weight_version", "mean": 4.5, "target": ">= 0", "step": 6}
     assert set(summary["after_sft"]) == {f"{name}/held_out"}
     gain = summary["acceptance"][f"{name}/held_out/accuracy_gain_over_sft"]["value"]
     after, after_sft = summary["after"][f"{name}/held_out"], summary["after_sft"][f"{name}/held_out"]

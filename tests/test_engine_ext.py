@@ -4,13 +4,16 @@ itself is tested on a real engine in test_integration.py and test_hf_models.py."
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
 from torch import nn
 
+from actors import engine_ext
 from actors.engine_ext import WeightsDiffer, differing, held_weights, missing_shards
 
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
@@ -150,9 +153,9 @@ def test_what_the_engine_holds_reads_back_as_the_tensors_sent():
     """Packed weights through the kernel, fused shards by their rows, the padded vocabulary
     cut, the tied head from the embedding, a float32 bias compared by value."""
     sent, engine = sent_and_engine()
-    held = held_weights(engine, PACKED, sent)
+    held = dict(held_weights(engine, PACKED, sent))
     assert {n: tuple(t.shape) for n, t in held.items()} == {n: tuple(t.shape) for n, t in sent.items()}
-    assert differing(held, sent) == []
+    assert differing(held.items(), sent) == []
 
 
 def test_one_changed_value_in_a_packed_shard_names_that_shard_only():
@@ -189,4 +192,28 @@ def test_a_zero_of_either_sign_is_the_same_value_and_a_name_the_engine_lacks_rai
     engine.model.norm.weight.data[0] = 0.0
     assert differing(held_weights(engine, PACKED, sent), sent) == []
     with pytest.raises(WeightsDiffer, match="holds no tensor for 'model.layers.0.mlp.up_proj.weight'"):
-        held_weights(engine, PACKED, {**sent, "model.layers.0.mlp.up_proj.weight": torch.zeros(2, 8)})
+        dict(held_weights(engine, PACKED, {**sent, "model.layers.0.mlp.up_proj.weight": torch.zeros(2, 8)}))
+
+
+def test_the_read_back_holds_one_copy_at_a_time(monkeypatch):
+    """A packed layer reads back as a copy: a second copy of the model if all were held at
+    once, while the engine also holds the tensors it loaded. Each is gone before the next
+    is read (two layers here, so two fused weights)."""
+    sent, engine = sent_and_engine()
+    layer = copy.deepcopy(engine.model.layers[0])
+    qkv = engine.model.layers[0].self_attn.qkv_proj
+    layer.self_attn.qkv_proj = PackedLinear(qkv.kernel_weight, qkv.bias.data.clone())
+    engine.model.layers.append(layer)
+    sent.update({k.replace("layers.0", "layers.1"): v for k, v in sent.items() if ".layers.0." in k})
+    real, copies = engine_ext.read_held, []
+
+    def tracked(module, attr):
+        held = real(module, attr)
+        if not isinstance(held, nn.Parameter):  # a copy or a view, not the engine's own
+            assert [r for r in copies if r() is not None] == []
+            copies.append(weakref.ref(held))
+        return held
+
+    monkeypatch.setattr(engine_ext, "read_held", tracked)
+    assert differing(held_weights(engine, PACKED, sent), sent) == []
+    assert len(copies) >= 4  # two fused weights, the embedding and the head tied to it

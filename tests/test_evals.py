@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from selfplay.evals import KUHN_REPLIES, kuhn_policy_table
+from selfplay.evals import KUHN_REPLIES, kuhn_policy_table, stop_reached
 from selfplay.games import kuhn
 
 
@@ -93,3 +93,18 @@ def test_acceptance_figures_go_to_json_from_the_real_exploitability():
         {"kuhn/exploitability": {"exploitability": value}}, {"kuhn/exploitability/exploitability": "<= 0.05"}
     )
     assert json.loads(json.dumps(figures))["kuhn/exploitability/exploitability"]["met"] is True
+
+
+def test_stop_when_reads_the_mean_of_each_metrics_last_window_of_values():
+    values = {"batch_reward": [0.9, 0.5, 0.6], "eval/acc": [0.7]}
+    assert stop_reached(values, {"batch_reward": ">= 0.55"}, 2) == {
+        "metric": "batch_reward",
+        "mean": pytest.approx(0.55),
+        "target": ">= 0.55",
+    }
+    assert stop_reached(values, {"batch_reward": ">= 0.6"}, 2) is None  # 0.55, the 0.9 before is not read
+    assert stop_reached(values, {"batch_reward": ">= 0.6"}, 3) is not None  # 0.667
+    assert stop_reached(values, {"eval/acc": ">= 0.5"}, 2) is None  # one value of two
+    assert stop_reached(values, {"missing": "<= 1"}, 1) is None
+    met = stop_reached(values, {"batch_reward": "> 0.99", "eval/acc": "> 0.6"}, 1)
+    assert met["metric"] == "eval/acc"  # the first condition met, in the config's order
