@@ -68,6 +68,13 @@ class Engine:
         # Read by the CPU backend only.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen_cfg.kv_cache_gib)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = gen_cfg.cpu_bind
+        # vLLM 0.32 on torch >= 2.12 saves a compiled model as an AOT artifact that it then
+        # fails to load ("'function' object has no attribute 'finalize_loading'"), so every
+        # engine compiled its model again: ~20 s on 2 cores for each generator, league
+        # slot, evaluation engine and replacement. Its older compile cache loads: an
+        # engine of a model shape compiled before on this host starts in a few seconds.
+        # A user's own setting wins.
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         if gen_cfg.tensor_parallel_size > 1:  # workers go into the caller's placement group
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
             parallel = {

@@ -9,7 +9,7 @@ one `ray.put`, `set_weights` on every generator) and collective (the same export
 gloo broadcast from the learner's process to every generator actor in 64 MiB buckets,
 `receive_collective` there); either way each engine loads in place, checks that every
 parameter was written and hashes the tensors it loaded, and every acknowledgement is
-checked; the median of 5 after a warm-up. Also timed alone: one checksum of the weights
+checked; the median of 3 after a warm-up. Also timed alone: one checksum of the weights
 (`checksum_s`, `checksum_gb_per_s`), which the learner and every engine pay. Generators
 are idle (no self-play), so nothing else competes for their lock. The baseline copies the
 learner's weights into a second model of the same shape in the engine's dtype (`load_state_dict`
@@ -40,7 +40,7 @@ from selfplay.model import build_tokenizer, create_default_model
 from selfplay.weights import export_tensors, state_checksum
 
 GOAL = "<= 3"
-REPEATS = 5
+REPEATS = 3
 
 
 def qwen2_100m(out: Path) -> Path:
@@ -108,15 +108,21 @@ def broadcast_s(service: LearnerService) -> float:
 
 def idle_generators(cfg, model_dir: str, n: int) -> list:
     """n generator actors on `model_dir`, their engines up, not playing (nobody started
-    their loop): `bench-gen-0` ... in this namespace."""
+    their loop): `bench-gen-0` ... in this namespace. The first starts alone: an engine that
+    compiles its model (`generator.enforce_eager: false`) leaves the graphs in vLLM's cache
+    for the others, which would otherwise each compile them at once on the same cores (four
+    engines of the 1m model: 82 s; one compiling alone about 30 s, then 5-15 s for the
+    others loading what it left)."""
     from actors.generator import GeneratorActor
 
-    gens = [
-        GeneratorActor.options(name=f"bench-gen-{i}", num_cpus=1).remote(
+    def start(i: int):
+        return GeneratorActor.options(name=f"bench-gen-{i}", num_cpus=1).remote(
             f"bench-gen-{i}", "bench", cfg.games, model_dir, cfg.model, cfg.generator, i
         )
-        for i in range(n)
-    ]
+
+    first = start(0)
+    ray.get(first.stats.remote())  # its engine up
+    gens = [first, *(start(i) for i in range(1, n))]
     ray.get([g.stats.remote() for g in gens])  # each engine up
     return gens
 

@@ -4,12 +4,14 @@ else fp32: `learner/peak.py:compute_dtype`), measured in the same run (`learner/
 learner's threads).
 
 What is timed: `Learner.train_step` on the demo's batch shape (512 TicTacToe turns of a
-23-token prompt and a 1-token move, GAE with its value head, bf16 autocast where native, AdamW), the
-median of 3 steps after a warm-up; every part of a step is inside (collation, forward,
-backward, optimiser, metrics). Model FLOPs are 6 x non-embedding parameters per token.
-Beside it, the same batch's bare forward + backward + optimiser step on the same model
-(`model_only`), which says how much of the gap is the learner's own work and how much
-the model's shapes at this size.
+23-token prompt and a 1-token move, GAE with its value head, bf16 autocast where native,
+AdamW), the median of 3 steps after a warm-up, or of fewer where they would take over
+20 s (one at 25m); every part of a step is inside (collation, forward, backward,
+optimiser, metrics). Model FLOPs are 6 x non-embedding parameters per token. Beside it,
+the same batch's bare forward + backward + optimiser step on the same model
+(`model_only`, timed the same way with the learner's steps as its warm-up), which says
+how much of the gap is the learner's own work and how much the model's shapes at this
+size.
 
     .venv/bin/python -m bench.learner_mfu
 """
@@ -30,10 +32,13 @@ from selfplay.model import create_default_model
 GOAL_PRESET, GOAL = "25m", ">= 0.30"
 
 
-def median_s(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+def median_s(fn, repeats: int = 3, budget_s: float = 20.0, warm_up: bool = True) -> float:
+    """Seconds of one `fn()`: the median of `repeats`, or of fewer (at least one) where
+    the next would end past `budget_s` of measuring (a 25m step takes 20-25 s here)."""
+    if warm_up:
+        fn()
+    times: list[float] = []
+    while len(times) < repeats and (not times or sum(times) + times[-1] <= budget_s):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -60,7 +65,7 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
         logits.float().logsumexp(-1).mean().backward()
         opt.step()
 
-    bare_s = median_s(bare)
+    bare_s = median_s(bare, warm_up=False)  # the learner's steps above warmed the same model and optimiser
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "flops_per_step": flops,

@@ -22,7 +22,7 @@ one: the illegal share is reported beside). Kuhn poker: the policy's action prob
 at each of the 12 information states, scored by OpenSpiel's exploitability
 (`selfplay.games.kuhn.exploitability`).
 
-    python -m bench.rllib_peer --minutes 3"""
+    python -m bench.rllib_peer --minutes 2"""
 
 from __future__ import annotations
 
@@ -233,9 +233,9 @@ def outcome(reached: dict | None, points: list[dict], goal: str, minutes: float)
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=3.0, help="each side's training time per game, at most")
+    p.add_argument("--minutes", type=float, default=2.0, help="each side's training time per game, at most")
     p.add_argument(
-        "--eval-every", type=float, default=20.0, help="RLlib: seconds of training between evaluations"
+        "--eval-every", type=float, default=30.0, help="RLlib: seconds of training between evaluations"
     )
     p.add_argument("--games", default=",".join(GAMES), help=f"a subset of {','.join(GAMES)}")
     p.add_argument("--seed", type=int, default=0)

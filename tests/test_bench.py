@@ -62,6 +62,26 @@ def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
     assert doc["matmul_flops"] > 0 and doc["threads"] == 1
 
 
+@pytest.mark.parametrize(
+    ("step_s", "warm_up", "calls"),
+    [(5.0, True, 4), (12.0, True, 2), (12.0, False, 1), (25.0, True, 2), (8.0, False, 2)],
+)
+def test_the_mfu_timer_takes_fewer_repeats_where_they_would_outrun_its_budget(
+    monkeypatch, step_s, warm_up, calls
+):
+    clock = [0.0]
+    monkeypatch.setattr(learner_mfu.time, "perf_counter", lambda: clock[0])
+    ran = []
+
+    def step():
+        ran.append(clock[0])
+        clock[0] += step_s
+
+    # 3 repeats while their sum and one more stay within 20 s: 5 s three times, 12 s once, 8 s twice
+    assert learner_mfu.median_s(step, repeats=3, budget_s=20.0, warm_up=warm_up) == step_s
+    assert len(ran) == calls
+
+
 @pytest.mark.parametrize("advantage", ["gae", "rae"])
 def test_the_gpu_learner_bench_runs_on_cpu(tmp_path, advantage):
     result = gpu_learner.main(
