@@ -170,6 +170,20 @@ def test_samples_to_reach_reads_the_version_measured_not_the_step_logged():
     assert missed == {"reached": False, "version": None, "accuracy": 0.25, "samples": 21000.0}
 
 
+def test_samples_to_reach_confirmed_needs_the_next_evaluation_too():
+    samples = [(310, 1000.0), (320, 2000.0), (330, 3000.0), (340, 4000.0), (350, 5000.0)]
+    # 310 crosses by chance and 320 falls back; 330 crosses and 340 holds; 350, the run's last
+    # evaluation, reaches it with no later one to confirm it
+    evals = [(310, 310, 0.26), (320, 320, 0.24), (330, 330, 0.25), (340, 340, 0.27), (350, 350, 0.3)]
+    rows = metric_rows("arithmetic", evals, samples)
+    first = variance_filter.samples_to_reach(rows, "arithmetic", 0.25, start=300)
+    assert (first["version"], first["samples"]) == (310, 1000.0)
+    confirmed = variance_filter.samples_to_reach(rows, "arithmetic", 0.25, start=300, confirm=2)
+    assert (confirmed["version"], confirmed["samples"]) == (330, 3000.0)
+    # only the last evaluation reaches 0.28: nothing after it contradicts it
+    assert variance_filter.samples_to_reach(rows, "arithmetic", 0.28, start=300, confirm=2)["version"] == 350
+
+
 def test_variance_filter_saving_says_what_kind_of_figure_it_is():
     def arm(reached, samples):
         return {"reached": reached, "samples": samples}
@@ -298,3 +312,17 @@ def test_the_broadcast_benchmark_times_both_paths_to_a_real_engine(ray_session, 
         seconds = run[f"broadcast_1{path}_s"]
         assert figures[f"1m_to_1_engines{path}"]["value"] == pytest.approx(seconds / run["state_dict_copy_s"])
     assert small_cfg.learner.weight_sync == "object_store"  # the session's config is not the bench's to set
+
+
+def test_variance_ratio_figure_counts_a_bound_that_could_hide_a_miss_as_unmet():
+    def seed(ratio, kind="exact"):
+        return {"saving": {"filter": {"ratio": ratio, "kind": kind}}}
+
+    # 1.5 and 1.3 meet 1.3; 2.0 is an upper bound (the filter arm never reached it): not met
+    seeds = [seed(1.5), seed(1.3), seed(2.0, "upper bound"), seed(None, "neither reached the target")]
+    got = variance_filter.ratio_figure(seeds, "filter", "saving", [0, 1, 2, 3], variance_filter.GOAL)
+    assert got["mean"] == pytest.approx(1.6)
+    # t at 2 degrees of freedom, 4.303; the sample sd of (1.5, 1.3, 2.0) is 0.3606
+    assert got["lo"] == pytest.approx(1.6 - 4.303 * 0.36056 / 3**0.5, abs=1e-3)
+    assert got["figure"]["met"] is True
+    assert ">= 1.3 in 2/4" in got["figure"]["note"]
