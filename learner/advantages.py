@@ -17,6 +17,7 @@ role, however many of its turns were sampled, so long games do not weigh more.""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 Key = tuple[str, int]  # (game, role)
@@ -89,28 +90,70 @@ def population_std(values: list[float]) -> float:
     return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
-def group_advantages(rewards: list[float], method: str, eps: float = 1e-6) -> list[float]:
-    """Advantages of the k samples of one prompt, each judged against the others:
+def max_at_k_weights(rewards: list[float], k: int) -> list[float]:
+    """Each sample's share of the unbiased estimate of max@k (pass@k for 0/1 rewards) from
+    n >= k samples of one prompt (PKPO, Walder and Karkhanis, 2025): over the C(n, k) subsets
+    of k samples, the mean of the subsets' maxima that contain sample i,
+        w_i = sum over subsets S containing i of max(S) / C(n, k).
+    Sorting ascending (r_(1) <= ... <= r_(n), ties in any order), the subsets where sample
+    (i) is the maximum number C(i-1, k-1), and those whose maximum is a later (j) number
+    C(j-2, k-2):  w_(i) = [C(i-1, k-1) r_(i) + sum_{j>i} C(j-2, k-2) r_(j)] / C(n, k).
+    sum_i w_i = k x the max@k estimate, so sum_i w_i grad log p(y_i) estimates k x grad
+    max@k without bias. k = 1 gives r_i / n; k is cut to n for a smaller group."""
+    n = len(rewards)
+    if n == 0:
+        return []
+    k = min(max(k, 1), n)
+    order = sorted(range(n), key=lambda i: rewards[i])
+    ranked = [rewards[i] for i in order]
+    later = 0.0  # sum over j > i of C(j-2, k-2) r_(j) (1-indexed), built from the top down
+    shares = [0.0] * n
+    for pos in range(n - 1, -1, -1):  # pos = i - 1
+        shares[pos] = (math.comb(pos, k - 1) * ranked[pos] + later) / math.comb(n, k)
+        if k >= 2 and pos >= 1:
+            later += math.comb(pos - 1, k - 2) * ranked[pos]
+    out = [0.0] * n
+    for pos, i in enumerate(order):
+        out[i] = shares[pos]
+    return out
+
+
+def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: int = 1) -> list[float]:
+    """Advantages of the n samples of one prompt, each judged against the others:
         grpo  (r_i - mean(r)) / (std(r) + eps)     GRPO (Shao et al., 2024), std over the group
         drgrpo r_i - mean(r)                        Dr. GRPO (Liu et al., 2025): no std division,
                                                     which favours prompts of middling difficulty
         rloo  r_i - mean(r_j, j != i)               RLOO (Ahmadian et al., 2024): leave-one-out,
-                                                    = k/(k-1) (r_i - mean(r)), an unbiased baseline
-    std is the population standard deviation, as GRPO implementations compute it over the
-    group (TRL uses the sample std; with k >= 8 the two differ by under 7%). A group whose
-    rewards all agree gets zeros under every method: it teaches nothing (see the builder's
-    variance filter)."""
-    k = len(rewards)
-    if k == 0:
+                                                    = n/(n-1) (r_i - mean(r)), an unbiased baseline
+        passk (n/k) (w_i - mean(w)) / (std(r) + eps)  max@k (pass@k) as the objective, not the
+                                                    mean reward (`max_at_k_weights`, PKPO): a
+                                                    sample is paid for what it adds to the best
+                                                    of k, so once most of a group is right the
+                                                    rest are no longer pushed towards it (at 6
+                                                    right of 8 and k = 4 every advantage is 0),
+                                                    and the samples stay diverse enough for a
+                                                    best-of-n pick; scaled by the rewards' std
+                                                    as grpo is, so k = 1 is grpo exactly
+    (`k`: passk's; the others ignore it.) std is the population standard deviation, as GRPO
+    implementations compute it over the group (TRL uses the sample std; with n >= 8 the two
+    differ by under 7%). A group whose rewards all agree gets zeros under every method: it
+    teaches nothing (see the builder's variance filter)."""
+    n = len(rewards)
+    if n == 0:
         return []
-    mean = sum(rewards) / k
+    if method == "passk":
+        shares = max_at_k_weights(rewards, k)
+        mean_share, scale = sum(shares) / n, n / min(max(k, 1), n)
+        std = population_std(rewards)
+        return [scale * (w - mean_share) / (std + eps) for w in shares]
+    mean = sum(rewards) / n
     if method == "drgrpo":
         return [r - mean for r in rewards]
     if method == "grpo":
         std = population_std(rewards)
         return [(r - mean) / (std + eps) for r in rewards]
     if method == "rloo":
-        if k == 1:
+        if n == 1:
             return [0.0]
-        return [r - (mean * k - r) / (k - 1) for r in rewards]
-    raise ValueError(f"unknown group advantage {method!r}; expected grpo, drgrpo or rloo")
+        return [r - (mean * n - r) / (n - 1) for r in rewards]
+    raise ValueError(f"unknown group advantage {method!r}; expected grpo, drgrpo, rloo or passk")

@@ -3,7 +3,7 @@ sharing a `group_id`) into training rows, and holds the admission rule. Pure: ta
 tables and counts out; `actors/buffer.py` calls it on every insert.
 
 Rows (`builder.rows`):
-  rl   every sample, with its group-relative advantage (GRPO, Dr. GRPO or RLOO:
+  rl   every sample, with its group-relative advantage (GRPO, Dr. GRPO, RLOO or pass@k:
        learner/advantages.py:group_advantages); the learner trains PPO-clipped policy
        gradient on it against the behaviour log-probs.
   sft  rejection sampling (RFT, Yuan et al. 2023): the samples whose reward reaches
@@ -137,7 +137,7 @@ def group_rows(
     if cfg.rows == "best_worst":
         return best_worst_pair(rows)
     if cfg.rows == "rl":
-        advantages = group_advantages(rewards, cfg.group_advantage)
+        advantages = group_advantages(rewards, cfg.group_advantage, k=cfg.pass_k)
         return [{**r, "label": "rl", "advantage": a} for r, a in zip(rows, advantages)]
     out, seen = [], set()
     for r, ok in zip(rows, accepted):

@@ -29,7 +29,7 @@ KlPlacement = Literal["reward", "loss"]
 KlEstimator = Literal["k1", "k2", "k3"]
 BufferSampling = Literal["least_sampled", "uniform"]
 Advantage = Literal["rae", "gae", "group"]  # see learner/advantages.py
-GroupAdvantage = Literal["grpo", "drgrpo", "rloo"]  # learner/advantages.py:group_advantages
+GroupAdvantage = Literal["grpo", "drgrpo", "rloo", "passk"]  # learner/advantages.py:group_advantages
 BuilderRows = Literal["rl", "sft", "spin", "compete", "best_worst"]  # selfplay/builder.py
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:preference_loss
 TaskPrompts = Literal["train", "sft"]
@@ -291,6 +291,7 @@ class BuilderConfig:
     # the best-rewarded sample of a group over its worst (self-rewarding; equal rewards dropped)
     rows: BuilderRows = "rl"
     group_advantage: GroupAdvantage = "grpo"
+    pass_k: int = 4  # group_advantage passk: the k of the max@k (pass@k) each group is trained for
     # admit a group only if its rewards differ (std > min_reward_std): a group that agrees teaches
     # nothing. Held-back groups wait in a reserve; once fill_after rows were held back since the
     # last batch and the batch still cannot fill, the best of them fill it (counted, never a stall)
@@ -438,6 +439,7 @@ POSITIVE = {
     "buffer.min_size",
     "learner.lr",
     "learner.batch_size",
+    "builder.pass_k",
     "learner.broadcast_every",
     "learner.threads",
     "eval.every_steps",

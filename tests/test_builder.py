@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.advantages import group_advantages
+from learner.advantages import group_advantages, max_at_k_weights
 from selfplay import schema
 from selfplay.builder import build, group_means, sft_examples, sft_problems, targets_of, update_hard_pool
 from selfplay.config import BuilderConfig
@@ -37,6 +37,45 @@ def test_rloo_leaves_each_sample_out_of_its_own_baseline():
 def test_a_group_that_agrees_gets_zero_advantages(method):
     assert group_advantages([1, 1, 1], method) == [0.0, 0.0, 0.0]
     assert group_advantages([0.5], method) == [0.0]
+
+
+def test_max_at_k_weights_share_out_each_subsets_maximum():
+    # one right of 8, k = 4: the right sample is in C(7,3) = 35 of the C(8,4) = 70 subsets, all
+    # with maximum 1; a wrong one is in 35, of which C(6,3) = 20 hold no right one: 15/70
+    assert max_at_k_weights([1, 0, 0, 0, 0, 0, 0, 0], 4) == pytest.approx([0.5] + [15 / 70] * 7)
+    # 0.5, 1, 0 and k = 2: subsets {0.5, 1} max 1, {0.5, 0} max 0.5, {1, 0} max 1, each / 3
+    assert max_at_k_weights([0.5, 1.0, 0.0], 2) == pytest.approx([0.5, 2 / 3, 0.5])
+    assert max_at_k_weights([0.5, 1.0, 0.0], 1) == pytest.approx([0.5 / 3, 1 / 3, 0.0])
+    assert max_at_k_weights([1.0, 0.0], 4) == [1.0, 1.0]  # k cut to the group's 2: one subset
+    assert max_at_k_weights([], 4) == []
+
+
+def test_passk_pays_what_a_sample_adds_to_the_best_of_k():
+    # 0.5, 1, 0, k = 2: shares 0.5, 2/3, 0.5 (mean 5/9), x n/k = 1.5, over std(r) = sqrt(1/6)
+    std = (1 / 6) ** 0.5
+    expected = [1.5 * (0.5 - 5 / 9) / std, 1.5 * (2 / 3 - 5 / 9) / std, 1.5 * (0.5 - 5 / 9) / std]
+    assert group_advantages([0.5, 1.0, 0.0], "passk", eps=0, k=2) == pytest.approx(expected)
+    # 6 right of 8, k = 4: every subset of 4 holds a right one: nothing left to teach
+    assert group_advantages([1, 1, 0, 1, 1, 0, 1, 1], "passk", k=4) == [0.0] * 8
+    # one right of 8: it is pushed up less, the wrong ones down less than under grpo
+    one = [1, 0, 0, 0, 0, 0, 0, 0]
+    shares = [2 * (0.5 - 0.25), 2 * (15 / 70 - 0.25)]  # mean share (0.5 + 7 x 15/70) / 8 = 0.25
+    std = (7 / 64) ** 0.5
+    assert group_advantages(one, "passk", eps=0, k=4) == pytest.approx(
+        [shares[0] / std] + [shares[1] / std] * 7
+    )
+    # k = 1 is grpo
+    rewards = [0.2, 0.9, 0.0, 0.5, 0.5]
+    assert group_advantages(rewards, "passk", k=1) == pytest.approx(group_advantages(rewards, "grpo"))
+
+
+def test_passk_rows_are_built_with_the_configured_k():
+    table = schema.from_rows([sample("a", 1.0, "3"), sample("a", 0.0, "4"), sample("a", 0.5, "5")])
+    admitted, _, _ = build(table, BuilderConfig(rows="rl", group_advantage="passk", pass_k=2))
+    rows = {r["traj_id"]: r["advantage"] for r in admitted.to_pylist()}
+    got = [rows[k] for k in ("a-3-1.0-0", "a-4-0.0-0", "a-5-0.5-0")]
+    assert got == pytest.approx(group_advantages([1.0, 0.0, 0.5], "passk", k=2))
+    assert got != pytest.approx(group_advantages([1.0, 0.0, 0.5], "passk", k=1))
 
 
 def test_an_unknown_group_advantage_is_refused():
