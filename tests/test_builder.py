@@ -3,6 +3,10 @@ advantages and the supervised stage's labelled set, on hand-computed values."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
+
 import pytest
 
 from learner.advantages import group_advantages, max_at_k_weights
@@ -48,6 +52,20 @@ def test_max_at_k_weights_share_out_each_subsets_maximum():
     assert max_at_k_weights([0.5, 1.0, 0.0], 1) == pytest.approx([0.5 / 3, 1 / 3, 0.0])
     assert max_at_k_weights([1.0, 0.0], 4) == [1.0, 1.0]  # k cut to the group's 2: one subset
     assert max_at_k_weights([], 4) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_max_at_k_weights_match_enumerating_every_subset(seed):
+    rng = random.Random(seed)
+    n = rng.randint(2, 9)
+    rewards = [rng.choice([0.0, 0.25, 1.0, rng.random()]) for _ in range(n)]
+    for k in range(1, n + 1):
+        totals = [0.0] * n
+        for subset in itertools.combinations(range(n), k):
+            for i in subset:
+                totals[i] += max(rewards[j] for j in subset)
+        expected = [t / math.comb(n, k) for t in totals]
+        assert max_at_k_weights(rewards, k) == pytest.approx(expected)
 
 
 def test_passk_pays_what_a_sample_adds_to_the_best_of_k():
