@@ -131,9 +131,10 @@ def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: in
                                                     of k, so once most of a group is right the
                                                     rest are no longer pushed towards it (at 6
                                                     right of 8 and k = 4 every advantage is 0),
-                                                    and the samples stay diverse enough for a
-                                                    best-of-n pick; scaled by the rewards' std
-                                                    as grpo is, so k = 1 is grpo exactly
+                                                    meant to keep samples diverse for a best-of-n
+                                                    pick (on solver_checker, k = 4, it was a
+                                                    weaker signal instead: README); scaled by
+                                                    the rewards' std as grpo is: k = 1 is grpo
     (`k`: passk's; the others ignore it.) std is the population standard deviation, as GRPO
     implementations compute it over the group (TRL uses the sample std; with n >= 8 the two
     differ by under 7%). A group whose rewards all agree gets zeros under every method: it
