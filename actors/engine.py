@@ -40,8 +40,10 @@ class PolicyEngine(Protocol):
         max_tokens: int | list[int],
         temperature: float | list[float],
         stop: list[list[str]] | None = None,
+        allowed: list[list[int] | None] | None = None,
     ) -> list[Completion]:
-        """One sampled completion per prompt, in order, with the log-prob of each token."""
+        """One sampled completion per prompt, in order, with the log-prob of each token;
+        `allowed`: per prompt, the only tokens it may be drawn from (None: any)."""
 
     def loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
         """Log-likelihood of each continuation after its prompt."""
@@ -122,10 +124,13 @@ class Engine:
         max_tokens: int | list[int],
         temperature: float | list[float],
         stop: list[list[str]] | None = None,
+        allowed: list[list[int] | None] | None = None,
     ) -> list[Completion]:
-        """Sample one completion per prompt; `max_tokens`, `temperature` and `stop` (strings
-        that end a completion; vLLM leaves them out of `text`, not of `token_ids`) may differ
-        per prompt."""
+        """Sample one completion per prompt; `max_tokens`, `temperature`, `stop` (strings
+        that end a completion; vLLM leaves them out of `text`, not of `token_ids`) and
+        `allowed` (the only token ids it may draw, vLLM's `allowed_token_ids`, masked before
+        temperature, so the processed log-probs are the restricted policy's) may differ per
+        prompt."""
         # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
         # ("CPU Generator does not use offset"); the engine-level seed is set instead.
         from vllm import SamplingParams
@@ -134,9 +139,16 @@ class Engine:
         limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * n
         temps = temperature if isinstance(temperature, list) else [temperature] * n
         stops = [tuple(s) for s in stop] if stop is not None else [()] * n
-        keys = list(zip(limits, temps, stops))
+        masks = [tuple(a) if a else () for a in allowed] if allowed is not None else [()] * n
+        keys = list(zip(limits, temps, stops, masks))
         by_key = {
-            k: SamplingParams(max_tokens=k[0], temperature=k[1], stop=list(k[2]) or None, logprobs=0)
+            k: SamplingParams(
+                max_tokens=k[0],
+                temperature=k[1],
+                stop=list(k[2]) or None,
+                allowed_token_ids=list(k[3]) or None,
+                logprobs=0,
+            )
             for k in set(keys)
         }
         params = [by_key[k] for k in keys]

@@ -418,8 +418,9 @@ class Generator:
             return
         batch = fits
         names = [g.match.game for g in batch]
-        outs, elapsed, versions = self._generate(policy, names, prompts, limits, temperature, counts)
-        for g, prompt, out in zip(batch, prompts, outs):
+        allowed = [self.move_tokens(g) for g in batch] if self.cfg.legal_moves_only else None
+        outs, elapsed, versions = self._generate(policy, names, prompts, limits, temperature, counts, allowed)
+        for i, (g, prompt, out) in enumerate(zip(batch, prompts, outs)):
             role = g.role
             legal = g.state.apply_text(out.text)
             g.turns.append(
@@ -433,9 +434,25 @@ class Generator:
                     illegal=not legal,
                     versions=versions,
                     elapsed=elapsed,
+                    allowed=allowed and allowed[i],
                 )
             )
             counts["illegal"] += not legal
+
+    def move_tokens(self, g: GameInPlay) -> list[int]:
+        """The token of each legal move at `g`'s position (`generator.legal_moves_only`): the
+        engine may draw only these. A move whose text is not one token is refused by name."""
+        tokens = []
+        for action in g.state.legal_actions():
+            text = g.state.action_text(action)
+            ids = self.continuation(text)
+            if len(ids) != 1:
+                raise ValueError(
+                    f"generator.legal_moves_only: {g.match.game}'s move {text!r} is {len(ids)} tokens; "
+                    "masking needs one-token moves"
+                )
+            tokens.append(ids[0])
+        return tokens
 
     def _generate(
         self,
@@ -445,16 +462,18 @@ class Generator:
         limits: list[int],
         temperature: float,
         counts: dict,
+        allowed: list[list[int]] | None = None,
     ) -> tuple[list, float, dict[str, int]]:
         """One engine call of `policy` under the engine lock, each prompt first checked
-        against the context (`names`: its game or task, for the error); what it cost goes
-        to `counts`. Returns (completions, engine seconds, the weight versions that made them)."""
+        against the context (`names`: its game or task, for the error; `allowed`: each
+        prompt's only tokens, legal-move masking); what it cost goes to `counts`. Returns
+        (completions, engine seconds, the weight versions that made them)."""
         with self.lock:
             engine = self._engine(policy)
             for name, prompt, limit in zip(names, prompts, limits):
                 check_fits(name, len(prompt), limit, engine.max_model_len)
             start = time.perf_counter()
-            outs = engine.generate(prompts, limits, temperature)
+            outs = engine.generate(prompts, limits, temperature, allowed=allowed)
             elapsed = time.perf_counter() - start
             versions = dict(self.versions)  # the weights that made `outs`
         counts["turns"] += len(outs)
@@ -474,6 +493,7 @@ class Generator:
         logprobs=(),
         illegal: bool = False,
         elapsed: float = 0.0,
+        allowed: list[int] | None = None,
     ) -> dict:
         """One turn by seat `role` of `match`; a scripted move has no tokens and no engine
         time. traj_id, seed, turn and outcome are added when the game ends (GameInPlay.rows)."""
@@ -498,6 +518,7 @@ class Generator:
             "generator_id": self.id,
             "gen_time_s": elapsed,
             "created_at": time.time(),
+            "allowed_ids": allowed or None,
         }
 
     def pick_game(self) -> str:

@@ -71,14 +71,20 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     mask = torch.zeros((len(rows), length - 1))
     behaviour = torch.zeros((len(rows), length - 1))
     state = torch.zeros(len(rows), dtype=torch.long)
+    width = max((len(r.get("allowed_ids") or ()) for r in rows), default=0)
+    allowed = torch.full((len(rows), max(width, 1)), -1, dtype=torch.long)
     for i, (r, s) in enumerate(zip(rows, seqs)):
+        if r.get("allowed_ids"):
+            allowed[i, : len(r["allowed_ids"])] = torch.tensor(r["allowed_ids"])
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         start, n = len(r["prompt_ids"]) - 1, len(r["response_ids"])
         mask[i, start : start + n] = 1
         behaviour[i, start : start + n] = torch.tensor(r["behaviour_logprobs"])
         state[i] = start
-    # `state`: the last prompt token's position, whose hidden state the value head reads;
+    # `state`: the last prompt token's position, whose hidden state the value head reads and
+    # whose logits predict the reply's first token; `allowed`: the tokens that reply was
+    # drawn from (legal-move masking; -1 padded, a row of -1: the whole vocabulary);
     # `opponent`: the opponent's kind, which column of an opponent-aware head gives V
     return {
         "input_ids": ids,
@@ -86,6 +92,7 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "mask": mask,
         "behaviour_logp": behaviour,
         "state": state,
+        "allowed": allowed,
         "opponent": torch.tensor([opponent_kind(r["opponent_id"]) for r in rows], dtype=torch.long),
     }
 
@@ -97,7 +104,19 @@ def sequence_logprobs(
     `model` sampled at `temperature`, i.e. softmax(logits / T): the policy the generators
     sample from, whose log-probs vLLM reports in `processed_logprobs` mode."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
+    return policy_logprobs(logits, batch, temperature)
+
+
+def policy_logprobs(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob and entropy [B, L-1] of each next token under softmax(logits / T), the first
+    reply token's restricted to the tokens its row was sampled from where the engine masked
+    them (`generator.legal_moves_only`)."""
+    scaled = logits[:, :-1] / temperature
+    if "allowed" in batch:
+        scaled = losses.restrict_logits(scaled, batch["state"], batch["allowed"])
+    return losses.token_logprobs(scaled, batch["input_ids"][:, 1:])
 
 
 def logprobs_and_values(
@@ -112,7 +131,7 @@ def logprobs_and_values(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
     )
     hidden, logits = out.hidden_states[-1], out.logits
-    logp, entropy = losses.token_logprobs(logits[:, :-1] / temperature, batch["input_ids"][:, 1:])
+    logp, entropy = policy_logprobs(logits, batch, temperature)
     rows = torch.arange(len(hidden), device=hidden.device)
     values = value_head(hidden[rows, batch["state"]].float())
     return logp, entropy, values[rows, batch["opponent"]] if values.shape[-1] > 1 else values.squeeze(-1)

@@ -129,6 +129,28 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return logp, entropy
 
 
+# what a masked-out logit is set to: finite, so that 0 * log 0 in the entropy is 0, not NaN,
+# and far enough below any logit that its probability is 0 in float32 and bfloat16
+MASKED_LOGIT = -1e9
+
+
+def restrict_logits(logits: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Legal-move masking in the learner, as the engine masked the sampler: logits [B, T, V];
+    at position `positions[i]` of row i (where its reply's token is predicted) every token
+    not in `allowed[i]` (ids [B, A], padded with -1) is set to MASKED_LOGIT, so the softmax
+    there is over the allowed tokens alone. A row of -1 only is left whole. Out of place, so
+    gradients flow to the allowed logits (and none to the masked ones)."""
+    restricted = (allowed >= 0).any(-1)
+    if not bool(restricted.any()):
+        return logits
+    rows = torch.arange(len(logits), device=logits.device)
+    keep = torch.zeros(logits.shape[0], logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep.scatter_(1, allowed.clamp(min=0), allowed >= 0)
+    keep[~restricted] = True
+    at = logits[rows, positions].masked_fill(~keep, MASKED_LOGIT)
+    return logits.index_put((rows, positions), at)
+
+
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
 
 

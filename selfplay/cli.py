@@ -111,7 +111,11 @@ def cmd_eval(args) -> int:
         {args.game: 1.0},
         model_dir(args.checkpoint),
         ModelConfig(),
-        GeneratorConfig(max_response_tokens=args.max_tokens, enforce_eager=args.enforce_eager),
+        GeneratorConfig(
+            max_response_tokens=1 if args.legal_moves_only else args.max_tokens,
+            legal_moves_only=args.legal_moves_only,
+            enforce_eager=args.enforce_eager,
+        ),
         args.seed,
     )
     try:
@@ -284,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or a model/checkpoint dir",
     )
     e.add_argument("--max-tokens", type=int, default=3, help="reply length limit in tokens")
+    e.add_argument(
+        "--legal-moves-only",
+        action="store_true",
+        help="draw each move from the legal moves' tokens, as a run with generator.legal_moves_only plays",
+    )
     e.add_argument("--games", type=int, default=100, help="games in each seat")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")

@@ -70,6 +70,12 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
     skill_prompts: bool = False  # prefix <novice>/<intermediate>/<expert> by opponent strength
+    # Legal-move masking (games): the engine draws each move only from the tokens of the
+    # position's legal actions (vLLM's allowed_token_ids; greedy evaluations too) and the
+    # learner's softmax is restricted the same way, as action masking in RLlib or OpenSpiel's
+    # legal-action masks. Needs one-token moves (max_response_tokens 1); an illegal move
+    # cannot then be played, so the illegal-move figures read 0 by construction.
+    legal_moves_only: bool = False
     # Scripted training opponents: name -> share of each wave's games played against it (the
     # learner's seat at random), e.g. {heuristic: 0.25}; every game of the mix must have the
     # player (selfplay/games/*.SCRIPTED). An opponent left out stays a held-out evaluation.
@@ -633,8 +639,17 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
             )
         validate_games(cfg)
         validate_opponents(cfg)
+        if cfg.generator.legal_moves_only and cfg.generator.max_response_tokens != 1:
+            raise ConfigError(
+                "generator.legal_moves_only: masks one-token moves; set generator.max_response_tokens 1 "
+                f"(got {cfg.generator.max_response_tokens})"
+            )
     else:
         validate_task(cfg)
+        if cfg.generator.legal_moves_only:
+            raise ConfigError(
+                f"generator.legal_moves_only: masks a game's moves; task {cfg.task.name} has none"
+            )
     for name, target in cfg.stop_when.items():
         if not re.fullmatch(COMPARISON, str(target)):
             raise ConfigError(f"stop_when.{name}: expected a comparison such as '>= 0.55', got {target!r}")

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from selfplay.files import write_parquet_atomic
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # earlier versions that read as this one: the columns added since, filled null
-UPGRADES = {b"2": ("rejected_ids", "rejected_text")}
+UPGRADES = {b"2": ("rejected_ids", "rejected_text", "allowed_ids"), b"3": ("allowed_ids",)}
 # rl: policy gradient on `advantage` (or the learner's own); sft: NLL; dpo: a preference pair
 LABELS = ("rl", "sft", "dpo")
 VERSION_KEY = b"selfplay.schema_version"
@@ -60,6 +60,9 @@ FIELDS = [
     # preference pairs (label dpo): the reply that lost; `response_ids` is the one that won
     pa.field("rejected_ids", pa.list_(pa.int32())),
     pa.field("rejected_text", pa.string()),
+    # legal-move masking (`generator.legal_moves_only`): the tokens the reply was drawn from,
+    # which the learner's softmax is restricted to as the engine's was; null: the vocabulary
+    pa.field("allowed_ids", pa.list_(pa.int32())),
 ]
 SCHEMA = pa.schema(FIELDS, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()})
 COLUMNS = [f.name for f in FIELDS]

@@ -60,7 +60,7 @@ class RuleEngine:
     def encode(self, text: str) -> list[int]:
         return encode(text)
 
-    def generate(self, prompts, max_tokens, temperature, stop=None) -> list[Completion]:
+    def generate(self, prompts, max_tokens, temperature, stop=None, allowed=None) -> list[Completion]:
         self._generating = True
         try:
             if self.on_generate is not None:
@@ -70,15 +70,19 @@ class RuleEngine:
                     "prompts": [decode(p) for p in prompts],
                     "max_tokens": max_tokens,
                     "temperature": temperature,
+                    "allowed": allowed,
                 }
             )
             limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-            return [self._complete(decode(p), limit) for p, limit in zip(prompts, limits)]
+            masks = allowed if allowed is not None else [None] * len(prompts)
+            return [self._complete(decode(p), limit, a) for p, limit, a in zip(prompts, limits, masks)]
         finally:
             self._generating = False
 
-    def _complete(self, prompt: str, limit: int) -> Completion:
+    def _complete(self, prompt: str, limit: int, allowed: list[int] | None = None) -> Completion:
         ids = encode(self.rule(prompt))[1:][:limit]
+        if allowed and (not ids or ids[0] not in allowed):  # as vLLM's mask: an allowed token
+            ids = [allowed[0]]
         return Completion(ids, [self.logprob] * len(ids), decode(ids))
 
     def loglikelihood(self, prompts, continuations) -> list[float]:

@@ -42,6 +42,7 @@ def make_row(**fields) -> dict:
         "advantage": None,
         "rejected_ids": None,
         "rejected_text": None,
+        "allowed_ids": None,
     }
     assert list(row) == schema.COLUMNS, "make_row is out of date with schema.FIELDS"
     row.update(fields)

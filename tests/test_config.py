@@ -238,6 +238,24 @@ def test_closed_sets_are_read_from_their_types():
         load_config(overrides=["league.mode=elo"])
 
 
+def test_legal_moves_only_needs_one_token_moves_of_a_game():
+    with pytest.raises(ConfigError, match="generator.legal_moves_only: masks one-token moves.*got 3"):
+        load_config(overrides=["generator.legal_moves_only=true"])
+    with pytest.raises(
+        ConfigError, match="generator.legal_moves_only: masks a game's moves; task arithmetic"
+    ):
+        load_config(
+            overrides=[
+                "task.name=arithmetic",
+                "learner.advantage=group",
+                "generator.legal_moves_only=true",
+                "generator.max_response_tokens=1",
+            ]
+        )
+    cfg = load_config(overrides=["generator.legal_moves_only=true", "generator.max_response_tokens=1"])
+    assert cfg.generator.legal_moves_only
+
+
 def test_gae_asks_for_whole_games_and_a_lambda_in_range():
     with pytest.raises(ConfigError, match="learner.advantage: gae runs over each game's turns"):
         load_config(overrides=["learner.advantage=gae"])

@@ -132,7 +132,7 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         assert any(m["name"] == "task/filled_from_reserve" and m["value"] > 0 for m in metrics)
 
 
-def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path):
+def test_eval_cli_plays_a_checkpoint_against_another_model_with_legal_moves_only(tiny_model, tmp_path):
     out = subprocess.run(
         [
             sys.executable,
@@ -147,6 +147,7 @@ def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path)
             "3",
             "--json",
             "--enforce-eager",
+            "--legal-moves-only",  # both models masked: an untrained one plays only free cells
         ],
         capture_output=True,
         text=True,
@@ -156,6 +157,7 @@ def test_eval_cli_plays_a_checkpoint_against_another_model(tiny_model, tmp_path)
     result = json.loads(out.stdout)  # nothing but the JSON on stdout
     assert result["games"] == 6 and result["opponent"] == tiny_model
     assert result["win"] + result["draw"] + result["loss"] == pytest.approx(1.0)
+    assert result["illegal"] == 0
 
 
 def test_run_cli_rejects_an_unknown_field_naming_it():

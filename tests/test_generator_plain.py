@@ -127,6 +127,37 @@ def test_an_illegal_reply_is_flagged_and_ends_the_game_with_the_mover_losing():
     assert replays(table)
 
 
+def test_legal_moves_only_draws_each_move_from_the_legal_cells_tokens_and_keeps_them_on_the_row():
+    engine = RuleEngine(rule=lambda observation: "5")  # asks for cell 5 every time
+    gen = make_generator(engine=engine, legal_moves_only=True, max_response_tokens=1)
+    table = gen.self_play(4)
+    assert gen.counts["illegal"] == 0
+    for call in engine.calls:
+        for prompt, allowed in zip(call["prompts"], call["allowed"]):
+            free = [c for c in prompt.split()[-1].rstrip(":") if c.isdigit()]
+            assert allowed == [ord(c) for c in free]  # the legal cells' tokens, in order
+    for rows in by_traj(table).values():
+        for r in rows:
+            assert not r["illegal"]
+            assert r["response_ids"][0] in r["allowed_ids"]
+        # X takes 5; every later ask for 5 is masked to the first free cell
+        assert [r["response_text"] for r in rows[:3]] == ["5", "1", "2"]
+    assert replays(table)
+
+
+def test_without_legal_moves_only_nothing_is_masked():
+    engine = RuleEngine(rule=legal_reply)
+    table = make_generator(engine=engine).self_play(2)
+    assert all(call["allowed"] is None for call in engine.calls)
+    assert table["allowed_ids"].null_count == table.num_rows
+
+
+def test_legal_moves_only_refuses_a_game_whose_moves_are_several_tokens():
+    gen = make_generator(games=("negotiation",), engine=RuleEngine(rule=legal_reply), legal_moves_only=True)
+    with pytest.raises(ValueError, match="legal_moves_only: negotiation's move .* tokens"):
+        gen.self_play(1)
+
+
 def test_a_game_whose_prompt_outgrows_the_context_is_dropped_and_counted_and_the_rest_play_on():
     tictactoe_tokens = 1 + len("tictactoe X 123456789:")  # BOS and one per character
     engine = RuleEngine(max_model_len=tictactoe_tokens)  # no room for its 1-token reply; Kuhn fits

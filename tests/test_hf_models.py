@@ -139,6 +139,30 @@ def test_behaviour_logprobs_are_the_sampled_policys_at_any_temperature(qwen_dir,
     assert mean_abs_diff(at_t, batch) < 0.05 < mean_abs_diff(at_one, batch)
 
 
+def test_legal_move_masking_restricts_the_engine_and_the_learner_alike(qwen_dir, cfg, gen):
+    """`generator.legal_moves_only`: vLLM draws every move from the free cells' tokens
+    (no illegal move in 32 games of an untrained policy, which plays mostly illegal ones
+    unmasked), and its processed log-probs are the softmax over those tokens, which the
+    learner's restricted softmax reproduces; the whole-vocabulary log-probs are far off."""
+    learner = Learner(cfg.learner, cfg.model, qwen_dir, 0, temperature=0.5)
+    blob, checksum = learner.export()
+    assert gen.set_weights(blob, 5) == checksum
+    gen.cfg.legal_moves_only = True
+    try:
+        table = gen.play([Match("tictactoe", (LEARNER, LEARNER))] * 32, 0.5)
+    finally:
+        gen.cfg.legal_moves_only = False
+    rows = table.to_pylist()
+    assert not any(r["illegal"] for r in rows) and len(rows) >= 32 * 5  # every game to its end
+    assert all(r["response_ids"][0] in r["allowed_ids"] for r in rows)
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        masked, _ = sequence_logprobs(learner.model, batch, learner.temperature)
+        batch.pop("allowed")
+        whole, _ = sequence_logprobs(learner.model, batch, learner.temperature)
+    assert mean_abs_diff(masked, batch) < 0.05 < 0.5 < mean_abs_diff(whole, batch)
+
+
 def test_the_engines_continuation_loglikelihood_is_the_learners(qwen_dir, cfg, gen):
     """`Engine.loglikelihood` (vLLM prompt log-probs, which Kuhn poker's exploitability
     reads) indexes each continuation token at its own position: the sum matches the HF

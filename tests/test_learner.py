@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from learner.learner import Learner, opponent_results
+from learner.learner import Learner, collate, opponent_results, sequence_logprobs
 from selfplay import schema
 from selfplay.config import ModelConfig, load_config
 from selfplay.model import create_default_model
@@ -33,6 +33,26 @@ def batch():
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_masked_rows_reply_is_scored_by_the_softmax_over_its_allowed_tokens(model_dir):
+    # legal-move masking: the engine drew the reply from `allowed_ids` alone, so the learner's
+    # log-prob of it (the PPO ratio's numerator) is the softmax over those tokens; a row
+    # without them keeps the whole vocabulary
+    cfg = load_config(None, [])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    rows = [
+        make_row(prompt_ids=[1, 2, 3], response_ids=[5], allowed_ids=[5, 7, 9]),
+        make_row(prompt_ids=[1, 2, 3], response_ids=[5]),
+    ]
+    with torch.no_grad():
+        logp, entropy = sequence_logprobs(learner.model, collate(rows, learner.pad_id), temperature=0.5)
+        logits = learner.model(input_ids=torch.tensor([[1, 2, 3, 5]])).logits[0, 2].float() / 0.5
+    masked = torch.log_softmax(logits[[5, 7, 9]], -1)
+    assert logp[0, 2].item() == pytest.approx(masked[0].item(), abs=1e-5)
+    assert logp[1, 2].item() == pytest.approx(torch.log_softmax(logits, -1)[5].item(), abs=1e-5)
+    assert entropy[0, 2].item() == pytest.approx(-(masked.exp() * masked).sum().item(), abs=1e-5)
+    assert entropy[0, 2].item() <= math.log(3) < entropy[1, 2].item()
 
 
 def test_the_kl_reference_follows_the_policy_every_k_steps(model_dir):

@@ -16,6 +16,7 @@ from learner.losses import (
     nll_loss,
     ppo_clip_loss,
     preference_loss,
+    restrict_logits,
     token_logprobs,
 )
 
@@ -142,6 +143,30 @@ def test_token_logprobs_compute_in_float32_for_bf16_logits():
     logp, entropy = token_logprobs(logits, torch.tensor([[3]]))
     assert logp.dtype == entropy.dtype == torch.float32
     assert entropy.item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_restrict_logits_renormalises_over_the_allowed_tokens_at_the_reply_position_only():
+    # row 0: at position 1, tokens 1 and 3 allowed of logits [0, ln 2, ln 5, ln 6]: their
+    # probabilities become 2/8 and 6/8, the entropy -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.562335;
+    # position 0 keeps the whole vocabulary. Row 1 (all -1) is left as it is.
+    row = [0.0, math.log(2), math.log(5), math.log(6)]
+    logits = torch.tensor([[row, row], [row, row]], requires_grad=True)  # [B=2, T=2, V=4]
+    masked = restrict_logits(logits, torch.tensor([1, 1]), torch.tensor([[1, 3], [-1, -1]]))
+    logp, entropy = token_logprobs(masked, torch.tensor([[3, 3], [3, 3]]))
+    whole = math.log(6 / 14)
+    assert logp.flatten().tolist() == pytest.approx([whole, math.log(6 / 8), whole, whole])
+    assert entropy[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
+    assert entropy[0, 1].item() == pytest.approx(0.562335, abs=1e-6)
+    assert torch.isfinite(entropy).all()
+    logp[0, 1].backward()
+    # d log p(3) / d logits over {1, 3}: onehot - p = [-1/4, 1/4]; the masked tokens get none
+    assert logits.grad[0, 1].tolist() == pytest.approx([0.0, -0.25, 0.0, 0.25], abs=1e-6)
+    assert logits.grad[1].abs().sum().item() == 0.0  # row 1's logp was not in the loss
+    # padding (-1) inside a restricted row is ignored; an unrestricted batch comes back as it is
+    padded = restrict_logits(logits.detach(), torch.tensor([1, 1]), torch.tensor([[1, -1], [-1, -1]]))
+    assert torch.softmax(padded[0, 1], -1).tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    free = logits.detach()
+    assert restrict_logits(free, torch.tensor([0, 0]), torch.full((2, 1), -1)) is free
 
 
 # ---- KL estimators against the exact KL of a small softmax. Over a 5-token vocabulary the

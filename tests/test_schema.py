@@ -34,7 +34,7 @@ def two_rows() -> list[dict]:
 def test_from_rows_has_the_schema_and_its_version():
     table = schema.from_rows(two_rows())
     assert table.schema.equals(schema.SCHEMA, check_metadata=True)
-    assert table.schema.metadata[schema.VERSION_KEY] == b"3"
+    assert table.schema.metadata[schema.VERSION_KEY] == b"4"
     assert table.column_names == schema.COLUMNS
 
 
@@ -52,7 +52,7 @@ def test_ipc_round_trip_keeps_rows():
     rows = two_rows()
     back = schema.from_ipc(schema.to_ipc(schema.from_rows(rows)))
     assert back.to_pylist() == rows
-    assert back.schema.metadata[schema.VERSION_KEY] == b"3"
+    assert back.schema.metadata[schema.VERSION_KEY] == b"4"
 
 
 def test_empty_table_round_trips_through_ipc():
@@ -117,25 +117,26 @@ def test_a_version_1_file_written_before_the_task_columns_is_refused_by_name(tmp
             "advantage",
             "rejected_ids",
             "rejected_text",
+            "allowed_ids",
         )
     ]
     table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v1, metadata={schema.VERSION_KEY: b"1"}))
     path = tmp_path / "old.parquet"
     pq.write_table(table, path)
-    with pytest.raises(SchemaError, match="trajectory schema version 1, this selfplay reads version 3"):
+    with pytest.raises(SchemaError, match="trajectory schema version 1, this selfplay reads version 4"):
         schema.read_parquet(path)
 
 
 def test_a_version_2_file_written_before_preference_pairs_reads_with_those_columns_null(tmp_path):
-    v2 = [f for f in schema.FIELDS if f.name not in ("rejected_ids", "rejected_text")]
+    v2 = [f for f in schema.FIELDS if f.name not in ("rejected_ids", "rejected_text", "allowed_ids")]
     table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v2, metadata={schema.VERSION_KEY: b"2"}))
     path = tmp_path / "v2.parquet"
     pq.write_table(table, path)
     back = schema.read_parquet(path)
     assert back.schema.equals(schema.SCHEMA, check_metadata=True)
-    assert back["rejected_ids"].to_pylist() == [None, None]
+    assert back["rejected_ids"].to_pylist() == back["allowed_ids"].to_pylist() == [None, None]
     assert back["traj_id"].to_pylist() == table["traj_id"].to_pylist()
-    # only the columns version 3 added are filled: a version-2 table short of its own is refused
+    # only the columns versions 3 and 4 added are filled: a version-2 table short of its own is refused
     short = table.drop_columns(["reward"])
     with pytest.raises(SchemaError, match=r"missing columns \['reward'\]"):
         schema.check(short)
@@ -147,6 +148,22 @@ def test_a_preference_pair_round_trips_through_parquet(tmp_path):
     schema.write_parquet(schema.from_rows([row]), path)
     back = schema.read_parquet(path).to_pylist()[0]
     assert (back["response_ids"], back["rejected_ids"], back["rejected_text"]) == ([5, 6], [7], "x")
+
+
+def test_a_version_3_file_written_before_legal_move_masking_reads_with_allowed_ids_null(tmp_path):
+    v3 = [f for f in schema.FIELDS if f.name != "allowed_ids"]
+    table = pa.Table.from_pylist(two_rows(), schema=pa.schema(v3, metadata={schema.VERSION_KEY: b"3"}))
+    path = tmp_path / "v3.parquet"
+    pq.write_table(table, path)
+    back = schema.read_parquet(path)
+    assert back.schema.equals(schema.SCHEMA, check_metadata=True)
+    assert back["allowed_ids"].to_pylist() == [None, None]
+
+
+def test_allowed_ids_round_trip(tmp_path):
+    path = tmp_path / "masked.parquet"
+    schema.write_parquet(schema.from_rows([make_row(allowed_ids=[11, 12, 15])]), path)
+    assert schema.read_parquet(path)["allowed_ids"].to_pylist() == [[11, 12, 15]]
 
 
 def test_a_task_rows_score_parts_round_trip_as_a_map(tmp_path):
