@@ -89,6 +89,7 @@ class Match:
 
 
 FIXED = "fixed"  # the engine holding weights frozen for an evaluation (see Generator.load_fixed)
+OPENING = "opening"  # the random opening moves' player (generator.opening_moves; never trained)
 # per play, for training or evaluation; too_long: games ended unplayed because a prompt outgrew
 # the context (SPIRAL ends them as draws; here they are dropped, never handed on, and counted)
 COUNTED = ("games", "turns", "tokens", "engine_s", "illegal", "too_long")
@@ -348,12 +349,17 @@ class Generator:
                     f"{weights['version']}, said to be settled, was measured"
                 )
 
-    def play(self, matches: list[Match], temperature: float, counts: dict | None = None) -> pa.Table:
+    def play(
+        self, matches: list[Match], temperature: float, counts: dict | None = None, opening: int = 0
+    ) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
         same policy go into one engine call; scripted players move between calls. What it
-        cost goes to `counts` (default: the training counts)."""
+        cost goes to `counts` (default: the training counts). `opening`: random opening
+        moves in `generator.opening_share` of the games (`_open`)."""
         counts = self.counts if counts is None else counts
         games = self._deal(matches)
+        if opening:
+            self._open(games, opening)
         while live := [g for g in games if not g.over]:
             waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
             for g in live:
@@ -377,6 +383,24 @@ class Generator:
             GameInPlay(m, make_game(m.game, seed=s), self._scripted_players(m), uuid.uuid4().hex)
             for m, s in zip(matches, seeds)
         ]
+
+    def _open(self, games: list[GameInPlay], moves: int) -> None:
+        """`generator.opening_moves`: each game, with probability `opening_share`, starts with
+        `moves` uniformly random legal moves (the game's `random` player) whoever is to move,
+        exploring starts; those turns are not trained (policy_id OPENING)."""
+        for g in games:
+            if self.rng.random() >= self.cfg.opening_share:
+                continue
+            player = scripted_players(g.match.game)["random"](self.rng.getrandbits(31))
+            for _ in range(moves):
+                if g.over:
+                    break
+                role = g.role
+                action = player.act(g.state)
+                g.state.apply(action)
+                row = self._row(g.match, role, text=g.state.action_text(action), versions=self.versions)
+                row.update(policy_id=OPENING, policy_version=0, trainable=False)
+                g.turns.append(row)
 
     def _scripted_players(self, match: Match) -> list:
         scripted = scripted_players(match.game)
@@ -538,7 +562,7 @@ class Generator:
                 matches.append(Match(self.pick_game(), (LEARNER, opponent), (learner_tier, opponent_tier)))
             else:
                 matches.append(Match(self.pick_game(), (opponent, LEARNER), (opponent_tier, learner_tier)))
-        return self.play(matches, self.cfg.temperature)
+        return self.play(matches, self.cfg.temperature, opening=self.cfg.opening_moves)
 
     def _with_scripted(self, assignments: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """`generator.opponents`: each game goes to a scripted player with its share of

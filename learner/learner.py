@@ -443,6 +443,7 @@ class Learner:
             + metrics.get("preference_loss", 0.0)
             + self.cfg.chosen_nll_coef * metrics.get("chosen_nll", 0.0),
             grad_norm=full(grad_norm).item(),
+            lr=self.opt.param_groups[0]["lr"],  # the rate this step took (learner.lr_schedule)
             batch_turns=len(rows),
             batch_illegal=sum(r["illegal"] for r in rows) / len(rows),
             step_s=step_s,

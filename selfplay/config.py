@@ -40,6 +40,7 @@ MonitorReplies = Literal["greedy", "sampled"]
 WeightSync = Literal["object_store", "collective"]
 SyncBackend = Literal["auto", "gloo", "nccl"]  # selfplay/collective.py:pick_backend
 LossAggregation = Literal["token_mean", "sequence_mean"]  # learner/losses.py:ppo_clip_loss
+LrSchedule = Literal["constant", "linear", "cosine"]  # learner/schedule.py:scheduled_lr
 
 
 @dataclass
@@ -80,6 +81,12 @@ class GeneratorConfig:
     # learner's seat at random), e.g. {heuristic: 0.25}; every game of the mix must have the
     # player (selfplay/games/*.SCRIPTED). An opponent left out stays a held-out evaluation.
     opponents: dict[str, float] = field(default_factory=dict)
+    # Random openings (exploring starts): in a share of the training games the first
+    # opening_moves moves are uniformly random legal moves, whoever is to move (the game's
+    # `random` player; not trained, policy_id `opening`), so the policy plays on from
+    # positions its own openings never reach. Evaluations start from the game's start.
+    opening_moves: int = 0
+    opening_share: float = 1.0
     # The pool heals: a generator whose wave loop ended, whose actor died, or whose loop made
     # no progress (health probe) for hang_timeout_s is replaced under its name; a name that
     # fails more than max_restarts times in a run ends it (a crash loop is a bug, not a fault).
@@ -116,6 +123,12 @@ class LearnerConfig:
     threads: int = 1
     device: str = "auto"  # auto (a GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     lr: float = 3e-4
+    # the learning rate over the run (learner/schedule.py): constant; linear or cosine from
+    # `lr` down to lr * lr_final at the run's end, which is total_steps or time_limit_min,
+    # whichever comes first (the driver sets it every log_every steps). A supervised stage
+    # keeps its sft.lr; the schedule runs over the whole run, supervised stage included
+    lr_schedule: LrSchedule = "constant"
+    lr_final: float = 0.1
     # a generator that has not acknowledged a weight load this long after it was sent is
     # dropped from the broadcast and told to stop (the pool replaces it): one hung engine
     # never stalls training
@@ -475,6 +488,7 @@ POSITIVE = {
     "learner.num_workers",
 }
 NON_NEGATIVE = {
+    "generator.opening_moves",
     "learner.lora_rank",
     "task.overlong_buffer",
     "task.overlong_coef",
@@ -678,7 +692,14 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
             f"generator.num_generators: must be within autoscale bounds "
             f"[{a.min_generators}, {a.max_generators}], got {cfg.generator.num_generators}"
         )
-    for name in ("league.self_play_fraction", "league.promote_threshold", "eval.kuhn_average_tail"):
+    unit = (
+        "league.self_play_fraction",
+        "league.promote_threshold",
+        "eval.kuhn_average_tail",
+        "learner.lr_final",
+        "generator.opening_share",
+    )
+    for name in unit:
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     if resolve and cfg.model.dtype == "auto":  # one dtype for the learner's exports and every engine
@@ -720,6 +741,8 @@ def validate_task(cfg: RunConfig) -> None:
         )
     if cfg.generator.opponents:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
+    if cfg.generator.opening_moves:
+        raise ConfigError("generator.opening_moves: a task run has no game to open")
     if getattr(task, "chain", False) and cfg.builder.rows not in ("rl", "sft"):
         raise ConfigError(
             f"builder.rows: {cfg.task.name} trains each role of its chains on its own reward; "
@@ -937,6 +960,12 @@ def validate_opponents(cfg: RunConfig) -> None:
             raise ConfigError(f"generator.opponents.{name}: no scripted player {name!r} in game {lacking[0]}")
     if sum(shares.values()) > 1:
         raise ConfigError(f"generator.opponents: shares add up to {sum(shares.values()):g}, more than 1")
+    if cfg.generator.opening_moves:
+        lacking = [g for g in cfg.games if "random" not in scripted_players(g)]
+        if lacking:
+            raise ConfigError(
+                f"generator.opening_moves: game {lacking[0]} has no `random` player to open with"
+            )
 
 
 def validate_games(cfg: RunConfig) -> None:

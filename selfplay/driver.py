@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
+from learner.schedule import run_progress, scheduled_lr
 from selfplay import reward_model, schema
 from selfplay.average import KuhnAverage
 from selfplay.best import BestCheckpoint, best_acceptance, write_model_dir
@@ -586,6 +587,8 @@ class Run:
             n = min(cfg.log_every, cfg.total_steps - self.step)
             if self.in_sft:
                 n = min(n, cfg.sft.steps - self.step)
+            if cfg.learner.lr_schedule != "constant" and not self.in_sft:
+                self.schedule_lr()  # each step's metrics say the rate it took (`lr`)
             ref = self.learner.train.remote(n)
             watchdog = Watchdog(self.step, cfg.watchdog_min * 60)
             while not ray.wait([ref], timeout=2.0)[0]:
@@ -653,6 +656,16 @@ class Run:
         bar.close()
         ray.get(self.controller.stop_all.remote())
         self.watch_pool()
+
+    def schedule_lr(self) -> None:
+        """Set the learner's rate for the next chunk from how far the run has gone
+        (learner/schedule.py; the time limit counts from this process's start, as the
+        deadline does)."""
+        cfg = self.cfg
+        elapsed = time.time() - self.start
+        progress = run_progress(self.step, cfg.total_steps, elapsed, cfg.time_limit_min * 60)
+        lr = scheduled_lr(cfg.learner.lr, cfg.learner.lr_schedule, progress, cfg.learner.lr_final)
+        ray.get(self.learner.set_lr.remote(lr))
 
     def stall_report(self, watchdog: Watchdog) -> str:
         """Why training stands still, in one message: what each part says now."""

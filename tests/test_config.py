@@ -282,6 +282,19 @@ def test_scripted_training_opponents_are_checked_against_the_games():
         load_config(overrides=["generator.opponents={random: 0.6, heuristic: 0.6}"])
 
 
+def test_random_openings_need_a_random_player_and_a_game():
+    cfg = load_config(overrides=["generator.opening_moves=1", "generator.opening_share=0.5"])
+    assert (cfg.generator.opening_moves, cfg.generator.opening_share) == (1, 0.5)
+    with pytest.raises(ConfigError, match="generator.opening_moves: game textarena:TicTacToe-v0 has no `random`"):
+        load_config(overrides=["games={'textarena:TicTacToe-v0': 1.0}", "generator.opening_moves=1"])
+    with pytest.raises(ConfigError, match="generator.opening_share: must be in"):
+        load_config(overrides=["generator.opening_moves=1", "generator.opening_share=1.5"])
+    with pytest.raises(ConfigError, match="generator.opening_moves: must be"):
+        load_config(overrides=["generator.opening_moves=-1"])
+    with pytest.raises(ConfigError, match="generator.opening_moves: a task run has no game to open"):
+        load_config(overrides=[*TASK, "generator.opening_moves=1"])
+
+
 def test_k1_in_the_loss_is_refused_naming_why():
     with pytest.raises(ConfigError, match="learner.kl_estimator: k1 as a loss has no KL gradient"):
         load_config(overrides=["learner.kl_placement=loss", "learner.kl_estimator=k1"])

@@ -28,7 +28,7 @@ WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 
 def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, reference: bool, **fields):
     """A short task run: `steps` steps logged every 2, one checkpoint at the end, batches of
-    32 group-advantage rows. It is evaluated before, after the supervised stage and at the
+    32 group-advantage rows, the learning rate falling linearly over the run's steps. It is evaluated before, after the supervised stage and at the
     end, all while nothing trains: on generator-0's own engine (the league run covers
     evaluations mid-run). `fields`: the rest of the config (task, builder, sft, ...)."""
     return dataclasses.replace(
@@ -38,7 +38,9 @@ def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, r
         checkpoint_every=steps,
         out_dir=str(tmp_path),
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=max_response_tokens),
-        learner=dataclasses.replace(small_cfg.learner, batch_size=32, advantage="group", reference=reference),
+        learner=dataclasses.replace(
+            small_cfg.learner, batch_size=32, advantage="group", reference=reference, lr_schedule="linear"
+        ),
         buffer=dataclasses.replace(small_cfg.buffer, min_size=32, max_staleness=4),
         eval=dataclasses.replace(small_cfg.eval, every_steps=100),
         **fields,
@@ -102,6 +104,11 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     assert sft_rows[1] == sft_rows[2] == 32  # the supervised stage: labelled rows only
     versions = {m["step"]: m["value"] for m in metrics if m["name"] == "weight_version"}
     assert versions[6] == 6  # every step broadcast
+    # the rate each step took: the supervised stage's, then learner.lr * (0.1 + 0.9 (1 - p))
+    # set before each chunk, p = step / total_steps (8; no time limit): 2/8, then 4/8
+    lrs = {m["step"]: m["value"] for m in metrics if m["name"] == "lr"}
+    lr = cfg.learner.lr
+    assert lrs == pytest.approx({1: lr, 2: lr, 3: 0.775 * lr, 4: 0.775 * lr, 5: 0.55 * lr, 6: 0.55 * lr})
     # steps 3-6 trained on generated replies, scored by the verifier and built by the builder
     assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
     verifier = summary["pool"]["verifier"]

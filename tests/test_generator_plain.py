@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from actors.generator import FIXED, Generator, Match, WeightMismatch, both_seats
+from actors.generator import FIXED, OPENING, Generator, Match, WeightMismatch, both_seats
 from actors.verifier import Verifier
 from selfplay import collective, schema
 from selfplay.config import GeneratorConfig
@@ -507,6 +507,30 @@ def test_scripted_training_opponents_take_their_share_of_a_wave_in_both_seats():
     assert 140 <= per_opponent[SELF] <= 260
     assert seats["heuristic"] == seats["random"] == {0, 1}
     assert replays(table)
+
+
+def test_random_openings_start_a_share_of_training_games_untrained_but_never_an_evaluation():
+    gen = make_generator(opening_moves=1, opening_share=0.5)
+    games = by_traj(gen.self_play(400))
+    opened = [rows for rows in games.values() if rows[0]["policy_id"] == OPENING]
+    assert 150 <= len(opened) <= 250  # half of 400
+    for rows in games.values():
+        openings = [r for r in rows if r["policy_id"] == OPENING]
+        assert openings in ([], rows[:1])  # one move, the first, or none
+        assert all(not r["trainable"] and r["response_ids"] == [] for r in openings)
+        assert all(r["trainable"] for r in rows if r["policy_id"] == LEARNER)
+    # the openings are random: every cell opens some game (the rule engine always opens at 1)
+    cells = {rows[0]["response_text"] for rows in opened}
+    assert cells == {str(c) for c in range(1, 10)}
+    assert {rows[0]["response_text"] for rows in games.values() if rows not in opened} == {"1"}
+    # the learner's first turn after an opening is O's reply, trained, on the opened board
+    replies = [rows[1] for rows in opened]
+    assert all(r["role"] == 1 and r["trainable"] and r["policy_id"] == LEARNER for r in replies)
+    assert replays(gen.self_play(64))
+    # evaluations start from the game's start: the same games as a generator without openings
+    opening, plain = make_generator(opening_moves=3, seed=5), make_generator(seed=5)
+    assert opening.evaluate("tictactoe", "random", 20) == plain.evaluate("tictactoe", "random", 20)
+    assert opening.self_play(20).to_pylist()[0]["policy_id"] == OPENING
 
 
 def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():

@@ -1,4 +1,4 @@
-"""TicTacToe rules, text interface and the scripted opponents (minimax, heuristic)."""
+"""TicTacToe rules, text interface and the scripted opponents (minimax, heuristic, tactician)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from selfplay.games.tictactoe import (
     HeuristicPlayer,
     MinimaxPlayer,
     RandomPlayer,
+    TacticianPlayer,
     TicTacToe,
     best_moves,
     completing,
+    forks,
     minimax_value,
     optimal_moves,
     winner,
@@ -321,3 +323,36 @@ def test_heuristic_falls_to_forks_that_minimax_sets_up():
     assert len(completing(game.board, "X")) == 2 and not completing(game.board, "O")
     lost = sum(run_game(MinimaxPlayer(seed=i), HeuristicPlayer(seed=100 + i))[1] == -1 for i in range(100))
     assert lost > 0  # and minimax never loses (above): a teacher, not the examiner
+
+
+# ---- the tactician opponent ----------------------------------------------------------
+
+
+def test_tactician_makes_a_fork_where_the_heuristic_plays_anywhere():
+    # X O . / . X . / . . O  X to move, nothing to win or block: 3 and 6 each open two lines
+    board = "XO..X...O"
+    assert forks(board, "X") == [3, 6] and not completing(board, "X") and not completing(board, "O")
+    assert {TacticianPlayer(seed=s).act(at(board, 0)) for s in range(50)} == {3, 6}
+    assert {HeuristicPlayer(seed=s).act(at(board, 0)) for s in range(200)} == {2, 3, 5, 6, 7}
+
+
+def test_tactician_wins_then_blocks_before_it_forks():
+    assert {TacticianPlayer(seed=s).act(at("XX.OO....", 0)) for s in range(20)} == {2}  # win
+    # X . . / . X . / O . O  X to move: O threatens 7; X's own fork (1) comes after the block
+    assert forks("X...X.O.O", "X") == [1]
+    assert {TacticianPlayer(seed=s).act(at("X...X.O.O", 0)) for s in range(20)} == {7}
+
+
+def test_tactician_beats_a_corner_reply_that_the_heuristic_lets_pass():
+    # X 1, O 3: every X reply the tactician then picks at random; once it has a fork it takes it
+    wins = {"tactician": 0, "heuristic": 0}
+    for name, cls in (("tactician", TacticianPlayer), ("heuristic", HeuristicPlayer)):
+        for s in range(400):
+            x, o = cls(seed=s), HeuristicPlayer(seed=10_000 + s)
+            game = play([0, 2])
+            while not game.is_terminal:
+                game.apply((x, o)[game.current_player].act(game))
+            wins[name] += game.returns()[0] == 1
+    assert wins["tactician"] > wins["heuristic"] + 40  # more than 10 points more wins out of 400
+    lost = sum(run_game(MinimaxPlayer(seed=i), TacticianPlayer(seed=100 + i))[1] == -1 for i in range(100))
+    assert lost > 0  # beatable: a teacher, not the examiner

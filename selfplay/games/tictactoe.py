@@ -148,9 +148,41 @@ class HeuristicPlayer:
     def act(self, game: TicTacToe) -> int:
         mark = MARKS[game.current_player]
         other = MARKS[1 - game.current_player]
-        choices = completing(game.board, mark) or completing(game.board, other) or game.legal_actions()
-        return self.rng.choice(choices)
+        return self.rng.choice(self.rules(game.board, mark, other) or game.legal_actions())
+
+    def rules(self, board: str, mark: str, other: str) -> list[int]:
+        """The cells the first rule that applies allows ([]: none applies, any free cell)."""
+        return completing(board, mark) or completing(board, other)
 
 
-SCRIPTED = {"minimax": MinimaxPlayer, "random": RandomPlayer, "heuristic": HeuristicPlayer}
+def forks(board: str, mark: str) -> list[int]:
+    """Free cells where `mark` would threaten two lines at once (two cells completing a line
+    for it): the opponent can block only one."""
+    return [
+        i
+        for i, c in enumerate(board)
+        if c == "." and len(completing(board[:i] + mark + board[i + 1 :], mark)) >= 2
+    ]
+
+
+class TacticianPlayer(HeuristicPlayer):
+    """The heuristic's rules and one more a club player learns next: win, else block, else
+    make a fork, else a random free cell. It punishes a reply that lets it fork (an O that
+    answers a corner with a corner), which `heuristic` never does; it never sees a fork
+    coming, never prefers the centre and plays its first moves at random, so unlike
+    minimax it loses (and it is no stronger against minimax than `heuristic`: minimax
+    never lets a fork arise)."""
+
+    name = "tactician"
+
+    def rules(self, board: str, mark: str, other: str) -> list[int]:
+        return super().rules(board, mark, other) or forks(board, mark)
+
+
+SCRIPTED = {
+    "minimax": MinimaxPlayer,
+    "random": RandomPlayer,
+    "heuristic": HeuristicPlayer,
+    "tactician": TacticianPlayer,
+}
 GAME = TicTacToe

@@ -1,0 +1,37 @@
+"""The learning rate over a run: pure functions of how far the run has gone.
+
+A run ends at `total_steps` or at `time_limit_min`, whichever comes first; a time-limited
+run does not know its last step in advance, so its progress is the larger of the two
+fractions (as nanochat and cleanrl anneal over a known horizon, here the horizon that
+binds). The driver sets the learner's rate from these between chunks of `log_every` steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def run_progress(step: int, total_steps: int, elapsed_s: float, time_limit_s: float) -> float:
+    """How far the run is towards its end, in [0, 1]: the larger of step / total_steps and
+    elapsed_s / time_limit_s (time_limit_s 0: no time limit, steps alone)."""
+    by_steps = step / total_steps if total_steps > 0 else 0.0
+    by_time = elapsed_s / time_limit_s if time_limit_s > 0 else 0.0
+    return min(max(by_steps, by_time, 0.0), 1.0)
+
+
+def scheduled_lr(lr: float, schedule: str, progress: float, final: float) -> float:
+    """The learning rate at `progress` (in [0, 1], clamped): `constant` keeps `lr`;
+    `linear` and `cosine` go from `lr` at 0 to `lr * final` at 1, in a straight line or
+    along half a cosine (SGDR's, without restarts)."""
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        left = 1.0 - p
+    elif schedule == "cosine":
+        left = 0.5 * (1.0 + math.cos(math.pi * p))
+    else:
+        raise ValueError(
+            f"learner.lr_schedule: unknown schedule {schedule!r}; choose constant, linear or cosine"
+        )
+    return lr * (final + (1.0 - final) * left)

@@ -1,0 +1,42 @@
+"""The learning-rate schedule (learner/schedule.py) on hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from learner.schedule import run_progress, scheduled_lr
+from selfplay.config import ConfigError, load_config
+
+
+def test_progress_is_the_larger_of_the_step_and_time_fractions():
+    assert run_progress(200, 1000, 300.0, 900.0) == pytest.approx(1 / 3)  # time binds: 300/900
+    assert run_progress(600, 1000, 300.0, 900.0) == pytest.approx(0.6)  # steps bind
+    assert run_progress(250, 1000, 1e9, 0.0) == pytest.approx(0.25)  # no time limit: steps alone
+    assert run_progress(1200, 1000, 0.0, 0.0) == 1.0  # clamped
+    assert run_progress(0, 1000, 0.0, 900.0) == 0.0
+
+
+def test_linear_and_cosine_go_from_lr_to_lr_times_final():
+    lr, final = 1e-3, 0.1
+    assert scheduled_lr(lr, "constant", 0.7, final) == lr
+    assert scheduled_lr(lr, "linear", 0.0, final) == pytest.approx(1e-3)
+    assert scheduled_lr(lr, "linear", 0.25, final) == pytest.approx(7.75e-4)  # 0.1 + 0.9 * 0.75
+    assert scheduled_lr(lr, "linear", 1.0, final) == pytest.approx(1e-4)
+    assert scheduled_lr(lr, "cosine", 0.5, final) == pytest.approx(5.5e-4)  # half way: 0.1 + 0.9 / 2
+    # at a quarter: (1 + cos(pi / 4)) / 2 = 0.853553 left of the way down
+    assert scheduled_lr(lr, "cosine", 0.25, final) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.853553), rel=1e-5)
+    assert scheduled_lr(lr, "cosine", 1.0, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(lr, "linear", 1.5, final) == pytest.approx(1e-4)  # progress clamped
+    assert math.isclose(scheduled_lr(2e-4, "linear", 0.5, 0.5), 1.5e-4)
+    with pytest.raises(ValueError, match="learner.lr_schedule"):
+        scheduled_lr(lr, "step", 0.5, final)
+
+
+def test_config_names_a_bad_schedule_field():
+    assert load_config(None, ["learner.lr_schedule=cosine"]).learner.lr_schedule == "cosine"
+    with pytest.raises(ConfigError, match="learner.lr_schedule"):
+        load_config(None, ["learner.lr_schedule=step"])
+    with pytest.raises(ConfigError, match="learner.lr_final"):
+        load_config(None, ["learner.lr_final=1.5"])
