@@ -285,7 +285,9 @@ def test_scripted_training_opponents_are_checked_against_the_games():
 def test_random_openings_need_a_random_player_and_a_game():
     cfg = load_config(overrides=["generator.opening_moves=1", "generator.opening_share=0.5"])
     assert (cfg.generator.opening_moves, cfg.generator.opening_share) == (1, 0.5)
-    with pytest.raises(ConfigError, match="generator.opening_moves: game textarena:TicTacToe-v0 has no `random`"):
+    with pytest.raises(
+        ConfigError, match="generator.opening_moves: game textarena:TicTacToe-v0 has no `random`"
+    ):
         load_config(overrides=["games={'textarena:TicTacToe-v0': 1.0}", "generator.opening_moves=1"])
     with pytest.raises(ConfigError, match="generator.opening_share: must be in"):
         load_config(overrides=["generator.opening_moves=1", "generator.opening_share=1.5"])
