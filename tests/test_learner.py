@@ -203,7 +203,9 @@ def the_same_boards_won_against_one_and_lost_against_another() -> pa.Table:
 def test_a_value_head_that_sees_the_opponent_tells_apart_what_the_board_cannot(model_dir, sees):
     cfg = load_config(None, [*GAE, f"learner.value_sees_opponent={str(sees).lower()}"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
-    assert learner.value_head.out_features == (8 if sees else 1)  # a column per opponent kind
+    # a column per opponent kind: self, a league member, and the 7 scripted players of the
+    # built-in games (fair, greedy, heuristic, minimax, nash, random, tactician)
+    assert learner.value_head.out_features == (9 if sees else 1)
     for _ in range(60):
         last = learner.train_step(the_same_boards_won_against_one_and_lost_against_another())
     if sees:  # V(board, random) ~ 1, V(board, heuristic) ~ -1
