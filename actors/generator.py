@@ -395,12 +395,8 @@ class Generator:
             for _ in range(moves):
                 if g.over:
                     break
-                role = g.role
-                action = player.act(g.state)
-                g.state.apply(action)
-                row = self._row(g.match, role, text=g.state.action_text(action), versions=self.versions)
-                row.update(policy_id=OPENING, policy_version=0, trainable=False)
-                g.turns.append(row)
+                self._scripted_move(g, player)
+                g.turns[-1].update(policy_id=OPENING, policy_version=0, trainable=False)
 
     def _scripted_players(self, match: Match) -> list:
         scripted = scripted_players(match.game)

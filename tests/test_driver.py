@@ -28,9 +28,10 @@ WORDS = {"name": "words", "params": {"max_value": 99}, "prompts": "sft"}
 
 def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, reference: bool, **fields):
     """A short task run: `steps` steps logged every 2, one checkpoint at the end, batches of
-    32 group-advantage rows, the learning rate falling linearly over the run's steps. It is evaluated before, after the supervised stage and at the
-    end, all while nothing trains: on generator-0's own engine (the league run covers
-    evaluations mid-run). `fields`: the rest of the config (task, builder, sft, ...)."""
+    32 group-advantage rows, the learning rate falling linearly over the run's steps. It is
+    evaluated before, after the supervised stage and at the end, all while nothing trains:
+    on generator-0's own engine (the league run covers evaluations mid-run). `fields`: the
+    rest of the config (task, builder, sft, ...)."""
     return dataclasses.replace(
         small_cfg,
         total_steps=steps,
