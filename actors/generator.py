@@ -387,12 +387,15 @@ class Generator:
     def _open(self, games: list[GameInPlay], moves: int) -> None:
         """`generator.opening_moves`: each game, with probability `opening_share`, starts with
         `moves` uniformly random legal moves (the game's `random` player) whoever is to move,
-        exploring starts; those turns are not trained (policy_id OPENING)."""
+        exploring starts; those turns are not trained (policy_id OPENING). With
+        `opening_moves_min` set, each opened game draws its count from min..`moves`."""
+        low = self.cfg.opening_moves_min or moves
         for g in games:
             if self.rng.random() >= self.cfg.opening_share:
                 continue
             player = scripted_players(g.match.game)["random"](self.rng.getrandbits(31))
-            for _ in range(moves):
+            count = moves if low == moves else self.rng.randint(low, moves)
+            for _ in range(count):
                 if g.over:
                     break
                 self._scripted_move(g, player)

@@ -54,19 +54,27 @@ def role_conditioned_advantages(
 
 
 def gae_advantages(
-    groups: list[object], turns: list[int], returns: list[float], values: list[float], lam: float
+    groups: list[object],
+    turns: list[int],
+    returns: list[float],
+    values: list[float],
+    lam: float,
+    gamma: float = 1.0,
 ) -> tuple[list[float], list[float]]:
     """Generalised advantage estimation (Schulman et al., 2016) over each player's own turns
-    in a game, gamma 1, with a learned value V(s) of the state a turn moved from.
+    in a game, with a learned value V(s) of the state a turn moved from, discounted by
+    `gamma` per own turn.
 
     `groups[i]` names row i's (game, role) trajectory, `turns[i]` orders it, `returns[i]` is
     its return-to-go. In the lambda-return form, for a player's consecutive turns k, k+1:
-        G_k = r_k + (1 - lam) * V_{k+1} + lam * G_{k+1},   r_k = ret_k - ret_{k+1}
+        G_k = r_k + gamma * ((1 - lam) * V_{k+1} + lam * G_{k+1}),   r_k = ret_k - ret_{k+1}
         A_k = G_k - V_k                   (G_k is also the value target)
-    which equals sum_j lam^(j-k) delta_j with delta_k = r_k + V_{k+1} - V_k. A player's last
-    turn in the batch has G = its return-to-go: the game's end, or (when later turns of the
-    game are not in the batch) the Monte-Carlo return from there. lam 1 gives A = ret - V
-    (a per-state baseline); lam 0 gives one-step TD. Returns (advantages, targets)."""
+    which equals sum_j (gamma lam)^(j-k) delta_j with delta_k = r_k + gamma V_{k+1} - V_k. A
+    player's last turn in the batch has G = its return-to-go: the game's end, or (when later
+    turns of the game are not in the batch) the undiscounted Monte-Carlo return from there.
+    lam 1 gives A = ret - V at gamma 1 (a per-state baseline); lam 0 gives one-step TD.
+    gamma < 1 makes a win sooner worth more than the same win later (gamma^n for a win n own
+    turns ahead), and a loss later less bad than one now. Returns (advantages, targets)."""
     by_group: dict[object, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         by_group[g].append(i)
@@ -78,7 +86,7 @@ def gae_advantages(
             if nxt is None:
                 g = returns[i]
             else:
-                g = returns[i] - returns[nxt] + (1 - lam) * values[nxt] + lam * target[nxt]
+                g = returns[i] - returns[nxt] + gamma * ((1 - lam) * values[nxt] + lam * target[nxt])
             target[i], adv[i] = g, g - values[i]
             nxt = i
     return adv, target

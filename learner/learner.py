@@ -665,7 +665,9 @@ class Learner:
             return advantages, None
         groups = [(r["traj_id"], r["role"]) for r in rows]
         turns = [r["turn"] for r in rows]
-        return gae_advantages(groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda)
+        return gae_advantages(
+            groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda, self.cfg.gamma
+        )
 
     def reset_reference(self) -> bool:
         """Make the current policy the reference (a task run's supervised stage ends: the

@@ -85,7 +85,10 @@ class GeneratorConfig:
     # opening_moves moves are uniformly random legal moves, whoever is to move (the game's
     # `random` player; not trained, policy_id `opening`), so the policy plays on from
     # positions its own openings never reach. Evaluations start from the game's start.
+    # opening_moves_min > 0: each opened game draws its number of random moves uniformly from
+    # opening_moves_min..opening_moves (0: always opening_moves).
     opening_moves: int = 0
+    opening_moves_min: int = 0
     opening_share: float = 1.0
     # The pool heals: a generator whose wave loop ended, whose actor died, or whose loop made
     # no progress (health probe) for hang_timeout_s is replaced under its name; a name that
@@ -175,6 +178,9 @@ class LearnerConfig:
     advantage: Advantage = "rae"
     baseline_alpha: float = 0.9  # EMA factor of SPIRAL's per-(game, role) baseline
     gae_lambda: float = 0.95
+    # gae: discount per own turn; < 1 values a win sooner (and a loss later) more, so a move
+    # that wins now beats one that may win later. 1: no discount (the game's outcome alone)
+    gamma: float = 1.0
     value_coef: float = 0.5  # weight of the value loss 0.5 * (V - G)^2 (gae)
     # gae: the value head also sees who the opponent is (a value per opponent kind: self,
     # a league member, each scripted player), as a centralised critic does; the policy
@@ -489,6 +495,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "generator.opening_moves",
+    "generator.opening_moves_min",
     "learner.lora_rank",
     "task.overlong_buffer",
     "task.overlong_coef",
@@ -625,6 +632,10 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         raise ConfigError("learner.value_sees_opponent: a value head needs learner.advantage gae")
     if not 0 <= cfg.learner.gae_lambda <= 1:
         raise ConfigError(f"learner.gae_lambda: must be in [0, 1], got {cfg.learner.gae_lambda}")
+    if not 0 < cfg.learner.gamma <= 1:
+        raise ConfigError(f"learner.gamma: must be in (0, 1], got {cfg.learner.gamma}")
+    if cfg.learner.gamma != 1 and cfg.learner.advantage != "gae":
+        raise ConfigError("learner.gamma: discounts the gae advantage; set learner.advantage gae with it")
     if cfg.learner.advantage == "gae" and not cfg.buffer.whole_games:
         raise ConfigError(
             "learner.advantage: gae runs over each game's turns; set buffer.whole_games true with it"
@@ -960,6 +971,11 @@ def validate_opponents(cfg: RunConfig) -> None:
             raise ConfigError(f"generator.opponents.{name}: no scripted player {name!r} in game {lacking[0]}")
     if sum(shares.values()) > 1:
         raise ConfigError(f"generator.opponents: shares add up to {sum(shares.values()):g}, more than 1")
+    if cfg.generator.opening_moves_min > cfg.generator.opening_moves:
+        raise ConfigError(
+            f"generator.opening_moves_min: {cfg.generator.opening_moves_min} is more than "
+            f"generator.opening_moves ({cfg.generator.opening_moves})"
+        )
     if cfg.generator.opening_moves:
         lacking = [g for g in cfg.games if "random" not in scripted_players(g)]
         if lacking:

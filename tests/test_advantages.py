@@ -109,6 +109,22 @@ def test_gae_lambda_one_is_return_minus_value_and_zero_is_one_step_td():
     assert td == pytest.approx([0.1, 0.6, -0.3])
 
 
+def test_gae_discount_makes_a_sooner_win_worth_more():
+    # one player's 3 turns, the win (+1) at the last; V = .5, .6, .7
+    returns, values = [1.0, 1.0, 1.0], [0.5, 0.6, 0.7]
+    adv, target = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=0.5, gamma=0.9)
+    # G_2 = 1; G_1 = 0 + .9 * (.5 * .7 + .5 * 1) = .765; G_0 = .9 * (.5 * .6 + .5 * .765) = .61425
+    assert target == pytest.approx([0.61425, 0.765, 1.0])
+    assert adv == pytest.approx([0.11425, 0.165, 0.3])
+    # lam 1: G_k = gamma^(n-k) * 1, a win two own turns ahead is worth .81
+    _, mc = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=1.0, gamma=0.9)
+    assert mc == pytest.approx([0.81, 0.9, 1.0])
+    # gamma 1 is the undiscounted estimator
+    assert gae_advantages(["g"] * 3, [0, 1, 2], returns, values, 0.5, gamma=1.0) == gae_advantages(
+        ["g"] * 3, [0, 1, 2], returns, values, 0.5
+    )
+
+
 def test_gae_with_a_missing_later_turn_bootstraps_from_the_next_one_present():
     # turns 0 and 4 of a player present, turn 2 missing: turn 4 is turn 0's successor
     adv, target = gae_advantages(["g", "g"], [4, 0], [1.0, 1.0], [0.6, 0.2], lam=0.5)

@@ -5,7 +5,7 @@ and league slots. The same loop on real engines: test_integration.py, test_leagu
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -531,6 +531,19 @@ def test_random_openings_start_a_share_of_training_games_untrained_but_never_an_
     opening, plain = make_generator(opening_moves=3, seed=5), make_generator(seed=5)
     assert opening.evaluate("tictactoe", "random", 20) == plain.evaluate("tictactoe", "random", 20)
     assert opening.self_play(20).to_pylist()[0]["policy_id"] == OPENING
+
+
+def test_random_openings_of_a_drawn_length_open_every_game_with_min_to_max_moves():
+    gen = make_generator(opening_moves=3, opening_moves_min=1, opening_share=1.0)
+    lengths = Counter()
+    for rows in by_traj(gen.self_play(300)).values():
+        k = sum(r["policy_id"] == OPENING for r in rows)
+        assert [r["policy_id"] for r in rows[:k]] == [OPENING] * k  # the first k moves, then play
+        assert rows[k]["policy_id"] != OPENING and rows[k]["role"] == k % 2  # whoever is next
+        lengths[k] += 1
+    assert set(lengths) == {1, 2, 3} and min(lengths.values()) >= 70  # uniform over 1..3 (100 each)
+    fixed = make_generator(opening_moves=2, opening_share=1.0)  # no min: always opening_moves
+    assert {sum(r["policy_id"] == OPENING for r in rows) for rows in by_traj(fixed.self_play(50)).values()} == {2}
 
 
 def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():
