@@ -263,7 +263,12 @@ def test_gae_asks_for_whole_games_and_a_lambda_in_range():
         load_config(overrides=["learner.advantage=gae", "buffer.whole_games=true", "learner.gamma=0"])
     with pytest.raises(ConfigError, match="learner.gamma: discounts the gae advantage"):
         load_config(overrides=["learner.gamma=0.9"])
-    assert load_config(overrides=["learner.advantage=gae", "buffer.whole_games=true", "learner.gamma=0.9"]).learner.gamma == 0.9
+    assert (
+        load_config(
+            overrides=["learner.advantage=gae", "buffer.whole_games=true", "learner.gamma=0.9"]
+        ).learner.gamma
+        == 0.9
+    )
     with pytest.raises(ConfigError, match=r"learner.gae_lambda: must be in \[0, 1\], got 1.5"):
         load_config(overrides=["learner.advantage=gae", "buffer.whole_games=true", "learner.gae_lambda=1.5"])
     with pytest.raises(ConfigError, match="learner.advantage: must be one of"):
@@ -298,7 +303,9 @@ def test_random_openings_need_a_random_player_and_a_game():
         load_config(overrides=["generator.opening_moves=1", "generator.opening_share=1.5"])
     with pytest.raises(ConfigError, match="generator.opening_moves: must be"):
         load_config(overrides=["generator.opening_moves=-1"])
-    with pytest.raises(ConfigError, match=r"generator.opening_moves_min: 3 is more than generator.opening_moves \(2\)"):
+    with pytest.raises(
+        ConfigError, match=r"generator.opening_moves_min: 3 is more than generator.opening_moves \(2\)"
+    ):
         load_config(overrides=["generator.opening_moves=2", "generator.opening_moves_min=3"])
     with pytest.raises(ConfigError, match="generator.opening_moves_min: must be"):
         load_config(overrides=["generator.opening_moves=2", "generator.opening_moves_min=-1"])

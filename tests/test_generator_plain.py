@@ -543,7 +543,9 @@ def test_random_openings_of_a_drawn_length_open_every_game_with_min_to_max_moves
         lengths[k] += 1
     assert set(lengths) == {1, 2, 3} and min(lengths.values()) >= 70  # uniform over 1..3 (100 each)
     fixed = make_generator(opening_moves=2, opening_share=1.0)  # no min: always opening_moves
-    assert {sum(r["policy_id"] == OPENING for r in rows) for rows in by_traj(fixed.self_play(50)).values()} == {2}
+    assert {
+        sum(r["policy_id"] == OPENING for r in rows) for rows in by_traj(fixed.self_play(50)).values()
+    } == {2}
 
 
 def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():
