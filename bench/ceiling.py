@@ -114,7 +114,9 @@ def greedy_player(learner: Learner, positions: list, prompts: dict, move_ids: li
 def run(
     steps: int, eval_every: int, lr: float, seed: int, threads: int, preset: str, labels: str, tmp: Path
 ) -> dict:
-    settings = [f"seed={seed}", f"learner.lr={lr}", "learner.advantage=rae", "buffer.whole_games=false"]
+    # supervised labels: no advantage is read, and the demo's GAE discount goes with its value head
+    settings = [f"seed={seed}", f"learner.lr={lr}", "learner.advantage=rae", "learner.gamma=1"]
+    settings.append("buffer.whole_games=false")
     if preset:
         settings.append(f"model.preset={preset}")
     if threads:
