@@ -101,8 +101,8 @@ class LearnerActor:
     def detach(self, name: str) -> None:
         self.service.detach(name)
 
-    def current_weights(self) -> dict:
-        return self.service.current_weights()
+    def current_weights(self, averaged: bool = False) -> dict:
+        return self.service.current_weights(averaged)
 
     def settle(self) -> dict:
         return self.service.settle()

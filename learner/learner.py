@@ -23,6 +23,7 @@ from learner import losses
 from learner.advantages import gae_advantages, role_conditioned_advantages, update_baselines
 from learner.offload import OffloadedOptimizer
 from learner.peak import compute_dtype, learner_peak_flops
+from learner.schedule import ema_decay
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.files import write_atomic
 from selfplay.games import MODULES
@@ -32,6 +33,8 @@ from selfplay.model import resolve_dtype
 from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
+EMA = "ema.safetensors"  # the weights' moving average (learner.ema_decay) as trained, in a checkpoint
+AVERAGED = "averaged"  # ... and as an HF model dir (LoRA merged), beside model/
 LORA = "lora.safetensors"  # LoRA's adapters and the weights they adapt, in a checkpoint
 ADAPTER = "default"  # the name of the one adapter with_lora makes (peft's default)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -300,6 +303,9 @@ class Learner:
         self.ref = None
         if cfg.kl_coef > 0 or cfg.reference:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # the weights' moving average: a copy of the model (as the reference), updated after
+        # each step; with LoRA, of its adapters (the base weights are frozen)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema_decay else None
         if cfg.gradient_checkpointing:  # recompute each layer's activations in backward
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters alone
@@ -310,13 +316,27 @@ class Learner:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         if sharded:  # after sharding, the optimiser holds each rank's shards
-            for module, trained in ((self.model, True), (self.ref, False), (self.value_head, True)):
+            # the trained weights and their average offloaded alike (kept where they are averaged)
+            offload = cfg.optimizer_offload
+            modules = (
+                (self.model, offload),
+                (self.ref, False),
+                (self.ema, offload),
+                (self.value_head, offload),
+            )
+            for module, offloaded in modules:
                 if module is not None:
-                    shard(module, offload=cfg.optimizer_offload and trained)
+                    shard(module, offload=offloaded)
             params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         self.params = params  # what the optimiser trains and the gradient clip measures
+        own = dict(self.model.named_parameters())  # (average, trained weight) pairs, shard by shard
+        self.ema_pairs = (
+            [(e, own[n]) for n, e in self.ema.named_parameters() if own[n].requires_grad]
+            if self.ema is not None
+            else []
+        )
 
         def adamw(trained: list) -> torch.optim.Optimizer:
             return torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -432,6 +452,7 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
+        self._update_average()
         if self.cfg.ref_refresh_every and self.step % self.cfg.ref_refresh_every == 0:
             self.reset_reference()  # the reference follows the policy (a SPIN iteration ends)
         step_s = time.perf_counter() - start
@@ -669,6 +690,16 @@ class Learner:
             groups, turns, returns, values.detach().tolist(), self.cfg.gae_lambda, self.cfg.gamma
         )
 
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """learner.ema_decay: average <- decay * average + (1 - decay) * weights, at this
+        step's warmed-up decay (learner/schedule.py:ema_decay)."""
+        if self.ema is None:
+            return
+        weight = 1.0 - ema_decay(self.cfg.ema_decay, self.step)
+        for average, trained in self.ema_pairs:
+            average.lerp_(trained.detach(), weight)
+
     def reset_reference(self) -> bool:
         """Make the current policy the reference (a task run's supervised stage ends: the
         policy it produced is the KL anchor, as SFT -> RL pipelines use the SFT model, and
@@ -684,12 +715,13 @@ class Learner:
         for group in self.opt.param_groups:
             group["lr"] = lr
 
-    def policy_state(self) -> dict[str, torch.Tensor]:
+    def policy_state(self, averaged: bool = False) -> dict[str, torch.Tensor]:
         """The policy's weights under the HF model's own names: with LoRA, every adapted
         weight merged (W + scale B A), as engines and checkpoints hold them. A sharded
         learner gathers them from every rank's shards: each rank must ask; rank 0 alone keeps
-        them (another rank gets {}, having held one gathered tensor at a time)."""
-        state = self._gathered(self._plain().state_dict().items())
+        them (another rank gets {}, having held one gathered tensor at a time). `averaged`:
+        the weights' moving average instead (learner.ema_decay)."""
+        state = self._gathered(self._plain(self._averaged(averaged)).state_dict().items())
         if self.cfg.lora_rank and state:
             return merge_lora(state, self.cfg.lora_alpha / self.cfg.lora_rank)
         return state
@@ -704,9 +736,19 @@ class Learner:
                 state[key] = whole
         return state
 
-    def _plain(self) -> torch.nn.Module:
-        """The HF model (with LoRA, peft's base model: its linear layers hold the adapters)."""
-        return self.model.get_base_model() if self.cfg.lora_rank else self.model
+    def _averaged(self, averaged: bool) -> torch.nn.Module:
+        """The trained model, or (`averaged`) its moving average; refused when none is kept."""
+        if not averaged:
+            return self.model
+        if self.ema is None:
+            raise ValueError("the weights' average: none is kept (learner.ema_decay is 0)")
+        return self.ema
+
+    def _plain(self, module: torch.nn.Module | None = None) -> torch.nn.Module:
+        """The HF model (with LoRA, peft's base model: its linear layers hold the adapters);
+        `module`: the trained model (default) or its average."""
+        module = self.model if module is None else module
+        return module.get_base_model() if self.cfg.lora_rank else module
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
         """LoRA's adapters and the weights they adapt, whole (gathered: each rank must ask;
@@ -730,18 +772,18 @@ class Learner:
             )
         return tensors
 
-    def export(self) -> tuple[bytes, str]:
-        tensors, checksum = self.export_tensors()
+    def export(self, averaged: bool = False) -> tuple[bytes, str]:
+        tensors, checksum = self.export_tensors(averaged)
         return save_safetensors(tensors), checksum
 
-    def export_tensors(self) -> tuple[dict[str, torch.Tensor], str]:
-        return export_tensors(self.policy_state(), self.engine_dtype)
+    def export_tensors(self, averaged: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+        return export_tensors(self.policy_state(averaged), self.engine_dtype)
 
-    def save_model(self, directory: str | Path) -> None:
+    def save_model(self, directory: str | Path, averaged: bool = False) -> None:
         """The policy as an HF checkpoint (weights + tokenizer) that vLLM and transformers
         load; with LoRA, the merged weights. In a sharded group every rank gathers the
-        weights and rank 0 writes them."""
-        weights = self.policy_state()
+        weights and rank 0 writes them. `averaged`: the weights' moving average."""
+        weights = self.policy_state(averaged)
         if self.rank == 0:
             self._plain().save_pretrained(directory, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
@@ -761,6 +803,9 @@ class Learner:
             save_file(self._lora_state(), d / LORA)
         if self.ref is not None:  # the KL anchor or SPIN's previous iterate, not this policy
             save_model(self.ref, str(d / REFERENCE))
+        if self.ema is not None:  # the average as trained (resume) and as a model (evaluate, serve)
+            save_model(self.ema, str(d / EMA))
+            self.save_model(d / AVERAGED, averaged=True)
         self._save_counters(d)
 
     def _save_counters(self, d: Path) -> None:
@@ -789,6 +834,9 @@ class Learner:
         self.save_model(d / "model")
         head = None if self.value_head is None else self._gathered(self.value_head.state_dict().items())
         ref = None if self.ref is None else self._gathered(self.ref.state_dict().items())
+        ema = None if self.ema is None else self._gathered(self.ema.state_dict().items())
+        if self.ema is not None:
+            self.save_model(d / AVERAGED, averaged=True)
         lora = self._lora_state() if self.cfg.lora_rank else None
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optimizer = get_optimizer_state_dict(self._trained(), self.opt, options=options)
@@ -799,6 +847,8 @@ class Learner:
                 save_file({k: v.contiguous().cpu() for k, v in head.items()}, d / "value_head.safetensors")
             if ref is not None:
                 save_file({k: v.contiguous().cpu() for k, v in ref.items()}, d / REFERENCE)
+            if ema is not None:
+                save_file({k: v.contiguous().cpu() for k, v in ema.items()}, d / EMA)
             if lora is not None:
                 save_file({k: v.cpu() for k, v in lora.items()}, d / LORA)
             self._save_counters(d)
@@ -824,13 +874,26 @@ class Learner:
             set_model_state_dict(self.model, self._read_lora(d), options=lora)
         if self.ref is not None:
             set_model_state_dict(self.ref, load_file(d / REFERENCE), options=options)
+        if self.ema is not None and (d / EMA).exists():
+            set_model_state_dict(self.ema, load_file(d / EMA), options=options)
+        elif self.ema is not None:
+            self._restart_average()
         state = json.loads((d / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]
         self.baselines = {(g, r): b for g, r, b in state["baselines"]}
 
+    @torch.no_grad()
+    def _restart_average(self) -> None:
+        """A checkpoint saved without the weights' average (learner.ema_decay set on
+        resume): the average starts again from the resumed weights, all of them (with LoRA
+        the frozen ones too: the copy was made from the merged model/ before they were
+        restored)."""
+        for average, weights in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            average.copy_(weights.detach())
+
     def load(self, directory: str | Path) -> None:
-        """Restore optimiser, RNG, counters, value head and reference; the weights come
-        from `directory`/model, which the learner was constructed from."""
+        """Restore optimiser, RNG, counters, value head, reference and the weights' average;
+        the weights come from `directory`/model, which the learner was constructed from."""
         d = Path(directory)
         if self.sharded:
             return self._load_sharded(d)
@@ -850,6 +913,10 @@ class Learner:
                     "learner.kl_coef=0 and learner.reference=false"
                 )
             load_model(self.ref, str(d / REFERENCE), device=str(self.device))
+        if self.ema is not None and (d / EMA).exists():
+            load_model(self.ema, str(d / EMA), device=str(self.device))
+        elif self.ema is not None:
+            self._restart_average()
         if isinstance(self.opt, OffloadedOptimizer):  # the host copies of what was just loaded
             self.opt.sync_from_model()
         state = json.loads((d / "learner_state.json").read_text())

@@ -1,4 +1,5 @@
-"""The learning rate over a run: pure functions of how far the run has gone.
+"""The learning rate over a run, and the weights average's decay: pure functions of how far
+the run has gone.
 
 A run ends at `total_steps` or at `time_limit_min`, whichever comes first; a time-limited
 run does not know its last step in advance, so its progress is the larger of the two
@@ -35,3 +36,12 @@ def scheduled_lr(lr: float, schedule: str, progress: float, final: float) -> flo
             f"learner.lr_schedule: unknown schedule {schedule!r}; choose constant, linear or cosine"
         )
     return lr * (final + (1.0 - final) * left)
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay of the weights' moving average at its `updates`-th update
+    (learner.ema_decay): min(decay, (1 + updates) / (10 + updates)), warmed up as
+    TensorFlow's ExponentialMovingAverage with num_updates does, so the first updates do
+    not hold the average at the initial weights (a plain 0.99 would keep 0.99^50 = 0.6 of
+    them after 50 steps). Then new = decay * average + (1 - decay) * weights."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))

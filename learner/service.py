@@ -83,7 +83,7 @@ class LearnerService:
         self.rendezvous: collective.Rendezvous | None = None  # made at the first collective broadcast
         # collective broadcasts that failed and went by the object store: {version, error}
         self.sync_fallbacks: list[dict] = []
-        self.frozen: dict | None = None  # current_weights' last answer
+        self.frozen: dict[bool, dict] = {}  # current_weights' last answer, trained and averaged
         self.wait_s = 0.0
         self.broadcast_s = 0.0
         self.lock = threading.RLock()  # held by a step and its broadcast, and by every other call
@@ -310,19 +310,29 @@ class LearnerService:
         return self.learner.step
 
     @locked
-    def current_weights(self) -> dict:
+    def current_weights(self, averaged: bool = False) -> dict:
         """The weights as they are now, shared once, for evaluations that must measure one
         fixed policy while training goes on: {ref: [shared weights], version, step,
-        checksum}. The last broadcast's when nothing trained since (no second export)."""
+        checksum, averaged}. The last broadcast's when nothing trained since (no second
+        export). `averaged`: the weights' moving average (learner.ema_decay), which no
+        broadcast sends."""
         step = self.learner.step
-        if self.frozen is None or self.frozen["step"] != step:
-            if self.checksum is not None and self.blob_step == step:
+        frozen = self.frozen.get(averaged)
+        if frozen is None or frozen["step"] != step:
+            if not averaged and self.checksum is not None and self.blob_step == step:
                 ref, checksum = self._shared(), self.checksum
             else:
-                blob, checksum = self.learner.export()
+                blob, checksum = self.learner.export(averaged)
                 ref = self.transport.put(blob)
-            self.frozen = {"ref": [ref], "version": self.learner.version, "step": step, "checksum": checksum}
-        return self.frozen
+            frozen = {
+                "ref": [ref],
+                "version": self.learner.version,
+                "step": step,
+                "checksum": checksum,
+                "averaged": averaged,
+            }
+            self.frozen[averaged] = frozen
+        return frozen
 
     @locked
     def settle(self) -> dict:

@@ -65,6 +65,7 @@ class BestCheckpoint:
                 "version": self.info["version"],
                 "step": self.info["step"],
                 "checksum": checksum,
+                "averaged": self.info.get("averaged", False),
             }
 
     @property
@@ -85,6 +86,7 @@ class BestCheckpoint:
             "value": value,
             "step": weights["step"],
             "version": weights["version"],
+            "averaged": weights.get("averaged", False),  # the weights' moving average (learner.ema_decay)
         }
         self.write(fetch(weights))
         return True

@@ -99,7 +99,48 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def greedy_tictactoe(checkpoint: str):
+    """(board, player) -> the cell a checkpoint plays greedily, masked to the free cells as
+    a run with generator.legal_moves_only draws (`selfplay eval --exact`): transformers in
+    float32 on the CPU, no engine, each position scored once."""
+    import functools
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfplay.games.tictactoe import TicTacToe
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    cells = [tokenizer(TicTacToe.action_text(a), add_special_tokens=False).input_ids for a in range(9)]
+    if any(len(ids) != 1 for ids in cells):
+        raise ConfigError(
+            f"eval --exact: {checkpoint}'s tokenizer spells a TicTacToe move in more than one token"
+        )
+
+    @functools.cache
+    def policy(board: str, player: int) -> int:
+        game = TicTacToe()
+        game.board, game.current_player = board, player
+        with torch.no_grad():
+            logits = model(torch.tensor([tokenizer(game.observation(player)).input_ids])).logits[0, -1]
+        return max(game.legal_actions(), key=lambda a: logits[cells[a][0]].item())
+
+    return policy
+
+
 def cmd_eval(args) -> int:
+    if args.exact:
+        from selfplay.evals import exact_summary
+        from selfplay.model import model_dir
+
+        if args.game != "tictactoe" or args.opponent not in ("minimax", "random"):
+            raise ConfigError(
+                f"eval --exact: TicTacToe against minimax or random only, got {args.game} against {args.opponent}"
+            )
+        result = exact_summary(greedy_tictactoe(model_dir(args.checkpoint)), args.opponent)
+        print(json.dumps(result) if args.json else "  ".join(f"{k}={v}" for k, v in result.items()))
+        return 0
     from actors.generator import Generator
     from selfplay.config import GeneratorConfig, ModelConfig
     from selfplay.games import kuhn, scripted_players
@@ -292,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--legal-moves-only",
         action="store_true",
         help="draw each move from the legal moves' tokens, as a run with generator.legal_moves_only plays",
+    )
+    e.add_argument(
+        "--exact",
+        action="store_true",
+        help="TicTacToe against minimax or random: greedy play masked to the free cells (transformers, "
+        "float32, no engine), non-loss over every game the opponent can play, without sampling noise",
     )
     e.add_argument("--games", type=int, default=100, help="games in each seat")
     e.add_argument("--seed", type=int, default=0)

@@ -205,6 +205,12 @@ class LearnerConfig:
     # learner node's address (a cluster)
     sync_host: str = "127.0.0.1"
     ref_refresh_every: int = 0  # steps between copying the policy into the KL reference; 0: never
+    # An exponential moving average of the policy's weights (Polyak averaging), kept beside
+    # the trained ones and evaluated as the run's policy: periodic evaluations, the best
+    # checkpoint and the final figures measure it, and each checkpoint holds it as averaged/
+    # (an HF model dir). Generators still play the trained weights. The decay per step,
+    # warmed up as min(decay, (1 + step) / (10 + step)); 0: none (the last iterate is the policy)
+    ema_decay: float = 0.0
     # A frozen reference model without a KL term (preference pairs train against one; kl_coef
     # > 0 keeps one anyway). Set for builder.rows spin
     reference: bool = False
@@ -632,6 +638,10 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         raise ConfigError("learner.value_sees_opponent: a value head needs learner.advantage gae")
     if not 0 <= cfg.learner.gae_lambda <= 1:
         raise ConfigError(f"learner.gae_lambda: must be in [0, 1], got {cfg.learner.gae_lambda}")
+    if not 0 <= cfg.learner.ema_decay < 1:
+        raise ConfigError(
+            f"learner.ema_decay: must be in [0, 1) (0: no average), got {cfg.learner.ema_decay}"
+        )
     if not 0 < cfg.learner.gamma <= 1:
         raise ConfigError(f"learner.gamma: must be in (0, 1], got {cfg.learner.gamma}")
     if cfg.learner.gamma != 1 and cfg.learner.advantage != "gae":

@@ -185,6 +185,8 @@ class EvalQueue:
         self.best = best  # offered every evaluation of the current policy
         self.average = average  # Kuhn poker's average policy, fed every evaluation of the current policy
         self.pending: list = []  # (step, prefix, weights, (method, args), ref)
+        # the policy evaluated: the weights' moving average where one is kept (learner.ema_decay)
+        self.averaged = cfg.learner.ema_decay > 0
         # the reward-hacking monitor: the current policy's proxy and gold scores (task.gold)
         self.monitor = (
             HackingMonitor(cfg.task.alarm_window, cfg.task.alarm_margin, cfg.task.monitor_replies)
@@ -224,11 +226,18 @@ class EvalQueue:
                 f"against rose {alarm['proxy_change']:+.3f} while the gold judge fell {alarm['gold_change']:+.3f}"
             )
 
+    def policy(self) -> dict:
+        """The current policy's weights, as evaluations measure it: the learner's now, or
+        their moving average where one is kept."""
+        return ray.get(self.learner.current_weights.remote(self.averaged))
+
     def queue(self, prefix: str = "eval", weights: dict | None = None) -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
         capability retention, 'best' for the best checkpoint. `weights`: those measured
-        (default: the learner's now). Logged at the step of the weights measured."""
-        weights = weights or ray.get(self.learner.current_weights.remote())
+        (default: the current policy's for 'eval', else the learner's now). Logged at the
+        step of the weights measured."""
+        if weights is None:
+            weights = self.policy() if prefix == "eval" else ray.get(self.learner.current_weights.remote())
         step = weights["step"]
         if self.cfg.task.name:  # a task: its held-out problems
             self._add(step, prefix, weights, "evaluate_task", weights)
@@ -439,10 +448,13 @@ class Run:
         return self.wall_offset + time.time() - self.start
 
     def evaluate(self, wait: bool = False, prefix: str = "eval", weights: dict | None = None) -> dict:
-        """Evaluate `weights` (default: the learner's now). Waited for, nothing trains
-        meanwhile: the learner's weights are settled on generator-0's own engine."""
+        """Evaluate `weights` (default: the learner's now; for 'eval' the current policy's,
+        EvalQueue.policy). Waited for, nothing trains meanwhile: the learner's weights are
+        settled on generator-0's own engine (their average, which no engine holds, is
+        loaded in its evaluation slot as any fixed weights)."""
         if wait and weights is None:
-            weights = ray.get(self.learner.settle.remote())
+            averaged = self.evals.averaged and prefix == "eval"
+            weights = self.evals.policy() if averaged else ray.get(self.learner.settle.remote())
         self.evals.queue(prefix, weights)
         return self.evals.collect(self.wall(), wait).get(prefix, {})
 
@@ -548,7 +560,7 @@ class Run:
         out = {"league/snapshots": {"promotions": len(members) - 1}}
         if self.cfg.league.final_match:
             first = next(iter(members))
-            weights = ray.get(self.learner.current_weights.remote())
+            weights = self.evals.policy()
             per_game = self.evals.run(
                 "head_to_head", self.league, first, self.cfg.league.final_match, weights
             )
@@ -879,6 +891,8 @@ def train(
                 summary["after_sft"] = json.loads((run_dir / AFTER_SFT).read_text())
                 for field in ("accuracy", "score", "judge_agreement"):  # those it measured
                     gain_over(summary["after"], summary["after_sft"], field, "sft")
+            if cfg.learner.ema_decay:  # what "after" and the best measured
+                summary["policy"] = {"weights": "averaged", "ema_decay": cfg.learner.ema_decay}
             summary["acceptance"] = acceptance(summary["after"], cfg.acceptance)
             if r.best.weights is not None:  # the best checkpoint, evaluated afresh beside the last
                 best = r.evaluate(wait=True, prefix="best", weights=r.best.weights)

@@ -52,7 +52,14 @@ def test_the_keeper_writes_the_best_weights_as_a_model_directory_and_restores_th
     assert keeper.offer("tictactoe/minimax", {"non_loss": 0.7}, shared(model, 30), fetch)
     assert not keeper.offer("tictactoe/minimax", {"non_loss": 0.7}, shared(model, 40), fetch)
     info = json.loads((tmp_path / "best" / "best.json").read_text())
-    assert info == {"metric": "tictactoe/minimax/non_loss", "value": 0.7, "step": 30, "version": 30}
+    want = {
+        "metric": "tictactoe/minimax/non_loss",
+        "value": 0.7,
+        "step": 30,
+        "version": 30,
+        "averaged": False,
+    }
+    assert info == want
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.to(torch.bfloat16).float())
     assert not (tmp_path / "best.tmp").exists()
@@ -60,6 +67,7 @@ def test_the_keeper_writes_the_best_weights_as_a_model_directory_and_restores_th
     resumed = BestCheckpoint(TARGETS, tmp_path, str(model_dir), put=lambda blob: blob)
     assert (resumed.value, resumed.weights["step"]) == (0.7, 30)
     assert resumed.weights["checksum"] == keeper.weights["checksum"]  # what an engine must echo
+    assert resumed.weights["averaged"] is False  # as best.json says
     assert not resumed.offer("tictactoe/minimax", {"non_loss": 0.6}, shared(model, 50), fetch)
 
 

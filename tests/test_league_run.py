@@ -29,8 +29,8 @@ FIRST, LAST = "step_0000004", "step_0000006"
 
 @pytest.fixture(scope="module")
 def league_run(ray_session, small_cfg, tmp_path_factory):
-    """With the value head (GAE on whole games); evaluated every 2 steps; 4 steps, then
-    its directory moves and it resumes there to 6."""
+    """With the value head (GAE on whole games) and the weights' average; evaluated every 2
+    steps; 4 steps, then its directory moves and it resumes there to 6."""
     cfg = dataclasses.replace(
         small_cfg,
         games={"tictactoe": 1.0, "kuhn": 1.0, "negotiation": 1.0},
@@ -40,7 +40,8 @@ def league_run(ray_session, small_cfg, tmp_path_factory):
         out_dir=str(tmp_path_factory.mktemp("runs")),
         generator=dataclasses.replace(small_cfg.generator, max_response_tokens=3, skill_prompts=True),
         eval=dataclasses.replace(small_cfg.eval, every_steps=2, games=2),
-        learner=dataclasses.replace(small_cfg.learner, advantage="gae"),
+        # the weights' moving average is the policy evaluated (learner.ema_decay)
+        learner=dataclasses.replace(small_cfg.learner, advantage="gae", ema_decay=0.5),
         buffer=dataclasses.replace(small_cfg.buffer, whole_games=True),
         league=LeagueConfig(
             enabled=True,
@@ -110,6 +111,23 @@ def test_the_summary_balances_across_the_resume_and_keeps_the_best_checkpoint(le
     }
     assert (league_run / "best" / "model.safetensors").exists()
     assert (league_run / "best" / "config.json").exists()
+
+
+def test_evaluations_measure_the_weights_average_each_checkpoint_keeps(league_run, engine_dtype):
+    summary = json.loads((league_run / "summary.json").read_text())
+    assert summary["policy"] == {"weights": "averaged", "ema_decay": 0.5}
+    for step in ("step_0000002", FIRST, LAST):  # the average beside the trained weights, as a model
+        ckpt = league_run / "checkpoints" / step
+        assert (ckpt / "ema.safetensors").exists()
+        averaged, trained = (export_checkpoint(str(ckpt / d), engine_dtype)[1] for d in ("averaged", "model"))
+        assert averaged != trained
+    # the best checkpoint holds the weights its evaluation measured: the average at its step
+    best = json.loads((league_run / "best" / "best.json").read_text())
+    assert best["averaged"] is True
+    got = export_checkpoint(str(league_run / "best"), engine_dtype)[1]
+    at = league_run / "checkpoints" / f"step_{best['step']:07d}" / "averaged"
+    initial = export_checkpoint(str(league_run / "league" / "snap-0"), engine_dtype)[1]
+    assert got == (initial if best["step"] == 0 else export_checkpoint(str(at), engine_dtype)[1])
 
 
 def test_snapshots_are_promoted_and_played_with_the_weights_they_were_saved_with(league_run, engine_dtype):

@@ -628,3 +628,76 @@ def test_preference_micro_batches_accumulate_the_gradient_of_the_whole_batch(mod
         for name, p in learners[micro].model.named_parameters():
             # fp32 sums in another order: ~1e-6 apart on gradients up to ~3 (torch 2.13, ipo)
             assert torch.allclose(p.grad, whole[name].grad, rtol=1e-4, atol=2e-6), (micro, name)
+
+
+# ---- the weights' moving average (learner.ema_decay)
+
+EMA_SETTINGS = ["learner.ema_decay=0.5", "learner.lr=1e-2", "learner.bf16=false"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_average_is_the_warmed_up_ema_of_the_weights_after_every_step(model_dir, lora):
+    """After step t the average is d_t * average + (1 - d_t) * weights, d_t = min(0.5,
+    (1 + t) / (10 + t)): 2/11, 3/12, 4/13 over three steps, computed here from the weights
+    recorded after each step. With LoRA the adapters are averaged and the frozen weights
+    stay as they are; the averaged policy is exported merged, as the trained one."""
+    cfg = load_config(None, EMA_SETTINGS + (["learner.lora_rank=4"] if lora else []))
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    trained = {n: p for n, p in learner.model.named_parameters() if p.requires_grad}
+    want = {n: p.detach().clone() for n, p in trained.items()}
+    for t, d in zip((1, 2, 3), (2 / 11, 3 / 12, 4 / 13)):
+        learner.train_step(mixed_batch())
+        want = {n: d * want[n] + (1 - d) * trained[n].detach() for n in want}
+        got = dict(learner.ema.named_parameters())
+        for n, w in want.items():
+            assert torch.allclose(got[n], w, rtol=1e-5, atol=1e-7), (t, n)
+    moved = max((want[n] - p).abs().max().item() for n, p in trained.items())
+    assert moved > 1e-3  # the average lags the weights it averages
+    frozen = {n: p for n, p in learner.model.named_parameters() if not p.requires_grad}
+    assert bool(frozen) == lora and all(
+        torch.equal(p, dict(learner.ema.named_parameters())[n]) for n, p in frozen.items()
+    )
+    averaged, current = learner.policy_state(averaged=True), learner.policy_state()
+    assert sorted(averaged) == sorted(current) and not any("lora" in k for k in averaged)  # merged names
+    assert max((averaged[k] - current[k]).abs().max().item() for k in current) > 1e-3
+    assert learner.export(averaged=True)[1] != learner.export()[1]
+
+
+def test_without_ema_decay_no_average_is_kept_or_exported(model_dir):
+    cfg = load_config(None, [])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    assert learner.ema is None
+    with pytest.raises(ValueError, match="learner.ema_decay is 0"):
+        learner.export(averaged=True)
+
+
+def test_the_average_survives_a_save_and_load_and_is_saved_as_a_model(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    a, b = trained_and_reloaded(EMA_SETTINGS, model_dir, tmp_path, mixed_batch)
+    assert not same_weights(a.ema, a.model) and same_weights(a.ema, b.ema)
+    assert (tmp_path / "ema.safetensors").exists()
+    # averaged/: an HF model dir holding the averaged weights (what `selfplay eval` would play)
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "averaged", dtype=torch.float32).state_dict()
+    assert all(torch.equal(served[k], v) for k, v in a.policy_state(averaged=True).items())
+    a.train_step(mixed_batch())
+    b.train_step(mixed_batch())
+    assert same_weights(a.ema, b.ema)  # the next update, from the restored average and step
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_checkpoint_without_an_average_restarts_it_from_the_resumed_weights(model_dir, tmp_path, lora):
+    """With LoRA the resumed learner is built from the merged model/ and its frozen weights
+    come back from lora.safetensors: the average restarts from those, not from the merged
+    weights it was copied from (else it would add the adapters twice)."""
+    extra = ["learner.lora_rank=4"] if lora else []
+    cfg = load_config(None, ["learner.lr=1e-2", *extra])
+    plain = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    plain.train_step(mixed_batch())
+    plain.save(tmp_path)  # ema_decay 0: no average saved
+    cfg = load_config(None, EMA_SETTINGS + extra)
+    b = Learner(cfg.learner, cfg.model, str(tmp_path / "model"), seed=0)
+    b.load(tmp_path)
+    assert same_weights(b.ema, plain.model)
+    averaged, trained = b.policy_state(averaged=True), plain.policy_state()
+    assert all(torch.equal(averaged[k], v) for k, v in trained.items())

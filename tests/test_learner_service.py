@@ -266,6 +266,18 @@ def test_current_weights_are_the_weights_of_this_step_shared_once(model_dir):
     assert blob == now["checksum"]
 
 
+def test_current_weights_averaged_are_the_weights_average_which_no_broadcast_sends(model_dir):
+    service = make_service(model_dir, ["learner.ema_decay=0.5"])
+    service.train(2)
+    trained, averaged = service.current_weights(), service.current_weights(averaged=True)
+    assert averaged["checksum"] == service.learner.export(averaged=True)[1] != trained["checksum"]
+    assert trained["checksum"] == service.checksum  # the broadcast's
+    assert (averaged["step"], averaged["version"], averaged["averaged"]) == (2, 2, True)
+    assert service.current_weights(averaged=True) is averaged and service.current_weights() is trained
+    got = service.transport.get(service.transport.call(Receiver(), "set_weights", averaged["ref"][0], 2))
+    assert got == averaged["checksum"]  # what was shared is the average
+
+
 COLLECTIVE = ("learner.weight_sync=collective", "learner.sync_bucket_mb=0.25", "learner.sync_timeout_s=5")
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from learner.schedule import run_progress, scheduled_lr
+from learner.schedule import ema_decay, run_progress, scheduled_lr
 from selfplay.config import ConfigError, load_config
 
 
@@ -40,3 +40,18 @@ def test_config_names_a_bad_schedule_field():
         load_config(None, ["learner.lr_schedule=step"])
     with pytest.raises(ConfigError, match="learner.lr_final"):
         load_config(None, ["learner.lr_final=1.5"])
+
+
+def test_the_averages_decay_warms_up_to_its_setting():
+    assert ema_decay(0.99, 0) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay(0.99, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.99, 90) == pytest.approx(0.91)  # 91 / 100
+    assert ema_decay(0.99, 890) == pytest.approx(0.99)  # 891 / 900 = 0.99: the setting from here
+    assert ema_decay(0.99, 5000) == 0.99
+    assert ema_decay(0.5, 1) == pytest.approx(2 / 11) and ema_decay(0.5, 8) == 0.5  # 9 / 18
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])
+def test_an_ema_decay_outside_0_to_1_is_refused_by_name(value):
+    with pytest.raises(ConfigError, match="learner.ema_decay: must be in"):
+        load_config(None, [f"learner.ema_decay={value}"])

@@ -34,6 +34,7 @@ SETTINGS = [
     "learner.bf16=false",
     "learner.lr=1e-2",
     "buffer.whole_games=true",
+    "learner.ema_decay=0.5",  # the weights' moving average, sharded as the weights
 ]
 # (turns, seed): even shares, uneven ones, and one turn (rank 1's share is empty: it still
 # runs its passes, weighing nothing)
@@ -141,9 +142,14 @@ def rank_main(rank: int, world: int, port: int, model_dir: str, out: str, mode: 
             m = learner.train_step(synthetic_batch(n, 6, 2, 100, seed))
             steps = [{k: m.get(k) for k in (*METRICS, "grad_norm", "step")}]
             state = learner.policy_state()
+        averaged = learner.policy_state(averaged=True) if learner.ema is not None else {}
         assert (rank == 0) == bool(state)  # rank 0 alone keeps the gathered weights
         if rank == 0:
             save_file({k: v.contiguous() for k, v in state.items()}, f"{out}/{mode}.safetensors")
+            if averaged:
+                save_file(
+                    {k: v.contiguous() for k, v in averaged.items()}, f"{out}/{mode}_averaged.safetensors"
+                )
             Path(out, f"{mode}.json").write_text(
                 json.dumps({"steps": steps, "flops": learner.flops_per_token})
             )
@@ -195,6 +201,13 @@ def test_two_sharded_ranks_take_the_steps_one_learner_takes(model_dir, group):
     # divides each gradient by its own scale, so summation-order differences of ~1e-7 in a
     # near-zero gradient show as ~1e-5 in that weight's step at lr 1e-2)
     assert worst < moved / 100, (worst, moved)
+    # the weights' average, kept shard by shard, is one learner's average
+    out = group[0]
+    averaged, one_averaged = load_file(out / "train_averaged.safetensors"), one.policy_state(averaged=True)
+    assert sorted(averaged) == sorted(one_averaged)
+    lag = max((one_averaged[k] - state[k]).abs().max().item() for k in state)
+    worst = max((averaged[k] - one_averaged[k]).abs().max().item() for k in state)
+    assert lag > 1e-3 and worst < moved / 100, (worst, lag, moved)
 
 
 def test_two_sharded_ranks_train_preference_pairs_as_one_learner_does(model_dir, tmp_path):
@@ -222,16 +235,26 @@ def initial(model_dir: str) -> dict[str, torch.Tensor]:
 
 
 def test_a_sharded_group_saved_and_resumed_takes_the_same_next_step(model_dir, group):
-    """The checkpoint holds the whole state (model, value head, reference, the optimiser's
-    moments by parameter name): a new group resumed from it takes the step the saved one
-    took next."""
+    """The checkpoint holds the whole state (model, value head, reference, the weights'
+    average, the optimiser's moments by parameter name): a new group resumed from it takes
+    the step the saved one took next, and averages it as the saved one did."""
     out, trained, _, settings = group
     assert (out / "ckpt" / "model" / "config.json").exists() and (out / "ckpt" / "optimizer.pt").exists()
     assert (out / "ckpt" / "lora.safetensors").exists() == ("learner.lora_rank=4" in settings)
+    assert (out / "ckpt" / "ema.safetensors").exists() and (
+        out / "ckpt" / "averaged" / "config.json"
+    ).exists()
     resumed, _ = run_ranks(model_dir, out, "resume", settings)
     assert resumed["steps"][0]["step"] == trained["steps"][1]["step"] == 2
     for k, v in trained["steps"][1].items():
         assert resumed["steps"][0][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+    cfg = load_config(None, settings)
+    one = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    for n, seed in BATCHES[:2]:
+        one.train_step(synthetic_batch(n, 6, 2, 100, seed))
+    want, got = one.policy_state(averaged=True), load_file(out / "resume_averaged.safetensors")
+    moved = max((want[k] - w).abs().max().item() for k, w in initial(model_dir).items())
+    assert max((got[k] - want[k]).abs().max().item() for k in want) < moved / 100
 
 
 class Rank:

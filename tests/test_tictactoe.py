@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from selfplay.games import make_game
@@ -15,6 +17,7 @@ from selfplay.games.tictactoe import (
     TicTacToe,
     best_moves,
     completing,
+    exact_non_loss,
     forks,
     minimax_value,
     optimal_moves,
@@ -356,3 +359,65 @@ def test_tactician_beats_a_corner_reply_that_the_heuristic_lets_pass():
     assert wins["tactician"] > wins["heuristic"] + 40  # more than 10 points more wins out of 400
     lost = sum(run_game(MinimaxPlayer(seed=i), TacticianPlayer(seed=100 + i))[1] == -1 for i in range(100))
     assert lost > 0  # beatable: a teacher, not the examiner
+
+
+# ---- exact evaluation: every game an opponent can play, weighted by its probability
+
+
+def lowest_free(board: str, player: int) -> int:
+    return board.index(".")
+
+
+def perfect(board: str, player: int) -> int:
+    return best_moves(board, player)[0]
+
+
+@pytest.mark.parametrize("opponent", ["minimax", "random"])
+def test_perfect_play_never_loses_in_either_seat(opponent):
+    assert exact_non_loss(perfect, 0, opponent) == 1.0
+    assert exact_non_loss(perfect, 1, opponent) == 1.0
+
+
+def test_exact_non_loss_on_hand_computed_lines():
+    # X always takes the lowest free cell. Against minimax: X 1, O 5 (a corner's only
+    # drawing reply), X 2, O 3 (the forced block), X 4, and O wins on 3-5-7: never a draw
+    assert exact_non_loss(lowest_free, 0, "minimax") == 0.0
+    # From X 1 4 9, O 2 5, O (random) to move over 3, 6, 7, 8. O 8 wins (2-5-8): 0.
+    # O 7: X 3, then O 8 wins or O 6 and X 8 draws: 1/2. O 3: X 6, then O 8 wins or O 7
+    # wins (3-5-7): 0. O 6: X 3, then O 8 wins or O 7 and X 8 draws: 1/2. Mean: 1/4.
+    board = "XO.XO...X"
+    assert exact_non_loss(lowest_free, 0, "random", board) == pytest.approx(0.25)
+    assert exact_non_loss(lowest_free, 0, "minimax", board) == 0.0  # minimax takes 8
+    # a policy that plays a taken cell (cell 1 again) loses there, as in play
+    assert exact_non_loss(lambda board, player: 0, 0, "random") == 0.0
+    with pytest.raises(ValueError, match="minimax or random"):
+        exact_non_loss(lowest_free, 0, "heuristic")
+
+
+@pytest.mark.parametrize("seat", [0, 1])
+def test_exact_non_loss_is_what_played_games_estimate(seat):
+    """4,000 games against RandomPlayer, played by the game's own rules, land within
+    0.03 of the exact figure (about 4 standard errors)."""
+    opponent = RandomPlayer(seed=seat)
+    kept = 0
+    for _ in range(4000):
+        game = TicTacToe()
+        while not game.is_terminal:
+            mover = game.current_player
+            game.apply(lowest_free(game.board, mover) if mover == seat else opponent.act(game))
+        kept += game.returns()[seat] >= 0
+    assert kept / 4000 == pytest.approx(exact_non_loss(lowest_free, seat, "random"), abs=0.03)
+
+
+def test_eval_exact_plays_a_checkpoint_greedily_on_the_free_cells(tiny_model, capsys):
+    from selfplay.cli import greedy_tictactoe, main
+
+    policy = greedy_tictactoe(tiny_model)
+    for board, player in list(optimal_moves())[::40]:
+        assert board[policy(board, player)] == "."
+    assert main(["eval", "--checkpoint", tiny_model, "--exact", "--opponent", "minimax", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["non_loss"] == pytest.approx((result["X"] + result["O"]) / 2)
+    assert result["X"] == exact_non_loss(policy, 0, "minimax")
+    assert main(["eval", "--checkpoint", tiny_model, "--exact", "--opponent", "heuristic"]) == 2
+    assert "minimax or random only" in capsys.readouterr().err

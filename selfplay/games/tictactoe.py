@@ -129,6 +129,37 @@ def optimal_moves() -> dict[tuple[str, int], list[int]]:
     return labels
 
 
+def exact_non_loss(policy, seat: int, opponent: str, board: str = "." * 9) -> float:
+    """The probability that a deterministic `policy` ((board, player) -> cell) playing
+    `seat` (0: X, 1: O) does not lose from `board` (X to move when the marks are even),
+    over every game `opponent` can play: `minimax` uniform over its optimal moves (as
+    MinimaxPlayer draws them), `random` uniform over the free cells. Each branch weighs its
+    probability, so there is no sampling noise: what 100 games a seat estimate. A move
+    onto a taken cell (an unmasked policy's illegal reply) loses, as in play."""
+    if opponent not in ("minimax", "random"):
+        raise ValueError(f"exact evaluation: opponent must be minimax or random, got {opponent!r}")
+
+    @functools.cache
+    def value(board: str) -> float:
+        won = winner(board)
+        if won is not None:
+            return 0.0 if won == MARKS[1 - seat] else 1.0
+        if "." not in board:
+            return 1.0
+        player = board.count("X") - board.count("O")  # 0: X to move, 1: O
+        if player == seat:
+            cell = policy(board, player)
+            return value(board[:cell] + MARKS[player] + board[cell + 1 :]) if board[cell] == "." else 0.0
+        cells = (
+            best_moves(board, player)
+            if opponent == "minimax"
+            else [i for i, c in enumerate(board) if c == "."]
+        )
+        return sum(value(board[:i] + MARKS[player] + board[i + 1 :]) for i in cells) / len(cells)
+
+    return value(board)
+
+
 def completing(board: str, mark: str) -> list[int]:
     """Free cells where `mark` would complete a line."""
     return [i for i, c in enumerate(board) if c == "." and winner(board[:i] + mark + board[i + 1 :]) == mark]
