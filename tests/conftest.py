@@ -90,3 +90,39 @@ def generator(ray_session, tiny_model, small_cfg):
     )
     ray_session.get(g.stats.remote())  # the engine is up
     return g
+
+
+EXIT_GRACE_S = float(os.environ.get("SELFPLAY_TEST_EXIT_GRACE_S", "300"))
+
+
+def pytest_unconfigure(config):
+    """A watchdog for the interpreter's exit: a thread a test left running (a non-daemon
+    worker, e.g. `concurrent.futures`' which are joined at exit) would hold the process after
+    the summary until CI's limit. If it has not exited EXIT_GRACE_S seconds after the run, print
+    the live threads' stacks and exit with the run's status (1 if the tests had passed)."""
+    import faulthandler
+    import sys
+    import threading
+
+    status = getattr(config, "_selfplay_exitstatus", 0)
+
+    def watch():
+        import time
+
+        time.sleep(EXIT_GRACE_S)
+        names = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+        print(
+            f"\ntests: the interpreter did not exit {EXIT_GRACE_S:.0f} s after the run; "
+            f"non-daemon threads still alive: {names}; every thread's stack follows",
+            file=sys.stderr,
+            flush=True,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(int(status) or 1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._selfplay_exitstatus = exitstatus

@@ -23,6 +23,20 @@ def model_dir(tmp_path_factory) -> str:
     return str(create_default_model(tmp_path_factory.mktemp("m"), preset="1m", max_positions=64))
 
 
+STARTED: list[WaveGenerator] = []  # every wave generator a test made, released after it
+
+
+@pytest.fixture(autouse=True)
+def release_generators():
+    """Stop every wave loop a test started, even one that failed midway: a loop left running
+    on a LocalTransport worker thread keeps the interpreter from exiting after the run."""
+    yield
+    for g in STARTED:
+        g.stopped.set()
+        g.killed.set()
+    STARTED.clear()
+
+
 class WaveGenerator(Receiver):
     """Loads weights as an engine does (checksum of what arrived) and plays waves of
     `wave` games until stopped; records the order of what happened to it."""
@@ -54,6 +68,7 @@ class WaveGenerator(Receiver):
         self.beats = 0
         self.sent = 0
         self.history: list[str] = []
+        STARTED.append(self)
 
     def stats(self) -> dict:
         if self.dead:
@@ -379,5 +394,9 @@ def test_a_replacement_that_fails_to_start_is_tried_again_and_a_refused_scale_is
     assert pool.live == {} and pool.repair_after > time.monotonic()
     pool.repair_after = 0.0  # the backoff has passed
     heal(pool, lambda: "generator-0" in pool.live)
+    # the repair thread joins the newcomer to `live` before `scale` returns and the count is
+    # cleared: read it once that thread has finished (it holds `healing` until then)
+    assert pool.healing.acquire(timeout=10.0)
+    pool.healing.release()
     assert pool.repairs_failed == 0
     pool.stop_all()
