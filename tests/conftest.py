@@ -92,37 +92,78 @@ def generator(ray_session, tiny_model, small_cfg):
     return g
 
 
+# Watchdogs, so that a hang fails in minutes and says where instead of taking CI's 90 minutes
+# with nothing printed: a test (setup and teardown included) that runs past TEST_LIMIT_S, or an
+# interpreter that has not exited EXIT_GRACE_S after the run (a non-daemon thread a test left
+# running, e.g. a `concurrent.futures` worker, which is joined at exit), prints every thread's
+# stack and ends the process with a failing status.
+TEST_LIMIT_S = float(os.environ.get("SELFPLAY_TEST_LIMIT_S", "1500"))
 EXIT_GRACE_S = float(os.environ.get("SELFPLAY_TEST_EXIT_GRACE_S", "300"))
+RUNNING: dict = {"test": None, "since": 0.0, "status": 0, "config": None}
 
 
-def pytest_unconfigure(config):
-    """A watchdog for the interpreter's exit: a thread a test left running (a non-daemon
-    worker, e.g. `concurrent.futures`' which are joined at exit) would hold the process after
-    the summary until CI's limit. If it has not exited EXIT_GRACE_S seconds after the run, print
-    the live threads' stacks and exit with the run's status (1 if the tests had passed)."""
+def give_up(why: str, status: int) -> None:
     import faulthandler
     import sys
     import threading
 
-    status = getattr(config, "_selfplay_exitstatus", 0)
+    capture = RUNNING["config"].pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # a test's output is captured to a file that os._exit would lose
+        capture.suspend_global_capture(in_=False)
+    sys.stdout.flush()  # the progress dots so far
+    names = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    print(f"\ntests: {why}; non-daemon threads alive: {names}; every thread's stack follows", file=sys.stderr)
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(status)
 
-    def watch():
-        import time
 
-        time.sleep(EXIT_GRACE_S)
-        names = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-        print(
-            f"\ntests: the interpreter did not exit {EXIT_GRACE_S:.0f} s after the run; "
-            f"non-daemon threads still alive: {names}; every thread's stack follows",
-            file=sys.stderr,
-            flush=True,
-        )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        sys.stderr.flush()
-        os._exit(int(status) or 1)
+def watch(check) -> None:
+    import threading
+    import time
 
-    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
+    def run():
+        while True:
+            time.sleep(1.0)
+            check(time.monotonic())
+
+    threading.Thread(target=run, name="test-watchdog", daemon=True).start()
+
+
+def pytest_sessionstart(session):
+    RUNNING["config"] = session.config
+
+    def check(now):
+        if RUNNING["test"] is not None and now - RUNNING["since"] > TEST_LIMIT_S:
+            give_up(f"{RUNNING['test']} still running after {TEST_LIMIT_S:.0f} s", 1)
+
+    watch(check)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    import time
+
+    RUNNING.update(test=nodeid, since=time.monotonic())
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    RUNNING["test"] = None
 
 
 def pytest_sessionfinish(session, exitstatus):
-    session.config._selfplay_exitstatus = exitstatus
+    RUNNING["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    import time
+
+    done = time.monotonic()
+
+    def check(now):
+        if now - done > EXIT_GRACE_S:
+            give_up(
+                f"the interpreter did not exit {EXIT_GRACE_S:.0f} s after the run", RUNNING["status"] or 1
+            )
+
+    watch(check)
