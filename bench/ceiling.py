@@ -97,7 +97,7 @@ def greedy_moves(learner: Learner, positions: list, prompts: dict, move_ids: lis
         for start in range(0, len(positions), 1024):
             chunk = positions[start : start + 1024]
             ids = torch.tensor([prompts[p] for p in chunk], device=learner.device)
-            with learner._autocast():
+            with learner._compute({"input_ids": ids}):
                 tokens = model(input_ids=ids).logits[:, -1].argmax(-1).tolist()
             replies.update({p: token_cell.get(t, -1) for p, t in zip(chunk, tokens)})
     finally:

@@ -60,7 +60,7 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
 
     def bare() -> None:
         opt.zero_grad(set_to_none=True)
-        with learner._autocast():
+        with learner._compute(batch):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits.float().logsumexp(-1).mean().backward()
         opt.step()

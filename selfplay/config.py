@@ -124,6 +124,11 @@ class LearnerConfig:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # pin to a node type, e.g. {learner: 1}
     threads: int = 1
+    # on the CPU, a forward pass over a batch padded to at most this many tokens computes
+    # attention with PyTorch's math kernel, not its flash kernel, whose backward is the
+    # slower one at short lengths (the TicTacToe demo's 24-token turns: a learner step 0.40 s
+    # against 0.56 s on AMX; `learner/learner.py:math_attention`); 0: the flash kernel always
+    math_attention_max_len: int = 128
     device: str = "auto"  # auto (a GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     lr: float = 3e-4
     # the learning rate over the run (learner/schedule.py): constant; linear or cosine from
@@ -517,6 +522,7 @@ NON_NEGATIVE = {
     "generator.max_restarts",
     "learner.ack_timeout_s",
     "learner.micro_batch_size",
+    "learner.math_attention_max_len",
     "learner.clip_eps",
     "learner.kl_coef",
     "learner.chosen_nll_coef",

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from learner.learner import Learner, collate, opponent_results, sequence_logprobs
+from learner.learner import Learner, collate, math_attention, opponent_results, sequence_logprobs
 from selfplay import schema
 from selfplay.config import ModelConfig, load_config
 from selfplay.model import create_default_model
@@ -29,6 +29,20 @@ def batch():
         make_row(game="tictactoe", response_text="5", ret=0.0),
     ]
     return schema.from_rows(rows)
+
+
+def turns(n: int, prompt_len: int) -> pa.Table:
+    """`n` turns of `prompt_len`-token prompts (TicTacToe's are 23), returns +-1."""
+    return schema.from_rows(
+        [
+            make_row(
+                traj_id=f"t{i}",
+                prompt_ids=[1] + [6 + (i + j) % 90 for j in range(prompt_len - 1)],
+                ret=1.0 - 2 * (i % 2),
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -278,10 +292,51 @@ def test_bf16_autocast_is_on_as_asked_or_where_the_device_has_bf16(model_dir, mo
     cfg = load_config(None, [f"learner.bf16={bf16}", "learner.peak_tflops=1"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     assert learner.autocast is on
-    with learner._autocast():
+    ids = torch.tensor([[1, 5, 6]])
+    with learner._compute({"input_ids": ids}):
         assert torch.is_autocast_enabled("cpu") is on
-        logits = learner.model(input_ids=torch.tensor([[1, 5, 6]])).logits
+        logits = learner.model(input_ids=ids).logits
     assert logits.dtype == (torch.bfloat16 if on else torch.float32)
+
+
+def test_math_attention_is_for_short_rows_on_the_cpu_only():
+    assert math_attention("cpu", 24, 128) and math_attention("cpu", 128, 128)
+    assert not math_attention("cpu", 129, 128)
+    assert not math_attention("cpu", 24, 0)  # 0: flash always
+    assert not math_attention("cuda", 24, 128)
+
+
+@pytest.mark.parametrize("max_len, flash", [(128, False), (0, True)])
+def test_a_training_step_runs_the_attention_kernel_its_length_picks(model_dir, max_len, flash):
+    """What ran, read from the profiler: a 24-token batch trains through the math kernel
+    under the default, through the flash kernel (forward and backward) with 0."""
+    cfg = load_config(None, [f"learner.math_attention_max_len={max_len}", "learner.peak_tflops=1"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    with torch.profiler.profile() as prof:
+        learner.train_step(turns(8, 23))
+    names = {e.name for e in prof.events()}
+    ran = {n for n in names if "flash_attention" in n}
+    assert bool(ran) is flash, ran
+    if flash:
+        assert any("backward" in n for n in ran)
+
+
+def test_the_math_and_flash_kernels_train_the_same_step(model_dir):
+    """The kernel is a speed choice, not a different model: one step from the same weights
+    on the same batch lands on the same loss and weights under both, within float error."""
+    out = {}
+    for max_len in (128, 0):
+        cfg = load_config(
+            None, [f"learner.math_attention_max_len={max_len}", "learner.peak_tflops=1", "learner.bf16=false"]
+        )
+        learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        metrics = learner.train_step(turns(8, 23))
+        out[max_len] = (
+            metrics["loss"],
+            torch.cat([p.detach().flatten() for p in learner.model.parameters()]),
+        )
+    assert out[128][0] == pytest.approx(out[0][0], rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(out[128][1], out[0][1], rtol=1e-4, atol=1e-5)
 
 
 def test_a_model_dtype_of_auto_is_resolved_for_the_exports(model_dir, monkeypatch):
