@@ -7,8 +7,10 @@ What is timed: `Learner.train_step` on the demo's batch shape (512 TicTacToe tur
 23-token prompt and a 1-token move, GAE with its value head, bf16 autocast where native,
 AdamW), the median of 3 steps after a warm-up, or of fewer where they would take over
 20 s (one at 25m); every part of a step is inside (collation, forward, backward,
-optimiser, metrics). Model FLOPs are 6 x non-embedding parameters per token. Beside it,
-the same batch's bare forward + backward + optimiser step on the same model
+optimiser, metrics), attention on the kernel the learner picks for the length
+(`learner.math_attention_max_len`); where that is the math kernel, the same steps on the
+flash kernel are timed beside them (`flash_attention_step_s`). Model FLOPs are 6 x
+non-embedding parameters per token. Beside it, the same batch's bare forward + backward + optimiser step on the same model
 (`model_only`, timed the same way with the learner's steps as its warm-up), which says
 how much of the gap is the learner's own work and how much the model's shapes at this
 size.
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from bench.gpu_learner import learner_for, synthetic_batch
 from bench.suite import RESULTS, figure, machine, write
-from learner.learner import collate
+from learner.learner import collate, math_attention
 from learner.peak import compute_dtype, matmul_flops
 from selfplay.model import create_default_model
 
@@ -52,6 +54,14 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
     )
     table = synthetic_batch(turns, prompt, response, 100, seed=0)
     step_s = median_s(lambda: learner.train_step(table))
+    # the same steps with attention on PyTorch's flash kernel (learner.math_attention_max_len 0),
+    # side by side, where the learner's default picks the math kernel for this length
+    default_max_len = learner.cfg.math_attention_max_len
+    flash_s = None
+    if math_attention("cpu", prompt + response, default_max_len):
+        learner.cfg.math_attention_max_len = 0
+        flash_s = median_s(lambda: learner.train_step(table))
+        learner.cfg.math_attention_max_len = default_max_len
     tokens = turns * (prompt + response)
     flops = learner.flops_per_token * tokens
 
@@ -72,6 +82,7 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
         "step_s": step_s,
         "tokens_per_s": tokens / step_s,
         "model_only_s": bare_s,
+        "flash_attention_step_s": flash_s,
     }
 
 
@@ -97,10 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
     for preset, r in runs.items():
         r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
         r["model_only_mfu"] = r["flops_per_step"] / r["model_only_s"] / peak
+        flash = r["flash_attention_step_s"]
         figures[f"mfu_{preset}"] = figure(
             r["mfu"],
             GOAL if preset == GOAL_PRESET else None,
-            note=f"model only {r['model_only_mfu']:.2f}",
+            note=f"model only {r['model_only_mfu']:.2f}"
+            + (
+                f"; on the flash attention kernel a step takes {flash / r['step_s']:.2f}x as long"
+                if flash
+                else ""
+            ),
         )
         print(
             f"{preset}: step {r['step_s']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.3f} "

@@ -60,6 +60,7 @@ def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
     run = doc["runs"]["1m"]
     assert run["flops_per_step"] == 6 * (run["parameters"] - 128 * 128) * 16 * 24  # non-embedding params
     assert doc["matmul_flops"] > 0 and doc["threads"] == 1
+    assert run["flash_attention_step_s"] > 0  # 24 tokens: the math kernel, flash timed beside it
 
 
 @pytest.mark.parametrize(
