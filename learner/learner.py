@@ -379,10 +379,15 @@ class Learner:
 
     def _compute(self, batch: dict[str, torch.Tensor]) -> contextlib.ExitStack:
         """A forward pass's context over `batch`: bf16 autocast where the learner computes
-        in it, and the attention kernel `math_attention` picks for the batch's length."""
+        in it, and the attention kernel `math_attention` picks for the batch's length (the
+        default kernel under gradient checkpointing)."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast))
-        if math_attention(self.device.type, batch["input_ids"].shape[1], self.cfg.math_attention_max_len):
+        # not under gradient checkpointing: its recompute in backward runs outside this context,
+        # on the default kernel, and must see the forward's tensors
+        length = batch["input_ids"].shape[1]
+        checkpointing = getattr(self._plain(), "is_gradient_checkpointing", False)
+        if not checkpointing and math_attention(self.device.type, length, self.cfg.math_attention_max_len):
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         return stack
 

@@ -127,7 +127,8 @@ class LearnerConfig:
     # on the CPU, a forward pass over a batch padded to at most this many tokens computes
     # attention with PyTorch's math kernel, not its flash kernel, whose backward is the
     # slower one at short lengths (the TicTacToe demo's 24-token turns: a learner step 0.40 s
-    # against 0.56 s on AMX; `learner/learner.py:math_attention`); 0: the flash kernel always
+    # against 0.56 s on AMX; `learner/learner.py:math_attention`); 0: the flash kernel always,
+    # as under learner.gradient_checkpointing (its recompute in backward runs on the default)
     math_attention_max_len: int = 128
     device: str = "auto"  # auto (a GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     lr: float = 3e-4

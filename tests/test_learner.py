@@ -306,11 +306,21 @@ def test_math_attention_is_for_short_rows_on_the_cpu_only():
     assert not math_attention("cuda", 24, 128)
 
 
-@pytest.mark.parametrize("max_len, flash", [(128, False), (0, True)])
-def test_a_training_step_runs_the_attention_kernel_its_length_picks(model_dir, max_len, flash):
+@pytest.mark.parametrize(
+    "max_len, checkpointing, flash", [(128, False, False), (0, False, True), (128, True, True)]
+)
+def test_a_training_step_runs_the_attention_kernel_its_length_picks(model_dir, max_len, checkpointing, flash):
     """What ran, read from the profiler: a 24-token batch trains through the math kernel
-    under the default, through the flash kernel (forward and backward) with 0."""
-    cfg = load_config(None, [f"learner.math_attention_max_len={max_len}", "learner.peak_tflops=1"])
+    under the default, through the flash kernel (forward and backward) with 0, and with
+    gradient checkpointing, whose recompute in backward must meet the forward's kernel."""
+    cfg = load_config(
+        None,
+        [
+            f"learner.math_attention_max_len={max_len}",
+            f"learner.gradient_checkpointing={checkpointing}",
+            "learner.peak_tflops=1",
+        ],
+    )
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
     with torch.profiler.profile() as prof:
         learner.train_step(turns(8, 23))
@@ -518,9 +528,17 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(model_dir, cas
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(model_dir):
+    """On the same attention kernel (checkpointing keeps the flash kernel: 0 asks it of both)."""
     grads = []
     for flag in ("false", "true"):
-        cfg = load_config(None, ["learner.bf16=false", f"learner.gradient_checkpointing={flag}"])
+        cfg = load_config(
+            None,
+            [
+                "learner.bf16=false",
+                f"learner.gradient_checkpointing={flag}",
+                "learner.math_attention_max_len=0",
+            ],
+        )
         learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
         learner.set_lr(0.0)
         learner.train_step(mixed_batch())
