@@ -99,7 +99,7 @@ def generator(ray_session, tiny_model, small_cfg):
 # stack and ends the process with a failing status.
 TEST_LIMIT_S = float(os.environ.get("SELFPLAY_TEST_LIMIT_S", "1500"))
 EXIT_GRACE_S = float(os.environ.get("SELFPLAY_TEST_EXIT_GRACE_S", "300"))
-RUNNING: dict = {"test": None, "since": 0.0, "status": 0, "config": None}
+RUNNING: dict = {"test": None, "since": 0.0, "done": None, "status": 0, "config": None}
 
 
 def give_up(why: str, status: int) -> None:
@@ -119,26 +119,27 @@ def give_up(why: str, status: int) -> None:
     os._exit(status)
 
 
-def watch(check) -> None:
-    import threading
+def watchdog() -> None:
+    """Once a second (a daemon thread's tick, not a test waiting): a test past TEST_LIMIT_S, or
+    an interpreter still alive EXIT_GRACE_S after the run, gives up."""
     import time
 
-    def run():
-        while True:
-            time.sleep(1.0)
-            check(time.monotonic())
-
-    threading.Thread(target=run, name="test-watchdog", daemon=True).start()
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        if RUNNING["test"] is not None and now - RUNNING["since"] > TEST_LIMIT_S:
+            give_up(f"{RUNNING['test']} still running after {TEST_LIMIT_S:.0f} s", 1)
+        if RUNNING["done"] is not None and now - RUNNING["done"] > EXIT_GRACE_S:
+            give_up(
+                f"the interpreter did not exit {EXIT_GRACE_S:.0f} s after the run", RUNNING["status"] or 1
+            )
 
 
 def pytest_sessionstart(session):
+    import threading
+
     RUNNING["config"] = session.config
-
-    def check(now):
-        if RUNNING["test"] is not None and now - RUNNING["since"] > TEST_LIMIT_S:
-            give_up(f"{RUNNING['test']} still running after {TEST_LIMIT_S:.0f} s", 1)
-
-    watch(check)
+    threading.Thread(target=watchdog, name="test-watchdog", daemon=True).start()
 
 
 def pytest_runtest_logstart(nodeid, location):
@@ -158,12 +159,4 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     import time
 
-    done = time.monotonic()
-
-    def check(now):
-        if now - done > EXIT_GRACE_S:
-            give_up(
-                f"the interpreter did not exit {EXIT_GRACE_S:.0f} s after the run", RUNNING["status"] or 1
-            )
-
-    watch(check)
+    RUNNING["done"] = time.monotonic()
