@@ -21,6 +21,7 @@ from selfplay.games.tictactoe import (
     forks,
     minimax_value,
     optimal_moves,
+    place,
     winner,
 )
 
@@ -204,7 +205,7 @@ def test_corner_then_adjacent_edge_is_forced_win_for_x():
     # X in 0, O in 1 (the edge beside X's corner), X to move.
     # X 4 threatens 0-4-8, O must take 8; X 6 then forks 0-3-6 and 2-4-6.
     board = "XO......."
-    assert all(winner(board[:i] + "X" + board[i + 1 :]) is None for i in range(2, 9))  # no mate in 1
+    assert all(winner(place(board, i, "X")) is None for i in range(2, 9))  # no mate in 1
     assert minimax_value(board, "X") == 1
 
 
@@ -293,7 +294,7 @@ def test_minimax_move_keeps_the_value_of_every_reachable_position():
         game.board, game.current_player = board, to_move
         mark, other = MARKS[to_move], MARKS[1 - to_move]
         a = player.act(game)
-        child = board[:a] + mark + board[a + 1 :]
+        child = place(board, a, mark)
         assert -minimax_value(child, other) == minimax_value(board, mark), board
 
 

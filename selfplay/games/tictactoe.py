@@ -14,6 +14,11 @@ LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4
 MARKS = "XO"
 
 
+def place(board: str, cell: int, mark: str) -> str:
+    """`board` with `mark` in `cell` (0-8); the board is a 9-character string, '.' free."""
+    return board[:cell] + mark + board[cell + 1 :]
+
+
 def winner(board: str) -> str | None:
     for a, b, c in LINES:
         if board[a] != "." and board[a] == board[b] == board[c]:
@@ -69,7 +74,7 @@ class TicTacToe(IllegalReplyLoses):
             raise ValueError("game is over")
         if action not in self.legal_actions():
             raise ValueError(f"cell {action + 1} is not free on board {self.board}")
-        self.board = self.board[:action] + MARKS[self.current_player] + self.board[action + 1 :]
+        self.board = place(self.board, action, MARKS[self.current_player])
         self.current_player = 1 - self.current_player
 
 
@@ -83,7 +88,7 @@ def minimax_value(board: str, mark: str) -> int:
         return 0
     other = "O" if mark == "X" else "X"
     return max(
-        -minimax_value(board[:i] + mark + board[i + 1 :], other) for i, c in enumerate(board) if c == "."
+        -minimax_value(place(board, i, mark), other) for i, c in enumerate(board) if c == "."
     )
 
 
@@ -104,7 +109,7 @@ def best_moves(board: str, player: int) -> list[int]:
     every move that wins by force if one does, else every move that holds the draw."""
     mark, other = MARKS[player], MARKS[1 - player]
     scored = [
-        (-minimax_value(board[:i] + mark + board[i + 1 :], other), i) for i, c in enumerate(board) if c == "."
+        (-minimax_value(place(board, i, mark), other), i) for i, c in enumerate(board) if c == "."
     ]
     best = max(v for v, _ in scored)
     return [i for v, i in scored if v == best]
@@ -123,7 +128,7 @@ def optimal_moves() -> dict[tuple[str, int], list[int]]:
         labels[board, player] = best_moves(board, player)
         for i, c in enumerate(board):
             if c == ".":
-                walk(board[:i] + MARKS[player] + board[i + 1 :], 1 - player)
+                walk(place(board, i, MARKS[player]), 1 - player)
 
     walk("." * 9, 0)
     return labels
@@ -149,20 +154,20 @@ def exact_non_loss(policy, seat: int, opponent: str, board: str = "." * 9) -> fl
         player = board.count("X") - board.count("O")  # 0: X to move, 1: O
         if player == seat:
             cell = policy(board, player)
-            return value(board[:cell] + MARKS[player] + board[cell + 1 :]) if board[cell] == "." else 0.0
+            return value(place(board, cell, MARKS[player])) if board[cell] == "." else 0.0
         cells = (
             best_moves(board, player)
             if opponent == "minimax"
             else [i for i, c in enumerate(board) if c == "."]
         )
-        return sum(value(board[:i] + MARKS[player] + board[i + 1 :]) for i in cells) / len(cells)
+        return sum(value(place(board, i, MARKS[player])) for i in cells) / len(cells)
 
     return value(board)
 
 
 def completing(board: str, mark: str) -> list[int]:
     """Free cells where `mark` would complete a line."""
-    return [i for i, c in enumerate(board) if c == "." and winner(board[:i] + mark + board[i + 1 :]) == mark]
+    return [i for i, c in enumerate(board) if c == "." and winner(place(board, i, mark)) == mark]
 
 
 class HeuristicPlayer:
@@ -192,7 +197,7 @@ def forks(board: str, mark: str) -> list[int]:
     return [
         i
         for i, c in enumerate(board)
-        if c == "." and len(completing(board[:i] + mark + board[i + 1 :], mark)) >= 2
+        if c == "." and len(completing(place(board, i, mark), mark)) >= 2
     ]
 
 
