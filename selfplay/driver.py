@@ -231,13 +231,22 @@ class EvalQueue:
         their moving average where one is kept."""
         return ray.get(self.learner.current_weights.remote(self.averaged))
 
+    def weights_for(self, prefix: str, settle: bool = False) -> dict:
+        """The weights an evaluation named `prefix` measures unless told: for 'eval' the
+        current policy's (`policy`), else the learner's now. `settle`: the learner's weights
+        first settled on generator-0's own engine (waited-for evaluations, while nothing
+        trains); the average is loaded as any fixed weights, since no engine holds it."""
+        if prefix == "eval" and self.averaged:
+            return self.policy()
+        return ray.get(self.learner.settle.remote() if settle else self.learner.current_weights.remote())
+
     def queue(self, prefix: str = "eval", weights: dict | None = None) -> None:
         """`prefix` names the metrics: 'eval' for the current policy, a snapshot's id for
         capability retention, 'best' for the best checkpoint. `weights`: those measured
         (default: the current policy's for 'eval', else the learner's now). Logged at the
         step of the weights measured."""
         if weights is None:
-            weights = self.policy() if prefix == "eval" else ray.get(self.learner.current_weights.remote())
+            weights = self.weights_for(prefix)
         step = weights["step"]
         if self.cfg.task.name:  # a task: its held-out problems
             self._add(step, prefix, weights, "evaluate_task", weights)
@@ -448,13 +457,10 @@ class Run:
         return self.wall_offset + time.time() - self.start
 
     def evaluate(self, wait: bool = False, prefix: str = "eval", weights: dict | None = None) -> dict:
-        """Evaluate `weights` (default: the learner's now; for 'eval' the current policy's,
-        EvalQueue.policy). Waited for, nothing trains meanwhile: the learner's weights are
-        settled on generator-0's own engine (their average, which no engine holds, is
-        loaded in its evaluation slot as any fixed weights)."""
+        """Evaluate `weights` (default: EvalQueue.weights_for `prefix`). Waited for, nothing
+        trains meanwhile, so the learner's weights are settled on generator-0's engine first."""
         if wait and weights is None:
-            averaged = self.evals.averaged and prefix == "eval"
-            weights = self.evals.policy() if averaged else ray.get(self.learner.settle.remote())
+            weights = self.evals.weights_for(prefix, settle=True)
         self.evals.queue(prefix, weights)
         return self.evals.collect(self.wall(), wait).get(prefix, {})
 
