@@ -87,9 +87,7 @@ def minimax_value(board: str, mark: str) -> int:
     if "." not in board:
         return 0
     other = "O" if mark == "X" else "X"
-    return max(
-        -minimax_value(place(board, i, mark), other) for i, c in enumerate(board) if c == "."
-    )
+    return max(-minimax_value(place(board, i, mark), other) for i, c in enumerate(board) if c == ".")
 
 
 class MinimaxPlayer:
@@ -108,9 +106,7 @@ def best_moves(board: str, player: int) -> list[int]:
     """The free cells of `board` whose minimax value for `player` (to move) is highest:
     every move that wins by force if one does, else every move that holds the draw."""
     mark, other = MARKS[player], MARKS[1 - player]
-    scored = [
-        (-minimax_value(place(board, i, mark), other), i) for i, c in enumerate(board) if c == "."
-    ]
+    scored = [(-minimax_value(place(board, i, mark), other), i) for i, c in enumerate(board) if c == "."]
     best = max(v for v, _ in scored)
     return [i for v, i in scored if v == best]
 
@@ -194,11 +190,7 @@ class HeuristicPlayer:
 def forks(board: str, mark: str) -> list[int]:
     """Free cells where `mark` would threaten two lines at once (two cells completing a line
     for it): the opponent can block only one."""
-    return [
-        i
-        for i, c in enumerate(board)
-        if c == "." and len(completing(place(board, i, mark), mark)) >= 2
-    ]
+    return [i for i, c in enumerate(board) if c == "." and len(completing(place(board, i, mark), mark)) >= 2]
 
 
 class TacticianPlayer(HeuristicPlayer):
