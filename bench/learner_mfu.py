@@ -10,10 +10,10 @@ AdamW), the median of 3 steps after a warm-up, or of fewer where they would take
 optimiser, metrics), attention on the kernel the learner picks for the length
 (`learner.math_attention_max_len`); where that is the math kernel, the same steps on the
 flash kernel are timed beside them (`flash_attention_step_s`). Model FLOPs are 6 x
-non-embedding parameters per token. Beside it, the same batch's bare forward + backward + optimiser step on the same model
-(`model_only`, timed the same way with the learner's steps as its warm-up), which says
-how much of the gap is the learner's own work and how much the model's shapes at this
-size.
+non-embedding parameters per token. Beside it, the same batch's bare forward + backward +
+optimiser step on the same model (`model_only`, timed the same way with the learner's
+steps as its warm-up), which says how much of the gap is the learner's own work and how
+much the model's shapes at this size.
 
     .venv/bin/python -m bench.learner_mfu
 """
@@ -58,7 +58,7 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
     # side by side, where the learner's default picks the math kernel for this length
     default_max_len = learner.cfg.math_attention_max_len
     flash_s = None
-    if math_attention("cpu", prompt + response, default_max_len):
+    if math_attention(learner.device.type, prompt + response, default_max_len):
         learner.cfg.math_attention_max_len = 0
         flash_s = median_s(lambda: learner.train_step(table))
         learner.cfg.math_attention_max_len = default_max_len
