@@ -39,7 +39,7 @@ from selfplay.evals import (
     task_summary,
 )
 from selfplay.games import make_game, scripted_players
-from selfplay.league import LEARNER, SELF, SKILL_TOKENS, scripted_tier
+from selfplay.league import LEARNER, OPENING, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import gold_judge, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
@@ -89,7 +89,6 @@ class Match:
 
 
 FIXED = "fixed"  # the engine holding weights frozen for an evaluation (see Generator.load_fixed)
-OPENING = "opening"  # the random opening moves' player (generator.opening_moves; never trained)
 # per play, for training or evaluation; too_long: games ended unplayed because a prompt outgrew
 # the context (SPIRAL ends them as draws; here they are dropped, never handed on, and counted)
 COUNTED = ("games", "turns", "tokens", "engine_s", "illegal", "too_long")

@@ -22,6 +22,7 @@ from selfplay.stats import points, wilson_interval
 DEFAULT_RATING = 1000.0
 SELF = "self"  # the learner playing itself
 LEARNER = "learner"  # the learner's id in results and rating_history
+OPENING = "opening"  # the random opening moves' player (generator.opening_moves): no one's play
 MODES = typing.get_args(MatchmakingMode)
 LEAGUE_VERSION = 1
 # Skill-conditioned prompts: the seed model's tokens, prefixed by how strong the opponent is.

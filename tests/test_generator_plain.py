@@ -10,12 +10,13 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
-from actors.generator import FIXED, OPENING, Generator, Match, WeightMismatch, both_seats
+from actors.generator import FIXED, Generator, Match, WeightMismatch, both_seats
 from actors.verifier import Verifier
 from selfplay import collective, schema
 from selfplay.config import GeneratorConfig
+from selfplay.evals import outcomes
 from selfplay.games.tictactoe import TicTacToe
-from selfplay.league import LEARNER, SELF
+from selfplay.league import LEARNER, OPENING, SELF
 from tests.engines import EngineMaker, RuleEngine, checksum, decode, encode, legal_reply, weights
 
 
@@ -546,6 +547,33 @@ def test_random_openings_of_a_drawn_length_open_every_game_with_min_to_max_moves
     assert {
         sum(r["policy_id"] == OPENING for r in rows) for rows in by_traj(fixed.self_play(50)).values()
     } == {2}
+
+
+def test_opened_games_are_credited_to_the_players_at_the_table_never_to_the_opening():
+    """League play with random openings: Elo, PFSP and the training figures read each game's
+    opponent from its rows, and an opening move is neither side's (a run crashed recording
+    a result against a member named 'opening')."""
+    gen = make_generator(
+        opening_moves=3, opening_moves_min=1, opening_share=1.0, opponents={"heuristic": 0.3}
+    )
+    gen.add_opponent("snap-0", "snapshot-dir")
+    table = gen.league_play(
+        [("snap-0", "intermediate", "intermediate")] * 60 + [(SELF, "intermediate", "intermediate")] * 60
+    )
+    games = by_traj(table)
+    assert all(rows[0]["policy_id"] == OPENING for rows in games.values())  # every game opened
+    results = outcomes(table)
+    assert len(results) == len(games) == 120
+    assert {g["opponent"] for g in results} == {"snap-0", "heuristic", SELF}
+    # each game's result is the learner's own rows' outcome, from its own seat
+    mine = {}
+    for traj, rows in games.items():
+        own = [r for r in rows if r["policy_id"] == LEARNER]
+        others = {r["policy_id"] for r in rows} - {LEARNER, OPENING}
+        if others:  # against a member or heuristic: one seat each
+            mine[traj] = (others.pop(), own[0]["role"], own[0]["outcome"])
+    against = [g for g in results if g["opponent"] != SELF]
+    assert sorted((g["opponent"], g["role"], g["outcome"]) for g in against) == sorted(mine.values())
 
 
 def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():
