@@ -349,16 +349,17 @@ class Generator:
                 )
 
     def play(
-        self, matches: list[Match], temperature: float, counts: dict | None = None, opening: int = 0
+        self, matches: list[Match], temperature: float, counts: dict | None = None, training: bool = False
     ) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
         same policy go into one engine call; scripted players move between calls. What it
-        cost goes to `counts` (default: the training counts). `opening`: random opening
-        moves in `generator.opening_share` of the games (`_open`)."""
+        cost goes to `counts` (default: the training counts). `training`: the games get
+        what only training games get, random opening moves (`_open`) and symmetric views
+        of the board (`generator.board_symmetries`)."""
         counts = self.counts if counts is None else counts
-        games = self._deal(matches)
-        if opening:
-            self._open(games, opening)
+        games = self._deal(matches, symmetric_views=training and self.cfg.board_symmetries)
+        if training and self.cfg.opening_moves:
+            self._open(games, self.cfg.opening_moves)
         while live := [g for g in games if not g.over]:
             waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
             for g in live:
@@ -374,12 +375,12 @@ class Generator:
         counts["too_long"] += len(games) - len(played)
         return schema.from_rows([row for g in played for row in g.rows()])
 
-    def _deal(self, matches: list[Match]) -> list[GameInPlay]:
+    def _deal(self, matches: list[Match], symmetric_views: bool = False) -> list[GameInPlay]:
         """A new game per match. Draw order (kept so a seed gives the same games): every
         game's seed, then each match's scripted players seat by seat."""
         seeds = [self.rng.getrandbits(31) for _ in matches]
         return [
-            GameInPlay(m, make_game(m.game, seed=s), self._scripted_players(m), uuid.uuid4().hex)
+            GameInPlay(m, make_game(m.game, s, symmetric_views), self._scripted_players(m), uuid.uuid4().hex)
             for m, s in zip(matches, seeds)
         ]
 
@@ -407,8 +408,9 @@ class Generator:
     def _scripted_move(self, g: GameInPlay, player) -> None:
         role = g.role
         action = player.act(g.state)
+        text = g.state.action_text(action)  # as this turn shows the board (a symmetric view)
         g.state.apply(action)
-        g.turns.append(self._row(g.match, role, text=g.state.action_text(action), versions=self.versions))
+        g.turns.append(self._row(g.match, role, text=text, versions=self.versions))
 
     def prompt(self, observation: str, tier: str | None) -> list[int]:
         prefix = SKILL_TOKENS[tier] if tier and self.cfg.skill_prompts else ""
@@ -560,7 +562,7 @@ class Generator:
                 matches.append(Match(self.pick_game(), (LEARNER, opponent), (learner_tier, opponent_tier)))
             else:
                 matches.append(Match(self.pick_game(), (opponent, LEARNER), (opponent_tier, learner_tier)))
-        return self.play(matches, self.cfg.temperature, opening=self.cfg.opening_moves)
+        return self.play(matches, self.cfg.temperature, training=True)
 
     def _with_scripted(self, assignments: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """`generator.opponents`: each game goes to a scripted player with its share of

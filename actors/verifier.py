@@ -40,7 +40,14 @@ class Verifier:
     must not count a game twice)."""
 
     def __init__(
-        self, decode, remember: int = 200_000, task=None, encode=None, overlong=(0, 0, 0.0), self_judged=False
+        self,
+        decode,
+        remember: int = 200_000,
+        task=None,
+        encode=None,
+        overlong=(0, 0, 0.0),
+        self_judged=False,
+        symmetric_views=False,
     ):
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only.
         `encode`: text -> prompt ids as the generators encode prompts; with it, a trained
@@ -50,8 +57,11 @@ class Verifier:
         reply's reward is the policy's own verdict on it (its judge role's rubric points),
         which the generator sent as the `self_judge` score (a reply without a readable one
         is rejected, `unrated`); the task's scorer still scores it, its parts kept beside
-        the verdict and its total as `rules`."""
+        the verdict and its total as `rules`. `symmetric_views` (generator.board_symmetries):
+        games are replayed as the generators dealt their training games, each turn's board
+        shown in the view its seed draws."""
         self.decode = decode
+        self.symmetric_views = symmetric_views
         self.self_judged = self_judged
         self.overlong = overlong
         self.encode = encode
@@ -69,7 +79,9 @@ class Verifier:
         self.remember = remember
 
     @classmethod
-    def for_model(cls, model_path: str, task=None, overlong=(0, 0, 0.0), self_judged=False) -> Verifier:
+    def for_model(
+        cls, model_path: str, task=None, overlong=(0, 0, 0.0), self_judged=False, symmetric_views=False
+    ) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         from transformers import AutoTokenizer
 
@@ -80,6 +92,7 @@ class Verifier:
             encode=lambda text: tokenizer(text).input_ids,
             overlong=overlong,
             self_judged=self_judged,
+            symmetric_views=symmetric_views,
         )
 
     def verify(self, table: pa.Table) -> pa.Table:
@@ -126,7 +139,7 @@ class Verifier:
     def _check(self, rows: list[dict]) -> str | None:
         """Replay `rows`; returns a rejection reason, or None after attaching rewards."""
         try:
-            game = make_game(rows[0]["game"], seed=rows[0]["seed"])
+            game = make_game(rows[0]["game"], rows[0]["seed"], self.symmetric_views)
         except ValueError:
             return "unknown_game"
         if [r["turn"] for r in rows] != list(range(len(rows))):
@@ -308,12 +321,14 @@ class VerifierActor:
         task_cfg=None,
         resume_dir: str | None = None,
         max_tokens: int = 0,
+        symmetric_views: bool = False,
     ):
-        """`max_tokens`: the generators' reply limit, which a task's length guard counts from."""
+        """`max_tokens`: the generators' reply limit, which a task's length guard counts from;
+        `symmetric_views`: generator.board_symmetries (Verifier)."""
         task = task_of(task_cfg) if task_cfg and task_cfg.name else None
         overlong = (max_tokens, task_cfg.overlong_buffer, task_cfg.overlong_coef) if task else (0, 0, 0.0)
         self.verifier = Verifier.for_model(
-            model_path, task, overlong, task is not None and task_cfg.judge == "self"
+            model_path, task, overlong, task is not None and task_cfg.judge == "self", symmetric_views
         )
         if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
             self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))

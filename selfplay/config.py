@@ -90,6 +90,11 @@ class GeneratorConfig:
     opening_moves: int = 0
     opening_moves_min: int = 0
     opening_share: float = 1.0
+    # Board symmetries: every training turn of TicTacToe shows the board in one of its 8
+    # symmetric orientations (rotated, reflected), drawn per turn from the game's seed; the
+    # reply names a cell as shown. The policy meets each position in every orientation, as
+    # minimax's lines in evaluation do. Evaluations show the board as it is.
+    board_symmetries: bool = False
     # The pool heals: a generator whose wave loop ended, whose actor died, or whose loop made
     # no progress (health probe) for hang_timeout_s is replaced under its name; a name that
     # fails more than max_restarts times in a run ends it (a crash loop is a bug, not a fault).
@@ -771,6 +776,8 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
     if cfg.generator.opening_moves:
         raise ConfigError("generator.opening_moves: a task run has no game to open")
+    if cfg.generator.board_symmetries:
+        raise ConfigError("generator.board_symmetries: a task run has no board")
     if getattr(task, "chain", False) and cfg.builder.rows not in ("rl", "sft"):
         raise ConfigError(
             f"builder.rows: {cfg.task.name} trains each role of its chains on its own reward; "
@@ -999,6 +1006,8 @@ def validate_opponents(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"generator.opening_moves: game {lacking[0]} has no `random` player to open with"
             )
+    if cfg.generator.board_symmetries and "tictactoe" not in cfg.games:
+        raise ConfigError("generator.board_symmetries: only TicTacToe has them, and games has no tictactoe")
 
 
 def validate_games(cfg: RunConfig) -> None:

@@ -98,7 +98,15 @@ def build_program(
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(
         name="verifier", num_cpus=cfg.verifier.num_cpus, resources=cfg.verifier.resources
-    ).remote(model_path, buffer, run_id, cfg.task, resume, cfg.generator.max_response_tokens)
+    ).remote(
+        model_path,
+        buffer,
+        run_id,
+        cfg.task,
+        resume,
+        cfg.generator.max_response_tokens,
+        cfg.generator.board_symmetries,
+    )
     lcfg = cfg.learner
     options = learner_options(cfg)
     workers, group, ranks = [], None, ()

@@ -313,6 +313,14 @@ def test_random_openings_need_a_random_player_and_a_game():
         load_config(overrides=[*TASK, "generator.opening_moves=1"])
 
 
+def test_board_symmetries_need_tictactoe():
+    assert load_config(overrides=["generator.board_symmetries=true"]).generator.board_symmetries
+    with pytest.raises(ConfigError, match="generator.board_symmetries: only TicTacToe has them"):
+        load_config(overrides=["games={kuhn: 1.0}", "generator.board_symmetries=true"])
+    with pytest.raises(ConfigError, match="generator.board_symmetries: a task run has no board"):
+        load_config(overrides=[*TASK, "generator.board_symmetries=true"])
+
+
 def test_k1_in_the_loss_is_refused_naming_why():
     with pytest.raises(ConfigError, match="learner.kl_estimator: k1 as a loss has no KL gradient"):
         load_config(overrides=["learner.kl_placement=loss", "learner.kl_estimator=k1"])

@@ -549,6 +549,19 @@ def test_random_openings_of_a_drawn_length_open_every_game_with_min_to_max_moves
     } == {2}
 
 
+def test_board_symmetries_show_training_games_in_views_the_verifier_replays_and_evaluations_as_they_are():
+    gen = make_generator(board_symmetries=True, opponents={"heuristic": 0.5}, opening_moves=2)
+    table = gen.self_play(60)  # self-play, heuristic, random openings: every turn replays
+    verifier = Verifier(decode, encode=encode, symmetric_views=True)
+    assert verifier.verify(table).num_rows == table.num_rows and not verifier.rejected
+    plain = Verifier(decode, encode=encode)  # replayed without the views: the prompts differ
+    assert plain.verify(table).num_rows < table.num_rows and plain.rejected["prompt_mismatch"] > 0
+    # evaluations show the board as it is: the same games as a generator without symmetries
+    assert make_generator(board_symmetries=True, seed=5).evaluate(
+        "tictactoe", "random", 20
+    ) == make_generator(seed=5).evaluate("tictactoe", "random", 20)
+
+
 def test_opened_games_are_credited_to_the_players_at_the_table_never_to_the_opening():
     """League play with random openings: Elo, PFSP and the training figures read each game's
     opponent from its rows, and an opening move is neither side's (a run crashed recording

@@ -10,11 +10,13 @@ from selfplay.games import make_game
 from selfplay.games.tictactoe import (
     LINES,
     MARKS,
+    SYMMETRIES,
     HeuristicPlayer,
     MinimaxPlayer,
     RandomPlayer,
     TacticianPlayer,
     TicTacToe,
+    ViewedTicTacToe,
     best_moves,
     completing,
     exact_non_loss,
@@ -192,6 +194,48 @@ def test_make_game_builds_fresh_tictactoe():
 def test_make_game_unknown_name_raises_naming_it():
     with pytest.raises(ValueError, match="'chess'"):
         make_game("chess")
+
+
+# ---- symmetric views (generator.board_symmetries) -------------------------------------
+
+
+def test_the_eight_symmetries_map_lines_to_lines():
+    assert len(set(SYMMETRIES)) == 8 and SYMMETRIES[0] == tuple(range(9))
+    for view in SYMMETRIES:
+        assert sorted(view) == list(range(9)) and view[4] == 4  # the centre stays
+        assert {tuple(sorted(view[i] for i in line)) for line in LINES} == {tuple(line) for line in LINES}
+    # a quarter turn clockwise shows the bottom-left corner top-left, and the top row on the right
+    assert SYMMETRIES[2][:3] == (6, 3, 0) and [SYMMETRIES[2][i] for i in (2, 5, 8)] == [0, 1, 2]
+
+
+def test_a_viewed_game_shows_each_turn_a_symmetry_of_the_board_and_reads_replies_in_it():
+    views = set()
+    for seed in range(20):
+        viewed, plain = make_game("tictactoe", seed, symmetric_views=True), TicTacToe(seed)
+        assert isinstance(viewed, ViewedTicTacToe) and not isinstance(
+            make_game("tictactoe", seed), ViewedTicTacToe
+        )
+        while not plain.is_terminal:
+            view = viewed.view()
+            views.add(view)
+            shown = viewed.observation(viewed.current_player)[len("tictactoe X ") : -1]
+            # position i shows cell view[i]: its mark, or the number i + 1 to name it by
+            assert shown == "".join(
+                plain.board[c] if plain.board[c] != "." else str(i + 1) for i, c in enumerate(view)
+            )
+            cell = RandomPlayer(seed).act(plain)  # a move on the board as it is
+            text = viewed.action_text(cell)  # named as this turn shows the board
+            assert viewed.parse_action(text) == cell and shown[int(text) - 1] == text  # a free cell, as shown
+            assert viewed.apply_text(text) and plain.apply_text(TicTacToe.action_text(cell))
+            assert viewed.board == plain.board
+        assert viewed.returns() == plain.returns()
+    assert len(views) == 8  # every orientation turns up
+    # the same seed shows the same views: a replay from (seed, replies) sees what was played
+    a, b = make_game("tictactoe", 3, True), make_game("tictactoe", 3, True)
+    for text in ("5", "1", "9"):
+        assert a.observation(a.current_player) == b.observation(b.current_player)
+        assert a.apply_text(text) == b.apply_text(text)
+    assert make_game("kuhn", 3, symmetric_views=True).name == "kuhn"  # no symmetries: as it is
 
 
 # ---- minimax ---------------------------------------------------------------------------

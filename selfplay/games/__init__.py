@@ -22,7 +22,12 @@ GAMES = {name: module.GAME for name, module in MODULES.items()}
 TEXTARENA = "textarena:"  # prefix: "textarena:TicTacToe-v0" runs that TextArena env
 
 
-def make_game(name: str, seed: int = 0):
+def make_game(name: str, seed: int = 0, symmetric_views: bool = False):
+    """`symmetric_views`: a game with board symmetries (TicTacToe) shows each turn's board in
+    one of its symmetric orientations, drawn from the seed (generator.board_symmetries);
+    other games have none and are made as they are."""
+    if symmetric_views and name == tictactoe.GAME.name:
+        return tictactoe.ViewedTicTacToe(seed=seed)
     if name.startswith(TEXTARENA):
         from selfplay.games.textarena_game import TextArenaGame
 

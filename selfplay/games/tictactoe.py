@@ -78,6 +78,47 @@ class TicTacToe(IllegalReplyLoses):
         self.current_player = 1 - self.current_player
 
 
+def _symmetries() -> tuple[tuple[int, ...], ...]:
+    """The board's 8 symmetries (rotations by 0-270 degrees, each alone and reflected), as
+    permutations: view[i] is the cell shown at position i; the identity first."""
+    rotate = (6, 3, 0, 7, 4, 1, 8, 5, 2)  # a quarter turn clockwise: position i shows cell rotate[i]
+    mirror = (2, 1, 0, 5, 4, 3, 8, 7, 6)  # left-right
+    views, view = [], tuple(range(9))
+    for _ in range(4):
+        views += [view, tuple(view[mirror[i]] for i in range(9))]
+        view = tuple(view[rotate[i]] for i in range(9))
+    return tuple(views)
+
+
+SYMMETRIES = _symmetries()
+
+
+class ViewedTicTacToe(TicTacToe):
+    """TicTacToe whose every turn shows the board in one of its 8 symmetric orientations
+    (`generator.board_symmetries`), drawn per turn from the game's seed, so a replay from
+    (seed, replies) sees the same views; the reply names a cell as shown, and the move is
+    made on the board as it is. The policy then meets each position in all its
+    orientations, as AlphaGo Zero's training data did (there as augmentation after play;
+    here at play time, so the behaviour log-probs are those of the prompt shown)."""
+
+    def view(self) -> tuple[int, ...]:
+        moves = sum(c != "." for c in self.board)
+        return SYMMETRIES[random.Random(f"{self.seed}:{moves}").randrange(len(SYMMETRIES))]
+
+    def observation(self, player: int) -> str:
+        cells = "".join(
+            self.board[c] if self.board[c] != "." else str(i + 1) for i, c in enumerate(self.view())
+        )
+        return f"tictactoe {MARKS[player]} {cells}:"
+
+    def parse_action(self, text: str) -> int | None:
+        shown = TicTacToe.parse_action(text)
+        return None if shown is None else self.view()[shown]
+
+    def action_text(self, action: int) -> str:
+        return TicTacToe.action_text(self.view().index(action))
+
+
 @functools.cache
 def minimax_value(board: str, mark: str) -> int:
     """Value of `board` for the side to move (`mark`): +1 win, 0 draw, -1 loss."""
