@@ -93,6 +93,12 @@ def _symmetries() -> tuple[tuple[int, ...], ...]:
 SYMMETRIES = _symmetries()
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def drawn_view(seed: int, moves: int) -> tuple[int, ...]:
+    """The view a game of `seed` shows after `moves` moves (asked once per free cell a turn)."""
+    return SYMMETRIES[random.Random(f"{seed}:{moves}").randrange(len(SYMMETRIES))]
+
+
 class ViewedTicTacToe(TicTacToe):
     """TicTacToe whose every turn shows the board in one of its 8 symmetric orientations
     (`generator.board_symmetries`), drawn per turn from the game's seed, so a replay from
@@ -102,8 +108,7 @@ class ViewedTicTacToe(TicTacToe):
     here at play time, so the behaviour log-probs are those of the prompt shown)."""
 
     def view(self) -> tuple[int, ...]:
-        moves = sum(c != "." for c in self.board)
-        return SYMMETRIES[random.Random(f"{self.seed}:{moves}").randrange(len(SYMMETRIES))]
+        return drawn_view(self.seed, sum(c != "." for c in self.board))
 
     def observation(self, player: int) -> str:
         cells = "".join(
