@@ -26,6 +26,12 @@ def winner(board: str) -> str | None:
     return None
 
 
+def shown(board: str, player: int) -> str:
+    """`board` as `player` is shown it: each cell's mark, or its number while it is free."""
+    cells = "".join(c if c != "." else str(i + 1) for i, c in enumerate(board))
+    return f"tictactoe {MARKS[player]} {cells}:"
+
+
 class TicTacToe(IllegalReplyLoses):
     name = "tictactoe"
     num_players = 2
@@ -55,8 +61,7 @@ class TicTacToe(IllegalReplyLoses):
     def observation(self, player: int) -> str:
         """One line, cells in move order, free cells shown by their number (as SPIRAL's
         TextArena observations list the valid moves): 'tictactoe O X2O456789:' -> reply '5'."""
-        cells = "".join(c if c != "." else str(i + 1) for i, c in enumerate(self.board))
-        return f"tictactoe {MARKS[player]} {cells}:"
+        return shown(self.board, player)
 
     @staticmethod
     def parse_action(text: str) -> int | None:
@@ -111,14 +116,11 @@ class ViewedTicTacToe(TicTacToe):
         return drawn_view(self.seed, sum(c != "." for c in self.board))
 
     def observation(self, player: int) -> str:
-        cells = "".join(
-            self.board[c] if self.board[c] != "." else str(i + 1) for i, c in enumerate(self.view())
-        )
-        return f"tictactoe {MARKS[player]} {cells}:"
+        return shown("".join(self.board[c] for c in self.view()), player)  # numbered as shown
 
     def parse_action(self, text: str) -> int | None:
-        shown = TicTacToe.parse_action(text)
-        return None if shown is None else self.view()[shown]
+        position = TicTacToe.parse_action(text)
+        return None if position is None else self.view()[position]
 
     def action_text(self, action: int) -> str:
         return TicTacToe.action_text(self.view().index(action))
