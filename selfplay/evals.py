@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from selfplay.games import kuhn
-from selfplay.games.tictactoe import exact_non_loss
+from selfplay.games.tictactoe import exact_non_loss, exact_slips
 from selfplay.league import LEARNER, OPENING
 from selfplay.stats import mean_interval, points
 from selfplay.tasks.judges import pairwise_agreement
@@ -265,9 +265,14 @@ def kuhn_policy_table(
 def exact_summary(policy: Callable[[str, int], int], opponent: str) -> dict:
     """TicTacToe non-loss of a deterministic `policy` ((board, player) -> cell) against
     `opponent` (minimax or random) over every game it can play, in each seat and their mean
-    (tictactoe.exact_non_loss): what an evaluation of 100 games a seat estimates."""
+    (tictactoe.exact_non_loss): what an evaluation of 100 games a seat estimates; and for
+    each seat (`X_...`, `O_...`) where it first misses a win or a block, and how often that
+    loses (tictactoe.exact_slips)."""
     x, o = (exact_non_loss(policy, seat, opponent) for seat in (0, 1))
-    return {"opponent": opponent, "exact": True, "non_loss": (x + o) / 2, "X": x, "O": o}
+    out = {"opponent": opponent, "exact": True, "non_loss": (x + o) / 2, "X": x, "O": o}
+    for seat, mark in enumerate("XO"):  # where each seat first misses a win or a block
+        out |= {f"{mark}_{k}": v for k, v in exact_slips(policy, seat, opponent).items()}
+    return out
 
 
 def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:

@@ -20,6 +20,7 @@ from selfplay.games.tictactoe import (
     best_moves,
     completing,
     exact_non_loss,
+    exact_slips,
     forks,
     minimax_value,
     optimal_moves,
@@ -439,6 +440,62 @@ def test_exact_non_loss_on_hand_computed_lines():
         exact_non_loss(lowest_free, 0, "heuristic")
 
 
+def test_exact_slips_on_hand_computed_lines():
+    # O (lowest free cell) to move on X 2 3 7, O 5 6: O wins on 4 but plays 1 (a block).
+    # Random X then plays 4 (O 8, missing 9's win again, X 9: a draw), 8 or 9 (O takes 4
+    # and wins): the game slips once, at its first miss, and is never lost
+    slips = exact_slips(lowest_free, 1, "random", ".XX.OOX..")
+    assert slips == {"missed_win": 1.0, "missed_win_lost": 0.0, "missed_block": 0.0, "missed_block_lost": 0.0}
+    # O to move on X 1 5, O 2: no win for O, X completes 1-5-9 next. O plays 3, and
+    # whatever random X plays it ends with 9 (every line above, by hand): a lost block
+    for opponent in ("random", "minimax"):  # minimax takes 9 at once
+        slips = exact_slips(lowest_free, 1, opponent, "XO..X....")
+        assert slips == {
+            "missed_win": 0.0,
+            "missed_win_lost": 0.0,
+            "missed_block": 1.0,
+            "missed_block_lost": 1.0,
+        }
+    # perfect play never misses a block and loses nothing; where it can complete a line it
+    # may still play another move that wins by force (the first optimal one): a missed win
+    for seat in (0, 1):
+        slips = exact_slips(perfect, seat, "random")
+        assert slips["missed_block"] == slips["missed_win_lost"] == slips["missed_block_lost"] == 0.0
+    assert exact_slips(perfect, 0, "random")["missed_win"] > 0
+    with pytest.raises(ValueError, match="minimax or random"):
+        exact_slips(lowest_free, 0, "heuristic")
+
+
+@pytest.mark.parametrize("seat", [0, 1])
+def test_exact_slips_are_what_played_games_count(seat):
+    """4,000 games of the lowest free cell against RandomPlayer: the share that first miss
+    a win (or a block), and the share that do so and lose, land within 0.03 of the exact
+    figures."""
+    opponent, counts = RandomPlayer(seed=seat), dict.fromkeys(exact_slips(lowest_free, seat, "random"), 0)
+    mine, theirs = "XO"[seat], "XO"[1 - seat]
+    for _ in range(4000):
+        game, slip = TicTacToe(), None
+        while not game.is_terminal:
+            mover = game.current_player
+            if mover != seat:
+                game.apply(opponent.act(game))
+                continue
+            cell = lowest_free(game.board, mover)
+            wins, threats = completing(game.board, mine), completing(game.board, theirs)
+            if slip is None and wins and cell not in wins:
+                slip = "missed_win"
+            elif slip is None and not wins and threats and cell not in threats:
+                slip = "missed_block"
+            game.apply(cell)
+        if slip is not None:
+            counts[slip] += 1
+            counts[f"{slip}_lost"] += game.returns()[seat] < 0
+    exact = exact_slips(lowest_free, seat, "random")
+    assert exact["missed_win"] + exact["missed_block"] > 0.3  # the check has something to count
+    for name, count in counts.items():
+        assert count / 4000 == pytest.approx(exact[name], abs=0.03), name
+
+
 @pytest.mark.parametrize("seat", [0, 1])
 def test_exact_non_loss_is_what_played_games_estimate(seat):
     """4,000 games against RandomPlayer, played by the game's own rules, land within
@@ -464,5 +521,6 @@ def test_eval_exact_plays_a_checkpoint_greedily_on_the_free_cells(tiny_model, ca
     result = json.loads(capsys.readouterr().out)
     assert result["non_loss"] == pytest.approx((result["X"] + result["O"]) / 2)
     assert result["X"] == exact_non_loss(policy, 0, "minimax")
+    assert result["X_missed_block"] == exact_slips(policy, 0, "minimax")["missed_block"]
     assert main(["eval", "--checkpoint", tiny_model, "--exact", "--opponent", "heuristic"]) == 2
     assert "minimax or random only" in capsys.readouterr().err

@@ -199,14 +199,58 @@ def exact_non_loss(policy, seat: int, opponent: str, board: str = "." * 9) -> fl
         if player == seat:
             cell = policy(board, player)
             return value(place(board, cell, MARKS[player])) if board[cell] == "." else 0.0
-        cells = (
-            best_moves(board, player)
-            if opponent == "minimax"
-            else [i for i, c in enumerate(board) if c == "."]
-        )
+        cells = replies(board, player, opponent)
         return sum(value(place(board, i, MARKS[player])) for i in cells) / len(cells)
 
     return value(board)
+
+
+def replies(board: str, player: int, opponent: str) -> list[int]:
+    """The cells `opponent` (minimax or random) plays from `board` with equal probability."""
+    if opponent == "minimax":
+        return best_moves(board, player)
+    return [i for i, c in enumerate(board) if c == "."]
+
+
+def exact_slips(policy, seat: int, opponent: str, board: str = "." * 9) -> dict[str, float]:
+    """Where a deterministic `policy` playing `seat` first goes wrong by the one-move rule,
+    exactly, over every game `opponent` can play from `board` (weighted as in
+    `exact_non_loss`): `missed_win`, the probability that a game reaches a turn where the
+    policy could complete a line and plays elsewhere; `missed_block`, one where it cannot
+    win, the opponent could complete a line next, and it does not block. Each game counts
+    once, at its first such slip; `*_lost` is the probability of a game that slips so and
+    is then lost. Where non-loss falls short of 1 with no slip, the opponent won by a fork."""
+    if opponent not in ("minimax", "random"):
+        raise ValueError(f"exact evaluation: opponent must be minimax or random, got {opponent!r}")
+    mine, theirs = MARKS[seat], MARKS[1 - seat]
+    out = dict.fromkeys(("missed_win", "missed_win_lost", "missed_block", "missed_block_lost"), 0.0)
+
+    def walk(board: str, p: float) -> None:
+        if winner(board) is not None or "." not in board:
+            return
+        player = board.count("X") - board.count("O")
+        if player != seat:
+            cells = replies(board, player, opponent)
+            for i in cells:
+                walk(place(board, i, theirs), p / len(cells))
+            return
+        cell = policy(board, player)
+        wins, threats = completing(board, mine), completing(board, theirs)
+        if wins:
+            slip = "missed_win" if cell not in wins else None
+        else:
+            slip = "missed_block" if threats and cell not in threats else None
+        legal = board[cell] == "."  # a taken cell loses on the spot, as in play
+        if slip is None:
+            if legal:
+                walk(place(board, cell, mine), p)
+            return
+        lost = 1.0 - exact_non_loss(policy, seat, opponent, place(board, cell, mine)) if legal else 1.0
+        out[slip] += p
+        out[f"{slip}_lost"] += p * lost
+
+    walk(board, 1.0)
+    return out
 
 
 def completing(board: str, mark: str) -> list[int]:
