@@ -448,7 +448,7 @@ def test_exact_slips_on_hand_computed_lines():
     assert slips == {"missed_win": 1.0, "missed_win_lost": 0.0, "missed_block": 0.0, "missed_block_lost": 0.0}
     # O to move on X 1 5, O 2: no win for O, X completes 1-5-9 next. O plays 3, and
     # whatever random X plays it ends with 9 (every line above, by hand): a lost block
-    for opponent in ("random", "minimax"):  # minimax takes 9 at once
+    for opponent in ("random", "minimax"):  # minimax wins by force from there (9, or a fork)
         slips = exact_slips(lowest_free, 1, opponent, "XO..X....")
         assert slips == {
             "missed_win": 0.0,
