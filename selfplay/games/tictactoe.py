@@ -185,6 +185,12 @@ def exact_non_loss(policy, seat: int, opponent: str, board: str = "." * 9) -> fl
     MinimaxPlayer draws them), `random` uniform over the free cells. Each branch weighs its
     probability, so there is no sampling noise: what 100 games a seat estimate. A move
     onto a taken cell (an unmasked policy's illegal reply) loses, as in play."""
+    return non_loss_values(policy, seat, opponent)(board)
+
+
+def non_loss_values(policy, seat: int, opponent: str):
+    """`exact_non_loss` as a cached function of the board, for callers that value many
+    positions of one policy (each subtree is walked once)."""
     if opponent not in ("minimax", "random"):
         raise ValueError(f"exact evaluation: opponent must be minimax or random, got {opponent!r}")
 
@@ -202,7 +208,7 @@ def exact_non_loss(policy, seat: int, opponent: str, board: str = "." * 9) -> fl
         cells = replies(board, player, opponent)
         return sum(value(place(board, i, MARKS[player])) for i in cells) / len(cells)
 
-    return value(board)
+    return value
 
 
 def replies(board: str, player: int, opponent: str) -> list[int]:
@@ -220,8 +226,7 @@ def exact_slips(policy, seat: int, opponent: str, board: str = "." * 9) -> dict[
     win, the opponent could complete a line next, and it does not block. Each game counts
     once, at its first such slip; `*_lost` is the probability of a game that slips so and
     is then lost. Where non-loss falls short of 1 with no slip, the opponent won by a fork."""
-    if opponent not in ("minimax", "random"):
-        raise ValueError(f"exact evaluation: opponent must be minimax or random, got {opponent!r}")
+    value = non_loss_values(policy, seat, opponent)
     mine, theirs = MARKS[seat], MARKS[1 - seat]
     out = dict.fromkeys(("missed_win", "missed_win_lost", "missed_block", "missed_block_lost"), 0.0)
 
@@ -245,7 +250,7 @@ def exact_slips(policy, seat: int, opponent: str, board: str = "." * 9) -> dict[
             if legal:
                 walk(place(board, cell, mine), p)
             return
-        lost = 1.0 - exact_non_loss(policy, seat, opponent, place(board, cell, mine)) if legal else 1.0
+        lost = 1.0 - value(place(board, cell, mine)) if legal else 1.0
         out[slip] += p
         out[f"{slip}_lost"] += p * lost
 
