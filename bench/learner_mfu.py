@@ -13,7 +13,9 @@ flash kernel are timed beside them (`flash_attention_step_s`). Model FLOPs are 6
 non-embedding parameters per token. Beside it, the same batch's bare forward + backward +
 optimiser step on the same model (`model_only`, timed the same way with the learner's
 steps as its warm-up), which says how much of the gap is the learner's own work and how
-much the model's shapes at this size.
+much the model's shapes at this size. For the presets in `--compiled` (1m by default), the
+same steps by a learner with `learner.compile` (torch.compile of the policy's forward),
+side by side: `compiled_speedup_1m`, the eager step's time over the compiled one's.
 
     .venv/bin/python -m bench.learner_mfu
 """
@@ -47,11 +49,12 @@ def median_s(fn, repeats: int = 3, budget_s: float = 20.0, warm_up: bool = True)
     return sorted(times)[len(times) // 2]
 
 
-def measure(preset: str, turns: int, prompt: int, response: int, threads: int, tmp: Path) -> dict:
+def measure(
+    preset: str, turns: int, prompt: int, response: int, threads: int, tmp: Path, compiled: bool = False
+) -> dict:
     model_dir = str(create_default_model(tmp / preset, preset, prompt + response + 8))
-    learner = learner_for(
-        model_dir, [f"learner.threads={threads}", "learner.advantage=gae", "buffer.whole_games=true"]
-    )
+    settings = [f"learner.threads={threads}", "learner.advantage=gae", "buffer.whole_games=true"]
+    learner = learner_for(model_dir, settings)
     table = synthetic_batch(turns, prompt, response, 100, seed=0)
     step_s = median_s(lambda: learner.train_step(table))
     # the same steps with attention on PyTorch's flash kernel (learner.math_attention_max_len 0),
@@ -76,6 +79,10 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
         opt.step()
 
     bare_s = median_s(bare, warm_up=False)  # the learner's steps above warmed the same model and optimiser
+    compiled_s = None
+    if compiled:  # the same steps by a learner with learner.compile; its warm-up step compiles
+        compiled_learner = learner_for(model_dir, [*settings, "learner.compile=true"])
+        compiled_s = median_s(lambda: compiled_learner.train_step(table))
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "flops_per_step": flops,
@@ -83,6 +90,7 @@ def measure(preset: str, turns: int, prompt: int, response: int, threads: int, t
         "tokens_per_s": tokens / step_s,
         "model_only_s": bare_s,
         "flash_attention_step_s": flash_s,
+        "compiled_step_s": compiled_s,
     }
 
 
@@ -93,6 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prompt", type=int, default=23)
     p.add_argument("--response", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="0: every core of this process")
+    p.add_argument(
+        "--compiled", default="1m", help="presets also timed with learner.compile (comma-separated; '' none)"
+    )
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     facts = machine()
@@ -102,7 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):  # the rate measured again beside each, so drift shows
             peaks.append(matmul_flops("cpu", dtype, threads))
-            runs[preset] = measure(preset, args.turns, args.prompt, args.response, threads, Path(tmp))
+            compiled = preset in args.compiled.split(",")
+            runs[preset] = measure(
+                preset, args.turns, args.prompt, args.response, threads, Path(tmp), compiled
+            )
     peaks.append(matmul_flops("cpu", dtype, threads))
     peak, figures = max(peaks), {}
     for preset, r in runs.items():
@@ -119,6 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
                 else ""
             ),
         )
+        if r["compiled_step_s"]:
+            figures[f"compiled_speedup_{preset}"] = figure(
+                r["step_s"] / r["compiled_step_s"],
+                None,
+                note=f"eager {r['step_s']:.3f} s a step, compiled {r['compiled_step_s']:.3f} s",
+            )
         print(
             f"{preset}: step {r['step_s']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.3f} "
             f"(model only: {r['model_only_s']:.3f} s, {r['model_only_mfu']:.3f})",

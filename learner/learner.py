@@ -320,6 +320,8 @@ class Learner:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema_decay else None
         if cfg.gradient_checkpointing:  # recompute each layer's activations in backward
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.compile:  # in place: the module, its parameters and its state_dict keys stay as they are
+            self.model.compile(dynamic=True)
         params = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters alone
         self.value_head = None
         if cfg.advantage == "gae":  # a zero-initialised linear value head on the shared trunk

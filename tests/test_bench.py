@@ -53,7 +53,7 @@ def test_buffer_benchmark_writes_its_figures(tmp_path):
 
 def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
     figures = learner_mfu.main(
-        ["--presets", "1m", "--turns", "16", "--threads", "1", "--results", str(tmp_path)]
+        ["--presets", "1m", "--turns", "16", "--threads", "1", "--compiled", "", "--results", str(tmp_path)]
     )
     doc = json.loads((tmp_path / "learner_mfu.json").read_text())
     assert 0 < figures["mfu_1m"]["value"] < 1 and figures["mfu_1m"]["goal"] is None
@@ -61,6 +61,7 @@ def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
     assert run["flops_per_step"] == 6 * (run["parameters"] - 128 * 128) * 16 * 24  # non-embedding params
     assert doc["matmul_flops"] > 0 and doc["threads"] == 1
     assert run["flash_attention_step_s"] > 0  # 24 tokens: the math kernel, flash timed beside it
+    assert run["compiled_step_s"] is None and "compiled_speedup_1m" not in figures  # not asked
 
 
 @pytest.mark.parametrize(

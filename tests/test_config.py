@@ -147,6 +147,15 @@ def test_out_of_range_value_is_named(override, field):
     assert str(err.value).startswith(f"{field}:")
 
 
+@pytest.mark.parametrize(
+    "other", ["learner.num_workers=2", "learner.lora_rank=8", "learner.gradient_checkpointing=true"]
+)
+def test_a_compiled_learner_is_refused_where_it_was_not_measured(other):
+    assert load_config(overrides=["learner.compile=true"]).learner.compile
+    with pytest.raises(ConfigError, match="^learner.compile: only for a single learner"):
+        load_config(overrides=["learner.compile=true", other])
+
+
 def test_nccl_weight_sync_from_a_cpu_learner_is_refused():
     with pytest.raises(ConfigError) as err:
         load_config(overrides=["learner.sync_backend=nccl", "learner.device=cpu"])

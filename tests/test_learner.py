@@ -349,6 +349,38 @@ def test_the_math_and_flash_kernels_train_the_same_step(model_dir):
     torch.testing.assert_close(out[128][1], out[0][1], rtol=1e-4, atol=1e-5)
 
 
+def test_a_compiled_learner_takes_the_eager_steps_and_compiles_once(model_dir):
+    """learner.compile is a speed choice, not a different model: from the same weights, GAE
+    steps on batches of two sizes and lengths land on the eager learner's losses and
+    weights (float32); the second batch's shapes compile nothing new (dynamic shapes); the
+    checkpoint's keys are the plain model's."""
+    longer = schema.from_rows(
+        [
+            make_row(traj_id=f"g{g}", turn=2 * t, prompt_ids=[1, 10 + g, 3 + t, 7, 8], ret=ret, outcome=ret)
+            for g, ret in enumerate([1.0, -1.0, 1.0])
+            for t in range(2)
+        ]
+    )
+    graphs = torch._dynamo.utils.counters["stats"]
+    out = {}
+    for flag in ("false", "true"):
+        cfg = load_config(None, GAE + [f"learner.compile={flag}", "learner.bf16=false"])
+        learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        compiled = []
+        steps = []
+        for table in (won_and_lost_games(), longer):
+            before = graphs["unique_graphs"]
+            steps.append(learner.train_step(table)["loss"])
+            compiled.append(graphs["unique_graphs"] - before)
+        weights = torch.cat([p.detach().flatten() for p in learner.model.parameters()])
+        out[flag] = steps, weights, list(learner.model.state_dict()), compiled
+    (eager_loss, eager_w, eager_keys, none), (loss, weights, keys, compiled) = out["false"], out["true"]
+    assert none == [0, 0] and compiled[0] > 0 and compiled[1] == 0
+    assert loss == pytest.approx(eager_loss, rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(weights, eager_w, rtol=1e-4, atol=1e-5)
+    assert keys == eager_keys
+
+
 def test_a_model_dtype_of_auto_is_resolved_for_the_exports(model_dir, monkeypatch):
     """A ModelConfig built without the loader (auto) still exports one concrete dtype."""
     cfg = load_config()
