@@ -12,7 +12,7 @@ import torch
 from learner.learner import Learner, collate, math_attention, opponent_results, sequence_logprobs
 from selfplay import schema
 from selfplay.config import ModelConfig, load_config
-from selfplay.model import create_default_model
+from selfplay.model import PRESETS, create_default_model
 from tests.rows import make_row, make_task_row
 
 
@@ -349,11 +349,14 @@ def test_the_math_and_flash_kernels_train_the_same_step(model_dir):
     torch.testing.assert_close(out[128][1], out[0][1], rtol=1e-4, atol=1e-5)
 
 
-def test_a_compiled_learner_takes_the_eager_steps_and_compiles_once(model_dir):
+def test_a_compiled_learner_takes_the_eager_steps_and_compiles_once(tmp_path, monkeypatch):
     """learner.compile is a speed choice, not a different model: from the same weights, GAE
     steps on batches of two sizes and lengths land on the eager learner's losses and
     weights (float32); the second batch's shapes compile nothing new (dynamic shapes); the
-    checkpoint's keys are the plain model's."""
+    checkpoint's keys are the plain model's. (A one-layer model: compiling the 1m preset's
+    four takes ~80 s here with torch's compile cache empty.)"""
+    monkeypatch.setitem(PRESETS, "1layer", (64, 128, 1, 2))
+    model_dir = str(create_default_model(tmp_path, preset="1layer", max_positions=64))
     longer = schema.from_rows(
         [
             make_row(traj_id=f"g{g}", turn=2 * t, prompt_ids=[1, 10 + g, 3 + t, 7, 8], ret=ret, outcome=ret)
