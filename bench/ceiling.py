@@ -112,7 +112,15 @@ def greedy_player(learner: Learner, positions: list, prompts: dict, move_ids: li
 
 
 def run(
-    steps: int, eval_every: int, lr: float, seed: int, threads: int, preset: str, labels: str, tmp: Path
+    steps: int,
+    eval_every: int,
+    lr: float,
+    seed: int,
+    threads: int,
+    preset: str,
+    labels: str,
+    tmp: Path,
+    eager: bool = False,
 ) -> dict:
     # supervised labels: no advantage is read, and the demo's GAE discount goes with its value head
     settings = [f"seed={seed}", f"learner.lr={lr}", "learner.advantage=rae", "learner.gamma=1"]
@@ -121,6 +129,8 @@ def run(
         settings.append(f"model.preset={preset}")
     if threads:
         settings.append(f"learner.threads={threads}")
+    if eager:
+        settings.append("learner.compile=false")
     cfg = load_config(CONFIG, settings)
     model_dir = str(create_default_model(tmp / "model", cfg.model.preset, cfg.model.max_model_len, seed=seed))
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=seed)
@@ -159,9 +169,10 @@ def run(
             print(f"step {step}: {curve[-1]}", flush=True)
     return {
         "curve": curve,
-        "step_s": train_s / steps,
+        "step_s": train_s / steps,  # a compiled learner's first step, which compiles, included
         "preset": cfg.model.preset,
         "batch": cfg.learner.batch_size,
+        "compiled": cfg.learner.compile,
     }
 
 
@@ -191,12 +202,25 @@ def main(argv: list[str] | None = None) -> dict:
         default="one",
         help="one: each position's lowest optimal cell, always; any: one of its optimal cells at random",
     )
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="the learner uncompiled (the demo's compiles its forward: ~40-50 s once, then faster steps)",
+    )
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     facts = machine()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(
-            args.steps, args.eval_every, args.lr, args.seed, args.threads, args.preset, args.labels, Path(tmp)
+            args.steps,
+            args.eval_every,
+            args.lr,
+            args.seed,
+            args.threads,
+            args.preset,
+            args.labels,
+            Path(tmp),
+            args.eager,
         )
     first, held = reached(result["curve"])
     best = max(p["non_loss"] for p in result["curve"])

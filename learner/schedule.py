@@ -20,11 +20,15 @@ def run_progress(step: int, total_steps: int, elapsed_s: float, time_limit_s: fl
     return min(max(by_steps, by_time, 0.0), 1.0)
 
 
-def scheduled_lr(lr: float, schedule: str, progress: float, final: float) -> float:
+def scheduled_lr(lr: float, schedule: str, progress: float, final: float, decay_from: float = 0.0) -> float:
     """The learning rate at `progress` (in [0, 1], clamped): `constant` keeps `lr`;
-    `linear` and `cosine` go from `lr` at 0 to `lr * final` at 1, in a straight line or
-    along half a cosine (SGDR's, without restarts)."""
-    p = min(max(progress, 0.0), 1.0)
+    `linear` and `cosine` hold `lr` until `decay_from`, then go to `lr * final` at 1, in a
+    straight line or along half a cosine (SGDR's, without restarts). `decay_from` 0 decays
+    over the whole run; later, the run trains at `lr` and settles over its last part
+    (nanochat's warmdown, the "stable-decay" of warmup-stable-decay schedules)."""
+    if not 0.0 <= decay_from < 1.0:
+        raise ValueError(f"learner.lr_decay_from: must be in [0, 1), got {decay_from!r}")
+    p = min(max((progress - decay_from) / (1.0 - decay_from), 0.0), 1.0)
     if schedule == "constant":
         return lr
     if schedule == "linear":

@@ -143,6 +143,9 @@ class LearnerConfig:
     # keeps its sft.lr; the schedule runs over the whole run, supervised stage included
     lr_schedule: LrSchedule = "constant"
     lr_final: float = 0.1
+    # where in the run (a fraction of it, as above) a linear or cosine schedule starts to
+    # decay: `lr` until then, `lr * lr_final` at the end. 0: decay from the start
+    lr_decay_from: float = 0.0
     # a generator that has not acknowledged a weight load this long after it was sent is
     # dropped from the broadcast and told to stop (the pool replaces it): one hung engine
     # never stalls training
@@ -734,6 +737,8 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         raise ConfigError(
             f"autoscale.min_generators: must not exceed autoscale.max_generators ({a.max_generators})"
         )
+    if not 0 <= cfg.learner.lr_decay_from < 1:
+        raise ConfigError(f"learner.lr_decay_from: must be in [0, 1), got {cfg.learner.lr_decay_from!r}")
     if a.enabled and not a.min_generators <= cfg.generator.num_generators <= a.max_generators:
         raise ConfigError(
             f"generator.num_generators: must be within autoscale bounds "

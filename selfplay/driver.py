@@ -682,7 +682,8 @@ class Run:
         cfg = self.cfg
         elapsed = time.time() - self.start
         progress = run_progress(self.step, cfg.total_steps, elapsed, cfg.time_limit_min * 60)
-        lr = scheduled_lr(cfg.learner.lr, cfg.learner.lr_schedule, progress, cfg.learner.lr_final)
+        c = cfg.learner
+        lr = scheduled_lr(c.lr, c.lr_schedule, progress, c.lr_final, c.lr_decay_from)
         ray.get(self.learner.set_lr.remote(lr))
 
     def stall_report(self, watchdog: Watchdog) -> str:

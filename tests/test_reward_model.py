@@ -46,9 +46,9 @@ def test_a_labeler_that_never_decides_is_refused():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A reward model trained on 640 brevity-labelled pairs from a fresh 1M-parameter Llama."""
+    """A reward model trained on 320 brevity-labelled pairs from a fresh 1M-parameter Llama."""
     init = create_default_model(tmp_path_factory.mktemp("init"), preset="1m", max_positions=160)
-    train, held_out, ties = reward_model.training_pairs(TASK, SHORT, 640, 200, seed=0)
+    train, held_out, ties = reward_model.training_pairs(TASK, SHORT, 320, 100, seed=0)
     out = tmp_path_factory.mktemp("rm") / "reward_model"
     info = reward_model.train(
         str(init),
@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
 
 def test_training_teaches_the_labelers_preference_on_held_out_prompts(trained):
     out, info, held_out = trained
-    assert info["steps"] == 2 * 640 // 32 and info["train_pairs"] == 640
+    assert info["steps"] == 2 * 320 // 32 and info["train_pairs"] == 320
     assert info["held_out_accuracy"] >= 0.9 > info["held_out_accuracy_before"]
     assert reward_model.complete(out) == info  # reward_model.json: the figures
     assert not out.with_name(out.name + ".partial").exists()

@@ -34,12 +34,27 @@ def test_linear_and_cosine_go_from_lr_to_lr_times_final():
         scheduled_lr(lr, "step", 0.5, final)
 
 
+def test_a_late_decay_holds_the_rate_then_decays_over_the_rest():
+    lr, final = 1e-3, 0.1
+    assert scheduled_lr(lr, "linear", 0.3, final, decay_from=0.6) == lr  # held
+    assert scheduled_lr(lr, "linear", 0.6, final, decay_from=0.6) == pytest.approx(1e-3)
+    assert scheduled_lr(lr, "linear", 0.8, final, decay_from=0.6) == pytest.approx(5.5e-4)  # half of the rest
+    assert scheduled_lr(lr, "linear", 0.9, final, decay_from=0.6) == pytest.approx(3.25e-4)  # 0.1 + 0.9 / 4
+    assert scheduled_lr(lr, "cosine", 0.8, final, decay_from=0.6) == pytest.approx(5.5e-4)
+    assert scheduled_lr(lr, "linear", 1.0, final, decay_from=0.6) == pytest.approx(1e-4)
+    assert scheduled_lr(lr, "constant", 0.9, final, decay_from=0.6) == lr
+    with pytest.raises(ValueError, match="learner.lr_decay_from"):
+        scheduled_lr(lr, "linear", 0.5, final, decay_from=1.0)
+
+
 def test_config_names_a_bad_schedule_field():
     assert load_config(None, ["learner.lr_schedule=cosine"]).learner.lr_schedule == "cosine"
     with pytest.raises(ConfigError, match="learner.lr_schedule"):
         load_config(None, ["learner.lr_schedule=step"])
     with pytest.raises(ConfigError, match="learner.lr_final"):
         load_config(None, ["learner.lr_final=1.5"])
+    with pytest.raises(ConfigError, match="learner.lr_decay_from"):
+        load_config(None, ["learner.lr_decay_from=1"])
 
 
 def test_the_averages_decay_warms_up_to_its_setting():
