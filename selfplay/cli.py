@@ -16,9 +16,9 @@ from selfplay.procs import Descendants, local_ray_lost
 
 
 def cmd_run(args) -> int:
-    from selfplay import driver
-
     if args.resume:
+        from selfplay import driver
+
         cfg = driver.resume_config(Path(args.resume), args.set)
         run_dir = driver.train(cfg, resume_dir=Path(args.resume), console=True)
     else:
@@ -26,7 +26,10 @@ def cmd_run(args) -> int:
             raise ConfigError("run: give a CONFIG file or --resume RUN_DIR")
         overrides = list(args.set) + ([f"ray.address={args.address}"] if args.address else [])
         name = jobs.check_name(args.name) if args.name else None
-        run_dir = driver.train(load_config(args.config, overrides), name=name, console=True)
+        cfg = load_config(args.config, overrides)  # a bad field fails in a second, before torch loads
+        from selfplay import driver
+
+        run_dir = driver.train(cfg, name=name, console=True)
     from selfplay.console import result_lines
     from selfplay.report import write_report
 
