@@ -48,11 +48,19 @@ METRICS_SCHEMA = pa.schema(
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, run_id: str, ray_gauges: bool = True):
+    """Every metric of a run by step, kept in RUN_DIR/metrics.parquet (written at each
+    checkpoint and at the end), TensorBoard and Ray's gauges. `resumed_at`: the step of the
+    checkpoint a run resumes from; rows logged past it by the session that was stopped or
+    killed are dropped (those steps are taken again), the rest kept (an evaluation of an
+    earlier step that finished after its checkpoint included)."""
+
+    def __init__(self, run_dir: Path, run_id: str, ray_gauges: bool = True, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / "metrics.parquet"
         self.rows: list[dict] = pq.read_table(self.path).to_pylist() if self.path.exists() else []
+        if resumed_at is not None:
+            self.rows = [row for row in self.rows if row["step"] <= resumed_at]
         self.tb = SummaryWriter(str(run_dir / "tb"))
         self.run_id = run_id
         self.ray_gauges = ray_gauges

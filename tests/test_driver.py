@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from learner.learner import REFERENCE
 from selfplay import driver, reward_model
-from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig
+from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig, save_config
 
 pytestmark = pytest.mark.integration
 
@@ -179,19 +180,21 @@ def test_run_cli_rejects_an_unknown_field_naming_it():
     assert "learner.lrr: unknown field" in out.stderr
 
 
-def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_resumes_mid_stage(
+def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_and_promotes(
     ray_session, small_cfg, tmp_path
 ):
     """The pipeline in one run: a reward model trained first (the judge, with a rule), the
     supervised stage, whose policy becomes the first snapshot; then the policy's and the
     snapshot's replies are judged into DPO pairs (written for other trainers), with
-    promotion matches on held-out prompts every 2 steps. Stopped at step 4, in the middle of
-    self-play, it resumes there (the reward model kept, not retrained) and ends at 8, where
-    the final policy meets the supervised one."""
+    promotion matches on held-out prompts every 2 steps. Its driver (`selfplay run CONFIG
+    --name NAME`, a process of its own on the session's Ray) is killed (SIGKILL: nothing
+    runs on the way out) once step 6, in the middle of self-play, is checkpointed; the same
+    command resumes it there (the reward model kept, not retrained) and ends at 8, where the
+    final policy meets the supervised one."""
     cfg = task_run_config(
         small_cfg,
         tmp_path,
-        steps=4,
+        steps=2,  # a checkpoint every 2 steps
         max_response_tokens=8,
         reference=True,
         task=TaskConfig(
@@ -220,13 +223,43 @@ def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_r
         ),
         acceptance={"describe/vs_first/score": ">= 0", "league/snapshots/promotions": ">= 0"},
     )
-    run_dir = driver.train(cfg)
+    config, run_dir, log = tmp_path / "pipeline.yaml", tmp_path / "pipeline", tmp_path / "killed.log"
+    save_config(dataclasses.replace(cfg, total_steps=100), config)  # far more steps than it gets
+    address = ray_session.get_runtime_context().gcs_address
+    with open(log, "w") as out:
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "selfplay.cli", "run", str(config), "--name", "pipeline"]
+            + ["--set", f"ray.address={address}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def named_actors():  # the run's (learner, generators, ...), in its own namespace
+        listed = ray_session.util.list_named_actors(all_namespaces=True)
+        return [a["name"] for a in listed if a["namespace"] == "pipeline"]
+
+    try:
+        deadline = time.time() + 300
+        while (checkpoint := driver.latest_checkpoint(run_dir)) is None or checkpoint.name != "step_0000006":
+            assert killed.poll() is None, f"the driver ended before step 6: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"no step-6 checkpoint in 300 s: {log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        assert named_actors()
+    finally:
+        killed.kill()
+        killed.wait()
+    assert driver.latest_checkpoint(run_dir).name == "step_0000006"
+    assert set(json.loads((run_dir / "summary.json").read_text())) == {"before"}  # kept from the start
     trained_at = (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns
-    assert driver.latest_checkpoint(run_dir).name == "step_0000004"
-    assert driver.train(driver.resume_config(run_dir, ["total_steps=8"]), resume_dir=run_dir) == run_dir
+    deadline = time.time() + 30
+    while named_actors():  # Ray ends a job's actors with its driver
+        assert time.time() < deadline, f"the killed driver's actors outlived it: {named_actors()}"
+        time.sleep(0.1)
+    # the command again, with a nearer end (on the test's Ray, in its namespace)
+    assert driver.train(dataclasses.replace(cfg, total_steps=8), name="pipeline") == run_dir
     assert (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns == trained_at
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 8
+    assert summary["steps"] == 8 and set(summary["before"]) == {"describe/held_out"}
     final = summary["after"]["describe/vs_first"]
     assert final["member"] == "snap-0" and final["games"] == 12
     assert final["score"] == pytest.approx(final["win"] + final["draw"] / 2)
@@ -249,11 +282,9 @@ def test_the_reward_model_self_play_dpo_pipeline_promotes_writes_its_pairs_and_r
     monitor = summary["after"]["describe/monitor"]
     gold = {m["step"]: m["value"] for m in metrics if m["name"] == "eval/describe/held_out/gold_score"}
     alarms = {m["step"]: m["value"] for m in metrics if m["name"] == "monitor/alarm"}
-    assert set(gold) == {0, 2, 4, 8}  # before, after the supervised stage, at each session's end
-    assert set(alarms) == {2, 4, 8}  # watched from the supervised policy on
-    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(
-        gold[2], gold[4], gold[8]
-    )
+    assert set(gold) == {0, 2, 8}  # before, after the supervised stage, at the end (none at the kill)
+    assert set(alarms) == {2, 8}  # watched from the supervised policy on
+    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(gold[2], gold[8])
     assert monitor["gold_final"] == gold[8]
     rm = summary["after"]["reward_model/held_out"]
     assert rm["pairs"] == reward_model.complete(run_dir / "reward_model")["held_out_pairs"] > 0
