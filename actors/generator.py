@@ -39,7 +39,7 @@ from selfplay.evals import (
     task_summary,
 )
 from selfplay.games import make_game, scripted_players
-from selfplay.league import LEARNER, OPENING, SELF, SKILL_TOKENS, scripted_tier
+from selfplay.league import BLUNDER, LEARNER, OPENING, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
 from selfplay.tasks import gold_judge, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
@@ -121,6 +121,24 @@ class GameInPlay:
     traj_id: str
     turns: list[dict] = field(default_factory=list)
     too_long: bool = False  # a prompt outgrew the context: ended, dropped
+    blunder_at: int | None = None  # the turn that is a random move (generator.blunder_share)
+    blunder_role: int | None = None  # the seat that made it
+
+    def blunders_now(self) -> bool:
+        """Whether this turn is its random move. Against a scripted player only that player
+        blunders (the learner's turns there all train): a learner's turn passes it on."""
+        if self.blunder_at != len(self.turns):
+            return False
+        if self.mover == LEARNER and any(p is not None for p in self.scripted):
+            self.blunder_at += 1
+            return False
+        return True
+
+    def untrain_blunderer(self) -> None:
+        """The seat that blundered trains on none of its turns of this game."""
+        for row in self.turns:
+            if row["role"] == self.blunder_role:
+                row["trainable"] = False
 
     @property
     def over(self) -> bool:
@@ -354,23 +372,30 @@ class Generator:
         """Play every match to the end; returns all turns. Pending turns of all games for the
         same policy go into one engine call; scripted players move between calls. What it
         cost goes to `counts` (default: the training counts). `training`: the games get
-        what only training games get, random opening moves (`_open`) and symmetric views
-        of the board (`generator.board_symmetries`)."""
+        what only training games get, random opening moves (`_open`), blunders
+        (`_plan_blunders`) and symmetric views of the board (`generator.board_symmetries`)."""
         counts = self.counts if counts is None else counts
         games = self._deal(matches, symmetric_views=training and self.cfg.board_symmetries)
         if training and self.cfg.opening_moves:
             self._open(games, self.cfg.opening_moves)
+        if training and self.cfg.blunder_share:
+            self._plan_blunders(games)
         while live := [g for g in games if not g.over]:
             waiting: dict[str, list[GameInPlay]] = {}  # policy -> its games awaiting a reply
             for g in live:
                 player = g.scripted[g.role]
-                if player is None:
+                if g.blunders_now():
+                    self._blunder(g)
+                elif player is None:
                     waiting.setdefault(g.mover, []).append(g)
                 else:
                     self._scripted_move(g, player)
             for policy, batch in waiting.items():
                 self._model_moves(policy, batch, temperature, counts)
         played = [g for g in games if not g.too_long]
+        for g in played:
+            if g.blunder_role is not None:
+                g.untrain_blunderer()
         counts["games"] += len(played)
         counts["too_long"] += len(games) - len(played)
         return schema.from_rows([row for g in played for row in g.rows()])
@@ -400,6 +425,25 @@ class Generator:
                     break
                 self._scripted_move(g, player)
                 g.turns[-1].update(policy_id=OPENING, policy_version=0, trainable=False)
+
+    def _plan_blunders(self, games: list[GameInPlay]) -> None:
+        """`generator.blunder_share`: which games get a random move after the opening, and
+        at which turn (uniform over the next `blunder_plies`). Games against league members
+        get none: their results rate the members (Elo, PFSP)."""
+        for g in games:
+            if self.rng.random() >= self.cfg.blunder_share:
+                continue
+            if any(s != LEARNER and g.scripted[i] is None for i, s in enumerate(g.match.seats)):
+                continue
+            g.blunder_at = len(g.turns) + self.rng.randint(1, self.cfg.blunder_plies)
+
+    def _blunder(self, g: GameInPlay) -> None:
+        """A uniformly random legal move for whoever is to move, trained by no one; where the
+        learner's seat made it (self-play), that seat's other turns of the game are not
+        trained either (their returns would carry a move the policy did not choose)."""
+        g.blunder_role = g.role
+        self._scripted_move(g, scripted_players(g.match.game)["random"](self.rng.getrandbits(31)))
+        g.turns[-1].update(policy_id=BLUNDER, policy_version=0, trainable=False)
 
     def _scripted_players(self, match: Match) -> list:
         scripted = scripted_players(match.game)

@@ -90,6 +90,14 @@ class GeneratorConfig:
     opening_moves: int = 0
     opening_moves_min: int = 0
     opening_share: float = 1.0
+    # Blunders (exploration past the opening): in a share of the training games against
+    # itself or a scripted opponent, one move after the opening, drawn uniformly from the
+    # next blunder_plies moves, is a uniformly random legal move (the game's `random`
+    # player; policy_id `blunder`, not trained). Where the learner's seat made it, that
+    # seat's other turns of the game are not trained either: the other side learns to punish
+    # an open line (take the win it is left), which its own careful play seldom shows it.
+    blunder_share: float = 0.0
+    blunder_plies: int = 6
     # Board symmetries: every training turn of TicTacToe shows the board in one of its 8
     # symmetric orientations (rotated, reflected), drawn per turn from the game's seed; the
     # reply names a cell as shown. The policy meets each position in every orientation, as
@@ -475,6 +483,7 @@ COMPARISON = r"(>=|<=|>|<) -?\d+(\.\d+)?"  # acceptance and stop_when targets: '
 
 POSITIVE = {
     "total_steps",
+    "generator.blunder_plies",
     "stop_window",
     "watchdog_min",
     "log_every",
@@ -750,6 +759,7 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         "eval.kuhn_average_tail",
         "learner.lr_final",
         "generator.opening_share",
+        "generator.blunder_share",
     )
     for name in unit:
         if not 0 <= _get(cfg, name) <= 1:
@@ -795,6 +805,8 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
     if cfg.generator.opening_moves:
         raise ConfigError("generator.opening_moves: a task run has no game to open")
+    if cfg.generator.blunder_share:
+        raise ConfigError("generator.blunder_share: a task run has no game to blunder in")
     if cfg.generator.board_symmetries:
         raise ConfigError("generator.board_symmetries: a task run has no board")
     if getattr(task, "chain", False) and cfg.builder.rows not in ("rl", "sft"):
@@ -1019,12 +1031,10 @@ def validate_opponents(cfg: RunConfig) -> None:
             f"generator.opening_moves_min: {cfg.generator.opening_moves_min} is more than "
             f"generator.opening_moves ({cfg.generator.opening_moves})"
         )
-    if cfg.generator.opening_moves:
+    for name in ("opening_moves", "blunder_share"):  # both move with the game's random player
         lacking = [g for g in cfg.games if "random" not in scripted_players(g)]
-        if lacking:
-            raise ConfigError(
-                f"generator.opening_moves: game {lacking[0]} has no `random` player to open with"
-            )
+        if getattr(cfg.generator, name) and lacking:
+            raise ConfigError(f"generator.{name}: game {lacking[0]} has no `random` player to move with")
     if cfg.generator.board_symmetries and "tictactoe" not in cfg.games:
         raise ConfigError("generator.board_symmetries: only TicTacToe has them, and games has no tictactoe")
 

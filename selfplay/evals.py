@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from selfplay.games import kuhn
 from selfplay.games.tictactoe import exact_non_loss, exact_slips
-from selfplay.league import LEARNER, OPENING
+from selfplay.league import BLUNDER, LEARNER, OPENING
 from selfplay.stats import mean_interval, points
 from selfplay.tasks.judges import pairwise_agreement
 
@@ -178,11 +178,12 @@ def outcomes(table: pa.Table, policy: str = LEARNER) -> list[dict]:
     """One entry per game `policy` took part in, from its side: game, opponent, role,
     outcome, illegal. A game counts even if `policy` never moved (the opponent opened with
     an illegal move): its seat is read from the opponent's rows. Random opening moves
-    (generator.opening_moves) are no one's play: their rows name neither side."""
+    (generator.opening_moves) and blunders (generator.blunder_share) are no one's play:
+    their rows name neither side."""
     games: dict[str, dict] = {}
     cols = ["traj_id", "game", "role", "policy_id", "opponent_id", "outcome", "illegal"]
     for row in table.select(cols).to_pylist():
-        if row["policy_id"] == OPENING:
+        if row["policy_id"] in (OPENING, BLUNDER):
             continue
         if row["policy_id"] == policy:
             role, outcome, illegal, other = row["role"], row["outcome"], row["illegal"], row["opponent_id"]

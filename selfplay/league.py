@@ -23,6 +23,7 @@ DEFAULT_RATING = 1000.0
 SELF = "self"  # the learner playing itself
 LEARNER = "learner"  # the learner's id in results and rating_history
 OPENING = "opening"  # the random opening moves' player (generator.opening_moves): no one's play
+BLUNDER = "blunder"  # a random move later in a game (generator.blunder_share): no one's play either
 MODES = typing.get_args(MatchmakingMode)
 LEAGUE_VERSION = 1
 # Skill-conditioned prompts: the seed model's tokens, prefixed by how strong the opponent is.

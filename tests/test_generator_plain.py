@@ -16,7 +16,7 @@ from selfplay import collective, schema
 from selfplay.config import GeneratorConfig
 from selfplay.evals import outcomes
 from selfplay.games.tictactoe import TicTacToe
-from selfplay.league import LEARNER, OPENING, SELF
+from selfplay.league import BLUNDER, LEARNER, OPENING, SELF
 from tests.engines import EngineMaker, RuleEngine, checksum, decode, encode, legal_reply, weights
 
 
@@ -547,6 +547,64 @@ def test_random_openings_of_a_drawn_length_open_every_game_with_min_to_max_moves
     assert {
         sum(r["policy_id"] == OPENING for r in rows) for rows in by_traj(fixed.self_play(50)).values()
     } == {2}
+
+
+def test_a_blunder_is_one_random_move_after_the_opening_and_its_seat_trains_on_none_of_that_game():
+    gen = make_generator(blunder_share=1.0, blunder_plies=3, opening_moves=1)
+    games = by_traj(gen.self_play(300))
+    turns = Counter()
+    for rows in games.values():
+        blunders = [r for r in rows if r["policy_id"] == BLUNDER]
+        assert len(blunders) == 1 and rows[0]["policy_id"] == OPENING  # the opening, then play
+        t = rows.index(blunders[0])
+        turns[t] += 1
+        seat = blunders[0]["role"]
+        assert not blunders[0]["trainable"] and blunders[0]["response_ids"] == []
+        assert all(not r["trainable"] for r in rows if r["role"] == seat)  # before and after it
+        assert all(r["trainable"] for r in rows if r["role"] != seat and r["policy_id"] == LEARNER)
+    assert set(turns) == {2, 3, 4} and min(turns.values()) >= 70  # 1-3 moves after the opening
+    # the rule engine plays the lowest free cell: a blunder lands elsewhere, and every game replays
+    assert any(r["response_text"] != min_free for r, min_free in blunder_cells(games.values()))
+    assert replays(gen.self_play(64))
+    # half the games at share 0.5; none in an evaluation
+    half = by_traj(make_generator(blunder_share=0.5).self_play(400)).values()
+    assert 150 <= sum(any(r["policy_id"] == BLUNDER for r in rows) for rows in half) <= 250
+    blundering, plain = make_generator(blunder_share=1.0, seed=5), make_generator(seed=5)
+    assert blundering.evaluate("tictactoe", "random", 20) == plain.evaluate("tictactoe", "random", 20)
+
+
+def blunder_cells(games):
+    """Each blunder row with the cell the rule engine would have played there (the lowest free)."""
+    for rows in games:
+        board = set()
+        for r in rows:
+            if r["policy_id"] == BLUNDER:
+                yield r, str(min(set(range(1, 10)) - board))
+            board.add(int(r["response_text"]))
+
+
+def test_against_a_scripted_opponent_only_the_opponent_blunders_and_league_games_get_none():
+    gen = make_generator(blunder_share=1.0, blunder_plies=2, opponents={"heuristic": 0.5})
+    gen.add_opponent("snap-0", "snapshot-dir")
+    table = gen.league_play(
+        [("snap-0", "intermediate", "intermediate")] * 40 + [(SELF, "intermediate", "intermediate")] * 80
+    )
+    against = Counter()
+    for rows in by_traj(table).values():
+        players = {r["policy_id"] for r in rows} - {BLUNDER}
+        blunders = [r for r in rows if r["policy_id"] == BLUNDER]
+        if "snap-0" in players:  # a league member's game rates it: played as it is
+            assert not blunders
+        elif "heuristic" in players:  # the heuristic's seat blunders; the learner trains every turn
+            (blunder,) = blunders
+            assert blunder["role"] == next(r["role"] for r in rows if r["policy_id"] == "heuristic")
+            assert all(r["trainable"] for r in rows if r["policy_id"] == LEARNER)
+        else:
+            assert len(blunders) == 1
+        against[next(iter(players - {LEARNER}), SELF)] += 1
+    assert set(against) == {"snap-0", "heuristic", SELF}
+    assert {g["opponent"] for g in outcomes(table)} == {"snap-0", "heuristic", SELF}  # no one's play
+    assert replays(table)
 
 
 def test_board_symmetries_show_training_games_in_views_the_verifier_replays_and_evaluations_as_they_are():
