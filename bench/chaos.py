@@ -43,6 +43,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
+from selfplay.files import run_ended
 from selfplay.stats import wilson_interval
 
 SETTINGS = [  # two generators (a kill leaves one playing), sharing the two cores
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "books": books(result["run_dir"], result["faults"], games),
         "final_eval": {
             "under_faults": final_eval(result["run_dir"]),
-            "undisturbed": final_eval(calm_dir) if (calm_dir / "summary.json").exists() else None,
+            "undisturbed": final_eval(calm_dir) if run_ended(calm_dir) else None,
         },
     }
     report["acceptance"] = acceptance(report)

@@ -17,8 +17,9 @@ lower bound, with it an upper one (said in the result).
 Each arm of `--arms` (filter: the variance filter; screen: the filter after a screen of 4
 samples a prompt, SPEED's selective prompting) is compared with the plain arm. Runs are
 kept under runs/bench-variance/ (seedS-plain, seedS-filter, seedS-screen; `-evalN-kM` where
-`--eval-every`, `--eval-samples` are not the config's); a run that already has its summary.json is read,
-not run again, so an interrupted measurement goes on where it stopped.
+`--eval-every`, `--eval-samples` are not the config's); a run that has ended (its summary.json
+holds its steps) is read, not run again, and one cut off resumes from its newest checkpoint,
+so an interrupted measurement goes on where it stopped.
 
 The evaluation interval bounds what the figure can resolve: an arm that crosses the target
 between two evaluations is credited at the later one. With the config's 50 steps the
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from bench.suite import figure, machine, write, write_table
 from selfplay.evals import meets
+from selfplay.files import run_ended
 from selfplay.stats import seeds_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +113,7 @@ def run(seed: int, arm: str, minutes: float, evals: list[str]) -> Path:
     short = {"eval.every_steps": "eval", "task.eval_samples": "k"}
     suffix = "".join(f"-{short[key]}{value}" for key, value in (e.split("=", 1) for e in evals))
     run_dir = WORK / f"seed{seed}-{arm}{suffix}"
-    if (run_dir / "summary.json").exists():
+    if run_ended(run_dir):
         return run_dir
     from selfplay import driver
     from selfplay.config import load_config

@@ -1031,8 +1031,8 @@ def validate_opponents(cfg: RunConfig) -> None:
             f"generator.opening_moves_min: {cfg.generator.opening_moves_min} is more than "
             f"generator.opening_moves ({cfg.generator.opening_moves})"
         )
+    lacking = [g for g in cfg.games if "random" not in scripted_players(g)]
     for name in ("opening_moves", "blunder_share"):  # both move with the game's random player
-        lacking = [g for g in cfg.games if "random" not in scripted_players(g)]
         if getattr(cfg.generator, name) and lacking:
             raise ConfigError(f"generator.{name}: game {lacking[0]} has no `random` player to move with")
     if cfg.generator.board_symmetries and "tictactoe" not in cfg.games:

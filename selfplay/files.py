@@ -4,6 +4,7 @@ the directory (a rename is atomic on POSIX file systems)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def write_atomic(path: str | Path, text: str) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def run_ended(run_dir: str | Path) -> bool:
+    """Whether a run has ended (finished, or stopped from outside): its summary.json holds
+    its `steps`, written at the end. The file itself exists from the first evaluation on
+    (`before`), so a killed run keeps it."""
+    path = Path(run_dir) / "summary.json"
+    return path.exists() and "steps" in json.loads(path.read_text())
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:

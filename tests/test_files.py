@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from selfplay.files import fsync_tree, write_atomic
+from selfplay.files import fsync_tree, run_ended, write_atomic
 
 
 def test_write_atomic_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
@@ -59,3 +59,11 @@ def test_a_token_is_created_private_and_an_existing_one_is_tightened(tmp_path, m
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
     assert local_ray_auth() == tmp_path / "t"
     assert (tmp_path / "t").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_run_has_ended_once_its_summary_holds_its_steps(tmp_path):
+    assert not run_ended(tmp_path)  # nothing yet
+    write_atomic(tmp_path / "summary.json", '{"before": {"tictactoe/random": {}}}')
+    assert not run_ended(tmp_path)  # measured before training, then killed or still running
+    write_atomic(tmp_path / "summary.json", '{"before": {}, "after": {}, "steps": 40}')
+    assert run_ended(tmp_path)
