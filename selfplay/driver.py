@@ -456,6 +456,16 @@ class Run:
     def wall(self) -> float:
         return self.wall_offset + time.time() - self.start
 
+    def evaluate_lost(self) -> None:
+        """On resume: the periodic evaluation due at the checkpoint's step is queued just
+        before the checkpoint is written and logged once it finishes, so a session killed in
+        between lost it; it is measured again here, on the weights the learner resumed with
+        (the checkpoint's), and logged at that step."""
+        due = self.step % self.cfg.eval.every_steps < self.cfg.log_every
+        logged = any(r["step"] == self.step and r["name"].startswith("eval/") for r in self.metrics.rows)
+        if due and not logged:
+            self.evaluate()
+
     def evaluate(self, wait: bool = False, prefix: str = "eval", weights: dict | None = None) -> dict:
         """Evaluate `weights` (default: EvalQueue.weights_for `prefix`). Waited for, nothing
         trains meanwhile, so the learner's weights are settled on generator-0's engine first."""
@@ -870,6 +880,8 @@ def train(
         if not resume_from:  # on disk at once: a run killed before its end keeps it for the resume
             summary["before"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
             write_atomic(summary_path, json.dumps(summary, indent=2))
+        else:
+            r.evaluate_lost()
         r.watch()
         if r.stopped_when:
             summary["stopped_when"] = r.stopped_when

@@ -189,8 +189,9 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
     promotion matches on held-out prompts every 2 steps. Its driver (`selfplay run CONFIG
     --name NAME`, a process of its own on the session's Ray) is killed (SIGKILL: nothing
     runs on the way out) once step 6, in the middle of self-play, is checkpointed; the same
-    command resumes it there (the reward model kept, not retrained) and ends at 8, where the
-    final policy meets the supervised one."""
+    command resumes it there (the reward model kept, not retrained; step 6's evaluation,
+    lost with the driver, measured again) and ends at 8, where the final policy meets the
+    supervised one."""
     cfg = task_run_config(
         small_cfg,
         tmp_path,
@@ -223,6 +224,8 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
         ),
         acceptance={"describe/vs_first/score": ">= 0", "league/snapshots/promotions": ">= 0"},
     )
+    # evaluated at step 6, queued just before that step's checkpoint: the kill loses it
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, every_steps=6))
     config, run_dir, log = tmp_path / "pipeline.yaml", tmp_path / "pipeline", tmp_path / "killed.log"
     save_config(dataclasses.replace(cfg, total_steps=100), config)  # far more steps than it gets
     address = ray_session.get_runtime_context().gcs_address
@@ -250,6 +253,9 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
         killed.wait()
     assert driver.latest_checkpoint(run_dir).name == "step_0000006"
     assert set(json.loads((run_dir / "summary.json").read_text())) == {"before"}  # kept from the start
+    logged = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    assert 4 in {m["step"] for m in logged if m["name"] == "league/vs_previous_games"}
+    assert 6 not in {m["step"] for m in logged if m["name"].startswith("eval/")}  # lost with the driver
     trained_at = (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns
     deadline = time.time() + 30
     while named_actors():  # Ray ends a job's actors with its driver
@@ -282,9 +288,12 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
     monitor = summary["after"]["describe/monitor"]
     gold = {m["step"]: m["value"] for m in metrics if m["name"] == "eval/describe/held_out/gold_score"}
     alarms = {m["step"]: m["value"] for m in metrics if m["name"] == "monitor/alarm"}
-    assert set(gold) == {0, 2, 8}  # before, after the supervised stage, at the end (none at the kill)
-    assert set(alarms) == {2, 8}  # watched from the supervised policy on
-    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(gold[2], gold[8])
+    # before, after the supervised stage, at step 6 (lost at the kill, measured on resume), at the end
+    assert set(gold) == {0, 2, 6, 8}
+    assert set(alarms) == {2, 6, 8}  # watched from the supervised policy on
+    assert monitor["alarms"] == sum(alarms.values()) and monitor["gold_peak"] == max(
+        gold[2], gold[6], gold[8]
+    )
     assert monitor["gold_final"] == gold[8]
     rm = summary["after"]["reward_model/held_out"]
     assert rm["pairs"] == reward_model.complete(run_dir / "reward_model")["held_out_pairs"] > 0
