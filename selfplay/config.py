@@ -682,6 +682,8 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         )
     if not 0 < cfg.learner.gamma <= 1:
         raise ConfigError(f"learner.gamma: must be in (0, 1], got {cfg.learner.gamma}")
+    if not 0 <= cfg.learner.lr_decay_from < 1:
+        raise ConfigError(f"learner.lr_decay_from: must be in [0, 1), got {cfg.learner.lr_decay_from!r}")
     if cfg.learner.gamma != 1 and cfg.learner.advantage != "gae":
         raise ConfigError("learner.gamma: discounts the gae advantage; set learner.advantage gae with it")
     if cfg.learner.advantage == "gae" and not cfg.buffer.whole_games:
@@ -746,8 +748,6 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         raise ConfigError(
             f"autoscale.min_generators: must not exceed autoscale.max_generators ({a.max_generators})"
         )
-    if not 0 <= cfg.learner.lr_decay_from < 1:
-        raise ConfigError(f"learner.lr_decay_from: must be in [0, 1), got {cfg.learner.lr_decay_from!r}")
     if a.enabled and not a.min_generators <= cfg.generator.num_generators <= a.max_generators:
         raise ConfigError(
             f"generator.num_generators: must be within autoscale bounds "
