@@ -122,7 +122,6 @@ class GameInPlay:
     turns: list[dict] = field(default_factory=list)
     too_long: bool = False  # a prompt outgrew the context: ended, dropped
     blunder_at: int | None = None  # the turn that is a random move (generator.blunder_share)
-    blunder_role: int | None = None  # the seat that made it
 
     def blunders_now(self) -> bool:
         """Whether this turn is its random move. Against a scripted player only that player
@@ -135,9 +134,10 @@ class GameInPlay:
         return True
 
     def untrain_blunderer(self) -> None:
-        """The seat that blundered trains on none of its turns of this game."""
+        """The seat that blundered (if any) trains on none of its turns of this game."""
+        blundered = {row["role"] for row in self.turns if row["policy_id"] == BLUNDER}
         for row in self.turns:
-            if row["role"] == self.blunder_role:
+            if row["role"] in blundered:
                 row["trainable"] = False
 
     @property
@@ -394,7 +394,7 @@ class Generator:
                 self._model_moves(policy, batch, temperature, counts)
         played = [g for g in games if not g.too_long]
         for g in played:
-            if g.blunder_role is not None:
+            if g.blunder_at is not None:
                 g.untrain_blunderer()
         counts["games"] += len(played)
         counts["too_long"] += len(games) - len(played)
@@ -418,13 +418,12 @@ class Generator:
         for g in games:
             if self.rng.random() >= self.cfg.opening_share:
                 continue
-            player = scripted_players(g.match.game)["random"](self.rng.getrandbits(31))
+            player = self._random_player(g)
             count = moves if low == moves else self.rng.randint(low, moves)
             for _ in range(count):
                 if g.over:
                     break
-                self._scripted_move(g, player)
-                g.turns[-1].update(policy_id=OPENING, policy_version=0, trainable=False)
+                self._random_move(g, player, OPENING)
 
     def _plan_blunders(self, games: list[GameInPlay]) -> None:
         """`generator.blunder_share`: which games get a random move after the opening, and
@@ -440,10 +439,18 @@ class Generator:
     def _blunder(self, g: GameInPlay) -> None:
         """A uniformly random legal move for whoever is to move, trained by no one; where the
         learner's seat made it (self-play), that seat's other turns of the game are not
-        trained either (their returns would carry a move the policy did not choose)."""
-        g.blunder_role = g.role
-        self._scripted_move(g, scripted_players(g.match.game)["random"](self.rng.getrandbits(31)))
-        g.turns[-1].update(policy_id=BLUNDER, policy_version=0, trainable=False)
+        trained either (their returns would carry a move the policy did not choose; marked at
+        the end of play, `GameInPlay.untrain_blunderer`)."""
+        self._random_move(g, self._random_player(g), BLUNDER)
+
+    def _random_player(self, g: GameInPlay):
+        """The game's `random` player, seeded from this generator's draws."""
+        return scripted_players(g.match.game)["random"](self.rng.getrandbits(31))
+
+    def _random_move(self, g: GameInPlay, player, policy_id: str) -> None:
+        """A move by `player` that is no one's play (OPENING, BLUNDER): not trained."""
+        self._scripted_move(g, player)
+        g.turns[-1].update(policy_id=policy_id, policy_version=0, trainable=False)
 
     def _scripted_players(self, match: Match) -> list:
         scripted = scripted_players(match.game)

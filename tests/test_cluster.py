@@ -20,13 +20,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from cluster import local_cluster
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,16 +58,6 @@ def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProc
     )
     assert out.returncode == 0, f"selfplay {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"{what} not seen within {timeout:.0f} s")
 
 
 def scaling_events(run_dir: Path) -> list[dict]:

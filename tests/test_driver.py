@@ -7,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from learner.learner import REFERENCE
 from selfplay import driver, reward_model
 from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig, save_config
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -241,12 +241,15 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
         listed = ray_session.util.list_named_actors(all_namespaces=True)
         return [a["name"] for a in listed if a["namespace"] == "pipeline"]
 
+    def step_6_checkpointed() -> bool:
+        assert killed.poll() is None, f"the driver ended before step 6: {log.read_text()[-3000:]}"
+        checkpoint = driver.latest_checkpoint(run_dir)
+        return checkpoint is not None and checkpoint.name == "step_0000006"
+
     try:
-        deadline = time.time() + 300
-        while (checkpoint := driver.latest_checkpoint(run_dir)) is None or checkpoint.name != "step_0000006":
-            assert killed.poll() is None, f"the driver ended before step 6: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"no step-6 checkpoint in 300 s: {log.read_text()[-3000:]}"
-            time.sleep(0.1)
+        wait_for(
+            step_6_checkpointed, 300, lambda: f"a step-6 checkpoint ({log.read_text()[-3000:]})", poll=0.1
+        )
         assert named_actors()
     finally:
         killed.kill()
@@ -257,10 +260,13 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
     assert 4 in {m["step"] for m in logged if m["name"] == "league/vs_previous_games"}
     assert 6 not in {m["step"] for m in logged if m["name"].startswith("eval/")}  # lost with the driver
     trained_at = (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns
-    deadline = time.time() + 30
-    while named_actors():  # Ray ends a job's actors with its driver
-        assert time.time() < deadline, f"the killed driver's actors outlived it: {named_actors()}"
-        time.sleep(0.1)
+    # Ray ends a job's actors with its driver
+    wait_for(
+        lambda: not named_actors(),
+        30,
+        lambda: f"the killed driver's actors gone ({named_actors()})",
+        poll=0.1,
+    )
     # the command again, with a nearer end (on the test's Ray, in its namespace)
     assert driver.train(dataclasses.replace(cfg, total_steps=8), name="pipeline") == run_dir
     assert (run_dir / "reward_model" / reward_model.INFO).stat().st_mtime_ns == trained_at
