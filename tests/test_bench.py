@@ -284,7 +284,7 @@ def test_the_ceiling_benchmark_trains_the_demos_learner_and_writes_its_figures(t
     )
     doc = json.loads((tmp_path / "ceiling.json").read_text())
     assert [p["step"] for p in doc["curve"]] == [1, 2]
-    assert (doc["preset"], doc["batch"]) == ("1m", 512)  # configs/tictactoe.yaml's
+    assert (doc["preset"], doc["batch"]) == ("500k", 512)  # configs/tictactoe.yaml's
     assert doc["compiled"] is False  # --eager: the demo's learner compiles (tests/test_learner.py)
     assert all(0 < p["nll"] < 10 for p in doc["curve"]) and doc["step_s"] > 0
     assert figures["tictactoe_ceiling_first_step"]["goal"] is None

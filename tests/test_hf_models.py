@@ -1,7 +1,8 @@
 """Any HF-format directory goes through the same path as the default model. Here a tiny
 Qwen2-architecture model (tied embeddings, grouped-query attention, as small Qwen
 checkpoints have) is built locally: the learner trains it, exports it, and a vLLM engine
-reloads it in place with log-probs matching the learner's."""
+reloads it in place with log-probs matching the learner's. Its heads are 32 wide, as the
+demo's `500k` preset's (the engines' other tests run the 64-wide heads of `1m`)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def qwen_dir(tmp_path_factory):
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        num_attention_heads=4,  # heads of 32
+        num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
         bos_token_id=1,
