@@ -26,7 +26,7 @@ import ray
 
 from actors.engine import Engine, EngineFactory, PolicyEngine
 from selfplay import collective, schema
-from selfplay.builder import update_hard_pool
+from selfplay.builder import curriculum_accepts, curriculum_weights, update_hard_pool, update_learnability
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import (
     game_points,
@@ -91,6 +91,7 @@ class Match:
 FIXED = "fixed"  # the engine holding weights frozen for an evaluation (see Generator.load_fixed)
 # per play, for training or evaluation; too_long: games ended unplayed because a prompt outgrew
 # the context (SPIRAL ends them as draws; here they are dropped, never handed on, and counted)
+CURRICULUM_DRAWS = 1000  # a new problem's draws by task.curriculum, at most (1 / floor expected)
 COUNTED = ("games", "turns", "tokens", "engine_s", "illegal", "too_long")
 
 
@@ -209,11 +210,14 @@ class Generator:
         self.score = ScoreCache(self.task.score) if self.task is not None else None  # evaluations
         self.gold = gold_judge(task_cfg) if self.task is not None else None  # the hacking monitor's
         self.hard: list[int] = []  # the hard-prompt pool's problem seeds (task runs)
+        # task.curriculum learnability: each difficulty class's (groups seen, learnability)
+        self.learnability: dict[str, tuple[int, float]] = {}
         self.prompt_seeds = prompt_seeds or []
         self.held_out: list | None = None  # the task's held-out problems, once an evaluation drew them
         if self.task is not None:
             self.counts["hard_prompts"] = 0  # prompts drawn again from it
             self.counts["screened_out"] = 0  # problems task.screen_samples found uniform
+            self.counts["curriculum_skipped"] = 0  # draws task.curriculum passed over
 
     @classmethod
     def from_model(
@@ -912,13 +916,34 @@ class Generator:
             return self.rng.choice(self.hard)
         if self.prompt_seeds:
             return self.rng.choice(self.prompt_seeds)
+        if self.task_cfg.curriculum == "learnability":
+            return self._learnable_seed()
         return self.rng.getrandbits(31)
 
+    def _learnable_seed(self) -> int:
+        """A new train problem's seed by the learnability curriculum: the task's own draws,
+        each kept with its difficulty class's weight over the highest (rejection sampling,
+        selfplay/builder.py:curriculum_accepts). The floor bounds the expected draws by
+        1 / task.curriculum_floor; after CURRICULUM_DRAWS the last is kept."""
+        weights = curriculum_weights(self.learnability, self.task_cfg.curriculum_floor)
+        for _ in range(CURRICULUM_DRAWS):
+            seed = self.rng.getrandbits(31)
+            if curriculum_accepts(weights, self.task.difficulty(self.task.problem(seed)), self.rng.random()):
+                return seed
+            self.counts["curriculum_skipped"] += 1
+        return seed
+
     def note_groups(self, groups: list) -> None:
-        """The verifier's (problem seed, mean reward) of scored groups: the hard pool's input."""
-        if self.task is not None and self.task_cfg.hard_fraction > 0:
-            c = self.task_cfg
+        """The verifier's (problem seed, mean reward, reward std) of scored groups: the hard
+        pool's and the learnability curriculum's input."""
+        if self.task is None:
+            return
+        c = self.task_cfg
+        if c.hard_fraction > 0:
             self.hard = update_hard_pool(self.hard, [tuple(g) for g in groups], c.hard_below, c.hard_pool)
+        if c.curriculum == "learnability":
+            classes = [(self.task.difficulty(self.task.problem(g[0])), g[2] > 0) for g in groups]
+            self.learnability = update_learnability(self.learnability, classes)
 
     def _sample(
         self, prompts: list[str], temperature: float, policy: str = LEARNER, counts: dict | None = None
@@ -1232,4 +1257,5 @@ class GeneratorActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             **self.gen.counts,
             **{f"eval_{k}": v for k, v in self.gen.eval_counts.items()},
+            "learnability": {key: rate for key, (_, rate) in sorted(self.gen.learnability.items())},
         }

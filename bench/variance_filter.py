@@ -15,8 +15,9 @@ lower bound, with it an upper one (said in the result).
     python -m bench.variance_filter --arms screen      # selective prompting against plain
 
 Each arm of `--arms` (filter: the variance filter; screen: the filter after a screen of 4
-samples a prompt, SPEED's selective prompting) is compared with the plain arm. Runs are
-kept under runs/bench-variance/ (seedS-plain, seedS-filter, seedS-screen; `-evalN-kM` where
+samples a prompt, SPEED's selective prompting; learn: the filter with new problems drawn by
+the learnability curriculum, task.curriculum) is compared with the plain arm. Runs are
+kept under runs/bench-variance/ (seedS-plain, seedS-filter, seedS-learn; `-evalN-kM` where
 `--eval-every`, `--eval-samples` are not the config's); a run that has ended (its summary.json
 holds its steps) is read, not run again, and one cut off resumes from its newest checkpoint,
 so an interrupted measurement goes on where it stopped.
@@ -56,6 +57,9 @@ ARMS = {
     # selective prompting (SPEED): 4 screening samples a prompt, the other 4 only where they
     # disagree; the filter holds back the uniform screens (task.screen_samples)
     "screen": ["builder.variance_filter=true", "task.screen_samples=4"],
+    # the learnability curriculum: new problems drawn by difficulty class in proportion to
+    # the share of the class's recent groups whose rewards differed, behind the filter
+    "learn": ["builder.variance_filter=true", "task.curriculum=learnability"],
 }
 
 

@@ -39,7 +39,11 @@ Game turns (no task) pass through untouched.
 
 The hard-prompt pool (`update_hard_pool`, prime-rl's and DAPO's curriculum idea): the
 generator draws `task.hard_fraction` of its prompts again from the problems its policy
-solved sometimes but rarely, so groups that teach come back while they still teach."""
+solved sometimes but rarely, so groups that teach come back while they still teach.
+The learnability curriculum (`update_learnability`, `curriculum_weights`,
+`curriculum_accepts`; task.curriculum): the generator draws new problems by difficulty
+class in proportion to the share of the class's recent groups whose rewards differed, so
+fewer uniform groups are generated for the filter to hold back."""
 
 from __future__ import annotations
 
@@ -413,10 +417,10 @@ def labelled_row(
     }
 
 
-def group_means(table: pa.Table) -> list[tuple[int, float]]:
-    """(problem seed, mean reward) of each task group of a scored table, in order seen: the
-    first role's rows (a solver's, where a task has a checker too: the pool is of problems
-    the solver finds hard)."""
+def group_means(table: pa.Table) -> list[tuple[int, float, float]]:
+    """(problem seed, mean reward, reward std) of each task group of a scored table, in
+    order seen: the first role's rows (a solver's, where a task has a checker too: the pool
+    and the curriculum are of problems the solver finds hard)."""
     rewards: dict[str, list[float]] = defaultdict(list)
     seeds: dict[str, int] = {}
     for g, seed, r, role in zip(
@@ -428,15 +432,52 @@ def group_means(table: pa.Table) -> list[tuple[int, float]]:
         if g is not None and role == 0:
             rewards[g].append(r)
             seeds[g] = seed
-    return [(seeds[g], sum(rs) / len(rs)) for g, rs in rewards.items()]
+    return [(seeds[g], sum(rs) / len(rs), population_std(rs)) for g, rs in rewards.items()]
 
 
-def update_hard_pool(pool: list[int], groups: list[tuple[int, float]], below: float, size: int) -> list[int]:
-    """The pool of hard problem seeds, oldest first, after these groups' results: a
-    problem whose group was right sometimes but at most `below` of the time (0 < mean <=
-    below) joins it (or moves to its end); one solved more often (mean > below), or never
-    (mean 0: out of reach for now), leaves it. At most `size` seeds, the oldest go first."""
-    result = {seed: mean for seed, mean in groups}
+def update_hard_pool(pool: list[int], groups: list[tuple], below: float, size: int) -> list[int]:
+    """The pool of hard problem seeds, oldest first, after these groups' results ((seed,
+    mean reward, ...), as `group_means` gives them): a problem whose group was right
+    sometimes but at most `below` of the time (0 < mean <= below) joins it (or moves to its
+    end); one solved more often (mean > below), or never (mean 0: out of reach for now),
+    leaves it. At most `size` seeds, the oldest go first."""
+    result = {seed: mean for seed, mean, *_ in groups}
     kept = [s for s in pool if s not in result]
     kept += [s for s, mean in result.items() if 0 < mean <= below]
     return kept[max(len(kept) - size, 0) :]
+
+
+CURRICULUM_MEMORY = 50  # a class's learnability weighs about its newest 50 groups
+
+
+def update_learnability(
+    stats: dict[str, tuple[int, float]], groups: list[tuple[str, bool]]
+) -> dict[str, tuple[int, float]]:
+    """Each difficulty class's (groups seen, learnability) after these groups ((class,
+    whether its rewards differed)): learnability is the share of the class's groups whose
+    rewards differed, the ones a group baseline learns from and the variance filter admits;
+    a plain mean over its first CURRICULUM_MEMORY groups, then a moving average that gives
+    each new group 1/CURRICULUM_MEMORY of the weight, so it follows the policy as it learns."""
+    out = dict(stats)
+    for key, informative in groups:
+        n, rate = out.get(key, (0, 0.0))
+        n += 1
+        out[key] = (n, rate + (float(informative) - rate) / min(n, CURRICULUM_MEMORY))
+    return out
+
+
+def curriculum_weights(stats: dict[str, tuple[int, float]], floor: float) -> dict[str, float]:
+    """The weight a new problem of each class seen is drawn with (task.curriculum
+    learnability): its learnability, at least `floor`, so a class that taught nothing lately
+    is still drawn now and then and its learnability can rise again. A class never seen
+    weighs 1, the most any can (`curriculum_accepts`)."""
+    return {key: max(rate, floor) for key, (_, rate) in stats.items()}
+
+
+def curriculum_accepts(weights: dict[str, float], key: str, u: float) -> bool:
+    """Rejection sampling by class: a problem the task drew, of class `key`, is kept when
+    u (uniform in [0, 1)) is below its class's weight over the highest weight, so kept
+    problems follow the task's own distribution times the weights (a class never seen
+    weighs 1: it is always kept, and is then measured)."""
+    top = max(weights.values(), default=1.0)
+    return u * top < weights.get(key, 1.0)

@@ -34,6 +34,7 @@ BuilderRows = Literal["rl", "sft", "spin", "compete", "best_worst"]  # selfplay/
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]  # learner/losses.py:preference_loss
 TaskPrompts = Literal["train", "sft"]
 TaskVersus = Literal["self", "snapshot"]
+TaskCurriculum = Literal["none", "learnability"]
 TaskJudge = Literal["rules", "self"]
 JudgeWeights = Literal["current", "snapshot"]
 MonitorReplies = Literal["greedy", "sampled"]
@@ -290,6 +291,16 @@ class TaskConfig:
     hard_fraction: float = 0.0
     hard_below: float = 0.5
     hard_pool: int = 1024
+    # The learnability curriculum (the "frontier of learnability", Foster & Foerster 2025,
+    # over the task's difficulty classes: arithmetic's digit counts and carries, codegen's
+    # number of operations): each new train problem is the task's own draw, kept in
+    # proportion to how often its class's groups have lately had rewards that differ (the
+    # groups a group baseline learns from and the variance filter admits), at least
+    # curriculum_floor, so that classes the policy always or never solves are drawn seldom
+    # rather than generated and held back (selfplay/builder.py:update_learnability). none:
+    # the task's own distribution.
+    curriculum: TaskCurriculum = "none"
+    curriculum_floor: float = 0.05
     # Selective prompting (SPEED, Zhang et al. 2025): sample each prompt screen_samples times
     # first, score them in the generator, and sample the rest of samples_per_prompt only where
     # the screen's scores differ; a uniform screen stays a small group, which the variance
@@ -894,6 +905,18 @@ def validate_task(cfg: RunConfig) -> None:
                 "task.screen_samples: screens by the task's scorer for group-relative RL; needs "
                 f"task.judge rules and builder.rows rl (got {cfg.task.judge}, {cfg.builder.rows})"
             )
+    if cfg.task.curriculum != "none":
+        if not hasattr(task, "difficulty"):
+            raise ConfigError(
+                f"task.curriculum: draws by a task's difficulty classes; {cfg.task.name} has none "
+                "(arithmetic and codegen do), set none"
+            )
+        if cfg.task.prompts != "train":
+            raise ConfigError(
+                "task.curriculum: draws new train problems; task.prompts sft has none, set none"
+            )
+    if not 0 < cfg.task.curriculum_floor <= 1:  # 0 would never draw a class again
+        raise ConfigError(f"task.curriculum_floor: must be in (0, 1], got {cfg.task.curriculum_floor!r}")
     for name in ("task.hard_fraction", "task.hard_below"):
         if not _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")

@@ -52,7 +52,7 @@ from selfplay.program import (
     wait_until_free,
 )
 from selfplay.scaling import EVAL_GENERATOR
-from selfplay.stats import points
+from selfplay.stats import mean_by_key, points
 from selfplay.tasks import task_of
 
 COMPLETE = "COMPLETE"
@@ -810,13 +810,16 @@ class Run:
             "learner_mfu": t["flops_s"] / max(t["step_s"], 1e-9),
             "learner_peak_tflops": self.cfg.learner.peak_tflops,  # what MFU is read against
             # a task run's groups (the builder's counts), prompts drawn again from the hard pool,
-            # and problems whose screen (task.screen_samples) was uniform
+            # problems whose screen (task.screen_samples) was uniform, draws the curriculum
+            # passed over and its classes' learnability at the end (task.curriculum)
             **(
                 {
                     "task": {
                         **{k.removeprefix("task/"): v for k, v in builder_metrics(buffer).items()},
                         "hard_prompts": sum(g.get("hard_prompts", 0) for g in gens),
                         "screened_out": sum(g.get("screened_out", 0) for g in gens),
+                        "curriculum_skipped": sum(g.get("curriculum_skipped", 0) for g in gens),
+                        "learnability": mean_by_key([g.get("learnability", {}) for g in gens]),
                     }
                 }
                 if self.cfg.task.name

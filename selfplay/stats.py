@@ -48,3 +48,12 @@ def seeds_interval(values: list[float]) -> tuple[float, float]:
     if n < 2:
         raise ValueError(f"seeds_interval: needs at least two values, got {n}")
     return mean_interval(values, z=T95[n - 2] if n - 1 <= len(T95) else 1.96)
+
+
+def mean_by_key(maps: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the maps that hold it (key order: first seen)."""
+    values: dict[str, list[float]] = {}
+    for m in maps:
+        for key, value in m.items():
+            values.setdefault(key, []).append(value)
+    return {key: sum(vs) / len(vs) for key, vs in values.items()}

@@ -11,7 +11,18 @@ import pytest
 
 from learner.advantages import group_advantages, max_at_k_weights
 from selfplay import schema
-from selfplay.builder import build, group_means, sft_examples, sft_problems, targets_of, update_hard_pool
+from selfplay.builder import (
+    CURRICULUM_MEMORY,
+    build,
+    curriculum_accepts,
+    curriculum_weights,
+    group_means,
+    sft_examples,
+    sft_problems,
+    targets_of,
+    update_hard_pool,
+    update_learnability,
+)
 from selfplay.config import BuilderConfig
 from selfplay.tasks import make_task
 from tests.rows import make_row
@@ -212,9 +223,39 @@ def test_group_means_reads_each_groups_problem_and_mean_reward():
         [sample("a", 1.0, "1", seed=7), sample("a", 0.0, "2", seed=7), sample("b", 1.0, "3", seed=9)]
         + [make_row(traj_id="game")]
     )
-    assert group_means(table) == [(7, 0.5), (9, 1.0)]
+    assert group_means(table) == [(7, 0.5, 0.5), (9, 1.0, 0.0)]  # (seed, mean, population std)
     checker = schema.from_rows([sample("a", 1.0, "1", seed=7), sample("a", 0.0, "t", seed=7, role=1)])
-    assert group_means(checker) == [(7, 1.0)]  # the hard pool reads the first role (the solver's)
+    assert group_means(checker) == [(7, 1.0, 0.0)]  # the hard pool reads the first role (the solver's)
+
+
+# ---- the learnability curriculum
+
+
+def test_learnability_is_a_plain_mean_over_a_class_first_groups():
+    stats = update_learnability({}, [("a", True), ("a", False), ("b", False), ("a", True), ("a", True)])
+    assert stats == {"a": (4, 0.75), "b": (1, 0.0)}
+    assert update_learnability(stats, []) == stats and stats["a"] == (4, 0.75)  # not changed in place
+
+
+def test_learnability_then_gives_each_new_group_a_fixed_share():
+    full = {"a": (CURRICULUM_MEMORY, 0.5)}
+    n, rate = update_learnability(full, [("a", True)])["a"]
+    assert (n, rate) == (CURRICULUM_MEMORY + 1, pytest.approx(0.5 + 0.5 / CURRICULUM_MEMORY))
+    n, rate = update_learnability(full, [("a", False), ("a", False)])["a"]
+    assert rate == pytest.approx(0.5 * (1 - 1 / CURRICULUM_MEMORY) ** 2)
+
+
+def test_curriculum_weights_are_learnability_with_a_floor():
+    stats = {"easy": (10, 0.0), "frontier": (10, 0.6), "rare": (10, 0.02)}
+    assert curriculum_weights(stats, floor=0.05) == {"easy": 0.05, "frontier": 0.6, "rare": 0.05}
+
+
+def test_a_draw_is_kept_with_its_class_weight_over_the_highest():
+    weights = {"frontier": 0.5, "easy": 0.1}
+    assert curriculum_accepts(weights, "frontier", 0.999)  # the highest class: always kept
+    assert curriculum_accepts(weights, "easy", 0.19) and not curriculum_accepts(weights, "easy", 0.2)
+    assert curriculum_accepts(weights, "unseen", 0.999)  # never seen: kept, then measured
+    assert curriculum_accepts({}, "any", 0.999)  # nothing measured yet: the task's own draw
 
 
 # ---- SPIN pairs

@@ -408,6 +408,17 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
             "task.screen_samples: screens a one-role task's own samples; solver_checker",
         ),
         ([*TASK, "task.screen_samples=4", "builder.rows=sft"], "task.screen_samples: .*builder.rows rl"),
+        (
+            [
+                "task.name=words",
+                "learner.advantage=group",
+                "task.held_out=50",
+                "task.curriculum=learnability",
+            ],
+            "task.curriculum: draws by a task's difficulty classes; words has none",
+        ),
+        ([*TASK, "task.curriculum=hardest"], "task.curriculum"),
+        ([*TASK, "task.curriculum_floor=0"], r"task.curriculum_floor: must be in \(0, 1\], got 0"),
     ],
 )
 def test_a_task_run_is_checked_field_by_field(overrides, message):

@@ -55,8 +55,12 @@ def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, r
         # rejection sampling: every reply is accepted (an untrained model is never right)
         (ARITHMETIC, {"rows": "sft", "accept_reward": 0.0}),
         # group advantages behind the variance filter: every group of an untrained model
-        # agrees (all wrong), so batches fill from the reserve instead of stalling
-        (ARITHMETIC, {"rows": "rl", "variance_filter": True, "fill_after": 32}),
+        # agrees (all wrong), so batches fill from the reserve instead of stalling; new
+        # problems drawn by the learnability curriculum
+        (
+            {**ARITHMETIC, "curriculum": "learnability"},
+            {"rows": "rl", "variance_filter": True, "fill_after": 32},
+        ),
         # solver + checker: both roles sampled, judged by each other in the sandbox
         (SOLVER_CHECKER, {"rows": "rl"}),
         # generate -> critique -> refine: a chain per sample, each role's own advantages
@@ -139,6 +143,10 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     else:
         assert all(sft_rows[s] == 0 for s in (3, 4, 5, 6))
         assert any(m["name"] == "task/filled_from_reserve" and m["value"] > 0 for m in metrics)
+        # the generator measured each difficulty class of 1-digit sums that its groups met
+        learnability = summary["task"]["learnability"]
+        assert learnability and set(learnability) <= {"1+1 c0", "1+1 c1"}
+        assert all(0 <= rate <= 1 for rate in learnability.values())
 
 
 def test_eval_cli_plays_a_checkpoint_against_another_model_with_legal_moves_only(tiny_model, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from selfplay.league import LEARNER, LeagueState, Member
 from selfplay.metrics import METRICS_SCHEMA
 from selfplay.report import figures, promote_threshold, wilson_interval, write_report
-from selfplay.stats import mean_interval, seeds_interval
+from selfplay.stats import mean_by_key, mean_interval, seeds_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,6 +49,12 @@ def test_seeds_interval_uses_students_t():
     assert (lo, hi) == (pytest.approx(0.35016, abs=1e-5), pytest.approx(0.39984, abs=1e-5))
     with pytest.raises(ValueError, match="at least two values"):
         seeds_interval([1.0])
+
+
+def test_mean_by_key_averages_each_key_over_the_maps_that_hold_it():
+    got = mean_by_key([{"a": 0.5, "b": 1.0}, {"a": 0.25}, {}])
+    assert got == {"a": 0.375, "b": 1.0} and list(got) == ["a", "b"]
+    assert mean_by_key([]) == {}
 
 
 def test_seeds_interval_quantiles_match_scipy():

@@ -15,7 +15,7 @@ from actors.verifier import Verifier
 from selfplay import schema
 from selfplay.builder import group_means
 from selfplay.config import BufferConfig, BuilderConfig, GeneratorConfig, TaskConfig
-from selfplay.tasks import Score, make_task
+from selfplay.tasks import Problem, Score, make_task
 from selfplay.tasks.base import ScoreCache
 from selfplay.tasks.codegen import canonical
 from tests.engines import EngineMaker, RuleEngine, decode, rule_task_generator
@@ -152,6 +152,34 @@ def test_the_hard_pool_sends_prompts_back_while_they_still_teach():
         gen.hard == []
         and len(set(gen.task_play(2)["seed"].to_pylist()) & set(first["seed"].to_pylist())) == 0
     )
+
+
+def test_the_learnability_curriculum_draws_classes_whose_groups_differ():
+    """Problems without a carry ("c0" classes) are always answered right here, the others
+    right on every other reply: after a wave's groups come back scored, new problems of the
+    uniform classes are drawn at the floor's weight (1/20 of the others'), not as often as
+    the task's own draw (about half of them)."""
+    calls = itertools.count()
+
+    def rule(prompt: str) -> str:
+        if TASK.difficulty(Problem("arithmetic", "arithmetic:" + prompt[:-1], prompt, "", "")).endswith("c0"):
+            return answer(prompt)
+        return answer(prompt) if next(calls) % 2 == 0 else answer(prompt) + "1"
+
+    gen = task_generator(rule, k=4, prompts=64)
+    gen.task_cfg = TaskConfig(name="arithmetic", samples_per_prompt=4, curriculum="learnability")
+
+    def uniform_share(table) -> float:
+        seeds = set(table["seed"].to_pylist())
+        return sum(TASK.difficulty(TASK.problem(s)).endswith("c0") for s in seeds) / len(seeds)
+
+    first = Verifier(decode, task=TASK).verify(gen.task_play(64))  # nothing measured: the task's own draw
+    assert 0.3 < uniform_share(first) < 0.7 and gen.counts["curriculum_skipped"] == 0
+    gen.note_groups(group_means(first))
+    assert {key: rate for key, (_, rate) in gen.learnability.items()} == {
+        key: 0.0 if key.endswith("c0") else 1.0 for key in gen.learnability
+    }
+    assert uniform_share(gen.task_play(64)) < 0.2 and gen.counts["curriculum_skipped"] > 0
 
 
 def test_a_screen_samples_the_rest_only_where_its_scores_differ():

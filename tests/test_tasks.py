@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from selfplay.tasks import TASKS, held_out_id, make_task
-from selfplay.tasks.arithmetic import Arithmetic
+from selfplay.tasks.arithmetic import Arithmetic, carries
 from selfplay.tasks.base import ENUMERATE_LIMIT
 from selfplay.tasks.codegen import OPS, SLACK, CodeGen, apply, canonical, hidden_tests
 from selfplay.tasks.describe import Describe
@@ -141,6 +141,47 @@ def test_arithmetic_answers_match_an_independent_evaluation():
         assert problem.reference == str(value)
         assert problem.target.split(";")[-1] == str(value)
         assert problem.id == "arithmetic:" + problem.prompt[:-1]
+
+
+@pytest.mark.parametrize(
+    "operands, operators, difficulty",
+    [
+        ([57, 31], ["+"], "2+2 c0"),
+        ([57, 35], ["+"], "2+2 c1"),  # 7 + 5 carries into the tens
+        ([57, 68], ["+"], "2+2 c2"),  # into the tens and into a new hundreds digit
+        ([5, 97], ["+"], "1+2 c2"),
+        ([3, 4], ["+"], "1+1 c0"),
+        ([30, 12], ["-"], "2-2 c1"),  # 0 - 2 borrows from the tens
+        ([12, 30, 5], ["-", "+"], "2-2+1 c1"),  # 30 - 12 borrows; then 18 - 5 does not
+        ([12, 30, 50], ["-", "-"], "2-2-2 c1"),  # -18 - 50: the magnitudes add, 18 + 50, no carry
+    ],
+)
+def test_arithmetic_difficulty_hand_cases(operands, operators, difficulty):
+    task = Arithmetic(digits=2, terms=len(operands), subtract=0.5)
+    assert task.difficulty(task._make(operands, operators)) == difficulty
+
+
+def test_carries_match_schoolbook_column_arithmetic():
+    def schoolbook(p: int, q: int, add: bool) -> int:  # carries (borrows) taken, column by column
+        taken, carry = 0, 0
+        while p or q or carry:
+            column = p % 10 + q % 10 + carry if add else p % 10 - q % 10 - carry
+            carry = int(column >= 10) if add else int(column < 0)
+            taken += carry
+            p, q = p // 10, q // 10
+        return taken
+
+    for p in range(0, 1000, 7):
+        for q in range(0, 1000, 3):
+            assert carries(p, q, add=True) == schoolbook(p, q, add=True), (p, q)
+            if p >= q:
+                assert carries(p, q, add=False) == schoolbook(p, q, add=False), (p, q)
+
+
+def test_codegen_difficulty_is_its_number_of_operations():
+    task = CodeGen(steps=3)
+    assert task.difficulty(task._make(["add 3", "double"])) == "2 ops"
+    assert {task.difficulty(task.problem(s)) for s in range(200)} == {"1 ops", "2 ops", "3 ops"}
 
 
 def test_arithmetic_scratchpad_format():

@@ -16,7 +16,12 @@ reply, however long, can make it raise.
 
 Each operand first draws its digit count uniformly from min_digits..digits, then its value
 uniformly among numbers of that many digits (0-9 for one digit), so short numbers are as
-common as long ones."""
+common as long ones.
+
+A problem's difficulty class (`difficulty`, what task.curriculum draws by): each operand's
+digit count between its operators, then the number of result digits that a carry or a borrow
+made (`carries`), summed over the chain's steps: "2+2 c0" for 57+31=88, "2+2 c1" for
+57+35=92, "2+2 c2" for 57+68=125, "1+2 c2" for 5+97=102."""
 
 from __future__ import annotations
 
@@ -43,6 +48,19 @@ def normalise(text: str) -> str | None:
 def final_answer(reply: str) -> str:
     """The answer part of a reply: after the last ';' of a scratchpad, else the whole reply."""
     return reply.rpartition(";")[2]
+
+
+def carries(p: int, q: int, add: bool) -> int:
+    """The digits of p + q (add) or p - q (p >= q >= 0) that a carry or a borrow made: the
+    columns, the result's new leading one included, where the result's digit is not the
+    column's own sum (difference) mod 10."""
+    result = p + q if add else p - q
+    n = 0
+    while p or q or result:
+        column = p % 10 + q % 10 if add else p % 10 - q % 10
+        n += column % 10 != result % 10
+        p, q, result = p // 10, q // 10, result // 10
+    return n
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,25 @@ class Arithmetic:
             reference=answer,
             target=target,
         )
+
+    def difficulty(self, problem: Problem) -> str:
+        """The problem's difficulty class: "2+2 c1" (see the module's docstring). Each step
+        of the chain adds or subtracts magnitudes, as written by hand: a running sum and an
+        operand of the same sign add (carries), of opposite signs the smaller is taken from
+        the larger (borrows)."""
+        tokens = re.findall(r"[+-]|[0-9]+", problem.id.partition(":")[2])
+        operands, operators = [int(t) for t in tokens[::2]], tokens[1::2]
+        shape = str(len(tokens[0])) + "".join(op + str(len(t)) for op, t in zip(operators, tokens[2::2]))
+        running, total = operands[0], 0
+        for op, value in zip(operators, operands[1:]):
+            step = value if op == "+" else -value
+            a, b = abs(running), abs(step)
+            if running * step >= 0:  # same signs (or a zero): the magnitudes add
+                total += carries(a, b, add=True)
+            else:
+                total += carries(max(a, b), min(a, b), add=False)
+            running += step
+        return f"{shape} c{total}"
 
     # ---- Scoring -----------------------------------------------------------------------
     def score(self, prompt: str, response: str, reference: str) -> Score:

@@ -133,6 +133,10 @@ class CodeGen:
     def _draw(self, rng: random.Random) -> Problem:
         return self._make([rng.choice(OPS) for _ in range(rng.randint(1, self.steps))])
 
+    def difficulty(self, problem: Problem) -> str:
+        """The problem's difficulty class (task.curriculum): its number of operations, "3 ops"."""
+        return f"{problem.id.partition(':')[2].count(THEN) + 1} ops"
+
     def _space(self):
         """Every id a draw can produce."""
         return (f"{self.name}:{THEN.join(spec)}" for spec in self.specs())
