@@ -173,7 +173,9 @@ def measure(seed: int, minutes: float, gain: float, compared: list[str], evals: 
 
 def ratio_figure(seeds: list[dict], arm: str, key: str, seed_ids: list[int], goal: str | None) -> dict:
     """The mean over seeds of `arm`'s saving (`key`: "saving" or "confirmed_saving"), its 95%
-    interval over seeds and how many seeds meet GOAL (a bound that could hide a miss does not)."""
+    interval over seeds and how many seeds meet GOAL (a bound that could hide a miss does not).
+    The figure is met only where every seed meets GOAL: a mean carried over it by one lucky
+    seed, with another below 1, is not a saving."""
     ratios = [s[key][arm]["ratio"] for s in seeds if s[key][arm]["ratio"] is not None]
     mean = statistics.fmean(ratios) if ratios else None
     lo, hi = seeds_interval(ratios) if len(ratios) >= 2 else (None, None)
@@ -181,7 +183,10 @@ def ratio_figure(seeds: list[dict], arm: str, key: str, seed_ids: list[int], goa
     note = (
         f"seeds {seed_ids}, 95% CI {lo and round(lo, 2)}-{hi and round(hi, 2)}, {GOAL} in {met}/{len(seeds)}"
     )
-    return {"figure": figure(mean, goal, note=note), "mean": mean, "lo": lo, "hi": hi}
+    result = figure(mean, goal, note=note)
+    if goal is not None:
+        result["met"] = result["met"] and met == len(seeds)
+    return {"figure": result, "mean": mean, "lo": lo, "hi": hi}
 
 
 def main(argv: list[str] | None = None) -> dict:

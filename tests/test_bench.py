@@ -317,7 +317,7 @@ def test_the_broadcast_benchmark_times_both_paths_to_a_real_engine(ray_session, 
     assert small_cfg.learner.weight_sync == "object_store"  # the session's config is not the bench's to set
 
 
-def test_variance_ratio_figure_counts_a_bound_that_could_hide_a_miss_as_unmet():
+def test_variance_ratio_figure_is_met_only_where_every_seed_meets_the_goal():
     def seed(ratio, kind="exact"):
         return {"saving": {"filter": {"ratio": ratio, "kind": kind}}}
 
@@ -327,5 +327,13 @@ def test_variance_ratio_figure_counts_a_bound_that_could_hide_a_miss_as_unmet():
     assert got["mean"] == pytest.approx(1.6)
     # t at 2 degrees of freedom, 4.303; the sample sd of (1.5, 1.3, 2.0) is 0.3606
     assert got["lo"] == pytest.approx(1.6 - 4.303 * 0.36056 / 3**0.5, abs=1e-3)
-    assert got["figure"]["met"] is True
+    assert got["figure"]["met"] is False  # the mean meets 1.3, but 2 seeds of 4 do not
     assert ">= 1.3 in 2/4" in got["figure"]["note"]
+    every = variance_filter.ratio_figure(
+        [seed(1.5), seed(1.3)], "filter", "saving", [0, 1], variance_filter.GOAL
+    )
+    assert every["figure"]["met"] is True
+    below = variance_filter.ratio_figure(
+        [seed(1.2), seed(1.2)], "filter", "saving", [0, 1], variance_filter.GOAL
+    )
+    assert below["figure"]["met"] is False
