@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from selfplay.config import GeneratorConfig, ModelConfig
-from selfplay.model import resolve_dtype
+from selfplay.device import resolve_dtype
 
 WORKER_EXTENSION = "actors.engine_ext.WeightReceiver"
 

@@ -473,7 +473,7 @@ class ServeConfig:
     checkpoint: str = ""  # an HF model directory or a checkpoint directory holding one in model/
     model_name: str | None = None  # the `model` clients send; None: the checkpoint directory's name
     max_model_len: int | None = None  # None: the model's own max_position_embeddings
-    dtype: Dtype = "auto"  # auto: resolved on each replica (selfplay/model.py:pick_dtype)
+    dtype: Dtype = "auto"  # auto: resolved on each replica (selfplay/device.py:pick_dtype)
     num_replicas: int = 1
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica; one engine per replica, no tensor parallelism

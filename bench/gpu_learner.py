@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from learner.learner import Learner, pick_device
+from learner.learner import Learner
 from learner.peak import compute_dtype, matmul_flops
 from selfplay import schema
 from selfplay.config import load_config
+from selfplay.device import pick_device
 from selfplay.model import create_default_model
 from tests.rows import make_row
 

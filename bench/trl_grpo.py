@@ -18,7 +18,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from selfplay.model import native_bf16
+from selfplay.device import native_bf16
 
 # TRL's own settings are its defaults except these, which match configs/grpo.yaml's RL
 # stage (bench/README.md says which of ours each one is)

@@ -20,9 +20,10 @@ import socket
 import ray
 import torch.distributed as dist
 
-from learner.learner import Learner, pick_device
+from learner.learner import Learner
 from selfplay import collective
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.device import pick_device
 
 TOGETHER = ("train_step", "export", "export_tensors", "save", "save_model", "reset_reference", "set_lr")
 

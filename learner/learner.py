@@ -27,11 +27,11 @@ from learner.offload import OffloadedOptimizer
 from learner.peak import compute_dtype, learner_peak_flops
 from learner.schedule import ema_decay
 from selfplay.config import LearnerConfig, ModelConfig
+from selfplay.device import pick_device, resolve_dtype
 from selfplay.files import write_atomic
 from selfplay.games import MODULES
 from selfplay.league import SELF
 from selfplay.metrics import action_entropy, distinct_n
-from selfplay.model import resolve_dtype
 from selfplay.weights import export_tensors
 
 REFERENCE = "reference.safetensors"  # the KL reference's weights, in a checkpoint
@@ -40,17 +40,6 @@ AVERAGED = "averaged"  # ... and as an HF model dir (LoRA merged), beside model/
 LORA = "lora.safetensors"  # LoRA's adapters and the weights they adapt, in a checkpoint
 ADAPTER = "default"  # the name of the one adapter with_lora makes (peft's default)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def pick_device(requested: str) -> torch.device:
-    """The learner's device, decided once (config `learner.device`): `auto` takes the GPU
-    when torch sees one, else the CPU. Model, reference, batches and autocast follow it."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"learner.device: {requested!r} asked for, but torch sees no GPU")
-    return device
 
 
 # The value head's opponent kinds (`learner.value_sees_opponent`): the learner itself, any

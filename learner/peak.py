@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
+from selfplay.device import native_bf16, pick_device
 from selfplay.files import write_atomic
-from selfplay.model import native_bf16
 
 
 def compute_dtype(device: str = "cpu", bf16: bool | str = "auto") -> torch.dtype:
     """What the learner multiplies in on `device` (`learner.bf16`): bf16 autocast when asked
-    (True), or (auto) where the device computes bf16 natively (selfplay/model.py:native_bf16);
+    (True), or (auto) where the device computes bf16 natively (selfplay/device.py:native_bf16);
     fp32 otherwise, the weights' own dtype."""
     return torch.bfloat16 if bf16 is True or (bf16 == "auto" and native_bf16(device)) else torch.float32
 
@@ -150,6 +150,4 @@ def learner_peak_flops(cfg, device: torch.device) -> float:
 def measure_for(cfg) -> float:
     """`learner_peak_flops` on this machine's learner device, in TFLOP/s (`cfg`:
     LearnerConfig; run as a Ray task on the learner's resources before the run's actors)."""
-    from learner.learner import pick_device
-
     return learner_peak_flops(cfg, pick_device(cfg.device)) / 1e12

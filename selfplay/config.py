@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 # Closed sets are types: the loader checks a value against them, and code that needs the
 # list reads it with typing.get_args (one definition each).
-Dtype = Literal["auto", "bfloat16", "float32", "float16"]  # selfplay/model.py:pick_dtype
+Dtype = Literal["auto", "bfloat16", "float32", "float16"]  # selfplay/device.py:pick_dtype
 MatchmakingMode = Literal["pfsp", "near", "latest"]  # see selfplay/league.py:matchmaking_probs
 KlPlacement = Literal["reward", "loss"]
 KlEstimator = Literal["k1", "k2", "k3"]
@@ -250,7 +250,7 @@ class LearnerConfig:
     beta: float = 0.1
     chosen_nll_coef: float = 0.0
     # bf16 autocast around fp32 weights; auto: on where the learner's device computes bf16
-    # natively (selfplay/model.py:native_bf16), off where it would be emulated
+    # natively (selfplay/device.py:native_bf16), off where it would be emulated
     bf16: bool | Literal["auto"] = "auto"
     # what MFU is read against, TFLOP/s: auto measures the learner device's dense matmul rate
     # in its compute dtype on learner.threads once per machine (learner/peak.py; cached),
@@ -648,7 +648,7 @@ def _get(cfg, dotted: str):
 
 def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
     """Checks every field (ConfigError naming it); with `resolve`, model.dtype auto becomes
-    this machine's choice (selfplay/model.py:pick_dtype)."""
+    this machine's choice (selfplay/device.py:pick_dtype)."""
     for name in POSITIVE | NON_NEGATIVE:
         if not math.isfinite(_get(cfg, name)):
             raise ConfigError(f"{name}: must be finite, got {_get(cfg, name)!r}")
@@ -776,7 +776,7 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
         if not 0 <= _get(cfg, name) <= 1:
             raise ConfigError(f"{name}: must be in [0, 1], got {_get(cfg, name)!r}")
     if resolve and cfg.model.dtype == "auto":  # one dtype for the learner's exports and every engine
-        from selfplay.model import resolve_dtype
+        from selfplay.device import resolve_dtype
 
         cfg.model.dtype = resolve_dtype("auto")
     return cfg

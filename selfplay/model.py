@@ -43,31 +43,6 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def native_bf16(device: str = "cpu") -> bool:
-    """Whether `device` (cpu, cuda, cuda:N) multiplies bfloat16 in hardware: a CUDA device
-    that supports it, or a CPU with AMX or AVX512-BF16. Elsewhere torch emulates it, e.g. on
-    a 2-core AVX2-only AMD EPYC (measured 2026-12-03): a 1024 x 1024 matmul at 0.8 GFLOP/s
-    in bf16 against 127 in fp32, the demo's learner step 10.4x slower under bf16 autocast,
-    a 1m-preset vLLM-CPU engine 2.2x slower (README, "dtype")."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def pick_dtype(requested: str, native: bool) -> str:
-    """model.dtype: `auto` is bfloat16 where the hardware computes it natively (`native`),
-    float32 where bf16 would be emulated; any other value is kept."""
-    if requested != "auto":
-        return requested
-    return "bfloat16" if native else "float32"
-
-
-def resolve_dtype(requested: str) -> str:
-    """`requested` on this machine (pick_dtype): its CUDA device if torch sees one, else its CPU."""
-    return pick_dtype(requested, native_bf16("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def build_model(preset: str, vocab_size: int, max_positions: int, seed: int) -> LlamaForCausalLM:
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

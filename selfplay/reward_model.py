@@ -223,7 +223,7 @@ def train_for_run(
     """A run's reward model (config reward_model, selfplay/config.py): its labelled pairs drawn
     from the run's task and trained from `init_path` on the learner's device (`learner.device`:
     auto takes a GPU where torch sees one); the figures."""
-    from learner.learner import pick_device
+    from selfplay.device import pick_device
     from selfplay.tasks import task_of
     from selfplay.tasks.judges import Constitution
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfplay.config import ConfigError, RunConfig, load_config, save_config, validate
-from selfplay.model import native_bf16, resolve_dtype
+from selfplay.device import native_bf16, resolve_dtype
 
 
 def test_defaults_load_and_validate():
@@ -68,11 +68,11 @@ def test_dtype_auto_resolves_when_the_config_loads_and_a_named_one_is_kept(tmp_p
     learner's exports and every engine agree and the saved config names what a run used."""
     cuda = torch.cuda.is_available()
     assert load_config().model.dtype == ("bfloat16" if native_bf16("cuda" if cuda else "cpu") else "float32")
-    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr("selfplay.device.native_bf16", lambda device="cpu": False)
     assert load_config().model.dtype == "float32"
-    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": True)
+    monkeypatch.setattr("selfplay.device.native_bf16", lambda device="cpu": True)
     assert load_config().model.dtype == "bfloat16"
-    monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr("selfplay.device.native_bf16", lambda device="cpu": False)
     assert load_config(None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"  # as asked
     save_config(load_config(), tmp_path / "run.yaml")
     assert "dtype: float32" in (tmp_path / "run.yaml").read_text()

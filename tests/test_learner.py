@@ -99,7 +99,7 @@ def test_batch_diagnostics_include_diversity_per_game(model_dir):
 
 
 def test_the_device_is_one_decision_auto_takes_the_cpu_without_a_gpu(monkeypatch):
-    from learner.learner import pick_device
+    from selfplay.device import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
@@ -388,7 +388,7 @@ def test_a_model_dtype_of_auto_is_resolved_for_the_exports(model_dir, monkeypatc
     """A ModelConfig built without the loader (auto) still exports one concrete dtype."""
     cfg = load_config()
     for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr("selfplay.model.native_bf16", lambda device="cpu", v=native: v)
+        monkeypatch.setattr("selfplay.device.native_bf16", lambda device="cpu", v=native: v)
         learner = Learner(cfg.learner, ModelConfig(dtype="auto"), model_dir, seed=0)
         tensors, _ = learner.export_tensors()
         assert learner.engine_dtype == dtype and {t.dtype for t in tensors.values()} == {dtype}

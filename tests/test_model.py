@@ -6,7 +6,8 @@ import string
 
 import torch
 
-from selfplay.model import CHARACTERS, SPECIAL_TOKENS, UNKNOWN, build_tokenizer, native_bf16, pick_dtype
+from selfplay.device import native_bf16, pick_dtype
+from selfplay.model import CHARACTERS, SPECIAL_TOKENS, UNKNOWN, build_tokenizer
 
 
 def test_every_character_round_trips_one_token_each():

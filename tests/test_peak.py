@@ -101,3 +101,14 @@ def test_the_learner_reads_mfu_against_the_given_or_the_measured_peak(
 def test_a_bad_peak_is_refused_naming_the_field(value):
     with pytest.raises(ConfigError, match="learner.peak_tflops"):
         load_config(None, [f"learner.peak_tflops={value}"])
+
+
+def test_the_peak_task_imports_neither_transformers_nor_vllm():
+    """Every run measures (or reads) the peak in a Ray task of its own before its actors
+    start, a fresh process: transformers alone takes ~5 s to import on 2 cores."""
+    import subprocess
+    import sys
+
+    code = "import sys, learner.peak; print(sorted({'transformers', 'vllm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"learner/peak.py pulls in {out.stdout.strip()}"
