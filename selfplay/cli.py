@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from selfplay import jobs
@@ -19,14 +20,17 @@ def cmd_run(args) -> int:
     if args.resume:
         from selfplay import driver
 
-        cfg = driver.resume_config(Path(args.resume), args.set)
-        run_dir = driver.train(cfg, resume_dir=Path(args.resume), console=True)
+        resume = Path(args.resume).resolve()
+        cfg = driver.resume_config(resume, args.set)
+        cfg = replace(cfg, out_dir=jobs.leave_job_working_dir(cfg.out_dir))
+        run_dir = driver.train(cfg, resume_dir=resume, console=True)
     else:
         if not args.config:
             raise ConfigError("run: give a CONFIG file or --resume RUN_DIR")
         overrides = list(args.set) + ([f"ray.address={args.address}"] if args.address else [])
         name = jobs.check_name(args.name) if args.name else None
         cfg = load_config(args.config, overrides)  # a bad field fails in a second, before torch loads
+        cfg = replace(cfg, out_dir=jobs.leave_job_working_dir(cfg.out_dir))
         from selfplay import driver
 
         run_dir = driver.train(cfg, name=name, console=True)

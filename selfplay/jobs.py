@@ -47,6 +47,29 @@ def client(address: str | None):
         raise JobError(f"no Ray job server at {url}: {err}") from None
 
 
+# Set by Ray's job supervisor for a job's entrypoint (ray/_private/runtime_env/constants.py).
+JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def leave_job_working_dir(out_dir: str) -> str:
+    """Inside a Ray job, move this process out of the job's working_dir into the run's
+    storage `out_dir` (made absolute, created); returns the absolute out_dir (`out_dir`
+    itself outside a job, where nothing changes).
+
+    Ray 2.60 unpacks a job's working_dir afresh, deleting the copy first, whenever a worker
+    with the job's runtime env starts on a node (runtime_env/working_dir.py: `overwrite=True`),
+    so the directory a job's entrypoint was started in is deleted under it within seconds of
+    its first task. Every later os.getcwd() or relative path then fails with a bare "[Errno
+    2] No such file or directory" (importing transformers does one). The config, the one file
+    read from the working_dir, is loaded before this."""
+    if JOB_ENV_VAR not in os.environ:
+        return out_dir
+    path = Path(out_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.chdir(path)
+    return str(path)
+
+
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise ConfigError(

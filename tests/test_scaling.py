@@ -4,6 +4,7 @@ job checks that run before anything reaches a cluster."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -172,3 +173,41 @@ def test_runtime_env_ships_this_checkout_and_pins_a_graceful_stop():
     assert [p.rsplit("/", 1)[1] for p in env["py_modules"]] == ["selfplay", "actors", "learner"]
     assert env["env_vars"]["A"] == "1" and env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "120"
     assert env["pip"] == ["pkg==1"] and "image_uri" not in env
+
+
+LEAVE_WORKING_DIR = """
+import os, shutil, sys
+from pathlib import Path
+from selfplay import jobs
+job_dir, out_dir = sys.argv[1:]
+os.chdir(job_dir)
+out = jobs.leave_job_working_dir(out_dir)
+shutil.rmtree(job_dir)  # as Ray 2.60 does when a worker with the job's runtime env starts
+print(out, os.getcwd(), Path("x").resolve())
+"""
+
+
+@pytest.mark.parametrize("in_job", [True, False])
+def test_a_job_driver_moves_to_its_storage_before_ray_deletes_its_working_dir(tmp_path, in_job):
+    """In a job (the supervisor's variable set), the driver's cwd becomes the run's storage,
+    so the working_dir Ray deletes and unpacks again under it breaks nothing later; outside
+    a job nothing moves (and the deleted directory fails as it did in a job before)."""
+    import os
+    import subprocess
+    import sys
+
+    job_dir, out_dir = tmp_path / "working_dir", tmp_path / "storage" / "runs"
+    job_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != jobs.JOB_ENV_VAR}
+    if in_job:
+        env[jobs.JOB_ENV_VAR] = "{}"
+    root = str(Path(__file__).parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    code = [sys.executable, "-c", LEAVE_WORKING_DIR, str(job_dir), str(out_dir)]
+    out = subprocess.run(code, env=env, capture_output=True, text=True)
+    if in_job:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == [str(out_dir), str(out_dir), str(out_dir / "x")]
+    else:
+        assert out.returncode != 0 and "No such file or directory" in out.stderr
+        assert not out_dir.exists()
