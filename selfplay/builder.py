@@ -75,6 +75,7 @@ COUNTS = (
     "pairs_rules_decided",  # best_worst: pairs the rule judge orders too (task.judge self)
     "pairs_rules_agree",  # of them, those it orders as the training judge does
     "fix_targets",  # refine: wrong refined answers given a right one as an sft row
+    "rows_frozen",  # samples of builder.frozen_roles: scored, never trained
 )
 
 
@@ -94,7 +95,10 @@ def build(
     for row in table.filter(is_task).to_pylist():
         groups[(row["group_id"], row["role"])].append(row)
     admitted, held = [], []
-    for rows in groups.values():
+    for (_, role), rows in groups.items():
+        if cfg.frozen_roles and role_name(rows[0]["task"], role) in cfg.frozen_roles:
+            counts["rows_frozen"] += len(rows)
+            continue
         rewards = [r["reward"] for r in rows]
         accepted = [r["reward"] >= cfg.accept_reward for r in rows]
         counts["groups"] += 1
@@ -119,11 +123,20 @@ def build(
             counts["rows_admitted"] += len(built)
             admitted.extend(built)
     if cfg.fix_targets:
-        fixes = fix_rows(groups)
+        fixes = [f for f in fix_rows(groups) if role_name(f["task"], f["role"]) not in cfg.frozen_roles]
         counts["fix_targets"] += len(fixes)
         admitted.extend(fixes)
     admitted_table = pa.concat_tables([games, schema.from_rows(admitted)]) if admitted else games
     return admitted_table, schema.from_rows(held), counts
+
+
+def role_name(task: str, role: int) -> str:
+    """Role `role`'s name in `task` (TASKS[task].roles; a one-role task's only role is its
+    name)."""
+    from selfplay.tasks import TASKS
+
+    roles = getattr(TASKS[task], "roles", None) or (task,)
+    return roles[role]
 
 
 def group_rows(

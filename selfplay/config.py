@@ -374,6 +374,10 @@ class BuilderConfig:
     # refine (rl rows): each wrong refined answer also makes an sft row, its prompt with a right
     # answer its problem's chains found (STaR's rationalisation for the refiner)
     fix_targets: bool = False
+    # roles (by name) whose groups build no rows: their samples are still scored and still judge
+    # the other roles' (a group of each role is judged against the other's samples); e.g.
+    # solver_checker's [solver]: the checker alone learns, against the supervised solver
+    frozen_roles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -829,6 +833,13 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             "builder.fix_targets: gives the refine task's refiner the right answers its chains found; "
             f"set task.name refine and builder.rows rl (got {cfg.task.name}, {cfg.builder.rows})"
+        )
+    roles = getattr(task, "roles", None) or (cfg.task.name,)
+    frozen = cfg.builder.frozen_roles
+    if frozen and (cfg.builder.rows != "rl" or not set(frozen) < set(roles)):
+        raise ConfigError(
+            f"builder.frozen_roles: some but not all of {cfg.task.name}'s roles {list(roles)}, "
+            f"with builder.rows rl (got {frozen}, {cfg.builder.rows})"
         )
     compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
     if (any(compete) and not all(compete)) or (all(compete) and not cfg.league.enabled):

@@ -107,6 +107,39 @@ def test_passk_rows_are_built_with_the_configured_k():
     assert got != pytest.approx(group_advantages([1.0, 0.0, 0.5], "passk", k=1))
 
 
+def test_a_frozen_roles_groups_build_no_rows_and_are_counted():
+    """solver_checker with builder.frozen_roles [solver]: the checker's group is trained on
+    its rewards as before; the solver's samples (scored: they judged the tests) make no row."""
+
+    def role_sample(role: int, reward: float, text: str) -> dict:
+        return sample("p", reward, text, task="solver_checker", game="solver_checker", role=role)
+
+    table = schema.from_rows(
+        [
+            role_sample(0, 1.0, "x+1"),
+            role_sample(0, 0.0, "x+2"),
+            role_sample(1, 1.0, "t1"),
+            role_sample(1, 0.0, "t2"),
+        ]
+    )
+    both, _, _ = build(table, BuilderConfig(rows="rl", group_advantage="drgrpo"))
+    admitted, held, counts = build(
+        table, BuilderConfig(rows="rl", group_advantage="drgrpo", frozen_roles=["solver"])
+    )
+    assert sorted(r["role"] for r in both.to_pylist()) == [0, 0, 1, 1]
+    checker = {r["traj_id"]: r["advantage"] for r in both.to_pylist() if r["role"] == 1}
+    assert (
+        {r["traj_id"]: r["advantage"] for r in admitted.to_pylist()}
+        == checker
+        == {
+            "p-t1-1.0-0": 0.5,
+            "p-t2-0.0-0": -0.5,
+        }
+    )
+    assert held.num_rows == 0 and counts["rows_frozen"] == 2 and counts["rows_admitted"] == 2
+    assert counts["groups"] == 1  # the frozen role's group is not built
+
+
 def test_an_unknown_group_advantage_is_refused():
     with pytest.raises(ValueError, match="unknown group advantage 'ppo'"):
         group_advantages([1, 0], "ppo")

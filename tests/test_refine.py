@@ -308,6 +308,11 @@ def test_fix_targets_give_each_wrong_refined_answer_a_right_one_its_problem_foun
     ]
     admitted, _, counts = build(schema.from_rows(none_right), BuilderConfig(rows="rl", fix_targets=True))
     assert counts["fix_targets"] == 0 and {r["label"] for r in admitted.to_pylist()} == {"rl"}
+    # a frozen refiner is given no targets either, and its rl rows are not built
+    frozen = BuilderConfig(rows="rl", fix_targets=True, frozen_roles=["refiner"])
+    admitted, _, counts = build(scored, frozen)
+    assert counts["fix_targets"] == 0 and REFINER not in {r["role"] for r in admitted.to_pylist()}
+    assert counts["rows_frozen"] == sum(r["role"] == REFINER for r in scored.to_pylist()) > 0
 
 
 def test_fix_targets_are_the_refine_tasks_and_refused_elsewhere_by_name():

@@ -307,3 +307,14 @@ def test_a_solution_is_held_to_codegens_reply_limit_not_the_checkers():
     assert TASK.max_reply_chars > limit
     assert TASK.solution("x" + "+0" * ((limit - 1) // 2)) is not None
     assert TASK.solution("x" + "+0" * ((limit + 1) // 2)) is None  # one character over
+
+
+def test_frozen_roles_are_some_of_the_tasks_roles_by_name():
+    cfg = load_config("configs/solver_checker.yaml", ["builder.frozen_roles=[solver]"])
+    assert cfg.builder.frozen_roles == ["solver"]
+    assert load_config("configs/refine.yaml", ["builder.frozen_roles=[answer, refiner]"]).builder.frozen_roles
+    for bad in ("[solver, checker]", "[judge]"):  # every role, or none of the task's
+        with pytest.raises(ConfigError, match="builder.frozen_roles"):
+            load_config("configs/solver_checker.yaml", [f"builder.frozen_roles={bad}"])
+    with pytest.raises(ConfigError, match="builder.frozen_roles"):  # a one-role task's only role
+        load_config("configs/rft.yaml", ["builder.frozen_roles=[arithmetic]"])
