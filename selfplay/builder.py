@@ -57,7 +57,7 @@ import pyarrow.compute as pc
 from learner.advantages import group_advantages, population_std
 from selfplay import schema
 from selfplay.config import BuilderConfig
-from selfplay.tasks.base import labelled
+from selfplay.tasks.base import labelled, role_names
 from selfplay.tasks.judges import RULES, degrade, rating_prompt, rubric_marks, scored_pair
 from selfplay.tasks.refine import ANSWER, REFINER
 
@@ -131,12 +131,10 @@ def build(
 
 
 def role_name(task: str, role: int) -> str:
-    """Role `role`'s name in `task` (TASKS[task].roles; a one-role task's only role is its
-    name)."""
+    """Role `role`'s name in the task named `task` (selfplay/tasks/base.py:role_names)."""
     from selfplay.tasks import TASKS
 
-    roles = getattr(TASKS[task], "roles", None) or (task,)
-    return roles[role]
+    return role_names(TASKS[task], task)[role]
 
 
 def group_rows(

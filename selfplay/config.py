@@ -789,6 +789,7 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
 def validate_task(cfg: RunConfig) -> None:
     """A task run: the task and its parameters exist, and nothing of the game path is asked for."""
     from selfplay.tasks import gold_judge, task_of
+    from selfplay.tasks.base import role_names
 
     try:
         task = task_of(cfg.task)
@@ -834,7 +835,7 @@ def validate_task(cfg: RunConfig) -> None:
             "builder.fix_targets: gives the refine task's refiner the right answers its chains found; "
             f"set task.name refine and builder.rows rl (got {cfg.task.name}, {cfg.builder.rows})"
         )
-    roles = getattr(task, "roles", None) or (cfg.task.name,)
+    roles = role_names(task, cfg.task.name)
     frozen = cfg.builder.frozen_roles
     if frozen and (cfg.builder.rows != "rl" or not set(frozen) < set(roles)):
         raise ConfigError(

@@ -33,6 +33,12 @@ def held_out_id(problem_id: str, percent: int) -> bool:
     return int.from_bytes(digest[:4], "big") % 100 < percent
 
 
+def role_names(task, name: str) -> tuple[str, ...]:
+    """The task's roles by name (`roles`, as solver_checker and refine name theirs), or a
+    one-role task's only role: its name."""
+    return getattr(task, "roles", None) or (name,)
+
+
 def role_prompts(task, problem: Problem) -> list[str]:
     """The prompt of each of the task's roles for `problem`: its own prompt, unless the task
     names several roles (`roles` and `role_prompt(problem, role)`, as solver_checker does).
