@@ -4,7 +4,6 @@ job checks that run before anything reaches a cluster."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -201,8 +200,6 @@ def test_a_job_driver_moves_to_its_storage_before_ray_deletes_its_working_dir(tm
     env = {k: v for k, v in os.environ.items() if k != jobs.JOB_ENV_VAR}
     if in_job:
         env[jobs.JOB_ENV_VAR] = "{}"
-    root = str(Path(__file__).parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     code = [sys.executable, "-c", LEAVE_WORKING_DIR, str(job_dir), str(out_dir)]
     out = subprocess.run(code, env=env, capture_output=True, text=True)
     if in_job:
