@@ -22,7 +22,6 @@ epochs, while generators wait (`can_insert` is False until `end_sft`)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -38,6 +37,7 @@ from selfplay.builder import build, targets_of
 from selfplay.config import BufferConfig, BuilderConfig
 from selfplay.files import write_atomic, write_parquet_atomic
 from selfplay.metrics import ray_metric
+from selfplay.text import text_codec
 
 
 def staleness_floor(learner_version: int, max_staleness: int) -> int:
@@ -403,10 +403,7 @@ class BufferActor:
         tokenizer; `preference_method`: builder.rows, or refine."""
         preferences = None
         if preferences_dir is not None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
+            _, decode = text_codec(model_path)
             preferences = PreferenceLog(preferences_dir, decode, preference_method or builder.rows)
         self.buffer = ReplayBuffer(cfg, seed, builder, preferences)
         self.gauges = {

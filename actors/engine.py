@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
-from safetensors.torch import save as save_safetensors
+from typing import TYPE_CHECKING, Protocol
 
 from selfplay.config import GeneratorConfig, ModelConfig
-from selfplay.device import resolve_dtype
+
+if TYPE_CHECKING:  # torch loads with vLLM, in the engine's process, not with the module: the
+    import torch  # controller imports this module to start generators and needs no torch
 
 WORKER_EXTENSION = "actors.engine_ext.WeightReceiver"
 
@@ -95,6 +94,8 @@ class Engine:
         self.in_process = gen_cfg.tensor_parallel_size == 1
         import vllm.envs
         from vllm import LLM
+
+        from selfplay.device import resolve_dtype
 
         # An engine core in this process caches vLLM's environment once it starts; the
         # variables above are read afresh for each engine.
@@ -190,4 +191,6 @@ class Engine:
         if self.in_process:
             (checksum,) = set(self.llm.collective_rpc("load_tensors", args=(tensors,)))
             return checksum
-        return self.load_weights(save_safetensors(tensors))
+        from safetensors.torch import save
+
+        return self.load_weights(save(tensors))

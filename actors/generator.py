@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import ray
 
 from actors.engine import Engine, EngineFactory, PolicyEngine
-from selfplay import collective, schema
+from selfplay import schema
 from selfplay.builder import curriculum_accepts, curriculum_weights, update_hard_pool, update_learnability
 from selfplay.config import GeneratorConfig, ModelConfig, TaskConfig
 from selfplay.evals import (
@@ -327,6 +327,8 @@ class Generator:
         entries, plan, timeout_s}, selfplay/collective.py) while the engine plays on, then
         load them between engine calls; returns their checksum. A broadcast that fails
         raises before the engine is touched."""
+        from selfplay import collective  # torch: the controller imports this module too
+
         tensors = collective.receive(**sync)
         return self._load_learner(lambda engine: engine.load_tensors(tensors), version)
 

@@ -29,6 +29,7 @@ from selfplay.rewards import overlong_penalty, returns_to_go
 from selfplay.tasks import task_of
 from selfplay.tasks.base import ScoreCache, role_prompts
 from selfplay.tasks.judges import RULES, SELF_JUDGE
+from selfplay.text import text_codec
 
 REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence gives
 
@@ -83,13 +84,11 @@ class Verifier:
         cls, model_path: str, task=None, overlong=(0, 0, 0.0), self_judged=False, symmetric_views=False
     ) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        encode, decode = text_codec(model_path)
         return cls(
-            lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            decode,
             task=task,
-            encode=lambda text: tokenizer(text).input_ids,
+            encode=encode,
             overlong=overlong,
             self_judged=self_judged,
             symmetric_views=symmetric_views,

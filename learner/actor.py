@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import ray
 
-from learner.group import GroupLearner, join_group
-from learner.learner import Learner
-from learner.service import LearnerService
 from selfplay import schema
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.metrics import SECONDS, ray_metric
@@ -36,6 +33,13 @@ class LearnerActor:
     ):
         """`group`, `workers`: rank 0 of a learner group (learner/group.py): {address, rank,
         world} and the LearnerWorker actors of ranks 1..N-1."""
+        # torch and transformers load here, in the learner's process, not with this module:
+        # Ray imports an actor's class module wherever a handle to the actor is deserialized
+        # (the controller, each generator the learner is given), and none of those need them
+        from learner.group import GroupLearner, join_group
+        from learner.learner import Learner
+        from learner.service import LearnerService
+
         if group:
             join_group(group, cfg)
         learner = Learner(cfg, model_cfg, model_path, seed, temperature, sharded=bool(group))

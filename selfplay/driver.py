@@ -385,7 +385,7 @@ class Run:
         self.league = self.program.league
         self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
         # the stage's learning rate (the config's, also over a resumed optimiser's)
-        ray.get(self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr))
+        lr_set = self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr)
         if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
             table = labelled_set(cfg, model_path, self.run_id)
             labelled = schema.to_ipc(table)
@@ -396,7 +396,11 @@ class Run:
             if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
                 judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
                 ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
-        self.pool = ray.get(self.controller.scale.remote(cfg.generator.num_generators))
+        # the generators' engines start while the learner loads (each a process importing its
+        # own libraries, one core each); a generator joins the learner once both are up
+        pool = self.controller.scale.remote(cfg.generator.num_generators)
+        ray.get(lr_set)
+        self.pool = ray.get(pool)
         # the time limit and the wall clock of the curves count from here: training time, without
         # the engines' start (which a resumed session pays again)
         self.start = time.time()
