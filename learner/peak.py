@@ -6,7 +6,8 @@ Measured, because no one number fits: 0.9 TFLOP/s bf16 on a 2-core AMX Xeon, 0.1
 a 2-core AVX2 EPYC (where bf16 is emulated and the learner computes in fp32), about 1,000
 bf16 on an H100/H200; a fixed default misreads MFU by 6x on one and 1,000x on another.
 `selfplay run` measures it in a Ray task on the learner's resources before any of the run's
-actors start (`measure_for`), so nothing of the run competes for the cores; the plain
+actors start (`measure_for`), so nothing of the run competes for the cores (a CPU learner
+on the driver's own one-node Ray: the driver reads a cached figure itself); the plain
 Learner class, used without Ray, measures where it stands."""
 
 from __future__ import annotations
@@ -98,6 +99,31 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def cache_key(device: str, dtype: torch.dtype, threads: int | None) -> str:
+    """The cache's key: hardware, dtype, threads (CPU) and torch's version."""
+    return " | ".join(
+        [device_name(device), str(dtype).removeprefix("torch.")]
+        + ([] if device.startswith("cuda") else [f"{threads} threads"])
+        + [f"torch {torch.__version__}"]
+    )
+
+
+def cached_cpu_peak(cfg, cache: Path | None = None) -> float | None:
+    """A CPU learner's peak in TFLOP/s (`cfg`: LearnerConfig with peak_tflops auto) as this
+    machine's cache holds it, or None: not a CPU learner, or not measured yet. The driver
+    reads it for a learner on its own machine, so the run starts without a task whose
+    process would import torch only to read this file."""
+    if cfg.num_gpus or cfg.device != "cpu" and (cfg.device != "auto" or torch.cuda.is_available()):
+        return None  # a GPU learner, or one whose `auto` may find a GPU where it runs
+    try:
+        value = json.loads((cache or cache_path()).read_text()).get(
+            cache_key("cpu", compute_dtype("cpu", cfg.bf16), cfg.threads)
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value / 1e12 if isinstance(value, (int, float)) and value > 0 else None
+
+
 def peak_flops(device: str, dtype: torch.dtype, threads: int, cache: Path | None = None) -> float:
     """The dense matmul rate of `device` in `dtype` (on `threads` CPU threads), from the cache
     when this machine measured it before, else measured (matmul_flops, n 8192 on a GPU) and
@@ -107,11 +133,7 @@ def peak_flops(device: str, dtype: torch.dtype, threads: int, cache: Path | None
     measured around, never fatal."""
     cache = cache or cache_path()
     gpu = device.startswith("cuda")
-    key = " | ".join(
-        [device_name(device), str(dtype).removeprefix("torch.")]
-        + ([] if gpu else [f"{threads} threads"])
-        + [f"torch {torch.__version__}"]
-    )
+    key = cache_key(device, dtype, threads)
 
     def measure() -> float:
         return matmul_flops(device, dtype, threads, n=8192 if gpu else 2048)

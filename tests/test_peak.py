@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -112,3 +113,29 @@ def test_the_peak_task_imports_neither_transformers_nor_vllm():
     code = "import sys, learner.peak; print(sorted({'transformers', 'vllm'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"learner/peak.py pulls in {out.stdout.strip()}"
+
+
+def test_a_local_cpu_run_reads_this_machines_cached_peak_without_a_task(ray_session, tmp_path, monkeypatch):
+    """On a one-node Ray that is the driver's machine, a CPU learner's peak comes from this
+    machine's cache when it holds the figure; otherwise (and for a GPU learner) from the task
+    on the learner's resources, which measures it there."""
+    from selfplay import program
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    tasks = []
+
+    def task(cfg, fn):
+        tasks.append(fn)
+        return program.ray.remote(lambda _: 0.5)
+
+    monkeypatch.setattr(program, "learner_task", task)
+    cfg = load_config(None, ["learner.bf16=false"])
+    assert program.learner_peak(cfg) == 0.5 and tasks == [peak.measure_for]  # nothing cached yet
+    cache = tmp_path / "selfplay" / "peak_flops.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({peak.cache_key("cpu", torch.float32, cfg.learner.threads): 3e11}))
+    assert program.learner_peak(cfg) == pytest.approx(0.3) and len(tasks) == 1  # read here
+    bf16 = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, bf16=True))
+    assert program.learner_peak(bf16) == 0.5 and len(tasks) == 2  # another key: measured
+    gpu = dataclasses.replace(cfg.learner, num_gpus=1)
+    assert peak.cached_cpu_peak(gpu) is None and peak.cached_cpu_peak(cfg.learner) == pytest.approx(0.3)
