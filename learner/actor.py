@@ -34,8 +34,8 @@ class LearnerActor:
         """`group`, `workers`: rank 0 of a learner group (learner/group.py): {address, rank,
         world} and the LearnerWorker actors of ranks 1..N-1."""
         # torch and transformers load here, in the learner's process, not with this module:
-        # Ray imports an actor's class module wherever a handle to the actor is deserialized
-        # (the controller, each generator the learner is given), and none of those need them
+        # Ray imports an actor's class module wherever a handle to the actor is deserialized,
+        # and the controller, which holds the learner's handle, needs neither
         from learner.group import GroupLearner, join_group
         from learner.learner import Learner
         from learner.service import LearnerService
