@@ -159,10 +159,13 @@ def learner_peak(cfg: RunConfig) -> float:
     of the run's actors start, so nothing of the run competes for its cores. A CPU learner
     on a one-node Ray that is this machine's reads this machine's cache here when it holds
     the figure (no task: ~2.5 s of a run's start, a process importing torch)."""
+    from ray.util.client import ray as ray_client
+
     from learner.peak import cached_cpu_peak, measure_for
 
     alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    if alive == [ray.get_runtime_context().get_node_id()]:
+    # a Ray client's runtime context is the cluster's, not this machine's
+    if not ray_client.is_connected() and alive == [ray.get_runtime_context().get_node_id()]:
         cached = cached_cpu_peak(cfg.learner)
         if cached is not None:
             return cached

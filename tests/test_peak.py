@@ -137,5 +137,10 @@ def test_a_local_cpu_run_reads_this_machines_cached_peak_without_a_task(ray_sess
     assert program.learner_peak(cfg) == pytest.approx(0.3) and len(tasks) == 1  # read here
     bf16 = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, bf16=True))
     assert program.learner_peak(bf16) == 0.5 and len(tasks) == 2  # another key: measured
+    from ray.util.client import ray as ray_client
+
+    with monkeypatch.context() as m:  # through a Ray client the cluster may be another machine
+        m.setattr(ray_client, "is_connected", lambda: True)
+        assert program.learner_peak(cfg) == 0.5 and len(tasks) == 3
     gpu = dataclasses.replace(cfg.learner, num_gpus=1)
     assert peak.cached_cpu_peak(gpu) is None and peak.cached_cpu_peak(cfg.learner) == pytest.approx(0.3)
