@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,12 @@ import urllib.request
 from pathlib import Path
 
 from selfplay.files import private_token
+from selfplay.net import free_port
 
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # this environment's `ray` and `python`: jobs run `python` from PATH
 HEAD_RESOURCES = {"learner": 1}  # the learner's node type (learner.resources in the config)
 WORKER_RESOURCES = {"generator": 4}  # room for four generators per worker node
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def node_ports() -> dict[str, int]:

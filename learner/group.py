@@ -15,7 +15,6 @@ directory itself)."""
 from __future__ import annotations
 
 import datetime
-import socket
 
 import ray
 import torch.distributed as dist
@@ -24,6 +23,7 @@ from learner.learner import Learner
 from selfplay import collective
 from selfplay.config import LearnerConfig, ModelConfig
 from selfplay.device import pick_device
+from selfplay.net import free_port
 
 TOGETHER = ("train_step", "export", "export_tensors", "save", "save_model", "reset_reference", "set_lr")
 
@@ -49,9 +49,7 @@ def group_address(host: str) -> str:
     node's address) and a port free there now."""
     if host == "node":
         host = ray.util.get_node_ip_address()
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return f"{host}:{s.getsockname()[1]}"
+    return f"{host}:{free_port(host)}"
 
 
 class GroupLearner:

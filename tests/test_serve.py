@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -17,16 +16,11 @@ import yaml
 
 from actors.serve import BadRequest, authorize, build_app, key_digest, serve_config
 from selfplay.config import ConfigError
+from selfplay.net import free_port
 
 OBS = "tictactoe X 123456789:"
 KEY = "test-key-7f3a"  # the fixture server's API key
 LIMITS = {"max_body_bytes": 65536, "max_prompt_chars": 2000}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body=None, raw: bytes | None = None, key: str | None = KEY) -> tuple[int, dict]:

@@ -7,7 +7,6 @@ preference pairs; and a saved group resumes to the same next step."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from learner.learner import Learner, even_spans, rank_spans
 from selfplay import schema
 from selfplay.config import load_config
 from selfplay.model import create_default_model
+from selfplay.net import free_port
 from selfplay.transport import LocalTransport
 from tests.rows import make_row
 
@@ -100,12 +100,6 @@ def test_spans_share_the_rows_evenly_and_every_rank_runs_as_many_passes():
         assert len({len(s) for s in spans}) == 1  # the same number of passes on every rank
         covered = [i for s in spans for a, b in s for i in range(a, b)]
         assert covered == list(range(n)) and all(b - a <= size for s in spans for a, b in s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(learner: Learner, checkpoint: str | None = None) -> list[dict]:
