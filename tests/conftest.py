@@ -1,6 +1,5 @@
 """Session fixtures for integration tests: one local Ray, one tiny model, one generator
-(one vLLM engine) shared by every test that needs them, in each pytest worker (`make test`
-runs two, pytest-xdist)."""
+(one vLLM engine) shared by every test that needs them."""
 
 from __future__ import annotations
 
@@ -91,13 +90,6 @@ def generator(ray_session, tiny_model, small_cfg):
     )
     ray_session.get(g.stats.remote())  # the engine is up
     return g
-
-
-def pytest_collection_modifyitems(config, items):
-    """Modules marked `long` (minutes each) first, the rest in their order: `make test` hands
-    whole modules to two workers as each frees up (pytest-xdist, --dist loadfile), and a long
-    module handed out last would run alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 # Watchdogs, so that a hang fails in minutes and says where instead of taking CI's 90 minutes

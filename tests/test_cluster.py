@@ -28,7 +28,7 @@ import pytest
 from cluster import local_cluster
 from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+pytestmark = pytest.mark.integration
 
 RUN = "scaled"
 CONFIG = """\

@@ -18,7 +18,7 @@ from selfplay import driver, reward_model
 from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig, save_config
 from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+pytestmark = pytest.mark.integration
 
 
 ARITHMETIC = {"name": "arithmetic", "params": {"digits": 1, "terms": 2}}

@@ -21,7 +21,7 @@ from selfplay.games import kuhn
 from selfplay.league import DEFAULT_RATING, LeagueState
 from selfplay.weights import export_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+pytestmark = pytest.mark.integration
 
 
 FIRST, LAST = "step_0000004", "step_0000006"
