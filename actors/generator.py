@@ -202,6 +202,11 @@ class Generator:
         self.lock = threading.Lock()  # weights change only between engine calls
         self.max_live = max_live_opponents
         self.slots: OrderedDict[str, PolicyEngine] = OrderedDict()  # league member -> engine, LRU first
+        # engines whose member load failed or was refused, unseated and reused by the next
+        # load: never closed while others live, since closing an engine made in this process
+        # tears down vLLM's process-wide parallel state, and every other engine here fails
+        # at its next call (`close` ends them all together)
+        self.spares: list[PolicyEngine] = []
         self.counts = {**dict.fromkeys(COUNTED, 0), "opponent_loads": 0}  # training play
         self.eval_counts = dict.fromkeys(COUNTED, 0)  # evaluations and promotion matches
         self.fixed_checksum: str | None = None
@@ -288,14 +293,18 @@ class Generator:
         `checksum`; `slot_plan` decides which."""
         self._check_name(member_id)
         with self.lock:
-            if replace is None:
-                engine = self.new_engine(None)
-            else:
+            if replace is not None:
                 engine = self.slots.pop(replace)
                 self.versions.pop(replace, None)
-            got = engine.load_weights(blob)
+            else:
+                engine = self.spares.pop() if self.spares else self.new_engine(None)
+            try:
+                got = engine.load_weights(blob)
+            except BaseException:
+                self.spares.append(engine)  # not dropped: its finalizer would close it
+                raise
             if got != checksum:  # never seat a policy whose weights are not the member's
-                engine.close()
+                self.spares.append(engine)
                 raise WeightMismatch(
                     f"{self.id}: opponent {member_id} loaded weights {got}, league recorded {checksum}"
                 )
@@ -339,9 +348,9 @@ class Generator:
         with self.lock:
             if FIXED not in self.engines:
                 self.engines[FIXED] = self.new_engine(None)
+            self.fixed_checksum = None  # until these weights are in, whatever it held is not
             got = self.engines[FIXED].load_weights(blob)
             if got != checksum:
-                self.fixed_checksum = None
                 raise WeightMismatch(
                     f"{self.id}: the evaluation engine loaded weights {got}, sent {checksum}"
                 )
@@ -1039,7 +1048,7 @@ class Generator:
         }
 
     def close(self) -> None:
-        for engine in [*self.engines.values(), *self.slots.values()]:
+        for engine in [*self.engines.values(), *self.slots.values(), *self.spares]:
             engine.close()
 
 

@@ -333,9 +333,20 @@ def test_an_evaluation_of_fixed_weights_is_not_moved_by_broadcasts():
 
 def test_fixed_weights_that_do_not_load_as_sent_are_refused():
     gen = make_generator()
+    held = checksum(weights(-0.5))
+    gen.load_fixed(weights(-0.5), version=1, checksum=held)
+    assert gen.fixed_checksum == held
     with pytest.raises(WeightMismatch, match="evaluation engine loaded weights"):
-        gen.load_fixed(weights(-0.25), version=1, checksum=checksum(weights(-0.5)))
+        gen.load_fixed(weights(-0.25), version=2, checksum=checksum(weights(-0.75)))
+    assert gen.fixed_checksum is None  # it no longer holds version 1's weights either
+    gen.load_fixed(weights(-0.5), version=1, checksum=held)
+    with pytest.raises(ValueError):  # a load that raised part way: the same
+        gen.load_fixed(b"torn", version=2, checksum=checksum(weights(-0.75)))
     assert gen.fixed_checksum is None
+    fetched = []
+    wanted = {"version": 1, "checksum": held}
+    assert gen.policy_for(wanted, fetch=lambda: fetched.append(1) or weights(-0.5)) == FIXED
+    assert fetched == [1]  # loaded again rather than measured on whatever the engine holds
 
 
 def test_settled_weights_the_learners_engine_holds_are_measured_there_and_others_fixed():
@@ -385,9 +396,29 @@ def test_load_members_refuses_a_member_whose_engine_echoes_other_weights():
     with pytest.raises(WeightMismatch, match="opponent forged loaded weights"):
         gen.load_members({"forged"}, forged)
     [(_, refused)] = maker.made
-    assert refused.closed and "forged" not in gen.slots and "forged" not in gen.versions
+    assert "forged" not in gen.slots and "forged" not in gen.versions
+    # set aside, not closed: closing one in-process vLLM engine tears down the parallel
+    # state every other engine of the process uses
+    assert not refused.closed and gen.spares == [refused]
     gen.load_members({"honest"}, fetcher({"honest": (-1.0, 3)}))
     assert list(gen.slots) == ["honest"] and gen.versions["honest"] == 3
+    assert gen.slots["honest"] is refused and len(maker.made) == 1 and gen.spares == []  # reused
+
+
+def test_a_member_load_that_fails_keeps_its_engine_aside_and_the_members_engine_is_not_reused():
+    maker = EngineMaker()
+    gen = make_generator(maker=maker, max_live=1)
+    gen.load_members({"snap-0"}, fetcher({"snap-0": (-1.0, 1)}))
+    [(_, engine)] = maker.made
+    with pytest.raises(ValueError):  # a torn transfer: the engine raised mid-load
+        gen.load_members({"snap-1"}, lambda member: (b"torn", 2, "0" * 64))
+    # snap-0's engine held the load: snap-0 is no longer seated, its engine set aside (a
+    # dropped engine would be closed by vLLM's finalizer, whenever it ran)
+    assert gen.slots == {} and gen.spares == [engine] and not engine.closed
+    gen.load_members({"snap-1"}, fetcher({"snap-1": (-2.0, 2)}))
+    assert gen.slots == {"snap-1": engine} and len(maker.made) == 1
+    gen.close()
+    assert engine.closed
 
 
 def test_a_new_member_takes_the_engine_of_the_least_recently_played_member():

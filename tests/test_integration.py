@@ -37,7 +37,12 @@ def pipeline(ray_session, generator, tiny_model, small_cfg):
 def test_trajectories_flow_to_the_learner_and_stale_turns_are_dropped(pipeline, generator):
     ray, buffer, verifier, learner = pipeline
     run = generator.play_loop.remote(verifier, buffer)
-    steps = ray.get(learner.train.remote(4))
+    training = learner.train.remote(4)
+    # a generator that failed or returned fails the test here, rather than leaving the
+    # learner waiting for ever on a batch that will not come
+    done, _ = ray.wait([run, training], num_returns=1)
+    assert done == [training], f"play_loop ended before the learner's 4 steps: {ray.get(run)}"
+    steps = ray.get(training)
     ray.get(generator.stop.remote())
     ray.get(run)
     stats = ray.get(buffer.stats.remote())

@@ -14,7 +14,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from selfplay import driver
+from selfplay import driver, schema
 from selfplay.average import POLICIES
 from selfplay.config import LeagueConfig
 from selfplay.games import kuhn
@@ -228,5 +228,13 @@ def test_an_opponent_engine_refuses_weights_whose_checksum_does_not_match(
     # the session generator holds one opponent: the forged weights go into honest's engine
     with pytest.raises(WeightMismatch, match="forged"):
         ray.get(generator.head_to_head.remote(league, "forged", 1))
-    assert ray.get(generator.stats.remote())["members"] == []  # never seated; the engine was closed
+    assert ray.get(generator.stats.remote())["members"] == []  # never seated
+    # the refused engine is kept aside, not closed: closing an engine of this process tore
+    # down vLLM's parallel state under every other, and the learner's engine failed at its
+    # next call ("pipeline model parallel group is not initialized"). Both still play, the
+    # honest member from the engine set aside
+    rows = schema.from_ipc(ray.get(generator.self_play.remote(2))).to_pylist()
+    assert any(r["response_ids"] for r in rows)
+    assert ray.get(generator.head_to_head.remote(league, "honest", 1))["tictactoe"]["games"] == 2
+    assert ray.get(generator.stats.remote())["members"] == ["honest"]
     ray.kill(league)
