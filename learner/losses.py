@@ -144,8 +144,11 @@ def restrict_logits(logits: torch.Tensor, positions: torch.Tensor, allowed: torc
     if not bool(restricted.any()):
         return logits
     rows = torch.arange(len(logits), device=logits.device)
-    keep = torch.zeros(logits.shape[0], logits.shape[-1], dtype=torch.bool, device=logits.device)
-    keep.scatter_(1, allowed.clamp(min=0), allowed >= 0)
+    vocab = logits.shape[-1]
+    # pads (-1) are sent to a spare column dropped after, so they mark no real token (id 0
+    # included: where that is a legal move, a pad written on it would unmark it)
+    keep = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    keep = keep.scatter_(1, torch.where(allowed >= 0, allowed, vocab), True)[:, :vocab]
     keep[~restricted] = True
     at = logits[rows, positions].masked_fill(~keep, MASKED_LOGIT)
     return logits.index_put((rows, positions), at)

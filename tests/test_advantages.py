@@ -119,10 +119,10 @@ def test_gae_discount_makes_a_sooner_win_worth_more():
     # lam 1: G_k = gamma^(n-k) * 1, a win two own turns ahead is worth .81
     _, mc = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=1.0, gamma=0.9)
     assert mc == pytest.approx([0.81, 0.9, 1.0])
-    # gamma 1 is the undiscounted estimator
-    assert gae_advantages(["g"] * 3, [0, 1, 2], returns, values, 0.5, gamma=1.0) == gae_advantages(
-        ["g"] * 3, [0, 1, 2], returns, values, 0.5
-    )
+    # gamma 1 (the default), undiscounted: G_1 = .5 * .7 + .5 * 1 = .85, G_0 = .5 * .6 + .5 * .85
+    adv, target = gae_advantages(["g"] * 3, [0, 1, 2], returns, values, lam=0.5)
+    assert target == pytest.approx([0.725, 0.85, 1.0])
+    assert adv == pytest.approx([0.225, 0.25, 0.3])
 
 
 def test_gae_with_a_missing_later_turn_bootstraps_from_the_next_one_present():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -107,9 +108,12 @@ def test_kl_penalty_is_non_negative():
     logp = -torch.rand(8, 16, generator=g) * 5
     ref = -torch.rand(8, 16, generator=g) * 5
     mask = (torch.rand(8, 16, generator=g) > 0.3).float()
-    per_token = torch.exp(ref - logp) - (ref - logp) - 1
-    assert (per_token >= 0).all()
     assert kl_penalty(logp, ref, mask).item() > 0
+    assert kl_penalty(logp, logp, mask).item() == 0.0  # no divergence, none estimated
+    for b, t in itertools.product(range(8), range(16)):  # and every token's own term
+        one = torch.zeros_like(mask)
+        one[b, t] = 1.0
+        assert kl_penalty(logp, ref, one).item() >= 0
 
 
 def test_masked_mean_of_fully_masked_tensor_is_zero():
@@ -165,6 +169,11 @@ def test_restrict_logits_renormalises_over_the_allowed_tokens_at_the_reply_posit
     # padding (-1) inside a restricted row is ignored; an unrestricted batch comes back as it is
     padded = restrict_logits(logits.detach(), torch.tensor([1, 1]), torch.tensor([[1, -1], [-1, -1]]))
     assert torch.softmax(padded[0, 1], -1).tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    # ...token 0 among the legal ones included (a pad once unmarked it): over {0, 2} the
+    # probabilities are 1/6 and 5/6; over {0} alone, 1
+    zero = restrict_logits(logits.detach(), torch.tensor([1, 1]), torch.tensor([[0, 2, -1], [0, -1, -1]]))
+    assert torch.softmax(zero[0, 1], -1).tolist() == pytest.approx([1 / 6, 0.0, 5 / 6, 0.0])
+    assert torch.softmax(zero[1, 1], -1).tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
     free = logits.detach()
     assert restrict_logits(free, torch.tensor([0, 0]), torch.full((2, 1), -1)) is free
 
