@@ -106,8 +106,10 @@ def max_at_k_weights(rewards: list[float], k: int) -> list[float]:
     Sorting ascending (r_(1) <= ... <= r_(n), ties in any order), the subsets where sample
     (i) is the maximum number C(i-1, k-1), and those whose maximum is a later (j) number
     C(j-2, k-2):  w_(i) = [C(i-1, k-1) r_(i) + sum_{j>i} C(j-2, k-2) r_(j)] / C(n, k).
-    sum_i w_i = k x the max@k estimate, so sum_i w_i grad log p(y_i) estimates k x grad
-    max@k without bias. k = 1 gives r_i / n; k is cut to n for a smaller group."""
+    sum_i w_i = k x the max@k estimate (`max_at_k`), and sum_i w_i grad log p(y_i) estimates
+    grad max@k without bias: each subset's term max(S) sum_{j in S} grad log p(y_j) is the
+    score-function gradient of the best of k draws. k = 1 gives r_i / n; k is cut to n for a
+    smaller group."""
     n = len(rewards)
     if n == 0:
         return []
@@ -126,6 +128,35 @@ def max_at_k_weights(rewards: list[float], k: int) -> list[float]:
     return out
 
 
+def max_at_k(rewards: list[float], k: int) -> float:
+    """The unbiased estimate of max@k (pass@k for 0/1 rewards) from n >= k samples: the mean
+    of the maxima of all C(n, k) subsets of k, = sum_i C(i-1, k-1) r_(i) / C(n, k) with the
+    rewards sorted ascending (r_(i) is the maximum of C(i-1, k-1) subsets)."""
+    n = len(rewards)
+    if not 1 <= k <= n:
+        raise ValueError(f"max@{k} needs at least {k} samples, got {n}")
+    ranked = sorted(rewards)
+    return sum(math.comb(i, k - 1) * r for i, r in enumerate(ranked)) / math.comb(n, k)
+
+
+def passk_advantages(rewards: list[float], k: int) -> list[float]:
+    """PKPO's per-sample advantages for max@k with a leave-one-out baseline (Walder and
+    Karkhanis, 2025, their "sloo"): a_i = n (w_i - (k/n) max@k(r without i)), w_i from
+    `max_at_k_weights`. The baseline is computed without y_i, so it adds nothing to the
+    expected gradient: E[sum_i a_i grad log p(y_i)] = n grad max@k exactly (tested by
+    enumeration); (k/n) max@k(others) is what w_i averages to (sum_i w_i = k max@k), so it
+    takes out what a sample would earn anyway. Centring on mean(w) instead, which holds
+    y_i, shrinks that expectation by (n - k)/n (to 0 at k = n). k = 1 is RLOO,
+    r_i - mean(r_j, j != i). Needs n > k: k is cut to n - 1 for a smaller group (a group of
+    one: 0)."""
+    n = len(rewards)
+    k = min(max(k, 1), n - 1)
+    if k < 1:
+        return [0.0] * n
+    shares = max_at_k_weights(rewards, k)
+    return [n * (w - k / n * max_at_k(rewards[:i] + rewards[i + 1 :], k)) for i, w in enumerate(shares)]
+
+
 def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: int = 1) -> list[float]:
     """Advantages of the n samples of one prompt, each judged against the others:
         grpo  (r_i - mean(r)) / (std(r) + eps)     GRPO (Shao et al., 2024), std over the group
@@ -133,16 +164,16 @@ def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: in
                                                     which favours prompts of middling difficulty
         rloo  r_i - mean(r_j, j != i)               RLOO (Ahmadian et al., 2024): leave-one-out,
                                                     = n/(n-1) (r_i - mean(r)), an unbiased baseline
-        passk (n/k) (w_i - mean(w)) / (std(r) + eps)  max@k (pass@k) as the objective, not the
-                                                    mean reward (`max_at_k_weights`, PKPO): a
-                                                    sample is paid for what it adds to the best
-                                                    of k, so once most of a group is right the
-                                                    rest are no longer pushed towards it (at 6
-                                                    right of 8 and k = 4 every advantage is 0),
-                                                    meant to keep samples diverse for a best-of-n
-                                                    pick (on solver_checker, k = 4, it was a
-                                                    weaker signal instead: README); scaled by
-                                                    the rewards' std as grpo is: k = 1 is grpo
+        passk a_i / (std(r) + eps)                 max@k (pass@k) as the objective, not the
+                                                    mean reward (`passk_advantages`, PKPO with a
+                                                    leave-one-out baseline): a sample is paid
+                                                    for what it adds to the best of k, so once
+                                                    most of a group is right the rest are no
+                                                    longer pushed towards it (at 6 right of 8
+                                                    and k = 4 every advantage is 0), meant to
+                                                    keep samples diverse for a best-of-n pick;
+                                                    scaled by the rewards' std as grpo is: k = 1
+                                                    is rloo / std
     (`k`: passk's; the others ignore it.) std is the population standard deviation, as GRPO
     implementations compute it over the group (TRL uses the sample std; with n >= 8 the two
     differ by under 7%). A group whose rewards all agree gets zeros under every method: it
@@ -151,10 +182,8 @@ def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: in
     if n == 0:
         return []
     if method == "passk":
-        shares = max_at_k_weights(rewards, k)
-        mean_share, scale = sum(shares) / n, n / min(max(k, 1), n)
         std = population_std(rewards)
-        return [scale * (w - mean_share) / (std + eps) for w in shares]
+        return [a / (std + eps) for a in passk_advantages(rewards, k)]
     mean = sum(rewards) / n
     if method == "drgrpo":
         return [r - mean for r in rewards]

@@ -95,12 +95,15 @@ def build(
     for row in table.filter(is_task).to_pylist():
         groups[(row["group_id"], row["role"])].append(row)
     admitted, held = [], []
+    # rewards are held as float32 (the schema): so is the threshold, or a reward of exactly
+    # accept_reward 0.9 (0.899999976 held) would fall short of it
+    accept = pa.scalar(cfg.accept_reward, pa.float32()).as_py()
     for (_, role), rows in groups.items():
         if cfg.frozen_roles and role_name(rows[0]["task"], role) in cfg.frozen_roles:
             counts["rows_frozen"] += len(rows)
             continue
         rewards = [r["reward"] for r in rows]
-        accepted = [r["reward"] >= cfg.accept_reward for r in rows]
+        accepted = [r["reward"] >= accept for r in rows]
         counts["groups"] += 1
         counts["samples"] += len(rows)
         counts["accepted"] += sum(accepted)

@@ -817,6 +817,12 @@ def validate_task(cfg: RunConfig) -> None:
             "task.samples_per_prompt: group advantages need at least 2 samples per prompt "
             f"(builder.rows rl), got {cfg.task.samples_per_prompt}"
         )
+    if cfg.builder.rows == "rl" and cfg.builder.group_advantage == "passk":
+        if cfg.builder.pass_k >= cfg.task.samples_per_prompt:
+            raise ConfigError(
+                f"builder.pass_k: must be < task.samples_per_prompt ({cfg.task.samples_per_prompt}): "
+                f"each sample's baseline is max@k of the others; got {cfg.builder.pass_k}"
+            )
     if cfg.generator.opponents:
         raise ConfigError("generator.opponents: a task run has no scripted opponents")
     if cfg.generator.opening_moves:

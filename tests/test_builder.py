@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from learner.advantages import group_advantages, max_at_k_weights
+from learner.advantages import group_advantages, max_at_k, max_at_k_weights, passk_advantages
 from selfplay import schema
 from selfplay.builder import (
     CURRICULUM_MEMORY,
@@ -80,22 +80,88 @@ def test_max_at_k_weights_match_enumerating_every_subset(seed):
 
 
 def test_passk_pays_what_a_sample_adds_to_the_best_of_k():
-    # 0.5, 1, 0, k = 2: shares 0.5, 2/3, 0.5 (mean 5/9), x n/k = 1.5, over std(r) = sqrt(1/6)
+    # 0.5, 1, 0, k = 2: shares 0.5, 2/3, 0.5; each sample's baseline (2/3) x max@2 of the
+    # other two: 1, 0.5 and 1. a = 3 (w - baseline): the 0.5 adds nothing beside the 1
+    assert passk_advantages([0.5, 1.0, 0.0], 2) == pytest.approx([-0.5, 1.0, -0.5])
     std = (1 / 6) ** 0.5
-    expected = [1.5 * (0.5 - 5 / 9) / std, 1.5 * (2 / 3 - 5 / 9) / std, 1.5 * (0.5 - 5 / 9) / std]
-    assert group_advantages([0.5, 1.0, 0.0], "passk", eps=0, k=2) == pytest.approx(expected)
+    assert group_advantages([0.5, 1.0, 0.0], "passk", eps=0, k=2) == pytest.approx(
+        [-0.5 / std, 1.0 / std, -0.5 / std]
+    )
     # 6 right of 8, k = 4: every subset of 4 holds a right one: nothing left to teach
     assert group_advantages([1, 1, 0, 1, 1, 0, 1, 1], "passk", k=4) == [0.0] * 8
-    # one right of 8: it is pushed up less, the wrong ones down less than under grpo
+    # one right of 8, k = 4: its share 0.5 against a baseline of 0 (the others never pass):
+    # 8 x 0.5 = 4; a wrong one's share 15/70 against (4/8) x max@4 of {1, six 0s} = (1/2)
+    # (20/35): 8 (15/70 - 20/70) = -4/7. Pushed up 4/0.875 = 4.6 times as hard as under
+    # grpo: pass@4 gains most from a prompt the policy rarely solves
     one = [1, 0, 0, 0, 0, 0, 0, 0]
-    shares = [2 * (0.5 - 0.25), 2 * (15 / 70 - 0.25)]  # mean share (0.5 + 7 x 15/70) / 8 = 0.25
+    assert passk_advantages(one, 4) == pytest.approx([4.0] + [-4 / 7] * 7)
     std = (7 / 64) ** 0.5
-    assert group_advantages(one, "passk", eps=0, k=4) == pytest.approx(
-        [shares[0] / std] + [shares[1] / std] * 7
-    )
-    # k = 1 is grpo
+    assert group_advantages(one, "passk", eps=0, k=4) == pytest.approx([4 / std] + [-4 / 7 / std] * 7)
+    # k = 1 is rloo (over std)
     rewards = [0.2, 0.9, 0.0, 0.5, 0.5]
-    assert group_advantages(rewards, "passk", k=1) == pytest.approx(group_advantages(rewards, "grpo"))
+    assert passk_advantages(rewards, 1) == pytest.approx(group_advantages(rewards, "rloo"))
+    # k is cut to n - 1 (the baseline needs k of the others); a group of one has none
+    assert passk_advantages([1.0, 0.0], 4) == pytest.approx(passk_advantages([1.0, 0.0], 1)) == [1.0, -1.0]
+    assert passk_advantages([1.0], 4) == [0.0] and passk_advantages([], 4) == []
+
+
+def test_max_at_k_is_the_mean_maximum_over_every_subset():
+    assert max_at_k([0.5, 1.0, 0.0], 2) == pytest.approx((1 + 0.5 + 1) / 3)
+    assert max_at_k([0.0, 1.0, 0.0, 0.0], 1) == pytest.approx(0.25)
+    assert max_at_k([0.3, 0.7], 2) == pytest.approx(0.7)
+    rewards = [0.2, 0.9, 0.0, 0.5, 0.5, 0.25]
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(rewards, k))
+        assert max_at_k(rewards, k) == pytest.approx(sum(map(max, subsets)) / len(subsets))
+        assert max_at_k(rewards, k) == pytest.approx(sum(max_at_k_weights(rewards, k)) / k)
+    with pytest.raises(ValueError, match="max@3 needs at least 3 samples"):
+        max_at_k([1.0, 0.0], 3)
+
+
+def exact_score_gradient(values: list[float], probs: list[float], n: int, k: int) -> float:
+    """E[sum_i a_i d log p(y_i) / d theta] over every outcome of n draws from a categorical
+    on `values` with probabilities `probs`, theta the first value's logit (d log p(y) / d theta
+    = 1[y is the first value] - p_0), a = passk_advantages."""
+    total = 0.0
+    for outcome in itertools.product(range(len(values)), repeat=n):
+        weight = math.prod(probs[j] for j in outcome)
+        a = passk_advantages([values[j] for j in outcome], k)
+        total += weight * sum(ai * ((j == 0) - probs[0]) for ai, j in zip(a, outcome))
+    return total
+
+
+def exact_max_at_k(values: list[float], probs: list[float], k: int) -> float:
+    """E[max of k draws]: sum over values v of v (F(v)^k - F(v-)^k)."""
+    order = sorted(range(len(values)), key=lambda j: values[j])
+    below, total = 0.0, 0.0
+    for j in order:
+        total += values[j] * ((below + probs[j]) ** k - below**k)
+        below += probs[j]
+    return total
+
+
+@pytest.mark.parametrize(
+    "values, probs, n",
+    [([1.0, 0.0], [0.3, 0.7], 5), ([1.0, 0.0], [0.8, 0.2], 4), ([0.0, 0.5, 1.0], [0.2, 0.5, 0.3], 4)],
+)
+def test_passk_advantages_ascend_n_times_the_gradient_of_max_at_k_without_bias(values, probs, n):
+    """Every outcome of n draws enumerated: the expected score-function gradient of the
+    advantages equals n d max@k / d theta (theta the first value's logit, by central
+    differences of the exact max@k), for every k < n (the old mean-of-shares centring gave
+    (n - k)/k of it)."""
+
+    def softmax_probs(theta: float) -> list[float]:
+        logits = [math.log(q) for q in probs]
+        logits[0] += theta
+        z = sum(math.exp(x) for x in logits)
+        return [math.exp(x) / z for x in logits]
+
+    h = 1e-5
+    for k in range(1, n):
+        slope = (
+            exact_max_at_k(values, softmax_probs(h), k) - exact_max_at_k(values, softmax_probs(-h), k)
+        ) / (2 * h)
+        assert exact_score_gradient(values, probs, n, k) == pytest.approx(n * slope, rel=1e-6)
 
 
 def test_passk_rows_are_built_with_the_configured_k():
@@ -175,6 +241,13 @@ def test_sft_rows_keep_accepted_samples_once_per_distinct_reply():
     assert counts["accepted"] == 3 and counts["rows_admitted"] == 2
     no_dedupe, _, _ = build(table, BuilderConfig(rows="sft", dedupe=False))
     assert no_dedupe.num_rows == 3
+
+
+def test_a_reward_of_exactly_accept_reward_is_accepted_as_the_table_holds_it():
+    # 0.9 is held as the float32 0.899999976: compared with the float64 0.9 it fell short
+    table = schema.from_rows([sample("a", 0.9, "42"), sample("a", 0.8, "41")])
+    admitted, _, counts = build(table, BuilderConfig(rows="sft", accept_reward=0.9))
+    assert [r["response_text"] for r in admitted.to_pylist()] == ["42"] and counts["accepted"] == 1
 
 
 def test_the_variance_filter_holds_back_groups_that_agree():

@@ -371,6 +371,10 @@ TASK = ["task.name=arithmetic", "learner.advantage=group"]
         (["task.name=chess", "learner.advantage=group"], "^task: unknown task 'chess'"),
         ([*TASK, "task.held_out=1000"], r"arithmetic: held_out\(1000\) asks for more than"),
         ([*TASK, "task.samples_per_prompt=1"], "task.samples_per_prompt: group advantages need at least 2"),
+        (
+            [*TASK, "builder.group_advantage=passk", "builder.pass_k=8"],
+            r"builder.pass_k: must be < task.samples_per_prompt \(8\)",
+        ),
         ([*TASK, "acceptance={arithmetic/held_out/acuracy: '>= 0.5'}"], "FIELD one of accuracy, pass_at_k"),
         ([*TASK, "task.params={digitz: 3}"], "task.params.digitz: unknown parameter of arithmetic"),
         (["task.name=arithmetic"], "learner.advantage: a task run trains on the builder's group advantages"),
