@@ -48,8 +48,12 @@ $(CHROMEDRIVER):
 demo: $(STAMP)
 	$(VENV)/bin/selfplay run $(CONFIG)
 
+# Two workers (pytest-xdist), each with its own session Ray and engines; a module's tests run
+# on one worker, so its fixtures are built once. One process left a third of two cores idle
+# (imports, engine starts, waits). TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMEDRIVER)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,7 @@
 """Session fixtures for integration tests: one local Ray, one tiny model, one generator
-(one vLLM engine) shared by every test that needs them."""
+(one vLLM engine) shared by every test that needs them, in each pytest worker (`make test`
+runs two, pytest-xdist, a module's tests on one worker: modules meet the session fixtures
+in any order, so no test may leave them unusable)."""
 
 from __future__ import annotations
 
@@ -159,4 +161,9 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     import time
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # a worker's interpreter then waits for the controller to end the run, which the
+        # other worker's tests may hold for minutes yet; the controller's own watchdog
+        # covers the exit
+        return
     RUNNING["done"] = time.monotonic()
