@@ -1052,12 +1052,22 @@ class Generator:
             engine.close()
 
 
-@ray.remote(max_concurrency=4)
+# The actor's calls run in three groups of threads, so that no kind waits behind another:
+# the default group plays (`play_loop`, `self_play`); CONTROL loads weights and answers the
+# pool's probe and `stop`; EVAL measures, one call at a time (its lock has them so anyway).
+# With one group of 4 threads, a round of evaluations queued together (one per game and
+# opponent, and `kuhn_policy`) held every thread but play_loop's, most waiting on the eval
+# lock, and a broadcast's `set_weights` queued behind them: past learner.ack_timeout_s the
+# learner drops the generator and its pool replaces it.
+CONTROL, EVAL = "control", "eval"
+
+
+@ray.remote(max_concurrency=2, concurrency_groups={CONTROL: 2, EVAL: 1})
 class GeneratorActor:
-    """Ray shell. `play_loop` loops in one thread; `set_weights`, `evaluate` and `stats` are
-    served from others and take the engine lock only between engine calls. With a league
-    actor, each wave's opponents come from its matchmaking and every finished league game
-    goes back to it for Elo."""
+    """Ray shell. `play_loop` loops in one thread; `set_weights`, `stats` (CONTROL) and the
+    evaluations (EVAL) are served from threads of their own and take the engine lock only
+    between engine calls. With a league actor, each wave's opponents come from its
+    matchmaking and every finished league game goes back to it for Elo."""
 
     def __init__(
         self,
@@ -1185,9 +1195,11 @@ class GeneratorActor:
                 self.reports.extend(pending)
             ray.get(done)
 
+    @ray.method(concurrency_group=CONTROL)
     def stop(self) -> None:
         self.stopped.set()
 
+    @ray.method(concurrency_group=CONTROL)
     def close(self) -> None:
         """Stop playing and shut its engines down (their engine-core processes end), before
         the actor is killed rather than with it."""
@@ -1202,9 +1214,11 @@ class GeneratorActor:
         self.version_gauge.set(version)
         return checksum
 
+    @ray.method(concurrency_group=CONTROL)
     def set_weights(self, blob: bytes, version: int) -> str:
         return self._timed_load(lambda: self.gen.set_weights(blob, version), version)
 
+    @ray.method(concurrency_group=CONTROL)
     def receive_collective(self, sync: dict, version: int) -> str:
         return self._timed_load(lambda: self.gen.receive_collective(sync, version), version)
 
@@ -1217,6 +1231,7 @@ class GeneratorActor:
             self.gen.check_settled(weights, policy)
             return result
 
+    @ray.method(concurrency_group=EVAL)
     def evaluate(self, game: str, opponent: str, n_games: int, weights: dict | None = None) -> dict:
         """Greedy play against a scripted opponent; with `weights`, of those weights, fixed
         while broadcasts keep landing on the learner's engine."""
@@ -1224,16 +1239,19 @@ class GeneratorActor:
             weights, lambda policy: self.gen.evaluate(game, opponent, n_games, policy=policy)
         )
 
+    @ray.method(concurrency_group=EVAL)
     def evaluate_task(self, weights: dict | None = None) -> dict:
         """The task's held-out evaluation; with `weights`, of those weights held fixed."""
         return self._measure(weights, self.gen.evaluate_task)
 
+    @ray.method(concurrency_group=EVAL)
     def kuhn_policy(self, weights: dict | None = None) -> dict:
         return self._measure(weights, self.gen.kuhn_policy)
 
     def kuhn_inputs(self) -> list[tuple[str, int, list[int], list[int]]]:
         return self.gen.kuhn_inputs()
 
+    @ray.method(concurrency_group=EVAL)
     def head_to_head(self, league, member: str, n_games: int, weights: dict | None = None) -> dict:
         """The policy (sampling at the training temperature; with `weights`, those weights
         held fixed) against league `member`, n_games per game of the mix and seat (a task
@@ -1255,6 +1273,7 @@ class GeneratorActor:
     def self_play(self, n_games: int) -> bytes:
         return schema.to_ipc(self.gen.self_play(n_games))
 
+    @ray.method(concurrency_group=CONTROL)
     def stats(self) -> dict:
         return {
             "id": self.gen.id,

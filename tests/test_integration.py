@@ -196,3 +196,17 @@ def test_no_turn_mixes_weight_versions(ray_session, generator, tiny_model, engin
         assert all(is_uniform) or not any(is_uniform), r
     original, _ = export_weights(AutoModelForCausalLM.from_pretrained(tiny_model), engine_dtype)
     ray.get(generator.set_weights.remote(original, base + 6))
+
+
+def test_evaluations_queued_together_hold_up_neither_the_probe_nor_weight_loads(ray_session, generator):
+    """A round of evaluations queued at once (a league run queues one per game and
+    opponent) runs one at a time in the actor's EVAL threads; the pool's probe and weight
+    loads (CONTROL) are answered meanwhile. With one group of 4 threads, 4 evaluations held
+    them all and the probe waited for the first to finish (a broadcast's set_weights too,
+    past learner.ack_timeout_s when evaluations are long)."""
+    ray = ray_session
+    evaluations = [generator.evaluate.remote("tictactoe", "random", 64) for _ in range(4)]
+    probe = generator.stats.remote()
+    done, _ = ray.wait([probe, evaluations[0]], num_returns=1)
+    assert done == [probe], "the probe waited for an evaluation"
+    assert all(e["games"] == 128 for e in ray.get(evaluations))
