@@ -160,13 +160,19 @@ class GeneratorPool:
     def _stop(self, name: str) -> None:
         """Stop one generator: its wave loop finishes the wave under way and returns once
         the verifier has every game it played; then the learner drops it (checking its
-        last acknowledgement) and the generator goes."""
+        last acknowledgement) and the generator goes. One still playing
+        `generator.hang_timeout_s` after `stop` is failed (not replaced), so a pool change
+        never waits on it for ever (holding the scale lock, which the end of training takes)."""
         t = self.transport
+        hang = self.cfg.generator.hang_timeout_s
         with self.lock:
             self.stopping.add(name)
             peer, loop = self.live[name], self.loops[name]
         try:
             t.get(t.call(peer, "stop"))
+            if not t.wait([loop], timeout=hang)[0]:
+                self._fail(name, f"hung: still playing {hang:g} s after stop", limit=False)
+                return
             final = t.get(loop)
             t.get(t.call(self.learner, "detach", name))
             with self.lock:
@@ -183,10 +189,16 @@ class GeneratorPool:
                 )
         finally:  # a generator that failed while stopping goes too; its error propagates
             with self.lock:
-                del self.live[name], self.loops[name]
+                failed = name not in self.live  # `_fail` took it out
+                if not failed:
+                    del self.live[name], self.loops[name]
                 self.stopping.discard(name)
-            self.discard(name, peer)
-            self.on_size(len(self.live))
+                # its probe books go with it: a later generator of the same name starts afresh
+                for books in (self.probes, self.progress, self.last_stats):
+                    books.pop(name, None)
+            if not failed:
+                self.discard(name, peer)
+                self.on_size(len(self.live))
 
     def stop_all(self) -> dict:
         """End of training: every generator finishes its wave and stops playing; the

@@ -16,6 +16,7 @@ from selfplay.config import load_config
 from selfplay.model import create_default_model
 from selfplay.transport import LocalTransport, PeerDied
 from tests.test_learner_service import Receiver, batch
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +184,40 @@ def test_scaling_down_retires_the_highest_generator_with_its_books_whole(model_d
     assert cluster.discarded == ["generator-2"] and "generator-2" not in pool.learner.targets
     final = pool.stop_all()
     assert final["totals"]["sent"] == sum(g.sent for g in cluster.spawned.values())
+
+
+def test_a_generator_hung_when_scaled_down_is_failed_and_the_pool_change_ends(model_dir):
+    """Before, the pool change waited on its loop for ever, holding the scale lock that the
+    end of training (stop_all) takes."""
+    cluster = Cluster(**{"generator-1": {"hang_after": 1}})
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.5"])
+    pool.scale(2)
+    pool.check()  # a probe of each generator is under way, as in a run
+    assert cluster.spawned["generator-1"].hanging.wait(5)
+    status = pool.scale(1)
+    assert list(status["generators"]) == ["generator-0"] and cluster.discarded == ["generator-1"]
+    assert [(e["generator"], e["reason"]) for e in status["events"] if e["event"] == "failed"] == [
+        ("generator-1", "hung: still playing 0.5 s after stop")
+    ]
+    assert "generator-1" not in pool.learner.targets
+    # no book of it is left for a later generator of its name to inherit
+    assert all("generator-1" not in books for books in (pool.probes, pool.progress, pool.last_stats))
+    pool.scale(2)  # the name again, a new generator: it starts afresh and plays
+    assert cluster.spawned["generator-1"] is cluster.all[-1] and "generator-1" in pool.live
+    final = pool.stop_all()
+    assert sorted(final["generators"]) == ["generator-0", "generator-1"]
+
+
+def test_a_generator_scaled_down_leaves_no_probe_books_behind(model_dir):
+    cluster = Cluster()
+    pool = make_pool(model_dir, cluster)
+    pool.scale(2)
+    # probes sent and read: each generator has books
+    wait_for(lambda: pool.check() is not None and "generator-1" in pool.last_stats, 10, "a probe read", 0.05)
+    assert all("generator-1" in books for books in (pool.probes, pool.progress, pool.last_stats))
+    pool.scale(1)
+    assert all("generator-1" not in books for books in (pool.probes, pool.progress, pool.last_stats))
+    pool.stop_all()
 
 
 def test_a_generator_whose_engine_fails_to_start_is_discarded_and_its_name_freed(model_dir):
