@@ -134,9 +134,21 @@ class PreferenceLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        write_parquet_atomic(pa.concat_tables(self.pending), self.dir / f"part-{self.parts:06d}.parquet")
+        write_parquet_atomic(pa.concat_tables(self.pending), self.path(self.parts))
         self.parts += 1
         self.pending = []
+
+    def path(self, part: int) -> Path:
+        return self.dir / f"part-{part:06d}.parquet"
+
+    def resume(self, parts: int) -> None:
+        """Go on from a checkpoint that had written `parts` part files: those written after
+        it (by a session that went on past it and was killed) are removed, since the steps
+        that made them are taken again."""
+        for path in self.dir.glob("part-*.parquet"):
+            if int(path.stem.removeprefix("part-")) >= parts:
+                path.unlink()
+        self.parts = parts
 
 
 class ReplayBuffer:
@@ -161,6 +173,7 @@ class ReplayBuffer:
         self.replay: pa.Table | None = None  # labelled rows rehearsed after the stage (set_replay)
         self.replay_share = 0.0
         self.replay_order = np.zeros(0, dtype=np.int64)
+        self.resumed = False  # loaded from a checkpoint: the labelled sets' epochs go on (load)
         self.targets: dict[str, tuple[list[int], str]] = {}  # the supervised targets (builder.rows spin)
         self.learner_version = 0
         self.counts = {
@@ -268,7 +281,7 @@ class ReplayBuffer:
         if self.builder is None:
             raise ValueError("the supervised stage is a task run's (task.name)")
         self.sft = schema.check(table)
-        self.sft_order = np.zeros(0, dtype=np.int64)
+        self.sft_order = self._resumed_order(self.sft_order, table)
 
     def end_sft(self) -> None:
         self.sft = None
@@ -281,7 +294,15 @@ class ReplayBuffer:
             raise ValueError(f"sft.judge_replay: must be in [0, 1), got {share}")
         self.replay = schema.check(table) if share else None
         self.replay_share = share
-        self.replay_order = np.zeros(0, dtype=np.int64)
+        self.replay_order = self._resumed_order(self.replay_order, table)
+
+    def _resumed_order(self, order: np.ndarray, table: pa.Table) -> np.ndarray:
+        """What is left of the epoch a checkpoint was in, for the labelled set the driver
+        hands a resumed buffer again (the same set: deterministic by seed), so a resumed run
+        takes the batches an uninterrupted one would; a fresh epoch otherwise."""
+        if self.resumed and (not len(order) or int(order.max()) < table.num_rows):
+            return order
+        return np.zeros(0, dtype=np.int64)
 
     def set_targets(self, table: pa.Table) -> None:
         """The supervised targets of a labelled set (`targets_of`), which spin rows pair with
@@ -369,7 +390,12 @@ class ReplayBuffer:
             "counts": self.counts,
             "rng": self.rng.bit_generator.state,
             "times": self.times.tolist(),
+            # the labelled sets' rows left in their epochs (the supervised stage, rehearsal)
+            "sft_order": self.sft_order.tolist(),
+            "replay_order": self.replay_order.tolist(),
         }
+        if self.preferences is not None:
+            state["preference_parts"] = self.preferences.parts
         write_atomic(d / "buffer_state.json", json.dumps(state))
 
     def load(self, directory: str | Path) -> None:
@@ -382,6 +408,11 @@ class ReplayBuffer:
         self.counts = {**self.counts, **state["counts"]}
         self.rng.bit_generator.state = state["rng"]
         self.times = np.array(state.get("times", [0] * self.table.num_rows), dtype=np.int64)
+        self.sft_order = np.array(state.get("sft_order", []), dtype=np.int64)
+        self.replay_order = np.array(state.get("replay_order", []), dtype=np.int64)
+        self.resumed = True
+        if self.preferences is not None and "preference_parts" in state:
+            self.preferences.resume(state["preference_parts"])
 
 
 @ray.remote(num_cpus=0)

@@ -194,6 +194,19 @@ def test_admitted_pairs_are_written_as_prompt_chosen_rejected_parquet(tmp_path):
         assert r["reference_id"] == f"describe:{subject}|{place}|{time}"
         assert dict(r["chosen_scores"])["no_profanity"] == 1.0
     assert PreferenceLog(tmp_path / "preferences", decode, "compete").parts == 2  # a resumed run appends
+    # ...after the parts of the checkpoint it resumes from: the second part was written past
+    # the checkpoint (buf.save above) by a session that went on; its steps are taken again
+    resumed_log = PreferenceLog(tmp_path / "preferences", decode, "compete", flush_rows=10**6)
+    resumed = ReplayBuffer(
+        BufferConfig(min_size=1), builder=BuilderConfig(rows="compete"), preferences=resumed_log
+    )
+    resumed.load(tmp_path)
+    assert [p.name for p in sorted((tmp_path / "preferences").glob("part-*.parquet"))] == [
+        "part-000000.parquet"
+    ]
+    resumed.add(Verifier(decode, task=gen.task).training_turns(gen.task_play(2, opponent="snap-0")))
+    resumed_log.flush()
+    assert resumed_log.parts == 2 and pq.read_table(tmp_path / "preferences").num_rows == 10
 
 
 def test_a_judged_tasks_evaluation_reports_its_mean_score():
