@@ -886,9 +886,10 @@ def train(
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         if not resume_from:  # on disk at once: a run killed before its end keeps it for the resume
             summary["before"] = {k: eval_summary(v) for k, v in r.evaluate(wait=True).items()}
-            write_atomic(summary_path, json.dumps(summary, indent=2))
-        else:
+        else:  # what a session before this one ended with (after, acceptance, stopped_at_step, ...) goes
+            summary = {k: v for k, v in summary.items() if k == "before"}
             r.evaluate_lost()
+        write_atomic(summary_path, json.dumps(summary, indent=2))  # run_ended: not until this session's end
         r.watch()
         if r.stopped_when:
             summary["stopped_when"] = r.stopped_when

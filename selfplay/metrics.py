@@ -61,7 +61,10 @@ class MetricsLog:
         self.rows: list[dict] = pq.read_table(self.path).to_pylist() if self.path.exists() else []
         if resumed_at is not None:
             self.rows = [row for row in self.rows if row["step"] <= resumed_at]
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        # TensorBoard hides what the earlier session logged past the checkpoint as well
+        self.tb = SummaryWriter(
+            str(run_dir / "tb"), purge_step=None if resumed_at is None else resumed_at + 1
+        )
         self.run_id = run_id
         self.ray_gauges = ray_gauges
         self.gauges: dict = {}

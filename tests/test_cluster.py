@@ -368,6 +368,7 @@ def test_resubmitting_the_same_name_resumes_and_follows_to_completion(cluster, s
     assert "run finished" in out.stdout  # the job's own output came through the log stream
     summary = json.loads((scaled_run["run_dir"] / "summary.json").read_text())
     assert summary["steps"] == target and "after" in summary
+    assert "stopped_at_step" not in summary  # the first session's end, not this one's
     assert Path(summary["last_checkpoint"]).name == f"step_{target:07d}"
     starts = [e for e in scaling_events(scaled_run["run_dir"]) if e["event"] == "start"]
     assert (starts[-1]["generator"], starts[-1]["version"]) == ("generator-0", version)  # resumed weights

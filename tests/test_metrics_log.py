@@ -22,3 +22,20 @@ def test_a_resumed_log_drops_the_rows_logged_past_its_checkpoint(tmp_path):
         (4, 0.4),
         (5, 0.45),
     ]
+
+
+def test_tensorboard_shows_a_resumed_runs_steps_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = MetricsLog(tmp_path, "run", ray_gauges=False)
+    for step in (2, 4, 5, 6):
+        first.log(step, wall_s=float(step), values={"loss": step / 10})
+    first.close()
+    resumed = MetricsLog(tmp_path, "run", ray_gauges=False, resumed_at=4)
+    for step in (5, 6):
+        resumed.log(step, wall_s=float(step), values={"loss": step / 100})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    shown = [(e.step, round(e.value, 6)) for e in events.Scalars("loss")]
+    assert shown == [(2, 0.2), (4, 0.4), (5, 0.05), (6, 0.06)]
