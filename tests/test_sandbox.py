@@ -212,7 +212,9 @@ def test_a_huge_output_is_cut_at_the_output_limit():
     ],
 )
 def test_a_memory_hog_is_memory_and_scores_zero(solution, test):
-    report = run(solution, ["assert True", test])
+    # CPU to spare: zero-filling the growing hog's 512 MB took over QUICK's second (a
+    # timeout) while another pytest worker ran beside it
+    report = run(solution, ["assert True", test], Limits(cpu_s=5, wall_s=10))
     assert (report.reason, report.passed) == ("memory", [False, False])
 
 
@@ -333,6 +335,73 @@ def test_native_code_copied_into_the_directory_cannot_be_loaded():
 @pytest.mark.parametrize("path", ["/etc/passwd", "/proc/self/mem", "/proc/self/environ"])
 def test_a_read_outside_the_directory_and_the_stdlib_is_forbidden(path):
     assert run(f"open({path!r}, 'rb').read(1)").reason == "forbidden"
+
+
+@pytest.mark.parametrize(
+    "solution",
+    [
+        # native modules that read or write files with no audit event
+        "import readline\nreadline.read_history_file({secret!r})",
+        "import readline\nreadline.write_history_file({outside!r})",
+        "import spwd\nspwd.getspall()",
+        "import _posixshmem, os\n_posixshmem.shm_open({shm!r}, os.O_CREAT | os.O_RDWR, 0o600)",
+        # a directory's entries outside the sandbox and the stdlib
+        "import os\nos.listdir({secret_dir!r})",
+        "import os\nlist(os.scandir('/root'))",
+        # every object in the process, the hidden tests' code among them
+        "import gc\nT = [o for o in gc.get_objects() if type(o) is str and o.startswith('assert f(')]",
+        "import gc\ngc.get_referrers(gc)",
+    ],
+)
+def test_reads_and_writes_that_raise_no_open_event_are_forbidden(tmp_path, solution):
+    secret = tmp_path / "secret" / "s"
+    secret.parent.mkdir()
+    secret.write_text("hidden\n")
+    outside = tmp_path / "written"
+    shm = f"/sandbox-test-{tmp_path.name}-{os.getpid()}"
+    code = solution.format(secret=str(secret), secret_dir=str(secret.parent), outside=str(outside), shm=shm)
+    report = run(code, ["assert f(3) == 17"])
+    assert report.reason == "forbidden", report.output
+    assert not outside.exists() and not os.path.exists("/dev/shm" + shm)
+
+
+def test_listing_its_own_directory_and_the_stdlib_is_allowed():
+    solution = (
+        "import os, glob, pathlib, json\n"
+        "open('a.txt', 'w').close()\n"
+        "def f():\n"
+        "    here = os.listdir() + os.listdir('.') + glob.glob('*.txt') + [p.name for p in pathlib.Path('.').iterdir()]\n"
+        "    return len(here), len(os.listdir(os.path.dirname(json.__file__))) > 0\n"
+    )
+    report = run(solution, ["assert f() == (4, True)"])
+    assert (report.reason, report.passed) == ("ok", [True]), report.output
+
+
+def test_files_renamed_away_still_count_against_max_files():
+    solution = (
+        "import os\n"
+        f"for i in range({MAX_FILES + 1}):\n"
+        "    open('a', 'w').write('x')\n"
+        "    os.rename('a', f'f{i}')\n"
+    )
+    report = run(solution)
+    assert report.reason == "forbidden" and f"more than {MAX_FILES} files written" in report.output
+
+
+def test_a_directory_tree_deeper_than_the_recursion_limit_is_removed_and_the_call_returns(workdirs):
+    solution = "import os\np = 'a'\nfor i in range(1200):\n    os.mkdir(p)\n    p += '/a'\n"
+    report = run(solution, limits=Limits(cpu_s=2, wall_s=10))
+    assert report.reason == "ok"
+    assert list(workdirs.iterdir()) == []
+
+
+def test_processes_are_refused_where_no_pid_namespace_would_end_them(monkeypatch):
+    import selfplay.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation())
+    with pytest.raises(ValueError, match="Limits.processes: this machine has no PID namespace"):
+        run_tests("x = 1", ["assert x == 1"], Limits(processes=2))
+    assert run_tests("x = 1", ["assert x == 1"], Limits()).reason == "ok"
 
 
 def test_the_directory_is_deleted_after_the_run(workdirs):
