@@ -14,6 +14,7 @@ the held-out evaluations, and reports only the final policy's gap to it as accep
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -48,13 +49,25 @@ class BestCheckpoint:
     ref], version, step, checksum}, as the learner's current_weights) are the weights the
     best evaluation measured, for evaluating them again at the end."""
 
-    def __init__(self, targets: dict[str, str], run_dir: Path, model_dir: str, put=None):
+    def __init__(
+        self,
+        targets: dict[str, str],
+        run_dir: Path,
+        model_dir: str,
+        put=None,
+        resume_from: Path | None = None,
+    ):
+        """`resume_from`: the checkpoint a run resumes from, whose copy of the best (`keep`)
+        is restored: a best found after that checkpoint came from steps the run takes again,
+        and is dropped with them."""
         self.rule = best_rule(targets)
         self.dir = run_dir / "best"
         self.model_dir = Path(model_dir)  # config and tokenizer files to copy beside the weights
         self.value: float | None = None
         self.weights: dict | None = None
         self.info: dict = {}
+        if resume_from is not None:
+            self._restore(Path(resume_from))
         if put is not None and (self.dir / "best.json").exists():  # a resumed run keeps its best
             self.info = json.loads((self.dir / "best.json").read_text())
             self.value = self.info["value"]
@@ -67,6 +80,33 @@ class BestCheckpoint:
                 "checksum": checksum,
                 "averaged": self.info.get("averaged", False),
             }
+
+    def keep(self, checkpoint: Path) -> None:
+        """A copy of the best so far in `checkpoint`/best (hard links: a later best is
+        written as new files, so the copy stays as it was), for a resume from there."""
+        if not (self.dir / "best.json").exists():
+            return
+        copy = checkpoint / "best"
+        copy.mkdir()
+        for f in self.dir.iterdir():
+            try:
+                os.link(f, copy / f.name)
+            except OSError:  # a filesystem without hard links
+                shutil.copy(f, copy / f.name)
+
+    def _restore(self, checkpoint: Path) -> None:
+        """RUN_DIR/best as it stood at `checkpoint`: its copy; with none (no best yet then,
+        or a checkpoint from before copies were kept), a best found after it is dropped."""
+        kept = checkpoint / "best"
+        if kept.is_dir():
+            info = json.loads((kept / "best.json").read_text())
+            write_model_dir(self.dir, kept, (kept / "model.safetensors").read_bytes(), {"best.json": info})
+            return
+        found = self.dir / "best.json"
+        if found.exists():
+            step = json.loads((checkpoint / "driver_state.json").read_text())["step"]
+            if json.loads(found.read_text())["step"] > step:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def metric(self) -> str | None:
@@ -109,8 +149,14 @@ def write_model_dir(directory: Path, model_dir: Path, blob: bytes, info: dict[st
     (tmp / "model.safetensors").write_bytes(blob)
     for name, content in info.items():
         (tmp / name).write_text(json.dumps(content))
-    shutil.rmtree(directory, ignore_errors=True)
+    # the old one renamed aside, the new one in, then the old one deleted: without a name
+    # only between two renames (a resume restores the best from its checkpoint's copy)
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
     tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tolerance: float = 0.05) -> dict:

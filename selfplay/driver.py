@@ -405,7 +405,7 @@ class Run:
         # the engines' start (which a resumed session pays again)
         self.start = time.time()
         self.events_logged = 0
-        self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put)
+        self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put, resume_from=resume_from)
         self.evals = EvalQueue(
             cfg,
             self.learner,
@@ -525,6 +525,7 @@ class Run:
         generated = self.generated_before + ray.get(self.controller.status.remote())["totals"]["turns"]
         state = {"step": self.step, "version": version, "wall_s": self.wall(), "generated_turns": generated}
         write_atomic(d / "driver_state.json", json.dumps(state))
+        self.best.keep(d)  # the best so far, as a resume from here restores it
         self.metrics.flush()
         fsync_tree(d)
         write_atomic(d / COMPLETE, str(self.step))

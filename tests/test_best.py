@@ -71,6 +71,49 @@ def test_the_keeper_writes_the_best_weights_as_a_model_directory_and_restores_th
     assert not resumed.offer("tictactoe/minimax", {"non_loss": 0.6}, shared(model, 50), fetch)
 
 
+def checkpoint_dir(root, step: int):
+    d = root / "checkpoints" / f"step_{step:07d}"
+    d.mkdir(parents=True)
+    (d / "driver_state.json").write_text(json.dumps({"step": step}))
+    return d
+
+
+def test_a_resume_restores_the_best_as_its_checkpoint_had_it(model_dir, tmp_path):
+    """A best found after the checkpoint a run resumes from came from steps taken again:
+    the resumed run has the checkpoint's best, on disk and in memory."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    keeper = BestCheckpoint(TARGETS, tmp_path, str(model_dir))
+    fetch = lambda w: w["ref"][0]  # noqa: E731
+    empty = checkpoint_dir(tmp_path, 5)
+    keeper.keep(empty)  # no best yet: nothing kept
+    assert not (empty / "best").exists()
+    keeper.offer("tictactoe/minimax", {"non_loss": 0.4}, shared(model, 10), fetch)
+    at_10 = keeper.weights["checksum"]
+    kept = checkpoint_dir(tmp_path, 10)
+    keeper.keep(kept)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    keeper.offer(
+        "tictactoe/minimax", {"non_loss": 0.7}, shared(model, 12), fetch
+    )  # after step 10's checkpoint
+    assert json.loads((kept / "best" / "best.json").read_text())["step"] == 10  # the copy stayed as it was
+
+    resumed = BestCheckpoint(TARGETS, tmp_path, str(model_dir), put=lambda blob: blob, resume_from=kept)
+    assert (resumed.value, resumed.weights["step"], resumed.weights["checksum"]) == (0.4, 10, at_10)
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 10
+    assert resumed.offer("tictactoe/minimax", {"non_loss": 0.5}, shared(model, 12), fetch)  # beats 0.4 again
+
+    # from a checkpoint that had no best yet, the best found after it goes
+    none = BestCheckpoint(TARGETS, tmp_path, str(model_dir), put=lambda blob: blob, resume_from=empty)
+    assert none.weights is None and not (tmp_path / "best").exists()
+    # a checkpoint from before copies were kept: a best no later than it stays
+    keeper.offer("tictactoe/minimax", {"non_loss": 0.9}, shared(model, 14), fetch)
+    older = BestCheckpoint(
+        TARGETS, tmp_path, str(model_dir), put=lambda blob: blob, resume_from=checkpoint_dir(tmp_path, 20)
+    )
+    assert (older.value, older.weights["step"]) == (0.9, 14)
+
+
 def test_best_acceptance_reports_the_best_weights_and_the_final_gap():
     after = {"tictactoe/minimax": {"non_loss": 0.88}}
     best_after = {"tictactoe/minimax": {"non_loss": 0.92}}
