@@ -377,7 +377,7 @@ class GeneratorPool:
                     "sent_before": None if last is None else last["sent"],
                 }
             )
-        self.transport.call(self.learner, "drop", name, reason)
+        self.transport.call(self.learner, "drop", name, reason, peer)  # not a replacement under its name
         self.discard(name, peer)
         self.on_size(len(self.live))
         if limit and self.failures[name] > self.cfg.generator.max_restarts:

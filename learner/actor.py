@@ -88,8 +88,8 @@ class LearnerActor:
     def reset_reference(self) -> bool:
         return self.service.reset_reference()
 
-    def drop(self, name: str, reason: str) -> None:
-        self.service.drop(name, reason)
+    def drop(self, name: str, reason: str, peer=None) -> None:
+        self.service.drop(name, reason, peer)
 
     def broadcast(self, wait: bool = False) -> dict:
         result = self.service.broadcast(wait)

@@ -177,9 +177,13 @@ class LearnerService:
         self._verify(mine)
 
     @locked
-    def drop(self, name: str, reason: str) -> None:
+    def drop(self, name: str, reason: str, peer=None) -> None:
         """Stop broadcasting to `name`, which failed (its pool replaces it): its pending
-        acknowledgement is not waited for."""
+        acknowledgement is not waited for. `peer`: the failed generator, when the call may
+        arrive after a replacement joined under its name (the pool's does not wait): then
+        nothing is dropped (actor handles compare by actor id)."""
+        if peer is not None and self.targets.get(name) != peer:
+            return
         if self.targets.pop(name, None) is not None:
             self.dropped.append({"name": name, "reason": reason, "version": self.learner.version})
         self.pending = [p for p in self.pending if p[0] != name]

@@ -221,6 +221,18 @@ def test_a_replacement_under_the_same_name_is_not_dropped_for_its_predecessor(mo
     assert new.loads[-1] == (3, service.checksum)
 
 
+def test_a_late_drop_of_a_failed_generator_leaves_its_replacement(model_dir):
+    """The pool's drop does not wait: it may land after the replacement joined."""
+    service = make_service(model_dir)
+    old, new = Receiver(), Receiver()
+    service.attach("generator-1", old)
+    service.attach("generator-1", new)
+    service.drop("generator-1", "died", old)
+    assert service.targets["generator-1"] is new and service.dropped == []
+    service.drop("generator-1", "died", new)
+    assert "generator-1" not in service.targets and service.dropped[0]["reason"] == "died"
+
+
 def test_a_generator_that_hangs_while_joining_is_refused(model_dir):
     service = make_service(model_dir, ["learner.ack_timeout_s=0.2"])
     hung = Receiver()
