@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import re
 import threading
 import time
@@ -116,7 +117,8 @@ def _number(body: dict, name: str, default, lo: float, hi: float | None = None, 
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise BadRequest(name, f"expected {'an integer' if integer else 'a number'}, got {_show(value)}")
-    if value < lo or (hi is not None and value > hi):
+    # NaN (which Python's JSON reads) compares false with every bound: refused by name
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
         raise BadRequest(name, f"must be in [{lo}, {hi if hi is not None else 'inf'}], got {_show(value)}")
     return value
 

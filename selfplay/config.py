@@ -544,7 +544,11 @@ POSITIVE = {
     "learner.lora_alpha",
     "learner.num_workers",
 }
+# a run's name: its directory under out_dir, its Ray namespace and job id (selfplay/jobs.py)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 NON_NEGATIVE = {
+    "seed",
+    "league.final_match",
     "generator.opening_moves",
     "generator.opening_moves_min",
     "learner.lora_rank",
@@ -625,11 +629,13 @@ def _coerce(value, typ, name: str):
         return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     if typ is float and not isinstance(value, bool) and isinstance(value, (int, str)):
         try:  # YAML 1.1 reads 1e-4 as a string
-            return float(value)
-        except ValueError:
+            value = float(value)
+        except (ValueError, OverflowError):
             raise ConfigError(f"{name}: expected float, got {value!r}") from None
     if typ in (int, float, str, bool) and (type(value) is not typ):
         raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}")
+    if typ is float and not math.isfinite(value):  # no field means anything by nan or inf
+        raise ConfigError(f"{name}: must be finite, got {value!r}")
     return value
 
 
@@ -653,9 +659,21 @@ def _get(cfg, dotted: str):
 def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
     """Checks every field (ConfigError naming it); with `resolve`, model.dtype auto becomes
     this machine's choice (selfplay/device.py:pick_dtype)."""
+    if not RUN_NAME.fullmatch(cfg.name):  # a directory under out_dir, a Ray namespace, a job id
+        raise ConfigError(
+            f"name: {cfg.name!r} must be letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     for name in POSITIVE | NON_NEGATIVE:
-        if not math.isfinite(_get(cfg, name)):
+        try:
+            finite = math.isfinite(_get(cfg, name))
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
             raise ConfigError(f"{name}: must be finite, got {_get(cfg, name)!r}")
+    if cfg.ray.num_cpus is not None and cfg.ray.num_cpus <= 0:
+        raise ConfigError(
+            f"ray.num_cpus: must be > 0 (or unset: all of this machine's), got {cfg.ray.num_cpus}"
+        )
     for name in POSITIVE:
         if not _get(cfg, name) > 0:
             raise ConfigError(f"{name}: must be > 0, got {_get(cfg, name)!r}")
@@ -874,10 +892,11 @@ def validate_task(cfg: RunConfig) -> None:
             raise ConfigError(
                 "sft.steps: a task run's league starts from the supervised policy (the first snapshot)"
             )
-        try:
-            task.held_out(max(cfg.league.promote_games, cfg.league.final_match))
-        except ValueError as err:
-            raise ConfigError(f"league.promote_games: {err}") from None
+        for field in ("promote_games", "final_match"):
+            try:
+                task.held_out(getattr(cfg.league, field))
+            except ValueError as err:
+                raise ConfigError(f"league.{field}: {err}") from None
     if cfg.builder.rows == "best_worst":
         if not cfg.learner.reference:
             raise ConfigError(

@@ -8,19 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 
-from selfplay.config import ConfigError, load_config, save_config
+from selfplay.config import RUN_NAME, ConfigError, load_config, save_config
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 REUSE_AFTER_S = 5.0  # a finished job's id is safe to submit again this long after it ended
 PACKAGES = ("selfplay", "actors", "learner")  # shipped with every job, so the cluster runs this code
 RESULT = "selfplay-scale-result: "  # marks the scale job's answer in its log
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME = RUN_NAME  # the whole name: fullmatch (a `$` let 'demo\n' through)
 
 
 class JobError(RuntimeError):
@@ -71,7 +70,7 @@ def leave_job_working_dir(out_dir: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(
             f"--name: {name!r} must be letters, digits, '_', '.' or '-' (a run directory, "
             "Ray namespace and job id)"

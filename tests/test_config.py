@@ -139,6 +139,18 @@ def test_ill_typed_value_is_named(override, field):
         ("learner.sync_bucket_mb=0", "learner.sync_bucket_mb"),
         ("learner.num_workers=0", "learner.num_workers"),
         ("learner.lora_rank=-1", "learner.lora_rank"),
+        # the run's directory under out_dir: no path out of it
+        ("name=../../x", "name"),
+        ("name=/tmp/evil", "name"),
+        ("seed=-5", "seed"),  # numpy's generators take none
+        ("ray.num_cpus=0", "ray.num_cpus"),
+        ("league.final_match=-5", "league.final_match"),
+        # nan and numbers past a float: no field means anything by them
+        ("learner.lr=nan", "learner.lr"),
+        ("task.alarm_margin=.nan", "task.alarm_margin"),
+        ("builder.accept_reward=nan", "builder.accept_reward"),
+        ("total_steps=1" + "0" * 400, "total_steps"),
+        ("learner.lr=1" + "0" * 400, "learner.lr"),
     ],
 )
 def test_out_of_range_value_is_named(override, field):
@@ -536,3 +548,8 @@ def test_a_learner_group_takes_preference_pairs_and_lora():
     assert load_config("configs/spin.yaml", ["learner.num_workers=2"]).learner.num_workers == 2
     cfg = load_config(overrides=["learner.num_workers=2", "learner.lora_rank=8"]).learner
     assert (cfg.num_workers, cfg.lora_rank) == (2, 8)
+
+
+def test_a_final_match_larger_than_the_held_out_set_is_named_itself():
+    with pytest.raises(ConfigError, match="^league.final_match: describe: held_out"):
+        load_config("configs/compete.yaml", ["league.final_match=10000000"])

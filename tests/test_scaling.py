@@ -141,7 +141,7 @@ def test_autoscale_bounds_must_hold_the_initial_pool():
         load_config(overrides=["autoscale.enabled=true", "autoscale.min_generators=2"])
 
 
-@pytest.mark.parametrize("name", ["run 1", "../up", "", "-x", "a/b"])
+@pytest.mark.parametrize("name", ["run 1", "../up", "", "-x", "a/b", "demo\n"])
 def test_run_names_must_be_usable_as_job_id_namespace_and_directory(name):
     with pytest.raises(ConfigError, match="--name"):
         jobs.check_name(name)

@@ -254,6 +254,18 @@ def test_a_body_over_the_limit_is_refused_before_it_is_parsed(server):
     assert call(f"{url}/v1/completions", {"prompt": OBS, "max_tokens": 1})[0] == 200
 
 
+def test_a_nan_number_is_refused_naming_its_field():
+    from actors.serve import _number
+
+    body = json.loads('{"temperature": NaN, "top_p": Infinity}')  # Python's JSON reads both
+    with pytest.raises(BadRequest, match="must be in") as err:
+        _number(body, "temperature", 1.0, 0.0, 2.0)
+    assert err.value.param == "temperature" and err.value.status == 400
+    with pytest.raises(BadRequest, match="must be in"):
+        _number(body, "top_p", 1.0, 0.0)
+    assert _number({"temperature": 0.5}, "temperature", 1.0, 0.0, 2.0) == 0.5
+
+
 def test_the_bearer_check_compares_digests_and_names_what_is_missing():
     digest = key_digest("s3cret")
     authorize("Bearer s3cret", digest)
