@@ -135,11 +135,24 @@ def test_unparsable_reply_ends_game_and_mover_loses_two(history, mover):
     assert game.returns() == ([-2.0, 2.0] if mover == 0 else [2.0, -2.0])
 
 
-def test_illegal_reply_is_worse_for_the_mover_than_any_legal_line():
-    # Player 0 holding K facing a bet would win 2 by calling; an illegal reply costs 2.
-    game = play((K, J), "pb")
-    assert not game.apply_text("?")
-    assert game.returns() == [-2.0, 2.0]
+def test_an_illegal_reply_is_never_better_for_the_mover_than_a_legal_one():
+    """Every deal and every point where someone is to move: the illegal reply's return is
+    at most the worst outcome of the mover's legal lines from there (as bad as losing a
+    called bet)."""
+
+    def worst(cards, history, player) -> float:  # `player`'s worst over every line from here
+        game = play(cards, history)
+        if game.is_terminal:
+            return game.returns()[player]
+        return min(worst(cards, history + move, player) for move in "pb")
+
+    for cards in [(a, b) for a in range(3) for b in range(3) if a != b]:
+        for history in ("", "p", "b", "pb"):
+            game = play(cards, history)
+            mover = game.current_player
+            assert not game.apply_text("?")
+            assert game.returns()[mover] == -2.0 <= worst(cards, history, mover)
+    assert worst((J, K), "pb", 0) == -2.0  # J facing a bet: calling loses as much
 
 
 def test_apply_text_on_finished_game_raises_and_keeps_result():

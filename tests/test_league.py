@@ -76,8 +76,13 @@ def test_elo_update_400_point_gap_k32():
 
 @pytest.mark.parametrize("ra, rb", [(1000.0, 1000.0), (1400.0, 1000.0), (873.5, 1291.25)])
 @pytest.mark.parametrize("score_a", [0.0, 0.5, 1.0])
-def test_elo_update_is_zero_sum(ra, rb, score_a):
+def test_elo_update_moves_each_side_by_its_own_surprise(ra, rb, score_a):
+    """Each rating by the textbook rule from its own side (so the pair is zero-sum)."""
     na, nb = elo_update(ra, rb, score_a, k=24.0)
+    expected_a = 1 / (1 + 10 ** ((rb - ra) / 400))
+    expected_b = 1 / (1 + 10 ** ((ra - rb) / 400))
+    assert na == pytest.approx(ra + 24.0 * (score_a - expected_a))
+    assert nb == pytest.approx(rb + 24.0 * ((1 - score_a) - expected_b))
     assert na + nb == pytest.approx(ra + rb)
 
 

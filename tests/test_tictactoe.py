@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -330,17 +331,35 @@ def reachable_positions() -> dict[str, int]:
     return seen
 
 
-def test_minimax_move_keeps_the_value_of_every_reachable_position():
+LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
+
+
+@functools.cache
+def solved(board: str, mark: str) -> int:
+    """The game's value for `mark`, to move, by a solver of its own (not the module's)."""
+    other = "O" if mark == "X" else "X"
+    if any(all(board[i] == other for i in line) for line in LINES):
+        return -1  # the last move won
+    free = [i for i, c in enumerate(board) if c == "."]
+    if not free:
+        return 0
+    return max(-solved(board[:i] + mark + board[i + 1 :], other) for i in free)
+
+
+def test_minimax_values_and_best_moves_match_an_independent_solver_everywhere():
     positions = reachable_positions()
     assert len(positions) == 4520  # 5478 legal positions minus 958 terminal ones
     player = MinimaxPlayer(seed=0)
     for board, to_move in positions.items():
+        mark, other = MARKS[to_move], MARKS[1 - to_move]
+        value = solved(board, mark)
+        assert minimax_value(board, mark) == value, board
+        kept = {i for i, c in enumerate(board) if c == "." and -solved(place(board, i, mark), other) == value}
+        assert set(best_moves(board, to_move)) == kept, board  # every move that keeps it, no other
         game = TicTacToe()
         game.board, game.current_player = board, to_move
-        mark, other = MARKS[to_move], MARKS[1 - to_move]
-        a = player.act(game)
-        child = place(board, a, mark)
-        assert -minimax_value(child, other) == minimax_value(board, mark), board
+        assert player.act(game) in kept
+    assert solved("." * 9, "X") == 0  # perfect play draws
 
 
 # ---- the heuristic opponent -----------------------------------------------------------

@@ -1,8 +1,8 @@
 """Kuhn poker (Kuhn 1950) as a text game. Three cards J < Q < K; each player antes 1 and
 gets one card; player 0 acts first. A move is 'p' (check, or fold facing a bet) or 'b'
 (bet 1, or call facing a bet): the first non-space character of the reply, any case.
-Anything else is an illegal move: the mover gets -2, the opponent +2 (worse than any
-legal outcome) and the game ends. Cards are dealt from the seed, so (seed, replies)
+Anything else is an illegal move: the mover gets -2, the opponent +2 (never better for the
+mover than a legal move: as bad as losing a called bet) and the game ends. Cards are dealt from the seed, so (seed, replies)
 replays a game exactly. Card indices and info-state strings match OpenSpiel's
 kuhn_poker, so a policy can be scored with OpenSpiel's exploitability."""
 
