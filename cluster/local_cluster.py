@@ -223,10 +223,21 @@ def down(state_dir: Path, timeout: float = 5) -> None:
 
 
 def _drivers(gcs_port: str) -> list[int]:
-    """Processes whose RAY_ADDRESS is this cluster's GCS: the drivers of its jobs."""
+    """Processes whose RAY_ADDRESS is this cluster's GCS (by its port: a job's driver may
+    name the node by another address): the drivers of its jobs; never this process or its
+    ancestors (a shell where the person exported RAY_ADDRESS to reach the cluster, and
+    this command run from it)."""
+    mine = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) in mine:
             continue
         try:
             env = (proc / "environ").read_bytes().split(b"\0")

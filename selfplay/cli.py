@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from selfplay import jobs
-from selfplay.config import ConfigError, load_config
+from selfplay.config import ConfigError, load_config, string_override
 from selfplay.procs import Descendants, local_ray_lost
 
 
@@ -27,7 +27,7 @@ def cmd_run(args) -> int:
     else:
         if not args.config:
             raise ConfigError("run: give a CONFIG file or --resume RUN_DIR")
-        overrides = list(args.set) + ([f"ray.address={args.address}"] if args.address else [])
+        overrides = list(args.set) + ([string_override("ray.address", args.address)] if args.address else [])
         name = jobs.check_name(args.name) if args.name else None
         cfg = load_config(args.config, overrides)  # a bad field fails in a second, before torch loads
         cfg = replace(cfg, out_dir=jobs.leave_job_working_dir(cfg.out_dir))

@@ -4,6 +4,7 @@ errors that name the field."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -1118,6 +1119,12 @@ def validate_games(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"eval.opponents[{i}]: unknown scripted player {opp!r} (known: {sorted(known)})"
             )
+
+
+def string_override(key: str, value: str) -> str:
+    """An override `key=value` that sets `value` as the string it is (a path or address a
+    person typed: YAML would read '#' as a comment, ': ' as a mapping)."""
+    return f"{key}={json.dumps(value)}"  # a JSON string is a YAML double-quoted scalar
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

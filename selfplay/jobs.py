@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfplay.config import RUN_NAME, ConfigError, load_config, save_config
+from selfplay.config import RUN_NAME, ConfigError, load_config, save_config, string_override
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -120,7 +120,9 @@ def submit(
     resolved and validated here, so a bad field fails before anything reaches the cluster;
     model.dtype auto is left for the job's driver to resolve on the cluster's hardware."""
     check_name(name)
-    cfg = load_config(config, [*overrides, *([f"out_dir={storage}"] if storage else [])], resolve=False)
+    cfg = load_config(
+        config, [*overrides, *([string_override("out_dir", storage)] if storage else [])], resolve=False
+    )
     if not Path(cfg.out_dir).is_absolute():
         raise ConfigError(
             f"out_dir: {cfg.out_dir!r} is relative; a cluster run writes to storage every node "

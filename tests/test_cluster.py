@@ -419,3 +419,22 @@ def test_every_plot_in_the_runs_report_html_loads_in_a_browser(scaled_run):
     assert images, f"REPORT HAS NO IMAGES: {report}"
     broken = [src for src, width in images if not width]
     assert not broken, f"REPORT IMAGE BROKEN (did not load): {broken} of {[src for src, _ in images]}"
+
+
+def test_down_ends_the_clusters_drivers_but_not_itself_or_the_shell_it_runs_from():
+    """`down` kills processes whose RAY_ADDRESS names the cluster's GCS port (its jobs'
+    drivers). A person who exported RAY_ADDRESS to reach the cluster runs `down` with it
+    too: that process and its ancestors are not drivers (it killed itself before)."""
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:64999"}
+    program = (
+        "import subprocess, sys\n"
+        "from cluster import local_cluster\n"
+        "driver = subprocess.Popen(['sleep', '30'])\n"  # inherits the address: a driver
+        "found = local_cluster._drivers('64999')\n"
+        "driver.kill()\n"
+        "print(driver.pid in found, any(p in found for p in (__import__('os').getpid(), __import__('os').getppid())))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "False"], out.stderr

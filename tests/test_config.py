@@ -553,3 +553,10 @@ def test_a_learner_group_takes_preference_pairs_and_lora():
 def test_a_final_match_larger_than_the_held_out_set_is_named_itself():
     with pytest.raises(ConfigError, match="^league.final_match: describe: held_out"):
         load_config("configs/compete.yaml", ["league.final_match=10000000"])
+
+
+@pytest.mark.parametrize("path", ["/mnt/my runs #2", "/mnt/a: b", "/mnt/[x]", "/tmp/é"])
+def test_a_path_a_person_typed_is_set_as_the_string_it_is(path):
+    from selfplay.config import string_override
+
+    assert load_config(None, [string_override("out_dir", path)]).out_dir == path
