@@ -154,8 +154,8 @@ def figures(series: Series, threshold: float | None) -> list[Figure]:
                 ),
                 Panel("rows filled from the reserve", ["task/filled_from_reserve"]),
                 Panel(
-                    "batch reward by role (0 solver, 1 checker)",
-                    ["batch_reward/role_0", "batch_reward/role_1"],
+                    "batch reward by role (solver, checker; or answer, critic, refiner)",
+                    _starting(series, "batch_reward/role_"),
                 ),
             ],
         ),
@@ -420,12 +420,22 @@ def retention_table(series: Series) -> tuple[list[str], list[list[str]]]:
     """One row per league member: the evals re-run when it was created (its last value)."""
     members = snapshot_members(series)
     keys = sorted({k for m in members for k in eval_results(series, f"snapshot/{m}")})
-    header = ["member", "step", *(f"{g}/{o} non-loss" for g, o in keys)]
+
+    def field(g: str, o: str) -> str:  # a game's non-loss; a task's score (judged) or accuracy
+        logged = [
+            f
+            for f in ("non_loss", "score", "accuracy")
+            if any(f"snapshot/{m}/{g}/{o}/{f}" in series for m in members)
+        ]
+        return logged[0] if logged else "non_loss"
+
+    fields = {k: field(*k) for k in keys}
+    header = ["member", "step", *(f"{g}/{o} {fields[g, o].replace('_', '-')}" for g, o in keys)]
     kuhn = any(f"snapshot/{m}/{KUHN_KEY}" in series for m in members)
     header += ["kuhn exploitability"] if kuhn else []
     rows = []
     for m in members:
-        names = [f"snapshot/{m}/{g}/{o}/non_loss" for g, o in keys]
+        names = [f"snapshot/{m}/{g}/{o}/{fields[g, o]}" for g, o in keys]
         names += [f"snapshot/{m}/{KUHN_KEY}"] if kuhn else []
         step = max(s["step"][-1] for n, s in series.items() if n.startswith(f"snapshot/{m}/"))
         rows.append(

@@ -172,6 +172,13 @@ def test_samples_to_reach_reads_the_version_measured_not_the_step_logged():
     assert missed == {"reached": False, "version": None, "accuracy": 0.25, "samples": 21000.0}
 
 
+def test_an_accuracy_landing_on_a_summed_target_reaches_it():
+    # the supervised stage's 0.135 + the 0.07 gain is 0.20500000000000002; 82/400 = 0.205
+    rows = metric_rows("arithmetic", [(310, 310, 82 / 400)], [(310, 1000.0)])
+    got = variance_filter.samples_to_reach(rows, "arithmetic", 0.135 + 0.07, start=300)
+    assert got["reached"] and got["version"] == 310
+
+
 def test_samples_to_reach_confirmed_needs_the_next_evaluation_too():
     samples = [(310, 1000.0), (320, 2000.0), (330, 3000.0), (340, 4000.0), (350, 5000.0)]
     # 310 crosses by chance and 320 falls back; 330 crosses and 340 holds; 350, the run's last

@@ -108,3 +108,13 @@ def test_stop_when_reads_the_mean_of_each_metrics_last_window_of_values():
     assert stop_reached(values, {"missing": "<= 1"}, 1) is None
     met = stop_reached(values, {"batch_reward": "> 0.99", "eval/acc": "> 0.6"}, 1)
     assert met["metric"] == "eval/acc"  # the first condition met, in the config's order
+
+
+def test_a_figure_landing_on_its_bound_meets_it_despite_float_error():
+    from selfplay.evals import meets
+
+    gain = 0.6 - 0.5  # 0.09999999999999998: a gain of 40 of 400 problems
+    assert gain < 0.1 and meets(gain, ">= 0.10")
+    assert meets(0.95 - 1.0, ">= -0.05")  # -0.050000000000000044: the final within 0.05 of the best
+    assert not meets(0.0999, ">= 0.10") and not meets(gain, "> 0.10") and meets(0.1, "<= 0.10")
+    assert not meets(None, ">= 0.10")

@@ -39,6 +39,16 @@ def test_unequal_series_are_refused():
         hacking_alarm([0.1, 0.2, 0.3], [0.1, 0.2], 2, 0.0)
 
 
+def test_the_same_step_measured_again_is_one_point_not_a_second_alarm():
+    # the last periodic evaluation and the final one measured the same weights (step 450)
+    monitor = HackingMonitor(window=3, margin=0.05)
+    for step, proxy, gold in [(400, 0.5, 0.6), (425, 0.7, 0.5), (450, 0.9, 0.3)]:
+        monitor.observe(step, proxy, gold)
+    assert len(monitor.alarms) == 1
+    assert monitor.observe(450, 0.9, 0.3) is None
+    assert monitor.summary()["alarms"] == 1 and monitor.steps == [400, 425, 450]
+
+
 def test_the_monitor_counts_alarms_and_keeps_gold_against_its_peak():
     monitor = HackingMonitor(window=2, margin=0.05)
     assert monitor.summary() == {}

@@ -519,3 +519,21 @@ def test_before_and_after_shows_each_kind_of_figure_by_what_it_measured():
     assert "score" in measures["describe/held_out"] and "pass-at-k" in measures["describe/held_out"]
     assert measures["describe/monitor"] == ["alarms", "gold-retained"]  # no game outcomes, no None
     assert measures["reward_model/held_out"] == ["accuracy", "pairs"]  # not a task's pass@k
+
+
+def test_the_retention_table_reads_a_task_snapshots_score_and_a_games_non_loss():
+    from selfplay.report import retention_table
+
+    def s(step, value):
+        return {"step": [step], "value": [value], "wall_s": [0.0]}
+
+    series = {
+        "snapshot/snap-0/describe/held_out/score": s(100, 0.61),
+        "snapshot/snap-0/describe/held_out/accuracy": s(100, 0.2),
+        "snapshot/snap-1/describe/held_out/score": s(200, 0.74),
+        "snapshot/snap-1/describe/held_out/accuracy": s(200, 0.3),
+        "snapshot/snap-1/tictactoe/minimax/non_loss": s(200, 0.9),
+    }
+    header, rows = retention_table(series)
+    assert header == ["member", "step", "describe/held_out score", "tictactoe/minimax non-loss"]
+    assert [r[:3] for r in rows] == [["snap-0", "100", "0.610"], ["snap-1", "200", "0.740"]]
