@@ -117,7 +117,9 @@ def policy_logprobs(
     """Log-prob and entropy [B, L-1] of each next token under softmax(logits / T), the first
     reply token's restricted to the tokens its row was sampled from where the engine masked
     them (`generator.legal_moves_only`)."""
-    scaled = logits[:, :-1] / temperature
+    # in float32, as vLLM's sampler divides (a bf16 division added a rounding the engine's
+    # log-probs do not have: up to 0.12 nats at T 0.7)
+    scaled = logits[:, :-1].float() / temperature
     if "allowed" in batch:
         scaled = losses.restrict_logits(scaled, batch["state"], batch["allowed"])
     return losses.token_logprobs(scaled, batch["input_ids"][:, 1:])
@@ -463,7 +465,10 @@ class Learner:
             metrics.update(self._preference_backward(pairs))
         if others:
             metrics.update(self._policy_backward(others))
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        # grad_clip 0: no clipping, as 0 turns off the other terms (a limit of 0 zeroed every
+        # gradient: no update at all); the norm is measured either way
+        limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
         self.opt.step()
         self.step += 1
         self._update_average()

@@ -218,7 +218,7 @@ class LearnerConfig:
     # does not. The outcome from one board differs most by the opponent in a mixed league
     value_sees_opponent: bool = False
     normalize_advantages: bool = False  # per batch, to mean 0 and std 1 (as PPO implementations do)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the gradient's global norm is clipped to this (0: no clipping)
     entropy_coef: float = 0.0
     broadcast_every: int = 1  # steps between weight broadcasts
     # How weights reach the generators: object_store, safetensors bytes through Ray's object

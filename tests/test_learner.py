@@ -452,6 +452,23 @@ def test_sft_rows_train_the_negative_log_likelihood_of_their_reply(model_dir):
     assert last["nll"] < first["nll"] / 2  # it learns the reply
 
 
+def test_a_grad_clip_of_zero_clips_nothing(model_dir):
+    """0 turns a term off, as for the other learner settings: the step is unclipped (a limit
+    of 0 zeroed the gradient and the weights never moved)."""
+    steps = {}
+    for clip in (0.0, 1e9):
+        cfg = load_config(
+            None, ["task.name=arithmetic", "learner.advantage=group", f"learner.grad_clip={clip}"]
+        )
+        learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        m = learner.train_step(task_batch("sft"))
+        assert m["grad_norm"] > 0
+        steps[clip] = {k: v - before[k] for k, v in learner.model.state_dict().items()}
+    assert any(d.abs().max() > 0 for d in steps[0.0].values())
+    assert all(torch.equal(steps[0.0][k], steps[1e9][k]) for k in steps[0.0])  # as if no limit
+
+
 def test_rl_rows_train_on_the_builders_advantage_and_no_nll(model_dir):
     cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group"])
     learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
@@ -809,3 +826,16 @@ def test_a_checkpoint_without_an_average_restarts_it_from_the_resumed_weights(mo
     assert same_weights(b.ema, plain.model)
     averaged, trained = b.policy_state(averaged=True), plain.policy_state()
     assert all(torch.equal(averaged[k], v) for k, v in trained.items())
+
+
+def test_log_probs_at_a_temperature_are_taken_in_float32_as_the_engine_takes_them():
+    """bf16 logits (autocast) divided by T in bf16 round twice; vLLM divides in float32."""
+    from learner.learner import policy_logprobs
+    from learner.losses import token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 9, 512, generator=g) * 6).to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 9), generator=g)
+    got, _ = policy_logprobs(logits, {"input_ids": ids}, temperature=0.7)
+    want, _ = token_logprobs(logits[:, :-1].float() / 0.7, ids[:, 1:])
+    assert got.dtype == torch.float32 and (got - want).abs().max().item() < 1e-5
