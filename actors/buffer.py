@@ -134,12 +134,9 @@ class PreferenceLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        write_parquet_atomic(pa.concat_tables(self.pending), self.path(self.parts))
+        write_parquet_atomic(pa.concat_tables(self.pending), self.dir / f"part-{self.parts:06d}.parquet")
         self.parts += 1
         self.pending = []
-
-    def path(self, part: int) -> Path:
-        return self.dir / f"part-{part:06d}.parquet"
 
     def resume(self, parts: int) -> None:
         """Go on from a checkpoint that had written `parts` part files: those written after

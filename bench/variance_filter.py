@@ -40,7 +40,7 @@ import statistics
 from pathlib import Path
 
 from bench.suite import figure, machine, write, write_table
-from selfplay.evals import meets
+from selfplay.evals import compare, meets
 from selfplay.files import run_ended
 from selfplay.stats import seeds_interval
 
@@ -82,9 +82,8 @@ def samples_to_reach(metrics: list[dict], task: str, target: float, start: int, 
     evals = sorted((int(versions.get(step, step)), value) for step, value in accuracy)
     evals = [(version, value) for version, value in evals if version > start]
     for i, (version, value) in enumerate(evals):
-        # at 9 decimals, as acceptance figures are read (selfplay/evals.py:meets): the target is
-        # a sum (0.135 + 0.07 = 0.20500000000000002), which an accuracy of 82/400 reaches
-        if all(round(v, 9) >= round(target, 9) for _, v in evals[i : i + confirm]):
+        # as acceptance figures are read: the target is a sum, which an accuracy may land on
+        if all(compare(">=", v, target) for _, v in evals[i : i + confirm]):
             before = [n for s, n in samples if s <= version]
             return {
                 "reached": True,

@@ -84,23 +84,18 @@ class BestCheckpoint:
     def keep(self, checkpoint: Path) -> None:
         """A copy of the best so far in `checkpoint`/best (hard links: a later best is
         written as new files, so the copy stays as it was), for a resume from there."""
-        if not (self.dir / "best.json").exists():
-            return
-        copy = checkpoint / "best"
-        copy.mkdir()
-        for f in self.dir.iterdir():
-            try:
-                os.link(f, copy / f.name)
-            except OSError:  # a filesystem without hard links
-                shutil.copy(f, copy / f.name)
+        if (self.dir / "best.json").exists():
+            link_copy(self.dir, checkpoint / "best")
 
     def _restore(self, checkpoint: Path) -> None:
         """RUN_DIR/best as it stood at `checkpoint`: its copy; with none (no best yet then,
         or a checkpoint from before copies were kept), a best found after it is dropped."""
         kept = checkpoint / "best"
         if kept.is_dir():
-            info = json.loads((kept / "best.json").read_text())
-            write_model_dir(self.dir, kept, (kept / "model.safetensors").read_bytes(), {"best.json": info})
+            tmp = self.dir.with_name(self.dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            link_copy(kept, tmp)
+            swap_in(tmp, self.dir)
             return
         found = self.dir / "best.json"
         if found.exists():
@@ -149,14 +144,31 @@ def write_model_dir(directory: Path, model_dir: Path, blob: bytes, info: dict[st
     (tmp / "model.safetensors").write_bytes(blob)
     for name, content in info.items():
         (tmp / name).write_text(json.dumps(content))
-    # the old one renamed aside, the new one in, then the old one deleted: without a name
-    # only between two renames (a resume restores the best from its checkpoint's copy)
+    swap_in(tmp, directory)
+
+
+def swap_in(tmp: Path, directory: Path) -> None:
+    """`tmp` becomes `directory`: the old one renamed aside, the new one in, then the old one
+    deleted, so it is without a name only between two renames (a resume restores the best
+    from its checkpoint's copy)."""
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def link_copy(source: Path, copy: Path) -> None:
+    """`copy`, a new directory of hard links to `source`'s files (copies where the
+    filesystem has no hard links): a file later written anew under `source` leaves it as
+    it was."""
+    copy.mkdir()
+    for f in source.iterdir():
+        try:
+            os.link(f, copy / f.name)
+        except OSError:
+            shutil.copy(f, copy / f.name)
 
 
 def best_acceptance(targets: dict[str, str], after: dict, best_after: dict, tolerance: float = 0.05) -> dict:

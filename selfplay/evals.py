@@ -292,13 +292,18 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
 COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
+def compare(op: str, value: float, bound: float) -> bool:
+    """`value` OP `bound` at 9 decimals: figures and bounds are differences and sums of
+    counts' shares, whose float error would put a figure landing on its bound below it
+    (0.6 - 0.5 = 0.09999999999999998 against >= 0.10; 0.135 + 0.07 = 0.20500000000000002)."""
+    return bool(COMPARE[op](round(value, 9), round(bound, 9)))
+
+
 def meets(value: float | None, target: str) -> bool:
     """Whether `value` meets `target` ('>= 0.9', '<= 0.05', '>' or '<'); a value not
-    measured (None) meets nothing. Compared at 9 decimals: figures are differences and sums
-    of counts' shares, whose float error would put a figure landing on its bound below it
-    (0.6 - 0.5 = 0.09999999999999998 against >= 0.10)."""
+    measured (None) meets nothing."""
     op, bound = target.split()
-    return value is not None and bool(COMPARE[op](round(value, 9), float(bound)))
+    return value is not None and compare(op, value, float(bound))
 
 
 def stop_reached(values: dict[str, list[float]], stop_when: dict[str, str], window: int) -> dict | None:

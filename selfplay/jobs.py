@@ -19,7 +19,6 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 REUSE_AFTER_S = 5.0  # a finished job's id is safe to submit again this long after it ended
 PACKAGES = ("selfplay", "actors", "learner")  # shipped with every job, so the cluster runs this code
 RESULT = "selfplay-scale-result: "  # marks the scale job's answer in its log
-NAME = RUN_NAME  # the whole name: fullmatch (a `$` let 'demo\n' through)
 
 
 class JobError(RuntimeError):
@@ -70,7 +69,7 @@ def leave_job_working_dir(out_dir: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name):
+    if not RUN_NAME.fullmatch(name):  # the whole name (a `$` let 'demo\n' through)
         raise ConfigError(
             f"--name: {name!r} must be letters, digits, '_', '.' or '-' (a run directory, "
             "Ray namespace and job id)"

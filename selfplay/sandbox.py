@@ -609,6 +609,11 @@ def _harness(
         note("forbidden: " + event)
         report("forbidden")
 
+    def count_written(where):
+        written.add(where)
+        if len_(written) > max_files:
+            deny(f"more than {max_files} files written")
+
     def hook(event, args):
         if event in events or event.startswith(prefixes) or (event == "os.fork" and not allow_fork):
             deny(event)
@@ -622,9 +627,7 @@ def _harness(
             elif flags & write_flags:
                 if not under(where, writable):
                     deny("write to " + where)
-                written.add(where)
-                if len_(written) > max_files:
-                    deny(f"more than {max_files} files written")
+                count_written(where)
             elif not under(where, (workdir,)) and (not under(where, readable) or is_directory(where)):
                 deny("read of " + where)
         elif event in path_events:
@@ -635,9 +638,7 @@ def _harness(
                     if where is None or not under(where, (workdir,)):
                         deny(event + " outside the directory")
             if event == "os.rename":  # a file renamed away frees no place under max_files
-                written.add(resolve(args[1]))
-                if len_(written) > max_files:
-                    deny(f"more than {max_files} files written")
+                count_written(resolve(args[1]))
         elif event in list_events:
             path = args[list_events[event]]
             if type_(path) is not int_:  # a descriptor: of a directory it was allowed to open
