@@ -75,7 +75,7 @@ def reserve_order(reserve: pa.Table, n: int) -> np.ndarray:
     mean = np.bincount(groups, rewards, n_groups) / sizes
     std = np.sqrt(np.bincount(groups, (rewards - mean[groups]) ** 2, n_groups) / sizes)
     order = np.lexsort((-np.arange(n_groups), -std))  # std descending, then newest (last seen) first
-    k = int(np.searchsorted(np.cumsum(sizes[order]), n)) + 1
+    k = int(np.searchsorted(np.cumsum(sizes[order]), n)) + 1 if n > 0 else 0
     return np.flatnonzero(np.isin(groups, order[:k]))
 
 
@@ -98,7 +98,9 @@ def pick_rows(
     else:
         order = rng.permutation(n_units)
     order = order[unit_rows[order] > 0]
-    k = int(np.searchsorted(np.cumsum(unit_rows[order]), n)) + 1
+    # n 0 takes nothing (searchsorted's first unit was one row past the limits: a batch whose
+    # replayed share rounds to all of it)
+    k = int(np.searchsorted(np.cumsum(unit_rows[order]), n)) + 1 if n > 0 else 0
     return np.flatnonzero(np.isin(groups, order[:k]))
 
 

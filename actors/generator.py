@@ -41,7 +41,7 @@ from selfplay.evals import (
 from selfplay.games import make_game, scripted_players
 from selfplay.league import BLUNDER, LEARNER, OPENING, SELF, SKILL_TOKENS, scripted_tier
 from selfplay.metrics import SECONDS, ray_metric
-from selfplay.tasks import gold_judge, task_of
+from selfplay.tasks import gold_judge, reply_tokens, task_of
 from selfplay.tasks.base import Score, ScoreCache, role_prompts
 from selfplay.tasks.judges import SELF_JUDGE, mean_points, rating_prompt, scored_pair
 from selfplay.tasks.refine import chain_summary
@@ -382,15 +382,22 @@ class Generator:
                 )
 
     def play(
-        self, matches: list[Match], temperature: float, counts: dict | None = None, training: bool = False
+        self,
+        matches: list[Match],
+        temperature: float,
+        counts: dict | None = None,
+        training: bool = False,
+        rng: random.Random | None = None,
     ) -> pa.Table:
         """Play every match to the end; returns all turns. Pending turns of all games for the
         same policy go into one engine call; scripted players move between calls. What it
         cost goes to `counts` (default: the training counts). `training`: the games get
         what only training games get, random opening moves (`_open`), blunders
-        (`_plan_blunders`) and symmetric views of the board (`generator.board_symmetries`)."""
+        (`_plan_blunders`) and symmetric views of the board (`generator.board_symmetries`).
+        `rng`: what deals the games and seeds their scripted players (default: this
+        generator's draws)."""
         counts = self.counts if counts is None else counts
-        games = self._deal(matches, symmetric_views=training and self.cfg.board_symmetries)
+        games = self._deal(matches, training and self.cfg.board_symmetries, rng or self.rng)
         if training and self.cfg.opening_moves:
             self._open(games, self.cfg.opening_moves)
         if training and self.cfg.blunder_share:
@@ -415,12 +422,14 @@ class Generator:
         counts["too_long"] += len(games) - len(played)
         return schema.from_rows([row for g in played for row in g.rows()])
 
-    def _deal(self, matches: list[Match], symmetric_views: bool = False) -> list[GameInPlay]:
-        """A new game per match. Draw order (kept so a seed gives the same games): every
-        game's seed, then each match's scripted players seat by seat."""
-        seeds = [self.rng.getrandbits(31) for _ in matches]
+    def _deal(self, matches: list[Match], symmetric_views: bool, rng: random.Random) -> list[GameInPlay]:
+        """A new game per match, drawn from `rng`. Draw order (kept so a seed gives the same
+        games): every game's seed, then each match's scripted players seat by seat."""
+        seeds = [rng.getrandbits(31) for _ in matches]
         return [
-            GameInPlay(m, make_game(m.game, s, symmetric_views), self._scripted_players(m), uuid.uuid4().hex)
+            GameInPlay(
+                m, make_game(m.game, s, symmetric_views), self._scripted_players(m, rng), uuid.uuid4().hex
+            )
             for m, s in zip(matches, seeds)
         ]
 
@@ -467,9 +476,9 @@ class Generator:
         self._scripted_move(g, player)
         g.turns[-1].update(policy_id=policy_id, policy_version=0, trainable=False)
 
-    def _scripted_players(self, match: Match) -> list:
+    def _scripted_players(self, match: Match, rng: random.Random) -> list:
         scripted = scripted_players(match.game)
-        return [scripted[s](self.rng.getrandbits(31)) if s in scripted else None for s in match.seats]
+        return [scripted[s](rng.getrandbits(31)) if s in scripted else None for s in match.seats]
 
     def _scripted_move(self, g: GameInPlay, player) -> None:
         role = g.role
@@ -649,13 +658,23 @@ class Generator:
         return out
 
     def evaluate(
-        self, game: str, opponent: str, n_games: int, temperature: float = 0.0, policy: str = LEARNER
+        self,
+        game: str,
+        opponent: str,
+        n_games: int,
+        temperature: float = 0.0,
+        policy: str = LEARNER,
+        seed: str | None = None,
     ) -> dict:
         """`policy` (the learner's engine, or FIXED) greedy by default vs a scripted or
-        loaded opponent, n_games in each seat; `version` is the weights measured."""
+        loaded opponent, n_games in each seat; `version` is the weights measured. `seed`:
+        the games' deals and the scripted players' draws come from it (the same games every
+        time), else from this generator's draws."""
         matches = both_seats(game, opponent, n_games, scripted_tier(opponent), policy)
         too_long = self.eval_counts["too_long"]
-        table = self.play(matches, temperature, self.eval_counts)
+        table = self.play(
+            matches, temperature, self.eval_counts, rng=None if seed is None else random.Random(seed)
+        )
         return {
             "game": game,
             "opponent": opponent,
@@ -961,7 +980,7 @@ class Generator:
     ):
         """`_generate` for task prompts (text): (completions, engine seconds, versions)."""
         ids = [self.prompt(p, None) for p in prompts]
-        limit = min(self.cfg.max_response_tokens, self.task.max_reply_chars + 1)  # + end of sequence
+        limit = reply_tokens(self.task, self.cfg.max_response_tokens)
         counts = self.counts if counts is None else counts
         return self._generate(
             policy, [self.task.name] * len(ids), ids, [limit] * len(ids), temperature, counts
@@ -1232,11 +1251,13 @@ class GeneratorActor:
             return result
 
     @ray.method(concurrency_group=EVAL)
-    def evaluate(self, game: str, opponent: str, n_games: int, weights: dict | None = None) -> dict:
+    def evaluate(
+        self, game: str, opponent: str, n_games: int, weights: dict | None = None, seed: str | None = None
+    ) -> dict:
         """Greedy play against a scripted opponent; with `weights`, of those weights, fixed
-        while broadcasts keep landing on the learner's engine."""
+        while broadcasts keep landing on the learner's engine; `seed`: Generator.evaluate."""
         return self._measure(
-            weights, lambda policy: self.gen.evaluate(game, opponent, n_games, policy=policy)
+            weights, lambda policy: self.gen.evaluate(game, opponent, n_games, policy=policy, seed=seed)
         )
 
     @ray.method(concurrency_group=EVAL)

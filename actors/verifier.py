@@ -26,7 +26,7 @@ from selfplay.games import make_game
 from selfplay.league import SKILL_TOKENS
 from selfplay.metrics import ray_metric
 from selfplay.rewards import overlong_penalty, returns_to_go
-from selfplay.tasks import task_of
+from selfplay.tasks import reply_tokens, task_of
 from selfplay.tasks.base import ScoreCache, role_prompts
 from selfplay.tasks.judges import RULES, SELF_JUDGE
 from selfplay.text import text_codec
@@ -322,10 +322,15 @@ class VerifierActor:
         max_tokens: int = 0,
         symmetric_views: bool = False,
     ):
-        """`max_tokens`: the generators' reply limit, which a task's length guard counts from;
+        """`max_tokens`: the generators' reply limit, from which a task's (tasks.reply_tokens)
+        is found, which its length guard counts back from;
         `symmetric_views`: generator.board_symmetries (Verifier)."""
         task = task_of(task_cfg) if task_cfg and task_cfg.name else None
-        overlong = (max_tokens, task_cfg.overlong_buffer, task_cfg.overlong_coef) if task else (0, 0, 0.0)
+        overlong = (
+            (reply_tokens(task, max_tokens), task_cfg.overlong_buffer, task_cfg.overlong_coef)
+            if task
+            else (0, 0, 0.0)
+        )
         self.verifier = Verifier.for_model(
             model_path, task, overlong, task is not None and task_cfg.judge == "self", symmetric_views
         )

@@ -31,13 +31,14 @@ TOGETHER = ("train_step", "export", "export_tensors", "save", "save_model", "res
 def join_group(group: dict, cfg: LearnerConfig) -> None:
     """Join the learner group's default process group as `group["rank"]` of
     `group["world"]`, at `group["address"]` (host:port; rank 0 hosts the store, listening on
-    that host alone). gloo binds its connections to the same host."""
+    that host alone). gloo binds each rank's connections to its own address on the way to
+    that host (collective.local_address: rank 0's is the host)."""
     host, port = group["address"].rsplit(":", 1)
     timeout = datetime.timedelta(seconds=cfg.ack_timeout_s)
     store = collective.store(host, int(port), group["rank"] == 0, cfg.ack_timeout_s)
     backend = {"backend": collective.pick_backend("auto", pick_device(cfg.device))}  # nccl on a GPU
     if backend["backend"] == "gloo":
-        backend["pg_options"] = collective.gloo_options(host, cfg.ack_timeout_s)
+        backend["pg_options"] = collective.gloo_options(collective.local_address(host), cfg.ack_timeout_s)
     dist.init_process_group(
         store=store, rank=group["rank"], world_size=group["world"], timeout=timeout, **backend
     )

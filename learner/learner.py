@@ -143,6 +143,21 @@ def logprobs_and_values(
     return logp, entropy, values[rows, batch["opponent"]] if values.shape[-1] > 1 else values.squeeze(-1)
 
 
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every dropout at 0 (TRL's disable_dropout_in_model, and the attention's
+    probability that Llama-like modules read from an attribute, not a module): the policy
+    trains in train mode and the reference runs in eval mode, so a model with dropout made
+    them differ before any update (DPO's margin, PPO's ratio and the KL biased at step 0),
+    and vLLM samples without it."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    return model
+
+
 def with_lora(model, cfg: LearnerConfig):
     """`model` frozen, with rank-`lora_rank` adapters (peft) on the linear layers named by
     `lora_targets`, scaled by lora_alpha / lora_rank; B starts at zero, so the policy is
@@ -300,6 +315,7 @@ class Learner:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         if cfg.lora_rank:
             self.model = with_lora(self.model, cfg)
+        without_dropout(self.model)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # saved with every checkpoint
         self.model.train()
         self.pad_id = self.model.config.pad_token_id or 0

@@ -176,10 +176,12 @@ def preference_loss(
     where IPO's h' uses each reply's log-ratio averaged over its tokens (`chosen_tokens`,
     `rejected_tokens`: [P] counts), as TRL does (so beta means the same whatever the
     length). SPIN (Chen et al., 2024) is the sigmoid loss with y_w the supervised target and
-    y_l the previous iterate's own sample. Margin: beta * h, the reward the loss separates."""
+    y_l the previous iterate's own sample. Margin: beta * h, the reward the loss separates
+    (IPO's: beta * h', as TRL's; beta * h could differ from what IPO pushes even in sign)."""
     chosen_ratio = chosen_logp - ref_chosen_logp
     rejected_ratio = rejected_logp - ref_rejected_logp
     h = chosen_ratio - rejected_ratio
+    margin = h
     if kind == "sigmoid":
         loss = -torch.nn.functional.logsigmoid(beta * h)
     elif kind == "hinge":
@@ -187,11 +189,11 @@ def preference_loss(
     elif kind == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError("preference_loss ipo: needs each reply's token count")
-        mean_h = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
-        loss = (mean_h - 1 / (2 * beta)) ** 2
+        margin = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        loss = (margin - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown preference loss {kind!r}; expected one of {', '.join(PREFERENCE_LOSSES)}")
-    return loss, (beta * h).detach()
+    return loss, (beta * margin).detach()
 
 
 def bradley_terry_loss(

@@ -102,6 +102,17 @@ def device_of(backend: str, device: torch.device | None = None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def local_address(host: str) -> str:
+    """This machine's address on the way to `host` (`host` itself where it is this
+    machine's, loopback included): what a rank's gloo device binds to. A receiver on another
+    node bound to the learner's address, which gloo refuses ("Cannot resolve ... to a
+    (local) address"), so every gloo broadcast across nodes fell back after its timeout."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))  # UDP: picks the route and its source address, sends nothing
+        return probe.getsockname()[0]
+
+
 def gloo_options(host: str, timeout_s: float):
     """A gloo group's options: its connections on `host` alone, and its timeout."""
     opts = dist.ProcessGroupGloo._Options()
@@ -230,7 +241,9 @@ def receive(
     `rank` and take every bucket; returns the tensors (named by `entries`, in host memory)
     only once all arrived."""
     host, port = address.rsplit(":", 1)
-    group = _group(store(host, int(port), False, timeout_s), prefix, rank, world, host, timeout_s, backend)
+    group = _group(
+        store(host, int(port), False, timeout_s), prefix, rank, world, local_address(host), timeout_s, backend
+    )
     device = device_of(backend)
     tensors = {}
     failed = True

@@ -465,7 +465,7 @@ class RunConfig:
     seed: int = 0
     games: dict[str, float] = field(default_factory=lambda: {"tictactoe": 1.0})  # name -> mix weight
     total_steps: int = 300
-    time_limit_min: float = 0.0  # training minutes, counted once the generators are up; 0: no limit
+    time_limit_min: float = 0.0  # the run's training minutes, every session's, each counted once its generators are up; 0: no limit
     log_every: int = 5
     checkpoint_every: int = 50
     # no learner step in this long: the run fails, saying what the buffer, verifier and
@@ -807,7 +807,7 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
 
 def validate_task(cfg: RunConfig) -> None:
     """A task run: the task and its parameters exist, and nothing of the game path is asked for."""
-    from selfplay.tasks import gold_judge, task_of
+    from selfplay.tasks import gold_judge, reply_tokens, task_of
     from selfplay.tasks.base import role_names
 
     try:
@@ -817,9 +817,11 @@ def validate_task(cfg: RunConfig) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
     validate_reward_model(cfg, task)
-    if cfg.task.overlong_buffer > cfg.generator.max_response_tokens:
+    limit = reply_tokens(task, cfg.generator.max_response_tokens)
+    if cfg.task.overlong_buffer > limit:
         raise ConfigError(
-            f"task.overlong_buffer: must be <= generator.max_response_tokens ({cfg.generator.max_response_tokens}), "
+            f"task.overlong_buffer: must be <= the reply's token limit ({limit}: generator.max_response_tokens "
+            f"{cfg.generator.max_response_tokens}, the task's longest reply {task.max_reply_chars} + 1), "
             f"got {cfg.task.overlong_buffer}"
         )
     validate_self_judge(cfg, task)
@@ -917,6 +919,20 @@ def validate_task(cfg: RunConfig) -> None:
             raise ConfigError(
                 "task.prompts: builder.rows spin pairs samples with the supervised targets; "
                 "set task.prompts sft and sft.steps > 0"
+            )
+        if len(roles) > 1:  # the supervised targets are kept per problem, one role's
+            raise ConfigError(
+                f"builder.rows: spin pairs a problem's samples with its one supervised target; "
+                f"{cfg.task.name} has roles {list(roles)}: set rl or sft"
+            )
+        # SPIN's opponent is the reference: the generators sample the iterate the learner's
+        # reference holds, so both move together, once an iteration, from the stage's end
+        every = cfg.learner.ref_refresh_every
+        if not every or cfg.learner.broadcast_every != every or cfg.sft.steps % every:
+            raise ConfigError(
+                "learner.ref_refresh_every: builder.rows spin samples the reference iterate; set it > 0, "
+                f"learner.broadcast_every equal to it and sft.steps a multiple of it (got {every}, "
+                f"{cfg.learner.broadcast_every}, {cfg.sft.steps})"
             )
     if cfg.learner.advantage != "group":
         raise ConfigError(

@@ -254,7 +254,13 @@ class EvalQueue:
         for game in self.cfg.games:
             for opp in self.cfg.eval.opponents:
                 if opp in scripted_players(game):
-                    self._add(step, prefix, weights, "evaluate", game, opp, self.cfg.eval.games, weights)
+                    # the same games every time (deals and the opponents' draws), so two
+                    # evaluations differ by the weights alone; the best checkpoint, chosen on
+                    # those games, is measured again on others (None: fresh draws)
+                    seed = None if prefix == "best" else f"{self.cfg.seed}/{game}/{opp}"
+                    self._add(
+                        step, prefix, weights, "evaluate", game, opp, self.cfg.eval.games, weights, seed
+                    )
             if game == "kuhn":
                 self._add(step, prefix, weights, "kuhn_policy", weights)
 
@@ -396,6 +402,14 @@ class Run:
             if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
                 judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
                 ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
+        every = cfg.learner.ref_refresh_every
+        if resume_from and cfg.builder.rows == "spin" and not self.in_sft and every and self.step % every:
+            # a SPIN iteration cut short by the stop: the generators, which join with the
+            # resumed weights, would sample past the reference (the iterate before); a new
+            # iteration begins here instead, as a weight version of its own (the cut
+            # iteration's rows in the buffer go stale)
+            ray.get(self.learner.reset_reference.remote())
+            ray.get(self.learner.broadcast.remote())
         # the generators' engines start while the learner loads (each a process importing its
         # own libraries, one core each); a generator joins the learner once both are up
         pool = self.controller.scale.remote(cfg.generator.num_generators)
@@ -458,7 +472,16 @@ class Run:
         return {"fit": fit, "after": self.evaluate(wait=True, prefix="average", weights=net)}
 
     def wall(self) -> float:
+        """The run's training time so far: the sessions before this one (to the checkpoint
+        resumed) and this one's since its generators came up."""
         return self.wall_offset + time.time() - self.start
+
+    def deadline(self) -> float:
+        """When `time_limit_min` of the run's training time is spent (a resumed session gets
+        what the sessions before it left; inf without a limit)."""
+        if not self.cfg.time_limit_min:
+            return float("inf")
+        return self.start - self.wall_offset + self.cfg.time_limit_min * 60
 
     def evaluate_lost(self) -> None:
         """On resume: the periodic evaluation due at the checkpoint's step is queued just
@@ -606,7 +629,7 @@ class Run:
         """Train until total_steps, the time limit or a stop, `log_every` steps at a time;
         between chunks: metrics, autoscale, evaluations, promotions, checkpoints."""
         cfg = self.cfg
-        deadline = self.start + cfg.time_limit_min * 60 if cfg.time_limit_min else float("inf")
+        deadline = self.deadline()
         bar = tqdm(
             total=bar_total(self.step, cfg.total_steps, None, deadline - time.time()),
             initial=self.step,
@@ -692,11 +715,10 @@ class Run:
 
     def schedule_lr(self) -> None:
         """Set the learner's rate for the next chunk from how far the run has gone
-        (learner/schedule.py; the time limit counts from this process's start, as the
-        deadline does)."""
+        (learner/schedule.py; by time, the run's training time, every session's, as the
+        deadline counts it)."""
         cfg = self.cfg
-        elapsed = time.time() - self.start
-        progress = run_progress(self.step, cfg.total_steps, elapsed, cfg.time_limit_min * 60)
+        progress = run_progress(self.step, cfg.total_steps, self.wall(), cfg.time_limit_min * 60)
         c = cfg.learner
         lr = scheduled_lr(c.lr, c.lr_schedule, progress, c.lr_final, c.lr_decay_from)
         ray.get(self.learner.set_lr.remote(lr))

@@ -84,7 +84,10 @@ def eval_summary(result: dict) -> dict:
     the whole result of a probability-based one (Kuhn exploitability)."""
     if "exploitability" in result:
         return result
-    return {k: result[k] for k in (task_fields(result) if "accuracy" in result else SUMMARY_FIELDS)}
+    view = {k: result[k] for k in (task_fields(result) if "accuracy" in result else SUMMARY_FIELDS)}
+    if "too_long" in result:  # games left out of the rates: too long for the model's context
+        view["too_long"] = result["too_long"]
+    return view
 
 
 def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
@@ -280,11 +283,14 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
     """A demo's acceptance figures, as summary.json carries them: for each target
     'GAME/OPPONENT/FIELD' -> '>= 0.9' (or '<=', '>', '<'), {value, target, met} read from
     the final evaluation (`after`, keyed 'GAME/OPPONENT' or 'kuhn/exploitability').
-    A figure the run did not measure has value None and is not met."""
+    A figure the run did not measure has value None and is not met, as has one from an
+    evaluation of no games or problems (every game too long for the context: its rates
+    read 0, which met a '<=' target)."""
     out = {}
     for name, target in targets.items():
         key, field = name.rsplit("/", 1)
-        value = after.get(key, {}).get(field)
+        result = after.get(key, {})
+        value = None if result.get("games", result.get("problems")) == 0 else result.get(field)
         out[name] = {"value": value, "target": target, "met": meets(value, target)}
     return out
 

@@ -35,16 +35,22 @@ def run_ended(run_dir: str | Path) -> bool:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """A Parquet file, whole or not at all: written under a hidden temporary name beside it
-    (Parquet readers of the directory skip dot-files) and renamed over it. No fsync: the
-    checkpoint's fsync_tree makes what it names durable."""
+    """A Parquet file, whole or not at all, and on disk: written under a hidden temporary
+    name beside it (Parquet readers of the directory skip dot-files), fsynced, renamed over
+    it, the directory fsynced. (Files outside a checkpoint, the metrics and the preference
+    parts, are named by the checkpoint's state but not under its fsync_tree: a crash of the
+    machine left a 0-byte metrics.parquet that no resume could read.)"""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        pq.write_table(table, tmp)
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -76,17 +82,30 @@ def private_token(path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        if path.stat().st_uid != os.getuid():
-            raise PermissionError(
-                f"{path}: owned by another user; a token must be its reader's own"
-            ) from None
-        path.chmod(0o600)
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+    if path.exists() and path.stat().st_uid != os.getuid():
+        raise PermissionError(f"{path}: owned by another user; a token must be its reader's own")
+    empty = path.exists() and path.stat().st_size == 0  # a first write cut short: made again
+    if empty or not path.exists():
+        # whole or not at all: written and fsynced under a private temporary name, then
+        # linked in (which fails where another process made it first) or over the empty one
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            if empty:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    pass
+            fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+    path.chmod(0o600)
     return path
 
 

@@ -100,7 +100,19 @@ def check(table: pa.Table, source: str = "table") -> pa.Table:
     if missing:
         raise SchemaError(f"{source}: missing columns {missing}")
     table = table.select(COLUMNS)
-    return table if table.schema.equals(SCHEMA, check_metadata=True) else table.cast(SCHEMA)
+    if table.schema.equals(SCHEMA, check_metadata=True):
+        return table
+    for name in COLUMNS:  # a column of another type: cast where the values fit, else named
+        want = SCHEMA.field(name).type
+        if table.schema.field(name).type != want:
+            try:
+                table.column(name).cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+                raise SchemaError(
+                    f"{source}: column {name} is {table.schema.field(name).type}, expected {want} "
+                    f"({str(err).splitlines()[0]})"
+                ) from None
+    return table.cast(SCHEMA)
 
 
 def to_ipc(table: pa.Table) -> bytes:
@@ -111,7 +123,11 @@ def to_ipc(table: pa.Table) -> bytes:
 
 
 def from_ipc(blob: bytes) -> pa.Table:
-    return check(pa.ipc.open_stream(blob).read_all(), "ipc message")
+    try:
+        table = pa.ipc.open_stream(blob).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SchemaError(f"ipc message: not an Arrow stream ({str(err).splitlines()[0]})") from None
+    return check(table, "ipc message")
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:

@@ -17,6 +17,17 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def difference_interval(s1: float, n1: int, s2: float, n2: int, z: float = 1.96) -> tuple[float, float]:
+    """The interval of p1 - p2 for two independent binomial proportions (s successes of n
+    each): Newcombe's hybrid score interval (1998, method 10) from each one's Wilson
+    interval. Two runs alike hold 0 in it 95% of the time; one run's figure inside the other's
+    own interval did only about 83% of the time (it ignores the first figure's own noise)."""
+    p1, p2 = s1 / n1, s2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(s1, n1, z), wilson_interval(s2, n2, z)
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 def points(wins: float, draws: float) -> float:
     """A game's points: a win 1, a draw 1/2, a loss 0. What Elo, promotion and every
     head-to-head score count; over n games, points / n is the score."""

@@ -47,6 +47,17 @@ def test_pick_rows_takes_the_least_sampled_first():
     assert pick_rows(times, None, 4, rng, least_sampled=True).tolist() == [1, 2, 3, 5]  # then the 1
 
 
+def test_pick_rows_takes_nothing_for_no_rows():
+    # a batch whose replayed share rounds to all of it asks the buffer for 0 rows: it took one
+    times = np.zeros(5, dtype=np.int64)
+    for least_sampled in (True, False):
+        assert pick_rows(times, None, 0, np.random.default_rng(0), least_sampled).tolist() == []
+        assert (
+            pick_rows(times, np.array([0, 0, 1, 1, 2]), 0, np.random.default_rng(0), least_sampled).tolist()
+            == []
+        )
+
+
 def test_pick_rows_breaks_ties_at_random():
     times = np.zeros(10, dtype=np.int64)
     picks = {tuple(pick_rows(times, None, 3, np.random.default_rng(s), True)) for s in range(20)}
@@ -421,3 +432,4 @@ def test_the_reserve_ranks_each_roles_group_apart():
     rows += [make_task_row("q", r, f"q{i}", role=0) for i, r in enumerate([0.2, 0.6])]  # std 0.2
     reserve = schema.from_rows(rows)
     assert list(reserve_order(reserve, 2)) == [4, 5]
+    assert list(reserve_order(reserve, 0)) == []

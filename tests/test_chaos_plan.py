@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.chaos import HEAL_S, acceptance, fault_schedule, planned_faults
 
 
@@ -24,25 +26,36 @@ def test_only_faults_the_run_can_still_heal_are_planned():
     assert {"hang_generator", "kill_learner", "kill_driver"} <= {k for _, k in plan}
 
 
-def report(faulted: float, interval: tuple[float, float], survived: int = 8, duplicated: int = 0) -> dict:
+def report(faulted: float, survived: int = 8, duplicated: int = 0) -> dict:
+    """The undisturbed run's non-loss 0.5 over 200 games, the faulted run's `faulted`."""
     return {
         "faults_injected": 8,
         "faults_survived": survived,
         "books": {"duplicated_trajectories": duplicated, "duplicated_turns_in_buffer": 0},
         "final_eval": {
-            "under_faults": {"steps": 115, "tictactoe/random": {"non_loss": faulted}},
-            "undisturbed": {"steps": 115, "tictactoe/random": {"non_loss": 0.5, "interval": list(interval)}},
+            "under_faults": {"steps": 115, "tictactoe/random": {"non_loss": faulted, "games": 200}},
+            "undisturbed": {"steps": 115, "tictactoe/random": {"non_loss": 0.5, "games": 200}},
         },
     }
 
 
 def test_the_verdict_reads_each_goal():
-    ok = acceptance(report(0.48, (0.42, 0.58)))
-    assert all(v["met"] for v in ok.values()) and set(ok) == {
-        "duplicated",
-        "faults_survived",
-        "tictactoe/random/non_loss_within_undisturbed_ci",
-    }
-    bad = acceptance(report(0.30, (0.42, 0.58), survived=7, duplicated=1))
+    key = "tictactoe/random/non_loss_minus_undisturbed"
+    ok = acceptance(report(0.48))
+    assert all(v["met"] for v in ok.values()) and set(ok) == {"duplicated", "faults_survived", key}
+    # 118/200 against 100/200: outside the undisturbed run's own Wilson interval (0.431-0.569),
+    # which two runs alike miss 17% of the time; the difference's interval holds 0
+    close = acceptance(report(0.59))[key]
+    assert close["met"] and close["value"] == pytest.approx(0.09)
+    assert close["target"] == "95% interval [-0.007, 0.185] holds 0"
+    bad = acceptance(report(0.30, survived=7, duplicated=1))
     assert not any(v["met"] for v in bad.values())
-    assert bad["tictactoe/random/non_loss_within_undisturbed_ci"]["target"] == "in [0.420, 0.580]"
+    assert bad[key]["target"] == "95% interval [-0.291, -0.104] holds 0"
+
+
+def test_the_difference_interval_is_newcombes_hybrid_score_interval():
+    from selfplay.stats import difference_interval
+
+    # Newcombe (1998), Table II, method 10: 56/70 - 48/80 and 9/10 - 3/10
+    assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)

@@ -181,6 +181,22 @@ def test_the_store_and_the_groups_listen_on_the_host_given_only():
     assert listening and set(listening) == {"127.0.0.1"}, set(listening)
 
 
+def test_a_rank_binds_gloo_to_its_own_address_on_the_way_to_the_learner():
+    """A receiver on another node bound its gloo device to the learner's address, which gloo
+    refuses: every gloo broadcast across nodes waited out its timeout and fell back."""
+    assert collective.local_address("127.0.0.1") == "127.0.0.1"
+    learner = "192.0.2.10"  # TEST-NET-1 (RFC 5737), standing for another node's address
+    if learner in psutil.net_if_addrs().__repr__():
+        pytest.skip(f"{learner} is this machine's")
+    with pytest.raises(RuntimeError, match="local"):
+        collective.gloo_options(learner, 5)  # what the receiver did
+    try:
+        mine = collective.local_address(learner)
+    except OSError:
+        pytest.skip(f"no route to {learner} here")
+    assert mine != learner and collective.gloo_options(mine, 5)._devices
+
+
 def test_a_broadcast_that_fails_half_way_raises_everywhere_and_returns_no_tensors():
     """Rank 2 joins, takes the first bucket and leaves: the sender and the rank that stayed
     raise within the timeout, and neither has anything to load."""

@@ -95,6 +95,8 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         stop_when={"weight_version": ">= 0"},
         stop_window=4,
     )
+    if builder["rows"] == "spin":  # SPIN's reference is the iterate sampled: every broadcast's
+        cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, ref_refresh_every=1))
     run_dir = driver.train(dataclasses.replace(cfg, total_steps=8))  # stop_when ends it at 6
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 6

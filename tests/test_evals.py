@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from selfplay import schema
 from selfplay.evals import KUHN_REPLIES, kuhn_policy_table, stop_reached
 from selfplay.games import kuhn
 
@@ -78,6 +79,25 @@ def test_acceptance_figures_read_the_final_evaluation():
         "kuhn/exploitability/exploitability": {"value": 0.07, "target": "<= 0.05", "met": False},
         "tictactoe/random/non_loss": {"value": None, "target": ">= 0.98", "met": False},
     }
+
+
+def test_an_evaluation_of_no_games_meets_no_target():
+    """Every game too long for the model's context: the rates read 0 over no games, which
+    met '<= 0.01'; the summary shows how many were left out."""
+    from selfplay.evals import acceptance, eval_summary, summarize
+
+    result = {"game": "tictactoe", "opponent": "random", "too_long": 200, **summarize(schema.empty())}
+    assert result["games"] == 0 and result["illegal"] == 0.0
+    figures = acceptance({"tictactoe/random": eval_summary(result)}, {"tictactoe/random/illegal": "<= 0.01"})
+    assert figures == {"tictactoe/random/illegal": {"value": None, "target": "<= 0.01", "met": False}}
+    assert eval_summary(result)["too_long"] == 200
+    task = {"accuracy": 0.0, "pass_at_k": 0.0, "sample_accuracy": 0.0, "valid": 0.0, "problems": 0}
+    assert (
+        acceptance({"arithmetic/held_out": task}, {"arithmetic/held_out/accuracy": "<= 0.5"})[
+            "arithmetic/held_out/accuracy"
+        ]["met"]
+        is False
+    )
 
 
 def test_acceptance_figures_go_to_json_from_the_real_exploitability():

@@ -29,6 +29,23 @@ def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypat
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["state.json"]
 
 
+def test_a_parquet_file_is_on_disk_before_it_is_named(tmp_path, monkeypatch):
+    """The metrics and the preference parts live outside the checkpoint's fsync_tree, yet
+    its state names them: each is fsynced under its temporary name, and its directory after
+    the rename."""
+    import pyarrow as pa
+
+    from selfplay.files import write_parquet_atomic
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    write_parquet_atomic(pa.table({"x": [1, 2]}), tmp_path / "metrics.parquet")
+    assert len(synced) == 2 and synced[0].startswith(str(tmp_path / ".metrics.parquet.tmp"))
+    assert synced[1] == str(tmp_path)
+    assert os.listdir(tmp_path) == ["metrics.parquet"]
+
+
 def test_fsync_tree_reaches_every_file(tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
     for name in ("a", "model/b"):
@@ -55,6 +72,14 @@ def test_a_token_is_created_private_and_an_existing_one_is_tightened(tmp_path, m
     wide.write_text("kept")
     wide.chmod(0o644)  # as Ray writes ~/.ray/auth_token
     assert private_token(wide).read_text() == "kept" and wide.stat().st_mode & 0o777 == 0o600
+    # a first write killed between creating the file and writing the token left it empty,
+    # which the next run trusted as the token: it is made again
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o600)
+    token = private_token(empty).read_text()
+    assert len(token) == 64 and int(token, 16) >= 0 and empty.stat().st_mode & 0o777 == 0o600
+    assert private_token(empty).read_text() == token  # and kept from then on
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "ray", "wide"]  # no temporaries
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
     assert local_ray_auth() == tmp_path / "t"

@@ -687,3 +687,24 @@ def test_a_trained_turn_whose_prompt_is_not_its_games_observation_is_rejected():
     assert dict(verifier.rejected) == {"prompt_mismatch": 1}
     assert victim["traj_id"] not in set(kept["traj_id"].to_pylist())
     assert Verifier(decode).verify(schema.from_rows(rows)).num_rows == len(rows)  # unchecked without encode
+
+
+def test_an_evaluation_with_a_seed_plays_the_same_games_whoever_plays_them():
+    """The driver's evaluations pass a seed per (run seed, game, opponent): the same
+    weights read the same figure at every evaluation, on any generator (a replacement, a
+    resumed session's), so a curve moves with the weights alone; without one, each
+    evaluation drew other games from the generator's own draws (the same weights read
+    0.285, 0.300 and 0.240 against minimax)."""
+    seed = "0/tictactoe/random"
+    one, other = make_generator(seed=5), make_generator(seed=6)
+    fixed = [one.evaluate("tictactoe", "random", 30, seed=seed) for _ in range(2)]
+    fixed.append(other.evaluate("tictactoe", "random", 30, seed=seed))
+    assert fixed[0] == fixed[1] == fixed[2]
+    fresh = [one.evaluate("tictactoe", "random", 30) for _ in range(4)]
+    assert len({(r["win"], r["draw"], r["loss"]) for r in fresh}) > 1
+    # the seed deals only the evaluation's games: training's draws go on as without it
+    a, b = make_generator(seed=5), make_generator(seed=5)
+    a.evaluate("tictactoe", "random", 30, seed=seed)
+    assert a.rng.getstate() == b.rng.getstate()
+    a.evaluate("tictactoe", "random", 30)
+    assert a.rng.getstate() != b.rng.getstate()

@@ -48,6 +48,12 @@ def test_no_repetition_and_no_profanity():
     assert no_repetition("", "", "") == 0.0
     assert no_profanity("", "damn, the fox is sad.", "") == 0.0  # better_profanity's shipped list
     assert no_profanity("", "the fox is sad.", "") == 1.0
+    # the list's phrases match only whole: their words alone are everyday words
+    for fine in ["she is happy", "the dog in the park", "the blue lake", "the bird flew off", "some three"]:
+        assert no_profanity("", fine, "") == 1.0, fine
+    assert no_profanity("", "a blow job", "") == 0.0
+    assert no_profanity("", "the 2 girls 1 cup", "") == 0.0
+    assert no_profanity("", "blow the job", "") == 1.0
 
 
 def test_constitution_total_is_the_weighted_mean_and_keeps_every_part():
@@ -81,6 +87,12 @@ def test_a_hard_violation_sets_the_floor_whatever_the_rest_says():
         ([], "at least one principle"),
         ([{"name": "kindness"}], "unknown principle 'kindness'"),
         ([{"name": "brevity", "params": {"max_word": 3}}], r"brevity\.params: unknown max_word"),
+        (
+            [{"name": "brevity", "params": {"max_words": 0}}],
+            r"brevity\.params\.max_words: must be an integer >= 1, got 0",
+        ),
+        ([{"name": "brevity", "params": {"max_words": -3}}], r"max_words: must be an integer >= 1, got -3"),
+        ([{"name": "brevity", "params": {"max_words": 2.5}}], r"max_words: must be an integer >= 1, got 2.5"),
         ([{"name": "brevity"}, {"name": "brevity"}], "listed twice"),
         ([{"name": "brevity", "weight": -1}], r"brevity\.weight: must be >= 0"),
         ([{"name": "brevity", "weight": 0}], "nothing is judged"),

@@ -89,6 +89,34 @@ def test_a_reference_that_is_never_refreshed_stays_the_initial_policy(model_dir)
     assert all(torch.equal(initial[k], v) for k, v in learner.ref.state_dict().items())
 
 
+def test_dropout_is_off_so_the_policy_is_its_reference_before_any_step(model_dir, tmp_path):
+    """A model saved with attention dropout (Llama's, read from an attribute) and a dropout
+    module: the policy (train mode) and the reference (eval mode) gave different
+    log-probs at step 0, twice over the same batch too."""
+    import json
+    import shutil
+
+    path = tmp_path / "dropout"
+    shutil.copytree(model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    cfg = load_config(None, ["learner.reference=true"])
+    learner = Learner(cfg.learner, cfg.model, str(path), seed=0)
+    assert learner.model.model.layers[0].self_attn.attention_dropout == 0.0
+    learner.model.model.embed_tokens = torch.nn.Sequential(
+        learner.model.model.embed_tokens, torch.nn.Dropout(0.5)
+    )
+    from learner.learner import without_dropout
+
+    without_dropout(learner.model)
+    rows = collate([make_row(prompt_ids=[1, 2, 3, 4, 5, 6], response_ids=[7, 8])], learner.pad_id)
+    with torch.no_grad():
+        policy = [sequence_logprobs(learner.model, rows)[0] for _ in range(2)]
+        ref = sequence_logprobs(learner.ref, rows)[0]
+    assert learner.model.training
+    assert torch.equal(policy[0], policy[1]) and torch.allclose(policy[0], ref)
+
+
 def test_batch_diagnostics_include_diversity_per_game(model_dir):
     cfg = load_config(None, [])
     m = Learner(cfg.learner, cfg.model, model_dir, seed=0).train_step(batch())

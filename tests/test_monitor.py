@@ -9,7 +9,7 @@ from actors.verifier import Verifier
 from selfplay.config import ConfigError, load_config
 from selfplay.evals import HackingMonitor, hacking_alarm, task_summary
 from selfplay.rewards import overlong_penalty
-from selfplay.tasks import Score
+from selfplay.tasks import Score, reply_tokens, task_of
 from tests.engines import decode
 from tests.test_compete import generator as compete_generator
 
@@ -221,7 +221,12 @@ def test_the_length_guard_fits_inside_the_reply_limit(tmp_path):
     ]
     base += ["generator.max_response_tokens=32"]
     assert load_config(path, base + ["task.overlong_buffer=32"]).task.overlong_buffer == 32
-    with pytest.raises(
-        ConfigError, match=r"task.overlong_buffer: must be <= generator.max_response_tokens \(32\)"
-    ):
+    with pytest.raises(ConfigError, match=r"task.overlong_buffer: must be <= the reply's token limit \(32: "):
         load_config(path, base + ["task.overlong_buffer=33"])
+    # a describe reply is sampled under 101 tokens (100 characters and an end), not the
+    # generators' 200: the guard counts back from there, so a reply cut off reads -1
+    base[-1] = "generator.max_response_tokens=200"
+    cfg = load_config(path, base + ["task.overlong_buffer=21"])
+    assert reply_tokens(task_of(cfg.task), 200) == 101 and overlong_penalty(101, 101, 21) == -1.0
+    with pytest.raises(ConfigError, match=r"must be <= the reply's token limit \(101: .* got 102"):
+        load_config(path, base + ["task.overlong_buffer=102"])

@@ -27,8 +27,13 @@ def test_each_role_prompt_holds_the_replies_before_it():
     assert TASK.role_prompt(SUM, ANSWER, []) == "12+34="
     assert TASK.role_prompt(SUM, CRITIC, ["47"]) == "c: 12+34=47\n"
     assert TASK.role_prompt(SUM, REFINER, ["47", "no"]) == "r: 12+34=47 no\n"
-    # a reply is shown stripped and cut at its first line: a prompt keeps its shape
-    assert TASK.role_prompt(SUM, REFINER, [" 47\n+1", "no \n"]) == "r: 12+34=47 no\n"
+    # a reply is shown on one line, whole: a prompt keeps its shape and shows what is scored
+    assert TASK.role_prompt(SUM, REFINER, [" 47\n", "no \n"]) == "r: 12+34=47 no\n"
+    assert TASK.role_prompt(SUM, REFINER, [" 46\n7", "ok"]) == "r: 12+34=46 7 ok\n"
+    # "46\n7" is malformed: a critic shown "46" alone trusted it and lost, and a refiner
+    # that copied the right 46 was paid for a fix
+    assert [s.total for s in TASK.score_chain(SUM, ["46\n7", "no", "46"])] == [0.0, 1.0, 1.0]
+    assert TASK.role_prompt(SUM, CRITIC, ["46\n7"]) == "c: 12+34=46 7\n"
 
 
 @pytest.mark.parametrize(

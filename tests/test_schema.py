@@ -91,6 +91,34 @@ def test_missing_column_is_refused_and_named():
         schema.check(table)
 
 
+@pytest.mark.parametrize(
+    "column, values, message",
+    [
+        ("turn", pa.array(["x", "y"]), r"column turn is string, expected int32"),
+        (
+            "prompt_ids",
+            pa.array([[2**40], [1]]),
+            r"column prompt_ids is list<.*int64>, expected list<item: int32> \(Integer value 1099511627776 not in range",
+        ),
+        ("scores", pa.array([{"a": 1.0}, {"a": 2.0}]), r"column scores is struct<a: double>, expected map"),
+    ],
+)
+def test_a_column_of_another_type_is_refused_by_file_and_column(tmp_path, column, values, message):
+    """A Parquet file whose column cannot be cast: the error names the file and the column
+    (Arrow's named neither, and was not a SchemaError)."""
+    table = schema.from_rows(two_rows())
+    bad = table.set_column(table.schema.get_field_index(column), column, values)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(SchemaError, match=rf"{path}: {message}"):
+        schema.read_parquet(path)
+
+
+def test_bytes_that_are_not_an_arrow_stream_are_refused_by_name():
+    with pytest.raises(SchemaError, match="ipc message: not an Arrow stream"):
+        schema.from_ipc(b"garbage bytes, not arrow")
+
+
 def test_check_reorders_columns_to_the_schema():
     table = schema.from_rows(two_rows())
     shuffled = table.select(list(reversed(schema.COLUMNS))).replace_schema_metadata(table.schema.metadata)

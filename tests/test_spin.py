@@ -21,7 +21,15 @@ from tests.engines import BOS, decode, encode, rule_task_generator
 
 TASK = make_task("words", max_value=999)
 SPIN = ["task.name=words", "task.held_out=50", "learner.advantage=group", "builder.rows=spin"]
-RUN = [*SPIN, "learner.reference=true", "task.prompts=sft", "sft.steps=10", "sft.examples=512"]
+RUN = [
+    *SPIN,
+    "learner.reference=true",
+    "task.prompts=sft",
+    "sft.steps=10",
+    "sft.examples=512",
+    "learner.ref_refresh_every=5",
+    "learner.broadcast_every=5",
+]
 
 
 def spin_generator(seeds: list[int], k: int = 4) -> Generator:
@@ -80,6 +88,15 @@ def test_prompt_seeds_are_the_supervised_stages_problems_only_with_prompts_sft()
         ),
         ([*RUN, "sft.steps=0"], "task.prompts: builder.rows spin pairs samples"),
         ([*RUN, "learner.beta=0"], "learner.beta: must be > 0"),
+        # the generators sample the reference iterate, from the supervised stage's end on
+        ([*RUN, "learner.ref_refresh_every=0"], r"learner.ref_refresh_every: .* \(got 0, 5, 10\)"),
+        ([*RUN, "learner.broadcast_every=1"], r"learner.ref_refresh_every: .* \(got 5, 1, 10\)"),
+        ([*RUN, "sft.steps=12"], r"learner.ref_refresh_every: .* \(got 5, 5, 12\)"),
+        # one supervised target per problem: a checker's samples were paired with the solver's
+        (
+            [*RUN, "task.name=solver_checker", "task.params={}"],
+            r"builder.rows: spin pairs .* solver_checker has roles \['solver', 'checker'\]",
+        ),
         ([*RUN, "learner.preference_loss=kto"], "learner.preference_loss: must be one of"),
     ],
 )

@@ -247,8 +247,27 @@ def test_codegen_one_id_has_one_reference_whichever_seed_drew_it():
     assert len(by_id) < 2000  # ids did repeat
 
 
-def test_hidden_tests_are_assert_lines():
-    assert hidden_tests('{"tests": [[0, 6], [-4, -2]]}') == ["assert f(0) == 6", "assert f(-4) == -2"]
+def test_hidden_tests_are_assert_lines_on_an_int():
+    assert hidden_tests('{"tests": [[0, 6], [-4, -2]]}') == [
+        "assert type(r := f(0)) is int and r == 6",
+        "assert type(r := f(-4)) is int and r == -2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "reply, total, reason",
+    [
+        ("(x+3)*2", 1.0, None),
+        ("type('',(),{'__eq__':id})()", 0.0, None),  # equal to everything: passed every test
+        ("(x+3)*2.0", 0.0, None),  # a float is not the integer function asked for
+        ("await x", 0.0, "format"),  # parses, but does not compile
+    ],
+)
+def test_codegen_passes_only_an_int_function(reply, total, reason):
+    """Through the real sandbox, with room for a 27-character reply (steps 5)."""
+    task = make_task("codegen", steps=5)
+    score = task.score("f: add 3 then double\n", reply, '{"tests": [[0, 6], [-4, -2], [1, 8]]}')
+    assert (score.total, score.reason) == (total, reason), score
 
 
 # ---- Arithmetic checker ----------------------------------------------------------------

@@ -27,7 +27,7 @@ from selfplay.tasks.refine import CritiqueRefine
 from selfplay.tasks.solver_checker import SolverChecker
 from selfplay.tasks.words import NumberWords
 
-__all__ = ["TASKS", "Problem", "Score", "gold_judge", "held_out_id", "make_task", "task_of"]
+__all__ = ["TASKS", "Problem", "Score", "gold_judge", "held_out_id", "make_task", "reply_tokens", "task_of"]
 
 TASKS = {
     "arithmetic": Arithmetic,
@@ -78,3 +78,10 @@ def make_task(name: str, principles: list[dict] | None = None, hard_floor: float
             raise ValueError(f"task.params.{key}: expected {typ.__name__}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs, **judge)
+
+
+def reply_tokens(task, max_response_tokens: int) -> int:
+    """The token limit a task's reply is sampled under: the generators' limit, or the task's
+    longest reply and an end of sequence where that is shorter (what the length guard,
+    task.overlong_buffer, counts back from: a reply cut off by it ends there)."""
+    return min(max_response_tokens, task.max_reply_chars + 1)

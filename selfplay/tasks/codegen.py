@@ -6,7 +6,7 @@
   id         "codegen:add 3 then double"
 
 The reply is only an expression, so the model never writes boilerplate: the scorer wraps it as
-`def f(x): return (<reply>)` and runs `assert f(0) == 6`-style lines in selfplay.sandbox, never
+`def f(x): return (<reply>)` and runs `assert f(0) == 6`-style lines (the value an int: int_test) in selfplay.sandbox, never
 in this process. A reply with a newline, longer than max_reply_chars, or that does not parse
 as one expression is rejected before anything runs (valid False, reason "format"); parsing
 is safe here, evaluating is not.
@@ -82,9 +82,16 @@ def canonical(ops: list[str]) -> str:
     return expression
 
 
+def int_test(x: int, expected: str) -> str:
+    """The assert line for f(x) == expected: the value must be an int itself (a reply's
+    object whose __eq__ says yes to everything, `type('',(),{'__eq__':id})()`, passed
+    every test of `assert f(x) == y`; type() is not fooled by __class__ or a subclass)."""
+    return f"assert type(r := f({x})) is int and r == {expected}"
+
+
 def hidden_tests(reference: str) -> list[str]:
     """The assert lines a solution defining f must pass."""
-    return [f"assert f({x}) == {y}" for x, y in json.loads(reference)["tests"]]
+    return [int_test(x, y) for x, y in json.loads(reference)["tests"]]
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,9 @@ class CodeGen:
         source = f"def f(x):\n    return ({reply.strip()})\n"
         try:
             ast.parse(reply.strip(), mode="eval")
-            ast.parse(source)  # a '#' in the reply would comment out the closing parenthesis
+            # a '#' in the reply would comment out the closing parenthesis; compiled, not only
+            # parsed: the compiler refuses what parses ('await x' outside an async function)
+            compile(source, "<solution>", "exec", dont_inherit=True)
         except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError
             return None
         return source

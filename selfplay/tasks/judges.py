@@ -52,9 +52,22 @@ def _vader():
 
 
 @functools.cache
-def profanity_words() -> frozenset[str]:
-    """better_profanity's word list, read from its wheel (no download)."""
-    return frozenset(files("better_profanity").joinpath("profanity_wordlist.txt").read_text().split())
+def profanity_words() -> frozenset[tuple[str, ...]]:
+    """better_profanity's word list, read from its wheel (no download): one entry a line,
+    each as its words; 26 entries are phrases ("blow job"), whose words alone ("blow",
+    "job", "she", "dog") are not profane, so a phrase matches only as consecutive words."""
+    lines = files("better_profanity").joinpath("profanity_wordlist.txt").read_text().splitlines()
+    return frozenset(tuple(line.split()) for line in lines if line.split())
+
+
+def profane(reply: str) -> bool:
+    """Whether the reply holds an entry of `profanity_words`: a word, or a phrase's words in
+    a row (digits count as words here: "2 girls 1 cup")."""
+    w = re.findall(r"[a-z0-9']+", reply.lower())
+    entries = profanity_words()
+    return any(
+        tuple(w[i : i + n]) in entries for n in {len(e) for e in entries} for i in range(len(w) - n + 1)
+    )
 
 
 def sentiment(prompt: str, reply: str, reference: str) -> float:
@@ -80,7 +93,7 @@ def no_repetition(prompt: str, reply: str, reference: str) -> float:
 
 
 def no_profanity(prompt: str, reply: str, reference: str) -> float:
-    return 0.0 if profanity_words() & set(words(reply)) else 1.0
+    return 0.0 if profane(reply) else 1.0
 
 
 NO_REWARD_MODEL = (
@@ -130,6 +143,11 @@ class Principle:
         unknown = set(self.params) - PRINCIPLE_PARAMS.get(self.name, set())
         if unknown:
             raise ValueError(f"task.principles.{self.name}.params: unknown {', '.join(sorted(unknown))}")
+        max_words = self.params.get("max_words", 1)
+        if type(max_words) is not int or max_words < 1:  # 0 divided by zero at the first reply
+            raise ValueError(
+                f"task.principles.{self.name}.params.max_words: must be an integer >= 1, got {max_words!r}"
+            )
 
     def __hash__(self):
         return hash((self.name, self.weight, self.hard, tuple(sorted(self.params.items()))))

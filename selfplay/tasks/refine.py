@@ -87,8 +87,11 @@ class CritiqueRefine(Arithmetic):
 
     def role_prompt(self, problem: Problem, role: int, before: list[str]) -> str:
         """Role `role`'s prompt, after the replies `before` of the roles before it (v0, then
-        the critique). A reply is shown as written, its ends stripped and cut at a line."""
-        shown = [b.strip().split("\n")[0] for b in before[:role]]
+        the critique). A reply is shown on one line, its runs of white space made one space:
+        the whole of what the checker reads (cut at its first line, an answer "67\n7" showed
+        as a right "67" while scored malformed, so a critic that trusted it lost and a
+        refiner that copied it was paid for a fix)."""
+        shown = [" ".join(b.split()) for b in before[:role]]
         if role == ANSWER:
             return problem.prompt
         if role == CRITIC:

@@ -35,7 +35,7 @@ MAX_POWER, parentheses; no names, no calls; at most MAX_DIGITS digits, bounded f
 literals before anything runs), which the sandbox works out as a calculator would: a 1M-parameter model
 cannot multiply in its head, but it can state what to compute, as a person writes
 `assert f(4) == (4 + 3) * 2`. A test is parsed (never evaluated here), and the sandbox runs
-`assert f(X) == (EXPECTED)` rebuilt from the parse. Whether a test holds for the spec (the
+`assert type(r := f(X)) is int and r == (EXPECTED)` rebuilt from the parse (codegen.int_test). Whether a test holds for the spec (the
 `correct` part) is found the same way: by running the canonical solution against it."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from selfplay.tasks.base import Problem, Score
-from selfplay.tasks.codegen import CodeGen, hidden_tests
+from selfplay.tasks.codegen import CodeGen, hidden_tests, int_test
 
 ROLES = ("solver", "checker")
 SOLVER, CHECKER = range(len(ROLES))
@@ -109,7 +109,7 @@ def digits(node: ast.AST) -> float:
 
 def test_line(test: tuple[int, str]) -> str:
     x, expected = test
-    return f"assert f({x}) == ({expected})"
+    return int_test(x, f"({expected})")
 
 
 def at(expression: str, x: int) -> str:
