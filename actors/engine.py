@@ -62,6 +62,37 @@ class PolicyEngine(Protocol):
 EngineFactory = Callable[[str | None], PolicyEngine]
 
 
+def sampling_params(
+    n: int,
+    max_tokens: int | list[int],
+    temperature: float | list[float],
+    stop: list[list[str]] | None = None,
+    allowed: list[list[int] | None] | None = None,
+) -> list:
+    """vLLM's SamplingParams for each of `n` prompts (Engine.generate's arguments), one
+    object per distinct setting. No per-request seed: on CPU it crashes vLLM 0.32 under
+    chunked prefill ("CPU Generator does not use offset"); the engine-level seed is set
+    instead."""
+    from vllm import SamplingParams
+
+    limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * n
+    temps = temperature if isinstance(temperature, list) else [temperature] * n
+    stops = [tuple(s) for s in stop] if stop is not None else [()] * n
+    masks = [tuple(a) if a else () for a in allowed] if allowed is not None else [()] * n
+    keys = list(zip(limits, temps, stops, masks))
+    by_key = {
+        k: SamplingParams(
+            max_tokens=k[0],
+            temperature=k[1],
+            stop=list(k[2]) or None,
+            allowed_token_ids=list(k[3]) or None,
+            logprobs=0,
+        )
+        for k in set(keys)
+    }
+    return [by_key[k] for k in keys]
+
+
 class Engine:
     """PolicyEngine on vLLM."""
 
@@ -132,27 +163,7 @@ class Engine:
         `allowed` (the only token ids it may draw, vLLM's `allowed_token_ids`, masked before
         temperature, so the processed log-probs are the restricted policy's) may differ per
         prompt."""
-        # No per-request seed: on CPU it crashes vLLM 0.32 under chunked prefill
-        # ("CPU Generator does not use offset"); the engine-level seed is set instead.
-        from vllm import SamplingParams
-
-        n = len(prompts)
-        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * n
-        temps = temperature if isinstance(temperature, list) else [temperature] * n
-        stops = [tuple(s) for s in stop] if stop is not None else [()] * n
-        masks = [tuple(a) if a else () for a in allowed] if allowed is not None else [()] * n
-        keys = list(zip(limits, temps, stops, masks))
-        by_key = {
-            k: SamplingParams(
-                max_tokens=k[0],
-                temperature=k[1],
-                stop=list(k[2]) or None,
-                allowed_token_ids=list(k[3]) or None,
-                logprobs=0,
-            )
-            for k in set(keys)
-        }
-        params = [by_key[k] for k in keys]
+        params = sampling_params(len(prompts), max_tokens, temperature, stop, allowed)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         done = []
         for out in outputs:

@@ -49,8 +49,8 @@ def synthetic_batch(n: int, prompt: int, response: int, vocab: int, seed: int):
                 turn=i % 4,
                 role=i % 2,
                 prompt_ids=[1] + ids[: prompt - 1],
-                response_ids=ids[prompt - 1 :],
-                behaviour_logprobs=[-4.0] * (response + 1),
+                response_ids=ids[prompt - 1 : prompt - 1 + response],  # prompt + response tokens in all
+                behaviour_logprobs=[-4.0] * response,
                 ret=1.0 if i % 3 else -1.0,
             )
         )

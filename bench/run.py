@@ -48,20 +48,25 @@ SUITE = ("learner", "buffer", "broadcast", "generation", "pipeline", "async", "t
 BENCHMARKS = (*SUITE, "ceiling")
 
 
-def pipeline_vs_raw(cfg, model_path: str) -> dict:
-    from vllm import SamplingParams
-
+def pipeline_vs_raw(cfg, model_path: str, gen=None) -> dict:
+    """Self-play waves through the generator against the same engine calls made directly on
+    vLLM (each call's prompts, limits, temperature and legal-move masks as recorded): tokens
+    per second, and their ratio. `gen`: a generator already made (default: one on vLLM)."""
+    from actors.engine import sampling_params
     from actors.generator import Generator
     from selfplay.league import LEARNER
 
-    gen = Generator.from_model("bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed)
+    if gen is None:
+        gen = Generator.from_model(
+            "bench", "bench", cfg.games, model_path, cfg.model, cfg.generator, cfg.seed
+        )
     engine = gen.engines[LEARNER]
-    calls: list[list[list[int]]] = []
+    calls: list[tuple] = []
     generate = engine.generate
 
-    def recording(prompts, max_tokens, temperature):
-        calls.append(prompts)
-        return generate(prompts, max_tokens, temperature)
+    def recording(prompts, max_tokens, temperature, stop=None, allowed=None):
+        calls.append((prompts, max_tokens, temperature, stop, allowed))
+        return generate(prompts, max_tokens, temperature, stop=stop, allowed=allowed)
 
     engine.generate = recording
     gen.self_play(cfg.generator.games_per_wave)  # warm-up
@@ -73,11 +78,9 @@ def pipeline_vs_raw(cfg, model_path: str) -> dict:
     pipe_s = time.perf_counter() - start
     pipe_tokens = gen.counts["tokens"] - tokens0
 
-    params = SamplingParams(
-        max_tokens=cfg.generator.max_response_tokens, temperature=cfg.generator.temperature, logprobs=0
-    )
     raw_tokens, start = 0, time.perf_counter()
-    for prompts in calls:
+    for prompts, *settings in calls:
+        params = sampling_params(len(prompts), *settings)
         outs = engine.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         raw_tokens += sum(len(o.outputs[0].token_ids) for o in outs)
     raw_s = time.perf_counter() - start

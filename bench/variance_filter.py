@@ -35,6 +35,7 @@ arm evaluated often crosses early by chance."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -118,13 +119,21 @@ def run(seed: int, arm: str, minutes: float, evals: list[str]) -> Path:
     short = {"eval.every_steps": "eval", "task.eval_samples": "k"}
     suffix = "".join(f"-{short[key]}{value}" for key, value in (e.split("=", 1) for e in evals))
     run_dir = WORK / f"seed{seed}-{arm}{suffix}"
-    if run_ended(run_dir):
-        return run_dir
     from selfplay import driver
     from selfplay.config import load_config
 
     sets = [f"out_dir={WORK}", f"time_limit_min={minutes}", f"seed={seed}", *evals]
     cfg = load_config(ROOT / CONFIG, [*sets, *ARMS[arm]])
+    if run_ended(run_dir):  # reused only if it ran as asked (minutes, seed, arm, evaluations, dtype)
+        ran = dataclasses.asdict(load_config(run_dir / "config.yaml", []))
+        differ = [
+            k for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "out_dir") and ran.get(k) != v
+        ]
+        if differ:
+            raise SystemExit(
+                f"{run_dir}: a finished run with other settings ({', '.join(differ)}); move it aside or remove it"
+            )
+        return run_dir
     return driver.train(cfg, name=run_dir.name)
 
 
@@ -240,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{arm}: mean {first['mean']} ({first['figure']['note']}); confirmed {confirmed['mean']}")
     name = "variance_filter" if args.arms == ["filter"] else "variance_" + "_".join(args.arms)
     name += f"_eval{args.eval_every}" if args.eval_every else ""
+    name += f"_k{args.eval_samples}" if args.eval_samples else ""
     write(name, figures, facts, minutes=args.minutes, gain=args.gain, evals=evals, seeds=seeds)
     write_table()
     return {"arms": summary, "seeds": seeds}

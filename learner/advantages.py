@@ -174,9 +174,9 @@ def group_advantages(rewards: list[float], method: str, eps: float = 1e-6, k: in
                                                     keep samples diverse for a best-of-n pick;
                                                     scaled by the rewards' std as grpo is: k = 1
                                                     is rloo / std
-    (`k`: passk's; the others ignore it.) std is the population standard deviation, as GRPO
-    implementations compute it over the group (TRL uses the sample std; with n >= 8 the two
-    differ by under 7%). A group whose rewards all agree gets zeros under every method: it
+    (`k`: passk's; the others ignore it.) std is the population standard deviation over the
+    group (TRL and verl divide by the sample std, torch.std's: smaller advantages by
+    sqrt((n-1)/n), 7% at n = 8, 29% at n = 2). A group whose rewards all agree gets zeros under every method: it
     teaches nothing (see the builder's variance filter)."""
     n = len(rewards)
     if n == 0:

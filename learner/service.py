@@ -322,7 +322,10 @@ class LearnerService:
         broadcast sends."""
         step = self.learner.step
         frozen = self.frozen.get(averaged)
-        if frozen is None or frozen["step"] != step:
+        # by version too: settle's broadcast makes a new version of the same step's weights
+        # (kept by step alone, a settled evaluation read the version before, and generator-0
+        # took its own engine for another's and loaded a second one)
+        if frozen is None or frozen["step"] != step or frozen["version"] != self.learner.version:
             if not averaged and self.checksum is not None and self.blob_step == step:
                 ref, checksum = self._shared(), self.checksum
             else:

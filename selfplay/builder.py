@@ -431,9 +431,9 @@ def labelled_row(
     }
 
 
-def group_means(table: pa.Table) -> list[tuple[int, float, float]]:
-    """(problem seed, mean reward, reward std) of each task group of a scored table, in
-    order seen: the first role's rows (a solver's, where a task has a checker too: the pool
+def group_means(table: pa.Table) -> list[tuple[int, float, float, int]]:
+    """(problem seed, mean reward, reward std, samples) of each task group of a scored table,
+    in order seen: the first role's rows (a solver's, where a task has a checker too: the pool
     and the curriculum are of problems the solver finds hard)."""
     rewards: dict[str, list[float]] = defaultdict(list)
     seeds: dict[str, int] = {}
@@ -446,7 +446,7 @@ def group_means(table: pa.Table) -> list[tuple[int, float, float]]:
         if g is not None and role == 0:
             rewards[g].append(r)
             seeds[g] = seed
-    return [(seeds[g], sum(rs) / len(rs), population_std(rs)) for g, rs in rewards.items()]
+    return [(seeds[g], sum(rs) / len(rs), population_std(rs), len(rs)) for g, rs in rewards.items()]
 
 
 def update_hard_pool(pool: list[int], groups: list[tuple], below: float, size: int) -> list[int]:

@@ -81,9 +81,10 @@ def predict(parts: Parts, work: Workload, engines: int, ranks: int = 1, shared_c
     # A row's age when trained: half a wave (its turn was sampled, on average, half a wave
     # before the wave was handed on) and, unless generation is the bound, half of what the
     # generators may hold ahead of the learner (the buffer's window plus the wave each has
-    # under way). An engine on cores of its own plays a wave at its own speed, then waits;
-    # on shared cores it plays all the time, at the run's pace.
-    engine_rows_per_s = rows_per_s / engines if shared_cores else capacity["generation"] / busy_engines
+    # under way). An engine on cores of its own plays a wave at its own speed, then waits
+    # (more engines than max_busy_engines share those engines' speed); on shared cores it
+    # plays all the time, at the run's pace.
+    engine_rows_per_s = rows_per_s / engines if shared_cores else capacity["generation"] / engines
     wave_s = work.wave_rows / engine_rows_per_s
     ahead = 0 if bound == "generation" else work.ahead_rows + engines * work.wave_rows
     return {

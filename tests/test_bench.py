@@ -51,6 +51,19 @@ def test_buffer_benchmark_writes_its_figures(tmp_path):
     assert 0 < figures["bytes_per_turn_parquet"]["value"] < figures["bytes_per_turn_in_memory"]["value"]
 
 
+def test_the_synthetic_batch_has_the_tokens_the_flops_count():
+    """23 prompt tokens and the demo's 1-token move: 24 a row, what learner_mfu counts (the
+    reply was 2 tokens, 25 a row: MFU read 4% low)."""
+    from learner.learner import collate
+
+    rows = gpu_learner.synthetic_batch(4, 23, 1, 100, seed=0).to_pylist()
+    assert all(
+        (len(r["prompt_ids"]), len(r["response_ids"]), len(r["behaviour_logprobs"])) == (23, 1, 1)
+        for r in rows
+    )
+    assert collate(rows, 0)["attention_mask"].sum().item() == 4 * 24
+
+
 def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
     figures = learner_mfu.main(
         ["--presets", "1m", "--turns", "16", "--threads", "1", "--compiled", "", "--results", str(tmp_path)]
@@ -344,3 +357,58 @@ def test_variance_ratio_figure_is_met_only_where_every_seed_meets_the_goal():
         [seed(1.2), seed(1.2)], "filter", "saving", [0, 1], variance_filter.GOAL
     )
     assert below["figure"]["met"] is False
+
+
+def test_the_pipeline_bench_replays_each_engine_call_with_its_own_settings():
+    """The raw arm makes the pipeline's engine calls directly on vLLM's LLM: the same
+    prompts, limits and legal-move masks (the bench's wrapper took no `allowed` and crashed
+    at its first wave once the generator passed one; its replay sent no mask)."""
+    import types
+
+    from actors.generator import Generator
+    from bench.run import pipeline_vs_raw
+    from selfplay.config import load_config
+    from tests.engines import EngineMaker, RuleEngine
+
+    cfg = load_config(
+        None,
+        ["generator.legal_moves_only=true", "generator.max_response_tokens=1", "generator.games_per_wave=4"],
+    )
+
+    class LLM:  # vLLM's LLM.generate, as the raw arm calls it
+        def __init__(self):
+            self.params = []
+
+        def generate(self, inputs, params, use_tqdm):
+            self.params.append(params)
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[5])]) for _ in inputs]
+
+    engine = RuleEngine()
+    engine.llm = LLM()
+    gen = Generator("bench", "bench", {"tictactoe": 1.0}, engine, EngineMaker(), cfg.generator, 0)
+    result = pipeline_vs_raw(cfg, "unused", gen=gen)
+    piped = engine.calls[-result["engine_calls"] :]  # after the warm-up
+    assert result["engine_calls"] == len(engine.llm.params) > 0
+    for call, params in zip(piped, engine.llm.params):
+        assert [p.allowed_token_ids for p in params] == call["allowed"] and all(call["allowed"])
+        assert [p.max_tokens for p in params] == call["max_tokens"]
+    assert engine.closed
+
+
+def test_the_variance_bench_reuses_a_finished_run_only_if_it_ran_as_asked(tmp_path, monkeypatch):
+    """A finished arm is read again by a later `make variance`: one of 10 minutes was taken
+    for a 30-minute request (and the results file said 30)."""
+    from selfplay.config import load_config, save_config
+    from selfplay.files import write_atomic
+
+    monkeypatch.setattr(variance_filter, "WORK", tmp_path)
+    done = tmp_path / "seed0-plain-eval10"
+    done.mkdir()
+    sets = [f"out_dir={tmp_path}", "time_limit_min=10", "seed=0", "eval.every_steps=10"]
+    save_config(load_config(variance_filter.ROOT / variance_filter.CONFIG, sets), done / "config.yaml")
+    write_atomic(done / "summary.json", '{"steps": 900}')
+    assert variance_filter.run(0, "plain", 10, ["eval.every_steps=10"]) == done
+    with pytest.raises(
+        SystemExit, match=r"seed0-plain-eval10: a finished run with other settings \(time_limit_min\)"
+    ):
+        variance_filter.run(0, "plain", 30, ["eval.every_steps=10"])

@@ -329,9 +329,9 @@ def test_group_means_reads_each_groups_problem_and_mean_reward():
         [sample("a", 1.0, "1", seed=7), sample("a", 0.0, "2", seed=7), sample("b", 1.0, "3", seed=9)]
         + [make_row(traj_id="game")]
     )
-    assert group_means(table) == [(7, 0.5, 0.5), (9, 1.0, 0.0)]  # (seed, mean, population std)
+    assert group_means(table) == [(7, 0.5, 0.5, 2), (9, 1.0, 0.0, 1)]  # (seed, mean, population std, n)
     checker = schema.from_rows([sample("a", 1.0, "1", seed=7), sample("a", 0.0, "t", seed=7, role=1)])
-    assert group_means(checker) == [(7, 1.0, 0.0)]  # the hard pool reads the first role (the solver's)
+    assert group_means(checker) == [(7, 1.0, 0.0, 1)]  # the hard pool reads the first role (the solver's)
 
 
 # ---- the learnability curriculum

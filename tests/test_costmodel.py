@@ -44,6 +44,12 @@ def test_shared_cores_add_the_work_of_generation_and_learning():
     # engines beyond the cores add nothing
     limited = Parts(gen_tokens_per_s=200, learner_tokens_per_s=10**9, max_busy_engines=2)
     assert predict(limited, WORK, engines=4)["capacity"]["generation"] == pytest.approx(200)
+    # and each of the 4 plays its waves at half an engine's speed: as 4 half-speed engines,
+    # whose rows are as old when trained (it read them at a whole engine's speed: half as old)
+    half = Parts(gen_tokens_per_s=100, learner_tokens_per_s=10**9)
+    assert predict(limited, WORK, engines=4)["staleness"] == pytest.approx(
+        predict(half, WORK, engines=4)["staleness"]
+    )
 
 
 def test_a_run_needs_an_engine_and_a_rank():

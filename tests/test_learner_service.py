@@ -278,6 +278,19 @@ def test_current_weights_are_the_weights_of_this_step_shared_once(model_dir):
     assert blob == now["checksum"]
 
 
+def test_settled_weights_name_the_version_generator_0_holds_after_an_earlier_read(model_dir):
+    """broadcast_every 2, 3 steps: the periodic evaluation reads the weights of step 3
+    (version 1, broadcast at step 2), then a waited one settles them, broadcasting version 2:
+    it named version 1 while the engine held version 2."""
+    service = make_service(model_dir, ["learner.broadcast_every=2"])
+    r = Receiver()
+    service.attach("generator-0", r)
+    service.train(3)
+    assert service.current_weights()["version"] == 1
+    settled = service.settle()
+    assert (settled["version"], settled["checksum"]) == r.loads[-1] == (2, service.checksum)
+
+
 def test_current_weights_averaged_are_the_weights_average_which_no_broadcast_sends(model_dir):
     service = make_service(model_dir, ["learner.ema_decay=0.5"])
     service.train(2)

@@ -147,7 +147,10 @@ def test_the_hard_pool_sends_prompts_back_while_they_still_teach():
     assert sorted(gen.hard) == sorted(set(first["seed"].to_pylist()))
     again = gen.task_play(4)
     assert set(again["seed"].to_pylist()) <= set(gen.hard) and gen.counts["hard_prompts"] == 4
-    gen.note_groups([(seed, 1.0) for seed in gen.hard])  # solved: they leave
+    # a screen of 2 samples that stopped a prompt says too little: the pool keeps it
+    gen.note_groups([(seed, 0.0, 0.0, 2) for seed in gen.hard])
+    assert sorted(gen.hard) == sorted(set(first["seed"].to_pylist()))
+    gen.note_groups([(seed, 1.0, 0.0, 4) for seed in gen.hard])  # solved: they leave
     assert (
         gen.hard == []
         and len(set(gen.task_play(2)["seed"].to_pylist()) & set(first["seed"].to_pylist())) == 0
