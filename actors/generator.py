@@ -973,7 +973,8 @@ class Generator:
             return
         c = self.task_cfg
         if c.hard_fraction > 0:
-            whole = [tuple(g) for g in groups if len(g) < 4 or g[3] >= c.samples_per_prompt]
+            screened = c.screen_samples
+            whole = [tuple(g) for g in groups if not (screened and len(g) > 3 and g[3] <= screened)]
             self.hard = update_hard_pool(self.hard, whole, c.hard_below, c.hard_pool)
         if c.curriculum == "learnability":
             classes = [(self.task.difficulty(self.task.problem(g[0])), g[2] > 0) for g in groups]

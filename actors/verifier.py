@@ -27,7 +27,7 @@ from selfplay.league import SKILL_TOKENS
 from selfplay.metrics import ray_metric
 from selfplay.rewards import overlong_penalty, returns_to_go
 from selfplay.tasks import reply_tokens, task_of
-from selfplay.tasks.base import ScoreCache, role_prompts
+from selfplay.tasks.base import Score, ScoreCache, role_prompts
 from selfplay.tasks.judges import RULES, SELF_JUDGE
 from selfplay.text import text_codec
 
@@ -49,6 +49,7 @@ class Verifier:
         overlong=(0, 0, 0.0),
         self_judged=False,
         symmetric_views=False,
+        cut_at: int = 0,
     ):
         """`task`: the run's task (selfplay/tasks), which scores its rows; None: games only.
         `encode`: text -> prompt ids as the generators encode prompts; with it, a trained
@@ -60,7 +61,10 @@ class Verifier:
         is rejected, `unrated`); the task's scorer still scores it, its parts kept beside
         the verdict and its total as `rules`. `symmetric_views` (generator.board_symmetries):
         games are replayed as the generators dealt their training games, each turn's board
-        shown in the view its seed draws."""
+        shown in the view its seed draws. `cut_at` (task.truncated zero): the reply token limit;
+        a task reply that reaches it without an end of sequence (its last token decodes to
+        text: not a special one) scores 0, invalid, reason `truncated`; 0: scored as written."""
+        self.cut_at = cut_at
         self.decode = decode
         self.symmetric_views = symmetric_views
         self.self_judged = self_judged
@@ -81,7 +85,13 @@ class Verifier:
 
     @classmethod
     def for_model(
-        cls, model_path: str, task=None, overlong=(0, 0, 0.0), self_judged=False, symmetric_views=False
+        cls,
+        model_path: str,
+        task=None,
+        overlong=(0, 0, 0.0),
+        self_judged=False,
+        symmetric_views=False,
+        cut_at=0,
     ) -> Verifier:
         """Decode as vLLM renders output text: special tokens (eos) dropped."""
         encode, decode = text_codec(model_path)
@@ -92,6 +102,7 @@ class Verifier:
             overlong=overlong,
             self_judged=self_judged,
             symmetric_views=symmetric_views,
+            cut_at=cut_at,
         )
 
     def verify(self, table: pa.Table) -> pa.Table:
@@ -263,6 +274,9 @@ class Verifier:
         """The score's parts, its total as the outcome, and the reward: the total (or the
         policy's own verdict `rated`, self-rewarding: the total kept as `rules`) plus the length
         guard where one is set (its penalty kept as the `overlong` part)."""
+        ids = row["response_ids"]
+        if self.cut_at and len(ids) >= self.cut_at and self.decode(ids[-1:]):  # cut off, not ended
+            score, rated = Score(total=0.0, parts=score.parts, valid=False, reason="truncated"), None
         if score.reason:
             self.score_reasons[score.reason] += 1
         parts, reward = score.parts, score.total
@@ -326,13 +340,15 @@ class VerifierActor:
         is found, which its length guard counts back from;
         `symmetric_views`: generator.board_symmetries (Verifier)."""
         task = task_of(task_cfg) if task_cfg and task_cfg.name else None
-        overlong = (
-            (reply_tokens(task, max_tokens), task_cfg.overlong_buffer, task_cfg.overlong_coef)
-            if task
-            else (0, 0, 0.0)
-        )
+        limit = reply_tokens(task, max_tokens) if task else 0
+        overlong = (limit, task_cfg.overlong_buffer, task_cfg.overlong_coef) if task else (0, 0, 0.0)
         self.verifier = Verifier.for_model(
-            model_path, task, overlong, task is not None and task_cfg.judge == "self", symmetric_views
+            model_path,
+            task,
+            overlong,
+            task is not None and task_cfg.judge == "self",
+            symmetric_views,
+            cut_at=limit if task and task_cfg.truncated == "zero" else 0,
         )
         if resume_dir and (Path(resume_dir) / STATE_FILE).exists():
             self.verifier.load_counters(json.loads((Path(resume_dir) / STATE_FILE).read_text()))
@@ -342,8 +358,9 @@ class VerifierActor:
 
     def verify(self, blob: bytes) -> dict:
         """Verify a batch and forward its training turns to the buffer; returns the turns
-        the buffer kept and, for a task, each group's (problem seed, mean reward), which
-        the generator's hard-prompt pool reads."""
+        the buffer kept and, for a task, each group's (problem seed, mean reward, reward std,
+        samples: builder.group_means), which the generator's hard-prompt pool and curriculum
+        read."""
         before, accepted_before = Counter(self.verifier.rejected), self.verifier.accepted
         accepted = self.verifier.training_turns(schema.from_ipc(blob))
         for reason, n in (self.verifier.rejected - before).items():

@@ -272,8 +272,11 @@ def acceptance(report: dict) -> dict:
     """The issue's goals as {name: {value, target, met}}: nothing duplicated, every fault
     injected survived, and each final evaluation under faults alike the undisturbed run's
     (same steps): the 95% interval of the difference of their non-loss rates
-    (stats.difference_interval) holds 0. (It asked for the faulted run's rate inside the
-    undisturbed run's own interval, which two identical runs miss 17% of the time.)"""
+    (stats.difference_interval) holds 0, each measured on some games. Both runs evaluate the
+    same games (the run's seed deals them), so their outcomes go together and the interval,
+    made for independent samples, is wider than a paired one: a run alike fails it less than
+    5% of the time. (It asked for the faulted run's rate inside the undisturbed run's own
+    interval, which two runs alike on independent games miss 17% of the time.)"""
     b = report["books"]
     duplicated = b["duplicated_trajectories"] + b["duplicated_turns_in_buffer"]
     out = {
@@ -297,7 +300,7 @@ def acceptance(report: dict) -> dict:
         out[f"{key}/non_loss_minus_undisturbed"] = {
             "value": res["non_loss"] - calm[key]["non_loss"],
             "target": f"95% interval [{lo:.3f}, {hi:.3f}] holds 0",
-            "met": lo <= 0 <= hi,
+            "met": res["games"] > 0 and calm[key]["games"] > 0 and lo <= 0 <= hi,
         }
     return out
 

@@ -19,7 +19,8 @@ samples a prompt, SPEED's selective prompting; learn: the filter with new proble
 the learnability curriculum, task.curriculum) is compared with the plain arm. Runs are
 kept under runs/bench-variance/ (seedS-plain, seedS-filter, seedS-learn; `-evalN-kM` where
 `--eval-every`, `--eval-samples` are not the config's); a run that has ended (its summary.json
-holds its steps) is read, not run again, and one cut off resumes from its newest checkpoint,
+holds its steps) is read, not run again, if it ran with the settings asked (else the bench
+stops, naming the fields that differ), and one cut off resumes from its newest checkpoint,
 so an interrupted measurement goes on where it stopped.
 
 The evaluation interval bounds what the figure can resolve: an arm that crosses the target

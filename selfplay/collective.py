@@ -107,9 +107,9 @@ def local_address(host: str) -> str:
     machine's, loopback included): what a rank's gloo device binds to. A receiver on another
     node bound to the learner's address, which gloo refuses ("Cannot resolve ... to a
     (local) address"), so every gloo broadcast across nodes fell back after its timeout."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family, _, _, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, 9))  # UDP: picks the route and its source address, sends nothing
+        probe.connect(address)  # UDP: picks the route and its source address, sends nothing
         return probe.getsockname()[0]
 
 
@@ -146,11 +146,12 @@ NCCL_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": 
 
 
 def _group(store, prefix: str, rank: int, world: int, host: str, timeout_s: float, backend: str = "gloo"):
-    """This broadcast's group: gloo's connections on `host` alone; NCCL's with NCCL_ENV
+    """This broadcast's group: gloo's connections on this rank's address on the way to
+    `host` (`host` itself on its own machine: local_address); NCCL's with NCCL_ENV
     (set only while the group is made, so the process's other groups keep their own)."""
     store = dist.PrefixStore(prefix, store)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world, gloo_options(host, timeout_s))
+    if backend == "gloo":  # each rank's device on its own address on the way to `host`
+        return dist.ProcessGroupGloo(store, rank, world, gloo_options(local_address(host), timeout_s))
     opts = dist.ProcessGroupNCCL.Options()
     opts._timeout = datetime.timedelta(seconds=timeout_s)
     saved = {k: os.environ.get(k) for k in NCCL_ENV}
@@ -241,9 +242,7 @@ def receive(
     `rank` and take every bucket; returns the tensors (named by `entries`, in host memory)
     only once all arrived."""
     host, port = address.rsplit(":", 1)
-    group = _group(
-        store(host, int(port), False, timeout_s), prefix, rank, world, local_address(host), timeout_s, backend
-    )
+    group = _group(store(host, int(port), False, timeout_s), prefix, rank, world, host, timeout_s, backend)
     device = device_of(backend)
     tensors = {}
     failed = True

@@ -38,6 +38,7 @@ TaskVersus = Literal["self", "snapshot"]
 TaskCurriculum = Literal["none", "learnability"]
 TaskJudge = Literal["rules", "self"]
 JudgeWeights = Literal["current", "snapshot"]
+Truncated = Literal["score", "zero"]  # task.truncated
 MonitorReplies = Literal["greedy", "sampled"]
 WeightSync = Literal["object_store", "collective"]
 SyncBackend = Literal["auto", "gloo", "nccl"]  # selfplay/collective.py:pick_backend
@@ -346,10 +347,15 @@ class TaskConfig:
     # between templates from one evaluation to the next while the distribution barely moves.
     monitor_replies: MonitorReplies = "greedy"
     # A length guard (DAPO's soft overlong punishment, selfplay/rewards.py): a reply's reward
-    # loses overlong_coef * (0 .. 1) as its length goes from generator.max_response_tokens -
-    # overlong_buffer tokens to the limit (kept as the `overlong` score column). 0: none.
+    # loses overlong_coef * (0 .. 1) as its length goes from the reply's token limit
+    # (tasks.reply_tokens) - overlong_buffer tokens to the limit (kept as the `overlong` score
+    # column). 0: none.
     overlong_buffer: int = 0
     overlong_coef: float = 1.0
+    # A reply the token limit cut off (no end of sequence): scored as written (score, as TRL's
+    # and verl's defaults do: "117" and spaces to the limit reads 117), or scored 0 as
+    # malformed (zero: reason `truncated`, counted), so that not ending is never paid
+    truncated: Truncated = "score"
 
 
 @dataclass

@@ -88,7 +88,8 @@ def private_token(path: str | Path) -> Path:
     if empty or not path.exists():
         # whole or not at all: written and fsynced under a private temporary name, then
         # linked in (which fails where another process made it first) or over the empty one
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        # a name of its own (a pid's would be taken for ever by a process killed in between)
+        tmp = path.with_name(f".{path.name}.tmp.{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:
             with os.fdopen(fd, "w") as f:

@@ -21,7 +21,10 @@ def difference_interval(s1: float, n1: int, s2: float, n2: int, z: float = 1.96)
     """The interval of p1 - p2 for two independent binomial proportions (s successes of n
     each): Newcombe's hybrid score interval (1998, method 10) from each one's Wilson
     interval. Two runs alike hold 0 in it 95% of the time; one run's figure inside the other's
-    own interval did only about 83% of the time (it ignores the first figure's own noise)."""
+    own interval did only about 83% of the time (it ignores the first figure's own noise).
+    Nothing measured on a side (n 0): (-1, 1), any difference."""
+    if n1 == 0 or n2 == 0:
+        return (-1.0, 1.0)
     p1, p2 = s1 / n1, s2 / n2
     (l1, u1), (l2, u2) = wilson_interval(s1, n1, z), wilson_interval(s2, n2, z)
     d = p1 - p2

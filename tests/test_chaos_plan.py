@@ -51,6 +51,10 @@ def test_the_verdict_reads_each_goal():
     bad = acceptance(report(0.30, survived=7, duplicated=1))
     assert not any(v["met"] for v in bad.values())
     assert bad[key]["target"] == "95% interval [-0.291, -0.104] holds 0"
+    # an evaluation of no games (every one too long for the context) proves nothing
+    empty = report(0.5)
+    empty["final_eval"]["under_faults"]["tictactoe/random"]["games"] = 0
+    assert acceptance(empty)[key]["met"] is False
 
 
 def test_the_difference_interval_is_newcombes_hybrid_score_interval():
@@ -59,3 +63,4 @@ def test_the_difference_interval_is_newcombes_hybrid_score_interval():
     # Newcombe (1998), Table II, method 10: 56/70 - 48/80 and 9/10 - 3/10
     assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
     assert difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)
+    assert difference_interval(0, 0, 3, 10) == (-1.0, 1.0)  # nothing measured: any difference

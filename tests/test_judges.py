@@ -54,6 +54,7 @@ def test_no_repetition_and_no_profanity():
     assert no_profanity("", "a blow job", "") == 0.0
     assert no_profanity("", "the 2 girls 1 cup", "") == 0.0
     assert no_profanity("", "blow the job", "") == 1.0
+    assert no_profanity("", "what the f u c k", "") == 0.0  # the list's 'f.u.c.k', split as replies are
 
 
 def test_constitution_total_is_the_weighted_mean_and_keeps_every_part():

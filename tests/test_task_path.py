@@ -141,7 +141,9 @@ def test_code_replies_are_scored_by_running_hidden_tests_in_the_sandbox():
 
 def test_the_hard_pool_sends_prompts_back_while_they_still_teach():
     gen = task_generator(alternating(), k=4, prompts=4)
-    gen.task_cfg = TaskConfig(name="arithmetic", samples_per_prompt=4, hard_fraction=1.0, hard_below=0.5)
+    gen.task_cfg = TaskConfig(
+        name="arithmetic", samples_per_prompt=4, hard_fraction=1.0, hard_below=0.5, screen_samples=2
+    )
     first = Verifier(decode, task=TASK).verify(gen.task_play(4))
     gen.note_groups(group_means(first))  # every group right half the time: all hard
     assert sorted(gen.hard) == sorted(set(first["seed"].to_pylist()))
@@ -237,3 +239,25 @@ def test_each_distinct_reply_is_scored_once_and_a_timeout_is_scored_again():
     cached("p", "3", "1")  # a third distinct reply: the oldest ("1") is forgotten
     cached("p", "1", "1")
     assert calls.count("1") == 2 and cached.calls == len(calls)
+
+
+def test_a_reply_cut_off_by_the_token_limit_scores_0_where_the_config_asks():
+    """task.truncated zero: a reply that never ended ("117" and spaces to the limit) read as
+    117 and was paid; one that ends at the limit (its last token the end of sequence, here
+    BOS, which decodes to nothing as vLLM drops special tokens) is scored as written."""
+    from selfplay.tasks import reply_tokens
+    from tests.engines import BOS
+
+    cfg = TaskConfig(name="arithmetic", params={"digits": 2, "terms": 2}, samples_per_prompt=2)
+    padded = rule_task_generator(lambda p: answer(p) + " " * 50, cfg)
+    limit = reply_tokens(padded.task, padded.cfg.max_response_tokens)
+    table = padded.task_play(2)
+    assert {len(ids) for ids in table["response_ids"].to_pylist()} == {limit}
+    as_written = Verifier(decode, task=padded.task).verify(table).to_pylist()
+    assert [r["reward"] for r in as_written] == [1.0] * 4  # task.truncated score, the default
+    strict = Verifier(decode, task=padded.task, cut_at=limit)
+    cut = strict.verify(table).to_pylist()
+    assert all(r["reward"] == 0.0 and r["illegal"] for r in cut) and strict.score_reasons == {"truncated": 4}
+    ended = rule_task_generator(lambda p: (answer(p) + " " * 50)[: limit - 1] + chr(BOS), cfg)
+    rows = Verifier(decode, task=ended.task, cut_at=limit).verify(ended.task_play(2)).to_pylist()
+    assert {len(r["response_ids"]) for r in rows} == {limit} and [r["reward"] for r in rows] == [1.0] * 4

@@ -51,19 +51,25 @@ def _vader():
     return SentimentIntensityAnalyzer()
 
 
+PROFANITY_TOKEN = re.compile(r"[a-z0-9']+")
+
+
 @functools.cache
 def profanity_words() -> frozenset[tuple[str, ...]]:
     """better_profanity's word list, read from its wheel (no download): one entry a line,
     each as its words; 26 entries are phrases ("blow job"), whose words alone ("blow",
     "job", "she", "dog") are not profane, so a phrase matches only as consecutive words."""
     lines = files("better_profanity").joinpath("profanity_wordlist.txt").read_text().splitlines()
-    return frozenset(tuple(line.split()) for line in lines if line.split())
+    return frozenset(
+        tuple(PROFANITY_TOKEN.findall(line.lower())) for line in lines if PROFANITY_TOKEN.search(line)
+    )
 
 
 def profane(reply: str) -> bool:
     """Whether the reply holds an entry of `profanity_words`: a word, or a phrase's words in
-    a row (digits count as words here: "2 girls 1 cup")."""
-    w = re.findall(r"[a-z0-9']+", reply.lower())
+    a row. Entries and replies are split alike (PROFANITY_TOKEN, digits counted: "2 girls 1
+    cup"; "f.u.c.k" or "s-h-i-t" as their letters in a row)."""
+    w = PROFANITY_TOKEN.findall(reply.lower())
     entries = profanity_words()
     return any(
         tuple(w[i : i + n]) in entries for n in {len(e) for e in entries} for i in range(len(w) - n + 1)
