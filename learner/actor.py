@@ -68,8 +68,8 @@ class LearnerActor:
             for n in ("step_seconds", "broadcast_seconds")
         }
 
-    def train(self, n_steps: int) -> list[dict]:
-        steps = self.service.train(n_steps)
+    def train(self, n_steps: int, rates: list[float] | None = None) -> list[dict]:
+        steps = self.service.train(n_steps, rates)
         for m in steps:
             for name, gauge in self.gauges.items():
                 if name in m:

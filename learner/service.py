@@ -111,17 +111,20 @@ class LearnerService:
         another thread than `train`'s."""
         self.cut.set()
 
-    def train(self, n_steps: int) -> list[dict]:
+    def train(self, n_steps: int, rates: list[float] | None = None) -> list[dict]:
         """Up to n learner steps, broadcasting every `broadcast_every`; one metrics dict per
         step (with `broadcast_seconds` on the steps that broadcast). Fewer, or none, when
-        `cut_short` ends the wait for a batch."""
+        `cut_short` ends the wait for a batch. `rates`: each step's learning rate (None: the
+        one set)."""
         self.cut.clear()
         out = []
-        for _ in range(n_steps):
+        for i in range(n_steps):
             batch = self.next_batch()  # unlocked: generators join and leave while it waits
             if batch is None:
                 break
             with self.lock:
+                if rates is not None:
+                    self.learner.set_lr(rates[i])
                 m = self.learner.train_step(batch)
                 if self.learner.step % self.learner.cfg.broadcast_every == 0:
                     m["broadcast_seconds"] = self.broadcast()["seconds"]

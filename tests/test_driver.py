@@ -112,11 +112,11 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     assert sft_rows[1] == sft_rows[2] == 32  # the supervised stage: labelled rows only
     versions = {m["step"]: m["value"] for m in metrics if m["name"] == "weight_version"}
     assert versions[6] == 6  # every step broadcast
-    # the rate each step took: the supervised stage's, then learner.lr * (0.1 + 0.9 (1 - p))
-    # set before each chunk, p = step / total_steps (8; no time limit): 2/8, then 4/8
+    # the rate each step took: the supervised stage's, then learner.lr * (0.1 + 0.9 (1 - p)),
+    # p = the steps before it / total_steps (8; no time limit): 2/8, 3/8, 4/8, 5/8
     lrs = {m["step"]: m["value"] for m in metrics if m["name"] == "lr"}
     lr = cfg.learner.lr
-    assert lrs == pytest.approx({1: lr, 2: lr, 3: 0.775 * lr, 4: 0.775 * lr, 5: 0.55 * lr, 6: 0.55 * lr})
+    assert lrs == pytest.approx({1: lr, 2: lr, 3: 0.775 * lr, 4: 0.6625 * lr, 5: 0.55 * lr, 6: 0.4375 * lr})
     # steps 3-6 trained on generated replies, scored by the verifier and built by the builder
     assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
     verifier = summary["pool"]["verifier"]

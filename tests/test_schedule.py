@@ -72,7 +72,7 @@ def test_an_ema_decay_outside_0_to_1_is_refused_by_name(value):
         load_config(None, [f"learner.ema_decay={value}"])
 
 
-def test_a_resumed_session_keeps_the_runs_time_limit_and_its_schedule(monkeypatch):
+def test_a_resumed_session_keeps_the_runs_time_limit_and_its_schedule():
     """A run killed 13 minutes into its 15 and resumed with the same command trains 2 more
     minutes, at the rate it had reached (before: a fresh 15 minutes, the rate back near lr)."""
     import dataclasses
@@ -86,23 +86,42 @@ def test_a_resumed_session_keeps_the_runs_time_limit_and_its_schedule(monkeypatc
     cfg = dataclasses.replace(
         cfg, learner=dataclasses.replace(cfg.learner, lr=3e-4, lr_schedule="linear", lr_final=0.1)
     )
-    rates = []
-    learner = types.SimpleNamespace(set_lr=types.SimpleNamespace(remote=rates.append))
-    monkeypatch.setattr(driver.ray, "get", lambda x: x)
 
     def session(wall_offset: float, in_session_s: float) -> types.SimpleNamespace:
         now = time.time()
-        run = types.SimpleNamespace(
-            cfg=cfg, step=300, start=now - in_session_s, wall_offset=wall_offset, learner=learner
-        )
+        run = types.SimpleNamespace(cfg=cfg, step=300, start=now - in_session_s, wall_offset=wall_offset)
         run.wall = types.MethodType(driver.Run.wall, run)
-        driver.Run.schedule_lr(run)
+        run.rates = driver.Run.scheduled_rates(run, 2)
         run.left_s = driver.Run.deadline(run) - now
         return run
 
     first = session(0.0, 13 * 60)  # killed here, its checkpoint at 13 minutes
     resumed = session(13 * 60, 0.0)
     assert first.left_s == pytest.approx(120, abs=1) and resumed.left_s == pytest.approx(120, abs=1)
-    # linear from 3e-4 to 3e-5 over the run: 13/15 of the way
-    assert rates == [pytest.approx(3e-4 * (1 - 0.9 * 13 / 15), rel=1e-3)] * 2
+    # linear from 3e-4 to 3e-5 over the run: 13/15 of the way (time binds: 300/2000 steps)
+    for run in (first, resumed):
+        assert run.rates == [pytest.approx(3e-4 * (1 - 0.9 * 13 / 15), rel=1e-3)] * 2
     assert driver.Run.deadline(types.SimpleNamespace(cfg=RunConfig(time_limit_min=0))) == float("inf")
+
+
+def test_each_step_of_a_chunk_takes_its_own_rate():
+    """By steps, every step's rate follows the schedule: a chunk of 5 steps of a 100-step run
+    decaying from 0.9 took one rate (the last chunk 0.55 lr, never lr_final's 0.1)."""
+    import dataclasses
+    import time
+    import types
+
+    from selfplay import driver
+    from selfplay.config import RunConfig
+
+    cfg = RunConfig(total_steps=100)
+    cfg = dataclasses.replace(
+        cfg,
+        learner=dataclasses.replace(
+            cfg.learner, lr=1.0, lr_schedule="linear", lr_final=0.1, lr_decay_from=0.9
+        ),
+    )
+    run = types.SimpleNamespace(cfg=cfg, step=95, start=time.time(), wall_offset=0.0)
+    run.wall = types.MethodType(driver.Run.wall, run)
+    # steps 96..100, taken at progress 0.95 .. 0.99: 1 - 0.9 (p - 0.9) / 0.1
+    assert driver.Run.scheduled_rates(run, 5) == pytest.approx([0.55, 0.46, 0.37, 0.28, 0.19])
