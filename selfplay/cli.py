@@ -78,11 +78,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    if args.follow:
+    if args.follow:  # as `submit --follow`: 1 unless the job succeeded, so a script stops
         state = jobs.follow(args.run, args.address)
         print(f"run {args.run}: {state}")
-    else:
-        print(jobs.logs(args.run, args.address), end="")
+        return 0 if state == "SUCCEEDED" else 1
+    print(jobs.logs(args.run, args.address), end="")
     return 0
 
 

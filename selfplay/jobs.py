@@ -228,6 +228,7 @@ def scale(name: str, generators: int, address: str | None = None, timeout_s: flo
     """Resize run `name`'s generator pool while it trains, from outside the cluster: a
     short job on the cluster asks the run's controller (scale_connected) and prints the
     pool's state as JSON, which is returned."""
+    check_scale(generators, timeout_s)
     c = client(address)
     info = job_info(c, name)
     if info is None or str(info.status) != "RUNNING":
@@ -249,10 +250,21 @@ def scale(name: str, generators: int, address: str | None = None, timeout_s: flo
     return json.loads(results[-1])
 
 
+def check_scale(generators: int, timeout_s: float) -> None:
+    """A pool keeps generator-0, and new generators need time to start: one-line errors
+    before anything is submitted (a job was, which failed in the controller, and its traceback
+    came back)."""
+    if generators < 1:
+        raise JobError(f"--generators: at least 1 (generator-0 stays), got {generators}")
+    if not timeout_s > 0:
+        raise JobError(f"--timeout: must be > 0 seconds, got {timeout_s}")
+
+
 def scale_connected(name: str, generators: int, timeout_s: float = 600) -> dict:
     """The same from a process already connected to the run's Ray cluster (ray.init)."""
     import ray
 
+    check_scale(generators, timeout_s)
     try:
         controller = ray.get_actor("controller", namespace=name)
     except ValueError:

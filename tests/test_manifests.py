@@ -280,6 +280,20 @@ def test_rayjob_runs_a_named_run_on_shared_storage(rayjob):
     assert spec["submissionMode"] in ("K8sJobMode", "SidecarMode", "HTTPMode")
 
 
+def test_rayjob_is_the_job_selfplay_submit_would_make(rayjob):
+    """`selfplay status|logs|stop|scale NAME` find the job by its id, the run name (KubeRay's
+    default id adds 5 random characters); its stop lets the driver checkpoint (Ray's default
+    waits 3 s before SIGKILL), as `selfplay submit`'s runtime env does."""
+    from selfplay.jobs import runtime_env
+
+    spec = rayjob["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert spec["jobId"] == argv[argv.index("--name") + 1]
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env == {k: v for k, v in runtime_env(".", {}, [], None)["env_vars"].items() if k in env}
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "120"
+
+
 # --- cluster launcher ---------------------------------------------------------------------
 
 

@@ -208,3 +208,30 @@ def test_a_job_driver_moves_to_its_storage_before_ray_deletes_its_working_dir(tm
     else:
         assert out.returncode != 0 and "No such file or directory" in out.stderr
         assert not out_dir.exists()
+
+
+def test_scaling_a_run_refuses_a_pool_without_generator_0_before_submitting_anything(monkeypatch):
+    """`selfplay scale RUN --generators -3` submitted a job that failed in the controller and
+    came back as 3,000 characters of traceback; now one line, with no cluster asked."""
+    from selfplay import jobs
+
+    monkeypatch.setattr(jobs, "client", lambda address: pytest.fail("no cluster is asked"))
+    for generators, timeout, message in [
+        (-3, 600, "--generators: at least 1"),
+        (0, 600, "got 0"),
+        (2, 0, "--timeout"),
+    ]:
+        with pytest.raises(jobs.JobError, match=message):
+            jobs.scale("demo", generators, timeout_s=timeout)
+        with pytest.raises(jobs.JobError, match=message):
+            jobs.scale_connected("demo", generators, timeout_s=timeout)
+
+
+@pytest.mark.parametrize("state, code", [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 1)])
+def test_following_a_runs_logs_exits_as_the_job_ended(monkeypatch, capsys, state, code):
+    """As `submit --follow`: `selfplay logs RUN --follow && next` went on after a failure."""
+    from selfplay import cli, jobs
+
+    monkeypatch.setattr(jobs, "follow", lambda run, address: state)
+    assert cli.main(["logs", "demo", "--follow"]) == code
+    assert capsys.readouterr().out.strip().endswith(f"run demo: {state}")
