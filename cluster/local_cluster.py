@@ -184,7 +184,7 @@ def _wait(state: dict, n_nodes: int, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         for node in state["nodes"]:
-            if not _send(node["pid"], 0, group=False):
+            if not running(node["pid"]):
                 raise RuntimeError(f"ray node {node['role']} exited; see its log beside cluster.json")
         try:
             if len(alive_nodes(state)) >= n_nodes:
@@ -193,6 +193,18 @@ def _wait(state: dict, n_nodes: int, timeout: float) -> None:
             pass  # the dashboard is not up yet
         time.sleep(0.5)
     raise TimeoutError(f"{n_nodes} ray nodes not alive after {timeout:.0f} s")
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs: not gone, and not a zombie (a node process that exited is
+    one until reaped, and nothing here reaps it: signal 0 still reached it, so a node that
+    died at start was waited for until the timeout, its log not named)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _send(pid: int, sig: int, group: bool = True) -> bool:

@@ -438,3 +438,13 @@ def test_down_ends_the_clusters_drivers_but_not_itself_or_the_shell_it_runs_from
         [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_a_node_process_that_exited_is_not_running_though_not_reaped():
+    """A `ray start` that died at once stays a zombie (nothing reaps it) and signal 0 still
+    reaches it: `up` waited its whole timeout instead of naming the node's log."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: not local_cluster.running(child.pid), 30, "the child seen as exited", poll=0.05)
+    assert local_cluster._send(child.pid, 0, group=False)  # a zombie: signal 0 reaches it
+    child.wait()
+    assert not local_cluster.running(child.pid) and local_cluster.running(os.getpid())
