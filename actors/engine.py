@@ -193,6 +193,16 @@ class Engine:
     def load_weights(self, blob: bytes) -> str:
         """Replace the weights in place from safetensors bytes; returns their checksum."""
         (checksum,) = set(self.llm.collective_rpc("receive_weights", args=(blob,)))
+        return self._forget_prefixes(checksum)
+
+    def _forget_prefixes(self, checksum: str) -> str:
+        """After a load: vLLM's prefix cache (on by default; keyed by token ids alone) holds
+        keys and values the old weights computed, which a prompt sharing a cached block would
+        reuse (a mix of old and new weights behind log-probs the checksum vouches for; a
+        league slot's new member reading the last one's). Nothing runs meanwhile: engine
+        calls are serial. Returns `checksum`."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("the engine's prefix cache could not be reset after a weight load")
         return checksum
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
@@ -201,7 +211,7 @@ class Engine:
         safetensors bytes to workers of their own (tensor parallel), which msgpack carries."""
         if self.in_process:
             (checksum,) = set(self.llm.collective_rpc("load_tensors", args=(tensors,)))
-            return checksum
+            return self._forget_prefixes(checksum)
         from safetensors.torch import save
 
         return self.load_weights(save(tensors))

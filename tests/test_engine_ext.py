@@ -195,6 +195,17 @@ def test_a_zero_of_either_sign_is_the_same_value_and_a_name_the_engine_lacks_rai
         dict(held_weights(engine, PACKED, {**sent, "model.layers.0.mlp.up_proj.weight": torch.zeros(2, 8)}))
 
 
+def test_nan_where_nan_was_sent_is_what_was_sent():
+    """A learner gone to NaN: the engine holds exactly the bytes sent, which read back as
+    'other values than were sent' (torch.equal calls NaN unequal to itself)."""
+    sent, engine = sent_and_engine()
+    sent["model.norm.weight"][0] = float("nan")
+    engine.model.norm.weight.data[0] = float("nan")
+    assert differing(held_weights(engine, PACKED, sent), sent) == []
+    engine.model.norm.weight.data[1] += 1  # and a value that differs still differs
+    assert differing(held_weights(engine, PACKED, sent), sent) == ["model.norm.weight"]
+
+
 def test_the_read_back_holds_one_copy_at_a_time(monkeypatch):
     """A packed layer reads back as a copy: a second copy of the model if all were held at
     once, while the engine also holds the tensors it loaded. Each is gone before the next
@@ -217,3 +228,24 @@ def test_the_read_back_holds_one_copy_at_a_time(monkeypatch):
     monkeypatch.setattr(engine_ext, "read_held", tracked)
     assert differing(held_weights(engine, PACKED, sent), sent) == []
     assert len(copies) >= 4  # two fused weights, the embedding and the head tied to it
+
+
+def test_a_weight_load_forgets_the_engines_prefix_cache():
+    """vLLM's prefix cache is keyed by token ids alone: after an in-place load, a prompt
+    sharing a cached block reused keys and values of the old weights. Every load resets it
+    (the real engine's call is made by every load in the integration tests), and a reset
+    that fails fails the load."""
+    import types
+
+    from actors.engine import Engine
+
+    resets = []
+    engine = Engine.__new__(Engine)
+    engine.in_process = True
+    engine.llm = types.SimpleNamespace(
+        collective_rpc=lambda method, args: ["sum"], reset_prefix_cache=lambda: resets.append(1) or True
+    )
+    assert engine.load_weights(b"blob") == "sum" and engine.load_tensors({}) == "sum" and resets == [1, 1]
+    engine.llm.reset_prefix_cache = lambda: False
+    with pytest.raises(RuntimeError, match="prefix cache could not be reset"):
+        engine.load_weights(b"blob")

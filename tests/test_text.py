@@ -47,6 +47,17 @@ def test_the_projects_tokenizer_is_read_plain_and_agrees_with_transformers(tiny_
         assert decode(ids) == hf_decode(ids), ids
 
 
+def test_a_checkpoints_resaved_tokenizer_is_still_read_plain(tiny_model, tmp_path):
+    """The learner saves the tokenizer with every checkpoint, and transformers adds is_local
+    and local_files_only to its config: every checkpoint's model/ took the slow path."""
+    import shutil
+
+    saved = tmp_path / "model"
+    shutil.copytree(tiny_model, saved)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(saved)
+    assert plain_tokenizer_file(saved) is not None
+
+
 @pytest.mark.parametrize(
     "change",
     [
