@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on this machine, for tests and demos: one head node and
 N worker nodes, each its own raylet started by `ray start --block` in its own process
-group, all on 127.0.0.1, with distinct custom resources (the head holds `learner`, each
-worker `generator`), token authentication on, and the dashboard (and so the job server)
-bound to 127.0.0.1.
+group, all asked for 127.0.0.1 (Ray moves a node to the machine's address, and its gRPC
+ports and metrics exporter listen beyond loopback: README, Security defaults), with
+distinct custom resources (the head holds `learner`, each worker `generator`), token
+authentication on, and the dashboard (and so the job server) bound to 127.0.0.1.
 
     python cluster/local_cluster.py up --workers 2 --state /tmp/selfplay-cluster
     eval "$(python cluster/local_cluster.py env --state /tmp/selfplay-cluster)"
