@@ -140,6 +140,7 @@ def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) 
         state["nodes"].append(
             {
                 "pid": pid,
+                "started": started(pid),
                 "role": "head",
                 "resources": HEAD_RESOURCES,
                 "metrics_port": ports["metrics-export-port"],
@@ -163,6 +164,7 @@ def up(state_dir: Path, workers: int, cpus_per_node: int, timeout: float = 120) 
             state["nodes"].append(
                 {
                     "pid": pid,
+                    "started": started(pid),
                     "role": f"worker-{i}",
                     "resources": WORKER_RESOURCES,
                     "metrics_port": ports["metrics-export-port"],
@@ -196,6 +198,26 @@ def _wait(state: dict, n_nodes: int, timeout: float) -> None:
     raise TimeoutError(f"{n_nodes} ray nodes not alive after {timeout:.0f} s")
 
 
+def started(pid: int) -> float | None:
+    """When process `pid` started (None: gone): with its pid, what names one process for
+    good (a pid is reused once its process is gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def recorded(node: dict) -> bool:
+    """Whether `node`'s pid still names the process cluster.json recorded: a node gone since
+    (a crash, a reboot) left its pid to any other process, which `down` killed. With no
+    process of that pid, its process group (the node's Ray processes, if any live) is still
+    the node's: a pid in use as a group id is not given to a new process."""
+    now = started(node["pid"])
+    return now is None or now == node.get("started", now)
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` runs: not gone, and not a zombie (a node process that exited is
     one until reaped, and nothing here reaps it: signal 0 still reached it, so a node that
@@ -212,7 +234,7 @@ def _send(pid: int, sig: int, group: bool = True) -> bool:
     """Deliver `sig` (0: only look) to a process group, or to one process; False if gone."""
     try:
         (os.killpg if group else os.kill)(pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or another user's now: not ours
         return False
     return True
 
@@ -224,7 +246,7 @@ def down(state_dir: Path, timeout: float = 5) -> None:
     if not path.exists():
         return
     state = json.loads(path.read_text())
-    nodes = state["nodes"]
+    nodes = [n for n in state["nodes"] if recorded(n)]
     for node in reversed(nodes):
         _send(node["pid"], signal.SIGTERM)
     deadline = time.time() + timeout

@@ -448,3 +448,21 @@ def test_a_node_process_that_exited_is_not_running_though_not_reaped():
     assert local_cluster._send(child.pid, 0, group=False)  # a zombie: signal 0 reaches it
     child.wait()
     assert not local_cluster.running(child.pid) and local_cluster.running(os.getpid())
+
+
+def test_down_leaves_a_process_that_took_a_recorded_nodes_pid(tmp_path):
+    """After a crash or a reboot, a node's pid in cluster.json may name another process:
+    `down` killed it (SIGTERM to its group, then SIGKILL). It is left, and cluster.json goes."""
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        node = {"pid": other.pid, "started": local_cluster.started(other.pid) - 100.0, "role": "head"}
+        state = {"nodes": [node], "gcs_address": "127.0.0.1:64998"}
+        (tmp_path / "cluster.json").write_text(json.dumps(state))
+        local_cluster.down(tmp_path, timeout=0.5)
+        assert other.poll() is None and not (tmp_path / "cluster.json").exists()
+        node["started"] += 100.0  # the process it recorded: ended
+        (tmp_path / "cluster.json").write_text(json.dumps(state))
+        local_cluster.down(tmp_path, timeout=5)
+        assert other.wait(timeout=10) is not None
+    finally:
+        other.kill()
