@@ -46,9 +46,17 @@ class Descendants:
 
     def refresh(self) -> None:
         """Remember every current descendant (a `psutil.Process` keeps its creation time,
-        so a reused pid is never mistaken for it later)."""
+        so a reused pid is never mistaken for it later), but for the processes started
+        before, and theirs: a child that an earlier helper (a test session's Ray, a shell
+        loop) starts later is not this command's (it was adopted, and ended at `close`)."""
+        earlier = {pid for pid, q in self.earlier.items() if q.is_running()}
         for p in psutil.Process().children(recursive=True):
-            if p.pid in self.earlier and self.earlier[p.pid].is_running():
+            if p.pid in earlier:
+                continue
+            try:
+                if any(a.pid in earlier for a in p.parents()):
+                    continue
+            except psutil.NoSuchProcess:
                 continue
             known = self.seen.get(p.pid)
             if known is None or not known.is_running():  # new, or a reused pid

@@ -44,6 +44,41 @@ def test_an_orphaned_grandchild_is_remembered_and_ended():
     earlier.wait()
 
 
+def test_children_of_a_process_started_before_are_not_this_commands():
+    """A helper started before (a shell loop, a test session's Ray) spawns children later:
+    they were adopted as the command's and ended at its close."""
+    helper = subprocess.Popen(  # spawns its child once told, after the command began
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; sys.stdin.readline(); subprocess.Popen(['sleep', '60']); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    started = Descendants()  # the helper is earlier; its child comes after
+    try:
+        helper.stdin.write("go\n")
+        helper.stdin.flush()
+        later = None
+        for _ in range(100):
+            kids = psutil.Process(helper.pid).children()
+            if kids:
+                later = kids[0]
+                break
+            time.sleep(0.05)
+        assert later is not None
+        mine = subprocess.Popen(["sleep", "60"])
+        started.refresh()
+        assert later.pid not in started.seen and mine.pid in started.seen
+        assert started.reap(grace_s=5) == [mine.pid] and later.is_running()
+    finally:
+        for p in psutil.Process(helper.pid).children(recursive=True):
+            p.kill()
+        helper.kill()
+        helper.wait()
+
+
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
     started = Descendants()
     stubborn = subprocess.Popen(
