@@ -49,6 +49,7 @@ NEUTRAL = {
     "echo": False,
 }
 ROLES = ("system", "developer", "user", "assistant")
+SYSTEM_ROLES = {"developer": "system"}  # as the model's template reads it
 
 
 class BadRequest(ValueError):
@@ -117,8 +118,13 @@ def _number(body: dict, name: str, default, lo: float, hi: float | None = None, 
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise BadRequest(name, f"expected {'an integer' if integer else 'a number'}, got {_show(value)}")
-    # NaN (which Python's JSON reads) compares false with every bound: refused by name
-    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+    # NaN (which Python's JSON reads) compares false with every bound: refused by name; an
+    # int is compared exactly (math.isfinite of a 400-digit one raised OverflowError: a 500)
+    if (
+        (isinstance(value, float) and not math.isfinite(value))
+        or value < lo
+        or (hi is not None and value > hi)
+    ):
         raise BadRequest(name, f"must be in [{lo}, {hi if hi is not None else 'inf'}], got {_show(value)}")
     return value
 
@@ -135,6 +141,8 @@ def _stop(body: dict) -> list[str]:
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else stop
+    if stops == []:  # OpenAI's clients send it: no stop strings
+        return []
     if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
         raise BadRequest("stop", f"expected a non-empty string or a list of them, got {_show(stop)}")
     if len(stops) > MAX_STOP:
@@ -225,9 +233,14 @@ class ChatModel:
         self._check_chars("messages", sum(len(m["content"]) for m in messages))
         if body.get("top_logprobs") not in (None, 0):
             raise BadRequest("top_logprobs", f"only 0 is supported, got {_show(body['top_logprobs'])}")
-        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        # OpenAI's developer message is the system message; templates know only the latter
+        # (Qwen2.5's dropped a developer turn and put its default system prompt in its place)
+        turns = [{"role": SYSTEM_ROLES.get(m["role"], m["role"]), "content": m["content"]} for m in messages]
         if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            try:
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except Exception as err:  # jinja2's TemplateError: a template that refuses an order of roles
+                raise BadRequest("messages", f"the model's chat template refused them: {err}") from None
             ids = self.tokenizer(text, add_special_tokens=False).input_ids  # the template has them
         else:  # e.g. the default char-level model: its prompts are bare game observations
             text = "".join(m["content"] for m in turns)
@@ -386,6 +399,16 @@ async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
     return JSONResponse(status_code=err.status, content=err.body())
 
 
+@app.exception_handler(Exception)
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    """Anything else, answered in OpenAI's error shape (not Starlette's plain text), without
+    the traceback."""
+    body = {
+        "error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}
+    }
+    return JSONResponse(status_code=500, content=body)
+
+
 async def read_json(request, limit: int) -> object:
     """The request's JSON body, refused (413) past `limit` bytes before it is parsed: by
     its Content-Length, or while a body without one streams in."""
@@ -399,7 +422,7 @@ async def read_json(request, limit: int) -> object:
             raise BadRequest("body", f"over {limit} bytes (max_body_bytes)", 413)
     try:
         return json.loads(data)
-    except ValueError:  # JSONDecodeError and undecodable bytes
+    except (ValueError, RecursionError):  # JSONDecodeError, undecodable bytes, '[' nested 100,000 deep
         raise BadRequest("body", "not valid JSON") from None
 
 

@@ -139,8 +139,21 @@ def logprobs_and_values(
     hidden, logits = out.hidden_states[-1], out.logits
     logp, entropy = policy_logprobs(logits, batch, temperature)
     rows = torch.arange(len(hidden), device=hidden.device)
-    values = value_head(hidden[rows, batch["state"]].float())
+    # in float32 whatever the autocast around it (under bf16 autocast the head's Linear cast
+    # its input back: V(s) in bf16, 0.0078 apart near 1, so GAE's advantages moved by ~0.004)
+    with torch.autocast(hidden.device.type, enabled=False):
+        values = value_head(hidden[rows, batch["state"]].float())
     return logp, entropy, values[rows, batch["opponent"]] if values.shape[-1] > 1 else values.squeeze(-1)
+
+
+def by_position(optimizer_state: dict) -> bool:
+    """Whether an optimiser's saved state keys its parameters by position (torch.optim's own
+    layout, a single learner's) rather than by name (a sharded group's)."""
+    keys = [
+        *optimizer_state.get("state", {}),
+        *(p for g in optimizer_state.get("param_groups", []) for p in g["params"]),
+    ]
+    return any(isinstance(k, int) for k in keys)
 
 
 def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -900,6 +913,11 @@ class Learner:
 
         options = StateDictOptions(full_state_dict=True)
         optimizer = torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device)
+        if by_position(optimizer):  # torch raised KeyError('state.0.step') deep inside
+            raise ValueError(
+                f"{d}: written by a single learner (its optimiser's state by position, not by name); "
+                "a group cannot resume it: resume with learner.num_workers 1, as it trained"
+            )
         set_optimizer_state_dict(self._trained(), self.opt, optim_state_dict=optimizer, options=options)
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:

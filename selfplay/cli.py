@@ -136,6 +136,37 @@ def greedy_tictactoe(checkpoint: str):
     return policy
 
 
+def eval_inputs(args) -> tuple[str, str | None]:
+    """`selfplay eval`'s model directories (the checkpoint's, a model opponent's or None),
+    every argument checked first, in one line each (an unknown game, an opponent path that is
+    not a model, `--max-tokens 0` or `--games -5` came after an engine had started, some as
+    tracebacks). A model opponent reads the checkpoint's token ids: its tokenizer must be the
+    same (another model family's played on garbage)."""
+    from selfplay.games import scripted_players
+    from selfplay.model import model_dir
+
+    try:
+        scripted = scripted_players(args.game)
+    except ValueError as err:
+        raise ConfigError(f"--game: {err}") from None
+    for flag, value in (("--games", args.games), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag}: at least 1, got {value}")
+    checkpoint = model_dir(args.checkpoint)
+    if args.opponent in scripted:
+        return checkpoint, None
+    opponent = model_dir(args.opponent)
+    from selfplay.text import text_codec
+
+    probe = "".join(chr(c) for c in range(32, 127)) + "\n"  # every character a game prompt uses
+    if text_codec(checkpoint)[0](probe) != text_codec(opponent)[0](probe):
+        raise ConfigError(
+            f"--opponent {args.opponent}: its tokenizer is not the checkpoint's; prompts are encoded once, "
+            "with the checkpoint's, for both"
+        )
+    return checkpoint, opponent
+
+
 def cmd_eval(args) -> int:
     if args.exact:
         from selfplay.evals import exact_summary
@@ -150,14 +181,14 @@ def cmd_eval(args) -> int:
         return 0
     from actors.generator import Generator
     from selfplay.config import GeneratorConfig, ModelConfig
-    from selfplay.games import kuhn, scripted_players
-    from selfplay.model import model_dir
+    from selfplay.games import kuhn
 
+    checkpoint, opponent_dir = eval_inputs(args)  # all checked before an engine starts
     gen = Generator.from_model(
         "eval",
         "eval",
         {args.game: 1.0},
-        model_dir(args.checkpoint),
+        checkpoint,
         ModelConfig(),
         GeneratorConfig(
             max_response_tokens=1 if args.legal_moves_only else args.max_tokens,
@@ -168,8 +199,8 @@ def cmd_eval(args) -> int:
     )
     try:
         opponent = args.opponent
-        if opponent not in scripted_players(args.game):
-            gen.add_opponent("opponent", model_dir(opponent))
+        if opponent_dir is not None:
+            gen.add_opponent("opponent", opponent_dir)
             opponent = "opponent"
         result = gen.evaluate(args.game, opponent, args.games)
         result["opponent"] = args.opponent
@@ -209,6 +240,22 @@ def api_key(args) -> str | None:
     return key
 
 
+APP = "selfplay-model"  # the Serve application `selfplay serve` deploys
+
+
+def check_proxy(asked: tuple[str, int], listening: tuple[str, int]) -> None:
+    """Serve's HTTP proxy keeps the options it started with: on a cluster whose proxy an
+    earlier command (or a config file: host 0.0.0.0 by default) started, `serve.start` logs
+    a warning and listens where that one does. An app served there without a key, where
+    this command asked for loopback, was public. Refused unless it listens where asked."""
+    if tuple(listening) != tuple(asked):
+        raise ConfigError(
+            f"--host/--port: Serve's proxy on this cluster already listens on {listening[0]}:{listening[1]}, "
+            f"not {asked[0]}:{asked[1]} (a proxy keeps the options it started with); ask for those "
+            "(beyond loopback, with an API key), or shut that Serve down first"
+        )
+
+
 def cmd_serve(args) -> int:
     import ray
     from ray import serve
@@ -243,9 +290,19 @@ def cmd_serve(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if local:
         started.watch(on_lost=local_ray_lost)
+    deployed = False
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(app, name="selfplay-model", route_prefix="/", blocking=False)
+        from ray.serve.context import _get_global_client
+
+        proxy = _get_global_client().http_config  # the running proxy's, whatever was asked
+        check_proxy((args.host, args.port), (proxy.host, proxy.port))
+        if APP in serve.status().applications:  # serve.run would replace it, and we delete ours
+            raise ConfigError(
+                f"an app named {APP!r} already runs on this cluster (serve deploy?); not replaced"
+            )
+        serve.run(app, name=APP, route_prefix="/", blocking=False)
+        deployed = True
         print(f"serving {args.checkpoint} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(60)
@@ -257,7 +314,8 @@ def cmd_serve(args) -> int:
         if local:  # replicas close their engines; what a SIGTERM to the group orphaned is ended
             started.close(lambda: (serve.shutdown(), ray.shutdown()))
         else:
-            serve.delete("selfplay-model")  # on a cluster the app would outlive this command
+            if deployed:  # on a cluster the app would outlive this command; only ours goes
+                serve.delete(APP)
             ray.shutdown()
     return 0
 

@@ -867,3 +867,36 @@ def test_log_probs_at_a_temperature_are_taken_in_float32_as_the_engine_takes_the
     got, _ = policy_logprobs(logits, {"input_ids": ids}, temperature=0.7)
     want, _ = token_logprobs(logits[:, :-1].float() / 0.7, ids[:, 1:])
     assert got.dtype == torch.float32 and (got - want).abs().max().item() < 1e-5
+
+
+def test_the_value_head_computes_in_float32_under_bf16_autocast(model_dir):
+    """Under bf16 autocast the head's Linear cast its float32 input back to bf16: V(s) came
+    out in bf16 (0.0078 apart near 1; two states' 1.2368 and 1.2329 both read 1.2344), and
+    GAE's advantages with it."""
+    from learner.learner import logprobs_and_values
+
+    cfg = load_config(None, GAE + ["learner.bf16=true"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    assert learner.autocast and learner.value_head is not None
+    batch = collate(won_and_lost_games().to_pylist(), learner.pad_id)
+    with torch.no_grad(), learner._compute(batch):
+        _, _, values = logprobs_and_values(learner.model, learner.value_head, batch)
+    assert values.dtype == torch.float32
+
+
+def test_a_single_learners_optimiser_state_is_told_from_a_groups(model_dir, tmp_path):
+    """A group resuming a single learner's checkpoint failed inside torch (KeyError
+    'state.0.step'): its optimiser's state is by position, a group's by name."""
+    from learner.learner import by_position
+
+    cfg = load_config(None, [])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+    learner.train_step(batch())
+    learner.save(str(tmp_path))
+    state = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert by_position(state)
+    named = {
+        "state": {f"model.{k}": v for k, v in state["state"].items()},
+        "param_groups": [{"params": ["model.a"]}],
+    }
+    assert not by_position(named)

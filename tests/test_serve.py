@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.serve import BadRequest, authorize, build_app, key_digest, serve_config
+from actors.serve import BadRequest, _number, authorize, build_app, key_digest, serve_config
 from selfplay.config import ConfigError
 from selfplay.net import free_port
 
@@ -255,7 +255,6 @@ def test_a_body_over_the_limit_is_refused_before_it_is_parsed(server):
 
 
 def test_a_nan_number_is_refused_naming_its_field():
-    from actors.serve import _number
 
     body = json.loads('{"temperature": NaN, "top_p": Infinity}')  # Python's JSON reads both
     with pytest.raises(BadRequest, match="must be in") as err:
@@ -264,6 +263,27 @@ def test_a_nan_number_is_refused_naming_its_field():
     with pytest.raises(BadRequest, match="must be in"):
         _number(body, "top_p", 1.0, 0.0)
     assert _number({"temperature": 0.5}, "temperature", 1.0, 0.0, 2.0) == 0.5
+
+
+def test_inputs_that_made_a_plain_text_500_are_400s_naming_their_field():
+    """A 400-digit max_tokens (math.isfinite overflowed), `stop: []` (valid for OpenAI: none),
+    a body nested 100,000 deep (RecursionError), answered as Starlette's text 500."""
+    import asyncio
+    import types
+
+    from actors.serve import _stop, read_json
+
+    with pytest.raises(BadRequest, match="max_tokens: must be in") as err:
+        _number({"max_tokens": 10**400}, "max_tokens", 16, 1, 64, integer=True)
+    assert err.value.status == 400
+    assert _stop({"stop": []}) == []
+
+    async def stream():
+        yield b"[" * 100_000
+
+    request = types.SimpleNamespace(headers={}, stream=stream)
+    with pytest.raises(BadRequest, match="body: not valid JSON"):
+        asyncio.run(read_json(request, 1 << 20))
 
 
 def test_the_bearer_check_compares_digests_and_names_what_is_missing():
@@ -343,3 +363,50 @@ def test_serve_yaml_is_a_valid_local_only_serve_config():
     cfg = serve_config(app.args)
     assert cfg.checkpoint.startswith("/data/runs/") and cfg.num_gpus == 1
     build_app(app.args)
+
+
+def test_serve_refuses_a_running_proxy_that_listens_elsewhere(server):
+    """On a cluster whose Serve proxy is already up, `serve.start` keeps that proxy's host
+    and port whatever is asked (a warning in the log): `selfplay serve` asked for loopback
+    without a key and served wherever that proxy listened. It reads the running proxy's
+    options and refuses a mismatch, and never replaces an app of its name."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from selfplay.cli import APP, check_proxy
+
+    port = int(server[0].rsplit(":", 1)[1])
+    serve.start(http_options={"host": "0.0.0.0", "port": port + 1})  # ignored: the proxy is up
+    proxy = _get_global_client().http_config
+    assert (proxy.host, proxy.port) == ("127.0.0.1", port)
+    with pytest.raises(ConfigError, match=rf"already listens on 127.0.0.1:{port}, not 0.0.0.0:{port + 1}"):
+        check_proxy(("0.0.0.0", port + 1), (proxy.host, proxy.port))
+    check_proxy(("127.0.0.1", port), (proxy.host, proxy.port))
+    assert APP in serve.status().applications  # the fixture's app: `selfplay serve` refuses to replace it
+    assert call(f"{server[0]}/v1/models")[0] == 200  # and the server still answers
+
+
+def test_a_developer_message_reaches_the_template_as_the_system_message(tiny_model):
+    """OpenAI's developer role is its system role; a template that knows only system, user
+    and assistant (Qwen2.5-Instruct's) dropped a developer turn silently. A template that
+    refuses the roles' order is a 400, not a 500."""
+    from transformers import AutoTokenizer
+
+    from actors.serve import ChatModel
+
+    model = ChatModel.__new__(ChatModel)
+    model.tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role in ['system', 'user', 'assistant'] %}"
+        "[{{ m.role }}]{{ m.content }}{% endif %}{% endfor %}"
+        "{% if messages[0].role == 'assistant' %}{{ raise_exception('a user speaks first') }}{% endif %}"
+    )
+    model.max_prompt_chars, model.max_model_len = 2000, 64
+    parsed = model.parse_chat(
+        {"messages": [{"role": "developer", "content": "brief"}, {"role": "user", "content": "hi"}]}
+    )
+    assert model.tokenizer.decode(parsed.prompts[0]) == "[system]brief[user]hi"
+    with pytest.raises(
+        BadRequest, match="messages: the model's chat template refused them: a user speaks first"
+    ):
+        model.parse_chat({"messages": [{"role": "assistant", "content": "x"}]})

@@ -105,3 +105,39 @@ print(sorted({{"torch", "transformers", "vllm"}} & set(sys.modules)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"they pull in {out.stdout.strip()}"
+
+
+def test_eval_checks_its_arguments_and_the_opponents_tokenizer_before_an_engine(tiny_model, tmp_path):
+    """`selfplay eval`: an unknown game, --games -5 or --max-tokens 0 came after an engine
+    started (some as tracebacks); a model opponent with another tokenizer played on the
+    checkpoint's token ids, garbage to it."""
+    import json
+    import shutil
+
+    from selfplay.cli import build_parser, eval_inputs
+    from selfplay.config import ConfigError
+
+    def args(*extra):
+        return build_parser().parse_args(["eval", "--checkpoint", tiny_model, *extra])
+
+    assert eval_inputs(args()) == (tiny_model, None)
+    for extra, message in [
+        (("--game", "chess"), "--game: game: unknown game 'chess'"),
+        (("--games", "-5"), "--games: at least 1, got -5"),
+        (("--max-tokens", "0"), "--max-tokens: at least 1, got 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            eval_inputs(args(*extra))
+    with pytest.raises(FileNotFoundError, match="neither an HF model directory"):
+        eval_inputs(args("--opponent", str(tmp_path / "minmax")))
+    same = tmp_path / "same"
+    shutil.copytree(tiny_model, same)
+    assert eval_inputs(args("--opponent", str(same))) == (tiny_model, str(same))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["1"], vocab["2"] = vocab["2"], vocab["1"]  # another tokenizer: two digits swapped
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="its tokenizer is not the checkpoint's"):
+        eval_inputs(args("--opponent", str(other)))
