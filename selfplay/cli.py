@@ -106,10 +106,25 @@ def cmd_scale(args) -> int:
     return 0
 
 
-def greedy_tictactoe(checkpoint: str):
+def trained_with_skill_prompts(checkpoint: str) -> bool:
+    """Whether the run that wrote `checkpoint` (RUN_DIR/checkpoints/step_N, its model/ or
+    averaged/, RUN_DIR/best) set generator.skill_prompts: its policy then reads each observation after the opponent's
+    tier token, and was measured so in the run (evaluated without it, the figures differed
+    from the run's own). False for a model directory of no run."""
+    from selfplay.config import load_config
+
+    path = Path(checkpoint).resolve()
+    for run_dir in (path.parent, path.parent.parent, path.parent.parent.parent):
+        if (run_dir / "config.yaml").exists() and (run_dir / "checkpoints").is_dir():
+            return load_config(run_dir / "config.yaml").generator.skill_prompts
+    return False
+
+
+def greedy_tictactoe(checkpoint: str, prefix: str = ""):
     """(board, player) -> the cell a checkpoint plays greedily, masked to the free cells as
     a run with generator.legal_moves_only draws (`selfplay eval --exact`): transformers in
-    float32 on the CPU, no engine, each position scored once."""
+    float32 on the CPU, no engine, each position scored once; `prefix` before each
+    observation (a skill token)."""
     import functools
 
     import torch
@@ -130,7 +145,9 @@ def greedy_tictactoe(checkpoint: str):
         game = TicTacToe()
         game.board, game.current_player = board, player
         with torch.no_grad():
-            logits = model(torch.tensor([tokenizer(game.observation(player)).input_ids])).logits[0, -1]
+            logits = model(torch.tensor([tokenizer(prefix + game.observation(player)).input_ids])).logits[
+                0, -1
+            ]
         return max(game.legal_actions(), key=lambda a: logits[cells[a][0]].item())
 
     return policy
@@ -176,7 +193,11 @@ def cmd_eval(args) -> int:
             raise ConfigError(
                 f"eval --exact: TicTacToe against minimax or random only, got {args.game} against {args.opponent}"
             )
-        result = exact_summary(greedy_tictactoe(model_dir(args.checkpoint)), args.opponent)
+        from selfplay.league import SKILL_TOKENS, scripted_tier
+
+        skilled = trained_with_skill_prompts(args.checkpoint)
+        prefix = SKILL_TOKENS[scripted_tier(args.opponent)] if skilled else ""
+        result = exact_summary(greedy_tictactoe(model_dir(args.checkpoint), prefix), args.opponent)
         print(json.dumps(result) if args.json else "  ".join(f"{k}={v}" for k, v in result.items()))
         return 0
     from actors.generator import Generator
@@ -194,6 +215,7 @@ def cmd_eval(args) -> int:
             max_response_tokens=1 if args.legal_moves_only else args.max_tokens,
             legal_moves_only=args.legal_moves_only,
             enforce_eager=args.enforce_eager,
+            skill_prompts=trained_with_skill_prompts(args.checkpoint),  # as the run measured it
         ),
         args.seed,
     )

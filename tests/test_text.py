@@ -141,3 +141,23 @@ def test_eval_checks_its_arguments_and_the_opponents_tokenizer_before_an_engine(
     (other / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ConfigError, match="its tokenizer is not the checkpoint's"):
         eval_inputs(args("--opponent", str(other)))
+
+
+def test_eval_reads_whether_the_run_prompted_by_skill(tmp_path, tiny_model):
+    """A checkpoint trained with generator.skill_prompts reads each observation after the
+    opponent's tier token, and the run measured it so: `selfplay eval` evaluated it without."""
+    import shutil
+
+    from selfplay.cli import trained_with_skill_prompts
+    from selfplay.config import load_config, save_config
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_0000007"
+    shutil.copytree(tiny_model, step / "model")
+    save_config(load_config(None, ["generator.skill_prompts=true"]), run / "config.yaml")
+    assert trained_with_skill_prompts(str(step)) and trained_with_skill_prompts(str(step / "model"))
+    shutil.copytree(tiny_model, run / "best")
+    assert trained_with_skill_prompts(str(run / "best"))
+    save_config(load_config(None, []), run / "config.yaml")
+    assert not trained_with_skill_prompts(str(step))
+    assert not trained_with_skill_prompts(tiny_model)  # a model directory of no run
