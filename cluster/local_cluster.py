@@ -219,13 +219,15 @@ def recorded(node: dict) -> bool:
 
 
 def running(pid: int) -> bool:
-    """Whether process `pid` runs: not gone, and not a zombie (a node process that exited is
-    one until reaped, and nothing here reaps it: signal 0 still reached it, so a node that
-    died at start was waited for until the timeout, its log not named)."""
+    """Whether process `pid` runs: not gone, and not a zombie (procs.gone: a node process that
+    exited is one until reaped, and nothing here reaps it; signal 0 still reached it, so a
+    node that died at start was waited for until the timeout, its log not named)."""
     import psutil
 
+    from selfplay.procs import gone
+
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return not gone(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return False
 

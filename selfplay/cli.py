@@ -108,9 +108,10 @@ def cmd_scale(args) -> int:
 
 def trained_with_skill_prompts(checkpoint: str) -> bool:
     """Whether the run that wrote `checkpoint` (RUN_DIR/checkpoints/step_N, its model/ or
-    averaged/, RUN_DIR/best) set generator.skill_prompts: its policy then reads each observation after the opponent's
-    tier token, and was measured so in the run (evaluated without it, the figures differed
-    from the run's own). False for a model directory of no run."""
+    averaged/, RUN_DIR/best) set generator.skill_prompts: its policy then reads each
+    observation after the opponent's tier token, and was measured so in the run (evaluated
+    without it, the figures differed from the run's own). False for a model directory of no
+    run."""
     from selfplay.config import load_config
 
     path = Path(checkpoint).resolve()

@@ -82,13 +82,14 @@ def private_token(path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() and path.stat().st_uid != os.getuid():
+    found = path.stat() if path.exists() else None
+    if found is not None and found.st_uid != os.getuid():
         raise PermissionError(f"{path}: owned by another user; a token must be its reader's own")
-    empty = path.exists() and path.stat().st_size == 0  # a first write cut short: made again
-    if empty or not path.exists():
-        # whole or not at all: written and fsynced under a private temporary name, then
-        # linked in (which fails where another process made it first) or over the empty one
-        # a name of its own (a pid's would be taken for ever by a process killed in between)
+    empty = found is not None and found.st_size == 0  # a first write cut short: made again
+    if found is None or empty:
+        # whole or not at all: written and fsynced under a temporary name of its own (a pid's
+        # stayed taken by a process killed in between), then linked in (which fails where
+        # another process made it first) or over the empty one
         tmp = path.with_name(f".{path.name}.tmp.{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:

@@ -305,35 +305,24 @@ def test_hinge_loss_is_zero_past_the_margin_and_linear_before_it():
 
 
 def test_ipo_loss_averages_each_log_ratio_over_its_tokens():
+    def ipo(pairs: list, chosen_tokens: float, rejected_tokens: float):
+        return preference_loss(
+            *pairs,
+            beta=0.5,
+            kind="ipo",
+            chosen_tokens=torch.tensor([chosen_tokens]),
+            rejected_tokens=torch.tensor([rejected_tokens]),
+        )
+
     # chosen log-ratio 1 over 2 tokens, rejected -1 over 4: h' = 0.5 + 0.25 = 0.75;
     # beta 0.5 aims at 1 / (2 beta) = 1: (0.75 - 1)^2 = 0.0625
-    loss, _ = preference_loss(
-        *_pairs(-1.0, -3.0, -2.0, -2.0),
-        beta=0.5,
-        kind="ipo",
-        chosen_tokens=torch.tensor([2.0]),
-        rejected_tokens=torch.tensor([4.0]),
-    )
+    loss, margin = ipo(_pairs(-1.0, -3.0, -2.0, -2.0), 2.0, 4.0)
     assert loss.item() == pytest.approx(0.0625)
-    # the margin is IPO's too: beta * h' = 0.375 (beta * h, 0.5 * 2 = 1, is not what IPO sees;
-    # with the rejected reply 1 token long, h = 2 still but h' = 0.5 + 1 = 1.5)
-    _, margin = preference_loss(
-        *_pairs(-1.0, -3.0, -2.0, -2.0),
-        beta=0.5,
-        kind="ipo",
-        chosen_tokens=torch.tensor([2.0]),
-        rejected_tokens=torch.tensor([4.0]),
-    )
+    # the margin is IPO's too: beta * h' = 0.375 (beta * h, 0.5 * 2 = 1, is not what IPO sees)
     assert margin.item() == pytest.approx(0.375)
     # the summed ratios favour the chosen reply (h = 1 - 0.5 > 0) and the per-token ones the
     # rejected (h' = 1/10 - 0.5/1 < 0): the margin follows IPO's sign
-    _, margin = preference_loss(
-        *_pairs(-1.0, -1.5, -2.0, -2.0),
-        beta=0.5,
-        kind="ipo",
-        chosen_tokens=torch.tensor([10.0]),
-        rejected_tokens=torch.tensor([1.0]),
-    )
+    _, margin = ipo(_pairs(-1.0, -1.5, -2.0, -2.0), 10.0, 1.0)
     assert margin.item() < 0 and margin.item() == pytest.approx(0.5 * (0.1 - 0.5))
     with pytest.raises(ValueError, match="token count"):
         preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), beta=0.5, kind="ipo")
