@@ -271,7 +271,10 @@ class ReplayBuffer:
         self.counts["filled_from_reserve"] += len(take)
         chosen = np.zeros(self.reserve.num_rows, dtype=bool)
         chosen[take] = True
-        self._insert(self.reserve.filter(pa.array(chosen)))
+        filled = self.reserve.filter(pa.array(chosen))
+        if self.preferences is not None and self.preferences.method != schema.CHAIN_METHOD:
+            self.preferences.add(filled, filled)  # admitted now (a chain's pairs went in with it whole)
+        self._insert(filled)
         self.reserve = self.reserve.filter(pa.array(~chosen))
 
     # -- the supervised stage ------------------------------------------------------------

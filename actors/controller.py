@@ -53,8 +53,8 @@ class ControllerActor:
     def stop_all(self) -> dict:
         return self.pool.stop_all()
 
-    def autoscale(self, learner_wait_s: float) -> int | None:
-        return self.pool.autoscale(learner_wait_s)
+    def autoscale(self, learner_wait_s: float, measure: bool = True) -> int | None:
+        return self.pool.autoscale(learner_wait_s, measure)
 
     def check(self) -> int:
         return self.pool.check()

@@ -231,9 +231,15 @@ class GeneratorPool:
         return self.status()
 
     # -- autoscaling --------------------------------------------------------------------
-    def autoscale(self, learner_wait_s: float) -> int | None:
+    def autoscale(self, learner_wait_s: float, measure: bool = True) -> int | None:
         """One tick of the autoscale rule, given the learner's cumulative wait for data.
-        Starts a pool change in the background and returns its target, or None."""
+        Starts a pool change in the background and returns its target, or None. `measure`
+        False: the interval is not one the rule may read (the supervised stage, whose
+        generators wait for it to end, not on the rate limit, and read as too many): the
+        reading is dropped, so the next tick only takes one."""
+        if not measure:
+            self.last_tick = None
+            return None
         now, status = time.time(), self.status()
         last, self.last_tick = self.last_tick, (now, learner_wait_s, status["totals"]["wait_s"])
         a, size = self.cfg.autoscale, len(status["generators"])

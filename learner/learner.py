@@ -950,7 +950,10 @@ class Learner:
         d = Path(directory)
         if self.sharded:
             return self._load_sharded(d)
-        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=self.device))
+        # read to the host: load_state_dict moves each moment to its parameter's device (the
+        # host, under optimizer_offload) and keeps `step` where torch wants it; read to the
+        # GPU, an offloaded optimiser's moments (8 bytes a parameter) first landed there
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu"))
         torch.set_rng_state(torch.load(d / "torch_rng.pt", weights_only=True))
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(d / "value_head.safetensors", device=str(self.device)))

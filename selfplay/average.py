@@ -32,13 +32,16 @@ class KuhnAverage:
         self.rows = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= keep_until]
         self._write(self.average() if self.rows else None)
 
-    def add(self, step: int, version: int, policy: dict[str, list[float]]) -> dict:
+    def add(self, step: int, version: int, policy: dict[str, list[float]], checksum: str) -> dict:
         """Record an evaluation's policy in step order (evaluations may finish out of
-        order); returns the average now (see `average`). Weights measured again (a version
-        already recorded, e.g. the final evaluation after the last periodic one) count once."""
-        if any(r["version"] == version for r in self.rows):
+        order); returns the average now (see `average`). Weights measured again count once,
+        known by their checksum: a version is not the weights' identity (with
+        learner.broadcast_every > 1 two evaluations between broadcasts measure other
+        weights under one version, and the final settle re-broadcasts the last weights
+        under a new one)."""
+        if any(r.get("checksum") == checksum for r in self.rows):
             return self.average()
-        self.rows.append({"step": step, "version": version, "policy": policy})
+        self.rows.append({"step": step, "version": version, "checksum": checksum, "policy": policy})
         self.rows.sort(key=lambda r: (r["step"], r["version"]))
         result = self.average()
         self._write(result)

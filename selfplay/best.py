@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors.torch import load as load_safetensors
 
-from selfplay.evals import acceptance
+from selfplay.evals import acceptance, measured
 from selfplay.weights import state_checksum
 
 HIGHER = {">=": True, ">": True, "<=": False, "<": False}
@@ -88,20 +88,24 @@ class BestCheckpoint:
             link_copy(self.dir, checkpoint / "best")
 
     def _restore(self, checkpoint: Path) -> None:
-        """RUN_DIR/best as it stood at `checkpoint`: its copy; with none (no best yet then,
-        or a checkpoint from before copies were kept), a best found after it is dropped."""
+        """RUN_DIR/best as it stood at `checkpoint`'s step. A best of weights no later than
+        that step stays, even when found after the checkpoint was written (the step's own
+        evaluation finishes after its checkpoint, whose copy is then older): its steps are
+        not taken again. A later one came from steps the run takes again: the checkpoint's
+        copy replaces it, and with none (no best yet then, or a checkpoint from before
+        copies were kept), it is dropped."""
+        step = json.loads((checkpoint / "driver_state.json").read_text())["step"]
+        found = self.dir / "best.json"
+        if found.exists() and json.loads(found.read_text())["step"] <= step:
+            return
         kept = checkpoint / "best"
         if kept.is_dir():
             tmp = self.dir.with_name(self.dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             link_copy(kept, tmp)
             swap_in(tmp, self.dir)
-            return
-        found = self.dir / "best.json"
-        if found.exists():
-            step = json.loads((checkpoint / "driver_state.json").read_text())["step"]
-            if json.loads(found.read_text())["step"] > step:
-                shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def metric(self) -> str | None:
@@ -110,8 +114,8 @@ class BestCheckpoint:
     def offer(self, key: str, result: dict, weights: dict, fetch) -> bool:
         """Keep `weights` if `result` (evaluation `key`, measured on them) is the best so
         far by the rule; returns whether it was. `fetch(weights) -> bytes` gets the bytes."""
-        if self.rule is None or key != self.rule[0] or self.rule[1] not in result:
-            return False
+        if self.rule is None or key != self.rule[0] or self.rule[1] not in result or not measured(result):
+            return False  # not the rule's, or of no games (its rates read 0, which no later value beat)
         value = result[self.rule[1]]
         if not improves(value, self.value, self.rule[2]):
             return False

@@ -295,7 +295,7 @@ class EvalQueue:
                 self.metrics.log(step, wall_s, {f"{prefix}/kuhn/{k}": v for k, v in result.items()})
                 line = f"exploitability {result['exploitability']:.3f}"
                 if prefix == "eval" and self.average is not None:
-                    avg = self.average.add(step, result["version"], policy)
+                    avg = self.average.add(step, result["version"], policy, weights["checksum"])
                     self.metrics.log(
                         step,
                         wall_s,
@@ -440,6 +440,8 @@ class Run:
         self.stopped_when: dict | None = None
         if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
             self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
+        if self.league is not None:  # a resumed run's games are rated at its steps, not from 0
+            ray.get(self.league.set_step.remote(self.step))
         if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
             self.promote()  # the initial policy is the first member (a task run's: the supervised one)
         self.gen_counts_at = (time.time(), {})
@@ -685,8 +687,8 @@ class Run:
                     **builder_metrics(buffer, self.buffer_at),
                 },
             )
-            if cfg.autoscale.enabled:
-                self.controller.autoscale.remote(learner_metrics["learner_wait_s"])
+            if cfg.autoscale.enabled:  # not from the supervised stage's waits (nor its end's evaluation)
+                self.controller.autoscale.remote(learner_metrics["learner_wait_s"], not self.in_sft)
             evaluated = self.in_sft and self.step >= cfg.sft.steps
             if evaluated:
                 self.end_sft()

@@ -279,6 +279,12 @@ def exact_summary(policy: Callable[[str, int], int], opponent: str) -> dict:
     return out
 
 
+def measured(result: dict) -> bool:
+    """Whether an evaluation played any game or asked any problem: one of none (every game
+    too long for the context) reads its rates as 0."""
+    return result.get("games", result.get("problems")) != 0
+
+
 def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
     """A demo's acceptance figures, as summary.json carries them: for each target
     'GAME/OPPONENT/FIELD' -> '>= 0.9' (or '<=', '>', '<'), {value, target, met} read from
@@ -290,7 +296,7 @@ def acceptance(after: dict, targets: dict[str, str]) -> dict[str, dict]:
     for name, target in targets.items():
         key, field = name.rsplit("/", 1)
         result = after.get(key, {})
-        value = None if result.get("games", result.get("problems")) == 0 else result.get(field)
+        value = result.get(field) if measured(result) else None
         out[name] = {"value": value, "target": target, "met": meets(value, target)}
     return out
 

@@ -210,19 +210,24 @@ def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, see
             ),
         )
     seed = cfg.seed + 1000 * (index + 1) + seed_extra
-    handle = GeneratorActor.options(**options).remote(
-        name,
-        run_id,
-        cfg.games,
-        model_path,
-        cfg.model,
-        g,
-        seed,
-        0,
-        cfg.league.max_live_opponents,
-        cfg.task,
-        prompt_seeds(cfg),
-    )
+    try:
+        handle = GeneratorActor.options(**options).remote(
+            name,
+            run_id,
+            cfg.games,
+            model_path,
+            cfg.model,
+            g,
+            seed,
+            0,
+            cfg.league.max_live_opponents,
+            cfg.task,
+            prompt_seeds(cfg),
+        )
+    except BaseException:  # e.g. the name still held by a failed generator being discarded
+        if group is not None:  # nothing else holds it: its GPUs would stay taken for the run
+            remove_placement_group(group)
+        raise
     return handle, group
 
 

@@ -3,6 +3,8 @@ placement of a tensor-parallel generator. Pure functions; actors/controller.py a
 
 from __future__ import annotations
 
+import itertools
+
 from selfplay.config import AutoscaleConfig, GeneratorConfig
 
 EVAL_GENERATOR = "generator-0"  # evaluations run here, so the pool never removes it
@@ -13,21 +15,18 @@ def generator_name(index: int) -> str:
 
 
 def pool_plan(live: list[str], target: int) -> tuple[list[str], list[str]]:
-    """(names to start, names to stop) to bring `live` to `target` generators. New ones take
-    the lowest free indices; the highest indices stop first; generator-0 never stops."""
+    """(names to start, names to stop) to bring `live` to `target` generators, generator-0
+    among them: it never stops, and a pool without it (it failed, its replacement not yet
+    up) starts it again whatever the size asked for, stopping another in its place. New
+    ones take the lowest free indices; the highest indices stop first."""
     if target < 1:
         raise ValueError(f"a run needs at least one generator, asked for {target}")
-    if target >= len(live):
-        taken = set(live)
-        new, i = [], 0
-        while len(new) < target - len(live):
-            if generator_name(i) not in taken:
-                new.append(generator_name(i))
-            i += 1
-        return new, []
-    by_index = sorted(live, key=lambda name: int(name.rsplit("-", 1)[1]))
-    removable = [n for n in by_index if n != EVAL_GENERATOR]
-    return [], removable[len(removable) - (len(live) - target) :]
+    others = sorted((n for n in live if n != EVAL_GENERATOR), key=lambda name: int(name.rsplit("-", 1)[1]))
+    kept, stop = others[: target - 1], others[target - 1 :]
+    start = [] if EVAL_GENERATOR in live else [EVAL_GENERATOR]
+    free = (generator_name(i) for i in itertools.count(1) if generator_name(i) not in live)
+    start += itertools.islice(free, target - 1 - len(kept))
+    return start, stop
 
 
 def autoscale_target(current: int, learner_idle: float, generator_idle: float, cfg: AutoscaleConfig) -> int:

@@ -114,6 +114,37 @@ def test_a_resume_restores_the_best_as_its_checkpoint_had_it(model_dir, tmp_path
     assert (older.value, older.weights["step"]) == (0.9, 14)
 
 
+def test_a_best_found_at_the_checkpoints_own_step_after_it_was_written_is_kept(model_dir, tmp_path):
+    """The driver writes step S's checkpoint (and its copy of the best) while S's evaluation
+    is still running; that evaluation then finds a new best of step S's weights. A resume
+    from S takes no step up to S again, so that best stays (the checkpoint's older copy
+    replaced it, and with S's evaluation already logged nothing measured it again)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    keeper = BestCheckpoint(TARGETS, tmp_path, str(model_dir))
+    fetch = lambda w: w["ref"][0]  # noqa: E731
+    keeper.offer("tictactoe/minimax", {"non_loss": 0.5}, shared(model, 10), fetch)
+    at_20 = checkpoint_dir(tmp_path, 20)
+    keeper.keep(at_20)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    keeper.offer("tictactoe/minimax", {"non_loss": 0.7}, shared(model, 20), fetch)
+    resumed = BestCheckpoint(TARGETS, tmp_path, str(model_dir), put=lambda blob: blob, resume_from=at_20)
+    assert (resumed.value, resumed.weights["step"]) == (0.7, 20)
+    assert resumed.weights["checksum"] == keeper.weights["checksum"]
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 20
+
+
+def test_an_evaluation_of_no_games_is_never_the_best(model_dir, tmp_path):
+    """Every game too long for the context: its rates read 0, which under a '<=' rule
+    nothing could beat afterwards."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    keeper = BestCheckpoint({"tictactoe/random/illegal": "<= 0.01"}, tmp_path, str(model_dir))
+    fetch = lambda w: w["ref"][0]  # noqa: E731
+    assert not keeper.offer("tictactoe/random", {"illegal": 0.0, "games": 0}, shared(model, 10), fetch)
+    assert keeper.offer("tictactoe/random", {"illegal": 0.2, "games": 8}, shared(model, 20), fetch)
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 20
+
+
 def test_best_acceptance_reports_the_best_weights_and_the_final_gap():
     after = {"tictactoe/minimax": {"non_loss": 0.88}}
     best_after = {"tictactoe/minimax": {"non_loss": 0.92}}

@@ -165,12 +165,15 @@ def test_passk_advantages_ascend_n_times_the_gradient_of_max_at_k_without_bias(v
 
 
 def test_passk_rows_are_built_with_the_configured_k():
-    table = schema.from_rows([sample("a", 1.0, "3"), sample("a", 0.0, "4"), sample("a", 0.5, "5")])
+    """A group of 5, so k 2 and 4 (the default) differ (a group of n caps k at n - 1)."""
+    rewards = [1.0, 0.0, 0.5, 0.0, 0.25]
+    table = schema.from_rows([sample("a", r, str(i)) for i, r in enumerate(rewards)])
     admitted, _, _ = build(table, BuilderConfig(rows="rl", group_advantage="passk", pass_k=2))
     rows = {r["traj_id"]: r["advantage"] for r in admitted.to_pylist()}
-    got = [rows[k] for k in ("a-3-1.0-0", "a-4-0.0-0", "a-5-0.5-0")]
-    assert got == pytest.approx(group_advantages([1.0, 0.0, 0.5], "passk", k=2))
-    assert got != pytest.approx(group_advantages([1.0, 0.0, 0.5], "passk", k=1))
+    got = [rows[f"a-{i}-{r}-0"] for i, r in enumerate(rewards)]
+    assert got == pytest.approx(group_advantages(rewards, "passk", k=2))
+    for other in (1, 4):
+        assert got != pytest.approx(group_advantages(rewards, "passk", k=other))
 
 
 def test_a_frozen_roles_groups_build_no_rows_and_are_counted():
@@ -287,7 +290,7 @@ def test_the_labelled_set_holds_distinct_train_problems_with_their_targets():
 
     table = sft_examples(task, encode, eos_id=2, n=50, seed=3, run_id="r")
     rows = table.to_pylist()
-    assert len({r["reference_id"] for r in rows}) == 50
+    assert len(rows) == len({r["reference_id"] for r in rows}) == 50
     for r in rows[:5]:
         problem = task.problem(r["seed"])
         assert r["reference_id"] == problem.id and r["response_text"] == problem.target

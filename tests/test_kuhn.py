@@ -371,19 +371,19 @@ def test_run_average_spans_the_newest_share_and_survives_a_resume(tmp_path):
     policies = [random_policy(rng) for _ in range(6)]
     keeper = KuhnAverage(tmp_path, tail=0.5)
     for i, p in enumerate(policies[:3]):
-        got = keeper.add(step=10 * i, version=i, policy=p)
+        got = keeper.add(step=10 * i, version=i, policy=p, checksum=f"w{i}")
     # 3 evaluations: the newest ceil(1.5) = 2, steps 10 and 20
     assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 20)
     assert got["exploitability"] == pytest.approx(exploitability(average_policy(policies[1:3])))
     assert json.loads((tmp_path / AVERAGE).read_text()) == got
-    assert keeper.add(step=10, version=1, policy=policies[3]) == got  # weights measured again: once
+    assert keeper.add(step=10, version=1, policy=policies[3], checksum="w1") == got  # measured again: once
     # a resume from step 10 keeps the evaluations up to it, and its average says so at once
     resumed = KuhnAverage(tmp_path, tail=0.5, keep_until=10)
     assert [r["step"] for r in resumed.rows] == [0, 10]
     assert json.loads((tmp_path / AVERAGE).read_text())["to_step"] == 10
     # evaluations finishing out of order go in by step
-    resumed.add(step=40, version=4, policy=policies[5])
-    got = resumed.add(step=30, version=3, policy=policies[4])
+    resumed.add(step=40, version=4, policy=policies[5], checksum="w4")
+    got = resumed.add(step=30, version=3, policy=policies[4], checksum="w3")
     assert [r["step"] for r in resumed.rows] == [0, 10, 30, 40]
     assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 30, 40)
     assert got["exploitability"] == pytest.approx(exploitability(average_policy(policies[4:6])))
@@ -391,6 +391,19 @@ def test_run_average_spans_the_newest_share_and_survives_a_resume(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [0, 10, 30, 40]
     assert KuhnAverage(tmp_path, tail=1.0).rows == []  # a new run in the same directory starts empty
     assert not (tmp_path / AVERAGE).exists()
+
+
+def test_the_average_knows_weights_by_their_checksum_not_their_version(tmp_path):
+    """With learner.broadcast_every > 1, evaluations between two broadcasts measure other
+    weights under one version (both count), and the final settle re-broadcasts the last
+    weights under a new version (they count once)."""
+    rng = random.Random(4)
+    policies = [random_policy(rng) for _ in range(3)]
+    keeper = KuhnAverage(tmp_path, tail=1.0)
+    keeper.add(step=10, version=5, policy=policies[0], checksum="a")
+    got = keeper.add(step=15, version=5, policy=policies[1], checksum="b")
+    assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 15)
+    assert keeper.add(step=15, version=6, policy=policies[2], checksum="b") == got
 
 
 def test_run_average_refuses_a_tail_outside_0_1(tmp_path):

@@ -197,6 +197,10 @@ def test_resume_restores_the_league(league_run):
     assert after.members[3].id == "snap-3" and after.members[3].step == 6
     assert after.games_played > before.games_played
     assert after.rating_history[: len(before.rating_history)] == before.rating_history
+    # the games after the resume were rated at the resumed run's steps (they read step 0
+    # until its first chunk of steps ended)
+    steps = [step for step, _, _ in after.rating_history]
+    assert steps == sorted(steps) and steps[len(before.rating_history)] >= 4
     # matchmaking's random state went on from where it was, not from the seed again
     saved = json.loads((league_run / "checkpoints" / FIRST / "league_rng.json").read_text())
     assert saved != json.loads((league_run / "checkpoints" / LAST / "league_rng.json").read_text())

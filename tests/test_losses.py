@@ -302,6 +302,9 @@ def test_hinge_loss_is_zero_past_the_margin_and_linear_before_it():
     # h = 2: beta 0.5 reaches the margin 1 exactly (0); beta 0.1 leaves 1 - 0.2
     assert preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), 0.5, "hinge")[0].item() == 0.0
     assert preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), 0.1, "hinge")[0].item() == pytest.approx(0.8)
+    assert (
+        preference_loss(*_pairs(-1.0, -3.0, -2.0, -2.0), 1.0, "hinge")[0].item() == 0.0
+    )  # past it: 0, not -1
 
 
 def test_ipo_loss_averages_each_log_ratio_over_its_tokens():

@@ -92,6 +92,14 @@ def test_a_gold_judge_scores_every_evaluation_beside_the_proxy():
     assert result["gold_score"] == 0.0 and result["score"] > 0.9
     # the samples too: each a template reply of 10 words or more
     assert result["sample_gold_score"] == 0.0 and result["sample_score"] > 0.9
+    # and a gold judge every reply meets reads 1, greedy and sampled: each reply was scored
+    # (no reply scored at all read 0 above too)
+    gen.task_cfg = TaskConfig(
+        **{**gen.task_cfg.__dict__, "gold": [{"name": "brevity", "params": {"max_words": 1000}}]}
+    )
+    gen.gold = gold_judge(gen.task_cfg)
+    result = gen.evaluate_task()
+    assert result["gold_score"] == result["sample_gold_score"] == 1.0
 
 
 def test_a_judged_evaluation_scores_the_samples_beside_the_greedy_replies_hand_computed():
@@ -113,6 +121,7 @@ def test_the_monitor_reads_the_greedy_or_the_sampled_figures():
     assert HackingMonitor(3, 0.05).read(judged) == (0.95, 0.3)
     plain = {"accuracy": 0.7, "sample_accuracy": 0.4, "gold_score": 0.2, "sample_gold_score": 0.1}
     assert HackingMonitor(3, 0.05, "sampled").read(plain) == (0.4, 0.1)
+    assert HackingMonitor(3, 0.05).read(plain) == (0.7, 0.2)
     with pytest.raises(ValueError, match="replies: one of greedy, sampled, got 'modal'"):
         HackingMonitor(3, 0.05, "modal")
 

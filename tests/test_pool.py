@@ -410,6 +410,26 @@ def test_autoscale_grows_the_pool_while_the_learner_waits(model_dir):
     pool.stop_all()
 
 
+def test_autoscale_does_not_read_an_interval_it_is_told_not_to_measure(model_dir):
+    """The supervised stage: generators wait for it to end (the buffer takes no inserts),
+    which reads as held back by the rate limit; the driver tells the pool not to measure
+    it, and the first tick after only takes a reading (the pool shrank through the stage)."""
+    cluster = Cluster()
+    pool = make_pool(
+        model_dir, cluster, ["autoscale.enabled=true", "autoscale.cooldown_s=0", "autoscale.max_generators=2"]
+    )
+    pool.scale(1)
+    assert pool.autoscale(learner_wait_s=0.0) is None  # a reading
+    time.sleep(0.2)
+    assert pool.autoscale(learner_wait_s=10.0, measure=False) is None  # not read, and dropped
+    time.sleep(0.2)
+    assert pool.autoscale(learner_wait_s=20.0) is None  # so this one is a reading again
+    assert pool.status()["events"][-1]["event"] == "start"
+    time.sleep(0.2)
+    assert pool.autoscale(learner_wait_s=30.0) == 2
+    pool.stop_all()
+
+
 def test_a_replacement_that_fails_to_start_is_tried_again_and_a_refused_scale_is_not(model_dir):
     cluster = Cluster(**{"generator-1": {"fail_start": True}})
     pool = make_pool(model_dir, cluster)

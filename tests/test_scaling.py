@@ -56,6 +56,19 @@ def test_shrinking_stops_the_highest_names_and_never_generator_0():
     assert pool_plan(["generator-0"], 1) == ([], [])
 
 
+def test_a_pool_without_generator_0_starts_it_again_at_any_size():
+    """Generator-0 failed and its replacement is not up yet when the pool is scaled to the
+    size it has, or shrunk: evaluations run on generator-0, so it is started again in
+    another's place (the pool once planned nothing, and the next evaluation waited for a
+    generator-0 that never came, ending the run)."""
+    assert pool_plan(["generator-1", "generator-2"], 2) == (["generator-0"], ["generator-2"])
+    assert pool_plan(["generator-1", "generator-2", "generator-3"], 1) == (
+        ["generator-0"],
+        ["generator-1", "generator-2", "generator-3"],
+    )
+    assert pool_plan(["generator-2"], 3) == (["generator-0", "generator-1"], [])
+
+
 def test_a_pool_cannot_be_emptied():
     with pytest.raises(ValueError, match="at least one generator"):
         pool_plan(["generator-0"], 0)
@@ -87,6 +100,32 @@ def test_idle_shares_over_an_interval():
 def test_a_tensor_parallel_generator_gets_one_gpu_bundle_per_worker():
     cfg = GeneratorConfig(num_cpus=4, num_gpus=1, tensor_parallel_size=2, resources={"generator": 1})
     assert generator_bundles(cfg) == [{"CPU": 2.0, "GPU": 1, "generator": 1}, {"CPU": 2.0, "GPU": 1}]
+
+
+@pytest.mark.integration
+def test_a_tensor_parallel_generator_that_fails_to_be_created_frees_its_placement_group(ray_session):
+    """Its name still held (a failed generator being discarded while a scale starts it
+    again): Ray refuses the actor when asked, after the placement group was made; nothing
+    else held the group, whose GPUs stayed taken for the rest of the run."""
+    from ray.util import placement_group_table
+
+    from selfplay.program import spawn_generator
+
+    cfg = load_config(overrides=["generator.tensor_parallel_size=2", "generator.num_gpus=1"])
+
+    @ray_session.remote(num_cpus=0)
+    class Holder:
+        pass
+
+    holder = Holder.options(name="generator-7").remote()
+    try:
+        before = set(placement_group_table())
+        with pytest.raises(ValueError, match="generator-7"):
+            spawn_generator(cfg, "test", "/nonexistent", "generator-7", 0)
+        made = {k: v["state"] for k, v in placement_group_table().items() if k not in before}
+        assert list(made.values()) == ["REMOVED"]
+    finally:
+        ray_session.kill(holder)
 
 
 def test_the_verifier_rejects_a_trajectory_it_has_seen():

@@ -98,6 +98,8 @@ def test_every_correct_reply_of_either_role_fits_the_reply_limit():
         ([(True, False), (False, True)], [1, 2], (False, True)),  # 1x1 < 2x1
         ([(True, True), (True, False)], [1, 2], (True, False)),  # 1x2 = 2x1: more samples win the tie
         ([(True, True), (True, True)], [1, 1], (True, True)),  # one vector, its samples summed
+        # ... so 1+1 samples of one vector beat 1 of another that passes as many tests
+        ([(True, False), (True, True), (True, False)], [1, 1, 1], (True, False)),
         ([(False, False)], [5], None),  # passes nothing: no consensus
         ([], [], None),
     ],
@@ -305,8 +307,9 @@ def test_a_solution_that_could_not_run_says_nothing_about_the_tests():
 def test_a_solution_is_held_to_codegens_reply_limit_not_the_checkers():
     limit = make_task("codegen", steps=2).max_reply_chars
     assert TASK.max_reply_chars > limit
-    assert TASK.solution("x" + "+0" * ((limit - 1) // 2)) is not None
-    assert TASK.solution("x" + "+0" * ((limit + 1) // 2)) is None  # one character over
+    reply = "x" + "+0" * ((limit - 1) // 2)  # padded with spaces to exact lengths
+    assert TASK.solution(reply + " " * (limit - len(reply))) is not None  # at the limit
+    assert TASK.solution(reply + " " * (limit + 1 - len(reply))) is None  # one character over
 
 
 def test_frozen_roles_are_some_of_the_tasks_roles_by_name():

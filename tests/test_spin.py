@@ -7,10 +7,11 @@ from __future__ import annotations
 import itertools
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from num2words import num2words
 
-from actors.buffer import ReplayBuffer
+from actors.buffer import PreferenceLog, ReplayBuffer
 from actors.generator import Generator
 from actors.verifier import Verifier
 from selfplay.builder import sft_examples, sft_problems
@@ -67,9 +68,35 @@ def test_waves_ask_only_the_supervised_prompts_and_spin_pairs_the_wrong_replies_
     targets = {r["reference_id"]: r["response_text"] for r in labelled.to_pylist()}
     # one pair per group that has a wrong reply: 'zero' is wrong for every number but 0
     assert len(pairs) == len({r["group_id"] for r in pairs}) > 0
+    wrong = {r["group_id"] for r in scored.to_pylist() if r["response_text"] == "zero" and r["reward"] < 1}
+    assert {p["group_id"] for p in pairs} == wrong  # every such group, each once
     for p in pairs:
         assert p["label"] == "dpo" and p["rejected_text"] == "zero"
         assert p["response_text"] == targets[p["reference_id"]] != "zero"
+
+
+def test_pairs_filled_from_the_variance_filters_reserve_are_written_too(tmp_path):
+    """Every reply wrong: each group's rewards agree, so the variance filter holds its pair
+    back, and the buffer fills batches from that reserve; the learner trains on those
+    pairs, so RUN_DIR/preferences has them (only pairs admitted at once went there)."""
+    labelled = sft_examples(TASK, lambda text, special: encode(text)[0 if special else 1 :], BOS, 8, 3, "r")
+    seeds = [s for s, _ in sft_problems(TASK, 8, 3)]
+    cfg = TaskConfig(name="words", params={"max_value": 999}, samples_per_prompt=4, prompts="sft")
+    gen = rule_task_generator(lambda prompt: "zero", cfg, max_response_tokens=48, prompt_seeds=seeds)
+    scored = Verifier(decode, task=TASK).training_turns(gen.task_play(8))
+    log = PreferenceLog(tmp_path, decode, "spin", flush_rows=10**6)
+    builder = BuilderConfig(rows="spin", variance_filter=True, fill_after=1)
+    buf = ReplayBuffer(BufferConfig(min_size=1, max_staleness=0), builder=builder, preferences=log)
+    buf.set_targets(labelled)
+    assert buf.add(scored) == 0 and buf.reserve.num_rows > 0  # all held back
+    batch = buf.sample(4, learner_version=0)
+    assert batch is not None and buf.stats()["filled_from_reserve"] >= 4
+    log.flush()
+    parts = sorted(tmp_path.glob("part-*.parquet"))
+    assert parts, "no preference pairs written"
+    written = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert written.num_rows == buf.stats()["filled_from_reserve"]
+    assert set(written["rejected"].to_pylist()) == {"zero"} and set(written["method"].to_pylist()) == {"spin"}
 
 
 def test_prompt_seeds_are_the_supervised_stages_problems_only_with_prompts_sft():

@@ -18,7 +18,7 @@ import pytest
 
 from selfplay.tasks import TASKS, held_out_id, make_task
 from selfplay.tasks.arithmetic import Arithmetic, carries
-from selfplay.tasks.base import ENUMERATE_LIMIT
+from selfplay.tasks.base import ENUMERATE_LIMIT, draw_held_out
 from selfplay.tasks.codegen import OPS, SLACK, CodeGen, apply, canonical, hidden_tests
 from selfplay.tasks.describe import Describe
 from selfplay.tasks.judges import Constitution
@@ -83,6 +83,14 @@ def test_held_out_in_a_huge_space_raises_at_half_the_expected_share_without_draw
     assert task._size() > ENUMERATE_LIMIT
     with pytest.raises(ValueError, match="half"):
         task.held_out(10**12)
+    # one more than half the share raises, without a draw (a draw would fail the test)
+    half = task._size() * task.held_out_percent // 200
+
+    def no_draw(rng):
+        raise AssertionError("drew a problem")
+
+    with pytest.raises(ValueError, match="half"):
+        draw_held_out("t", half + 1, task.held_out_percent, no_draw, lambda: iter(()), task._size())
 
 
 def test_no_held_out_split_gives_no_held_out_problems():
@@ -101,6 +109,9 @@ def test_problem_space_sizes_match_an_enumeration():
         ids = list(task._space())
         assert len(ids) == len(set(ids)) == task._size()
     assert Arithmetic()._size() == 100**2
+    # counted by hand, not by the code's own enumeration (which shares _values with _size)
+    assert Arithmetic(digits=2, min_digits=2)._size() == 90**2
+    assert Arithmetic(digits=1, terms=3, subtract=0.5)._size() == 10**3 * 2**2
     assert len(set(CodeGen()._space())) == 36 + 36**2
 
 
