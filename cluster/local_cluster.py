@@ -17,6 +17,7 @@ process of the user, a test session's own local Ray included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -241,6 +242,15 @@ def _send(pid: int, sig: int, group: bool = True) -> bool:
     return True
 
 
+def _left(pid: int) -> bool:
+    """Whether anything of node `pid`'s process group is left. A node this process started
+    (`up` and `down` in one program, as a test's) that exited is collected first: as a
+    zombie it still took signal 0, and `down` waited out its whole timeout."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return _send(pid, 0)
+
+
 def down(state_dir: Path, timeout: float = 5) -> None:
     """SIGTERM every node's process group (workers first), then SIGKILL what is left, and
     job drivers of this cluster, which Ray starts in process groups of their own."""
@@ -252,7 +262,7 @@ def down(state_dir: Path, timeout: float = 5) -> None:
     for node in reversed(nodes):
         _send(node["pid"], signal.SIGTERM)
     deadline = time.time() + timeout
-    while time.time() < deadline and any(_send(n["pid"], 0) for n in nodes):
+    while time.time() < deadline and any(_left(n["pid"]) for n in nodes):
         time.sleep(0.2)
     for pid in [n["pid"] for n in nodes] + _drivers(state["gcs_address"].rsplit(":", 1)[1]):
         _send(pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -227,7 +228,7 @@ def cluster(tmp_path_factory):
     try:
         yield state, env, {n["node_id"]: n for n in local_cluster.alive_nodes(state)}
     finally:
-        local_cluster.down(state_dir)
+        local_cluster.down(state_dir, timeout=1)  # a node drains for up to 30 s: nothing here needs it
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +240,18 @@ def scaled_run(cluster, tmp_path_factory):
     storage = work / "runs"
     cli(env, "submit", str(work / "run.yaml"), "--name", RUN, "--storage", str(storage))
     run_dir = storage / RUN
-    wait_for(lambda: any(e["event"] == "start" for e in scaling_events(run_dir)), 240, "generator-0 playing")
+    wait_for(
+        lambda: any(e["event"] == "start" for e in scaling_events(run_dir)),
+        240,
+        "generator-0 playing",
+        poll=0.2,
+    )
     up = json.loads(cli(env, "scale", RUN, "--generators", "2").stdout)
     # a fault: generator-1's process is killed; the pool replaces it
     os.kill(actor_pid(state, "generator-1"), signal.SIGKILL)
-    wait_for(lambda: len(generator_events(run_dir, "generator-1")) == 3, 240, "generator-1 replaced")
+    wait_for(
+        lambda: len(generator_events(run_dir, "generator-1")) == 3, 240, "generator-1 replaced", poll=0.2
+    )
     down = json.loads(cli(env, "scale", RUN, "--generators", "1").stdout)
     metrics = wait_for(
         lambda: (
@@ -462,7 +470,10 @@ def test_down_leaves_a_process_that_took_a_recorded_nodes_pid(tmp_path):
         assert other.poll() is None and not (tmp_path / "cluster.json").exists()
         node["started"] += 100.0  # the process it recorded: ended
         (tmp_path / "cluster.json").write_text(json.dumps(state))
+        began = time.monotonic()
         local_cluster.down(tmp_path, timeout=5)
         assert other.wait(timeout=10) is not None
+        # it went at SIGTERM: collected, not waited for as a zombie until the timeout
+        assert time.monotonic() - began < 4
     finally:
         other.kill()
