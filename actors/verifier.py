@@ -152,6 +152,8 @@ class Verifier:
             game = make_game(rows[0]["game"], rows[0]["seed"], self.symmetric_views)
         except ValueError:
             return "unknown_game"
+        if any((r["game"], r["seed"]) != (rows[0]["game"], rows[0]["seed"]) for r in rows):
+            return "mixed_game"  # replayed as the first row's game: another's row would train as it
         if [r["turn"] for r in rows] != list(range(len(rows))):
             return "turns_not_contiguous"
         for row in rows:

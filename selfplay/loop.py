@@ -36,6 +36,7 @@ from actors.generator import Generator
 from actors.verifier import Verifier
 from learner.learner import Learner
 from selfplay.config import RunConfig
+from selfplay.text import text_codec
 
 
 class WeightsNotLoaded(RuntimeError):
@@ -52,14 +53,22 @@ class Parts:
 
 def build_parts(cfg: RunConfig, model_path: str) -> Parts:
     """One of each part, in this process, on the model at `model_path`."""
+    encode, decode = text_codec(model_path)  # as vLLM renders output text (Verifier.for_model)
     return Parts(
         generator=Generator.from_model(
             "generator-0", cfg.name, cfg.games, model_path, cfg.model, cfg.generator, cfg.seed
         ),
-        verifier=Verifier.for_model(model_path),
+        verifier=game_verifier(cfg, decode, encode),
         buffer=ReplayBuffer(cfg.buffer, cfg.seed),
         learner=Learner(cfg.learner, cfg.model, model_path, cfg.seed, cfg.generator.temperature),
     )
+
+
+def game_verifier(cfg: RunConfig, decode, encode) -> Verifier:
+    """The loop's verifier: it replays each game as the generator dealt it, in its view
+    with generator.board_symmetries (replayed on the plain board, every such game was
+    rejected and the loop generated waves for ever: tictactoe.yaml, `make bench`)."""
+    return Verifier(decode, encode=encode, symmetric_views=cfg.generator.board_symmetries)
 
 
 def iteration(parts: Parts, cfg: RunConfig) -> dict:

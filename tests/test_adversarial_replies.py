@@ -81,7 +81,7 @@ class Replay:
 
 @pytest.mark.parametrize("game", ["tictactoe", "kuhn", "negotiation"])
 def test_a_thousand_adversarial_replies_are_played_flagged_and_verified(game):
-    replies = adversarial(1200, seed=hash(game) % 1000)
+    replies = adversarial(1200, seed={"tictactoe": 1, "kuhn": 2, "negotiation": 3}[game])  # reproducible
     rule = Replay(replies)
     gen = Generator(
         "generator-0",

@@ -79,7 +79,7 @@ def test_learner_mfu_benchmark_writes_its_figures(tmp_path):
 
 @pytest.mark.parametrize(
     ("step_s", "warm_up", "calls"),
-    [(5.0, True, 4), (12.0, True, 2), (12.0, False, 1), (25.0, True, 2), (8.0, False, 2)],
+    [(5.0, True, 4), (12.0, True, 2), (12.0, False, 1), (25.0, True, 2), (8.0, False, 2), (10.0, False, 2)],
 )
 def test_the_mfu_timer_takes_fewer_repeats_where_they_would_outrun_its_budget(
     monkeypatch, step_s, warm_up, calls
@@ -92,7 +92,8 @@ def test_the_mfu_timer_takes_fewer_repeats_where_they_would_outrun_its_budget(
         ran.append(clock[0])
         clock[0] += step_s
 
-    # 3 repeats while their sum and one more stay within 20 s: 5 s three times, 12 s once, 8 s twice
+    # 3 repeats while their sum and one more stay within 20 s: 5 s three times, 12 s once, 8 s
+    # twice, 10 s twice (10 + 10 lands on the budget: within it)
     assert learner_mfu.median_s(step, repeats=3, budget_s=20.0, warm_up=warm_up) == step_s
     assert len(ran) == calls
 
@@ -181,6 +182,8 @@ def test_samples_to_reach_reads_the_version_measured_not_the_step_logged():
     rows = metric_rows("arithmetic", [(300, 300, 0.2), (355, 352, 0.19), (410, 350, 0.25)], samples)
     got = variance_filter.samples_to_reach(rows, "arithmetic", 0.25, start=300)
     assert got == {"reached": True, "version": 350, "accuracy": 0.25, "samples": 9000.0}
+    # ...and the supervised stage's 0.2 does not reach a 0.2 target: a later version does
+    assert variance_filter.samples_to_reach(rows, "arithmetic", 0.2, start=300)["version"] == 350
     missed = variance_filter.samples_to_reach(rows, "arithmetic", 0.3, start=300)
     assert missed == {"reached": False, "version": None, "accuracy": 0.25, "samples": 21000.0}
 
@@ -233,6 +236,10 @@ def test_the_rllib_peers_tictactoe_evaluation_plays_both_seats_and_an_illegal_mo
     swapped = rllib_peer.tictactoe_vs_minimax(lambda state: 0, games=20, swap_illegal=True)
     assert swapped["illegal"] == 1.0 and swapped["non_loss"] < 1.0
     assert rllib_peer.tictactoe_vs_minimax(perfect, games=20, swap_illegal=True)["non_loss"] == 1.0
+    # perfect as X (its moves at even history lengths), cell 1 again and again as O: the
+    # seats alternate, so half the games are held and half lost to an illegal move
+    half = rllib_peer.tictactoe_vs_minimax(lambda s: perfect(s) if len(s.history()) % 2 == 0 else 0, games=20)
+    assert half["illegal"] == 0.5 and half["non_loss"] == 0.5
 
 
 def test_the_rllib_peers_kuhn_table_covers_every_information_state():

@@ -52,9 +52,14 @@ def test_the_verdict_reads_each_goal():
     assert not any(v["met"] for v in bad.values())
     assert bad[key]["target"] == "95% interval [-0.291, -0.104] holds 0"
     # an evaluation of no games (every one too long for the context) proves nothing
-    empty = report(0.5)
-    empty["final_eval"]["under_faults"]["tictactoe/random"]["games"] = 0
-    assert acceptance(empty)[key]["met"] is False
+    for run in ("under_faults", "undisturbed"):  # either run's
+        empty = report(0.5)
+        empty["final_eval"][run]["tictactoe/random"]["games"] = 0
+        assert acceptance(empty)[key]["met"] is False
+    # no fault injected: none survived, whatever the count says
+    none = report(0.5, survived=0)
+    none["faults_injected"] = 0
+    assert acceptance(none)["faults_survived"]["met"] is False
 
 
 def test_the_difference_interval_is_newcombes_hybrid_score_interval():

@@ -164,6 +164,8 @@ def test_the_store_and_the_groups_listen_on_the_host_given_only():
     def listens() -> list[tuple[str, int]]:
         return [tuple(c.laddr) for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"]
 
+    # the store: listening since the rendezvous was made, so apart from those sampled below
+    assert {ip for ip, port in listens() if port == rendezvous.port} == {"127.0.0.1"}
     before = set(listens())  # this process's own (a Ray driver's, when a test before started Ray)
     listening = []
     try:
@@ -195,6 +197,18 @@ def test_a_rank_binds_gloo_to_its_own_address_on_the_way_to_the_learner():
     except OSError:
         pytest.skip(f"no route to {learner} here")
     assert mine != learner and collective.gloo_options(mine, 5)._devices
+
+
+def test_a_ranks_group_binds_gloo_through_local_address(monkeypatch):
+    """What the group is made with: the rank's own address on the way to the learner
+    (local_address), not the learner's (the helpers above were right while the group
+    was made with the learner's)."""
+    bound = []
+    monkeypatch.setattr(collective, "local_address", lambda host: {"192.0.2.10": "10.9.8.7"}.get(host, host))
+    monkeypatch.setattr(collective, "gloo_options", lambda host, timeout_s: bound.append(host))
+    monkeypatch.setattr(dist, "ProcessGroupGloo", lambda store, rank, world, options: "group")
+    assert collective._group(dist.HashStore(), "v1/", 1, 2, "192.0.2.10", 5.0) == "group"
+    assert bound == ["10.9.8.7"]
 
 
 def test_a_broadcast_that_fails_half_way_raises_everywhere_and_returns_no_tensors():

@@ -349,14 +349,16 @@ def test_nash_player_is_deterministic_given_seed():
 def test_nash_player_beats_random_in_both_seats():
     # Exact values (OpenSpiel policy_value, nash_policy(1/6) vs uniform): +1/9 in seat 0,
     # +1/6 in seat 1. Per-game returns have std about 1.4, so over 4000 games the
-    # tolerance is about 3 standard errors (the games are seeded: the run is fixed).
+    # tolerance is about 3 standard errors (the games are seeded: the run is fixed). The deal
+    # and each player draw from streams of their own (one seed for all three made the
+    # games' draws alike, and the standard-error argument void).
     n = 4000
     for seat, value in ((0, 1 / 9), (1, 1 / 6)):
         total = 0.0
         for i in range(n):
             game = Kuhn(seed=i)
-            players = [RandomPlayer(seed=i), RandomPlayer(seed=i)]
-            players[seat] = NashPlayer(seed=i)
+            players = [RandomPlayer(seed=10**6 + 2 * i), RandomPlayer(seed=10**6 + 2 * i + 1)]
+            players[seat] = NashPlayer(seed=2 * 10**6 + i)
             while not game.is_terminal:
                 game.apply(players[game.current_player].act(game))
             total += game.returns()[seat]
@@ -404,8 +406,10 @@ def test_the_average_knows_weights_by_their_checksum_not_their_version(tmp_path)
     got = keeper.add(step=15, version=5, policy=policies[1], checksum="b")
     assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 15)
     assert keeper.add(step=15, version=6, policy=policies[2], checksum="b") == got
+    assert keeper.add(step=20, version=7, policy=policies[2], checksum="b") == got  # at another step too
 
 
 def test_run_average_refuses_a_tail_outside_0_1(tmp_path):
-    with pytest.raises(ValueError, match="eval.kuhn_average_tail"):
-        KuhnAverage(tmp_path, tail=0.0)
+    for tail in (0.0, 1.5):
+        with pytest.raises(ValueError, match="eval.kuhn_average_tail"):
+            KuhnAverage(tmp_path, tail=tail)

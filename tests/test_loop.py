@@ -11,13 +11,12 @@ from safetensors.torch import load as load_safetensors
 
 from actors.buffer import ReplayBuffer
 from actors.generator import Generator
-from actors.verifier import Verifier
 from learner.learner import Learner
 from selfplay import loop
 from selfplay.config import load_config
 from selfplay.model import create_default_model
 from selfplay.weights import state_checksum
-from tests.engines import EngineMaker, RuleEngine, decode
+from tests.engines import EngineMaker, RuleEngine, decode, encode
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ class LearnerWeightsEngine(RuleEngine):
         return state_checksum(tensors)
 
 
-def make_parts(model_dir, engine) -> tuple[loop.Parts, object]:
+def make_parts(model_dir, engine, *overrides: str) -> tuple[loop.Parts, object]:
     cfg = load_config(
         None,
         [
@@ -56,11 +55,12 @@ def make_parts(model_dir, engine) -> tuple[loop.Parts, object]:
             "generator.games_per_wave=8",
             "buffer.max_staleness=1",
             "learner.lr=1e-2",
+            *overrides,
         ],
     )
     parts = loop.Parts(
         generator=Generator("generator-0", "test", cfg.games, engine, EngineMaker(), cfg.generator, cfg.seed),
-        verifier=Verifier(decode),
+        verifier=loop.game_verifier(cfg, decode, encode),
         buffer=ReplayBuffer(cfg.buffer, cfg.seed),
         learner=Learner(cfg.learner, cfg.model, model_dir, cfg.seed),
     )
@@ -79,6 +79,16 @@ def test_each_iteration_trains_once_and_the_generator_plays_the_new_version(mode
     assert all(m["staleness_max"] <= cfg.buffer.max_staleness for m in metrics)
     newest = parts.generator.self_play(2)
     assert set(newest["policy_version"].to_pylist()) == {3}
+
+
+def test_games_shown_in_symmetric_views_are_replayed_in_them(model_dir):
+    """generator.board_symmetries (tictactoe.yaml, `make bench`'s config): the loop's
+    verifier replays each game in the view it was shown in; on the plain board every one
+    was rejected and the loop generated waves for ever."""
+    engine = LearnerWeightsEngine()
+    parts, cfg = make_parts(model_dir, engine, "generator.board_symmetries=true", "games={tictactoe: 1.0}")
+    loop.train(parts, cfg, 1)
+    assert parts.verifier.stats()["accepted"] == parts.generator.counts["games"] > 0
 
 
 def test_an_engine_that_loads_other_weights_stops_the_loop(model_dir):

@@ -30,6 +30,23 @@ def test_the_ids_of_earlier_models_stay_where_they_were():
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + CHARACTERS] == list(
         range(len(SPECIAL_TOKENS) + len(CHARACTERS))
     )
+    # pinned, not read from the lists above (a token inserted into them moved every id)
+    tokens = [
+        "<pad>",
+        "<bos>",
+        "<eos>",
+        "<novice>",
+        "<intermediate>",
+        "<expert>",
+        "0",
+        "a",
+        "A",
+        "!",
+        "~",
+        " ",
+    ]
+    ids = [0, 1, 2, 3, 4, 5, 6, 16, 42, 68, 99, 100]
+    assert [tok.convert_tokens_to_ids(t) for t in [*tokens, "\n", "<unk>"]] == [*ids, 101, 102]
     assert tok.unk_token == UNKNOWN and tok.unk_token_id == len(SPECIAL_TOKENS) + len(CHARACTERS)
 
 

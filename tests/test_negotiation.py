@@ -225,6 +225,10 @@ def test_greedy_leaves_one_item_of_its_least_valued_type():
     assert game.action_text(GreedyPlayer().act(game)) == "113"
     game.apply_text("113")  # player 1 values 2/1/2: least is type 2 (value 1)
     assert game.action_text(GreedyPlayer().act(game)) == "113"
+    # the least valued type elsewhere than type 2; a tie goes to the first type
+    for v0, proposal in (((4, 3, 0), "122"), ((0, 5, 0), "023")):
+        game = game_with(v0=v0)
+        assert game.action_text(GreedyPlayer().act(game)) == proposal
 
 
 def test_greedy_accepts_only_at_7_or_more():

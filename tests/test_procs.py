@@ -122,13 +122,15 @@ def test_the_anchors_death_ends_the_rest_at_once():
     anchor.wait()
 
 
-# a child that makes a segment (as shared_memory does: open, size, map), says so, and waits
+# a child that makes a segment (as shared_memory does: open, size, map), says so, and waits;
+# with "open", it keeps the file open instead of mapping it
 HOLDER = """
 import mmap, os, sys, time
 fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
 os.ftruncate(fd, 4096)
-m = mmap.mmap(fd, 4096)
-os.close(fd)
+if sys.argv[2:] != ["open"]:
+    m = mmap.mmap(fd, 4096)
+    os.close(fd)
 print("mapped", flush=True)
 time.sleep(120)
 """
@@ -139,19 +141,21 @@ def test_segments_left_by_a_killed_process_are_removed_and_held_ones_kept(tmp_pa
     old.write_bytes(b"x")  # there before: not this command's, even though nobody holds it
     before = segments(tmp_path)
     holders = {}
-    for name in ("psm_killed", "psm_alive"):
+    for name in ("psm_killed", "psm_alive", "psm_open"):  # the last held by an open file alone
         holders[name] = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(tmp_path / name)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", HOLDER, str(tmp_path / name), name.removeprefix("psm_")],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert holders[name].stdout.readline().strip() == "mapped"
     try:
         (tmp_path / "other").write_bytes(b"x")  # not a segment's name
-        assert {"psm_killed", "psm_alive"} <= held_segments(tmp_path)
-        assert remove_leaked_segments(before, tmp_path) == []  # both held
+        assert {"psm_killed", "psm_alive", "psm_open"} <= held_segments(tmp_path)
+        assert remove_leaked_segments(before, tmp_path) == []  # all held
         holders["psm_killed"].kill()
         holders["psm_killed"].wait()
         assert remove_leaked_segments(before, tmp_path) == ["psm_killed"]
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "psm_alive", "psm_old"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "psm_alive", "psm_old", "psm_open"]
     finally:
         for p in holders.values():
             p.kill()

@@ -138,6 +138,17 @@ def test_the_verifier_rejects_a_trajectory_it_has_seen():
     assert stats["accepted_turns"] == table.num_rows
 
 
+def test_the_verifier_rejects_a_trajectory_whose_rows_name_other_games_or_seeds():
+    """It replays the first row's game: a row of another game or deal went on to train as
+    that game's move (the learner's baselines are keyed by each row's own game)."""
+    rows = tictactoe_game("a").to_pylist()
+    for field, value in (("game", "kuhn"), ("seed", 12345)):
+        table = schema.from_rows([{**r, field: value} if r["turn"] == 1 else r for r in rows])
+        verifier = Verifier(decode=digits)
+        assert verifier.verify(table).num_rows == 0
+        assert verifier.stats()["rejected_mixed_game"] == 1
+
+
 def test_the_verifiers_counters_survive_a_checkpoint(tmp_path):
     import json
 

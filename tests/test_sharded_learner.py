@@ -296,3 +296,22 @@ def test_a_group_learner_makes_each_together_call_on_every_rank_and_raises_a_ran
     with pytest.raises(RuntimeError, match="rank 1 failed"):
         failing.set_lr(0.1)
     assert failing.learner.calls == [("set_lr", (0.1,))]  # rank 0 made it too
+
+
+def test_every_call_that_must_run_on_every_rank_does():
+    """Each of them, by name (a step, a save or a reference reset made on rank 0 alone
+    would leave the other ranks waiting in a collective, or their shards behind)."""
+
+    class Anything:  # stands for rank 0's Learner: records any call
+        def __init__(self):
+            self.calls: list = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.calls.append((name, args))
+
+    names = ["train_step", "export", "export_tensors", "save", "save_model", "reset_reference", "set_lr"]
+    zero, ranks = Anything(), [Rank(), Rank()]
+    group = GroupLearner(zero, ranks, LocalTransport())
+    for name in names:
+        getattr(group, name)("x")
+    assert zero.calls == ranks[0].calls == ranks[1].calls == [(name, ("x",)) for name in names]

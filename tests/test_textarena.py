@@ -316,7 +316,7 @@ def test_make_game_reaches_textarena():
 
 
 def test_unknown_env_id_is_named_in_the_error():
-    with pytest.raises(ValueError, match="NoSuchGame-v0"):
+    with pytest.raises(ValueError, match="unknown env id 'NoSuchGame-v0'"):  # ours, not TextArena's
         make_game("textarena:NoSuchGame-v0", seed=0)
 
 

@@ -6,6 +6,7 @@ import functools
 import json
 
 import pytest
+import torch
 
 from selfplay.games import make_game
 from selfplay.games.tictactoe import (
@@ -536,6 +537,18 @@ def test_eval_exact_plays_a_checkpoint_greedily_on_the_free_cells(tiny_model, ca
     policy = greedy_tictactoe(tiny_model)
     for board, player in list(optimal_moves())[::40]:
         assert board[policy(board, player)] == "."
+    # greedy: the free cell whose move token the model rates highest, read here on its own
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    for board, player in list(optimal_moves())[::200]:
+        game = TicTacToe()
+        game.board, game.current_player = board, player
+        with torch.no_grad():
+            logits = model(torch.tensor([tokenizer(game.observation(player)).input_ids])).logits[0, -1]
+        rated = {a: logits[tokenizer.convert_tokens_to_ids(str(a + 1))].item() for a in game.legal_actions()}
+        assert policy(board, player) == max(rated, key=rated.get)
     assert main(["eval", "--checkpoint", tiny_model, "--exact", "--opponent", "minimax", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["non_loss"] == pytest.approx((result["X"] + result["O"]) / 2)

@@ -17,9 +17,9 @@ class Clock:
 def test_the_watchdog_fires_only_after_the_step_stood_still_for_the_limit():
     clock = Clock()
     dog = Watchdog(step=10, limit_s=60, clock=clock)
-    clock.now = 59
+    clock.now = 60  # exactly the limit: not yet
     assert not dog.stalled(10)
-    clock.now = 61
+    clock.now = 60.001
     assert dog.stalled(10)
 
 
