@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,8 +117,17 @@ def events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def fresh(out: Path, name: str) -> None:
+    """A new run under `name`, not a resume of the last `make chaos`'s (a finished run has a
+    final checkpoint: `selfplay run --name` resumed it past its time limit, it ended at once,
+    and the report read 0 faults and the old evaluations)."""
+    shutil.rmtree(out / name, ignore_errors=True)
+    (out / f"{name}.log").unlink(missing_ok=True)
+
+
 def storm(config: str, out: Path, minutes: float, kill_every: float, extra: list[str]) -> dict:
     name, run_dir = "storm", out / "storm"
+    fresh(out, name)
     driver = start(config, name, out, minutes, extra)
     while not trained(run_dir):
         if driver.poll() is not None:
@@ -216,16 +226,40 @@ def wait_for(probe, timeout_s: float, every_s: float = 1.0):
     return found
 
 
-def survived(fault: dict, run_dir: Path) -> bool:
-    """A generator fault: a `failed` event after it, then a `start` (its replacement); a
-    learner or driver fault: a generator `start` after it (the resumed session playing)."""
-    if "skipped" in fault:
-        return False
-    later = [e for e in events(run_dir) if e["time"] >= fault["time"] - 5]
-    if fault["kind"] in ("kill_generator", "hang_generator"):
-        failed = [e for e in later if e["event"] == "failed"]
-        return bool(failed) and any(e["event"] == "start" and e["time"] > failed[0]["time"] for e in later)
-    return any(e["event"] == "start" for e in later)
+REASONS = {"kill_generator": "died", "hang_generator": "hung"}  # how the pool names each fault
+
+
+def survived(faults: list[dict], run_dir: Path) -> list[bool]:
+    """Each fault's fate. A generator fault: a `failed` event after it whose reason is that
+    fault's (died for a kill, hung for a hang), each event matched to one fault in time
+    order, then a `start` (its replacement); a learner or driver fault: a generator `start`
+    after it (the resumed session playing). (Any failure after a fault once counted: a hang
+    the pool never saw was credited with the next kill's.)"""
+    log, used, out = events(run_dir), set(), []
+    for fault in faults:
+        later = [(i, e) for i, e in enumerate(log) if e["time"] >= fault["time"] - 5]
+        if "skipped" in fault:
+            out.append(False)
+        elif fault["kind"] in REASONS:
+            failed = next(
+                (
+                    (i, e)
+                    for i, e in later
+                    if e["event"] == "failed"
+                    and i not in used
+                    and str(e.get("reason", "")).startswith(REASONS[fault["kind"]])
+                ),
+                None,
+            )
+            if failed is not None:
+                used.add(failed[0])
+            out.append(
+                failed is not None
+                and any(e["event"] == "start" and e["time"] > failed[1]["time"] for _, e in later)
+            )
+        else:
+            out.append(any(e["event"] == "start" for _, e in later))
+    return out
 
 
 def books(run_dir: Path, faults: list[dict], games_per_wave: int) -> dict:
@@ -320,11 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     result = storm(args.config, out, args.minutes, args.kill_every, args.set)
     steps = json.loads((result["run_dir"] / "summary.json").read_text())["steps"]
     if not args.skip_calm:  # as many steps, however long they take
+        fresh(out, "calm")
         calm = start(args.config, "calm", out, 4 * args.minutes, [*args.set, f"total_steps={steps}"])
         if calm.wait() != 0:
             raise SystemExit(f"the undisturbed run failed; see {out / 'calm.log'}")
-    for f in result["faults"]:
-        f["survived"] = survived(f, result["run_dir"])
+    for f, fate in zip(result["faults"], survived(result["faults"], result["run_dir"])):
+        f["survived"] = fate
     from selfplay.config import load_config
 
     games = load_config(args.config, args.set).generator.games_per_wave

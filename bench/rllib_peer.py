@@ -174,6 +174,7 @@ def run_rllib(game: str, seconds: float, seed: int, eval_every: float) -> list[d
     """RLlib PPO self-play for `seconds` of training (its clock paused while evaluating),
     evaluated every `eval_every` seconds; stops early once the goal is met."""
     import ray
+    import torch
 
     from selfplay.files import local_ray_auth
 
@@ -181,9 +182,13 @@ def run_rllib(game: str, seconds: float, seed: int, eval_every: float) -> list[d
     ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
     points: list[dict] = []
     try:
-        start = time.perf_counter()
+        # RLlib's learner trains in this process (num_learners 0) on torch's thread count, which
+        # an earlier benchmark of `make bench` left at 1 (and an in-process engine made torch's
+        # setter a no-op): every core, as ours has learner.threads
+        torch._C.set_num_threads(len(os.sched_getaffinity(0)))
         algo = rllib_config(game, seed).build_algo()
-        trained, next_eval, steps = time.perf_counter() - start, 0.0, 0
+        # the clock starts once it is built, as ours starts once its engines are up
+        trained, next_eval, steps = 0.0, 0.0, 0
         while True:
             if trained >= next_eval or trained >= seconds:
                 result = evaluate(game, module_logits(algo.get_module("main")), seed)

@@ -316,7 +316,10 @@ class Learner:
             )
         self.sharded = sharded
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
-        torch.set_num_threads(cfg.threads)
+        # torch's own setter: an in-process vLLM engine started in this process before (the sync
+        # loop, make bench's arms) replaced torch.set_num_threads with a no-op for the whole
+        # process, and the learner trained on whatever thread count was left
+        torch._C.set_num_threads(cfg.threads)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.temperature = temperature

@@ -445,7 +445,8 @@ class Run:
         if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
             self.promote()  # the initial policy is the first member (a task run's: the supervised one)
         self.gen_counts_at = (time.time(), {})
-        self.buffer_at: dict | None = None  # the buffer's counts at the last log
+        # the buffer's counts at the last log (a resumed buffer's: its counts so far are restored)
+        self.buffer_at: dict | None = ray.get(self.program.buffer.stats.remote()) if resume_from else None
         self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
 
     def distill_average(self, average: dict) -> dict:
@@ -926,6 +927,9 @@ def train(
             r.evaluate_lost()
         write_atomic(summary_path, json.dumps(summary, indent=2))  # run_ended: not until this session's end
         r.watch()
+        # the last checkpoint before the final evaluations: a part lost during them (generator-0,
+        # whose replacement the closed pool no longer starts) loses no step
+        last_checkpoint = r.checkpoint()
         if r.stopped_when:
             summary["stopped_when"] = r.stopped_when
         if STOP.is_set():  # stopped from outside: keep what was learned, skip the long final evaluation
@@ -971,23 +975,31 @@ def train(
             steps=r.step,
             wall_s=r.wall(),
             games_per_eval=2 * cfg.eval.games,
-            last_checkpoint=str(r.checkpoint()),
+            last_checkpoint=str(last_checkpoint),
             **r.books(),
         )
         if r.league is not None:
             summary["league"] = r.league_metrics()
         write_atomic(summary_path, json.dumps(summary, indent=2))
         return run_dir
-    finally:
-        if r is not None:
-            r.close()
-        if owns_ray:
-            left = started.close(ray.shutdown)  # e.g. an engine core orphaned by a SIGTERM to the group
-            if left:
-                out.print(f"ended {len(left)} processes the local Ray left behind")
-            if started.removed_segments:  # e.g. a killed engine's message queues
-                out.print(f"removed {len(started.removed_segments)} shared-memory segments left in /dev/shm")
-        out.close()
+    finally:  # each step whatever the one before raised (a full disk failing the metrics' flush)
+        try:
+            if r is not None:
+                r.close()
+        finally:
+            try:
+                if owns_ray:
+                    left = started.close(
+                        ray.shutdown
+                    )  # e.g. an engine core orphaned by a SIGTERM to the group
+                    if left:
+                        out.print(f"ended {len(left)} processes the local Ray left behind")
+                    if started.removed_segments:  # e.g. a killed engine's message queues
+                        out.print(
+                            f"removed {len(started.removed_segments)} shared-memory segments left in /dev/shm"
+                        )
+            finally:
+                out.close()  # the terminal back, so an error raised above reaches it
 
 
 def builder_metrics(buffer: dict, before: dict | None = None) -> dict:

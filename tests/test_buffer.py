@@ -79,6 +79,7 @@ def test_uniform_pick_rows_ignores_times():
     times = np.array([5, 0, 5, 0])
     picks = {tuple(pick_rows(times, None, 2, np.random.default_rng(s), False)) for s in range(20)}
     assert any(0 in p for p in picks)
+    assert len(picks) > 3 and any(0 not in p for p in picks)  # drawn at random, not the first rows
 
 
 def test_staleness_floor():
@@ -433,3 +434,30 @@ def test_the_reserve_ranks_each_roles_group_apart():
     reserve = schema.from_rows(rows)
     assert list(reserve_order(reserve, 2)) == [4, 5]
     assert list(reserve_order(reserve, 0)) == []
+
+
+def test_a_rate_shortfall_is_filled_counting_each_insert_as_spi_samples():
+    """samples_per_insert 2: the rate allows two samples an insert, so the reserve fills
+    half as many rows as samples are missing (every test before had spi 1)."""
+    buf = task_buffer(
+        BuilderConfig(variance_filter=True, fill_after=4), samples_per_insert=2.0, spi_tolerance=0, min_size=2
+    )
+    buf.add(groups([1, 0], [0, 1], version=0))  # 4 inserted: 8 samples allowed
+    assert buf.sample(4, learner_version=0).num_rows == 4 and buf.sample(4, learner_version=0).num_rows == 4
+    buf.add(groups([1, 1], [0, 0], version=1))  # held back; ceil((8 + 4 - 0) / 2) - 4 = 2 inserts missing
+    assert buf.sample(4, learner_version=1).num_rows == 4
+    assert buf.counts["filled_from_reserve"] == 2 and buf.reserve.num_rows == 2
+
+
+def test_a_batch_larger_than_min_size_is_topped_up_to_the_batch():
+    buf = task_buffer(BuilderConfig(variance_filter=True, fill_after=1), min_size=2)
+    buf.add(groups([1, 0], [1, 1], [0, 0], version=0))  # 2 admitted, 4 held back
+    out = buf.sample(4, learner_version=0)
+    assert out is not None and out.num_rows == 4 and buf.counts["filled_from_reserve"] == 2
+
+
+def test_held_back_rows_at_the_staleness_floor_still_fill_a_batch():
+    buf = task_buffer(BuilderConfig(variance_filter=True, fill_after=1), max_staleness=1, min_size=2)
+    buf.add(groups([1, 1], version=4))
+    out = buf.sample(2, learner_version=5)  # floor 4: version 4 is fresh, as the buffer keeps it
+    assert out is not None and out.num_rows == 2 and buf.counts["reserve_dropped"] == 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from bench import chaos
 from bench.chaos import HEAL_S, acceptance, fault_schedule, planned_faults
 
 
@@ -69,3 +72,26 @@ def test_the_difference_interval_is_newcombes_hybrid_score_interval():
     assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
     assert difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)
     assert difference_interval(0, 0, 3, 10) == (-1.0, 1.0)  # nothing measured: any difference
+
+
+def test_each_generator_fault_is_healed_by_a_failure_of_its_own_kind(tmp_path):
+    """The hang (SIGSTOP at 150 s) is seen hung only after hang_timeout_s; the kill at 180 s
+    is seen at once. The kill's failure is not the hang's: a hang the pool never saw was
+    counted survived. Each failure heals one fault, in time order."""
+    log = [
+        {"event": "failed", "generator": "generator-1", "time": 181.0, "reason": "died: RayActorError"},
+        {"event": "start", "generator": "generator-1", "time": 200.0},
+    ]
+    (tmp_path / "scaling.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    hang, kill = {"kind": "hang_generator", "time": 150.0}, {"kind": "kill_generator", "time": 180.0}
+    assert chaos.survived([hang, kill], tmp_path) == [False, True]
+    second = {"kind": "kill_generator", "time": 181.5}  # one failure heals one kill
+    assert chaos.survived([kill, second], tmp_path) == [True, False]
+    log[1:1] = [{"event": "failed", "generator": "generator-0", "time": 215.0, "reason": "hung: no beat"}]
+    log.append({"event": "start", "generator": "generator-0", "time": 240.0})
+    (tmp_path / "scaling.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    assert chaos.survived([hang, kill, {"kind": "kill_driver", "time": 230.0}], tmp_path) == [
+        True,
+        True,
+        True,
+    ]

@@ -55,6 +55,8 @@ def test_shared_cores_add_the_work_of_generation_and_learning():
 def test_a_run_needs_an_engine_and_a_rank():
     with pytest.raises(ValueError, match="needs an engine"):
         predict(Parts(1, 1), WORK, engines=0)
+    with pytest.raises(ValueError, match=r"needs an engine and a learner rank \(got 1, 0\)"):
+        predict(Parts(1, 1), WORK, engines=1, ranks=0)
 
 
 def test_scaling_md_shows_what_the_model_prints():

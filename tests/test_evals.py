@@ -125,6 +125,8 @@ def test_stop_when_reads_the_mean_of_each_metrics_last_window_of_values():
     assert stop_reached(values, {"batch_reward": ">= 0.6"}, 2) is None  # 0.55, the 0.9 before is not read
     assert stop_reached(values, {"batch_reward": ">= 0.6"}, 3) is not None  # 0.667
     assert stop_reached(values, {"eval/acc": ">= 0.5"}, 2) is None  # one value of two
+    assert stop_reached(values, {"eval/acc": "<= 0.5"}, 2) is None  # ...which 0.7 / 2 would meet
+    assert stop_reached(values, {"eval/acc": ">= 0.6"}, 2) is None  # ...and 0.7 / 1 too
     assert stop_reached(values, {"missing": "<= 1"}, 1) is None
     met = stop_reached(values, {"batch_reward": "> 0.99", "eval/acc": "> 0.6"}, 1)
     assert met["metric"] == "eval/acc"  # the first condition met, in the config's order

@@ -78,6 +78,17 @@ def test_a_token_is_created_private_and_an_existing_one_is_tightened(tmp_path, m
     empty.touch(mode=0o600)
     token = private_token(empty).read_text()
     assert len(token) == 64 and int(token, 16) >= 0 and empty.stat().st_mode & 0o777 == 0o600
+    # created private, not tightened after: never readable by others, not for a moment
+    created, real_open = [], os.open
+
+    def recording_open(path, flags, mode=0o777, *args, **kwargs):
+        if flags & os.O_CREAT:
+            created.append(mode)
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    private_token(tmp_path / "ray" / "again")
+    assert created == [0o600]
     assert private_token(empty).read_text() == token  # and kept from then on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "ray", "wide"]  # no temporaries
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pyarrow as pa
@@ -900,3 +901,41 @@ def test_a_single_learners_optimiser_state_is_told_from_a_groups(model_dir, tmp_
         "param_groups": [{"params": ["model.a"]}],
     }
     assert not by_position(named)
+
+
+def test_the_learner_takes_its_threads_after_an_engine_made_torchs_setter_a_no_op(model_dir, monkeypatch):
+    """vLLM's CPU worker, started in this process (the sync loop, make bench), replaces
+    torch.set_num_threads for the whole process with one that only warns."""
+    cfg = load_config(None, ["model.preset=1m", "model.max_model_len=64"])
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # as vllm/v1/worker/cpu_worker.py does
+    want = 1 if before != 1 else 2
+    try:
+        Learner(dataclasses.replace(cfg.learner, threads=want), cfg.model, model_dir, seed=0)
+        assert torch.get_num_threads() == want
+    finally:
+        torch._C.set_num_threads(before)
+
+
+def test_the_chosen_nll_term_enters_the_gradient_by_its_coefficient(model_dir):
+    """learner.chosen_nll_coef: the logged loss adds it (tested above), and so does the
+    gradient, linearly in the coefficient (a total without it trained as if it were 0)."""
+    grads = {}
+    for coef in (0.0, 0.5, 1.0):
+        cfg = load_config(
+            None,
+            PAIRS
+            + [
+                "learner.beta=0.5",
+                f"learner.chosen_nll_coef={coef}",
+                "learner.grad_clip=1e9",
+                "learner.bf16=false",
+            ],
+        )
+        learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
+        learner.set_lr(0.0)
+        learner.train_step(pair_batch())
+        grads[coef] = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
+    step = grads[0.5] - grads[0.0]
+    assert step.abs().max() > 1e-4
+    torch.testing.assert_close(grads[1.0] - grads[0.5], step, rtol=1e-3, atol=1e-6)

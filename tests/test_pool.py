@@ -289,10 +289,17 @@ def test_a_failed_generator_is_replaced_under_its_name_with_the_current_weights(
 def test_a_hung_generator_is_replaced_and_the_learner_stops_waiting_for_it(model_dir, fault, reason):
     cluster = Cluster(**{"generator-1": fault})
     pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.5", "learner.ack_timeout_s=0.5"])
+    dropped, real_drop = [], pool.learner.drop  # the learner told, not only spared by its replacement
+
+    def drop(name, reason, peer=None):
+        dropped.append((name, peer))
+        return real_drop(name, reason, peer)
+
+    pool.learner.drop = drop
     pool.scale(2)
     hung = cluster.spawned["generator-1"]
     heal(pool, lambda: hung.killed.is_set() and "generator-1" in pool.live)
-    assert hung.hanging.is_set()
+    assert hung.hanging.is_set() and dropped[0] == ("generator-1", hung)
     (failed,) = [e for e in pool.status()["events"] if e["event"] == "failed"]
     assert failed["reason"].startswith(reason) and failed["generator"] == "generator-1"
     pool.learner.train(2)

@@ -181,6 +181,9 @@ def test_the_learnability_curriculum_draws_classes_whose_groups_differ():
     first = Verifier(decode, task=TASK).verify(gen.task_play(64))  # nothing measured: the task's own draw
     assert 0.3 < uniform_share(first) < 0.7 and gen.counts["curriculum_skipped"] == 0
     gen.note_groups(group_means(first))
+    assert any(k.endswith("c0") for k in gen.learnability) and any(
+        not k.endswith("c0") for k in gen.learnability
+    )
     assert {key: rate for key, (_, rate) in gen.learnability.items()} == {
         key: 0.0 if key.endswith("c0") else 1.0 for key in gen.learnability
     }
