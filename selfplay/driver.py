@@ -386,68 +386,87 @@ class Run:
         self.program = build_program(
             cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
         )
-        self.learner = self.program.learner
-        self.controller = self.program.controller
-        self.league = self.program.league
-        self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
-        # the stage's learning rate (the config's, also over a resumed optimiser's)
-        lr_set = self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr)
-        if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
-            table = labelled_set(cfg, model_path, self.run_id)
-            labelled = schema.to_ipc(table)
-            if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
-                ray.get(self.program.buffer.set_targets.remote(labelled))
-            if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
-                ray.get(self.program.buffer.start_sft.remote(labelled))
-            if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
-                judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
-                ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
-        every = cfg.learner.ref_refresh_every
-        if resume_from and cfg.builder.rows == "spin" and not self.in_sft and every and self.step % every:
-            # a SPIN iteration cut short by the stop: the generators, which join with the
-            # resumed weights, would sample past the reference (the iterate before); a new
-            # iteration begins here instead, as a weight version of its own (the cut
-            # iteration's rows in the buffer go stale)
-            ray.get(self.learner.reset_reference.remote())
-            ray.get(self.learner.broadcast.remote())
-        # the generators' engines start while the learner loads (each a process importing its
-        # own libraries, one core each); a generator joins the learner once both are up
-        pool = self.controller.scale.remote(cfg.generator.num_generators)
-        ray.get(lr_set)
-        self.pool = ray.get(pool)
-        # the time limit and the wall clock of the curves count from here: training time, without
-        # the engines' start (which a resumed session pays again)
-        self.start = time.time()
-        self.events_logged = 0
-        self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put, resume_from=resume_from)
-        self.evals = EvalQueue(
-            cfg,
-            self.learner,
-            self.controller,
-            self.metrics,
-            self.console,
-            self.best,
-            average=(
-                KuhnAverage(run_dir, cfg.eval.kuhn_average_tail, keep_until=self.step if resume_from else -1)
-                if "kuhn" in cfg.games and cfg.eval.kuhn_average_tail > 0 and not cfg.task.name
-                else None
-            ),
-        )
-        # stop_when: each watched metric's values logged after the supervised stage (a resumed
-        # run's rows included), read up to row `stop_read`; and what stopped the run, if it did
-        self.stop_values: dict[str, list[float]] = {}
-        self.stop_read = 0
-        self.stopped_when: dict | None = None
-        if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
-            self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
-        if self.league is not None:  # a resumed run's games are rated at its steps, not from 0
-            ray.get(self.league.set_step.remote(self.step))
-        if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
-            self.promote()  # the initial policy is the first member (a task run's: the supervised one)
-        self.gen_counts_at = (time.time(), {})
-        # the buffer's counts at the last log (a resumed buffer's: its counts so far are restored)
-        self.buffer_at: dict | None = ray.get(self.program.buffer.stats.remote()) if resume_from else None
-        self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
+        try:  # a run that fails to start leaves no actor behind (its names held the next start)
+            self.learner = self.program.learner
+            self.controller = self.program.controller
+            self.league = self.program.league
+            self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
+            # the stage's learning rate (the config's, also over a resumed optimiser's)
+            lr_set = self.learner.set_lr.remote(
+                (cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr
+            )
+            if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
+                table = labelled_set(cfg, model_path, self.run_id)
+                labelled = schema.to_ipc(table)
+                if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
+                    ray.get(self.program.buffer.set_targets.remote(labelled))
+                if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
+                    ray.get(self.program.buffer.start_sft.remote(labelled))
+                if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
+                    judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
+                    ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
+            every = cfg.learner.ref_refresh_every
+            if resume_from and cfg.builder.rows == "spin" and not self.in_sft and every and self.step % every:
+                # a SPIN iteration cut short by the stop: the generators, which join with the
+                # resumed weights, would sample past the reference (the iterate before); a new
+                # iteration begins here instead, as a weight version of its own (the cut
+                # iteration's rows in the buffer go stale)
+                ray.get(self.learner.reset_reference.remote())
+                ray.get(self.learner.broadcast.remote())
+            # the generators' engines start while the learner loads (each a process importing its
+            # own libraries, one core each); a generator joins the learner once both are up
+            pool = self.controller.scale.remote(cfg.generator.num_generators)
+            ray.get(lr_set)
+            self.pool = ray.get(pool)
+            # the time limit and the wall clock of the curves count from here: training time, without
+            # the engines' start (which a resumed session pays again)
+            self.start = time.time()
+            self.events_logged = 0
+            self.best = BestCheckpoint(
+                cfg.acceptance, run_dir, model_path, put=ray.put, resume_from=resume_from
+            )
+            self.evals = EvalQueue(
+                cfg,
+                self.learner,
+                self.controller,
+                self.metrics,
+                self.console,
+                self.best,
+                average=(
+                    KuhnAverage(
+                        run_dir, cfg.eval.kuhn_average_tail, keep_until=self.step if resume_from else -1
+                    )
+                    if "kuhn" in cfg.games and cfg.eval.kuhn_average_tail > 0 and not cfg.task.name
+                    else None
+                ),
+            )
+            # stop_when: each watched metric's values logged after the supervised stage (a resumed
+            # run's rows included), read up to row `stop_read`; and what stopped the run, if it did
+            self.stop_values: dict[str, list[float]] = {}
+            self.stop_read = 0
+            self.stopped_when: dict | None = None
+            if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
+                self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
+            if self.league is not None:  # a resumed run's games are rated at its steps, not from 0
+                ray.get(self.league.set_step.remote(self.step))
+            if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
+                self.promote()  # the initial policy is the first member (a task run's: the supervised one)
+            self.gen_counts_at = (time.time(), {})
+            # the buffer's counts at the last log (a resumed buffer's: its counts so far are restored)
+            self.buffer_at: dict | None = ray.get(self.program.buffer.stats.remote()) if resume_from else None
+            self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Kill the program's actors and wait until their names are free (a run that failed
+        to start: in a process that stays connected to Ray, a notebook's or a test's, they
+        outlived it, and the next run waited for their names, then failed on them)."""
+        for actor in self.program.actors():
+            ray.kill(actor)
+        self.program.release()
+        wait_until_free(run_actor_names())
 
     def distill_average(self, average: dict) -> dict:
         """Kuhn poker's average policy (`average`: KuhnAverage.average()) as one network, as

@@ -179,6 +179,31 @@ def test_eval_cli_plays_a_checkpoint_against_another_model_with_legal_moves_only
     assert result["illegal"] == 0
 
 
+def test_a_run_that_fails_to_start_leaves_no_actor_behind(ray_session, small_cfg, tmp_path, monkeypatch):
+    """Its program built, then the start failed (here: making the labelled set): on a Ray
+    this process stays connected to (a notebook's, a test's), its actors outlived it and
+    the next run waited a minute for their names, then failed on them."""
+    from selfplay.program import run_actor_names
+
+    def fail(*args):
+        raise RuntimeError("the labelled set could not be made")
+
+    monkeypatch.setattr(driver, "labelled_set", fail)
+    cfg = task_run_config(
+        small_cfg,
+        tmp_path,
+        steps=4,
+        max_response_tokens=4,
+        reference=False,
+        task=TaskConfig(**ARITHMETIC, samples_per_prompt=4, prompts_per_wave=8, held_out=4),
+        builder=BuilderConfig(rows="rl"),
+        sft=SftConfig(steps=2, examples=40),
+    )
+    with pytest.raises(RuntimeError, match="labelled set could not be made"):
+        driver.train(cfg)
+    assert run_actor_names() == []
+
+
 def test_run_cli_rejects_an_unknown_field_naming_it():
     out = subprocess.run(
         [sys.executable, "-m", "selfplay.cli", "run", "configs/tictactoe.yaml", "--set", "learner.lrr=1"],
