@@ -381,10 +381,13 @@ class Learner:
         # optimiser state on the host: one learner's by OffloadedOptimizer, a group's by FSDP2
         offload = cfg.optimizer_offload and not sharded
         self.opt = OffloadedOptimizer(params, adamw) if offload else adamw(params)
-        # model FLOPs per token, forward and backward: 6 per non-embedding parameter (as
-        # nanochat and PaLM count MFU; attention's share is small at these lengths)
-        embed = self.model.get_input_embeddings().weight.numel()  # a DTensor's numel is the whole's
-        self.flops_per_token = 6 * (sum(p.numel() for p in self.model.parameters()) - embed)
+        # model FLOPs per token, forward and backward: 6 per non-embedding parameter trained (as
+        # nanochat and PaLM count MFU; attention's share is small at these lengths), 4 per frozen
+        # one (LoRA's base weights: forward and the activations' gradient, no weight gradient)
+        embed = self.model.get_input_embeddings().weight  # a DTensor's numel is the whole's
+        self.flops_per_token = sum(
+            (6 if p.requires_grad else 4) * p.numel() for p in self.model.parameters() if p is not embed
+        )
         self.step = 0
         self.version = 0
         self.baselines: dict[tuple[str, int], float] = {}
