@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from selfplay.config import RunConfig
-from selfplay.scaling import autoscale_target, idle_shares, pool_plan
+from selfplay.scaling import EVAL_GENERATOR, autoscale_target, idle_shares, pool_plan
 
 COUNTS = ("games", "turns", "tokens", "sent", "wait_s", "play_s", "eval_games", "eval_turns", "eval_tokens")
 
@@ -316,7 +316,9 @@ class GeneratorPool:
                 f"(generator.max_restarts {g.max_restarts}); see the events"
             )
         if (
-            len(self.live) < self.target
+            # below its size, or without generator-0 (evaluations run there) at any size: a
+            # scale that failed while it was down left the target at the size without it
+            (len(self.live) < self.target or (self.target and EVAL_GENERATOR not in self.live))
             and not self.closing.is_set()
             and time.monotonic() >= self.repair_after
         ):

@@ -253,9 +253,14 @@ def survived(faults: list[dict], run_dir: Path) -> list[bool]:
             )
             if failed is not None:
                 used.add(failed[0])
-            out.append(
+            out.append(  # and its replacement: a start under the failed one's name
                 failed is not None
-                and any(e["event"] == "start" and e["time"] > failed[1]["time"] for _, e in later)
+                and any(
+                    e["event"] == "start"
+                    and e["time"] > failed[1]["time"]
+                    and e.get("generator") == failed[1].get("generator")
+                    for _, e in later
+                )
             )
         else:
             out.append(any(e["event"] == "start" for _, e in later))

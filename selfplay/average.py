@@ -39,7 +39,8 @@ class KuhnAverage:
         learner.broadcast_every > 1 two evaluations between broadcasts measure other
         weights under one version, and the final settle re-broadcasts the last weights
         under a new one)."""
-        if any(r.get("checksum") == checksum for r in self.rows):
+        # rows written before checksums were kept are known by their version
+        if any(r["checksum"] == checksum if "checksum" in r else r["version"] == version for r in self.rows):
             return self.average()
         self.rows.append({"step": step, "version": version, "checksum": checksum, "policy": policy})
         self.rows.sort(key=lambda r: (r["step"], r["version"]))

@@ -965,6 +965,8 @@ def train(
                     summary["after"]["kuhn/average_net"] = after["kuhn/exploitability"]
             if r.league is not None and cfg.task.name:
                 summary["after"].update(r.final_match())
+                # its games are rated into the league: the final checkpoint (written before) has them too
+                ray.get(r.league.save.remote(str(last_checkpoint)))
             if r.reward_model is not None:  # what the run's reward model learned, on held-out pairs
                 summary["after"]["reward_model/held_out"] = {
                     "accuracy": r.reward_model["held_out_accuracy"],

@@ -87,6 +87,10 @@ def test_each_generator_fault_is_healed_by_a_failure_of_its_own_kind(tmp_path):
     assert chaos.survived([hang, kill], tmp_path) == [False, True]
     second = {"kind": "kill_generator", "time": 181.5}  # one failure heals one kill
     assert chaos.survived([kill, second], tmp_path) == [True, False]
+    other = [log[0], {"event": "start", "generator": "generator-2", "time": 200.0}]  # not its replacement
+    (tmp_path / "scaling.jsonl").write_text("".join(json.dumps(e) + "\n" for e in other))
+    assert chaos.survived([kill], tmp_path) == [False]
+    (tmp_path / "scaling.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
     log[1:1] = [{"event": "failed", "generator": "generator-0", "time": 215.0, "reason": "hung: no beat"}]
     log.append({"event": "start", "generator": "generator-0", "time": 240.0})
     (tmp_path / "scaling.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))

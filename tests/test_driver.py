@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from learner.learner import REFERENCE
 from selfplay import driver, reward_model
 from selfplay.config import BuilderConfig, RewardModelConfig, SftConfig, TaskConfig, save_config
+from selfplay.league import LeagueState
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -313,6 +314,9 @@ def test_the_reward_model_self_play_dpo_pipeline_killed_mid_stage_resumes_there_
     assert summary["acceptance"]["describe/vs_first/score"]["value"] == final["score"]
     promotions = summary["after"]["league/snapshots"]["promotions"]
     assert promotions == summary["league"]["league/members"] - 1
+    # the final match's games are in the final checkpoint's league too (written before them)
+    saved = LeagueState.load(driver.latest_checkpoint(run_dir) / "league.json")
+    assert saved.learner_rating == pytest.approx(summary["league"]["league/learner_elo"])
     # DPO's reference at the end (saved with the step-8 checkpoint, after that step's promotion
     # match) is the newest snapshot (league.reference_every 1), not the supervised policy
     reference = load_file(driver.latest_checkpoint(run_dir) / REFERENCE)

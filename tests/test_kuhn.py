@@ -407,6 +407,9 @@ def test_the_average_knows_weights_by_their_checksum_not_their_version(tmp_path)
     assert (got["evaluations"], got["from_step"], got["to_step"]) == (2, 10, 15)
     assert keeper.add(step=15, version=6, policy=policies[2], checksum="b") == got
     assert keeper.add(step=20, version=7, policy=policies[2], checksum="b") == got  # at another step too
+    # a row written before checksums were kept (a resumed older run) is known by its version
+    keeper.rows[0].pop("checksum")
+    assert keeper.add(step=30, version=5, policy=policies[2], checksum="c") == got
 
 
 def test_run_average_refuses_a_tail_outside_0_1(tmp_path):

@@ -332,6 +332,19 @@ def test_a_generator_failing_again_and_again_ends_the_run(model_dir):
                 heal(pool, lambda: False)
 
 
+def test_a_pool_without_generator_0_is_repaired_at_the_size_it_has(model_dir):
+    """Generator-0 failed, and a scale (not a repair) that failed meanwhile left the target
+    at the size without it: the pool was at its target, no check repaired it, and the next
+    evaluation waited for it until the run ended."""
+    cluster = Cluster()
+    pool = make_pool(model_dir, cluster)
+    pool.scale(2)
+    pool._fail("generator-0", "test", limit=False)
+    pool.target = len(pool.live)  # as a failed scale leaves it
+    heal(pool, lambda: sorted(pool.live) == ["generator-0"])  # in generator-1's place: the size asked for
+    pool.stop_all()
+
+
 def test_an_evaluation_waits_for_generator_0_to_be_replaced(model_dir):
     cluster = Cluster(**{"generator-0": {"die_after": 1}})
     pool = make_pool(model_dir, cluster)
