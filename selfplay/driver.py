@@ -6,6 +6,7 @@ shows the same algorithm as one synchronous loop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,7 +45,6 @@ from selfplay.metrics import MetricsLog
 from selfplay.model import create_default_model
 from selfplay.procs import Descendants, local_ray_lost
 from selfplay.program import (
-    RUN_ACTORS,
     build_program,
     learner_peak,
     learner_task,
@@ -387,77 +387,77 @@ class Run:
             cfg, self.run_id, model_path, resume_from, seed_offset=self.step, run_dir=run_dir
         )
         try:  # a run that fails to start leaves no actor behind (its names held the next start)
-            self.learner = self.program.learner
-            self.controller = self.program.controller
-            self.league = self.program.league
-            self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
-            # the stage's learning rate (the config's, also over a resumed optimiser's)
-            lr_set = self.learner.set_lr.remote(
-                (cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr
-            )
-            if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
-                table = labelled_set(cfg, model_path, self.run_id)
-                labelled = schema.to_ipc(table)
-                if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
-                    ray.get(self.program.buffer.set_targets.remote(labelled))
-                if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
-                    ray.get(self.program.buffer.start_sft.remote(labelled))
-                if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
-                    judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
-                    ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
-            every = cfg.learner.ref_refresh_every
-            if resume_from and cfg.builder.rows == "spin" and not self.in_sft and every and self.step % every:
-                # a SPIN iteration cut short by the stop: the generators, which join with the
-                # resumed weights, would sample past the reference (the iterate before); a new
-                # iteration begins here instead, as a weight version of its own (the cut
-                # iteration's rows in the buffer go stale)
-                ray.get(self.learner.reset_reference.remote())
-                ray.get(self.learner.broadcast.remote())
-            # the generators' engines start while the learner loads (each a process importing its
-            # own libraries, one core each); a generator joins the learner once both are up
-            pool = self.controller.scale.remote(cfg.generator.num_generators)
-            ray.get(lr_set)
-            self.pool = ray.get(pool)
-            # the time limit and the wall clock of the curves count from here: training time, without
-            # the engines' start (which a resumed session pays again)
-            self.start = time.time()
-            self.events_logged = 0
-            self.best = BestCheckpoint(
-                cfg.acceptance, run_dir, model_path, put=ray.put, resume_from=resume_from
-            )
-            self.evals = EvalQueue(
-                cfg,
-                self.learner,
-                self.controller,
-                self.metrics,
-                self.console,
-                self.best,
-                average=(
-                    KuhnAverage(
-                        run_dir, cfg.eval.kuhn_average_tail, keep_until=self.step if resume_from else -1
-                    )
-                    if "kuhn" in cfg.games and cfg.eval.kuhn_average_tail > 0 and not cfg.task.name
-                    else None
-                ),
-            )
-            # stop_when: each watched metric's values logged after the supervised stage (a resumed
-            # run's rows included), read up to row `stop_read`; and what stopped the run, if it did
-            self.stop_values: dict[str, list[float]] = {}
-            self.stop_read = 0
-            self.stopped_when: dict | None = None
-            if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
-                self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
-            if self.league is not None:  # a resumed run's games are rated at its steps, not from 0
-                ray.get(self.league.set_step.remote(self.step))
-            if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
-                self.promote()  # the initial policy is the first member (a task run's: the supervised one)
-            self.gen_counts_at = (time.time(), {})
-            # the buffer's counts at the last log (a resumed buffer's: its counts so far are restored)
-            self.buffer_at: dict | None = ray.get(self.program.buffer.stats.remote()) if resume_from else None
-            self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
+            self._start(resume_from, model_path)
         except BaseException:
             self.discard()
             raise
+
+    def _start(self, resume_from: Path | None, model_path: str) -> None:
+        """The rest of the start, on the program built: the supervised stage's data, the
+        generators, the evaluations' queue, the league's first member."""
+        cfg, run_dir = self.cfg, self.run_dir
+        self.learner = self.program.learner
+        self.controller = self.program.controller
+        self.league = self.program.league
+        self.in_sft = bool(cfg.task.name) and self.step < cfg.sft.steps
+        # the stage's learning rate (the config's, also over a resumed optimiser's)
+        lr_set = self.learner.set_lr.remote((cfg.sft.lr or cfg.learner.lr) if self.in_sft else cfg.learner.lr)
+        if self.in_sft or cfg.builder.rows == "spin" or cfg.sft.judge_replay:
+            table = labelled_set(cfg, model_path, self.run_id)
+            labelled = schema.to_ipc(table)
+            if cfg.builder.rows == "spin":  # spin rows pair samples with these targets
+                ray.get(self.program.buffer.set_targets.remote(labelled))
+            if self.in_sft:  # the buffer hands out the labelled set; generators wait until it ends
+                ray.get(self.program.buffer.start_sft.remote(labelled))
+            if cfg.sft.judge_replay:  # the judge role's rows go on being taught after the stage
+                judge = table.filter(pc.equal(table["role"], JUDGE_ROLE))
+                ray.get(self.program.buffer.set_replay.remote(schema.to_ipc(judge), cfg.sft.judge_replay))
+        every = cfg.learner.ref_refresh_every
+        if resume_from and cfg.builder.rows == "spin" and not self.in_sft and every and self.step % every:
+            # a SPIN iteration cut short by the stop: the generators, which join with the
+            # resumed weights, would sample past the reference (the iterate before); a new
+            # iteration begins here instead, as a weight version of its own (the cut
+            # iteration's rows in the buffer go stale)
+            ray.get(self.learner.reset_reference.remote())
+            ray.get(self.learner.broadcast.remote())
+        # the generators' engines start while the learner loads (each a process importing its
+        # own libraries, one core each); a generator joins the learner once both are up
+        pool = self.controller.scale.remote(cfg.generator.num_generators)
+        ray.get(lr_set)
+        self.pool = ray.get(pool)
+        # the time limit and the wall clock of the curves count from here: training time, without
+        # the engines' start (which a resumed session pays again)
+        self.start = time.time()
+        self.events_logged = 0
+        self.best = BestCheckpoint(cfg.acceptance, run_dir, model_path, put=ray.put, resume_from=resume_from)
+        self.evals = EvalQueue(
+            cfg,
+            self.learner,
+            self.controller,
+            self.metrics,
+            self.console,
+            self.best,
+            average=(
+                KuhnAverage(run_dir, cfg.eval.kuhn_average_tail, keep_until=self.step if resume_from else -1)
+                if "kuhn" in cfg.games and cfg.eval.kuhn_average_tail > 0 and not cfg.task.name
+                else None
+            ),
+        )
+        # stop_when: each watched metric's values logged after the supervised stage (a resumed
+        # run's rows included), read up to row `stop_read`; and what stopped the run, if it did
+        self.stop_values: dict[str, list[float]] = {}
+        self.stop_read = 0
+        self.stopped_when: dict | None = None
+        if self.evals.monitor is not None:  # a resumed run's evaluations so far, up to its checkpoint
+            self.evals.monitor.restore(self.metrics.rows, cfg.task.name, cfg.sft.steps, self.step)
+        if self.league is not None:  # a resumed run's games are rated at its steps, not from 0
+            ray.get(self.league.set_step.remote(self.step))
+        if self.league is not None and ray.get(self.league.latest.remote()) is None and not self.in_sft:
+            self.promote()  # the initial policy is the first member (a task run's: the supervised one)
+        self.gen_counts_at = (time.time(), {})
+        # the buffer's counts at the last log (a resumed buffer's: its counts so far are restored)
+        self.buffer_at: dict | None = ray.get(self.program.buffer.stats.remote()) if resume_from else None
+        self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
 
     def discard(self) -> None:
         """Kill the program's actors and wait until their names are free (a run that failed
@@ -904,11 +904,7 @@ class Run:
         """Kill the run's actors and wait until their names are free again, so a resumed
         run in the same Ray session can take them (generators go with the controller)."""
         self.metrics.close()
-        for actor in self.program.actors():
-            ray.kill(actor)
-        self.program.release()
-        workers = [f"learner-{r}" for r in range(1, len(self.program.learner_workers) + 1)]
-        wait_until_free([*self.pool["generators"], *RUN_ACTORS, *workers])
+        self.discard()
 
 
 def train(
@@ -1004,23 +1000,21 @@ def train(
         write_atomic(summary_path, json.dumps(summary, indent=2))
         return run_dir
     finally:  # each step whatever the one before raised (a full disk failing the metrics' flush)
-        try:
+        with contextlib.ExitStack() as teardown:  # last in, first run
+            teardown.callback(out.close)  # the terminal back, so an error raised before reaches it
+            if owns_ray:
+                teardown.callback(end_local_ray, started, out)
             if r is not None:
-                r.close()
-        finally:
-            try:
-                if owns_ray:
-                    left = started.close(
-                        ray.shutdown
-                    )  # e.g. an engine core orphaned by a SIGTERM to the group
-                    if left:
-                        out.print(f"ended {len(left)} processes the local Ray left behind")
-                    if started.removed_segments:  # e.g. a killed engine's message queues
-                        out.print(
-                            f"removed {len(started.removed_segments)} shared-memory segments left in /dev/shm"
-                        )
-            finally:
-                out.close()  # the terminal back, so an error raised above reaches it
+                teardown.callback(r.close)
+
+
+def end_local_ray(started: Descendants, out: Console) -> None:
+    """Shut down the local Ray this run started, and end what it left behind."""
+    left = started.close(ray.shutdown)  # e.g. an engine core orphaned by a SIGTERM to the group
+    if left:
+        out.print(f"ended {len(left)} processes the local Ray left behind")
+    if started.removed_segments:  # e.g. a killed engine's message queues
+        out.print(f"removed {len(started.removed_segments)} shared-memory segments left in /dev/shm")
 
 
 def builder_metrics(buffer: dict, before: dict | None = None) -> dict:
