@@ -77,7 +77,23 @@ def build_program(
     """Create the run's actors (generators come from the controller's `scale`). A resumed
     run's buffer, learner and league load their state from `resume_from`; `seed_offset`
     makes a resumed run's generators draw new games; the league records its members'
-    checkpoints relative to `run_dir`."""
+    checkpoints relative to `run_dir`. A failure part-way (a checkpoint's buffer that does not
+    load, a learner group's placement that times out) kills the actors made so far and frees
+    their names before it is raised."""
+    made = Program(None, None, None, None)  # what exists so far, discarded on a failure
+    try:
+        _build(cfg, run_id, model_path, resume_from, seed_offset, run_dir, made)
+    except BaseException:
+        for actor in made.actors():
+            ray.kill(actor)
+        made.release()
+        wait_until_free(run_actor_names())
+        raise
+    return made
+
+
+def _build(cfg, run_id, model_path, resume_from, seed_offset, run_dir, made: Program) -> None:
+    """build_program's making of the actors, each kept in `made` as soon as it exists."""
     from learner.actor import LearnerActor
     from learner.group import LearnerWorker
 
@@ -94,6 +110,7 @@ def build_program(
         model_path,
         schema.CHAIN_METHOD if chains else None,
     )
+    made.buffer = buffer
     if resume:
         ray.get(buffer.load.remote(resume))
     verifier = VerifierActor.options(
@@ -107,11 +124,13 @@ def build_program(
         cfg.generator.max_response_tokens,
         cfg.generator.board_symmetries,
     )
+    made.verifier = verifier
     lcfg = cfg.learner
     options = learner_options(cfg)
     workers, group, ranks = [], None, ()
     if lcfg.num_workers > 1:  # a learner group: rank 0 below, ranks 1.. as LearnerWorkers
         group, address = learner_group(cfg)
+        made.learner_group = group
 
         def rank(r: int) -> dict:
             strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=r)
@@ -126,20 +145,22 @@ def build_program(
             )
             for r in range(1, lcfg.num_workers)
         ]
+        made.learner_workers = workers
         options, ranks = rank(0), (meet(0), workers)
     learner = LearnerActor.options(name="learner", **options).remote(
         lcfg, cfg.model, model_path, cfg.seed, buffer, run_id, resume, cfg.generator.temperature, *ranks
     )
+    made.learner = learner
     league = None
     if cfg.league.enabled:
         league_state = resume if resume and (resume_from / LEAGUE_STATE).exists() else None
         league = LeagueActor.options(name="league").remote(
             cfg.league, cfg.seed, run_id, cfg.model.dtype, league_state, str(run_dir) if run_dir else None
         )
-    controller = ControllerActor.options(name="controller").remote(
+        made.league = league
+    made.controller = ControllerActor.options(name="controller").remote(
         cfg, run_id, model_path, learner, verifier, buffer, league, seed_offset
     )
-    return Program(buffer, verifier, learner, controller, league, workers, group)
 
 
 def learner_options(cfg: RunConfig) -> dict:

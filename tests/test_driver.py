@@ -10,6 +10,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
 
@@ -189,6 +190,7 @@ def test_a_run_that_fails_to_start_leaves_no_actor_behind(ray_session, small_cfg
     def fail(*args):
         raise RuntimeError("the labelled set could not be made")
 
+    closed = spy_on_metrics_close(monkeypatch)
     monkeypatch.setattr(driver, "labelled_set", fail)
     cfg = task_run_config(
         small_cfg,
@@ -203,6 +205,45 @@ def test_a_run_that_fails_to_start_leaves_no_actor_behind(ray_session, small_cfg
     with pytest.raises(RuntimeError, match="labelled set could not be made"):
         driver.train(cfg)
     assert run_actor_names() == []
+    assert closed == [True]  # its metrics log too (the TensorBoard writer's thread and file)
+
+
+def test_a_program_that_fails_part_way_leaves_no_actor_behind(ray_session, small_cfg, tiny_model, tmp_path):
+    """A checkpoint whose buffer does not load: the buffer actor, made before the load, held
+    its name (build_program's failures come before Run has a program to discard)."""
+    from selfplay.program import build_program, run_actor_names
+
+    with pytest.raises(ray.exceptions.RayTaskError, match="buffer.parquet"):
+        build_program(small_cfg, "broken", tiny_model, tmp_path)  # an empty directory as the checkpoint
+    assert run_actor_names() == []
+
+
+def spy_on_metrics_close(monkeypatch) -> list:
+    """A list that gets an entry each time a MetricsLog is closed."""
+    closed, close = [], driver.MetricsLog.close
+
+    def spy(self):
+        closed.append(True)
+        close(self)
+
+    monkeypatch.setattr(driver.MetricsLog, "close", spy)
+    return closed
+
+
+def test_a_run_that_fails_before_its_program_is_built_closes_its_metrics_log(
+    small_cfg, tmp_path, monkeypatch
+):
+    """A failure before any actor exists (here: making the initial model) closes the
+    metrics log all the same, and is what the caller sees (no error of the clean-up's)."""
+
+    def fail(*args):
+        raise RuntimeError("no model")
+
+    closed = spy_on_metrics_close(monkeypatch)
+    monkeypatch.setattr(driver, "initial_model", fail)
+    with pytest.raises(RuntimeError, match="no model"):
+        driver.Run(small_cfg, tmp_path, None)
+    assert closed == [True]
 
 
 def test_run_cli_rejects_an_unknown_field_naming_it():
