@@ -294,6 +294,13 @@ class GeneratorPool:
         t, g = self.transport, self.cfg.generator
         with self.lock:
             watched = {n: (self.live[n], f) for n, f in self.loops.items() if n not in self.stopping}
+            # after training (stop_all) the generators stay for the final evaluations and play
+            # no more: only an unanswered probe tells a frozen one (SIGSTOP) from the others
+            idle = dict(self.live) if self.closing.is_set() and not self.loops else {}
+        for name, peer in idle.items():
+            reason = self._probe(name, peer, playing=False)
+            if reason:  # an evaluation waiting on it ends (the driver checks while it waits)
+                self._fail(name, reason, limit=False)
         failed: dict[str, str] = {}
         if watched:
             futures = [f for _, f in watched.values()]
@@ -325,12 +332,12 @@ class GeneratorPool:
             self._repair()
         return len(watched) - len(failed)
 
-    def _probe(self, name: str, peer) -> str | None:
+    def _probe(self, name: str, peer, playing: bool = True) -> str | None:
         """The health probe: read the answer to the last stats call, send the next. A reason
         when `name` is hung: its loop's `beats` stood still between two answers further
         apart than hang_timeout_s (measured from reading the first to sending the second,
-        which the loop stood still through, however seldom `check` runs), or a call went
-        unanswered that long."""
+        which the loop stood still through, however seldom `check` runs; only while
+        `playing`), or a call went unanswered that long."""
         t, hang_s = self.transport, self.cfg.generator.hang_timeout_s
         now = time.monotonic()
         probe, sent = self.probes.get(name, (None, now))
@@ -345,7 +352,7 @@ class GeneratorPool:
             beats, since = self.progress[name]
             if stats["beats"] != beats:
                 self.progress[name] = (stats["beats"], now)
-            elif sent - since > hang_s:
+            elif playing and sent - since > hang_s:
                 return f"hung: its loop stood still for {sent - since:.0f} s"
         self.probes[name] = (t.call(peer, "stats"), time.monotonic())
         return None

@@ -64,6 +64,7 @@ HEADLINE = {  # progress-bar label -> metric, shown once the run has logged it
     "kuhn_expl": "eval/kuhn/exploitability",
     "elo": "league/learner_elo",
 }
+WAIT_SLICE_S = 5.0  # how often a wait on generator-0 checks the pool (its probes find a frozen one)
 STOP = threading.Event()  # set by SIGTERM (`selfplay stop`): end at the next step, checkpoint, exit
 
 
@@ -200,11 +201,20 @@ class EvalQueue:
             self.generator = ray.get(self.controller.generator.remote(EVAL_GENERATOR))
         return getattr(self.generator, method).remote(*args)
 
+    def wait(self, ref):
+        """`ref` (a call of generator-0's), once it is ready; the pool is checked every
+        WAIT_SLICE_S meanwhile, so a generator-0 that froze under it is failed by the pool's
+        probe and `ref` raises (a plain wait waited for ever: nothing else checks the pool
+        while the driver waits, and after training nothing did at all)."""
+        while not ray.wait([ref], timeout=WAIT_SLICE_S)[0]:
+            ray.get(self.controller.check.remote())
+        return ref
+
     def run(self, method: str, *args):
         """generator-0's `method`, waited for; run again if generator-0 dies under it."""
         for attempt in range(3):
             try:
-                return ray.get(self.call(method, *args))
+                return ray.get(self.wait(self.call(method, *args)))
             except ray.exceptions.RayActorError:
                 if attempt == 2:
                     raise
@@ -272,11 +282,11 @@ class EvalQueue:
         still, todo = [], list(self.pending)
         while todo:
             step, prefix, weights, (method, args), ref = todo.pop(0)
-            if not ray.wait([ref], timeout=None if wait else 0)[0]:
+            if not wait and not ray.wait([ref], timeout=0)[0]:
                 still.append((step, prefix, weights, (method, args), ref))
                 continue
             try:
-                result = ray.get(ref)
+                result = ray.get(self.wait(ref))
             except ray.exceptions.RayActorError:
                 self.generator = None  # generator-0 died under it: again, on its replacement
                 self.console.print(f"step {step:>5} {prefix}: generator-0 was lost; evaluating again")

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -216,6 +218,72 @@ def test_a_program_that_fails_part_way_leaves_no_actor_behind(ray_session, small
     with pytest.raises(ray.exceptions.RayTaskError, match="buffer.parquet"):
         build_program(small_cfg, "broken", tiny_model, tmp_path)  # an empty directory as the checkpoint
     assert run_actor_names() == []
+
+
+@ray.remote
+class FrozenGenerator:
+    """generator-0 whose engine froze under an evaluation: the call never returns."""
+
+    def evaluate_task(self, *args):
+        time.sleep(3600)
+
+
+@ray.remote
+class PoolAfterTraining:
+    """The controller after training as an evaluation's wait meets it: the second check's
+    probe finds generator-0 frozen and kills it (GeneratorPool._check: test_pool), and
+    none replaces it (training is over)."""
+
+    def __init__(self):
+        self.gen, self.checks = FrozenGenerator.remote(), 0
+
+    def generator(self, name: str):
+        if self.gen is None:
+            raise RuntimeError(
+                f"{name} is not running (training has ended, or it failed and was not replaced)"
+            )
+        return self.gen
+
+    def check(self) -> int:
+        self.checks += 1
+        if self.checks == 2:
+            ray.kill(self.gen)
+            self.gen = None
+        return 0
+
+    def checked(self) -> int:
+        return self.checks
+
+
+@pytest.mark.parametrize("path", ["run", "collect"])
+def test_an_evaluation_waiting_on_a_frozen_generator_0_ends(ray_session, small_cfg, monkeypatch, path):
+    """A waited evaluation (the final ones, promotion matches, the supervised stage's end)
+    checks the pool while it waits, so the pool's probe can fail a frozen generator-0 and
+    the wait ends with the pool's error; before, it waited on the call for ever (nothing
+    else checked the pool meanwhile, and after training nothing did at all)."""
+    monkeypatch.setattr(driver, "WAIT_SLICE_S", 0.2)
+    pool = PoolAfterTraining.remote()
+    evals = driver.EvalQueue(small_cfg, None, pool, None, driver.Console(None), None)
+    outcome = []
+
+    def evaluate():
+        try:
+            if path == "run":
+                evals.run("evaluate_task", {})
+            else:
+                evals.pending.append(
+                    (0, "eval", {}, ("evaluate_task", ({},)), evals.call("evaluate_task", {}))
+                )
+                evals.collect(0.0, wait=True)
+        except Exception as err:  # the pool's, through Ray
+            outcome.append(err)
+
+    waiting = threading.Thread(target=evaluate, daemon=True)
+    waiting.start()
+    waiting.join(60)
+    assert not waiting.is_alive(), "the evaluation still waits on the frozen generator-0"
+    assert "generator-0 is not running" in str(outcome[0])
+    assert ray.get(pool.checked.remote()) >= 2
 
 
 def spy_on_metrics_close(monkeypatch) -> list:

@@ -308,6 +308,32 @@ def test_a_hung_generator_is_replaced_and_the_learner_stops_waiting_for_it(model
     pool.stop_all()
 
 
+def test_a_generator_frozen_after_training_is_failed_by_a_check_and_not_replaced(model_dir):
+    """After stop_all the generators stay, idle, for the final evaluations: their loops stand
+    still by design, and only an unanswered probe tells a frozen one (SIGSTOP) from them.
+    Before, nothing probed them, and an evaluation waiting on generator-0 waited for ever."""
+    cluster = Cluster(**{"generator-0": {"freeze_after": 10**9}})  # frozen when told, below
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.3"])
+    pool.scale(2)
+    pool.check()  # a probe of each under way, as in a run
+    pool.stop_all()
+    for _ in range(3):  # idle, loops still, probes answered: longer than the timeout, not hung
+        time.sleep(0.4)
+        pool.check()
+    assert [e["event"] for e in pool.status()["events"]] == ["start", "start"]
+    frozen = cluster.spawned["generator-0"]
+    frozen.hanging.set()  # its calls go unanswered from now on
+    heal(pool, lambda: "generator-0" not in pool.live)
+    (failed,) = [e for e in pool.status()["events"] if e["event"] == "failed"]
+    assert failed["generator"] == "generator-0" and failed["reason"].startswith(
+        "hung: the probe unanswered for"
+    )
+    assert frozen.killed.is_set() and cluster.discarded == ["generator-0"]
+    assert list(pool.live) == ["generator-1"] and len(cluster.all) == 2  # training is over: no replacement
+    with pytest.raises(RuntimeError, match="generator-0 is not running"):
+        pool.generator("generator-0")  # what the driver's evaluation asks for next
+
+
 def test_a_healthy_generator_is_not_called_hung_however_seldom_the_pool_is_checked(model_dir):
     cluster = Cluster()
     pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.2"])
