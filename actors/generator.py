@@ -1129,6 +1129,7 @@ class GeneratorActor:
         self.report_lock = threading.Lock()  # reports come from the wave loop and from matches
         self.member_lock = threading.Lock()  # held while loading members and playing them
         self.eval_lock = threading.Lock()  # one evaluation at a time on the FIXED engine
+        self.matching = False  # a head-to-head match under way
         tags = {"run": run_id, "generator": generator_id}
         self.tokens = ray_metric("counter", "generator_tokens", tags)
         self.trajs = ray_metric("counter", "generator_trajectories", tags)
@@ -1284,12 +1285,16 @@ class GeneratorActor:
         run: n_games held-out prompts, greedy, judged: `Generator.task_match`); results
         also go to the league as the learner's."""
         with self.eval_lock, self.member_lock:
-            policy = self.gen.policy_for(weights, lambda: ray.get(weights["ref"][0]))
-            self._load_members(league, {member})
-            if self.gen.task is not None:  # n_games held-out prompts, judged
-                per_game, results = self.gen.task_match(member, n_games, policy)
-            else:
-                table, per_game = self.gen.head_to_head(member, n_games, policy)
+            self.matching = True  # the wave loop may wait on member_lock meanwhile (stats says so)
+            try:
+                policy = self.gen.policy_for(weights, lambda: ray.get(weights["ref"][0]))
+                self._load_members(league, {member})
+                if self.gen.task is not None:  # n_games held-out prompts, judged
+                    per_game, results = self.gen.task_match(member, n_games, policy)
+                else:
+                    table, per_game = self.gen.head_to_head(member, n_games, policy)
+            finally:
+                self.matching = False
         if self.gen.task is not None:
             ray.get(league.record.remote(results))
         else:
@@ -1309,6 +1314,7 @@ class GeneratorActor:
             "play_s": 0.0 if self.play_started is None else time.perf_counter() - self.play_started,
             "sent": self.sent,
             "beats": self.beats,
+            "matching": self.matching,  # a match holds the loop (member_lock): it is not hung
             "members": list(self.gen.slots),
             "node_id": ray.get_runtime_context().get_node_id(),
             **self.gen.counts,

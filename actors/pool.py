@@ -317,7 +317,7 @@ class GeneratorPool:
             self._fail(name, reason)
         if self.learner_lost:  # an evaluation waiting in `generator` would wait in vain
             raise RuntimeError(self.learner_lost)
-        if self.repairs_failed > g.max_restarts:
+        if self.repairs_failed > g.max_restarts and not self.closing.is_set():  # (none is tried after)
             raise RuntimeError(
                 f"the pool could not replace its failed generators {self.repairs_failed} times in a row "
                 f"(generator.max_restarts {g.max_restarts}); see the events"
@@ -350,7 +350,8 @@ class GeneratorPool:
                 return f"died: {type(err).__name__}"
             self.last_stats[name] = stats
             beats, since = self.progress[name]
-            if stats["beats"] != beats:
+            # a match (head_to_head) holds the loop on the league's members: waiting, not hung
+            if stats["beats"] != beats or stats.get("matching"):
                 self.progress[name] = (stats["beats"], now)
             elif playing and sent - since > hang_s:
                 return f"hung: its loop stood still for {sent - since:.0f} s"

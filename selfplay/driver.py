@@ -207,7 +207,10 @@ class EvalQueue:
         probe and `ref` raises (a plain wait waited for ever: nothing else checks the pool
         while the driver waits, and after training nothing did at all)."""
         while not ray.wait([ref], timeout=WAIT_SLICE_S)[0]:
-            ray.get(self.controller.check.remote())
+            try:
+                ray.get(self.controller.check.remote())
+            except ray.exceptions.RayActorError as err:  # not generator-0's: no evaluating again
+                raise RuntimeError(f"the controller was lost while an evaluation waited: {err}") from err
         return ref
 
     def run(self, method: str, *args):

@@ -210,7 +210,11 @@ def learner_group(cfg: RunConfig, timeout_s: float = 300) -> tuple[object, str]:
             f"within {timeout_s:g} s (Ray has {ray.available_resources()})"
         )
     at = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
-    return group, ray.get(group_address.options(scheduling_strategy=at).remote(lcfg.sync_host))
+    try:
+        return group, ray.get(group_address.options(scheduling_strategy=at).remote(lcfg.sync_host))
+    except BaseException:
+        remove_placement_group(group)  # the caller never gets it to free
+        raise
 
 
 def spawn_generator(cfg: RunConfig, run_id: str, model_path: str, name: str, seed_extra: int):

@@ -220,7 +220,7 @@ def test_a_program_that_fails_part_way_leaves_no_actor_behind(ray_session, small
     assert run_actor_names() == []
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 class FrozenGenerator:
     """generator-0 whose engine froze under an evaluation: the call never returns."""
 
@@ -228,14 +228,14 @@ class FrozenGenerator:
         time.sleep(3600)
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 class PoolAfterTraining:
     """The controller after training as an evaluation's wait meets it: the second check's
     probe finds generator-0 frozen and kills it (GeneratorPool._check: test_pool), and
     none replaces it (training is over)."""
 
-    def __init__(self):
-        self.gen, self.checks = FrozenGenerator.remote(), 0
+    def __init__(self, gen=None):
+        self.gen, self.checks = gen or FrozenGenerator.remote(), 0
 
     def generator(self, name: str):
         if self.gen is None:
@@ -284,6 +284,21 @@ def test_an_evaluation_waiting_on_a_frozen_generator_0_ends(ray_session, small_c
     assert not waiting.is_alive(), "the evaluation still waits on the frozen generator-0"
     assert "generator-0 is not running" in str(outcome[0])
     assert ray.get(pool.checked.remote()) >= 2
+    ray.kill(pool)
+
+
+def test_an_evaluation_whose_controller_is_lost_says_so(ray_session, small_cfg, monkeypatch):
+    """The pool's check failing because the controller died is not generator-0 lost under
+    the evaluation (whose error a waited evaluation answers by evaluating again)."""
+    monkeypatch.setattr(driver, "WAIT_SLICE_S", 0.2)
+    frozen = FrozenGenerator.remote()  # this process's: it outlives the controller
+    pool = PoolAfterTraining.remote(frozen)
+    evals = driver.EvalQueue(small_cfg, None, pool, None, driver.Console(None), None)
+    evals.generator = frozen
+    ray.kill(pool)
+    with pytest.raises(RuntimeError, match="the controller was lost while an evaluation waited"):
+        evals.run("evaluate_task", {})
+    ray.kill(frozen)
 
 
 def spy_on_metrics_close(monkeypatch) -> list:

@@ -67,6 +67,7 @@ class WaveGenerator(Receiver):
         self.killed = threading.Event()
         self.hanging = threading.Event()
         self.beats = 0
+        self.matching = False  # a head-to-head match holds its loop
         self.sent = 0
         self.history: list[str] = []
         STARTED.append(self)
@@ -88,6 +89,7 @@ class WaveGenerator(Receiver):
             "checksum": checksum,
             "sent": self.sent,
             "beats": self.beats,
+            "matching": self.matching,
             "games": self.sent,
             "turns": 5 * self.sent,
             "tokens": 5 * self.sent,
@@ -317,7 +319,7 @@ def test_a_generator_frozen_after_training_is_failed_by_a_check_and_not_replaced
     pool.scale(2)
     pool.check()  # a probe of each under way, as in a run
     pool.stop_all()
-    for _ in range(3):  # idle, loops still, probes answered: longer than the timeout, not hung
+    for _ in range(4):  # idle, loops still, probes answered: longer than the timeout, not hung
         time.sleep(0.4)
         pool.check()
     assert [e["event"] for e in pool.status()["events"]] == ["start", "start"]
@@ -332,6 +334,39 @@ def test_a_generator_frozen_after_training_is_failed_by_a_check_and_not_replaced
     assert list(pool.live) == ["generator-1"] and len(cluster.all) == 2  # training is over: no replacement
     with pytest.raises(RuntimeError, match="generator-0 is not running"):
         pool.generator("generator-0")  # what the driver's evaluation asks for next
+
+
+def test_a_generator_whose_loop_waits_on_a_match_is_not_called_hung(model_dir):
+    """A promotion match on generator-0 holds its league members (member_lock) for as long
+    as it lasts, and the wave loop waits on them: its beats stand still, but it is not hung.
+    The driver checks the pool while it waits on the match; before `matching`, a match
+    longer than hang_timeout_s failed generator-0 under it, and each retry failed again."""
+    cluster = Cluster(**{"generator-0": {"hang_after": 1}})  # its loop stands still (answering)
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.3"])
+    pool.scale(1)
+    waiting = cluster.spawned["generator-0"]
+    waiting.matching = True
+    assert waiting.hanging.wait(5)
+    for _ in range(4):
+        time.sleep(0.4)
+        pool.check()
+    assert [e["event"] for e in pool.status()["events"]] == ["start"]
+    waiting.matching = False  # the match is over and the loop still stands: hung
+    heal(pool, lambda: waiting.killed.is_set())
+    (failed,) = [e for e in pool.status()["events"] if e["event"] == "failed"]
+    assert failed["reason"].startswith("hung: its loop stood still for")
+    pool.stop_all()
+
+
+def test_repairs_that_failed_as_training_ended_do_not_end_the_final_evaluations(model_dir):
+    """A repair still starting a generator when stop_all came fails ("training ended while
+    generators were starting") and is counted; the checks of the final evaluations' waits
+    must not read the count as the pool giving up (no repair is tried after training)."""
+    pool = make_pool(model_dir, Cluster(), ["generator.max_restarts=1"])
+    pool.scale(1)
+    pool.stop_all()
+    pool.repairs_failed = 2  # past max_restarts, the last as training ended
+    assert pool.check() == 0
 
 
 def test_a_healthy_generator_is_not_called_hung_however_seldom_the_pool_is_checked(model_dir):
