@@ -480,16 +480,11 @@ class Run:
         self.learner_time = {"watched_s": 0.0, "step_s": 0.0, "flops_s": 0.0}  # this session's
 
     def discard(self) -> None:
-        """Kill the program's actors, if built, and wait until their names are free (a run
-        that failed to start: in a process that stays connected to Ray, a notebook's or a
-        test's, they outlived it, and the next run waited for their names, then failed on
-        them); close the metrics log (its TensorBoard writer's thread and file)."""
+        """Discard the program, if built (Program.discard: a failed start leaves no actor
+        holding a name), and close the metrics log (its TensorBoard writer's thread and file)."""
         try:
             if self.program is not None:
-                for actor in self.program.actors():
-                    ray.kill(actor)
-                self.program.release()
-                wait_until_free(run_actor_names())
+                self.program.discard()
         finally:
             self.metrics.close()
 

@@ -59,11 +59,17 @@ class Program:
             if a is not None
         ]
 
-    def release(self) -> None:
-        """Free the learner group's placement group (its actors are killed first)."""
+    def discard(self) -> None:
+        """Kill the actors, free the learner group's placement group, and wait until no live
+        actor holds a run's name (in a process that stays connected to Ray, a notebook's or a
+        test's, the actors of a failed start outlived it, and the next run waited for their
+        names, then failed on them)."""
+        for actor in self.actors():
+            ray.kill(actor)
         if self.learner_group is not None:
             remove_placement_group(self.learner_group)
             self.learner_group = None
+        wait_until_free(run_actor_names())
 
 
 def build_program(
@@ -84,10 +90,7 @@ def build_program(
     try:
         _build(cfg, run_id, model_path, resume_from, seed_offset, run_dir, made)
     except BaseException:
-        for actor in made.actors():
-            ray.kill(actor)
-        made.release()
-        wait_until_free(run_actor_names())
+        made.discard()
         raise
     return made
 
