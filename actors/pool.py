@@ -25,6 +25,8 @@ from collections.abc import Callable
 from selfplay.config import RunConfig
 from selfplay.scaling import EVAL_GENERATOR, autoscale_target, idle_shares, pool_plan
 
+# how long `generator` waits on a live generator's stats before handing it over unanswered
+STATS_WAIT_S = 30.0
 COUNTS = ("games", "turns", "tokens", "sent", "wait_s", "play_s", "eval_games", "eval_turns", "eval_tokens")
 
 
@@ -451,10 +453,12 @@ class GeneratorPool:
             peer = self.live.get(name)
             if peer is not None:
                 try:
-                    t.get(t.call(peer, "stats"), timeout=30.0)
+                    t.get(t.call(peer, "stats"), timeout=STATS_WAIT_S)
                 except t.dead as err:
                     self._fail(name, f"died: {type(err).__name__}")
                     self._repair()
+                except TimeoutError:  # busy or frozen: `check` tells which (the caller's
+                    pass  # waits run it) and fails a frozen one; raising here ended the run
         while name not in self.live and time.time() < deadline and not self.closing.is_set():
             time.sleep(0.5)
             self.check()

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from actors import pool as pool_module
 from actors.pool import GeneratorPool
 from learner.learner import Learner
 from learner.service import LearnerService
@@ -334,6 +335,23 @@ def test_a_generator_frozen_after_training_is_failed_by_a_check_and_not_replaced
     assert list(pool.live) == ["generator-1"] and len(cluster.all) == 2  # training is over: no replacement
     with pytest.raises(RuntimeError, match="generator-0 is not running"):
         pool.generator("generator-0")  # what the driver's evaluation asks for next
+
+
+def test_a_generator_frozen_as_it_is_asked_for_is_handed_over_for_the_checks_to_fail(model_dir, monkeypatch):
+    """The driver asks the pool for generator-0 before each evaluation, and the pool first
+    makes sure it answers. One that froze just then left that call unanswered, and the
+    timeout ended the run; now the handle is returned, and the checks that the caller's
+    wait runs fail the frozen generator (here the pool's own) as they would any other."""
+    monkeypatch.setattr(pool_module, "STATS_WAIT_S", 0.2)
+    cluster = Cluster(**{"generator-0": {"freeze_after": 10**9}})
+    pool = make_pool(model_dir, cluster, ["generator.hang_timeout_s=0.3"])
+    pool.scale(1)
+    frozen = cluster.spawned["generator-0"]
+    frozen.hanging.set()  # its calls go unanswered from now on
+    assert pool.generator("generator-0") is frozen
+    heal(pool, lambda: frozen.killed.is_set() and "generator-0" in pool.live)
+    assert cluster.spawned["generator-0"] is not frozen
+    pool.stop_all()
 
 
 def test_a_generator_whose_loop_waits_on_a_match_is_not_called_hung(model_dir):
