@@ -71,3 +71,18 @@ def mean_by_key(maps: list[dict[str, float]]) -> dict[str, float]:
         for key, value in m.items():
             values.setdefault(key, []).append(value)
     return {key: sum(vs) / len(vs) for key, vs in values.items()}
+
+
+def isotonic(values: list[float]) -> list[float]:
+    """The non-decreasing sequence nearest `values` in squared error (pool adjacent
+    violators, Ayer et al. 1955): each run of values that falls is replaced by its mean,
+    merged with the runs before it while their means still fall. A learning curve read this
+    way lets a lucky high evaluation count only as much as the ones around it."""
+    blocks: list[tuple[float, int]] = []  # (mean, count), their means strictly rising
+    for value in values:
+        mean, count = value, 1
+        while blocks and blocks[-1][0] >= mean:
+            before, n = blocks.pop()
+            mean, count = (before * n + mean * count) / (n + count), n + count
+        blocks.append((mean, count))
+    return [mean for mean, count in blocks for _ in range(count)]

@@ -209,6 +209,28 @@ def test_samples_to_reach_confirmed_needs_the_next_evaluation_too():
     assert variance_filter.samples_to_reach(rows, "arithmetic", 0.28, start=300, confirm=2)["version"] == 350
 
 
+def test_samples_to_fit_reads_the_fitted_curve_not_one_lucky_evaluation():
+    samples = [(310, 1000.0), (320, 2000.0), (330, 3000.0), (340, 4000.0), (350, 5000.0), (360, 6000.0)]
+    # version 310 reads 0.30 by chance; the next two fall back, so the fit pools the three
+    # (0.24): the fitted curve reaches 0.25 half-way from version 330 (3,000 samples, 0.24)
+    # to 340 (4,000, 0.26). The evaluation logged at 360 measured version 350 (5,000 samples)
+    evals = [(310, 310, 0.30), (320, 320, 0.22), (330, 330, 0.20), (340, 340, 0.26), (360, 350, 0.28)]
+    rows = metric_rows("arithmetic", [(300, 300, 0.2), *evals], samples)
+    first = variance_filter.samples_to_reach(rows, "arithmetic", 0.25, start=300)
+    assert (first["version"], first["samples"]) == (310, 1000.0)
+    fitted = variance_filter.samples_to_fit(rows, "arithmetic", 0.25, start=300, after_sft=0.2)
+    assert fitted["reached"] and fitted["version"] == 340
+    assert fitted["samples"] == pytest.approx(3500.0) and fitted["accuracy"] == pytest.approx(0.26)
+    # from the supervised stage's 0.2 at 0 samples to version 350's 0.28 at 5,000, past 0.27
+    later = variance_filter.samples_to_fit(rows, "arithmetic", 0.27, start=300, after_sft=0.2)
+    assert later["version"] == 350 and later["samples"] == pytest.approx(4500.0)
+    # a first evaluation past the target is reached between the supervised stage and it
+    early = variance_filter.samples_to_fit(rows, "arithmetic", 0.21, start=300, after_sft=0.2)
+    assert early["version"] == 310 and early["samples"] == pytest.approx(1000.0 * 0.01 / 0.04)
+    missed = variance_filter.samples_to_fit(rows, "arithmetic", 0.3, start=300, after_sft=0.2)
+    assert missed == {"reached": False, "version": None, "accuracy": pytest.approx(0.28), "samples": 6000.0}
+
+
 def test_variance_filter_saving_says_what_kind_of_figure_it_is():
     def arm(reached, samples):
         return {"reached": reached, "samples": samples}

@@ -5,6 +5,7 @@ Kuhn exploitability, a league with snapshots)."""
 from __future__ import annotations
 
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,7 @@ import pytest
 from selfplay.league import LEARNER, LeagueState, Member
 from selfplay.metrics import METRICS_SCHEMA
 from selfplay.report import figures, promote_threshold, wilson_interval, write_report
-from selfplay.stats import mean_by_key, mean_interval, seeds_interval
+from selfplay.stats import isotonic, mean_by_key, mean_interval, seeds_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,6 +66,23 @@ def test_seeds_interval_quantiles_match_scipy():
         s = (sum((v - sum(values) / n) ** 2 for v in values) / (n - 1)) ** 0.5
         expected = t.ppf(0.975, n - 1) if n <= 31 else 1.96
         assert (hi - lo) / 2 == pytest.approx(expected * s / n**0.5, abs=2e-3)
+
+
+def test_isotonic_pools_each_fall_with_the_values_before_it():
+    assert isotonic([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    # 1 falls below 3 (2, 2), then 2 ties that block's mean and joins it
+    assert isotonic([3.0, 1.0, 2.0]) == [2.0, 2.0, 2.0]
+    # a later fall reaches back past an earlier block: 5, 1 -> 3, 3; then 0 pools all four
+    assert isotonic([2.0, 5.0, 1.0, 0.0]) == [2.0, 2.0, 2.0, 2.0]
+    assert isotonic([0.1, 0.2, 0.3]) == [0.1, 0.2, 0.3] and isotonic([]) == []
+
+
+def test_isotonic_matches_scipy():
+    regression = pytest.importorskip("scipy.optimize").isotonic_regression
+    rng = random.Random(0)
+    for n in (1, 2, 5, 40, 200):
+        values = [rng.random() + 0.01 * i for i in range(n)]
+        assert isotonic(values) == pytest.approx(list(regression(values).x), abs=1e-12)
 
 
 def write_metrics(run_dir, rows):
