@@ -447,7 +447,9 @@ class GeneratorPool:
 
     def generator(self, name: str, timeout_s: float = 600.0):
         """The live generator `name`, waiting up to timeout_s while a failed one is
-        replaced (checking the pool meanwhile: nobody else may be)."""
+        replaced (checking the pool meanwhile: nobody else may be). A live one that does not
+        answer its stats within STATS_WAIT_S is handed over all the same: the caller's waits
+        check the pool, which fails it if it stays frozen."""
         deadline, t = time.time() + timeout_s, self.transport
         with self.checking:  # a caller asking again may have seen it die: make sure
             peer = self.live.get(name)

@@ -30,9 +30,12 @@ class LocalTransport:
         return self.pool.submit(getattr(peer, method), *args)
 
     def get(self, future, timeout: float | None = None):
-        if isinstance(future, list):
-            return [f.result(timeout) for f in future]
-        return future.result(timeout)
+        try:
+            if isinstance(future, list):
+                return [f.result(timeout) for f in future]
+            return future.result(timeout)
+        except cf.TimeoutError as err:  # the builtin TimeoutError, as Ray's, from Python 3.11 only
+            raise TimeoutError(f"no answer within {timeout} s") from err
 
     def wait(self, futures: list, num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
         """(done, pending) as ray.wait: at most num_returns done, in the order given."""

@@ -186,6 +186,9 @@ def test_samples_to_reach_reads_the_version_measured_not_the_step_logged():
     assert variance_filter.samples_to_reach(rows, "arithmetic", 0.2, start=300)["version"] == 350
     missed = variance_filter.samples_to_reach(rows, "arithmetic", 0.3, start=300)
     assert missed == {"reached": False, "version": None, "accuracy": 0.25, "samples": 21000.0}
+    # the best accuracy of a run that missed is its RL stage's, not the supervised stage's
+    rows = metric_rows("arithmetic", [(300, 300, 0.3), (310, 310, 0.2)], samples)
+    assert variance_filter.samples_to_reach(rows, "arithmetic", 0.35, start=300)["accuracy"] == 0.2
 
 
 def test_an_accuracy_landing_on_a_summed_target_reaches_it():
@@ -221,7 +224,7 @@ def test_samples_to_fit_reads_the_fitted_curve_not_one_lucky_evaluation():
     fitted = variance_filter.samples_to_fit(rows, "arithmetic", 0.25, start=300, after_sft=0.2)
     assert fitted["reached"] and fitted["version"] == 340
     assert fitted["samples"] == pytest.approx(3500.0) and fitted["accuracy"] == pytest.approx(0.26)
-    # from the supervised stage's 0.2 at 0 samples to version 350's 0.28 at 5,000, past 0.27
+    # between version 340 (0.26, 4,000 samples) and 350 (0.28, 5,000)
     later = variance_filter.samples_to_fit(rows, "arithmetic", 0.27, start=300, after_sft=0.2)
     assert later["version"] == 350 and later["samples"] == pytest.approx(4500.0)
     # a first evaluation past the target is reached between the supervised stage and it
@@ -378,6 +381,7 @@ def test_variance_ratio_figure_is_met_only_where_every_seed_meets_the_goal():
     assert got["lo"] == pytest.approx(1.6 - 4.303 * 0.36056 / 3**0.5, abs=1e-3)
     assert got["figure"]["met"] is False  # the mean meets 1.3, but 2 seeds of 4 do not
     assert ">= 1.3 in 2/4" in got["figure"]["note"]
+    assert got["geomean"] == pytest.approx((1.5 * 1.3 * 2.0) ** (1 / 3))  # 1.5659, below the mean
     every = variance_filter.ratio_figure(
         [seed(1.5), seed(1.3)], "filter", "saving", [0, 1], variance_filter.GOAL
     )

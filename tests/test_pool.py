@@ -351,6 +351,8 @@ def test_a_generator_frozen_as_it_is_asked_for_is_handed_over_for_the_checks_to_
     assert pool.generator("generator-0") is frozen
     heal(pool, lambda: frozen.killed.is_set() and "generator-0" in pool.live)
     assert cluster.spawned["generator-0"] is not frozen
+    (failed,) = [e for e in pool.status()["events"] if e["event"] == "failed"]
+    assert failed["generator"] == "generator-0" and failed["reason"].startswith("hung: the probe unanswered")
     pool.stop_all()
 
 

@@ -75,6 +75,8 @@ def test_isotonic_pools_each_fall_with_the_values_before_it():
     # a later fall reaches back past an earlier block: 5, 1 -> 3, 3; then 0 pools all four
     assert isotonic([2.0, 5.0, 1.0, 0.0]) == [2.0, 2.0, 2.0, 2.0]
     assert isotonic([0.1, 0.2, 0.3]) == [0.1, 0.2, 0.3] and isotonic([]) == []
+    # 1 pools with 5 (3, 3), which now falls below 4 and pools with it too: one merge back is not enough
+    assert isotonic([4.0, 5.0, 1.0]) == pytest.approx([10 / 3] * 3)
 
 
 def test_isotonic_matches_scipy():
