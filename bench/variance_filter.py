@@ -33,9 +33,9 @@ reaches the target, each arm's figure is also read with the crossing confirmed b
 evaluation (`confirmed`): one evaluation's standard error is about 0.02, and a slowly rising
 arm evaluated often crosses early by chance.
 
-Both readings rest on single evaluations, and the plain arm, evaluated every 10 steps of about
-130 samples each, has three times the filter's chances per sample of crossing early by
-luck. Since 2026-12-07 the goal is read on each arm's learning curve instead (`fitted`):
+Both readings rest on single evaluations, and the plain arm, evaluated every 10 steps of
+about 130 samples each, has three to eight times the filter's chances per sample (by host)
+of crossing early by luck. Since 2026-12-07 the goal is read on each arm's learning curve instead (`fitted`):
 held-out accuracy against samples generated, from the supervised stage's accuracy at 0,
 fitted non-decreasing (isotonic regression, which pools each evaluation with its neighbours
 wherever the curve falls back) and crossed by linear interpolation between evaluations. The
@@ -127,7 +127,7 @@ def samples_to_fit(metrics: list[dict], task: str, target: float, start: int, af
     is the first weight version whose fitted accuracy reaches it. The first crossing
     (`samples_to_reach`) credits one lucky evaluation, and an arm evaluated more often per
     sample gets more chances of one (the plain arm's 10 steps between evaluations generate
-    about 1,300 samples, the filter's 3,600-5,300); the fit pools each evaluation with its
+    about 1,300 samples, the filter's 3,600-10,000 by host); the fit pools each evaluation with its
     neighbours wherever the curve falls back. Not reached: `reached` False, the fit's best
     accuracy and every sample the run generated."""
     curve, total = learning_curve(metrics, task, start)
