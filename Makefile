@@ -72,8 +72,9 @@ ceiling: $(STAMP)  # the TicTacToe demo's learner on perfect labels: steps to it
 chaos: $(STAMP)  # a 10-minute run under generator, learner and driver faults beside an undisturbed one
 	$(PY) -m bench.chaos --minutes 10 --out runs/chaos
 
-variance: $(STAMP)  # variance filtering's saving in samples, 2 arms x 3 seeds x 10 min (bench/variance_filter.py)
+variance: $(STAMP)  # variance filtering's saving in samples, 3 arms x 3 seeds x 10 min (bench/variance_filter.py)
 	$(PY) -m bench.variance_filter --seeds 0 1 2 --eval-every 10 --eval-samples 1
+	$(PY) -m bench.variance_filter --seeds 0 1 2 --eval-every 10 --eval-samples 1 --arms screen
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

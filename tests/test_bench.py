@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import random
+import statistics
 
 import pytest
 
@@ -232,6 +235,53 @@ def test_samples_to_fit_reads_the_fitted_curve_not_one_lucky_evaluation():
     assert early["version"] == 310 and early["samples"] == pytest.approx(1000.0 * 0.01 / 0.04)
     missed = variance_filter.samples_to_fit(rows, "arithmetic", 0.3, start=300, after_sft=0.2)
     assert missed == {"reached": False, "version": None, "accuracy": pytest.approx(0.28), "samples": 6000.0}
+
+
+def test_the_plain_arms_final_fitted_accuracy_is_the_mean_of_its_last_pooled_evaluations():
+    samples = [(310, 1000.0), (320, 2000.0), (330, 3000.0), (340, 4000.0)]
+    # 0.30 at version 320 is pooled with the fall back to 0.26 and 0.28 after it: the fit ends
+    # at their mean, 0.28, which the plain arm's own curve reaches half-way from version 310
+    # (0.24, 1,000 samples) to 320 (0.28, 2,000)
+    evals = [(310, 310, 0.24), (320, 320, 0.30), (330, 330, 0.26), (340, 340, 0.28)]
+    rows = metric_rows("arithmetic", [(300, 300, 0.2), *evals], samples)
+    final = variance_filter.final_fitted(rows, "arithmetic", start=300, after_sft=0.2)
+    assert final == pytest.approx(0.28)
+    own = variance_filter.samples_to_fit(rows, "arithmetic", final, start=300, after_sft=0.2)
+    assert own["version"] == 320 and own["samples"] == pytest.approx(2000.0)
+    # a run whose last evaluation is its best ends at it
+    rows = metric_rows("arithmetic", [(310, 310, 0.24), (320, 320, 0.22), (330, 330, 0.3)], samples)
+    assert variance_filter.final_fitted(rows, "arithmetic", start=300, after_sft=0.2) == pytest.approx(0.3)
+
+
+def simulated_run(efficiency: float, every: float, total: float, rng) -> list[dict]:
+    """Metrics rows of a run whose true held-out accuracy after s samples is 0.16 + 0.25
+    (1 - exp(-s efficiency / 250k)), evaluated every `every` samples to `total` with the
+    noise of 400 problems (sd 0.022)."""
+    points = [every * i for i in range(1, int(total / every) + 1)]
+    evals = [
+        (300 + i, 300 + i, 0.16 + 0.25 * (1 - math.exp(-s * efficiency / 250e3)) + rng.gauss(0, 0.022))
+        for i, s in enumerate(points, 1)
+    ]
+    return metric_rows("arithmetic", evals, [(300 + i, s) for i, s in enumerate(points, 1)])
+
+
+@pytest.mark.parametrize("efficiency, lo, hi", [(1.0, 0.75, 0.95), (2.0, 1.55, 1.85)])
+def test_the_reading_at_the_plain_arms_final_accuracy_errs_against_the_filter(efficiency, lo, hi):
+    # the plain arm evaluated every 2,600 samples to 330k, the filter every 8,000 to 800k (as
+    # the runs of 2026-12-07); a filter no better per sample reads below 1 (the target is the
+    # plain arm's noise-lifted best), one twice as good below 2
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(300):
+        plain, other = simulated_run(1.0, 2600, 330e3, rng), simulated_run(efficiency, 8000, 800e3, rng)
+        target = variance_filter.final_fitted(plain, "arithmetic", start=300, after_sft=0.16)
+        ratios.append(
+            variance_filter.saving(
+                variance_filter.samples_to_fit(plain, "arithmetic", target, start=300, after_sft=0.16),
+                variance_filter.samples_to_fit(other, "arithmetic", target, start=300, after_sft=0.16),
+            )["ratio"]
+        )
+    assert lo < statistics.fmean(ratios) < hi
 
 
 def test_variance_filter_saving_says_what_kind_of_figure_it_is():
