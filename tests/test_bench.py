@@ -9,6 +9,7 @@ import json
 import math
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -286,6 +287,57 @@ def test_the_reading_at_the_plain_arms_final_accuracy_errs_against_the_filter(ef
             )["ratio"]
         )
     assert lo < statistics.fmean(ratios) < hi
+
+
+def test_the_variance_bench_reads_each_seed_at_the_plain_arms_final_accuracy(tmp_path, monkeypatch):
+    """measure() on two finished arms: the goal's accuracy is the plain arm's fitted end, and
+    a plain arm that never rose above its supervised stage gives no reading."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selfplay.config import load_config, save_config
+
+    def finished(arm: str, evals, samples, final: float) -> Path:
+        d = tmp_path / arm
+        d.mkdir(exist_ok=True)
+        save_config(load_config(variance_filter.ROOT / variance_filter.CONFIG, []), d / "config.yaml")
+        held_out = {"arithmetic/held_out": {"accuracy": 0.2}}
+        summary = {"after_sft": held_out, "after": {"arithmetic/held_out": {"accuracy": final}}}
+        (d / "summary.json").write_text(json.dumps(summary))
+        pq.write_table(pa.Table.from_pylist(metric_rows("arithmetic", evals, samples)), d / "metrics.parquet")
+        return d
+
+    # plain: 0.26 at 4,000 samples, 0.30 and 0.28 by 8,000 and 12,000 (its fit ends at 0.29,
+    # first reached at version 320, 8,000 samples); screen: 0.25 at 2,000, 0.33 at 6,000
+    # (0.29 half-way between: 4,000 samples), so 8,000 / 4,000 = 2x
+    plain = finished(
+        "plain",
+        [(310, 310, 0.26), (320, 320, 0.30), (330, 330, 0.28)],
+        [(310, 4e3), (320, 8e3), (330, 12e3)],
+        0.28,
+    )
+    screen = finished("screen", [(310, 310, 0.25), (320, 320, 0.33)], [(310, 2e3), (320, 6e3)], 0.33)
+    monkeypatch.setattr(
+        variance_filter, "run", lambda seed, arm, minutes, evals: {"plain": plain, "screen": screen}[arm]
+    )
+    got = variance_filter.measure(0, 10, 0.07, ["screen"], [])
+    assert got["matched_target"] == pytest.approx(0.29)
+    assert got["plain"]["matched"]["samples"] == pytest.approx(8000.0)
+    assert got["screen"]["matched"]["samples"] == pytest.approx(4000.0)
+    assert got["matched_saving"]["screen"] == {"ratio": pytest.approx(2.0), "kind": "exact"}
+    # one problem (1/400) lower, 0.2875: plain 4,000 + 4,000 x 0.0275 / 0.03, screen 2,000 +
+    # 4,000 x 0.0375 / 0.08; higher, 0.2925: past the plain arm's fit, so all it generated
+    # (12,000) against screen's 2,000 + 4,000 x 0.0425 / 0.08
+    lower, higher = got["matched_range"]["screen"]
+    assert lower == pytest.approx((4000 + 4000 * 0.0275 / 0.03) / 3875)
+    assert higher == pytest.approx(12000 / 4125)
+    # the supervised stage + 0.07 = 0.27 beside it: plain at 4,000 + 4,000 / 3, screen at
+    # 2,000 + 4,000 x 0.02 / 0.08
+    assert got["fitted_saving"]["screen"]["ratio"] == pytest.approx((4000 + 4000 / 3) / 3000)
+    # a plain arm that fell below its supervised stage and stayed there: no reading
+    finished("plain", [(310, 310, 0.18), (320, 320, 0.19)], [(310, 4e3), (320, 8e3)], 0.19)
+    got = variance_filter.measure(0, 10, 0.07, ["screen"], [])
+    assert got["matched_saving"]["screen"]["ratio"] is None and got["matched_range"]["screen"] == [None, None]
 
 
 def test_variance_filter_saving_says_what_kind_of_figure_it_is():
