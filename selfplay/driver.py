@@ -723,7 +723,10 @@ class Run:
                 {
                     **self.watch_pool(),
                     "buffer_size": buffer["size"],
+                    # every turn that left as stale, trained on or not; of them and of the
+                    # evicted, those never trained on once: the generation wasted
                     "buffer_dropped_stale": buffer["dropped_stale"],
+                    "buffer_never_trained": buffer["dropped_unsampled"] + buffer["evicted_unsampled"],
                     **builder_metrics(buffer, self.buffer_at),
                 },
             )

@@ -123,6 +123,11 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     assert lrs == pytest.approx({1: lr, 2: lr, 3: 0.775 * lr, 4: 0.6625 * lr, 5: 0.55 * lr, 6: 0.4375 * lr})
     # steps 3-6 trained on generated replies, scored by the verifier and built by the builder
     assert summary["turns"]["generated"] > 0 and summary["turns"]["trained"] >= 4 * 32 - 32
+    # the generation wasted, logged after every chunk of steps: it only grows, to the summary's
+    never = [
+        m["value"] for m in sorted(metrics, key=lambda m: m["step"]) if m["name"] == "buffer_never_trained"
+    ]
+    assert len(never) >= 2 and never == sorted(never) and never[-1] <= summary["turns"]["never_trained"]
     verifier = summary["pool"]["verifier"]
     turns = 3 if name == "refine" else 1  # a chain is one trajectory of a turn per role
     assert verifier["accepted"] * turns == summary["turns"]["forwarded"] > 0
