@@ -379,6 +379,8 @@ class ReplayBuffer:
             "learner_version": self.learner_version,
             "oldest_version": pc.min(versions).as_py() if len(self) else None,
             **self.counts,
+            # turns that left without being trained on once: the generation wasted
+            "never_trained": self.counts["dropped_unsampled"] + self.counts["evicted_unsampled"],
         }
 
     def save(self, directory: str | Path) -> None:

@@ -726,7 +726,7 @@ class Run:
                     # every turn that left as stale, trained on or not; of them and of the
                     # evicted, those never trained on once: the generation wasted
                     "buffer_dropped_stale": buffer["dropped_stale"],
-                    "buffer_never_trained": buffer["dropped_unsampled"] + buffer["evicted_unsampled"],
+                    "buffer_never_trained": buffer["never_trained"],
                     **builder_metrics(buffer, self.buffer_at),
                 },
             )
@@ -860,7 +860,6 @@ class Run:
         verifier = ray.get(self.program.verifier.stats.remote())
         buffer = ray.get(self.program.buffer.stats.remote())
         learner = ray.get(self.learner.state.remote())
-        never = buffer["dropped_unsampled"] + buffer["evicted_unsampled"]
         totals, t = self.pool["totals"], self.learner_time
         return {
             "pool": {
@@ -879,8 +878,8 @@ class Run:
                 "dropped_stale": buffer["dropped_stale"],
                 "evicted": buffer["evicted"],
                 # the generation wasted: turns that left the buffer without being trained on once
-                "never_trained": never,
-                "never_trained_share": never / max(verifier["forwarded_turns"], 1),
+                "never_trained": buffer["never_trained"],
+                "never_trained_share": buffer["never_trained"] / max(verifier["forwarded_turns"], 1),
             },
             # busy: the learner in its steps over the training wall time (the rest it waits
             # for a batch, broadcasts, or the driver evaluates); generators not held back by

@@ -283,6 +283,7 @@ def test_turns_that_leave_never_sampled_are_counted_apart():
     buf.add(turns([2, 2, 2, 2], prefix="y"))  # x0 x1 x2 go: one of them was sampled
     assert (buf.counts["evicted"], buf.counts["evicted_unsampled"]) == (5, 2)
     assert buf.stats()["evicted_unsampled"] == 2
+    assert buf.stats()["never_trained"] == 1 + 2  # "late", and two of x0 x1 x2
 
 
 def test_whole_games_are_sampled_together():
