@@ -65,7 +65,12 @@ every 8,000 to 800k, noise sd 0.022, 2,000 draws), an arm as good per sample (e 
 0.86x (median 0.87x), 1.3x better 1.12x, 1.5x better 1.30x, 2x better 1.71x
 (tests/test_bench.py checks e = 1, 1.3 and 2 on 300 draws: 0.87x, 1.13x, 1.73x). Noise that persists within a
 run (a run-long offset beside smaller noise at each evaluation) narrows that margin: an
-arm as good reads about 0.96x (a reviewer's simulation)."""
+arm as good reads about 0.96x (a reviewer's simulation).
+
+Seeds 3-5 failed the test (screen 2.17x, 2.08x, 1.20x). Seeds 6-8 were added on 2026-12-07
+(this paragraph committed before they ran; plain and screen arms, the code and the reading
+unchanged) to narrow the estimate of the screen's saving, not to retest it: the rule stays
+that every seed must meet GOAL, which seed 5 already fails, so no added seed can meet it."""
 
 from __future__ import annotations
 
