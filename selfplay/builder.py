@@ -30,7 +30,10 @@ With `fix_targets` (rl rows of the refine task), every refined answer that is wr
 makes a row labelled sft: its refiner prompt, and as the reply a right answer that its
 problem's chains found (a refined one first, else a first answer; none found, no row).
 That is STaR's rationalisation (Zelikman et al. 2022) for the refiner, whose own fixes are
-too rare for its reward to teach them; counted `fix_targets`.
+too rare for its reward to teach them; counted `fix_targets`. With `fix_flagged_only`, only
+the wrong refined answers whose critique said "no" do: after "ok" the refiner is taught by
+its reward alone, which keeps the answer (taught to answer again there, it breaks right
+answers the critic passed).
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
@@ -126,7 +129,11 @@ def build(
             counts["rows_admitted"] += len(built)
             admitted.extend(built)
     if cfg.fix_targets:
-        fixes = [f for f in fix_rows(groups) if role_name(f["task"], f["role"]) not in cfg.frozen_roles]
+        fixes = [
+            f
+            for f in fix_rows(groups, cfg.fix_flagged_only)
+            if role_name(f["task"], f["role"]) not in cfg.frozen_roles
+        ]
         counts["fix_targets"] += len(fixes)
         admitted.extend(fixes)
     admitted_table = pa.concat_tables([games, schema.from_rows(admitted)]) if admitted else games
@@ -166,22 +173,25 @@ def group_rows(
     return out
 
 
-def fix_rows(groups: dict[tuple[str, int], list[dict]]) -> list[dict]:
+def fix_rows(groups: dict[tuple[str, int], list[dict]], flagged_only: bool = False) -> list[dict]:
     """`fix_targets`' rows (see the module) of refine chains grouped by (group, role): for
-    each refiner row whose answer is wrong, one labelled sft row with its prompt and the
-    first right refined answer of its problem's chains, else the first right first answer
-    (replies as sampled, eos included: a refined answer is written as a first one is)."""
+    each refiner row whose answer is wrong (and, with `flagged_only`, whose critique said
+    "no"), one labelled sft row with its prompt and the first right refined answer of its
+    problem's chains, else the first right first answer (replies as sampled, eos included: a
+    refined answer is written as a first one is)."""
     out = []
     for (group, role), rows in groups.items():
         if role != REFINER:
             continue
-        correct = [dict(r["scores"] or ()).get("correct") == 1.0 for r in rows]
+        scores = [dict(r["scores"] or ()) for r in rows]
+        correct = [s.get("correct") == 1.0 for s in scores]
         right = [r for r, ok in zip(rows, correct) if ok]
         right += [r for r in groups.get((group, ANSWER), []) if r["reward"] >= 1.0]
         if not right:
             continue
         reply = (list(right[0]["response_ids"]), right[0]["response_text"])
-        out += [relabelled(r, "sft", reply) for r, ok in zip(rows, correct) if not ok]
+        taught = [not ok and (not flagged_only or s.get("flagged") == 1.0) for s, ok in zip(scores, correct)]
+        out += [relabelled(r, "sft", reply) for r, fix in zip(rows, taught) if fix]
     return out
 
 

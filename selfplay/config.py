@@ -381,6 +381,9 @@ class BuilderConfig:
     # refine (rl rows): each wrong refined answer also makes an sft row, its prompt with a right
     # answer its problem's chains found (STaR's rationalisation for the refiner)
     fix_targets: bool = False
+    # ... only where the critique said "no": after "ok" the refiner learns from its reward
+    # alone (keep the answer), so the targets teach it to answer again only when flagged
+    fix_flagged_only: bool = False
     # roles (by name) whose groups build no rows: their samples are still scored and still judge
     # the other roles' (a group of each role is judged against the other's samples); e.g.
     # solver_checker's [solver]: the checker alone learns, against the supervised solver
@@ -868,6 +871,8 @@ def validate_task(cfg: RunConfig) -> None:
             "builder.fix_targets: gives the refine task's refiner the right answers its chains found; "
             f"set task.name refine and builder.rows rl (got {cfg.task.name}, {cfg.builder.rows})"
         )
+    if cfg.builder.fix_flagged_only and not cfg.builder.fix_targets:
+        raise ConfigError("builder.fix_flagged_only: narrows builder.fix_targets, which is off; set it true")
     roles = role_names(task, cfg.task.name)
     frozen = cfg.builder.frozen_roles
     if frozen and (cfg.builder.rows != "rl" or not set(frozen) < set(roles)):

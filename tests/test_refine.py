@@ -51,6 +51,7 @@ def test_each_role_is_rewarded_by_the_checker(chain, rewards, flip):
     scores = TASK.score_chain(SUM, chain)
     assert [s.total for s in scores] == rewards
     assert scores[REFINER].parts["flip_to_wrong"] == flip
+    assert scores[REFINER].parts["flagged"] == float(chain[1] == "no")
     assert scores[CRITIC].parts["first"] == scores[REFINER].parts["first"] == float(chain[0] == "46")
 
 
@@ -319,6 +320,24 @@ def test_fix_targets_give_each_wrong_refined_answer_a_right_one_its_problem_foun
     admitted, _, counts = build(scored, frozen)
     assert counts["fix_targets"] == 0 and REFINER not in {r["role"] for r in admitted.to_pylist()}
     assert counts["rows_frozen"] == sum(r["role"] == REFINER for r in scored.to_pylist()) > 0
+
+
+def test_fix_flagged_only_gives_targets_only_where_the_critique_said_no():
+    scored = Verifier(decode, task=TASK).training_turns(refine_generator(k=4).task_play(2)).to_pylist()
+    wrong = [r for r in scored if r["role"] == REFINER and dict(r["scores"])["correct"] == 0.0]
+    assert len(wrong) == 4
+    # two of the wrong refined answers followed a "no", two an "ok" (a malformed verdict: not flagged)
+    flagged = {wrong[0]["traj_id"], wrong[2]["traj_id"]}
+    for r in wrong:
+        r["scores"] = {**dict(r["scores"]), "flagged": float(r["traj_id"] in flagged)}
+    table = schema.from_rows(scored)
+    every, _, _ = build(table, BuilderConfig(rows="rl", fix_targets=True))
+    admitted, _, counts = build(table, BuilderConfig(rows="rl", fix_targets=True, fix_flagged_only=True))
+    fixes = [r for r in admitted.to_pylist() if r["label"] == "sft"]
+    assert counts["fix_targets"] == 2 and {f["traj_id"] for f in fixes} == flagged
+    assert admitted.num_rows == every.num_rows - 2  # the rl rows are as they were
+    with pytest.raises(ConfigError, match="builder.fix_flagged_only: narrows builder.fix_targets"):
+        load_config("configs/refine.yaml", ["builder.fix_flagged_only=true"])
 
 
 def test_fix_targets_are_the_refine_tasks_and_refused_elsewhere_by_name():

@@ -19,7 +19,8 @@ the exact checker (the builder's advantages are per (problem, role): role-condit
            earns what keeping a right one does; above 0 it earns less, so a group's advantages
            push the refiner off the answers it keeps wrong.
 Parts kept beside each reward for the curves: the critic's `says_wrong` and v0's `first`,
-the refiner's `first`, `correct` (v1 right) and `flip_to_wrong`.
+the refiner's `first`, `correct` (v1 right), `flip_to_wrong` and `flagged` (the critique it
+was shown said "no").
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
@@ -130,6 +131,7 @@ class CritiqueRefine(Arithmetic):
                 "correct": float(right1),
                 "first": float(right0),
                 "flip_to_wrong": float(right0 and not right1),
+                "flagged": float(says is False),  # the critique it was shown said "no"
                 "format": last.parts["format"],
             },
             last.valid,
