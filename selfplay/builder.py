@@ -31,9 +31,10 @@ makes a row labelled sft: its refiner prompt, and as the reply a right answer th
 problem's chains found (a refined one first, else a first answer; none found, no row).
 That is STaR's rationalisation (Zelikman et al. 2022) for the refiner, whose own fixes are
 too rare for its reward to teach them; counted `fix_targets`. With `fix_flagged_only`, only
-the wrong refined answers whose critique said "no" do: after "ok" the refiner is taught by
-its reward alone, which keeps the answer (taught to answer again there, it breaks right
-answers the critic passed).
+the wrong refined answers whose critique said "no" do (a malformed critique is not a "no";
+rows scored without the part are not): after "ok" the refiner is taught by its reward
+alone, meant to keep the answer there, since taught to answer again everywhere it broke
+right answers the critic had passed.
 Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic sampling): a
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart

@@ -382,7 +382,7 @@ class BuilderConfig:
     # answer its problem's chains found (STaR's rationalisation for the refiner)
     fix_targets: bool = False
     # ... only where the critique said "no": after "ok" the refiner learns from its reward
-    # alone (keep the answer), so the targets teach it to answer again only when flagged
+    # alone, so the targets are meant to teach it to answer again only when flagged
     fix_flagged_only: bool = False
     # roles (by name) whose groups build no rows: their samples are still scored and still judge
     # the other roles' (a group of each role is judged against the other's samples); e.g.

@@ -45,6 +45,7 @@ def test_each_role_prompt_holds_the_replies_before_it():
         (["47", "ok", "47"], [0.0, 0.0, 0.0], 0.0),  # wrong, missed, kept
         (["47", "no", "45"], [0.0, 1.0, 0.0], 0.0),  # wrong, caught, still wrong
         (["46", "ok", "x"], [1.0, 1.0, -1.0], 1.0),  # a malformed refinement is wrong
+        (["47", "maybe", "45"], [0.0, 0.0, 0.0], 0.0),  # a malformed verdict: not a "no" (not flagged)
     ],
 )
 def test_each_role_is_rewarded_by_the_checker(chain, rewards, flip):
@@ -326,10 +327,12 @@ def test_fix_flagged_only_gives_targets_only_where_the_critique_said_no():
     scored = Verifier(decode, task=TASK).training_turns(refine_generator(k=4).task_play(2)).to_pylist()
     wrong = [r for r in scored if r["role"] == REFINER and dict(r["scores"])["correct"] == 0.0]
     assert len(wrong) == 4
-    # two of the wrong refined answers followed a "no", two an "ok" (a malformed verdict: not flagged)
+    # (the scripted critic always says "no"): two of the wrong refined answers are marked as
+    # following a "no", one as following an "ok", and one is scored without the part (not flagged)
     flagged = {wrong[0]["traj_id"], wrong[2]["traj_id"]}
     for r in wrong:
         r["scores"] = {**dict(r["scores"]), "flagged": float(r["traj_id"] in flagged)}
+    del wrong[3]["scores"]["flagged"]
     table = schema.from_rows(scored)
     every, _, _ = build(table, BuilderConfig(rows="rl", fix_targets=True))
     admitted, _, counts = build(table, BuilderConfig(rows="rl", fix_targets=True, fix_flagged_only=True))
