@@ -58,7 +58,7 @@ SELECTION_FIELDS = SELECTION_MEANS + (
 # generate -> critique -> refine adds (tasks/refine.py:chain_summary): greedy chains' first and
 # refined accuracy and the gain (with its interval), the critic's agreement with the checker,
 # its share of wrong first answers flagged and of right ones passed, its well-formed verdicts,
-# and flips both ways
+# its sums right (with task.params.critic_working), and flips both ways
 CHAIN_FIELDS = (
     "first_accuracy",
     "refined_accuracy",
@@ -69,6 +69,7 @@ CHAIN_FIELDS = (
     "critic_flags_wrong",
     "critic_passes_right",
     "critic_valid",
+    "critic_working",
     "flips_to_wrong",
     "flips_to_right",
 )

@@ -16,7 +16,7 @@ from selfplay import schema
 from selfplay.builder import build, sft_examples
 from selfplay.config import BufferConfig, BuilderConfig, ConfigError, GeneratorConfig, TaskConfig, load_config
 from selfplay.tasks import make_task
-from selfplay.tasks.refine import ANSWER, CRITIC, REFINER, chain_summary, near_miss, verdict
+from selfplay.tasks.refine import ANSWER, CRITIC, REFINER, chain_summary, near_miss, verdict, worked_verdict
 from tests.engines import EngineMaker, RuleEngine, decode, encode
 
 TASK = make_task("refine", digits=2, terms=2)
@@ -72,10 +72,89 @@ def test_the_refined_weight_adds_the_refined_answers_own_score(chain, refiner):
     assert [s.total for s in scores[:REFINER]] == [s.total for s in TASK.score_chain(SUM, chain)[:REFINER]]
 
 
+@pytest.mark.parametrize("key", ["refined_weight", "working_weight"])
 @pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf")])
-def test_a_negative_or_infinite_refined_weight_is_refused_naming_the_parameter(weight):
-    with pytest.raises(ValueError, match="task.params.refined_weight"):
-        make_task("refine", refined_weight=weight)
+def test_a_negative_or_infinite_weight_is_refused_naming_the_parameter(key, weight):
+    with pytest.raises(ValueError, match=f"task.params.{key}"):
+        make_task("refine", critic_working=True, **{key: weight})
+
+
+# ---- A critic that works the sum out before its verdict (critic_working) ---------------
+WORKING = make_task("refine", digits=2, terms=2, critic_working=True, working_weight=0.5)
+
+
+def test_a_critique_with_working_is_a_sum_then_a_verdict():
+    assert worked_verdict("46 no") == ("46", False)
+    assert worked_verdict(" 046  ok\n") == ("46", True)  # the sum normalised, as the checker reads it
+    for reply in ("no", "46", "46 maybe", "46 no no", "4 6 ok", "x no", "no 46", "", None):
+        assert worked_verdict(reply) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "chain, critic, working",
+    [
+        (["46", "46 ok", "46"], 1.5, 1.0),  # right answer, right sum, trusted: agree + 0.5
+        (["47", "46 no", "46"], 1.5, 1.0),  # wrong answer caught by the right sum
+        (["47", "47 ok", "47"], 0.0, 0.0),  # the wrong answer worked out again and trusted
+        (["46", "45 no", "45"], 0.0, 0.0),  # a wrong sum doubts a right answer
+        (["47", "45 no", "45"], 1.0, 0.0),  # caught, with a wrong sum: agreement alone
+        (["46", "046 ok", "46"], 1.5, 1.0),  # the sum read as the checker reads an answer
+    ],
+)
+def test_the_critic_with_working_is_paid_for_agreeing_and_for_its_sum(chain, critic, working):
+    scores = WORKING.score_chain(SUM, chain)
+    assert scores[CRITIC].total == critic and scores[CRITIC].parts["working"] == working
+    assert scores[CRITIC].parts["agree"] == float(verdict(chain[1].split()[1]) == (chain[0] == "46"))
+    assert scores[REFINER].parts["flagged"] == float(chain[1].endswith("no"))
+    # the refiner is shown the whole critique, so it can take the critic's sum
+    assert WORKING.role_prompt(SUM, REFINER, chain[:2]) == f"r: 12+34={chain[0]} {chain[1]}\n"
+    # at working_weight 0 the critic is paid for its agreement alone
+    plain = make_task("refine", digits=2, terms=2, critic_working=True).score_chain(SUM, chain)
+    assert plain[CRITIC].total == scores[CRITIC].parts["agree"]
+    # with working_improvement the sum is paid as the refiner is: right(sum) - right(v0)
+    improving = make_task(
+        "refine", digits=2, terms=2, critic_working=True, working_weight=0.5, working_improvement=True
+    )
+    shaped = 0.5 * (working - float(chain[0] == "46"))
+    assert improving.score_chain(SUM, chain)[CRITIC].total == scores[CRITIC].parts["agree"] + shaped
+
+
+def test_a_critique_without_its_working_or_verdict_is_malformed():
+    for critique in ("no", "46", "46 maybe"):
+        scores = WORKING.score_chain(SUM, ["47", critique, "46"])
+        assert (
+            scores[CRITIC].total == 0.0
+            and not scores[CRITIC].valid
+            and scores[CRITIC].parts["working"] == 0.0
+        )
+        assert scores[REFINER].parts["flagged"] == 0.0 and scores[REFINER].total == 1.0
+    # and a bare "ok" is a plain critic's verdict, not a critic with working's
+    assert WORKING.score_chain(SUM, ["46", "ok", "46"])[CRITIC].valid is False
+
+
+def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critique():
+    with pytest.raises(ValueError, match="task.params.working_weight: .* set critic_working true"):
+        make_task("refine", working_weight=0.5)
+    with pytest.raises(ValueError, match="task.params.working_improvement: .* set it"):
+        make_task("refine", critic_working=True, working_improvement=True)
+    assert WORKING.max_reply_chars == TASK.max_reply_chars + 3
+    rng = random.Random(0)
+    for seed in range(200):
+        for _, _, target in WORKING.labelled(WORKING.problem(seed), rng):
+            assert len(target) <= WORKING.max_reply_chars - 2  # Arithmetic's 2 characters of slack kept
+    assert len("198 no") <= WORKING.max_reply_chars - 2  # the largest sum of two 2-digit numbers
+
+
+def test_the_held_out_summary_reads_agreement_not_the_critics_reward():
+    chains = [
+        WORKING.score_chain(SUM, c)
+        for c in (["46", "46 ok", "46"], ["47", "45 no", "45"], ["47", "47 ok", "47"])
+    ]
+    summary = chain_summary(chains)
+    assert summary["critic_agreement"] == pytest.approx(2 / 3)  # not the rewards' mean, (1.5 + 1 + 0) / 3
+    assert summary["critic_passes_right"] == 1.0 and summary["critic_flags_wrong"] == pytest.approx(1 / 2)
+    assert summary["critic_working"] == pytest.approx(1 / 3)
+    assert "critic_working" not in chain_summary([TASK.score_chain(SUM, ["46", "ok", "46"])])
 
 
 def test_a_critique_that_is_no_verdict_is_malformed_and_earns_nothing():
@@ -108,25 +187,28 @@ def test_a_near_miss_is_wrong_and_close():
         assert len(misses) > 3
 
 
-def test_the_supervised_set_teaches_every_role_on_a_right_and_a_wrong_answer():
-    table = sft_examples(TASK, lambda text, special: [ord(c) for c in text], 0, 20, seed=3, run_id="r")
+@pytest.mark.parametrize("task", [TASK, WORKING], ids=["verdict", "working"])
+def test_the_supervised_set_teaches_every_role_on_a_right_and_a_wrong_answer(task):
+    table = sft_examples(task, lambda text, special: [ord(c) for c in text], 0, 20, seed=3, run_id="r")
     rows = table.to_pylist()
     assert len(rows) == 20 * 5 and len({r["reference_id"] for r in rows}) == 20
     for chain in (rows[i : i + 5] for i in range(0, len(rows), 5)):
-        problem = TASK.problem(chain[0]["seed"])
+        problem = task.problem(chain[0]["seed"])
+        # a critic with working writes the right sum before either verdict
+        work = f"{problem.reference} " if task is WORKING else ""
         assert [r["role"] for r in chain] == [ANSWER, CRITIC, REFINER, CRITIC, REFINER]
         assert [r["response_text"] for r in chain] == [
             problem.reference,
-            "ok",
+            work + "ok",
             problem.reference,
-            "no",
+            work + "no",
             problem.reference,
         ]
         prompts = [decode(r["prompt_ids"]) for r in chain]  # the test's encoding has no bos
         shown = [p.split("=")[1].split()[0] for p in prompts[1:]]
         assert shown[0] == shown[1] == problem.reference  # after the right answer
         assert shown[2] == shown[3] != problem.reference  # after a near miss
-        assert prompts[4].endswith(" no\n") and prompts[2].endswith(" ok\n")
+        assert prompts[4].endswith(f" {work}no\n") and prompts[2].endswith(f" {work}ok\n")
 
 
 def test_the_held_out_summary_pairs_first_and_refined_answers():
@@ -153,31 +235,34 @@ def test_the_held_out_summary_pairs_first_and_refined_answers():
 
 
 # ---- The path: generator -> verifier -> builder, on a scripted engine ------------------
-def scripted(prompt: str, calls) -> str:
+def scripted(prompt: str, calls, working: bool = False) -> str:
     """An answerer wrong on every other call (one too many), a critic that says "no" to
-    every answer, a refiner that takes one off a doubted answer."""
+    every answer, a refiner that takes one off a doubted answer. With `working`, a critic
+    that works the sum out and compares, and a refiner that writes the critic's sum."""
     n = next(calls)
+    problem, _, shown = prompt.removeprefix("c: ").removeprefix("r: ").partition("=")
+    right = str(sum(int(x) for x in problem.split("+")))  # the task draws sums only
     if prompt.startswith("c: "):
-        return "no"
+        return f"{right} {'ok' if shown.strip() == right else 'no'}" if working else "no"
     if prompt.startswith("r: "):
-        return str(int(prompt.split("=")[1].split()[0]) - 1)
-    right = str(sum(int(x) for x in prompt.rstrip("=").split("+")))  # the task draws sums only
+        return shown.split()[1] if working else str(int(shown.split()[0]) - 1)
     return right if n % 2 else str(int(right) + 1)
 
 
-def refine_generator(k: int = 4, held_out: int = 6) -> Generator:
+def refine_generator(k: int = 4, held_out: int = 6, working: bool = False) -> Generator:
     calls = itertools.count(1)
     return Generator(
         "gen-0",
         "run-0",
         {"tictactoe": 1.0},
-        RuleEngine(rule=lambda p: scripted(p, calls)),
+        RuleEngine(rule=lambda p: scripted(p, calls, working)),
         EngineMaker(),
         GeneratorConfig(max_response_tokens=8),
         seed=0,
         task_cfg=TaskConfig(
             name="refine",
-            params={"digits": 2, "terms": 2},
+            params={"digits": 2, "terms": 2}
+            | ({"critic_working": True, "working_weight": 0.5} if working else {}),
             samples_per_prompt=k,
             held_out=held_out,
             eval_samples=k,
@@ -347,3 +432,24 @@ def test_fix_targets_are_the_refine_tasks_and_refused_elsewhere_by_name():
     assert load_config("configs/refine.yaml", ["builder.fix_targets=true"]).builder.fix_targets
     with pytest.raises(ConfigError, match="builder.fix_targets"):
         load_config("configs/rft.yaml", ["builder.fix_targets=true"])
+
+
+def test_a_critic_with_working_is_sampled_checked_and_scored_through_the_chain():
+    gen = refine_generator(k=4, working=True)
+    table = gen.task_play(2)
+    verifier = Verifier(decode, task=WORKING)
+    rows = verifier.training_turns(table).to_pylist()
+    assert len(rows) == len(table) == 2 * 4 * 3 and not verifier.rejected  # every prompt rebuilt as sampled
+    parts = [(r["role"], dict(r["scores"]), r["reward"]) for r in rows]
+    firsts = [s["correct"] for role, s, _ in parts if role == ANSWER]
+    assert 0 < sum(firsts) < len(firsts)  # right and wrong first answers
+    # the scripted critic's sum is always right, so it agrees with the checker every time
+    assert all(
+        s["agree"] == s["working"] == 1.0 and reward == 1.5 for role, s, reward in parts if role == CRITIC
+    )
+    refined = [s for role, s, _ in parts if role == REFINER]
+    assert all(s["correct"] == 1.0 for s in refined)  # the refiner took the critic's sum
+    assert [s["flagged"] for s in refined] == [1.0 - f for f in firsts]
+    figures = gen.evaluate_task()
+    assert figures["critic_agreement"] == figures["critic_working"] == figures["refined_accuracy"] == 1.0
+    assert figures["flips_to_wrong"] == 0.0

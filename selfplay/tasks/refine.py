@@ -22,6 +22,18 @@ Parts kept beside each reward for the curves: the critic's `says_wrong` and v0's
 the refiner's `first`, `correct` (v1 right), `flip_to_wrong` and `flagged` (the critique it
 was shown said "no").
 
+With `critic_working` the critic works the sum out before its verdict, a generative verifier
+(as GenRM's chain-of-thought verifiers, Zhang et al. 2024): "c: 12+34=47" -> "46 no", its
+own answer, a space, then the verdict. A one-token verdict asks one forward pass to add two
+numbers and compare the sum with the answer shown; here the sum is written a digit at a time,
+as the answerer writes it, and the verdict compares two numbers in view. The critic's
+reward is still its agreement with the checker, plus `working_weight` x right(working) (its
+part `working`), or with `working_improvement` `working_weight` x (right(working) - right(v0)):
+the refiner's improvement, which takes the answer's own rightness as the baseline, so a
+group's advantages for the sum come from the chains whose first answer was wrong. A
+critique that is not an integer and a verdict is malformed. The refiner is shown the whole
+critique ("r: 12+34=47 46 no"), so it can take the critic's sum.
+
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
 small model errs), each with its verdict; the refiner on both, writing the right answer.
@@ -52,6 +64,15 @@ def verdict(reply: str) -> bool | None:
     return VERDICTS.get(reply.strip()) if isinstance(reply, str) else None
 
 
+def worked_verdict(reply: str) -> tuple[str | None, bool | None]:
+    """A critique with working ("46 no"): its sum (normalised integer text) and its verdict,
+    both None unless the reply is exactly an integer, white space, then "ok" or "no"."""
+    words = reply.split() if isinstance(reply, str) else []
+    if len(words) != 2 or (says := verdict(words[1])) is None or (work := normalise(words[0])) is None:
+        return None, None
+    return work, says
+
+
 def near_miss(answer: str, rng: random.Random) -> str:
     """A wrong answer close to the integer `answer`, as a small model's errors are: one digit
     changed, or off by 1 or by 10 either way (never the answer itself)."""
@@ -75,7 +96,9 @@ class CritiqueRefine(Arithmetic):
     roles: ClassVar[tuple[str, ...]] = ROLES
     chain: ClassVar[bool] = True  # each role's prompt holds the replies of the roles before it
     refined_weight: float = 0.0  # the refiner's reward: improvement + this x right(v1) (module)
-    # max_reply_chars: Arithmetic's (an answer's; a verdict is shorter)
+    critic_working: bool = False  # the critic writes its own sum before its verdict (module)
+    working_weight: float = 0.0  # with critic_working: the critic's reward adds this x right(sum)
+    working_improvement: bool = False  # ... x (right(sum) - right(v0)) instead (module)
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,8 +106,20 @@ class CritiqueRefine(Arithmetic):
             raise ValueError(
                 "task.params.scratchpad: refine shows the bare first answer to its critic; set false"
             )
-        if not (math.isfinite(self.refined_weight) and self.refined_weight >= 0):
-            raise ValueError(f"task.params.refined_weight: must be >= 0, got {self.refined_weight!r}")
+        for key in ("refined_weight", "working_weight"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ValueError(f"task.params.{key}: must be >= 0, got {getattr(self, key)!r}")
+        if self.working_weight and not self.critic_working:
+            raise ValueError("task.params.working_weight: rewards the critic's sum; set critic_working true")
+        if self.working_improvement and not self.working_weight:
+            raise ValueError(
+                "task.params.working_improvement: shapes working_weight's reward, which is 0; set it"
+            )
+
+    @property
+    def max_reply_chars(self) -> int:
+        """An answer's (Arithmetic's), or with critic_working a critique's: a sum, " ok"."""
+        return super().max_reply_chars + 3 * self.critic_working
 
     def role_prompt(self, problem: Problem, role: int, before: list[str]) -> str:
         """Role `role`'s prompt, after the replies `before` of the roles before it (v0, then
@@ -106,8 +141,9 @@ class CritiqueRefine(Arithmetic):
         wrong = near_miss(problem.reference, rng)
         rows = [(ANSWER, problem.prompt, problem.target)]
         for v0, says in ((right, "ok"), (wrong, "no")):
-            rows.append((CRITIC, self.role_prompt(problem, CRITIC, [v0]), says))
-            rows.append((REFINER, self.role_prompt(problem, REFINER, [v0, says]), problem.target))
+            critique = f"{right} {says}" if self.critic_working else says
+            rows.append((CRITIC, self.role_prompt(problem, CRITIC, [v0]), critique))
+            rows.append((REFINER, self.role_prompt(problem, REFINER, [v0, critique]), problem.target))
         return rows
 
     def score_chain(self, problem: Problem, replies: list[str]) -> list[Score]:
@@ -115,14 +151,21 @@ class CritiqueRefine(Arithmetic):
         v0, critique, v1 = replies
         first = self.score(problem.prompt, v0, problem.reference)
         right0 = first.total >= 1
-        says = verdict(critique)
+        work = None
+        if self.critic_working:
+            work, says = worked_verdict(critique)
+        else:
+            says = verdict(critique)
         if says is None:
-            critic = Score(0.0, {"agree": 0.0, "first": float(right0), "format": 0.0}, False, "format")
+            parts = {"agree": 0.0, "first": float(right0), "format": 0.0}
+            critic = Score(0.0, parts | ({"working": 0.0} if self.critic_working else {}), False, "format")
         else:
             agree = float(says == right0)
-            critic = Score(
-                agree, {"agree": agree, "says_wrong": float(not says), "first": float(right0), "format": 1.0}
-            )
+            parts = {"agree": agree, "says_wrong": float(not says), "first": float(right0), "format": 1.0}
+            if self.critic_working:
+                parts["working"] = float(work == normalise(problem.reference))
+            shaped = parts.get("working", 0.0) - float(right0) * self.working_improvement
+            critic = Score(agree + self.working_weight * shaped, parts)
         last = self.score(problem.prompt, v1, problem.reference)
         right1 = last.total >= 1
         refined = Score(
@@ -156,13 +199,15 @@ def chain_summary(chains: list[list[Score]]) -> dict:
         "first_accuracy": sum(first) / n,
         "refined_accuracy": sum(refined) / n,
         "refine_gain": sum(gains) / n,
-        "critic_agreement": sum(c[CRITIC].total for c in chains) / n,
+        "critic_agreement": sum(c[CRITIC].parts["agree"] for c in chains) / n,
         "critic_flags_wrong": sum(c[CRITIC].parts.get("says_wrong", 0.0) for c in wrong) / max(len(wrong), 1),
-        "critic_passes_right": sum(c[CRITIC].total for c in right) / max(len(right), 1),
+        "critic_passes_right": sum(c[CRITIC].parts["agree"] for c in right) / max(len(right), 1),
         "critic_valid": sum(c[CRITIC].valid for c in chains) / n,
         "flips_to_wrong": sum(a and not b for a, b in zip(first, refined)) / n,
         "flips_to_right": sum(b and not a for a, b in zip(first, refined)) / n,
     }
+    if any("working" in c[CRITIC].parts for c in chains):  # critic_working: its sums right
+        out["critic_working"] = sum(c[CRITIC].parts.get("working", 0.0) for c in chains) / n
     if len(gains) >= 2:
         out["refine_gain_lo"], out["refine_gain_hi"] = mean_interval(gains)
     return out
