@@ -132,6 +132,23 @@ def test_a_critique_without_its_working_or_verdict_is_malformed():
     assert WORKING.score_chain(SUM, ["46", "ok", "46"])[CRITIC].valid is False
 
 
+def test_a_reversed_sum_is_read_backwards_and_taught_backwards():
+    assert worked_verdict("64 no", reversed_=True) == ("46", False)
+    assert worked_verdict("64- ok", reversed_=True) == ("-46", True)  # the sign last
+    assert worked_verdict("05 ok", reversed_=True) == ("50", True)  # the units' 0 first
+    assert worked_verdict("-64 no", reversed_=True) == (None, None)  # "46-" read forwards: no integer
+    task = make_task("refine", digits=2, terms=2, critic_working=True, working_reversed=True)
+    assert [s.total for s in task.score_chain(SUM, ["47", "64 no", "46"])] == [0.0, 1.0, 1.0]
+    assert task.score_chain(SUM, ["47", "64 no", "46"])[CRITIC].parts["working"] == 1.0
+    assert task.score_chain(SUM, ["46", "46 ok", "46"])[CRITIC].parts["working"] == 0.0  # 64 forwards
+    minus = make_task("refine", digits=2, terms=2, subtract=1.0, critic_working=True, working_reversed=True)
+    problem = minus._make([12, 34], ["-"])  # 12-34= -> -22
+    critics = [t for role, _, t in minus.labelled(problem, random.Random(0)) if role == CRITIC]
+    assert critics == ["22- ok", "22- no"]
+    with pytest.raises(ValueError, match="task.params.working_reversed: .* set critic_working true"):
+        make_task("refine", working_reversed=True)
+
+
 def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critique():
     with pytest.raises(ValueError, match="task.params.working_weight: .* set critic_working true"):
         make_task("refine", working_weight=0.5)

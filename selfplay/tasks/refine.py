@@ -32,7 +32,12 @@ part `working`), or with `working_improvement` `working_weight` x (right(working
 the refiner's improvement, which takes the answer's own rightness as the baseline, so a
 group's advantages for the sum come from the chains whose first answer was wrong. A
 critique that is not an integer and a verdict is malformed. The refiner is shown the whole
-critique ("r: 12+34=47 46 no"), so it can take the critic's sum.
+critique ("r: 12+34=47 46 no"), so it can take the critic's sum. With `working_reversed`
+the critic writes its sum least significant digit first ("64 no"; a sign last: "64-" is
+-46), the order in which small transformers learn addition most easily (Lee et al. 2023:
+each digit is then its column's sum and the carry just written), unlike the answerer, which
+writes the most significant digit first. (Measured in README: on 2-digit sums it taught the
+shared weights addition, the answerer with them, and left nothing to catch.)
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
@@ -64,11 +69,14 @@ def verdict(reply: str) -> bool | None:
     return VERDICTS.get(reply.strip()) if isinstance(reply, str) else None
 
 
-def worked_verdict(reply: str) -> tuple[str | None, bool | None]:
+def worked_verdict(reply: str, reversed_: bool = False) -> tuple[str | None, bool | None]:
     """A critique with working ("46 no"): its sum (normalised integer text) and its verdict,
-    both None unless the reply is exactly an integer, white space, then "ok" or "no"."""
+    both None unless the reply is exactly an integer, white space, then "ok" or "no".
+    `reversed_`: the sum is written backwards ("64 no", "64- no" for -46)."""
     words = reply.split() if isinstance(reply, str) else []
-    if len(words) != 2 or (says := verdict(words[1])) is None or (work := normalise(words[0])) is None:
+    if len(words) != 2 or (says := verdict(words[1])) is None:
+        return None, None
+    if (work := normalise(words[0][::-1] if reversed_ else words[0])) is None:
         return None, None
     return work, says
 
@@ -99,6 +107,7 @@ class CritiqueRefine(Arithmetic):
     critic_working: bool = False  # the critic writes its own sum before its verdict (module)
     working_weight: float = 0.0  # with critic_working: the critic's reward adds this x right(sum)
     working_improvement: bool = False  # ... x (right(sum) - right(v0)) instead (module)
+    working_reversed: bool = False  # with critic_working: the sum written backwards (module)
 
     def __post_init__(self):
         super().__post_init__()
@@ -111,6 +120,10 @@ class CritiqueRefine(Arithmetic):
                 raise ValueError(f"task.params.{key}: must be >= 0, got {getattr(self, key)!r}")
         if self.working_weight and not self.critic_working:
             raise ValueError("task.params.working_weight: rewards the critic's sum; set critic_working true")
+        if self.working_reversed and not self.critic_working:
+            raise ValueError(
+                "task.params.working_reversed: writes the critic's sum backwards; set critic_working true"
+            )
         if self.working_improvement and not self.working_weight:
             raise ValueError(
                 "task.params.working_improvement: shapes working_weight's reward, which is 0; set it"
@@ -141,7 +154,9 @@ class CritiqueRefine(Arithmetic):
         wrong = near_miss(problem.reference, rng)
         rows = [(ANSWER, problem.prompt, problem.target)]
         for v0, says in ((right, "ok"), (wrong, "no")):
-            critique = f"{right} {says}" if self.critic_working else says
+            critique = (
+                f"{right[::-1] if self.working_reversed else right} {says}" if self.critic_working else says
+            )
             rows.append((CRITIC, self.role_prompt(problem, CRITIC, [v0]), critique))
             rows.append((REFINER, self.role_prompt(problem, REFINER, [v0, critique]), problem.target))
         return rows
@@ -153,7 +168,7 @@ class CritiqueRefine(Arithmetic):
         right0 = first.total >= 1
         work = None
         if self.critic_working:
-            work, says = worked_verdict(critique)
+            work, says = worked_verdict(critique, self.working_reversed)
         else:
             says = verdict(critique)
         if says is None:
