@@ -827,6 +827,11 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(str(err) if str(err).startswith("task") else f"task: {err}") from None
     validate_reward_model(cfg, task)
     limit = reply_tokens(task, cfg.generator.max_response_tokens)
+    if cfg.task.name == "refine" and limit < task.max_reply_chars - 1:  # its longest reply, and an end
+        raise ConfigError(
+            f"generator.max_response_tokens: the refine task's longest reply needs {task.max_reply_chars - 1} "
+            f"tokens with its end (a critique with working included), got {cfg.generator.max_response_tokens}"
+        )
     if cfg.task.overlong_buffer > limit:
         raise ConfigError(
             f"task.overlong_buffer: must be <= the reply's token limit ({limit}: generator.max_response_tokens "
@@ -1007,8 +1012,8 @@ def validate_task(cfg: RunConfig) -> None:
     fields += [*JUDGE_FIELDS, "judge_agreement_gain_over_sft"] if cfg.task.judge == "self" else []
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
-    if cfg.task.name == "refine":
-        fields += CHAIN_FIELDS
+    if cfg.task.name == "refine":  # critic_working: the critic's sums, only where it writes them
+        fields += [f for f in CHAIN_FIELDS if f != "critic_working" or cfg.task.params.get("critic_working")]
     task = cfg.task.name
     reported = {f"{task}/held_out/{f}" for f in fields}
     message = f"a task run reports {task}/held_out/FIELD, FIELD one of {', '.join(fields)}"

@@ -75,8 +75,9 @@ def test_the_refined_weight_adds_the_refined_answers_own_score(chain, refiner):
 @pytest.mark.parametrize("key", ["refined_weight", "working_weight"])
 @pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf")])
 def test_a_negative_or_infinite_weight_is_refused_naming_the_parameter(key, weight):
+    working = {"critic_working": True} if key == "working_weight" else {}  # refined_weight on its own
     with pytest.raises(ValueError, match=f"task.params.{key}"):
-        make_task("refine", critic_working=True, **{key: weight})
+        make_task("refine", **working, **{key: weight})
 
 
 # ---- A critic that works the sum out before its verdict (critic_working) ---------------
@@ -117,6 +118,22 @@ def test_the_critic_with_working_is_paid_for_agreeing_and_for_its_sum(chain, cri
     )
     shaped = 0.5 * (working - float(chain[0] == "46"))
     assert improving.score_chain(SUM, chain)[CRITIC].total == scores[CRITIC].parts["agree"] + shaped
+
+
+def test_a_malformed_critique_never_out_earns_a_well_formed_one():
+    improving = make_task(
+        "refine", digits=2, terms=2, critic_working=True, working_weight=1.0, working_improvement=True
+    )
+    for first in ("46", "47"):  # right, wrong
+        well_formed = [
+            improving.score_chain(SUM, [first, f"{work} {says}", "46"])[CRITIC]
+            for work in ("45", "46", "47")
+            for says in ("ok", "no")
+        ]
+        malformed = improving.score_chain(SUM, [first, "46 maybe", "46"])[CRITIC]
+        assert malformed.total <= min(s.total for s in well_formed) and not malformed.valid
+        # it is paid as a wrong sum with no agreement: 1 x (0 - right(v0))
+        assert malformed.total == -float(first == "46") and malformed.reason == "format"
 
 
 def test_a_critique_without_its_working_or_verdict_is_malformed():
@@ -160,6 +177,26 @@ def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critiq
         for _, _, target in WORKING.labelled(WORKING.problem(seed), rng):
             assert len(target) <= WORKING.max_reply_chars - 2  # Arithmetic's 2 characters of slack kept
     assert len("198 no") <= WORKING.max_reply_chars - 2  # the largest sum of two 2-digit numbers
+    # with subtraction the longest critique carries a sign, forwards or backwards
+    for reversed_, longest in ((False, "-99 no"), (True, "99- no")):  # 0-99: the most negative
+        minus = make_task(
+            "refine", digits=2, terms=2, subtract=1.0, critic_working=True, working_reversed=reversed_
+        )
+        assert len(longest) <= minus.max_reply_chars - 2 and worked_verdict(longest, reversed_) == (
+            "-99",
+            False,
+        )
+    # a generator whose replies cannot hold the longest critique and its end is refused
+    load_config(
+        "configs/refine.yaml", ["task.params.digits=3", "task.params.critic_working=true"]
+    )  # "1998 no"
+    with pytest.raises(ConfigError, match="generator.max_response_tokens: .* needs 9 tokens"):
+        load_config("configs/refine.yaml", ["task.params.digits=4", "task.params.critic_working=true"])
+    # and the critic's sums are an acceptance figure only where it writes them
+    figure = ["acceptance={refine/held_out/critic_working: '>= 0.9'}"]
+    load_config("configs/refine.yaml", ["task.params.critic_working=true", *figure])
+    with pytest.raises(ConfigError, match="acceptance.refine/held_out/critic_working"):
+        load_config("configs/refine.yaml", figure)
 
 
 def test_the_held_out_summary_reads_agreement_not_the_critics_reward():

@@ -25,8 +25,9 @@ was shown said "no").
 With `critic_working` the critic works the sum out before its verdict, a generative verifier
 (as GenRM's chain-of-thought verifiers, Zhang et al. 2024): "c: 12+34=47" -> "46 no", its
 own answer, a space, then the verdict. A one-token verdict asks one forward pass to add two
-numbers and compare the sum with the answer shown; here the sum is written a digit at a time,
-as the answerer writes it, and the verdict compares two numbers in view. The critic's
+numbers and compare the sum with the answer shown; here the sum is meant to be written a
+digit at a time, as the answerer writes it, and the verdict to compare two numbers in view
+(measured in README: the critic learnt to copy the answer shown as its sum). The critic's
 reward is still its agreement with the checker, plus `working_weight` x right(working) (its
 part `working`), or with `working_improvement` `working_weight` x (right(working) - right(v0)):
 the refiner's improvement, which takes the answer's own rightness as the baseline, so a
@@ -36,8 +37,8 @@ critique ("r: 12+34=47 46 no"), so it can take the critic's sum. With `working_r
 the critic writes its sum least significant digit first ("64 no"; a sign last: "64-" is
 -46), the order in which small transformers learn addition most easily (Lee et al. 2023:
 each digit is then its column's sum and the carry just written), unlike the answerer, which
-writes the most significant digit first. (Measured in README: on 2-digit sums it taught the
-shared weights addition, the answerer with them, and left nothing to catch.)
+writes the most significant digit first. (Measured in README: on 2-digit sums, in one seed,
+the answerer learnt addition with it and left nothing to catch.)
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
@@ -171,16 +172,27 @@ class CritiqueRefine(Arithmetic):
             work, says = worked_verdict(critique, self.working_reversed)
         else:
             says = verdict(critique)
-        if says is None:
+        if says is None:  # a malformed critique: no agreement, and its sum counts as wrong
             parts = {"agree": 0.0, "first": float(right0), "format": 0.0}
-            critic = Score(0.0, parts | ({"working": 0.0} if self.critic_working else {}), False, "format")
+            parts |= {"working": 0.0} if self.critic_working else {}
         else:
-            agree = float(says == right0)
-            parts = {"agree": agree, "says_wrong": float(not says), "first": float(right0), "format": 1.0}
+            parts = {
+                "agree": float(says == right0),
+                "says_wrong": float(not says),
+                "first": float(right0),
+                "format": 1.0,
+            }
             if self.critic_working:
                 parts["working"] = float(work == normalise(problem.reference))
-            shaped = parts.get("working", 0.0) - float(right0) * self.working_improvement
-            critic = Score(agree + self.working_weight * shaped, parts)
+        # the sum's pay: also a malformed critique's, which would otherwise out-earn a wrong
+        # sum's -w under working_improvement
+        shaped = parts.get("working", 0.0) - float(right0) * self.working_improvement
+        critic = Score(
+            parts["agree"] + self.working_weight * shaped,
+            parts,
+            says is not None,
+            None if says is not None else "format",
+        )
         last = self.score(problem.prompt, v1, problem.reference)
         right1 = last.total >= 1
         refined = Score(
