@@ -37,8 +37,8 @@ critique ("r: 12+34=47 46 no"), so it can take the critic's sum. With `working_r
 the critic writes its sum least significant digit first ("64 no"; a sign last: "64-" is
 -46), the order in which small transformers learn addition most easily (Lee et al. 2023:
 each digit is then its column's sum and the carry just written), unlike the answerer, which
-writes the most significant digit first. (Measured in README: on 2-digit sums, in one seed,
-the answerer learnt addition with it and left nothing to catch.)
+writes the most significant digit first. (Measured in README: on 2-digit sums the answerer
+learnt addition with it, in two seeds of three too well to leave anything to catch.)
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
