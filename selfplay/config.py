@@ -1013,7 +1013,7 @@ def validate_task(cfg: RunConfig) -> None:
     if cfg.task.name == "solver_checker":
         fields += SELECTION_FIELDS
     if cfg.task.name == "refine":  # critic_working: the critic's sums, only where it writes them
-        fields += [f for f in CHAIN_FIELDS if f != "critic_working" or cfg.task.params.get("critic_working")]
+        fields += [f for f in CHAIN_FIELDS if f != "critic_working" or task.critic_working]
     task = cfg.task.name
     reported = {f"{task}/held_out/{f}" for f in fields}
     message = f"a task run reports {task}/held_out/FIELD, FIELD one of {', '.join(fields)}"
