@@ -16,7 +16,16 @@ from selfplay import schema
 from selfplay.builder import build, sft_examples
 from selfplay.config import BufferConfig, BuilderConfig, ConfigError, GeneratorConfig, TaskConfig, load_config
 from selfplay.tasks import make_task
-from selfplay.tasks.refine import ANSWER, CRITIC, REFINER, chain_summary, near_miss, verdict, worked_verdict
+from selfplay.tasks.refine import (
+    ANSWER,
+    CRITIC,
+    REFINER,
+    chain_summary,
+    compared_verdict,
+    near_miss,
+    verdict,
+    worked_verdict,
+)
 from tests.engines import EngineMaker, RuleEngine, decode, encode
 
 TASK = make_task("refine", digits=2, terms=2)
@@ -166,6 +175,57 @@ def test_a_reversed_sum_is_read_backwards_and_taught_backwards():
         make_task("refine", working_reversed=True)
 
 
+COMPARED = make_task(
+    "refine", digits=2, terms=2, critic_working=True, working_weight=1.0, verdict_compared=True
+)
+
+
+def test_a_compared_verdict_is_drawn_from_the_critics_sum_and_the_answer_as_the_checker_reads_it():
+    assert compared_verdict("46", "47") == ("46", False)
+    assert compared_verdict(" 046\n", "46") == ("46", True)  # both normalised
+    assert compared_verdict("46", "1;46") == ("46", True)  # the answer's final part, as scored
+    assert compared_verdict("46", "4 6") == ("46", False)  # a malformed answer equals no sum
+    assert compared_verdict("64", "46", reversed_=True) == ("46", True)
+    assert compared_verdict("64-", "-46", reversed_=True) == ("-46", True)  # the sign last
+    for reply in ("46 ok", "46 no", "no", "x", "4 6", "", None):  # its sum alone, nothing more
+        assert compared_verdict(reply, "46") == (None, None)
+
+
+@pytest.mark.parametrize(
+    "chain, critic, agree, shown",
+    [
+        (["46", "46", "46"], 2.0, 1.0, "46 ok"),  # a right sum passes a right answer
+        (["47", "46", "46"], 2.0, 1.0, "46 no"),  # ... and flags a wrong one
+        (["47", "47", "47"], 0.0, 0.0, "47 ok"),  # the wrong answer copied: passed
+        (["46", "45", "45"], 0.0, 0.0, "45 no"),  # a wrong sum doubts a right answer
+        (["47", "45", "45"], 1.0, 1.0, "45 no"),  # caught by a wrong sum: agreement alone
+        (["47", "46 no", "46"], 0.0, 0.0, "46 no"),  # a verdict of its own: malformed, none drawn
+    ],
+)
+def test_with_a_compared_verdict_the_critic_writes_its_sum_and_the_task_draws_the_verdict(
+    chain, critic, agree, shown
+):
+    scores = COMPARED.score_chain(SUM, chain)
+    assert scores[CRITIC].total == critic and scores[CRITIC].parts["agree"] == agree
+    assert scores[CRITIC].valid == (len(chain[1].split()) == 1)
+    assert scores[REFINER].parts["flagged"] == float(shown.endswith("no") and scores[CRITIC].valid)
+    # the refiner is shown the critic's sum and the verdict drawn from it
+    assert COMPARED.role_prompt(SUM, REFINER, chain[:2]) == f"r: 12+34={chain[0]} {shown}\n"
+    # the supervised stage teaches the sum alone, and the reply limit holds no verdict
+    critics = [(p, t) for role, p, t in COMPARED.labelled(SUM, random.Random(0)) if role == CRITIC]
+    assert [t for _, t in critics] == ["46", "46"]
+    refiners = [p for role, p, _ in COMPARED.labelled(SUM, random.Random(0)) if role == REFINER]
+    assert refiners[0] == "r: 12+34=46 46 ok\n" and refiners[1].endswith(" 46 no\n")
+    assert COMPARED.max_reply_chars == TASK.max_reply_chars
+    backwards = make_task(
+        "refine", digits=2, terms=2, critic_working=True, working_reversed=True, verdict_compared=True
+    )
+    assert [t for role, _, t in backwards.labelled(SUM, random.Random(0)) if role == CRITIC] == ["64", "64"]
+    assert backwards.role_prompt(SUM, REFINER, ["47", "64"]) == "r: 12+34=47 64 no\n"
+    with pytest.raises(ValueError, match="task.params.verdict_compared: .* set critic_working true"):
+        make_task("refine", verdict_compared=True)
+
+
 def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critique():
     with pytest.raises(ValueError, match="task.params.working_weight: .* set critic_working true"):
         make_task("refine", working_weight=0.5)
@@ -194,9 +254,9 @@ def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critiq
         load_config("configs/refine.yaml", ["task.params.digits=4", "task.params.critic_working=true"])
     # and the critic's sums are an acceptance figure only where it writes them
     figure = ["acceptance={refine/held_out/critic_working: '>= 0.9'}"]
-    load_config("configs/refine.yaml", ["task.params.critic_working=true", *figure])
+    load_config("configs/refine.yaml", figure)  # the shipped critic writes its sum
     with pytest.raises(ConfigError, match="acceptance.refine/held_out/critic_working"):
-        load_config("configs/refine.yaml", figure)
+        load_config("configs/refine.yaml", ["task.params={digits: 2, terms: 2}", *figure])
 
 
 def test_the_held_out_summary_reads_agreement_not_the_critics_reward():
@@ -289,21 +349,24 @@ def test_the_held_out_summary_pairs_first_and_refined_answers():
 
 
 # ---- The path: generator -> verifier -> builder, on a scripted engine ------------------
-def scripted(prompt: str, calls, working: bool = False) -> str:
+def scripted(prompt: str, calls, working: bool | str = False) -> str:
     """An answerer wrong on every other call (one too many), a critic that says "no" to
     every answer, a refiner that takes one off a doubted answer. With `working`, a critic
-    that works the sum out and compares, and a refiner that writes the critic's sum."""
+    that works the sum out and compares, and a refiner that writes the critic's sum; with
+    "compared", a critic that writes the sum alone (the task draws the verdict)."""
     n = next(calls)
     problem, _, shown = prompt.removeprefix("c: ").removeprefix("r: ").partition("=")
     right = str(sum(int(x) for x in problem.split("+")))  # the task draws sums only
     if prompt.startswith("c: "):
+        if working == "compared":
+            return right
         return f"{right} {'ok' if shown.strip() == right else 'no'}" if working else "no"
     if prompt.startswith("r: "):
         return shown.split()[1] if working else str(int(shown.split()[0]) - 1)
     return right if n % 2 else str(int(right) + 1)
 
 
-def refine_generator(k: int = 4, held_out: int = 6, working: bool = False) -> Generator:
+def refine_generator(k: int = 4, held_out: int = 6, working: bool | str = False) -> Generator:
     calls = itertools.count(1)
     return Generator(
         "gen-0",
@@ -316,7 +379,8 @@ def refine_generator(k: int = 4, held_out: int = 6, working: bool = False) -> Ge
         task_cfg=TaskConfig(
             name="refine",
             params={"digits": 2, "terms": 2}
-            | ({"critic_working": True, "working_weight": 0.5} if working else {}),
+            | ({"critic_working": True, "working_weight": 0.5} if working else {})
+            | ({"verdict_compared": True} if working == "compared" else {}),
             samples_per_prompt=k,
             held_out=held_out,
             eval_samples=k,
@@ -507,3 +571,18 @@ def test_a_critic_with_working_is_sampled_checked_and_scored_through_the_chain()
     figures = gen.evaluate_task()
     assert figures["critic_agreement"] == figures["critic_working"] == figures["refined_accuracy"] == 1.0
     assert figures["flips_to_wrong"] == 0.0
+
+
+def test_a_compared_verdict_is_drawn_alike_where_the_chain_is_sampled_and_where_it_is_checked():
+    gen = refine_generator(k=4, working="compared")
+    table = gen.task_play(2)
+    task = gen.task
+    verifier = Verifier(decode, task=task)
+    rows = verifier.training_turns(table).to_pylist()
+    assert len(rows) == 2 * 4 * 3 and not verifier.rejected  # the refiner's prompt rebuilt as sampled
+    refiner_prompts = [decode(r["prompt_ids"]) for r in rows if r["role"] == REFINER]
+    firsts = [dict(r["scores"])["correct"] for r in rows if r["role"] == ANSWER]
+    assert [p.endswith(" no\n") for p in refiner_prompts] == [f == 0.0 for f in firsts]
+    assert all(dict(r["scores"])["agree"] == 1.0 and r["reward"] == 1.5 for r in rows if r["role"] == CRITIC)
+    figures = gen.evaluate_task()
+    assert figures["critic_agreement"] == figures["critic_working"] == figures["refined_accuracy"] == 1.0

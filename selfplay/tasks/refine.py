@@ -39,6 +39,15 @@ the critic writes its sum least significant digit first ("64 no"; a sign last: "
 each digit is then its column's sum and the carry just written), unlike the answerer, which
 writes the most significant digit first. (Measured in README: on 2-digit sums the answerer
 learnt addition with it, in two seeds of three too well to leave anything to catch.)
+With `verdict_compared` the critic writes its sum alone ("46", or "64" reversed) and the task
+draws the verdict from it: "ok" exactly when the sum equals the answer shown, as a checker's
+assertions are run rather than believed (solver_checker). The critic's check is then its
+sum, and its agreement with the checker is whether comparing its sum with the answer gives
+the checker's verdict: a sum worked out right always does, a wrong one only against a wrong
+answer it differs from. The refiner is shown the sum and that verdict ("r: 12+34=47 46 no"),
+the same critique as above. (Measured in README: a critic that wrote its own verdict after
+a right sum passed a right answer or flagged a wrong one at little better than its prior;
+one token that compares two numbers digit by digit is what it did not learn.)
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
@@ -56,7 +65,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from selfplay.stats import mean_interval
-from selfplay.tasks.arithmetic import Arithmetic, normalise
+from selfplay.tasks.arithmetic import Arithmetic, final_answer, normalise
 from selfplay.tasks.base import Problem, Score
 
 ROLES = ("answer", "critic", "refiner")
@@ -80,6 +89,17 @@ def worked_verdict(reply: str, reversed_: bool = False) -> tuple[str | None, boo
     if (work := normalise(words[0][::-1] if reversed_ else words[0])) is None:
         return None, None
     return work, says
+
+
+def compared_verdict(reply: str, answer: str, reversed_: bool = False) -> tuple[str | None, bool | None]:
+    """With `verdict_compared`, a critique is the critic's sum alone ("46", reversed "64"):
+    its sum (normalised integer text) and the verdict the task draws from it, True exactly
+    when the sum equals the answer shown (`answer`, the first reply, read as the checker reads
+    it; a malformed answer equals no sum). Both None unless the reply is one integer."""
+    words = reply.split() if isinstance(reply, str) else []
+    if len(words) != 1 or (work := normalise(words[0][::-1] if reversed_ else words[0])) is None:
+        return None, None
+    return work, isinstance(answer, str) and work == normalise(final_answer(answer))
 
 
 def near_miss(answer: str, rng: random.Random) -> str:
@@ -109,6 +129,7 @@ class CritiqueRefine(Arithmetic):
     working_weight: float = 0.0  # with critic_working: the critic's reward adds this x right(sum)
     working_improvement: bool = False  # ... x (right(sum) - right(v0)) instead (module)
     working_reversed: bool = False  # with critic_working: the sum written backwards (module)
+    verdict_compared: bool = False  # with critic_working: the critic writes its sum alone (module)
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +146,10 @@ class CritiqueRefine(Arithmetic):
             raise ValueError(
                 "task.params.working_reversed: writes the critic's sum backwards; set critic_working true"
             )
+        if self.verdict_compared and not self.critic_working:
+            raise ValueError(
+                "task.params.verdict_compared: compares the critic's sum with the answer; set critic_working true"
+            )
         if self.working_improvement and not self.working_weight:
             raise ValueError(
                 "task.params.working_improvement: shapes working_weight's reward, which is 0; set it"
@@ -132,8 +157,9 @@ class CritiqueRefine(Arithmetic):
 
     @property
     def max_reply_chars(self) -> int:
-        """An answer's (Arithmetic's), or with critic_working a critique's: a sum, " ok"."""
-        return super().max_reply_chars + 3 * self.critic_working
+        """An answer's (Arithmetic's), or with critic_working a critique's: a sum, " ok"
+        (with verdict_compared the sum alone)."""
+        return super().max_reply_chars + 3 * (self.critic_working and not self.verdict_compared)
 
     def role_prompt(self, problem: Problem, role: int, before: list[str]) -> str:
         """Role `role`'s prompt, after the replies `before` of the roles before it (v0, then
@@ -146,7 +172,12 @@ class CritiqueRefine(Arithmetic):
             return problem.prompt
         if role == CRITIC:
             return f"{CRITIC_PREFIX}{problem.prompt}{shown[0]}\n"
-        return f"{REFINER_PREFIX}{problem.prompt}{shown[0]} {shown[1]}\n"
+        critique = shown[1]
+        if self.verdict_compared:  # the critic's sum and the task's verdict on it (a bare reply
+            # that is not one integer is shown as it is: no verdict drawn)
+            work, says = compared_verdict(before[CRITIC], before[ANSWER], self.working_reversed)
+            critique += "" if says is None else (" ok" if says else " no")
+        return f"{REFINER_PREFIX}{problem.prompt}{shown[0]} {critique}\n"
 
     def labelled(self, problem: Problem, rng: random.Random) -> list[tuple[int, str, str]]:
         """The supervised stage's (role, prompt, target) rows of one problem: the answer; the
@@ -155,9 +186,8 @@ class CritiqueRefine(Arithmetic):
         wrong = near_miss(problem.reference, rng)
         rows = [(ANSWER, problem.prompt, problem.target)]
         for v0, says in ((right, "ok"), (wrong, "no")):
-            critique = (
-                f"{right[::-1] if self.working_reversed else right} {says}" if self.critic_working else says
-            )
+            work = right[::-1] if self.working_reversed else right
+            critique = (work if self.verdict_compared else f"{work} {says}") if self.critic_working else says
             rows.append((CRITIC, self.role_prompt(problem, CRITIC, [v0]), critique))
             rows.append((REFINER, self.role_prompt(problem, REFINER, [v0, critique]), problem.target))
         return rows
@@ -168,7 +198,9 @@ class CritiqueRefine(Arithmetic):
         first = self.score(problem.prompt, v0, problem.reference)
         right0 = first.total >= 1
         work = None
-        if self.critic_working:
+        if self.verdict_compared:
+            work, says = compared_verdict(critique, v0, self.working_reversed)
+        elif self.critic_working:
             work, says = worked_verdict(critique, self.working_reversed)
         else:
             says = verdict(critique)
