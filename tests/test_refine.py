@@ -199,7 +199,7 @@ def test_a_compared_verdict_is_drawn_from_the_critics_sum_and_the_answer_as_the_
         (["47", "47", "47"], 0.0, 0.0, "47 ok"),  # the wrong answer copied: passed
         (["46", "45", "45"], 0.0, 0.0, "45 no"),  # a wrong sum doubts a right answer
         (["47", "45", "45"], 1.0, 1.0, "45 no"),  # caught by a wrong sum: agreement alone
-        (["47", "46 no", "46"], 0.0, 0.0, "46 no"),  # a verdict of its own: malformed, none drawn
+        (["47", "46 no", "46"], 0.0, 0.0, "46 no ?"),  # a verdict of its own: malformed, none drawn
     ],
 )
 def test_with_a_compared_verdict_the_critic_writes_its_sum_and_the_task_draws_the_verdict(
@@ -209,9 +209,11 @@ def test_with_a_compared_verdict_the_critic_writes_its_sum_and_the_task_draws_th
     assert scores[CRITIC].total == critic and scores[CRITIC].parts["agree"] == agree
     assert scores[CRITIC].valid == (len(chain[1].split()) == 1)
     assert scores[REFINER].parts["flagged"] == float(shown.endswith("no") and scores[CRITIC].valid)
-    # the refiner is shown the critic's sum and the verdict drawn from it
+    # the refiner is shown the critic's sum and the verdict drawn from it (or "?": none drawn)
     assert COMPARED.role_prompt(SUM, REFINER, chain[:2]) == f"r: 12+34={chain[0]} {shown}\n"
-    # the supervised stage teaches the sum alone, and the reply limit holds no verdict
+
+
+def test_with_a_compared_verdict_the_critic_is_taught_its_sum_and_the_refiner_shown_a_drawn_verdict():
     critics = [(p, t) for role, p, t in COMPARED.labelled(SUM, random.Random(0)) if role == CRITIC]
     assert [t for _, t in critics] == ["46", "46"]
     refiners = [p for role, p, _ in COMPARED.labelled(SUM, random.Random(0)) if role == REFINER]
@@ -224,6 +226,11 @@ def test_with_a_compared_verdict_the_critic_writes_its_sum_and_the_task_draws_th
     assert backwards.role_prompt(SUM, REFINER, ["47", "64"]) == "r: 12+34=47 64 no\n"
     with pytest.raises(ValueError, match="task.params.verdict_compared: .* set critic_working true"):
         make_task("refine", verdict_compared=True)
+    # whatever the critic writes, the refiner's prompt ends in a verdict the task drew, or "?"
+    for critique in ("46", "47", "46 no", "46 ok", "ok", "no", "x", ""):
+        shown = COMPARED.role_prompt(SUM, REFINER, ["47", critique])
+        drawn = compared_verdict(critique, "47")[1]
+        assert shown.endswith({True: " ok\n", False: " no\n", None: " ?\n"}[drawn])
 
 
 def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critique():
@@ -247,11 +254,9 @@ def test_the_working_weight_needs_the_working_and_the_reply_limit_holds_a_critiq
             False,
         )
     # a generator whose replies cannot hold the longest critique and its end is refused
-    load_config(
-        "configs/refine.yaml", ["task.params.digits=3", "task.params.critic_working=true"]
-    )  # "1998 no"
+    load_config("configs/refine.yaml", ["task.params.digits=3"])  # "8991 no": the shipped critic's
     with pytest.raises(ConfigError, match="generator.max_response_tokens: .* needs 9 tokens"):
-        load_config("configs/refine.yaml", ["task.params.digits=4", "task.params.critic_working=true"])
+        load_config("configs/refine.yaml", ["task.params.digits=4"])
     # and the critic's sums are an acceptance figure only where it writes them
     figure = ["acceptance={refine/held_out/critic_working: '>= 0.9'}"]
     load_config("configs/refine.yaml", figure)  # the shipped critic writes its sum

@@ -44,10 +44,13 @@ draws the verdict from it: "ok" exactly when the sum equals the answer shown, as
 assertions are run rather than believed (solver_checker). The critic's check is then its
 sum, and its agreement with the checker is whether comparing its sum with the answer gives
 the checker's verdict: a sum worked out right always does, a wrong one only against a wrong
-answer it differs from. The refiner is shown the sum and that verdict ("r: 12+34=47 46 no"),
-the same critique as above. (Measured in README: a critic that wrote its own verdict after
-a right sum passed a right answer or flagged a wrong one at little better than its prior;
-one token that compares two numbers digit by digit is what it did not learn.)
+answer it differs from. The refiner is shown the sum and that verdict ("r: 12+34=47 46 no",
+the same critique as above; a critique that is not one integer is shown with "?"). Why:
+with the first answer kept out of RL (README) the critic's own verdict after a right sum
+followed that sum in only 82-91% of its last training chains, and agreement stayed under
+0.85 in two seeds of three. (Measured in README: with the verdict drawn, agreement met 0.85
+in every seed, but the critic's sum was right on only 0.27-0.60 of held-out problems, and the
+refiner that wrote it broke 4-7% of the right answers.)
 
 The supervised stage's labelled chains (`labelled`): the answer's target; the critic on
 the right answer and on a wrong one (`near_miss`: one digit off, or off by 1 or 10, as a
@@ -173,10 +176,11 @@ class CritiqueRefine(Arithmetic):
         if role == CRITIC:
             return f"{CRITIC_PREFIX}{problem.prompt}{shown[0]}\n"
         critique = shown[1]
-        if self.verdict_compared:  # the critic's sum and the task's verdict on it (a bare reply
-            # that is not one integer is shown as it is: no verdict drawn)
+        if self.verdict_compared:  # the critic's sum and the task's verdict on it; a reply that
+            # is not one integer is shown with "?" (no verdict drawn), never as one that could
+            # pass for a drawn verdict ("46 no" written by the critic itself)
             work, says = compared_verdict(before[CRITIC], before[ANSWER], self.working_reversed)
-            critique += "" if says is None else (" ok" if says else " no")
+            critique += " ?" if says is None else (" ok" if says else " no")
         return f"{REFINER_PREFIX}{problem.prompt}{shown[0]} {critique}\n"
 
     def labelled(self, problem: Problem, rng: random.Random) -> list[tuple[int, str, str]]:
