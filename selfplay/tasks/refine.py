@@ -82,6 +82,12 @@ def verdict(reply: str) -> bool | None:
     return VERDICTS.get(reply.strip()) if isinstance(reply, str) else None
 
 
+def read_sum(word: str, reversed_: bool = False) -> str | None:
+    """The critic's sum as the checker reads an answer (normalised integer text), or None:
+    `word` read backwards when `reversed_` ("64" is 46, "64-" is -46)."""
+    return normalise(word[::-1] if reversed_ else word)
+
+
 def worked_verdict(reply: str, reversed_: bool = False) -> tuple[str | None, bool | None]:
     """A critique with working ("46 no"): its sum (normalised integer text) and its verdict,
     both None unless the reply is exactly an integer, white space, then "ok" or "no".
@@ -89,7 +95,7 @@ def worked_verdict(reply: str, reversed_: bool = False) -> tuple[str | None, boo
     words = reply.split() if isinstance(reply, str) else []
     if len(words) != 2 or (says := verdict(words[1])) is None:
         return None, None
-    if (work := normalise(words[0][::-1] if reversed_ else words[0])) is None:
+    if (work := read_sum(words[0], reversed_)) is None:
         return None, None
     return work, says
 
@@ -100,7 +106,7 @@ def compared_verdict(reply: str, answer: str, reversed_: bool = False) -> tuple[
     when the sum equals the answer shown (`answer`, the first reply, read as the checker reads
     it; a malformed answer equals no sum). Both None unless the reply is one integer."""
     words = reply.split() if isinstance(reply, str) else []
-    if len(words) != 1 or (work := normalise(words[0][::-1] if reversed_ else words[0])) is None:
+    if len(words) != 1 or (work := read_sum(words[0], reversed_)) is None:
         return None, None
     return work, isinstance(answer, str) and work == normalise(final_answer(answer))
 
@@ -179,7 +185,7 @@ class CritiqueRefine(Arithmetic):
         if self.verdict_compared:  # the critic's sum and the task's verdict on it; a reply that
             # is not one integer is shown with "?" (no verdict drawn), never as one that could
             # pass for a drawn verdict ("46 no" written by the critic itself)
-            work, says = compared_verdict(before[CRITIC], before[ANSWER], self.working_reversed)
+            _, says = compared_verdict(before[CRITIC], before[ANSWER], self.working_reversed)
             critique += " ?" if says is None else (" ok" if says else " no")
         return f"{REFINER_PREFIX}{problem.prompt}{shown[0]} {critique}\n"
 
