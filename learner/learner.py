@@ -47,6 +47,12 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 OPPONENT_KINDS = [SELF, "member", *sorted({n for m in MODULES.values() for n in m.SCRIPTED})]
 
 
+def policy_gradient(row: dict) -> bool:
+    """Whether a row trains by policy gradient: labelled rl (or unlabelled: a game's turn);
+    not sft (NLL), anchor (the KL to the reference alone) or dpo (a preference pair)."""
+    return row["label"] not in ("sft", "anchor", "dpo")
+
+
 def opponent_kind(opponent_id: str | None) -> int:
     """The kind index of a row's opponent: 0 self-play (and task rows, which have none), a
     scripted player's own index, else 1 (a league member)."""
@@ -336,7 +342,7 @@ class Learner:
         self.model.train()
         self.pad_id = self.model.config.pad_token_id or 0
         self.ref = None
-        if cfg.kl_coef > 0 or cfg.reference:
+        if cfg.kl_coef > 0 or cfg.reference or cfg.anchor_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         # the weights' moving average: a copy of the model (as the reference), updated after
         # each step; with LoRA, of its adapters (the base weights are frozen)
@@ -419,11 +425,12 @@ class Learner:
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         return stack
 
-    def _forward(self, rows: list[dict]):
+    def _forward(self, rows: list[dict], anchored: bool = False):
         """One micro-batch's forward pass: its batch (on the device), the policy's log-probs
         and entropies (with gradient when the caller has it on), V(s) (gae) and the KL
-        reference's log-probs (when there is a KL term: a reference kept only for preference
-        pairs is not read here)."""
+        reference's log-probs (when there is a KL term, or `anchored`: the whole batch holds rows
+        labelled anchor, so every rank of a sharded group runs the reference alike; a reference
+        kept only for preference pairs is not read here)."""
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         values = ref_logp = None
         with self._compute(batch):
@@ -433,10 +440,27 @@ class Learner:
                 logp, entropy, values = logprobs_and_values(
                     self.model, self.value_head, batch, self.temperature
                 )
-        if self._kl:
-            with torch.no_grad(), self._compute(batch):
-                ref_logp, _ = sequence_logprobs(self.ref, batch, self.temperature)
+        if self._kl or anchored:
+            ref_logp = self._reference_logprobs(rows, batch, logp)
         return batch, logp, entropy, values, ref_logp
+
+    @torch.no_grad()
+    def _reference_logprobs(self, rows: list[dict], batch: dict[str, torch.Tensor], logp) -> torch.Tensor:
+        """The reference's log-probs [B, L-1] of a micro-batch: of every row where the KL term
+        reads them all (and in a sharded group, whose ranks must run the reference alike);
+        else of its rows labelled anchor alone, in a batch of their own (right-padded, so
+        their positions are the same), the other rows holding the policy's own (a KL of 0)."""
+        if self._kl or self.sharded:
+            with self._compute(batch):
+                return sequence_logprobs(self.ref, batch, self.temperature)[0]
+        ref_logp = logp.detach().clone()
+        anchors = [i for i, r in enumerate(rows) if r["label"] == "anchor"]
+        if anchors:
+            sub = {k: v.to(self.device) for k, v in collate([rows[i] for i in anchors], self.pad_id).items()}
+            with self._compute(sub):
+                part, _ = sequence_logprobs(self.ref, sub, self.temperature)
+            ref_logp[anchors, : part.shape[1]] = part.to(ref_logp.dtype)
+        return ref_logp
 
     @property
     def _kl(self) -> bool:
@@ -461,7 +485,7 @@ class Learner:
         adv = torch.tensor(advantages, device=self.device)
         if penalty is not None:
             adv = adv - self.cfg.kl_coef * penalty
-        is_sft = torch.tensor([r["label"] == "sft" for r in rows], device=self.device)
+        is_sft = torch.tensor([not policy_gradient(r) for r in rows], device=self.device)
         if self.cfg.normalize_advantages and int((~is_sft).sum()) > 1:  # over the sampled replies
             rl = adv[~is_sft]
             adv = torch.where(is_sft, 0.0, (adv - rl.mean()) / (rl.std() + 1e-8))
@@ -594,17 +618,26 @@ class Learner:
         }
 
     def _policy_backward(self, rows: list[dict]) -> dict:
-        """Accumulate the gradient of policy gradient (PPO-clipped) and NLL (rows labelled
-        sft) over `rows`, with the KL and value terms where configured. Returns their metrics."""
+        """Accumulate the gradient of policy gradient (PPO-clipped), NLL (rows labelled sft)
+        and the anchor's KL (rows labelled anchor) over `rows`, with the KL and value terms
+        where configured. Returns their metrics."""
         size = self.cfg.micro_batch_size or len(rows)
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
         sft = [r["label"] == "sft" for r in rows]
-        rl_rows = sft.count(False)
-        rl_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if not s)
+        anchor = [r["label"] == "anchor" for r in rows]
+        pg = [policy_gradient(r) for r in rows]
+        rl_rows = pg.count(True)
+        rl_tokens = sum(len(r["response_ids"]) for r, p in zip(rows, pg) if p)
         sft_tokens = sum(len(r["response_ids"]) for r, s in zip(rows, sft) if s)
+        anchor_tokens = sum(len(r["response_ids"]) for r, a in zip(rows, anchor) if a)
+        if any(anchor) and not self.cfg.anchor_coef > 0:
+            raise ValueError(
+                f"train_step: {anchor.count(True)} rows labelled anchor train only the KL to the "
+                "reference, and learner.anchor_coef is 0 (set it with builder.anchored_roles)"
+            )
         per_target = self.cfg.nll_aggregation == "sequence_mean"
         sft_total = sum(1 for r, s in zip(rows, sft) if s and r["response_ids"]) if per_target else sft_tokens
-        all_tokens = rl_tokens + sft_tokens
+        all_tokens = rl_tokens + sft_tokens + anchor_tokens
         reads_model = self.value_head is not None or self._kl_in_reward
         all_values = None
         if self.sharded:  # every rank plans the whole batch, then trains its own share of it
@@ -619,7 +652,7 @@ class Learner:
             empty = weight == 0.0
             chunk, offset = rows[start:stop], start
             part: dict[str, float] = {}  # this micro-batch's share of the sums (none when empty)
-            batch, logp, entropy, values, ref_logp = self._forward(chunk)
+            batch, logp, entropy, values, ref_logp = self._forward(chunk, anchored=anchor_tokens > 0)
             mask = batch["mask"]
             if plan is None:  # one micro-batch: the pass that trains gives what the plan reads
                 plan = self._plan(
@@ -627,7 +660,8 @@ class Learner:
                 )
             adv, targets = plan[0][offset : offset + len(chunk)], plan[1]
             is_sft = torch.tensor(sft[offset : offset + len(chunk)], device=self.device)
-            rl_mask = mask * (~is_sft)[:, None]  # policy gradient and KL: every row not labelled sft
+            is_pg = torch.tensor(pg[offset : offset + len(chunk)], device=self.device)
+            rl_mask = mask * is_pg[:, None]  # policy gradient and KL: the rows it trains (rl, a game's)
             pg_loss, clip_frac = losses.ppo_clip_loss(
                 logp,
                 batch["behaviour_logp"],
@@ -640,7 +674,17 @@ class Learner:
             nll = losses.nll_loss(logp, mask * is_sft[:, None], sft_total, self.cfg.nll_aggregation)
             bonus = losses.masked_mean(entropy, rl_mask, rl_tokens)  # the entropy bonus: sampled replies only
             loss = pg_loss + nll - self.cfg.entropy_coef * bonus
-            if ref_logp is not None:
+            if anchor_tokens:  # SCoRe's stage I: k2, the gradient of KL(pi || ref), on the anchor's tokens
+                is_anchor = torch.tensor(anchor[offset : offset + len(chunk)], device=self.device)
+                anchor_mask = mask * is_anchor[:, None]
+                kl_anchor = losses.kl_loss(
+                    logp, ref_logp, batch["behaviour_logp"], anchor_mask, "k2", anchor_tokens
+                )
+                loss = loss + self.cfg.anchor_coef * kl_anchor
+                part["kl_anchor"] = losses.kl_penalty(
+                    logp.detach(), ref_logp, anchor_mask, anchor_tokens
+                ).item()
+            if self._kl:
                 part["kl_ref"] = losses.kl_penalty(logp.detach(), ref_logp, rl_mask, rl_tokens).item()
                 if self.cfg.kl_placement == "loss":
                     kl_term = losses.kl_loss(
@@ -670,11 +714,13 @@ class Learner:
         if self.sharded:
             names = ["loss", "pg_loss", "nll", "clip_frac", "entropy", "kl_behaviour", "tokens"]
             names += ["kl_ref"] * self._kl + ["value_loss"] * (self.value_head is not None)
+            names += ["kl_anchor"] * (self.cfg.anchor_coef > 0)
             sums = all_reduced(sums, names)
             values_seen = [] if all_values is None else [all_values]
 
-        # staleness and advantages of the sampled replies (a labelled sft row has neither)
-        sampled = [i for i, s in enumerate(sft) if not s] or list(range(len(rows)))
+        # staleness and advantages of the sampled replies trained by policy gradient (a
+        # labelled sft row has neither, an anchor row no advantage)
+        sampled = [i for i, p in enumerate(pg) if p] or list(range(len(rows)))
         versions = torch.tensor(
             [rows[i]["policy_version"] for i in sampled], dtype=torch.float32
         )  # on the host
@@ -696,6 +742,8 @@ class Learner:
         }
         if self._kl:
             metrics["kl_ref"] = sums["kl_ref"]
+        if any(anchor):
+            metrics.update(anchor_rows=anchor.count(True), kl_anchor=sums["kl_anchor"])
         for (game, role), b in self.baselines.items():
             metrics[f"baseline_{game}_{role}"] = b
         if values_seen:
@@ -704,7 +752,7 @@ class Learner:
             if len(g) > 1:  # a variance needs two returns (one gave NaN)
                 # 1 - Var(G - V) / Var(G): how much of the return's spread the value explains
                 metrics["explained_variance"] = (1 - (g - v).var() / g.var().clamp(min=1e-8)).item()
-        scored = [r for r in rows if r["task"] is not None and r["label"] != "sft"]
+        scored = [r for r in rows if r["task"] is not None and policy_gradient(r)]
         if scored:  # a task's sampled replies in the batch: their mean reward (after the builder's filter)
             metrics["batch_reward"] = sum(r["reward"] for r in scored) / len(scored)
             roles = sorted({r["role"] for r in scored})
@@ -719,16 +767,16 @@ class Learner:
         return metrics
 
     def _advantages(self, rows: list[dict], values: torch.Tensor | None) -> tuple[list[float], list | None]:
-        """Each row's advantage by `learner.advantage` (0 on sft rows, which train NLL), and
-        the value targets (gae only)."""
+        """Each row's advantage by `learner.advantage` (0 on sft rows, which train NLL, and
+        anchor rows, the KL alone), and the value targets (gae only)."""
         if self.cfg.advantage == "group":  # the builder's, on the buffer's side
-            missing = [r["traj_id"] for r in rows if r["label"] != "sft" and r["advantage"] is None]
+            missing = [r["traj_id"] for r in rows if policy_gradient(r) and r["advantage"] is None]
             if missing:
                 raise ValueError(
                     f"learner.advantage group: {len(missing)} rows have no builder advantage "
                     f"(e.g. {missing[0]}); task runs build them in the buffer"
                 )
-            return [0.0 if r["label"] == "sft" else r["advantage"] for r in rows], None
+            return [r["advantage"] if policy_gradient(r) else 0.0 for r in rows], None
         keys = [(r["game"], r["role"]) for r in rows]
         returns = [r["ret"] for r in rows]
         if values is None:

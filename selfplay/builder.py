@@ -39,7 +39,10 @@ Admission (`variance_filter`, as verl's filter_groups and DAPO's dynamic samplin
 group whose rewards all agree (std <= min_reward_std) teaches nothing under a group
 baseline, so it is held back rather than admitted. Held-back groups are returned apart
 (the buffer keeps them as a reserve to fill a batch that cannot fill: never a stall).
-Game turns (no task) pass through untouched.
+Game turns (no task) pass through untouched. The samples of `frozen_roles` build no rows;
+those of `anchored_roles` are admitted as they are (the first `anchor_samples` of each group,
+where set), labelled anchor: the learner trains only the KL to its reference on them
+(learner.anchor_coef), whatever their rewards.
 
 The hard-prompt pool (`update_hard_pool`, prime-rl's and DAPO's curriculum idea): the
 generator draws `task.hard_fraction` of its prompts again from the problems its policy
@@ -80,6 +83,7 @@ COUNTS = (
     "pairs_rules_agree",  # of them, those it orders as the training judge does
     "fix_targets",  # refine: wrong refined answers given a right one as an sft row
     "rows_frozen",  # samples of builder.frozen_roles: scored, never trained
+    "rows_anchored",  # samples of builder.anchored_roles: admitted as anchor rows (KL alone)
 )
 
 
@@ -103,8 +107,14 @@ def build(
     # accept_reward 0.9 (0.899999976 held) would fall short of it
     accept = pa.scalar(cfg.accept_reward, pa.float32()).as_py()
     for (_, role), rows in groups.items():
-        if cfg.frozen_roles and role_name(rows[0]["task"], role) in cfg.frozen_roles:
+        name = role_name(rows[0]["task"], role) if cfg.frozen_roles or cfg.anchored_roles else None
+        if name in cfg.frozen_roles:
             counts["rows_frozen"] += len(rows)
+            continue
+        if name in cfg.anchored_roles:  # no reward decides them: never held back
+            kept = rows[: cfg.anchor_samples or None]
+            counts["rows_anchored"] += len(kept)
+            admitted.extend({**r, "label": "anchor", "advantage": None} for r in kept)
             continue
         rewards = [r["reward"] for r in rows]
         accepted = [r["reward"] >= accept for r in rows]

@@ -204,6 +204,11 @@ class LearnerConfig:
     #   the gradient of KL(pi || ref); k3: of the reverse KL(ref || pi); k1: none, refused).
     kl_placement: KlPlacement = "reward"
     kl_estimator: KlEstimator = "k1"
+    # Rows labelled anchor (builder.anchored_roles) train this KL to the reference alone, on
+    # their own tokens: anchor_coef x k2 in the loss (the gradient of KL(pi || ref)), importance-
+    # weighted as kl_placement loss; no policy gradient. > 0 builds the reference (the policy
+    # after the supervised stage); the other rows' KL stays kl_coef's
+    anchor_coef: float = 0.0
     # rae: SPIRAL's EMA baseline per (game, role); gae: a value head on the policy's last
     # hidden state (shared trunk) and GAE over each player's turns (needs buffer.whole_games);
     # group: the buffer's builder's, over the k samples of a task prompt (task runs)
@@ -388,6 +393,16 @@ class BuilderConfig:
     # the other roles' (a group of each role is judged against the other's samples); e.g.
     # solver_checker's [solver]: the checker alone learns, against the supervised solver
     frozen_roles: list[str] = field(default_factory=list)
+    # roles (by name) whose samples build rows labelled anchor: no policy gradient, only
+    # learner.anchor_coef x the KL to the learner's reference (the supervised stage's policy)
+    # on their tokens. SCoRe's first stage (Kumar et al. 2024) for refine's [answer]: the first
+    # attempt held near where the supervised stage left it (frozen_roles leaves it to drift
+    # with the weights the other roles train) while the critic and refiner learn to correct it
+    anchored_roles: list[str] = field(default_factory=list)
+    # ... each anchored group admits its first anchor_samples samples (its k are drawn alike, so
+    # any n estimate the KL without bias, with more noise), leaving the batch to the trained
+    # roles; 0: all of them
+    anchor_samples: int = 0
 
 
 @dataclass
@@ -579,6 +594,8 @@ NON_NEGATIVE = {
     "learner.math_attention_max_len",
     "learner.clip_eps",
     "learner.kl_coef",
+    "learner.anchor_coef",
+    "builder.anchor_samples",
     "learner.chosen_nll_coef",
     "learner.grad_clip",
     "learner.weight_decay",
@@ -755,6 +772,8 @@ def validate(cfg: RunConfig, resolve: bool = True) -> RunConfig:
             raise ConfigError(
                 "learner.advantage: group needs a task (task.name), whose samples form the groups"
             )
+        if cfg.learner.anchor_coef > 0:
+            raise ConfigError("learner.anchor_coef: the KL on a task's builder.anchored_roles; set task.name")
         validate_games(cfg)
         validate_opponents(cfg)
         if cfg.generator.legal_moves_only and cfg.generator.max_response_tokens != 1:
@@ -884,6 +903,21 @@ def validate_task(cfg: RunConfig) -> None:
         raise ConfigError(
             f"builder.frozen_roles: some but not all of {cfg.task.name}'s roles {list(roles)}, "
             f"with builder.rows rl (got {frozen}, {cfg.builder.rows})"
+        )
+    anchored = cfg.builder.anchored_roles
+    if anchored and (
+        cfg.builder.rows != "rl" or not set(anchored) < set(roles) or set(anchored) & set(frozen)
+    ):
+        raise ConfigError(
+            f"builder.anchored_roles: some but not all of {cfg.task.name}'s roles {list(roles)}, none of "
+            f"them frozen, with builder.rows rl (got {anchored}, frozen {frozen}, {cfg.builder.rows})"
+        )
+    if cfg.builder.anchor_samples and not anchored:
+        raise ConfigError("builder.anchor_samples: narrows builder.anchored_roles, which is empty; set it")
+    if bool(anchored) != (cfg.learner.anchor_coef > 0):
+        raise ConfigError(
+            "learner.anchor_coef: the KL on builder.anchored_roles' rows; set both or neither "
+            f"(got {cfg.learner.anchor_coef}, {anchored})"
         )
     compete = (cfg.builder.rows == "compete", cfg.task.versus == "snapshot")
     if (any(compete) and not all(compete)) or (all(compete) and not cfg.league.enabled):

@@ -23,8 +23,9 @@ from selfplay.files import write_parquet_atomic
 SCHEMA_VERSION = 4
 # earlier versions that read as this one: the columns added since, filled null
 UPGRADES = {b"2": ("rejected_ids", "rejected_text", "allowed_ids"), b"3": ("allowed_ids",)}
-# rl: policy gradient on `advantage` (or the learner's own); sft: NLL; dpo: a preference pair
-LABELS = ("rl", "sft", "dpo")
+# rl: policy gradient on `advantage` (or the learner's own); sft: NLL; dpo: a preference pair;
+# anchor: the KL to the learner's reference alone (builder.anchored_roles)
+LABELS = ("rl", "sft", "dpo", "anchor")
 VERSION_KEY = b"selfplay.schema_version"
 
 FIELDS = [

@@ -209,6 +209,39 @@ def test_a_frozen_roles_groups_build_no_rows_and_are_counted():
     assert counts["groups"] == 1  # the frozen role's group is not built
 
 
+def test_an_anchored_roles_samples_are_admitted_as_anchor_rows_whatever_their_rewards():
+    """solver_checker with builder.anchored_roles [solver]: the solver's samples are admitted
+    as they are, labelled anchor with no advantage (the learner trains only the KL to its
+    reference on them), even where their rewards all agree and the variance filter holds the
+    checker's group back; counted rows_anchored, not as a built group."""
+
+    def role_sample(role: int, reward: float, text: str) -> dict:
+        return sample("p", reward, text, task="solver_checker", game="solver_checker", role=role)
+
+    table = schema.from_rows(
+        [
+            role_sample(0, 1.0, "x+1"),
+            role_sample(0, 1.0, "x+2"),
+            role_sample(1, 0.0, "t1"),
+            role_sample(1, 0.0, "t2"),
+        ]
+    )
+    cfg = BuilderConfig(rows="rl", group_advantage="drgrpo", anchored_roles=["solver"], variance_filter=True)
+    admitted, held, counts = build(table, cfg)
+    assert [(r["role"], r["label"], r["advantage"]) for r in admitted.to_pylist()] == [
+        (0, "anchor", None),
+        (0, "anchor", None),
+    ]
+    assert [(r["role"], r["label"]) for r in held.to_pylist()] == [(1, "rl"), (1, "rl")]
+    assert counts["rows_anchored"] == 2 and counts["groups"] == 1 and counts["groups_held_back"] == 1
+    assert counts["rows_admitted"] == 0 and counts["rows_frozen"] == 0
+    one, _, counts = build(table, BuilderConfig(rows="rl", anchored_roles=["solver"], anchor_samples=1))
+    assert [(r["response_text"], r["label"]) for r in one.to_pylist() if r["role"] == 0] == [
+        ("x+1", "anchor")
+    ]
+    assert counts["rows_anchored"] == 1  # builder.anchor_samples: the group's first n
+
+
 def test_an_unknown_group_advantage_is_refused():
     with pytest.raises(ValueError, match="unknown group advantage 'ppo'"):
         group_advantages([1, 0], "ppo")

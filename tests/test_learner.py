@@ -525,6 +525,107 @@ def test_rl_rows_without_a_builder_advantage_are_refused(model_dir):
         learner.train_step(task_batch("rl", advantage=None))
 
 
+def anchored(model_dir: str, coef: float = 0.5) -> Learner:
+    """A task learner whose rows labelled anchor train coef x KL to its reference (fp32)."""
+    cfg = load_config(
+        None,
+        ["task.name=arithmetic", "learner.advantage=group", "learner.bf16=false", "learner.grad_clip=1e9"],
+    )
+    return Learner(dataclasses.replace(cfg.learner, anchor_coef=coef), cfg.model, model_dir, seed=0)
+
+
+def gradient(learner: Learner) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
+
+
+def test_anchor_rows_train_the_kl_to_the_reference_alone(model_dir):
+    """Rows labelled anchor (builder.anchored_roles) carry no advantage: at the reference they
+    teach nothing; moved off it, their gradient is anchor_coef x the gradient of k2 (the
+    importance-weighted KL(pi || ref)) over their tokens, worked here from the two models'
+    log-probs; steps on them pull the policy back; they are not sampled replies' rewards."""
+    learner = anchored(model_dir)
+    at_ref = learner.train_step(task_batch("anchor"))
+    assert at_ref["grad_norm"] == 0.0 and at_ref["kl_anchor"] == 0.0 and at_ref["anchor_rows"] == 4
+    assert at_ref["pg_loss"] == 0.0 and at_ref["nll"] == 0.0 and "batch_reward" not in at_ref
+    learner.set_lr(1e-2)
+    for _ in range(5):  # away from the reference
+        learner.train_step(task_batch("sft"))
+    learner.set_lr(0.0)
+    m = learner.train_step(task_batch("anchor"))
+    rows = task_batch("anchor").to_pylist()
+    batch = collate(rows, learner.pad_id)
+    logp, _ = sequence_logprobs(learner.model, batch, learner.temperature)
+    with torch.no_grad():
+        ref_logp, _ = sequence_logprobs(learner.ref, batch, learner.temperature)
+    mask = batch["mask"]
+    weight = torch.exp(logp.detach() - batch["behaviour_logp"])
+    k2 = 0.5 * (ref_logp - logp) ** 2
+    by_hand = 0.5 * (weight * k2 * mask).sum() / mask.sum()
+    params = [p for p in learner.model.parameters() if p.grad is not None]
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(by_hand, params)])
+    assert expected.abs().max() > 1e-5
+    # fp32 sums in another order: a few eps of the largest terms (as the micro-batch test)
+    torch.testing.assert_close(
+        gradient(learner), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max())
+    )
+    log_r = (ref_logp - logp).detach()
+    assert m["kl_anchor"] == pytest.approx(
+        float(((log_r.exp() - 1 - log_r) * mask).sum() / mask.sum()), rel=1e-5
+    )
+    learner.set_lr(5e-3)
+    first = m["kl_anchor"]
+    for _ in range(6):
+        last = learner.train_step(task_batch("anchor"))["kl_anchor"]
+    assert 0 < last < 0.8 * first
+
+
+def test_anchor_rows_without_an_anchor_coefficient_are_refused(model_dir):
+    cfg = load_config(None, ["task.name=arithmetic", "learner.advantage=group", "learner.kl_coef=0.1"])
+    learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)  # a reference, but no anchor term
+    with pytest.raises(ValueError, match="4 rows labelled anchor .* learner.anchor_coef is 0"):
+        learner.train_step(task_batch("anchor"))
+
+
+def test_anchor_rows_add_their_kl_to_the_policy_gradient_of_the_others_undiluted(model_dir):
+    """A batch of rl and anchor rows: the policy gradient is the rl rows' alone (their own
+    token mean, not diluted by the anchor's tokens), the anchor's KL adds to it, and the
+    advantage and reward figures read the rl rows. The rl rows' prompts are longer, so the
+    reference, run on the anchor rows alone, sees a shorter batch than the policy; in
+    micro-batches of 2 some hold no anchor row (the reference is not run on them)."""
+    grads, metrics = {}, {}
+    rl = schema.from_rows(
+        [
+            make_task_row(
+                f"r{i}",
+                1.0,
+                "57",
+                prompt_ids=[1, 20, 21, 22, 23, 24, 25],
+                response_ids=[40, 46, 2],
+                behaviour_logprobs=[-1.0, -1.0, -1.0],
+                label="rl",
+                advantage=1.0,
+            )
+            for i in range(3)
+        ]
+    )
+    cases = {"rl": ([rl], 0), "anchor": ([task_batch("anchor")], 0)}
+    cases |= {f"both{m}": ([rl, task_batch("anchor")], m) for m in (0, 2)}
+    for name, (rows, micro) in cases.items():
+        learner = anchored(model_dir)
+        learner.cfg = dataclasses.replace(learner.cfg, micro_batch_size=micro)
+        learner.ref.get_input_embeddings().weight.data.add_(0.05)  # a reference apart from the policy
+        learner.set_lr(0.0)
+        metrics[name] = learner.train_step(pa.concat_tables(rows))
+        grads[name] = gradient(learner)
+    assert grads["anchor"].abs().max() > 1e-5
+    for both in ("both0", "both2"):
+        assert metrics[both]["pg_loss"] == pytest.approx(metrics["rl"]["pg_loss"], rel=1e-5)
+        assert metrics[both]["kl_anchor"] == pytest.approx(metrics["anchor"]["kl_anchor"], rel=1e-5)
+        assert metrics[both]["adv_mean"] == 1.0 and metrics[both]["batch_reward"] == 1.0
+        atol = 1e-5 * float(grads[both].abs().max())  # fp32 sums in another order
+        torch.testing.assert_close(grads[both], grads["rl"] + grads["anchor"], rtol=1e-4, atol=atol)
+
+
 # ---- micro-batches: gradients accumulate to the one-pass update
 
 
