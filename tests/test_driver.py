@@ -69,11 +69,13 @@ def task_run_config(small_cfg, tmp_path, steps: int, max_response_tokens: int, r
         (SOLVER_CHECKER, {"rows": "rl"}),
         # generate -> critique -> refine: a chain per sample, each role's own advantages
         (REFINE, {"rows": "rl"}),
+        # ... its first answer held by the KL to the reference alone (rows labelled anchor)
+        (REFINE, {"rows": "rl", "anchored_roles": ["answer"]}),
         # SPIN: the supervised stage's prompts only, each wrong sample paired with the
         # target under DPO against a reference (an untrained model is never right)
         (WORDS, {"rows": "spin"}),
     ],
-    ids=["rft", "grpo-filtered", "solver-checker", "refine", "spin"],
+    ids=["rft", "grpo-filtered", "solver-checker", "refine", "refine-anchored", "spin"],
 )
 def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tmp_path, task, builder):
     """The supervised stage, then rows from generator -> verifier -> builder -> learner."""
@@ -101,6 +103,9 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
     )
     if builder["rows"] == "spin":  # SPIN's reference is the iterate sampled: every broadcast's
         cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, ref_refresh_every=1))
+    anchored = bool(builder.get("anchored_roles"))
+    if anchored:
+        cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, anchor_coef=1.0))
     run_dir = driver.train(dataclasses.replace(cfg, total_steps=8))  # stop_when ends it at 6
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 6
@@ -136,7 +141,15 @@ def test_a_task_run_trains_after_its_supervised_stage(ray_session, small_cfg, tm
         assert after["selection_gain"] == pytest.approx(after["selected_pass"] - after["random_pass"])
         assert after["sample_accuracy"] == pytest.approx(after["random_pass"])
     elif name == "refine":  # three roles trained; the held-out chains' figures
-        assert {f"batch_reward/role_{r}" for r in range(3)} <= {m["name"] for m in metrics}
+        trained = {m["name"] for m in metrics if m["name"].startswith("batch_reward/role_")}
+        if anchored:  # the first answer's rows train the KL alone: no reward of its own in the batch
+            assert trained == {"batch_reward/role_1", "batch_reward/role_2"}
+            anchor = {m["step"]: m["value"] for m in metrics if m["name"] == "anchor_rows"}
+            assert set(anchor) >= {3, 4, 5, 6} and all(v > 0 for v in anchor.values())
+            assert {3, 4, 5, 6} <= {m["step"] for m in metrics if m["name"] == "kl_anchor"}
+            assert summary["task"]["rows_anchored"] > 0
+        else:
+            assert trained == {f"batch_reward/role_{r}" for r in range(3)}
         assert after["first_accuracy"] == after["accuracy"]
         assert after["refine_gain"] == pytest.approx(after["refined_accuracy"] - after["first_accuracy"])
         assert 0 <= after["critic_agreement"] <= after["critic_valid"]

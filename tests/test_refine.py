@@ -557,29 +557,25 @@ def test_fix_targets_are_the_refine_tasks_and_refused_elsewhere_by_name():
         load_config("configs/rft.yaml", ["builder.fix_targets=true"])
 
 
-ANCHORED = ["builder.frozen_roles=[]", "builder.anchored_roles=[answer]", "learner.anchor_coef=1.0"]
+UNANCHORED = ["builder.anchored_roles=[]", "learner.anchor_coef=0"]
 
 
 def test_the_anchor_is_some_of_the_tasks_roles_with_its_coefficient_and_refused_otherwise_by_name():
-    cfg = load_config("configs/refine.yaml", [*ANCHORED, "builder.anchor_samples=2"])
-    assert cfg.builder.anchored_roles == ["answer"] and cfg.learner.anchor_coef == 1.0
-    assert cfg.builder.anchor_samples == 2
+    cfg = load_config("configs/refine.yaml", ["builder.anchor_samples=2"])
+    assert cfg.builder.anchored_roles == ["answer"] and cfg.learner.anchor_coef == 1.0  # as shipped
+    assert cfg.builder.anchor_samples == 2 and not cfg.builder.frozen_roles
     bad = {
         "builder.anchored_roles": [
-            ["builder.frozen_roles=[]", "builder.anchored_roles=[answer]"],  # no coefficient
-            ["builder.anchored_roles=[answer]", "learner.anchor_coef=1.0"],  # also frozen
-            ["builder.frozen_roles=[]", "builder.anchored_roles=[judge]", "learner.anchor_coef=1.0"],
-            [
-                "builder.frozen_roles=[]",
-                "builder.anchored_roles=[answer, critic, refiner]",
-                "learner.anchor_coef=1.0",
-            ],
+            ["learner.anchor_coef=0"],  # no coefficient
+            ["builder.frozen_roles=[answer]"],  # also frozen
+            ["builder.anchored_roles=[judge]"],
+            ["builder.anchored_roles=[answer, critic, refiner]"],
         ],
         "learner.anchor_coef": [
-            ["learner.anchor_coef=1.0"],
+            ["builder.anchored_roles=[]"],
             ["learner.anchor_coef=-1.0"],
         ],  # no role; negative
-        "builder.anchor_samples": [["builder.anchor_samples=2"], [*ANCHORED, "builder.anchor_samples=-1"]],
+        "builder.anchor_samples": [[*UNANCHORED, "builder.anchor_samples=2"], ["builder.anchor_samples=-1"]],
     }
     for name, cases in bad.items():
         for overrides in cases:

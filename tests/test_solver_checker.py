@@ -315,7 +315,10 @@ def test_a_solution_is_held_to_codegens_reply_limit_not_the_checkers():
 def test_frozen_roles_are_some_of_the_tasks_roles_by_name():
     cfg = load_config("configs/solver_checker.yaml", ["builder.frozen_roles=[solver]"])
     assert cfg.builder.frozen_roles == ["solver"]
-    assert load_config("configs/refine.yaml", ["builder.frozen_roles=[answer, refiner]"]).builder.frozen_roles
+    unanchored = ["builder.anchored_roles=[]", "learner.anchor_coef=0"]  # refine's shipped anchor
+    assert load_config(
+        "configs/refine.yaml", [*unanchored, "builder.frozen_roles=[answer, refiner]"]
+    ).builder.frozen_roles
     for bad in ("[solver, checker]", "[judge]"):  # every role, or none of the task's
         with pytest.raises(ConfigError, match="builder.frozen_roles"):
             load_config("configs/solver_checker.yaml", [f"builder.frozen_roles={bad}"])
