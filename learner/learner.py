@@ -428,9 +428,9 @@ class Learner:
     def _forward(self, rows: list[dict], anchored: bool = False):
         """One micro-batch's forward pass: its batch (on the device), the policy's log-probs
         and entropies (with gradient when the caller has it on), V(s) (gae) and the KL
-        reference's log-probs (when there is a KL term, or `anchored`: the whole batch holds rows
-        labelled anchor, so every rank of a sharded group runs the reference alike; a reference
-        kept only for preference pairs is not read here)."""
+        reference's log-probs (when there is a KL term, or `anchored`: the step's batch, which
+        every rank of a sharded group holds, has rows labelled anchor, so every rank runs the
+        reference alike; a reference kept only for preference pairs is not read here)."""
         batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
         values = ref_logp = None
         with self._compute(batch):
@@ -718,19 +718,19 @@ class Learner:
             sums = all_reduced(sums, names)
             values_seen = [] if all_values is None else [all_values]
 
-        # staleness and advantages of the sampled replies trained by policy gradient (a
-        # labelled sft row has neither, an anchor row no advantage)
-        sampled = [i for i, p in enumerate(pg) if p] or list(range(len(rows)))
+        # staleness of the sampled replies (a labelled sft row has none) and advantages of
+        # those trained by policy gradient (an anchor row has none)
+        sampled = [i for i, s in enumerate(sft) if not s] or list(range(len(rows)))
         versions = torch.tensor(
             [rows[i]["policy_version"] for i in sampled], dtype=torch.float32
         )  # on the host
-        adv = plan[0][sampled]
+        adv = plan[0][[i for i in sampled if pg[i]] or sampled]
         metrics = {
             "loss": sums["loss"],
             "pg_loss": sums["pg_loss"],
             "kl_behaviour": sums["kl_behaviour"],
             "nll": sums["nll"],
-            "sft_rows": len(rows) - rl_rows,
+            "sft_rows": sft.count(True),
             "entropy": sums["entropy"],
             "clip_frac": sums["clip_frac"],
             "adv_mean": adv.mean().item(),
@@ -805,7 +805,8 @@ class Learner:
     def reset_reference(self) -> bool:
         """Make the current policy the reference (a task run's supervised stage ends: the
         policy it produced is the KL anchor, as SFT -> RL pipelines use the SFT model, and
-        SPIN's first iterate). Whether there is a reference (kl_coef > 0 or reference)."""
+        SPIN's first iterate). Whether there is a reference (kl_coef > 0, reference or
+        anchor_coef > 0)."""
         if self.ref is None:
             return False
         self.ref.load_state_dict(self.model.state_dict())
@@ -1018,9 +1019,10 @@ class Learner:
         if self.ref is not None:
             if not (d / REFERENCE).exists():
                 raise FileNotFoundError(
-                    f"{d}: no {REFERENCE}, the reference (learner.kl_coef > 0 or learner.reference): a "
-                    "checkpoint saved before references were kept, or without one; resume it with "
-                    "learner.kl_coef=0 and learner.reference=false"
+                    f"{d}: no {REFERENCE}, the reference (learner.kl_coef > 0, learner.reference or "
+                    "learner.anchor_coef > 0): a checkpoint saved before references were kept, or "
+                    "without one; resume it with learner.kl_coef=0, learner.reference=false and "
+                    "learner.anchor_coef=0"
                 )
             load_model(self.ref, str(d / REFERENCE), device=str(self.device))
         if self.ema is not None and (d / EMA).exists():

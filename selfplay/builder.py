@@ -143,7 +143,7 @@ def build(
         fixes = [
             f
             for f in fix_rows(groups, cfg.fix_flagged_only)
-            if role_name(f["task"], f["role"]) not in cfg.frozen_roles
+            if role_name(f["task"], f["role"]) not in (*cfg.frozen_roles, *cfg.anchored_roles)
         ]
         counts["fix_targets"] += len(fixes)
         admitted.extend(fixes)

@@ -914,6 +914,16 @@ def validate_task(cfg: RunConfig) -> None:
         )
     if cfg.builder.anchor_samples and not anchored:
         raise ConfigError("builder.anchor_samples: narrows builder.anchored_roles, which is empty; set it")
+    if anchored and set(roles) <= set(anchored) | set(frozen):
+        raise ConfigError(
+            f"builder.anchored_roles: with builder.frozen_roles {frozen}, every role of {cfg.task.name} "
+            f"({list(roles)}) is anchored or frozen, and nothing trains; leave one out"
+        )
+    if anchored and cfg.learner.ref_refresh_every:
+        raise ConfigError(
+            "learner.ref_refresh_every: would move the reference builder.anchored_roles are held to "
+            f"(the policy after the supervised stage); set it 0 (got {cfg.learner.ref_refresh_every})"
+        )
     if bool(anchored) != (cfg.learner.anchor_coef > 0):
         raise ConfigError(
             "learner.anchor_coef: the KL on builder.anchored_roles' rows; set both or neither "

@@ -547,6 +547,7 @@ def test_anchor_rows_train_the_kl_to_the_reference_alone(model_dir):
     at_ref = learner.train_step(task_batch("anchor"))
     assert at_ref["grad_norm"] == 0.0 and at_ref["kl_anchor"] == 0.0 and at_ref["anchor_rows"] == 4
     assert at_ref["pg_loss"] == 0.0 and at_ref["nll"] == 0.0 and "batch_reward" not in at_ref
+    assert at_ref["sft_rows"] == 0
     learner.set_lr(1e-2)
     for _ in range(5):  # away from the reference
         learner.train_step(task_batch("sft"))
@@ -592,7 +593,7 @@ def test_anchor_rows_add_their_kl_to_the_policy_gradient_of_the_others_undiluted
     advantage and reward figures read the rl rows. The rl rows' prompts are longer, so the
     reference, run on the anchor rows alone, sees a shorter batch than the policy; in
     micro-batches of 2 some hold no anchor row (the reference is not run on them)."""
-    grads, metrics = {}, {}
+    grads, metrics, reference_runs = {}, {}, {}
     rl = schema.from_rows(
         [
             make_task_row(
@@ -615,9 +616,13 @@ def test_anchor_rows_add_their_kl_to_the_policy_gradient_of_the_others_undiluted
         learner.cfg = dataclasses.replace(learner.cfg, micro_batch_size=micro)
         learner.ref.get_input_embeddings().weight.data.add_(0.05)  # a reference apart from the policy
         learner.set_lr(0.0)
+        runs = reference_runs[name] = []
+        learner.ref.register_forward_hook(lambda *_, runs=runs: runs.append(1))
         metrics[name] = learner.train_step(pa.concat_tables(rows))
         grads[name] = gradient(learner)
-    assert grads["anchor"].abs().max() > 1e-5
+    # 3 rl rows then 4 anchor rows: in micro-batches of 2, three of four hold an anchor row
+    assert {k: len(v) for k, v in reference_runs.items()} == {"rl": 0, "anchor": 1, "both0": 1, "both2": 3}
+    assert grads["anchor"].abs().max() > 1e-5 and grads["rl"].abs().max() > 1e-5
     for both in ("both0", "both2"):
         assert metrics[both]["pg_loss"] == pytest.approx(metrics["rl"]["pg_loss"], rel=1e-5)
         assert metrics[both]["kl_anchor"] == pytest.approx(metrics["anchor"]["kl_anchor"], rel=1e-5)

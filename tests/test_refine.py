@@ -529,6 +529,11 @@ def test_fix_targets_give_each_wrong_refined_answer_a_right_one_its_problem_foun
     admitted, _, counts = build(scored, frozen)
     assert counts["fix_targets"] == 0 and REFINER not in {r["role"] for r in admitted.to_pylist()}
     assert counts["rows_frozen"] == sum(r["role"] == REFINER for r in scored.to_pylist()) > 0
+    # nor an anchored one, which trains the KL alone: its rows are all labelled anchor
+    anchored = BuilderConfig(rows="rl", fix_targets=True, anchored_roles=["refiner"])
+    admitted, _, counts = build(scored, anchored)
+    assert counts["fix_targets"] == 0
+    assert {r["label"] for r in admitted.to_pylist() if r["role"] == REFINER} == {"anchor"}
 
 
 def test_fix_flagged_only_gives_targets_only_where_the_critique_said_no():
@@ -566,15 +571,17 @@ def test_the_anchor_is_some_of_the_tasks_roles_with_its_coefficient_and_refused_
     assert cfg.builder.anchor_samples == 2 and not cfg.builder.frozen_roles
     bad = {
         "builder.anchored_roles": [
-            ["learner.anchor_coef=0"],  # no coefficient
             ["builder.frozen_roles=[answer]"],  # also frozen
             ["builder.anchored_roles=[judge]"],
             ["builder.anchored_roles=[answer, critic, refiner]"],
+            ["builder.frozen_roles=[critic, refiner]"],  # every role anchored or frozen
         ],
         "learner.anchor_coef": [
             ["builder.anchored_roles=[]"],
+            ["learner.anchor_coef=0"],
             ["learner.anchor_coef=-1.0"],
         ],  # no role; negative
+        "learner.ref_refresh_every": [["learner.ref_refresh_every=10"]],  # the reference would move
         "builder.anchor_samples": [[*UNANCHORED, "builder.anchor_samples=2"], ["builder.anchor_samples=-1"]],
     }
     for name, cases in bad.items():
