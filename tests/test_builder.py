@@ -176,21 +176,22 @@ def test_passk_rows_are_built_with_the_configured_k():
         assert got != pytest.approx(group_advantages(rewards, "passk", k=other))
 
 
+def solver_checker_table(solver: tuple[float, float], checker: tuple[float, float]):
+    """One solver_checker problem's group of each role: two solutions (x+1, x+2; role 0)
+    and two tests (t1, t2; role 1) with these rewards."""
+    replies = [(0, r, t) for r, t in zip(solver, ("x+1", "x+2"))] + [
+        (1, r, t) for r, t in zip(checker, ("t1", "t2"))
+    ]
+    return schema.from_rows(
+        [sample("p", r, t, task="solver_checker", game="solver_checker", role=role) for role, r, t in replies]
+    )
+
+
 def test_a_frozen_roles_groups_build_no_rows_and_are_counted():
     """solver_checker with builder.frozen_roles [solver]: the checker's group is trained on
     its rewards as before; the solver's samples (scored: they judged the tests) make no row."""
 
-    def role_sample(role: int, reward: float, text: str) -> dict:
-        return sample("p", reward, text, task="solver_checker", game="solver_checker", role=role)
-
-    table = schema.from_rows(
-        [
-            role_sample(0, 1.0, "x+1"),
-            role_sample(0, 0.0, "x+2"),
-            role_sample(1, 1.0, "t1"),
-            role_sample(1, 0.0, "t2"),
-        ]
-    )
+    table = solver_checker_table(solver=(1.0, 0.0), checker=(1.0, 0.0))
     both, _, _ = build(table, BuilderConfig(rows="rl", group_advantage="drgrpo"))
     admitted, held, counts = build(
         table, BuilderConfig(rows="rl", group_advantage="drgrpo", frozen_roles=["solver"])
@@ -215,17 +216,7 @@ def test_an_anchored_roles_samples_are_admitted_as_anchor_rows_whatever_their_re
     reference on them), even where their rewards all agree and the variance filter holds the
     checker's group back; counted rows_anchored, not as a built group."""
 
-    def role_sample(role: int, reward: float, text: str) -> dict:
-        return sample("p", reward, text, task="solver_checker", game="solver_checker", role=role)
-
-    table = schema.from_rows(
-        [
-            role_sample(0, 1.0, "x+1"),
-            role_sample(0, 1.0, "x+2"),
-            role_sample(1, 0.0, "t1"),
-            role_sample(1, 0.0, "t2"),
-        ]
-    )
+    table = solver_checker_table(solver=(1.0, 1.0), checker=(0.0, 0.0))
     cfg = BuilderConfig(rows="rl", group_advantage="drgrpo", anchored_roles=["solver"], variance_filter=True)
     admitted, held, counts = build(table, cfg)
     assert [(r["role"], r["label"], r["advantage"]) for r in admitted.to_pylist()] == [
