@@ -485,10 +485,11 @@ class Learner:
         adv = torch.tensor(advantages, device=self.device)
         if penalty is not None:
             adv = adv - self.cfg.kl_coef * penalty
-        is_sft = torch.tensor([not policy_gradient(r) for r in rows], device=self.device)
-        if self.cfg.normalize_advantages and int((~is_sft).sum()) > 1:  # over the sampled replies
-            rl = adv[~is_sft]
-            adv = torch.where(is_sft, 0.0, (adv - rl.mean()) / (rl.std() + 1e-8))
+        # rows no policy gradient trains (sft, anchor) hold 0 and are not normalised over
+        untrained = torch.tensor([not policy_gradient(r) for r in rows], device=self.device)
+        if self.cfg.normalize_advantages and int((~untrained).sum()) > 1:  # over the sampled replies
+            rl = adv[~untrained]
+            adv = torch.where(untrained, 0.0, (adv - rl.mean()) / (rl.std() + 1e-8))
         return adv, None if targets is None else torch.tensor(targets, device=self.device)
 
     def _prepass(self, chunks: list[list[dict]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

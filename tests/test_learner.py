@@ -1045,7 +1045,7 @@ def test_the_chosen_nll_term_enters_the_gradient_by_its_coefficient(model_dir):
         learner = Learner(cfg.learner, cfg.model, model_dir, seed=0)
         learner.set_lr(0.0)
         learner.train_step(pair_batch())
-        grads[coef] = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
+        grads[coef] = gradient(learner)
     step = grads[0.5] - grads[0.0]
     assert step.abs().max() > 1e-4
     torch.testing.assert_close(grads[1.0] - grads[0.5], step, rtol=1e-3, atol=1e-6)
